@@ -1,0 +1,198 @@
+"""Wire codecs for events and signals: msgpack (default) and JSON.
+
+Both round-trip every field exactly. msgpack carries timestamps as integer microseconds since the
+epoch; JSON carries them as ISO-8601 strings with ``Z`` (the seed's format). A payload may hold one
+event (a map) or several (an array of maps: a *packed* entry). Decoders auto-detect the format.
+
+Decoding never raises anything but :class:`ContractError`: one bad item in a packed entry does
+not spoil the others (:class:`DecodedBatch` keeps them apart).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import msgpack
+from pydantic import ValidationError
+
+from market_data_core.contracts import Signal, StreamEvent
+from market_data_core.errors import ContractError
+from market_data_core.timeutil import from_epoch_us, isoformat_us, to_epoch_us
+
+__all__ = [
+    "CodecName",
+    "DecodedBatch",
+    "decode_events",
+    "decode_signal",
+    "encode_event",
+    "encode_events",
+    "encode_signal",
+    "event_to_dict",
+    "validation_reason",
+]
+
+CodecName = Literal["msgpack", "json"]
+_TS_FIELDS = ("src_ts", "ingest_ts", "ts")
+_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """What one payload decoded into: valid events, and one ContractError per bad item."""
+
+    events: list[StreamEvent] = field(default_factory=list)
+    errors: list[ContractError] = field(default_factory=list)
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """One readable line from a pydantic error: ``field: message; field: message``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def event_to_dict(event: StreamEvent, *, codec: CodecName = "json") -> dict[str, Any]:
+    """Plain dict of the set fields; timestamps as ISO strings (json) or epoch µs (msgpack)."""
+    out: dict[str, Any] = {}
+    for name, value in event:
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            out[name] = to_epoch_us(value) if codec == "msgpack" else isoformat_us(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _dumps(obj: Any, codec: CodecName) -> bytes:
+    if codec == "msgpack":
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+
+def encode_event(event: StreamEvent, codec: CodecName = "msgpack") -> bytes:
+    """One event as one payload."""
+    return _dumps(event_to_dict(event, codec=codec), codec)
+
+
+def encode_events(events: Sequence[StreamEvent], codec: CodecName = "msgpack") -> bytes:
+    """Several events packed into one payload (an array); order is kept."""
+    return _dumps([event_to_dict(e, codec=codec) for e in events], codec)
+
+
+def _loads(payload: bytes) -> Any:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise ContractError("decode", f"payload must be bytes, got {type(payload).__name__}")
+    data = bytes(payload)
+    if not data:
+        raise ContractError("decode", "empty payload", data)
+    if len(data) > _MAX_PAYLOAD_BYTES:
+        raise ContractError("decode", f"payload of {len(data)} bytes exceeds 16 MiB", data)
+    first = data.lstrip()[:1]
+    try:
+        if first in (b"{", b"["):
+            return json.loads(data)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
+    except ContractError:
+        raise
+    except Exception as exc:  # msgpack/json raise many types; all mean "not decodable"
+        kind = "JSON" if first in (b"{", b"[") else "msgpack"
+        raise ContractError(
+            "decode", f"not valid {kind}: {type(exc).__name__}: {exc}", data
+        ) from exc
+
+
+def _item_payload(item: Any) -> bytes:
+    try:
+        return json.dumps(item, default=str, allow_nan=True).encode()
+    except (TypeError, ValueError):
+        return repr(item).encode()
+
+
+def _normalise_timestamps(item: dict[str, Any]) -> dict[str, Any]:
+    for name in _TS_FIELDS:
+        value = item.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                item[name] = from_epoch_us(value)
+            except OverflowError as exc:
+                raise ValueError(f"{name}: {value} µs is out of range") from exc
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: not a finite timestamp")
+    return item
+
+
+def _decode_event_item(item: Any, payload: bytes) -> StreamEvent:
+    if not isinstance(item, dict):
+        raise ContractError(
+            "decode", f"expected a map (one event), got {type(item).__name__}", payload
+        )
+    try:
+        return StreamEvent.model_validate(_normalise_timestamps(dict(item)))
+    except ValidationError as exc:
+        raise ContractError("validation", validation_reason(exc), payload) from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ContractError("validation", str(exc), payload) from exc
+
+
+def decode_events(payload: bytes) -> DecodedBatch:
+    """Decode a payload holding one event or a packed array of events.
+
+    Never raises: an undecodable payload gives one error carrying the original bytes; in a packed
+    payload each invalid item gives its own error carrying that item (as JSON) as payload.
+    """
+    batch = DecodedBatch()
+    try:
+        obj = _loads(payload)
+    except ContractError as exc:
+        batch.errors.append(exc)
+        return batch
+    if isinstance(obj, list):
+        if not obj:
+            batch.errors.append(ContractError("decode", "empty event array", bytes(payload)))
+        for item in obj:
+            try:
+                batch.events.append(_decode_event_item(item, _item_payload(item)))
+            except ContractError as exc:
+                batch.errors.append(exc)
+        return batch
+    try:
+        batch.events.append(_decode_event_item(obj, bytes(payload)))
+    except ContractError as exc:
+        batch.errors.append(exc)
+    return batch
+
+
+def encode_signal(signal: Signal, codec: CodecName = "msgpack") -> bytes:
+    """One signal as one payload."""
+    d = signal.model_dump()
+    d["ts"] = to_epoch_us(signal.ts) if codec == "msgpack" else isoformat_us(signal.ts)
+    return _dumps(d, codec)
+
+
+def decode_signal(payload: bytes) -> Signal:
+    """Decode one signal; raises ``ContractError`` (only) when it cannot."""
+    obj = _loads(payload)
+    if not isinstance(obj, dict):
+        raise ContractError("decode", f"expected a map (one signal), got {type(obj).__name__}")
+    try:
+        return Signal.model_validate(_normalise_timestamps(dict(obj)))
+    except ValidationError as exc:
+        raise ContractError("validation", validation_reason(exc), bytes(payload)) from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ContractError("validation", str(exc), bytes(payload)) from exc
+
+
+def iter_valid(batches: Iterable[DecodedBatch]) -> Iterable[StreamEvent]:
+    """All valid events of several batches, in order."""
+    for b in batches:
+        yield from b.events

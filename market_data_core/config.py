@@ -1,0 +1,384 @@
+"""Configuration: ``configs/streaming.yaml`` in the seed's shape, validated once at the CLI edge.
+
+Flow: YAML -> ``${VAR}`` / ``${VAR:-default}`` expansion on parsed string values -> pydantic
+(``frozen=True``, ``extra="forbid"``) -> typed objects passed down. No module reads the
+environment on its own: :func:`load_config` receives it.
+
+Every failure is a :class:`ConfigError` whose ``str()`` is one line naming the file, the key
+path and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from market_data_core.errors import ConfigError
+from market_data_core.timeutil import parse_duration_ms
+
+__all__ = [
+    "AppConfig",
+    "BusConfig",
+    "FeatureWindowConfig",
+    "FeaturesConfig",
+    "InferenceConfig",
+    "KafkaConfig",
+    "MicroBatchConfig",
+    "ProducersConfig",
+    "RedisConfig",
+    "RulesAdapterConfig",
+    "SklearnAdapterConfig",
+    "StoreConfig",
+    "SyntheticProducerConfig",
+    "TelemetryConfig",
+    "config_hash",
+    "expand_env",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _none_if_empty(v: Any) -> Any:
+    return None if v == "" else v
+
+
+class RedisConfig(_Model):
+    """Redis Streams settings.
+
+    ``uri`` unset -> the embedded server; ``rediss://`` and passwords are supported.
+    """
+
+    uri: str | None = None
+    stream: str = "mdp.events"
+    signals_stream: str = "mdp.signals"
+    bars_stream: str = "mdp.bars"
+    dlq_stream: str = "mdp.dlq"
+    consumer_group: str = "mdp-consumers"
+    lease_ttl_ms: int = Field(default=5000, ge=500)
+
+    _empty = field_validator("uri", mode="before")(_none_if_empty)
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(redis|rediss|unix)://", v):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return v
+
+
+class KafkaConfig(_Model):
+    """Kafka settings (``pip install 'mdp[kafka]'``). ``bootstrap`` unset -> ``KAFKA_BOOTSTRAP``."""
+
+    bootstrap: str | None = None
+    topic: str = "mdp.events"
+    signals_topic: str = "mdp.signals"
+    bars_topic: str = "mdp.bars"
+    dlq_topic: str = "mdp.dlq"
+    group_id: str = "mdp-consumers"
+    compression: Literal["auto", "none", "gzip", "lz4", "zstd", "snappy"] = "auto"
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+
+    _empty = field_validator("bootstrap", mode="before")(_none_if_empty)
+
+
+class BusConfig(_Model):
+    """The log every stage reads and writes; ``type`` selects the backend."""
+
+    type: Literal["redis", "kafka"] = "redis"
+    codec: Literal["msgpack", "json"] = "msgpack"
+    partitions: int = Field(default=1, ge=1, le=1024)
+    maxlen: int = Field(default=1_000_000, ge=1000)
+    claim_idle_ms: int = Field(default=30_000, ge=100)
+    max_deliveries: int = Field(default=5, ge=1)
+    block_ms: int = Field(default=200, ge=1, le=60_000)
+    redis: RedisConfig = RedisConfig()
+    kafka: KafkaConfig = KafkaConfig()
+
+    @property
+    def events_topic(self) -> str:
+        return self.redis.stream if self.type == "redis" else self.kafka.topic
+
+    @property
+    def signals_topic(self) -> str:
+        return self.redis.signals_stream if self.type == "redis" else self.kafka.signals_topic
+
+    @property
+    def bars_topic(self) -> str:
+        return self.redis.bars_stream if self.type == "redis" else self.kafka.bars_topic
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.redis.dlq_stream if self.type == "redis" else self.kafka.dlq_topic
+
+    @property
+    def group(self) -> str:
+        return self.redis.consumer_group if self.type == "redis" else self.kafka.group_id
+
+
+class SyntheticProducerConfig(_Model):
+    """Geometric Brownian motion per symbol."""
+
+    enabled: bool = True
+    provider: str = "synthetic"
+    symbols: list[str] = ["SPY", "AAPL", "MSFT"]
+    tick_rate: float = Field(default=1.0, gt=0)
+    price_volatility: float = Field(default=0.02, ge=0)
+    start_price: float = Field(default=100.0, gt=0)
+    kind: Literal["tick", "quote", "bar"] = "tick"
+    max_msgs_per_s: float | None = Field(default=None, gt=0)
+
+
+class ReplayProducerConfig(_Model):
+    enabled: bool = True
+    datasets_file: str = "configs/datasets.yaml"
+    max_msgs_per_s: float | None = Field(default=None, gt=0)
+
+
+class CoinbaseProducerConfig(_Model):
+    enabled: bool = False
+    url: str = "wss://ws-feed.exchange.coinbase.com"
+    product_ids: list[str] = ["BTC-USD", "ETH-USD"]
+    channels: list[Literal["matches", "ticker"]] = ["matches", "ticker"]
+    max_msgs_per_s: float | None = Field(default=None, gt=0)
+
+
+class IbkrProducerConfig(_Model):
+    enabled: bool = False
+    provider: str = "ibkr_primary"
+    host: str = "127.0.0.1"
+    port: int = 7497
+    client_id: int = 17
+    symbols: list[str] = ["SPY"]
+    max_msgs_per_s: float | None = Field(default=50.0, gt=0)
+
+
+class ProducersConfig(_Model):
+    synthetic: SyntheticProducerConfig = SyntheticProducerConfig()
+    replay: ReplayProducerConfig = ReplayProducerConfig()
+    coinbase: CoinbaseProducerConfig = CoinbaseProducerConfig()
+    ibkr: IbkrProducerConfig = IbkrProducerConfig()
+    publish_batch_size: int = Field(default=500, ge=1, le=100_000)
+    buffer_max_events: int = Field(default=100_000, ge=100)
+    pack_events: int = Field(default=1, ge=1, le=10_000)
+
+
+class MicroBatchConfig(_Model):
+    """Tumbling event-time windows (0.5 s to 5 s) and when they close."""
+
+    window_ms: int = Field(default=2000, ge=500, le=5000)
+    max_batch_size: int = Field(default=5000, ge=1)
+    allow_late_ms: int = Field(default=500, ge=0)
+    flush_timeout_ms: int = Field(default=1000, ge=0)
+    correction_horizon_ms: int = Field(default=300_000, ge=0)
+
+
+class FeatureWindowConfig(_Model):
+    """A rolling window: ``horizon`` (a duration like ``60s``) or ``periods`` (a bar count)."""
+
+    name: str
+    horizon: str | None = None
+    periods: int | None = Field(default=None, ge=1)
+
+    @field_validator("horizon")
+    @classmethod
+    def _horizon_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration_ms(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeatureWindowConfig:
+        if (self.horizon is None) == (self.periods is None):
+            raise ValueError("give exactly one of 'horizon' (e.g. '60s') or 'periods' (e.g. 14)")
+        return self
+
+    @property
+    def horizon_ms(self) -> int | None:
+        return None if self.horizon is None else parse_duration_ms(self.horizon)
+
+
+class FeaturesConfig(_Model):
+    windows: list[FeatureWindowConfig] = [
+        FeatureWindowConfig(name="vwap_1m", horizon="60s"),
+        FeatureWindowConfig(name="ret_30s", horizon="30s"),
+        FeatureWindowConfig(name="vol_5m", horizon="300s"),
+    ]
+    warmup_bars: int = Field(default=500, ge=0)
+
+
+class RulesAdapterConfig(_Model):
+    enabled: bool = True
+    file: str = "configs/rules.yaml"
+
+
+class SklearnAdapterConfig(_Model):
+    enabled: bool = False
+    model_path: str = ""
+    sha256: str = ""
+    timeout_ms: int = Field(default=200, ge=1)
+    workers: int = Field(default=1, ge=1)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    signal_name: str = "model_signal"
+    threshold: float = 0.5
+
+
+class InferenceAdaptersConfig(_Model):
+    rules: RulesAdapterConfig = RulesAdapterConfig()
+    sklearn: SklearnAdapterConfig = SklearnAdapterConfig()
+
+
+class InferenceConfig(_Model):
+    adapters: InferenceAdaptersConfig = InferenceAdaptersConfig()
+
+
+class StoreConfig(_Model):
+    """PostgreSQL/TimescaleDB. ``dsn`` unset -> ``DATABASE_URL`` -> the embedded server."""
+
+    dsn: str | None = None
+    pool_min: int = Field(default=1, ge=1)
+    pool_max: int = Field(default=4, ge=1)
+    partitioning: Literal["auto", "timescale", "native"] = "auto"
+    compress_after: str = "7d"
+
+    _empty = field_validator("dsn", mode="before")(_none_if_empty)
+
+    @field_validator("dsn")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^postgres(ql)?://", v):
+            raise ValueError("expected a postgresql:// DSN")
+        return v
+
+
+class TelemetryConfig(_Model):
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class AppConfig(_Model):
+    """The whole of ``configs/streaming.yaml``."""
+
+    version: Literal[1] = 1
+    bus: BusConfig = BusConfig()
+    producers: ProducersConfig = ProducersConfig()
+    micro_batch: MicroBatchConfig = MicroBatchConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    inference: InferenceConfig = InferenceConfig()
+    store: StoreConfig = StoreConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str = "", source: str = "") -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string value of parsed YAML.
+
+    ``${VAR}`` with VAR unset is a ConfigError naming the key path. Keys are not expanded.
+    """
+    if isinstance(value, dict):
+        return {
+            k: expand_env(v, env, f"{path}.{k}" if path else str(k), source)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"environment variable {name} is not set and ${{{name}}} has no default "
+            f"(write ${{{name}:-default}})",
+            source=source or None,
+            key_path=path or None,
+        )
+
+    return _VAR.sub(sub, value)
+
+
+def _pydantic_error_line(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in err and err["type"] not in ("missing",):
+        shown = repr(err["input"])
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        msg = f"{msg} (got {shown})"
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (+{more} more error{'s' if more > 1 else ''})"
+    return loc, msg
+
+
+def parse_config(
+    data: Any, *, env: Mapping[str, str] | None = None, source: str = "<config>"
+) -> AppConfig:
+    """Validate already-parsed YAML (a mapping) into an :class:`AppConfig`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"expected a mapping at the top level, got {type(data).__name__}", source=source
+        )
+    expanded = expand_env(data, env or {}, source=source)
+    try:
+        return AppConfig.model_validate(expanded)
+    except ValidationError as exc:
+        loc, msg = _pydantic_error_line(exc)
+        raise ConfigError(msg, source=source, key_path=loc or None) from None
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> AppConfig:
+    """Read, expand and validate a config file. Raises only :class:`ConfigError`."""
+    p = Path(path)
+    source = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read file ({exc.__class__.__name__}: {exc})", source=source
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"YAML syntax error at {where}{problem}", source=source) from None
+    return parse_config(data, env=env, source=source)
+
+
+def config_hash(config: AppConfig) -> str:
+    """Stable short hash of a config (for the ``job_runs`` audit row)."""
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,293 @@
+"""Versioned message contracts: StreamEvent v1, Signal v1, and the Bar the store keeps.
+
+Every rule a consumer relies on is checked here, once, with a precise reason:
+``ContractError`` (via the codecs) carries that reason to the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from market_data_core.timeutil import isoformat_us
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "Bar",
+    "EventKind",
+    "Signal",
+    "StreamEvent",
+    "make_event_id",
+    "make_signal_id",
+]
+
+SUPPORTED_VERSIONS = (1,)
+EventKind = Literal["tick", "bar", "quote"]
+
+# '|' separates event_id parts, so it may appear in neither provider nor symbol.
+_PROVIDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9._\-/:=^]{0,31}$")
+_INTERVAL = re.compile(r"^\d+(us|ms|s|m|h|d)$")
+
+
+def make_event_id(provider: str, symbol: str, src_ts: datetime, seq: int) -> str:
+    """``provider|symbol|src_ts(ISO-8601, µs, Z)|seq``: the same source record, the same id."""
+    return f"{provider}|{symbol}|{isoformat_us(src_ts)}|{seq}"
+
+
+def make_signal_id(provider: str, symbol: str, ts: datetime, name: str, adapter: str) -> str:
+    """``provider|symbol|ts|name|adapter``: a signal re-emitted on replay keeps its id."""
+    return f"{provider}|{symbol}|{isoformat_us(ts)}|{name}|{adapter}"
+
+
+def _aware_utc(value: datetime, field: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} is naive; timestamps must be timezone-aware UTC")
+    return value.astimezone(UTC)
+
+
+def _check_price(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is not finite ({value})")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _check_size(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is not finite ({value})")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+class StreamEvent(BaseModel):
+    """One market-data event on the events stream (v1).
+
+    ``kind="tick"`` is a trade: price in ``c``, size in ``v`` (``o=h=l=c`` allowed, or omitted).
+    ``kind="bar"`` is a provider bar of ``interval``. ``kind="quote"`` is top of book (``bid``,
+    ``ask``, sizes). ``src_ts`` is event time (UTC, µs); ``ingest_ts`` when mdp received it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ver: int
+    provider: str
+    symbol: str
+    kind: EventKind
+    interval: str | None = None
+    src_ts: datetime
+    ingest_ts: datetime | None = None
+    o: float | None = None
+    h: float | None = None
+    l: float | None = None  # noqa: E741 - the seed's field name
+    c: float | None = None
+    v: float | None = None
+    seq: int
+    event_id: str
+    bid: float | None = None
+    ask: float | None = None
+    bid_size: float | None = None
+    ask_size: float | None = None
+    trade_id: str | None = None
+    side: Literal["buy", "sell"] | None = None
+
+    @field_validator("ver")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v not in SUPPORTED_VERSIONS:
+            raise ValueError(
+                f"unknown ver {v} (supported: {', '.join(map(str, SUPPORTED_VERSIONS))})"
+            )
+        return v
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_ok(cls, v: str) -> str:
+        if not _PROVIDER.match(v):
+            raise ValueError(f"malformed provider {v!r} (letters, digits, '_', '.', '-'; max 64)")
+        return v
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol_ok(cls, v: str) -> str:
+        if not _SYMBOL.match(v):
+            raise ValueError(
+                f"malformed symbol {v!r} (letters, digits and . _ - / : = ^; max 32; no '|')"
+            )
+        return v
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_ok(cls, v: str | None) -> str | None:
+        if v is not None and not _INTERVAL.match(v):
+            raise ValueError(f"malformed interval {v!r} (expected e.g. '1s', '500ms', '1m')")
+        return v
+
+    @field_validator("src_ts")
+    @classmethod
+    def _src_ts_aware(cls, v: datetime) -> datetime:
+        return _aware_utc(v, "src_ts")
+
+    @field_validator("ingest_ts")
+    @classmethod
+    def _ingest_ts_aware(cls, v: datetime | None) -> datetime | None:
+        return None if v is None else _aware_utc(v, "ingest_ts")
+
+    @field_validator("seq")
+    @classmethod
+    def _seq_ok(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"seq must be >= 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamEvent:
+        for name in ("o", "h", "l", "c", "bid", "ask"):
+            _check_price(name, getattr(self, name))
+        for name in ("v", "bid_size", "ask_size"):
+            _check_size(name, getattr(self, name))
+        if self.kind == "tick":
+            if self.c is None:
+                raise ValueError("a tick needs its trade price in c")
+            if self.v is None:
+                raise ValueError("a tick needs its trade size in v")
+        elif self.kind == "bar":
+            missing = [n for n in ("o", "h", "l", "c", "v") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"a bar needs o, h, l, c and v; missing {', '.join(missing)}")
+            if self.interval is None:
+                raise ValueError("a bar needs its interval (e.g. '1m')")
+        else:
+            if self.bid is None or self.ask is None:
+                raise ValueError("a quote needs bid and ask")
+            if self.bid > self.ask:
+                raise ValueError(f"crossed quote: bid ({self.bid}) > ask ({self.ask})")
+        if self.o is not None and self.c is not None:
+            if self.h is not None and self.h < max(self.o, self.c):
+                raise ValueError(f"h ({self.h}) < max(o, c) ({max(self.o, self.c)})")
+            if self.l is not None and self.l > min(self.o, self.c):
+                raise ValueError(f"l ({self.l}) > min(o, c) ({min(self.o, self.c)})")
+        if self.h is not None and self.l is not None and self.h < self.l:
+            raise ValueError(f"h ({self.h}) < l ({self.l})")
+        expected = make_event_id(self.provider, self.symbol, self.src_ts, self.seq)
+        if self.event_id != expected:
+            raise ValueError(
+                f"event_id {self.event_id!r} does not match its fields (expected {expected!r})"
+            )
+        return self
+
+    @property
+    def price(self) -> float:
+        """The trade price of a tick, the close of a bar, the mid of a quote."""
+        if self.kind == "quote":
+            assert self.bid is not None and self.ask is not None
+            return (self.bid + self.ask) / 2
+        assert self.c is not None
+        return self.c
+
+    @classmethod
+    def create(cls, **fields: Any) -> StreamEvent:
+        """Build a validated event, computing ``event_id`` (and ``ver=1``) when not given."""
+        fields.setdefault("ver", 1)
+        if "event_id" not in fields:
+            src_ts = fields["src_ts"]
+            if isinstance(src_ts, datetime):
+                src_ts = _aware_utc(src_ts, "src_ts")
+            fields["event_id"] = make_event_id(
+                fields["provider"], fields["symbol"], src_ts, fields["seq"]
+            )
+        return cls.model_validate(fields)
+
+
+class Signal(BaseModel):
+    """One inference output (v1): ``name`` fired for ``symbol`` at event time ``ts``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ver: int = 1
+    provider: str
+    symbol: str
+    ts: datetime
+    name: str
+    value: float
+    score: float
+    meta: dict[str, Any] = {}
+    adapter: Literal["rules", "sklearn"] = "rules"
+    signal_id: str = ""
+
+    @field_validator("ver")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v not in SUPPORTED_VERSIONS:
+            raise ValueError(
+                f"unknown ver {v} (supported: {', '.join(map(str, SUPPORTED_VERSIONS))})"
+            )
+        return v
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_aware(cls, v: datetime) -> datetime:
+        return _aware_utc(v, "ts")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_ok(cls, v: str) -> str:
+        if not _PROVIDER.match(v):
+            raise ValueError(f"malformed provider {v!r}")
+        return v
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol_ok(cls, v: str) -> str:
+        if not _SYMBOL.match(v):
+            raise ValueError(f"malformed symbol {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _finite_and_id(self) -> Signal:
+        for name in ("value", "score"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} is not finite ({getattr(self, name)})")
+        expected = make_signal_id(self.provider, self.symbol, self.ts, self.name, self.adapter)
+        if not self.signal_id:
+            object.__setattr__(self, "signal_id", expected)
+        elif self.signal_id != expected:
+            raise ValueError(
+                f"signal_id {self.signal_id!r} does not match its fields (expected {expected!r})"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One OHLCV row as the store keeps it (key: provider, symbol, interval, ts).
+
+    ``ts`` is the window start (UTC). ``vwap`` and ``trade_count`` are ``None`` for provider bars
+    that do not carry them. ``revision`` counts corrections by late data (0 = never corrected).
+    """
+
+    provider: str
+    symbol: str
+    interval: str
+    ts: datetime
+    o: float
+    h: float
+    l: float  # noqa: E741
+    c: float
+    v: float
+    vwap: float | None = None
+    trade_count: int | None = None
+    revision: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, str, datetime]:
+        return (self.provider, self.symbol, self.interval, self.ts)

@@ -1,0 +1,87 @@
+"""The one error tree of mdp.
+
+::
+
+    MDPError                      base of everything mdp raises on purpose
+    ├── ConfigError               bad config file / CLI input (CLI prints one line, exit 2)
+    ├── ContractError             a payload or event breaks a contract (-> dead letter)
+    ├── BusError                  the bus (Redis/Kafka) failed or refused
+    ├── StoreError                the store failed
+    │   └── StoreUnavailableError transient: connection lost/refused; retry with backoff
+    ├── InferenceError            an adapter failed to evaluate or load
+    └── BackpressureError         a bounded buffer is full; retry after ``retry_after_s``
+
+Third-party exceptions are translated at the boundary (``raise BusError(...) from exc``);
+nothing above core ever sees a ``redis`` or ``asyncpg`` exception type.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackpressureError",
+    "BusError",
+    "ConfigError",
+    "ContractError",
+    "InferenceError",
+    "MDPError",
+    "StoreError",
+    "StoreUnavailableError",
+]
+
+
+class MDPError(Exception):
+    """Base class of every error mdp raises on purpose."""
+
+
+class ConfigError(MDPError):
+    """Configuration or command-line input is invalid.
+
+    ``source`` names the file (or ``"--flag"``), ``key_path`` the dotted key, when known.
+    ``str()`` is one readable line.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, key_path: str | None = None):
+        self.message = message
+        self.source = source
+        self.key_path = key_path
+        parts = [p for p in (source, key_path) if p]
+        prefix = ": ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class ContractError(MDPError):
+    """A payload could not be decoded, or decoded into an event that breaks a contract.
+
+    ``reason`` is a short machine-friendly code (``"decode"``, ``"validation"``, ...) used as
+    a metric label; ``detail`` says exactly what is wrong; ``payload`` keeps the original bytes.
+    """
+
+    def __init__(self, reason: str, detail: str, payload: bytes | None = None):
+        self.reason = reason
+        self.detail = detail
+        self.payload = payload
+        super().__init__(f"{reason}: {detail}")
+
+
+class BusError(MDPError):
+    """The bus failed or refused an operation."""
+
+
+class StoreError(MDPError):
+    """The store failed an operation."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached (transient); the caller may retry with backoff."""
+
+
+class InferenceError(MDPError):
+    """An inference adapter failed to load or evaluate."""
+
+
+class BackpressureError(MDPError):
+    """A bounded buffer is full; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{message} (retry after {retry_after_s:.3f}s)")

@@ -1,0 +1,289 @@
+"""The boundaries between stages, as Protocols. Only mdp's own frozen types cross them.
+
+Failure semantics are part of each contract and stated in its docstring.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from market_data_core.contracts import Bar, Signal, StreamEvent
+
+__all__ = [
+    "Bus",
+    "BusConsumer",
+    "BusRecord",
+    "DeadLetter",
+    "FeatureSnapshot",
+    "InferenceAdapter",
+    "JobRunTracker",
+    "Provider",
+    "SignalsStoreClient",
+    "StoreClient",
+    "StreamStatus",
+    "TickIngestResult",
+    "UpsertResult",
+    "routing_key",
+    "shard_for",
+]
+
+
+def routing_key(provider: str, symbol: str) -> str:
+    """The key that decides an event's shard: all events of one (provider, symbol) share it."""
+    return f"{provider}|{symbol}"
+
+
+def shard_for(key: str, partitions: int) -> int:
+    """Stable shard of a routing key (CRC-32, the same in every process and on every backend)."""
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(key.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class BusRecord:
+    """One entry read from the bus.
+
+    ``topic`` is the logical name (``mdp.events``); ``shard`` the shard/partition it came from;
+    ``entry_id`` the backend's id (Redis stream id, or Kafka offset); ``deliveries`` how many
+    times it has been delivered (1 the first time).
+    """
+
+    topic: str
+    shard: int
+    entry_id: str
+    payload: bytes
+    deliveries: int = 1
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}:{self.shard}/{self.entry_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry on the dead-letter stream: the original payload and why it is there."""
+
+    entry_id: str
+    payload: bytes
+    reason: str
+    detail: str
+    component: str
+    source_topic: str
+    source_shard: int
+    source_id: str
+    ts: datetime
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """Health of one stream/shard for one consumer group (``mdp stream status``)."""
+
+    stream: str
+    length: int
+    group: str | None = None
+    lag: int | None = None
+    pending: int = 0
+    consumers: int = 0
+    oldest_pending_ms: int | None = None
+    owner: str | None = None
+
+
+@runtime_checkable
+class BusConsumer(Protocol):
+    """A member of a consumer group on one topic.
+
+    ``poll`` returns this consumer's own unacknowledged entries first (after a restart), then
+    new entries, only from the shards it currently holds; each shard is held by one live
+    consumer of the group at a time. Entries stay pending until :meth:`ack`; an entry never
+    acked is delivered again (to this consumer, or to another one once this one is dead).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def owned_shards(self) -> frozenset[int]: ...
+
+    async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
+        """Next entries; ``[]`` after ``block_ms`` with nothing to read. Raises ``BusError``."""
+        ...
+
+    async def ack(self, records: Sequence[BusRecord]) -> None:
+        """Mark entries done (the store transaction that used them has committed)."""
+        ...
+
+    async def dead_letter(
+        self, record: BusRecord, *, reason: str, detail: str, component: str
+    ) -> None:
+        """Write the entry to the dead-letter stream with its reason, then ack it."""
+        ...
+
+    async def aclose(self) -> None:
+        """Leave the group cleanly (release shard leases); pending entries stay pending."""
+        ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """A durable, sharded log (Redis Streams or Kafka)."""
+
+    @property
+    def backend(self) -> Literal["redis", "kafka"]: ...
+
+    async def publish(self, topic: str, items: Sequence[tuple[str, bytes]]) -> int:
+        """Append ``(routing_key, payload)`` items, batched; per-key order is kept.
+
+        Returns how many were appended. Raises ``BusError``; on error none or some of the
+        items may have been appended (idempotent event ids make a retry safe downstream).
+        """
+        ...
+
+    def consumer(self, topic: str, group: str, name: str) -> BusConsumer:
+        """A group member; the group is created on first use."""
+        ...
+
+    async def tail(self, topic: str, limit: int) -> list[BusRecord]:
+        """The last ``limit`` entries of a topic (all shards, oldest first), no group involved."""
+        ...
+
+    async def status(self, topic: str, group: str | None = None) -> list[StreamStatus]:
+        """Length, lag, pending, consumers per shard of ``topic`` (for ``group`` if given)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    """What an idempotent upsert did: an identical replay gives ``inserted == updated == 0``."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> int:
+        return self.inserted + self.updated
+
+
+@dataclass(frozen=True, slots=True)
+class TickIngestResult:
+    """What :meth:`StoreClient.ingest_ticks` did.
+
+    ``ticks_inserted`` counts new raw ticks (duplicates by ``event_id`` are not counted);
+    ``bars`` are the bars that were inserted or changed (revision already incremented).
+    """
+
+    ticks_inserted: int
+    bars: list[Bar] = field(default_factory=list)
+    bars_result: UpsertResult = UpsertResult()
+
+
+@runtime_checkable
+class StoreClient(Protocol):
+    """Everything the pipeline may ask of the store. The pipeline never sees SQL.
+
+    Every write is one transaction, idempotent, and safe to retry. A transient connection
+    failure raises ``StoreUnavailableError`` (retry with backoff); anything else ``StoreError``.
+    """
+
+    async def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
+        """Upsert provider bars by key; an identical row is left alone (``unchanged``)."""
+        ...
+
+    async def ingest_ticks(
+        self, ticks: Sequence[StreamEvent], *, interval: str
+    ) -> TickIngestResult:
+        """Store raw trade ticks (idempotent by ``event_id``) and, in the same transaction,
+        recompute the ``interval`` bars of every window they touch from all stored ticks of
+        that window, serialised per (provider, symbol). A changed existing bar gets
+        ``revision + 1``."""
+        ...
+
+    async def bars_range(
+        self, provider: str, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[Bar]:
+        """Bars with ``start <= ts < end``, oldest first."""
+        ...
+
+    async def latest_bars(self, interval: str, limit: int) -> dict[tuple[str, str], list[Bar]]:
+        """The latest ``limit`` bars per (provider, symbol), oldest first (feature warm-up)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SignalsStoreClient(Protocol):
+    """Signals table access; idempotent by ``signal_id``."""
+
+    async def upsert_signals(self, signals: Sequence[Signal]) -> UpsertResult: ...
+
+    async def signals_range(
+        self, start: datetime, end: datetime, symbol: str | None = None
+    ) -> list[Signal]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class JobRunTracker(Protocol):
+    """The ``job_runs`` audit trail: one row per run of a long job."""
+
+    async def start(self, job: str, config_hash: str) -> int:
+        """Insert a ``running`` row; returns its id."""
+        ...
+
+    async def finish(
+        self,
+        run_id: int,
+        *,
+        status: Literal["success", "failed", "stopped"],
+        events_in: int,
+        rows_written: int,
+        errors: int,
+        detail: str | None = None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSnapshot:
+    """The feature values of one symbol right after a bar (or quote) updated them."""
+
+    provider: str
+    symbol: str
+    ts: datetime
+    values: Mapping[str, float]
+    price: float | None = None
+
+
+@runtime_checkable
+class InferenceAdapter(Protocol):
+    """Turns feature snapshots into signals. Raises ``InferenceError`` on failure."""
+
+    @property
+    def name(self) -> Literal["rules", "sklearn"]: ...
+
+    async def evaluate(self, snapshot: FeatureSnapshot) -> list[Signal]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A source of events (synthetic, replay, coinbase, ibkr)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def events(self) -> AsyncIterator[StreamEvent]:
+        """Events in source order; ends when the source is exhausted (or never, for live)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Execution of mdp: bus adapters, producers, micro-batcher, features, inference, telemetry, CLI."""

@@ -1,0 +1,1 @@
+"""The ``mdp`` command line (Typer)."""

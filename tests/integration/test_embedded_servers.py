@@ -1,0 +1,72 @@
+"""Embedded servers start, serve, and never outlive mdp (clean exit, SIGTERM, or kill -9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from market_data_core.config import AppConfig
+from market_data_pipeline.embedded import resolve_servers
+
+CHILD = """
+import os, signal, sys, time
+from market_data_core.config import AppConfig
+from market_data_pipeline.cli.common import run_async
+from market_data_pipeline.embedded import resolve_servers
+
+async def main(stop):
+    with resolve_servers(AppConfig(), {}) as urls:
+        import psutil
+        kids = [p.pid for p in psutil.Process().children()]
+        print(" ".join(map(str, kids)), flush=True)
+        await stop.wait()
+
+run_async(main)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def _wait_dead(pids: list[int], timeout_s: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def test_configured_urls_win_over_embedded(redis_url: str, database_url: str) -> None:
+    env = {"REDIS_URI": redis_url, "DATABASE_URL": database_url}
+    with resolve_servers(AppConfig(), env) as urls:
+        assert urls.embedded == ()
+        assert urls.redis_url == redis_url
+        assert redis.Redis.from_url(redis_url).ping()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_servers_die_with_mdp(sig: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    pids = [int(p) for p in line.split()]
+    assert len(pids) >= 2, f"expected valkey and postgres children, got {line!r}"
+    assert all(_alive(p) for p in pids)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    assert _wait_dead(pids) == []

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from market_data_pipeline.cli.app import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--version")[:2] == (0, "mdp 0.4.0\n")
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "Examples:" in out and "mdp demo" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("bogus",), "No such command 'bogus'"),
+        (("demo", "--events", "x"), "Invalid value for '--events'"),
+        (("demo", "--nope"), "No such option: --nope"),
+        (("demo", "--config", "missing.yaml"), "missing.yaml: file not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], expected: str
+) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith("mdp: error: ") and expected in err
+    assert "Traceback" not in err + out
+
+
+def test_bad_yaml_via_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("micro_batch:\n  window_ms: [1\n")
+    code, _, err = run(capsys, "demo", "--config", str(p))
+    assert code == 2 and "YAML syntax error" in err and err.count("\n") == 1
