@@ -20,15 +20,17 @@ from typing import Any, Literal
 import msgpack
 from pydantic import ValidationError
 
-from market_data_core.contracts import Signal, StreamEvent
+from market_data_core.contracts import Bar, Signal, StreamEvent
 from market_data_core.errors import ContractError
-from market_data_core.timeutil import from_epoch_us, isoformat_us, to_epoch_us
+from market_data_core.timeutil import from_epoch_us, isoformat_us, parse_timestamp, to_epoch_us
 
 __all__ = [
     "CodecName",
     "DecodedBatch",
+    "decode_bar",
     "decode_events",
     "decode_signal",
+    "encode_bar",
     "encode_event",
     "encode_events",
     "encode_signal",
@@ -196,3 +198,46 @@ def iter_valid(batches: Iterable[DecodedBatch]) -> Iterable[StreamEvent]:
     """All valid events of several batches, in order."""
     for b in batches:
         yield from b.events
+
+
+_BAR_FIELDS = (
+    "provider",
+    "symbol",
+    "interval",
+    "o",
+    "h",
+    "l",
+    "c",
+    "v",
+    "vwap",
+    "trade_count",
+    "revision",
+)
+
+
+def encode_bar(bar: Bar, codec: CodecName = "msgpack") -> bytes:
+    """A closed bar for the ``mdp.bars`` stream (``ts`` = window start)."""
+    d: dict[str, Any] = {"ver": 1, "type": "bar"}
+    d.update({name: getattr(bar, name) for name in _BAR_FIELDS})
+    d["ts"] = to_epoch_us(bar.ts) if codec == "msgpack" else isoformat_us(bar.ts)
+    return _dumps(d, codec)
+
+
+def decode_bar(payload: bytes) -> Bar:
+    """Inverse of :func:`encode_bar`; raises ``ContractError`` (only) when it cannot."""
+    obj = _loads(payload)
+    if not isinstance(obj, dict) or obj.get("type") != "bar":
+        raise ContractError("decode", "expected a bar map (type=bar)", bytes(payload))
+    try:
+        ts = obj["ts"]
+        when = from_epoch_us(ts) if isinstance(ts, int) else parse_timestamp(str(ts))
+        bar = Bar(ts=when, **{name: obj.get(name) for name in _BAR_FIELDS})
+        for name in ("o", "h", "l", "c", "v"):
+            value = getattr(bar, name)
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not isinstance(bar.provider, str) or not isinstance(bar.symbol, str):
+            raise ValueError("provider and symbol must be strings")
+        return bar
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ContractError("validation", f"bad bar: {exc}", bytes(payload)) from exc

@@ -156,6 +156,19 @@ class Bus(Protocol):
         """Length, lag, pending, consumers per shard of ``topic`` (for ``group`` if given)."""
         ...
 
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Append a dead letter to the DLQ topic (for producers: rows that fail validation).
+        ``letter.entry_id`` is ignored; the bus assigns one."""
+        ...
+
+    async def dlq_list(self, limit: int) -> list[DeadLetter]:
+        """Oldest first, at most ``limit``."""
+        ...
+
+    async def dlq_delete(self, entry_ids: Sequence[str]) -> int:
+        """Remove dead letters (after a successful replay, or ``purge``); returns how many."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

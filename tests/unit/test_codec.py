@@ -156,3 +156,16 @@ def test_msgpack_timestamps_are_integer_microseconds() -> None:
     raw = msgpack.unpackb(encode_event(ev, "msgpack"))
     assert raw["src_ts"] == 1
     assert math.isclose(raw["c"], 1.0)
+
+
+def test_bar_round_trip_and_rejection() -> None:
+    from market_data_core.codec import decode_bar, encode_bar
+    from market_data_core.contracts import Bar
+
+    bar = Bar("p", "S", "2s", EPOCH + timedelta(seconds=2), 1.0, 2.0, 0.5, 1.5, 10.25, 1.2, 7, 1)
+    for codec in ("msgpack", "json"):
+        assert decode_bar(encode_bar(bar, codec)) == bar  # type: ignore[arg-type]
+    with pytest.raises(ContractError, match="expected a bar map"):
+        decode_bar(b'{"ver": 1}')
+    with pytest.raises(ContractError, match="bad bar"):
+        decode_bar(b'{"type": "bar", "ts": 0, "o": "x"}')
