@@ -231,7 +231,9 @@ def decode_bar(payload: bytes) -> Bar:
     try:
         ts = obj["ts"]
         when = from_epoch_us(ts) if isinstance(ts, int) else parse_timestamp(str(ts))
-        bar = Bar(ts=when, **{name: obj.get(name) for name in _BAR_FIELDS})
+        fields: dict[str, Any] = {name: obj.get(name) for name in _BAR_FIELDS}
+        fields["revision"] = fields["revision"] or 0
+        bar = Bar(ts=when, **fields)
         for name in ("o", "h", "l", "c", "v"):
             value = getattr(bar, name)
             if not isinstance(value, int | float) or not math.isfinite(value):
