@@ -180,7 +180,7 @@ def test_setup_logging_sets_level_and_rejects_unknown_levels() -> None:
         assert root.level == logging.DEBUG
         assert len(root.handlers) == 1
         assert not isinstance(root.handlers[0].formatter, JsonFormatter)
-        with pytest.raises(ConfigError, match="telemetry.log_level"):
+        with pytest.raises(ConfigError, match=r"telemetry\.log_level"):
             setup_logging("LOUD", json=True)
     finally:
         for h in list(root.handlers):
