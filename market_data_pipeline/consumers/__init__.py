@@ -1,0 +1,1 @@
+"""Consumer stages: the micro-batcher (events -> bars), the inference consumer (bars -> signals)."""

@@ -1,0 +1,507 @@
+"""The micro-batcher: events from the bus -> exact event-time bars in the store.
+
+Per poll it decodes entries (bad ones -> dead letters), assigns trade ticks to epoch-aligned
+windows per shard (see :mod:`.windowing` for when a window closes and what is late), and flushes
+closed windows through :meth:`StoreClient.ingest_ticks`, which stores the raw ticks (idempotent by
+``event_id``) and recomputes every touched bar from all stored ticks of its window in the same
+transaction. Provider bars are upserted as they are. Quotes are not this stage's business and are
+acknowledged untouched (the inference stage reads them in its own group).
+
+Guarantees:
+
+* **Ack only after commit.** An entry is acknowledged once every event it carried is committed.
+  On a crash, unacknowledged entries are delivered again (to this consumer after a restart, or to
+  another one) and re-flushed; the store's idempotency makes that exact.
+* **Exact whatever the order.** Because bars are recomputed from the stored raw ticks,
+  duplicates, replays, shuffles, late events inside the correction horizon, crashes and several
+  workers at once all converge to the same rows. A bar that changes after it was first written
+  gets ``revision + 1``.
+* **Store down -> no ack, retry** with capped exponential backoff; buffers are kept; nothing is
+  lost. A non-transient store error stops the worker after a few attempts (entries stay pending).
+* **Open windows are not flushed on shutdown**: their entries stay pending and are re-read on
+  restart, so a restart never splits a bar into revisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from market_data_core.codec import decode_events, encode_bar, encode_event
+from market_data_core.config import AppConfig
+from market_data_core.contracts import Bar, StreamEvent
+from market_data_core.errors import BusError, StoreError, StoreUnavailableError
+from market_data_core.protocols import (
+    Bus,
+    BusConsumer,
+    BusRecord,
+    DeadLetter,
+    StoreClient,
+    routing_key,
+)
+from market_data_core.timeutil import (
+    format_duration_ms,
+    from_epoch_us,
+    isoformat_us,
+    to_epoch_us,
+)
+from market_data_pipeline import telemetry
+from market_data_pipeline.consumers.windowing import Lateness, ShardClock
+
+__all__ = ["MicroBatchStats", "MicroBatcher"]
+
+log = logging.getLogger(__name__)
+
+_COMPONENT = "microbatch"
+_LIVE_LATENCY_WINDOW_US = 3600 * 1_000_000  # latency is only meaningful for live data
+_MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+RecordKey = tuple[int, str]
+
+
+@dataclass(slots=True)
+class _RecordState:
+    record: BusRecord
+    remaining: int
+
+
+@dataclass(slots=True)
+class _Buffered:
+    event: StreamEvent
+    keys: list[RecordKey]
+
+
+@dataclass(slots=True)
+class MicroBatchStats:
+    """What one run did (also the ``job_runs`` counts)."""
+
+    events_in: int = 0
+    ticks_inserted: int = 0
+    bars_written: int = 0
+    provider_bars: int = 0
+    dead_letters: int = 0
+    late_corrections: int = 0
+    too_late: int = 0
+    quotes_skipped: int = 0
+    flushes: int = 0
+    store_retries: int = 0
+    window_latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rows_written(self) -> int:
+        return self.ticks_inserted + self.bars_written
+
+
+class MicroBatcher:
+    """One micro-batch worker: a member of the events topic's consumer group."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        bus: Bus,
+        store: StoreClient,
+        *,
+        consumer_name: str,
+        window_ms: int | None = None,
+        wall_clock_us: Callable[[], int] = _wall_us,
+    ) -> None:
+        mb = config.micro_batch
+        self.config = config
+        self.window_ms = window_ms or mb.window_ms
+        self.interval = format_duration_ms(self.window_ms)
+        self._bus = bus
+        self._store = store
+        self._consumer: BusConsumer = bus.consumer(
+            config.bus.events_topic, config.bus.group, consumer_name
+        )
+        self._wall = wall_clock_us
+        self._max_batch = mb.max_batch_size
+        self._window_label = str(self.window_ms)
+        self._clock_args = (
+            self.window_ms,
+            mb.allow_late_ms,
+            mb.flush_timeout_ms,
+            mb.correction_horizon_ms,
+        )
+        self._clocks: dict[int, ShardClock] = {}
+        self._windows: dict[tuple[int, int], dict[str, _Buffered]] = {}
+        self._bars: dict[tuple[str, str, str, datetime], _Buffered] = {}
+        self._outstanding: dict[RecordKey, _RecordState] = {}
+        self.stats = MicroBatchStats()
+
+    @property
+    def consumer_name(self) -> str:
+        return self._consumer.name
+
+    def _clock(self, shard: int) -> ShardClock:
+        clock = self._clocks.get(shard)
+        if clock is None:
+            clock = self._clocks[shard] = ShardClock.from_ms(*self._clock_args)
+        return clock
+
+    @property
+    def buffered_events(self) -> int:
+        return sum(len(w) for w in self._windows.values()) + len(self._bars)
+
+    async def run(
+        self, stop: asyncio.Event, *, drain: bool = False, idle_s: float = 3.0
+    ) -> MicroBatchStats:
+        """Consume until ``stop`` is set (or, with ``drain``, until the input has been idle for
+        ``idle_s`` seconds and everything is flushed and acknowledged)."""
+        idle_since: float | None = None
+        bus_backoff_s = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    records = await self._consumer.poll(self._max_batch, self.config.bus.block_ms)
+                    bus_backoff_s = 0.1
+                except BusError as exc:
+                    telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
+                    log.warning("bus poll failed (%s); retrying in %.1fs", exc, bus_backoff_s)
+                    await _sleep_or_stop(stop, bus_backoff_s)
+                    bus_backoff_s = min(bus_backoff_s * 2, 5.0)
+                    continue
+                if records:
+                    idle_since = None
+                    await self._ingest(records)
+                else:
+                    idle_since = idle_since if idle_since is not None else time.monotonic()
+                    self._set_lag(0.0)
+                await self._flush(stop, force=drain and not records)
+                if (
+                    drain
+                    and idle_since is not None
+                    and not self._outstanding
+                    and self.buffered_events == 0
+                    and time.monotonic() - idle_since >= idle_s
+                ):
+                    break
+            # Stopping: commit what is already closed; open windows stay pending for a restart.
+            if not stop.is_set() or self.buffered_events:
+                await self._flush(stop, force=False, final=True)
+        finally:
+            await self._consumer.aclose()
+        return self.stats
+
+    async def _ingest(self, records: list[BusRecord]) -> None:
+        now = self._wall()
+        ack_now: list[BusRecord] = []
+        max_ingest_us = 0
+        for rec in records:
+            key: RecordKey = (rec.shard, rec.entry_id)
+            if key in self._outstanding:
+                continue  # re-delivered while we still hold it (e.g. self-claim): already counted
+            batch = decode_events(rec.payload)
+            for err in batch.errors:
+                await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
+            clock = self._clock(rec.shard)
+            held = 0
+            for ev in batch.events:
+                self.stats.events_in += 1
+                if ev.ingest_ts is not None:
+                    max_ingest_us = max(max_ingest_us, to_epoch_us(ev.ingest_ts))
+                if ev.kind == "quote":
+                    self.stats.quotes_skipped += 1
+                    continue
+                ts_us = to_epoch_us(ev.src_ts)
+                if ev.kind == "bar":
+                    clock.observe(ts_us, now)
+                    assert ev.interval is not None
+                    bkey = (ev.provider, ev.symbol, ev.interval, ev.src_ts)
+                    buf = self._bars.get(bkey)
+                    if buf is None or (buf.event.src_ts, buf.event.seq) <= (ev.src_ts, ev.seq):
+                        keys = buf.keys if buf else []
+                        self._bars[bkey] = buf = _Buffered(ev, keys)
+                    buf.keys.append(key)
+                    held += 1
+                    continue
+                lateness = clock.classify(ts_us)
+                if lateness is Lateness.TOO_LATE:
+                    self.stats.too_late += 1
+                    wm = clock.watermark_us or 0
+                    await self._dead_letter(
+                        rec,
+                        "late",
+                        f"event {ev.event_id} at {isoformat_us(ev.src_ts)} is "
+                        f"{(wm - ts_us) / 1e6:.3f}s behind the watermark "
+                        f"{isoformat_us(from_epoch_us(wm))}, beyond correction_horizon_ms="
+                        f"{self.config.micro_batch.correction_horizon_ms}",
+                        _single_payload(ev),
+                    )
+                    continue
+                if lateness is Lateness.LATE:
+                    self.stats.late_corrections += 1
+                clock.observe(ts_us, now)
+                window = self._windows.setdefault((rec.shard, clock.window_of(ts_us)), {})
+                buffered = window.get(ev.event_id)
+                if buffered is None:
+                    window[ev.event_id] = _Buffered(ev, [key])
+                else:
+                    buffered.keys.append(key)  # duplicate: written once, both entries acked
+                held += 1
+            if held:
+                state = self._outstanding.get(key)
+                if state is None:
+                    self._outstanding[key] = _RecordState(rec, held)
+                else:
+                    state.remaining += held
+            else:
+                ack_now.append(rec)
+        telemetry.EVENTS_CONSUMED.labels(
+            topic=self.config.bus.events_topic, group=self.config.bus.group
+        ).inc(sum(1 for _ in records))
+        if max_ingest_us:
+            self._set_lag(max(0.0, (now - max_ingest_us) / 1000))
+        if ack_now:
+            await self._consumer.ack(ack_now)
+
+    def _set_lag(self, lag_ms: float) -> None:
+        telemetry.STREAM_CONSUMER_LAG.labels(
+            topic=self.config.bus.events_topic,
+            group=self.config.bus.group,
+            consumer=self._consumer.name,
+        ).set(lag_ms)
+
+    async def _dead_letter(self, rec: BusRecord, reason: str, detail: str, payload: bytes) -> None:
+        self.stats.dead_letters += 1
+        telemetry.ERRORS.labels(component=_COMPONENT, reason=reason).inc()
+        letter = DeadLetter(
+            entry_id="",
+            payload=payload,
+            reason=reason,
+            detail=detail,
+            component=_COMPONENT,
+            source_topic=rec.topic,
+            source_shard=rec.shard,
+            source_id=rec.entry_id,
+            ts=from_epoch_us(self._wall()),
+            deliveries=rec.deliveries,
+        )
+        await self._bus.dead_letter(letter)
+
+    def _closed_windows(self, force: bool) -> list[tuple[int, int]]:
+        now = self._wall()
+        return [
+            (shard, start)
+            for (shard, start) in self._windows
+            if force or self._clocks[shard].closable(start, now)
+        ]
+
+    async def _flush(self, stop: asyncio.Event, *, force: bool, final: bool = False) -> None:
+        closed = self._closed_windows(force)
+        if not closed and not self._bars:
+            return
+        units: dict[tuple[str, str, int], list[_Buffered]] = defaultdict(list)
+        for shard, start in closed:
+            for buf in self._windows[(shard, start)].values():
+                units[(buf.event.provider, buf.event.symbol, start)].append(buf)
+        bars = list(self._bars.values())
+        redelivered = any(
+            self._outstanding[k].record.deliveries > 1
+            for buf in [*bars, *(b for u in units.values() for b in u)]
+            for k in buf.keys
+            if k in self._outstanding
+        )
+        written = await self._write(stop, units, bars, redelivered, final=final)
+        if not written:
+            return
+        for key in closed:
+            del self._windows[key]
+        self._bars.clear()
+        done: list[BusRecord] = []
+        for buf in [*bars, *(b for u in units.values() for b in u)]:
+            for k in buf.keys:
+                state = self._outstanding.get(k)
+                if state is None:
+                    continue
+                state.remaining -= 1
+                if state.remaining <= 0:
+                    done.append(state.record)
+                    del self._outstanding[k]
+        if done:
+            await self._consumer.ack(done)
+        now = self._wall()
+        for _shard, start in closed:
+            end_us = start + self.window_ms * 1000
+            if 0 <= now - end_us <= _LIVE_LATENCY_WINDOW_US:
+                latency_ms = (now - end_us) / 1000
+                telemetry.MICROBATCH_WINDOW_LATENCY.observe(latency_ms)
+                self.stats.window_latencies_ms.append(latency_ms)
+
+    async def _write(
+        self,
+        stop: asyncio.Event,
+        units: dict[tuple[str, str, int], list[_Buffered]],
+        bars: list[_Buffered],
+        redelivered: bool,
+        *,
+        final: bool,
+    ) -> bool:
+        """Commit everything; True once committed. Retries transient failures with capped
+        backoff until committed (or until ``stop`` during a retry, returning False)."""
+        backoff_s = 0.1
+        non_transient = 0
+        chunks = list(_chunks(units, self._max_batch))
+        pending_chunks = list(range(len(chunks)))
+        bars_pending = bool(bars)
+        changed: list[Bar] = []
+        while True:
+            try:
+                while pending_chunks:
+                    i = pending_chunks[0]
+                    changed += await self._write_ticks(chunks[i])
+                    pending_chunks.pop(0)
+                if bars_pending:
+                    changed += await self._write_bars(bars)
+                    bars_pending = False
+                break
+            except StoreUnavailableError as exc:
+                self.stats.store_retries += 1
+                telemetry.RETRIES.labels(component=_COMPONENT).inc()
+                telemetry.ERRORS.labels(component=_COMPONENT, reason="store_unavailable").inc()
+                log.warning(
+                    "store unavailable (%s); retrying in %.1fs, nothing acked", exc, backoff_s
+                )
+            except StoreError as exc:
+                non_transient += 1
+                telemetry.ERRORS.labels(component=_COMPONENT, reason="store_error").inc()
+                log.error("store write failed (%s), attempt %d", exc, non_transient)
+                if non_transient >= _MAX_STORE_ATTEMPTS_NON_TRANSIENT:
+                    raise
+            if stop.is_set() and final:
+                return False
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+        if redelivered and units:
+            changed = await self._reload_bars(units, changed)
+        await self._publish_bars(changed)
+        self.stats.flushes += 1
+        return True
+
+    async def _write_ticks(self, chunk: list[list[_Buffered]]) -> list[Bar]:
+        ticks = sorted((b.event for unit in chunk for b in unit), key=lambda e: (e.src_ts, e.seq))
+        t0 = time.perf_counter()
+        result = await self._store.ingest_ticks(ticks, interval=self.interval)
+        telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
+        telemetry.MICROBATCH_BATCH_SIZE.observe(len(ticks))
+        self.stats.ticks_inserted += result.ticks_inserted
+        self.stats.bars_written += len(result.bars)
+        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(
+            result.ticks_inserted + len(result.bars)
+        )
+        for symbol in {t.symbol for t in ticks}:
+            telemetry.MICROBATCH_FLUSH_TOTAL.labels(
+                window_ms=self._window_label, symbol=symbol
+            ).inc()
+        return list(result.bars)
+
+    async def _write_bars(self, bars: list[_Buffered]) -> list[Bar]:
+        rows = [_provider_bar(b.event) for b in bars]
+        t0 = time.perf_counter()
+        result = await self._store.upsert_bars(rows)
+        telemetry.STORE_WRITE_DURATION.labels(table="bars_ohlcv").observe(time.perf_counter() - t0)
+        self.stats.provider_bars += len(rows)
+        self.stats.bars_written += result.changed
+        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(result.changed)
+        # Publish every provider bar: the upsert does not say which rows changed, and the
+        # inference stage treats a bar it has seen (same key and revision) as a no-op.
+        return rows
+
+    async def _reload_bars(
+        self, units: dict[tuple[str, str, int], list[_Buffered]], changed: list[Bar]
+    ) -> list[Bar]:
+        """After a redelivery the store may report no change for bars that were committed but
+        never published (crash between commit and publish): publish them from the store."""
+        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        for provider, symbol, start in units:
+            lo, hi = spans.get((provider, symbol), (start, start))
+            spans[(provider, symbol)] = (min(lo, start), max(hi, start))
+        seen = {b.key for b in changed}
+        out = list(changed)
+        for (provider, symbol), (lo, hi) in spans.items():
+            for bar in await self._store.bars_range(
+                provider,
+                symbol,
+                self.interval,
+                from_epoch_us(lo),
+                from_epoch_us(hi + self.window_ms * 1000),
+            ):
+                if bar.key not in seen and (provider, symbol, bar.ts) in _unit_starts(units):
+                    out.append(bar)
+        return out
+
+    async def _publish_bars(self, bars: list[Bar]) -> None:
+        if not bars:
+            return
+        codec = self.config.bus.codec
+        items = [(routing_key(b.provider, b.symbol), encode_bar(b, codec)) for b in bars]
+        try:
+            await self._bus.publish(self.config.bus.bars_topic, items)
+        except BusError as exc:
+            # The bars are committed; the next redelivery-free path cannot republish them, so
+            # count it loudly. Inference warm-up from the store covers the gap on restart.
+            telemetry.ERRORS.labels(component=_COMPONENT, reason="publish_bars").inc()
+            log.error(
+                "could not publish %d closed bars to %s: %s",
+                len(bars),
+                self.config.bus.bars_topic,
+                exc,
+            )
+
+
+def _unit_starts(
+    units: dict[tuple[str, str, int], list[_Buffered]],
+) -> set[tuple[str, str, datetime]]:
+    return {(p, s, from_epoch_us(start)) for p, s, start in units}
+
+
+def _chunks(
+    units: dict[tuple[str, str, int], list[_Buffered]], max_events: int
+) -> Iterable[list[list[_Buffered]]]:
+    """Pack whole (symbol, window) units into chunks of at most ``max_events`` (a larger unit
+    stands alone), interleaving symbols so a hot symbol cannot starve the others."""
+    by_symbol: dict[tuple[str, str], list[list[_Buffered]]] = defaultdict(list)
+    for (provider, symbol, _start), bufs in sorted(units.items()):
+        by_symbol[(provider, symbol)].append(bufs)
+    order: list[list[_Buffered]] = []
+    queues = list(by_symbol.values())
+    while queues:
+        order += [q.pop(0) for q in queues]
+        queues = [q for q in queues if q]
+    chunk: list[list[_Buffered]] = []
+    size = 0
+    for unit in order:
+        if chunk and size + len(unit) > max_events:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(unit)
+        size += len(unit)
+    if chunk:
+        yield chunk
+
+
+def _provider_bar(ev: StreamEvent) -> Bar:
+    assert ev.interval is not None
+    assert ev.o is not None and ev.h is not None and ev.l is not None
+    assert ev.c is not None and ev.v is not None
+    return Bar(ev.provider, ev.symbol, ev.interval, ev.src_ts, ev.o, ev.h, ev.l, ev.c, ev.v)
+
+
+def _single_payload(ev: StreamEvent) -> bytes:
+    return encode_event(ev, "json")
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
