@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
-import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -18,6 +18,8 @@ import typer
 from market_data_core.config import AppConfig, load_config, parse_config
 from market_data_core.errors import ConfigError
 from market_data_core.timeutil import parse_duration_ms
+from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.telemetry import MetricsServer, setup_logging, start_metrics_server
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -81,14 +83,6 @@ def parse_window(text: str, flag: str = "--window") -> int:
     return ms
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop`` (a second one
     cancels). Loops check ``stop`` at batch boundaries, then drain, flush, ack and close."""
@@ -117,3 +111,51 @@ def run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
                     loop.remove_signal_handler(sig)
 
     return asyncio.run(runner())
+
+
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve /metrics and /healthz here (overrides telemetry.metrics_port; 0 = any free).",
+    ),
+]
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@contextlib.contextmanager
+def stage_services(config: AppConfig, urls: ServerUrls, stage: str) -> Iterator[MetricsServer]:
+    """Logging, the metrics endpoint, and a warning when the bus is embedded (its data dies
+    with this command)."""
+    setup_logging(config.telemetry.log_level, json=False)
+    log = logging.getLogger(f"mdp.{stage}")
+    if "valkey" in urls.embedded:
+        log.warning(
+            "%s is using an embedded Redis that stops with this command; set REDIS_URI to share "
+            "a bus between commands (or use `mdp run`)",
+            stage,
+        )
+    try:
+        server = start_metrics_server(config.telemetry.metrics_host, config.telemetry.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {config.telemetry.metrics_host}:"
+            f"{config.telemetry.metrics_port} ({exc.strerror}); pass --metrics-port 0 for any "
+            "free port",
+            source="telemetry.metrics_port",
+        ) from None
+    log.info("%s: metrics on %s/metrics, servers: %s", stage, server.url, urls.describe())
+    try:
+        yield server
+    finally:
+        server.stop()
