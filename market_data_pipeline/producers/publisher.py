@@ -1,0 +1,239 @@
+"""The publisher between a provider and the bus: a bounded buffer, batching, pacing, retries.
+
+Contract:
+
+* :meth:`Publisher.put` appends one event; when the buffer holds ``buffer_max_events`` it
+  *waits* for room (backpressure reaches the provider, which slows down).
+  :meth:`Publisher.put_nowait` raises :class:`BackpressureError` instead.
+* A background task takes up to ``batch_size`` events at a time, pays for them on the token
+  bucket (``max_msgs_per_s``), encodes them (``pack_events > 1``: that many events of one
+  routing key per entry, per-key order kept) and publishes them in one call.
+* A failed publish (``BusError``) is retried with capped exponential backoff for
+  ``retry_timeout_s``; the batch stays at the head of the buffer meanwhile, so nothing is
+  lost or reordered. After that the error is kept and raised by the next ``put``/``flush``.
+* :meth:`Publisher.aclose` flushes everything buffered, then stops (SIGINT/SIGTERM path).
+* Every published event counts in ``stream_events_ingested_total{bus,topic,provider}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+
+from market_data_core.codec import CodecName, encode_event, encode_events
+from market_data_core.contracts import StreamEvent
+from market_data_core.errors import BackpressureError, BusError
+from market_data_core.protocols import Bus, routing_key
+from market_data_pipeline import telemetry
+from market_data_pipeline.producers.pacing import TokenBucket
+
+__all__ = ["Publisher", "encode_batch"]
+
+log = logging.getLogger(__name__)
+
+
+def encode_batch(
+    events: Sequence[StreamEvent], codec: CodecName, pack_events: int
+) -> list[tuple[str, bytes]]:
+    """Bus items for ``events``: one per event, or packs of up to ``pack_events`` events of
+    one routing key (order within a key is the order in ``events``)."""
+    if pack_events <= 1:
+        return [(routing_key(e.provider, e.symbol), encode_event(e, codec)) for e in events]
+    by_key: dict[str, list[StreamEvent]] = {}
+    for e in events:
+        by_key.setdefault(routing_key(e.provider, e.symbol), []).append(e)
+    items: list[tuple[str, bytes]] = []
+    for key, evs in by_key.items():
+        for i in range(0, len(evs), pack_events):
+            chunk = evs[i : i + pack_events]
+            if len(chunk) == 1:
+                items.append((key, encode_event(chunk[0], codec)))
+            else:
+                items.append((key, encode_events(chunk, codec)))
+    return items
+
+
+class Publisher:
+    """Buffers events and publishes them to ``topic`` in paced batches (see module doc)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        topic: str,
+        codec: CodecName = "msgpack",
+        batch_size: int = 500,
+        buffer_max_events: int = 100_000,
+        pack_events: int = 1,
+        max_msgs_per_s: float | None = None,
+        linger_ms: int = 50,
+        retry_timeout_s: float = 30.0,
+        retry_max_delay_s: float = 2.0,
+    ) -> None:
+        if batch_size < 1 or buffer_max_events < 1 or pack_events < 1:
+            raise ValueError("batch_size, buffer_max_events and pack_events must be >= 1")
+        self._bus = bus
+        self.topic = topic
+        self._codec: CodecName = codec
+        self._batch_size = batch_size
+        self._buffer_max = max(buffer_max_events, batch_size)
+        self._pack = pack_events
+        self._bucket = TokenBucket(max_msgs_per_s, burst=max(1.0, float(batch_size)))
+        self._linger_s = linger_ms / 1000
+        self._retry_timeout_s = retry_timeout_s
+        self._retry_max_delay_s = retry_max_delay_s
+        self._buffer: deque[StreamEvent] = deque()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._flush_waiters = 0
+        self._error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        self.entries = 0
+        self.retries = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def __aenter__(self) -> Publisher:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"publisher:{self.topic}")
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise BusError(f"publishing to {self.topic} failed: {self._error}") from self._error
+
+    async def put(self, event: StreamEvent) -> None:
+        """Buffer one event, waiting while the buffer is full. Raises ``BusError`` once the
+        publisher has given up on the bus."""
+        while len(self._buffer) >= self._buffer_max:
+            self._raise_if_failed()
+            self._room.clear()
+            await self._room.wait()
+        self._raise_if_failed()
+        self._append(event)
+
+    def put_nowait(self, event: StreamEvent) -> None:
+        """Buffer one event or raise ``BackpressureError`` (with a retry hint) when full."""
+        self._raise_if_failed()
+        if len(self._buffer) >= self._buffer_max:
+            rate = self._bucket.rate_per_s or 10_000.0
+            raise BackpressureError(
+                f"publish buffer full ({self._buffer_max} events)",
+                retry_after_s=self._batch_size / rate,
+            )
+        self._append(event)
+
+    def _append(self, event: StreamEvent) -> None:
+        self._buffer.append(event)
+        self._idle.clear()
+        if len(self._buffer) >= self._batch_size:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once everything buffered so far is published; raises ``BusError``."""
+        self.start()
+        self._flush_waiters += 1
+        self._wake.set()
+        try:
+            while self._buffer and self._error is None:
+                await self._idle.wait()
+        finally:
+            self._flush_waiters -= 1
+        self._raise_if_failed()
+
+    async def aclose(self) -> None:
+        """Flush, then stop the background task. Raises ``BusError`` if the flush failed."""
+        if self._task is None:
+            self._raise_if_failed()
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._task
+        finally:
+            self._task = None
+            self._room.set()
+        self._raise_if_failed()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._buffer:
+                    self._idle.set()
+                    if self._closing:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self._linger_s)
+                    self._wake.clear()
+                    continue
+                urgent = self._closing or self._flush_waiters > 0
+                if len(self._buffer) < self._batch_size and not urgent:
+                    # Give a partial batch a moment to fill (linger), unless told to flush.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self._linger_s)
+                    self._wake.clear()
+                n = min(self._batch_size, len(self._buffer))
+                batch = [self._buffer[i] for i in range(n)]
+                await self._bucket.acquire(n)
+                await self._publish_with_retry(batch)
+                for _ in range(n):
+                    self._buffer.popleft()
+                self._room.set()
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self._error = exc
+            self._idle.set()
+            self._room.set()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _publish_with_retry(self, batch: list[StreamEvent]) -> None:
+        items = encode_batch(batch, self._codec, self._pack)
+        deadline = time.monotonic() + self._retry_timeout_s
+        delay_s = 0.05
+        while True:
+            try:
+                appended = await self._bus.publish(self.topic, items)
+                break
+            except BusError as exc:
+                if time.monotonic() + delay_s > deadline:
+                    raise
+                self.retries += 1
+                telemetry.RETRIES.labels(component="publisher").inc()
+                log.warning(
+                    "publish to %s failed (%s); retrying in %.2fs", self.topic, exc, delay_s
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self._retry_max_delay_s)
+        self.entries += appended
+        self.published += len(batch)
+        per_provider: dict[str, int] = {}
+        for e in batch:
+            per_provider[e.provider] = per_provider.get(e.provider, 0) + 1
+        for provider, count in per_provider.items():
+            telemetry.EVENTS_INGESTED.labels(
+                bus=self._bus.backend, topic=self.topic, provider=provider
+            ).inc(count)
