@@ -26,6 +26,7 @@ from market_data_core.timeutil import parse_duration_ms
 __all__ = [
     "AppConfig",
     "BusConfig",
+    "FeatureKind",
     "FeatureWindowConfig",
     "FeaturesConfig",
     "InferenceConfig",
@@ -184,12 +185,49 @@ class MicroBatchConfig(_Model):
     correction_horizon_ms: int = Field(default=300_000, ge=0)
 
 
+FeatureKind = Literal[
+    "vwap",
+    "returns",
+    "volatility",
+    "rsi",
+    "momentum",
+    "skewness",
+    "kurtosis",
+    "sma",
+    "ema",
+    "macd",
+    "bollinger",
+    "realized_vol",
+    "spread_bps",
+    "imbalance",
+]
+
+
 class FeatureWindowConfig(_Model):
-    """A rolling window: ``horizon`` (a duration like ``60s``) or ``periods`` (a bar count)."""
+    """A rolling window: ``horizon`` (a duration like ``60s``) or ``periods`` (a bar count).
+
+    ``name`` is the feature name rules and models use. ``feature`` picks the indicator; when
+    omitted it is inferred from the name's prefix (``vwap_1m`` -> vwap, ``ret_30s`` -> returns,
+    ``vol_5m`` -> volatility; see ``market_data_pipeline.features``). ``num_std`` is the
+    Bollinger band width; ``fast_periods``/``signal_periods`` the MACD's (``periods`` = slow).
+    """
 
     name: str
     horizon: str | None = None
     periods: int | None = Field(default=None, ge=1)
+    feature: FeatureKind | None = None
+    num_std: float = Field(default=2.0, gt=0)
+    fast_periods: int = Field(default=12, ge=1)
+    signal_periods: int = Field(default=9, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,63}$", v):
+            raise ValueError(
+                f"feature name {v!r} must start with a letter and hold only letters, digits, '_'"
+            )
+        return v
 
     @field_validator("horizon")
     @classmethod
@@ -216,6 +254,24 @@ class FeaturesConfig(_Model):
         FeatureWindowConfig(name="vol_5m", horizon="300s"),
     ]
     warmup_bars: int = Field(default=500, ge=0)
+    # The bar interval features run on (bars of other intervals on mdp.bars are skipped);
+    # unset -> the micro-batch window (e.g. "2s").
+    interval: str | None = None
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration_ms(v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FeaturesConfig:
+        names = [w.name for w in self.windows]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate feature window names: {', '.join(dupes)}")
+        return self
 
 
 class RulesAdapterConfig(_Model):
