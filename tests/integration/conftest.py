@@ -4,8 +4,10 @@ servers named by MDP_TEST_REDIS_URL / MDP_TEST_DATABASE_URL."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
@@ -64,3 +66,24 @@ async def redis_client(redis_url: str) -> AsyncIterator[aredis.Redis]:
     client = aredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+class _DebianRedis(EmbeddedRedis):
+    """Debian's ``redis-server`` (Redis 7.0), started like the embedded Valkey."""
+
+    @staticmethod
+    def binary() -> Path:
+        found = shutil.which("redis-server")
+        assert found is not None
+        return Path(found)
+
+
+@pytest.fixture(scope="session")
+def redis7_url() -> Iterator[str]:
+    """A Redis 7.0 server of our own on a free port (Debian's ``redis-server`` package)."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server (Redis 7.0) is not installed: apt-get install redis-server")
+    server = _DebianRedis()
+    server.start()
+    yield server.url
+    server.stop()

@@ -1,0 +1,571 @@
+"""The Redis Streams bus (Redis 7.0+ and Valkey).
+
+Layout: the events topic (``bus.events_topic``) is split into ``partitions`` streams
+``<topic>:<n>`` (exactly ``<topic>`` when ``partitions == 1``); every other topic (bars, signals,
+the DLQ) is one stream. An entry has one field, ``data``, holding the payload bytes, so an entry
+written by any Redis client (``XADD mdp.events * data <json>``) is read like our own.
+
+Publishing is one pipelined round trip per batch (``XADD ... MAXLEN ~ bus.maxlen``); retention is
+therefore "about the last ``maxlen`` entries per stream". The DLQ is never trimmed.
+
+Consuming (:class:`RedisConsumer`), per ``poll``:
+
+1. every ``lease_ttl_ms / 3``, one Lua round trip refreshes this consumer's shard leases
+   (see :mod:`market_data_pipeline.streaming.leases` for the mechanism and the takeover bound);
+2. on each shard it newly holds, its **own** pending entries (left by a previous run under the
+   same name) come first, oldest first, until none are left;
+3. a newly held shard is *gated* while other consumers still have pending entries on it: new
+   entries are not read from it until those are acked by their consumer (a live one that just
+   released the shard) or claimed here once idle for ``claim_idle_ms`` (a dead one) — so per-key
+   order holds across a takeover;
+4. every ``claim_idle_ms / 4``, entries idle for ``claim_idle_ms`` on held shards (including this
+   consumer's own unacked ones) are claimed and delivered again;
+5. otherwise ``XREADGROUP ... >`` over the held shards, blocking at most ``block_ms`` (capped at
+   ``lease_ttl_ms / 3`` so leases are renewed in time).
+
+An entry about to be delivered for the ``max_deliveries + 1``-th time goes to the DLQ instead
+(reason ``max_deliveries``, counted in ``errors_total{component="bus"}``) and is acked.
+Every redis-py error (connection refused/lost, timeouts, server errors) becomes ``BusError``;
+the caller retries, and nothing acked is lost: unacked entries stay pending and come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal, cast
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError, ResponseError
+
+from market_data_core.config import BusConfig
+from market_data_core.errors import BusError
+from market_data_core.protocols import BusRecord, DeadLetter, StreamStatus, shard_for
+from market_data_pipeline import telemetry
+from market_data_pipeline.streaming.dlq import letter_fields, letter_from_fields, letter_from_record
+from market_data_pipeline.streaming.leases import (
+    MAINTAIN_LUA,
+    RELEASE_LUA,
+    lease_key,
+    members_key,
+    start_offset,
+)
+
+__all__ = ["RedisBus", "RedisConsumer"]
+
+_DATA = b"data"
+_Entries = list[tuple[bytes, dict[bytes, bytes] | None]]
+
+
+@contextlib.asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    """Turn redis-py (and socket) failures into ``BusError`` naming the operation."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise BusError(f"redis bus: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _id_ms(entry_id: str) -> int:
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+class RedisBus:
+    """A :class:`~market_data_core.protocols.Bus` on Redis Streams. Build with :meth:`connect`."""
+
+    def __init__(self, client: aredis.Redis, config: BusConfig) -> None:
+        self._client = client
+        self._config = config
+        self._events_topic = config.events_topic
+        self._partitions = config.partitions
+        self._maxlen = config.maxlen
+        self._maintain = client.register_script(MAINTAIN_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+
+    @classmethod
+    async def connect(cls, url: str, config: BusConfig) -> RedisBus:
+        """Connect (and ping) ``url``; raises ``BusError`` when the server cannot be reached."""
+        client = aredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+        try:
+            async with _translated(f"connecting to {_redacted(url)}"):
+                await client.ping()
+        except BusError:
+            await client.aclose()
+            raise
+        return cls(client, config)
+
+    @property
+    def backend(self) -> Literal["redis", "kafka"]:
+        return "redis"
+
+    @property
+    def client(self) -> aredis.Redis:
+        return self._client
+
+    @property
+    def config(self) -> BusConfig:
+        return self._config
+
+    def shard_count(self, topic: str) -> int:
+        """Shards of ``topic``: ``partitions`` for the events topic, 1 for every other one."""
+        return self._partitions if topic == self._events_topic else 1
+
+    def stream_name(self, topic: str, shard: int) -> str:
+        """The Redis stream that holds shard ``shard`` of ``topic``."""
+        if self.shard_count(topic) == 1:
+            return topic
+        return f"{topic}:{shard}"
+
+    def streams(self, topic: str) -> list[str]:
+        return [self.stream_name(topic, n) for n in range(self.shard_count(topic))]
+
+    async def publish(self, topic: str, items: Sequence[tuple[str, bytes]]) -> int:
+        """Append items in one pipelined round trip (``XADD MAXLEN ~``); per-key order is kept
+        because a key always maps to the same stream and the pipeline preserves order."""
+        if not items:
+            return 0
+        pipe = self._client.pipeline(transaction=False)
+        command = pipe.execute_command
+        maxlen = self._maxlen
+        n = self.shard_count(topic)
+        if n == 1:
+            for _key, payload in items:
+                command("XADD", topic, "MAXLEN", "~", maxlen, "*", "data", payload)
+        else:
+            names = self.streams(topic)
+            for key, payload in items:
+                command(
+                    "XADD", names[shard_for(key, n)], "MAXLEN", "~", maxlen, "*", "data", payload
+                )
+        async with _translated(f"publish to {topic}"):
+            await pipe.execute()
+        return len(items)
+
+    def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
+        return RedisConsumer(self, topic, group, name)
+
+    async def tail(self, topic: str, limit: int) -> list[BusRecord]:
+        """The last ``limit`` entries over all shards, oldest first (merged by entry id)."""
+        if limit <= 0:
+            return []
+        names = self.streams(topic)
+        pipe = self._client.pipeline(transaction=False)
+        for stream in names:
+            pipe.xrevrange(stream, count=limit)
+        async with _translated(f"tail {topic}"):
+            replies = cast("list[_Entries]", await pipe.execute())
+        records: list[tuple[tuple[int, int], BusRecord]] = []
+        for shard, entries in enumerate(replies):
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                ms, _, seq = entry_id.partition("-")
+                payload = (fields or {}).get(_DATA, b"")
+                record = BusRecord(topic, shard, entry_id, payload)
+                records.append(((int(ms), int(seq or 0)), record))
+        records.sort(key=lambda pair: pair[0])
+        return [record for _, record in records[-limit:]]
+
+    async def status(self, topic: str, group: str | None = None) -> list[StreamStatus]:
+        """Per shard: length, and per group (``group`` only, if given) lag, pending, consumers,
+        the age of the oldest pending entry and the lease owner."""
+        out: list[StreamStatus] = []
+        async with _translated(f"status of {topic}"):
+            now_ms = await self._server_ms()
+            for stream in self.streams(topic):
+                pipe = self._client.pipeline(transaction=False)
+                pipe.xlen(stream)
+                pipe.exists(stream)
+                length, exists = await pipe.execute()
+                groups: list[dict[str, Any]] = []
+                if exists:
+                    groups = await self._client.xinfo_groups(stream)
+                wanted = [g for g in groups if group is None or _text(g.get("name")) == group]
+                if not wanted:
+                    out.append(StreamStatus(stream=stream, length=int(length), group=group))
+                    continue
+                for info in wanted:
+                    name = _text(info.get("name"))
+                    out.append(await self._group_status(stream, int(length), name, info, now_ms))
+        return out
+
+    async def _server_ms(self) -> int:
+        seconds, micros = await self._client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def _group_status(
+        self, stream: str, length: int, group: str, info: dict[str, Any], now_ms: int
+    ) -> StreamStatus:
+        pending = int(info.get("pending") or 0)
+        lag_raw = info.get("lag")
+        oldest_ms: int | None = None
+        if pending:
+            first = await self._client.xpending_range(stream, group, "-", "+", 1)
+            if first:
+                oldest_ms = max(0, now_ms - _id_ms(_text(first[0]["message_id"])))
+        if lag_raw is None:
+            lag = await self._computed_lag(stream, group, info, length)
+        else:
+            lag = int(lag_raw)
+        owner = await self._client.get(lease_key(stream, group))
+        return StreamStatus(
+            stream=stream,
+            length=length,
+            group=group,
+            lag=lag,
+            pending=pending,
+            consumers=int(info.get("consumers") or 0),
+            oldest_pending_ms=oldest_ms,
+            owner=None if owner is None else _text(owner),
+        )
+
+    async def _computed_lag(
+        self, stream: str, group: str, info: dict[str, Any], length: int
+    ) -> int | None:
+        """Lag where XINFO gives none (Redis < 7, or after an XDEL/trim made it unknowable):
+        the entries after the group's last-delivered id."""
+        last = _text(info.get("last-delivered-id") or b"0-0")
+        if length == 0:
+            return 0
+        entries = cast(
+            "_Entries", await self._client.xrange(stream, min=f"({last}", max="+", count=10_000)
+        )
+        return len(entries)
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Append ``letter`` to the DLQ (never trimmed)."""
+        async with _translated("write to the DLQ"):
+            await self._client.xadd(self._config.dlq_topic, _fields(letter))
+
+    async def dlq_list(self, limit: int) -> list[DeadLetter]:
+        async with _translated("read the DLQ"):
+            entries = cast(
+                "_Entries", await self._client.xrange(self._config.dlq_topic, count=limit)
+            )
+        return [
+            letter_from_fields(raw_id.decode(), {k.decode(): v for k, v in (fields or {}).items()})
+            for raw_id, fields in entries
+        ]
+
+    async def dlq_delete(self, entry_ids: Sequence[str]) -> int:
+        if not entry_ids:
+            return 0
+        async with _translated("delete from the DLQ"):
+            return int(await self._client.xdel(self._config.dlq_topic, *entry_ids))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _fields(letter: DeadLetter) -> dict[Any, Any]:
+    return dict(letter_fields(letter))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+class RedisConsumer:
+    """One member of a consumer group on one topic; see the module docstring for ``poll``.
+
+    Not safe for concurrent use: one task polls, acks and dead-letters.
+    """
+
+    def __init__(self, bus: RedisBus, topic: str, group: str, name: str) -> None:
+        config = bus.config
+        self._bus = bus
+        self._client = bus.client
+        self._topic = topic
+        self._group = group
+        self._name = name
+        self._streams = bus.streams(topic)
+        self._shard_of = {s.encode(): n for n, s in enumerate(self._streams)}
+        self._members_key = members_key(topic, group)
+        self._lease_keys = [lease_key(s, group) for s in self._streams]
+        self._offset = start_offset(name, len(self._streams))
+        self._lease_ttl_ms = config.redis.lease_ttl_ms
+        self._renew_every_s = self._lease_ttl_ms / 3000
+        self._claim_idle_ms = config.claim_idle_ms
+        self._claim_every_s = max(config.claim_idle_ms / 4000, 0.05)
+        self._max_deliveries = config.max_deliveries
+        self._dlq = config.dlq_topic
+        self._owned: list[int] = []
+        self._own_pending: set[int] = set()
+        self._gated: set[int] = set()
+        self._groups_ready = False
+        self._next_maintain = 0.0
+        self._next_claim = 0.0
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def owned_shards(self) -> frozenset[int]:
+        return frozenset(self._owned)
+
+    async def _ensure_groups(self) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for stream in self._streams:
+            # From the start of the stream: events published before the first consumer
+            # started are still processed.
+            pipe.xgroup_create(stream, self._group, id="0", mkstream=True)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+        self._groups_ready = True
+
+    async def _refresh_leases(self) -> None:
+        held = await self._bus._maintain(
+            keys=[self._members_key, *self._lease_keys],
+            args=[self._name, self._lease_ttl_ms, self._offset],
+        )
+        now_owned = sorted(int(x) for x in held)
+        gained = set(now_owned) - set(self._owned)
+        for shard in gained:
+            self._own_pending.add(shard)
+            self._gated.add(shard)
+        lost = set(self._owned) - set(now_owned)
+        self._own_pending -= lost
+        self._gated -= lost
+        self._owned = now_owned
+        self._next_maintain = time.monotonic() + self._renew_every_s
+
+    async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
+        """Up to ``max_count`` entries (see the module docstring for the order); ``[]`` after at
+        most ``block_ms``. Raises ``BusError`` (nothing is lost: unacked entries come back)."""
+        if self._closed:
+            raise BusError(f"consumer {self._name} on {self._topic} is closed")
+        max_count = max(1, max_count)
+        async with _translated(f"poll {self._topic} as {self._group}/{self._name}"):
+            if not self._groups_ready:
+                await self._ensure_groups()
+            try:
+                return await self._poll(max_count, block_ms)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream or group was deleted under us: recreate, read again next poll.
+                self._groups_ready = False
+                return []
+
+    async def _poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
+        now = time.monotonic()
+        if now >= self._next_maintain:
+            await self._refresh_leases()
+        if not self._owned:
+            await asyncio.sleep(min(block_ms / 1000, self._renew_every_s))
+            return []
+        if self._own_pending:
+            records = await self._recover_own(max_count)
+            if records:
+                return records
+        if self._gated:
+            await self._ungate()
+        if now >= self._next_claim:
+            self._next_claim = now + self._claim_every_s
+            records = await self._claim_idle(max_count)
+            if records:
+                return records
+        readable = [s for s in self._owned if s not in self._gated]
+        if not readable:
+            await asyncio.sleep(min(block_ms / 1000, self._claim_every_s, self._renew_every_s))
+            return []
+        return await self._read_new(readable, max_count, block_ms)
+
+    async def _read_new(self, shards: list[int], max_count: int, block_ms: int) -> list[BusRecord]:
+        per_stream = max(1, max_count // len(shards))
+        block = max(1, min(block_ms, int(self._renew_every_s * 1000)))
+        reply: list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None
+        reply = await self._client.xreadgroup(  # type: ignore[assignment]
+            self._group,
+            self._name,
+            {self._streams[s]: ">" for s in shards},
+            count=per_stream,
+            block=block,
+        )
+        if not reply:
+            return []
+        topic = self._topic
+        shard_of = self._shard_of
+        out: list[BusRecord] = []
+        append = out.append
+        for raw_stream, entries in reply:
+            shard = shard_of[raw_stream]
+            for raw_id, fields in entries:
+                append(BusRecord(topic, shard, raw_id.decode(), fields.get(_DATA, b"")))
+        return out
+
+    async def _recover_own(self, max_count: int) -> list[BusRecord]:
+        """This consumer's pending entries on newly held shards, oldest first."""
+        out: list[BusRecord] = []
+        for shard in sorted(self._own_pending):
+            want = max_count - len(out)
+            if want <= 0:
+                break
+            got, seen = await self._redeliver(shard, want, consumer=self._name, min_idle_ms=0)
+            out.extend(got)
+            if seen < want:
+                self._own_pending.discard(shard)
+        return out
+
+    async def _ungate(self) -> None:
+        """Open newly held shards on which no other consumer has pending entries any more."""
+        gated = sorted(self._gated)
+        pipe = self._client.pipeline(transaction=False)
+        for shard in gated:
+            pipe.xpending(self._streams[shard], self._group)
+        summaries = await pipe.execute()
+        mine = self._name.encode()
+        for shard, summary in zip(gated, summaries, strict=True):
+            consumers = summary.get("consumers") or []
+            others = [c for c in consumers if c["name"] not in (mine, self._name)]
+            if not others:
+                self._gated.discard(shard)
+                continue
+            # Held by a consumer that is gone (or gave the shard up): the idle-claim path
+            # takes its entries after claim_idle_ms; until then the shard stays closed.
+            self._next_claim = min(self._next_claim, time.monotonic())
+
+    async def _claim_idle(self, max_count: int) -> list[BusRecord]:
+        """Entries idle for ``claim_idle_ms`` on held shards, whoever holds them."""
+        out: list[BusRecord] = []
+        for shard in self._owned:
+            want = max_count - len(out)
+            if want <= 0:
+                break
+            got, _ = await self._redeliver(
+                shard, want, consumer=None, min_idle_ms=self._claim_idle_ms
+            )
+            out.extend(got)
+        return out
+
+    async def _redeliver(
+        self, shard: int, count: int, *, consumer: str | None, min_idle_ms: int
+    ) -> tuple[list[BusRecord], int]:
+        """Claim up to ``count`` pending entries of ``shard`` (of ``consumer``, or anyone's idle
+        ones) for this consumer, oldest first; those already delivered ``max_deliveries`` times
+        go to the DLQ instead. Returns the records and how many pending entries were seen."""
+        stream = self._streams[shard]
+        pending = await self._client.xpending_range(
+            stream,
+            self._group,
+            "-",
+            "+",
+            count,
+            consumername=consumer,
+            idle=min_idle_ms or None,
+        )
+        if not pending:
+            return [], 0
+        deliveries: dict[str, int] = {}
+        poison: list[tuple[str, int]] = []
+        for row in pending:
+            entry_id = _text(row["message_id"])
+            times = int(row["times_delivered"])
+            if times >= self._max_deliveries:
+                poison.append((entry_id, times))
+            else:
+                deliveries[entry_id] = times
+        if poison:
+            await self._bury(shard, poison)
+        out: list[BusRecord] = []
+        if deliveries:
+            claimed = cast(
+                "_Entries",
+                await self._client.xclaim(
+                    stream, self._group, self._name, min_idle_ms, list(deliveries)
+                ),
+            )
+            gone: list[str] = []
+            for raw_id, fields in claimed:
+                entry_id = raw_id.decode()
+                if fields is None:  # trimmed away (MAXLEN) while pending: nothing to deliver
+                    gone.append(entry_id)
+                    continue
+                out.append(
+                    BusRecord(
+                        self._topic,
+                        shard,
+                        entry_id,
+                        fields.get(_DATA, b""),
+                        deliveries.get(entry_id, 0) + 1,
+                    )
+                )
+            if gone:
+                await self._client.xack(stream, self._group, *gone)
+        return out, len(pending)
+
+    async def _bury(self, shard: int, poison: list[tuple[str, int]]) -> None:
+        """Move entries delivered ``max_deliveries`` times to the DLQ, then ack them."""
+        stream = self._streams[shard]
+        pipe = self._client.pipeline(transaction=False)
+        for entry_id, _ in poison:
+            pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+        bodies = cast("list[_Entries]", await pipe.execute())
+        pipe = self._client.pipeline(transaction=False)
+        for (entry_id, times), body in zip(poison, bodies, strict=True):
+            payload = (body[0][1] or {}).get(_DATA, b"") if body else b""
+            record = BusRecord(self._topic, shard, entry_id, payload, times)
+            letter = letter_from_record(
+                record,
+                reason="max_deliveries",
+                detail=f"delivered {times} times (max_deliveries={self._max_deliveries})",
+                component="bus",
+            )
+            pipe.xadd(self._dlq, _fields(letter))
+        pipe.xack(stream, self._group, *(entry_id for entry_id, _ in poison))
+        await pipe.execute()
+        telemetry.ERRORS.labels(component="bus", reason="max_deliveries").inc(len(poison))
+
+    async def ack(self, records: Sequence[BusRecord]) -> None:
+        """XACK, one pipelined round trip for all shards. Acking an entry twice is harmless."""
+        if not records:
+            return
+        by_shard: dict[int, list[str]] = {}
+        for record in records:
+            by_shard.setdefault(record.shard, []).append(record.entry_id)
+        pipe = self._client.pipeline(transaction=False)
+        for shard, ids in by_shard.items():
+            pipe.xack(self._streams[shard], self._group, *ids)
+        async with _translated(f"ack on {self._topic}"):
+            await pipe.execute()
+
+    async def dead_letter(
+        self, record: BusRecord, *, reason: str, detail: str, component: str
+    ) -> None:
+        """Write ``record`` to the DLQ and ack it, atomically (MULTI): either both or neither.
+
+        The caller counts ``errors_total{component, reason}``; the bus counts only the letters
+        it writes itself (``max_deliveries``)."""
+        letter = letter_from_record(record, reason=reason, detail=detail, component=component)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xadd(self._dlq, _fields(letter))
+        pipe.xack(self._streams[record.shard], self._group, record.entry_id)
+        async with _translated(f"dead-letter {record.source}"):
+            await pipe.execute()
+
+    async def aclose(self) -> None:
+        """Release this consumer's leases and leave the registry (pending entries stay
+        pending: a restart under the same name receives them first)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._owned = []
+        with contextlib.suppress(BusError):
+            async with _translated("release leases"):
+                await self._bus._release(
+                    keys=[self._members_key, *self._lease_keys], args=[self._name]
+                )

