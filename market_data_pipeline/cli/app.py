@@ -11,7 +11,11 @@ from typer._click import exceptions as click  # typer vendors click; its errors 
 
 from market_data_core import __version__
 from market_data_core.errors import ConfigError, ContractError, MDPError
-from market_data_pipeline.cli import cmd_demo  # noqa: F401 - registers commands
+from market_data_pipeline.cli import (
+    cmd_bus,  # noqa: F401 - registers commands
+    cmd_demo,  # noqa: F401 - registers commands
+    cmd_produce,  # noqa: F401 - registers commands
+)
 from market_data_pipeline.cli.apps import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,286 @@
+"""``mdp stream status`` and ``mdp stream dlq list|replay|purge``: look at and re-drive the bus.
+
+These commands inspect an existing server: they refuse to start an embedded one (a fresh,
+empty server has nothing to show), so the server must be named by ``REDIS_URI`` /
+``KAFKA_BOOTSTRAP`` or the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from market_data_core.config import AppConfig
+from market_data_core.errors import ConfigError
+from market_data_core.protocols import Bus, DeadLetter, StreamStatus
+from market_data_pipeline.cli.apps import dlq_app, stream_app
+from market_data_pipeline.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    JsonOpt,
+    environment,
+    load_app_config,
+    run_async,
+)
+from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.streaming.bus import open_bus
+from market_data_pipeline.streaming.dlq import replay_letters
+
+__all__ = ["dlq_list", "dlq_purge", "dlq_replay", "stream_status"]
+
+T = TypeVar("T")
+
+LimitOpt = Annotated[
+    int, typer.Option("--limit", "-n", min=1, max=1_000_000, help="At most this many letters.")
+]
+IdOpt = Annotated[
+    list[str] | None,
+    typer.Option("--id", help="Only this dead-letter id (repeatable)."),
+]
+
+
+def _urls(cfg: AppConfig) -> ServerUrls:
+    env = environment()
+    if cfg.bus.type == "redis":
+        url = env.get("REDIS_URI") or cfg.bus.redis.uri
+        if not url:
+            raise ConfigError(
+                "no Redis server to inspect: set REDIS_URI or bus.redis.uri",
+                source="config",
+                key_path="bus.redis.uri",
+            )
+        return ServerUrls(url, None, None)
+    bootstrap = env.get("KAFKA_BOOTSTRAP") or cfg.bus.kafka.bootstrap
+    if not bootstrap:
+        raise ConfigError(
+            "no Kafka broker to inspect: set KAFKA_BOOTSTRAP or bus.kafka.bootstrap",
+            source="config",
+            key_path="bus.kafka.bootstrap",
+        )
+    return ServerUrls(None, None, bootstrap)
+
+
+@asynccontextmanager
+async def _bus(cfg: AppConfig) -> Any:
+    bus = await open_bus(cfg, _urls(cfg))
+    try:
+        yield bus
+    finally:
+        await bus.aclose()
+
+
+def _run(cfg: AppConfig, work: Callable[[Bus], Awaitable[T]]) -> T:
+    async def main(stop: asyncio.Event) -> T:
+        async with _bus(cfg) as bus:
+            return await work(bus)
+
+    return run_async(main)
+
+
+def _age(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f}s"
+    if ms < 7_200_000:
+        return f"{ms / 60_000:.1f}m"
+    return f"{ms / 3_600_000:.1f}h"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _status_json(s: StreamStatus) -> dict[str, Any]:
+    return {
+        "stream": s.stream,
+        "group": s.group,
+        "length": s.length,
+        "lag": s.lag,
+        "pending": s.pending,
+        "consumers": s.consumers,
+        "oldest_pending_ms": s.oldest_pending_ms,
+        "owner": s.owner,
+    }
+
+
+@stream_app.command("status")
+def stream_status(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option("--topic", "-t", help="Only this topic (repeatable). Default: all of ours."),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", "-g", help="Only this consumer group.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per stream/shard and consumer group: length, lag, pending, consumers, the age of the
+    oldest pending entry, the shard's owner, and the size of the dead-letter stream.
+
+    Example:  mdp stream status --group mdp-consumers --json
+    """
+    cfg = load_app_config(config)
+    bus_cfg = cfg.bus
+    topics = topic or [bus_cfg.events_topic, bus_cfg.bars_topic, bus_cfg.signals_topic]
+
+    async def work(bus: Bus) -> tuple[list[StreamStatus], int]:
+        rows: list[StreamStatus] = []
+        for name in topics:
+            rows.extend(await bus.status(name, group))
+        dlq = await bus.status(bus_cfg.dlq_topic)
+        return rows, sum(s.length for s in dlq)
+
+    rows, dlq_size = _run(cfg, work)
+    if as_json:
+        payload = {
+            "bus": bus_cfg.type,
+            "streams": [_status_json(s) for s in rows],
+            "dlq": {"stream": bus_cfg.dlq_topic, "length": dlq_size},
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    header = ["STREAM", "GROUP", "LENGTH", "LAG", "PENDING", "CONSUMERS", "OLDEST PENDING", "OWNER"]
+    table = [
+        [
+            s.stream,
+            s.group or "-",
+            str(s.length),
+            "-" if s.lag is None else str(s.lag),
+            str(s.pending),
+            str(s.consumers),
+            _age(s.oldest_pending_ms),
+            s.owner or "-",
+        ]
+        for s in rows
+    ]
+    typer.echo(_table(header, table))
+    typer.echo(f"\ndead letters ({bus_cfg.dlq_topic}): {dlq_size}")
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.entry_id,
+        "ts": letter.ts.isoformat(),
+        "component": letter.component,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "source": f"{letter.source_topic}:{letter.source_shard}/{letter.source_id}",
+        "deliveries": letter.deliveries,
+        "payload_bytes": len(letter.payload),
+        "payload": letter.payload.decode("utf-8", errors="backslashreplace"),
+    }
+
+
+def _selected(letters: list[DeadLetter], ids: list[str] | None) -> list[DeadLetter]:
+    if not ids:
+        return letters
+    wanted = set(ids)
+    chosen = [lt for lt in letters if lt.entry_id in wanted]
+    missing = wanted - {lt.entry_id for lt in chosen}
+    if missing:
+        raise ConfigError(f"no dead letter with id {', '.join(sorted(missing))}", source="--id")
+    return chosen
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    limit: LimitOpt = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Dead letters, oldest first: time, component, reason, detail, source.
+
+    Example:  mdp stream dlq list --limit 20
+    """
+    cfg = load_app_config(config)
+    letters = _run(cfg, lambda bus: bus.dlq_list(limit))
+    if as_json:
+        typer.echo(json.dumps([_letter_json(lt) for lt in letters], indent=2))
+        return
+    if not letters:
+        typer.echo(f"no dead letters in {cfg.bus.dlq_topic}")
+        return
+    header = ["ID", "TIME (UTC)", "COMPONENT", "REASON", "DETAIL", "SOURCE"]
+    rows = []
+    for lt in letters:
+        detail = lt.detail if len(lt.detail) <= 60 else lt.detail[:57] + "..."
+        rows.append(
+            [
+                lt.entry_id,
+                lt.ts.strftime("%Y-%m-%d %H:%M:%S"),
+                lt.component,
+                lt.reason,
+                detail,
+                f"{lt.source_topic}:{lt.source_shard}/{lt.source_id}",
+            ]
+        )
+    typer.echo(_table(header, rows))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    limit: LimitOpt = 1000,
+    entry_id: IdOpt = None,
+) -> None:
+    """Re-publish dead letters to their source topic (routed by their provider and symbol), and
+    delete each from the DLQ only after its publish succeeded.
+
+    Example:  mdp stream dlq replay --limit 100
+    """
+    cfg = load_app_config(config)
+    shards_of = {cfg.bus.events_topic: cfg.bus.partitions}
+
+    async def work(bus: Bus) -> tuple[int, list[tuple[str, str]]]:
+        letters = _selected(await bus.dlq_list(limit if not entry_id else 1_000_000), entry_id)
+        outcome = await replay_letters(bus, letters, shards_of=shards_of)
+        return len(outcome.replayed), outcome.skipped
+
+    replayed, skipped = _run(cfg, work)
+    for letter_id, why in skipped:
+        typer.echo(f"skipped {letter_id}: {why}", err=True)
+    typer.echo(f"replayed {replayed} dead letter(s); {len(skipped)} skipped")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete (required).")] = False,
+    entry_id: IdOpt = None,
+) -> None:
+    """Delete dead letters for good (all of them, or those given with --id). Needs --yes.
+
+    Example:  mdp stream dlq purge --yes
+    """
+    cfg = load_app_config(config)
+    if not yes:
+        raise ConfigError(
+            "purge deletes dead letters for good; run again with --yes", source="--yes"
+        )
+
+    async def work(bus: Bus) -> int:
+        deleted = 0
+        if entry_id:
+            return await bus.dlq_delete(entry_id)
+        while True:
+            letters = await bus.dlq_list(10_000)
+            if not letters:
+                return deleted
+            deleted += await bus.dlq_delete([lt.entry_id for lt in letters])
+
+    deleted = _run(cfg, work)
+    typer.echo(f"purged {deleted} dead letter(s) from {cfg.bus.dlq_topic}")

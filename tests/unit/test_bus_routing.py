@@ -1,0 +1,72 @@
+"""Shard routing, lease quotas and the dead-letter format (no server needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+import msgpack
+from hypothesis import given
+from hypothesis import strategies as st
+
+from market_data_core.protocols import BusRecord, routing_key, shard_for
+from market_data_pipeline.streaming.dlq import (
+    key_for_shard,
+    letter_fields,
+    letter_from_fields,
+    letter_from_record,
+    replay_key,
+)
+from market_data_pipeline.streaming.leases import quota
+
+
+@given(shards=st.integers(1, 64), live=st.integers(1, 64))
+def test_quotas_cover_every_shard_and_stay_fair(shards: int, live: int) -> None:
+    quotas = [quota(shards, live, rank) for rank in range(live)]
+    assert sum(quotas) == shards
+    assert max(quotas) <= math.ceil(shards / live)
+    assert max(quotas) - min(quotas) <= 1
+
+
+def test_three_consumers_four_shards() -> None:
+    assert [quota(4, 3, r) for r in range(3)] == [2, 1, 1]
+
+
+@given(shard=st.integers(0, 1023), extra=st.integers(1, 1024))
+def test_key_for_shard_lands_on_it(shard: int, extra: int) -> None:
+    partitions = shard + extra
+    assert shard_for(key_for_shard(shard, partitions), partitions) == shard
+
+
+def test_replay_key_reads_provider_and_symbol() -> None:
+    event = {"provider": "coinbase", "symbol": "BTC-USD", "c": 1.0}
+    assert replay_key(json.dumps(event).encode()) == routing_key("coinbase", "BTC-USD")
+    assert replay_key(msgpack.packb([event, event])) == routing_key("coinbase", "BTC-USD")
+    assert replay_key(b"\x00junk") is None
+    assert replay_key(json.dumps({"symbol": "X"}).encode()) is None
+    assert replay_key(b"[]") is None
+
+
+def test_letter_round_trips_through_fields() -> None:
+    record = BusRecord("mdp.events", 3, "17-2", b"\x81\xa1a\x01", deliveries=4)
+    letter = letter_from_record(record, reason="validation", detail="h < c", component="mb")
+    fields = {k: v for k, v in letter_fields(letter).items()}
+    back = letter_from_fields("99-0", fields)
+    assert back.entry_id == "99-0"
+    assert (back.payload, back.reason, back.detail, back.component) == (
+        record.payload,
+        "validation",
+        "h < c",
+        "mb",
+    )
+    assert (back.source_topic, back.source_shard, back.source_id) == ("mdp.events", 3, "17-2")
+    assert back.deliveries == 4
+    assert back.ts == letter.ts
+
+
+def test_foreign_dlq_entry_is_read_without_raising() -> None:
+    back = letter_from_fields("1700000000000-0", {"payload": b"x", "source_shard": b"nope"})
+    assert back.reason == "unknown"
+    assert back.source_shard == 0
+    assert back.ts == datetime.fromtimestamp(1_700_000_000, UTC)
