@@ -1,0 +1,769 @@
+"""``mdp stream produce``, ``mdp stream replay`` and ``mdp stream tail``.
+
+``produce``/``replay`` run one provider into a :class:`Publisher` until the source ends,
+``--count``/``--duration`` is reached, or SIGINT/SIGTERM; then they flush what is buffered and
+print one summary line. Progress (events/s, ETA) goes to stderr when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from market_data_core.codec import decode_bar, decode_events, decode_signal, event_to_dict
+from market_data_core.config import AppConfig
+from market_data_core.contracts import StreamEvent
+from market_data_core.errors import ConfigError, ContractError
+from market_data_core.protocols import Bus, BusRecord, DeadLetter, Provider
+from market_data_core.timeutil import isoformat_us, parse_duration_ms
+from market_data_pipeline import telemetry
+from market_data_pipeline.cli.apps import stream_app
+from market_data_pipeline.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    JsonOpt,
+    MetricsPortOpt,
+    environment,
+    load_app_config,
+    run_async,
+    stage_services,
+)
+from market_data_pipeline.embedded import ServerUrls, resolve_servers
+from market_data_pipeline.producers.datasets import (
+    DatasetSpec,
+    RowError,
+    count_rows,
+    load_registry,
+    lookup,
+)
+from market_data_pipeline.producers.publisher import Publisher
+
+__all__ = ["produce", "replay", "tail"]
+
+log = logging.getLogger("mdp.produce")
+
+_MAX_SHOWN_ROW_ERRORS = 10
+
+
+class ProviderName(StrEnum):
+    synthetic = "synthetic"
+    replay = "replay"
+    coinbase = "coinbase"
+    ibkr = "ibkr"
+
+
+class KindName(StrEnum):
+    tick = "tick"
+    quote = "quote"
+    bar = "bar"
+
+
+class SourceName(StrEnum):
+    file = "file"
+    store = "store"
+
+
+def parse_when(text: str | None, flag: str) -> datetime | None:
+    """``2020-02-22``, ``2020-02-22T01:00``, ``2020-02-22 01:00:00Z`` ... (naive = UTC)."""
+    if text is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"expected a date or ISO-8601 time like 2020-02-22 or 2020-02-22T01:00Z, got {text!r}",
+            source=flag,
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _duration_s(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        ms = parse_duration_ms(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source="--duration") from None
+    if ms <= 0:
+        raise ConfigError("duration must be > 0", source="--duration")
+    return ms / 1000
+
+
+class Progress:
+    """Events/s and ETA on stderr, only when stderr is a terminal; at most twice a second."""
+
+    def __init__(self, total: int | None, *, enabled: bool | None = None) -> None:
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.started = time.monotonic()
+        self._last_draw = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.5:
+            return
+        self._last_draw = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        line = f"\r{done:,} events  {rate:,.0f} ev/s"
+        if self.total:
+            pct = min(100.0, 100.0 * done / self.total)
+            eta = (self.total - done) / rate if rate > 0 else float("inf")
+            eta_text = f"{eta:,.0f}s" if eta != float("inf") else "?"
+            line += f"  {pct:5.1f}%  ETA {eta_text}"
+        sys.stderr.write(line + "   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def make_publisher(config: AppConfig, bus: Bus, max_msgs_per_s: float | None) -> Publisher:
+    p = config.producers
+    return Publisher(
+        bus,
+        topic=config.bus.events_topic,
+        codec=config.bus.codec,
+        batch_size=p.publish_batch_size,
+        buffer_max_events=p.buffer_max_events,
+        pack_events=p.pack_events,
+        max_msgs_per_s=max_msgs_per_s,
+    )
+
+
+async def pump(
+    provider: Provider,
+    publisher: Publisher,
+    stop: asyncio.Event,
+    *,
+    duration_s: float | None = None,
+    count: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Move events from ``provider`` into ``publisher`` until the source ends, ``count``
+    events, ``duration_s`` or ``stop``; then flush. Returns how many events were accepted.
+
+    Raises what the provider or the publisher raise (``BusError`` after the publisher's
+    retries are exhausted)."""
+    accepted = 0
+
+    async def run() -> None:
+        nonlocal accepted
+        async for ev in provider.events():
+            await publisher.put(ev)
+            accepted += 1
+            if progress is not None:
+                progress.update(accepted)
+            if count is not None and accepted >= count:
+                return
+
+    publisher.start()
+    task = asyncio.create_task(run(), name=f"pump:{provider.name}")
+    stopper = asyncio.create_task(stop.wait(), name="stop-wait")
+    try:
+        done, _ = await asyncio.wait(
+            {task, stopper}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task not in done:
+            # Stop asked or time is up: stop taking events, keep what was accepted.
+            await provider.aclose()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
+            task.result()
+    finally:
+        stopper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopper
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await provider.aclose()
+        try:
+            await publisher.aclose()
+        finally:
+            if progress is not None:
+                progress.close()
+    return accepted
+
+
+def _summary(
+    verb: str, what: str, published: int, topic: str, elapsed_s: float, extra: str = ""
+) -> str:
+    rate = published / elapsed_s if elapsed_s > 0 else 0.0
+    return (
+        f"{verb} {published:,} events ({what}) to {topic} in {elapsed_s:.2f}s "
+        f"({rate:,.0f} events/s){extra}"
+    )
+
+
+def _server_context(cfg: AppConfig) -> contextlib.AbstractContextManager[ServerUrls]:
+    return resolve_servers(cfg, environment(), postgres=False, kafka=cfg.bus.type == "kafka")
+
+
+async def _open_bus(cfg: AppConfig, urls: ServerUrls) -> Bus:
+    from market_data_pipeline.streaming.bus import open_bus
+
+    return await open_bus(cfg, urls)
+
+
+def _synthetic_provider(
+    cfg: AppConfig, seed: int | None, kind: KindName | None, rate: float | None, count: int | None
+) -> Provider:
+    from market_data_pipeline.producers.synthetic import SyntheticProvider
+
+    try:
+        return SyntheticProvider(
+            cfg.producers.synthetic,
+            seed=seed,
+            kind=kind.value if kind is not None else None,
+            rate_per_s=rate,
+            count=count,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), source="producers.synthetic") from None
+
+
+def _live_provider(cfg: AppConfig, name: ProviderName) -> tuple[Provider, float | None]:
+    if name is ProviderName.coinbase:
+        from market_data_pipeline.producers.coinbase import CoinbaseProvider
+
+        return CoinbaseProvider(cfg.producers.coinbase), cfg.producers.coinbase.max_msgs_per_s
+    from market_data_pipeline.producers.ibkr import IbkrProvider
+
+    return IbkrProvider(cfg.producers.ibkr), cfg.producers.ibkr.max_msgs_per_s
+
+
+def _dataset(datasets_file: Path | None, cfg: AppConfig, name: str) -> DatasetSpec:
+    registry_path = datasets_file or Path(cfg.producers.replay.datasets_file)
+    registry = load_registry(registry_path)
+    return lookup(registry, name, str(registry_path))
+
+
+def _report_row_errors(errors: Sequence[RowError]) -> None:
+    for err in errors[:_MAX_SHOWN_ROW_ERRORS]:
+        typer.echo(f"mdp: bad row: {err}", err=True)
+    if len(errors) > _MAX_SHOWN_ROW_ERRORS:
+        typer.echo(
+            f"mdp: ... and {len(errors) - _MAX_SHOWN_ROW_ERRORS} more bad rows (see the log "
+            "and `mdp stream dlq list`)",
+            err=True,
+        )
+
+
+def _dead_letterer(bus: Bus) -> Callable[[RowError], Any]:
+    async def dead_letter(err: RowError) -> None:
+        log.warning("replay: %s", err)
+        telemetry.ERRORS.labels(component="replay", reason=err.reason).inc()
+        await bus.dead_letter(
+            DeadLetter(
+                entry_id="",
+                payload=err.raw,
+                reason=err.reason,
+                detail=err.detail,
+                component="replay",
+                source_topic=err.path,
+                source_shard=0,
+                source_id=f"line {err.line}",
+                ts=datetime.now(UTC),
+            )
+        )
+
+    return dead_letter
+
+
+async def run_replay(
+    cfg: AppConfig,
+    bus: Bus,
+    spec: DatasetSpec,
+    stop: asyncio.Event,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    speed: float | None = None,
+    count: int | None = None,
+    duration_s: float | None = None,
+    progress: Progress | None = None,
+) -> tuple[int, list[RowError]]:
+    """Replay a dataset file onto the bus; bad rows are dead-lettered (component ``replay``)
+    and returned. Returns ``(events published, bad rows)``."""
+    from market_data_pipeline.producers.replay import DatasetReplayProvider
+
+    provider = DatasetReplayProvider(
+        spec, start=start, end=end, speed=speed, on_error=_dead_letterer(bus)
+    )
+    publisher = make_publisher(cfg, bus, cfg.producers.replay.max_msgs_per_s)
+    await pump(provider, publisher, stop, duration_s=duration_s, count=count, progress=progress)
+    return publisher.published, provider.errors
+
+
+async def _replay_from_store(
+    cfg: AppConfig,
+    urls: ServerUrls,
+    bus: Bus,
+    spec: DatasetSpec,
+    stop: asyncio.Event,
+    start: datetime | None,
+    end: datetime | None,
+    speed: float | None,
+    progress: Progress,
+) -> int:
+    from market_data_pipeline.producers.replay import StoreBarsReplayProvider
+
+    if spec.symbol is None or spec.kind != "bar" or spec.interval is None:
+        raise ConfigError(
+            f"--source store replays bars of one symbol; dataset {spec.name!r} is not one "
+            "(kind bar, a fixed symbol and an interval)",
+            source="--source",
+        )
+    if start is None or end is None:
+        raise ConfigError("--source store needs --from and --to", source="--source")
+    try:
+        wiring = importlib.import_module("market_data_pipeline.cli.wiring")
+    except ImportError:
+        raise ConfigError(
+            "--source store is unavailable: this build has no store wiring", source="--source"
+        ) from None
+    store = await wiring.open_store(cfg, urls)
+    try:
+        provider = StoreBarsReplayProvider(
+            store,
+            provider=spec.provider,
+            symbol=spec.symbol,
+            interval=spec.interval,
+            start=start,
+            end=end,
+            speed=speed,
+        )
+        publisher = make_publisher(cfg, bus, cfg.producers.replay.max_msgs_per_s)
+        await pump(provider, publisher, stop, progress=progress)
+        return publisher.published
+    finally:
+        await store.aclose()
+
+
+@stream_app.command("produce")
+def produce(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    provider: Annotated[
+        ProviderName, typer.Option(help="Where events come from.")
+    ] = ProviderName.synthetic,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="synthetic: deterministic output (same seed, same events and ids)."),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, help="synthetic: aggregate events/s (default tick_rate x symbols)."
+        ),
+    ] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
+    duration: Annotated[
+        str | None, typer.Option(help="Stop after this long, e.g. 30s or 5m.")
+    ] = None,
+    kind: Annotated[
+        KindName | None,
+        typer.Option(help="synthetic: tick, quote or 1 s bar (default producers.synthetic.kind)."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="replay: registered dataset name (see `mdp stream replay`).")
+    ] = None,
+    datasets: Annotated[Path | None, typer.Option(help="replay: dataset registry file.")] = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Publish events from a provider (synthetic, replay, coinbase, ibkr) to the events stream.
+
+    Runs until the source ends, --count or --duration is reached, or Ctrl-C / SIGTERM; then
+    flushes what is buffered and prints a summary line.
+
+    Example:  mdp stream produce --provider synthetic --seed 7 --rate 2000 --count 100000
+
+    Example:  REDIS_URI=redis://127.0.0.1:6379 mdp stream produce --provider coinbase
+    """
+    overrides: dict[str, object] = {}
+    if metrics_port is not None:
+        overrides["telemetry.metrics_port"] = metrics_port
+    cfg = load_app_config(config, overrides)
+    duration_s = _duration_s(duration)
+    if provider is ProviderName.replay:
+        if dataset is None:
+            raise ConfigError("--provider replay needs --dataset NAME", source="--dataset")
+        spec = _dataset(datasets, cfg, dataset)
+        _replay_command(cfg, spec, None, None, None, count, duration_s)
+        return
+    built: tuple[Provider, float | None]
+    if provider is ProviderName.synthetic:
+        src = _synthetic_provider(cfg, seed, kind, rate, count)
+        built = (src, cfg.producers.synthetic.max_msgs_per_s)
+        what = f"synthetic {src.kind}" if hasattr(src, "kind") else "synthetic"
+    else:
+        # Build before starting servers: a missing extra is one line and exit 2.
+        built = _live_provider(cfg, provider)
+        what = provider.value
+    source, max_rate = built
+    total = count
+
+    async def main(stop: asyncio.Event) -> None:
+        with _server_context(cfg) as urls, stage_services(cfg, urls, "produce"):
+            bus = await _open_bus(cfg, urls)
+            started = time.monotonic()
+            try:
+                publisher = make_publisher(cfg, bus, max_rate)
+                await pump(
+                    source,
+                    publisher,
+                    stop,
+                    duration_s=duration_s,
+                    count=count,
+                    progress=Progress(total),
+                )
+            finally:
+                await bus.aclose()
+            elapsed = time.monotonic() - started
+            typer.echo(_summary("published", what, publisher.published, publisher.topic, elapsed))
+
+    run_async(main)
+
+
+def _replay_command(
+    cfg: AppConfig,
+    spec: DatasetSpec,
+    start: datetime | None,
+    end: datetime | None,
+    speed: float | None,
+    count: int | None,
+    duration_s: float | None,
+    source: SourceName = SourceName.file,
+) -> None:
+    total = count_rows(spec) if source is SourceName.file else None
+    if count is not None:
+        total = min(total, count) if total is not None else count
+
+    async def main(stop: asyncio.Event) -> None:
+        with _server_context(cfg) as urls, stage_services(cfg, urls, "replay"):
+            bus = await _open_bus(cfg, urls)
+            started = time.monotonic()
+            errors: list[RowError] = []
+            try:
+                if source is SourceName.store:
+                    published = await _replay_from_store(
+                        cfg, urls, bus, spec, stop, start, end, speed, Progress(total)
+                    )
+                else:
+                    published, errors = await run_replay(
+                        cfg,
+                        bus,
+                        spec,
+                        stop,
+                        start=start,
+                        end=end,
+                        speed=speed,
+                        count=count,
+                        duration_s=duration_s,
+                        progress=Progress(total),
+                    )
+            finally:
+                await bus.aclose()
+            elapsed = time.monotonic() - started
+            _report_row_errors(errors)
+            extra = f"; {len(errors)} bad rows sent to {cfg.bus.dlq_topic}" if errors else ""
+            what = f"dataset {spec.name}" + (
+                " from the store" if source is SourceName.store else ""
+            )
+            typer.echo(_summary("replayed", what, published, cfg.bus.events_topic, elapsed, extra))
+
+    run_async(main)
+
+
+@stream_app.command("replay")
+def replay(
+    dataset: Annotated[str, typer.Option(help="Registered dataset name.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    datasets: Annotated[
+        Path | None,
+        typer.Option(help="Dataset registry (default producers.replay.datasets_file)."),
+    ] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Start (inclusive), e.g. 2020-02-22T00:30Z.")
+    ] = None,
+    to: Annotated[str | None, typer.Option(help="End (exclusive).")] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="N times real time (default: as fast as possible)."),
+    ] = None,
+    source: Annotated[
+        SourceName, typer.Option(help="file: the dataset's file; store: its bars in the store.")
+    ] = SourceName.file,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Re-enqueue a registered dataset (configs/datasets.yaml) onto the events stream.
+
+    Event ids are deterministic, so replaying twice changes nothing downstream. Bad rows are
+    reported (file, line, reason), sent to the dead-letter stream, and the replay goes on.
+
+    Example:  mdp stream replay --dataset binance_btcusdt_trades
+
+    Example:  mdp stream replay --dataset ftx_btc_perp_1m --from 2022-01-03 --to 2022-01-04
+    """
+    overrides: dict[str, object] = {}
+    if metrics_port is not None:
+        overrides["telemetry.metrics_port"] = metrics_port
+    cfg = load_app_config(config, overrides)
+    start = parse_when(from_, "--from")
+    end = parse_when(to, "--to")
+    if start is not None and end is not None and end <= start:
+        raise ConfigError("--to must be after --from", source="--to")
+    spec = _dataset(datasets, cfg, dataset)
+    _replay_command(cfg, spec, start, end, speed, count, None, source)
+
+
+def _short(value: float | None) -> str:
+    return "" if value is None else f"{value:.10g}"
+
+
+def event_row(ev: StreamEvent) -> list[str]:
+    """time, symbol, kind, prices, volume, id."""
+    if ev.kind == "quote":
+        prices = f"{_short(ev.bid)} / {_short(ev.ask)}"
+        volume = (
+            f"{_short(ev.bid_size)} / {_short(ev.ask_size)}"
+            if ev.bid_size is not None or ev.ask_size is not None
+            else ""
+        )
+    elif ev.kind == "bar":
+        prices = f"o {_short(ev.o)} h {_short(ev.h)} l {_short(ev.l)} c {_short(ev.c)}"
+        volume = _short(ev.v)
+    else:
+        prices = _short(ev.c)
+        volume = _short(ev.v) + (f" {ev.side}" if ev.side else "")
+    kind = ev.kind if ev.interval is None else f"{ev.kind} {ev.interval}"
+    return [isoformat_us(ev.src_ts), ev.symbol, kind, prices, volume, ev.event_id]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def render_records(
+    cfg: AppConfig, topic: str, records: Sequence[BusRecord], as_json: bool
+) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, table rows, JSON lines) for records of ``topic``; undecodable payloads show
+    as one row with the reason."""
+    rows: list[list[str]] = []
+    out_json: list[str] = []
+    if topic == cfg.bus.signals_topic:
+        header = ["time", "symbol", "name", "value", "score", "adapter", "id"]
+        for rec in records:
+            try:
+                sig = decode_signal(rec.payload)
+            except ContractError as exc:
+                rows.append(["?", "?", f"<undecodable: {exc}>", "", "", "", rec.entry_id])
+                out_json.append(json.dumps({"entry_id": rec.entry_id, "error": str(exc)}))
+                continue
+            rows.append(
+                [
+                    isoformat_us(sig.ts),
+                    sig.symbol,
+                    sig.name,
+                    _short(sig.value),
+                    _short(sig.score),
+                    sig.adapter,
+                    sig.signal_id,
+                ]
+            )
+            d = sig.model_dump()
+            d["ts"] = isoformat_us(sig.ts)
+            out_json.append(json.dumps(d))
+        return header, rows, out_json
+    if topic == cfg.bus.bars_topic:
+        header = ["time", "symbol", "interval", "prices", "volume", "revision"]
+        for rec in records:
+            try:
+                bar = decode_bar(rec.payload)
+            except ContractError as exc:
+                rows.append(["?", "?", f"<undecodable: {exc}>", "", "", rec.entry_id])
+                out_json.append(json.dumps({"entry_id": rec.entry_id, "error": str(exc)}))
+                continue
+            rows.append(
+                [
+                    isoformat_us(bar.ts),
+                    f"{bar.provider}|{bar.symbol}",
+                    bar.interval,
+                    f"o {bar.o:.10g} h {bar.h:.10g} l {bar.l:.10g} c {bar.c:.10g}",
+                    f"{bar.v:.10g}",
+                    str(bar.revision),
+                ]
+            )
+            out_json.append(
+                json.dumps(
+                    {
+                        "provider": bar.provider,
+                        "symbol": bar.symbol,
+                        "interval": bar.interval,
+                        "ts": isoformat_us(bar.ts),
+                        "o": bar.o,
+                        "h": bar.h,
+                        "l": bar.l,
+                        "c": bar.c,
+                        "v": bar.v,
+                        "vwap": bar.vwap,
+                        "trade_count": bar.trade_count,
+                        "revision": bar.revision,
+                    }
+                )
+            )
+        return header, rows, out_json
+    header = ["time", "symbol", "kind", "prices", "volume", "id"]
+    for rec in records:
+        batch = decode_events(rec.payload)
+        for ev in batch.events:
+            rows.append(event_row(ev))
+            out_json.append(json.dumps(event_to_dict(ev, codec="json")))
+        for err in batch.errors:
+            rows.append(["?", "?", "?", f"<{err.reason}: {err.detail[:80]}>", "", rec.entry_id])
+            out_json.append(json.dumps({"entry_id": rec.entry_id, "error": str(err)}))
+    return header, rows, out_json
+
+
+def render_letters(
+    letters: Sequence[DeadLetter], as_json: bool
+) -> tuple[list[str], list[list[str]], list[str]]:
+    header = ["time", "component", "reason", "source", "detail"]
+    rows = []
+    out_json = []
+    for letter in letters:
+        rows.append(
+            [
+                isoformat_us(letter.ts),
+                letter.component,
+                letter.reason,
+                f"{letter.source_topic} {letter.source_id}",
+                letter.detail[:100],
+            ]
+        )
+        out_json.append(
+            json.dumps(
+                {
+                    "entry_id": letter.entry_id,
+                    "ts": isoformat_us(letter.ts),
+                    "component": letter.component,
+                    "reason": letter.reason,
+                    "detail": letter.detail,
+                    "source_topic": letter.source_topic,
+                    "source_shard": letter.source_shard,
+                    "source_id": letter.source_id,
+                    "deliveries": letter.deliveries,
+                    "payload": letter.payload.decode("utf-8", errors="replace"),
+                }
+            )
+        )
+    return header, rows, out_json
+
+
+def _entry_key(entry_id: str) -> tuple[int, ...]:
+    """Order of entry ids within one shard: Redis ``ms-seq`` or a Kafka offset."""
+    try:
+        return tuple(int(part) for part in entry_id.split("-"))
+    except ValueError:
+        return (0,)
+
+
+@stream_app.command("tail")
+def tail(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    topic: Annotated[
+        str,
+        typer.Option(help="mdp.events, mdp.signals, mdp.bars or mdp.dlq (names from the config)."),
+    ] = "mdp.events",
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Entries to show.")] = 50,
+    follow: Annotated[bool, typer.Option(help="Keep printing new entries until Ctrl-C.")] = False,
+    as_json: JsonOpt = False,
+    poll_s: Annotated[
+        float, typer.Option("--poll-s", min=0.05, help="With --follow: poll interval.")
+    ] = 0.5,
+) -> None:
+    """Print the last entries of a stream, decoded (events, signals, bars or dead letters).
+
+    Example:  mdp stream tail --topic mdp.events --limit 20
+
+    Example:  mdp stream tail --topic mdp.signals --follow --json
+    """
+    cfg = load_app_config(config)
+    env = environment()
+    if not (env.get("REDIS_URI") or cfg.bus.redis.uri) and cfg.bus.type == "redis":
+        raise ConfigError(
+            "tail reads an existing bus: set REDIS_URI (or bus.redis.uri); an embedded server "
+            "would be empty",
+            source="REDIS_URI",
+        )
+
+    def emit(header: list[str], rows: list[list[str]], lines: list[str], first: bool) -> None:
+        if as_json:
+            for line in lines:
+                typer.echo(line)
+        elif rows:
+            text = _table(header, rows)
+            typer.echo(text if first else "\n".join(text.splitlines()[1:]))
+
+    async def main(stop: asyncio.Event) -> None:
+        with _server_context(cfg) as urls:
+            bus = await _open_bus(cfg, urls)
+            try:
+                if topic == cfg.bus.dlq_topic:
+                    letters = (await bus.dlq_list(max(limit, 10_000)))[-limit:]
+                    h, rows, lines = render_letters(letters, as_json)
+                    emit(h, rows, lines, True)
+                    if not letters and not as_json:
+                        typer.echo(f"{topic}: empty")
+                    return
+                records = await bus.tail(topic, limit)
+                h, rows, lines = render_records(cfg, topic, records, as_json)
+                if not records and not as_json:
+                    typer.echo(f"{topic}: no entries")
+                emit(h, rows, lines, True)
+                last: dict[int, tuple[int, ...]] = {}
+                for rec in records:
+                    last[rec.shard] = max(last.get(rec.shard, ()), _entry_key(rec.entry_id))
+                while follow and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=poll_s)
+                    if stop.is_set():
+                        break
+                    fresh = [
+                        r
+                        for r in await bus.tail(topic, max(limit, 1000))
+                        if _entry_key(r.entry_id) > last.get(r.shard, ())
+                    ]
+                    for rec in fresh:
+                        last[rec.shard] = max(last.get(rec.shard, ()), _entry_key(rec.entry_id))
+                    h, rows, lines = render_records(cfg, topic, fresh, as_json)
+                    emit(h, rows, lines, False)
+            finally:
+                await bus.aclose()
+
+    run_async(main)
