@@ -1,0 +1,1 @@
+"""Inference: the safe rule language, the rules and sklearn adapters, the engine."""

@@ -1,0 +1,1 @@
+"""Inference adapters behind the ``InferenceAdapter`` protocol: ``rules`` and ``sklearn``."""
