@@ -264,6 +264,10 @@ class JobRunTracker(Protocol):
         detail: str | None = None,
     ) -> None: ...
 
+    async def aclose(self) -> None:
+        """Release the tracker's connection."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureSnapshot:

@@ -1,4 +1,34 @@
 """Persistence of mdp: SQLAlchemy models, Alembic migrations, asyncpg clients.
 
-All SQL of mdp lives in this package.
+All SQL of mdp lives in this package. Public API:
+
+- :class:`PgStoreClient` (core ``StoreClient``): bars upsert, raw ticks -> exact bars,
+  read helpers (``bars_range``, ``latest_bars``).
+- :class:`PgSignalsStore` (core ``SignalsStoreClient``), :class:`PgJobRunTracker`
+  (core ``JobRunTracker``).
+- :func:`upgrade_schema` / :func:`downgrade_schema` / :func:`current_revision`: the Alembic
+  migrations shipped in this package.
 """
+
+from market_data_store.job_runs import JobRun, PgJobRunTracker
+from market_data_store.migrate import (
+    current_revision,
+    downgrade_schema,
+    head_revision,
+    upgrade_schema,
+)
+from market_data_store.models import VWAP_DECIMALS
+from market_data_store.signals_store import PgSignalsStore
+from market_data_store.store_client import PgStoreClient
+
+__all__ = [
+    "VWAP_DECIMALS",
+    "JobRun",
+    "PgJobRunTracker",
+    "PgSignalsStore",
+    "PgStoreClient",
+    "current_revision",
+    "downgrade_schema",
+    "head_revision",
+    "upgrade_schema",
+]

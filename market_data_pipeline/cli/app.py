@@ -13,6 +13,7 @@ from market_data_core import __version__
 from market_data_core.errors import ConfigError, ContractError, MDPError
 from market_data_pipeline.cli import (
     cmd_bus,  # noqa: F401 - registers commands
+    cmd_db,  # noqa: F401 - registers commands
     cmd_demo,  # noqa: F401 - registers commands
     cmd_produce,  # noqa: F401 - registers commands
 )

@@ -1,0 +1,86 @@
+"""``mdp db upgrade|downgrade``: run the schema migrations shipped with mdp.
+
+The DSN comes from ``DATABASE_URL``, then ``store.dsn``, then an embedded server (which is
+migrated and then stops with the command — harmless, but rarely what you want).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from market_data_pipeline.cli.apps import db_app
+from market_data_pipeline.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    environment,
+    load_app_config,
+    run_async,
+)
+from market_data_pipeline.cli.wiring import compress_after_ms, downgrade_schema, upgrade_schema
+from market_data_pipeline.embedded import ServerUrls, resolve_servers
+
+_EMBEDDED_NOTE = (
+    "note: no DATABASE_URL or store.dsn is set, so an embedded PostgreSQL was migrated; "
+    "it stops with this command"
+)
+
+
+def _note_embedded(urls: ServerUrls) -> None:
+    if "postgres" in urls.embedded:
+        typer.echo(_EMBEDDED_NOTE, err=True)
+
+
+@db_app.command("upgrade")
+def upgrade(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    revision: Annotated[
+        str, typer.Option("--revision", "-r", help="Target revision (or a unique prefix).")
+    ] = "head",
+) -> None:
+    """Upgrade the schema to a revision (default: the newest).
+
+    Time-series tables become TimescaleDB hypertables when the extension is available
+    (store.partitioning: auto|timescale|native), else daily native partitions.
+
+    Example:  DATABASE_URL=postgresql://mdp@localhost/mdp mdp db upgrade
+    """
+    cfg = load_app_config(config)
+    compress_after_ms(cfg)  # a bad store.compress_after is a ConfigError before connecting
+
+    async def main(stop: asyncio.Event) -> None:
+        with resolve_servers(cfg, environment(), redis=False) as urls:
+            _note_embedded(urls)
+            assert urls.database_url is not None
+            at = await upgrade_schema(urls.database_url, revision, config=cfg)
+            typer.echo(f"database {urls.describe()} is at revision {at or 'base'}")
+
+    run_async(main)
+
+
+@db_app.command("downgrade")
+def downgrade(
+    revision: Annotated[
+        str,
+        typer.Option(
+            "--revision", "-r", help="Target revision (prefix ok), or 'base' to drop all."
+        ),
+    ],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Downgrade the schema to a revision; 'base' drops every mdp table (and its data).
+
+    Example:  mdp db downgrade --revision 0002
+    """
+    cfg = load_app_config(config)
+
+    async def main(stop: asyncio.Event) -> None:
+        with resolve_servers(cfg, environment(), redis=False) as urls:
+            _note_embedded(urls)
+            assert urls.database_url is not None
+            at = await downgrade_schema(urls.database_url, revision)
+            typer.echo(f"database {urls.describe()} is at revision {at or 'base'}")
+
+    run_async(main)

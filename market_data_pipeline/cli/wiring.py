@@ -1,0 +1,104 @@
+"""The composition root: the only pipeline module that imports ``market_data_store``.
+
+Everything here returns core protocol types (``StoreClient``, ``SignalsStoreClient``,
+``JobRunTracker``); the rest of the pipeline never sees SQL or a connection.
+"""
+
+from __future__ import annotations
+
+from market_data_core.config import AppConfig
+from market_data_core.errors import ConfigError
+from market_data_core.protocols import JobRunTracker, SignalsStoreClient, StoreClient
+from market_data_core.timeutil import parse_duration_ms
+from market_data_pipeline.embedded import ServerUrls
+from market_data_store import (
+    PgJobRunTracker,
+    PgSignalsStore,
+    PgStoreClient,
+)
+from market_data_store import (
+    downgrade_schema as _downgrade_schema,
+)
+from market_data_store import (
+    upgrade_schema as _upgrade_schema,
+)
+
+__all__ = [
+    "compress_after_ms",
+    "downgrade_schema",
+    "open_job_tracker",
+    "open_signals_store",
+    "open_store",
+    "upgrade_schema",
+]
+
+
+def _dsn(urls: ServerUrls) -> str:
+    if not urls.database_url:
+        raise ConfigError(
+            "no PostgreSQL configured: set DATABASE_URL or store.dsn", key_path="store.dsn"
+        )
+    return urls.database_url
+
+
+def compress_after_ms(config: AppConfig) -> int:
+    """``store.compress_after`` in ms; it must exceed ``micro_batch.correction_horizon_ms``
+    (a correction must never have to rewrite a compressed chunk). Raises ``ConfigError``."""
+    try:
+        ms = parse_duration_ms(config.store.compress_after)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key_path="store.compress_after") from None
+    horizon_ms = config.micro_batch.correction_horizon_ms
+    if ms <= horizon_ms:
+        raise ConfigError(
+            f"must exceed micro_batch.correction_horizon_ms ({horizon_ms} ms), "
+            f"got {config.store.compress_after}",
+            key_path="store.compress_after",
+        )
+    return ms
+
+
+async def open_store(config: AppConfig, urls: ServerUrls) -> StoreClient:
+    """A connected ``StoreClient`` (pool sized by ``store.pool_min/pool_max``); today's and
+    the next two days' partitions are created. Raises ``StoreUnavailableError`` when the
+    server cannot be reached, ``StoreError`` when the schema is missing."""
+    client = await PgStoreClient.connect(
+        _dsn(urls), pool_min=config.store.pool_min, pool_max=config.store.pool_max
+    )
+    try:
+        await client.ensure_partitions(days_ahead=2)
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+async def open_signals_store(config: AppConfig, urls: ServerUrls) -> SignalsStoreClient:
+    """A connected ``SignalsStoreClient``. Raises like :func:`open_store`."""
+    return await PgSignalsStore.connect(
+        _dsn(urls), pool_min=1, pool_max=max(1, min(2, config.store.pool_max))
+    )
+
+
+async def open_job_tracker(config: AppConfig, urls: ServerUrls) -> JobRunTracker:
+    """A ``JobRunTracker`` on its own single connection (close with ``aclose()``)."""
+    return await PgJobRunTracker.connect(_dsn(urls), pool_min=1, pool_max=1)
+
+
+async def upgrade_schema(
+    dsn: str, revision: str = "head", *, config: AppConfig | None = None
+) -> str | None:
+    """Migrate ``dsn`` up to ``revision`` with the config's partitioning settings (defaults
+    when ``config`` is None); returns the revision the database is at."""
+    config = config or AppConfig()
+    return await _upgrade_schema(
+        dsn,
+        revision,
+        partitioning=config.store.partitioning,
+        compress_after_ms=compress_after_ms(config),
+    )
+
+
+async def downgrade_schema(dsn: str, revision: str) -> str | None:
+    """Migrate ``dsn`` down to ``revision`` (``base`` = no mdp tables)."""
+    return await _downgrade_schema(dsn, revision)

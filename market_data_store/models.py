@@ -1,0 +1,165 @@
+"""SQLAlchemy 2 models of the mdp schema (the source of truth for names and types).
+
+The migrations in ``market_data_store/migrations`` create exactly these tables; the
+time-series tables (``bars_ohlcv``, ``ticks``, ``signals``) additionally become TimescaleDB
+hypertables or natively range-partitioned tables (see :mod:`market_data_store._timeseries`).
+Every constraint is named by :data:`NAMING_CONVENTION`, so migrations can refer to them.
+
+Column types and exactness:
+
+- ``ticks.price`` / ``ticks.size`` are ``numeric``: each float is stored as the shortest
+  decimal that round-trips it (``Decimal(repr(x))``), so aggregation in SQL is exact.
+- ``bars_ohlcv`` o/h/l/c/v/vwap are ``double precision``. Bars computed from ticks are
+  aggregated in ``numeric`` (open/close by ``(ts, seq)``, high/low, exact ``sum(size)``) and
+  converted once, correctly rounded, to float8 — the Python floats ``float(Decimal(...))`` of
+  the exact decimals. ``vwap = round(sum(price*size) / sum(size), VWAP_DECIMALS)`` (the division
+  carried to 30 decimals, then rounded half away from zero), then converted to float8.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "TIMESERIES_TABLES",
+    "VWAP_DECIMALS",
+    "BarRow",
+    "Base",
+    "JobRunRow",
+    "SignalRow",
+    "TickRow",
+]
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+VWAP_DECIMALS = 10
+"""Decimal places of a tick-derived ``vwap`` (rounded half away from zero, then float8)."""
+
+TIMESERIES_TABLES = ("bars_ohlcv", "ticks", "signals")
+"""Tables partitioned by ``ts`` (hypertables on TimescaleDB, daily range partitions otherwise)."""
+
+_TSTZ = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class BarRow(Base):
+    """``bars_ohlcv``: one bar per (provider, symbol, interval, window start ``ts``)."""
+
+    __tablename__ = "bars_ohlcv"
+    __table_args__ = (
+        PrimaryKeyConstraint("provider", "symbol", "interval", "ts"),
+        {"postgresql_partition_by": "RANGE (ts)"},
+    )
+
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    interval: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(_TSTZ)
+    o: Mapped[float] = mapped_column(Double)
+    h: Mapped[float] = mapped_column(Double)
+    l: Mapped[float] = mapped_column(Double)  # noqa: E741
+    c: Mapped[float] = mapped_column(Double)
+    v: Mapped[float] = mapped_column(Double)
+    vwap: Mapped[float | None] = mapped_column(Double, nullable=True)
+    trade_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+
+
+class JobRunRow(Base):
+    """``job_runs``: the audit trail, one row per run of a long job."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('running', 'success', 'failed', 'stopped')", name="status_known"
+        ),
+        Index(None, "job", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    finished_at: Mapped[datetime | None] = mapped_column(_TSTZ, nullable=True)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'running'"))
+    events_in: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    rows_written: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    errors: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    config_hash: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SignalRow(Base):
+    """``signals``: inference outputs, idempotent by ``signal_id`` (which embeds ``ts``)."""
+
+    __tablename__ = "signals"
+    __table_args__ = (
+        PrimaryKeyConstraint("signal_id", "ts"),
+        Index(None, "symbol", "ts"),
+        {"postgresql_partition_by": "RANGE (ts)"},
+    )
+
+    signal_id: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(_TSTZ)
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    value: Mapped[float] = mapped_column(Double)
+    score: Mapped[float] = mapped_column(Double)
+    adapter: Mapped[str] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    ver: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    updated_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+
+
+class TickRow(Base):
+    """``ticks``: raw trades, the micro-batcher's source of truth.
+
+    The key ``(provider, symbol, ts, seq)`` is exactly what ``event_id`` encodes, so it makes
+    ticks idempotent by ``event_id`` while containing the partition column ``ts``.
+    """
+
+    __tablename__ = "ticks"
+    __table_args__ = (
+        PrimaryKeyConstraint("provider", "symbol", "ts", "seq"),
+        {"postgresql_partition_by": "RANGE (ts)"},
+    )
+
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(_TSTZ)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str] = mapped_column(Text)
+    price: Mapped[Decimal] = mapped_column(Numeric)
+    size: Mapped[Decimal] = mapped_column(Numeric)
+    side: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trade_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))

@@ -1,0 +1,326 @@
+"""``PgStoreClient``: bars and raw ticks in PostgreSQL/TimescaleDB (core ``StoreClient``).
+
+Every write is one transaction that first takes ``pg_advisory_xact_lock`` for each
+(provider, symbol) it touches, in sorted order — so writers of the same series serialise and
+can never deadlock on each other — then COPYs the de-duplicated batch into a per-connection
+staging table and runs one set-based statement. Round trips per call are constant.
+
+Exactness of tick-derived bars: see :mod:`market_data_store.models` (numeric aggregation,
+one correctly rounded conversion to float8, ``vwap`` rounded to ``VWAP_DECIMALS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from market_data_core.contracts import Bar, StreamEvent
+from market_data_core.errors import StoreError
+from market_data_core.protocols import TickIngestResult, UpsertResult
+from market_data_core.timeutil import (
+    from_epoch_us,
+    parse_duration_ms,
+    to_epoch_us,
+    window_start_us,
+)
+from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
+from market_data_store._errors import translate_errors
+from market_data_store.models import VWAP_DECIMALS
+
+__all__ = ["PgStoreClient"]
+
+_BAR_COLS = ("o", "h", "l", "c", "v", "vwap", "trade_count")
+_BAR_DISTINCT = (
+    "(b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count) IS DISTINCT FROM "
+    "(EXCLUDED.o, EXCLUDED.h, EXCLUDED.l, EXCLUDED.c, EXCLUDED.v, EXCLUDED.vwap, "
+    "EXCLUDED.trade_count)"
+)
+_BAR_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in _BAR_COLS)
+# An inserted row has revision 0 and an updated one revision >= 1: that tells them apart in
+# RETURNING (``xmax`` is not available on partitioned tables).
+_BAR_ON_CONFLICT = (
+    f"ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET {_BAR_SET}, "
+    f"revision = b.revision + 1, updated_at = EXCLUDED.updated_at WHERE {_BAR_DISTINCT}"
+)
+_BAR_INSERT = (
+    "INSERT INTO bars_ohlcv AS b (provider, symbol, interval, ts, o, h, l, c, v, vwap, "
+    "trade_count, revision, updated_at) "
+)
+
+_UPSERT_BARS_SQL = f"""
+WITH up AS (
+    {_BAR_INSERT}
+    SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, 0, now()
+    FROM mdp_stage_bars
+    ORDER BY provider, symbol, interval, ts
+    {_BAR_ON_CONFLICT}
+    RETURNING (b.revision = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted,
+       count(*) FILTER (WHERE NOT inserted) AS updated
+FROM up
+"""
+
+_STAGE_TICK_COLUMNS = (
+    "provider",
+    "symbol",
+    "ts",
+    "seq",
+    "event_id",
+    "price",
+    "size",
+    "side",
+    "trade_id",
+    "ingest_ts",
+)
+_STAGE_BAR_COLUMNS = ("provider", "symbol", "interval", "ts", *_BAR_COLS)
+
+_INSERT_TICKS_SQL = """
+INSERT INTO ticks (provider, symbol, ts, seq, event_id, price, size, side, trade_id, ingest_ts)
+SELECT provider, symbol, ts, seq, event_id, price::numeric, size::numeric, side, trade_id,
+       coalesce(ingest_ts, now())
+FROM mdp_stage_ticks
+ORDER BY provider, symbol, ts, seq
+ON CONFLICT DO NOTHING
+"""
+
+# Recompute the bars of every window the batch touched from ALL stored ticks of the window.
+# The LATERAL aggregate cannot be flattened, so each window is one index range scan on
+# ticks' primary key (provider, symbol, ts, seq), whatever the size of the table.
+_RECOMPUTE_BARS_SQL = f"""
+WITH win AS (
+    SELECT DISTINCT provider, symbol,
+           date_bin($1::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket
+    FROM mdp_stage_ticks
+), agg AS (
+    SELECT w.provider, w.symbol, w.bucket, a.o, a.h, a.l, a.c, a.v, a.pv, a.n
+    FROM win w
+    CROSS JOIN LATERAL (
+        SELECT (array_agg(t.price ORDER BY t.ts, t.seq))[1] AS o,
+               max(t.price) AS h,
+               min(t.price) AS l,
+               (array_agg(t.price ORDER BY t.ts DESC, t.seq DESC))[1] AS c,
+               sum(t.size) AS v,
+               sum(t.price * t.size) AS pv,
+               count(*) AS n
+        FROM ticks t
+        WHERE t.provider = w.provider AND t.symbol = w.symbol
+          AND t.ts >= w.bucket AND t.ts < w.bucket + $1::interval
+    ) a
+    WHERE a.n > 0
+), up AS (
+    {_BAR_INSERT}
+    SELECT provider, symbol, $2::text, bucket, o::float8, h::float8, l::float8, c::float8,
+           v::float8,
+           CASE WHEN v > 0 THEN round(pv::numeric(1000, 30) / v, {VWAP_DECIMALS})::float8 END,
+           n::int, 0, now()
+    FROM agg
+    ORDER BY provider, symbol, bucket
+    {_BAR_ON_CONFLICT}
+    RETURNING b.provider, b.symbol, b.ts, b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count,
+              b.revision, (b.revision = 0) AS inserted
+)
+SELECT n.windows, up.*
+FROM (SELECT count(*) AS windows FROM agg) n
+LEFT JOIN up ON true
+"""
+
+_BAR_SELECT = (
+    "SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, revision "
+    "FROM bars_ohlcv "
+)
+
+_BARS_RANGE_SQL = (
+    _BAR_SELECT
+    + "WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts < $5 "
+    + "ORDER BY ts"
+)
+
+# Loose index scan over the distinct (provider, symbol) pairs, then the newest `limit` bars
+# of each through the primary key (backwards), instead of scanning the whole table.
+_LATEST_BARS_SQL = """
+WITH RECURSIVE series AS (
+    (SELECT provider, symbol FROM bars_ohlcv ORDER BY provider, symbol LIMIT 1)
+    UNION ALL
+    SELECT n.provider, n.symbol
+    FROM series s
+    CROSS JOIN LATERAL (
+        SELECT b.provider, b.symbol FROM bars_ohlcv b
+        WHERE (b.provider, b.symbol) > (s.provider, s.symbol)
+        ORDER BY b.provider, b.symbol LIMIT 1
+    ) n
+)
+SELECT x.*
+FROM series s
+CROSS JOIN LATERAL (
+    SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, revision
+    FROM bars_ohlcv b
+    WHERE b.provider = s.provider AND b.symbol = s.symbol AND b.interval = $1
+    ORDER BY b.ts DESC
+    LIMIT $2
+) x
+ORDER BY x.provider, x.symbol, x.ts
+"""
+
+_DAY_US = 86_400_000_000
+
+
+def _interval_ms(interval: str) -> int:
+    try:
+        ms = parse_duration_ms(interval)
+    except ValueError as exc:
+        raise StoreError(f"bad bar interval {interval!r}: {exc}") from None
+    if ms <= 0:
+        raise StoreError(f"bad bar interval {interval!r}: must be positive")
+    return ms
+
+
+def _bar_from_row(row: Any, interval: str | None = None) -> Bar:
+    return Bar(
+        provider=row["provider"],
+        symbol=row["symbol"],
+        interval=interval if interval is not None else row["interval"],
+        ts=row["ts"],
+        o=row["o"],
+        h=row["h"],
+        l=row["l"],
+        c=row["c"],
+        v=row["v"],
+        vwap=row["vwap"],
+        trade_count=row["trade_count"],
+        revision=row["revision"],
+    )
+
+
+def _bar_days(tick_days: set[date], window_ms: int) -> set[date]:
+    """UTC days of the window starts of ticks on ``tick_days`` (a window that starts before
+    midnight holds ticks of the next day when the interval does not divide a day)."""
+    days = set(tick_days)
+    if _DAY_US % (window_ms * 1000):
+        for d in tick_days:
+            midnight_us = to_epoch_us(datetime(d.year, d.month, d.day, tzinfo=UTC))
+            days.add(from_epoch_us(window_start_us(midnight_us, window_ms)).date())
+    return days
+
+
+class PgStoreClient(PgClientBase):
+    """asyncpg implementation of ``StoreClient``. Create with ``await PgStoreClient.connect``.
+
+    Failure semantics: each call is one transaction; on any error nothing of it is visible.
+    Transient failures raise ``StoreUnavailableError`` and the next call, once the server is
+    back, reconnects by itself; everything else raises ``StoreError``.
+    """
+
+    async def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
+        """Upsert bars by (provider, symbol, interval, ts); the last of duplicate keys in the
+        batch wins. A changed existing bar gets ``revision + 1`` (the ``revision`` given in
+        ``bars`` is ignored: the store owns it); an identical one is left alone."""
+        if not bars:
+            return UpsertResult()
+        latest: dict[tuple[str, str, str, datetime], Bar] = {b.key: b for b in bars}
+        records = [
+            (b.provider, b.symbol, b.interval, b.ts, b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count)
+            for b in latest.values()
+        ]
+        days = {b.ts.astimezone(UTC).date() for b in latest.values()}
+        locks = series_lock_keys({(b.provider, b.symbol) for b in latest.values()})
+        with translate_errors("upsert_bars"):
+            await self._partitions.ensure(self._pool, "bars_ohlcv", days)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                await conn.copy_records_to_table(
+                    "mdp_stage_bars", records=records, columns=_STAGE_BAR_COLUMNS
+                )
+                row = await conn.fetchrow(_UPSERT_BARS_SQL)
+        inserted, updated = int(row["inserted"]), int(row["updated"])
+        return UpsertResult(
+            inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated
+        )
+
+    async def ingest_ticks(
+        self, ticks: Sequence[StreamEvent], *, interval: str
+    ) -> TickIngestResult:
+        """Store trade ticks (idempotent by ``event_id``) and recompute, in the same
+        transaction, the ``interval`` bars of every epoch-aligned window ``[k*w, (k+1)*w)``
+        the batch touches from all stored ticks of that window (open/close = first/last by
+        ``(ts, seq)``). Windows of duplicate-only ticks are recomputed too (unchanged unless
+        the stored bar was wrong), so a replay at a new interval still produces its bars.
+        Returns new ticks and the bars inserted or changed (with their new ``revision``).
+        Raises ``StoreError`` for a non-tick event."""
+        window_ms = _interval_ms(interval)
+        if not ticks:
+            return TickIngestResult(ticks_inserted=0)
+        unique: dict[str, StreamEvent] = {}
+        for ev in ticks:
+            if ev.kind != "tick" or ev.c is None or ev.v is None:
+                raise StoreError(f"ingest_ticks got a {ev.kind} event ({ev.event_id})")
+            unique[ev.event_id] = ev
+        records = [
+            (
+                e.provider,
+                e.symbol,
+                e.src_ts,
+                e.seq,
+                e.event_id,
+                repr(e.c),  # the shortest decimal that round-trips the float -> numeric
+                repr(e.v),
+                e.side,
+                e.trade_id,
+                e.ingest_ts,
+            )
+            for e in unique.values()
+        ]
+        tick_days = {e.src_ts.date() for e in unique.values()}  # src_ts is UTC (validated)
+        locks = series_lock_keys({(e.provider, e.symbol) for e in unique.values()})
+        stride = timedelta(milliseconds=window_ms)
+        with translate_errors("ingest_ticks"):
+            await self._partitions.ensure(self._pool, "ticks", tick_days)
+            await self._partitions.ensure(self._pool, "bars_ohlcv", _bar_days(tick_days, window_ms))
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                await conn.copy_records_to_table(
+                    "mdp_stage_ticks", records=records, columns=_STAGE_TICK_COLUMNS
+                )
+                status = await conn.execute(_INSERT_TICKS_SQL)
+                rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval)
+        ticks_inserted = int(status.rsplit(" ", 1)[-1])
+        windows = int(rows[0]["windows"]) if rows else 0
+        changed = [r for r in rows if r["provider"] is not None]
+        inserted = sum(1 for r in changed if r["inserted"])
+        bars = [_bar_from_row(r, interval) for r in changed]
+        return TickIngestResult(
+            ticks_inserted=ticks_inserted,
+            bars=bars,
+            bars_result=UpsertResult(
+                inserted=inserted,
+                updated=len(changed) - inserted,
+                unchanged=windows - len(changed),
+            ),
+        )
+
+    async def bars_range(
+        self, provider: str, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[Bar]:
+        """Bars with ``start <= ts < end``, oldest first."""
+        with translate_errors("bars_range"):
+            rows = await self._pool.fetch(_BARS_RANGE_SQL, provider, symbol, interval, start, end)
+        return [_bar_from_row(r) for r in rows]
+
+    async def latest_bars(self, interval: str, limit: int) -> dict[tuple[str, str], list[Bar]]:
+        """The newest ``limit`` bars of ``interval`` per (provider, symbol), oldest first."""
+        if limit <= 0:
+            return {}
+        with translate_errors("latest_bars"):
+            rows = await self._pool.fetch(_LATEST_BARS_SQL, interval, limit)
+        out: dict[tuple[str, str], list[Bar]] = {}
+        for r in rows:
+            out.setdefault((r["provider"], r["symbol"]), []).append(_bar_from_row(r))
+        return out
+
+    async def count_rows(self, table: str) -> int:
+        """Rows in one of mdp's tables (for tests, benchmarks and ``mdp stream status``)."""
+        if table not in ("bars_ohlcv", "ticks", "signals", "job_runs"):
+            raise StoreError(f"unknown table {table!r}")
+        with translate_errors("count_rows"):
+            return int(await self._pool.fetchval(f"SELECT count(*) FROM {table}"))
