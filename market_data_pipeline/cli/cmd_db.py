@@ -6,7 +6,6 @@ migrated and then stops with the command — harmless, but rarely what you want)
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
@@ -17,7 +16,6 @@ from market_data_pipeline.cli.common import (
     ConfigOpt,
     environment,
     load_app_config,
-    run_async,
 )
 from market_data_pipeline.cli.wiring import compress_after_ms, downgrade_schema, upgrade_schema
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
@@ -50,14 +48,11 @@ def upgrade(
     cfg = load_app_config(config)
     compress_after_ms(cfg)  # a bad store.compress_after is a ConfigError before connecting
 
-    async def main(stop: asyncio.Event) -> None:
-        with resolve_servers(cfg, environment(), redis=False) as urls:
-            _note_embedded(urls)
-            assert urls.database_url is not None
-            at = await upgrade_schema(urls.database_url, revision, config=cfg)
-            typer.echo(f"database {urls.describe()} is at revision {at or 'base'}")
-
-    run_async(main)
+    with resolve_servers(cfg, environment(), redis=False) as urls:
+        _note_embedded(urls)
+        assert urls.database_url is not None
+        at = upgrade_schema(urls.database_url, revision, config=cfg)
+        typer.echo(f"database {urls.describe()} is at revision {at or 'base'}")
 
 
 @db_app.command("downgrade")
@@ -76,11 +71,8 @@ def downgrade(
     """
     cfg = load_app_config(config)
 
-    async def main(stop: asyncio.Event) -> None:
-        with resolve_servers(cfg, environment(), redis=False) as urls:
-            _note_embedded(urls)
-            assert urls.database_url is not None
-            at = await downgrade_schema(urls.database_url, revision)
-            typer.echo(f"database {urls.describe()} is at revision {at or 'base'}")
-
-    run_async(main)
+    with resolve_servers(cfg, environment(), redis=False) as urls:
+        _note_embedded(urls)
+        assert urls.database_url is not None
+        at = downgrade_schema(urls.database_url, revision)
+        typer.echo(f"database {urls.describe()} is at revision {at or 'base'}")

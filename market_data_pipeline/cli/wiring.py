@@ -6,6 +6,11 @@ Everything here returns core protocol types (``StoreClient``, ``SignalsStoreClie
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
 from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError
 from market_data_core.protocols import JobRunTracker, SignalsStoreClient, StoreClient
@@ -22,6 +27,8 @@ from market_data_store import (
 from market_data_store import (
     upgrade_schema as _upgrade_schema,
 )
+
+T = TypeVar("T")
 
 __all__ = [
     "compress_after_ms",
@@ -85,20 +92,35 @@ async def open_job_tracker(config: AppConfig, urls: ServerUrls) -> JobRunTracker
     return await PgJobRunTracker.connect(_dsn(urls), pool_min=1, pool_max=1)
 
 
-async def upgrade_schema(
+def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code; from inside a running event loop it runs
+    on a fresh loop in a worker thread (a migration blocks its caller either way)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def upgrade_schema(
     dsn: str, revision: str = "head", *, config: AppConfig | None = None
 ) -> str | None:
-    """Migrate ``dsn`` up to ``revision`` with the config's partitioning settings (defaults
-    when ``config`` is None); returns the revision the database is at."""
+    """Migrate ``dsn`` up to ``revision`` (blocking) with the config's partitioning settings
+    (defaults when ``config`` is None); returns the revision the database is at.
+    Raises ``StoreUnavailableError`` (unreachable), ``ConfigError`` (unknown revision),
+    ``StoreError`` (the migration failed; rolled back)."""
     config = config or AppConfig()
-    return await _upgrade_schema(
-        dsn,
-        revision,
-        partitioning=config.store.partitioning,
-        compress_after_ms=compress_after_ms(config),
+    return _run_blocking(
+        _upgrade_schema(
+            dsn,
+            revision,
+            partitioning=config.store.partitioning,
+            compress_after_ms=compress_after_ms(config),
+        )
     )
 
 
-async def downgrade_schema(dsn: str, revision: str) -> str | None:
-    """Migrate ``dsn`` down to ``revision`` (``base`` = no mdp tables)."""
-    return await _downgrade_schema(dsn, revision)
+def downgrade_schema(dsn: str, revision: str) -> str | None:
+    """Migrate ``dsn`` down to ``revision`` (blocking; ``base`` = no mdp tables)."""
+    return _run_blocking(_downgrade_schema(dsn, revision))
