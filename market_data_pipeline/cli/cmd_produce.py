@@ -538,7 +538,11 @@ def replay(
 
 
 def _short(value: float | None) -> str:
-    return "" if value is None else f"{value:.10g}"
+    """Shortest exact text of a number (``9682``, ``0.132``, ``2300413.7295``)."""
+    if value is None:
+        return ""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def event_row(ev: StreamEvent) -> list[str]:
@@ -614,8 +618,8 @@ def render_records(
                     isoformat_us(bar.ts),
                     f"{bar.provider}|{bar.symbol}",
                     bar.interval,
-                    f"o {bar.o:.10g} h {bar.h:.10g} l {bar.l:.10g} c {bar.c:.10g}",
-                    f"{bar.v:.10g}",
+                    f"o {_short(bar.o)} h {_short(bar.h)} l {_short(bar.l)} c {_short(bar.c)}",
+                    _short(bar.v),
                     str(bar.revision),
                 ]
             )

@@ -280,8 +280,9 @@ class _RowMapper:
         return StreamEvent.create(**fields)
 
 
-def _csv_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict[str, str] | None, bytes]]:
-    """``(line, row, raw)`` per non-blank line; ``row`` is None for a wrong column count."""
+def _csv_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict[str, str] | str, bytes]]:
+    """``(line, row, raw)`` per non-blank line; ``row`` is an error text for a wrong column
+    count."""
     with spec.path.open("rb") as f:
         names = spec.names
         line = 0
@@ -302,12 +303,13 @@ def _csv_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict[str, str] | None, b
             else:
                 values = text.split(spec.delimiter)
             if len(values) != width:
-                yield line, None, raw.rstrip(b"\r\n")
+                detail = f"expected {width} columns, got {len(values)}"
+                yield line, detail, raw.rstrip(b"\r\n")
                 continue
             yield line, dict(zip(names, values, strict=True)), raw.rstrip(b"\r\n")
 
 
-def _parquet_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict[str, Any] | None, bytes]]:
+def _parquet_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict[str, Any] | str, bytes]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -358,9 +360,8 @@ def read_dataset(
     same_ts: list[StreamEvent] = []
     try:
         for line, row, raw in rows:
-            if row is None:
-                width = len(spec.names or []) or "the header's"
-                yield RowError(where, line, "parse", f"expected {width} columns", raw)
+            if isinstance(row, str):
+                yield RowError(where, line, "parse", row, raw)
                 continue
             try:
                 ev = mapper.event(row, line)

@@ -1,0 +1,104 @@
+"""Bad input to produce/replay/tail: one line on stderr, exit 2, before any server starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from market_data_pipeline.cli.app import main
+from market_data_pipeline.cli.cmd_produce import event_row, parse_when
+from market_data_pipeline.producers.datasets import load_registry, read_dataset
+from tests.conftest import ROOT
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.fixture(autouse=True)
+def _no_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URI", raising=False)
+    monkeypatch.chdir(ROOT)
+
+
+def test_unknown_dataset_lists_registered_names(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["stream", "replay", "--dataset", "spy_1day"], capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "unknown dataset 'spy_1day'" in err
+    assert "binance_btcusdt_trades, eurusd_quotes, ftx_btc_perp_1m" in err
+
+
+def test_unreadable_dataset_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = tmp_path / "d.yaml"
+    registry.write_text(
+        "datasets:\n  gone:\n    path: gone.csv\n    provider: p\n    symbol: S\n"
+        "    kind: tick\n    timestamp: {column: t, format: epoch_us}\n"
+        "    columns: {c: price, v: qty}\n"
+    )
+    code, err = run(["stream", "replay", "--datasets", str(registry), "--dataset", "gone"], capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "cannot read dataset file" in err and "gone.csv" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["stream", "produce", "--duration", "soon"], "--duration"),
+        (["stream", "produce", "--provider", "replay"], "--dataset"),
+        (["stream", "produce", "--kind", "candle"], "candle"),
+        (["stream", "replay", "--dataset", "eurusd_quotes", "--from", "yesterday"], "--from"),
+        (
+            [
+                "stream",
+                "replay",
+                "--dataset",
+                "eurusd_quotes",
+                "--from",
+                "2020-01-02",
+                "--to",
+                "2020-01-01",
+            ],
+            "--to must be after --from",
+        ),
+        (["stream", "tail", "--topic", "mdp.events"], "REDIS_URI"),
+        (["stream", "tail", "--limit", "0"], "--limit"),
+    ],
+)
+def test_bad_arguments(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(args, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert needle in err
+
+
+def test_parse_when_treats_naive_as_utc() -> None:
+    a = parse_when("2020-02-22", "--from")
+    b = parse_when("2020-02-22T01:00:00+01:00", "--from")
+    assert a is not None and b is not None and a == b
+    assert parse_when(None, "--from") is None
+
+
+def test_event_rows_show_prices_and_volume() -> None:
+    registry = load_registry(ROOT / "configs" / "datasets.yaml")
+    trade = next(iter(read_dataset(registry["binance_btcusdt_trades"])))
+    quote = next(iter(read_dataset(registry["eurusd_quotes"])))
+    bar = next(iter(read_dataset(registry["ftx_btc_perp_1m"])))
+    assert event_row(trade) == [  # type: ignore[arg-type]
+        "2020-02-22T00:00:02.111000Z",
+        "BTCUSDT",
+        "tick",
+        "9682",
+        "0.132 buy",
+        "binance-futures|BTCUSDT|2020-02-22T00:00:02.111000Z|42377944",
+    ]
+    assert event_row(quote)[2:4] == ["quote", "1.1212 / 1.12172"]  # type: ignore[arg-type]
+    assert event_row(bar)[2:5] == [  # type: ignore[arg-type]
+        "bar 1m",
+        "o 46319 h 46385 l 46319 c 46377",
+        "2300413.7295",
+    ]
