@@ -702,7 +702,10 @@ def tail(
     config: ConfigOpt = DEFAULT_CONFIG,
     topic: Annotated[
         str,
-        typer.Option(help="mdp.events, mdp.signals, mdp.bars or mdp.dlq (names from the config)."),
+        typer.Option(
+            help="mdp.events, mdp.signals, mdp.bars or mdp.dlq (each stands for the stream "
+            "the config names for it), or any other stream name."
+        ),
     ] = "mdp.events",
     limit: Annotated[int, typer.Option(min=1, max=100_000, help="Entries to show.")] = 50,
     follow: Annotated[bool, typer.Option(help="Keep printing new entries until Ctrl-C.")] = False,
@@ -718,6 +721,12 @@ def tail(
     Example:  mdp stream tail --topic mdp.signals --follow --json
     """
     cfg = load_app_config(config)
+    topic = {
+        "mdp.events": cfg.bus.events_topic,
+        "mdp.signals": cfg.bus.signals_topic,
+        "mdp.bars": cfg.bus.bars_topic,
+        "mdp.dlq": cfg.bus.dlq_topic,
+    }.get(topic, topic)
     env = environment()
     if not (env.get("REDIS_URI") or cfg.bus.redis.uri) and cfg.bus.type == "redis":
         raise ConfigError(
