@@ -73,7 +73,7 @@ def choose_backend(conn: Connection, partitioning: str) -> Backend:
     """
     existing = _scalar(
         conn,
-        "SELECT c.relkind FROM pg_class c "
+        "SELECT c.relkind::text FROM pg_class c "
         "WHERE c.relname = 'bars_ohlcv' AND c.relnamespace = current_schema()::regnamespace",
     )
     if existing == "p":

@@ -1,0 +1,96 @@
+"""Migrations: empty -> head -> base -> head, the native partition fallback, and `mdp db`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from market_data_core.errors import ConfigError
+from market_data_pipeline.cli.app import main as mdp_main
+from market_data_store import current_revision, downgrade_schema, head_revision, upgrade_schema
+from tests.integration._store_db import create_database, drop_database, fresh_database
+
+TABLES = {"bars_ohlcv", "job_runs", "signals", "ticks"}
+
+
+@pytest.fixture
+async def empty_db(database_url: str) -> AsyncIterator[str]:
+    async with fresh_database(database_url) as url:
+        yield url
+
+
+async def _tables(url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, relkind::text AS relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+            "AND relkind IN ('r', 'p') AND NOT relispartition"
+        )
+    finally:
+        await conn.close()
+    return {r["relname"]: r["relkind"] for r in rows}
+
+
+async def test_upgrade_downgrade_upgrade(empty_db: str) -> None:
+    assert await current_revision(empty_db) is None
+    assert await upgrade_schema(empty_db) == head_revision() == "0004_ticks"
+    tables = await _tables(empty_db)
+    assert set(tables) >= TABLES
+    # No TimescaleDB here: the time-series tables are natively range-partitioned.
+    assert {t: tables[t] for t in ("bars_ohlcv", "signals", "ticks")} == {
+        "bars_ohlcv": "p",
+        "signals": "p",
+        "ticks": "p",
+    }
+    assert tables["job_runs"] == "r"
+
+    assert await downgrade_schema(empty_db, "0002") == "0002_job_runs"
+    assert set(await _tables(empty_db)) & TABLES == {"bars_ohlcv", "job_runs"}
+
+    assert await downgrade_schema(empty_db, "base") is None
+    assert set(await _tables(empty_db)) - {"alembic_version"} == set()
+
+    assert await upgrade_schema(empty_db) == "0004_ticks"
+    assert set(await _tables(empty_db)) >= TABLES
+
+
+async def test_constraint_names_follow_the_convention(empty_db: str) -> None:
+    await upgrade_schema(empty_db)
+    conn = await asyncpg.connect(empty_db)
+    try:
+        names = {
+            r["conname"]
+            for r in await conn.fetch(
+                "SELECT conname FROM pg_constraint WHERE conrelid = ANY("
+                "ARRAY['bars_ohlcv', 'ticks', 'signals', 'job_runs']::regclass[])"
+            )
+        }
+    finally:
+        await conn.close()
+    assert {"pk_bars_ohlcv", "pk_ticks", "pk_signals", "pk_job_runs"} <= names
+    assert "ck_job_runs_status_known" in names
+
+
+async def test_unknown_revision_is_a_config_error(empty_db: str) -> None:
+    with pytest.raises(ConfigError, match="0009"):
+        await upgrade_schema(empty_db, "0009")
+
+
+def test_mdp_db_cli_upgrade_and_downgrade(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = asyncio.run(create_database(database_url))
+    try:
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert mdp_main(["db", "upgrade"]) == 0
+        assert "0004_ticks" in capsys.readouterr().out
+        assert mdp_main(["db", "downgrade", "--revision", "0001"]) == 0
+        assert "0001_bars_ohlcv" in capsys.readouterr().out
+        assert mdp_main(["db", "downgrade", "--revision", "nope"]) == 2
+        assert asyncio.run(_tables(url)).keys() & TABLES == {"bars_ohlcv"}
+        assert mdp_main(["db", "downgrade", "--revision", "base"]) == 0
+    finally:
+        asyncio.run(drop_database(url))

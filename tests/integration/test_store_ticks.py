@@ -1,0 +1,198 @@
+"""``ingest_ticks``: raw ticks are the truth, bars are recomputed exactly from them."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+
+import pytest
+
+from market_data_core.contracts import Bar, StreamEvent
+from market_data_core.errors import StoreError
+from market_data_core.timeutil import from_epoch_us
+from market_data_store import VWAP_DECIMALS, PgStoreClient, upgrade_schema
+from tests.conftest import SHARED_DATA
+from tests.integration._store_db import fresh_database
+
+TRADES = SHARED_DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
+DAY0 = datetime(2020, 2, 22, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def store_url(database_url: str) -> AsyncIterator[str]:
+    async with fresh_database(database_url) as url:
+        await upgrade_schema(url)
+        yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[PgStoreClient]:
+    client = await PgStoreClient.connect(store_url)
+    yield client
+    await client.aclose()
+
+
+def load_trades(provider: str) -> tuple[list[StreamEvent], list[tuple[int, int, Decimal, Decimal]]]:
+    events, raw = [], []
+    with TRADES.open() as f:
+        for row in csv.DictReader(f):
+            ts_us, tid = int(row["timestamp"]), int(row["id"])
+            raw.append((ts_us, tid, Decimal(row["price"]), Decimal(row["amount"])))
+            events.append(
+                StreamEvent.create(
+                    provider=provider,
+                    symbol=row["symbol"],
+                    kind="tick",
+                    src_ts=from_epoch_us(ts_us),
+                    c=float(row["price"]),
+                    v=float(row["amount"]),
+                    seq=tid,
+                    trade_id=row["id"],
+                    side=row["side"],
+                )
+            )
+    return events, raw
+
+
+def reference(
+    raw: list[tuple[int, int, Decimal, Decimal]], window_ms: int
+) -> dict[datetime, tuple[float, float, float, float, float, float, int]]:
+    """Exact decimal OHLCV per epoch-aligned window, as the floats of the exact decimals."""
+    w = window_ms * 1000
+    groups: dict[int, list[tuple[int, int, Decimal, Decimal]]] = defaultdict(list)
+    for t in {(ts, tid): (ts, tid, p, a) for ts, tid, p, a in raw}.values():
+        groups[t[0] - t[0] % w].append(t)
+    out = {}
+    for start, trades in groups.items():
+        trades.sort(key=lambda t: (t[0], t[1]))
+        prices = [t[2] for t in trades]
+        v = sum((t[3] for t in trades), Decimal(0))
+        with localcontext() as ctx:
+            ctx.prec = 80
+            pv = sum((t[2] * t[3] for t in trades), Decimal(0))
+            vwap = (pv / v).quantize(Decimal(1).scaleb(-VWAP_DECIMALS), rounding=ROUND_HALF_UP)
+        out[from_epoch_us(start)] = (
+            float(prices[0]),
+            float(max(prices)),
+            float(min(prices)),
+            float(prices[-1]),
+            float(v),
+            float(vwap),
+            len(trades),
+        )
+    return out
+
+
+def as_tuple(b: Bar) -> tuple[float, float, float, float, float, float | None, int | None]:
+    return (b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count)
+
+
+@pytest.mark.parametrize("window_ms", [500, 2000, 5000])
+async def test_bars_equal_decimal_reference_despite_shuffle_and_duplicates(
+    store: PgStoreClient, window_ms: int
+) -> None:
+    provider = f"ref{window_ms}"
+    events, raw = load_trades(provider)
+    rng = random.Random(window_ms)
+    noisy = events + rng.sample(events, len(events) // 100)  # 1% duplicates
+    rng.shuffle(noisy)
+    interval = f"{window_ms}ms"
+    inserted = 0
+    for i in range(0, len(noisy), 1500):
+        res = await store.ingest_ticks(noisy[i : i + 1500], interval=interval)
+        inserted += res.ticks_inserted
+    assert inserted == len(events)
+
+    got = await store.bars_range(provider, "BTCUSDT", interval, DAY0, DAY0 + timedelta(days=1))
+    ref = reference(raw, window_ms)
+    assert [b.ts for b in got] == sorted(ref)
+    bad = [(b.ts, as_tuple(b), ref[b.ts]) for b in got if as_tuple(b) != ref[b.ts]]
+    assert not bad, f"{len(bad)} of {len(got)} bars differ; first: {bad[:3]}"
+
+    replay = await store.ingest_ticks(events, interval=interval)
+    assert replay.ticks_inserted == 0 and replay.bars == []
+    assert replay.bars_result.changed == 0 and replay.bars_result.unchanged == len(ref)
+
+
+async def test_revision_increments_only_on_change(store: PgStoreClient) -> None:
+    t0 = datetime(2021, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+    def tick(ms: int, price: float, seq: int, size: float = 1.0) -> StreamEvent:
+        return StreamEvent.create(
+            provider="rev",
+            symbol="X",
+            kind="tick",
+            src_ts=t0 + timedelta(milliseconds=ms),
+            c=price,
+            v=size,
+            seq=seq,
+        )
+
+    first = [tick(100, 10.0, 1), tick(900, 11.0, 2), tick(1500, 12.0, 3)]
+    res = await store.ingest_ticks(first, interval="1s")
+    assert res.ticks_inserted == 3
+    assert [(b.ts, b.revision, b.o, b.c, b.trade_count) for b in res.bars] == [
+        (t0, 0, 10.0, 11.0, 2),
+        (t0 + timedelta(seconds=1), 0, 12.0, 12.0, 1),
+    ]
+    assert (res.bars_result.inserted, res.bars_result.updated) == (2, 0)
+
+    again = await store.ingest_ticks(first[:2], interval="1s")
+    assert again.ticks_inserted == 0 and again.bars == []
+    assert again.bars_result.unchanged == 1
+
+    # A late tick earlier than the open of window 0: only that bar changes, revision 1.
+    late = await store.ingest_ticks([tick(50, 9.5, 0, size=2.0)], interval="1s")
+    assert late.ticks_inserted == 1
+    (bar,) = late.bars
+    assert (bar.ts, bar.revision, bar.o, bar.l, bar.c, bar.v, bar.trade_count) == (
+        t0,
+        1,
+        9.5,
+        9.5,
+        11.0,
+        4.0,
+        3,
+    )
+    assert bar.vwap == float(Decimal("40.0") / Decimal("4.0"))  # (19+10+11)/4
+    assert (late.bars_result.inserted, late.bars_result.updated) == (0, 1)
+
+    # A tick with the same (ts, seq) -- the same event_id -- but another price is a
+    # duplicate: the first stored version stays.
+    dup = await store.ingest_ticks([tick(50, 99.0, 0)], interval="1s")
+    assert dup.ticks_inserted == 0 and dup.bars == []
+    stored = await store.bars_range("rev", "X", "1s", t0, t0 + timedelta(seconds=2))
+    assert [b.revision for b in stored] == [1, 0]
+
+
+async def test_same_ticks_at_another_interval_produce_its_bars(store: PgStoreClient) -> None:
+    events, raw = load_trades("multi")
+    sample = events[:3000]
+    await store.ingest_ticks(sample, interval="1s")
+    res = await store.ingest_ticks(sample, interval="5s")  # every tick is a duplicate now
+    assert res.ticks_inserted == 0
+    assert res.bars and res.bars_result.inserted == len(res.bars)
+    ref = reference(raw[:3000], 5000)
+    assert {b.ts: as_tuple(b) for b in res.bars} == ref
+
+
+async def test_non_tick_events_are_refused(store: PgStoreClient) -> None:
+    bar_event = StreamEvent.create(
+        provider="p",
+        symbol="X",
+        kind="bar",
+        interval="1m",
+        src_ts=DAY0,
+        o=1.0,
+        h=1.0,
+        l=1.0,
+        c=1.0,
+        v=1.0,
+        seq=0,
+    )
+    with pytest.raises(StoreError, match="bar event"):
+        await store.ingest_ticks([bar_event], interval="1s")
