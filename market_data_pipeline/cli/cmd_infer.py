@@ -1,0 +1,146 @@
+"""``mdp stream infer``: closed bars -> features -> rules or a scikit-learn model -> signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from market_data_core.config import config_hash
+from market_data_core.errors import ConfigError
+from market_data_core.timeutil import parse_duration_ms
+from market_data_pipeline.cli.apps import stream_app
+from market_data_pipeline.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    MetricsPortOpt,
+    environment,
+    load_app_config,
+    run_async,
+    stage_services,
+)
+from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, features_interval
+from market_data_pipeline.embedded import resolve_servers
+from market_data_pipeline.features import FeatureEngine
+from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
+
+
+@stream_app.command("infer")
+def infer(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    adapter: Annotated[
+        Literal["rules", "sklearn"],
+        typer.Option(help="rules (configs/rules.yaml) or sklearn (a pinned model file)."),
+    ] = "rules",
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            help="Bar interval to run on (overrides features.interval; default: the "
+            "micro-batch window). Bars of other intervals are acknowledged and skipped."
+        ),
+    ] = None,
+    drain: Annotated[
+        bool,
+        typer.Option(help="Process everything available, commit, ack, exit 0 once idle."),
+    ] = False,
+    idle_s: Annotated[
+        float, typer.Option("--idle-s", min=0.1, help="With --drain: exit after this idle time.")
+    ] = 3.0,
+    consumer: Annotated[
+        str | None,
+        typer.Option(
+            help="Consumer name in the group (keep it across restarts to re-read its own "
+            "pending entries first). Default: infer-<host>-<pid>."
+        ),
+    ] = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Score closed bars from mdp.bars with rules or a model; signals go to mdp.signals and
+    the signals table (idempotent by signal id).
+
+    Example:  mdp stream infer --adapter rules
+
+    Example:  mdp stream infer --adapter sklearn --config configs/streaming.sklearn.yaml
+
+    Example:  mdp stream infer --interval 1m --drain --idle-s 3
+    """
+    overrides: dict[str, object] = {}
+    if interval is not None:
+        try:
+            parse_duration_ms(interval)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source="--interval") from None
+        overrides["features.interval"] = interval
+    if metrics_port is not None:
+        overrides["telemetry.metrics_port"] = metrics_port
+    cfg = load_app_config(config, overrides)
+    if adapter == "sklearn" and not cfg.inference.adapters.sklearn.model_path:
+        raise ConfigError(
+            "--adapter sklearn needs inference.adapters.sklearn.model_path and sha256 "
+            "(see configs/streaming.sklearn.yaml)",
+            source=str(config),
+        )
+    features = FeatureEngine(cfg.features.windows)
+    # loaded before any server starts: a bad rules file or model hash fails fast (exit 2)
+    chosen = build_adapter(cfg, adapter, features.feature_names, base_dir=Path.cwd())
+    engine = InferenceEngine(features, chosen, interval=features_interval(cfg))
+    name = consumer or f"infer-{socket.gethostname()}-{os.getpid()}"
+
+    async def main(stop: asyncio.Event) -> None:
+        from market_data_pipeline.cli.wiring import (
+            open_job_tracker,
+            open_signals_store,
+            open_store,
+        )
+        from market_data_pipeline.streaming.bus import open_bus
+
+        try:
+            with resolve_servers(cfg, environment()) as urls, stage_services(cfg, urls, "infer"):
+                bus = await open_bus(cfg, urls)
+                store = await open_store(cfg, urls)
+                signals_store = await open_signals_store(cfg, urls)
+                tracker = await open_job_tracker(cfg, urls)
+                run_id = await tracker.start(f"infer-{adapter}", config_hash(cfg))
+                worker = InferenceConsumer(
+                    cfg, bus, store, signals_store, engine, consumer_name=name
+                )
+                status: Literal["success", "failed", "stopped"] = "failed"
+                detail: str | None = None
+                try:
+                    stats = await worker.run(stop, drain=drain, idle_s=idle_s)
+                    status = "stopped" if stop.is_set() else "success"
+                except BaseException as exc:
+                    detail = f"{type(exc).__name__}: {exc}"
+                    raise
+                finally:
+                    s = worker.stats
+                    await tracker.finish(
+                        run_id,
+                        status=status,
+                        events_in=s.bars_in,
+                        rows_written=s.signals,
+                        errors=s.dead_letters,
+                        detail=detail,
+                    )
+                    # the JobRunTracker protocol has no aclose(); the Pg one holds a pool
+                    close_tracker = getattr(tracker, "aclose", None)
+                    if close_tracker is not None:
+                        await close_tracker()
+                    await signals_store.aclose()
+                    await store.aclose()
+                    await bus.aclose()
+        finally:
+            await engine.aclose()
+        typer.echo(
+            f"infer {name} ({adapter}, {engine.interval} bars): {stats.bars_in} bars in, "
+            f"{stats.bars_scored} scored, {stats.bars_stale} already seen, {stats.skipped} "
+            f"other intervals, {stats.warmup_bars} warm-up bars, {stats.signals} signals "
+            f"({stats.signals_published} new on {cfg.bus.signals_topic}), "
+            f"{stats.dead_letters} dead letters"
+        )
+
+    run_async(main)

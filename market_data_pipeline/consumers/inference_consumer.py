@@ -1,0 +1,303 @@
+"""The inference stage: closed bars from ``mdp.bars`` -> features -> adapter -> signals in the
+``signals`` table and on ``mdp.signals``.
+
+Per poll (as a member of the ``<bus.group>.infer`` group on ``bus.bars_topic``):
+
+1. decode each entry with ``decode_bar``; an undecodable one goes to the dead-letter stream
+   (``consumer.dead_letter``, which acks it), the loop continues;
+2. bars of another interval than ``features.interval`` (default: the micro-batch window) are
+   acknowledged untouched (counted as ``skipped``);
+3. the first time a (provider, symbol) is seen, its features warm up from the store: the
+   ``features.warmup_bars`` bars *just before* that bar (``StoreClient.bars_range``), so a
+   restarted engine is right at once, and a backlog on the bus is still scored rather than
+   warmed past;
+4. each bar newer than its symbol's last one updates the features and is evaluated; an older
+   or equal one (a redelivery, a second replay, a late correction) changes nothing;
+5. the batch's signals that are not in the table yet are published to ``bus.signals_topic``,
+   all of them are upserted (idempotent by ``signal_id``), THEN the entries are acknowledged.
+
+Publish-before-upsert makes "in the table" imply "was published": a crash in between leads to a
+redelivery that publishes again (at-least-once on the stream, exactly-once in the table), and a
+second replay of the same bars adds nothing to either. The store down -> retry with capped
+backoff, nothing acknowledged meanwhile. Signal ids are deterministic, so every retry converges.
+
+Quotes (``spread_bps``/``imbalance``) are not read by this stage yet: those features stay
+``nan`` here (rules that use them never fire); :meth:`FeatureEngine.update_quote` is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from market_data_core.codec import decode_bar, encode_signal
+from market_data_core.config import AppConfig
+from market_data_core.contracts import Bar, Signal
+from market_data_core.errors import BusError, ContractError, StoreError, StoreUnavailableError
+from market_data_core.protocols import (
+    Bus,
+    BusRecord,
+    SignalsStoreClient,
+    StoreClient,
+    routing_key,
+)
+from market_data_core.timeutil import format_duration_ms, parse_duration_ms
+from market_data_pipeline import telemetry
+from market_data_pipeline.inference.engine import InferenceEngine
+
+__all__ = ["InferenceConsumer", "InferenceStats", "features_interval"]
+
+log = logging.getLogger(__name__)
+_COMPONENT = "inference"
+_MAX_BATCH = 500
+_MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
+T = TypeVar("T")
+
+
+def features_interval(config: AppConfig) -> str:
+    """The bar interval features run on: ``features.interval``, else the micro-batch window."""
+    return config.features.interval or format_duration_ms(config.micro_batch.window_ms)
+
+
+@dataclass(slots=True)
+class InferenceStats:
+    """What one run did (also the ``job_runs`` counts)."""
+
+    bars_in: int = 0
+    bars_scored: int = 0
+    bars_stale: int = 0
+    skipped: int = 0
+    warmup_bars: int = 0
+    signals: int = 0
+    signals_published: int = 0
+    dead_letters: int = 0
+    store_retries: int = 0
+
+
+class InferenceConsumer:
+    """One inference worker; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        bus: Bus,
+        store: StoreClient,
+        signals_store: SignalsStoreClient,
+        engine: InferenceEngine,
+        *,
+        consumer_name: str,
+        group: str | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.group = group or f"{config.bus.group}.infer"
+        self._bus = bus
+        self._store = store
+        self._signals_store = signals_store
+        self._topic = config.bus.bars_topic
+        self._consumer = bus.consumer(self._topic, self.group, consumer_name)
+        self._warm: set[tuple[str, str]] = set()
+        self.stats = InferenceStats()
+        self._warmup_span = timedelta(
+            milliseconds=parse_duration_ms(engine.interval) * config.features.warmup_bars
+        )
+
+    async def run(
+        self, stop: asyncio.Event, *, drain: bool = False, idle_s: float = 3.0
+    ) -> InferenceStats:
+        """Consume until ``stop`` is set (or, with ``drain``, until the input has been idle
+        for ``idle_s`` seconds; everything read by then is committed and acknowledged)."""
+        idle_since: float | None = None
+        backoff_s = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    records = await self._consumer.poll(_MAX_BATCH, self.config.bus.block_ms)
+                    backoff_s = 0.1
+                except BusError as exc:
+                    telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
+                    log.warning("bus poll failed (%s); retrying in %.1fs", exc, backoff_s)
+                    await _sleep_or_stop(stop, backoff_s)
+                    backoff_s = min(backoff_s * 2, 5.0)
+                    continue
+                if records:
+                    idle_since = None
+                    telemetry.EVENTS_CONSUMED.labels(topic=self._topic, group=self.group).inc(
+                        len(records)
+                    )
+                    if not await self._handle(records, stop):
+                        break  # stopping while the store was down: entries stay pending
+                else:
+                    idle_since = idle_since if idle_since is not None else time.monotonic()
+                    if drain and time.monotonic() - idle_since >= idle_s:
+                        break
+        finally:
+            await self._consumer.aclose()
+        return self.stats
+
+    async def _handle(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
+        try:
+            return await self._handle_batch(records, stop)
+        except _Stopped:
+            return False
+
+    async def _handle_batch(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
+        to_ack: list[BusRecord] = []
+        signals: list[Signal] = []
+        interval = self.engine.interval
+        for rec in records:
+            try:
+                bar = decode_bar(rec.payload)
+            except ContractError as exc:
+                await self._dead_letter(rec, exc)
+                continue
+            self.stats.bars_in += 1
+            to_ack.append(rec)
+            if bar.interval != interval:
+                self.stats.skipped += 1
+                continue
+            key = (bar.provider, bar.symbol)
+            if key not in self._warm:
+                self._warm.add(key)
+                await self._warm_up(bar, stop)
+            out = await self.engine.on_bar(bar)
+            if out is None:
+                self.stats.bars_stale += 1
+                continue
+            self.stats.bars_scored += 1
+            if out:
+                signals.extend(out)
+                self._observe_freshness(bar, out)
+        if signals and not await self._commit(signals, stop):
+            return False
+        if to_ack:
+            await self._ack(to_ack)
+        return True
+
+    async def _warm_up(self, first: Bar, stop: asyncio.Event) -> None:
+        """Replay the store's bars just before ``first`` into the features (no signals)."""
+        if self.config.features.warmup_bars <= 0:
+            return
+        start = first.ts - self._warmup_span
+        bars = await self._store_call(
+            lambda: self._store.bars_range(
+                first.provider, first.symbol, first.interval, start, first.ts
+            ),
+            stop,
+        )
+        for bar in bars[-self.config.features.warmup_bars :]:
+            self.engine.warm(bar)
+        self.stats.warmup_bars += len(bars)
+        if bars:
+            log.info(
+                "warmed %s|%s up from %d stored %s bars (%s .. %s)",
+                first.provider,
+                first.symbol,
+                len(bars),
+                first.interval,
+                bars[0].ts.isoformat(),
+                bars[-1].ts.isoformat(),
+            )
+
+    def _observe_freshness(self, bar: Bar, signals: Sequence[Signal]) -> None:
+        age_s = time.time() - self.engine.bar_end(bar)
+        for s in signals:
+            telemetry.SIGNAL_FRESHNESS.labels(adapter=s.adapter).observe(max(age_s, 0.0))
+
+    async def _commit(self, signals: list[Signal], stop: asyncio.Event) -> bool:
+        unique = list({s.signal_id: s for s in signals}.values())
+        start = min(s.ts for s in unique)
+        end = max(s.ts for s in unique) + timedelta(microseconds=1)
+        try:
+            existing = await self._store_call(
+                lambda: self._signals_store.signals_range(start, end), stop
+            )
+            known = {s.signal_id for s in existing}
+            fresh = [s for s in unique if s.signal_id not in known]
+            if fresh:
+                await self._publish(fresh, stop)
+            await self._store_call(lambda: self._signals_store.upsert_signals(unique), stop)
+        except _Stopped:
+            return False
+        for s in fresh:
+            telemetry.SIGNALS_EMITTED.labels(name=s.name, adapter=s.adapter).inc()
+        self.stats.signals += len(unique)
+        self.stats.signals_published += len(fresh)
+        return True
+
+    async def _publish(self, signals: Sequence[Signal], stop: asyncio.Event) -> None:
+        codec = self.config.bus.codec
+        items = [(routing_key(s.provider, s.symbol), encode_signal(s, codec)) for s in signals]
+        backoff_s = 0.1
+        while True:
+            try:
+                await self._bus.publish(self.config.bus.signals_topic, items)
+                return
+            except BusError as exc:
+                telemetry.ERRORS.labels(component=_COMPONENT, reason="publish_signals").inc()
+                log.warning("publishing %d signals failed (%s); retrying", len(items), exc)
+                if stop.is_set():
+                    raise _Stopped from exc
+                await _sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _store_call(
+        self, call: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None
+    ) -> T:
+        """Run a store call, retrying transient failures with capped backoff until ``stop``."""
+        backoff_s = 0.1
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await call()
+            except StoreUnavailableError as exc:
+                reason = "store_unavailable"
+                if stop is not None and stop.is_set():
+                    raise _Stopped from exc
+                log.warning("store unavailable (%s); retrying in %.1fs", exc, backoff_s)
+            except StoreError as exc:
+                reason = "store"
+                if attempts >= _MAX_STORE_ATTEMPTS_NON_TRANSIENT:
+                    raise
+                log.warning("store call failed (%s); retrying in %.1fs", exc, backoff_s)
+            telemetry.ERRORS.labels(component=_COMPONENT, reason=reason).inc()
+            telemetry.RETRIES.labels(component=_COMPONENT).inc()
+            self.stats.store_retries += 1
+            if stop is not None:
+                await _sleep_or_stop(stop, backoff_s)
+            else:
+                await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _ack(self, records: Sequence[BusRecord]) -> None:
+        try:
+            await self._consumer.ack(records)
+        except BusError as exc:
+            # the signals are committed; a redelivery is a no-op (stale bars, known ids)
+            telemetry.ERRORS.labels(component=_COMPONENT, reason="ack").inc()
+            log.warning(
+                "ack of %d entries failed (%s); they will be redelivered", len(records), exc
+            )
+
+    async def _dead_letter(self, rec: BusRecord, exc: ContractError) -> None:
+        self.stats.dead_letters += 1
+        telemetry.ERRORS.labels(component=_COMPONENT, reason=exc.reason).inc()
+        await self._consumer.dead_letter(
+            rec, reason=exc.reason, detail=exc.detail, component=_COMPONENT
+        )
+
+
+class _Stopped(Exception):
+    """Stop was requested while waiting for the store or the bus: leave entries pending."""
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
