@@ -60,6 +60,7 @@ PROMQL_VARIABLES = {
     "${symbol:regex}": ".*",
     "$symbol": ".*",
 }
+MDP = [sys.executable, "-m", "market_data_pipeline.cli.app"]
 STAGES: dict[str, list[str]] = {
     "produce": ["stream", "produce", "--provider", "synthetic"],
     "micro-batch": ["stream", "micro-batch", "--window", "1s"],
@@ -217,13 +218,22 @@ def pipeline(
     missing = missing_stages()
     if missing:
         pytest.skip(f"{', '.join(missing)} not available yet")
-    from market_data_pipeline.cli.wiring import upgrade_schema
-
-    upgrade_schema(database_url)
     symbols = [f"OB{unique[:4].upper()}{c}" for c in "ABC"]
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump(RULES))
     env = {**os.environ, "REDIS_URI": redis_url, "DATABASE_URL": database_url}
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(yaml.safe_dump({"store": {"dsn": database_url}}))
+    migrate = subprocess.run(
+        [*MDP, "db", "upgrade", "--config", str(schema)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
     stages: list[Stage] = []
     config: dict[str, Any] = {}
     try:
@@ -235,14 +245,7 @@ def pipeline(
             log = tmp_path / f"{name}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "market_data_pipeline.cli.app",
-                        *argv,
-                        "--config",
-                        str(path),
-                    ],
+                    [*MDP, *argv, "--config", str(path)],
                     cwd=ROOT,
                     env=env,
                     stdout=out,
