@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import sys
@@ -215,8 +214,10 @@ def _summary(
     )
 
 
-def _server_context(cfg: AppConfig) -> contextlib.AbstractContextManager[ServerUrls]:
-    return resolve_servers(cfg, environment(), postgres=False, kafka=cfg.bus.type == "kafka")
+def _server_context(
+    cfg: AppConfig, *, postgres: bool = False
+) -> contextlib.AbstractContextManager[ServerUrls]:
+    return resolve_servers(cfg, environment(), postgres=postgres, kafka=cfg.bus.type == "kafka")
 
 
 async def _open_bus(cfg: AppConfig, urls: ServerUrls) -> Bus:
@@ -315,6 +316,18 @@ async def run_replay(
     return publisher.published, provider.errors
 
 
+def check_store_source(spec: DatasetSpec, start: datetime | None, end: datetime | None) -> None:
+    """``--source store`` replays the bars of one (provider, symbol, interval) in a window."""
+    if spec.symbol is None or spec.kind != "bar" or spec.interval is None:
+        raise ConfigError(
+            f"--source store replays bars of one symbol; dataset {spec.name!r} is not one "
+            "(kind bar, a fixed symbol and an interval)",
+            source="--source",
+        )
+    if start is None or end is None:
+        raise ConfigError("--source store needs --from and --to", source="--source")
+
+
 async def _replay_from_store(
     cfg: AppConfig,
     urls: ServerUrls,
@@ -328,21 +341,12 @@ async def _replay_from_store(
 ) -> int:
     from market_data_pipeline.producers.replay import StoreBarsReplayProvider
 
-    if spec.symbol is None or spec.kind != "bar" or spec.interval is None:
-        raise ConfigError(
-            f"--source store replays bars of one symbol; dataset {spec.name!r} is not one "
-            "(kind bar, a fixed symbol and an interval)",
-            source="--source",
-        )
-    if start is None or end is None:
-        raise ConfigError("--source store needs --from and --to", source="--source")
-    try:
-        wiring = importlib.import_module("market_data_pipeline.cli.wiring")
-    except ImportError:
-        raise ConfigError(
-            "--source store is unavailable: this build has no store wiring", source="--source"
-        ) from None
-    store = await wiring.open_store(cfg, urls)
+    check_store_source(spec, start, end)
+    assert spec.symbol is not None and spec.interval is not None
+    assert start is not None and end is not None
+    from market_data_pipeline.cli.wiring import open_store
+
+    store = await open_store(cfg, urls)
     try:
         provider = StoreBarsReplayProvider(
             store,
@@ -459,7 +463,8 @@ def _replay_command(
         total = min(total, count) if total is not None else count
 
     async def main(stop: asyncio.Event) -> None:
-        with _server_context(cfg) as urls, stage_services(cfg, urls, "replay"):
+        from_store = source is SourceName.store
+        with _server_context(cfg, postgres=from_store) as urls, stage_services(cfg, urls, "replay"):
             bus = await _open_bus(cfg, urls)
             started = time.monotonic()
             errors: list[RowError] = []
@@ -534,6 +539,8 @@ def replay(
     if start is not None and end is not None and end <= start:
         raise ConfigError("--to must be after --from", source="--to")
     spec = _dataset(datasets, cfg, dataset)
+    if source is SourceName.store:
+        check_store_source(spec, start, end)
     _replay_command(cfg, spec, start, end, speed, count, None, source)
 
 

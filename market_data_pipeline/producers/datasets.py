@@ -6,9 +6,11 @@ or a ``strptime`` format, and the ``zone`` of naive values), which column feeds 
 StreamEvent field (``columns: {c: price, v: amount, seq: id}``), and the ``provider``,
 ``symbol`` (or a ``symbol`` column), ``kind`` and bar ``interval`` of its events.
 
-``seq`` comes from the mapped column, or else is the row's line number in the file: either
-way the same row yields the same ``event_id`` on every replay. Rows that share a timestamp are
-emitted in ``seq`` order (real trade files carry several trades per microsecond).
+``seq`` comes from the mapped column, or else is 0 for bars (one bar per key and start time:
+the same id as that bar replayed from the store) and the row's line number in the file for
+ticks and quotes; either way the same row yields the same ``event_id`` on every replay. Rows
+that share a timestamp are emitted in ``seq`` order (real trade files carry several trades per
+microsecond).
 
 A bad row never stops a replay: it becomes a :class:`RowError` (file, line, reason ``parse``
 or ``validation``, detail, the raw line) for the caller to report and dead-letter.
@@ -260,7 +262,7 @@ class _RowMapper:
         for field, column in self.numeric:
             fields[field] = _number(field, column, row.get(column))
         if self.seq_column is None:
-            fields["seq"] = line
+            fields["seq"] = 0 if spec.kind == "bar" else line
         else:
             raw_seq = row.get(self.seq_column)
             try:
