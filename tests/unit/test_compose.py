@@ -96,6 +96,11 @@ def test_required_variables_are_documented_in_env_example(compose: dict[str, Any
     assert (ROOT / ".gitignore").read_text().splitlines().count(".env") == 1
 
 
+def one_shot(svc: dict[str, Any]) -> bool:
+    """A job that runs to completion (migrations): no healthcheck, never restarted."""
+    return svc.get("restart") == "no" and svc.get("healthcheck", {}).get("disable") is True
+
+
 def test_depends_on_names_existing_services_and_waits_for_health(
     services: dict[str, Any],
 ) -> None:
@@ -104,15 +109,27 @@ def test_depends_on_names_existing_services_and_waits_for_health(
         assert isinstance(deps, dict), f"{name}: use the long depends_on form with conditions"
         for dep, spec in deps.items():
             assert dep in services, f"{name} depends on unknown service {dep}"
-            assert "healthcheck" in services[dep], f"{dep} has no healthcheck"
-            assert spec["condition"] == "service_healthy", f"{name} -> {dep}"
+            if one_shot(services[dep]):
+                assert spec["condition"] == "service_completed_successfully", f"{name} -> {dep}"
+            else:
+                assert "healthcheck" in services[dep], f"{dep} has no healthcheck"
+                assert spec["condition"] == "service_healthy", f"{name} -> {dep}"
             if services[dep].get("profiles"):
                 assert spec.get("required") is False, f"{name} -> {dep} is only in a profile"
 
 
 def test_every_service_has_a_healthcheck(services: dict[str, Any]) -> None:
     for name, svc in services.items():
-        assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        if not one_shot(svc):
+            assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_stages_start_after_the_schema_migration(services: dict[str, Any]) -> None:
+    assert services["migrate"]["command"][:2] == ["db", "upgrade"]
+    for name in ("produce", "micro-batch", "infer"):
+        deps = services[name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["redis"]["condition"] == "service_healthy"
 
 
 def test_bind_mounts_exist(services: dict[str, Any]) -> None:
