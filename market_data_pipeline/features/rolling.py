@@ -27,9 +27,12 @@ Definitions (each checked against TA-Lib or pandas on real bars in ``tests/unit`
 
 Windows: a ``horizon`` window at event time t holds the samples with ts in (t - horizon, t]
 (pandas' ``rolling("60s")``); a ``periods`` window the last ``periods`` samples, and is ``nan``
-until full. Running power sums are kept about a shift (refreshed to the window mean), evicted
-exactly, and recomputed with ``math.fsum`` once per window length of updates, so rounding never
-accumulates and the cost stays O(1) amortised.
+until full. Running sums (of p*v, v, and powers 1..4 of the samples) are kept *exactly* as
+float partials (Shewchuk, as ``math.fsum``) and evicted exactly: O(1) per update, no drift,
+and every value is a pure function of the window's contents, so a restarted engine warmed up
+from the store reproduces the same features bit for bit (and therefore the same signals, even
+where a condition is an exact tie such as close == vwap). Variance is E[x^2] - E[x]^2 of those
+exact sums: for prices its relative error is about 1e-16 * mean^2 / variance.
 
 Event time only moves forward per symbol: a bar whose ``ts`` is not after the symbol's last bar
 (a redelivery, a late correction) leaves the state alone and :meth:`FeatureEngine.update_bar`
@@ -172,69 +175,75 @@ def resolve_windows(windows: Iterable[FeatureWindowConfig]) -> list[WindowSpec]:
     return specs
 
 
-class _Moments:
-    """A window of samples with running power sums (order 1..4) about a shift ``k``.
+def _add_exact(partials: list[float], x: float) -> None:
+    """Add ``x`` to an exact sum kept as non-overlapping float partials (Shewchuk's algorithm,
+    as in ``math.fsum``): adding and later subtracting the same value leaves no trace."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
 
-    ``horizon_us`` evicts by time ((t - horizon, t]); ``periods`` by count. Sums are exact
-    under eviction (the same float subtracted that was added) and recomputed with
-    ``math.fsum`` once per window length of pushes, with ``k`` reset to the window mean.
+
+class _Moments:
+    """A window of samples with exact running power sums (order 1..4).
+
+    ``horizon_us`` evicts by time ((t - horizon, t]); ``periods`` by count. Each sum is kept
+    exactly (:func:`_add_exact`) and read correctly rounded (``math.fsum``), so a value is a
+    pure function of the window's contents: no drift over any number of updates, and a
+    restarted (warmed-up) engine computes bit-identical features, hence identical signals.
     """
 
-    __slots__ = ("_since", "horizon_us", "k", "order", "periods", "s1", "s2", "s3", "s4", "xs")
+    __slots__ = ("horizon_us", "order", "p1", "p2", "p3", "p4", "periods", "xs")
 
     def __init__(self, order: int, horizon_us: int | None, periods: int | None) -> None:
         self.order = order
         self.horizon_us = horizon_us
         self.periods = periods
         self.xs: deque[tuple[int, float]] = deque()
-        self.k = 0.0
-        self.s1 = self.s2 = self.s3 = self.s4 = 0.0
-        self._since = 0
+        self.p1: list[float] = []
+        self.p2: list[float] = []
+        self.p3: list[float] = []
+        self.p4: list[float] = []
 
     def push(self, ts_us: int, x: float) -> None:
         xs = self.xs
-        if not xs:
-            self.k = x
         xs.append((ts_us, x))
-        self._add(x, 1.0)
+        self._add(x, False)
         if self.periods is not None:
             while len(xs) > self.periods:
-                self._add(xs.popleft()[1], -1.0)
+                self._add(xs.popleft()[1], True)
         else:
             assert self.horizon_us is not None
             cutoff = ts_us - self.horizon_us
             while xs[0][0] <= cutoff:
-                self._add(xs.popleft()[1], -1.0)
-        self._since += 1
-        if self._since >= max(len(xs), 32):
-            self._recompute()
+                self._add(xs.popleft()[1], True)
 
-    def _add(self, x: float, sign: float) -> None:
-        d = x - self.k
-        self.s1 += sign * d
-        if self.order >= 2:
-            d2 = d * d
-            self.s2 += sign * d2
-            if self.order >= 3:
-                self.s3 += sign * d2 * d
-                if self.order >= 4:
-                    self.s4 += sign * d2 * d2
-
-    def _recompute(self) -> None:
-        self._since = 0
-        n = len(self.xs)
-        if n == 0:
-            self.s1 = self.s2 = self.s3 = self.s4 = 0.0
-            return
-        self.k = math.fsum(x for _, x in self.xs) / n
-        ds = [x - self.k for _, x in self.xs]
-        self.s1 = math.fsum(ds)
-        if self.order >= 2:
-            self.s2 = math.fsum(d * d for d in ds)
-        if self.order >= 3:
-            self.s3 = math.fsum(d * d * d for d in ds)
-        if self.order >= 4:
-            self.s4 = math.fsum(d * d * d * d for d in ds)
+    def _add(self, x: float, evict: bool) -> None:
+        order = self.order
+        x2 = x * x
+        if evict:
+            _add_exact(self.p1, -x)
+            if order >= 2:
+                _add_exact(self.p2, -x2)
+                if order >= 3:
+                    _add_exact(self.p3, -x2 * x)
+                    if order >= 4:
+                        _add_exact(self.p4, -x2 * x2)
+        else:
+            _add_exact(self.p1, x)
+            if order >= 2:
+                _add_exact(self.p2, x2)
+                if order >= 3:
+                    _add_exact(self.p3, x2 * x)
+                    if order >= 4:
+                        _add_exact(self.p4, x2 * x2)
 
     @property
     def n(self) -> int:
@@ -245,39 +254,41 @@ class _Moments:
         return n >= (self.periods if self.periods is not None else minimum) and n >= minimum
 
     def total(self) -> float:
-        return len(self.xs) * self.k + self.s1
+        return math.fsum(self.p1)
 
     def mean(self) -> float:
-        return self.k + self.s1 / len(self.xs)
+        return math.fsum(self.p1) / len(self.xs)
 
-    def m2(self) -> float:
-        """Population variance; 0 for a (numerically) constant window."""
+    def _central(self) -> tuple[int, float, float]:
+        """(n, mean, population variance); the variance is 0 for a constant window."""
         n = len(self.xs)
-        d = self.s1 / n
-        m2 = self.s2 / n - d * d
-        return 0.0 if m2 <= 1e-12 * (self.s2 / n) else m2
+        mean = math.fsum(self.p1) / n
+        ex2 = math.fsum(self.p2) / n
+        m2 = ex2 - mean * mean
+        return n, mean, 0.0 if m2 <= 1e-14 * ex2 else m2
 
     def var(self, ddof: int) -> float:
-        n = len(self.xs)
-        return self.m2() * n / (n - ddof)
+        n, _, m2 = self._central()
+        return m2 * n / (n - ddof)
 
     def skew(self) -> float:
-        n = len(self.xs)
-        m2 = self.m2()
+        n, d, m2 = self._central()
         if m2 == 0.0:
             return NAN
-        d = self.s1 / n
-        m3 = self.s3 / n - 3 * d * self.s2 / n + 2 * d * d * d
+        ex2 = math.fsum(self.p2) / n
+        ex3 = math.fsum(self.p3) / n
+        m3 = ex3 - 3 * d * ex2 + 2 * d * d * d
         g1: float = m3 / (m2 * math.sqrt(m2))
         return g1 * math.sqrt(n * (n - 1)) / (n - 2)
 
     def kurt(self) -> float:
-        n = len(self.xs)
-        m2 = self.m2()
+        n, d, m2 = self._central()
         if m2 == 0.0:
             return NAN
-        d = self.s1 / n
-        m4 = self.s4 / n - 4 * d * self.s3 / n + 6 * d * d * self.s2 / n - 3 * d * d * d * d
+        ex2 = math.fsum(self.p2) / n
+        ex3 = math.fsum(self.p3) / n
+        ex4 = math.fsum(self.p4) / n
+        m4 = ex4 - 4 * d * ex3 + 6 * d * d * ex2 - 3 * d * d * d * d
         g2 = m4 / (m2 * m2) - 3.0
         return ((n + 1) * g2 + 6.0) * (n - 1) / ((n - 2) * (n - 3))
 
@@ -327,46 +338,41 @@ class _Feature:
 
 
 class _Vwap(_Feature):
-    __slots__ = ("_since", "pv", "v", "xs")
+    __slots__ = ("pv", "v", "xs")
 
     def __init__(self, spec: WindowSpec) -> None:
         super().__init__(spec)
         self.xs: deque[tuple[int, float, float]] = deque()
-        self.pv = 0.0
-        self.v = 0.0
-        self._since = 0
+        self.pv: list[float] = []
+        self.v: list[float] = []
 
     def on_bar(self, ts_us: int, bar: Bar, log_ret: float | None) -> None:
         price = bar.vwap if bar.vwap is not None else (bar.h + bar.l + bar.c) / 3.0
         pv = price * bar.v
         xs = self.xs
         xs.append((ts_us, pv, bar.v))
-        self.pv += pv
-        self.v += bar.v
+        _add_exact(self.pv, pv)
+        _add_exact(self.v, bar.v)
         spec = self.spec
         if spec.periods is not None:
             while len(xs) > spec.periods:
                 _, old_pv, old_v = xs.popleft()
-                self.pv -= old_pv
-                self.v -= old_v
+                _add_exact(self.pv, -old_pv)
+                _add_exact(self.v, -old_v)
         else:
             assert spec.horizon_us is not None
             cutoff = ts_us - spec.horizon_us
             while xs[0][0] <= cutoff:
                 _, old_pv, old_v = xs.popleft()
-                self.pv -= old_pv
-                self.v -= old_v
-        self._since += 1
-        if self._since >= max(len(xs), 32):
-            self._since = 0
-            self.pv = math.fsum(x[1] for x in xs)
-            self.v = math.fsum(x[2] for x in xs)
+                _add_exact(self.pv, -old_pv)
+                _add_exact(self.v, -old_v)
 
     def values(self) -> tuple[float, ...]:
         full = self.spec.periods is None or len(self.xs) >= self.spec.periods
-        if not full or self.v <= 0.0:
+        v = math.fsum(self.v)
+        if not full or v <= 0.0:
             return (NAN,)
-        return (self.pv / self.v,)
+        return (math.fsum(self.pv) / v,)
 
 
 class _AsOfChange(_Feature):
