@@ -19,8 +19,9 @@ __all__ = ["Backoff", "TokenBucket"]
 class TokenBucket:
     """``await bucket.acquire(n)`` returns once ``n`` tokens have been paid for.
 
-    ``rate_per_s=None`` disables pacing (``acquire`` returns at once). ``clock`` is
-    injectable for tests; it must be monotonic and in seconds.
+    ``rate_per_s=None`` disables pacing (``acquire`` returns at once). The bucket starts with
+    ``initial`` tokens (default: full). ``clock`` is injectable for tests; it must be monotonic
+    and in seconds.
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class TokenBucket:
         rate_per_s: float | None,
         *,
         burst: float | None = None,
+        initial: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if rate_per_s is not None and rate_per_s <= 0:
@@ -36,7 +38,7 @@ class TokenBucket:
         # Default burst: a tenth of a second of traffic, at least one token.
         self.burst = burst if burst is not None else max(1.0, (rate_per_s or 0.0) / 10)
         self._clock = clock
-        self._tokens = self.burst
+        self._tokens = self.burst if initial is None else min(initial, self.burst)
         self._last = clock()
         self._lock = asyncio.Lock()
 

@@ -152,9 +152,13 @@ class SyntheticProvider:
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The same events as :meth:`generate`, paced at ``rate_per_s`` by a token bucket."""
-        bucket = TokenBucket(self.rate_per_s, burst=max(1.0, self.rate_per_s / 100))
-        # Pay for small chunks, not single events, so pacing costs little at high rates.
-        chunk = max(1, int(self.rate_per_s / 200))
+        # A quarter second of burst lets the source catch up after the loop was busy (a
+        # publish batch being encoded) instead of losing that time; it starts empty so a run
+        # does not open with a spike.
+        bucket = TokenBucket(self.rate_per_s, burst=max(1.0, self.rate_per_s / 4), initial=0.0)
+        # Pay for small chunks, not single events, so pacing costs little at high rates; cap
+        # the chunk so the publisher task gets the loop at least every few hundred events.
+        chunk = min(500, max(1, int(self.rate_per_s / 200)))
         source = self.generate()
         while not self._closed:
             wait_s = bucket.delay_for(chunk)

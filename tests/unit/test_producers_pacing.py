@@ -84,3 +84,9 @@ async def test_acquire_serves_concurrent_callers() -> None:
     started = time.monotonic()
     await asyncio.gather(*(bucket.acquire(50) for _ in range(6)))
     assert time.monotonic() - started >= 0.25
+
+
+def test_bucket_can_start_empty() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(100.0, burst=50.0, initial=0.0, clock=clock)
+    assert bucket.delay_for(10) == pytest.approx(0.1)

@@ -1,0 +1,163 @@
+"""Producer benchmark: does the synthetic producer sustain the requested rate, and how close
+is it to the bare XADD ceiling on the same server?
+
+For each requested aggregate rate, run ``SyntheticProvider -> Publisher -> RedisBus`` (the real
+``mdp stream produce`` path) for ``--duration-s`` and report the achieved events/s. Then run it
+unpaced (the producer's own ceiling) and finally pipelined bare ``XADD`` of pre-encoded payloads
+of the same size and batch size (the server/client ceiling).
+
+    .venv/bin/python benchmarks/producer_bench.py --rates 1000,5000,20000 --duration-s 5
+
+Uses ``REDIS_URI`` when set, else an embedded Valkey. Appends its figures to
+``benchmarks/results/producer-<utc time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+
+from market_data_core.codec import encode_event
+from market_data_core.config import AppConfig, BusConfig, RedisConfig, SyntheticProducerConfig
+from market_data_pipeline.cli.cmd_produce import pump
+from market_data_pipeline.embedded import EmbeddedRedis, ServerUrls
+from market_data_pipeline.producers.publisher import Publisher
+from market_data_pipeline.producers.synthetic import SyntheticProvider
+from market_data_pipeline.streaming.bus import open_bus
+
+RESULTS = Path(__file__).parent / "results"
+SYMBOLS = ["SPY", "AAPL", "MSFT", "QQQ", "NVDA", "TSLA", "AMZN", "META", "GOOG", "IWM"]
+
+
+async def producer_run(
+    url: str, stream: str, rate: float | None, duration_s: float, batch: int, codec: str
+) -> dict[str, Any]:
+    app = AppConfig(
+        bus=BusConfig(codec=codec, redis=RedisConfig(stream=stream)),  # type: ignore[arg-type]
+    )
+    bus = await open_bus(app, ServerUrls(url, None, None))
+    synth = SyntheticProducerConfig(symbols=SYMBOLS)
+    # Unpaced = a rate far above anything reachable, so the bucket never waits.
+    provider = SyntheticProvider(synth, seed=1, rate_per_s=rate or 1e9)
+    publisher = Publisher(bus, topic=stream, codec=app.bus.codec, batch_size=batch)
+    started = time.perf_counter()
+    try:
+        await pump(provider, publisher, asyncio.Event(), duration_s=duration_s)
+    finally:
+        elapsed = time.perf_counter() - started
+        await bus.aclose()
+    achieved = publisher.published / elapsed
+    return {
+        "requested_per_s": rate,
+        "published": publisher.published,
+        "elapsed_s": round(elapsed, 3),
+        "achieved_per_s": round(achieved, 1),
+        "ratio": round(achieved / rate, 4) if rate else None,
+    }
+
+
+async def xadd_ceiling(
+    url: str, stream: str, n: int, batch: int, codec: str, maxlen: int
+) -> dict[str, Any]:
+    """Pipelined bare XADD of pre-encoded synthetic payloads (no event building, no encoding)."""
+    synth = SyntheticProducerConfig(symbols=SYMBOLS)
+    payloads = [
+        encode_event(e, codec)  # type: ignore[arg-type]
+        for e in SyntheticProvider(synth, seed=1, rate_per_s=1e6, count=n).generate()
+    ]
+    client = aredis.Redis.from_url(url)
+    try:
+        started = time.perf_counter()
+        for i in range(0, n, batch):
+            pipe = client.pipeline(transaction=False)
+            for payload in payloads[i : i + batch]:
+                pipe.execute_command("XADD", stream, "MAXLEN", "~", maxlen, "*", "data", payload)
+            await pipe.execute()
+        elapsed = time.perf_counter() - started
+        await client.delete(stream)
+    finally:
+        await client.aclose()
+    return {
+        "events": n,
+        "elapsed_s": round(elapsed, 3),
+        "xadd_per_s": round(n / elapsed, 1),
+        "payload_bytes": round(sum(map(len, payloads)) / n, 1),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    server: EmbeddedRedis | None = None
+    url = os.environ.get("REDIS_URI")
+    if not url:
+        server = EmbeddedRedis()
+        server.start()
+        url = server.url
+    try:
+        tag = datetime.now(UTC).strftime("%H%M%S")
+        client = aredis.Redis.from_url(url)
+        rows = []
+        for rate in [float(r) for r in args.rates.split(",") if r]:
+            stream = f"bench.producer.{tag}.{int(rate)}"
+            row = await producer_run(url, stream, rate, args.duration_s, args.batch, args.codec)
+            await client.delete(stream)
+            rows.append(row)
+            print(
+                f"requested {rate:>9,.0f}/s  achieved {row['achieved_per_s']:>10,.0f}/s  "
+                f"({row['ratio']:.1%}, {row['published']:,} events in {row['elapsed_s']}s)"
+            )
+        stream = f"bench.producer.{tag}.unpaced"
+        unpaced = await producer_run(url, stream, None, args.duration_s, args.batch, args.codec)
+        await client.delete(stream)
+        print(f"unpaced producer (build+encode+publish) {unpaced['achieved_per_s']:>10,.0f}/s")
+        ceiling = await xadd_ceiling(
+            url, f"bench.xadd.{tag}", args.xadd_events, args.batch, args.codec, 1_000_000
+        )
+        print(
+            f"bare XADD ceiling (pipelined, batch {args.batch}, "
+            f"{ceiling['payload_bytes']:.0f} B payloads) {ceiling['xadd_per_s']:>10,.0f}/s"
+        )
+        await client.aclose()
+    finally:
+        if server is not None:
+            server.stop()
+    return {
+        "bench": "producer",
+        "at": datetime.now(UTC).isoformat(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "server": "embedded valkey" if server is not None else "REDIS_URI",
+        "codec": args.codec,
+        "batch": args.batch,
+        "symbols": len(SYMBOLS),
+        "paced": rows,
+        "unpaced": unpaced,
+        "xadd_ceiling": ceiling,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="1000,5000,20000", help="comma-separated events/s")
+    parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--codec", choices=["msgpack", "json"], default="msgpack")
+    parser.add_argument("--xadd-events", type=int, default=100_000)
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"producer-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
