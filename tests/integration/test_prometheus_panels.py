@@ -138,6 +138,28 @@ def panel_queries(kind: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def variable_queries() -> list[tuple[str, str, str, str]]:
+    """(dashboard file, variable name, datasource uid, query) of every query variable."""
+    out = []
+    for path in DASHBOARDS:
+        for var in json.loads(path.read_text()).get("templating", {}).get("list", []):
+            if var["type"] == "query":
+                query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+                out.append((path.name, var["name"], var["datasource"]["uid"], query))
+    return out
+
+
+def label_values(prometheus: str, query: str) -> list[str]:
+    """Grafana's ``label_values(metric, label)`` through Prometheus' label-values API."""
+    m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query.strip())
+    assert m, f"unsupported variable query {query}"
+    params = urllib.parse.urlencode({"match[]": m.group(1)})
+    status, body = http_get(f"{prometheus}/api/v1/label/{m.group(2)}/values?{params}")
+    assert status == 200, body
+    values: list[str] = json.loads(body)["data"]
+    return values
+
+
 def expand_sql(sql: str, start: datetime, end: datetime, symbols: list[str]) -> str:
     """Grafana's macros as Grafana expands them; the symbol variable selects this run's
     symbols, so rows left by other tests cannot satisfy the check."""
@@ -374,6 +396,10 @@ async def test_every_panel_query_returns_data(
     for stage in stages:
         status, body = http_get(f"http://127.0.0.1:{stage.port}/healthz")
         assert status == 200 and json.loads(body)["status"] == "ok", (stage.name, body)
+    for dash, name, uid, query in variable_queries():
+        if uid == "mdp-prometheus":
+            values = await asyncio.to_thread(label_values, prometheus, query)
+            assert set(config["symbols"]) <= set(values), (dash, name, query, values)
     up = instant_query(prometheus, 'up{job="mdp"}')
     assert sorted(r["metric"]["stage"] for r in up if r["value"][1] == "1") == sorted(STAGES)
 
@@ -386,6 +412,10 @@ async def test_every_panel_query_returns_data(
             rows = await conn.fetch(query)
             if not rows:
                 no_rows.append(f"  {dash} / {title}: {query}")
+        for dash, name, uid, query in variable_queries():
+            if uid == "mdp-timescaledb":
+                rows = await conn.fetch(query)
+                assert {r[0] for r in rows} >= set(config["symbols"]), (dash, name, query)
         assert not no_rows, "SQL panels without rows:\n" + "\n".join(no_rows)
     finally:
         await conn.close()
