@@ -320,9 +320,14 @@ class StoreConfig(_Model):
 
 
 class TelemetryConfig(_Model):
+    """``/metrics`` + ``/healthz`` address (port 0 = any free port) and process logging:
+    ``log_format: json`` writes one JSON object per line (for log shippers), ``text`` a
+    human-readable line."""
+
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -137,7 +137,7 @@ def percentile(values: list[float], pct: float) -> float | None:
 def stage_services(config: AppConfig, urls: ServerUrls, stage: str) -> Iterator[MetricsServer]:
     """Logging, the metrics endpoint, and a warning when the bus is embedded (its data dies
     with this command)."""
-    setup_logging(config.telemetry.log_level, json=False)
+    setup_logging(config.telemetry.log_level, json=config.telemetry.log_format == "json")
     log = logging.getLogger(f"mdp.{stage}")
     if "valkey" in urls.embedded:
         log.warning(
