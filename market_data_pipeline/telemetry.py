@@ -57,6 +57,7 @@ __all__ = [
     "STREAM_CONSUMER_LAG",
     "HealthCheck",
     "HealthRegistry",
+    "Heartbeat",
     "JsonFormatter",
     "MetricsServer",
     "register_health_check",
@@ -200,6 +201,31 @@ class HealthRegistry:
                 results[name] = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
             healthy = healthy and ok
         return healthy, results
+
+
+class Heartbeat:
+    """A loop's liveness as a :data:`HealthCheck`: the loop calls :meth:`beat` once per
+    iteration (after each poll, even an empty one); the check passes while the last beat is
+    younger than ``max_age_s``. Register it with ``register_health_check(name, heartbeat)``.
+    A loop blocked on a dead server or stuck in a flush then turns ``/healthz`` into a 503."""
+
+    def __init__(self, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_age_s <= 0:
+            raise ValueError("max_age_s must be positive")
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._last = clock()
+
+    def beat(self) -> None:
+        """Record that the loop made progress (one float store; safe from any thread)."""
+        self._last = self._clock()
+
+    @property
+    def age_s(self) -> float:
+        return self._clock() - self._last
+
+    def __call__(self) -> bool:
+        return self.age_s <= self.max_age_s
 
 
 HEALTH = HealthRegistry()

@@ -19,6 +19,7 @@ from market_data_core.errors import ConfigError
 from market_data_pipeline import telemetry
 from market_data_pipeline.telemetry import (
     HealthRegistry,
+    Heartbeat,
     JsonFormatter,
     MetricsServer,
     setup_logging,
@@ -117,6 +118,20 @@ def test_healthz_ok_then_503_when_a_registered_check_fails() -> None:
         health.unregister("micro_batch")
         status, _, _ = get(srv.url + "/healthz")
         assert status == 200
+
+
+def test_heartbeat_turns_unhealthy_when_the_loop_stops_beating() -> None:
+    now = [100.0]
+    beat = Heartbeat(max_age_s=5.0, clock=lambda: now[0])
+    health = HealthRegistry()
+    health.register("infer", beat)
+    assert health.evaluate() == (True, {"infer": {"ok": True}})
+    now[0] += 5.1
+    assert health.evaluate() == (False, {"infer": {"ok": False}})
+    beat.beat()
+    assert beat() and beat.age_s == 0
+    with pytest.raises(ValueError):
+        Heartbeat(max_age_s=0)
 
 
 def test_custom_registry_and_unknown_path() -> None:
