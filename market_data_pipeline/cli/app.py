@@ -16,6 +16,7 @@ from market_data_pipeline.cli import (
     cmd_db,  # noqa: F401 - registers commands
     cmd_demo,  # noqa: F401 - registers commands
     cmd_infer,  # noqa: F401 - registers commands
+    cmd_microbatch,  # noqa: F401 - registers commands
     cmd_produce,  # noqa: F401 - registers commands
 )
 from market_data_pipeline.cli.apps import app

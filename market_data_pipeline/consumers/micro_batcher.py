@@ -52,7 +52,7 @@ from market_data_core.timeutil import (
     to_epoch_us,
 )
 from market_data_pipeline import telemetry
-from market_data_pipeline.consumers.windowing import Lateness, ShardClock
+from market_data_pipeline.consumers.windowing import EventClock, Lateness
 
 __all__ = ["MicroBatchStats", "MicroBatcher"]
 
@@ -134,8 +134,8 @@ class MicroBatcher:
             mb.flush_timeout_ms,
             mb.correction_horizon_ms,
         )
-        self._clocks: dict[int, ShardClock] = {}
-        self._windows: dict[tuple[int, int], dict[str, _Buffered]] = {}
+        self._clocks: dict[tuple[str, str], EventClock] = {}
+        self._windows: dict[tuple[str, str, int], dict[str, _Buffered]] = {}
         self._bars: dict[tuple[str, str, str, datetime], _Buffered] = {}
         self._outstanding: dict[RecordKey, _RecordState] = {}
         self.stats = MicroBatchStats()
@@ -144,10 +144,10 @@ class MicroBatcher:
     def consumer_name(self) -> str:
         return self._consumer.name
 
-    def _clock(self, shard: int) -> ShardClock:
-        clock = self._clocks.get(shard)
+    def _clock(self, provider: str, symbol: str) -> EventClock:
+        clock = self._clocks.get((provider, symbol))
         if clock is None:
-            clock = self._clocks[shard] = ShardClock.from_ms(*self._clock_args)
+            clock = self._clocks[(provider, symbol)] = EventClock.from_ms(*self._clock_args)
         return clock
 
     @property
@@ -186,13 +186,31 @@ class MicroBatcher:
                     and self.buffered_events == 0
                     and time.monotonic() - idle_since >= idle_s
                 ):
-                    break
+                    if await self._group_drained():
+                        break
+                    idle_since = time.monotonic() - idle_s / 2  # look again a little later
             # Stopping: commit what is already closed; open windows stay pending for a restart.
             if not stop.is_set() or self.buffered_events:
                 await self._flush(stop, force=False, final=True)
         finally:
             await self._consumer.aclose()
         return self.stats
+
+    async def _group_drained(self) -> bool:
+        """With several workers, one being idle does not mean the group is done: a shard it
+        does not hold may still have unread or pending entries (its owner busy, or gone and
+        its lease about to move here). Done = no lag and nothing pending on any shard."""
+        try:
+            statuses = await self._bus.status(self.config.bus.events_topic, self.config.bus.group)
+        except BusError:
+            return False
+        for st in statuses:
+            if st.group is None:
+                if st.length:
+                    return False
+            elif st.pending > 0 or (st.lag is None and st.length) or (st.lag or 0) > 0:
+                return False
+        return True
 
     async def _ingest(self, records: list[BusRecord]) -> None:
         now = self._wall()
@@ -205,7 +223,6 @@ class MicroBatcher:
             batch = decode_events(rec.payload)
             for err in batch.errors:
                 await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
-            clock = self._clock(rec.shard)
             held = 0
             for ev in batch.events:
                 self.stats.events_in += 1
@@ -215,6 +232,7 @@ class MicroBatcher:
                     self.stats.quotes_skipped += 1
                     continue
                 ts_us = to_epoch_us(ev.src_ts)
+                clock = self._clock(ev.provider, ev.symbol)
                 if ev.kind == "bar":
                     clock.observe(ts_us, now)
                     assert ev.interval is not None
@@ -243,7 +261,9 @@ class MicroBatcher:
                 if lateness is Lateness.LATE:
                     self.stats.late_corrections += 1
                 clock.observe(ts_us, now)
-                window = self._windows.setdefault((rec.shard, clock.window_of(ts_us)), {})
+                window = self._windows.setdefault(
+                    (ev.provider, ev.symbol, clock.window_of(ts_us)), {}
+                )
                 buffered = window.get(ev.event_id)
                 if buffered is None:
                     window[ev.event_id] = _Buffered(ev, [key])
@@ -290,22 +310,19 @@ class MicroBatcher:
         )
         await self._bus.dead_letter(letter)
 
-    def _closed_windows(self, force: bool) -> list[tuple[int, int]]:
+    def _closed_windows(self, force: bool) -> list[tuple[str, str, int]]:
         now = self._wall()
         return [
-            (shard, start)
-            for (shard, start) in self._windows
-            if force or self._clocks[shard].closable(start, now)
+            key
+            for key in self._windows
+            if force or self._clocks[(key[0], key[1])].closable(key[2], now)
         ]
 
     async def _flush(self, stop: asyncio.Event, *, force: bool, final: bool = False) -> None:
         closed = self._closed_windows(force)
         if not closed and not self._bars:
             return
-        units: dict[tuple[str, str, int], list[_Buffered]] = defaultdict(list)
-        for shard, start in closed:
-            for buf in self._windows[(shard, start)].values():
-                units[(buf.event.provider, buf.event.symbol, start)].append(buf)
+        units = {key: list(self._windows[key].values()) for key in closed}
         bars = list(self._bars.values())
         redelivered = any(
             self._outstanding[k].record.deliveries > 1
@@ -332,7 +349,7 @@ class MicroBatcher:
         if done:
             await self._consumer.ack(done)
         now = self._wall()
-        for _shard, start in closed:
+        for _provider, _symbol, start in closed:
             end_us = start + self.window_ms * 1000
             if 0 <= now - end_us <= _LIVE_LATENCY_WINDOW_US:
                 latency_ms = (now - end_us) / 1000

@@ -2,13 +2,15 @@
 
 Windows are tumbling and aligned to the epoch: ``[k*w, (k+1)*w)`` in microseconds.
 
-A shard's **watermark** is the largest event time seen on it minus ``allow_late_ms``. A window
-closes when
+Watermarks are kept per (provider, symbol) — the unit whose order the bus guarantees — rather than
+per shard: a symbol's windows never wait for, nor are made late by, another symbol sharing the
+shard (a backfill of one symbol next to another's live data is not "late"). The **watermark** is
+the largest event time seen for the symbol minus ``allow_late_ms``. A window closes when
 
 * the watermark reaches its end (``end <= watermark``), or
-* the wall clock has passed ``end + allow_late_ms + flush_timeout_ms`` **and** the shard has been
-  quiet (no new entries) for ``flush_timeout_ms``: quiet markets and idle symbols still close
-  their windows, while a busy shard — including a replay of old data, whose event times are far
+* the wall clock has passed ``end + allow_late_ms + flush_timeout_ms`` **and** the symbol has been
+  quiet (no new events) for ``flush_timeout_ms``: quiet markets and idle symbols still close
+  their windows, while a busy symbol — including a replay of old data, whose event times are far
   behind the wall clock — closes windows by its watermark alone and so writes each bar once.
 
 An event whose window has already closed is *late*. Inside ``correction_horizon_ms`` (measured in
@@ -23,7 +25,7 @@ from enum import Enum
 
 from market_data_core.timeutil import window_start_us
 
-__all__ = ["Lateness", "ShardClock"]
+__all__ = ["EventClock", "Lateness"]
 
 
 class Lateness(Enum):
@@ -33,8 +35,8 @@ class Lateness(Enum):
 
 
 @dataclass(slots=True)
-class ShardClock:
-    """Watermark and close decisions for one shard (all times in epoch microseconds)."""
+class EventClock:
+    """Watermark and close decisions for one (provider, symbol) (times in epoch microseconds)."""
 
     window_us: int
     allow_late_us: int
@@ -46,7 +48,7 @@ class ShardClock:
     @classmethod
     def from_ms(
         cls, window_ms: int, allow_late_ms: int, flush_timeout_ms: int, horizon_ms: int
-    ) -> ShardClock:
+    ) -> EventClock:
         return cls(
             window_ms * 1000, allow_late_ms * 1000, flush_timeout_ms * 1000, horizon_ms * 1000
         )

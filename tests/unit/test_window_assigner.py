@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from market_data_pipeline.consumers.windowing import Lateness, ShardClock
+from market_data_pipeline.consumers.windowing import Lateness, EventClock
 
 S = 1_000_000
 
 
-def clock(window_ms: int = 2000, late_ms: int = 500, flush_ms: int = 1000, horizon_ms: int = 60_000) -> ShardClock:
-    return ShardClock.from_ms(window_ms, late_ms, flush_ms, horizon_ms)
+def clock(
+    window_ms: int = 2000, late_ms: int = 500, flush_ms: int = 1000, horizon_ms: int = 60_000
+) -> EventClock:
+    return EventClock.from_ms(window_ms, late_ms, flush_ms, horizon_ms)
 
 
 def test_windows_are_epoch_aligned_half_open() -> None:
@@ -42,13 +44,13 @@ def test_late_within_horizon_and_too_late_beyond() -> None:
     assert c.classify(100 * S) is Lateness.ON_TIME
 
 
-def test_wall_clock_fallback_needs_a_quiet_shard() -> None:
+def test_wall_clock_fallback_needs_a_quiet_symbol() -> None:
     c = clock()
     c.observe(1 * S, wall_us=1 * S)  # live: event time == wall time
     # end 2 s + late 0.5 + flush 1.0 = 3.5 s
     assert not c.closable(0, wall_us=3 * S)
     assert c.closable(0, wall_us=3_500_000)
-    # busy shard replaying old data: arrivals keep coming -> no wall-clock close
+    # busy symbol replaying old data: arrivals keep coming -> no wall-clock close
     c.observe(1 * S + 1, wall_us=3_400_000)
     assert not c.closable(0, wall_us=3_500_000)
     assert c.closable(0, wall_us=4_400_000)

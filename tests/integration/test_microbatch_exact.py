@@ -1,0 +1,427 @@
+"""The micro-batcher's bars equal the offline reference exactly (SPEC §6, issue 6), on the real
+trades, at 0.5 s, 1 s, 2 s and 5 s, whatever happens: replays, shuffles, duplicates, kill -9,
+several workers, PostgreSQL down."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from market_data_core.codec import decode_bar, encode_event
+from market_data_core.config import AppConfig, parse_config
+from market_data_core.contracts import StreamEvent
+from market_data_core.protocols import Bus, routing_key
+from market_data_pipeline.cli.wiring import open_store, upgrade_schema
+from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
+from market_data_pipeline.embedded import EmbeddedPostgres, ServerUrls
+from market_data_pipeline.streaming.bus import open_bus
+from tests.support.trades import SYMBOL, assert_bars_equal_reference, trade_events
+
+WINDOWS = [500, 1000, 2000, 5000]
+T0 = datetime(2020, 2, 22, tzinfo=UTC)
+T1 = datetime(2020, 2, 23, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def migrated(database_url: str) -> str:
+    upgrade_schema(database_url)
+    return database_url
+
+
+def make_config(
+    redis_url: str, database_url: str, unique: str, window_ms: int, **mb: Any
+) -> AppConfig:
+    partitions = mb.pop("partitions", 1)
+    return parse_config(
+        {
+            "bus": {
+                "partitions": partitions,
+                "block_ms": 50,
+                "claim_idle_ms": 1000,
+                "redis": {
+                    "uri": redis_url,
+                    "stream": f"t.{unique}.events",
+                    "bars_stream": f"t.{unique}.bars",
+                    "dlq_stream": f"t.{unique}.dlq",
+                    "signals_stream": f"t.{unique}.signals",
+                    "consumer_group": f"g.{unique}",
+                    "lease_ttl_ms": 1000,
+                },
+            },
+            "micro_batch": {
+                "window_ms": window_ms,
+                "allow_late_ms": 500,
+                "flush_timeout_ms": 200,
+                "correction_horizon_ms": 3_600_000,
+                "max_batch_size": 5000,
+                **mb,
+            },
+            "store": {"dsn": database_url},
+            "telemetry": {"metrics_port": 0},
+        }
+    )
+
+
+def urls(cfg: AppConfig) -> ServerUrls:
+    return ServerUrls(cfg.bus.redis.uri, cfg.store.dsn, None)
+
+
+async def publish(bus: Bus, cfg: AppConfig, events: list[StreamEvent]) -> None:
+    items = [(routing_key(e.provider, e.symbol), encode_event(e, cfg.bus.codec)) for e in events]
+    for i in range(0, len(items), 1000):
+        await bus.publish(cfg.bus.events_topic, items[i : i + 1000])
+
+
+async def drain(cfg: AppConfig, name: str = "mb-1", idle_s: float = 0.5) -> MicroBatchStats:
+    bus = await open_bus(cfg, urls(cfg))
+    store = await open_store(cfg, urls(cfg))
+    try:
+        return await MicroBatcher(cfg, bus, store, consumer_name=name).run(
+            asyncio.Event(), drain=True, idle_s=idle_s
+        )
+    finally:
+        await store.aclose()
+        await bus.aclose()
+
+
+async def stored(cfg: AppConfig, provider: str, window_ms: int) -> list[Any]:
+    from market_data_core.timeutil import format_duration_ms
+
+    store = await open_store(cfg, urls(cfg))
+    try:
+        return await store.bars_range(provider, SYMBOL, format_duration_ms(window_ms), T0, T1)
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+async def env(redis_url: str, migrated: str, unique: str) -> AsyncIterator[dict[str, Any]]:
+    yield {
+        "redis_url": redis_url,
+        "database_url": migrated,
+        "unique": unique,
+        "provider": f"bn{unique}",
+    }
+
+
+@pytest.mark.parametrize("window_ms", WINDOWS)
+async def test_replay_once_then_twice_changes_nothing(env: dict[str, Any], window_ms: int) -> None:
+    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
+    events = trade_events(env["provider"])
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, events)
+        first = await drain(cfg)
+        assert first.events_in == 9999 and first.ticks_inserted == 9999
+        assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
+        await publish(bus, cfg, events)
+        second = await drain(cfg)
+        assert second.events_in == 9999
+        assert (second.ticks_inserted, second.bars_written) == (0, 0)
+        assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
+        # every closed bar was published for inference
+        bars = [decode_bar(r.payload) for r in await bus.tail(cfg.bus.bars_topic, 100_000)]
+        assert {b.ts for b in bars} >= {b.ts for b in await stored(cfg, env["provider"], window_ms)}
+    finally:
+        await bus.aclose()
+
+
+@pytest.mark.parametrize("window_ms", WINDOWS)
+async def test_shuffled_within_allowed_lateness(env: dict[str, Any], window_ms: int) -> None:
+    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
+    events = trade_events(env["provider"])
+    rng = random.Random(window_ms)
+    # displace each event by a random delay < allow_late_ms (400 ms) and sort by that key
+    shuffled = sorted(events, key=lambda e: e.src_ts + timedelta(milliseconds=rng.uniform(0, 400)))
+    assert shuffled != events
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, shuffled)
+    finally:
+        await bus.aclose()
+    stats = await drain(cfg)
+    assert stats.too_late == 0 and stats.dead_letters == 0
+    assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
+
+
+@pytest.mark.parametrize("window_ms", WINDOWS)
+async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> None:
+    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
+    events = trade_events(env["provider"])
+    rng = random.Random(7)
+    dupes = rng.sample(range(len(events)), len(events) // 100)
+    stream = list(events)
+    for i in dupes:  # re-insert a copy a little later in the stream
+        stream.insert(min(len(stream), i + rng.randint(1, 50)), events[i])
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, stream)
+    finally:
+        await bus.aclose()
+    stats = await drain(cfg)
+    assert stats.events_in == len(stream) and stats.ticks_inserted == 9999
+    assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
+
+
+@pytest.mark.parametrize("window_ms", WINDOWS)
+async def test_three_micro_batchers_at_once(env: dict[str, Any], window_ms: int) -> None:
+    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms, partitions=4)
+    providers = [f"{env['provider']}{k}" for k in "abcdef"]  # spread over the 4 shards
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        for p in providers:
+            await publish(bus, cfg, trade_events(p))
+    finally:
+        await bus.aclose()
+    results = await asyncio.gather(*(drain(cfg, name=f"mb-{i}", idle_s=1.5) for i in range(3)))
+    print([(r.events_in, r.ticks_inserted, r.bars_written, r.flushes) for r in results])
+    assert sum(r.events_in for r in results) >= 6 * 9999
+    for p in providers:
+        assert_bars_equal_reference(await stored(cfg, p, window_ms), window_ms)
+    assert sum(r.ticks_inserted for r in results) == 6 * 9999
+    for p in providers:
+        assert_bars_equal_reference(await stored(cfg, p, window_ms), window_ms)
+
+
+def _write_config(tmp_path: Path, cfg: AppConfig) -> Path:
+    path = tmp_path / "streaming.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+@pytest.mark.parametrize("window_ms", [500, 2000])
+async def test_kill_9_three_times_then_restart(
+    env: dict[str, Any], window_ms: int, tmp_path: Path
+) -> None:
+    cfg = make_config(
+        env["redis_url"], env["database_url"], env["unique"], window_ms, max_batch_size=100
+    )
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, trade_events(env["provider"]))
+    finally:
+        await bus.aclose()
+    path = _write_config(tmp_path, cfg)
+    cmd = [
+        sys.executable,
+        "-m",
+        "market_data_pipeline.cli.app",
+        "stream",
+        "micro-batch",
+        "--config",
+        str(path),
+        "--drain",
+        "--idle-s",
+        "1",
+        "--consumer",
+        "mb-crashy",
+    ]
+    rng = random.Random(window_ms)
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
+    for _ in range(3):
+        proc = subprocess.Popen(
+            cmd, env=clean_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        await asyncio.sleep(rng.uniform(1.5, 3.5))  # start-up takes ~1 s; then it is mid-run
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    done = subprocess.run(cmd, env=clean_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres()
+    server.start()
+    upgrade_schema(server.url)
+    yield server
+    server.cleanup()
+
+
+async def test_postgres_down_for_10s_loses_nothing(
+    redis_url: str, unique: str, private_pg: EmbeddedPostgres
+) -> None:
+    window_ms = 2000
+    cfg = make_config(redis_url, private_pg.url, unique, window_ms, max_batch_size=500)
+    provider = f"pg{unique}"
+    events = trade_events(provider)
+    bus = await open_bus(cfg, urls(cfg))
+    store = await open_store(cfg, urls(cfg))
+    stop = asyncio.Event()
+    batcher = MicroBatcher(cfg, bus, store, consumer_name="mb-pg")
+    try:
+        await publish(bus, cfg, events[:5000])
+        task = asyncio.create_task(batcher.run(stop, drain=True, idle_s=1.0))
+        while batcher.stats.ticks_inserted == 0:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(private_pg.stop)
+        await publish(bus, cfg, events[5000:])
+        down_since = time.monotonic()
+        await asyncio.sleep(10)
+        assert not task.done(), "the micro-batcher must wait for the store, not exit"
+        await asyncio.to_thread(private_pg.start)
+        stats = await asyncio.wait_for(task, timeout=120)
+        assert time.monotonic() - down_since >= 10
+        assert stats.store_retries > 0
+    finally:
+        stop.set()
+        await store.aclose()
+        await bus.aclose()
+    assert_bars_equal_reference(await stored(cfg, provider, window_ms), window_ms)
+
+
+async def test_late_beyond_horizon_goes_to_dlq_with_reason(env: dict[str, Any]) -> None:
+    cfg = make_config(
+        env["redis_url"], env["database_url"], env["unique"], 1000, correction_horizon_ms=10_000
+    )
+    p = env["provider"]
+    t = datetime(2021, 6, 1, 12, tzinfo=UTC)
+
+    def tick(offset_s: float, seq: int) -> StreamEvent:
+        return StreamEvent.create(
+            provider=p,
+            symbol="X",
+            kind="tick",
+            src_ts=t + timedelta(seconds=offset_s),
+            c=10.0 + seq,
+            v=1.0,
+            seq=seq,
+        )
+
+    on_time = [tick(i, i) for i in range(60)]
+    late_ok = tick(55.5, 1000)  # window closed, within the 10 s horizon -> corrects a bar
+    too_late = tick(5.2, 1001)  # 54 s behind the watermark -> dead letter
+    bus = await open_bus(cfg, urls(cfg))
+    store = await open_store(cfg, urls(cfg))
+    batcher = MicroBatcher(cfg, bus, store, consumer_name="mb-late")
+    try:
+        await publish(bus, cfg, on_time)
+        task = asyncio.create_task(batcher.run(asyncio.Event(), drain=True, idle_s=1.0))
+        while batcher.stats.ticks_inserted < 59:  # all but the windows inside allow_late
+            await asyncio.sleep(0.05)
+        await publish(bus, cfg, [late_ok, too_late])
+        stats = await asyncio.wait_for(task, 30)
+        assert stats.too_late == 1 and stats.late_corrections == 1
+        letters = await bus.dlq_list(100)
+        assert len(letters) == 1
+        assert (
+            letters[0].reason == "late"
+            and "beyond correction_horizon_ms=10000" in letters[0].detail
+        )
+        assert too_late.event_id.encode() in letters[0].payload
+        bars = await store.bars_range(p, "X", "1s", t, t + timedelta(minutes=2))
+        by_ts = {b.ts: b for b in bars}
+        corrected = by_ts[t + timedelta(seconds=55)]
+        assert corrected.trade_count == 2 and corrected.revision == 1
+        assert by_ts[t + timedelta(seconds=5)].trade_count == 1  # the too-late tick is not in it
+    finally:
+        await store.aclose()
+        await bus.aclose()
+
+
+async def test_quiet_symbol_closes_by_wall_clock(env: dict[str, Any]) -> None:
+    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], 500)
+    p = env["provider"]
+    now = datetime.now(UTC)
+    ticks = [
+        StreamEvent.create(
+            provider=p,
+            symbol="QUIET",
+            kind="tick",
+            src_ts=now + timedelta(milliseconds=10 * i),
+            ingest_ts=now,
+            c=5.0,
+            v=1.0,
+            seq=i,
+        )
+        for i in range(3)
+    ]
+    bus = await open_bus(cfg, urls(cfg))
+    store = await open_store(cfg, urls(cfg))
+    stop = asyncio.Event()
+    batcher = MicroBatcher(cfg, bus, store, consumer_name="mb-quiet")
+    try:
+        await publish(bus, cfg, ticks)
+        task = asyncio.create_task(batcher.run(stop))  # live mode: no --drain, no later events
+        deadline = time.monotonic() + 10
+        bars: list[Any] = []
+        while time.monotonic() < deadline and not bars:
+            await asyncio.sleep(0.1)
+            bars = await store.bars_range(
+                p, "QUIET", "500ms", now - timedelta(seconds=1), now + timedelta(seconds=5)
+            )
+        closed_after_s = (datetime.now(UTC) - now).total_seconds()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert len(bars) == 1 and bars[0].trade_count == 3
+        # end (<=0.5 s) + allow_late 0.5 s + flush_timeout 0.2 s, plus polling slack
+        assert closed_after_s < 4.0
+        assert batcher.stats.window_latencies_ms
+    finally:
+        stop.set()
+        await store.aclose()
+        await bus.aclose()
+
+
+async def test_provider_bars_land_unchanged(env: dict[str, Any]) -> None:
+    import csv
+
+    from tests.conftest import SHARED_DATA
+
+    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], 2000)
+    p = env["provider"]
+    with (SHARED_DATA / "ftx-btc-perp-1m-2022-01.csv").open() as f:
+        rows = list(csv.DictReader(f))[:5000]
+    events = [
+        StreamEvent.create(
+            provider=p,
+            symbol="BTC-PERP",
+            kind="bar",
+            interval="1m",
+            src_ts=datetime.fromisoformat(r["timestamp"]).replace(tzinfo=UTC),
+            o=float(r["open"]),
+            h=float(r["high"]),
+            l=float(r["low"]),
+            c=float(r["close"]),
+            v=float(r["volume"]),
+            seq=0,
+        )
+        for r in rows
+    ]
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, events)
+    finally:
+        await bus.aclose()
+    stats = await drain(cfg)
+    assert stats.provider_bars == 5000
+    store = await open_store(cfg, urls(cfg))
+    try:
+        bars = await store.bars_range(
+            p, "BTC-PERP", "1m", datetime(2021, 12, 1, tzinfo=UTC), datetime(2022, 3, 1, tzinfo=UTC)
+        )
+    finally:
+        await store.aclose()
+    assert [(b.ts, b.o, b.h, b.l, b.c, b.v) for b in bars] == [
+        (e.src_ts, e.o, e.h, e.l, e.c, e.v) for e in events
+    ]
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, events)  # replayed: the upsert changes nothing
+    finally:
+        await bus.aclose()
+    again = await drain(cfg)
+    assert again.provider_bars == 5000 and again.bars_written == 0

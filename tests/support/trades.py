@@ -1,0 +1,103 @@
+"""The shipped real trades as events, and the offline reference bars (pandas resample)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+from market_data_core.contracts import Bar, StreamEvent
+from market_data_core.timeutil import from_epoch_us
+from tests.conftest import SHARED_DATA
+
+TRADES_CSV = SHARED_DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
+SYMBOL = "BTCUSDT"
+
+
+def trade_events(provider: str, path: Path = TRADES_CSV) -> list[StreamEvent]:
+    """One tick per trade; seq = the exchange trade id (orders trades sharing a timestamp)."""
+    out = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            out.append(
+                StreamEvent.create(
+                    provider=provider,
+                    symbol=row["symbol"],
+                    kind="tick",
+                    src_ts=from_epoch_us(int(row["timestamp"])),
+                    c=float(row["price"]),
+                    v=float(row["amount"]),
+                    seq=int(row["id"]),
+                    trade_id=row["id"],
+                    side=row["side"],
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class RefBar:
+    o: Decimal
+    h: Decimal
+    l: Decimal  # noqa: E741
+    c: Decimal
+    v: Decimal
+    pv: Decimal
+    n: int
+
+
+@cache
+def reference_bars(window_ms: int, path: Path = TRADES_CSV) -> dict[pd.Timestamp, RefBar]:
+    """pandas resample of the de-duplicated trades, in exact decimal arithmetic."""
+    df = pd.read_csv(path, dtype={"price": str, "amount": str})
+    df = df.drop_duplicates("id").sort_values(["timestamp", "id"], kind="stable")
+    df["p"] = df.price.map(Decimal)
+    df["a"] = df.amount.map(Decimal)
+    df["pa"] = df.p * df.a
+    df.index = pd.to_datetime(df.timestamp, unit="us", utc=True)
+    r = df.resample(f"{window_ms}ms", origin="epoch", closed="left", label="left")
+    agg = pd.DataFrame(
+        {
+            "o": r.p.first(),
+            "h": r.p.max(),
+            "l": r.p.min(),
+            "c": r.p.last(),
+            "v": r.a.sum(),
+            "pa": r.pa.sum(),
+            "n": r.id.count(),
+        }
+    )
+    agg = agg[agg.n > 0]
+    return {
+        ts: RefBar(row.o, row.h, row.l, row.c, row.v, row.pa, int(row.n))
+        for ts, row in agg.iterrows()
+    }
+
+
+def assert_bars_equal_reference(bars: list[Bar], window_ms: int) -> None:
+    """Same rows, same values: o/h/l/c/v/trade_count exactly (as the floats of the exact
+    decimals), vwap = sum(p*v)/sum(v) to the store's stated precision (1e-12 relative)."""
+    ref = reference_bars(window_ms)
+    got = {pd.Timestamp(b.ts): b for b in bars}
+    missing = sorted(set(ref) - set(got))[:5]
+    extra = sorted(set(got) - set(ref))[:5]
+    assert not missing and not extra, f"rows differ: missing {missing}, extra {extra}"
+    bad = []
+    for ts, r in ref.items():
+        b = got[ts]
+        exp = (float(r.o), float(r.h), float(r.l), float(r.c), float(r.v), r.n)
+        act = (b.o, b.h, b.l, b.c, b.v, b.trade_count)
+        vwap = r.pv / r.v if r.v else None
+        vwap_ok = (
+            b.vwap is None
+            if vwap is None
+            else b.vwap is not None
+            and abs(Decimal(repr(b.vwap)) - vwap) <= abs(vwap) * Decimal("1e-12")
+        )
+        if exp != act or not vwap_ok:
+            bad.append((ts, exp, act, vwap, b.vwap))
+    assert not bad, f"{len(bad)} bars differ, first: {bad[:3]}"
