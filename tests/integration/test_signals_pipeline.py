@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pytest
@@ -132,12 +132,13 @@ async def micro_batch(cfg: AppConfig) -> None:
         await bus.aclose()
 
 
-async def infer(cfg: AppConfig, name: str) -> InferenceStats:
+async def infer(
+    cfg: AppConfig, name: str, kind: Literal["rules", "sklearn"] = "rules"
+) -> InferenceStats:
     """A fresh engine each time: what a new `mdp stream infer` process would have."""
     features = FeatureEngine(cfg.features.windows)
-    engine = InferenceEngine(
-        features, build_adapter(cfg, "rules", features.feature_names), interval="1m"
-    )
+    adapter = build_adapter(cfg, kind, features.feature_names, base_dir=ROOT)
+    engine = InferenceEngine(features, adapter, interval="1m")
     bus = await open_bus(cfg, urls(cfg))
     store = await open_store(cfg, urls(cfg))
     signals = await open_signals_store(cfg, urls(cfg))
@@ -247,3 +248,32 @@ async def test_mdp_stream_infer_drain_cli(
     assert code == 0
     expected = offline_signal_ids(cfg, events)
     assert set(await stream_ids(bus, cfg)) == set(await table_ids(cfg, provider)) == expected
+
+
+async def test_sklearn_adapter_end_to_end_with_the_shipped_model(
+    setup: tuple[AppConfig, Bus, str],
+) -> None:
+    cfg, bus, provider = setup
+    shipped = parse_config(
+        __import__("yaml").safe_load((ROOT / "configs" / "streaming.sklearn.yaml").read_text()),
+        env={},
+    )
+    cfg = cfg.model_copy(
+        update={
+            "inference": shipped.inference.model_copy(
+                update={
+                    "adapters": shipped.inference.adapters.model_copy(
+                        update={"rules": cfg.inference.adapters.rules}
+                    )
+                }
+            )
+        }
+    )
+    await publish_events(bus, cfg, bar_events(provider)[:600])
+    await micro_batch(cfg)
+    stats = await infer(cfg, "infer-ml", "sklearn")
+    assert stats.bars_scored == 600
+    in_stream = [decode_signal(r.payload) for r in await bus.tail(cfg.bus.signals_topic, 10**6)]
+    assert in_stream and {s.adapter for s in in_stream} == {"sklearn"}
+    assert {s.name for s in in_stream} == {"model_signal"}
+    assert {s.signal_id for s in in_stream} == set(await table_ids(cfg, provider))

@@ -1,0 +1,68 @@
+"""`mdp stream infer` refuses bad rules, bad models and bad flags with one line and exit 2,
+before it starts or connects to any server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from market_data_pipeline.cli.app import main
+from tests.conftest import ROOT
+
+
+def _config(tmp_path: Path, **inference: object) -> Path:
+    data = yaml.safe_load((ROOT / "configs" / "streaming.sklearn.yaml").read_text())
+    sklearn = data["inference"]["adapters"]["sklearn"]
+    sklearn["model_path"] = str(ROOT / sklearn["model_path"])
+    data["inference"]["adapters"]["rules"]["file"] = str(ROOT / "configs" / "rules.yaml")
+    for key, value in inference.items():
+        section, _, field = key.partition("__")
+        data["inference"]["adapters"][section][field] = value
+    path = tmp_path / "streaming.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["stream", "infer", *args])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_hostile_rules_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump([{"name": "x", "condition": "rsi.__class__", "signal": 1, "score": 1}])
+    )
+    code, err = _run(["--config", str(_config(tmp_path, rules__file=str(rules)))], capsys)
+    assert code == 2
+    assert err.count("\n") == 0
+    assert "[0].condition: rule 'x': unexpected character '.': attribute access" in err
+
+
+def test_unknown_feature_lists_the_known_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump([{"name": "x", "condition": "rsi14 > 1", "signal": 1, "score": 1}])
+    )
+    code, err = _run(["--config", str(_config(tmp_path, rules__file=str(rules)))], capsys)
+    assert code == 2
+    assert "unknown feature 'rsi14' (known: close, momentum, ret_30s, rsi, sma_fast" in err
+
+
+def test_model_hash_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, sklearn__sha256="ab" * 32)
+    code, err = _run(["--config", str(path), "--adapter", "sklearn"], capsys)
+    assert code == 2 and err.count("\n") == 0
+    assert "inference.adapters.sklearn.sha256" in err and "refusing to load it" in err
+
+
+def test_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--adapter", "torch"], capsys)
+    assert code == 2 and "torch" in err
+    code, err = _run(["--interval", "soon"], capsys)
+    assert code == 2 and err.startswith("mdp: error: --interval:")
