@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from market_data_core.codec import decode_events
+from market_data_core.codec import decode_events, event_to_dict
 from market_data_core.contracts import StreamEvent
 from market_data_pipeline.cli.app import main
 from tests.conftest import ROOT
@@ -204,3 +204,44 @@ def test_sigterm_flushes_then_exits(cli_env: str, tmp_path: Path, unique: str) -
     assert published > 1000
     _entries, events = stream_events(cli_env, f"mdp.events.{unique}")
     assert len(events) == published  # everything accepted was flushed before exit
+
+
+def test_tail_follow_prints_new_entries(
+    cli_env: str, tmp_path: Path, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, unique))
+    produce = ["stream", "produce", "--config", config, "--seed", "3", "--rate", "10000"]
+    assert main([*produce, "--count", "2"]) == 0
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "market_data_pipeline.cli.app", "stream", "tail"),
+            *("--config", config, "--limit", "1", "--follow", "--json", "--poll-s", "0.1"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URI": cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)
+        client = redis.Redis.from_url(cli_env)
+        try:
+            # Another client appends three JSON entries (the seed's wire format) meanwhile.
+            first = decode_events(client.xrange(f"mdp.events.{unique}")[0][1][b"data"]).events[0]
+            for _ in range(3):
+                client.xadd(f"mdp.events.{unique}", {"data": json.dumps(event_to_dict(first))})
+        finally:
+            client.close()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    ids = [json.loads(line)["event_id"] for line in out.splitlines()]
+    assert len(ids) == 4  # the last entry, then the three new ones
+    assert ids[0].startswith("synthetic|AAPL|")  # the last of the two produced
+    assert ids[1:] == [first.event_id] * 3
