@@ -8,16 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from websockets.asyncio.server import ServerConnection, serve
 
 from market_data_core.codec import decode_events
 from market_data_core.config import AppConfig, BusConfig, CoinbaseProducerConfig, RedisConfig
 from market_data_pipeline import telemetry
+from market_data_pipeline.cli.app import main
 from market_data_pipeline.cli.cmd_produce import pump
 from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.producers.coinbase import CoinbaseProvider
@@ -156,3 +159,49 @@ async def test_unreachable_server_backs_off_and_gives_up() -> None:
     got = [e async for e in provider.events()]
     assert got == [] and provider.connects == 0 and provider.reconnects == 3
     assert all(0.025 <= d <= 0.1 for d in provider.backoff_delays_s)
+
+
+def test_cli_produce_coinbase(
+    redis_url: str,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`mdp stream produce --provider coinbase --count 9` against the recorded feed. The CLI
+    runs its own event loop, so the feed server runs on a loop in a worker thread."""
+    feed = FeedServer()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop_server = threading.Event()
+
+    async def serve_feed() -> None:
+        async with serve(feed.handler, "127.0.0.1", 0) as ws_server:
+            feed.url = f"ws://127.0.0.1:{next(iter(ws_server.sockets)).getsockname()[1]}"
+            ready.set()
+            while not stop_server.is_set():
+                await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve_feed(),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        config = tmp_path / "streaming.yaml"
+        config.write_text(
+            f"bus:\n  redis:\n    stream: mdp.events.cli-cb.{unique}\n"
+            f"producers:\n  coinbase:\n    url: {feed.url}\n    product_ids: [BTC-USD]\n"
+            "telemetry:\n  metrics_port: 0\n  log_level: ERROR\n"
+        )
+        monkeypatch.setenv("REDIS_URI", redis_url)
+        args = ["stream", "produce", "--config", str(config), "--provider", "coinbase"]
+        assert main([*args, "--count", "9", "--duration", "30s"]) == 0
+    finally:
+        stop_server.set()
+        thread.join(10)
+        loop.close()
+    assert "published 9 events (coinbase)" in capsys.readouterr().out
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xlen(f"mdp.events.cli-cb.{unique}") == 9
+    finally:
+        client.close()
