@@ -104,6 +104,9 @@ class InferenceConsumer:
         self._consumer = bus.consumer(self._topic, self.group, consumer_name)
         self._warm: set[tuple[str, str]] = set()
         self.stats = InferenceStats()
+        self._lag = telemetry.STREAM_CONSUMER_LAG.labels(
+            topic=self._topic, group=self.group, consumer=consumer_name
+        )
         self._warmup_span = timedelta(
             milliseconds=parse_duration_ms(engine.interval) * config.features.warmup_bars
         )
@@ -135,6 +138,7 @@ class InferenceConsumer:
                         break  # stopping while the store was down: entries stay pending
                 else:
                     idle_since = idle_since if idle_since is not None else time.monotonic()
+                    self._lag.set(0.0)
                     if drain and time.monotonic() - idle_since >= idle_s:
                         break
         finally:
@@ -150,6 +154,7 @@ class InferenceConsumer:
     async def _handle_batch(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
         to_ack: list[BusRecord] = []
         signals: list[Signal] = []
+        last_bar: Bar | None = None
         interval = self.engine.interval
         for rec in records:
             try:
@@ -159,6 +164,7 @@ class InferenceConsumer:
                 continue
             self.stats.bars_in += 1
             to_ack.append(rec)
+            last_bar = bar
             if bar.interval != interval:
                 self.stats.skipped += 1
                 continue
@@ -174,6 +180,9 @@ class InferenceConsumer:
             if out:
                 signals.extend(out)
                 self._observe_freshness(bar, out)
+        if last_bar is not None:
+            # event-time lag: how far behind wall time the newest bar of the batch closed
+            self._lag.set(max(0.0, (time.time() - self.engine.bar_end(last_bar)) * 1000.0))
         if signals and not await self._commit(signals, stop):
             return False
         if to_ack:

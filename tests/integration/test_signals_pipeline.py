@@ -277,3 +277,55 @@ async def test_sklearn_adapter_end_to_end_with_the_shipped_model(
     assert in_stream and {s.adapter for s in in_stream} == {"sklearn"}
     assert {s.name for s in in_stream} == {"model_signal"}
     assert {s.signal_id for s in in_stream} == set(await table_ids(cfg, provider))
+
+
+class Crash(Exception):
+    """Stands in for kill -9 between the commit and the ack."""
+
+
+async def test_crash_before_ack_then_restart_under_the_same_name(
+    setup: tuple[AppConfig, Bus, str],
+) -> None:
+    cfg, bus, provider = setup
+    events = bar_events(provider)[:1200]
+    expected = offline_signal_ids(cfg, events)
+    await publish_events(bus, cfg, events)
+    await micro_batch(cfg)
+
+    features = FeatureEngine(cfg.features.windows)
+    engine = InferenceEngine(
+        features, build_adapter(cfg, "rules", features.feature_names, base_dir=ROOT), interval="1m"
+    )
+    crash_bus = await open_bus(cfg, urls(cfg))
+    store = await open_store(cfg, urls(cfg))
+    signals = await open_signals_store(cfg, urls(cfg))
+    try:
+        consumer = InferenceConsumer(cfg, crash_bus, store, signals, engine, consumer_name="inf-x")
+        acks = 0
+
+        async def ack_then_crash(records: Any) -> None:
+            nonlocal acks
+            acks += 1
+            if acks == 2:  # the second batch is committed but never acknowledged
+                raise Crash
+            await real_ack(records)
+
+        real_ack = consumer._consumer.ack
+        consumer._consumer.ack = ack_then_crash  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            await consumer.run(asyncio.Event(), drain=True, idle_s=0.5)
+    finally:
+        await engine.aclose()
+        await signals.aclose()
+        await store.aclose()
+        await crash_bus.aclose()
+    before = await stream_ids(bus, cfg)
+    assert before and set(before) < expected
+
+    # the restarted process re-reads its own pending entries first, warms up from the store
+    # just before them, and ends with exactly the uninterrupted run's signals, none twice
+    again = await infer(cfg, "inf-x")
+    assert again.warmup_bars > 0
+    after = await stream_ids(bus, cfg)
+    assert len(after) == len(set(after))
+    assert set(after) == set(await table_ids(cfg, provider)) == expected
