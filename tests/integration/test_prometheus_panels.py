@@ -226,7 +226,12 @@ def stage_config(
         "features": {"warmup_bars": 0, "windows": SHIPPED["features"]["windows"]},
         "inference": {"adapters": {"rules": {"enabled": True, "file": str(rules_file)}}},
         "store": {"dsn": database_url},
-        "telemetry": {"metrics_host": "127.0.0.1", "metrics_port": port, "log_level": "INFO"},
+        "telemetry": {
+            "metrics_host": "127.0.0.1",
+            "metrics_port": port,
+            "log_level": "INFO",
+            "log_format": "json",
+        },
     }
 
 
@@ -396,6 +401,12 @@ async def test_every_panel_query_returns_data(
     for stage in stages:
         status, body = http_get(f"http://127.0.0.1:{stage.port}/healthz")
         assert status == 200 and json.loads(body)["status"] == "ok", (stage.name, body)
+        # Structured logs: every log record is one JSON object per line.
+        records = [
+            json.loads(line) for line in stage.log.read_text().splitlines() if line.startswith("{")
+        ]
+        assert records, stage.tail()
+        assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     for dash, name, uid, query in variable_queries():
         if uid == "mdp-prometheus":
             values = await asyncio.to_thread(label_values, prometheus, query)
