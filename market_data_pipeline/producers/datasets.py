@@ -250,12 +250,23 @@ class _RowMapper:
         self.numeric = [(f, spec.columns[f]) for f in _NUMERIC_FIELDS if f in spec.columns]
         self.seq_column = spec.columns.get("seq")
 
-    def event(self, row: Mapping[str, Any], line: int) -> StreamEvent:
+    def event(
+        self,
+        row: Mapping[str, Any],
+        line: int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> StreamEvent | None:
+        """The row's event, or None when its time is outside ``[start, end)`` (checked before
+        anything else is parsed, so skipping rows is cheap)."""
         spec = self.spec
+        src_ts = _parse_ts(row.get(spec.timestamp.column), spec.timestamp, self.zone)
+        if (start is not None and src_ts < start) or (end is not None and src_ts >= end):
+            return None
         fields: dict[str, Any] = {
             "provider": spec.provider,
             "kind": spec.kind,
-            "src_ts": _parse_ts(row.get(spec.timestamp.column), spec.timestamp, self.zone),
+            "src_ts": src_ts,
         }
         if spec.interval is not None:
             fields["interval"] = spec.interval
@@ -351,7 +362,8 @@ def read_dataset(
     spec: DatasetSpec, start: datetime | None = None, end: datetime | None = None
 ) -> Iterator[StreamEvent | RowError]:
     """Events of ``spec`` with ``start <= src_ts < end``, in file order except that rows with
-    the same timestamp come in ``seq`` order; bad rows come as :class:`RowError`.
+    the same timestamp come in ``seq`` order; bad rows come as :class:`RowError` (a row outside
+    the window is skipped unless its timestamp itself cannot be read).
 
     Raises ``ConfigError`` when the file cannot be opened (before yielding anything).
     """
@@ -366,14 +378,14 @@ def read_dataset(
                 yield RowError(where, line, "parse", row, raw)
                 continue
             try:
-                ev = mapper.event(row, line)
+                ev = mapper.event(row, line, start, end)
             except _RowParse as exc:
                 yield RowError(where, line, "parse", str(exc), raw)
                 continue
             except ValidationError as exc:
                 yield RowError(where, line, "validation", validation_reason(exc), raw)
                 continue
-            if (start is not None and ev.src_ts < start) or (end is not None and ev.src_ts >= end):
+            if ev is None:
                 continue
             if same_ts and same_ts[0].src_ts != ev.src_ts:
                 same_ts.sort(key=lambda e: e.seq)
