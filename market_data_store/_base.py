@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any, Self
 
 from market_data_store._errors import translate_errors
-from market_data_store._pool import create_pool, redact_dsn
+from market_data_store._pool import StagingJanitor, create_pool, redact_dsn
 from market_data_store.partitions import PartitionManager
 
 __all__ = ["PgClientBase", "series_lock_keys"]
@@ -35,6 +35,7 @@ class PgClientBase:
         self._pool = pool
         self._dsn_redacted = redact_dsn(dsn)
         self._partitions = PartitionManager()
+        self._janitor = StagingJanitor()
         self._closed = False
 
     @classmethod

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from market_data_core.errors import StoreError
 
 __all__ = [
+    "ORDER_BY",
     "SEGMENT_BY",
     "Backend",
     "choose_backend",
@@ -39,10 +40,17 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["timescale", "native"]
 
+# Compression layout: every primary-key column is in segmentby or orderby (TimescaleDB warns
+# otherwise, and the unique check on compressed chunks needs them); ``interval`` is a keyword.
 SEGMENT_BY: dict[str, str] = {
-    "bars_ohlcv": "provider, symbol, interval",
+    "bars_ohlcv": 'provider, symbol, "interval"',
     "ticks": "provider, symbol",
     "signals": "symbol",
+}
+ORDER_BY: dict[str, str] = {
+    "bars_ohlcv": "ts DESC",
+    "ticks": "ts DESC, seq DESC",
+    "signals": "ts DESC, signal_id",
 }
 
 
@@ -137,7 +145,7 @@ def make_timeseries(
             text(
                 f'ALTER TABLE "{table}" SET (timescaledb.compress, '
                 f"timescaledb.compress_segmentby = '{SEGMENT_BY[table]}', "
-                "timescaledb.compress_orderby = 'ts DESC')"
+                f"timescaledb.compress_orderby = '{ORDER_BY[table]}')"
             )
         )
         conn.execute(

@@ -86,11 +86,14 @@ class PgSignalsStore(PgClientBase):
         days = {s.ts.astimezone(UTC).date() for s in latest.values()}
         with translate_errors("upsert_signals"):
             await self._partitions.ensure(self._pool, "signals", days)
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table(
-                    "mdp_stage_signals", records=records, columns=_STAGE_COLUMNS
-                )
-                row = await conn.fetchrow(_UPSERT_SQL)
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "mdp_stage_signals", records=records, columns=_STAGE_COLUMNS
+                    )
+                    row = await conn.fetchrow(_UPSERT_SQL)
+                    await conn.execute("DELETE FROM mdp_stage_signals")
+                await self._janitor.used(conn, "mdp_stage_signals", len(records))
         inserted = len(records) - int(row["prior"])
         updated = int(row["changed"]) - inserted
         return UpsertResult(

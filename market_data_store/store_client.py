@@ -230,12 +230,15 @@ class PgStoreClient(PgClientBase):
         locks = series_lock_keys({(b.provider, b.symbol) for b in unique})
         with translate_errors("upsert_bars"):
             await self._partitions.ensure(self._pool, "bars_ohlcv", days)
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
-                await conn.copy_records_to_table(
-                    "mdp_stage_bars", records=records, columns=_STAGE_BAR_COLUMNS
-                )
-                row = await conn.fetchrow(_UPSERT_BARS_SQL)
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                    await conn.copy_records_to_table(
+                        "mdp_stage_bars", records=records, columns=_STAGE_BAR_COLUMNS
+                    )
+                    row = await conn.fetchrow(_UPSERT_BARS_SQL)
+                    await conn.execute("DELETE FROM mdp_stage_bars")
+                await self._janitor.used(conn, "mdp_stage_bars", len(records))
         inserted, updated = int(row["inserted"]), int(row["updated"])
         return UpsertResult(
             inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated
@@ -280,13 +283,16 @@ class PgStoreClient(PgClientBase):
         with translate_errors("ingest_ticks"):
             await self._partitions.ensure(self._pool, "ticks", tick_days)
             await self._partitions.ensure(self._pool, "bars_ohlcv", _bar_days(tick_days, window_ms))
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
-                await conn.copy_records_to_table(
-                    "mdp_stage_ticks", records=records, columns=_STAGE_TICK_COLUMNS
-                )
-                status = await conn.execute(_INSERT_TICKS_SQL)
-                rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval)
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                    await conn.copy_records_to_table(
+                        "mdp_stage_ticks", records=records, columns=_STAGE_TICK_COLUMNS
+                    )
+                    status = await conn.execute(_INSERT_TICKS_SQL)
+                    rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval)
+                    await conn.execute("DELETE FROM mdp_stage_ticks")
+                await self._janitor.used(conn, "mdp_stage_ticks", len(records))
         ticks_inserted = int(status.rsplit(" ", 1)[-1])
         windows = int(rows[0]["windows"]) if rows else 0
         changed = [r for r in rows if r["provider"] is not None]

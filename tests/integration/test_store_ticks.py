@@ -196,3 +196,21 @@ async def test_non_tick_events_are_refused(store: PgStoreClient) -> None:
     )
     with pytest.raises(StoreError, match="bar event"):
         await store.ingest_ticks([bar_event], interval="1s")
+
+
+async def test_staging_tables_are_emptied_and_vacuumed(store_url: str) -> None:
+    from market_data_store._pool import StagingJanitor
+
+    client = await PgStoreClient.connect(store_url, pool_min=1, pool_max=1)
+    client._janitor = StagingJanitor(vacuum_rows=2500)
+    try:
+        events, _ = load_trades("janitor")
+        for i in range(0, 5000, 1000):
+            await client.ingest_ticks(events[i : i + 1000], interval="1s")
+        async with client._pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM mdp_stage_ticks") == 0
+            # 5 x 1000 rows with a vacuum after 3000: at most 2000 dead rows' pages remain.
+            pages = await conn.fetchval("SELECT pg_relation_size('mdp_stage_ticks') / 8192")
+            assert pages < 60
+    finally:
+        await client.aclose()
