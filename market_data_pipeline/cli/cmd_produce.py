@@ -164,13 +164,20 @@ async def pump(
 
     async def run() -> None:
         nonlocal accepted
-        async for ev in provider.events():
-            await publisher.put(ev)
-            accepted += 1
-            if progress is not None:
-                progress.update(accepted)
-            if count is not None and accepted >= count:
-                return
+        events = provider.events()
+        try:
+            async for ev in events:
+                await publisher.put(ev)
+                accepted += 1
+                if progress is not None:
+                    progress.update(accepted)
+                if count is not None and accepted >= count:
+                    return
+        finally:
+            # Close the source now (a live feed's socket), not whenever it is collected.
+            closer = getattr(events, "aclose", None)
+            if closer is not None:
+                await closer()
 
     publisher.start()
     task = asyncio.create_task(run(), name=f"pump:{provider.name}")
