@@ -148,6 +148,8 @@ def test_hostile_rule_file_fails_at_load_with_the_rule_named(tmp_path: object) -
         parse_rules(
             [{"name": "x", "condition": "rsi > 1", "when": "x", "signal": 1, "score": 1}], KNOWN
         )
+    with pytest.raises(ConfigError, match=r"\[0\]\.score: Input should be a finite number"):
+        parse_rules([{"name": "x", "condition": "rsi > 1", "signal": 1, "score": "nan"}], KNOWN)
     with pytest.raises(ConfigError, match="duplicate rule name 'ok'"):
         parse_rules([data[0], data[0]], KNOWN)
     with pytest.raises(ConfigError, match=r"unknown feature 'vwap' \(known: close, momentum"):

@@ -47,9 +47,9 @@ class RuleConfig(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
     condition: str
-    signal: float
-    score: float
-    cooldown_s: float = Field(default=0.0, ge=0)
+    signal: float = Field(allow_inf_nan=False)
+    score: float = Field(allow_inf_nan=False)
+    cooldown_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     mode: Literal["edge", "level"] = "edge"
 
 

@@ -14,7 +14,7 @@ has to take over). While the breaker is closed, ``predict_proba`` (or ``predict`
 (``p_up`` for a 0/1 classifier) gives a direction: +1 if ``p_up >= threshold``, -1 if
 ``p_up <= 1 - threshold``, else 0; a signal ``signal_name`` is emitted when the direction of a
 symbol changes to +1 or -1 (edge-triggered, like the rules), ``score`` = that direction's
-probability. A snapshot with a feature that is not ready (``nan``) is skipped.
+probability. A snapshot with a feature that is not ready (``nan``) or infinite is skipped.
 
 Breaker: ``breaker_failures`` consecutive failures (timeout or exception) open it; while open,
 the rules' signals are returned (``adapter="rules"``) and no prediction is tried; after
@@ -187,7 +187,7 @@ class SklearnAdapter:
     async def evaluate(self, snapshot: FeatureSnapshot) -> list[Signal]:
         fallback_signals = self.fallback.evaluate_sync(snapshot)
         row = [snapshot.values.get(n, math.nan) for n in self.feature_order]
-        if any(x != x for x in row):
+        if not all(math.isfinite(x) for x in row):
             return [] if self.breaker.state == "closed" else fallback_signals
         if not self.breaker.allow():
             return fallback_signals
