@@ -197,3 +197,20 @@ def test_grafana_mounts_match_the_provisioning(services: dict[str, Any]) -> None
     grafana_env = dict(env_items(services["grafana"]))
     for var in INTERPOLATION.findall(datasources):
         assert var[0] in grafana_env, f"datasources.yml needs {var[0]} in grafana's environment"
+
+
+def test_services_run_commands_the_cli_has(services: dict[str, Any]) -> None:
+    import typer
+
+    from market_data_pipeline.cli.app import app
+
+    root = typer.main.get_command(app)
+    for name in ("migrate", "produce", "micro-batch", "infer"):
+        group_name, command, *_ = services[name]["command"]
+        group = root.commands[group_name]  # type: ignore[attr-defined]
+        assert command in group.commands, f"{name}: `mdp {group_name} {command}` does not exist"
+        argv = services[name]["command"][2:]
+        assert "--config" in argv
+        # Parses the options as `mdp` would (unknown flags or bad values raise), without running.
+        with group.commands[command].make_context(command, list(argv)) as ctx:
+            assert ctx.params["config"] == Path("configs/streaming.compose.yaml")
