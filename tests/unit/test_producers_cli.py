@@ -102,3 +102,35 @@ def test_event_rows_show_prices_and_volume() -> None:
         "o 46319 h 46385 l 46319 c 46377",
         "2300413.7295",
     ]
+
+
+def test_tail_renders_signals_bars_and_bad_entries() -> None:
+    from datetime import UTC, datetime
+
+    from market_data_core.codec import encode_bar, encode_signal
+    from market_data_core.config import AppConfig
+    from market_data_core.contracts import Bar, Signal
+    from market_data_core.protocols import BusRecord
+    from market_data_pipeline.cli.cmd_produce import render_records
+
+    cfg = AppConfig()
+    ts = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
+    sig = Signal(provider="p", symbol="SPY", ts=ts, name="momentum_up", value=1.5, score=0.9)
+    header, rows, lines = render_records(
+        cfg, "mdp.signals", [BusRecord("mdp.signals", 0, "1-0", encode_signal(sig))], False
+    )
+    assert header[:3] == ["time", "symbol", "name"]
+    assert rows == [
+        ["2026-01-02T14:30:00.000000Z", "SPY", "momentum_up", "1.5", "0.9", "rules", sig.signal_id]
+    ]
+    bar = Bar("p", "SPY", "2s", ts, 10.0, 11.0, 9.5, 10.5, 300.0, revision=1)
+    _h, rows, lines = render_records(
+        cfg, "mdp.bars", [BusRecord("mdp.bars", 0, "1-0", encode_bar(bar))], True
+    )
+    assert rows[0][1:] == ["p|SPY", "2s", "o 10 h 11 l 9.5 c 10.5", "300", "1"]
+    assert '"revision": 1' in lines[0]
+    _h, rows, lines = render_records(
+        cfg, "mdp.events", [BusRecord("mdp.events", 0, "7-0", b"\xc1garbage")], False
+    )
+    assert rows[0][-1] == "7-0" and rows[0][3].startswith("<decode:")
+    assert '"error"' in lines[0]
