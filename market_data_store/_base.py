@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from collections.abc import Iterable
-from typing import Any, Self
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import date
+from typing import Any, Self, TypeVar
+
+import asyncpg
 
 from market_data_store._errors import translate_errors
 from market_data_store._pool import StagingJanitor, create_pool, redact_dsn
 from market_data_store.partitions import PartitionManager
 
 __all__ = ["PgClientBase", "series_lock_keys"]
+
+T = TypeVar("T")
 
 # pg_advisory_xact_lock(int4, int4) namespace of per-(provider, symbol) write locks.
 SERIES_LOCK_NAMESPACE = 0x6D6471
@@ -46,6 +51,23 @@ class PgClientBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dsn={self._dsn_redacted!r})"
+
+    async def _write(
+        self, partitions: Iterable[tuple[str, Iterable[date]]], write: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Ensure the partitions a write needs, then run it. If a partition vanished under
+        us (dropped by retention while cached), forget the cache and try once more."""
+        wanted = [(table, list(days)) for table, days in partitions]
+        for attempt in (1, 2):
+            for table, days in wanted:
+                await self._partitions.ensure(self._pool, table, days)
+            try:
+                return await write()
+            except asyncpg.CheckViolationError as exc:
+                if attempt == 2 or "no partition" not in str(exc):
+                    raise
+                self._partitions.forget()
+        raise AssertionError("unreachable")
 
     async def ensure_partitions(self, days_ahead: int = 2) -> int:
         """Pre-create today's and the next ``days_ahead`` days' partitions (native layout);

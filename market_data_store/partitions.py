@@ -52,7 +52,11 @@ class PartitionManager:
                 list(TIMESERIES_TABLES),
             )
             self._known.update(r["relname"] for r in parts)
-            self._partitioned = frozenset(r["relname"] for r in rows)
+            found = frozenset(r["relname"] for r in rows)
+            migrated = await conn.fetchval("SELECT to_regclass('bars_ohlcv') IS NOT NULL")
+            if not migrated:
+                return found  # not cached: the schema may be migrated while we run
+            self._partitioned = found
         return self._partitioned
 
     def forget(self) -> None:

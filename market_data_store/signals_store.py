@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from market_data_core.contracts import Signal
 from market_data_core.protocols import UpsertResult
@@ -84,8 +85,8 @@ class PgSignalsStore(PgClientBase):
             for s in latest.values()
         ]
         days = {s.ts.astimezone(UTC).date() for s in latest.values()}
-        with translate_errors("upsert_signals"):
-            await self._partitions.ensure(self._pool, "signals", days)
+
+        async def write() -> Any:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.copy_records_to_table(
@@ -94,6 +95,10 @@ class PgSignalsStore(PgClientBase):
                     row = await conn.fetchrow(_UPSERT_SQL)
                     await conn.execute("DELETE FROM mdp_stage_signals")
                 await self._janitor.used(conn, "mdp_stage_signals", len(records))
+            return row
+
+        with translate_errors("upsert_signals"):
+            row = await self._write([("signals", days)], write)
         inserted = len(records) - int(row["prior"])
         updated = int(row["changed"]) - inserted
         return UpsertResult(

@@ -228,8 +228,8 @@ class PgStoreClient(PgClientBase):
         ]
         days = {ts.astimezone(UTC).date() for ts in {b.ts for b in unique}}
         locks = series_lock_keys({(b.provider, b.symbol) for b in unique})
-        with translate_errors("upsert_bars"):
-            await self._partitions.ensure(self._pool, "bars_ohlcv", days)
+
+        async def write() -> Any:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
@@ -239,6 +239,10 @@ class PgStoreClient(PgClientBase):
                     row = await conn.fetchrow(_UPSERT_BARS_SQL)
                     await conn.execute("DELETE FROM mdp_stage_bars")
                 await self._janitor.used(conn, "mdp_stage_bars", len(records))
+            return row
+
+        with translate_errors("upsert_bars"):
+            row = await self._write([("bars_ohlcv", days)], write)
         inserted, updated = int(row["inserted"]), int(row["updated"])
         return UpsertResult(
             inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated
@@ -280,9 +284,8 @@ class PgStoreClient(PgClientBase):
         tick_days = {e.src_ts.date() for e in unique.values()}  # src_ts is UTC (validated)
         locks = series_lock_keys({(e.provider, e.symbol) for e in unique.values()})
         stride = timedelta(milliseconds=window_ms)
-        with translate_errors("ingest_ticks"):
-            await self._partitions.ensure(self._pool, "ticks", tick_days)
-            await self._partitions.ensure(self._pool, "bars_ohlcv", _bar_days(tick_days, window_ms))
+
+        async def write() -> tuple[str, list[Any]]:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
@@ -293,6 +296,12 @@ class PgStoreClient(PgClientBase):
                     rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval)
                     await conn.execute("DELETE FROM mdp_stage_ticks")
                 await self._janitor.used(conn, "mdp_stage_ticks", len(records))
+            return status, rows
+
+        with translate_errors("ingest_ticks"):
+            status, rows = await self._write(
+                [("ticks", tick_days), ("bars_ohlcv", _bar_days(tick_days, window_ms))], write
+            )
         ticks_inserted = int(status.rsplit(" ", 1)[-1])
         windows = int(rows[0]["windows"]) if rows else 0
         changed = [r for r in rows if r["provider"] is not None]

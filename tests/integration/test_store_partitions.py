@@ -183,3 +183,20 @@ def test_partition_names_are_utc_days() -> None:
     assert partition_name("ticks", date(2020, 2, 22)) == "ticks_p20200222"
     ddl = partition_ddl("ticks", date(2020, 2, 29))
     assert "FROM ('2020-02-29 00:00:00+00') TO ('2020-03-01 00:00:00+00')" in ddl
+
+
+async def test_partition_dropped_under_a_client_is_recreated(store_url: str) -> None:
+    client = await PgStoreClient.connect(store_url)
+    try:
+        ts = datetime(2018, 7, 4, 12, tzinfo=UTC)
+        await client.upsert_bars([bar("drop", "A", ts)])
+        conn = await asyncpg.connect(store_url)
+        try:
+            await conn.execute('DROP TABLE "bars_ohlcv_p20180704"')  # e.g. a retention job
+        finally:
+            await conn.close()
+        res = await client.upsert_bars([bar("drop", "A", ts, c=12.0)])
+        assert res.inserted == 1
+        assert (await partitions_of(store_url, "bars_ohlcv"))["bars_ohlcv_p20180704"] == 1
+    finally:
+        await client.aclose()
