@@ -16,6 +16,7 @@ import json as _json
 import logging
 import os
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -288,6 +289,14 @@ class _MetricsHTTPServer(ThreadingHTTPServer):
         # socketserver reads address_family when it creates the socket in __init__.
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN (only used for CGI): a DNS query that
+        # can stall start-up for seconds in a container without a resolver.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
 
 @dataclass
