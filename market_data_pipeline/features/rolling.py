@@ -402,6 +402,8 @@ class _AsOfChange(_Feature):
     def values(self) -> tuple[float, ...]:
         closes = self.closes
         spec = self.spec
+        if not closes:
+            return (NAN,)
         if spec.periods is not None:
             if len(closes) <= spec.periods:
                 return (NAN,)

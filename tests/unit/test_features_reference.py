@@ -360,3 +360,22 @@ def test_window_features_depend_only_on_the_window_bit_for_bit(df: pd.DataFrame)
     last_full = full.iloc[-1].to_dict()
     last_warm = warm.iloc[-1].to_dict()
     assert last_full == last_warm
+
+
+def test_quotes_before_any_bar_and_bars_before_any_quote() -> None:
+    engine = FeatureEngine(
+        [
+            FeatureWindowConfig(name="ret_5m", horizon="5m"),
+            FeatureWindowConfig(name="mom_3", periods=3),
+            FeatureWindowConfig(name="spread_bps", horizon="60s"),
+            FeatureWindowConfig(name="imbalance", periods=5),
+        ],
+        timed=False,
+    )
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    snap = engine.update_quote("p", "S", t0, bid=99.0, ask=101.0)
+    assert snap is not None
+    assert snap.values["spread_bps"] == pytest.approx(200.0)
+    assert np.isnan(snap.values["ret_5m"]) and np.isnan(snap.values["imbalance"])
+    other = engine.update_bar(Bar("p", "T", "1m", t0, 1, 1, 1, 1, 1))
+    assert other is not None and np.isnan(other.values["spread_bps"])
