@@ -158,7 +158,7 @@ class InferenceConsumer:
         interval = self.engine.interval
         for rec in records:
             try:
-                bar = decode_bar(rec.payload)
+                bar = _checked(decode_bar(rec.payload), rec.payload)
             except ContractError as exc:
                 await self._dead_letter(rec, exc)
                 continue
@@ -301,6 +301,17 @@ class InferenceConsumer:
         await self._consumer.dead_letter(
             rec, reason=exc.reason, detail=exc.detail, component=_COMPONENT
         )
+
+
+def _checked(bar: Bar, payload: bytes) -> Bar:
+    """The bar codec checks types and finiteness; features also need positive prices."""
+    if min(bar.o, bar.h, bar.l, bar.c) <= 0 or bar.v < 0 or bar.h < bar.l:
+        raise ContractError(
+            "validation",
+            f"bad bar for features: o={bar.o} h={bar.h} l={bar.l} c={bar.c} v={bar.v}",
+            payload,
+        )
+    return bar
 
 
 class _Stopped(Exception):

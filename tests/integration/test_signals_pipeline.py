@@ -16,7 +16,7 @@ from typing import Any, Literal
 import pandas as pd
 import pytest
 
-from market_data_core.codec import decode_signal, encode_event
+from market_data_core.codec import decode_signal, encode_bar, encode_event
 from market_data_core.config import AppConfig, parse_config
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.protocols import Bus, routing_key
@@ -193,15 +193,20 @@ async def test_replay_micro_batch_infer_stream_equals_table_and_replay_adds_none
     await micro_batch(cfg)
     first = await infer(cfg, "infer-a")
     assert first.bars_scored == half and first.dead_letters == 0
-    await bus.publish(cfg.bus.bars_topic, [(f"{provider}|{SYMBOL}", b"\x00not a bar")])
+    zero = Bar(provider, SYMBOL, "1m", T1, 1.0, 1.0, 1.0, 0.0, 1.0)  # decodes, but c = 0
+    await bus.publish(
+        cfg.bus.bars_topic,
+        [(f"{provider}|{SYMBOL}", b"\x00not a bar"), (f"{provider}|{SYMBOL}", encode_bar(zero))],
+    )
     await publish_events(bus, cfg, events[half:])
     await micro_batch(cfg)
     second = await infer(cfg, "infer-b")
     assert second.warmup_bars == 500
     assert second.bars_scored == N_BARS - half
-    assert second.dead_letters == 1
-    dlq = await bus.dlq_list(100)
-    assert any(d.component == "inference" and d.payload == b"\x00not a bar" for d in dlq)
+    assert second.dead_letters == 2
+    dlq = [d for d in await bus.dlq_list(100) if d.component == "inference"]
+    assert [d.reason for d in dlq] == ["decode", "validation"]
+    assert dlq[0].payload == b"\x00not a bar" and "c=0.0" in dlq[1].detail
 
     in_stream = await stream_ids(bus, cfg)
     in_table = await table_ids(cfg, provider)
