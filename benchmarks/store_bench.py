@@ -152,6 +152,15 @@ async def run(
             assert (await store.ingest_ticks(b, interval=window)).bars_result.changed == 0
         ticks_replay_s = time.perf_counter() - t
 
+        # Small batches (a quiet micro-batcher flush): per-call latency matters there.
+        small = make_ticks(20_000, "small")
+        lat_ms = []
+        for b in batches(small, 500):
+            t = time.perf_counter()
+            await store.ingest_ticks(b, interval=window)
+            lat_ms.append((time.perf_counter() - t) * 1000)
+        lat_ms.sort()
+
         out = {
             "bars_rows": rows,
             "batch": batch,
@@ -168,6 +177,8 @@ async def run(
             "ingest_ticks_fresh_per_s": n_ticks / ticks_s,
             "ingest_ticks_replay_per_s": n_ticks / ticks_replay_s,
             "tick_bars_written": bars_written,
+            "ingest_500_ticks_p50_ms": lat_ms[len(lat_ms) // 2],
+            "ingest_500_ticks_p95_ms": lat_ms[int(len(lat_ms) * 0.95)],
         }
     finally:
         await store.aclose()
