@@ -238,3 +238,17 @@ def test_same_bars_give_the_same_signals_twice() -> None:
     # real BTC minutes exercise most of the shipped rules
     assert {"rsi_overbought", "rsi_oversold", "sma_cross_up", "sma_cross_down"} <= names
     assert len({sid for sid, _, _ in first}) == len(first)
+
+
+def test_the_rule_code_never_calls_eval_exec_or_compile() -> None:
+    import ast
+
+    banned = {"eval", "exec", "compile", "literal_eval", "__import__", "getattr"}
+    for rel in ("inference/expr.py", "inference/adapters/rules.py", "inference/engine.py"):
+        tree = ast.parse((ROOT / "market_data_pipeline" / rel).read_text())
+        called = {
+            node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
+        }
+        assert not called & banned, (rel, called & banned)
