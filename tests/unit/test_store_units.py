@@ -1,0 +1,83 @@
+"""Store helpers that need no server: redaction, lock keys, partition days, error mapping."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import asyncpg
+import pytest
+
+from market_data_core.errors import StoreError, StoreUnavailableError
+from market_data_store._base import series_lock_keys
+from market_data_store._errors import classify, translate_errors
+from market_data_store._pool import redact_dsn
+from market_data_store._timeseries import partition_ddl
+from market_data_store.store_client import _bar_days
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        ("postgresql://mdp:s3cret@db:5432/mdp", "postgresql://mdp:***@db:5432/mdp"),
+        (
+            "postgresql://mdp:p%40ss@db/mdp?sslmode=require",
+            "postgresql://mdp:***@db/mdp?sslmode=require",
+        ),
+        ("postgresql://mdp@db/mdp?password=s3cret&x=1", "postgresql://mdp@db/mdp?password=***&x=1"),
+        ("postgresql://db/mdp", "postgresql://db/mdp"),
+    ],
+)
+def test_redact_dsn(dsn: str, expected: str) -> None:
+    assert redact_dsn(dsn) == expected
+
+
+def test_series_lock_keys_sorted_unique_int4() -> None:
+    keys = series_lock_keys([("p", "B"), ("p", "A"), ("p", "B"), ("q", "A")])
+    assert keys == sorted(set(keys)) and len(keys) == 3
+    assert all(-(2**31) <= k < 2**31 for k in keys)
+    assert series_lock_keys([("p", "A")])[0] in keys  # stable across calls
+
+
+def test_bar_days_cover_windows_that_start_the_day_before() -> None:
+    d = date(2020, 2, 23)
+    assert _bar_days({d}, 2000) == {d}  # 2 s divides a day: windows never straddle midnight
+    # 7 s does not divide a day: the first ticks of the day belong to a window that
+    # started the evening before.
+    assert _bar_days({d}, 7000) == {d, date(2020, 2, 22)}
+
+
+def test_partition_bounds_are_utc_midnights() -> None:
+    ddl = partition_ddl("bars_ohlcv", date(2024, 12, 31))
+    assert '"bars_ohlcv_p20241231" PARTITION OF "bars_ohlcv"' in ddl
+    assert "FROM ('2024-12-31 00:00:00+00') TO ('2025-01-01 00:00:00+00')" in ddl
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),
+        asyncpg.exceptions.TooManyConnectionsError("too many clients"),
+        asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+    ],
+)
+def test_transient_failures_are_unavailable(exc: Exception) -> None:
+    assert type(classify(exc, "op")) is StoreUnavailableError
+
+
+def test_other_failures_are_store_errors_with_sqlstate() -> None:
+    err = classify(asyncpg.exceptions.UndefinedTableError('relation "ticks" does not exist'), "op")
+    assert type(err) is StoreError and "mdp db upgrade" in str(err)
+    err = classify(asyncpg.exceptions.NumericValueOutOfRangeError("out of range"), "op")
+    assert type(err) is StoreError and getattr(err, "sqlstate", None) == "22003"
+
+
+def test_translate_errors_looks_through_wrappers() -> None:
+    with pytest.raises(StoreUnavailableError), translate_errors("op"):
+        try:
+            raise ConnectionResetError("reset by peer")
+        except ConnectionResetError as inner:
+            raise RuntimeError("wrapped by a library") from inner
