@@ -3,14 +3,17 @@
 
 Per poll (as a member of the ``<bus.group>.infer`` group on ``bus.bars_topic``):
 
-1. decode each entry with ``decode_bar``; an undecodable one goes to the dead-letter stream
-   (``consumer.dead_letter``, which acks it), the loop continues;
+1. decode each entry with ``decode_bar``; an undecodable one, or a bar with a non-positive
+   price, goes to the dead-letter stream (``consumer.dead_letter``, which acks it) and the loop
+   continues;
 2. bars of another interval than ``features.interval`` (default: the micro-batch window) are
    acknowledged untouched (counted as ``skipped``);
-3. the first time a (provider, symbol) is seen, its features warm up from the store: the
-   ``features.warmup_bars`` bars *just before* that bar (``StoreClient.bars_range``), so a
-   restarted engine is right at once, and a backlog on the bus is still scored rather than
-   warmed past;
+3. the first time a (provider, symbol) is seen, its features warm up from the store: its
+   stored bars of the ``features.warmup_bars`` intervals *just before* that bar
+   (``StoreClient.bars_range``; no signals), so a restarted engine is right at once. Warming
+   up to the bar the bus delivers (rather than to the store's latest bars) means a backlog on
+   the bus is still scored instead of warmed past, and a consumer that takes over a shard
+   warms up its symbols the same way;
 4. each bar newer than its symbol's last one updates the features and is evaluated; an older
    or equal one (a redelivery, a second replay, a late correction) changes nothing;
 5. the batch's signals that are not in the table yet are published to ``bus.signals_topic``,
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 _COMPONENT = "inference"
 _MAX_BATCH = 500
 _MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
+_LIVE_WINDOW_S = 3600.0
 T = TypeVar("T")
 
 
@@ -181,8 +185,11 @@ class InferenceConsumer:
                 signals.extend(out)
                 self._observe_freshness(bar, out)
         if last_bar is not None:
-            # event-time lag: how far behind wall time the newest bar of the batch closed
-            self._lag.set(max(0.0, (time.time() - self.engine.bar_end(last_bar)) * 1000.0))
+            # how far behind wall time the newest bar of the batch closed; only for live data
+            # (a replay of last year's bars is not "a year of lag")
+            age_s = time.time() - self.engine.bar_end(last_bar)
+            if 0.0 <= age_s <= _LIVE_WINDOW_S:
+                self._lag.set(age_s * 1000.0)
         if signals and not await self._commit(signals, stop):
             return False
         if to_ack:
@@ -298,9 +305,14 @@ class InferenceConsumer:
     async def _dead_letter(self, rec: BusRecord, exc: ContractError) -> None:
         self.stats.dead_letters += 1
         telemetry.ERRORS.labels(component=_COMPONENT, reason=exc.reason).inc()
-        await self._consumer.dead_letter(
-            rec, reason=exc.reason, detail=exc.detail, component=_COMPONENT
-        )
+        try:
+            await self._consumer.dead_letter(
+                rec, reason=exc.reason, detail=exc.detail, component=_COMPONENT
+            )
+        except BusError as bus_exc:
+            # left pending: it comes back, and after bus.max_deliveries the bus dead-letters it
+            telemetry.ERRORS.labels(component=_COMPONENT, reason="dead_letter").inc()
+            log.warning("could not dead-letter %s (%s); left pending", rec.source, bus_exc)
 
 
 def _checked(bar: Bar, payload: bytes) -> Bar:
