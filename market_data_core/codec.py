@@ -14,7 +14,6 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 import msgpack
@@ -63,14 +62,11 @@ def validation_reason(exc: ValidationError) -> str:
 
 def event_to_dict(event: StreamEvent, *, codec: CodecName = "json") -> dict[str, Any]:
     """Plain dict of the set fields; timestamps as ISO strings (json) or epoch µs (msgpack)."""
-    out: dict[str, Any] = {}
-    for name, value in event:
-        if value is None:
-            continue
-        if isinstance(value, datetime):
-            out[name] = to_epoch_us(value) if codec == "msgpack" else isoformat_us(value)
-        else:
-            out[name] = value
+    out = {k: v for k, v in event.__dict__.items() if v is not None}
+    conv = to_epoch_us if codec == "msgpack" else isoformat_us
+    out["src_ts"] = conv(event.src_ts)
+    if event.ingest_ts is not None:
+        out["ingest_ts"] = conv(event.ingest_ts)
     return out
 
 

@@ -52,16 +52,15 @@ def _aware_utc(value: datetime, field: str) -> datetime:
 
 
 def _check_price(name: str, value: float | None) -> None:
-    if value is None:
+    if value is None or 0 < value < math.inf:
         return
     if not math.isfinite(value):
         raise ValueError(f"{name} is not finite ({value})")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    raise ValueError(f"{name} must be > 0, got {value}")
 
 
 def _check_size(name: str, value: float | None) -> None:
-    if value is None:
+    if value is None or 0 <= value < math.inf:
         return
     if not math.isfinite(value):
         raise ValueError(f"{name} is not finite ({value})")
@@ -151,33 +150,47 @@ class StreamEvent(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> StreamEvent:
-        for name in ("o", "h", "l", "c", "bid", "ask"):
-            _check_price(name, getattr(self, name))
-        for name in ("v", "bid_size", "ask_size"):
-            _check_size(name, getattr(self, name))
-        if self.kind == "tick":
-            if self.c is None:
+        # Hot path (every event, every consumer): plain attribute access, no loops over names.
+        o, h, l, c = self.o, self.h, self.l, self.c  # noqa: E741
+        kind = self.kind
+        if kind == "tick":
+            if c is None:
                 raise ValueError("a tick needs its trade price in c")
             if self.v is None:
                 raise ValueError("a tick needs its trade size in v")
-        elif self.kind == "bar":
-            missing = [n for n in ("o", "h", "l", "c", "v") if getattr(self, n) is None]
-            if missing:
+        elif kind == "bar":
+            if o is None or h is None or l is None or c is None or self.v is None:
+                missing = [n for n in ("o", "h", "l", "c", "v") if getattr(self, n) is None]
                 raise ValueError(f"a bar needs o, h, l, c and v; missing {', '.join(missing)}")
             if self.interval is None:
                 raise ValueError("a bar needs its interval (e.g. '1m')")
-        else:
-            if self.bid is None or self.ask is None:
-                raise ValueError("a quote needs bid and ask")
+        elif self.bid is None or self.ask is None:
+            raise ValueError("a quote needs bid and ask")
+        if o is not None:
+            _check_price("o", o)
+        if h is not None:
+            _check_price("h", h)
+        if l is not None:
+            _check_price("l", l)
+        if c is not None:
+            _check_price("c", c)
+        if self.v is not None:
+            _check_size("v", self.v)
+        if kind == "quote":
+            assert self.bid is not None and self.ask is not None
+            _check_price("bid", self.bid)
+            _check_price("ask", self.ask)
+            _check_size("bid_size", self.bid_size)
+            _check_size("ask_size", self.ask_size)
             if self.bid > self.ask:
                 raise ValueError(f"crossed quote: bid ({self.bid}) > ask ({self.ask})")
-        if self.o is not None and self.c is not None:
-            if self.h is not None and self.h < max(self.o, self.c):
-                raise ValueError(f"h ({self.h}) < max(o, c) ({max(self.o, self.c)})")
-            if self.l is not None and self.l > min(self.o, self.c):
-                raise ValueError(f"l ({self.l}) > min(o, c) ({min(self.o, self.c)})")
-        if self.h is not None and self.l is not None and self.h < self.l:
-            raise ValueError(f"h ({self.h}) < l ({self.l})")
+        if o is not None and c is not None:
+            if h is not None and h < (o if o > c else c):
+                raise ValueError(f"h ({h}) < max(o, c) ({max(o, c)})")
+            if l is not None and l > (o if o < c else c):
+                raise ValueError(f"l ({l}) > min(o, c) ({min(o, c)})")
+        if h is not None and l is not None and h < l:
+            raise ValueError(f"h ({h}) < l ({l})")
         expected = make_event_id(self.provider, self.symbol, self.src_ts, self.seq)
         if self.event_id != expected:
             raise ValueError(

@@ -62,7 +62,10 @@ def from_epoch_us(us: int) -> datetime:
 
 def isoformat_us(ts: datetime) -> str:
     """``2025-10-24T14:02:01.234567Z``: always six fraction digits and a ``Z``."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    # isoformat is C code; strftime is several times slower on this hot path (event ids).
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -83,6 +83,13 @@ class _Buffered:
 
 
 @dataclass(slots=True)
+class _FlushJob:
+    units: dict[tuple[str, str, int], list[_Buffered]]
+    bars: list[_Buffered]
+    redelivered: bool
+
+
+@dataclass(slots=True)
 class MicroBatchStats:
     """What one run did (also the ``job_runs`` counts)."""
 
@@ -138,6 +145,7 @@ class MicroBatcher:
         self._windows: dict[tuple[str, str, int], dict[str, _Buffered]] = {}
         self._bars: dict[tuple[str, str, str, datetime], _Buffered] = {}
         self._outstanding: dict[RecordKey, _RecordState] = {}
+        self._inflight: asyncio.Task[None] | None = None
         self.stats = MicroBatchStats()
 
     @property
@@ -178,10 +186,11 @@ class MicroBatcher:
                 else:
                     idle_since = idle_since if idle_since is not None else time.monotonic()
                     self._set_lag(0.0)
-                await self._flush(stop, force=drain and not records)
+                await self._schedule_flush(stop, force=drain and not records)
                 if (
                     drain
                     and idle_since is not None
+                    and self._inflight is None
                     and not self._outstanding
                     and self.buffered_events == 0
                     and time.monotonic() - idle_since >= idle_s
@@ -189,12 +198,34 @@ class MicroBatcher:
                     if await self._group_drained():
                         break
                     idle_since = time.monotonic() - idle_s / 2  # look again a little later
-            # Stopping: commit what is already closed; open windows stay pending for a restart.
-            if not stop.is_set() or self.buffered_events:
-                await self._flush(stop, force=False, final=True)
+            # Stopping: finish the commit in flight, then commit what is already closed; open
+            # windows stay pending for a restart.
+            await self._await_inflight()
+            job = self._take_closed(force=False)
+            if job is not None:
+                await self._commit(stop, job)
         finally:
+            if self._inflight is not None:
+                self._inflight.cancel()
             await self._consumer.aclose()
         return self.stats
+
+    async def _schedule_flush(self, stop: asyncio.Event, *, force: bool) -> None:
+        """Start committing closed windows in the background, one commit at a time, so that
+        decoding the next entries overlaps the store's work. When the buffer outgrows
+        ``4 * max_batch_size`` events, wait for the commit in flight (backpressure)."""
+        if self._inflight is not None:
+            if not self._inflight.done() and self.buffered_events < 4 * self._max_batch:
+                return
+            await self._await_inflight()
+        job = self._take_closed(force=force)
+        if job is not None:
+            self._inflight = asyncio.create_task(self._commit(stop, job))
+
+    async def _await_inflight(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task  # re-raises a non-transient store failure
 
     async def _group_drained(self) -> bool:
         """With several workers, one being idle does not mean the group is done: a shard it
@@ -318,26 +349,29 @@ class MicroBatcher:
             if force or self._clocks[(key[0], key[1])].closable(key[2], now)
         ]
 
-    async def _flush(self, stop: asyncio.Event, *, force: bool, final: bool = False) -> None:
+    def _take_closed(self, force: bool) -> _FlushJob | None:
+        """Move closed windows (and buffered provider bars) out of the buffers into a job."""
         closed = self._closed_windows(force)
         if not closed and not self._bars:
-            return
-        units = {key: list(self._windows[key].values()) for key in closed}
+            return None
+        units = {key: list(self._windows.pop(key).values()) for key in closed}
         bars = list(self._bars.values())
+        self._bars = {}
         redelivered = any(
             self._outstanding[k].record.deliveries > 1
             for buf in [*bars, *(b for u in units.values() for b in u)]
             for k in buf.keys
             if k in self._outstanding
         )
-        written = await self._write(stop, units, bars, redelivered, final=final)
-        if not written:
+        return _FlushJob(units, bars, redelivered)
+
+    async def _commit(self, stop: asyncio.Event, job: _FlushJob) -> None:
+        """Write a job, then ack every entry whose events are all committed. If ``stop`` is
+        set while the store is unavailable, give up: the entries stay pending (nothing lost)."""
+        if not await self._write(stop, job.units, job.bars, job.redelivered):
             return
-        for key in closed:
-            del self._windows[key]
-        self._bars.clear()
         done: list[BusRecord] = []
-        for buf in [*bars, *(b for u in units.values() for b in u)]:
+        for buf in [*job.bars, *(b for u in job.units.values() for b in u)]:
             for k in buf.keys:
                 state = self._outstanding.get(k)
                 if state is None:
@@ -349,7 +383,7 @@ class MicroBatcher:
         if done:
             await self._consumer.ack(done)
         now = self._wall()
-        for _provider, _symbol, start in closed:
+        for _provider, _symbol, start in job.units:
             end_us = start + self.window_ms * 1000
             if 0 <= now - end_us <= _LIVE_LATENCY_WINDOW_US:
                 latency_ms = (now - end_us) / 1000
@@ -362,8 +396,6 @@ class MicroBatcher:
         units: dict[tuple[str, str, int], list[_Buffered]],
         bars: list[_Buffered],
         redelivered: bool,
-        *,
-        final: bool,
     ) -> bool:
         """Commit everything; True once committed. Retries transient failures with capped
         backoff until committed (or until ``stop`` during a retry, returning False)."""
@@ -396,7 +428,7 @@ class MicroBatcher:
                 log.error("store write failed (%s), attempt %d", exc, non_transient)
                 if non_transient >= _MAX_STORE_ATTEMPTS_NON_TRANSIENT:
                     raise
-            if stop.is_set() and final:
+            if stop.is_set():
                 return False
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 5.0)
