@@ -268,7 +268,13 @@ async def test_sklearn_adapter_end_to_end_with_the_shipped_model(
             "inference": shipped.inference.model_copy(
                 update={
                     "adapters": shipped.inference.adapters.model_copy(
-                        update={"rules": cfg.inference.adapters.rules}
+                        update={
+                            "rules": cfg.inference.adapters.rules,
+                            # generous: this test is about the path, not a loaded machine
+                            "sklearn": shipped.inference.adapters.sklearn.model_copy(
+                                update={"timeout_ms": 10_000}
+                            ),
+                        }
                     )
                 }
             )

@@ -89,7 +89,10 @@ def test_unknown_model_features_are_refused(tmp_path: Path) -> None:
 
 async def test_model_signals_follow_feature_order_and_edges(tmp_path: Path) -> None:
     path, digest = _write(tmp_path, SlowModel(0))
-    cfg = SklearnAdapterConfig(model_path=str(path), sha256=digest, threshold=0.6)
+    # a generous timeout: these tests are about signals, not about a loaded machine
+    cfg = SklearnAdapterConfig(
+        model_path=str(path), sha256=digest, threshold=0.6, timeout_ms=10_000
+    )
     adapter = SklearnAdapter(cfg, _fallback(), KNOWN)
     try:
         out = [await adapter.evaluate(_snap(i, r)) for i, r in enumerate([60, 65, 40, 80])]
@@ -173,9 +176,8 @@ def test_breaker_state_machine() -> None:
 async def test_shipped_example_model_matches_its_pinned_hash() -> None:
     cfg = load_config(ROOT / "configs" / "streaming.sklearn.yaml", env={})
     engine = FeatureEngine(cfg.features.windows)
-    adapter = SklearnAdapter(
-        cfg.inference.adapters.sklearn, _fallback(), engine.feature_names, base_dir=ROOT
-    )
+    ml = cfg.inference.adapters.sklearn.model_copy(update={"timeout_ms": 10_000})
+    adapter = SklearnAdapter(ml, _fallback(), engine.feature_names, base_dir=ROOT)
     try:
         assert adapter.feature_order == ("momentum", "volatility", "rsi", "ret_30s", "vol_5m")
         snap = FeatureSnapshot(
@@ -190,3 +192,27 @@ async def test_shipped_example_model_matches_its_pinned_hash() -> None:
         assert all(s.adapter == "sklearn" for s in out)
     finally:
         await adapter.aclose()
+
+
+async def test_a_warmed_up_adapter_emits_what_an_uninterrupted_one_would(tmp_path: Path) -> None:
+    path, digest = _write(tmp_path, SlowModel(0))
+    # a generous timeout: these tests are about signals, not about a loaded machine
+    cfg = SklearnAdapterConfig(
+        model_path=str(path), sha256=digest, threshold=0.6, timeout_ms=10_000
+    )
+    rsi = [60, 65, 40, 45, 80, 20, 30, 90, 95, 10]
+    whole = SklearnAdapter(cfg, _fallback(), KNOWN)
+    restarted = SklearnAdapter(cfg, _fallback(), KNOWN)
+    try:
+        expected = [await whole.evaluate(_snap(i, r)) for i, r in enumerate(rsi)]
+        for i in range(4):
+            restarted.observe(_snap(i, rsi[i]))
+        got = [await restarted.evaluate(_snap(i, rsi[i])) for i in range(4, len(rsi))]
+    finally:
+        await whole.aclose()
+        await restarted.aclose()
+    assert [[s.signal_id for s in o] for o in got] == [
+        [s.signal_id for s in o] for o in expected[4:]
+    ]
+    # i=3 (rsi 45) was "down" in the warm-up, so i=4 (rsi 80, "up") is an edge
+    assert [s.value for s in got[0]] == [1.0]

@@ -160,11 +160,17 @@ class SklearnAdapter:
                 key_path=f"{_KEY}.model_path",
             )
         self._proba = hasattr(self.model, "predict_proba")
+        # imported here, not in the first prediction (whose timeout it would eat); the model
+        # was fitted on named columns, so it is given a DataFrame with the same names
+        import pandas  # type: ignore[import-untyped]
+
+        self._frame: Callable[..., Any] = pandas.DataFrame
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s, clock=clock)
         self._pool = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="mdp-sklearn"
         )
         self._direction: dict[tuple[str, str], int] = {}
+        self._observed: dict[tuple[str, str], list[float]] = {}
         self._timeout_s = config.timeout_ms / 1000.0
 
     @property
@@ -172,25 +178,51 @@ class SklearnAdapter:
         return "sklearn"
 
     def _predict(self, row: list[float]) -> float:
-        import pandas as pd  # type: ignore[import-untyped]  # fitted with named columns
-
-        frame = pd.DataFrame([row], columns=list(self.feature_order))
+        frame = self._frame([row], columns=list(self.feature_order))
         if self._proba:
             proba = self.model.predict_proba(frame)
             return float(proba[0][-1])
         return float(self.model.predict(frame)[0])
 
+    def _row(self, snapshot: FeatureSnapshot) -> list[float] | None:
+        row = [snapshot.values.get(n, math.nan) for n in self.feature_order]
+        return row if all(math.isfinite(x) for x in row) else None
+
     def observe(self, snapshot: FeatureSnapshot) -> None:
-        """Warm-up: advance the fallback's state (the model itself is stateless)."""
+        """Warm-up: advance the fallback's state and remember the symbol's last scorable row.
+
+        The model is stateless, but the edge ("direction changed") needs the previous bar's
+        direction: the first evaluation after a warm-up predicts that row once first, so a
+        restarted engine emits exactly what an uninterrupted one would.
+        """
         self.fallback.observe(snapshot)
+        row = self._row(snapshot)
+        if row is not None:
+            key = (snapshot.provider, snapshot.symbol)
+            self._observed[key] = row
+            self._direction.pop(key, None)
 
     async def evaluate(self, snapshot: FeatureSnapshot) -> list[Signal]:
         fallback_signals = self.fallback.evaluate_sync(snapshot)
-        row = [snapshot.values.get(n, math.nan) for n in self.feature_order]
-        if not all(math.isfinite(x) for x in row):
+        row = self._row(snapshot)
+        if row is None:
             return [] if self.breaker.state == "closed" else fallback_signals
         if not self.breaker.allow():
             return fallback_signals
+        key = (snapshot.provider, snapshot.symbol)
+        previous = self._observed.pop(key, None)
+        if previous is not None:
+            p_previous = await self._guarded_predict(previous, snapshot)
+            if p_previous is None:
+                return fallback_signals
+            self._direction[key] = self._direction_of(p_previous)
+        p_up = await self._guarded_predict(row, snapshot)
+        if p_up is None:
+            return fallback_signals
+        return self._signals(snapshot, p_up, row)
+
+    async def _guarded_predict(self, row: list[float], snapshot: FeatureSnapshot) -> float | None:
+        """A prediction within the timeout, or ``None`` (failure recorded on the breaker)."""
         loop = asyncio.get_running_loop()
         try:
             p_up = await asyncio.wait_for(
@@ -198,14 +230,20 @@ class SklearnAdapter:
             )
         except TimeoutError:
             self._failed(snapshot, "timeout", f"prediction took longer than {self._timeout_s}s")
-            return fallback_signals
+            return None
         except Exception as exc:  # whatever the model raises is a model failure
             self._failed(snapshot, "predict_error", f"{exc.__class__.__name__}: {exc}")
-            return fallback_signals
+            return None
         if self.breaker.state != "closed":
             log.info("sklearn model answered again: circuit breaker closed, model signals resume")
         self.breaker.success()
-        return self._signals(snapshot, p_up, row)
+        return p_up
+
+    def _direction_of(self, p_up: float) -> int:
+        threshold = self.config.threshold
+        if not math.isfinite(p_up):
+            return 0
+        return 1 if p_up >= threshold else -1 if p_up <= 1.0 - threshold else 0
 
     def _failed(self, snapshot: FeatureSnapshot, reason: str, detail: str) -> None:
         telemetry.ERRORS.labels(component="inference", reason=reason).inc()
@@ -224,8 +262,7 @@ class SklearnAdapter:
     def _signals(self, snapshot: FeatureSnapshot, p_up: float, row: list[float]) -> list[Signal]:
         if not math.isfinite(p_up):
             return []
-        threshold = self.config.threshold
-        direction = 1 if p_up >= threshold else -1 if p_up <= 1.0 - threshold else 0
+        direction = self._direction_of(p_up)
         key = (snapshot.provider, snapshot.symbol)
         previous = self._direction.get(key, 0)
         self._direction[key] = direction
