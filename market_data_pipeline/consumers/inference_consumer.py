@@ -1,7 +1,8 @@
 """The inference stage: closed bars from ``mdp.bars`` -> features -> adapter -> signals in the
 ``signals`` table and on ``mdp.signals``.
 
-Per poll (as a member of the ``<bus.group>.infer`` group on ``bus.bars_topic``):
+Per poll (as a member of the ``<bus.group>.infer.<adapter>.<interval>`` group on
+``bus.bars_topic``; replicas of the same adapter and interval share the bars):
 
 1. decode each entry with ``decode_bar``; an undecodable one, or a bar with a non-positive
    price, goes to the dead-letter stream (``consumer.dead_letter``, which acks it) and the loop
@@ -100,7 +101,9 @@ class InferenceConsumer:
     ) -> None:
         self.config = config
         self.engine = engine
-        self.group = group or f"{config.bus.group}.infer"
+        # one group per (adapter, interval): two infer processes that score different bars or
+        # with different adapters must each see every bar, not split them between them
+        self.group = group or f"{config.bus.group}.infer.{engine.adapter.name}.{engine.interval}"
         self._bus = bus
         self._store = store
         self._signals_store = signals_store
