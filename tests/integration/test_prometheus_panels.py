@@ -50,6 +50,7 @@ pytestmark = [
     ),
 ]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
 RUN_S = 30.0  # how long the pipeline runs before the queries must all have data
 DEADLINE_S = 120.0  # give up waiting for the last series after this long
 # Grafana variables -> what a user with "All" selected gets.
@@ -296,18 +297,16 @@ def prometheus(tmp_path: Path, pipeline: tuple[list[Stage], dict[str, Any]]) -> 
     assert PROMETHEUS is not None
     stages, _ = pipeline
     port = free_port()
-    cfg = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "mdp",
-                "static_configs": [
-                    {"targets": [f"127.0.0.1:{s.port}"], "labels": {"stage": s.name}}
-                    for s in stages
-                ],
-            }
-        ],
-    }
+    # The compose stack's own config and alert rules, with the targets pointed at this run's
+    # stages and a 1 s scrape: the shipped job and rules are what gets tested.
+    cfg = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    cfg["rule_files"] = [str(PROMETHEUS_DIR / f) for f in cfg["rule_files"]]
+    (job,) = (j for j in cfg["scrape_configs"] if j["job_name"] == "mdp")
+    job["static_configs"] = [
+        {"targets": [f"127.0.0.1:{s.port}"], "labels": {"stage": s.name}} for s in stages
+    ]
+    cfg["scrape_configs"] = [job]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
@@ -411,6 +410,13 @@ async def test_every_panel_query_returns_data(
         if uid == "mdp-prometheus":
             values = await asyncio.to_thread(label_values, prometheus, query)
             assert set(config["symbols"]) <= set(values), (dash, name, query, values)
+    # The alert rules load and evaluate without errors against real series.
+    status, body = http_get(f"{prometheus}/api/v1/rules")
+    groups = json.loads(body)["data"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert rules and all(r["health"] == "ok" for r in rules), [
+        (r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"
+    ]
     up = instant_query(prometheus, 'up{job="mdp"}')
     assert sorted(r["metric"]["stage"] for r in up if r["value"][1] == "1") == sorted(STAGES)
 
