@@ -14,10 +14,10 @@ from market_data_core.errors import ConfigError, ContractError, MDPError
 from market_data_pipeline.cli import (
     cmd_bus,  # noqa: F401 - registers commands
     cmd_db,  # noqa: F401 - registers commands
-    cmd_demo,  # noqa: F401 - registers commands
     cmd_infer,  # noqa: F401 - registers commands
     cmd_microbatch,  # noqa: F401 - registers commands
     cmd_produce,  # noqa: F401 - registers commands
+    cmd_run,  # noqa: F401 - registers commands
 )
 from market_data_pipeline.cli.apps import app
 

@@ -95,6 +95,7 @@ def micro_batch(
                     errors=s.dead_letters,
                     detail=detail,
                 )
+                await tracker.aclose()
                 await store.aclose()
                 await bus.aclose()
         p95 = percentile(stats.window_latencies_ms, 95)

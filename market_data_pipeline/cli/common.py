@@ -134,12 +134,16 @@ def percentile(values: list[float], pct: float) -> float | None:
 
 
 @contextlib.contextmanager
-def stage_services(config: AppConfig, urls: ServerUrls, stage: str) -> Iterator[MetricsServer]:
+def stage_services(
+    config: AppConfig, urls: ServerUrls, stage: str, *, warn_embedded: bool = True
+) -> Iterator[MetricsServer]:
     """Logging, the metrics endpoint, and a warning when the bus is embedded (its data dies
     with this command)."""
     setup_logging(config.telemetry.log_level, json=config.telemetry.log_format == "json")
+    if config.telemetry.log_level != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
     log = logging.getLogger(f"mdp.{stage}")
-    if "valkey" in urls.embedded:
+    if warn_embedded and "valkey" in urls.embedded:
         log.warning(
             "%s is using an embedded Redis that stops with this command; set REDIS_URI to share "
             "a bus between commands (or use `mdp run`)",

@@ -163,14 +163,22 @@ class MicroBatcher:
         return sum(len(w) for w in self._windows.values()) + len(self._bars)
 
     async def run(
-        self, stop: asyncio.Event, *, drain: bool = False, idle_s: float = 3.0
+        self,
+        stop: asyncio.Event,
+        *,
+        drain: bool = False,
+        idle_s: float = 3.0,
+        drain_on: asyncio.Event | None = None,
     ) -> MicroBatchStats:
         """Consume until ``stop`` is set (or, with ``drain``, until the input has been idle for
-        ``idle_s`` seconds and everything is flushed and acknowledged)."""
+        ``idle_s`` seconds and everything is flushed and acknowledged). ``drain_on`` switches
+        to drain mode when it is set (``mdp run``/``demo``: once the producers are done)."""
+        live_drain = drain
         idle_since: float | None = None
         bus_backoff_s = 0.1
         try:
             while not stop.is_set():
+                drain = live_drain or (drain_on is not None and drain_on.is_set())
                 try:
                     records = await self._consumer.poll(self._max_batch, self.config.bus.block_ms)
                     bus_backoff_s = 0.1

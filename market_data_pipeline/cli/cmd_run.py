@@ -1,0 +1,372 @@
+"""``mdp run`` (every stage in one process) and ``mdp demo`` (embedded servers, real trades plus
+a minute of synthetic data, live progress, a summary, nothing left running)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from market_data_core.config import AppConfig, config_hash
+from market_data_core.errors import ConfigError
+from market_data_core.protocols import Bus, JobRunTracker, SignalsStoreClient, StoreClient
+from market_data_pipeline.cli.apps import app
+from market_data_pipeline.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    MetricsPortOpt,
+    environment,
+    load_app_config,
+    parse_window,
+    percentile,
+    run_async,
+    stage_services,
+)
+from market_data_pipeline.consumers.inference_consumer import features_interval
+from market_data_pipeline.embedded import ServerUrls, resolve_servers
+from market_data_pipeline.features import FeatureEngine
+from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
+from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
+
+DEMO_DATASET = "binance_btcusdt_trades"
+
+
+@dataclass
+class _Clients:
+    bus: Bus
+    store: StoreClient
+    signals: SignalsStoreClient
+    tracker: JobRunTracker
+
+
+@contextlib.asynccontextmanager
+async def _clients(cfg: AppConfig, urls: ServerUrls) -> AsyncIterator[_Clients]:
+    from market_data_pipeline.cli.wiring import (
+        open_job_tracker,
+        open_signals_store,
+        open_store,
+        upgrade_schema,
+    )
+    from market_data_pipeline.streaming.bus import open_bus
+
+    assert urls.database_url is not None
+    await asyncio.to_thread(upgrade_schema, urls.database_url)
+    bus = await open_bus(cfg, urls)
+    store = await open_store(cfg, urls)
+    signals = await open_signals_store(cfg, urls)
+    tracker = await open_job_tracker(cfg, urls)
+    try:
+        yield _Clients(bus, store, signals, tracker)
+    finally:
+        for closer in (tracker.aclose, signals.aclose, store.aclose, bus.aclose):
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+def _engine(cfg: AppConfig, adapter: Literal["rules", "sklearn"]) -> InferenceEngine:
+
+    features = FeatureEngine(cfg.features.windows)
+    chosen = build_adapter(cfg, adapter, features.feature_names, base_dir=Path.cwd())
+    return InferenceEngine(features, chosen, interval=features_interval(cfg))
+
+
+def _progress_printer() -> Callable[[Progress], None]:
+    tty = sys.stderr.isatty()
+    last_line = [0.0]
+
+    def show(p: Progress) -> None:
+        line = (
+            f"[{p.elapsed_s:6.1f}s] {p.published:>9,} published  {p.events_per_s:>9,.0f} ev/s  "
+            f"{p.events_in:>9,} processed  {p.bars_written:>7,} bars  lag {p.lag_entries:>6,}  "
+            f"{p.signals:>6,} signals"
+        )
+        if tty:
+            sys.stderr.write("\r" + line)
+            sys.stderr.flush()
+        elif p.elapsed_s - last_line[0] >= 5:
+            last_line[0] = p.elapsed_s
+            sys.stderr.write(line + "\n")
+
+    return show
+
+
+def _dataset_source(cfg: AppConfig, bus: Bus, name: str, datasets: Path) -> Source:
+    from market_data_pipeline.cli.cmd_produce import _dead_letterer
+    from market_data_pipeline.producers.datasets import load_registry, lookup
+    from market_data_pipeline.producers.replay import DatasetReplayProvider
+
+    spec = lookup(load_registry(datasets), name, str(datasets))
+    provider = DatasetReplayProvider(spec, on_error=_dead_letterer(bus))
+    return Source(provider, max_msgs_per_s=cfg.producers.replay.max_msgs_per_s)
+
+
+def _synthetic_source(cfg: AppConfig, rate: float | None, duration_s: float | None) -> Source:
+    from market_data_pipeline.producers.synthetic import SyntheticProvider
+
+    try:
+        provider = SyntheticProvider(cfg.producers.synthetic, rate_per_s=rate)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source="producers.synthetic") from None
+    return Source(
+        provider, max_msgs_per_s=cfg.producers.synthetic.max_msgs_per_s, duration_s=duration_s
+    )
+
+
+def _summary_table(s: RunSummary, cfg: AppConfig) -> str:
+    mb, inf = s.microbatch, s.inference
+    p95 = percentile(mb.window_latencies_ms, 95)
+    rows = [
+        ("events published", f"{s.published:,}"),
+        ("events processed", f"{mb.events_in:,}"),
+        ("raw ticks stored", f"{mb.ticks_inserted:,}"),
+        (
+            "bars written",
+            f"{mb.bars_written:,} ({cfg.micro_batch.window_ms} ms windows"
+            f"{f', {mb.provider_bars:,} provider bars' if mb.provider_bars else ''})",
+        ),
+        ("late corrections", f"{mb.late_corrections:,}"),
+        ("bars scored", f"{inf.bars_scored:,}"),
+        ("signals emitted", f"{inf.signals:,}"),
+        (
+            "p95 window latency",
+            "n/a (no live windows)" if p95 is None else f"{p95:,.0f} ms (window end -> commit)",
+        ),
+        ("dead letters (mdp.dlq)", f"{s.dlq_size:,}"),
+        ("elapsed", f"{s.elapsed_s:,.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+async def _sample(c: _Clients, interval: str) -> str:
+    lines = []
+    latest = await c.store.latest_bars(interval, 1)
+    for (provider, symbol), bars in sorted(latest.items())[:6]:
+        b = bars[-1]
+        lines.append(
+            f"  bar    {provider}/{symbol} {b.ts:%Y-%m-%d %H:%M:%S} o={b.o:g} h={b.h:g} "
+            f"l={b.l:g} c={b.c:g} v={b.v:g} n={b.trade_count}"
+        )
+    now = datetime.now(UTC)
+    signals = await c.signals.signals_range(datetime(1970, 1, 1, tzinfo=UTC), now + timedelta(1))
+    for sig in signals[-5:]:
+        lines.append(
+            f"  signal {sig.provider}/{sig.symbol} {sig.ts:%Y-%m-%d %H:%M:%S} "
+            f"{sig.name} value={sig.value:g} score={sig.score:g} ({sig.adapter})"
+        )
+    return "\n".join(lines)
+
+
+async def _run_all(
+    cfg: AppConfig,
+    stop: asyncio.Event,
+    *,
+    job: str,
+    sources: Callable[[Bus], list[Source]],
+    finite: bool,
+    adapter: Literal["rules", "sklearn"],
+    demo: bool,
+) -> None:
+    engine = _engine(cfg, adapter)  # a bad rules file or model fails before servers start
+    with (
+        resolve_servers(cfg, environment()) as urls,
+        stage_services(cfg, urls, job, warn_embedded=False) as metrics,
+    ):
+        typer.echo(
+            f"mdp {job}: servers {urls.describe()}"
+            f"{' (embedded: ' + ', '.join(urls.embedded) + ')' if urls.embedded else ''}; "
+            f"metrics {metrics.url}/metrics",
+            err=True,
+        )
+        async with _clients(cfg, urls) as c:
+            run_id = await c.tracker.start(job, config_hash(cfg))
+            status: Literal["success", "failed", "stopped"] = "failed"
+            summary = RunSummary()
+            try:
+                summary = await run_pipeline(
+                    cfg,
+                    c.bus,
+                    c.store,
+                    c.signals,
+                    engine,
+                    sources(c.bus),
+                    stop,
+                    finish_when_sources_done=finite,
+                    consumer_suffix=f"{job}-{os.getpid()}",
+                    on_progress=_progress_printer(),
+                )
+                status = "stopped" if stop.is_set() else "success"
+            finally:
+                if sys.stderr.isatty():
+                    sys.stderr.write("\n")
+                mb = summary.microbatch
+                await c.tracker.finish(
+                    run_id,
+                    status=status,
+                    events_in=mb.events_in,
+                    rows_written=mb.rows_written + summary.inference.signals,
+                    errors=mb.dead_letters + summary.inference.dead_letters,
+                )
+            typer.echo(f"\nmdp {job} summary ({status}):\n{_summary_table(summary, cfg)}")
+            sample = await _sample(
+                c,
+                f"{cfg.micro_batch.window_ms // 1000}s"
+                if cfg.micro_batch.window_ms % 1000 == 0
+                else f"{cfg.micro_batch.window_ms}ms",
+            )
+            if sample:
+                typer.echo(f"\nlatest rows:\n{sample}")
+            if demo:
+                typer.echo(_where_the_data_is(urls))
+
+
+def _where_the_data_is(urls: ServerUrls) -> str:
+    kept = not urls.embedded
+    lines = ["", "where the data is:"]
+    if kept:
+        lines += [
+            f"  bars and signals: psql {urls.database_url} -c 'SELECT * FROM bars_ohlcv "
+            "ORDER BY ts DESC LIMIT 20'",
+            "  streams:          mdp stream tail --topic mdp.signals --limit 20",
+        ]
+    else:
+        lines += [
+            "  the embedded Valkey and PostgreSQL have stopped (nothing is left running), so",
+            "  this run's rows are gone. To keep them, point mdp at your own servers:",
+            "    export REDIS_URI=redis://127.0.0.1:6379/0",
+            "    export DATABASE_URL=postgresql://user@127.0.0.1:5432/mdp",
+            "    mdp demo   # or: mdp run --duration 5m",
+            "  then query:  psql $DATABASE_URL -c 'SELECT * FROM bars_ohlcv ORDER BY ts DESC "
+            "LIMIT 20'",
+            "               mdp stream tail --topic mdp.signals --limit 20",
+        ]
+    return "\n".join(lines)
+
+
+def _duration(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    from market_data_core.timeutil import parse_duration_ms
+
+    try:
+        return parse_duration_ms(text) / 1000
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=flag) from None
+
+
+AdapterOpt = Annotated[
+    Literal["rules", "sklearn"], typer.Option(help="Inference adapter: rules or sklearn.")
+]
+
+
+@app.command("run")
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    duration: Annotated[
+        str | None, typer.Option(help="Stop by itself after this long (e.g. 5m); default: Ctrl-C.")
+    ] = None,
+    replay: Annotated[
+        list[str] | None,
+        typer.Option(help="Also replay this registered dataset (repeatable)."),
+    ] = None,
+    datasets: Annotated[Path, typer.Option(help="Dataset registry for --replay.")] = Path(
+        "configs/datasets.yaml"
+    ),
+    synthetic: Annotated[
+        bool, typer.Option(help="Run the synthetic producer (producers.synthetic).")
+    ] = True,
+    rate: Annotated[
+        float | None, typer.Option(min=0.001, help="Synthetic events/s over all symbols.")
+    ] = None,
+    window: Annotated[str | None, typer.Option(help="Micro-batch window, 500ms to 5s.")] = None,
+    adapter: AdapterOpt = "rules",
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Producers, micro-batcher and inference in one process until Ctrl-C (or --duration),
+    then a summary. Servers: REDIS_URI / DATABASE_URL, the config, or embedded ones.
+
+    Example:  mdp run
+
+    Example:  mdp run --duration 2m --rate 2000 --replay binance_btcusdt_trades
+    """
+    overrides: dict[str, object] = {}
+    if window is not None:
+        overrides["micro_batch.window_ms"] = parse_window(window)
+    if metrics_port is not None:
+        overrides["telemetry.metrics_port"] = metrics_port
+    cfg = load_app_config(config, overrides)
+    duration_s = _duration(duration, "--duration")
+    if not synthetic and not replay:
+        raise ConfigError(
+            "nothing to run: give --replay NAME or keep --synthetic", source="mdp run"
+        )
+
+    def sources(bus: Bus) -> list[Source]:
+        out = [_dataset_source(cfg, bus, name, datasets) for name in replay or []]
+        if synthetic:
+            out.append(_synthetic_source(cfg, rate, duration_s))
+        return out
+
+    async def main(stop: asyncio.Event) -> None:
+        if duration_s is not None:
+            asyncio.get_running_loop().call_later(duration_s + 0.5, stop.set)
+        await _run_all(
+            cfg, stop, job="run", sources=sources, finite=False, adapter=adapter, demo=False
+        )
+
+    run_async(main)
+
+
+@app.command("demo")
+def demo(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    synthetic_s: Annotated[
+        float, typer.Option("--synthetic-s", min=0, help="Seconds of live synthetic data.")
+    ] = 60.0,
+    rate: Annotated[float, typer.Option(min=1, help="Synthetic events/s over all symbols.")] = 300,
+    datasets: Annotated[Path, typer.Option(help="Dataset registry.")] = Path(
+        "configs/datasets.yaml"
+    ),
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """The whole pipeline on embedded servers: replays the shipped real trades (9,999 Binance
+    BTCUSDT trades) and a minute of live synthetic ticks, shows progress, prints a summary,
+    and leaves nothing running.
+
+    Example:  mdp demo
+
+    Example:  mdp demo --synthetic-s 10 --rate 1000
+    """
+    overrides: dict[str, object] = {}
+    if metrics_port is not None:
+        overrides["telemetry.metrics_port"] = metrics_port
+    cfg = load_app_config(config, overrides)
+    if not datasets.exists():
+        raise ConfigError(
+            "dataset registry not found (run mdp demo from the repository root or pass --datasets)",
+            source=str(datasets),
+        )
+
+    def sources(bus: Bus) -> list[Source]:
+        out = [_dataset_source(cfg, bus, DEMO_DATASET, datasets)]
+        if synthetic_s > 0:
+            out.append(_synthetic_source(cfg, rate, synthetic_s))
+        return out
+
+    async def main(stop: asyncio.Event) -> None:
+        t0 = time.monotonic()
+        await _run_all(
+            cfg, stop, job="demo", sources=sources, finite=True, adapter="rules", demo=True
+        )
+        typer.echo(f"\ndemo finished in {time.monotonic() - t0:.1f}s; nothing left running.")
+
+    run_async(main)
