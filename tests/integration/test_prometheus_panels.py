@@ -410,6 +410,16 @@ async def test_every_panel_query_returns_data(
         if uid == "mdp-prometheus":
             values = await asyncio.to_thread(label_values, prometheus, query)
             assert set(config["symbols"]) <= set(values), (dash, name, query, values)
+    figures = {
+        "ingest events/min": "sum(rate(stream_events_ingested_total[30s])) * 60",
+        "p95 window latency ms": "histogram_quantile(0.95, sum by (le) "
+        "(rate(microbatch_window_latency_ms_bucket[1m])))",
+        "max consumer lag ms": "max(max_over_time(stream_consumer_lag_ms[1m]))",
+        "signals/min": "sum(rate(signals_emitted_total[30s])) * 60",
+    }
+    for label, expr in figures.items():
+        result = instant_query(prometheus, expr)
+        print(f"{label}: {float(result[0]['value'][1]):.1f}" if result else f"{label}: -")
     # The alert rules load and evaluate without errors against real series.
     status, body = http_get(f"{prometheus}/api/v1/rules")
     groups = json.loads(body)["data"]["groups"]
