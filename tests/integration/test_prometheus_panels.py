@@ -1,6 +1,6 @@
 """Every Grafana panel shows data (SPEC §11, issue 8): a real Prometheus (Debian's binary) scrapes
 a running pipeline — ``mdp stream produce`` -> ``micro-batch`` -> ``infer``, each in its own
-process with its own metrics port — for about 30 s; then EVERY PromQL query of every dashboard
+process with its own metrics port, and again as ``mdp run`` (one process) — for about 30 s; then EVERY PromQL query of every dashboard
 panel runs through Prometheus' HTTP API and must return a non-empty result, and every SQL panel
 query runs against the real PostgreSQL and must return rows.
 
@@ -62,10 +62,15 @@ PROMQL_VARIABLES = {
     "$symbol": ".*",
 }
 MDP = [sys.executable, "-m", "market_data_pipeline.cli.app"]
-STAGES: dict[str, list[str]] = {
-    "produce": ["stream", "produce", "--provider", "synthetic"],
-    "micro-batch": ["stream", "micro-batch", "--window", "1s"],
-    "infer": ["stream", "infer", "--adapter", "rules"],
+# How the pipeline runs: the three stages in their own processes (as in the compose stack), or
+# every stage in one process (`mdp run`, one registry on one port).
+LAYOUTS: dict[str, dict[str, list[str]]] = {
+    "stages": {
+        "produce": ["stream", "produce", "--provider", "synthetic"],
+        "micro-batch": ["stream", "micro-batch", "--window", "1s"],
+        "infer": ["stream", "infer", "--adapter", "rules"],
+    },
+    "mdp-run": {"run": ["run", "--window", "1s", "--adapter", "rules"]},
 }
 
 
@@ -81,11 +86,20 @@ class Stage:
         return f"--- {self.name} (exit {self.proc.poll()}) ---\n" + "\n".join(text[-lines:])
 
 
-def missing_stages() -> list[str]:
-    """The stage commands the CLI does not have yet."""
+def missing_commands(layout: dict[str, list[str]]) -> list[str]:
+    """The commands of ``layout`` the CLI does not have yet."""
     root = typer.main.get_command(app)
-    stream = root.commands["stream"]  # type: ignore[attr-defined]
-    return [name for name, argv in STAGES.items() if argv[1] not in stream.commands]
+    missing = []
+    for name, argv in layout.items():
+        command: Any = root
+        for word in argv:
+            if word.startswith("-") or not hasattr(command, "commands"):
+                break
+            command = command.commands.get(word)
+            if command is None:
+                missing.append(name)
+                break
+    return missing
 
 
 def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
@@ -236,14 +250,16 @@ def stage_config(
     }
 
 
-@pytest.fixture
+@pytest.fixture(params=list(LAYOUTS))
 def pipeline(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     redis_url: str,
     database_url: str,
     unique: str,
 ) -> Iterator[tuple[list[Stage], dict[str, Any]]]:
-    missing = missing_stages()
+    layout = LAYOUTS[request.param]
+    missing = missing_commands(layout)
     if missing:
         pytest.skip(f"{', '.join(missing)} not available yet")
     symbols = [f"OB{unique[:4].upper()}{c}" for c in "ABC"]
@@ -265,7 +281,7 @@ def pipeline(
     stages: list[Stage] = []
     config: dict[str, Any] = {}
     try:
-        for name, argv in STAGES.items():
+        for name, argv in layout.items():
             port = free_port()
             config = stage_config(redis_url, database_url, unique, symbols, port, rules_file)
             path = tmp_path / f"{name}.yaml"
@@ -428,7 +444,9 @@ async def test_every_panel_query_returns_data(
         (r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"
     ]
     up = instant_query(prometheus, 'up{job="mdp"}')
-    assert sorted(r["metric"]["stage"] for r in up if r["value"][1] == "1") == sorted(STAGES)
+    assert sorted(r["metric"]["stage"] for r in up if r["value"][1] == "1") == sorted(
+        s.name for s in stages
+    )
 
     end = datetime.now(UTC) + timedelta(minutes=5)
     conn = await asyncpg.connect(database_url)
