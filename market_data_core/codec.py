@@ -159,8 +159,10 @@ def decode_events(payload: bytes) -> DecodedBatch:
             batch.errors.append(ContractError("decode", "empty event array", bytes(payload)))
         for item in obj:
             try:
-                batch.events.append(_decode_event_item(item, _item_payload(item)))
+                batch.events.append(_decode_event_item(item, b""))
             except ContractError as exc:
+                # the item's own bytes are only worth making for a dead letter
+                exc.payload = _item_payload(item)
                 batch.errors.append(exc)
         return batch
     try:

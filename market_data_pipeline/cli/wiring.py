@@ -27,10 +27,12 @@ from market_data_store import (
 from market_data_store import (
     upgrade_schema as _upgrade_schema,
 )
+from market_data_store.bench import bare_copy_ticks_per_s
 
 T = TypeVar("T")
 
 __all__ = [
+    "bare_copy_ticks_per_s",
     "compress_after_ms",
     "downgrade_schema",
     "open_job_tracker",

@@ -146,6 +146,7 @@ class MicroBatcher:
         self._bars: dict[tuple[str, str, str, datetime], _Buffered] = {}
         self._outstanding: dict[RecordKey, _RecordState] = {}
         self._inflight: asyncio.Task[None] | None = None
+        self.last_lag_ms = 0.0
         self.stats = MicroBatchStats()
 
     @property
@@ -326,6 +327,7 @@ class MicroBatcher:
             await self._consumer.ack(ack_now)
 
     def _set_lag(self, lag_ms: float) -> None:
+        self.last_lag_ms = lag_ms
         telemetry.STREAM_CONSUMER_LAG.labels(
             topic=self.config.bus.events_topic,
             group=self.config.bus.group,

@@ -1,0 +1,467 @@
+"""``mdp bench``: the real path against real local servers, beside the bare ceiling measured in
+the same run (SPEC §12). Prints a table and appends JSON to ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import msgpack
+import psutil
+import redis.asyncio as aredis
+import typer
+import yaml
+
+from market_data_core.codec import encode_event, encode_events
+from market_data_core.config import AppConfig
+from market_data_core.contracts import StreamEvent
+from market_data_core.errors import ConfigError, MDPError
+from market_data_core.timeutil import format_duration_ms, parse_duration_ms
+from market_data_pipeline.cli.apps import app
+from market_data_pipeline.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    environment,
+    load_app_config,
+    parse_window,
+    percentile,
+    run_async,
+)
+from market_data_pipeline.embedded import ServerUrls, resolve_servers
+
+# Targets from the issues, printed beside the figures.
+TARGET_EVENTS_PER_S = 40_000
+TARGET_P95_OVER_WINDOW = 1.2
+TARGET_LAG_OVER_WINDOW = 2.0
+
+
+@dataclass
+class Ceiling:
+    events: int
+    xadd_per_s: float
+    read_ack_per_s: float
+    copy_per_s: float
+    path_per_s: float
+    packed_xadd_per_s: float | None = None
+
+
+@dataclass
+class FullPath:
+    published: int = 0
+    events_in: int = 0
+    ticks_inserted: int = 0
+    bars_written: int = 0
+    bars_trade_count: int = 0
+    dead_letters: int = 0
+    sustained_per_s: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    lag_ms_max: float = 0.0
+    lag_ms_p95: float = 0.0
+    pending_samples: list[int] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    bars_scored: int = 0
+    signals: int = 0
+    exact: bool = False
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _bench_events(n: int, symbols: int) -> list[StreamEvent]:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        StreamEvent.create(
+            provider="ceiling",
+            symbol=f"S{i % symbols:03d}",
+            kind="tick",
+            src_ts=t0 + timedelta(microseconds=50 * i),
+            c=100.0 + (i % 97) * 0.01,
+            v=1.0,
+            seq=i,
+        )
+        for i in range(n)
+    ]
+
+
+async def _ceiling(urls: ServerUrls, n: int, symbols: int, pack: int) -> Ceiling:
+    """Bare redis-py XADD -> XREADGROUP+XACK (msgpack unpack, no validation) -> COPY."""
+    from market_data_pipeline.cli.wiring import bare_copy_ticks_per_s
+
+    assert urls.redis_url is not None and urls.database_url is not None
+    events = _bench_events(n, symbols)
+    payloads = [encode_event(e) for e in events]
+    stream = f"mdp.bench.ceiling.{uuid.uuid4().hex[:8]}"
+    client = aredis.Redis.from_url(urls.redis_url)
+    try:
+        t = time.perf_counter()
+        for i in range(0, n, 1000):
+            pipe = client.pipeline(transaction=False)
+            for p in payloads[i : i + 1000]:
+                pipe.xadd(stream, {"data": p})
+            await pipe.execute()
+        xadd_s = time.perf_counter() - t
+        await client.xgroup_create(stream, "g", id="0")
+        t = time.perf_counter()
+        read = 0
+        while read < n:
+            resp = cast(
+                "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
+                await client.xreadgroup("g", "c", {stream: ">"}, count=1000),
+            )
+            entries = resp[0][1] if resp else []
+            if not entries:
+                break
+            for _id, fields in entries:
+                msgpack.unpackb(fields[b"data"])
+            await client.xack(stream, "g", *[eid for eid, _ in entries])
+            read += len(entries)
+        read_s = time.perf_counter() - t
+        packed_rate = None
+        if pack > 1:
+            packed = [encode_events(events[i : i + pack]) for i in range(0, n, pack)]
+            t = time.perf_counter()
+            for i in range(0, len(packed), 1000):
+                pipe = client.pipeline(transaction=False)
+                for p in packed[i : i + 1000]:
+                    pipe.xadd(stream + ".packed", {"data": p})
+                await pipe.execute()
+            packed_rate = n / (time.perf_counter() - t)
+        await client.delete(stream, stream + ".packed")
+    finally:
+        await client.aclose()
+    copy_rate = await bare_copy_ticks_per_s(urls.database_url, n)
+    return Ceiling(
+        events=n,
+        xadd_per_s=n / xadd_s,
+        read_ack_per_s=n / read_s,
+        copy_per_s=copy_rate,
+        path_per_s=n / (xadd_s + read_s + n / copy_rate),
+        packed_xadd_per_s=packed_rate,
+    )
+
+
+def _producer_config(
+    cfg: AppConfig, urls: ServerUrls, k: int, symbols: list[str], path: Path
+) -> Path:
+    data = cfg.model_dump(mode="json")
+    data["bus"]["redis"]["uri"] = urls.redis_url
+    data["store"]["dsn"] = urls.database_url
+    data["producers"]["synthetic"].update(provider=f"bench{k}", symbols=symbols, enabled=True)
+    data["telemetry"]["metrics_port"] = 0
+    out = path / f"producer-{k}.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+async def _full_path(
+    cfg: AppConfig,
+    urls: ServerUrls,
+    *,
+    duration_s: float,
+    rate: float,
+    symbols: int,
+    producers: int,
+    workdir: Path,
+) -> FullPath:
+    from market_data_pipeline.cli.cmd_run import _engine
+    from market_data_pipeline.cli.wiring import open_signals_store, open_store
+    from market_data_pipeline.consumers.inference_consumer import InferenceConsumer
+    from market_data_pipeline.consumers.micro_batcher import MicroBatcher
+    from market_data_pipeline.runner import _group_lag
+    from market_data_pipeline.streaming.bus import open_bus
+
+    names = [f"S{i:03d}" for i in range(symbols)]
+    bus = await open_bus(cfg, urls)
+    store = await open_store(cfg, urls)
+    signals_store = await open_signals_store(cfg, urls)
+    engine = _engine(cfg, "rules")
+    stage_stop, mb_drain = asyncio.Event(), asyncio.Event()
+    batcher = MicroBatcher(cfg, bus, store, consumer_name="bench-mb")
+    inference = InferenceConsumer(cfg, bus, store, signals_store, engine, consumer_name="bench-inf")
+    result = FullPath()
+    procs: list[subprocess.Popen[str]] = []
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
+    started_at = datetime.now(UTC)
+    me = psutil.Process()
+    try:
+        mb_task = asyncio.create_task(batcher.run(stage_stop, drain_on=mb_drain, idle_s=1.0))
+        inf_task = asyncio.create_task(inference.run(stage_stop))
+        for k in range(producers):
+            conf = _producer_config(cfg, urls, k, names[k::producers], workdir)
+            procs.append(
+                subprocess.Popen(  # noqa: ASYNC220 - spawning does not block the loop
+                    [
+                        sys.executable,
+                        "-m",
+                        "market_data_pipeline.cli.app",
+                        "stream",
+                        "produce",
+                        "--provider",
+                        "synthetic",
+                        "--rate",
+                        str(rate / producers),
+                        "--duration",
+                        f"{duration_s}s",
+                        "--config",
+                        str(conf),
+                    ],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+            )
+        samples: list[tuple[float, int]] = []
+        lags: list[float] = []
+        t0 = time.monotonic()
+        while any(p.poll() is None for p in procs):
+            await asyncio.sleep(1.0)
+            samples.append((time.monotonic() - t0, batcher.stats.events_in))
+            lags.append(batcher.last_lag_ms)
+            result.pending_samples.append(
+                await _group_lag(bus, cfg.bus.events_topic, cfg.bus.group)
+            )
+            rss = me.memory_info().rss + sum(
+                psutil.Process(p.pid).memory_info().rss for p in procs if p.poll() is None
+            )
+            result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
+            if time.monotonic() - t0 > duration_s + 60:
+                break
+        for p in procs:
+            out, _ = p.communicate(timeout=60)
+            found = re.search(r"published ([\d,]+) events", out)
+            if found is None:
+                raise MDPError(f"a benchmark producer failed (exit {p.returncode}): {out[-500:]}")
+            result.published += int(found.group(1).replace(",", ""))
+        mb_drain.set()
+        await mb_task
+        while True:  # polls the bus: there is no event to wait on
+            if not await _group_lag(bus, cfg.bus.bars_topic, inference.group):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        stage_stop.set()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(inf_task, 30)
+    steady = [s for s in samples if 3.0 <= s[0] <= duration_s - 1.0] or samples
+    if len(steady) >= 2:
+        result.sustained_per_s = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
+    st = batcher.stats
+    result.events_in, result.ticks_inserted = st.events_in, st.ticks_inserted
+    result.bars_written, result.dead_letters = st.bars_written, st.dead_letters
+    result.latency_p50_ms = percentile(st.window_latencies_ms, 50)
+    result.latency_p95_ms = percentile(st.window_latencies_ms, 95)
+    result.latency_p99_ms = percentile(st.window_latencies_ms, 99)
+    result.lag_ms_max = max(lags, default=0.0)
+    result.lag_ms_p95 = percentile(lags, 95) or 0.0
+    result.bars_scored, result.signals = inference.stats.bars_scored, inference.stats.signals
+    interval = format_duration_ms(cfg.micro_batch.window_ms)
+    end = datetime.now(UTC) + timedelta(minutes=1)
+    for k in range(producers):
+        for name in names[k::producers]:
+            bars = await store.bars_range(
+                f"bench{k}", name, interval, started_at - timedelta(1), end
+            )
+            result.bars_trade_count += sum(b.trade_count or 0 for b in bars)
+    result.exact = (
+        result.published == result.events_in == result.ticks_inserted == result.bars_trade_count
+        and result.dead_letters == 0
+    )
+    await signals_store.aclose()
+    await store.aclose()
+    await bus.aclose()
+    return result
+
+
+def _ok(flag: bool) -> str:
+    return "ok" if flag else "MISSED"
+
+
+def _table(c: Ceiling | None, f: FullPath, window_ms: int, rate: float, pack: int) -> str:
+    def ms(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:,.0f} ms"
+
+    p95_target = TARGET_P95_OVER_WINDOW * window_ms
+    rows = [
+        (
+            "mode",
+            f"{'packed ' + str(pack) + ' events/entry' if pack > 1 else '1 event/entry'}, "
+            f"window {window_ms} ms, requested {rate:,.0f} ev/s",
+        ),
+        (
+            "full path: sustained",
+            f"{f.sustained_per_s:,.0f} ev/s  (target >= {TARGET_EVENTS_PER_S:,}: "
+            f"{_ok(f.sustained_per_s >= TARGET_EVENTS_PER_S)})",
+        ),
+        (
+            "window latency p50/p95/p99",
+            f"{ms(f.latency_p50_ms)} / {ms(f.latency_p95_ms)} / "
+            f"{ms(f.latency_p99_ms)}  (p95 target <= {p95_target:,.0f} ms: "
+            f"{_ok(f.latency_p95_ms is not None and f.latency_p95_ms <= p95_target)})",
+        ),
+        (
+            "consumer lag p95 / max",
+            f"{f.lag_ms_p95:,.0f} / {f.lag_ms_max:,.0f} ms  (target < "
+            f"{TARGET_LAG_OVER_WINDOW * window_ms:,.0f} ms: "
+            f"{_ok(f.lag_ms_p95 < TARGET_LAG_OVER_WINDOW * window_ms)})",
+        ),
+        (
+            "unread+pending entries (first/max/last)",
+            f"{(f.pending_samples or [0])[0]:,} / {max(f.pending_samples, default=0):,} / "
+            f"{(f.pending_samples or [0])[-1]:,}",
+        ),
+        ("peak RSS (bench + producers)", f"{f.peak_rss_mb:,.0f} MiB"),
+        (
+            "exact",
+            f"{f.published:,} published = {f.events_in:,} consumed = {f.ticks_inserted:,} "
+            f"stored = {f.bars_trade_count:,} in bars, {f.dead_letters} dead letters: "
+            f"{_ok(f.exact)}",
+        ),
+        ("bars -> features -> inference", f"{f.bars_scored:,} bars scored, {f.signals:,} signals"),
+    ]
+    if c is not None:
+        rows += [
+            (
+                "bare ceiling: XADD",
+                f"{c.xadd_per_s:,.0f} ev/s (1 event/entry)"
+                + (f", {c.packed_xadd_per_s:,.0f} ev/s packed" if c.packed_xadd_per_s else ""),
+            ),
+            ("bare ceiling: XREADGROUP+XACK", f"{c.read_ack_per_s:,.0f} ev/s"),
+            ("bare ceiling: COPY", f"{c.copy_per_s:,.0f} rows/s"),
+            (
+                "bare ceiling: whole path",
+                f"{c.path_per_s:,.0f} ev/s  (full path = "
+                f"{f.sustained_per_s / c.path_per_s:.0%} of it)",
+            ),
+        ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+@app.command("bench")
+def bench(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    duration: Annotated[str, typer.Option(help="How long the producers run.")] = "30s",
+    rate: Annotated[
+        float, typer.Option(min=1, help="Requested events/s (all producers).")
+    ] = 40_000,
+    symbols: Annotated[int, typer.Option(min=1, max=10_000, help="Synthetic symbols.")] = 20,
+    window: Annotated[str, typer.Option(help="Micro-batch window, 500ms to 5s.")] = "2s",
+    pack: Annotated[int, typer.Option(min=1, max=1000, help="Events per stream entry.")] = 1,
+    producers: Annotated[int, typer.Option(min=1, max=16, help="Producer processes.")] = 2,
+    ceiling: Annotated[bool, typer.Option(help="Measure the bare ceiling too.")] = True,
+    out: Annotated[Path, typer.Option(help="Folder for the JSON results.")] = Path(
+        "benchmarks/results"
+    ),
+) -> None:
+    """Benchmark the full path (synthetic producers -> Redis -> micro-batcher -> PostgreSQL,
+    and bars -> features -> inference -> signals) beside the bare ceiling, on the servers of
+    REDIS_URI/DATABASE_URL or embedded ones.
+
+    Example:  mdp bench --duration 30s --rate 40000
+
+    Example:  mdp bench --duration 5m --rate 60000 --pack 50 --window 1s
+    """
+    window_ms = parse_window(window)
+    try:
+        duration_s = parse_duration_ms(duration) / 1000
+    except ValueError as exc:
+        raise ConfigError(str(exc), source="--duration") from None
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    tag = uuid.uuid4().hex[:6]
+    cfg = load_app_config(
+        config,
+        {
+            "micro_batch.window_ms": window_ms,
+            "producers.pack_events": pack,
+            "bus.redis.stream": f"mdp.bench.{tag}.events",
+            "bus.redis.bars_stream": f"mdp.bench.{tag}.bars",
+            "bus.redis.signals_stream": f"mdp.bench.{tag}.signals",
+            "bus.redis.dlq_stream": f"mdp.bench.{tag}.dlq",
+            "bus.redis.consumer_group": f"bench-{tag}",
+            "telemetry.metrics_port": 0,
+        },
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        import tempfile
+
+        from market_data_pipeline.cli.wiring import upgrade_schema
+
+        with resolve_servers(cfg, environment()) as urls, tempfile.TemporaryDirectory() as tmp:
+            assert urls.database_url is not None
+            await asyncio.to_thread(upgrade_schema, urls.database_url)
+            typer.echo(f"mdp bench: servers {urls.describe()}", err=True)
+            c = None
+            if ceiling:
+                typer.echo("measuring the bare ceiling ...", err=True)
+                c = await _ceiling(urls, 200_000, symbols, pack)
+            typer.echo(
+                f"running the full path for {duration_s:g}s at {rate:,.0f} ev/s ...", err=True
+            )
+            f = await _full_path(
+                cfg,
+                urls,
+                duration_s=duration_s,
+                rate=rate,
+                symbols=symbols,
+                producers=producers,
+                workdir=Path(tmp),
+            )
+        typer.echo(f"\nmdp bench ({run_id}):\n{_table(c, f, window_ms, rate, pack)}")
+        record = {
+            "run": run_id,
+            "machine": _machine(),
+            "params": {
+                "duration_s": duration_s,
+                "rate": rate,
+                "symbols": symbols,
+                "window_ms": window_ms,
+                "pack": pack,
+                "producers": producers,
+            },
+            "targets": {
+                "events_per_s": TARGET_EVENTS_PER_S,
+                "p95_latency_ms": TARGET_P95_OVER_WINDOW * window_ms,
+                "lag_ms": TARGET_LAG_OVER_WINDOW * window_ms,
+            },
+            "full_path": asdict(f),
+            "ceiling": None if c is None else asdict(c),
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"bench-{run_id}.json"
+        path.write_text(json.dumps(record, indent=2))
+        typer.echo(f"\nresults appended to {path}")
+
+    run_async(main)
