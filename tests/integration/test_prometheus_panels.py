@@ -1,6 +1,7 @@
 """Every Grafana panel shows data (SPEC §11, issue 8): a real Prometheus (Debian's binary) scrapes
 a running pipeline — ``mdp stream produce`` -> ``micro-batch`` -> ``infer``, each in its own
-process with its own metrics port, and again as ``mdp run`` (one process) — for about 30 s; then EVERY PromQL query of every dashboard
+process with its own metrics port, and again as ``mdp run`` (one process), and the stages once
+more on Kafka (``bus.type: kafka``, the compose ``kafka`` profile) — for about 30 s; then EVERY PromQL query of every dashboard
 panel runs through Prometheus' HTTP API and must return a non-empty result, and every SQL panel
 query runs against the real PostgreSQL and must return rows.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -72,6 +74,8 @@ LAYOUTS: dict[str, dict[str, list[str]]] = {
     },
     "mdp-run": {"run": ["run", "--window", "1s", "--adapter", "rules"]},
 }
+# (layout, bus) pairs the test runs: both layouts on Redis Streams, the stages on Kafka too.
+RUNS = [("stages", "redis"), ("mdp-run", "redis"), ("stages", "kafka")]
 
 
 @dataclass
@@ -205,8 +209,8 @@ RULES = [
 
 
 def stage_config(
-    redis_url: str,
-    database_url: str,
+    bus: str,
+    servers: dict[str, str],
     unique: str,
     symbols: list[str],
     port: int,
@@ -215,16 +219,26 @@ def stage_config(
     return {
         "version": 1,
         "bus": {
-            "type": "redis",
+            "type": bus,
             "block_ms": 50,
             "claim_idle_ms": 2000,
             "redis": {
-                "uri": redis_url,
+                "uri": servers["REDIS_URI"],
                 "stream": f"obs.{unique}.events",
                 "bars_stream": f"obs.{unique}.bars",
                 "signals_stream": f"obs.{unique}.signals",
                 "dlq_stream": f"obs.{unique}.dlq",
                 "consumer_group": f"obs.{unique}",
+            },
+            "kafka": {
+                "bootstrap": servers.get("KAFKA_BOOTSTRAP", ""),
+                "topic": f"obs.{unique}.events",
+                "bars_topic": f"obs.{unique}.bars",
+                "signals_topic": f"obs.{unique}.signals",
+                "dlq_topic": f"obs.{unique}.dlq",
+                "group_id": f"obs.{unique}",
+                # Group joins on the embedded broker are slow with the 10 s default.
+                "session_timeout_ms": 1500,
             },
         },
         "producers": {
@@ -240,7 +254,7 @@ def stage_config(
         # the run (the shipped ones wait for momentum or an RSI extreme).
         "features": {"warmup_bars": 0, "windows": SHIPPED["features"]["windows"]},
         "inference": {"adapters": {"rules": {"enabled": True, "file": str(rules_file)}}},
-        "store": {"dsn": database_url},
+        "store": {"dsn": servers["DATABASE_URL"]},
         "telemetry": {
             "metrics_host": "127.0.0.1",
             "metrics_port": port,
@@ -250,7 +264,7 @@ def stage_config(
     }
 
 
-@pytest.fixture(params=list(LAYOUTS))
+@pytest.fixture(params=RUNS, ids=lambda run: f"{run[0]}-{run[1]}")
 def pipeline(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -258,14 +272,23 @@ def pipeline(
     database_url: str,
     unique: str,
 ) -> Iterator[tuple[list[Stage], dict[str, Any]]]:
-    layout = LAYOUTS[request.param]
+    layout_name, bus = request.param
+    layout = LAYOUTS[layout_name]
     missing = missing_commands(layout)
     if missing:
         pytest.skip(f"{', '.join(missing)} not available yet")
+    servers = {"REDIS_URI": redis_url, "DATABASE_URL": database_url}
+    if bus == "kafka":
+        if importlib.util.find_spec("market_data_pipeline.streaming.kafka_bus") is None:
+            pytest.skip("kafka bus not available yet")
+        try:
+            servers["KAFKA_BOOTSTRAP"] = request.getfixturevalue("kafka_bootstrap")
+        except pytest.FixtureLookupError:
+            pytest.skip("kafka_bootstrap fixture not available yet")
     symbols = [f"OB{unique[:4].upper()}{c}" for c in "ABC"]
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump(RULES))
-    env = {**os.environ, "REDIS_URI": redis_url, "DATABASE_URL": database_url}
+    env = {**os.environ, **servers}
     schema = tmp_path / "schema.yaml"
     schema.write_text(yaml.safe_dump({"store": {"dsn": database_url}}))
     migrate = subprocess.run(
@@ -283,7 +306,7 @@ def pipeline(
     try:
         for name, argv in layout.items():
             port = free_port()
-            config = stage_config(redis_url, database_url, unique, symbols, port, rules_file)
+            config = stage_config(bus, servers, unique, symbols, port, rules_file)
             path = tmp_path / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             log = tmp_path / f"{name}.log"
@@ -353,19 +376,32 @@ def instant_query(prometheus: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
-async def inject_malformed_event(redis_url: str, stream: str) -> None:
-    """A payload no codec can decode: the micro-batcher must dead-letter it and count it."""
-    client = aredis.Redis.from_url(redis_url)
+MALFORMED = b"\xc1 this is not an event"
+
+
+async def inject_malformed_event(bus: dict[str, Any]) -> None:
+    """A payload no codec can decode on the events topic: the micro-batcher must dead-letter
+    it and count it."""
+    if bus["type"] == "redis":
+        client = aredis.Redis.from_url(bus["redis"]["uri"])
+        try:
+            await client.xadd(bus["redis"]["stream"], {b"data": MALFORMED})
+        finally:
+            await client.aclose()
+        return
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bus["kafka"]["bootstrap"])
+    await producer.start()
     try:
-        await client.xadd(stream, {b"data": b"\xc1 this is not an event"})
+        await producer.send_and_wait(bus["kafka"]["topic"], MALFORMED, key=b"X", partition=0)
     finally:
-        await client.aclose()
+        await producer.stop()
 
 
 async def test_every_panel_query_returns_data(
     pipeline: tuple[list[Stage], dict[str, Any]],
     prometheus: str,
-    redis_url: str,
     database_url: str,
     pg_server: EmbeddedPostgres | None,
 ) -> None:
@@ -377,7 +413,7 @@ async def test_every_panel_query_returns_data(
     assert promql and sql
 
     await asyncio.sleep(3)
-    await inject_malformed_event(redis_url, config["bus"]["redis"]["stream"])
+    await inject_malformed_event(config["bus"])
     if pg_server is not None:
         # A short store outage: the micro-batcher must retry (nothing acked) and count it.
         await asyncio.sleep(3)
