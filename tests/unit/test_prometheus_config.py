@@ -1,5 +1,5 @@
-"""The compose stack's Prometheus config and alert rules pass ``promtool`` (Debian package
-``prometheus``; .ci/run installs it)."""
+"""The compose stack's Prometheus config and alert rules, and every dashboard's PromQL, pass
+``promtool`` (Debian package ``prometheus``; .ci/run installs it)."""
 
 from __future__ import annotations
 
