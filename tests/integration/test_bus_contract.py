@@ -24,7 +24,7 @@ from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
 
-BACKENDS = ["valkey", "redis7"]
+BACKENDS = ["valkey", "redis7", "kafka"]
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
 
 MakeBus = Callable[..., Awaitable[Bus]]
@@ -216,7 +216,9 @@ async def test_restart_receives_own_pending_first(make_bus: MakeBus) -> None:
     ids = [e.event_id for e in _decoded(again)]
     assert ids[:5] == [e.event_id for e in first]
     assert sorted(ids[5:]) == sorted(e.event_id for e in second)
-    assert all(r.deliveries >= 2 for r in again[:5])
+    if bus.backend == "redis":
+        # Kafka keeps no delivery counts; a new process counts from 1 again.
+        assert all(r.deliveries >= 2 for r in again[:5])
 
 
 async def test_dead_consumer_shards_and_pending_are_taken_over(make_bus: MakeBus) -> None:

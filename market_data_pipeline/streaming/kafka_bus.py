@@ -1,0 +1,545 @@
+"""The Kafka bus (aiokafka; ``pip install 'mdp[kafka]'``), tested against Tansu and usable with
+any Kafka 2.x+ broker.
+
+Layout: the events topic has ``partitions`` partitions, every other topic (bars, signals, DLQ)
+one; topics are created on first use. A record's key is the symbol (bytes) and its partition is
+chosen explicitly with :func:`~market_data_core.protocols.shard_for` on ``provider|symbol``, so
+both backends put a key on the same shard. Producer: ``acks=all``, compression zstd or lz4 when
+``compression: auto`` and the codec is importable, no idempotence (Tansu 0.6 lacks it; event ids
+make retries safe downstream). Retention is the broker's topic setting (``retention.ms``), not
+``bus.maxlen``.
+
+Consuming (:class:`KafkaConsumer`): a member of a Kafka consumer group (the broker assigns each
+partition to one live member: that is the shard ownership). Offsets are committed only after
+:meth:`~KafkaConsumer.ack`, up to the lowest offset still unacked on each partition, so after a
+restart or a rebalance everything unacked is delivered again (to this consumer, or to the member
+that now holds the partition). A dead member's partitions move after ``session_timeout_ms`` plus
+the rebalance; a member that stops polling for ``max(session_timeout_ms, claim_idle_ms)`` is
+taken out of the group too. Records unacked for ``claim_idle_ms`` are delivered again (the
+consumer seeks back; records acked meanwhile are skipped). Delivery counts are kept by this
+consumer process (Kafka has none): a record delivered ``max_deliveries`` times by this process
+goes to the DLQ (reason ``max_deliveries``) instead of a further delivery; counts restart at 1 in
+a new process.
+
+The DLQ topic holds msgpack maps (see :mod:`~market_data_pipeline.streaming.dlq`); since Kafka
+cannot delete a record, :meth:`KafkaBus.dlq_delete` appends a deletion marker that
+:meth:`KafkaBus.dlq_list` honours. Every aiokafka error becomes ``BusError``.
+
+Tansu 0.6 notes: ``end_offsets`` can be wrong after a batched produce, so lengths and lags are
+confirmed by reading; group joins are slow unless ``session_timeout_ms`` is short (~1.5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+import msgpack
+
+from market_data_core.config import BusConfig
+from market_data_core.errors import BusError
+from market_data_core.protocols import BusRecord, DeadLetter, StreamStatus, shard_for
+from market_data_pipeline import telemetry
+from market_data_pipeline.streaming.dlq import letter_fields, letter_from_fields, letter_from_record
+
+try:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.abc import ConsumerRebalanceListener
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.codec import has_lz4, has_zstd
+    from aiokafka.errors import KafkaError
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the Kafka bus needs aiokafka: install with: pip install 'mdp[kafka]'"
+    ) from exc
+
+__all__ = ["KafkaBus", "KafkaConsumer"]
+
+_TOPIC_EXISTS = 36
+_IDLE_READ_MS = 400
+
+
+@contextlib.asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (KafkaError, OSError) as exc:
+        raise BusError(f"kafka bus: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _symbol_key(key: str) -> bytes:
+    """Kafka key = the symbol (the routing key is ``provider|symbol``)."""
+    return key.rpartition("|")[2].encode()
+
+
+def _compression(config: BusConfig) -> str | None:
+    wanted = config.kafka.compression
+    if wanted == "none":
+        return None
+    if wanted != "auto":
+        return wanted
+    if has_zstd():
+        return "zstd"
+    if has_lz4():
+        return "lz4"
+    return None
+
+
+class KafkaBus:
+    """A :class:`~market_data_core.protocols.Bus` on Kafka. Build with :meth:`connect`."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        config: BusConfig,
+        producer: AIOKafkaProducer,
+        admin: AIOKafkaAdminClient,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._config = config
+        self._producer = producer
+        self._admin = admin
+        self._known_topics: set[str] = set()
+
+    @classmethod
+    async def connect(cls, bootstrap: str, config: BusConfig) -> KafkaBus:
+        """Start a producer and an admin client; ``BusError`` when the broker is unreachable."""
+        common: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "security_protocol": config.kafka.security_protocol,
+        }
+        producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=False,
+            compression_type=_compression(config),
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            **common,
+        )
+        admin = AIOKafkaAdminClient(**common)
+        try:
+            async with _translated(f"connecting to {bootstrap}"):
+                await producer.start()
+                await admin.start()
+        except BusError:
+            await producer.stop()
+            await admin.close()
+            raise
+        return cls(bootstrap, config, producer, admin)
+
+    @property
+    def backend(self) -> Literal["redis", "kafka"]:
+        return "kafka"
+
+    @property
+    def config(self) -> BusConfig:
+        return self._config
+
+    @property
+    def bootstrap(self) -> str:
+        return self._bootstrap
+
+    def shard_count(self, topic: str) -> int:
+        return self._config.partitions if topic == self._config.events_topic else 1
+
+    async def ensure_topic(self, topic: str) -> None:
+        """Create ``topic`` with its shard count if it does not exist yet."""
+        if topic in self._known_topics:
+            return
+        async with _translated(f"create topic {topic}"):
+            reply = await self._admin.create_topics([NewTopic(topic, self.shard_count(topic), 1)])
+        for error in getattr(reply, "topic_errors", []):
+            code, message = error[1], error[2]
+            if code not in (0, _TOPIC_EXISTS):
+                raise BusError(f"kafka bus: cannot create topic {topic}: {message} ({code})")
+        self._known_topics.add(topic)
+
+    async def publish(self, topic: str, items: Sequence[tuple[str, bytes]]) -> int:
+        """Append items as one record batch per partition and wait for ``acks=all``."""
+        if not items:
+            return 0
+        await self.ensure_topic(topic)
+        n = self.shard_count(topic)
+        producer = self._producer
+        batches: dict[int, Any] = {}
+        futures = []
+        async with _translated(f"publish to {topic}"):
+            for key, payload in items:
+                partition = shard_for(key, n) if n > 1 else 0
+                batch = batches.get(partition)
+                if batch is None:
+                    batch = batches[partition] = producer.create_batch()
+                if batch.append(key=_symbol_key(key), value=payload, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = batches[partition] = producer.create_batch()
+                    batch.append(key=_symbol_key(key), value=payload, timestamp=None)
+            for partition, batch in batches.items():
+                if batch.record_count():
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.gather(*futures)
+        return len(items)
+
+    def consumer(self, topic: str, group: str, name: str) -> KafkaConsumer:
+        return KafkaConsumer(self, topic, group, name)
+
+    def _reader(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            security_protocol=self._config.kafka.security_protocol,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+
+    async def _read(self, topic: str, start: dict[int, int] | None = None) -> dict[int, list[Any]]:
+        """Every record of ``topic`` from ``start`` (partition -> offset; default: the
+        beginning) until the partitions stay quiet for a moment. Not for huge topics."""
+        await self.ensure_topic(topic)
+        reader = self._reader()
+        out: dict[int, list[Any]] = {}
+        async with _translated(f"read {topic}"):
+            await reader.start()
+            try:
+                parts = [TopicPartition(topic, p) for p in range(self.shard_count(topic))]
+                reader.assign(parts)
+                for tp in parts:
+                    offset = (start or {}).get(tp.partition)
+                    if offset is None:
+                        await reader.seek_to_beginning(tp)
+                    else:
+                        reader.seek(tp, offset)
+                while True:
+                    got = await reader.getmany(timeout_ms=_IDLE_READ_MS, max_records=10_000)
+                    if not got:
+                        break
+                    for tp, records in got.items():
+                        out.setdefault(tp.partition, []).extend(records)
+            finally:
+                await reader.stop()
+        return out
+
+    async def tail(self, topic: str, limit: int) -> list[BusRecord]:
+        if limit <= 0:
+            return []
+        await self.ensure_topic(topic)
+        _, ends = await self._offsets(topic)
+        start = {p: max(0, end - limit) for p, end in ends.items()}
+        read = await self._read(topic, start)
+        records = [
+            (r.timestamp, r.partition, r.offset, r.value or b"")
+            for rs in read.values()
+            for r in rs[-limit:]
+        ]
+        records.sort()
+        return [BusRecord(topic, p, str(off), value) for _, p, off, value in records[-limit:]]
+
+    async def _offsets(self, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+        """(first, end) offset per partition as the broker reports them."""
+        reader = self._reader()
+        async with _translated(f"end offsets of {topic}"):
+            await reader.start()
+            try:
+                parts = [TopicPartition(topic, p) for p in range(self.shard_count(topic))]
+                ends = await reader.end_offsets(parts)
+                starts = await reader.beginning_offsets(parts)
+            finally:
+                await reader.stop()
+        return (
+            {tp.partition: off for tp, off in starts.items()},
+            {tp.partition: off for tp, off in ends.items()},
+        )
+
+    async def _committed(self, topic: str, group: str) -> dict[int, int]:
+        """The group's committed offset per partition (through a consumer that does not join
+        the group: Tansu 0.6 cannot answer the admin OffsetFetch)."""
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            security_protocol=self._config.kafka.security_protocol,
+            group_id=group,
+            enable_auto_commit=False,
+        )
+        out: dict[int, int] = {}
+        async with _translated(f"committed offsets of {group}"):
+            await reader.start()
+            try:
+                for p in range(self.shard_count(topic)):
+                    offset = await reader.committed(TopicPartition(topic, p))
+                    if offset is not None and offset >= 0:
+                        out[p] = offset
+            finally:
+                await reader.stop()
+        return out
+
+    async def status(self, topic: str, group: str | None = None) -> list[StreamStatus]:
+        """Per partition: length and (for ``group``) lag from the committed offset. The end
+        offset is confirmed by reading past the reported one (Tansu's can be stale)."""
+        await self.ensure_topic(topic)
+        starts, ends = await self._offsets(topic)
+        committed: dict[int, int] = {}
+        consumers = 0
+        if group is not None:
+            committed = await self._committed(topic, group)
+            async with _translated(f"describe group {group}"):
+                described = await self._admin.describe_consumer_groups([group])
+            for desc in described:
+                for g in getattr(desc, "groups", []):
+                    consumers = max(consumers, len(g[-1]) if g else 0)
+        probe = {p: max(starts.get(p, 0), end - 1, 0) for p, end in ends.items()}
+        tail = await self._read(topic, probe)
+        out = []
+        for p in range(self.shard_count(topic)):
+            end = ends.get(p, 0)
+            if tail.get(p):
+                end = max(end, tail[p][-1].offset + 1)
+            length = max(0, end - starts.get(p, 0))
+            lag = None
+            if group is not None:
+                lag = max(0, end - committed.get(p, starts.get(p, 0)))
+            out.append(
+                StreamStatus(
+                    stream=f"{topic}[{p}]" if self.shard_count(topic) > 1 else topic,
+                    length=length,
+                    group=group,
+                    lag=lag,
+                    pending=0,
+                    consumers=consumers,
+                )
+            )
+        return out
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self._send_letter(letter)
+
+    async def _send_letter(self, letter: DeadLetter) -> None:
+        dlq = self._config.dlq_topic
+        await self.ensure_topic(dlq)
+        value = msgpack.packb(letter_fields(letter), use_bin_type=True)
+        async with _translated("write to the DLQ"):
+            await self._producer.send_and_wait(dlq, value=value, partition=0)
+
+    async def dlq_list(self, limit: int) -> list[DeadLetter]:
+        read = await self._read(self._config.dlq_topic)
+        letters: dict[str, DeadLetter] = {}
+        for record in read.get(0, []):
+            try:
+                fields = msgpack.unpackb(record.value, raw=False, strict_map_key=False)
+            except Exception:  # a foreign record on our DLQ: show it as an unknown letter
+                fields = {"payload": record.value or b""}
+            if not isinstance(fields, dict):
+                continue
+            deleted = fields.get("deleted")
+            if isinstance(deleted, list):
+                for entry_id in deleted:
+                    letters.pop(str(entry_id), None)
+                continue
+            entry_id = str(record.offset)
+            letters[entry_id] = letter_from_fields(
+                entry_id,
+                {str(k): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()},
+            )
+        return list(letters.values())[:limit]
+
+    async def dlq_delete(self, entry_ids: Sequence[str]) -> int:
+        """Append a deletion marker for ``entry_ids`` (Kafka cannot delete single records)."""
+        if not entry_ids:
+            return 0
+        present = {lt.entry_id for lt in await self.dlq_list(1 << 30)}
+        ids = [i for i in entry_ids if i in present]
+        if not ids:
+            return 0
+        value = msgpack.packb({"deleted": ids}, use_bin_type=True)
+        async with _translated("delete from the DLQ"):
+            await self._producer.send_and_wait(self._config.dlq_topic, value=value, partition=0)
+        return len(ids)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(KafkaError, OSError):
+            await self._producer.stop()
+        with contextlib.suppress(KafkaError, OSError):
+            await self._admin.close()
+
+
+class _PartitionState:
+    """Delivery bookkeeping of one assigned partition."""
+
+    __slots__ = ("acked", "committed", "deliveries", "in_flight", "next_offset")
+
+    def __init__(self) -> None:
+        self.in_flight: dict[int, float] = {}  # offset -> monotonic time of delivery
+        self.acked: set[int] = set()  # acked offsets above the committed watermark
+        self.deliveries: dict[int, int] = {}
+        self.next_offset = -1  # one past the highest offset delivered
+        self.committed = -1
+
+    def watermark(self) -> int:
+        if self.in_flight:
+            return min(self.in_flight)
+        return self.next_offset
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KafkaConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._owner._on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+class KafkaConsumer:
+    """A Kafka consumer-group member; see the module docstring. One task uses it at a time."""
+
+    def __init__(self, bus: KafkaBus, topic: str, group: str, name: str) -> None:
+        config = bus.config
+        self._bus = bus
+        self._topic = topic
+        self._group = group
+        self._name = name
+        self._max_deliveries = config.max_deliveries
+        self._claim_idle_s = config.claim_idle_ms / 1000
+        session_ms = config.kafka.session_timeout_ms
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bus.bootstrap,
+            security_protocol=config.kafka.security_protocol,
+            group_id=group,
+            client_id=name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 3),
+            rebalance_timeout_ms=max(session_ms, 3000),
+            # A member that stops polling for this long leaves the group (its partitions move
+            # on), like a Redis consumer whose leases lapse.
+            max_poll_interval_ms=max(session_ms, config.claim_idle_ms),
+        )
+        self._started = False
+        self._closed = False
+        self._state: dict[int, _PartitionState] = {}
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def owned_shards(self) -> frozenset[int]:
+        if not self._started:
+            return frozenset()
+        return frozenset(tp.partition for tp in self._consumer.assignment())
+
+    async def _start(self) -> None:
+        await self._bus.ensure_topic(self._topic)
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        self._started = True
+
+    async def _on_revoked(self, partitions: set[int]) -> None:
+        with contextlib.suppress(KafkaError):
+            await self._commit(partitions)
+        for p in partitions:
+            self._state.pop(p, None)
+
+    async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
+        if self._closed:
+            raise BusError(f"consumer {self._name} on {self._topic} is closed")
+        async with _translated(f"poll {self._topic} as {self._group}/{self._name}"):
+            if not self._started:
+                await self._start()
+            self._rewind_idle()
+            got = await self._consumer.getmany(timeout_ms=block_ms, max_records=max(1, max_count))
+            out: list[BusRecord] = []
+            poison: list[BusRecord] = []
+            now = time.monotonic()
+            for tp, records in got.items():
+                topic, partition = self._topic, tp.partition
+                state = self._state.setdefault(partition, _PartitionState())
+                for r in records:
+                    offset = r.offset
+                    if offset in state.acked:
+                        continue
+                    times = state.deliveries.get(offset, 0) + 1
+                    state.deliveries[offset] = times
+                    state.in_flight[offset] = now
+                    state.next_offset = max(state.next_offset, offset + 1)
+                    entry_id, payload = str(offset), r.value or b""
+                    if times > self._max_deliveries:
+                        poison.append(BusRecord(topic, partition, entry_id, payload, times - 1))
+                    else:
+                        out.append(BusRecord(topic, partition, entry_id, payload, times))
+        for record in poison:
+            letter = letter_from_record(
+                record,
+                reason="max_deliveries",
+                detail=f"delivered {record.deliveries} times "
+                f"(max_deliveries={self._max_deliveries})",
+                component="bus",
+            )
+            await self._bus._send_letter(letter)
+            await self.ack([record])
+            telemetry.ERRORS.labels(component="bus", reason="max_deliveries").inc()
+        return out
+
+    def _rewind_idle(self) -> None:
+        """Seek back to records unacked for ``claim_idle_ms`` so they are delivered again."""
+        deadline = time.monotonic() - self._claim_idle_s
+        for p, state in self._state.items():
+            if state.in_flight and min(state.in_flight.values()) <= deadline:
+                first = min(state.in_flight)
+                state.in_flight.clear()
+                state.next_offset = first
+                self._consumer.seek(TopicPartition(self._topic, p), first)
+
+    async def ack(self, records: Sequence[BusRecord]) -> None:
+        """Mark records done and commit, per partition, up to the lowest unacked offset."""
+        touched: set[int] = set()
+        for record in records:
+            state = self._state.get(record.shard)
+            if state is None:  # partition revoked since: the new owner delivers it again
+                continue
+            offset = int(record.entry_id)
+            state.in_flight.pop(offset, None)
+            state.acked.add(offset)
+            touched.add(record.shard)
+        if touched:
+            async with _translated(f"commit on {self._topic}"):
+                await self._commit(touched)
+
+    async def _commit(self, partitions: set[int]) -> None:
+        assigned = {tp.partition for tp in self._consumer.assignment()}
+        offsets = {}
+        for p in partitions & assigned:
+            state = self._state.get(p)
+            if state is None:
+                continue
+            mark = state.watermark()
+            if mark > state.committed:
+                offsets[TopicPartition(self._topic, p)] = mark
+                state.committed = mark
+                state.acked = {o for o in state.acked if o >= mark}
+                state.deliveries = {o: n for o, n in state.deliveries.items() if o >= mark}
+        if offsets:
+            await self._consumer.commit(offsets)
+
+    async def dead_letter(
+        self, record: BusRecord, *, reason: str, detail: str, component: str
+    ) -> None:
+        """Write the record to the DLQ, then ack it (a crash in between re-delivers it, and it
+        is dead-lettered again: the DLQ may hold a duplicate, never a loss)."""
+        letter = letter_from_record(record, reason=reason, detail=detail, component=component)
+        await self._bus._send_letter(letter)
+        await self.ack([record])
+
+    async def aclose(self) -> None:
+        """Commit what was acked and leave the group (its partitions are reassigned now)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            return
+        with contextlib.suppress(KafkaError, OSError):
+            await self._commit(set(self._state))
+        with contextlib.suppress(KafkaError, OSError):
+            await self._consumer.stop()
