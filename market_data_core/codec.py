@@ -135,7 +135,8 @@ def _decode_event_item(item: Any, payload: bytes) -> StreamEvent:
             "decode", f"expected a map (one event), got {type(item).__name__}", payload
         )
     try:
-        return StreamEvent.model_validate(_normalise_timestamps(dict(item)))
+        # the item is freshly decoded and ours: normalise it in place, no copy
+        return StreamEvent.model_validate(_normalise_timestamps(item))
     except ValidationError as exc:
         raise ContractError("validation", validation_reason(exc), payload) from exc
     except (ValueError, TypeError, OverflowError) as exc:

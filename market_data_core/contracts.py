@@ -35,6 +35,17 @@ _SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9._\-/:=^]{0,31}$")
 _INTERVAL = re.compile(r"^\d+(us|ms|s|m|h|d)$")
 
 
+# Names seen valid before skip the regex (hot path); bounded so hostile input cannot grow them.
+_GOOD_PROVIDERS: set[str] = set()
+_GOOD_SYMBOLS: set[str] = set()
+_MAX_REMEMBERED = 100_000
+
+
+def _remember(cache: set[str], name: str) -> None:
+    if len(cache) < _MAX_REMEMBERED:
+        cache.add(name)
+
+
 def make_event_id(provider: str, symbol: str, src_ts: datetime, seq: int) -> str:
     """``provider|symbol|src_ts(ISO-8601, µs, Z)|seq``: the same source record, the same id."""
     return f"{provider}|{symbol}|{isoformat_us(src_ts)}|{seq}"
@@ -46,6 +57,8 @@ def make_signal_id(provider: str, symbol: str, ts: datetime, name: str, adapter:
 
 
 def _aware_utc(value: datetime, field: str) -> datetime:
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{field} is naive; timestamps must be timezone-aware UTC")
     return value.astimezone(UTC)
@@ -111,17 +124,23 @@ class StreamEvent(BaseModel):
     @field_validator("provider")
     @classmethod
     def _provider_ok(cls, v: str) -> str:
+        if v in _GOOD_PROVIDERS:
+            return v
         if not _PROVIDER.match(v):
             raise ValueError(f"malformed provider {v!r} (letters, digits, '_', '.', '-'; max 64)")
+        _remember(_GOOD_PROVIDERS, v)
         return v
 
     @field_validator("symbol")
     @classmethod
     def _symbol_ok(cls, v: str) -> str:
+        if v in _GOOD_SYMBOLS:
+            return v
         if not _SYMBOL.match(v):
             raise ValueError(
                 f"malformed symbol {v!r} (letters, digits and . _ - / : = ^; max 32; no '|')"
             )
+        _remember(_GOOD_SYMBOLS, v)
         return v
 
     @field_validator("interval")

@@ -3,6 +3,7 @@ readable line (exit 2 for bad input, 1 for a runtime failure, 130 for Ctrl-C).""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Annotated
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except MDPError as exc:
         typer.echo(f"mdp: error: {exc}", err=True)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # a second Ctrl-C/SIGTERM cancels the main task instead of waiting for the drain
         typer.echo("mdp: interrupted", err=True)
         return 130
     return 0

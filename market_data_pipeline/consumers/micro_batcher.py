@@ -4,8 +4,9 @@ Per poll it decodes entries (bad ones -> dead letters), assigns trade ticks to e
 windows per shard (see :mod:`.windowing` for when a window closes and what is late), and flushes
 closed windows through :meth:`StoreClient.ingest_ticks`, which stores the raw ticks (idempotent by
 ``event_id``) and recomputes every touched bar from all stored ticks of its window in the same
-transaction. Provider bars are upserted as they are. Quotes are not this stage's business and are
-acknowledged untouched (the inference stage reads them in its own group).
+transaction. Provider bars are upserted as they are. Quotes are not this stage's business: they are
+counted (``quotes_skipped``) and acknowledged in this stage's group; other groups on the events
+stream still receive them.
 
 Guarantees:
 
@@ -147,6 +148,10 @@ class MicroBatcher:
         self._outstanding: dict[RecordKey, _RecordState] = {}
         self._inflight: asyncio.Task[None] | None = None
         self.last_lag_ms = 0.0
+        self._events_per_entry: float | None = None
+        self._consumed = telemetry.EVENTS_CONSUMED.labels(
+            topic=config.bus.events_topic, group=config.bus.group
+        )
         self.stats = MicroBatchStats()
 
     @property
@@ -181,7 +186,9 @@ class MicroBatcher:
             while not stop.is_set():
                 drain = live_drain or (drain_on is not None and drain_on.is_set())
                 try:
-                    records = await self._consumer.poll(self._max_batch, self.config.bus.block_ms)
+                    records = await self._consumer.poll(
+                        self._poll_entries(), self.config.bus.block_ms
+                    )
                     bus_backoff_s = 0.1
                 except BusError as exc:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
@@ -219,6 +226,13 @@ class MicroBatcher:
             await self._consumer.aclose()
         return self.stats
 
+    def _poll_entries(self) -> int:
+        """Entries per poll so that a poll carries about ``max_batch_size`` events, whether
+        entries hold one event or a packed array (running average of events per entry)."""
+        if self._events_per_entry is None:
+            return min(self._max_batch, 256)  # first poll: learn the packing before asking more
+        return max(1, min(self._max_batch, int(self._max_batch / self._events_per_entry)))
+
     async def _schedule_flush(self, stop: asyncio.Event, *, force: bool) -> None:
         """Start committing closed windows in the background, one commit at a time, so that
         decoding the next entries overlaps the store's work. When the buffer outgrows
@@ -255,7 +269,10 @@ class MicroBatcher:
     async def _ingest(self, records: list[BusRecord]) -> None:
         now = self._wall()
         ack_now: list[BusRecord] = []
-        max_ingest_us = 0
+        newest_ingest: datetime | None = None
+        consumed = 0
+        last_ps: tuple[str, str] | None = None
+        clock: EventClock | None = None
         for rec in records:
             key: RecordKey = (rec.shard, rec.entry_id)
             if key in self._outstanding:
@@ -264,15 +281,19 @@ class MicroBatcher:
             for err in batch.errors:
                 await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
             held = 0
+            consumed += len(batch.events)
             for ev in batch.events:
-                self.stats.events_in += 1
-                if ev.ingest_ts is not None:
-                    max_ingest_us = max(max_ingest_us, to_epoch_us(ev.ingest_ts))
+                ingest = ev.ingest_ts
+                if ingest is not None and (newest_ingest is None or ingest > newest_ingest):
+                    newest_ingest = ingest
                 if ev.kind == "quote":
                     self.stats.quotes_skipped += 1
                     continue
                 ts_us = to_epoch_us(ev.src_ts)
-                clock = self._clock(ev.provider, ev.symbol)
+                ps = (ev.provider, ev.symbol)
+                if ps != last_ps or clock is None:  # packed entries hold one symbol: look up once
+                    clock = self._clock(*ps)
+                    last_ps = ps
                 if ev.kind == "bar":
                     clock.observe(ts_us, now)
                     assert ev.interval is not None
@@ -301,9 +322,9 @@ class MicroBatcher:
                 if lateness is Lateness.LATE:
                     self.stats.late_corrections += 1
                 clock.observe(ts_us, now)
-                window = self._windows.setdefault(
-                    (ev.provider, ev.symbol, clock.window_of(ts_us)), {}
-                )
+                window = self._windows.get((ps[0], ps[1], ts_us - ts_us % clock.window_us))
+                if window is None:
+                    window = self._windows[(ps[0], ps[1], ts_us - ts_us % clock.window_us)] = {}
                 buffered = window.get(ev.event_id)
                 if buffered is None:
                     window[ev.event_id] = _Buffered(ev, [key])
@@ -318,9 +339,15 @@ class MicroBatcher:
                     state.remaining += held
             else:
                 ack_now.append(rec)
-        telemetry.EVENTS_CONSUMED.labels(
-            topic=self.config.bus.events_topic, group=self.config.bus.group
-        ).inc(sum(1 for _ in records))
+        self.stats.events_in += consumed
+        self._consumed.inc(consumed)
+        if records:
+            measured = max(1.0, consumed / len(records))
+            previous = self._events_per_entry
+            self._events_per_entry = (
+                measured if previous is None else 0.8 * previous + 0.2 * measured
+            )
+        max_ingest_us = 0 if newest_ingest is None else to_epoch_us(newest_ingest)
         if max_ingest_us:
             self._set_lag(max(0.0, (now - max_ingest_us) / 1000))
         if ack_now:

@@ -26,7 +26,7 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     ("args", "expected"),
     [
         (("bogus",), "No such command 'bogus'"),
-        (("demo", "--events", "x"), "Invalid value for '--events'"),
+        (("demo", "--rate", "x"), "Invalid value for '--rate'"),
         (("demo", "--nope"), "No such option: --nope"),
         (("demo", "--config", "missing.yaml"), "missing.yaml: file not found"),
     ],
