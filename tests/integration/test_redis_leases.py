@@ -1,0 +1,73 @@
+"""Shard leases on Redis: fair spread, rebalance on join, takeover within the documented bound."""
+
+from __future__ import annotations
+
+import time
+
+from market_data_core.config import BusConfig, RedisConfig
+from market_data_pipeline.streaming.redis_bus import RedisBus, RedisConsumer
+
+TTL_MS = 600
+
+
+async def _bus(redis_url: str, unique: str) -> RedisBus:
+    cfg = BusConfig(
+        partitions=4,
+        redis=RedisConfig(stream=f"lease.{unique}", lease_ttl_ms=TTL_MS),
+        block_ms=50,
+    )
+    return await RedisBus.connect(redis_url, cfg)
+
+
+async def _spin(consumers: list[RedisConsumer], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for c in consumers:
+            await c.poll(10, 20)
+
+
+async def test_shards_spread_and_move_to_survivors(redis_url: str, unique: str) -> None:
+    bus = await _bus(redis_url, unique)
+    topic = bus.config.events_topic
+    a, b, c = (bus.consumer(topic, "g", name) for name in ("a", "b", "c"))
+    try:
+        await _spin([a], 0.3)
+        assert a.owned_shards == {0, 1, 2, 3}
+        # Joiners get their share within two maintenance rounds.
+        await _spin([a, b, c], 2 * TTL_MS / 3000 + 0.5)
+        owned = [a.owned_shards, b.owned_shards, c.owned_shards]
+        assert sorted(len(o) for o in owned) == [1, 1, 2]
+        assert set().union(*owned) == {0, 1, 2, 3}
+        assert sum(len(o) for o in owned) == 4
+        # "c" dies (stops polling, never releases): survivors take its shards within
+        # lease_ttl_ms + lease_ttl_ms/3 + block_ms (+ slack for a loaded machine).
+        lost = c.owned_shards
+        started = time.monotonic()
+        bound_s = (TTL_MS + TTL_MS / 3 + 50) / 1000
+        while not lost <= (a.owned_shards | b.owned_shards):
+            await _spin([a, b], 0.02)
+            assert time.monotonic() - started < bound_s + 1.0, "takeover too slow"
+        assert a.owned_shards.isdisjoint(b.owned_shards)
+        assert len(a.owned_shards | b.owned_shards) == 4
+    finally:
+        for consumer in (a, b, c):
+            await consumer.aclose()
+        await bus.aclose()
+
+
+async def test_clean_close_hands_shards_over_at_once(redis_url: str, unique: str) -> None:
+    bus = await _bus(redis_url, unique)
+    topic = bus.config.events_topic
+    a, b = bus.consumer(topic, "g", "a"), bus.consumer(topic, "g", "b")
+    try:
+        await _spin([a, b], 2 * TTL_MS / 3000 + 0.5)
+        assert len(a.owned_shards) == len(b.owned_shards) == 2
+        await a.aclose()
+        started = time.monotonic()
+        while b.owned_shards != {0, 1, 2, 3}:
+            await _spin([b], 0.02)
+            assert time.monotonic() - started < TTL_MS / 1000, "released shards not taken"
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await bus.aclose()
