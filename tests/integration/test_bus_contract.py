@@ -18,9 +18,10 @@ import redis.asyncio as aredis
 from market_data_core.codec import decode_events, encode_event
 from market_data_core.config import AppConfig, BusConfig, KafkaConfig, RedisConfig
 from market_data_core.contracts import StreamEvent
+from market_data_core.errors import BusError
 from market_data_core.protocols import Bus, BusConsumer, BusRecord, routing_key, shard_for
 from market_data_pipeline import telemetry
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.embedded import ServerUrls, free_port
 from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
 
@@ -353,3 +354,16 @@ async def test_foreign_redis_client_entry_is_accepted(
     finally:
         await consumer.aclose()
     assert _decoded(got) == [event]
+
+
+async def test_unreachable_server_is_a_bus_error(backend: tuple[str, ServerUrls]) -> None:
+    name, _ = backend
+    port = free_port()
+    if name == "kafka":
+        urls = ServerUrls(None, None, f"127.0.0.1:{port}")
+        cfg = AppConfig(bus=BusConfig(type="kafka"))
+    else:
+        urls = ServerUrls(f"redis://127.0.0.1:{port}/0", None, None)
+        cfg = AppConfig()
+    with pytest.raises(BusError, match="failed"):
+        await open_bus(cfg, urls)

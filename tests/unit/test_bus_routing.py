@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import UTC, datetime
 
 import msgpack
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from market_data_core.config import AppConfig, BusConfig
+from market_data_core.errors import BusError, ConfigError
 from market_data_core.protocols import BusRecord, routing_key, shard_for
+from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import (
     key_for_shard,
     letter_fields,
@@ -70,3 +76,18 @@ def test_foreign_dlq_entry_is_read_without_raising() -> None:
     assert back.reason == "unknown"
     assert back.source_shard == 0
     assert back.ts == datetime.fromtimestamp(1_700_000_000, UTC)
+
+
+async def test_kafka_without_aiokafka_is_a_readable_bus_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "aiokafka", None)
+    monkeypatch.delitem(sys.modules, "market_data_pipeline.streaming.kafka_bus", raising=False)
+    cfg = AppConfig(bus=BusConfig(type="kafka"))
+    with pytest.raises(BusError, match=r"pip install 'mdp\[kafka\]'"):
+        await open_bus(cfg, ServerUrls(None, None, "127.0.0.1:9"))
+
+
+async def test_missing_server_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URI"):
+        await open_bus(AppConfig(), ServerUrls(None, None, None))
