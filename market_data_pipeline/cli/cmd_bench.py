@@ -421,7 +421,7 @@ def bench(
 
         with resolve_servers(cfg, environment()) as urls, tempfile.TemporaryDirectory() as tmp:
             assert urls.database_url is not None
-            await asyncio.to_thread(upgrade_schema, urls.database_url)
+            await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)
             typer.echo(f"mdp bench: servers {urls.describe()}", err=True)
             c = None
             if ceiling:

@@ -59,7 +59,7 @@ async def _clients(cfg: AppConfig, urls: ServerUrls) -> AsyncIterator[_Clients]:
     from market_data_pipeline.streaming.bus import open_bus
 
     assert urls.database_url is not None
-    await asyncio.to_thread(upgrade_schema, urls.database_url)
+    await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)
     bus = await open_bus(cfg, urls)
     store = await open_store(cfg, urls)
     signals = await open_signals_store(cfg, urls)
@@ -119,6 +119,18 @@ def _synthetic_source(cfg: AppConfig, rate: float | None, duration_s: float | No
     return Source(
         provider, max_msgs_per_s=cfg.producers.synthetic.max_msgs_per_s, duration_s=duration_s
     )
+
+
+def _live_source(cfg: AppConfig, name: str) -> Source:
+    if name == "coinbase":
+        from market_data_pipeline.producers.coinbase import CoinbaseProvider
+
+        return Source(
+            CoinbaseProvider(cfg.producers.coinbase), cfg.producers.coinbase.max_msgs_per_s
+        )
+    from market_data_pipeline.producers.ibkr import IbkrProvider
+
+    return Source(IbkrProvider(cfg.producers.ibkr), cfg.producers.ibkr.max_msgs_per_s)
 
 
 def _summary_table(s: RunSummary, cfg: AppConfig) -> str:
@@ -263,11 +275,6 @@ def _duration(text: str | None, flag: str) -> float | None:
         raise ConfigError(str(exc), source=flag) from None
 
 
-AdapterOpt = Annotated[
-    Literal["rules", "sklearn"], typer.Option(help="Inference adapter: rules or sklearn.")
-]
-
-
 @app.command("run")
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -282,13 +289,19 @@ def run(
         "configs/datasets.yaml"
     ),
     synthetic: Annotated[
-        bool, typer.Option(help="Run the synthetic producer (producers.synthetic).")
-    ] = True,
+        bool | None,
+        typer.Option(help="Run the synthetic producer (default: producers.synthetic.enabled)."),
+    ] = None,
     rate: Annotated[
         float | None, typer.Option(min=0.001, help="Synthetic events/s over all symbols.")
     ] = None,
     window: Annotated[str | None, typer.Option(help="Micro-batch window, 500ms to 5s.")] = None,
-    adapter: AdapterOpt = "rules",
+    adapter: Annotated[
+        Literal["rules", "sklearn"] | None,
+        typer.Option(
+            help="Inference adapter (default: sklearn if enabled in the config, else rules)."
+        ),
+    ] = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Producers, micro-batcher and inference in one process until Ctrl-C (or --duration),
@@ -305,22 +318,30 @@ def run(
         overrides["telemetry.metrics_port"] = metrics_port
     cfg = load_app_config(config, overrides)
     duration_s = _duration(duration, "--duration")
-    if not synthetic and not replay:
+    use_synthetic = cfg.producers.synthetic.enabled if synthetic is None else synthetic
+    live = [n for n in ("coinbase", "ibkr") if getattr(cfg.producers, n).enabled]
+    if not use_synthetic and not replay and not live:
         raise ConfigError(
-            "nothing to run: give --replay NAME or keep --synthetic", source="mdp run"
+            "nothing to run: enable a producer in the config, keep --synthetic or give "
+            "--replay NAME",
+            source="mdp run",
         )
+    chosen: Literal["rules", "sklearn"] = adapter or (
+        "sklearn" if cfg.inference.adapters.sklearn.enabled else "rules"
+    )
 
     def sources(bus: Bus) -> list[Source]:
         out = [_dataset_source(cfg, bus, name, datasets) for name in replay or []]
-        if synthetic:
+        if use_synthetic:
             out.append(_synthetic_source(cfg, rate, duration_s))
+        out += [_live_source(cfg, name) for name in live]
         return out
 
     async def main(stop: asyncio.Event) -> None:
         if duration_s is not None:
             asyncio.get_running_loop().call_later(duration_s + 0.5, stop.set)
         await _run_all(
-            cfg, stop, job="run", sources=sources, finite=False, adapter=adapter, demo=False
+            cfg, stop, job="run", sources=sources, finite=False, adapter=chosen, demo=False
         )
 
     run_async(main)
