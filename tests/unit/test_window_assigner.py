@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from market_data_pipeline.consumers.windowing import Lateness, EventClock
+from market_data_pipeline.consumers.windowing import EventClock, Lateness
 
 S = 1_000_000
 
