@@ -182,3 +182,15 @@ def test_the_scanner_finds_metrics_and_ignores_the_rest() -> None:
     assert metric_names(expr) == {"store_write_duration_seconds_bucket", "up"}
     assert "microbatch_flush_total" in exposed_names()
     assert "microbatch_flush" not in exposed_names()
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_panels_fit_the_grid_without_overlapping(path: Path) -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in panels(load(path)):
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]
