@@ -490,9 +490,11 @@ class RedisConsumer:
                 ),
             )
             gone: list[str] = []
+            returned: set[str] = set()
             for raw_id, fields in claimed:
                 entry_id = raw_id.decode()
-                if fields is None:  # trimmed away (MAXLEN) while pending: nothing to deliver
+                returned.add(entry_id)
+                if fields is None:  # Redis 6: trimmed away while pending, nothing to deliver
                     gone.append(entry_id)
                     continue
                 out.append(
@@ -504,7 +506,34 @@ class RedisConsumer:
                         deliveries.get(entry_id, 0) + 1,
                     )
                 )
+            missing = [e for e in deliveries if e not in returned]
+            if missing:
+                # Redis 7 / Valkey drop trimmed entries from the PEL inside XCLAIM and return
+                # nothing for them; an entry merely claimed by someone else still exists.
+                pipe = self._client.pipeline(transaction=False)
+                for entry_id in missing:
+                    pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+                exists = await pipe.execute()
+                gone += [e for e, rows in zip(missing, exists, strict=True) if not rows]
             if gone:
+                # Nothing to deliver any more, but never silently: each lost entry leaves a
+                # dead letter (no payload) saying so, and is counted.
+                for entry_id in gone:
+                    await self._bus.dead_letter(
+                        letter_from_record(
+                            BusRecord(
+                                self._topic, shard, entry_id, b"", deliveries.get(entry_id, 0) + 1
+                            ),
+                            reason="trimmed",
+                            detail=(
+                                f"pending entry {entry_id} of {stream} was trimmed by "
+                                f"MAXLEN ~ {self._bus.config.maxlen} before it was processed; "
+                                "its payload is lost (raise bus.maxlen or add consumers)"
+                            ),
+                            component="bus",
+                        )
+                    )
+                telemetry.ERRORS.labels(component="bus", reason="trimmed").inc(len(gone))
                 await self._client.xack(stream, self._group, *gone)
         return out, len(pending)
 
