@@ -273,41 +273,56 @@ class KafkaBus:
         return out
 
     async def status(self, topic: str, group: str | None = None) -> list[StreamStatus]:
-        """Per partition: length and (for ``group``) lag from the committed offset. The end
-        offset is confirmed by reading past the reported one (Tansu's can be stale)."""
+        """Per partition: length and, per group (``group``, or every group that committed on
+        ``topic``), lag from the committed offset. Kafka has no pending list: uncommitted work
+        shows as lag. The end offset is confirmed by reading past the reported one (Tansu's
+        can be stale)."""
         await self.ensure_topic(topic)
         starts, ends = await self._offsets(topic)
-        committed: dict[int, int] = {}
-        consumers = 0
-        if group is not None:
-            committed = await self._committed(topic, group)
-            async with _translated(f"describe group {group}"):
-                described = await self._admin.describe_consumer_groups([group])
-            for desc in described:
-                for g in getattr(desc, "groups", []):
-                    consumers = max(consumers, len(g[-1]) if g else 0)
         probe = {p: max(starts.get(p, 0), end - 1, 0) for p, end in ends.items()}
         tail = await self._read(topic, probe)
+        for p, records in tail.items():
+            if records:
+                ends[p] = max(ends.get(p, 0), records[-1].offset + 1)
+        groups: dict[str | None, dict[int, int]] = {}
+        names = [group] if group is not None else await self._group_names()
+        for name in names:
+            committed = await self._committed(topic, name)
+            if group is not None or committed:
+                groups[name] = committed
+        if not groups:
+            groups[None] = {}
+        sharded = self.shard_count(topic) > 1
         out = []
-        for p in range(self.shard_count(topic)):
-            end = ends.get(p, 0)
-            if tail.get(p):
-                end = max(end, tail[p][-1].offset + 1)
-            length = max(0, end - starts.get(p, 0))
-            lag = None
-            if group is not None:
-                lag = max(0, end - committed.get(p, starts.get(p, 0)))
-            out.append(
-                StreamStatus(
-                    stream=f"{topic}[{p}]" if self.shard_count(topic) > 1 else topic,
-                    length=length,
-                    group=group,
-                    lag=lag,
-                    pending=0,
-                    consumers=consumers,
+        for group_name, offsets in groups.items():
+            consumers = 0 if group_name is None else await self._members(group_name)
+            for p in range(self.shard_count(topic)):
+                first, end = starts.get(p, 0), ends.get(p, 0)
+                out.append(
+                    StreamStatus(
+                        stream=f"{topic}[{p}]" if sharded else topic,
+                        length=max(0, end - first),
+                        group=group_name,
+                        lag=None if group_name is None else max(0, end - offsets.get(p, first)),
+                        pending=0,
+                        consumers=consumers,
+                    )
                 )
-            )
         return out
+
+    async def _group_names(self) -> list[str]:
+        async with _translated("list consumer groups"):
+            listed = await self._admin.list_consumer_groups()
+        return sorted({str(g[0]) for g in listed if g})
+
+    async def _members(self, group: str) -> int:
+        async with _translated(f"describe group {group}"):
+            described = await self._admin.describe_consumer_groups([group])
+        members = 0
+        for desc in described:
+            for g in getattr(desc, "groups", []):
+                members = max(members, len(g[-1]) if g else 0)
+        return members
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._send_letter(letter)

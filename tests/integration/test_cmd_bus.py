@@ -1,7 +1,8 @@
-"""``mdp stream status`` and ``mdp stream dlq list|replay|purge`` against a real Redis."""
+"""``mdp stream status`` and ``mdp stream dlq list|replay|purge`` against a real Redis and a Kafka-protocol broker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,9 +11,12 @@ import pytest
 import redis
 
 from market_data_core.codec import encode_event
+from market_data_core.config import load_config
 from market_data_core.contracts import StreamEvent
-from market_data_core.protocols import routing_key, shard_for
+from market_data_core.protocols import BusRecord, routing_key, shard_for
 from market_data_pipeline.cli.app import main
+from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.streaming import open_bus
 
 
 def _config(tmp_path: Path, redis_url: str, unique: str, partitions: int = 2) -> Path:
@@ -131,3 +135,52 @@ def test_inspection_needs_a_configured_server(
     path.write_text("bus:\n  type: redis\n")
     assert main(["stream", "status", "--config", str(path)]) == 2
     assert "REDIS_URI" in capsys.readouterr().err
+
+
+def test_status_and_dlq_on_kafka(
+    tmp_path: Path, kafka_bootstrap: str, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "kafka.yaml"
+    path.write_text(
+        f"""
+bus:
+  type: kafka
+  partitions: 2
+  kafka:
+    bootstrap: {kafka_bootstrap}
+    topic: ev.{unique}
+    bars_topic: bars.{unique}
+    signals_topic: sig.{unique}
+    dlq_topic: dlq.{unique}
+    group_id: g.{unique}
+    session_timeout_ms: 1500
+"""
+    )
+    payload = encode_event(_event("SPY"))
+    key = routing_key("test", "SPY")
+
+    async def setup() -> None:
+        cfg = load_config(path)
+        bus = await open_bus(cfg, ServerUrls(None, None, kafka_bootstrap))
+        try:
+            await bus.publish(f"ev.{unique}", [(key, payload)] * 3)
+            consumer = bus.consumer(f"ev.{unique}", f"g.{unique}", "w1")
+            got: list[BusRecord] = []
+            while len(got) < 3:
+                got += await consumer.poll(10, 200)
+            await consumer.ack(got[:1])
+            await consumer.dead_letter(got[1], reason="store", detail="x", component="test")
+            await consumer.aclose()
+        finally:
+            await bus.aclose()
+
+    asyncio.run(setup())
+    assert main(["stream", "status", "--config", str(path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["streams"]
+    home = shard_for(key, 2)
+    row = next(r for r in rows if r["stream"] == f"ev.{unique}[{home}]")
+    assert (row["group"], row["length"], row["lag"]) == (f"g.{unique}", 3, 1)
+    assert main(["stream", "dlq", "replay", "--config", str(path)]) == 0
+    assert "replayed 1" in capsys.readouterr().out
+    assert main(["stream", "dlq", "list", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
