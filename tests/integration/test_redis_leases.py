@@ -49,6 +49,11 @@ async def test_shards_spread_and_move_to_survivors(redis_url: str, unique: str) 
             assert time.monotonic() - started < bound_s + 1.0, "takeover too slow"
         assert a.owned_shards.isdisjoint(b.owned_shards)
         assert len(a.owned_shards | b.owned_shards) == 4
+        # "c" wakes up: its first poll finds its leases gone and reads none of those shards.
+        await bus.publish(topic, [(f"p|S{i}", b"x") for i in range(32)])
+        assert {bus.stream_name(topic, s) for s in range(4)} == set(bus.streams(topic))
+        assert await c.poll(10, 20) == []
+        assert c.owned_shards.isdisjoint(a.owned_shards | b.owned_shards)
     finally:
         for consumer in (a, b, c):
             await consumer.aclose()
