@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
-DATASETS = ROOT / "datasets"
+# The real market data the project ships (copied from ../shared/data, provenance in
+# datasets/README.md); tests read these so a clone needs nothing beside it.
+DATA = ROOT / "datasets"
+SHARED_ORIGINAL = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -379,11 +379,11 @@ async def test_quiet_symbol_closes_by_wall_clock(env: dict[str, Any]) -> None:
 async def test_provider_bars_land_unchanged(env: dict[str, Any]) -> None:
     import csv
 
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import DATA
 
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], 2000)
     p = env["provider"]
-    with (SHARED_DATA / "ftx-btc-perp-1m-2022-01.csv").open() as f:
+    with (DATA / "ftx-btc-perp-1m-2022-01.csv").open() as f:
         rows = list(csv.DictReader(f))[:5000]
     events = [
         StreamEvent.create(

@@ -29,7 +29,7 @@ from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
 from market_data_pipeline.streaming.bus import open_bus
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import DATA, ROOT
 
 N_BARS = 2400
 SYMBOL = "BTC-PERP"
@@ -80,7 +80,7 @@ def urls(cfg: AppConfig) -> ServerUrls:
 
 
 def bar_events(provider: str) -> list[StreamEvent]:
-    df = pd.read_csv(SHARED_DATA / "ftx-btc-perp-1m-2022-01.csv", nrows=N_BARS)
+    df = pd.read_csv(DATA / "ftx-btc-perp-1m-2022-01.csv", nrows=N_BARS)
     return [
         StreamEvent.create(
             provider=provider,

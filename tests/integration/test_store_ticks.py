@@ -15,10 +15,10 @@ from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import StoreError
 from market_data_core.timeutil import from_epoch_us
 from market_data_store import VWAP_DECIMALS, PgStoreClient, upgrade_schema
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 from tests.integration._store_db import fresh_database
 
-TRADES = SHARED_DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
+TRADES = DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
 DAY0 = datetime(2020, 2, 22, tzinfo=UTC)
 
 

@@ -12,9 +12,9 @@ import pandas as pd
 
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.timeutil import from_epoch_us
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
-TRADES_CSV = SHARED_DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
+TRADES_CSV = DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
 SYMBOL = "BTCUSDT"
 
 

@@ -19,10 +19,10 @@ from market_data_core.config import FeatureWindowConfig
 from market_data_core.contracts import Bar
 from market_data_core.errors import ConfigError
 from market_data_pipeline.features import FeatureEngine
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
-BARS_CSV = SHARED_DATA / "ftx-btc-perp-1m-2022-01.csv"
-QUOTES_CSV = SHARED_DATA / "eurusd-quotes-2020-01-01.csv"
+BARS_CSV = DATA / "ftx-btc-perp-1m-2022-01.csv"
+QUOTES_CSV = DATA / "eurusd-quotes-2020-01-01.csv"
 
 
 def _frame(gaps: bool) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from market_data_core.protocols import FeatureSnapshot
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules, parse_rules
 from market_data_pipeline.inference.expr import ExprError, parse_condition
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import DATA, ROOT
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 KNOWN = ["rsi", "momentum", "sma_fast", "sma_slow", "close", "volatility"]
@@ -219,7 +219,7 @@ def _replay_signals() -> list[tuple[str, str, float]]:
     cfg = load_config(ROOT / "configs" / "streaming.yaml", env={})
     engine = FeatureEngine(cfg.features.windows, timed=False)
     adapter = RulesAdapter(load_rules(ROOT / "configs" / "rules.yaml", engine.feature_names))
-    df = pd.read_csv(SHARED_DATA / "ftx-btc-perp-1m-2022-01.csv", nrows=8000)
+    df = pd.read_csv(DATA / "ftx-btc-perp-1m-2022-01.csv", nrows=8000)
     out = []
     for row in df.itertuples():
         ts = datetime.fromisoformat(row.timestamp).replace(tzinfo=UTC)
