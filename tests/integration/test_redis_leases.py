@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from market_data_core.config import BusConfig, RedisConfig
+from market_data_core.errors import BusError
+from market_data_pipeline.embedded import EmbeddedRedis
 from market_data_pipeline.streaming.redis_bus import RedisBus, RedisConsumer
 
 TTL_MS = 600
@@ -75,4 +79,33 @@ async def test_clean_close_hands_shards_over_at_once(redis_url: str, unique: str
     finally:
         await a.aclose()
         await b.aclose()
+        await bus.aclose()
+
+
+async def test_server_restart_is_a_bus_error_then_recovers(
+    redis_server: EmbeddedRedis | None, redis_url: str, unique: str
+) -> None:
+    if redis_server is None:
+        pytest.skip("needs the embedded server (MDP_TEST_REDIS_URL is set)")
+    bus = await _bus(redis_url, unique)
+    topic = bus.config.events_topic
+    consumer = bus.consumer(topic, "g", "a")
+    try:
+        await bus.publish(topic, [("p|A", b"1")])
+        assert len(await consumer.poll(10, 50)) == 1
+        redis_server.kill()
+        with pytest.raises(BusError):
+            await bus.publish(topic, [("p|A", b"2")])
+        with pytest.raises(BusError):
+            await consumer.poll(10, 50)
+        redis_server.start()
+        # The server came back empty (no AOF here): streams, groups and leases are recreated.
+        await bus.publish(topic, [("p|A", b"3")])
+        got: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            got = [r.payload for r in await consumer.poll(10, 50)]
+        assert got == [b"3"]
+    finally:
+        await consumer.aclose()
         await bus.aclose()
