@@ -149,15 +149,8 @@ def stage_services(
             "a bus between commands (or use `mdp run`)",
             stage,
         )
-    try:
-        server = start_metrics_server(config.telemetry.metrics_host, config.telemetry.metrics_port)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot serve metrics on {config.telemetry.metrics_host}:"
-            f"{config.telemetry.metrics_port} ({exc.strerror}); pass --metrics-port 0 for any "
-            "free port",
-            source="telemetry.metrics_port",
-        ) from None
+    # raises ConfigError (one line, exit 2) when the port cannot be bound
+    server = start_metrics_server(config.telemetry.metrics_host, config.telemetry.metrics_port)
     log.info("%s: metrics on %s/metrics, servers: %s", stage, server.url, urls.describe())
     try:
         yield server

@@ -125,8 +125,12 @@ class InferenceConsumer:
         for ``idle_s`` seconds; everything read by then is committed and acknowledged)."""
         idle_since: float | None = None
         backoff_s = 0.1
+        heartbeat = telemetry.Heartbeat(max_age_s=30.0)  # /healthz 503 when the loop is stuck
+        check_name = f"infer:{self._consumer.name}"
+        telemetry.register_health_check(check_name, heartbeat)
         try:
             while not stop.is_set():
+                heartbeat.beat()
                 try:
                     records = await self._consumer.poll(_MAX_BATCH, self.config.bus.block_ms)
                     backoff_s = 0.1
@@ -149,6 +153,7 @@ class InferenceConsumer:
                     if drain and time.monotonic() - idle_since >= idle_s:
                         break
         finally:
+            telemetry.unregister_health_check(check_name)
             await self._consumer.aclose()
         return self.stats
 

@@ -44,6 +44,7 @@ from market_data_core.protocols import (
     BusRecord,
     DeadLetter,
     StoreClient,
+    UpsertResult,
     routing_key,
 )
 from market_data_core.timeutil import (
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 _COMPONENT = "microbatch"
 _LIVE_LATENCY_WINDOW_US = 3600 * 1_000_000  # latency is only meaningful for live data
 _MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
+_HEARTBEAT_MAX_AGE_S = 30.0
 
 
 def _wall_us() -> int:
@@ -182,8 +184,14 @@ class MicroBatcher:
         live_drain = drain
         idle_since: float | None = None
         bus_backoff_s = 0.1
+        # /healthz turns 503 when this loop stops turning (e.g. blocked on a dead store with a
+        # full buffer)
+        heartbeat = telemetry.Heartbeat(max_age_s=_HEARTBEAT_MAX_AGE_S)
+        check_name = f"micro-batch:{self.consumer_name}"
+        telemetry.register_health_check(check_name, heartbeat)
         try:
             while not stop.is_set():
+                heartbeat.beat()
                 drain = live_drain or (drain_on is not None and drain_on.is_set())
                 try:
                     records = await self._consumer.poll(
@@ -221,6 +229,7 @@ class MicroBatcher:
             if job is not None:
                 await self._commit(stop, job)
         finally:
+            telemetry.unregister_health_check(check_name)
             if self._inflight is not None:
                 self._inflight.cancel()
             await self._consumer.aclose()
@@ -483,6 +492,8 @@ class MicroBatcher:
         telemetry.MICROBATCH_BATCH_SIZE.observe(len(ticks))
         self.stats.ticks_inserted += result.ticks_inserted
         self.stats.bars_written += len(result.bars)
+        telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
+        _count_upsert("bars_ohlcv", result.bars_result)
         telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(
             result.ticks_inserted + len(result.bars)
         )
@@ -499,6 +510,7 @@ class MicroBatcher:
         telemetry.STORE_WRITE_DURATION.labels(table="bars_ohlcv").observe(time.perf_counter() - t0)
         self.stats.provider_bars += len(rows)
         self.stats.bars_written += result.changed
+        _count_upsert("bars_ohlcv", result)
         telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(result.changed)
         # Publish every provider bar: the upsert does not say which rows changed, and the
         # inference stage treats a bar it has seen (same key and revision) as a no-op.
@@ -575,6 +587,16 @@ def _chunks(
         size += len(unit)
     if chunk:
         yield chunk
+
+
+def _count_upsert(table: str, result: UpsertResult) -> None:
+    for op, n in (
+        ("inserted", result.inserted),
+        ("updated", result.updated),
+        ("unchanged", result.unchanged),
+    ):
+        if n:
+            telemetry.STORE_ROWS.labels(table=table, op=op).inc(n)
 
 
 def _provider_bar(ev: StreamEvent) -> Bar:

@@ -203,3 +203,50 @@ def test_setup_logging_sets_level_and_rejects_unknown_levels() -> None:
         for h in saved[1]:
             root.addHandler(h)
         root.setLevel(saved[0])
+
+
+async def test_stage_loops_register_a_heartbeat_on_healthz() -> None:
+    """A running micro-batcher shows up in /healthz and leaves it when it stops."""
+    import asyncio
+    import json
+    import urllib.request
+
+    from market_data_core.config import AppConfig
+    from market_data_core.protocols import BusRecord
+    from market_data_pipeline.consumers.micro_batcher import MicroBatcher
+    from market_data_pipeline.telemetry import start_metrics_server
+
+    class IdleConsumer:
+        name = "hb-test"
+        owned_shards = frozenset({0})
+
+        async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
+            await asyncio.sleep(block_ms / 1000)
+            return []
+
+        async def ack(self, records: object) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    class IdleBus:
+        def consumer(self, topic: str, group: str, name: str) -> IdleConsumer:
+            return IdleConsumer()
+
+    server = start_metrics_server("127.0.0.1", 0)
+    stop = asyncio.Event()
+    batcher = MicroBatcher(AppConfig(), IdleBus(), object(), consumer_name="hb-test")  # type: ignore[arg-type]
+    task = asyncio.create_task(batcher.run(stop))
+    try:
+        await asyncio.sleep(0.3)
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{server.url}/healthz").read()
+        )
+        assert "micro-batch:hb-test" in json.loads(body)["checks"]
+    finally:
+        stop.set()
+        await task
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{server.url}/healthz").read()
+        )
+        server.stop()
+    assert "micro-batch:hb-test" not in json.loads(body)["checks"]
