@@ -306,6 +306,7 @@ class RedisConsumer:
         self._groups_ready = False
         self._next_maintain = 0.0
         self._next_claim = 0.0
+        self._claim_rounds = 0
         self._closed = False
 
     @property
@@ -450,7 +451,32 @@ class RedisConsumer:
                 shard, want, consumer=None, min_idle_ms=self._claim_idle_ms
             )
             out.extend(got)
+        if not out:
+            self._claim_rounds += 1
+            if self._claim_rounds % 8 == 0:
+                await self._prune_consumers()
         return out
+
+    async def _prune_consumers(self) -> None:
+        """Forget group members of held shards that have nothing pending and have been idle
+        far longer than any live consumer can be (restarts under new names would otherwise
+        pile up in ``XINFO CONSUMERS``). A live one is re-created by its next read."""
+        idle_ms = max(self._claim_idle_ms, self._lease_ttl_ms) * 2
+        for shard in self._owned:
+            stream = self._streams[shard]
+            members = await self._client.xinfo_consumers(stream, self._group)
+            stale = [
+                _text(m["name"])
+                for m in members
+                if int(m.get("pending") or 0) == 0
+                and int(m.get("idle") or 0) > idle_ms
+                and _text(m["name"]) != self._name
+            ]
+            if stale:
+                pipe = self._client.pipeline(transaction=False)
+                for name in stale:
+                    pipe.xgroup_delconsumer(stream, self._group, name)
+                await pipe.execute()
 
     async def _redeliver(
         self, shard: int, count: int, *, consumer: str | None, min_idle_ms: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis.asyncio as aredis
 
 from market_data_core.config import BusConfig, RedisConfig
 from market_data_core.errors import BusError
@@ -108,4 +109,31 @@ async def test_server_restart_is_a_bus_error_then_recovers(
         assert got == [b"3"]
     finally:
         await consumer.aclose()
+        await bus.aclose()
+
+
+async def test_stale_consumers_without_pending_are_forgotten(
+    redis_url: str, redis_client: aredis.Redis, unique: str
+) -> None:
+    cfg = BusConfig(
+        redis=RedisConfig(stream=f"prune.{unique}", lease_ttl_ms=TTL_MS), claim_idle_ms=100
+    )
+    bus = await RedisBus.connect(redis_url, cfg)
+    topic = cfg.events_topic
+    old, new = bus.consumer(topic, "g", "old"), bus.consumer(topic, "g", "new")
+    try:
+        await bus.publish(topic, [("p|A", b"1")])
+        records = await old.poll(10, 50)
+        await old.ack(records)
+        await old.aclose()
+        members = await redis_client.xinfo_consumers(topic, "g")
+        assert b"old" in {m["name"] for m in members}
+        deadline = time.monotonic() + 10
+        names = {b"old"}
+        while b"old" in names and time.monotonic() < deadline:
+            await new.poll(10, 50)
+            names = {m["name"] for m in await redis_client.xinfo_consumers(topic, "g")}
+        assert b"old" not in names
+    finally:
+        await new.aclose()
         await bus.aclose()
