@@ -19,7 +19,8 @@ Consuming (:class:`RedisConsumer`), per ``poll``:
    released the shard) or claimed here once idle for ``claim_idle_ms`` (a dead one) — so per-key
    order holds across a takeover;
 4. every ``claim_idle_ms / 4``, entries idle for ``claim_idle_ms`` on held shards (including this
-   consumer's own unacked ones) are claimed and delivered again;
+   consumer's own unacked ones) are claimed and delivered again; now and then, group members
+   with nothing pending and idle for ``2 * max(claim_idle_ms, lease_ttl_ms)`` are deleted;
 5. otherwise ``XREADGROUP ... >`` over the held shards, blocking at most ``block_ms`` (capped at
    ``lease_ttl_ms / 3`` so leases are renewed in time).
 
