@@ -24,6 +24,11 @@ Bounds
   most ``lease_ttl_ms``; every survivor runs the script within ``lease_ttl_ms / 3`` plus one poll
   (``block_ms`` is capped at ``lease_ttl_ms / 3``), so the dead worker's shards are held again
   within **lease_ttl_ms + lease_ttl_ms / 3 + block_ms** (about 6.9 s with the defaults).
+  The new holder reads no newer entry of such a shard until the dead worker's unacked entries
+  are claimed, which happens once they are idle for ``claim_idle_ms`` (checked every
+  ``claim_idle_ms / 4``): per-key order is kept, and the shard flows again within
+  **max(lease bound, 1.25 * claim_idle_ms)** of the death (37.5 s with the defaults; lower
+  ``claim_idle_ms`` for faster recovery, keeping it above the longest batch processing time).
 - A consumer that joins gets its share within two maintenance rounds (the holders release their
   surplus at their next round, the newcomer takes it at its next one): about
   ``2 * lease_ttl_ms / 3 + block_ms``.
