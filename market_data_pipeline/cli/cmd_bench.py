@@ -181,6 +181,24 @@ def _producer_config(
     return out
 
 
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "market_data_pipeline.cli.app", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _read_stats(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
 async def _full_path(
     cfg: AppConfig,
     urls: ServerUrls,
@@ -189,12 +207,14 @@ async def _full_path(
     rate: float,
     symbols: int,
     producers: int,
+    workers: int,
     workdir: Path,
 ) -> FullPath:
+    """Producers and micro-batch workers as processes (``mdp stream produce`` /
+    ``mdp stream micro-batch``), inference in this process; samples every second."""
     from market_data_pipeline.cli.cmd_run import _engine
     from market_data_pipeline.cli.wiring import open_signals_store, open_store
     from market_data_pipeline.consumers.inference_consumer import InferenceConsumer
-    from market_data_pipeline.consumers.micro_batcher import MicroBatcher
     from market_data_pipeline.runner import _group_lag
     from market_data_pipeline.streaming.bus import open_bus
 
@@ -202,26 +222,44 @@ async def _full_path(
     bus = await open_bus(cfg, urls)
     store = await open_store(cfg, urls)
     signals_store = await open_signals_store(cfg, urls)
-    engine = _engine(cfg, "rules")
-    stage_stop, mb_drain = asyncio.Event(), asyncio.Event()
-    batcher = MicroBatcher(cfg, bus, store, consumer_name="bench-mb")
-    inference = InferenceConsumer(cfg, bus, store, signals_store, engine, consumer_name="bench-inf")
+    stage_stop = asyncio.Event()
+    inference = InferenceConsumer(
+        cfg, bus, store, signals_store, _engine(cfg, "rules"), consumer_name="bench-inf"
+    )
     result = FullPath()
-    procs: list[subprocess.Popen[str]] = []
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
     started_at = datetime.now(UTC)
     me = psutil.Process()
+    stats_files = [workdir / f"worker-{k}.json" for k in range(workers)]
+    worker_conf = _producer_config(cfg, urls, 0, names, workdir)
+    procs: list[subprocess.Popen[str]] = []
+    workers_p: list[subprocess.Popen[str]] = []
+    inf_task = asyncio.create_task(inference.run(stage_stop))
     try:
-        mb_task = asyncio.create_task(batcher.run(stage_stop, drain_on=mb_drain, idle_s=1.0))
-        inf_task = asyncio.create_task(inference.run(stage_stop))
+        for k in range(workers):
+            workers_p.append(
+                _spawn(
+                    [
+                        "stream",
+                        "micro-batch",
+                        "--config",
+                        str(worker_conf),
+                        "--consumer",
+                        f"bench-mb-{k}",
+                        "--stats-file",
+                        str(stats_files[k]),
+                        "--idle-s",
+                        "1",
+                    ],
+                    env,
+                )
+            )
+        await asyncio.sleep(1.5)  # workers join the group and take their shards first
         for k in range(producers):
             conf = _producer_config(cfg, urls, k, names[k::producers], workdir)
             procs.append(
-                subprocess.Popen(  # noqa: ASYNC220 - spawning does not block the loop
+                _spawn(
                     [
-                        sys.executable,
-                        "-m",
-                        "market_data_pipeline.cli.app",
                         "stream",
                         "produce",
                         "--provider",
@@ -233,10 +271,7 @@ async def _full_path(
                         "--config",
                         str(conf),
                     ],
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
+                    env,
                 )
             )
         samples: list[tuple[float, int]] = []
@@ -244,14 +279,16 @@ async def _full_path(
         t0 = time.monotonic()
         while any(p.poll() is None for p in procs):
             await asyncio.sleep(1.0)
-            samples.append((time.monotonic() - t0, batcher.stats.events_in))
-            lags.append(batcher.last_lag_ms)
+            stats = [_read_stats(f) for f in stats_files]
+            samples.append((time.monotonic() - t0, sum(st.get("events_in", 0) for st in stats)))
+            lags.append(max((st.get("last_lag_ms", 0.0) for st in stats), default=0.0))
             result.pending_samples.append(
                 await _group_lag(bus, cfg.bus.events_topic, cfg.bus.group)
             )
-            rss = me.memory_info().rss + sum(
-                psutil.Process(p.pid).memory_info().rss for p in procs if p.poll() is None
-            )
+            rss = me.memory_info().rss
+            for p in [*procs, *workers_p]:
+                with contextlib.suppress(psutil.Error):
+                    rss += psutil.Process(p.pid).memory_info().rss
             result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
             if time.monotonic() - t0 > duration_s + 60:
                 break
@@ -261,15 +298,19 @@ async def _full_path(
             if found is None:
                 raise MDPError(f"a benchmark producer failed (exit {p.returncode}): {out[-500:]}")
             result.published += int(found.group(1).replace(",", ""))
-        mb_drain.set()
-        await mb_task
+        for w in workers_p:
+            w.send_signal(signal.SIGUSR1)  # drain: close every window, commit, ack, exit
+        for w in workers_p:
+            await asyncio.to_thread(w.wait, 300)
+            if w.returncode != 0:
+                raise MDPError(f"a micro-batch worker failed (exit {w.returncode})")
         while True:  # polls the bus: there is no event to wait on
             if not await _group_lag(bus, cfg.bus.bars_topic, inference.group):
                 break
             await asyncio.sleep(0.2)
     finally:
         stage_stop.set()
-        for p in procs:
+        for p in [*procs, *workers_p]:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         with contextlib.suppress(Exception):
@@ -277,12 +318,15 @@ async def _full_path(
     steady = [s for s in samples if 3.0 <= s[0] <= duration_s - 1.0] or samples
     if len(steady) >= 2:
         result.sustained_per_s = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
-    st = batcher.stats
-    result.events_in, result.ticks_inserted = st.events_in, st.ticks_inserted
-    result.bars_written, result.dead_letters = st.bars_written, st.dead_letters
-    result.latency_p50_ms = percentile(st.window_latencies_ms, 50)
-    result.latency_p95_ms = percentile(st.window_latencies_ms, 95)
-    result.latency_p99_ms = percentile(st.window_latencies_ms, 99)
+    final = [_read_stats(f) for f in stats_files]
+    latencies = [x for st in final for x in st.get("window_latencies_ms", [])]
+    result.events_in = sum(st.get("events_in", 0) for st in final)
+    result.ticks_inserted = sum(st.get("ticks_inserted", 0) for st in final)
+    result.bars_written = sum(st.get("bars_written", 0) for st in final)
+    result.dead_letters = sum(st.get("dead_letters", 0) for st in final)
+    result.latency_p50_ms = percentile(latencies, 50)
+    result.latency_p95_ms = percentile(latencies, 95)
+    result.latency_p99_ms = percentile(latencies, 99)
     result.lag_ms_max = max(lags, default=0.0)
     result.lag_ms_p95 = percentile(lags, 95) or 0.0
     result.bars_scored, result.signals = inference.stats.bars_scored, inference.stats.signals
@@ -308,7 +352,9 @@ def _ok(flag: bool) -> str:
     return "ok" if flag else "MISSED"
 
 
-def _table(c: Ceiling | None, f: FullPath, window_ms: int, rate: float, pack: int) -> str:
+def _table(
+    c: Ceiling | None, f: FullPath, window_ms: int, rate: float, pack: int, procs: str
+) -> str:
     def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:,.0f} ms"
 
@@ -317,7 +363,7 @@ def _table(c: Ceiling | None, f: FullPath, window_ms: int, rate: float, pack: in
         (
             "mode",
             f"{'packed ' + str(pack) + ' events/entry' if pack > 1 else '1 event/entry'}, "
-            f"window {window_ms} ms, requested {rate:,.0f} ev/s",
+            f"window {window_ms} ms, requested {rate:,.0f} ev/s, {procs}",
         ),
         (
             "full path: sustained",
@@ -380,6 +426,9 @@ def bench(
     window: Annotated[str, typer.Option(help="Micro-batch window, 500ms to 5s.")] = "2s",
     pack: Annotated[int, typer.Option(min=1, max=1000, help="Events per stream entry.")] = 1,
     producers: Annotated[int, typer.Option(min=1, max=16, help="Producer processes.")] = 2,
+    workers: Annotated[
+        int, typer.Option(min=1, max=16, help="Micro-batch worker processes (shards = 2 x this).")
+    ] = 2,
     ceiling: Annotated[bool, typer.Option(help="Measure the bare ceiling too.")] = True,
     out: Annotated[Path, typer.Option(help="Folder for the JSON results.")] = Path(
         "benchmarks/results"
@@ -405,6 +454,7 @@ def bench(
         {
             "micro_batch.window_ms": window_ms,
             "producers.pack_events": pack,
+            "bus.partitions": 2 * workers,
             "bus.redis.stream": f"mdp.bench.{tag}.events",
             "bus.redis.bars_stream": f"mdp.bench.{tag}.bars",
             "bus.redis.signals_stream": f"mdp.bench.{tag}.signals",
@@ -437,9 +487,12 @@ def bench(
                 rate=rate,
                 symbols=symbols,
                 producers=producers,
+                workers=workers,
                 workdir=Path(tmp),
             )
-        typer.echo(f"\nmdp bench ({run_id}):\n{_table(c, f, window_ms, rate, pack)}")
+        procs = f"{producers} producer + {workers} micro-batch processes"
+        table = _table(c, f, window_ms, rate, pack, procs)
+        typer.echo(f"\nmdp bench ({run_id}):\n{table}")
         record = {
             "run": run_id,
             "machine": _machine(),
@@ -450,6 +503,7 @@ def bench(
                 "window_ms": window_ms,
                 "pack": pack,
                 "producers": producers,
+                "workers": workers,
             },
             "targets": {
                 "events_per_s": TARGET_EVENTS_PER_S,

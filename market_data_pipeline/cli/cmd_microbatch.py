@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import json
 import os
+import signal
 import socket
+import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -30,6 +36,21 @@ def default_consumer_name(stage: str) -> str:
     return f"{stage}-{socket.gethostname()}-{os.getpid()}"
 
 
+def _dump_stats(batcher: MicroBatcher, path: Path) -> None:
+    data = dataclasses.asdict(batcher.stats)
+    data["last_lag_ms"] = batcher.last_lag_ms
+    data["updated_at"] = time.time()
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+async def _write_stats(batcher: MicroBatcher, path: Path) -> None:
+    while True:
+        _dump_stats(batcher, path)
+        await asyncio.sleep(1.0)
+
+
 @stream_app.command("micro-batch")
 def micro_batch(
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -52,8 +73,17 @@ def micro_batch(
         ),
     ] = None,
     metrics_port: MetricsPortOpt = None,
+    stats_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write running stats (events, rows, latencies) as JSON here every second and "
+            "at exit, for scripts and benchmarks."
+        ),
+    ] = None,
 ) -> None:
     """Close event-time windows of trade ticks into bars (and upsert provider bars).
+
+    SIGUSR1 switches a running worker to --drain (finish, commit, ack, exit once idle).
 
     Example:  mdp stream micro-batch --window 2s
 
@@ -79,13 +109,28 @@ def micro_batch(
             batcher = MicroBatcher(cfg, bus, store, consumer_name=name)
             status: Literal["success", "failed", "stopped"] = "failed"
             detail: str | None = None
+            drain_on = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGUSR1, drain_on.set)
+            writer = (
+                asyncio.create_task(_write_stats(batcher, stats_file))
+                if stats_file is not None
+                else None
+            )
             try:
-                stats = await batcher.run(stop, drain=drain, idle_s=idle_s)
+                stats = await batcher.run(stop, drain=drain, idle_s=idle_s, drain_on=drain_on)
                 status = "success" if drain or not stop.is_set() else "stopped"
             except BaseException as exc:
                 detail = f"{type(exc).__name__}: {exc}"
                 raise
             finally:
+                loop.remove_signal_handler(signal.SIGUSR1)
+                if writer is not None:
+                    writer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await writer
+                    assert stats_file is not None
+                    _dump_stats(batcher, stats_file)
                 s = batcher.stats
                 await tracker.finish(
                     run_id,
