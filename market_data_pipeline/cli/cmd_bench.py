@@ -387,7 +387,7 @@ def _table(
             f"{(f.pending_samples or [0])[0]:,} / {max(f.pending_samples, default=0):,} / "
             f"{(f.pending_samples or [0])[-1]:,}",
         ),
-        ("peak RSS (bench + producers)", f"{f.peak_rss_mb:,.0f} MiB"),
+        ("peak RSS (bench + producers + workers)", f"{f.peak_rss_mb:,.0f} MiB"),
         (
             "exact",
             f"{f.published:,} published = {f.events_in:,} consumed = {f.ticks_inserted:,} "
