@@ -447,9 +447,11 @@ class KafkaConsumer:
 
     async def _start(self) -> None:
         await self._bus.ensure_topic(self._topic)
-        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        # Start, then subscribe: start() after subscribe() waits for the first assignment
+        # without a bound (and a Tansu group join can stall); getmany() bounds it by block_ms.
         await self._consumer.start()
         self._started = True
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
 
     async def _on_revoked(self, partitions: set[int]) -> None:
         with contextlib.suppress(KafkaError):

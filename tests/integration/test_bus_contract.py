@@ -122,7 +122,7 @@ async def test_publish_consume_ack(make_bus: MakeBus) -> None:
     topic = bus_topic(bus)
     sent = _events(["SPY", "AAPL", "MSFT"], 20)
     assert await bus.publish(topic, _items(sent)) == len(sent)
-    consumer = bus.consumer(topic, "grp", "c1")
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
     try:
         got = await _drain(consumer, len(sent))
         assert sorted(e.event_id for e in _decoded(got)) == sorted(e.event_id for e in sent)
@@ -130,12 +130,12 @@ async def test_publish_consume_ack(make_bus: MakeBus) -> None:
         assert await consumer.poll(100, 50) == []
     finally:
         await consumer.aclose()
-    again = bus.consumer(topic, "grp", "c1")
+    again = bus.consumer(topic, f"grp.{topic}", "c1")
     try:
         assert await _drain(again, 1, timeout_s=2.0) == []
     finally:
         await again.aclose()
-    statuses = await bus.status(topic, "grp")
+    statuses = await bus.status(topic, f"grp.{topic}")
     assert sum(s.pending for s in statuses) == 0
     assert sum(s.length for s in statuses) >= len(sent)
 
@@ -155,7 +155,7 @@ async def test_per_symbol_order_across_three_consumers_and_four_shards(make_bus:
     bus = await make_bus(partitions=4, lease_ttl_ms=900)
     topic = bus_topic(bus)
     symbols = [f"S{i:02d}" for i in range(16)]
-    consumers = [bus.consumer(topic, "grp", f"w{i}") for i in range(3)]
+    consumers = [bus.consumer(topic, f"grp.{topic}", f"w{i}") for i in range(3)]
     received: list[tuple[float, str, BusRecord]] = []
     stop = asyncio.Event()
 
@@ -203,13 +203,13 @@ async def test_restart_receives_own_pending_first(make_bus: MakeBus) -> None:
     topic = bus_topic(bus)
     first = _events(["SPY"], 5)
     await bus.publish(topic, _items(first))
-    c1 = bus.consumer(topic, "grp", "c1")
+    c1 = bus.consumer(topic, f"grp.{topic}", "c1")
     got = await _drain(c1, 5, ack=False)
     assert len(got) == 5
     await c1.aclose()
     second = _events(["AAPL"], 5)
     await bus.publish(topic, _items(second))
-    restarted = bus.consumer(topic, "grp", "c1")
+    restarted = bus.consumer(topic, f"grp.{topic}", "c1")
     try:
         again = await _drain(restarted, 10)
     finally:
@@ -227,11 +227,11 @@ async def test_dead_consumer_shards_and_pending_are_taken_over(make_bus: MakeBus
     topic = bus_topic(bus)
     sent = _events(["SPY", "AAPL", "MSFT", "IBM"], 10)
     await bus.publish(topic, _items(sent))
-    dead = bus.consumer(topic, "grp", "dead")
+    dead = bus.consumer(topic, f"grp.{topic}", "dead")
     taken = await _drain(dead, 5, ack=False)
     assert taken
     # "dead" never polls, acks or closes again: its leases expire and its entries idle.
-    survivor = bus.consumer(topic, "grp", "survivor")
+    survivor = bus.consumer(topic, f"grp.{topic}", "survivor")
     started = time.monotonic()
     try:
         got = await _drain(survivor, len(sent), timeout_s=30)
@@ -249,7 +249,7 @@ async def test_poison_pill_goes_to_dlq_after_max_deliveries(make_bus: MakeBus) -
     poison = _events(["BAD"], 1)
     await bus.publish(topic, _items(poison))
     before = telemetry.ERRORS.labels(component="bus", reason="max_deliveries")._value.get()
-    consumer = bus.consumer(topic, "grp", "c1")
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
     deliveries: list[int] = []
     try:
         deadline = time.monotonic() + 30
@@ -273,7 +273,7 @@ async def test_poison_pill_goes_to_dlq_after_max_deliveries(make_bus: MakeBus) -
     assert letter.payload == encode_event(poison[0])
     after = telemetry.ERRORS.labels(component="bus", reason="max_deliveries")._value.get()
     assert after == before + 1
-    statuses = await bus.status(topic, "grp")
+    statuses = await bus.status(topic, f"grp.{topic}")
     assert sum(s.pending for s in statuses) == 0
 
 
@@ -282,7 +282,7 @@ async def test_malformed_payload_to_dlq_and_replay(make_bus: MakeBus) -> None:
     topic = bus_topic(bus)
     good = _events(["SPY", "AAPL"], 3)
     await bus.publish(topic, [("x|y", b"\x00not msgpack at all"), *_items(good)])
-    consumer = bus.consumer(topic, "grp", "c1")
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
     try:
         records = await _drain(consumer, 7, ack=False)
         assert len(records) == 7
@@ -318,7 +318,7 @@ async def test_malformed_payload_to_dlq_and_replay(make_bus: MakeBus) -> None:
         assert await bus.dlq_list(10) == []
     finally:
         await consumer.aclose()
-    statuses = await bus.status(topic, "grp")
+    statuses = await bus.status(topic, f"grp.{topic}")
     assert sum(s.pending for s in statuses) == 0
 
 
@@ -348,7 +348,7 @@ async def test_foreign_redis_client_entry_is_accepted(
     finally:
         await client.aclose()
     assert topic == bus_topic(bus)
-    consumer = bus.consumer(topic, "grp", "c1")
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
     try:
         got = await _drain(consumer, 1)
     finally:
