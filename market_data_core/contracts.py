@@ -227,6 +227,30 @@ class StreamEvent(BaseModel):
         return self.c
 
     @classmethod
+    def trusted(cls, **fields: Any) -> StreamEvent:
+        """Build an event WITHOUT validation, computing ``event_id`` (and ``ver=1``).
+
+        Only for producers whose values are valid by construction (the synthetic generator:
+        finite positive floats, aware UTC timestamps, a valid symbol); every consumer validates
+        on decode anyway, so a bug here ends in the dead-letter stream, never in the store.
+        Five times cheaper than :meth:`create` on the producer's hot path.
+        """
+        fields.setdefault("ver", 1)
+        if "event_id" not in fields:
+            fields["event_id"] = make_event_id(
+                fields["provider"], fields["symbol"], fields["src_ts"], fields["seq"]
+            )
+        data = dict(_EVENT_DEFAULTS)
+        data.update(fields)
+        event = cls.__new__(cls)
+        # what pydantic's own model_construct sets, minus its per-field Python loop
+        object.__setattr__(event, "__dict__", data)
+        object.__setattr__(event, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(event, "__pydantic_extra__", None)
+        object.__setattr__(event, "__pydantic_private__", None)
+        return event
+
+    @classmethod
     def create(cls, **fields: Any) -> StreamEvent:
         """Build a validated event, computing ``event_id`` (and ``ver=1``) when not given."""
         fields.setdefault("ver", 1)
@@ -238,6 +262,11 @@ class StreamEvent(BaseModel):
                 fields["provider"], fields["symbol"], src_ts, fields["seq"]
             )
         return cls.model_validate(fields)
+
+
+_EVENT_DEFAULTS: dict[str, Any] = {
+    name: info.default for name, info in StreamEvent.model_fields.items() if not info.is_required()
+}
 
 
 class Signal(BaseModel):

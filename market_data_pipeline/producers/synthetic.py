@@ -64,6 +64,18 @@ class SyntheticProvider:
         self.start = start
         self._rng = random.Random(seed)
         self._closed = False
+        # Events are built with StreamEvent.trusted (no per-event validation): check once here
+        # that the configured names make valid events (a pydantic error is a ValueError).
+        for symbol in config.symbols:
+            StreamEvent.create(
+                provider=config.provider,
+                symbol=symbol,
+                kind="tick",
+                src_ts=self.start,
+                c=config.start_price,
+                v=0.0,
+                seq=0,
+            )
 
     @property
     def name(self) -> str:
@@ -101,7 +113,7 @@ class SyntheticProvider:
                     path.append(path[-1] * math.exp(drift + shock * rng.gauss(0.0, 1.0)))
                 prices[symbol] = path[-1]
                 o, c = round(path[0], 4), round(path[-1], 4)
-                ev = StreamEvent.create(
+                ev = StreamEvent.trusted(
                     provider=cfg.provider,
                     symbol=symbol,
                     kind="bar",
@@ -120,7 +132,7 @@ class SyntheticProvider:
                 p *= math.exp(drift + shock * rng.gauss(0.0, 1.0))
                 prices[symbol] = p
                 if self.kind == "tick":
-                    ev = StreamEvent.create(
+                    ev = StreamEvent.trusted(
                         provider=cfg.provider,
                         symbol=symbol,
                         kind="tick",
@@ -135,7 +147,7 @@ class SyntheticProvider:
                 else:
                     bid = max(round(p - 0.01 * rng.randint(0, 2), 2), 0.01)
                     ask = round(bid + 0.01 * rng.randint(1, 3), 2)
-                    ev = StreamEvent.create(
+                    ev = StreamEvent.trusted(
                         provider=cfg.provider,
                         symbol=symbol,
                         kind="quote",

@@ -97,3 +97,25 @@ async def test_aclose_ends_the_stream() -> None:
 def test_rejects_empty_symbols() -> None:
     with pytest.raises(ValueError, match="symbols"):
         SyntheticProvider(SyntheticProducerConfig(symbols=[]))
+
+
+@pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
+def test_events_built_without_validation_pass_validation(kind: str) -> None:
+    """The generator skips per-event validation (StreamEvent.trusted); what it makes must be
+    exactly what validation would have accepted."""
+    from market_data_core.config import SyntheticProducerConfig
+    from market_data_core.contracts import StreamEvent
+    from market_data_pipeline.producers.synthetic import SyntheticProvider
+
+    cfg = SyntheticProducerConfig(symbols=["SPY", "BRK.B", "EUR/USD"], price_volatility=0.5)
+    gen = SyntheticProvider(cfg, seed=3, kind=kind, rate_per_s=1000.0, count=3000).generate()  # type: ignore[arg-type]
+    for ev in gen:
+        assert StreamEvent.model_validate(ev.model_dump()) == ev
+
+
+def test_bad_symbol_in_config_is_refused_up_front() -> None:
+    from market_data_core.config import SyntheticProducerConfig
+    from market_data_pipeline.producers.synthetic import SyntheticProvider
+
+    with pytest.raises(ValueError, match="malformed symbol"):
+        SyntheticProvider(SyntheticProducerConfig(symbols=["SP|Y"]), seed=1)
