@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -64,6 +64,7 @@ _COMPONENT = "microbatch"
 _LIVE_LATENCY_WINDOW_US = 3600 * 1_000_000  # latency is only meaningful for live data
 _MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
 _HEARTBEAT_MAX_AGE_S = 30.0
+_BUS_RETRY_S = 30.0
 
 
 def _wall_us() -> int:
@@ -149,6 +150,8 @@ class MicroBatcher:
         self._bars: dict[tuple[str, str, str, datetime], _Buffered] = {}
         self._outstanding: dict[RecordKey, _RecordState] = {}
         self._inflight: asyncio.Task[None] | None = None
+        # concurrent store calls per commit: the pool's size less one for everything else
+        self._store_slots = asyncio.Semaphore(max(1, config.store.pool_max - 1))
         self.last_lag_ms = 0.0
         self._events_per_entry: float | None = None
         self._consumed = telemetry.EVENTS_CONSUMED.labels(
@@ -315,6 +318,11 @@ class MicroBatcher:
                     held += 1
                     continue
                 lateness = clock.classify(ts_us)
+                if lateness is Lateness.TOO_LATE and rec.deliveries > 1:
+                    # A redelivery (a crashed or rebalanced worker's entry) is not a new
+                    # arrival: its lateness is an artefact of processing, so it corrects the
+                    # bar instead of being dead-lettered.
+                    lateness = Lateness.LATE
                 if lateness is Lateness.TOO_LATE:
                     self.stats.too_late += 1
                     wm = clock.watermark_us or 0
@@ -360,7 +368,7 @@ class MicroBatcher:
         if max_ingest_us:
             self._set_lag(max(0.0, (now - max_ingest_us) / 1000))
         if ack_now:
-            await self._consumer.ack(ack_now)
+            await _retry_bus(lambda: self._consumer.ack(ack_now), "ack")
 
     def _set_lag(self, lag_ms: float) -> None:
         self.last_lag_ms = lag_ms
@@ -385,7 +393,7 @@ class MicroBatcher:
             ts=from_epoch_us(self._wall()),
             deliveries=rec.deliveries,
         )
-        await self._bus.dead_letter(letter)
+        await _retry_bus(lambda: self._bus.dead_letter(letter), "write a dead letter")
 
     def _closed_windows(self, force: bool) -> list[tuple[str, str, int]]:
         now = self._wall()
@@ -427,7 +435,7 @@ class MicroBatcher:
                     done.append(state.record)
                     del self._outstanding[k]
         if done:
-            await self._consumer.ack(done)
+            await _retry_bus(lambda: self._consumer.ack(done), "ack")
         now = self._wall()
         for _provider, _symbol, start in job.units:
             end_us = start + self.window_ms * 1000
@@ -453,10 +461,28 @@ class MicroBatcher:
         changed: list[Bar] = []
         while True:
             try:
-                while pending_chunks:
-                    i = pending_chunks[0]
-                    changed += await self._write_ticks(chunks[i])
-                    pending_chunks.pop(0)
+                if pending_chunks:
+                    # Chunks hold whole (symbol, window) units and every store call locks its
+                    # series, so they commit independently: run a few at once (window ends
+                    # arrive in bursts) and retry only the ones that failed.
+                    results = await asyncio.gather(
+                        *(self._write_ticks_bounded(chunks[i]) for i in pending_chunks),
+                        return_exceptions=True,
+                    )
+                    failed: list[BaseException] = []
+                    still: list[int] = []
+                    for i, res in zip(pending_chunks, results, strict=True):
+                        if isinstance(res, BaseException):
+                            failed.append(res)
+                            still.append(i)
+                        else:
+                            changed += res
+                    pending_chunks = still
+                    for exc in failed:
+                        if not isinstance(exc, Exception):
+                            raise exc  # cancellation and the like: never swallowed
+                    if failed:
+                        raise failed[0]
                 if bars_pending:
                     changed += await self._write_bars(bars)
                     bars_pending = False
@@ -483,6 +509,10 @@ class MicroBatcher:
         await self._publish_bars(changed)
         self.stats.flushes += 1
         return True
+
+    async def _write_ticks_bounded(self, chunk: list[list[_Buffered]]) -> list[Bar]:
+        async with self._store_slots:
+            return await self._write_ticks(chunk)
 
     async def _write_ticks(self, chunk: list[list[_Buffered]]) -> list[Bar]:
         ticks = sorted((b.event for unit in chunk for b in unit), key=lambda e: (e.src_ts, e.seq))
@@ -608,6 +638,24 @@ def _provider_bar(ev: StreamEvent) -> Bar:
 
 def _single_payload(ev: StreamEvent) -> bytes:
     return encode_event(ev, "json")
+
+
+async def _retry_bus(op: Callable[[], Awaitable[None]], what: str) -> None:
+    """Retry a bus write through short outages (a busy or restarting server): about 30 s of
+    capped backoff, then the BusError propagates (the entries stay pending: nothing is lost)."""
+    delay_s = 0.1
+    deadline = time.monotonic() + _BUS_RETRY_S
+    while True:
+        try:
+            await op()
+            return
+        except BusError as exc:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            telemetry.RETRIES.labels(component=_COMPONENT).inc()
+            log.warning("bus: could not %s (%s); retrying in %.1fs", what, exc, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
