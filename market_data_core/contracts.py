@@ -46,6 +46,26 @@ def _remember(cache: set[str], name: str) -> None:
         cache.add(name)
 
 
+def _check_provider(v: str) -> str:
+    if v in _GOOD_PROVIDERS:
+        return v
+    if not _PROVIDER.match(v):
+        raise ValueError(f"malformed provider {v!r} (letters, digits, '_', '.', '-'; max 64)")
+    _remember(_GOOD_PROVIDERS, v)
+    return v
+
+
+def _check_symbol(v: str) -> str:
+    if v in _GOOD_SYMBOLS:
+        return v
+    if not _SYMBOL.match(v):
+        raise ValueError(
+            f"malformed symbol {v!r} (letters, digits and . _ - / : = ^; max 32; no '|')"
+        )
+    _remember(_GOOD_SYMBOLS, v)
+    return v
+
+
 def make_event_id(provider: str, symbol: str, src_ts: datetime, seq: int) -> str:
     """``provider|symbol|src_ts(ISO-8601, µs, Z)|seq``: the same source record, the same id."""
     return f"{provider}|{symbol}|{isoformat_us(src_ts)}|{seq}"
@@ -121,27 +141,8 @@ class StreamEvent(BaseModel):
             )
         return v
 
-    @field_validator("provider")
-    @classmethod
-    def _provider_ok(cls, v: str) -> str:
-        if v in _GOOD_PROVIDERS:
-            return v
-        if not _PROVIDER.match(v):
-            raise ValueError(f"malformed provider {v!r} (letters, digits, '_', '.', '-'; max 64)")
-        _remember(_GOOD_PROVIDERS, v)
-        return v
-
-    @field_validator("symbol")
-    @classmethod
-    def _symbol_ok(cls, v: str) -> str:
-        if v in _GOOD_SYMBOLS:
-            return v
-        if not _SYMBOL.match(v):
-            raise ValueError(
-                f"malformed symbol {v!r} (letters, digits and . _ - / : = ^; max 32; no '|')"
-            )
-        _remember(_GOOD_SYMBOLS, v)
-        return v
+    _provider_ok = field_validator("provider")(_check_provider)
+    _symbol_ok = field_validator("symbol")(_check_symbol)
 
     @field_validator("interval")
     @classmethod
@@ -299,19 +300,8 @@ class Signal(BaseModel):
     def _ts_aware(cls, v: datetime) -> datetime:
         return _aware_utc(v, "ts")
 
-    @field_validator("provider")
-    @classmethod
-    def _provider_ok(cls, v: str) -> str:
-        if not _PROVIDER.match(v):
-            raise ValueError(f"malformed provider {v!r}")
-        return v
-
-    @field_validator("symbol")
-    @classmethod
-    def _symbol_ok(cls, v: str) -> str:
-        if not _SYMBOL.match(v):
-            raise ValueError(f"malformed symbol {v!r}")
-        return v
+    _provider_ok = field_validator("provider")(_check_provider)
+    _symbol_ok = field_validator("symbol")(_check_symbol)
 
     @model_validator(mode="after")
     def _finite_and_id(self) -> Signal:

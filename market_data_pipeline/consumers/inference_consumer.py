@@ -32,7 +32,6 @@ Quotes (``spread_bps``/``imbalance``) are not read by this stage yet: those feat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,6 +52,7 @@ from market_data_core.protocols import (
 )
 from market_data_core.timeutil import format_duration_ms, parse_duration_ms
 from market_data_pipeline import telemetry
+from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.inference.engine import InferenceEngine
 
 __all__ = ["InferenceConsumer", "InferenceStats", "features_interval"]
@@ -137,7 +137,7 @@ class InferenceConsumer:
                 except BusError as exc:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
                     log.warning("bus poll failed (%s); retrying in %.1fs", exc, backoff_s)
-                    await _sleep_or_stop(stop, backoff_s)
+                    await sleep_or_stop(stop, backoff_s)
                     backoff_s = min(backoff_s * 2, 5.0)
                     continue
                 if records:
@@ -268,7 +268,7 @@ class InferenceConsumer:
                 log.warning("publishing %d signals failed (%s); retrying", len(items), exc)
                 if stop.is_set():
                     raise _Stopped from exc
-                await _sleep_or_stop(stop, backoff_s)
+                await sleep_or_stop(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
 
     async def _store_call(
@@ -295,7 +295,7 @@ class InferenceConsumer:
             telemetry.RETRIES.labels(component=_COMPONENT).inc()
             self.stats.store_retries += 1
             if stop is not None:
-                await _sleep_or_stop(stop, backoff_s)
+                await sleep_or_stop(stop, backoff_s)
             else:
                 await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 5.0)
@@ -336,8 +336,3 @@ def _checked(bar: Bar, payload: bytes) -> Bar:
 
 class _Stopped(Exception):
     """Stop was requested while waiting for the store or the bus: leave entries pending."""
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

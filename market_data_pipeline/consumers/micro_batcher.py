@@ -26,7 +26,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -54,6 +53,7 @@ from market_data_core.timeutil import (
     to_epoch_us,
 )
 from market_data_pipeline import telemetry
+from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.consumers.windowing import EventClock, Lateness
 
 __all__ = ["MicroBatchStats", "MicroBatcher"]
@@ -204,7 +204,7 @@ class MicroBatcher:
                 except BusError as exc:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
                     log.warning("bus poll failed (%s); retrying in %.1fs", exc, bus_backoff_s)
-                    await _sleep_or_stop(stop, bus_backoff_s)
+                    await sleep_or_stop(stop, bus_backoff_s)
                     bus_backoff_s = min(bus_backoff_s * 2, 5.0)
                     continue
                 if records:
@@ -656,8 +656,3 @@ async def _retry_bus(op: Callable[[], Awaitable[None]], what: str) -> None:
             log.warning("bus: could not %s (%s); retrying in %.1fs", what, exc, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 2.0)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
