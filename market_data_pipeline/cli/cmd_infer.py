@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,7 +15,10 @@ from market_data_pipeline.cli.apps import stream_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
+    ConsumerOpt,
+    IdleOpt,
     MetricsPortOpt,
+    consumer_name,
     environment,
     load_app_config,
     run_async,
@@ -47,16 +48,8 @@ def infer(
         bool,
         typer.Option(help="Process everything available, commit, ack, exit 0 once idle."),
     ] = False,
-    idle_s: Annotated[
-        float, typer.Option("--idle-s", min=0.1, help="With --drain: exit after this idle time.")
-    ] = 3.0,
-    consumer: Annotated[
-        str | None,
-        typer.Option(
-            help="Consumer name in the group (keep it across restarts to re-read its own "
-            "pending entries first). Default: infer-<host>-<pid>."
-        ),
-    ] = None,
+    idle_s: IdleOpt = 3.0,
+    consumer: ConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Score closed bars from mdp.bars with rules or a model; signals go to mdp.signals and
@@ -88,7 +81,7 @@ def infer(
     # loaded before any server starts: a bad rules file or model hash fails fast (exit 2)
     chosen = build_adapter(cfg, adapter, features.feature_names, base_dir=Path.cwd())
     engine = InferenceEngine(features, chosen, interval=features_interval(cfg))
-    name = consumer or f"infer-{socket.gethostname()}-{os.getpid()}"
+    name = consumer_name(consumer, "infer")
 
     async def main(stop: asyncio.Event) -> None:
         from market_data_pipeline.cli.wiring import (

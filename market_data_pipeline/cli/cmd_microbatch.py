@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,7 +19,10 @@ from market_data_pipeline.cli.apps import stream_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
+    ConsumerOpt,
+    IdleOpt,
     MetricsPortOpt,
+    consumer_name,
     environment,
     load_app_config,
     parse_window,
@@ -30,10 +32,6 @@ from market_data_pipeline.cli.common import (
 )
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
 from market_data_pipeline.embedded import resolve_servers
-
-
-def default_consumer_name(stage: str) -> str:
-    return f"{stage}-{socket.gethostname()}-{os.getpid()}"
 
 
 def _dump_stats(batcher: MicroBatcher, path: Path) -> None:
@@ -62,16 +60,8 @@ def micro_batch(
         bool,
         typer.Option(help="Process everything available, close all windows, commit, ack, exit."),
     ] = False,
-    idle_s: Annotated[
-        float, typer.Option("--idle-s", min=0.1, help="With --drain: exit after this idle time.")
-    ] = 3.0,
-    consumer: Annotated[
-        str | None,
-        typer.Option(
-            help="Consumer name in the group (keep it across restarts to re-read "
-            "its own pending entries first). Default: micro-batch-<host>-<pid>."
-        ),
-    ] = None,
+    idle_s: IdleOpt = 3.0,
+    consumer: ConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
     stats_file: Annotated[
         Path | None,
@@ -95,7 +85,7 @@ def micro_batch(
     if metrics_port is not None:
         overrides["telemetry.metrics_port"] = metrics_port
     cfg = load_app_config(config, overrides)
-    name = consumer or default_consumer_name("micro-batch")
+    name = consumer_name(consumer, "micro-batch")
 
     async def main(stop: asyncio.Event) -> None:
         from market_data_pipeline.cli.wiring import open_job_tracker, open_store

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -156,3 +157,20 @@ def stage_services(
         yield server
     finally:
         server.stop()
+
+
+IdleOpt = Annotated[
+    float, typer.Option("--idle-s", min=0.1, help="With --drain: exit after this idle time.")
+]
+ConsumerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Consumer name in the group (keep it across restarts to re-read its own pending "
+        "entries first). Default: <stage>-<host>-<pid>."
+    ),
+]
+
+
+def consumer_name(given: str | None, stage: str) -> str:
+    """``--consumer`` if given, else ``<stage>-<host>-<pid>`` (unique per live process)."""
+    return given or f"{stage}-{socket.gethostname()}-{os.getpid()}"
