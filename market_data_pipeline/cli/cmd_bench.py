@@ -77,6 +77,9 @@ class FullPath:
     bars_scored: int = 0
     signals: int = 0
     exact: bool = False
+    # CPU seconds per role over the steady part of the run, and µs of CPU per event
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
 
 
 def _machine() -> dict[str, Any]:
@@ -93,6 +96,37 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+_ROLES = ("producers", "workers", "redis", "postgres", "bench+inference")
+
+
+def _cpu_by_role(producers: set[int], workers: set[int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each role: this process (inference), its
+    producer and worker subprocesses, and the embedded servers it started (with PostgreSQL's
+    backends). Servers given by URL are not ours to measure and are left out."""
+    out = dict.fromkeys(_ROLES, 0.0)
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            name = proc.name()
+        except psutil.Error:
+            continue  # exited between listing and reading
+        if proc.pid in producers:
+            role = "producers"
+        elif proc.pid in workers:
+            role = "workers"
+        elif "valkey" in name or "redis" in name:
+            role = "redis"
+        elif "postgres" in name:
+            role = "postgres"
+        elif proc.pid == me.pid:
+            role = "bench+inference"
+        else:
+            continue
+        out[role] += times.user + times.system
+    return out
 
 
 def _bench_events(n: int, symbols: int) -> list[StreamEvent]:
@@ -276,11 +310,15 @@ async def _full_path(
             )
         samples: list[tuple[float, int]] = []
         lags: list[float] = []
+        pids = ({p.pid for p in procs}, {w.pid for w in workers_p})
+        cpu: list[tuple[float, dict[str, float]]] = []
         t0 = time.monotonic()
         while any(p.poll() is None for p in procs):
             await asyncio.sleep(1.0)
             stats = [_read_stats(f) for f in stats_files]
             samples.append((time.monotonic() - t0, sum(st.get("events_in", 0) for st in stats)))
+            if all(p.poll() is None for p in procs):
+                cpu.append((samples[-1][0], _cpu_by_role(*pids)))
             lags.append(max((st.get("last_lag_ms", 0.0) for st in stats), default=0.0))
             result.pending_samples.append(
                 await _group_lag(bus, cfg.bus.events_topic, cfg.bus.group)
@@ -318,6 +356,7 @@ async def _full_path(
     steady = [s for s in samples if 3.0 <= s[0] <= duration_s - 1.0] or samples
     if len(steady) >= 2:
         result.sustained_per_s = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
+        result.cpu_s, result.cpu_us_per_event = _cpu_split(cpu, steady[0], steady[-1])
     final = [_read_stats(f) for f in stats_files]
     latencies = [x for st in final for x in st.get("window_latencies_ms", [])]
     result.events_in = sum(st.get("events_in", 0) for st in final)
@@ -346,6 +385,25 @@ async def _full_path(
     await store.aclose()
     await bus.aclose()
     return result
+
+
+def _cpu_split(
+    cpu: list[tuple[float, dict[str, float]]],
+    first: tuple[float, int],
+    last: tuple[float, int],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU seconds per role between the steady samples ``first`` and ``last`` (at most a
+    sample's distance off), and µs of CPU per event consumed in that span."""
+    inside = [c for c in cpu if first[0] <= c[0] <= last[0]]
+    events = last[1] - first[1]
+    if len(inside) < 2 or events <= 0:
+        return {}, {}
+    (_, a), (_, b) = inside[0], inside[-1]
+    used = {role: round(b[role] - a[role], 2) for role in _ROLES}
+    # the CPU samples span slightly less time than the event samples: scale to the same span
+    span = (inside[-1][0] - inside[0][0]) / (last[0] - first[0])
+    per_event = {role: round(used[role] * 1e6 / (events * span), 2) for role in _ROLES}
+    return used, per_event
 
 
 def _ok(flag: bool) -> str:
@@ -396,6 +454,15 @@ def _table(
         ),
         ("bars -> features -> inference", f"{f.bars_scored:,} bars scored, {f.signals:,} signals"),
     ]
+    if f.cpu_us_per_event:
+        total = sum(f.cpu_us_per_event.values())
+        rows.append(
+            (
+                "CPU per event (steady part)",
+                ", ".join(f"{role} {us:.1f}" for role, us in f.cpu_us_per_event.items())
+                + f" = {total:.1f} µs ({total * f.sustained_per_s / 1e6:.2f} cores busy)",
+            )
+        )
     if c is not None:
         rows += [
             (

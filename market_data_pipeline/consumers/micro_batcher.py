@@ -87,8 +87,18 @@ class _Buffered:
 
 
 @dataclass(slots=True)
+class _Window:
+    """The ticks of one open (provider, symbol, window), one per event_id, and the entries
+    holding them: ``(entry, n)`` means n of the entry's events are here (duplicates count,
+    so the entry is acked only once all of them are committed)."""
+
+    events: dict[str, StreamEvent] = field(default_factory=dict)
+    holds: list[tuple[RecordKey, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _FlushJob:
-    units: dict[tuple[str, str, int], list[_Buffered]]
+    units: dict[tuple[str, str, int], _Window]
     bars: list[_Buffered]
     redelivered: bool
 
@@ -146,7 +156,7 @@ class MicroBatcher:
             mb.correction_horizon_ms,
         )
         self._clocks: dict[tuple[str, str], EventClock] = {}
-        self._windows: dict[tuple[str, str, int], dict[str, _Buffered]] = {}
+        self._windows: dict[tuple[str, str, int], _Window] = {}
         self._bars: dict[tuple[str, str, str, datetime], _Buffered] = {}
         self._outstanding: dict[RecordKey, _RecordState] = {}
         self._inflight: asyncio.Task[None] | None = None
@@ -171,7 +181,7 @@ class MicroBatcher:
 
     @property
     def buffered_events(self) -> int:
-        return sum(len(w) for w in self._windows.values()) + len(self._bars)
+        return sum(len(w.events) for w in self._windows.values()) + len(self._bars)
 
     async def run(
         self,
@@ -285,6 +295,7 @@ class MicroBatcher:
         consumed = 0
         last_ps: tuple[str, str] | None = None
         clock: EventClock | None = None
+        windows = self._windows
         for rec in records:
             key: RecordKey = (rec.shard, rec.entry_id)
             if key in self._outstanding:
@@ -294,6 +305,8 @@ class MicroBatcher:
                 await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
             held = 0
             consumed += len(batch.events)
+            # events this entry puts in each window (packed entries mostly fill one)
+            held_in: dict[tuple[str, str, int], int] = {}
             for ev in batch.events:
                 ingest = ev.ingest_ts
                 if ingest is not None and (newest_ingest is None or ingest > newest_ingest):
@@ -317,7 +330,12 @@ class MicroBatcher:
                     buf.keys.append(key)
                     held += 1
                     continue
-                lateness = clock.classify(ts_us)
+                start = ts_us - ts_us % clock.window_us
+                newest_us = clock.max_event_us
+                if newest_us is None or start + clock.window_us > newest_us - clock.allow_late_us:
+                    lateness = Lateness.ON_TIME  # the common case, without a call
+                else:
+                    lateness = clock.classify(ts_us)
                 if lateness is Lateness.TOO_LATE and rec.deliveries > 1:
                     # A redelivery (a crashed or rebalanced worker's entry) is not a new
                     # arrival: its lateness is an artefact of processing, so it corrects the
@@ -338,16 +356,19 @@ class MicroBatcher:
                     continue
                 if lateness is Lateness.LATE:
                     self.stats.late_corrections += 1
-                clock.observe(ts_us, now)
-                window = self._windows.get((ps[0], ps[1], ts_us - ts_us % clock.window_us))
+                if newest_us is None or ts_us > newest_us:
+                    clock.max_event_us = ts_us  # EventClock.observe, inlined (hot path)
+                clock.last_arrival_wall_us = now
+                wkey = (ps[0], ps[1], start)
+                held_in[wkey] = held_in.get(wkey, 0) + 1
+                window = windows.get(wkey)
                 if window is None:
-                    window = self._windows[(ps[0], ps[1], ts_us - ts_us % clock.window_us)] = {}
-                buffered = window.get(ev.event_id)
-                if buffered is None:
-                    window[ev.event_id] = _Buffered(ev, [key])
-                else:
-                    buffered.keys.append(key)  # duplicate: written once, both entries acked
+                    window = windows[wkey] = _Window()
+                # a duplicate is written once; its entry is acked with the first's window
+                window.events.setdefault(ev.event_id, ev)
                 held += 1
+            for wkey, n in held_in.items():
+                self._windows[wkey].holds.append((key, n))
             if held:
                 state = self._outstanding.get(key)
                 if state is None:
@@ -408,13 +429,12 @@ class MicroBatcher:
         closed = self._closed_windows(force)
         if not closed and not self._bars:
             return None
-        units = {key: list(self._windows.pop(key).values()) for key in closed}
+        units = {key: self._windows.pop(key) for key in closed}
         bars = list(self._bars.values())
         self._bars = {}
         redelivered = any(
             self._outstanding[k].record.deliveries > 1
-            for buf in [*bars, *(b for u in units.values() for b in u)]
-            for k in buf.keys
+            for k in _held_keys(units, bars)
             if k in self._outstanding
         )
         return _FlushJob(units, bars, redelivered)
@@ -425,15 +445,16 @@ class MicroBatcher:
         if not await self._write(stop, job.units, job.bars, job.redelivered):
             return
         done: list[BusRecord] = []
-        for buf in [*job.bars, *(b for u in job.units.values() for b in u)]:
-            for k in buf.keys:
-                state = self._outstanding.get(k)
-                if state is None:
-                    continue
-                state.remaining -= 1
-                if state.remaining <= 0:
-                    done.append(state.record)
-                    del self._outstanding[k]
+        holds = [(k, 1) for buf in job.bars for k in buf.keys]
+        holds += [h for w in job.units.values() for h in w.holds]
+        for k, n in holds:
+            state = self._outstanding.get(k)
+            if state is None:
+                continue
+            state.remaining -= n
+            if state.remaining <= 0:
+                done.append(state.record)
+                del self._outstanding[k]
         if done:
             await _retry_bus(lambda: self._consumer.ack(done), "ack")
         now = self._wall()
@@ -447,7 +468,7 @@ class MicroBatcher:
     async def _write(
         self,
         stop: asyncio.Event,
-        units: dict[tuple[str, str, int], list[_Buffered]],
+        units: dict[tuple[str, str, int], _Window],
         bars: list[_Buffered],
         redelivered: bool,
     ) -> bool:
@@ -510,12 +531,12 @@ class MicroBatcher:
         self.stats.flushes += 1
         return True
 
-    async def _write_ticks_bounded(self, chunk: list[list[_Buffered]]) -> list[Bar]:
+    async def _write_ticks_bounded(self, chunk: list[_Window]) -> list[Bar]:
         async with self._store_slots:
             return await self._write_ticks(chunk)
 
-    async def _write_ticks(self, chunk: list[list[_Buffered]]) -> list[Bar]:
-        ticks = sorted((b.event for unit in chunk for b in unit), key=lambda e: (e.src_ts, e.seq))
+    async def _write_ticks(self, chunk: list[_Window]) -> list[Bar]:
+        ticks = [ev for window in chunk for ev in window.events.values()]
         t0 = time.perf_counter()
         result = await self._store.ingest_ticks(ticks, interval=self.interval)
         telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
@@ -547,7 +568,7 @@ class MicroBatcher:
         return rows
 
     async def _reload_bars(
-        self, units: dict[tuple[str, str, int], list[_Buffered]], changed: list[Bar]
+        self, units: dict[tuple[str, str, int], _Window], changed: list[Bar]
     ) -> list[Bar]:
         """After a redelivery the store may report no change for bars that were committed but
         never published (crash between commit and publish): publish them from the store."""
@@ -588,33 +609,41 @@ class MicroBatcher:
             )
 
 
+def _held_keys(
+    units: dict[tuple[str, str, int], _Window], bars: list[_Buffered]
+) -> Iterable[RecordKey]:
+    for buf in bars:
+        yield from buf.keys
+    for window in units.values():
+        for k, _n in window.holds:
+            yield k
+
+
 def _unit_starts(
-    units: dict[tuple[str, str, int], list[_Buffered]],
+    units: dict[tuple[str, str, int], _Window],
 ) -> set[tuple[str, str, datetime]]:
     return {(p, s, from_epoch_us(start)) for p, s, start in units}
 
 
-def _chunks(
-    units: dict[tuple[str, str, int], list[_Buffered]], max_events: int
-) -> Iterable[list[list[_Buffered]]]:
+def _chunks(units: dict[tuple[str, str, int], _Window], max_events: int) -> Iterable[list[_Window]]:
     """Pack whole (symbol, window) units into chunks of at most ``max_events`` (a larger unit
     stands alone), interleaving symbols so a hot symbol cannot starve the others."""
-    by_symbol: dict[tuple[str, str], list[list[_Buffered]]] = defaultdict(list)
-    for (provider, symbol, _start), bufs in sorted(units.items()):
-        by_symbol[(provider, symbol)].append(bufs)
-    order: list[list[_Buffered]] = []
+    by_symbol: dict[tuple[str, str], list[_Window]] = defaultdict(list)
+    for (provider, symbol, _start), window in sorted(units.items(), key=lambda kv: kv[0]):
+        by_symbol[(provider, symbol)].append(window)
+    order: list[_Window] = []
     queues = list(by_symbol.values())
     while queues:
         order += [q.pop(0) for q in queues]
         queues = [q for q in queues if q]
-    chunk: list[list[_Buffered]] = []
+    chunk: list[_Window] = []
     size = 0
     for unit in order:
-        if chunk and size + len(unit) > max_events:
+        if chunk and size + len(unit.events) > max_events:
             yield chunk
             chunk, size = [], 0
         chunk.append(unit)
-        size += len(unit)
+        size += len(unit.events)
     if chunk:
         yield chunk
 
