@@ -474,8 +474,9 @@ def _table(
             ("bare ceiling: COPY", f"{c.copy_per_s:,.0f} rows/s"),
             (
                 "bare ceiling: whole path",
-                f"{c.path_per_s:,.0f} ev/s  (full path = "
-                f"{f.sustained_per_s / c.path_per_s:.0%} of it)",
+                f"{c.path_per_s:,.0f} ev/s, 1 event/entry  (full path = "
+                f"{f.sustained_per_s / c.path_per_s:.0%} of it; goal past it: "
+                f"{_ok(f.sustained_per_s > c.path_per_s)})",
             ),
         ]
     width = max(len(k) for k, _ in rows)

@@ -1,0 +1,165 @@
+"""Micro-batch worker cost: CPU per event of one worker draining a pre-filled events stream
+(decode + validate + window + ingest_ticks + bar recompute + ack), and of PostgreSQL.
+
+Unlike ``mdp bench`` no producer runs at the same time, so the figures are the worker's and
+the store's own, not shared with the load generator.
+
+    .venv/bin/python benchmarks/worker_bench.py [--events 400000] [--pack 50] [--symbols 20]
+
+Starts an embedded Valkey and PostgreSQL (``REDIS_URI``/``DATABASE_URL`` are ignored: the
+server CPU is read from our own children). Prints a table and writes
+``benchmarks/results/worker-<UTC timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from market_data_core.codec import encode_events
+from market_data_core.contracts import StreamEvent
+from market_data_core.protocols import routing_key
+from market_data_pipeline.cli.common import DEFAULT_CONFIG, load_app_config
+from market_data_pipeline.cli.wiring import open_store, upgrade_schema
+from market_data_pipeline.consumers.micro_batcher import MicroBatcher
+from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis, ServerUrls
+from market_data_pipeline.streaming.bus import open_bus
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its living descendants."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _entries(n: int, symbols: int, pack: int) -> list[tuple[str, bytes]]:
+    """``n`` ticks, one every 50 µs of event time round robin over ``symbols``, packed
+    ``pack`` per entry per symbol (as the synthetic producer packs them)."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    per_symbol: dict[str, list[StreamEvent]] = {}
+    out: list[tuple[str, bytes]] = []
+    for i in range(n):
+        symbol = f"S{i % symbols:03d}"
+        ts = t0 + timedelta(microseconds=50 * i)
+        ev = StreamEvent.create(
+            provider="wbench",
+            symbol=symbol,
+            kind="tick",
+            src_ts=ts,
+            ingest_ts=ts,
+            c=100.0 + i * 7919 % 1000 / 100,
+            v=(i % 9 + 1) / 1000,
+            seq=i,
+        )
+        buf = per_symbol.setdefault(symbol, [])
+        buf.append(ev)
+        if len(buf) == pack:
+            out.append((routing_key("wbench", symbol), encode_events(buf)))
+            buf.clear()
+    for symbol, buf in per_symbol.items():
+        if buf:
+            out.append((routing_key("wbench", symbol), encode_events(buf)))
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    redis, pg = EmbeddedRedis(), EmbeddedPostgres()
+    with redis, pg:
+        assert redis.proc is not None and pg.proc is not None
+        urls = ServerUrls(redis_url=redis.url, database_url=pg.url, kafka_bootstrap=None)
+        cfg = load_app_config(
+            DEFAULT_CONFIG,
+            {
+                "bus.partitions": args.partitions,
+                "bus.redis.stream": f"mdp.wbench.{tag}.events",
+                "bus.redis.bars_stream": f"mdp.wbench.{tag}.bars",
+                "bus.redis.dlq_stream": f"mdp.wbench.{tag}.dlq",
+                "bus.redis.consumer_group": f"wbench-{tag}",
+                "micro_batch.window_ms": args.window_ms,
+            },
+        )
+        await asyncio.to_thread(upgrade_schema, pg.url, config=cfg)
+        bus = await open_bus(cfg, urls)
+        store = await open_store(cfg, urls)
+        try:
+            entries = _entries(args.events, args.symbols, args.pack)
+            for i in range(0, len(entries), 500):
+                await bus.publish(cfg.bus.events_topic, entries[i : i + 500])
+            worker = MicroBatcher(cfg, bus, store, consumer_name="wbench")
+            me = psutil.Process()
+            cpu0 = me.cpu_times()
+            pg0, redis0 = _tree_cpu_s(pg.proc.pid), _tree_cpu_s(redis.proc.pid)
+            t0 = time.perf_counter()
+            stats = await worker.run(asyncio.Event(), drain=True, idle_s=0.5)
+            wall_s = time.perf_counter() - t0 - 0.5  # less the idle wait that ends the drain
+            cpu1 = me.cpu_times()
+            worker_s = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+            pg_s = _tree_cpu_s(pg.proc.pid) - pg0
+            redis_s = _tree_cpu_s(redis.proc.pid) - redis0
+        finally:
+            await store.aclose()
+            await bus.aclose()
+    n = stats.events_in
+    assert n == args.events == stats.ticks_inserted, (n, stats.ticks_inserted)
+    return {
+        "run": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "params": vars(args),
+        "events": n,
+        "wall_s": round(wall_s, 2),
+        "events_per_s": round(n / wall_s),
+        "worker_us_per_event": round(worker_s * 1e6 / n, 2),
+        "postgres_us_per_event": round(pg_s * 1e6 / n, 2),
+        "redis_us_per_event": round(redis_s * 1e6 / n, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--pack", type=int, default=50)
+    parser.add_argument("--symbols", type=int, default=20)
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--window-ms", type=int, default=2000)
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    for key in (
+        "events",
+        "wall_s",
+        "events_per_s",
+        "worker_us_per_event",
+        "postgres_us_per_event",
+        "redis_us_per_event",
+    ):
+        print(f"  {key:<24} {result[key]:,}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"worker-{result['run']}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
