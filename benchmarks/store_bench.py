@@ -69,6 +69,103 @@ def make_ticks(n: int, provider: str) -> list[StreamEvent]:
     ]
 
 
+def live_chunks(n: int, provider: str, window_ms: int, max_batch: int) -> list[list[StreamEvent]]:
+    """Live-like tick batches as the micro-batcher sends them: 20 symbols, one tick every
+    50 µs of event time (round robin), cut into whole (symbol, window) units, units packed
+    into chunks of at most ``max_batch`` ticks, each chunk sorted by (src_ts, seq)."""
+    symbols = 20
+    units: dict[tuple[str, int], list[StreamEvent]] = {}
+    for i in range(n):
+        ts = T0 + timedelta(microseconds=50 * i)
+        ev = StreamEvent.create(
+            provider=provider,
+            symbol=f"S{i % symbols:02d}",
+            kind="tick",
+            src_ts=ts,
+            c=100.0 + i * 7919 % 1000 / 100,
+            v=(i % 9 + 1) / 1000,
+            seq=i,
+            ingest_ts=ts,
+        )
+        units.setdefault((ev.symbol, 50 * i // (window_ms * 1000)), []).append(ev)
+    ordered = sorted(units.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    chunks: list[list[StreamEvent]] = []
+    current: list[StreamEvent] = []
+    for _key, unit in ordered:
+        if current and len(current) + len(unit) > max_batch:
+            chunks.append(sorted(current, key=lambda e: (e.src_ts, e.seq)))
+            current = []
+        current += unit
+    if current:
+        chunks.append(sorted(current, key=lambda e: (e.src_ts, e.seq)))
+    return chunks
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """On-CPU seconds of one process's main thread (Linux schedstat: ns resolution, unlike
+    the 10 ms ticks of /proc/<pid>/stat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def _tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds of a process and all its children, living ones (the backends and the
+    background workers of a PostgreSQL server)."""
+    total = 0.0
+    pids = [root_pid]
+    while pids:
+        pid = pids.pop()
+        try:
+            total += _proc_cpu_s(pid)
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        pids += [int(c) for c in children]
+    return total
+
+
+async def tick_cpu(dsn: str, n_ticks: int, window: str, server_pid: int | None) -> dict[str, Any]:
+    """CPU per tick of ``ingest_ticks`` on live-like batches: the PostgreSQL backend of the
+    (single) pool connection, the whole server (when embedded), and this client process.
+    Then the same ticks again (all duplicates: the staged path) and batches with one stored
+    tick in the middle (fast path attempted, then the staged path)."""
+    await upgrade_schema(dsn)
+    store = await PgStoreClient.connect(dsn, pool_min=1, pool_max=1)
+    window_ms = int(window.removesuffix("ms")) if window.endswith("ms") else None
+    assert window_ms is not None, "--cpu-window must be given in ms, e.g. 2000ms"
+    out: dict[str, Any] = {"cpu_ticks": n_ticks, "cpu_window": window}
+    try:
+        await store.ingest_ticks(live_chunks(4000, "warm", window_ms, 5000)[0], interval=window)
+        async with store._pool.acquire() as conn:
+            backend_pid = conn.get_server_pid()
+        chunks = live_chunks(n_ticks, "live", window_ms, 5000)
+        out["cpu_chunk_ticks_mean"] = n_ticks / len(chunks)
+
+        async def measure(name: str, batches_: list[list[StreamEvent]]) -> None:
+            ticks = sum(len(b) for b in batches_)
+            b0, s0 = _proc_cpu_s(backend_pid), _tree_cpu_s(server_pid) if server_pid else 0.0
+            c0, w0 = time.process_time(), time.perf_counter()
+            for b in batches_:
+                await store.ingest_ticks(b, interval=window)
+            c1, w1 = time.process_time(), time.perf_counter()
+            b1, s1 = _proc_cpu_s(backend_pid), _tree_cpu_s(server_pid) if server_pid else 0.0
+            out[f"{name}_pg_backend_us_per_tick"] = (b1 - b0) / ticks * 1e6
+            if server_pid:
+                out[f"{name}_pg_server_us_per_tick"] = (s1 - s0) / ticks * 1e6
+            out[f"{name}_client_us_per_tick"] = (c1 - c0) / ticks * 1e6
+            out[f"{name}_wall_us_per_tick"] = (w1 - w0) / ticks * 1e6
+
+        await measure("live", chunks)
+        await measure("replay", chunks)
+        # one already stored tick in the middle of otherwise new batches
+        mixed_src = live_chunks(n_ticks // 4, "mixed", window_ms, 5000)
+        stored = [b[len(b) // 2] for b in mixed_src]
+        await store.ingest_ticks(stored, interval=window)
+        await measure("mixed", mixed_src)
+    finally:
+        await store.aclose()
+    return out
+
+
 def batches(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -200,9 +297,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     admin = await asyncpg.connect(with_db(server_url, "postgres"))
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        result = await run(
-            with_db(server_url, name), args.rows, args.batch, args.ticks, args.window, args.rounds
-        )
+        if args.cpu_only:
+            result = await tick_cpu(
+                with_db(server_url, name),
+                args.cpu_ticks,
+                args.cpu_window,
+                pg.proc.pid if pg is not None and pg.proc is not None else None,
+            )
+        else:
+            result = await run(
+                with_db(server_url, name),
+                args.rows,
+                args.batch,
+                args.ticks,
+                args.window,
+                args.rounds,
+            )
         result["server"] = "embedded" if pg else "DATABASE_URL"
         result["server_version"] = await admin.fetchval("SHOW server_version")
         return result
@@ -220,6 +330,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--ticks", type=int, default=200_000)
     parser.add_argument("--window", default="1s")
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="only measure CPU per tick of ingest_ticks on live-like batches",
+    )
+    parser.add_argument("--cpu-ticks", type=int, default=200_000)
+    parser.add_argument("--cpu-window", default="2000ms")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     result["when"] = datetime.now(UTC).isoformat(timespec="seconds")

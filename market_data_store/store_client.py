@@ -89,6 +89,10 @@ _STAGE_TICK_COLUMNS = (
     "trade_id",
     "ingest_ts",
 )
+_ANY_TICK_EXISTS_SQL = """
+SELECT EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($1, $2, $3, $4))
+    OR EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($5, $6, $7, $8))
+"""
 _STAGE_BAR_COLUMNS = ("provider", "symbol", "interval", "ts", *_BAR_COLS)
 
 _INSERT_TICKS_SQL = """
@@ -100,9 +104,20 @@ ORDER BY provider, symbol, ts, seq
 ON CONFLICT DO NOTHING
 """
 
+# All-new ticks: no ON CONFLICT (speculative insertion costs twice a plain insert) and no
+# sort (the batch arrives in event-time order; the key order only matters to ON CONFLICT).
+_INSERT_NEW_TICKS_SQL = """
+INSERT INTO ticks (provider, symbol, ts, seq, event_id, price, size, side, trade_id, ingest_ts)
+SELECT provider, symbol, ts, seq, event_id, price::numeric, size::numeric, side, trade_id,
+       coalesce(ingest_ts, now())
+FROM mdp_stage_ticks
+"""
+
 # Recompute the bars of every window the batch touched from ALL stored ticks of the window.
 # The LATERAL aggregate cannot be flattened, so each window is one index range scan on
-# ticks' primary key (provider, symbol, ts, seq), whatever the size of the table.
+# ticks' primary key (provider, symbol, ts, seq), whatever the size of the table; open and
+# close are two more probes of that index (first/last by (ts, seq)), cheaper than sorting
+# the window's prices in ordered aggregates.
 _RECOMPUTE_BARS_SQL = f"""
 WITH win AS (
     SELECT DISTINCT provider, symbol,
@@ -112,10 +127,16 @@ WITH win AS (
     SELECT w.provider, w.symbol, w.bucket, a.o, a.h, a.l, a.c, a.v, a.pv, a.n
     FROM win w
     CROSS JOIN LATERAL (
-        SELECT (array_agg(t.price ORDER BY t.ts, t.seq))[1] AS o,
+        SELECT (SELECT f.price FROM ticks f
+                WHERE f.provider = w.provider AND f.symbol = w.symbol
+                  AND f.ts >= w.bucket AND f.ts < w.bucket + $1::interval
+                ORDER BY f.ts, f.seq LIMIT 1) AS o,
                max(t.price) AS h,
                min(t.price) AS l,
-               (array_agg(t.price ORDER BY t.ts DESC, t.seq DESC))[1] AS c,
+               (SELECT f.price FROM ticks f
+                WHERE f.provider = w.provider AND f.symbol = w.symbol
+                  AND f.ts >= w.bucket AND f.ts < w.bucket + $1::interval
+                ORDER BY f.ts DESC, f.seq DESC LIMIT 1) AS c,
                sum(t.size) AS v,
                sum(t.price * t.size) AS pv,
                count(*) AS n
@@ -361,26 +382,43 @@ class PgStoreClient(PgClientBase):
         tick_days = {e.src_ts.date() for e in unique.values()}  # src_ts is UTC (validated)
         locks = series_lock_keys({(e.provider, e.symbol) for e in unique.values()})
         stride = timedelta(milliseconds=window_ms)
+        ends = (records[0][:4], records[-1][:4])
 
-        async def write() -> tuple[str, list[Any]]:
+        async def write() -> tuple[int, list[Any]]:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
                     await conn.copy_records_to_table(
                         "mdp_stage_ticks", records=records, columns=_STAGE_TICK_COLUMNS
                     )
-                    status = await conn.execute(_INSERT_TICKS_SQL)
+                    inserted: int | None = None
+                    # Fast path: a batch of all-new ticks (live data) is a plain INSERT, much
+                    # cheaper than the speculative insertion of ON CONFLICT. Two index probes
+                    # (the first and last key) send replays to ON CONFLICT at once; an
+                    # existing key in the middle aborts the INSERT, and the savepoint rollback
+                    # leaves the staged rows to ON CONFLICT. Writers of one series are
+                    # serialised by the advisory locks above, so the INSERT never waits on
+                    # another writer's keys.
+                    if not await conn.fetchval(_ANY_TICK_EXISTS_SQL, *ends[0], *ends[1]):
+                        try:
+                            async with conn.transaction():
+                                await conn.execute(_INSERT_NEW_TICKS_SQL)
+                            inserted = len(records)
+                        except asyncpg.UniqueViolationError:
+                            pass  # an already stored tick in the middle
+                    if inserted is None:
+                        status = await conn.execute(_INSERT_TICKS_SQL)
+                        inserted = int(status.rsplit(" ", 1)[-1])
                     rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval)
                     await conn.execute("DELETE FROM mdp_stage_ticks")
                 await self._janitor.used(conn, "mdp_stage_ticks", len(records))
-            return status, rows
+            return inserted, rows
 
         with translate_errors("ingest_ticks"):
-            status, rows = await self._write(
+            ticks_inserted, rows = await self._write(
                 [("ticks", tick_days), ("bars_ohlcv", _bar_days(tick_days, window_ms))], write
             )
-        ticks_inserted = int(status.rsplit(" ", 1)[-1])
-        windows = int(rows[0]["windows"]) if rows else 0
+        n_windows = int(rows[0]["windows"]) if rows else 0
         changed = [r for r in rows if r["provider"] is not None]
         inserted = sum(1 for r in changed if r["inserted"])
         bars = [_bar_from_row(r, interval) for r in changed]
@@ -390,7 +428,7 @@ class PgStoreClient(PgClientBase):
             bars_result=UpsertResult(
                 inserted=inserted,
                 updated=len(changed) - inserted,
-                unchanged=windows - len(changed),
+                unchanged=n_windows - len(changed),
             ),
         )
 
