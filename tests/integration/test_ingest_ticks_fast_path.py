@@ -1,0 +1,242 @@
+"""``ingest_ticks``'s fast path (all-new batches: a plain INSERT in a savepoint) and its
+fallback to ``ON CONFLICT`` must give exactly what the staged upsert alone gives: the same
+stored ticks, the same bars, the same figures, revisions bumped only on change."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from typing import Any
+
+import asyncpg
+import pytest
+
+from market_data_core.contracts import StreamEvent
+from market_data_store import VWAP_DECIMALS, PgStoreClient, upgrade_schema
+from tests.integration._store_db import fresh_database
+
+T0 = datetime(2022, 3, 4, 10, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def store_url(database_url: str) -> AsyncIterator[str]:
+    async with fresh_database(database_url) as url:
+        await upgrade_schema(url)
+        yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[PgStoreClient]:
+    client = await PgStoreClient.connect(store_url, pool_min=1, pool_max=1)
+    yield client
+    await client.aclose()
+
+
+def tick(
+    provider: str,
+    symbol: str,
+    us: int,
+    price: float,
+    size: float,
+    seq: int,
+    ingest_ts: datetime | None = None,
+) -> StreamEvent:
+    return StreamEvent.create(
+        provider=provider,
+        symbol=symbol,
+        kind="tick",
+        src_ts=T0 + timedelta(microseconds=us),
+        c=price,
+        v=size,
+        seq=seq,
+        ingest_ts=ingest_ts,
+    )
+
+
+def live_batch(provider: str, n: int, first_seq: int = 0) -> list[StreamEvent]:
+    """Two symbols interleaved, 50 µs apart, in (src_ts, seq) order as the micro-batcher
+    sends them; prices and sizes with awkward shortest decimals."""
+    return [
+        tick(
+            provider,
+            f"S{i % 2}",
+            50 * i,
+            100.0 + (i * 7919 % 1000) / 100 + (0.1 if i % 3 == 0 else 0.0),
+            (i % 9 + 1) / 1000 * 3,
+            i,
+        )
+        for i in range(first_seq, first_seq + n)
+    ]
+
+
+async def stored_ticks(url: str, provider: str) -> list[Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT symbol, ts, seq, event_id, price, size, price::text AS price_text, "
+                "size::text AS size_text, ingest_ts FROM ticks WHERE provider = $1 "
+                "ORDER BY symbol, ts, seq",
+                provider,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def reference_bars(
+    events: list[StreamEvent], window_ms: int
+) -> dict[tuple[str, datetime], tuple[float, float, float, float, float, float, int]]:
+    """Exact decimal OHLCV per (symbol, window) of the distinct ticks."""
+    w = timedelta(milliseconds=window_ms)
+    groups: dict[tuple[str, datetime], list[StreamEvent]] = {}
+    for e in {e.event_id: e for e in events}.values():
+        start = T0 + ((e.src_ts - T0) // w) * w  # T0 is window-aligned for the sizes used
+        groups.setdefault((e.symbol, start), []).append(e)
+    out = {}
+    for key, trades in groups.items():
+        trades.sort(key=lambda e: (e.src_ts, e.seq))
+        prices = [Decimal(repr(e.c)) for e in trades]
+        sizes = [Decimal(repr(e.v)) for e in trades]
+        with localcontext() as ctx:
+            ctx.prec = 80
+            v = sum(sizes, Decimal(0))
+            pv = sum((p * s for p, s in zip(prices, sizes, strict=True)), Decimal(0))
+            vwap = (pv / v).quantize(Decimal(1).scaleb(-VWAP_DECIMALS), rounding=ROUND_HALF_UP)
+        out[key] = (
+            float(prices[0]),
+            float(max(prices)),
+            float(min(prices)),
+            float(prices[-1]),
+            float(v),
+            float(vwap),
+            len(trades),
+        )
+    return out
+
+
+async def stored_bars(
+    store: PgStoreClient, provider: str, interval: str
+) -> dict[tuple[str, datetime], tuple[Any, ...]]:
+    out = {}
+    for symbol in ("S0", "S1"):
+        for b in await store.bars_range(provider, symbol, interval, T0, T0 + timedelta(hours=1)):
+            out[(symbol, b.ts)] = (b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count)
+    return out
+
+
+async def test_floats_are_stored_as_their_shortest_decimal(
+    store: PgStoreClient, store_url: str
+) -> None:
+    values = [0.1, 1e-7, 123456.789, 100.0, 0.30000000000000004, 1e16, 2.5e-5, 98765.4321]
+    # all new (fast path), then the same values again as new ticks behind one stored tick
+    # (the first key is stored: the ON CONFLICT path)
+    fast = [tick("exact", "S0", i, v, v, i) for i, v in enumerate(values)]
+    res = await store.ingest_ticks(fast, interval="1s")
+    assert res.ticks_inserted == len(values)
+    staged = [fast[0]] + [tick("exact", "S1", i, v, v, i) for i, v in enumerate(values)]
+    res = await store.ingest_ticks(staged, interval="1s")
+    assert res.ticks_inserted == len(values)
+
+    rows = await stored_ticks(store_url, "exact")
+    by_symbol: dict[str, list[Any]] = {"S0": [], "S1": []}
+    for r in rows:
+        by_symbol[r["symbol"]].append(r)
+    for symbol in ("S0", "S1"):
+        got = by_symbol[symbol]
+        assert [r["price"] for r in got] == [Decimal(repr(v)) for v in values]
+        assert [r["size"] for r in got] == [Decimal(repr(v)) for v in values]
+    # the same text (value and scale) whichever path stored them
+    assert [r["price_text"] for r in by_symbol["S0"]] == [r["price_text"] for r in by_symbol["S1"]]
+    assert [r["size_text"] for r in by_symbol["S0"]] == [r["size_text"] for r in by_symbol["S1"]]
+    assert by_symbol["S0"][0]["price_text"] == "0.1"
+    assert by_symbol["S0"][1]["price_text"] == "0.0000001"
+
+
+async def test_stored_tick_in_the_middle_falls_back_exactly_and_idempotently(
+    store: PgStoreClient, store_url: str
+) -> None:
+    batch = live_batch("mid", 3000)
+    middle = batch[1500]
+    first = await store.ingest_ticks([middle], interval="2s")
+    assert first.ticks_inserted == 1
+
+    res = await store.ingest_ticks(batch, interval="2s")
+    assert res.ticks_inserted == len(batch) - 1  # everything but the stored tick
+    ref = reference_bars(batch, 2000)
+    assert await stored_bars(store, "mid", "2s") == ref
+    assert res.bars_result.changed == len(res.bars) == len(ref)
+    # the window of the stored tick existed (a bar of one tick): updated, the others new
+    assert (res.bars_result.inserted, res.bars_result.updated) == (len(ref) - 1, 1)
+
+    rows = await stored_ticks(store_url, "mid")
+    assert len(rows) == len(batch)
+    assert {r["event_id"] for r in rows} == {e.event_id for e in batch}
+
+    again = await store.ingest_ticks(batch, interval="2s")
+    assert again.ticks_inserted == 0 and again.bars == []
+    assert again.bars_result.unchanged == len(ref)
+    assert len(await stored_ticks(store_url, "mid")) == len(batch)
+
+
+async def test_fast_path_figures_and_revisions(store: PgStoreClient) -> None:
+    # 0..1.5 s of ticks: windows [0, 1s) and [1s, 2s) of S0 and S1, all new
+    batch = live_batch("rev", 30_000)[::1000]
+    res = await store.ingest_ticks(batch, interval="1s")
+    ref = reference_bars(batch, 1000)
+    assert res.ticks_inserted == len(batch)
+    assert (res.bars_result.inserted, res.bars_result.updated, res.bars_result.unchanged) == (
+        len(ref),
+        0,
+        0,
+    )
+    assert {(b.symbol, b.ts): b.revision for b in res.bars} == dict.fromkeys(ref, 0)
+    assert await stored_bars(store, "rev", "1s") == ref
+
+    # New ticks of S0's second window, plus duplicates of every window: only that bar
+    # changes (revision 1); the duplicate-only windows are recomputed and left alone.
+    late = [tick("rev", "S0", 1_999_000, 1.25, 0.5, 10**9), tick("rev", "S0", 1_999_001, 3.5, 1, 0)]
+    res = await store.ingest_ticks([*batch, *late], interval="1s")
+    assert res.ticks_inserted == 2
+    ref = reference_bars([*batch, *late], 1000)
+    assert await stored_bars(store, "rev", "1s") == ref
+    ((bar),) = res.bars
+    assert ((bar.symbol, bar.ts), bar.revision) == (("S0", T0 + timedelta(seconds=1)), 1)
+    assert (res.bars_result.updated, res.bars_result.unchanged) == (1, len(ref) - 1)
+
+    # all-new ticks in a new window only: inserted at revision 0, nothing else touched
+    fresh = [tick("rev", "S1", 5_000_000 + i, 7.0 + i, 1.0, 10**9 + i) for i in range(3)]
+    res = await store.ingest_ticks(fresh, interval="1s")
+    assert res.ticks_inserted == 3
+    assert [(b.ts, b.revision, b.o, b.c, b.trade_count) for b in res.bars] == [
+        (T0 + timedelta(seconds=5), 0, 7.0, 9.0, 3)
+    ]
+    stored = {
+        (b.symbol, b.ts): b.revision
+        for s in ("S0", "S1")
+        for b in await store.bars_range("rev", s, "1s", T0, T0 + timedelta(seconds=10))
+    }
+    assert sorted(stored.values()) == [0] * (len(stored) - 1) + [1]
+
+
+async def test_ingest_ts_kept_or_stamped_with_the_transaction_time(
+    store: PgStoreClient, store_url: str
+) -> None:
+    given = datetime(2022, 3, 4, 10, 0, 5, tzinfo=UTC)
+    before = datetime.now(UTC)
+    for provider, stamps in (
+        ("stamp_all", [given, given]),
+        ("stamp_none", [None, None]),
+        ("stamp_mixed", [given, None]),
+    ):
+        batch = [
+            tick(provider, "S0", i, 1.0 + i, 1.0, i, ingest_ts=s) for i, s in enumerate(stamps)
+        ]
+        assert (await store.ingest_ticks(batch, interval="1s")).ticks_inserted == 2
+        rows = await stored_ticks(store_url, provider)
+        for r, s in zip(rows, stamps, strict=True):
+            if s is not None:
+                assert r["ingest_ts"] == s
+            else:
+                assert before - timedelta(seconds=1) <= r["ingest_ts"] <= datetime.now(UTC)
