@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -359,11 +360,12 @@ class PgStoreClient(PgClientBase):
         window_ms = _interval_ms(interval)
         if not ticks:
             return TickIngestResult(ticks_inserted=0)
-        unique: dict[str, StreamEvent] = {}
-        for ev in ticks:
-            if ev.kind != "tick" or ev.c is None or ev.v is None:
-                raise StoreError(f"ingest_ticks got a {ev.kind} event ({ev.event_id})")
-            unique[ev.event_id] = ev
+        # Comprehensions rather than one loop doing everything: this runs for every tick of
+        # the pipeline, and their per-item cost is a fraction of a statement loop's.
+        bad = next((e for e in ticks if e.kind != "tick" or e.c is None or e.v is None), None)
+        if bad is not None:
+            raise StoreError(f"ingest_ticks got a {bad.kind} event ({bad.event_id})")
+        unique = {e.event_id: e for e in ticks}
         records = [
             (
                 e.provider,
@@ -379,8 +381,10 @@ class PgStoreClient(PgClientBase):
             )
             for e in unique.values()
         ]
-        tick_days = {e.src_ts.date() for e in unique.values()}  # src_ts is UTC (validated)
-        locks = series_lock_keys({(e.provider, e.symbol) for e in unique.values()})
+        stamps = [r[2] for r in records]
+        first_day, last_day = min(stamps).date(), max(stamps).date()  # src_ts is UTC
+        tick_days = {first_day} if first_day == last_day else {ts.date() for ts in stamps}
+        locks = series_lock_keys(set(map(itemgetter(0, 1), records)))
         stride = timedelta(milliseconds=window_ms)
         ends = (records[0][:4], records[-1][:4])
 
