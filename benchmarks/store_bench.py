@@ -123,11 +123,15 @@ def _tree_cpu_s(root_pid: int) -> float:
     return total
 
 
-async def tick_cpu(dsn: str, n_ticks: int, window: str, server_pid: int | None) -> dict[str, Any]:
+async def tick_cpu(
+    dsn: str, n_ticks: int, window: str, server_pid: int | None, days: int = 0
+) -> dict[str, Any]:
     """CPU per tick of ``ingest_ticks`` on live-like batches: the PostgreSQL backend of the
     (single) pool connection, the whole server (when embedded), and this client process.
     Then the same ticks again (all duplicates: the staged path) and batches with one stored
-    tick in the middle (fast path attempted, then the staged path)."""
+    tick in the middle (fast path attempted, then the staged path). ``days`` > 0 first
+    stores one tick on each of that many earlier days (as many more partitions to plan
+    over, like a database holding weeks of ticks)."""
     await upgrade_schema(dsn)
     store = await PgStoreClient.connect(dsn, pool_min=1, pool_max=1)
     window_ms = int(window.removesuffix("ms")) if window.endswith("ms") else None
@@ -135,6 +139,18 @@ async def tick_cpu(dsn: str, n_ticks: int, window: str, server_pid: int | None) 
     out: dict[str, Any] = {"cpu_ticks": n_ticks, "cpu_window": window}
     try:
         await store.ingest_ticks(live_chunks(4000, "warm", window_ms, 5000)[0], interval=window)
+        for day in range(1, days + 1):
+            old = StreamEvent.create(
+                provider="old",
+                symbol="S",
+                kind="tick",
+                src_ts=T0 - timedelta(days=day),
+                c=1.0,
+                v=1.0,
+                seq=0,
+            )
+            await store.ingest_ticks([old], interval=window)
+        out["cpu_extra_partition_days"] = days
         async with store._pool.acquire() as conn:
             backend_pid = conn.get_server_pid()
         chunks = live_chunks(n_ticks, "live", window_ms, 5000)
@@ -303,6 +319,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 args.cpu_ticks,
                 args.cpu_window,
                 pg.proc.pid if pg is not None and pg.proc is not None else None,
+                args.cpu_days,
             )
         else:
             result = await run(
@@ -337,6 +354,7 @@ def main() -> None:
     )
     parser.add_argument("--cpu-ticks", type=int, default=200_000)
     parser.add_argument("--cpu-window", default="2000ms")
+    parser.add_argument("--cpu-days", type=int, default=0, help="extra partitions first")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     result["when"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -94,6 +94,7 @@ _ANY_TICK_EXISTS_SQL = """
 SELECT EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($1, $2, $3, $4))
     OR EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($5, $6, $7, $8))
 """
+_TRUNCATE_STAGE_MIN_ROWS = 1500
 _STAGE_BAR_COLUMNS = ("provider", "symbol", "interval", "ts", *_BAR_COLS)
 
 _INSERT_TICKS_SQL = """
@@ -387,6 +388,10 @@ class PgStoreClient(PgClientBase):
         locks = series_lock_keys(set(map(itemgetter(0, 1), records)))
         stride = timedelta(milliseconds=window_ms)
         ends = (records[0][:4], records[-1][:4])
+        # Emptying the staging table: DELETE costs per row, TRUNCATE a fixed ~1 ms (a new
+        # file, and the statements reading the table are planned again) but leaves no dead
+        # rows for the janitor.
+        truncate = len(records) >= _TRUNCATE_STAGE_MIN_ROWS
 
         async def write() -> tuple[int, list[Any]]:
             async with self._pool.acquire() as conn:
@@ -414,8 +419,12 @@ class PgStoreClient(PgClientBase):
                         status = await conn.execute(_INSERT_TICKS_SQL)
                         inserted = int(status.rsplit(" ", 1)[-1])
                     rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval)
-                    await conn.execute("DELETE FROM mdp_stage_ticks")
-                await self._janitor.used(conn, "mdp_stage_ticks", len(records))
+                    if truncate:
+                        await conn.execute("TRUNCATE mdp_stage_ticks")
+                    else:
+                        await conn.execute("DELETE FROM mdp_stage_ticks")
+                if not truncate:
+                    await self._janitor.used(conn, "mdp_stage_ticks", len(records))
             return inserted, rows
 
         with translate_errors("ingest_ticks"):
