@@ -240,3 +240,12 @@ async def test_ingest_ts_kept_or_stamped_with_the_transaction_time(
                 assert r["ingest_ts"] == s
             else:
                 assert before - timedelta(seconds=1) <= r["ingest_ts"] <= datetime.now(UTC)
+
+
+@pytest.mark.parametrize("n", [10, 3000])  # below and above the TRUNCATE threshold
+async def test_staging_table_is_left_empty(store: PgStoreClient, n: int) -> None:
+    batch = live_batch(f"stage{n}", n)
+    assert (await store.ingest_ticks(batch, interval="1s")).ticks_inserted == n
+    assert (await store.ingest_ticks(batch, interval="1s")).ticks_inserted == 0
+    async with store._pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM mdp_stage_ticks") == 0
