@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -24,6 +24,7 @@ __all__ = [
     "StreamEvent",
     "make_event_id",
     "make_signal_id",
+    "validate_event_fast",
 ]
 
 SUPPORTED_VERSIONS = (1,)
@@ -46,23 +47,35 @@ def _remember(cache: set[str], name: str) -> None:
         cache.add(name)
 
 
-def _check_provider(v: str) -> str:
+def _is_provider(v: str) -> bool:
     if v in _GOOD_PROVIDERS:
-        return v
-    if not _PROVIDER.match(v):
+        return True
+    if _PROVIDER.match(v):
+        _remember(_GOOD_PROVIDERS, v)
+        return True
+    return False
+
+
+def _is_symbol(v: str) -> bool:
+    if v in _GOOD_SYMBOLS:
+        return True
+    if _SYMBOL.match(v):
+        _remember(_GOOD_SYMBOLS, v)
+        return True
+    return False
+
+
+def _check_provider(v: str) -> str:
+    if not _is_provider(v):
         raise ValueError(f"malformed provider {v!r} (letters, digits, '_', '.', '-'; max 64)")
-    _remember(_GOOD_PROVIDERS, v)
     return v
 
 
 def _check_symbol(v: str) -> str:
-    if v in _GOOD_SYMBOLS:
-        return v
-    if not _SYMBOL.match(v):
+    if not _is_symbol(v):
         raise ValueError(
             f"malformed symbol {v!r} (letters, digits and . _ - / : = ^; max 32; no '|')"
         )
-    _remember(_GOOD_SYMBOLS, v)
     return v
 
 
@@ -84,21 +97,88 @@ def _aware_utc(value: datetime, field: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _check_price(name: str, value: float | None) -> None:
-    if value is None or 0 < value < math.inf:
-        return
+def _price_problem(name: str, value: float) -> str | None:
+    if 0 < value < math.inf:
+        return None
     if not math.isfinite(value):
-        raise ValueError(f"{name} is not finite ({value})")
-    raise ValueError(f"{name} must be > 0, got {value}")
+        return f"{name} is not finite ({value})"
+    return f"{name} must be > 0, got {value}"
 
 
-def _check_size(name: str, value: float | None) -> None:
+def _size_problem(name: str, value: float | None) -> str | None:
     if value is None or 0 <= value < math.inf:
-        return
+        return None
     if not math.isfinite(value):
-        raise ValueError(f"{name} is not finite ({value})")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        return f"{name} is not finite ({value})"
+    return f"{name} must be >= 0, got {value}"
+
+
+def _inconsistency(
+    kind: str,
+    interval: str | None,
+    o: float | None,
+    h: float | None,
+    l: float | None,  # noqa: E741
+    c: float | None,
+    v: float | None,
+    bid: float | None,
+    ask: float | None,
+    bid_size: float | None,
+    ask_size: float | None,
+) -> str | None:
+    """The first cross-field rule a StreamEvent breaks (the reason), or ``None``.
+
+    The single statement of those rules: ``StreamEvent._consistent`` (pydantic) and
+    ``validate_event_fast`` (the decoders' fast path) both ask it.
+    """
+    # Hot path (every event, every consumer): plain locals, no loops over names.
+    if kind == "tick":
+        if c is None:
+            return "a tick needs its trade price in c"
+        if v is None:
+            return "a tick needs its trade size in v"
+    elif kind == "bar":
+        if o is None or h is None or l is None or c is None or v is None:
+            given = {"o": o, "h": h, "l": l, "c": c, "v": v}
+            missing = [n for n, value in given.items() if value is None]
+            return f"a bar needs o, h, l, c and v; missing {', '.join(missing)}"
+        if interval is None:
+            return "a bar needs its interval (e.g. '1m')"
+    elif bid is None or ask is None:
+        return "a quote needs bid and ask"
+    problem = None
+    if o is not None:
+        problem = _price_problem("o", o)
+    if problem is None and h is not None:
+        problem = _price_problem("h", h)
+    if problem is None and l is not None:
+        problem = _price_problem("l", l)
+    if problem is None and c is not None:
+        problem = _price_problem("c", c)
+    if problem is None and v is not None:
+        problem = _size_problem("v", v)
+    if problem is not None:
+        return problem
+    if kind == "quote":
+        assert bid is not None and ask is not None
+        problem = (
+            _price_problem("bid", bid)
+            or _price_problem("ask", ask)
+            or _size_problem("bid_size", bid_size)
+            or _size_problem("ask_size", ask_size)
+        )
+        if problem is not None:
+            return problem
+        if bid > ask:
+            return f"crossed quote: bid ({bid}) > ask ({ask})"
+    if o is not None and c is not None:
+        if h is not None and h < (o if o > c else c):
+            return f"h ({h}) < max(o, c) ({max(o, c)})"
+        if l is not None and l > (o if o < c else c):
+            return f"l ({l}) > min(o, c) ({min(o, c)})"
+    if h is not None and l is not None and h < l:
+        return f"h ({h}) < l ({l})"
+    return None
 
 
 class StreamEvent(BaseModel):
@@ -170,47 +250,21 @@ class StreamEvent(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> StreamEvent:
-        # Hot path (every event, every consumer): plain attribute access, no loops over names.
-        o, h, l, c = self.o, self.h, self.l, self.c  # noqa: E741
-        kind = self.kind
-        if kind == "tick":
-            if c is None:
-                raise ValueError("a tick needs its trade price in c")
-            if self.v is None:
-                raise ValueError("a tick needs its trade size in v")
-        elif kind == "bar":
-            if o is None or h is None or l is None or c is None or self.v is None:
-                missing = [n for n in ("o", "h", "l", "c", "v") if getattr(self, n) is None]
-                raise ValueError(f"a bar needs o, h, l, c and v; missing {', '.join(missing)}")
-            if self.interval is None:
-                raise ValueError("a bar needs its interval (e.g. '1m')")
-        elif self.bid is None or self.ask is None:
-            raise ValueError("a quote needs bid and ask")
-        if o is not None:
-            _check_price("o", o)
-        if h is not None:
-            _check_price("h", h)
-        if l is not None:
-            _check_price("l", l)
-        if c is not None:
-            _check_price("c", c)
-        if self.v is not None:
-            _check_size("v", self.v)
-        if kind == "quote":
-            assert self.bid is not None and self.ask is not None
-            _check_price("bid", self.bid)
-            _check_price("ask", self.ask)
-            _check_size("bid_size", self.bid_size)
-            _check_size("ask_size", self.ask_size)
-            if self.bid > self.ask:
-                raise ValueError(f"crossed quote: bid ({self.bid}) > ask ({self.ask})")
-        if o is not None and c is not None:
-            if h is not None and h < (o if o > c else c):
-                raise ValueError(f"h ({h}) < max(o, c) ({max(o, c)})")
-            if l is not None and l > (o if o < c else c):
-                raise ValueError(f"l ({l}) > min(o, c) ({min(o, c)})")
-        if h is not None and l is not None and h < l:
-            raise ValueError(f"h ({h}) < l ({l})")
+        problem = _inconsistency(
+            self.kind,
+            self.interval,
+            self.o,
+            self.h,
+            self.l,
+            self.c,
+            self.v,
+            self.bid,
+            self.ask,
+            self.bid_size,
+            self.ask_size,
+        )
+        if problem is not None:
+            raise ValueError(problem)
         expected = make_event_id(self.provider, self.symbol, self.src_ts, self.seq)
         if self.event_id != expected:
             raise ValueError(
@@ -268,6 +322,127 @@ class StreamEvent(BaseModel):
 _EVENT_DEFAULTS: dict[str, Any] = {
     name: info.default for name, info in StreamEvent.model_fields.items() if not info.is_required()
 }
+_EVENT_FIELDS = frozenset(StreamEvent.model_fields)
+_KINDS = frozenset(get_args(EventKind))
+_SIDES = frozenset(("buy", "sell"))
+# Every int of at most this magnitude is exactly a float: pydantic's int -> float is then float().
+_MAX_EXACT_FLOAT_INT = 2**53
+# msgpack's integer range; larger seqs (JSON only) are left to pydantic.
+_MAX_FAST_SEQ = 2**64
+
+
+class _Unsure(Exception):
+    """The fast path cannot vouch for an item: pydantic decides."""
+
+
+def _lax_float(value: object) -> float | None:
+    """``value`` as pydantic would store it in a ``float | None`` field, or raise ``_Unsure``.
+
+    Only the plain cases: ``None``, a float (kept as is: NaN, inf and -0.0 included, the rules
+    judge them later) and an int small enough to be exactly a float (pydantic converts it).
+    Bools, big ints, numeric strings and anything else raise.
+    """
+    if value is None or type(value) is float:
+        return value
+    if type(value) is int and -_MAX_EXACT_FLOAT_INT <= value <= _MAX_EXACT_FLOAT_INT:
+        return float(value)
+    raise _Unsure
+
+
+def validate_event_fast(
+    item: dict[str, Any], src_ts: datetime, src_ts_iso: str, ingest_ts: datetime | None
+) -> StreamEvent | None:
+    """``StreamEvent.model_validate(item)`` in plain Python for the usual shapes, else ``None``.
+
+    For the decoders' hot path (pydantic's validation is most of a consumer's decode cost).
+    The caller has already turned the wire timestamps into ``src_ts``/``ingest_ts`` (aware UTC,
+    exactly what the pydantic path would get; ``ingest_ts`` is ``None`` when absent or null) and
+    ``src_ts_iso`` is ``isoformat_us(src_ts)``; the other values are read from ``item``.
+
+    Contract: when this returns an event, ``model_validate`` would have accepted the same item
+    and built an equal event: the same field values and types, the same ``__dict__`` order and
+    the same fields set. ``None`` means "not vouched for" (a broken rule, or merely an unusual
+    item: an unknown key, a bool, a numeric string...): the caller must then run pydantic, which
+    accepts or gives the reason. ``item`` is not modified.
+    """
+    if not _EVENT_FIELDS.issuperset(item):
+        return None  # an unknown key (extra="forbid")
+    get = item.get
+    ver = get("ver")
+    if type(ver) is not int or ver not in SUPPORTED_VERSIONS:
+        return None
+    provider = get("provider")
+    if type(provider) is not str or not _is_provider(provider):
+        return None
+    symbol = get("symbol")
+    if type(symbol) is not str or not _is_symbol(symbol):
+        return None
+    kind = get("kind")
+    if type(kind) is not str or kind not in _KINDS:
+        return None
+    interval = get("interval")
+    if interval is not None and (type(interval) is not str or not _INTERVAL.match(interval)):
+        return None
+    seq = get("seq")
+    if type(seq) is not int or not 0 <= seq < _MAX_FAST_SEQ:
+        return None
+    trade_id = get("trade_id")
+    if trade_id is not None and type(trade_id) is not str:
+        return None
+    side = get("side")
+    if side is not None and (type(side) is not str or side not in _SIDES):
+        return None
+    event_id = get("event_id")
+    if type(event_id) is not str:
+        return None
+    try:
+        o = _lax_float(get("o"))
+        h = _lax_float(get("h"))
+        l = _lax_float(get("l"))  # noqa: E741
+        c = _lax_float(get("c"))
+        v = _lax_float(get("v"))
+        bid = _lax_float(get("bid"))
+        ask = _lax_float(get("ask"))
+        bid_size = _lax_float(get("bid_size"))
+        ask_size = _lax_float(get("ask_size"))
+    except _Unsure:
+        return None
+    if _inconsistency(kind, interval, o, h, l, c, v, bid, ask, bid_size, ask_size) is not None:
+        return None
+    # make_event_id(provider, symbol, src_ts, seq), from the text the caller already has
+    if event_id != f"{provider}|{symbol}|{src_ts_iso}|{seq}":
+        return None
+    event = object.__new__(StreamEvent)  # what StreamEvent.__new__ is, one lookup cheaper
+    # the __dict__ model_validate builds: every field, in declaration order (model_dump and
+    # event_to_dict follow it)
+    fields = {
+        "ver": ver,
+        "provider": provider,
+        "symbol": symbol,
+        "kind": kind,
+        "interval": interval,
+        "src_ts": src_ts,
+        "ingest_ts": ingest_ts,
+        "o": o,
+        "h": h,
+        "l": l,
+        "c": c,
+        "v": v,
+        "seq": seq,
+        "event_id": event_id,
+        "bid": bid,
+        "ask": ask,
+        "bid_size": bid_size,
+        "ask_size": ask_size,
+        "trade_id": trade_id,
+        "side": side,
+    }
+    object.__setattr__(event, "__dict__", fields)
+    # model_validate marks every key given, an explicit None included (exclude_unset relies on it)
+    object.__setattr__(event, "__pydantic_fields_set__", set(item))
+    object.__setattr__(event, "__pydantic_extra__", None)
+    object.__setattr__(event, "__pydantic_private__", None)
+    return event
 
 
 class Signal(BaseModel):

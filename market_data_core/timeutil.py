@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "EPOCH",
+    "MAX_EPOCH_US",
+    "MIN_EPOCH_US",
     "format_duration_ms",
     "from_epoch_us",
+    "isoformat_epoch_us",
     "isoformat_us",
     "parse_duration_ms",
     "parse_timestamp",
@@ -17,6 +20,7 @@ __all__ = [
 ]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)\s*$")
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
 
@@ -51,21 +55,58 @@ def format_duration_ms(ms: int) -> str:
 
 def to_epoch_us(ts: datetime) -> int:
     """Exact microseconds since the epoch of an aware datetime."""
-    delta = ts - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    # timedelta // timedelta is exact integer arithmetic in C, cheaper than days/seconds/µs parts
+    return (ts - EPOCH) // _ONE_US
+
+
+# The range of ints from_epoch_us (and isoformat_epoch_us) accept: years 1..9999 in UTC.
+MIN_EPOCH_US = to_epoch_us(datetime.min.replace(tzinfo=UTC))
+MAX_EPOCH_US = to_epoch_us(datetime.max.replace(tzinfo=UTC))
 
 
 def from_epoch_us(us: int) -> datetime:
-    """Aware UTC datetime from microseconds since the epoch (exact)."""
-    return EPOCH + timedelta(microseconds=us)
+    """Aware UTC datetime from microseconds since the epoch (exact).
+
+    Raises ``OverflowError`` outside ``[MIN_EPOCH_US, MAX_EPOCH_US]``.
+    """
+    # positional timedelta(days, seconds, microseconds): the same value as microseconds=us,
+    # without keyword parsing (a third of this function's cost on the decode hot path)
+    return EPOCH + timedelta(0, 0, us)
+
+
+# "YYYY-MM-DDTHH:MM:SS" of recently formatted UTC seconds. Streams carry many events per second,
+# so most look-ups hit; cleared when full so that hostile or sparse input cannot grow it.
+_SECOND_PREFIXES: dict[int, str] = {}
+_MAX_PREFIXES = 4096
+
+
+def isoformat_epoch_us(us: int) -> str:
+    """``isoformat_us(from_epoch_us(us))`` without building the datetime: the same text.
+
+    Raises ``OverflowError`` outside ``[MIN_EPOCH_US, MAX_EPOCH_US]`` (as ``from_epoch_us``).
+    """
+    second, fraction_us = divmod(us, 1_000_000)
+    prefix = _SECOND_PREFIXES.get(second)
+    if prefix is None:
+        # isoformat of an aware UTC datetime: "YYYY-MM-DDTHH:MM:SS+00:00" (µs == 0 here)
+        prefix = (EPOCH + timedelta(0, second)).isoformat()[:19]
+        if len(_SECOND_PREFIXES) >= _MAX_PREFIXES:
+            _SECOND_PREFIXES.clear()
+        _SECOND_PREFIXES[second] = prefix
+    return f"{prefix}.{fraction_us:06d}Z"
 
 
 def isoformat_us(ts: datetime) -> str:
-    """``2025-10-24T14:02:01.234567Z``: always six fraction digits and a ``Z``."""
-    if ts.tzinfo is not UTC:
-        ts = ts.astimezone(UTC)
-    # isoformat is C code; strftime is several times slower on this hot path (event ids).
-    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
+    """``2025-10-24T14:02:01.234567Z``: always six fraction digits and a ``Z``.
+
+    ``ts`` is converted to UTC first (a naive ``ts`` is taken as local time, as
+    ``datetime.astimezone`` does).
+    """
+    if ts.tzinfo is UTC:
+        # the hot case (every event id): a cached per-second prefix costs half of isoformat
+        return isoformat_epoch_us((ts - EPOCH) // _ONE_US)
+    # isoformat is C code; strftime is several times slower and does not pad years < 1000
+    return ts.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:
