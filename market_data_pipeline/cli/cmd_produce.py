@@ -47,7 +47,7 @@ from market_data_pipeline.producers.datasets import (
     load_registry,
     lookup,
 )
-from market_data_pipeline.producers.publisher import Publisher
+from market_data_pipeline.producers.publisher import Publisher, WireSource
 
 __all__ = ["produce", "replay", "tail"]
 
@@ -158,12 +158,36 @@ async def pump(
     """Move events from ``provider`` into ``publisher`` until the source ends, ``count``
     events, ``duration_s`` or ``stop``; then flush. Returns how many events were accepted.
 
+    A :class:`WireSource` (the synthetic provider) hands over blocks of events already in
+    wire form (``publisher.put_block``: no ``StreamEvent`` and no ``put`` per event); any other
+    provider goes event by event. Either way every event the source made is buffered before
+    the publisher is flushed, so a stop loses nothing.
+
     Raises what the provider or the publisher raise (``BusError`` after the publisher's
     retries are exhausted)."""
     accepted = 0
 
+    async def run_blocks(source: WireSource) -> None:
+        nonlocal accepted
+        blocks = source.wire_blocks(publisher.codec)
+        try:
+            async for block in blocks:
+                if count is not None and accepted + len(block) > count:
+                    block = block.head(count - accepted)
+                await publisher.put_block(block)
+                accepted += len(block)
+                if progress is not None:
+                    progress.update(accepted)
+                if count is not None and accepted >= count:
+                    return
+        finally:
+            await blocks.aclose()  # type: ignore[attr-defined]
+
     async def run() -> None:
         nonlocal accepted
+        if isinstance(provider, WireSource):
+            await run_blocks(provider)
+            return
         events = provider.events()
         try:
             async for ev in events:

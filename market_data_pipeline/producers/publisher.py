@@ -5,6 +5,9 @@ Contract:
 * :meth:`Publisher.put` appends one event; when the buffer holds ``buffer_max_events`` it
   *waits* for room (backpressure reaches the provider, which slows down).
   :meth:`Publisher.put_nowait` raises :class:`BackpressureError` instead.
+  :meth:`Publisher.put_block` appends a :class:`WireBlock`: many events already in wire form
+  (a :class:`WireSource` such as the synthetic provider makes them without building
+  ``StreamEvent`` objects); the bytes published are the same as for the equivalent events.
 * A background task takes up to ``batch_size`` events at a time, pays for them on the token
   bucket (``max_msgs_per_s``), encodes them (``pack_events > 1``: that many events of one
   routing key per entry, per-key order kept) and publishes them in one call.
@@ -18,23 +21,100 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
 from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
-from market_data_core.codec import CodecName, encode_event, encode_events
+import msgpack
+
+from market_data_core.codec import CodecName, encode_event, encode_events, event_to_dict
 from market_data_core.contracts import StreamEvent
 from market_data_core.errors import BackpressureError, BusError
 from market_data_core.protocols import Bus, routing_key
 from market_data_pipeline import telemetry
 from market_data_pipeline.producers.pacing import TokenBucket
 
-__all__ = ["Publisher", "encode_batch"]
+__all__ = ["Publisher", "WireBlock", "WireSource", "encode_batch"]
 
 log = logging.getLogger(__name__)
+
+WireRow = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WireBlock:
+    """Events already in wire form, in source order.
+
+    ``rows[i]`` must equal ``event_to_dict(event_i, codec=codec)`` *including its key order*
+    (the encoded bytes follow it) and ``keys[i]`` must be
+    ``routing_key(event_i.provider, event_i.symbol)``. The publisher trusts both.
+    """
+
+    codec: CodecName
+    keys: list[str]
+    rows: list[WireRow]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def head(self, n: int) -> WireBlock:
+        """The first ``n`` events."""
+        return WireBlock(self.codec, self.keys[:n], self.rows[:n])
+
+
+@runtime_checkable
+class WireSource(Protocol):
+    """A provider that can hand over its events as :class:`WireBlock` s (cheaper than
+    ``events()``: no ``StreamEvent`` per event, no per-event ``put``)."""
+
+    def wire_blocks(self, codec: CodecName) -> AsyncIterator[WireBlock]:
+        """The same events as ``events()``, in the same order, paced the same way."""
+        ...
+
+
+def _dumps(obj: Any, codec: CodecName) -> bytes:
+    # Byte-for-byte what market_data_core.codec writes (tests/unit/test_producers_publisher.py
+    # compares the two), so rows made without StreamEvent objects publish identical payloads.
+    if codec == "msgpack":
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+
+def encode_rows(
+    rows: Sequence[tuple[str, WireRow]], codec: CodecName, pack_events: int
+) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+    """:func:`encode_batch` for ``(routing key, wire row)`` pairs, plus the event count per
+    provider. The items are byte-identical to ``encode_batch`` of the same events."""
+    by_key: dict[str, list[WireRow]] = {}
+    for key, row in rows:
+        group = by_key.get(key)
+        if group is None:
+            by_key[key] = [row]
+        else:
+            group.append(row)
+    per_provider: dict[str, int] = {}
+    for group in by_key.values():
+        # every row of a routing key has the key's provider
+        provider = group[0]["provider"]
+        per_provider[provider] = per_provider.get(provider, 0) + len(group)
+    if pack_events <= 1:
+        return [(key, _dumps(row, codec)) for key, row in rows], per_provider
+    items: list[tuple[str, bytes]] = []
+    for key, group in by_key.items():
+        if len(group) <= pack_events:
+            items.append((key, _dumps(group[0] if len(group) == 1 else group, codec)))
+            continue
+        for i in range(0, len(group), pack_events):
+            chunk = group[i : i + pack_events]
+            items.append((key, _dumps(chunk[0] if len(chunk) == 1 else chunk, codec)))
+    return items, per_provider
 
 
 def encode_batch(
@@ -87,7 +167,8 @@ class Publisher:
         self._linger_s = linger_ms / 1000
         self._retry_timeout_s = retry_timeout_s
         self._retry_max_delay_s = retry_max_delay_s
-        self._buffer: deque[StreamEvent] = deque()
+        # (routing key, wire row) per event: encoded on put, packed and dumped per batch
+        self._buffer: deque[tuple[str, WireRow]] = deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -104,6 +185,10 @@ class Publisher:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    @property
+    def codec(self) -> CodecName:
+        return self._codec
 
     async def __aenter__(self) -> Publisher:
         self.start()
@@ -146,8 +231,37 @@ class Publisher:
             )
         self._append(event)
 
+    async def put_block(self, block: WireBlock) -> None:
+        """Buffer a block of events (in order), waiting while the buffer is full; the block
+        may take the buffer past ``buffer_max_events`` (by less than one block).
+
+        If cancelled while waiting for room, the block is buffered anyway before
+        ``CancelledError`` propagates: its events exist, and a stop must not lose them.
+        Raises ``ValueError`` for a block in another codec, ``BusError`` once the publisher
+        has given up on the bus."""
+        if block.codec != self._codec:
+            raise ValueError(f"block is in {block.codec}, this publisher writes {self._codec}")
+        try:
+            while len(self._buffer) >= self._buffer_max:
+                self._raise_if_failed()
+                self._room.clear()
+                await self._room.wait()
+        except asyncio.CancelledError:
+            self._extend(block)
+            raise
+        self._raise_if_failed()
+        self._extend(block)
+
+    def _extend(self, block: WireBlock) -> None:
+        self._buffer.extend(zip(block.keys, block.rows, strict=True))
+        self._idle.clear()
+        if len(self._buffer) >= self._batch_size:
+            self._wake.set()
+
     def _append(self, event: StreamEvent) -> None:
-        self._buffer.append(event)
+        self._buffer.append(
+            (routing_key(event.provider, event.symbol), event_to_dict(event, codec=self._codec))
+        )
         self._idle.clear()
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
@@ -178,6 +292,19 @@ class Publisher:
             self._room.set()
         self._raise_if_failed()
 
+    async def _wait_for_wake(self) -> None:
+        """Return when woken (a full batch, a flush, close) or after ``linger_ms``.
+
+        A timer that sets the wake event, not ``asyncio.wait_for``: that costs a task and
+        several loop iterations per call, and this runs for every batch."""
+        if not self._wake.is_set():
+            timer = asyncio.get_running_loop().call_later(self._linger_s, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+        self._wake.clear()
+
     async def _run(self) -> None:
         try:
             while True:
@@ -185,22 +312,19 @@ class Publisher:
                     self._idle.set()
                     if self._closing:
                         return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self._linger_s)
-                    self._wake.clear()
+                    await self._wait_for_wake()
                     continue
                 urgent = self._closing or self._flush_waiters > 0
                 if len(self._buffer) < self._batch_size and not urgent:
                     # Give a partial batch a moment to fill (linger), unless told to flush.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self._linger_s)
-                    self._wake.clear()
+                    await self._wait_for_wake()
                 n = min(self._batch_size, len(self._buffer))
-                batch = [self._buffer[i] for i in range(n)]
+                rows = list(islice(self._buffer, n))
                 await self._bucket.acquire(n)
-                await self._publish_with_retry(batch)
+                await self._publish_with_retry(rows)
+                popleft = self._buffer.popleft
                 for _ in range(n):
-                    self._buffer.popleft()
+                    popleft()
                 self._room.set()
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
@@ -210,8 +334,8 @@ class Publisher:
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    async def _publish_with_retry(self, batch: list[StreamEvent]) -> None:
-        items = encode_batch(batch, self._codec, self._pack)
+    async def _publish_with_retry(self, rows: list[tuple[str, WireRow]]) -> None:
+        items, per_provider = encode_rows(rows, self._codec, self._pack)
         deadline = time.monotonic() + self._retry_timeout_s
         delay_s = 0.05
         while True:
@@ -229,10 +353,7 @@ class Publisher:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, self._retry_max_delay_s)
         self.entries += appended
-        self.published += len(batch)
-        per_provider: dict[str, int] = {}
-        for e in batch:
-            per_provider[e.provider] = per_provider.get(e.provider, 0) + 1
+        self.published += len(rows)
         for provider, count in per_provider.items():
             telemetry.EVENTS_INGESTED.labels(
                 bus=self._bus.backend, topic=self.topic, provider=provider

@@ -8,7 +8,13 @@ symbols; event ``i`` has ``src_ts = start + i / rate`` (ticks, quotes) or, for 1
 
 With a ``seed`` the output is a pure function of (config, seed, kind, rate): the same events,
 timestamps and ids on every run (``start`` is a fixed instant, ``ingest_ts`` is left unset).
-Without one, ``start`` is the wall clock and ``ingest_ts`` is stamped when an event is made.
+Without one, ``start`` is the wall clock and ``ingest_ts`` is stamped when an event is made
+(once per block of events made together, see :meth:`SyntheticProvider.wire_blocks`).
+
+The generator makes events directly in wire form (the dicts ``event_to_dict`` would give, key
+order included), so the paced hot path (:meth:`SyntheticProvider.wire_blocks` into
+``Publisher.put_block``) builds no ``StreamEvent`` per event; :meth:`SyntheticProvider.generate`
+and :meth:`SyntheticProvider.events` turn the same rows into ``StreamEvent`` objects.
 """
 
 from __future__ import annotations
@@ -16,19 +22,256 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
+from market_data_core.codec import CodecName
 from market_data_core.config import SyntheticProducerConfig
 from market_data_core.contracts import EventKind, StreamEvent
-from market_data_core.timeutil import from_epoch_us, to_epoch_us
-from market_data_pipeline.producers.pacing import TokenBucket
+from market_data_core.protocols import routing_key
+from market_data_core.timeutil import from_epoch_us, isoformat_us, to_epoch_us
+from market_data_pipeline.producers.publisher import WireBlock
 
 __all__ = ["SEEDED_START", "SyntheticProvider"]
 
 SEEDED_START = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
 _SECONDS_PER_DAY = 86_400.0
 _BAR_SUBSTEPS = 8
+# Paced output wakes up at most this often and makes every event due by then in one block:
+# fewer, larger wakeups cost less CPU than many small ones; 20 ms of latency is far below a
+# window (>= 500 ms).
+_TICK_S = 0.02
+# A block never holds more events than this, so an unpaced (or catching-up) source still
+# lets the publisher run every few milliseconds.
+_MAX_BLOCK_EVENTS = 2000
+# generate() makes its rows in blocks of this many events (ingest_ts stamped per block).
+_GENERATE_BLOCK_EVENTS = 64
+
+WireRow = dict[str, Any]
+
+
+class _Walk:
+    """The state of one pass over the synthetic stream: makes the next events as wire rows.
+
+    A row is exactly ``event_to_dict(event, codec=codec)`` of the event
+    ``StreamEvent.trusted`` would build from the same values, with the same key order (the
+    order of ``StreamEvent.__dict__``: the optional fields in declaration order, then
+    provider, symbol, kind, src_ts, seq, ver, event_id). Random draws happen in the same order
+    as they always have, so a seed gives the same events as before this fast path existed.
+    """
+
+    def __init__(self, source: SyntheticProvider, codec: CodecName) -> None:
+        cfg = source._config
+        self.codec: CodecName = codec
+        self.kind = source.kind
+        self.provider = cfg.provider
+        self.symbols = list(cfg.symbols)
+        self.keys = [routing_key(cfg.provider, s) for s in self.symbols]
+        self.id_prefixes = [f"{cfg.provider}|{s}|" for s in self.symbols]
+        self.prices = [cfg.start_price] * len(self.symbols)
+        self.seqs = [0] * len(self.symbols)
+        self.rng = source._rng
+        self.start_us = to_epoch_us(source.start)
+        self.step_us = 1_000_000 / source.rate_per_s
+        n_symbols = len(self.symbols)
+        sigma = cfg.price_volatility
+        if self.kind == "bar":
+            dt_days = 1.0 / _BAR_SUBSTEPS / _SECONDS_PER_DAY
+        else:
+            dt_days = n_symbols / source.rate_per_s / _SECONDS_PER_DAY
+        self.drift = -0.5 * sigma * sigma * dt_days
+        self.shock = sigma * math.sqrt(dt_days)
+        self.remaining: int | None = source.count
+        self.i = 0
+        self._second = -1
+        self._second_prefix = ""
+
+    def _iso_second(self, second: int) -> str:
+        """``YYYY-MM-DDTHH:MM:SS.`` of an epoch second, as ``isoformat_us`` writes it."""
+        if second != self._second:
+            self._second = second
+            self._second_prefix = isoformat_us(from_epoch_us(second * 1_000_000))[:-7]
+        return self._second_prefix
+
+    def make(self, n: int, ingest: int | str | None) -> tuple[list[str], list[WireRow]]:
+        """The next ``min(n, remaining)`` events: (routing keys, wire rows). ``ingest`` is
+        their ``ingest_ts`` in wire form (µs int for msgpack, ISO text for JSON) or None."""
+        if self.remaining is not None:
+            n = min(n, self.remaining)
+            self.remaining -= n
+        if n <= 0:
+            return [], []
+        if self.kind == "tick":
+            rows = self._ticks(n, ingest)
+        elif self.kind == "quote":
+            rows = self._quotes(n, ingest)
+        else:
+            rows = self._bars(n, ingest)
+        n_symbols = len(self.symbols)
+        first = (self.i - n) % n_symbols
+        keys = self.keys[first:] + self.keys[:first]
+        return (keys * (n // n_symbols + 1))[:n], rows
+
+    def _ticks(self, n: int, ingest: int | str | None) -> list[WireRow]:
+        # The hot loop of the synthetic producer: locals only, and Random.gauss and
+        # Random.randint(1, 100) inlined draw for draw as Random does them (gauss: two normals
+        # per two uniforms, the second kept in rng.gauss_next; randint: getrandbits(7) until
+        # below 100), so a seed still gives the same events.
+        rng = self.rng
+        bits = rng.getrandbits
+        uniform = rng.random
+        exp, log, sqrt, cos, sin = math.exp, math.log, math.sqrt, math.cos, math.sin
+        two_pi = 2.0 * math.pi
+        spare = rng.gauss_next  # type: ignore[attr-defined]
+        drift, shock = self.drift, self.shock
+        symbols, prices, seqs, id_prefixes = self.symbols, self.prices, self.seqs, self.id_prefixes
+        n_symbols = len(symbols)
+        provider = self.provider
+        start_us, step_us = self.start_us, self.step_us
+        as_text = self.codec == "json"
+        second, prefix = self._second, self._second_prefix
+        rows: list[WireRow] = []
+        append = rows.append
+        first = self.i
+        j = first % n_symbols
+        for i in range(first, first + n):
+            seq = seqs[j]
+            seqs[j] = seq + 1
+            if spare is None:
+                x2pi = uniform() * two_pi
+                g2rad = sqrt(-2.0 * log(1.0 - uniform()))
+                z = cos(x2pi) * g2rad
+                spare = sin(x2pi) * g2rad
+            else:
+                z = spare
+                spare = None
+            p = prices[j] * exp(drift + shock * z)
+            prices[j] = p
+            ts_us = start_us + round(i * step_us)
+            sec, frac_us = divmod(ts_us, 1_000_000)
+            if sec != second:
+                second = sec
+                prefix = self._iso_second(sec)
+            iso = f"{prefix}{frac_us:06d}Z"
+            size = bits(7)
+            while size >= 100:
+                size = bits(7)
+            c = round(p, 2)
+            if c < 0.01:  # max(c, 0.01), without the call
+                c = 0.01
+            row = {
+                "ingest_ts": ingest,
+                "c": c,
+                "v": float(size + 1),
+                "trade_id": str(seq),
+                "side": "buy" if uniform() < 0.5 else "sell",
+                "provider": provider,
+                "symbol": symbols[j],
+                "kind": "tick",
+                "src_ts": iso if as_text else ts_us,
+                "seq": seq,
+                "ver": 1,
+                "event_id": f"{id_prefixes[j]}{iso}|{seq}",
+            }
+            if ingest is None:
+                del row["ingest_ts"]
+            append(row)
+            j += 1
+            if j == n_symbols:
+                j = 0
+        self.i = first + n
+        rng.gauss_next = spare  # type: ignore[attr-defined]
+        return rows
+
+    def _randint(self, a: int, b: int) -> int:
+        # Random.randint(a, b) draw for draw (a + getrandbits(k) until below the width).
+        width = b - a + 1
+        k = width.bit_length()
+        r = self.rng.getrandbits(k)
+        while r >= width:
+            r = self.rng.getrandbits(k)
+        return a + r
+
+    def _ts(self, ts_us: int) -> tuple[int | str, str]:
+        """(src_ts in wire form, its ISO text for the event id)."""
+        sec, frac_us = divmod(ts_us, 1_000_000)
+        iso = f"{self._iso_second(sec)}{frac_us:06d}Z"
+        return (iso if self.codec == "json" else ts_us), iso
+
+    def _quotes(self, n: int, ingest: int | str | None) -> list[WireRow]:
+        gauss = self.rng.gauss
+        randint = self._randint
+        symbols, prices, seqs = self.symbols, self.prices, self.seqs
+        n_symbols = len(symbols)
+        rows: list[WireRow] = []
+        for i in range(self.i, self.i + n):
+            j = i % n_symbols
+            seq = seqs[j]
+            seqs[j] = seq + 1
+            p = prices[j] * math.exp(self.drift + self.shock * gauss(0.0, 1.0))
+            prices[j] = p
+            src_ts, iso = self._ts(self.start_us + round(i * self.step_us))
+            bid = max(round(p - 0.01 * randint(0, 2), 2), 0.01)
+            ask = round(bid + 0.01 * randint(1, 3), 2)
+            row = {
+                "ingest_ts": ingest,
+                "bid": bid,
+                "ask": ask,
+                "bid_size": float(randint(1, 20) * 100),
+                "ask_size": float(randint(1, 20) * 100),
+                "provider": self.provider,
+                "symbol": symbols[j],
+                "kind": "quote",
+                "src_ts": src_ts,
+                "seq": seq,
+                "ver": 1,
+                "event_id": f"{self.id_prefixes[j]}{iso}|{seq}",
+            }
+            if ingest is None:
+                del row["ingest_ts"]
+            rows.append(row)
+        self.i += n
+        return rows
+
+    def _bars(self, n: int, ingest: int | str | None) -> list[WireRow]:
+        gauss = self.rng.gauss
+        symbols, prices, seqs = self.symbols, self.prices, self.seqs
+        n_symbols = len(symbols)
+        drift, shock = self.drift, self.shock
+        rows: list[WireRow] = []
+        for i in range(self.i, self.i + n):
+            j = i % n_symbols
+            seq = seqs[j]
+            seqs[j] = seq + 1
+            src_ts, iso = self._ts(self.start_us + (i // n_symbols) * 1_000_000)
+            path = [prices[j]]
+            for _ in range(_BAR_SUBSTEPS):
+                path.append(path[-1] * math.exp(drift + shock * gauss(0.0, 1.0)))
+            prices[j] = path[-1]
+            o, c = round(path[0], 4), round(path[-1], 4)
+            row = {
+                "interval": "1s",
+                "ingest_ts": ingest,
+                "o": o,
+                "h": max(round(max(path), 4), o, c),
+                "l": min(round(min(path), 4), o, c),
+                "c": c,
+                "v": float(self._randint(1, 50) * 100),
+                "provider": self.provider,
+                "symbol": symbols[j],
+                "kind": "bar",
+                "src_ts": src_ts,
+                "seq": seq,
+                "ver": 1,
+                "event_id": f"{self.id_prefixes[j]}{iso}|{seq}",
+            }
+            if ingest is None:
+                del row["ingest_ts"]
+            rows.append(row)
+        self.i += n
+        return rows
 
 
 class SyntheticProvider:
@@ -64,8 +307,10 @@ class SyntheticProvider:
         self.start = start
         self._rng = random.Random(seed)
         self._closed = False
-        # Events are built with StreamEvent.trusted (no per-event validation): check once here
-        # that the configured names make valid events (a pydantic error is a ValueError).
+        # events handed out so far by wire_blocks/events (a stop must publish all of them)
+        self.made = 0
+        # Events are built without per-event validation: check once here that the configured
+        # names make valid events (a pydantic error is a ValueError).
         for symbol in config.symbols:
             StreamEvent.create(
                 provider=config.provider,
@@ -81,108 +326,75 @@ class SyntheticProvider:
     def name(self) -> str:
         return self._config.provider
 
+    def _ingest(self, codec: CodecName) -> int | str | None:
+        """``ingest_ts`` of events made now, in wire form (None when seeded)."""
+        if self.seed is not None:
+            return None
+        now_us = time.time_ns() // 1000
+        return now_us if codec == "msgpack" else isoformat_us(from_epoch_us(now_us))
+
+    @staticmethod
+    def _event(row: WireRow) -> StreamEvent:
+        """The ``StreamEvent`` of a msgpack-form row (``event_to_dict`` of it gives the row)."""
+        fields = dict(row)
+        fields["src_ts"] = from_epoch_us(row["src_ts"])
+        ingest = row.get("ingest_ts")
+        if ingest is not None:
+            fields["ingest_ts"] = from_epoch_us(ingest)
+        return StreamEvent.trusted(**fields)
+
     def generate(self) -> Iterator[StreamEvent]:
         """Events as fast as they can be made (no pacing); ends after ``count`` if set."""
-        cfg = self._config
-        symbols = list(cfg.symbols)
-        n_symbols = len(symbols)
-        rng = self._rng
-        sigma = cfg.price_volatility
-        prices = dict.fromkeys(symbols, cfg.start_price)
-        seqs = dict.fromkeys(symbols, 0)
-        start_us = to_epoch_us(self.start)
-        step_us = 1_000_000 / self.rate_per_s
-        stamp_ingest = self.seed is None
-        if self.kind == "bar":
-            dt_days = 1.0 / _BAR_SUBSTEPS / _SECONDS_PER_DAY
-        else:
-            dt_days = n_symbols / self.rate_per_s / _SECONDS_PER_DAY
-        drift = -0.5 * sigma * sigma * dt_days
-        shock = sigma * math.sqrt(dt_days)
-        i = 0
-        while self.count is None or i < self.count:
-            symbol = symbols[i % n_symbols]
-            seq = seqs[symbol]
-            seqs[symbol] = seq + 1
-            ingest = datetime.now(UTC) if stamp_ingest else None
-            p = prices[symbol]
-            if self.kind == "bar":
-                src_ts = from_epoch_us(start_us + (i // n_symbols) * 1_000_000)
-                path = [p]
-                for _ in range(_BAR_SUBSTEPS):
-                    path.append(path[-1] * math.exp(drift + shock * rng.gauss(0.0, 1.0)))
-                prices[symbol] = path[-1]
-                o, c = round(path[0], 4), round(path[-1], 4)
-                ev = StreamEvent.trusted(
-                    provider=cfg.provider,
-                    symbol=symbol,
-                    kind="bar",
-                    interval="1s",
-                    src_ts=src_ts,
-                    ingest_ts=ingest,
-                    o=o,
-                    h=max(round(max(path), 4), o, c),
-                    l=min(round(min(path), 4), o, c),
-                    c=c,
-                    v=float(rng.randint(1, 50) * 100),
-                    seq=seq,
-                )
+        walk = _Walk(self, "msgpack")
+        while True:
+            _keys, rows = walk.make(_GENERATE_BLOCK_EVENTS, self._ingest("msgpack"))
+            if not rows:
+                return
+            for row in rows:
+                yield self._event(row)
+
+    async def wire_blocks(self, codec: CodecName = "msgpack") -> AsyncIterator[WireBlock]:
+        """The events of :meth:`generate` in wire form, paced at ``rate_per_s``: each wakeup
+        (at most every ``_TICK_S``) makes every event due by then as one block (at most
+        ``_MAX_BLOCK_EVENTS``). Ends after ``count`` events or once :meth:`aclose` is called.
+
+        Pacing is a token bucket filled at ``rate_per_s``: it starts empty (no opening spike)
+        and holds a quarter second of events, so the source catches up after the loop was
+        busy for a while instead of losing that time, yet never floods after a long stall.
+        """
+        walk = _Walk(self, codec)
+        rate = self.rate_per_s
+        burst = max(1.0, rate / 4)
+        clock = time.monotonic
+        tokens = 0.0
+        last = clock()
+        while not self._closed:
+            now = clock()
+            tokens = min(burst, tokens + (now - last) * rate)
+            last = now
+            due = min(int(tokens), _MAX_BLOCK_EVENTS)
+            if due > 0:
+                keys, rows = walk.make(due, self._ingest(codec))
+                if not rows:
+                    return
+                tokens -= len(rows)
+                self.made += len(rows)
+                yield WireBlock(codec, keys, rows)
+            if walk.remaining == 0:
+                return
+            if tokens >= _MAX_BLOCK_EVENTS:
+                await asyncio.sleep(0)  # behind (or unpaced): let the publisher run, go on
             else:
-                src_ts = from_epoch_us(start_us + round(i * step_us))
-                p *= math.exp(drift + shock * rng.gauss(0.0, 1.0))
-                prices[symbol] = p
-                if self.kind == "tick":
-                    ev = StreamEvent.trusted(
-                        provider=cfg.provider,
-                        symbol=symbol,
-                        kind="tick",
-                        src_ts=src_ts,
-                        ingest_ts=ingest,
-                        c=max(round(p, 2), 0.01),
-                        v=float(rng.randint(1, 100)),
-                        seq=seq,
-                        trade_id=str(seq),
-                        side="buy" if rng.random() < 0.5 else "sell",
-                    )
-                else:
-                    bid = max(round(p - 0.01 * rng.randint(0, 2), 2), 0.01)
-                    ask = round(bid + 0.01 * rng.randint(1, 3), 2)
-                    ev = StreamEvent.trusted(
-                        provider=cfg.provider,
-                        symbol=symbol,
-                        kind="quote",
-                        src_ts=src_ts,
-                        ingest_ts=ingest,
-                        bid=bid,
-                        ask=ask,
-                        bid_size=float(rng.randint(1, 20) * 100),
-                        ask_size=float(rng.randint(1, 20) * 100),
-                        seq=seq,
-                    )
-            yield ev
-            i += 1
+                await asyncio.sleep(max(_TICK_S, (1.0 - tokens) / rate))
 
     async def events(self) -> AsyncIterator[StreamEvent]:
-        """The same events as :meth:`generate`, paced at ``rate_per_s`` by a token bucket."""
-        # A quarter second of burst lets the source catch up after the loop was busy (a
-        # publish batch being encoded) instead of losing that time; it starts empty so a run
-        # does not open with a spike.
-        bucket = TokenBucket(self.rate_per_s, burst=max(1.0, self.rate_per_s / 4), initial=0.0)
-        # Pay for small chunks, not single events, so pacing costs little at high rates; cap
-        # the chunk so the publisher task gets the loop at least every few hundred events.
-        chunk = min(500, max(1, int(self.rate_per_s / 200)))
-        source = self.generate()
-        while not self._closed:
-            wait_s = bucket.delay_for(chunk)
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-            else:
-                await asyncio.sleep(0)
-            for _ in range(chunk):
-                ev = next(source, None)
-                if ev is None:
+        """The same events as :meth:`generate`, paced at ``rate_per_s`` (see
+        :meth:`wire_blocks`)."""
+        async for block in self.wire_blocks("msgpack"):
+            for row in block.rows:
+                if self._closed:
                     return
-                yield ev
+                yield self._event(row)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import random
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from market_data_core.codec import decode_events, encode_event
+from market_data_core.codec import (
+    CodecName,
+    decode_events,
+    encode_event,
+    encode_events,
+    event_to_dict,
+)
 from market_data_core.config import SyntheticProducerConfig
-from market_data_pipeline.producers.synthetic import SEEDED_START, SyntheticProvider
+from market_data_core.contracts import StreamEvent
+from market_data_core.protocols import routing_key
+from market_data_core.timeutil import from_epoch_us, to_epoch_us
+from market_data_pipeline.producers.publisher import encode_batch, encode_rows
+from market_data_pipeline.producers.synthetic import SEEDED_START, SyntheticProvider, _Walk
 
 CFG = SyntheticProducerConfig(symbols=["SPY", "AAPL", "MSFT"], tick_rate=2.0, price_volatility=0.3)
 
@@ -119,3 +133,198 @@ def test_bad_symbol_in_config_is_refused_up_front() -> None:
 
     with pytest.raises(ValueError, match="malformed symbol"):
         SyntheticProvider(SyntheticProducerConfig(symbols=["SP|Y"]), seed=1)
+
+
+# --- the wire-form fast path -------------------------------------------------------------
+
+
+def reference_events(
+    cfg: SyntheticProducerConfig,
+    *,
+    seed: int,
+    kind: str = "tick",
+    rate_per_s: float | None = None,
+    count: int,
+) -> list[StreamEvent]:
+    """The generator as it was before the wire-form fast path (one validated-by-construction
+    StreamEvent per event): the fast path must make exactly these events, byte for byte."""
+    rate = rate_per_s or cfg.tick_rate * len(cfg.symbols)
+    start = SEEDED_START
+    symbols = list(cfg.symbols)
+    n_symbols = len(symbols)
+    rng = random.Random(seed)
+    sigma = cfg.price_volatility
+    prices = dict.fromkeys(symbols, cfg.start_price)
+    seqs = dict.fromkeys(symbols, 0)
+    start_us = to_epoch_us(start)
+    step_us = 1_000_000 / rate
+    dt_days = (1.0 / 8 if kind == "bar" else n_symbols / rate) / 86_400.0
+    drift = -0.5 * sigma * sigma * dt_days
+    shock = sigma * math.sqrt(dt_days)
+    out: list[StreamEvent] = []
+    for i in range(count):
+        symbol = symbols[i % n_symbols]
+        seq = seqs[symbol]
+        seqs[symbol] = seq + 1
+        p = prices[symbol]
+        if kind == "bar":
+            src_ts = from_epoch_us(start_us + (i // n_symbols) * 1_000_000)
+            path = [p]
+            for _ in range(8):
+                path.append(path[-1] * math.exp(drift + shock * rng.gauss(0.0, 1.0)))
+            prices[symbol] = path[-1]
+            o, c = round(path[0], 4), round(path[-1], 4)
+            ev = StreamEvent.trusted(
+                provider=cfg.provider,
+                symbol=symbol,
+                kind="bar",
+                interval="1s",
+                src_ts=src_ts,
+                ingest_ts=None,
+                o=o,
+                h=max(round(max(path), 4), o, c),
+                l=min(round(min(path), 4), o, c),
+                c=c,
+                v=float(rng.randint(1, 50) * 100),
+                seq=seq,
+            )
+        else:
+            src_ts = from_epoch_us(start_us + round(i * step_us))
+            p *= math.exp(drift + shock * rng.gauss(0.0, 1.0))
+            prices[symbol] = p
+            if kind == "tick":
+                ev = StreamEvent.trusted(
+                    provider=cfg.provider,
+                    symbol=symbol,
+                    kind="tick",
+                    src_ts=src_ts,
+                    ingest_ts=None,
+                    c=max(round(p, 2), 0.01),
+                    v=float(rng.randint(1, 100)),
+                    seq=seq,
+                    trade_id=str(seq),
+                    side="buy" if rng.random() < 0.5 else "sell",
+                )
+            else:
+                bid = max(round(p - 0.01 * rng.randint(0, 2), 2), 0.01)
+                ask = round(bid + 0.01 * rng.randint(1, 3), 2)
+                ev = StreamEvent.trusted(
+                    provider=cfg.provider,
+                    symbol=symbol,
+                    kind="quote",
+                    src_ts=src_ts,
+                    ingest_ts=None,
+                    bid=bid,
+                    ask=ask,
+                    bid_size=float(rng.randint(1, 20) * 100),
+                    ask_size=float(rng.randint(1, 20) * 100),
+                    seq=seq,
+                )
+        out.append(ev)
+    return out
+
+
+REF_CFG = SyntheticProducerConfig(
+    provider="ref_p", symbols=["SPY", "BRK.B", "EUR/USD", "X"], price_volatility=0.4
+)
+
+
+@pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
+@pytest.mark.parametrize("rate", [3.0, 1000.0, 20_000.0, 77_777.7])
+def test_generate_makes_the_reference_events_byte_for_byte(kind: str, rate: float) -> None:
+    for seed in range(8):
+        want = reference_events(REF_CFG, seed=seed, kind=kind, rate_per_s=rate, count=700)
+        got = list(
+            SyntheticProvider(
+                REF_CFG,
+                seed=seed,
+                kind=kind,  # type: ignore[arg-type]
+                rate_per_s=rate,
+                count=700,
+            ).generate()
+        )
+        assert got == want
+        assert encode_events(got) == encode_events(want)
+        assert encode_events(got, "json") == encode_events(want, "json")
+
+
+def _wire(
+    cfg: SyntheticProducerConfig, codec: CodecName, **kw: Any
+) -> tuple[list[str], list[dict[str, Any]]]:
+    walk = _Walk(SyntheticProvider(cfg, **kw), codec)
+    keys: list[str] = []
+    rows: list[dict[str, Any]] = []
+    # uneven block sizes: the walk's state (symbol, seq, spare normal) carries across blocks
+    sizes = itertools.cycle([1, 7, 64, 333, 2])
+    while True:
+        k, r = walk.make(next(sizes), None)
+        if not r:
+            return keys, rows
+        keys += k
+        rows += r
+
+
+@pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_wire_rows_publish_the_same_bytes_as_the_events(kind: str, codec: CodecName) -> None:
+    for seed, rate in itertools.product(range(6), [5.0, 20_000.0]):
+        want = reference_events(REF_CFG, seed=seed, kind=kind, rate_per_s=rate, count=1000)
+        keys, rows = _wire(REF_CFG, codec, seed=seed, kind=kind, rate_per_s=rate, count=1000)
+        assert rows == [event_to_dict(e, codec=codec) for e in want]
+        assert [list(r) for r in rows] == [list(event_to_dict(e, codec=codec)) for e in want]
+        assert keys == [routing_key(e.provider, e.symbol) for e in want]
+        pairs = list(zip(keys, rows, strict=True))
+        for pack in (1, 50):
+            for start in range(0, 1000, 500):  # the publisher encodes batches of 500
+                items, per_provider = encode_rows(pairs[start : start + 500], codec, pack)
+                assert items == encode_batch(want[start : start + 500], codec, pack)
+                assert per_provider == {"ref_p": 500}
+
+
+@pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
+def test_unseeded_wire_rows_carry_ingest_ts(kind: str) -> None:
+    provider = SyntheticProvider(CFG, kind=kind, rate_per_s=1000.0)  # type: ignore[arg-type]
+    before_us = time.time_ns() // 1000
+    _keys, rows = _Walk(provider, "msgpack").make(10, provider._ingest("msgpack"))
+    after_us = time.time_ns() // 1000
+    assert all(before_us <= r["ingest_ts"] <= after_us for r in rows)
+    for row in rows:  # the row of the event, key order included
+        ev = SyntheticProvider._event(row)
+        assert list(event_to_dict(ev, codec="msgpack").items()) == list(row.items())
+        assert StreamEvent.model_validate(ev.model_dump()) == ev
+    _keys, text_rows = _Walk(provider, "json").make(3, provider._ingest("json"))
+    for r in text_rows:
+        assert decode_events(json.dumps(r).encode()).events[0].ingest_ts is not None
+
+
+async def test_wire_blocks_are_paced_in_ticks_not_per_event() -> None:
+    provider = SyntheticProvider(CFG, seed=3, rate_per_s=20_000, count=10_000)
+    started = time.monotonic()
+    blocks = [b async for b in provider.wire_blocks("msgpack")]
+    elapsed = time.monotonic() - started
+    assert sum(len(b) for b in blocks) == 10_000
+    assert 0.4 <= elapsed < 1.0  # 10k events at 20k/s
+    # one block per wakeup of >= 20 ms, not one per event or per few events
+    assert len(blocks) <= 0.6 / 0.02
+    rows = [r for b in blocks for r in b.rows]
+    want = reference_events(CFG, seed=3, rate_per_s=20_000, count=10_000)
+    assert rows == [event_to_dict(e, codec="msgpack") for e in want]
+
+
+async def test_wire_blocks_low_rate_wake_only_when_an_event_is_due() -> None:
+    provider = SyntheticProvider(CFG, seed=3, rate_per_s=10, count=4)
+    started = time.monotonic()
+    blocks = [b async for b in provider.wire_blocks("json")]
+    elapsed = time.monotonic() - started
+    assert [len(b) for b in blocks] == [1, 1, 1, 1]
+    assert 0.3 <= elapsed < 0.8
+    assert all(b.codec == "json" for b in blocks)
+
+
+async def test_wire_blocks_end_on_aclose() -> None:
+    provider = SyntheticProvider(CFG, seed=3, rate_per_s=100_000)
+    n = 0
+    async for block in provider.wire_blocks("msgpack"):
+        n += len(block)
+        await provider.aclose()
+    assert 0 < n <= 2000
