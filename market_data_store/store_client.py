@@ -122,7 +122,9 @@ FROM mdp_stage_ticks
 # The LATERAL aggregate cannot be flattened, so each window is one index range scan on
 # ticks' primary key (provider, symbol, ts, seq), whatever the size of the table; open and
 # close are two more probes of that index (first/last by (ts, seq)), cheaper than sorting
-# the window's prices in ordered aggregates.
+# the window's prices in ordered aggregates. $3 and $4 bound all the windows (the client's
+# estimate, widened by a window each side): redundant, but with them the planner prunes the
+# partitions of ``ticks`` at plan time, instead of planning scans of every partition.
 _RECOMPUTE_BARS_SQL = f"""
 WITH win AS (
     SELECT DISTINCT provider, symbol,
@@ -135,12 +137,14 @@ WITH win AS (
         SELECT (SELECT f.price FROM ticks f
                 WHERE f.provider = w.provider AND f.symbol = w.symbol
                   AND f.ts >= w.bucket AND f.ts < w.bucket + $1::interval
+                  AND f.ts >= $3 AND f.ts < $4
                 ORDER BY f.ts, f.seq LIMIT 1) AS o,
                max(t.price) AS h,
                min(t.price) AS l,
                (SELECT f.price FROM ticks f
                 WHERE f.provider = w.provider AND f.symbol = w.symbol
                   AND f.ts >= w.bucket AND f.ts < w.bucket + $1::interval
+                  AND f.ts >= $3 AND f.ts < $4
                 ORDER BY f.ts DESC, f.seq DESC LIMIT 1) AS c,
                sum(t.size) AS v,
                sum(t.price * t.size) AS pv,
@@ -148,6 +152,7 @@ WITH win AS (
         FROM ticks t
         WHERE t.provider = w.provider AND t.symbol = w.symbol
           AND t.ts >= w.bucket AND t.ts < w.bucket + $1::interval
+          AND t.ts >= $3 AND t.ts < $4
     ) a
     WHERE a.n > 0
 ), up AS (
@@ -386,10 +391,13 @@ class PgStoreClient(PgClientBase):
             for e in unique.values()
         ]
         stamps = [r[2] for r in records]
-        first_day, last_day = min(stamps).date(), max(stamps).date()  # src_ts is UTC
+        first_ts, last_ts = min(stamps), max(stamps)
+        first_day, last_day = first_ts.date(), last_ts.date()  # src_ts is UTC (validated)
         tick_days = {first_day} if first_day == last_day else {ts.date() for ts in stamps}
         locks = series_lock_keys(set(map(itemgetter(0, 1), records)))
         stride = timedelta(milliseconds=window_ms)
+        lo = from_epoch_us(window_start_us(to_epoch_us(first_ts), window_ms)) - stride
+        hi = from_epoch_us(window_start_us(to_epoch_us(last_ts), window_ms)) + 2 * stride
         ends = (records[0][:4], records[-1][:4])
         truncate = len(records) >= _TRUNCATE_STAGE_MIN_ROWS
 
@@ -418,7 +426,7 @@ class PgStoreClient(PgClientBase):
                     if inserted is None:
                         status = await conn.execute(_INSERT_TICKS_SQL)
                         inserted = int(status.rsplit(" ", 1)[-1])
-                    rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval)
+                    rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval, lo, hi)
                     if truncate:
                         await conn.execute("TRUNCATE mdp_stage_ticks")
                     else:
