@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from market_data_core.codec import decode_events, event_to_dict
 from market_data_core.config import SyntheticProducerConfig
@@ -26,8 +28,14 @@ from market_data_core.protocols import (
 )
 from market_data_pipeline import telemetry
 from market_data_pipeline.cli.cmd_produce import pump
-from market_data_pipeline.producers.publisher import Publisher, WireBlock, encode_batch
+from market_data_pipeline.producers.publisher import (
+    Publisher,
+    WireBlock,
+    encode_batch,
+    encode_rows,
+)
 from market_data_pipeline.producers.synthetic import SyntheticProvider
+from tests.unit.test_codec import events as codec_events
 
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -317,3 +325,20 @@ async def test_pump_stop_publishes_everything_made() -> None:
     # the block the pump was waiting to buffer when stopped is published too
     assert len(evs) == pub.published == provider.made > accepted
     _assert_gapless(evs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(codec_events(), min_size=1, max_size=30),
+    st.sampled_from(["msgpack", "json"]),
+    st.sampled_from([1, 3, 50]),
+)
+def test_rows_encode_to_the_codecs_bytes_for_any_events(
+    evs: list[StreamEvent], codec: Literal["msgpack", "json"], pack: int
+) -> None:
+    """The publisher's own encoder (msgspec for msgpack) writes exactly what
+    market_data_core.codec writes, for any valid events."""
+    pairs = [(routing_key(e.provider, e.symbol), event_to_dict(e, codec=codec)) for e in evs]
+    items, per_provider = encode_rows(pairs, codec, pack)
+    assert items == encode_batch(evs, codec, pack)
+    assert sum(per_provider.values()) == len(evs)

@@ -328,3 +328,16 @@ async def test_wire_blocks_end_on_aclose() -> None:
         n += len(block)
         await provider.aclose()
     assert 0 < n <= 2000
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_tick_prices_round_like_round_even_next_to_a_tie(codec: CodecName) -> None:
+    """Ticks round prices to cents without calling round(p, 2) in the common case; next to a
+    tie (and on one) the result must still be round()'s."""
+    for cents in (1, 2, 5, 12, 1005, 123_456, 99_999_999):
+        for tie in ((cents + 0.5) / 100.0, cents / 100.0 + 0.005):
+            for p in (math.nextafter(tie, 0.0), tie, math.nextafter(tie, math.inf)):
+                cfg = SyntheticProducerConfig(symbols=["X"], price_volatility=0.0, start_price=p)
+                want = reference_events(cfg, seed=1, rate_per_s=10.0, count=3)
+                _keys, rows = _wire(cfg, codec, seed=1, rate_per_s=10.0, count=3)
+                assert [r["c"] for r in rows] == [e.c for e in want] == [max(round(p, 2), 0.01)] * 3
