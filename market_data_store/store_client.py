@@ -5,7 +5,9 @@ Every write is one transaction that first takes ``pg_advisory_xact_lock`` for ea
 can never deadlock on each other — then COPYs the de-duplicated batch into a per-connection
 staging table and runs one set-based statement. Round trips per call are constant.
 ``upsert_bars`` short-cuts two common cases with the same outcome: all-new batches are COPYed
-straight into the table, all-unchanged replays are settled by reading.
+straight into the table, all-unchanged replays are settled by reading. ``ingest_ticks``
+likewise moves all-new batches from staging with a plain INSERT, and only batches holding
+already stored ticks go through ``ON CONFLICT``.
 
 Exactness of tick-derived bars: see :mod:`market_data_store.models` (numeric aggregation,
 one correctly rounded conversion to float8, ``vwap`` rounded to ``VWAP_DECIMALS``).
