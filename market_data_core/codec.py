@@ -164,11 +164,15 @@ def _fast_event(item: dict[str, Any]) -> StreamEvent | None:
     See :func:`validate_event_fast` for the contract; this adds the wire timestamps.
     """
     raw_src_ts: Any = item.get("src_ts")
-    src_ts = _wire_datetime(raw_src_ts)
-    if src_ts is None:
-        return None
-    # canonical text is already isoformat_us(src_ts); µs are formatted without a datetime
-    src_ts_iso = raw_src_ts if type(raw_src_ts) is str else isoformat_epoch_us(raw_src_ts)
+    src_ts: datetime | None
+    if type(raw_src_ts) is int and MIN_EPOCH_US <= raw_src_ts <= MAX_EPOCH_US:
+        src_ts = from_epoch_us(raw_src_ts)
+        src_ts_iso = isoformat_epoch_us(raw_src_ts)  # µs formatted without the datetime
+    else:
+        src_ts = _wire_datetime(raw_src_ts)
+        if src_ts is None:
+            return None
+        src_ts_iso = raw_src_ts  # canonical text: already isoformat_us(src_ts)
     raw_ingest_ts = item.get("ingest_ts")
     ingest_ts = None
     if raw_ingest_ts is not None:
@@ -217,9 +221,15 @@ def decode_events(payload: bytes) -> DecodedBatch:
     if isinstance(obj, list):
         if not obj:
             batch.errors.append(ContractError("decode", "empty event array", bytes(payload)))
+        events = batch.events
         for item in obj:
+            # the fast path inline (most items): no call through _decode_event_item
+            event = _fast_event(item) if type(item) is dict else None
+            if event is not None:
+                events.append(event)
+                continue
             try:
-                batch.events.append(_decode_event_item(item, b""))
+                events.append(_decode_event_item(item, b""))
             except ContractError as exc:
                 # the item's own bytes are only worth making for a dead letter
                 exc.payload = _item_payload(item)

@@ -374,11 +374,14 @@ def validate_event_fast(
     ver = get("ver")
     if type(ver) is not int or ver not in SUPPORTED_VERSIONS:
         return None
+    # names seen before are a set look-up, inline (no call)
     provider = get("provider")
-    if type(provider) is not str or not _is_provider(provider):
+    if type(provider) is not str or (
+        provider not in _GOOD_PROVIDERS and not _is_provider(provider)
+    ):
         return None
     symbol = get("symbol")
-    if type(symbol) is not str or not _is_symbol(symbol):
+    if type(symbol) is not str or (symbol not in _GOOD_SYMBOLS and not _is_symbol(symbol)):
         return None
     kind = get("kind")
     if type(kind) is not str or kind not in _KINDS:
