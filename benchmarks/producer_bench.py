@@ -2,11 +2,13 @@
 is it to the bare XADD ceiling on the same server?
 
 For each requested aggregate rate, run ``SyntheticProvider -> Publisher -> RedisBus`` (the real
-``mdp stream produce`` path) for ``--duration-s`` and report the achieved events/s. Then run it
-unpaced (the producer's own ceiling) and finally pipelined bare ``XADD`` of pre-encoded payloads
-of the same size and batch size (the server/client ceiling).
+``mdp stream produce`` path: ``pump``, packs of ``--pack`` events per entry, unseeded like
+``mdp bench``'s producers) for ``--duration-s`` and report the achieved events/s and the CPU
+this process spent per event (``time.process_time``; the server is another process). Then run
+it unpaced (the producer's own ceiling) and finally pipelined bare ``XADD`` of pre-encoded
+payloads of the same size and batch size (the server/client ceiling).
 
-    .venv/bin/python benchmarks/producer_bench.py --rates 1000,5000,20000 --duration-s 5
+    .venv/bin/python benchmarks/producer_bench.py --rates 1000,5000,20000,40000 --duration-s 5
 
 Uses ``REDIS_URI`` when set, else an embedded Valkey. Appends its figures to
 ``benchmarks/results/producer-<utc time>.json``.
@@ -27,10 +29,15 @@ from typing import Any
 import redis.asyncio as aredis
 
 from market_data_core.codec import encode_event
-from market_data_core.config import AppConfig, BusConfig, RedisConfig, SyntheticProducerConfig
-from market_data_pipeline.cli.cmd_produce import pump
+from market_data_core.config import (
+    AppConfig,
+    BusConfig,
+    ProducersConfig,
+    RedisConfig,
+    SyntheticProducerConfig,
+)
+from market_data_pipeline.cli.cmd_produce import make_publisher, pump
 from market_data_pipeline.embedded import EmbeddedRedis, ServerUrls
-from market_data_pipeline.producers.publisher import Publisher
 from market_data_pipeline.producers.synthetic import SyntheticProvider
 from market_data_pipeline.streaming.bus import open_bus
 
@@ -39,29 +46,39 @@ SYMBOLS = ["SPY", "AAPL", "MSFT", "QQQ", "NVDA", "TSLA", "AMZN", "META", "GOOG",
 
 
 async def producer_run(
-    url: str, stream: str, rate: float | None, duration_s: float, batch: int, codec: str
+    url: str, stream: str, rate: float | None, duration_s: float, args: argparse.Namespace
 ) -> dict[str, Any]:
     app = AppConfig(
-        bus=BusConfig(codec=codec, redis=RedisConfig(stream=stream)),  # type: ignore[arg-type]
+        bus=BusConfig(
+            codec=args.codec,
+            partitions=args.partitions,
+            redis=RedisConfig(stream=stream),
+        ),
+        producers=ProducersConfig(publish_batch_size=args.batch, pack_events=args.pack),
     )
     bus = await open_bus(app, ServerUrls(url, None, None))
     synth = SyntheticProducerConfig(symbols=SYMBOLS)
     # Unpaced = a rate far above anything reachable, so the bucket never waits.
-    provider = SyntheticProvider(synth, seed=1, rate_per_s=rate or 1e9)
-    publisher = Publisher(bus, topic=stream, codec=app.bus.codec, batch_size=batch)
+    provider = SyntheticProvider(synth, seed=args.seed, rate_per_s=rate or 1e9)
+    publisher = make_publisher(app, bus, None)
+    cpu_started = time.process_time()
     started = time.perf_counter()
     try:
         await pump(provider, publisher, asyncio.Event(), duration_s=duration_s)
     finally:
         elapsed = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
         await bus.aclose()
     achieved = publisher.published / elapsed
     return {
         "requested_per_s": rate,
         "published": publisher.published,
+        "entries": publisher.entries,
         "elapsed_s": round(elapsed, 3),
         "achieved_per_s": round(achieved, 1),
         "ratio": round(achieved / rate, 4) if rate else None,
+        "cpu_s": round(cpu_s, 3),
+        "cpu_us_per_event": round(cpu_s / max(publisher.published, 1) * 1e6, 2),
     }
 
 
@@ -94,6 +111,11 @@ async def xadd_ceiling(
     }
 
 
+async def _delete_shards(client: aredis.Redis, stream: str, partitions: int) -> None:
+    names = [stream] if partitions <= 1 else [f"{stream}:{n}" for n in range(partitions)]
+    await client.delete(*names)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     server: EmbeddedRedis | None = None
     url = os.environ.get("REDIS_URI")
@@ -107,17 +129,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = []
         for rate in [float(r) for r in args.rates.split(",") if r]:
             stream = f"bench.producer.{tag}.{int(rate)}"
-            row = await producer_run(url, stream, rate, args.duration_s, args.batch, args.codec)
-            await client.delete(stream)
+            row = await producer_run(url, stream, rate, args.duration_s, args)
+            await _delete_shards(client, stream, args.partitions)
             rows.append(row)
             print(
                 f"requested {rate:>9,.0f}/s  achieved {row['achieved_per_s']:>10,.0f}/s  "
-                f"({row['ratio']:.1%}, {row['published']:,} events in {row['elapsed_s']}s)"
+                f"({row['ratio']:.1%}, {row['published']:,} events in {row['elapsed_s']}s)  "
+                f"CPU {row['cpu_us_per_event']:.2f} us/event"
             )
         stream = f"bench.producer.{tag}.unpaced"
-        unpaced = await producer_run(url, stream, None, args.duration_s, args.batch, args.codec)
-        await client.delete(stream)
-        print(f"unpaced producer (build+encode+publish) {unpaced['achieved_per_s']:>10,.0f}/s")
+        unpaced = await producer_run(url, stream, None, args.duration_s, args)
+        await _delete_shards(client, stream, args.partitions)
+        print(
+            f"unpaced producer (build+encode+publish) {unpaced['achieved_per_s']:>10,.0f}/s  "
+            f"CPU {unpaced['cpu_us_per_event']:.2f} us/event"
+        )
         ceiling = await xadd_ceiling(
             url, f"bench.xadd.{tag}", args.xadd_events, args.batch, args.codec, 1_000_000
         )
@@ -137,6 +163,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server": "embedded valkey" if server is not None else "REDIS_URI",
         "codec": args.codec,
         "batch": args.batch,
+        "pack": args.pack,
+        "partitions": args.partitions,
+        "seeded": args.seed is not None,
         "symbols": len(SYMBOLS),
         "paced": rows,
         "unpaced": unpaced,
@@ -146,10 +175,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="1000,5000,20000", help="comma-separated events/s")
+    parser.add_argument("--rates", default="1000,5000,20000,40000", help="comma-separated events/s")
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--codec", choices=["msgpack", "json"], default="msgpack")
+    parser.add_argument("--pack", type=int, default=50, help="events per entry (mdp bench: 50)")
+    parser.add_argument("--partitions", type=int, default=4, help="shards of the stream")
+    parser.add_argument("--seed", type=int, default=None, help="seeded: no ingest_ts stamps")
     parser.add_argument("--xadd-events", type=int, default=100_000)
     args = parser.parse_args()
     result = asyncio.run(run(args))

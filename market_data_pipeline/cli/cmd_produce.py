@@ -54,6 +54,8 @@ __all__ = ["produce", "replay", "tail"]
 log = logging.getLogger("mdp.produce")
 
 _MAX_SHOWN_ROW_ERRORS = 10
+# How long a stopped WireSource may take to hand over its last block before it is cancelled.
+_CLOSE_GRACE_S = 1.0
 
 
 class ProviderName(StrEnum):
@@ -213,6 +215,9 @@ async def pump(
         if task not in done:
             # Stop asked or time is up: stop taking events, keep what was accepted.
             await provider.aclose()
+            if isinstance(provider, WireSource):
+                # it hands over the events due by now and ends by itself (bounded wait)
+                await asyncio.wait({task}, timeout=_CLOSE_GRACE_S)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -303,7 +303,8 @@ async def test_pump_synthetic_holds_the_rate_for_a_duration(rate: float) -> None
     bus = MemoryBus()
     pub = Publisher(bus, topic="t", batch_size=500, pack_events=50)
     await pump(_synthetic(rate), pub, asyncio.Event(), duration_s=1.0)
-    assert abs(pub.published - rate) <= 0.03 * rate  # +-3 % over one second
+    # the events due when the time is up are made and published too
+    assert abs(pub.published - rate) <= 0.01 * rate
     evs = bus.events("t")
     assert len(evs) == pub.published
     _assert_gapless(evs)
@@ -322,8 +323,8 @@ async def test_pump_stop_publishes_everything_made() -> None:
     accepted = await pump(provider, pub, stop)
     evs = bus.events("t")
     assert accepted > 0
-    # the block the pump was waiting to buffer when stopped is published too
-    assert len(evs) == pub.published == provider.made > accepted
+    # every event made is published, the last block (made at the stop) included
+    assert len(evs) == pub.published == provider.made >= accepted
     _assert_gapless(evs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -321,13 +322,17 @@ async def test_wire_blocks_low_rate_wake_only_when_an_event_is_due() -> None:
     assert all(b.codec == "json" for b in blocks)
 
 
-async def test_wire_blocks_end_on_aclose() -> None:
-    provider = SyntheticProvider(CFG, seed=3, rate_per_s=100_000)
-    n = 0
-    async for block in provider.wire_blocks("msgpack"):
-        n += len(block)
-        await provider.aclose()
-    assert 0 < n <= 2000
+async def test_wire_blocks_end_on_aclose_with_the_events_due_by_then() -> None:
+    provider = SyntheticProvider(CFG, seed=3, rate_per_s=10_000)
+    blocks = provider.wire_blocks("msgpack")
+    first = await anext(blocks)
+    started = time.monotonic()
+    asyncio.get_running_loop().call_later(0.03, lambda: asyncio.ensure_future(provider.aclose()))
+    rest = [b async for b in blocks]
+    assert time.monotonic() - started < 0.045  # woken by aclose, not at the end of its tick
+    assert len(rest) == 1  # one last block: the events due when it was closed
+    assert 250 <= len(rest[0]) <= 450  # ~30 ms at 10k/s
+    assert provider.made == len(first) + len(rest[0])
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
@@ -341,3 +346,16 @@ def test_tick_prices_round_like_round_even_next_to_a_tie(codec: CodecName) -> No
                 want = reference_events(cfg, seed=1, rate_per_s=10.0, count=3)
                 _keys, rows = _wire(cfg, codec, seed=1, rate_per_s=10.0, count=3)
                 assert [r["c"] for r in rows] == [e.c for e in want] == [max(round(p, 2), 0.01)] * 3
+
+
+async def test_unpaced_wire_blocks_stay_bounded_through_aclose() -> None:
+    """At a rate far above what can be made (the unpaced benchmark), the bucket holds
+    millions of due events: blocks, the last one at aclose included, stay small."""
+    provider = SyntheticProvider(CFG, seed=3, rate_per_s=1e9)
+    sizes = []
+    async for block in provider.wire_blocks("msgpack"):
+        sizes.append(len(block))
+        if len(sizes) == 3:
+            await provider.aclose()
+    assert len(sizes) == 4
+    assert max(sizes) <= 2000
