@@ -20,7 +20,6 @@ __all__ = [
 ]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)\s*$")
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
 
@@ -55,8 +54,8 @@ def format_duration_ms(ms: int) -> str:
 
 def to_epoch_us(ts: datetime) -> int:
     """Exact microseconds since the epoch of an aware datetime."""
-    # timedelta // timedelta is exact integer arithmetic in C, cheaper than days/seconds/µs parts
-    return (ts - EPOCH) // _ONE_US
+    delta = ts - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 # The range of ints from_epoch_us (and isoformat_epoch_us) accept: years 1..9999 in UTC.
@@ -104,7 +103,7 @@ def isoformat_us(ts: datetime) -> str:
     """
     if ts.tzinfo is UTC:
         # the hot case (every event id): a cached per-second prefix costs half of isoformat
-        return isoformat_epoch_us((ts - EPOCH) // _ONE_US)
+        return isoformat_epoch_us(to_epoch_us(ts))
     # isoformat is C code; strftime is several times slower and does not pad years < 1000
     return ts.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 

@@ -81,7 +81,7 @@ offsets = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minute
 any_datetimes = st.datetimes(timezones=st.just(UTC) | offsets | st.none())
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(epoch_us)
 def test_isoformat_epoch_us_is_isoformat_us_of_the_datetime(us: int) -> None:
     assert isoformat_epoch_us(us) == ref_isoformat_us(ref_from_epoch_us(us))
@@ -103,19 +103,19 @@ def test_out_of_range_epoch_us_raises_overflow(us: int) -> None:
         from_epoch_us(us)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(epoch_us | st.integers() | st.integers(-(10**20), 10**20))
 def test_from_epoch_us_matches_the_reference(us: int) -> None:
     assert outcome(from_epoch_us, us) == outcome(ref_from_epoch_us, us)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(any_datetimes)
 def test_isoformat_us_matches_the_reference(ts: datetime) -> None:
     assert outcome(isoformat_us, ts) == outcome(ref_isoformat_us, ts)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(any_datetimes.filter(lambda ts: ts.tzinfo is not None))
 def test_to_epoch_us_matches_the_reference(ts: datetime) -> None:
     assert outcome(to_epoch_us, ts) == outcome(ref_to_epoch_us, ts)
@@ -262,7 +262,7 @@ def encodings(events: list[StreamEvent]) -> Iterator[tuple[str, bytes]]:
             continue  # msgpack: a seq beyond 64 bits, a lone surrogate
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(valid_events(), min_size=1, max_size=4))
 def test_valid_events_take_the_fast_path_and_equal_pydantics(events: list[StreamEvent]) -> None:
     for name, payload in encodings(events):
@@ -383,7 +383,7 @@ def payload_of(name: str, obj: Any) -> bytes | None:
         return None  # not representable in this codec (bytes in JSON, huge ints in msgpack)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_items())
 def test_mutated_items_agree_with_pydantic(named_item: tuple[str, dict[str, Any]]) -> None:
     name, item = named_item
@@ -395,7 +395,7 @@ def test_mutated_items_agree_with_pydantic(named_item: tuple[str, dict[str, Any]
     assert_same_batches(payload)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated_items(), min_size=2, max_size=5), st.sampled_from(["msgpack", "json"]))
 def test_mutated_packed_entries_agree_with_pydantic(
     named_items: list[tuple[str, dict[str, Any]]], name: str
