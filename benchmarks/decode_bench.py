@@ -14,6 +14,13 @@ runs of about ``--run-s`` seconds (the least disturbed by other processes on the
 timed "as-is", which gives the figures from before this work. Also times ``encode_events`` (the
 producer side). Appends its figures to ``benchmarks/results/decode-<utc time>.json`` unless
 ``--no-save``.
+
+Instructions per event, steadier than times on a busy machine: the difference of two runs,
+
+    perf stat -e instructions .venv/bin/python benchmarks/decode_bench.py --just-decode 100000
+    perf stat -e instructions .venv/bin/python benchmarks/decode_bench.py --just-decode 0
+
+divided by 100000 (add ``--mode pydantic``, ``--case 'json 50 ticks/entry'``...).
 """
 
 from __future__ import annotations
@@ -146,8 +153,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run-s", type=float, default=0.25, help="seconds per timed run")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--just-decode",
+        type=int,
+        metavar="N",
+        help="only decode about N events of --case in --mode, untimed (for perf stat)",
+    )
+    parser.add_argument("--case", default="msgpack 50 ticks/entry")
+    parser.add_argument("--mode", choices=["pydantic", "fast"], default="fast")
     args = parser.parse_args()
     modes = ["pydantic", "fast"] if hasattr(codec, "_fast_event") else ["as-is"]
+    if args.just_decode is not None:
+        payloads, n_events = next((p, n) for name, p, n in cases() if name == args.case)
+        with decode_mode(args.mode if "fast" in modes else "as-is"):
+            for _ in range(args.just_decode // n_events):
+                _decode_all(payloads)
+        return
     rows: list[dict[str, Any]] = []
     print(f"{'case':26s}" + "".join(f"{m + ' µs/ev':>16s}" for m in modes) + "   speed-up")
     for name, payloads, n_events in cases():
