@@ -22,6 +22,7 @@ __all__ = [
     "EventKind",
     "Signal",
     "StreamEvent",
+    "TradeSide",
     "make_event_id",
     "make_signal_id",
     "validate_event_fast",
@@ -29,6 +30,7 @@ __all__ = [
 
 SUPPORTED_VERSIONS = (1,)
 EventKind = Literal["tick", "bar", "quote"]
+TradeSide = Literal["buy", "sell"]
 
 # '|' separates event_id parts, so it may appear in neither provider nor symbol.
 _PROVIDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -210,7 +212,7 @@ class StreamEvent(BaseModel):
     bid_size: float | None = None
     ask_size: float | None = None
     trade_id: str | None = None
-    side: Literal["buy", "sell"] | None = None
+    side: TradeSide | None = None
 
     @field_validator("ver")
     @classmethod
@@ -327,7 +329,7 @@ _FIELDS_TEMPLATE: dict[str, Any] = {
     name: _EVENT_DEFAULTS.get(name) for name in StreamEvent.model_fields
 }
 _KINDS = frozenset(get_args(EventKind))
-_SIDES = frozenset(("buy", "sell"))
+_SIDES = frozenset(get_args(TradeSide))
 # Every int of at most this magnitude is exactly a float: pydantic's int -> float is then float().
 _MAX_EXACT_FLOAT_INT = 2**53
 # msgpack's integer range; larger seqs (JSON only) are left to pydantic.
