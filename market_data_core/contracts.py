@@ -372,36 +372,39 @@ def validate_event_fast(
     """
     if not _EVENT_FIELDS.issuperset(item):
         return None  # an unknown key (extra="forbid")
-    get = item.get
-    ver = get("ver")
+    try:  # the required fields (a dict subscript is cheaper than .get)
+        ver = item["ver"]
+        provider = item["provider"]
+        symbol = item["symbol"]
+        kind = item["kind"]
+        seq = item["seq"]
+        event_id = item["event_id"]
+    except KeyError:
+        return None
     if type(ver) is not int or ver not in SUPPORTED_VERSIONS:
         return None
     # names seen before are a set look-up, inline (no call)
-    provider = get("provider")
     if type(provider) is not str or (
         provider not in _GOOD_PROVIDERS and not _is_provider(provider)
     ):
         return None
-    symbol = get("symbol")
     if type(symbol) is not str or (symbol not in _GOOD_SYMBOLS and not _is_symbol(symbol)):
         return None
-    kind = get("kind")
     if type(kind) is not str or kind not in _KINDS:
         return None
+    if type(seq) is not int or not 0 <= seq < _MAX_FAST_SEQ:
+        return None
+    if type(event_id) is not str:
+        return None
+    get = item.get
     interval = get("interval")
     if interval is not None and (type(interval) is not str or not _INTERVAL.match(interval)):
-        return None
-    seq = get("seq")
-    if type(seq) is not int or not 0 <= seq < _MAX_FAST_SEQ:
         return None
     trade_id = get("trade_id")
     if trade_id is not None and type(trade_id) is not str:
         return None
     side = get("side")
     if side is not None and (type(side) is not str or side not in _SIDES):
-        return None
-    event_id = get("event_id")
-    if type(event_id) is not str:
         return None
     o, h, l, c, v = get("o"), get("h"), get("l"), get("c"), get("v")  # noqa: E741
     bid, ask, bid_size, ask_size = get("bid"), get("ask"), get("bid_size"), get("ask_size")
