@@ -27,12 +27,14 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from market_data_core.codec import CodecName
 from market_data_core.config import SyntheticProducerConfig
 from market_data_core.contracts import EventKind, StreamEvent
 from market_data_core.protocols import routing_key
 from market_data_core.timeutil import from_epoch_us, isoformat_us, to_epoch_us
-from market_data_pipeline.producers.publisher import WireBlock
+from market_data_pipeline.producers.publisher import WireBlock, WireRow
 
 __all__ = ["SEEDED_START", "SyntheticProvider"]
 
@@ -50,13 +52,54 @@ _MAX_BLOCK_EVENTS = 2000
 # generate() makes its rows in blocks of this many events (ingest_ts stamped per block).
 _GENERATE_BLOCK_EVENTS = 64
 
-WireRow = dict[str, Any]
+
+class _SeededTickRow(msgspec.Struct, gc=False):
+    """A tick without ``ingest_ts`` in msgpack wire form: msgspec encodes it as exactly the
+    map ``event_to_dict`` gives (same keys in the same order), and a Struct costs a third of
+    a dict to build. ``gc=False``: it holds only str/int/float, never a cycle."""
+
+    c: float
+    v: float
+    trade_id: str
+    side: str
+    provider: str
+    symbol: str
+    kind: str
+    src_ts: int
+    seq: int
+    ver: int
+    event_id: str
+
+
+class _TickRow(msgspec.Struct, gc=False):
+    """:class:`_SeededTickRow` with ``ingest_ts`` (first, as in ``StreamEvent.__dict__``)."""
+
+    ingest_ts: int
+    c: float
+    v: float
+    trade_id: str
+    side: str
+    provider: str
+    symbol: str
+    kind: str
+    src_ts: int
+    seq: int
+    ver: int
+    event_id: str
+
+
+def row_dict(row: WireRow) -> dict[str, Any]:
+    """A wire row as the dict ``event_to_dict`` gives (a copy; key order kept)."""
+    if isinstance(row, msgspec.Struct):
+        return msgspec.structs.asdict(row)
+    return dict(row)
 
 
 class _Walk:
     """The state of one pass over the synthetic stream: makes the next events as wire rows.
 
-    A row is exactly ``event_to_dict(event, codec=codec)`` of the event
+    A row is exactly ``event_to_dict(event, codec=codec)`` (for msgpack ticks: a Struct that
+    encodes as that dict, see :class:`_TickRow`) of the event
     ``StreamEvent.trusted`` would build from the same values, with the same key order (the
     order of ``StreamEvent.__dict__``: the optional fields in declaration order, then
     provider, symbol, kind, src_ts, seq, ver, event_id). Random draws happen in the same order
@@ -132,6 +175,7 @@ class _Walk:
         provider = self.provider
         start_us, step_us = self.start_us, self.step_us
         as_text = self.codec == "json"
+        ingest_us = ingest if isinstance(ingest, int) else None
         second, prefix = self._second, self._second_prefix
         rows: list[WireRow] = []
         append = rows.append
@@ -170,22 +214,53 @@ class _Walk:
             c = k / 100.0 if y < 1e9 and -0.49999 < y - k < 0.49999 else round(p, 2)
             if c < 0.01:  # max(c, 0.01), without the call
                 c = 0.01
-            row = {
-                "ingest_ts": ingest,
-                "c": c,
-                "v": float(size + 1),
-                "trade_id": seq_text,
-                "side": "buy" if uniform() < 0.5 else "sell",
-                "provider": provider,
-                "symbol": symbols[j],
-                "kind": "tick",
-                "src_ts": iso if as_text else ts_us,
-                "seq": seq,
-                "ver": 1,
-                "event_id": f"{id_prefixes[j]}{iso}|{seq_text}",
-            }
-            if ingest is None:
-                del row["ingest_ts"]
+            side = "buy" if uniform() < 0.5 else "sell"
+            if as_text:
+                row: WireRow = {
+                    "ingest_ts": ingest,
+                    "c": c,
+                    "v": float(size + 1),
+                    "trade_id": seq_text,
+                    "side": side,
+                    "provider": provider,
+                    "symbol": symbols[j],
+                    "kind": "tick",
+                    "src_ts": iso,
+                    "seq": seq,
+                    "ver": 1,
+                    "event_id": f"{id_prefixes[j]}{iso}|{seq_text}",
+                }
+                if ingest is None:
+                    del row["ingest_ts"]
+            elif ingest_us is None:
+                row = _SeededTickRow(
+                    c,
+                    float(size + 1),
+                    seq_text,
+                    side,
+                    provider,
+                    symbols[j],
+                    "tick",
+                    ts_us,
+                    seq,
+                    1,
+                    f"{id_prefixes[j]}{iso}|{seq_text}",
+                )
+            else:
+                row = _TickRow(
+                    ingest_us,
+                    c,
+                    float(size + 1),
+                    seq_text,
+                    side,
+                    provider,
+                    symbols[j],
+                    "tick",
+                    ts_us,
+                    seq,
+                    1,
+                    f"{id_prefixes[j]}{iso}|{seq_text}",
+                )
             append(row)
             j += 1
             if j == n_symbols:
@@ -346,9 +421,9 @@ class SyntheticProvider:
     @staticmethod
     def _event(row: WireRow) -> StreamEvent:
         """The ``StreamEvent`` of a msgpack-form row (``event_to_dict`` of it gives the row)."""
-        fields = dict(row)
-        fields["src_ts"] = from_epoch_us(row["src_ts"])
-        ingest = row.get("ingest_ts")
+        fields = row_dict(row)
+        fields["src_ts"] = from_epoch_us(fields["src_ts"])
+        ingest = fields.get("ingest_ts")
         if ingest is not None:
             fields["ingest_ts"] = from_epoch_us(ingest)
         return StreamEvent.trusted(**fields)

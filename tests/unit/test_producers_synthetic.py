@@ -25,7 +25,12 @@ from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key
 from market_data_core.timeutil import from_epoch_us, to_epoch_us
 from market_data_pipeline.producers.publisher import encode_batch, encode_rows
-from market_data_pipeline.producers.synthetic import SEEDED_START, SyntheticProvider, _Walk
+from market_data_pipeline.producers.synthetic import (
+    SEEDED_START,
+    SyntheticProvider,
+    _Walk,
+    row_dict,
+)
 
 CFG = SyntheticProducerConfig(symbols=["SPY", "AAPL", "MSFT"], tick_rate=2.0, price_volatility=0.3)
 
@@ -262,7 +267,7 @@ def _wire(
         if not r:
             return keys, rows
         keys += k
-        rows += r
+        rows += [row_dict(row) for row in r]
 
 
 @pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
@@ -270,11 +275,16 @@ def _wire(
 def test_wire_rows_publish_the_same_bytes_as_the_events(kind: str, codec: CodecName) -> None:
     for seed, rate in itertools.product(range(6), [5.0, 20_000.0]):
         want = reference_events(REF_CFG, seed=seed, kind=kind, rate_per_s=rate, count=1000)
-        keys, rows = _wire(REF_CFG, codec, seed=seed, kind=kind, rate_per_s=rate, count=1000)
+        walk = _Walk(
+            SyntheticProvider(REF_CFG, seed=seed, kind=kind, rate_per_s=rate, count=1000),  # type: ignore[arg-type]
+            codec,
+        )
+        keys, raw_rows = walk.make(1000, None)  # as the publisher gets them (Structs or dicts)
+        rows = [row_dict(r) for r in raw_rows]
         assert rows == [event_to_dict(e, codec=codec) for e in want]
         assert [list(r) for r in rows] == [list(event_to_dict(e, codec=codec)) for e in want]
         assert keys == [routing_key(e.provider, e.symbol) for e in want]
-        pairs = list(zip(keys, rows, strict=True))
+        pairs = list(zip(keys, raw_rows, strict=True))
         for pack in (1, 50):
             for start in range(0, 1000, 500):  # the publisher encodes batches of 500
                 items, per_provider = encode_rows(pairs[start : start + 500], codec, pack)
@@ -286,13 +296,16 @@ def test_wire_rows_publish_the_same_bytes_as_the_events(kind: str, codec: CodecN
 def test_unseeded_wire_rows_carry_ingest_ts(kind: str) -> None:
     provider = SyntheticProvider(CFG, kind=kind, rate_per_s=1000.0)  # type: ignore[arg-type]
     before_us = time.time_ns() // 1000
-    _keys, rows = _Walk(provider, "msgpack").make(10, provider._ingest("msgpack"))
+    _keys, raw_rows = _Walk(provider, "msgpack").make(10, provider._ingest("msgpack"))
+    rows = [row_dict(r) for r in raw_rows]
     after_us = time.time_ns() // 1000
     assert all(before_us <= r["ingest_ts"] <= after_us for r in rows)
     for row in rows:  # the row of the event, key order included
         ev = SyntheticProvider._event(row)
         assert list(event_to_dict(ev, codec="msgpack").items()) == list(row.items())
         assert StreamEvent.model_validate(ev.model_dump()) == ev
+    items, _ = encode_rows([("k", r) for r in raw_rows], "msgpack", 50)
+    assert items == [("k", encode_events([SyntheticProvider._event(r) for r in raw_rows]))]
     _keys, text_rows = _Walk(provider, "json").make(3, provider._ingest("json"))
     for r in text_rows:
         assert decode_events(json.dumps(r).encode()).events[0].ingest_ts is not None
@@ -307,7 +320,7 @@ async def test_wire_blocks_are_paced_in_ticks_not_per_event() -> None:
     assert 0.4 <= elapsed < 1.0  # 10k events at 20k/s
     # one block per wakeup of >= 20 ms, not one per event or per few events
     assert len(blocks) <= 0.6 / 0.02
-    rows = [r for b in blocks for r in b.rows]
+    rows = [row_dict(r) for b in blocks for r in b.rows]
     want = reference_events(CFG, seed=3, rate_per_s=20_000, count=10_000)
     assert rows == [event_to_dict(e, codec="msgpack") for e in want]
 
