@@ -1,10 +1,12 @@
 """Decode benchmark: CPU µs per event of ``decode_events`` (what a consumer pays per event to
 turn bus payloads into validated ``StreamEvent``s), pydantic path vs the plain-Python fast path.
 
-Payloads are what the synthetic producer writes: ticks (ver, provider, symbol, kind, src_ts,
+Payloads are ticks as the synthetic producer writes them (ver, provider, symbol, kind, src_ts,
 ingest_ts, c, v, seq, event_id, trade_id, side), packed 50 per entry or one per entry, in
-msgpack and JSON; plus packed quotes and bars. Each figure is the best of ``--repeats`` timed
-runs of about ``--run-s`` seconds (the least disturbed by other processes on the machine).
+msgpack and JSON, each with its own ingest_ts (as live feeds stamp them) or, in one case, one
+ingest_ts per entry (as the synthetic producer stamps them); plus packed quotes and bars. Each
+figure is the best of ``--repeats`` timed runs of about ``--run-s`` seconds (the least disturbed
+by other processes on the machine).
 
     .venv/bin/python benchmarks/decode_bench.py                 # ~15 s
     PYTHONPATH=/path/to/old/checkout .venv/bin/python benchmarks/decode_bench.py --no-save
@@ -47,14 +49,16 @@ CODECS: tuple[CodecName, ...] = ("msgpack", "json")
 START = datetime(2025, 10, 24, 14, 2, 1, tzinfo=UTC)
 
 
-def ticks(n: int) -> list[StreamEvent]:
+def ticks(n: int, *, one_ingest_ts: bool = False) -> list[StreamEvent]:
+    """``n`` ticks, each with its own ``ingest_ts`` or (as the synthetic producer stamps them,
+    per block) all with the same."""
     return [
         StreamEvent.create(
             provider="synthetic",
             symbol="AAPL",
             kind="tick",
             src_ts=START + timedelta(microseconds=i * 20_000),
-            ingest_ts=START + timedelta(microseconds=i * 20_000 + 1_500),
+            ingest_ts=START + timedelta(microseconds=(0 if one_ingest_ts else i * 20_000) + 1_500),
             c=round(227.5 + 0.01 * (i % 17), 2),
             v=float(1 + i % 100),
             seq=1_000 + i,
@@ -143,6 +147,8 @@ def cases() -> list[tuple[str, list[bytes], int]]:
     for name in CODECS:
         out.append((f"{name} 50 ticks/entry", [encode_events(t50, name)], 50))
         out.append((f"{name} 1 tick/entry", [encode_event(e, name) for e in t50], 50))
+    shared = encode_events(ticks(50, one_ingest_ts=True), "msgpack")
+    out.append(("msgpack 50 ticks, 1 ingest_ts", [shared], 50))
     out.append(("msgpack 50 quotes/entry", [encode_events(quotes(50), "msgpack")], 50))
     out.append(("msgpack 50 bars/entry", [encode_events(bars(50), "msgpack")], 50))
     return out
@@ -170,7 +176,7 @@ def main() -> None:
                 _decode_all(payloads)
         return
     rows: list[dict[str, Any]] = []
-    print(f"{'case':26s}" + "".join(f"{m + ' µs/ev':>16s}" for m in modes) + "   speed-up")
+    print(f"{'case':30s}" + "".join(f"{m + ' µs/ev':>16s}" for m in modes) + "   speed-up")
     for name, payloads, n_events in cases():
         for payload in payloads:  # the payloads must decode cleanly, or the figures mean nothing
             assert not decode_events(payload).errors
@@ -180,7 +186,7 @@ def main() -> None:
                 decode_all = functools.partial(_decode_all, payloads)
                 row[mode] = us_per_event(decode_all, n_events, args.run_s, args.repeats)
         gain = f"{row['pydantic'] / row['fast']:9.2f}x" if "fast" in row else ""
-        print(f"{name:26s}" + "".join(f"{row[m]:16.2f}" for m in modes) + "   " + gain)
+        print(f"{name:30s}" + "".join(f"{row[m]:16.2f}" for m in modes) + "   " + gain)
         rows.append(row)
     t50 = ticks(50)
     for name in CODECS:

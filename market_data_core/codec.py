@@ -158,6 +158,12 @@ def _wire_datetime(value: object) -> datetime | None:
     return None
 
 
+# The last wire ingest_ts converted by the fast path, and its datetime. Producers stamp ingest_ts
+# per block, so the events of a packed entry usually share it; a datetime is immutable, so the
+# events may share one object too (equal to what pydantic would build for each).
+_last_ingest_ts: list[tuple[object, datetime | None]] = [(None, None)]
+
+
 def _fast_event(item: dict[str, Any]) -> StreamEvent | None:
     """The event ``_validated_event`` would return for ``item``, or ``None`` when not vouched for.
 
@@ -176,9 +182,14 @@ def _fast_event(item: dict[str, Any]) -> StreamEvent | None:
     raw_ingest_ts = item.get("ingest_ts")
     ingest_ts = None
     if raw_ingest_ts is not None:
-        ingest_ts = _wire_datetime(raw_ingest_ts)
-        if ingest_ts is None:
-            return None
+        last_raw, last_ingest_ts = _last_ingest_ts[0]
+        if raw_ingest_ts == last_raw and type(raw_ingest_ts) is type(last_raw):
+            ingest_ts = last_ingest_ts
+        else:
+            ingest_ts = _wire_datetime(raw_ingest_ts)
+            if ingest_ts is None:
+                return None
+            _last_ingest_ts[0] = (raw_ingest_ts, ingest_ts)  # one store: thread-safe
     return validate_event_fast(item, src_ts, src_ts_iso, ingest_ts)
 
 

@@ -505,3 +505,36 @@ def test_canonical_json_timestamps_take_the_fast_path() -> None:
     event = check_item(item)
     assert event is not None
     assert event.ingest_ts == datetime(2025, 10, 24, 14, 2, 1, 300000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("name", ["msgpack", "json"])
+def test_a_shared_ingest_ts_is_converted_once_and_right(name: str) -> None:
+    ingest = datetime(2025, 10, 24, 14, 2, 2, 500000, tzinfo=UTC)
+    events = [
+        StreamEvent.create(
+            provider="p",
+            symbol="S",
+            kind="tick",
+            src_ts=EPOCH,
+            ingest_ts=ingest,
+            c=1.0,
+            v=1.0,
+            seq=i,
+        )
+        for i in range(3)
+    ]
+    payload = encode_events(events, name)  # type: ignore[arg-type]
+    assert [check_item(item) for item in wire_items(payload)] == events
+    assert assert_same_batches(payload).events == events
+
+
+@pytest.mark.parametrize("same_value", [1, 1.0, True, "1", 1_761_314_522_500_000])
+def test_a_remembered_ingest_ts_needs_the_same_type_too(same_value: object) -> None:
+    """An ingest_ts equal to the previous one but of another type is not taken from memory."""
+    first = seed_item(ingest_ts=1_761_314_522_500_000)
+    second = seed_item(ingest_ts=same_value)
+    if same_value == 1:
+        first["ingest_ts"] = 1  # 1 µs after the epoch: the int the others equal
+    assert_same_batches(msgpack.packb([first, second]))
+    assert check_item(first) is not None
+    check_item(second)
