@@ -49,6 +49,8 @@ _TICK_S = 0.05
 # A block never holds more events than this, so an unpaced (or catching-up) source still
 # lets the publisher run every few milliseconds. One tick's worth up to 40k events/s.
 _MAX_BLOCK_EVENTS = 2000
+# float(randint(1, 100)) by the draw (0..99) it comes from
+_TRADE_SIZES = tuple(float(k + 1) for k in range(100))
 # generate() makes its rows in blocks of this many events (ingest_ts stamped per block).
 _GENERATE_BLOCK_EVENTS = 64
 
@@ -176,7 +178,11 @@ class _Walk:
         start_us, step_us = self.start_us, self.step_us
         as_text = self.codec == "json"
         ingest_us = ingest if isinstance(ingest, int) else None
+        trade_sizes = _TRADE_SIZES
+        # i * step is exact when the step is a whole number of µs (round() of it is a no-op)
+        step_whole_us = int(step_us) if step_us.is_integer() else 0
         second, prefix = self._second, self._second_prefix
+        next_second_us = (second + 1) * 1_000_000 if second >= 0 else -(2**63)
         rows: list[WireRow] = []
         append = rows.append
         first = self.i
@@ -194,13 +200,13 @@ class _Walk:
                 spare = None
             p = prices[j] * exp(drift + shock * z)
             prices[j] = p
-            ts_us = start_us + round(i * step_us)
-            sec, frac_us = divmod(ts_us, 1_000_000)
-            if sec != second:
-                second = sec
-                prefix = self._iso_second(sec)
+            ts_us = start_us + (i * step_whole_us if step_whole_us else round(i * step_us))
+            if ts_us >= next_second_us:
+                second = ts_us // 1_000_000
+                prefix = self._iso_second(second)
+                next_second_us = (second + 1) * 1_000_000
             # six zero-padded digits: cheaper than a :06d format spec
-            iso = f"{prefix}{str(frac_us + 1_000_000)[1:]}Z"
+            iso = f"{prefix}{str(ts_us - next_second_us + 2_000_000)[1:]}Z"
             seq_text = str(seq)
             size = bits(7)
             while size >= 100:
@@ -219,7 +225,7 @@ class _Walk:
                 row: WireRow = {
                     "ingest_ts": ingest,
                     "c": c,
-                    "v": float(size + 1),
+                    "v": trade_sizes[size],
                     "trade_id": seq_text,
                     "side": side,
                     "provider": provider,
@@ -235,7 +241,7 @@ class _Walk:
             elif ingest_us is None:
                 row = _SeededTickRow(
                     c,
-                    float(size + 1),
+                    trade_sizes[size],
                     seq_text,
                     side,
                     provider,
@@ -250,7 +256,7 @@ class _Walk:
                 row = _TickRow(
                     ingest_us,
                     c,
-                    float(size + 1),
+                    trade_sizes[size],
                     seq_text,
                     side,
                     provider,

@@ -8,7 +8,7 @@ import json
 import math
 import random
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -151,11 +151,13 @@ def reference_events(
     kind: str = "tick",
     rate_per_s: float | None = None,
     count: int,
+    start: datetime = SEEDED_START,
 ) -> list[StreamEvent]:
     """The generator as it was before the wire-form fast path (one validated-by-construction
     StreamEvent per event): the fast path must make exactly these events, byte for byte."""
     rate = rate_per_s or cfg.tick_rate * len(cfg.symbols)
-    start = SEEDED_START
+    if kind == "bar":
+        start = start.replace(microsecond=0)
     symbols = list(cfg.symbols)
     n_symbols = len(symbols)
     rng = random.Random(seed)
@@ -236,7 +238,7 @@ REF_CFG = SyntheticProducerConfig(
 
 
 @pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
-@pytest.mark.parametrize("rate", [3.0, 1000.0, 20_000.0, 77_777.7])
+@pytest.mark.parametrize("rate", [0.5, 3.0, 1000.0, 20_000.0, 77_777.7])
 def test_generate_makes_the_reference_events_byte_for_byte(kind: str, rate: float) -> None:
     for seed in range(8):
         want = reference_events(REF_CFG, seed=seed, kind=kind, rate_per_s=rate, count=700)
@@ -372,3 +374,16 @@ async def test_unpaced_wire_blocks_stay_bounded_through_aclose() -> None:
             await provider.aclose()
     assert len(sizes) == 4
     assert max(sizes) <= 2000
+
+
+@pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
+@pytest.mark.parametrize("rate", [7.0, 20_000.0])
+def test_event_times_and_ids_are_right_across_the_epoch(kind: str, rate: float) -> None:
+    """Second boundaries (the cached ISO prefix) also before 1970 (negative epoch µs)."""
+    start = datetime(1969, 12, 31, 23, 59, 58, 999_999, tzinfo=UTC)
+    n = 100 if rate < 100 else 60_000
+    want = reference_events(REF_CFG, seed=2, kind=kind, rate_per_s=rate, count=n, start=start)
+    provider = SyntheticProvider(REF_CFG, seed=2, kind=kind, rate_per_s=rate, count=n, start=start)  # type: ignore[arg-type]
+    got = list(provider.generate())
+    assert got == want
+    assert encode_events(got, "json") == encode_events(want, "json")
