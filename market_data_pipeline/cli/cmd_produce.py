@@ -183,7 +183,7 @@ async def pump(
                 if count is not None and accepted >= count:
                     return
         finally:
-            await blocks.aclose()  # type: ignore[attr-defined]
+            await blocks.aclose()
 
     async def run() -> None:
         nonlocal accepted

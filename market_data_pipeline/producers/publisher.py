@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from types import TracebackType
@@ -76,7 +76,7 @@ class WireSource(Protocol):
     """A provider that can hand over its events as :class:`WireBlock` s (cheaper than
     ``events()``: no ``StreamEvent`` per event, no per-event ``put``)."""
 
-    def wire_blocks(self, codec: CodecName) -> AsyncIterator[WireBlock]:
+    def wire_blocks(self, codec: CodecName) -> AsyncGenerator[WireBlock, None]:
         """The same events as ``events()``, in the same order, paced the same way."""
         ...
 

@@ -23,7 +23,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -444,7 +444,7 @@ class SyntheticProvider:
             for row in rows:
                 yield self._event(row)
 
-    async def wire_blocks(self, codec: CodecName = "msgpack") -> AsyncIterator[WireBlock]:
+    async def wire_blocks(self, codec: CodecName = "msgpack") -> AsyncGenerator[WireBlock, None]:
         """The events of :meth:`generate` in wire form, paced at ``rate_per_s``: each wakeup
         (at most every ``_TICK_S``) makes every event due by then as one block (at most
         ``_MAX_BLOCK_EVENTS``). Ends after ``count`` events, or once :meth:`aclose` is
