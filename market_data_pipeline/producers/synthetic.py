@@ -131,7 +131,7 @@ class _Walk:
         self.shock = sigma * math.sqrt(dt_days)
         self.remaining: int | None = source.count
         self.i = 0
-        self._second = -1
+        self._second: int | None = None  # the epoch second _second_prefix is for
         self._second_prefix = ""
 
     def _iso_second(self, second: int) -> str:
@@ -181,8 +181,9 @@ class _Walk:
         trade_sizes = _TRADE_SIZES
         # i * step is exact when the step is a whole number of µs (round() of it is a no-op)
         step_whole_us = int(step_us) if step_us.is_integer() else 0
-        second, prefix = self._second, self._second_prefix
-        next_second_us = (second + 1) * 1_000_000 if second >= 0 else -(2**63)
+        prefix = self._second_prefix
+        # the first µs past the second `prefix` is for (none yet: below any event time)
+        next_second_us = -(2**63) if self._second is None else (self._second + 1) * 1_000_000
         rows: list[WireRow] = []
         append = rows.append
         first = self.i

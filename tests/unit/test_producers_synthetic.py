@@ -378,9 +378,13 @@ async def test_unpaced_wire_blocks_stay_bounded_through_aclose() -> None:
 
 @pytest.mark.parametrize("kind", ["tick", "quote", "bar"])
 @pytest.mark.parametrize("rate", [7.0, 20_000.0])
-def test_event_times_and_ids_are_right_across_the_epoch(kind: str, rate: float) -> None:
-    """Second boundaries (the cached ISO prefix) also before 1970 (negative epoch µs)."""
-    start = datetime(1969, 12, 31, 23, 59, 58, 999_999, tzinfo=UTC)
+@pytest.mark.parametrize("start_us", [999_999, 500_000])
+def test_event_times_and_ids_are_right_across_the_epoch(
+    kind: str, rate: float, start_us: int
+) -> None:
+    """Second boundaries (the cached ISO prefix) also before 1970 (negative epoch µs), the
+    first event in second -1 included."""
+    start = datetime(1969, 12, 31, 23, 59, 58 if start_us == 999_999 else 59, start_us, tzinfo=UTC)
     n = 100 if rate < 100 else 60_000
     want = reference_events(REF_CFG, seed=2, kind=kind, rate_per_s=rate, count=n, start=start)
     provider = SyntheticProvider(REF_CFG, seed=2, kind=kind, rate_per_s=rate, count=n, start=start)  # type: ignore[arg-type]
