@@ -64,6 +64,9 @@ _COMPONENT = "microbatch"
 _LIVE_LATENCY_WINDOW_US = 3600 * 1_000_000  # latency is only meaningful for live data
 _MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
 _HEARTBEAT_MAX_AGE_S = 30.0
+# Buffered events (open windows included) beyond which ingestion waits for the commit in
+# flight, in units of max_batch_size: 40 x 5,000 = 200k events, ~250 MB of Python objects.
+_BUFFER_CAP_BATCHES = 40
 _BUS_RETRY_S = 30.0
 
 
@@ -92,6 +95,7 @@ class _Window:
     holding them: ``(entry, n)`` means n of the entry's events are here (duplicates count,
     so the entry is acked only once all of them are committed)."""
 
+    end_us: int
     events: dict[str, StreamEvent] = field(default_factory=dict)
     holds: list[tuple[RecordKey, int]] = field(default_factory=list)
 
@@ -257,11 +261,20 @@ class MicroBatcher:
 
     async def _schedule_flush(self, stop: asyncio.Event, *, force: bool) -> None:
         """Start committing closed windows in the background, one commit at a time, so that
-        decoding the next entries overlaps the store's work. When the buffer outgrows
-        ``4 * max_batch_size`` events, wait for the commit in flight (backpressure)."""
+        decoding the next entries overlaps the store's work. Backpressure: wait for the commit
+        in flight when ``4 * max_batch_size`` events of closed windows wait behind it (the
+        store is falling behind), or when everything buffered, open windows included,
+        reaches ``_BUFFER_CAP_BATCHES * max_batch_size`` events. Open windows alone are not
+        a backlog: at 30k events/s a 2 s window holds 60k of them."""
         if self._inflight is not None:
-            if not self._inflight.done() and self.buffered_events < 4 * self._max_batch:
-                return
+            if not self._inflight.done():
+                buffered = self.buffered_events
+                if buffered < 4 * self._max_batch:
+                    return
+                if buffered < _BUFFER_CAP_BATCHES * self._max_batch and (
+                    self._closed_events(force) < 4 * self._max_batch
+                ):
+                    return
             await self._await_inflight()
         job = self._take_closed(force=force)
         if job is not None:
@@ -363,7 +376,7 @@ class MicroBatcher:
                 held_in[wkey] = held_in.get(wkey, 0) + 1
                 window = windows.get(wkey)
                 if window is None:
-                    window = windows[wkey] = _Window()
+                    window = windows[wkey] = _Window(start + clock.window_us)
                 # a duplicate is written once; its entry is acked with the first's window
                 window.events.setdefault(ev.event_id, ev)
                 held += 1
@@ -424,6 +437,9 @@ class MicroBatcher:
             if force or self._clocks[(key[0], key[1])].closable(key[2], now)
         ]
 
+    def _closed_events(self, force: bool) -> int:
+        return sum(len(self._windows[key].events) for key in self._closed_windows(force))
+
     def _take_closed(self, force: bool) -> _FlushJob | None:
         """Move closed windows (and buffered provider bars) out of the buffers into a job."""
         closed = self._closed_windows(force)
@@ -457,13 +473,6 @@ class MicroBatcher:
                 del self._outstanding[k]
         if done:
             await _retry_bus(lambda: self._consumer.ack(done), "ack")
-        now = self._wall()
-        for _provider, _symbol, start in job.units:
-            end_us = start + self.window_ms * 1000
-            if 0 <= now - end_us <= _LIVE_LATENCY_WINDOW_US:
-                latency_ms = (now - end_us) / 1000
-                telemetry.MICROBATCH_WINDOW_LATENCY.observe(latency_ms)
-                self.stats.window_latencies_ms.append(latency_ms)
 
     async def _write(
         self,
@@ -552,6 +561,13 @@ class MicroBatcher:
             telemetry.MICROBATCH_FLUSH_TOTAL.labels(
                 window_ms=self._window_label, symbol=symbol
             ).inc()
+        # window latency = window end -> its bar committed (this chunk's transaction)
+        now = self._wall()
+        for window in chunk:
+            if 0 <= now - window.end_us <= _LIVE_LATENCY_WINDOW_US:
+                latency_ms = (now - window.end_us) / 1000
+                telemetry.MICROBATCH_WINDOW_LATENCY.observe(latency_ms)
+                self.stats.window_latencies_ms.append(latency_ms)
         return list(result.bars)
 
     async def _write_bars(self, bars: list[_Buffered]) -> list[Bar]:
