@@ -20,6 +20,7 @@ from market_data_core.config import AppConfig, load_config, parse_config
 from market_data_core.errors import ConfigError
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.gc_pacing import paced_gc
 from market_data_pipeline.telemetry import MetricsServer, setup_logging, start_metrics_server
 
 __all__ = [
@@ -86,7 +87,8 @@ def parse_window(text: str, flag: str = "--window") -> int:
 
 def run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop`` (a second one
-    cancels). Loops check ``stop`` at batch boundaries, then drain, flush, ack and close."""
+    cancels). Loops check ``stop`` at batch boundaries, then drain, flush, ack and close.
+    Garbage collection is paced by time while ``main`` runs (``market_data_pipeline.gc_pacing``)."""
 
     async def runner() -> T:
         stop = asyncio.Event()
@@ -105,7 +107,8 @@ def run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal)
         try:
-            return await main(stop)
+            async with paced_gc():
+                return await main(stop)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
