@@ -11,8 +11,11 @@ by other processes on the machine).
     .venv/bin/python benchmarks/decode_bench.py                 # ~15 s
     PYTHONPATH=/path/to/old/checkout .venv/bin/python benchmarks/decode_bench.py --no-save
 
-"pydantic" forces every item through ``StreamEvent.model_validate`` (the fast path disabled),
-"fast" is the shipped path; a checkout without the fast path (put first on ``PYTHONPATH``) is
+"pydantic" forces every item through ``StreamEvent.model_validate`` (the fast paths disabled),
+"dict" is the per-item plain-Python fast path alone (msgpack.unpackb to dicts, then
+``validate_event_fast``: the shipped path before the typed msgspec stage), "fast" is the shipped
+path (msgpack payloads first through the typed msgspec stage,
+``codec._typed_msgpack_events``); a checkout without the fast path (put first on ``PYTHONPATH``) is
 timed "as-is", which gives the figures from before this work. Also times ``encode_events`` (the
 producer side). Appends its figures to ``benchmarks/results/decode-<utc time>.json`` unless
 ``--no-save``.
@@ -28,6 +31,7 @@ divided by 100000 (add ``--mode pydantic``, ``--case 'json 50 ticks/entry'``...)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -109,10 +113,15 @@ def bars(n: int) -> list[StreamEvent]:
 
 @contextmanager
 def decode_mode(mode: str) -> Iterator[None]:
-    if mode == "pydantic":
-        with mock.patch.object(codec, "_fast_event", lambda item: None):
-            yield
-    else:
+    """ "pydantic": no fast path at all; "dict": the per-item fast path only (msgpack.unpackb to
+    dicts + validate_event_fast, no typed msgspec stage); "fast" (or "as-is"): as shipped."""
+    with contextlib.ExitStack() as stack:
+        if mode in ("pydantic", "dict") and hasattr(codec, "_typed_msgpack_events"):
+            stack.enter_context(
+                mock.patch.object(codec, "_typed_msgpack_events", lambda payload: None)
+            )
+        if mode == "pydantic":
+            stack.enter_context(mock.patch.object(codec, "_fast_event", lambda item: None))
         yield
 
 
@@ -166,9 +175,12 @@ def main() -> None:
         help="only decode about N events of --case in --mode, untimed (for perf stat)",
     )
     parser.add_argument("--case", default="msgpack 50 ticks/entry")
-    parser.add_argument("--mode", choices=["pydantic", "fast"], default="fast")
+    parser.add_argument("--mode", choices=["pydantic", "dict", "fast"], default="fast")
     args = parser.parse_args()
-    modes = ["pydantic", "fast"] if hasattr(codec, "_fast_event") else ["as-is"]
+    if hasattr(codec, "_typed_msgpack_events"):
+        modes = ["pydantic", "dict", "fast"]
+    else:
+        modes = ["pydantic", "fast"] if hasattr(codec, "_fast_event") else ["as-is"]
     if args.just_decode is not None:
         payloads, n_events = next((p, n) for name, p, n in cases() if name == args.case)
         with decode_mode(args.mode if "fast" in modes else "as-is"):
@@ -186,6 +198,8 @@ def main() -> None:
                 decode_all = functools.partial(_decode_all, payloads)
                 row[mode] = us_per_event(decode_all, n_events, args.run_s, args.repeats)
         gain = f"{row['pydantic'] / row['fast']:9.2f}x" if "fast" in row else ""
+        if "dict" in row:
+            gain += f"  (fast - dict: {row['fast'] - row['dict']:+.2f} µs/ev)"
         print(f"{name:30s}" + "".join(f"{row[m]:16.2f}" for m in modes) + "   " + gain)
         rows.append(row)
     t50 = ticks(50)

@@ -16,17 +16,28 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgpack
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
 from pydantic import ValidationError
 
-from market_data_core.contracts import Bar, Signal, StreamEvent, validate_event_fast
+from market_data_core.contracts import (
+    Bar,
+    EventKind,
+    Signal,
+    StreamEvent,
+    TradeSide,
+    validate_event_fast,
+    validate_typed_event_fast,
+)
 from market_data_core.errors import ContractError
 from market_data_core.timeutil import (
     MAX_EPOCH_US,
     MIN_EPOCH_US,
     from_epoch_us,
+    from_epoch_us_with_iso,
     isoformat_epoch_us,
     isoformat_us,
     parse_timestamp,
@@ -193,6 +204,90 @@ def _fast_event(item: dict[str, Any]) -> StreamEvent | None:
     return validate_event_fast(item, src_ts, src_ts_iso, ingest_ts)
 
 
+# --- msgpack first stage: a typed msgspec decode of the whole payload -------------------------
+#
+# The wire types checked in C instead of per value in Python. Every type below only admits what
+# the dict path (msgpack.unpackb + validate_event_fast) would vouch for with the same value:
+# ints (never bools, floats or nil) for ver/seq/timestamps, msgpack str (never bin) for text,
+# floats or exactly-representable ints (|x| < 2**53, converted like pydantic: exactly) for
+# prices and sizes; NaN and infinities fail the bounds and so fall back (the rules would judge
+# them there). Unknown keys, non-str keys, extension types and containers fail too. Duplicate
+# keys: the last one wins, as in msgpack.unpackb. UNSET tells an absent field from an explicit
+# nil (both paths mark a present nil as set).
+_EpochUs = Annotated[int, Meta(ge=MIN_EPOCH_US, le=MAX_EPOCH_US)]
+_ExactFloat = Annotated[float, Meta(gt=-(2**53), lt=2**53)]
+
+
+class _WireEvent(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    """A StreamEvent as msgpack carries it (the fields in StreamEvent's order)."""
+
+    ver: int
+    provider: str
+    symbol: str
+    kind: EventKind
+    interval: str | UnsetType | None = UNSET
+    src_ts: _EpochUs
+    ingest_ts: _EpochUs | UnsetType | None = UNSET
+    o: _ExactFloat | UnsetType | None = UNSET
+    h: _ExactFloat | UnsetType | None = UNSET
+    l: _ExactFloat | UnsetType | None = UNSET  # noqa: E741 - the contract's field name
+    c: _ExactFloat | UnsetType | None = UNSET
+    v: _ExactFloat | UnsetType | None = UNSET
+    # msgpack ints are below 2**64: the range validate_event_fast vouches for
+    seq: Annotated[int, Meta(ge=0)]
+    event_id: str
+    bid: _ExactFloat | UnsetType | None = UNSET
+    ask: _ExactFloat | UnsetType | None = UNSET
+    bid_size: _ExactFloat | UnsetType | None = UNSET
+    ask_size: _ExactFloat | UnsetType | None = UNSET
+    trade_id: str | UnsetType | None = UNSET
+    side: TradeSide | UnsetType | None = UNSET
+
+
+_WIRE_DECODER = msgspec.msgpack.Decoder(list[_WireEvent] | _WireEvent)
+# First bytes _loads reads as JSON (or strips as blanks first): those payloads skip the stage.
+_NOT_MSGPACK_FIRST = frozenset(b"{[ \t\n\r\x0b\x0c")
+_to_builtins = msgspec.to_builtins
+
+
+def _typed_msgpack_events(payload: bytes) -> list[StreamEvent] | None:
+    """Every event of a msgpack ``payload``, or ``None`` when not vouched for as a whole.
+
+    ``None`` on any msgspec error (malformed, a type the wire types do not admit) and whenever
+    one item breaks a rule: the caller then decodes the payload the usual way, which keeps the
+    good items and gives each bad one its reason. The events are exactly what that usual path
+    builds (see :func:`validate_typed_event_fast`).
+    """
+    try:
+        wire = _WIRE_DECODER.decode(payload)
+    except Exception:  # msgspec errors, UnicodeDecodeError...: the usual path says why
+        return None
+    if type(wire) is not list:
+        wire = [wire]
+    elif not wire:
+        return None  # "empty event array" is the usual path's to report
+    events = []
+    last_raw, last_ingest_ts = _last_ingest_ts[0]
+    for w in wire:
+        raw_ingest_ts = w.ingest_ts
+        ingest_ts = None
+        if raw_ingest_ts is not None and raw_ingest_ts is not UNSET:
+            # as _fast_event: equal and of the same type (a JSON str could be remembered)
+            if raw_ingest_ts == last_raw and type(last_raw) is int:
+                ingest_ts = last_ingest_ts
+            else:
+                ingest_ts = from_epoch_us(raw_ingest_ts)
+                last_raw, last_ingest_ts = raw_ingest_ts, ingest_ts
+                _last_ingest_ts[0] = (raw_ingest_ts, ingest_ts)  # one store: thread-safe
+        src_ts, src_ts_iso = from_epoch_us_with_iso(w.src_ts)
+        # to_builtins: the present fields only (UNSET omitted), values as decoded
+        event = validate_typed_event_fast(_to_builtins(w), src_ts, src_ts_iso, ingest_ts)
+        if event is None:
+            return None
+        events.append(event)
+    return events
+
+
 def _validated_event(item: Any, payload: bytes) -> StreamEvent:
     """The reference path: pydantic decides, and gives the reason. Modifies a dict ``item``."""
     if not isinstance(item, dict):
@@ -214,6 +309,15 @@ def decode_events(payload: bytes) -> DecodedBatch:
     Never raises: an undecodable payload gives one error carrying the original bytes; in a packed
     payload each invalid item gives its own error carrying that item (as JSON) as payload.
     """
+    if (
+        type(payload) is bytes
+        and 0 < len(payload) <= _MAX_PAYLOAD_BYTES
+        and payload[0] not in _NOT_MSGPACK_FIRST
+    ):
+        # msgpack: the typed first stage, all or nothing; the per-item path below otherwise
+        typed = _typed_msgpack_events(payload)
+        if typed is not None:
+            return DecodedBatch(typed)
     batch = DecodedBatch()
     try:
         obj = _loads(payload)

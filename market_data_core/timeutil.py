@@ -11,6 +11,7 @@ __all__ = [
     "MIN_EPOCH_US",
     "format_duration_ms",
     "from_epoch_us",
+    "from_epoch_us_with_iso",
     "isoformat_epoch_us",
     "isoformat_us",
     "parse_duration_ms",
@@ -93,6 +94,34 @@ def isoformat_epoch_us(us: int) -> str:
             _SECOND_PREFIXES.clear()
         _SECOND_PREFIXES[second] = prefix
     return f"{prefix}.{fraction_us:06d}Z"
+
+
+# second -> ("YYYY-MM-DDTHH:MM:SS", (year, month, day, hour, minute, second)) of recent seconds:
+# both halves of from_epoch_us_with_iso from one look-up; bounded like _SECOND_PREFIXES.
+_SECOND_PARTS: dict[int, tuple[str, tuple[int, int, int, int, int, int]]] = {}
+
+
+def from_epoch_us_with_iso(us: int) -> tuple[datetime, str]:
+    """``(from_epoch_us(us), isoformat_epoch_us(us))`` from one division and one look-up.
+
+    The same datetime (aware, ``tzinfo`` is ``UTC``) and the same text as those two; for the
+    decoders, which need both for every event (the value and its event_id). Raises
+    ``OverflowError`` outside ``[MIN_EPOCH_US, MAX_EPOCH_US]``.
+    """
+    second, fraction_us = divmod(us, 1_000_000)
+    entry = _SECOND_PARTS.get(second)
+    if entry is None:
+        start = EPOCH + timedelta(0, second)  # OverflowError out of range, as from_epoch_us
+        entry = (
+            start.isoformat()[:19],
+            (start.year, start.month, start.day, start.hour, start.minute, start.second),
+        )
+        if len(_SECOND_PARTS) >= _MAX_PREFIXES:
+            _SECOND_PARTS.clear()
+        _SECOND_PARTS[second] = entry
+    prefix, parts = entry
+    # the constructor is cheaper than EPOCH + timedelta(...) and gives an equal, UTC datetime
+    return datetime(*parts, fraction_us, UTC), f"{prefix}.{fraction_us:06d}Z"
 
 
 def isoformat_us(ts: datetime) -> str:

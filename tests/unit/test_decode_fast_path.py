@@ -172,20 +172,47 @@ def check_item(item: dict[str, Any]) -> StreamEvent | None:
 
 
 def pydantic_only_decode(payload: bytes) -> DecodedBatch:
-    with mock.patch.object(codec, "_fast_event", lambda item: None):
+    """decode_events with both fast paths off (no typed msgpack stage, no per-item fast path)."""
+    with (
+        mock.patch.object(codec, "_typed_msgpack_events", lambda payload: None),
+        mock.patch.object(codec, "_fast_event", lambda item: None),
+    ):
         return decode_events(payload)
 
 
+def dict_path_decode(payload: bytes) -> DecodedBatch:
+    """decode_events without the typed msgpack stage (msgpack.unpackb + the per-item path)."""
+    with mock.patch.object(codec, "_typed_msgpack_events", lambda payload: None):
+        return decode_events(payload)
+
+
+def assert_same_events(got: list[StreamEvent], want: list[StreamEvent]) -> None:
+    assert len(got) == len(want)
+    for fast, ref in zip(got, want, strict=True):
+        assert_identical(fast, ref)
+
+
+def check_typed_stage(payload: Any) -> list[StreamEvent] | None:
+    """The typed msgpack stage on ``payload``: when it vouches for the payload, pydantic must
+    accept every item and build identical events; its answer."""
+    typed = codec._typed_msgpack_events(payload)
+    if typed is not None:
+        want = pydantic_only_decode(payload)
+        assert want.errors == [], f"typed stage accepted what pydantic rejects: {want.errors}"
+        assert_same_events(typed, want.events)
+    return typed
+
+
 def assert_same_batches(payload: bytes) -> DecodedBatch:
-    """decode_events with and without the fast path: the same events and the same errors."""
+    """decode_events with and without the fast paths (the typed msgpack stage, the per-item
+    path, each alone and both): the same events and the same errors."""
     got = decode_events(payload)
     want = pydantic_only_decode(payload)
-    assert len(got.events) == len(want.events)
-    for fast, ref in zip(got.events, want.events, strict=True):
-        assert_identical(fast, ref)
-    assert [(e.reason, e.detail, e.payload) for e in got.errors] == [
-        (e.reason, e.detail, e.payload) for e in want.errors
-    ]
+    wanted_errors = [(e.reason, e.detail, e.payload) for e in want.errors]
+    for batch in (got, dict_path_decode(payload)):
+        assert_same_events(batch.events, want.events)
+        assert [(e.reason, e.detail, e.payload) for e in batch.errors] == wanted_errors
+    check_typed_stage(payload)
     return got
 
 
@@ -269,6 +296,15 @@ def test_valid_events_take_the_fast_path_and_equal_pydantics(events: list[Stream
         for item in wire_items(payload):
             big_seq = item["seq"] >= 2**64  # left to pydantic on purpose
             assert (check_item(item) is None) == big_seq, (name, item)
+        if name == "msgpack":
+            # the typed stage takes every valid msgpack payload, except (on purpose) prices
+            # that are not exactly-representable floats: NaN, infinities, |x| >= 2**53
+            typed_ok = all(
+                not isinstance(v, float) or abs(v) < 2**53
+                for e in events
+                for v in e.__dict__.values()
+            )
+            assert (check_typed_stage(payload) is not None) == typed_ok, events
         batch = assert_same_batches(payload)
         assert batch.errors == []
         assert batch.events == events or any(
@@ -538,3 +574,195 @@ def test_a_remembered_ingest_ts_needs_the_same_type_too(same_value: object) -> N
     assert_same_batches(msgpack.packb([first, second]))
     assert check_item(first) is not None
     check_item(second)
+
+
+# --- the typed msgpack stage (msgspec): what it must decline or take exactly --------------
+
+
+def test_the_wire_struct_has_exactly_the_contract_fields() -> None:
+    """An extra Struct field would let an unknown key through; a missing one declines it."""
+    assert list(codec._WireEvent.__struct_fields__) == FIELDS
+
+
+def raw_map(pairs: list[tuple[Any, Any]], **packb: Any) -> bytes:
+    """A msgpack map written pair by pair (duplicate keys allowed), values packed with
+    ``msgpack.packb(value, use_bin_type=True, **packb)``."""
+    assert len(pairs) < 16
+    out = bytes([0x80 | len(pairs)])
+    for key, value in pairs:
+        out += msgpack.packb(key, use_bin_type=True) + msgpack.packb(
+            value, use_bin_type=True, **packb
+        )
+    return out
+
+
+def raw_array(maps: list[bytes]) -> bytes:
+    """A msgpack array (array 16 header) of already packed items."""
+    return bytes([0xDC]) + len(maps).to_bytes(2, "big") + b"".join(maps)
+
+
+def seed_pairs(**over: Any) -> list[tuple[Any, Any]]:
+    return list(seed_item(**over).items())
+
+
+def test_a_plain_msgpack_payload_takes_the_typed_stage() -> None:
+    events = check_typed_stage(raw_map(seed_pairs(ingest_ts=1_761_314_522_500_000)))
+    assert events is not None and len(events) == 1
+    assert events[0].model_fields_set == {*seed_item(), "ingest_ts"}
+
+
+def test_the_typed_stage_marks_explicit_nils_as_set() -> None:
+    payload = raw_map(seed_pairs(interval=None, bid=None, ingest_ts=None, side=None))
+    events = check_typed_stage(payload)
+    assert events is not None
+    assert {"interval", "bid", "ingest_ts", "side"} <= events[0].model_fields_set
+    assert "ask" not in events[0].model_fields_set
+    assert_same_batches(payload)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "typed"),
+    [
+        # duplicate keys: the last one wins, as in msgpack.unpackb
+        ([*seed_pairs(), ("c", 1.0)], True),
+        ([*seed_pairs(), ("c", None)], False),  # a tick without c: pydantic's reason
+        ([*seed_pairs(), ("v", True)], False),
+        ([("c", True), *seed_pairs()], False),  # a bad first value fails the typed decode
+        ([*seed_pairs(), ("trade_id", "x"), ("trade_id", None)], True),
+        ([*seed_pairs(), ("seq", 184)], False),  # the event_id was made for seq 183
+        # ints for floats: exact below 2**53 only
+        (seed_pairs(c=2**53 - 1), True),
+        (seed_pairs(bid=-(2**53) + 1), True),  # a tick's bid is not judged
+        (seed_pairs(c=2**53), False),
+        (seed_pairs(c=2**53 + 1), False),
+        (seed_pairs(v=2**64 - 1), False),
+        (seed_pairs(v=-(2**63)), False),
+        (seed_pairs(c=float(2**53)), False),  # a float that large: declined too (pydantic takes it)
+        (seed_pairs(v=-0.0), True),
+        (seed_pairs(v=0), True),
+        (seed_pairs(c=math.nan), False),
+        (seed_pairs(bid=math.inf), False),  # a tick's bid is not judged: pydantic accepts it
+        # ints for ints: the whole msgpack range, bools never
+        (seed_pairs(seq=2**64 - 1), True),
+        (seed_pairs(seq=2**63), True),
+        (seed_pairs(seq=-1), False),
+        (seed_pairs(seq=True), False),
+        (seed_pairs(ver=2**64 - 1), False),
+        (seed_pairs(ver=True), False),
+        (seed_pairs(ver=1.0), False),
+        (seed_pairs(src_ts=MAX_EPOCH_US), True),
+        (seed_pairs(src_ts=MIN_EPOCH_US), True),
+        (seed_pairs(src_ts=MAX_EPOCH_US + 1), False),
+        (seed_pairs(ingest_ts=MIN_EPOCH_US - 1), False),
+        (seed_pairs(ingest_ts=True), False),
+        # bin where text is expected, text where a number is
+        (seed_pairs(provider=b"ibkr"), False),
+        (seed_pairs(trade_id=b"7"), False),
+        (seed_pairs(side=b"buy"), False),
+        (seed_pairs(c="425.15"), False),
+        (seed_pairs(src_ts="2025-10-24T14:02:01.234567Z"), False),
+        # nil for required fields
+        (seed_pairs(ver=None), False),
+        (seed_pairs(seq=None), False),
+        (seed_pairs(src_ts=None), False),
+        (seed_pairs(kind=None), False),
+        # extension types and containers where scalars are expected
+        (seed_pairs(c=msgpack.ExtType(5, b"\x00")), False),
+        (seed_pairs(src_ts=msgpack.Timestamp(1_761_314_521, 0)), False),
+        (seed_pairs(c=[425.15]), False),
+        (seed_pairs(provider={"a": 1}), False),
+        (seed_pairs(trade_id=[]), False),
+        # keys: unknown, bin-typed, not text
+        ([*seed_pairs(), ("extra", 1)], False),
+        ([*seed_pairs(), ("ts", 1)], False),
+        ([*seed_pairs()[1:], (b"ver", 1)], False),
+        ([*seed_pairs(), (1, 1)], False),
+        # the value rules, each broken once (the typed stage must check them itself)
+        (seed_pairs(provider="ib|kr"), False),
+        (seed_pairs(provider=""), False),
+        (seed_pairs(provider="-ibkr"), False),
+        (seed_pairs(symbol="SP|Y"), False),
+        (seed_pairs(symbol="S" * 33), False),
+        (seed_pairs(interval="two seconds"), False),
+        (seed_pairs(interval="1s"), True),
+        (seed_pairs(ver=2), False),
+        (seed_pairs(event_id="ibkr|SPY|2025-10-24T14:02:01.234567Z|184"), False),
+        (seed_pairs(c=0.0), False),
+        (seed_pairs(v=-1.0), False),
+        (seed_pairs(kind="bar"), False),
+        (seed_pairs(kind="quote", bid=2.0, ask=1.0), False),
+        (seed_pairs(kind="quote", bid=1.0, ask=2.0, bid_size=-1.0), False),
+        (seed_pairs(kind="quote", bid=1.0, ask=2.0, ask_size=0.0), True),
+        (seed_pairs(kind="bar", interval="1m", o=1.0, h=1.5, l=0.5, c=2.0), False),
+        (seed_pairs(kind="bar", interval="1m", o=1.0, h=2.5, l=0.5, c=2.0), True),
+        # enums: only the contract's spellings
+        (seed_pairs(kind="TICK"), False),
+        (seed_pairs(side="hold"), False),
+        (seed_pairs(side="sell"), True),
+    ],
+)
+def test_the_typed_stage_takes_or_declines_like_the_reference(
+    pairs: list[tuple[Any, Any]], typed: bool
+) -> None:
+    for payload in (raw_map(pairs), raw_array([raw_map(pairs)] * 2)):
+        assert (check_typed_stage(payload) is not None) == typed
+        assert_same_batches(payload)
+
+
+def test_float32_prices_are_widened_like_the_reference() -> None:
+    payload = raw_map(seed_pairs(c=425.15, v=0.1), use_single_float=True)
+    events = check_typed_stage(payload)
+    assert events is not None
+    assert events[0].c == float(msgpack.unpackb(msgpack.packb(425.15, use_single_float=True)))
+
+
+def test_one_bad_item_sends_the_whole_entry_the_usual_way() -> None:
+    good = [raw_map(seed_pairs(seq=i, c=100.0 + i)) for i in range(5)]
+    bad = raw_map(seed_pairs(seq=99, c=-1.0))
+    payload = raw_array([*good[:2], bad, *good[2:]])
+    assert codec._typed_msgpack_events(payload) is None
+    batch = assert_same_batches(payload)
+    assert [e.seq for e in batch.events] == [0, 1, 2, 3, 4]
+    assert len(batch.errors) == 1 and "c must be > 0" in batch.errors[0].detail
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        raw_map(seed_pairs()) + b"\x00",  # trailing bytes
+        raw_map(seed_pairs())[:-3],  # truncated
+        msgpack.packb([]),
+        msgpack.packb(5),
+        msgpack.packb("tick"),
+        msgpack.packb([5, seed_item()]),
+        msgpack.packb([[seed_item()]]),
+        raw_map(seed_pairs(provider="ib\udcff"), unicode_errors="surrogatepass"),  # bad UTF-8
+        b"\xc1",  # never-used msgpack byte
+        b" " + raw_map(seed_pairs()),
+    ],
+)
+def test_undecodable_payloads_fall_back_and_give_the_usual_error(payload: bytes) -> None:
+    assert codec._typed_msgpack_events(payload) is None
+    assert assert_same_batches(payload).errors
+
+
+@pytest.mark.parametrize("wrap", [bytearray, memoryview])
+def test_other_buffer_types_decode_the_same(wrap: Any) -> None:
+    payload = raw_array([raw_map(seed_pairs(seq=i)) for i in range(3)])
+    got = decode_events(wrap(payload))
+    assert_same_events(got.events, pydantic_only_decode(payload).events)
+    assert got.errors == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(epoch_us)
+def test_from_epoch_us_with_iso_is_both_helpers(us: int) -> None:
+    dt, iso = timeutil.from_epoch_us_with_iso(us)
+    assert outcome(lambda: dt) == outcome(ref_from_epoch_us, us)
+    assert iso == ref_isoformat_us(ref_from_epoch_us(us)) == isoformat_epoch_us(us)
+
+
+@pytest.mark.parametrize("us", [MIN_EPOCH_US - 1, MAX_EPOCH_US + 1, 10**30, -(10**30)])
+def test_from_epoch_us_with_iso_raises_overflow_out_of_range(us: int) -> None:
+    with pytest.raises(OverflowError):
+        timeutil.from_epoch_us_with_iso(us)
