@@ -34,9 +34,10 @@ EventKind = Literal["tick", "bar", "quote"]
 TradeSide = Literal["buy", "sell"]
 
 # '|' separates event_id parts, so it may appear in neither provider nor symbol.
-_PROVIDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-_SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9._\-/:=^]{0,31}$")
-_INTERVAL = re.compile(r"^\d+(us|ms|s|m|h|d)$")
+# \Z, not $: "$" also matches before a trailing newline ("AAPL\n" is not a symbol)
+_PROVIDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+_SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9._\-/:=^]{0,31}\Z")
+_INTERVAL = re.compile(r"^[0-9]+(us|ms|s|m|h|d)\Z")
 
 
 # Names seen valid before skip the regex (hot path); bounded so hostile input cannot grow them.
