@@ -109,3 +109,14 @@ def kafka_bootstrap() -> Iterator[str]:
         pytest.skip(f"no Kafka broker: {exc}")
     yield server.bootstrap
     server.stop()
+
+
+@pytest.fixture(scope="module")
+async def store_url(database_url: str) -> AsyncIterator[str]:
+    """A fresh database of its own per test module, migrated to head."""
+    from market_data_store import upgrade_schema
+    from tests.integration._store_db import fresh_database
+
+    async with fresh_database(database_url) as url:
+        await upgrade_schema(url)
+        yield url

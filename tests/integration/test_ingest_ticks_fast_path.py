@@ -13,17 +13,9 @@ import asyncpg
 import pytest
 
 from market_data_core.contracts import StreamEvent
-from market_data_store import VWAP_DECIMALS, PgStoreClient, upgrade_schema
-from tests.integration._store_db import fresh_database
+from market_data_store import VWAP_DECIMALS, PgStoreClient
 
 T0 = datetime(2022, 3, 4, 10, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def store_url(database_url: str) -> AsyncIterator[str]:
-    async with fresh_database(database_url) as url:
-        await upgrade_schema(url)
-        yield url
 
 
 @pytest.fixture

@@ -10,17 +10,9 @@ import pytest
 
 from market_data_core.contracts import Bar, Signal
 from market_data_core.errors import StoreError
-from market_data_store import PgJobRunTracker, PgSignalsStore, PgStoreClient, upgrade_schema
-from tests.integration._store_db import fresh_database
+from market_data_store import PgJobRunTracker, PgSignalsStore, PgStoreClient
 
 T0 = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def store_url(database_url: str) -> AsyncIterator[str]:
-    async with fresh_database(database_url) as url:
-        await upgrade_schema(url)
-        yield url
 
 
 @pytest.fixture

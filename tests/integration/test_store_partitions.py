@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
-import pytest
 
 from market_data_core.contracts import Bar, StreamEvent
-from market_data_store import PgStoreClient, upgrade_schema
-from tests.integration._store_db import fresh_database
-
-
-@pytest.fixture(scope="module")
-async def store_url(database_url: str) -> AsyncIterator[str]:
-    async with fresh_database(database_url) as url:
-        await upgrade_schema(url)
-        yield url
+from market_data_store import PgStoreClient
 
 
 async def partitions_of(url: str, table: str) -> dict[str, int]:

@@ -14,19 +14,11 @@ import pytest
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import StoreError
 from market_data_core.timeutil import from_epoch_us
-from market_data_store import VWAP_DECIMALS, PgStoreClient, upgrade_schema
+from market_data_store import VWAP_DECIMALS, PgStoreClient
 from tests.conftest import DATA
-from tests.integration._store_db import fresh_database
 
 TRADES = DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
 DAY0 = datetime(2020, 2, 22, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def store_url(database_url: str) -> AsyncIterator[str]:
-    async with fresh_database(database_url) as url:
-        await upgrade_schema(url)
-        yield url
 
 
 @pytest.fixture
