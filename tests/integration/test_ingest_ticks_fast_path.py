@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
 
 from market_data_core.contracts import StreamEvent
-from market_data_store import VWAP_DECIMALS, PgStoreClient
+from market_data_store import PgStoreClient
+from tests.support.trades import decimal_ohlcv
 
 T0 = datetime(2022, 3, 4, 10, 0, 0, tzinfo=UTC)
 
@@ -90,21 +91,7 @@ def reference_bars(
     for key, trades in groups.items():
         trades.sort(key=lambda e: (e.src_ts, e.seq))
         prices = [Decimal(repr(e.c)) for e in trades]
-        sizes = [Decimal(repr(e.v)) for e in trades]
-        with localcontext() as ctx:
-            ctx.prec = 80
-            v = sum(sizes, Decimal(0))
-            pv = sum((p * s for p, s in zip(prices, sizes, strict=True)), Decimal(0))
-            vwap = (pv / v).quantize(Decimal(1).scaleb(-VWAP_DECIMALS), rounding=ROUND_HALF_UP)
-        out[key] = (
-            float(prices[0]),
-            float(max(prices)),
-            float(min(prices)),
-            float(prices[-1]),
-            float(v),
-            float(vwap),
-            len(trades),
-        )
+        out[key] = decimal_ohlcv(prices, [Decimal(repr(e.v)) for e in trades])
     return out
 
 

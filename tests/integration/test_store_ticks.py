@@ -7,15 +7,16 @@ import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import Decimal
 
 import pytest
 
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import StoreError
 from market_data_core.timeutil import from_epoch_us
-from market_data_store import VWAP_DECIMALS, PgStoreClient
+from market_data_store import PgStoreClient
 from tests.conftest import DATA
+from tests.support.trades import decimal_ohlcv
 
 TRADES = DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
 DAY0 = datetime(2020, 2, 22, tzinfo=UTC)
@@ -61,21 +62,7 @@ def reference(
     out = {}
     for start, trades in groups.items():
         trades.sort(key=lambda t: (t[0], t[1]))
-        prices = [t[2] for t in trades]
-        v = sum((t[3] for t in trades), Decimal(0))
-        with localcontext() as ctx:
-            ctx.prec = 80
-            pv = sum((t[2] * t[3] for t in trades), Decimal(0))
-            vwap = (pv / v).quantize(Decimal(1).scaleb(-VWAP_DECIMALS), rounding=ROUND_HALF_UP)
-        out[from_epoch_us(start)] = (
-            float(prices[0]),
-            float(max(prices)),
-            float(min(prices)),
-            float(prices[-1]),
-            float(v),
-            float(vwap),
-            len(trades),
-        )
+        out[from_epoch_us(start)] = decimal_ohlcv([t[2] for t in trades], [t[3] for t in trades])
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from functools import cache
 from pathlib import Path
 
@@ -101,3 +101,27 @@ def assert_bars_equal_reference(bars: list[Bar], window_ms: int) -> None:
         if exp != act or not vwap_ok:
             bad.append((ts, exp, act, vwap, b.vwap))
     assert not bad, f"{len(bad)} bars differ, first: {bad[:3]}"
+
+
+OHLCV = tuple[float, float, float, float, float, float, int]
+
+
+def decimal_ohlcv(prices: list[Decimal], sizes: list[Decimal]) -> OHLCV:
+    """Exact OHLCV, VWAP (rounded as the store rounds it) and count of one window's trades in
+    (ts, seq) order, as the floats of the exact decimals."""
+    from market_data_store import VWAP_DECIMALS
+
+    with localcontext() as ctx:
+        ctx.prec = 80
+        v = sum(sizes, Decimal(0))
+        pv = sum((p * s for p, s in zip(prices, sizes, strict=True)), Decimal(0))
+        vwap = (pv / v).quantize(Decimal(1).scaleb(-VWAP_DECIMALS), rounding=ROUND_HALF_UP)
+    return (
+        float(prices[0]),
+        float(max(prices)),
+        float(min(prices)),
+        float(prices[-1]),
+        float(v),
+        float(vwap),
+        len(prices),
+    )
