@@ -17,7 +17,6 @@ from market_data_pipeline.cli.common import (
     environment,
     load_app_config,
 )
-from market_data_pipeline.cli.wiring import compress_after_ms, downgrade_schema, upgrade_schema
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
 
 _EMBEDDED_NOTE = (
@@ -46,6 +45,9 @@ def upgrade(
     Example:  DATABASE_URL=postgresql://mdp@localhost/mdp mdp db upgrade
     """
     cfg = load_app_config(config)
+    # wiring pulls in SQLAlchemy and Alembic: imported here, not by every `mdp` start
+    from market_data_pipeline.cli.wiring import compress_after_ms, upgrade_schema
+
     compress_after_ms(cfg)  # a bad store.compress_after is a ConfigError before connecting
 
     with resolve_servers(cfg, environment(), redis=False) as urls:
@@ -69,6 +71,8 @@ def downgrade(
 
     Example:  mdp db downgrade --revision 0002
     """
+    from market_data_pipeline.cli.wiring import downgrade_schema
+
     cfg = load_app_config(config)
 
     with resolve_servers(cfg, environment(), redis=False) as urls:
