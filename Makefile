@@ -4,17 +4,30 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := market_data_core market_data_pipeline market_data_store
+# Development and CI install exactly these versions (with their hashes); pyproject.toml keeps the
+# ranges the published package declares. `make lock` refreshes the lock on purpose.
+LOCK       := requirements/dev.lock
+LOCK_VENV  := .venv-lock
+UV_VERSION := 0.13.9
 
-.PHONY: install demo test test-unit test-integration lint format bench clean
+.PHONY: install lock demo test test-unit test-integration lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mdp needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve every runtime, dev and build dependency to the newest release the ranges in
+# pyproject.toml allow, for every platform and Python >= 3.11; then `make install` and commit.
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev \
+		--universal --python-version 3.11 --generate-hashes --upgrade --quiet -o $(LOCK)
 
 demo: install
 	$(BIN)/mdp demo
@@ -42,4 +55,4 @@ bench: install
 	$(BIN)/mdp bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

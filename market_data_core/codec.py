@@ -259,12 +259,11 @@ def _typed_msgpack_events(payload: bytes) -> list[StreamEvent] | None:
     builds (see :func:`validate_typed_event_fast`).
     """
     try:
-        wire = _WIRE_DECODER.decode(payload)
+        decoded: list[_WireEvent] | _WireEvent = _WIRE_DECODER.decode(payload)
     except Exception:  # msgspec errors, UnicodeDecodeError...: the usual path says why
         return None
-    if type(wire) is not list:
-        wire = [wire]
-    elif not wire:
+    wire = decoded if isinstance(decoded, list) else [decoded]
+    if not wire:
         return None  # "empty event array" is the usual path's to report
     events = []
     last_raw, last_ingest_ts = _last_ingest_ts[0]
