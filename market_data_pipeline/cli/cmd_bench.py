@@ -215,14 +215,27 @@ def _producer_config(
     return out
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "market_data_pipeline.cli.app", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """Start an ``mdp`` subcommand; its stderr (logs, and the one-line error it exits with)
+    goes to ``log`` so that a failure can say why."""
+    with log.open("w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "market_data_pipeline.cli.app", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+
+
+def _last_error(log: Path) -> str:
+    """The ``mdp: error: ...`` line a subprocess exited with, else its last log line."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if line.startswith("mdp: error:")]
+    return (errors or lines or ["no output"])[-1]
 
 
 def _read_stats(path: Path) -> dict[str, Any]:
@@ -286,6 +299,7 @@ async def _full_path(
                         "1",
                     ],
                     env,
+                    workdir / f"worker-{k}.log",
                 )
             )
         await asyncio.sleep(1.5)  # workers join the group and take their shards first
@@ -306,6 +320,7 @@ async def _full_path(
                         str(conf),
                     ],
                     env,
+                    workdir / f"producer-{k}.log",
                 )
             )
         samples: list[tuple[float, int]] = []
@@ -330,18 +345,20 @@ async def _full_path(
             result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
             if time.monotonic() - t0 > duration_s + 60:
                 break
-        for p in procs:
+        for k, p in enumerate(procs):
             out, _ = p.communicate(timeout=60)
             found = re.search(r"published ([\d,]+) events", out)
             if found is None:
-                raise MDPError(f"a benchmark producer failed (exit {p.returncode}): {out[-500:]}")
+                why = _last_error(workdir / f"producer-{k}.log")
+                raise MDPError(f"a benchmark producer failed (exit {p.returncode}): {why}")
             result.published += int(found.group(1).replace(",", ""))
         for w in workers_p:
             w.send_signal(signal.SIGUSR1)  # drain: close every window, commit, ack, exit
-        for w in workers_p:
+        for k, w in enumerate(workers_p):
             await asyncio.to_thread(w.wait, 300)
             if w.returncode != 0:
-                raise MDPError(f"a micro-batch worker failed (exit {w.returncode})")
+                why = _last_error(workdir / f"worker-{k}.log")
+                raise MDPError(f"micro-batch worker {k} failed (exit {w.returncode}): {why}")
         while True:  # polls the bus: there is no event to wait on
             if not await _group_lag(bus, cfg.bus.bars_topic, inference.group):
                 break
