@@ -320,12 +320,27 @@ class StoreConfig(_Model):
 
 
 class TelemetryConfig(_Model):
-    """``/metrics`` + ``/healthz`` address (port 0 = any free port) and process logging:
-    ``log_format: json`` writes one JSON object per line (for log shippers), ``text`` a
-    human-readable line."""
+    """``/metrics`` + ``/healthz`` address (port 0 = any free port), metric naming and
+    cardinality, and process logging.
+
+    - ``namespace``: a prefix for every mdp metric, for a Prometheus shared with other
+      exporters (``mdp`` -> ``mdp_errors_total``); empty (the default) keeps the seed's names.
+    - ``symbol_labels``: which symbols get their own value of a ``symbol`` label (the seed's
+      ``microbatch_flush_total`` and ``features_update_duration_seconds``): ``all``, ``none``
+      (every symbol is counted under ``__other__``), or ``first_n`` (the symbols in
+      ``symbol_labels_keep`` plus the first ``symbol_labels_n`` other symbols a process sees;
+      the rest under ``__other__``). A slot, once given, is kept for the life of the process,
+      so a symbol's series never changes name mid-run.
+    - ``log_format: json`` writes one JSON object per line (for log shippers), ``text`` a
+      human-readable line.
+    """
 
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    namespace: str = ""
+    symbol_labels: Literal["all", "none", "first_n"] = "first_n"
+    symbol_labels_n: int = Field(default=20, ge=0)
+    symbol_labels_keep: tuple[str, ...] = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -333,6 +348,25 @@ class TelemetryConfig(_Model):
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("namespace")
+    @classmethod
+    def _metric_prefix(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?", v):
+            raise ValueError(
+                "expected a Prometheus name prefix: a letter, then letters, digits or _, not "
+                "ending in _ (e.g. mdp -> mdp_errors_total), or empty for the seed's names"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _keep_needs_first_n(self) -> TelemetryConfig:
+        if self.symbol_labels_keep and self.symbol_labels != "first_n":
+            raise ValueError(
+                "symbol_labels_keep only applies to symbol_labels: first_n "
+                f"(symbol_labels is {self.symbol_labels!r})"
+            )
+        return self
 
 
 class AppConfig(_Model):

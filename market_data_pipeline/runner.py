@@ -40,7 +40,9 @@ class Source:
 
 @dataclass(frozen=True)
 class Progress:
-    """A snapshot for a live progress line."""
+    """A snapshot for a live progress line. ``lag_entries``: entries of the events topic the
+    micro-batch group has not read or not acknowledged (-1: the bus did not answer);
+    ``lag_ms``: the micro-batcher's ``stream_consumer_lag_ms``."""
 
     elapsed_s: float
     published: int
@@ -48,6 +50,7 @@ class Progress:
     events_in: int
     bars_written: int
     lag_entries: int
+    lag_ms: float
     signals: int
 
 
@@ -131,6 +134,7 @@ async def run_pipeline(
                         events_in=batcher.stats.events_in,
                         bars_written=batcher.stats.bars_written,
                         lag_entries=lag,
+                        lag_ms=batcher.last_lag_ms,
                         signals=inference.stats.signals,
                     )
                 )

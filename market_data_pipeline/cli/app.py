@@ -13,6 +13,7 @@ from typer._click import exceptions as click  # typer vendors click; its errors 
 from market_data_core import __version__
 from market_data_core.errors import ConfigError, ContractError, MDPError
 from market_data_pipeline.cli import (
+    cmd_alerts,  # noqa: F401 - registers commands
     cmd_bench,  # noqa: F401 - registers commands
     cmd_bus,  # noqa: F401 - registers commands
     cmd_db,  # noqa: F401 - registers commands

@@ -307,6 +307,8 @@ def _report_row_errors(errors: Sequence[RowError]) -> None:
 
 
 def _dead_letterer(bus: Bus) -> Callable[[RowError], Any]:
+    telemetry.init_error_series("replay")
+
     async def dead_letter(err: RowError) -> None:
         log.warning("replay: %s", err)
         telemetry.ERRORS.labels(component="replay", reason=err.reason).inc()

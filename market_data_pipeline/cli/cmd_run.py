@@ -84,10 +84,11 @@ def _progress_printer() -> Callable[[Progress], None]:
     last_line = [0.0]
 
     def show(p: Progress) -> None:
+        entries = "?" if p.lag_entries < 0 else f"{p.lag_entries:,}"
         line = (
-            f"[{p.elapsed_s:6.1f}s] {p.published:>9,} published  {p.events_per_s:>9,.0f} ev/s  "
-            f"{p.events_in:>9,} processed  {p.bars_written:>7,} bars  lag {p.lag_entries:>6,}  "
-            f"{p.signals:>6,} signals"
+            f"[{p.elapsed_s:6.1f}s] {p.published:>9,} events published ({p.events_per_s:>7,.0f} "
+            f"ev/s)  {p.events_in:>9,} processed  {p.bars_written:>7,} bars  "
+            f"lag {entries:>6} entries {p.lag_ms:>6,.0f} ms  {p.signals:>6,} signals"
         )
         if tty:
             sys.stderr.write("\r" + line)

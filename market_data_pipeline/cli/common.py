@@ -19,6 +19,7 @@ import typer
 from market_data_core.config import AppConfig, load_config, parse_config
 from market_data_core.errors import ConfigError
 from market_data_core.timeutil import parse_duration_ms
+from market_data_pipeline import telemetry
 from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.gc_pacing import paced_gc
 from market_data_pipeline.telemetry import MetricsServer, setup_logging, start_metrics_server
@@ -141,8 +142,8 @@ def percentile(values: list[float], pct: float) -> float | None:
 def stage_services(
     config: AppConfig, urls: ServerUrls, stage: str, *, warn_embedded: bool = True
 ) -> Iterator[MetricsServer]:
-    """Logging, the metrics endpoint, and a warning when the bus is embedded (its data dies
-    with this command)."""
+    """Logging, the metrics namespace and symbol-label policy, the metrics endpoint, and a
+    warning when the bus is embedded (its data dies with this command)."""
     setup_logging(config.telemetry.log_level, json=config.telemetry.log_format == "json")
     if config.telemetry.log_level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
@@ -153,6 +154,7 @@ def stage_services(
             "a bus between commands (or use `mdp run`)",
             stage,
         )
+    telemetry.configure(config.telemetry)  # before any stage looks up a labelled series
     # raises ConfigError (one line, exit 2) when the port cannot be bound
     server = start_metrics_server(config.telemetry.metrics_host, config.telemetry.metrics_port)
     log.info("%s: metrics on %s/metrics, servers: %s", stage, server.url, urls.describe())

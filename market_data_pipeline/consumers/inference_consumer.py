@@ -114,6 +114,7 @@ class InferenceConsumer:
         self._lag = telemetry.STREAM_CONSUMER_LAG.labels(
             topic=self._topic, group=self.group, consumer=consumer_name
         )
+        telemetry.init_error_series(_COMPONENT, "bus")
         self._warmup_span = timedelta(
             milliseconds=parse_duration_ms(engine.interval) * config.features.warmup_bars
         )

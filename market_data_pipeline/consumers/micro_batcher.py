@@ -171,6 +171,8 @@ class MicroBatcher:
         self._consumed = telemetry.EVENTS_CONSUMED.labels(
             topic=config.bus.events_topic, group=config.bus.group
         )
+        telemetry.init_error_series(_COMPONENT, "bus")
+        telemetry.MICROBATCH_WINDOW.labels(group=config.bus.group).set(self.window_ms / 1000)
         self.stats = MicroBatchStats()
 
     @property

@@ -78,6 +78,7 @@ class CoinbaseProvider:
             raise ConfigError("producers.coinbase.product_ids is empty")
         self._config = config
         self._provider = provider
+        telemetry.init_error_series(_COMPONENT)
         self._backoff = Backoff(backoff_initial_s, backoff_max_s, rng=rng)
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._open_timeout_s = open_timeout_s

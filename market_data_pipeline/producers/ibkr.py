@@ -143,6 +143,7 @@ class IbkrProvider:
             raise ConfigError("producers.ibkr.symbols is empty")
         self._config = config
         self._mapper = TickMapper(config.provider)
+        telemetry.init_error_series(_COMPONENT)
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize=queue_max)
         self._closed = False

@@ -189,6 +189,7 @@ class Publisher:
         self.published = 0
         self.entries = 0
         self.retries = 0
+        telemetry.init_error_series("publisher")
 
     @property
     def buffered(self) -> int:
