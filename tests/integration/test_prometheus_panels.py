@@ -1,13 +1,19 @@
-"""Every Grafana panel shows data (SPEC §11, issue 8): a real Prometheus (Debian's binary) scrapes
-a running pipeline — ``mdp stream produce`` -> ``micro-batch`` -> ``infer``, each in its own
-process with its own metrics port, and again as ``mdp run`` (one process), and the stages once
-more on Kafka (``bus.type: kafka``, the compose ``kafka`` profile) — for about 30 s; then EVERY PromQL query of every dashboard
-panel runs through Prometheus' HTTP API and must return a non-empty result, and every SQL panel
-query runs against the real PostgreSQL and must return rows.
+"""Every Grafana panel shows data (SPEC §11, issues 8 and 18): a real Prometheus (Debian's binary)
+scrapes a running pipeline — ``mdp stream produce`` -> ``micro-batch`` -> ``infer``, each in its
+own process with its own metrics port, and again as ``mdp run`` (one process, with
+``telemetry.namespace: mdp`` and 2 symbol slots for 3 symbols), and the stages once more on
+Kafka (``bus.type: kafka``, the compose ``kafka`` profile).
 
-Some series exist only after something goes wrong, so the test makes it happen: a malformed
-payload on the events stream (``errors_total``, dead letter) and a short PostgreSQL outage
-(``retries_total``, ``errors_total{reason="store_unavailable"}``).
+First, healthy: EVERY PromQL query of every dashboard panel (``${prefix}`` set for the run's
+namespace) must return data before anything goes wrong, error panels included (known error
+series exist at 0 from start-up); each symbol label value carries the stated number of series;
+``promtool check metrics`` on each stage's scrape reports nothing but the seed's two ``_ms``
+names. Then errors are injected — malformed entries (decode), an event that fails validation,
+and a short PostgreSQL outage (retries, ``reason="store_unavailable"``) — and every error panel
+must move, ``increase()`` must count the first errors, the error alert's rate must see them,
+and the window thresholds of the alert rules (generated for the run's namespace) must follow
+the configured 1 s window. Every SQL panel query runs against the real PostgreSQL and must
+return rows.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -26,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,12 +44,15 @@ import pytest
 import redis.asyncio as aredis
 import typer
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from market_data_pipeline import alert_rules, telemetry
 from market_data_pipeline.cli.app import app
 from market_data_pipeline.embedded import EmbeddedPostgres, free_port
 from tests.conftest import ROOT
 
 PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
 SHIPPED = yaml.safe_load((ROOT / "configs" / "streaming.yaml").read_text())
 pytestmark = [
     pytest.mark.slow,
@@ -53,8 +63,7 @@ pytestmark = [
 ]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
-RUN_S = 30.0  # how long the pipeline runs before the queries must all have data
-DEADLINE_S = 120.0  # give up waiting for the last series after this long
+DEADLINE_S = 120.0  # give up waiting for the last series (or a panel to move) after this long
 # Grafana variables -> what a user with "All" selected gets.
 PROMQL_VARIABLES = {
     "$__rate_interval": "30s",
@@ -74,8 +83,18 @@ LAYOUTS: dict[str, dict[str, list[str]]] = {
     },
     "mdp-run": {"run": ["run", "--window", "1s", "--adapter", "rules"]},
 }
-# (layout, bus) pairs the test runs: both layouts on Redis Streams, the stages on Kafka too.
-RUNS = [("stages", "redis"), ("mdp-run", "redis"), ("stages", "kafka")]
+# (layout, bus, telemetry overrides) the test runs: both layouts on Redis Streams, the stages
+# on Kafka too; `mdp run` with a namespace and fewer symbol slots than symbols.
+RUNS: list[tuple[str, str, dict[str, Any]]] = [
+    ("stages", "redis", {}),
+    ("mdp-run", "redis", {"namespace": "mdp", "symbol_labels_n": 2}),
+    ("stages", "kafka", {}),
+]
+# What one symbol label value costs in series (README, "Metrics"): features_update_duration_
+# seconds for the shipped 8 bar windows x (16 buckets + +Inf + _sum + _count), plus
+# microbatch_flush_total.
+SERIES_PER_SYMBOL = 8 * 19 + 1
+WINDOW_S = 1  # the run's micro_batch.window_ms / 1000
 
 
 @dataclass
@@ -215,6 +234,7 @@ def stage_config(
     symbols: list[str],
     port: int,
     rules_file: Path,
+    telemetry_overrides: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "version": 1,
@@ -249,7 +269,11 @@ def stage_config(
                 "price_volatility": 0.02,
             }
         },
-        "micro_batch": {"window_ms": 1000, "allow_late_ms": 200, "flush_timeout_ms": 200},
+        "micro_batch": {
+            "window_ms": WINDOW_S * 1000,
+            "allow_late_ms": 200,
+            "flush_timeout_ms": 200,
+        },
         # The shipped feature windows; rules of our own so that signals are certain within
         # the run (the shipped ones wait for momentum or an RSI extreme).
         "features": {"warmup_bars": 0, "windows": SHIPPED["features"]["windows"]},
@@ -260,11 +284,14 @@ def stage_config(
             "metrics_port": port,
             "log_level": "INFO",
             "log_format": "json",
+            **telemetry_overrides,
         },
     }
 
 
-@pytest.fixture(params=RUNS, ids=lambda run: f"{run[0]}-{run[1]}")
+@pytest.fixture(
+    params=RUNS, ids=lambda run: f"{run[0]}-{run[1]}" + ("-namespace" if run[2] else "")
+)
 def pipeline(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -272,7 +299,7 @@ def pipeline(
     database_url: str,
     unique: str,
 ) -> Iterator[tuple[list[Stage], dict[str, Any]]]:
-    layout_name, bus = request.param
+    layout_name, bus, telemetry_overrides = request.param
     layout = LAYOUTS[layout_name]
     missing = missing_commands(layout)
     if missing:
@@ -306,7 +333,9 @@ def pipeline(
     try:
         for name, argv in layout.items():
             port = free_port()
-            config = stage_config(bus, servers, unique, symbols, port, rules_file)
+            config = stage_config(
+                bus, servers, unique, symbols, port, rules_file, telemetry_overrides
+            )
             path = tmp_path / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             log = tmp_path / f"{name}.log"
@@ -334,13 +363,21 @@ def pipeline(
 @pytest.fixture
 def prometheus(tmp_path: Path, pipeline: tuple[list[Stage], dict[str, Any]]) -> Iterator[str]:
     assert PROMETHEUS is not None
-    stages, _ = pipeline
+    stages, config = pipeline
     port = free_port()
     # The compose stack's own config and alert rules, with the targets pointed at this run's
     # stages and a 1 s scrape: the shipped job and rules are what gets tested.
     cfg = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    cfg["rule_files"] = [str(PROMETHEUS_DIR / f) for f in cfg["rule_files"]]
+    # The shipped rules are the generated ones for the seed's names (a unit test keeps them
+    # equal); a namespaced run loads what `mdp alerts` generates for its namespace.
+    namespace = config["telemetry"].get("namespace", "")
+    if namespace:
+        rules = tmp_path / "alerts.yml"
+        rules.write_text(alert_rules.render(namespace))
+        cfg["rule_files"] = [str(rules)]
+    else:
+        cfg["rule_files"] = [str(PROMETHEUS_DIR / f) for f in cfg["rule_files"]]
     (job,) = (j for j in cfg["scrape_configs"] if j["job_name"] == "mdp")
     job["static_configs"] = [
         {"targets": [f"127.0.0.1:{s.port}"], "labels": {"stage": s.name}} for s in stages
@@ -376,16 +413,20 @@ def instant_query(prometheus: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
-MALFORMED = b"\xc1 this is not an event"
+MALFORMED = b"\xc1 this is not an event"  # no codec decodes it: reason "decode"
+INVALID = b'{"ver": 1, "kind": "tick"}'  # decodes, misses every required field: "validation"
+DECODE_ERRORS = 2
+VALIDATION_ERRORS = 1
 
 
-async def inject_malformed_event(bus: dict[str, Any]) -> None:
-    """A payload no codec can decode on the events topic: the micro-batcher must dead-letter
-    it and count it."""
+async def inject(bus: dict[str, Any], payloads: list[bytes]) -> None:
+    """Entries another producer could have written, straight onto the events topic: the
+    micro-batcher must dead-letter and count each one."""
     if bus["type"] == "redis":
         client = aredis.Redis.from_url(bus["redis"]["uri"])
         try:
-            await client.xadd(bus["redis"]["stream"], {b"data": MALFORMED})
+            for payload in payloads:
+                await client.xadd(bus["redis"]["stream"], {b"data": payload})
         finally:
             await client.aclose()
         return
@@ -394,12 +435,73 @@ async def inject_malformed_event(bus: dict[str, Any]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bus["kafka"]["bootstrap"])
     await producer.start()
     try:
-        await producer.send_and_wait(bus["kafka"]["topic"], MALFORMED, key=b"X", partition=0)
+        for payload in payloads:
+            await producer.send_and_wait(bus["kafka"]["topic"], payload, key=b"X", partition=0)
     finally:
         await producer.stop()
 
 
-async def test_every_panel_query_returns_data(
+def panel_value(prometheus: str, expr: str) -> float | None:
+    """The largest value an instant query returns (NaN counts as 0; None: no data)."""
+    result = instant_query(prometheus, expr)
+    if not result:
+        return None
+    values = [float(r["value"][1]) for r in result]
+    return max(0.0 if math.isnan(v) else v for v in values)
+
+
+def scalar(prometheus: str, expr: str) -> float:
+    result = instant_query(prometheus, expr)
+    assert len(result) == 1, (expr, result)
+    return float(result[0]["value"][1])
+
+
+def is_error_panel(expr: str) -> bool:
+    return "errors_total" in expr or "retries_total" in expr
+
+
+def promtool_reports(scrape: bytes) -> set[str]:
+    """The metric names ``promtool check metrics`` reports in a scrape (one per line)."""
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=scrape, capture_output=True, timeout=60, check=False
+    )
+    lines = (result.stdout + result.stderr).decode().splitlines()
+    return {line.split()[0] for line in lines if line.strip()}
+
+
+def series_by_symbol(scrapes: list[bytes]) -> dict[str, int]:
+    """How many series carry each value of a ``symbol`` label, over every stage's scrape."""
+    counts: dict[str, int] = {}
+    for body in scrapes:
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if "symbol" in sample.labels:
+                    symbol = sample.labels["symbol"]
+                    counts[symbol] = counts.get(symbol, 0) + 1
+    return counts
+
+
+async def wait_until(
+    what: str, check: Callable[[], Awaitable[str | None]], stages: list[Stage]
+) -> None:
+    """Poll ``check`` (None: done, else what is still missing) until done or DEADLINE_S."""
+    t0 = time.monotonic()
+    while True:
+        dead = [s for s in stages if s.proc.poll() is not None]
+        assert not dead, "a stage died:\n" + "\n".join(s.tail() for s in dead)
+        missing = await check()
+        if missing is None:
+            return
+        if time.monotonic() - t0 > DEADLINE_S:
+            raise AssertionError(
+                f"{what} after {DEADLINE_S:.0f}s:\n{missing}\n"
+                + "\n".join(s.tail(15) for s in stages)
+            )
+        await asyncio.sleep(1)
+
+
+async def test_every_panel_has_data_and_every_error_panel_moves(
     pipeline: tuple[list[Stage], dict[str, Any]],
     prometheus: str,
     database_url: str,
@@ -407,47 +509,124 @@ async def test_every_panel_query_returns_data(
 ) -> None:
     stages, config = pipeline
     started = datetime.now(UTC)
-    t0 = time.monotonic()
-    promql = panel_queries("expr")
+    namespace = config["telemetry"].get("namespace", "")
+    p = f"{namespace}_" if namespace else ""
+    variables = {**PROMQL_VARIABLES, "${prefix}": p}
+    promql = [(d, t, substitute(e, variables)) for d, t, e in panel_queries("expr")]
     sql = panel_queries("rawSql")
     assert promql and sql
+    error_panels = [q for q in promql if is_error_panel(q[2])]
+    assert len(error_panels) >= 8, error_panels  # the 7 Error Monitoring panels + store errors
 
-    await asyncio.sleep(3)
-    await inject_malformed_event(config["bus"])
+    async def empty_panels() -> str | None:
+        empty = [
+            f"  {d} / {t}: {q}"
+            for d, t, q in promql
+            if not await asyncio.to_thread(instant_query, prometheus, q)
+        ]
+        return (
+            f"{len(empty)} of {len(promql)} panel queries empty:\n" + "\n".join(empty)
+            if empty
+            else None
+        )
+
+    # Healthy: nothing has gone wrong yet, and every panel already has data, the error panels
+    # included (their series exist at 0 from start-up).
+    await wait_until("panels without data on a healthy pipeline", empty_panels, stages)
+
+    scrapes: list[bytes] = []
+
+    async def every_symbol_complete() -> str | None:
+        scrapes[:] = [
+            (await asyncio.to_thread(http_get, f"http://127.0.0.1:{s.port}/metrics"))[1]
+            for s in stages
+        ]
+        counts = series_by_symbol(scrapes)
+        n = config["telemetry"].get("symbol_labels_n")
+        want = len(config["symbols"]) if n is None else n + 1  # n slots + __other__
+        ok = len(counts) == want and all(c == SERIES_PER_SYMBOL for c in counts.values())
+        return (
+            None if ok else f"series per symbol value {counts}, want {want} x {SERIES_PER_SYMBOL}"
+        )
+
+    await wait_until("per-symbol series incomplete", every_symbol_complete, stages)
+    symbols = set(series_by_symbol(scrapes))
+    if "symbol_labels_n" in config["telemetry"]:
+        assert telemetry.OTHER_SYMBOL in symbols
+        assert len(symbols - {telemetry.OTHER_SYMBOL}) == config["telemetry"]["symbol_labels_n"]
+        assert symbols - {telemetry.OTHER_SYMBOL} < set(config["symbols"])
+    else:
+        assert symbols == set(config["symbols"])
+
+    # Metric conventions on the real scrape: promtool reports the seed's _ms names, nothing else.
+    allowed = {p + name for name in telemetry.SEED_MS_METRICS}
+    for stage, scrape in zip(stages, scrapes, strict=True):
+        if PROMTOOL is not None:
+            reported = await asyncio.to_thread(promtool_reports, scrape)
+            assert reported <= allowed, (stage.name, reported - allowed)
+        names = {f.name for f in text_string_to_metric_families(scrape.decode())}
+        assert not {n for n in names if n.endswith("_created")}, stage.name
+        if namespace:  # every mdp metric carries the prefix; the client's own do not
+            assert f"{p}errors" in names and "errors" not in names, stage.name
+            assert "process_cpu_seconds" in names, stage.name
+
+    baseline = {q: await asyncio.to_thread(panel_value, prometheus, q[2]) for q in error_panels}
+    alert_expr = next(
+        r["expr"]
+        for g in alert_rules.alert_rules(namespace)["groups"]
+        for r in g["rules"]
+        if r["alert"] == "MdpErrorRateHigh"
+    )
+    error_rate = alert_expr.rsplit(" > ", 1)[0]  # what the alert compares with its threshold
+    decode_sel = f'{p}errors_total{{component="microbatch", reason="decode"}}'
+    assert await asyncio.to_thread(scalar, prometheus, f"sum({decode_sel})") == 0
+
+    # Now things go wrong: bad entries on the bus, then a short store outage.
+    await inject(config["bus"], [MALFORMED] * DECODE_ERRORS + [INVALID] * VALIDATION_ERRORS)
+    exempt: set[tuple[str, str, str]] = set()
     if pg_server is not None:
-        # A short store outage: the micro-batcher must retry (nothing acked) and count it.
-        await asyncio.sleep(3)
+        # The micro-batcher must retry (nothing acked) and count it.
+        await asyncio.sleep(2)
         await asyncio.to_thread(pg_server.stop)
         await asyncio.sleep(4)
         await asyncio.to_thread(pg_server.start)
-    exempt = (
-        set()
-        if pg_server is not None
-        else {q for q in promql if "retries_total" in q[2] or 'reason=~"store' in q[2]}
-    )
+    else:  # an external PostgreSQL cannot be stopped from here
+        exempt = {q for q in error_panels if "retries_total" in q[2] or 'reason=~"store' in q[2]}
 
-    empty: list[tuple[str, str, str]] = []
-    while True:
-        dead = [s for s in stages if s.proc.poll() is not None]
-        assert not dead, "a stage died:\n" + "\n".join(s.tail() for s in dead)
-        elapsed = time.monotonic() - t0
-        if elapsed >= RUN_S:
-            empty = []
-            for dash, title, expr in promql:
-                if (dash, title, expr) in exempt:
-                    continue
-                query = substitute(expr, PROMQL_VARIABLES)
-                if not await asyncio.to_thread(instant_query, prometheus, query):
-                    empty.append((dash, title, query))
-            if not empty or elapsed > DEADLINE_S:
-                break
-        await asyncio.sleep(2)
-    assert not empty, (
-        f"{len(empty)} of {len(promql)} panel queries returned no data after {elapsed:.0f}s:\n"
-        + "\n".join(f"  {d} / {t}: {q}" for d, t, q in empty)
-        + "\n"
-        + "\n".join(s.tail(15) for s in stages)
+    async def unmoved_error_panels() -> str | None:
+        still = []
+        for q in error_panels:
+            if q in exempt:
+                continue
+            now = await asyncio.to_thread(panel_value, prometheus, q[2])
+            if now is None or now <= (baseline[q] or 0.0):
+                still.append(f"  {q[0]} / {q[1]}: {baseline[q]} -> {now}: {q[2]}")
+        return "error panels that did not move:\n" + "\n".join(still) if still else None
+
+    await wait_until("error panels did not move", unmoved_error_panels, stages)
+
+    # The first errors count: exact totals, and increase()/rate() see them (the series were
+    # at 0 before, so nothing is lost to a series born at its first error).
+    assert await asyncio.to_thread(scalar, prometheus, f"sum({decode_sel})") == DECODE_ERRORS
+    validation_sel = f'{p}errors_total{{component="microbatch", reason="validation"}}'
+    assert await asyncio.to_thread(scalar, prometheus, f"sum({validation_sel})") == (
+        VALIDATION_ERRORS
     )
+    increase = await asyncio.to_thread(scalar, prometheus, f"sum(increase({decode_sel}[1h]))")
+    assert increase >= DECODE_ERRORS, increase
+    rates = await asyncio.to_thread(instant_query, prometheus, error_rate)
+    decode_rate = [
+        float(r["value"][1])
+        for r in rates
+        if r["metric"].get("component") == "microbatch" and r["metric"].get("reason") == "decode"
+    ]
+    assert decode_rate and decode_rate[0] > 0, rates
+    # Window thresholds follow the configured window (1 s here), not the seed's 2 s.
+    lag_ms = await asyncio.to_thread(scalar, prometheus, alert_rules.lag_threshold_ms(namespace))
+    latency_ms = await asyncio.to_thread(
+        scalar, prometheus, alert_rules.latency_threshold_ms(namespace)
+    )
+    assert (lag_ms, latency_ms) == (2 * 1000 * WINDOW_S, 1.5 * 1000 * WINDOW_S)
 
     for stage in stages:
         status, body = http_get(f"http://127.0.0.1:{stage.port}/healthz")
@@ -460,14 +639,15 @@ async def test_every_panel_query_returns_data(
         assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     for dash, name, uid, query in variable_queries():
         if uid == "mdp-prometheus":
+            query = substitute(query, variables)
             values = await asyncio.to_thread(label_values, prometheus, query)
-            assert set(config["symbols"]) <= set(values), (dash, name, query, values)
+            assert set(values) == symbols, (dash, name, query, values)
     figures = {
-        "ingest events/min": "sum(rate(stream_events_ingested_total[30s])) * 60",
+        "ingest events/min": f"sum(rate({p}stream_events_ingested_total[30s])) * 60",
         "p95 window latency ms": "histogram_quantile(0.95, sum by (le) "
-        "(rate(microbatch_window_latency_ms_bucket[1m])))",
-        "max consumer lag ms": "max(max_over_time(stream_consumer_lag_ms[1m]))",
-        "signals/min": "sum(rate(signals_emitted_total[30s])) * 60",
+        f"(rate({p}microbatch_window_latency_ms_bucket[1m])))",
+        "max consumer lag ms": f"max(max_over_time({p}stream_consumer_lag_ms[1m]))",
+        "signals/min": f"sum(rate({p}signals_emitted_total[30s])) * 60",
     }
     for label, expr in figures.items():
         result = instant_query(prometheus, expr)
