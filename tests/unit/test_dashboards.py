@@ -1,6 +1,9 @@
 """Grafana dashboards: the six of the seed §14.2 plus Market; every panel has a title, a
-datasource the provisioning defines, and a unit; every metric a PromQL expression names is one
-mdp exposes (counters end in ``_total``, histograms in ``_bucket``/``_sum``/``_count``)."""
+datasource the provisioning defines, and a unit (a Prometheus panel says what it counts, not
+just "short"); every metric a PromQL expression names is one mdp exposes (counters end in
+``_total``, histograms in ``_bucket``/``_sum``/``_count``) and carries the ``${prefix}``
+variable, so the dashboards work with ``telemetry.namespace`` set or not. The alert rules name
+only metrics mdp exposes, for the seed's names and for a namespace."""
 
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from market_data_pipeline import telemetry
+from market_data_pipeline import alert_rules, telemetry
 from tests.conftest import ROOT
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yml"
-ALERTS = ROOT / "docker" / "prometheus" / "alerts.yml"
+PREFIX = "${prefix}"
 SEED_TITLES = {
     "Streaming Overview",
     "Micro-batch Performance",
@@ -165,12 +168,53 @@ def test_promql_names_only_metrics_mdp_exposes() -> None:
         assert family in seen, f"{family} is on no dashboard"
 
 
-def test_alert_rules_name_only_metrics_mdp_exposes() -> None:
-    known = exposed_names() | PROMETHEUS_SERIES
-    doc = yaml.safe_load(ALERTS.read_text())
-    for group in doc["groups"]:
+@pytest.mark.parametrize("namespace", ["", "mdp"])
+def test_alert_rules_name_only_metrics_mdp_exposes(namespace: str) -> None:
+    prefix = f"{namespace}_" if namespace else ""
+    known = {prefix + n for n in exposed_names()} | PROMETHEUS_SERIES
+    for group in alert_rules.alert_rules(namespace)["groups"]:
         for rule in group["rules"]:
             assert metric_names(rule["expr"]) <= known, rule["alert"]
+            # no window hard-coded: thresholds scale with microbatch_window_seconds
+            assert "2000" not in rule["expr"], rule["alert"]
+
+
+def prometheus_exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, PromQL) of every panel target and Prometheus query variable."""
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            if "expr" in target:
+                yield panel["title"], target["expr"]
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var["type"] == "query" and var["datasource"]["uid"] == "mdp-prometheus":
+            yield f"variable {var['name']}", var["query"]["query"]
+            yield f"variable {var['name']} (definition)", var["definition"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_mdp_metric_carries_the_prefix_variable(path: Path) -> None:
+    dashboard = load(path)
+    exprs = list(prometheus_exprs(dashboard))
+    if not exprs:
+        return
+    variables = dashboard["templating"]["list"]
+    (prefix,) = (v for v in variables if v["name"] == "prefix")
+    # a text box, empty by default: the seed's names unless the user types e.g. mdp_
+    assert prefix["type"] == "textbox" and prefix["query"] == "" == prefix["current"]["value"]
+    assert variables[0] is prefix  # before the variables whose queries use it
+    ours = exposed_names()
+    for where, expr in exprs:
+        for name in metric_names(expr) & ours:
+            bare = re.findall(rf"(?<![\w}}]){name}\b", expr.replace(PREFIX + name, ""))
+            assert not bare, f"{path.name} / {where}: {name} without {PREFIX}: {expr}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_prometheus_panels_state_what_they_count(path: Path) -> None:
+    for panel in panels(load(path)):
+        if panel["datasource"]["uid"] == "mdp-prometheus":
+            unit = panel["fieldConfig"]["defaults"]["unit"]
+            assert unit not in ("short", "none", ""), f"{path.name} / {panel['title']}: {unit}"
 
 
 def test_the_scanner_finds_metrics_and_ignores_the_rest() -> None:
