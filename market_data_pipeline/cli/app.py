@@ -21,6 +21,7 @@ from market_data_pipeline.cli import (
     cmd_microbatch,  # noqa: F401 - registers commands
     cmd_produce,  # noqa: F401 - registers commands
     cmd_run,  # noqa: F401 - registers commands
+    cmd_servers,  # noqa: F401 - registers commands
 )
 from market_data_pipeline.cli.apps import app
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     try:
-        command.main(args=args, prog_name="mdp", standalone_mode=False)
+        # without standalone mode, a `typer.Exit(code)` raised by a command comes back here
+        result = command.main(args=args, prog_name="mdp", standalone_mode=False)
     except click.NoArgsIsHelpError as exc:
         typer.echo(exc.ctx.get_help())
         return 0
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         # a second Ctrl-C/SIGTERM cancels the main task instead of waiting for the drain
         typer.echo("mdp: interrupted", err=True)
         return 130
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 def entrypoint() -> None:

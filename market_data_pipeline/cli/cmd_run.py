@@ -250,11 +250,13 @@ def _where_the_data_is(urls: ServerUrls) -> str:
             f"  bars and signals: psql {urls.database_url} -c 'SELECT * FROM bars_ohlcv "
             "ORDER BY ts DESC LIMIT 20'",
             "  streams:          mdp stream tail --topic mdp.signals --limit 20",
+            "  a picture:        mdp report -o report.html",
         ]
     else:
         lines += [
             "  the embedded Valkey and PostgreSQL have stopped (nothing is left running), so",
-            "  this run's rows are gone. To keep them, point mdp at your own servers:",
+            "  this run's rows are gone. To keep them: mdp demo --keep (servers of `mdp up`",
+            "  with data in .mdp/), or point mdp at your own servers:",
             "    export REDIS_URI=redis://127.0.0.1:6379/0",
             "    export DATABASE_URL=postgresql://user@127.0.0.1:5432/mdp",
             "    mdp demo   # or: mdp run --duration 5m",
@@ -359,18 +361,34 @@ def demo(
         "configs/datasets.yaml"
     ),
     metrics_port: MetricsPortOpt = None,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Keep the data: run on the servers of `mdp up` (started if needed) and leave "
+            "them running for tail, psql and `mdp report`.",
+        ),
+    ] = False,
 ) -> None:
     """The whole pipeline on embedded servers: replays the shipped real trades (9,999 Binance
     BTCUSDT trades) and a minute of live synthetic ticks, shows progress, prints a summary,
-    and leaves nothing running.
+    and leaves nothing running (with --keep, or while `mdp up` runs: its data stays).
 
     Example:  mdp demo
 
     Example:  mdp demo --synthetic-s 10 --rate 1000
+
+    Example:  mdp demo --keep --synthetic-s 5 && mdp report -o report.html
     """
     overrides: dict[str, object] = {}
     if metrics_port is not None:
         overrides["telemetry.metrics_port"] = metrics_port
+    if keep:
+        from market_data_pipeline.cli.cmd_servers import start_local_servers
+        from market_data_pipeline.local_servers import LocalServers, state_dir_for
+
+        local = LocalServers(state_dir_for(config, environment()))
+        start_local_servers(local, load_app_config(config, overrides, local_servers=False))
     cfg = load_app_config(config, overrides)
     if not datasets.exists():
         raise ConfigError(
@@ -389,6 +407,11 @@ def demo(
         await _run_all(
             cfg, stop, job="demo", sources=sources, finite=True, adapter="rules", demo=True
         )
-        typer.echo(f"\ndemo finished in {time.monotonic() - t0:.1f}s; nothing left running.")
+        left = (
+            "the servers of `mdp up` keep running (`mdp down` stops them)"
+            if keep
+            else "nothing left running"
+        )
+        typer.echo(f"\ndemo finished in {time.monotonic() - t0:.1f}s; {left}.")
 
     run_async(main)

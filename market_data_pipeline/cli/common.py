@@ -55,16 +55,27 @@ def environment() -> Mapping[str, str]:
     return dict(os.environ)
 
 
-def load_app_config(path: Path, overrides: Mapping[str, Any] | None = None) -> AppConfig:
+def load_app_config(
+    path: Path, overrides: Mapping[str, Any] | None = None, *, local_servers: bool = True
+) -> AppConfig:
     """Load ``path`` (or defaults when it is the default path and missing), apply dotted
-    ``overrides`` (``{"micro_batch.window_ms": 1000}``), validate. Raises ``ConfigError``."""
+    ``overrides`` (``{"micro_batch.window_ms": 1000}``), validate. Raises ``ConfigError``.
+
+    ``local_servers``: a server named neither by the environment nor by the config is the
+    project's ``mdp up`` server when that one is running (one line on stderr says so)."""
     env = environment()
     if path == DEFAULT_CONFIG and not path.exists():
         config = parse_config({}, env=env, source="<defaults>")
     else:
         config = load_config(path, env=env)
-    if not overrides:
-        return config
+    if overrides:
+        config = _override(config, overrides, f"{path} + command-line flags")
+    if local_servers:
+        config = _with_local_servers(config, path, env)
+    return config
+
+
+def _override(config: AppConfig, overrides: Mapping[str, Any], source: str) -> AppConfig:
     data = config.model_dump()
     for dotted, value in overrides.items():
         node = data
@@ -72,7 +83,32 @@ def load_app_config(path: Path, overrides: Mapping[str, Any] | None = None) -> A
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return parse_config(data, env={}, source=f"{path} + command-line flags")
+    return parse_config(data, env={}, source=source)
+
+
+def _with_local_servers(config: AppConfig, path: Path, env: Mapping[str, str]) -> AppConfig:
+    from market_data_pipeline.local_servers import LocalServers, state_dir_for
+
+    servers = LocalServers(state_dir_for(path, env))
+    urls = servers.running_urls()
+    if not urls:
+        return config
+    use: dict[str, str] = {}
+    redis_configured = env.get("REDIS_URI") or config.bus.redis.uri
+    if "valkey" in urls and config.bus.type == "redis" and not redis_configured:
+        use["bus.redis.uri"] = urls["valkey"]
+    if "postgres" in urls and not (env.get("DATABASE_URL") or config.store.dsn):
+        use["store.dsn"] = urls["postgres"]
+    if not use:
+        return config
+    typer.echo(
+        f"mdp: using the servers of `mdp up` in {servers.state_dir}: "
+        + ", ".join(
+            f"{'redis' if key == 'bus.redis.uri' else 'postgres'}={url}" for key, url in use.items()
+        ),
+        err=True,
+    )
+    return _override(config, use, f"{path} + the servers of `mdp up`")
 
 
 def parse_window(text: str, flag: str = "--window") -> int:
