@@ -5,7 +5,7 @@ All SQL of mdp lives in this package. Public API:
 - :class:`PgStoreClient` (core ``StoreClient``): bars upsert, raw ticks -> exact bars,
   read helpers (``bars_range``, ``latest_bars``).
 - :class:`PgSignalsStore` (core ``SignalsStoreClient``), :class:`PgJobRunTracker`
-  (core ``JobRunTracker``).
+  (core ``JobRunTracker``), :class:`PgStoreReader` (core ``StoreReader``: ``mdp report``).
 - :func:`upgrade_schema` / :func:`downgrade_schema` / :func:`current_revision`: the Alembic
   migrations shipped in this package.
 """
@@ -18,6 +18,7 @@ from market_data_store.migrate import (
     upgrade_schema,
 )
 from market_data_store.models import VWAP_DECIMALS
+from market_data_store.reader import PgStoreReader
 from market_data_store.signals_store import PgSignalsStore
 from market_data_store.store_client import PgStoreClient
 
@@ -27,6 +28,7 @@ __all__ = [
     "PgJobRunTracker",
     "PgSignalsStore",
     "PgStoreClient",
+    "PgStoreReader",
     "current_revision",
     "downgrade_schema",
     "head_revision",

@@ -20,6 +20,7 @@ from market_data_pipeline.cli import (
     cmd_infer,  # noqa: F401 - registers commands
     cmd_microbatch,  # noqa: F401 - registers commands
     cmd_produce,  # noqa: F401 - registers commands
+    cmd_report,  # noqa: F401 - registers commands
     cmd_run,  # noqa: F401 - registers commands
     cmd_servers,  # noqa: F401 - registers commands
 )

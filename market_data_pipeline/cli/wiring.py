@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError
 from market_data_core.protocols import JobRunTracker, SignalsStoreClient, StoreClient
+from market_data_core.reads import StoreReader
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline.embedded import ServerUrls
 from market_data_store import (
     PgJobRunTracker,
     PgSignalsStore,
     PgStoreClient,
+    PgStoreReader,
 )
 from market_data_store import (
     downgrade_schema as _downgrade_schema,
@@ -38,6 +40,7 @@ __all__ = [
     "open_job_tracker",
     "open_signals_store",
     "open_store",
+    "open_store_reader",
     "upgrade_schema",
 ]
 
@@ -92,6 +95,11 @@ async def open_signals_store(config: AppConfig, urls: ServerUrls) -> SignalsStor
 async def open_job_tracker(config: AppConfig, urls: ServerUrls) -> JobRunTracker:
     """A ``JobRunTracker`` on its own single connection (close with ``aclose()``)."""
     return await PgJobRunTracker.connect(_dsn(urls), pool_min=1, pool_max=1)
+
+
+async def open_store_reader(urls: ServerUrls) -> StoreReader:
+    """A ``StoreReader`` (``mdp report``) on a small pool. Raises like :func:`open_store`."""
+    return await PgStoreReader.connect(_dsn(urls), pool_min=1, pool_max=2)
 
 
 def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
