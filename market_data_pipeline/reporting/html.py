@@ -28,9 +28,9 @@ h2 { font-size: 1.2rem; margin: 32px 0 8px; border-bottom: 1px solid #d9dee3; }
 h3 { font-size: 1rem; margin: 20px 0 4px; }
 p.meta, p.note { color: #52606d; margin: 4px 0; font-size: 0.9rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 8px 0; }
-th, td { border-bottom: 1px solid #e4e7eb; padding: 4px 10px; text-align: left;
-         white-space: nowrap; }
-th { background: #f5f7fa; }
+th, td { border-bottom: 1px solid #e4e7eb; padding: 4px 8px; text-align: left; }
+td { white-space: nowrap; }
+th { background: #f5f7fa; vertical-align: bottom; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 div.scroll { overflow-x: auto; }
 """
