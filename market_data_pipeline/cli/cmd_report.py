@@ -63,13 +63,17 @@ def report(
     config: ConfigOpt = DEFAULT_CONFIG,
     symbol: Annotated[
         list[str] | None,
-        typer.Option(help="Only this symbol (SYM or provider/SYM; repeatable). Default: all."),
+        typer.Option(
+            help="Only this symbol (SYM or provider/SYM; repeatable). Default: all.",
+            metavar="SYM",
+        ),
     ] = None,
     interval: Annotated[
         str | None,
         typer.Option(
             help="Bars of this interval (e.g. 2s, 1m). Default: the micro-batch window's if "
-            "stored, else the finest stored."
+            "stored, else the finest stored.",
+            metavar="INTERVAL",
         ),
     ] = None,
     start: Annotated[
@@ -91,7 +95,7 @@ def report(
         typer.Option(help="Report gaps between bars of at least DURATION.", metavar="DURATION"),
     ] = "1m",
     max_series: Annotated[
-        int, typer.Option(min=1, max=200, help="Draw at most this many symbols.")
+        int, typer.Option(min=1, max=200, help="Draw at most N symbols.", metavar="N")
     ] = 12,
 ) -> None:
     """Write one self-contained HTML report (opens without a network): candlesticks with

@@ -51,11 +51,18 @@ def up(
     ] = False,
     redis_port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="Valkey's port (default: the last one, or free)."),
+        typer.Option(
+            min=1, max=65535, help="Valkey's port (default: the last one, or free).", metavar="PORT"
+        ),
     ] = None,
     pg_port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="PostgreSQL's port (default: the last one, or free)."),
+        typer.Option(
+            min=1,
+            max=65535,
+            help="PostgreSQL's port (default: the last one, or free).",
+            metavar="PORT",
+        ),
     ] = None,
 ) -> None:
     """Start the embedded Valkey and PostgreSQL in the background with their data in the
