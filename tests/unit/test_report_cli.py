@@ -34,7 +34,7 @@ def test_bad_report_input_is_one_line_exit_2(
 ) -> None:
     out_file = tmp_path / "r.html"
     code = main(["report", "-o", str(out_file), *args])
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("mdp: error: ") and expected in err, err
     assert not out_file.exists()
