@@ -1,7 +1,8 @@
 """``mdp db upgrade|downgrade``: run the schema migrations shipped with mdp.
 
-The DSN comes from ``DATABASE_URL``, then ``store.dsn``, then an embedded server (which is
-migrated and then stops with the command — harmless, but rarely what you want).
+The DSN comes from ``DATABASE_URL``, then ``store.dsn``, then the servers of ``mdp up``, then a
+throwaway embedded server (which is migrated and then stops with the command — harmless, but
+rarely what you want).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from market_data_pipeline.cli.common import (
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
 
 _EMBEDDED_NOTE = (
-    "note: no DATABASE_URL or store.dsn is set, so an embedded PostgreSQL was migrated; "
-    "it stops with this command"
+    "note: no DATABASE_URL or store.dsn is set and `mdp up` is not running, so a throwaway "
+    "embedded PostgreSQL was migrated; it stops with this command (`mdp up` keeps one)"
 )
 
 

@@ -186,8 +186,8 @@ def stage_services(
     log = logging.getLogger(f"mdp.{stage}")
     if warn_embedded and "valkey" in urls.embedded:
         log.warning(
-            "%s is using an embedded Redis that stops with this command; set REDIS_URI to share "
-            "a bus between commands (or use `mdp run`)",
+            "%s is using an embedded Redis that stops with this command; to share a bus "
+            "between commands start `mdp up` or set REDIS_URI (or use `mdp run`)",
             stage,
         )
     telemetry.configure(config.telemetry)  # before any stage looks up a labelled series
