@@ -17,13 +17,13 @@ from market_data_store.migrate import (
     head_revision,
     upgrade_schema,
 )
-from market_data_store.models import VWAP_DECIMALS
+from market_data_store.models import VWAP_GUARD_DIGITS
 from market_data_store.reader import PgStoreReader
 from market_data_store.signals_store import PgSignalsStore
 from market_data_store.store_client import PgStoreClient
 
 __all__ = [
-    "VWAP_DECIMALS",
+    "VWAP_GUARD_DIGITS",
     "JobRun",
     "PgJobRunTracker",
     "PgSignalsStore",

@@ -12,8 +12,12 @@ Column types and exactness:
 - ``bars_ohlcv`` o/h/l/c/v/vwap are ``double precision``. Bars computed from ticks are
   aggregated in ``numeric`` (open/close by ``(ts, seq)``, high/low, exact ``sum(size)``) and
   converted once, correctly rounded, to float8 — the Python floats ``float(Decimal(...))`` of
-  the exact decimals. ``vwap = round(sum(price*size) / sum(size), VWAP_DECIMALS)`` (the division
-  carried to 30 decimals, then rounded half away from zero), then converted to float8.
+  the exact decimals. ``vwap = sum(price*size) / sum(size)``: the dividend's scale is raised by
+  :data:`VWAP_GUARD_DIGITS` first, so the ``numeric`` quotient has at least that many significant
+  digits at any magnitude, and is then converted to float8. The stored vwap is therefore the
+  float nearest the exact quotient (barring a tie within 1e-25 relative of a rounding boundary):
+  relative error <= 2**-53 ~ 1.1e-16, and ``low <= vwap <= high`` always (both roundings are
+  monotone and low/high are exact at that scale).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "NAMING_CONVENTION",
     "TIMESERIES_TABLES",
-    "VWAP_DECIMALS",
+    "VWAP_GUARD_DIGITS",
     "BarRow",
     "Base",
     "JobRunRow",
@@ -57,8 +61,13 @@ NAMING_CONVENTION: dict[str, str] = {
     "pk": "pk_%(table_name)s",
 }
 
-VWAP_DECIMALS = 10
-"""Decimal places of a tick-derived ``vwap`` (rounded half away from zero, then float8)."""
+VWAP_GUARD_DIGITS = 25
+"""Decimal places added to ``sum(price*size)``'s own scale before dividing by ``sum(size)``.
+
+The dividend's scale is at least that of the window's lowest price (a sum of products of the
+stored decimals), so the quotient, which is >= that price, keeps at least this many significant
+digits (PostgreSQL's own division keeps 16 to 20, too few to round to float8 correctly).
+"""
 
 TIMESERIES_TABLES = ("bars_ohlcv", "ticks", "signals")
 """Tables partitioned by ``ts`` (hypertables on TimescaleDB, daily range partitions otherwise)."""

@@ -10,7 +10,8 @@ likewise moves all-new batches from staging with a plain INSERT, and only batche
 already stored ticks go through ``ON CONFLICT``.
 
 Exactness of tick-derived bars: see :mod:`market_data_store.models` (numeric aggregation,
-one correctly rounded conversion to float8, ``vwap`` rounded to ``VWAP_DECIMALS``).
+one correctly rounded conversion to float8, ``vwap`` divided to at least ``VWAP_GUARD_DIGITS``
+significant digits before that conversion).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from market_data_core.timeutil import (
 )
 from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
 from market_data_store._errors import translate_errors
-from market_data_store.models import VWAP_DECIMALS
+from market_data_store.models import VWAP_GUARD_DIGITS
 
 __all__ = ["PgStoreClient"]
 
@@ -161,7 +162,7 @@ WITH win AS (
     {_BAR_INSERT}
     SELECT provider, symbol, $2::text, bucket, o::float8, h::float8, l::float8, c::float8,
            v::float8,
-           CASE WHEN v > 0 THEN round(pv::numeric(1000, 30) / v, {VWAP_DECIMALS})::float8 END,
+           CASE WHEN v > 0 THEN (round(pv, scale(pv) + {VWAP_GUARD_DIGITS}) / v)::float8 END,
            n::int, 0, now()
     FROM agg
     ORDER BY provider, symbol, bucket

@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -193,3 +194,79 @@ async def test_staging_tables_are_emptied_and_vacuumed(store_url: str) -> None:
             assert pages < 60
     finally:
         await client.aclose()
+
+
+def _exact_vwap(prices: list[float], sizes: list[float]) -> Fraction:
+    """sum(p*v)/sum(v) of the floats' shortest decimals (what the store keeps), exactly."""
+    p = [Fraction(repr(x)) for x in prices]
+    v = [Fraction(repr(x)) for x in sizes]
+    return sum((a * b for a, b in zip(p, v, strict=True)), Fraction(0)) / sum(v, Fraction(0))
+
+
+async def _one_bar(
+    store: PgStoreClient, symbol: str, prices: list[float], sizes: list[float]
+) -> Bar:
+    t0 = datetime(2021, 6, 2, 9, 30, tzinfo=UTC)
+    ticks = [
+        StreamEvent.create(
+            provider="vwap",
+            symbol=symbol,
+            kind="tick",
+            src_ts=t0 + timedelta(milliseconds=100 * i),
+            c=p,
+            v=s,
+            seq=i,
+        )
+        for i, (p, s) in enumerate(zip(prices, sizes, strict=True))
+    ]
+    res = await store.ingest_ticks(ticks, interval="2s")
+    (bar,) = res.bars
+    return bar
+
+
+@pytest.mark.parametrize(
+    ("prices", "sizes", "expected"),
+    [
+        # issue 16: a sub-cent token; rounding to 10 decimals stored 1.23e-08, below the low
+        (
+            [1.234567e-8, 1.234569e-8, 1.234568e-8],
+            [1_000_000.0, 2_000_000.0, 1_500_000.0],
+            Fraction("5.555557e-8") / Fraction("4.5"),  # 1.2345682222...e-8
+        ),
+        # issue 16: price near 4e-6 with sizes near 1e10 (stored 3.9522e-06 before)
+        (
+            [3.95214e-6, 3.95216e-6],
+            [1.2e10, 9.0e9],
+            Fraction("82.99512e-6") / Fraction("21"),  # 3.95214857142857...e-6
+        ),
+    ],
+)
+async def test_vwap_of_tiny_prices_is_exact_and_inside_the_bar(
+    store: PgStoreClient, prices: list[float], sizes: list[float], expected: Fraction
+) -> None:
+    bar = await _one_bar(store, f"TINY{len(prices)}", prices, sizes)
+    assert _exact_vwap(prices, sizes) == expected
+    assert bar.vwap == float(expected)  # the float nearest the exact value
+    assert bar.vwap is not None and bar.l <= bar.vwap <= bar.h
+
+
+async def test_vwap_relative_error_at_every_magnitude(store: PgStoreClient) -> None:
+    """Prices 1e-12 .. 1e9, sizes up to 1e12: vwap is inside [low, high] and within 1e-15 of
+    the exact decimal value (the README's exactness statement)."""
+    rng = random.Random(16)
+    bad = []
+    for decade in range(-12, 10):
+        for size_decade in (-8, 0, 6, 12):
+            n = rng.randint(2, 6)
+            base = 10.0**decade
+            prices = [float(f"{rng.uniform(1, 9.999) * base:.15g}") for _ in range(n)]
+            sizes = [float(f"{rng.uniform(0.1, 1) * 10.0**size_decade:.12g}") for _ in range(n)]
+            bar = await _one_bar(store, f"M{decade + 12}S{size_decade + 8}", prices, sizes)
+            exact = _exact_vwap(prices, sizes)
+            assert bar.vwap is not None
+            rel = abs(Fraction(bar.vwap) - exact) / exact
+            if not (bar.l <= bar.vwap <= bar.h) or rel > Fraction("1e-15"):
+                bad.append((decade, size_decade, prices, sizes, bar.vwap, exact, rel))
+            elif bar.vwap != float(exact):
+                bad.append(("not the nearest float", decade, size_decade, bar.vwap, exact))
+    assert not bad, f"{len(bad)} bars wrong, first: {bad[:2]}"

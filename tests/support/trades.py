@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import Decimal
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def reference_bars(window_ms: int, path: Path = TRADES_CSV) -> dict[pd.Timestamp
 
 def assert_bars_equal_reference(bars: list[Bar], window_ms: int) -> None:
     """Same rows, same values: o/h/l/c/v/trade_count exactly (as the floats of the exact
-    decimals), vwap = sum(p*v)/sum(v) to the store's stated precision (1e-12 relative)."""
+    decimals), vwap = sum(p*v)/sum(v) as the float nearest the exact quotient."""
     ref = reference_bars(window_ms)
     got = {pd.Timestamp(b.ts): b for b in bars}
     missing = sorted(set(ref) - set(got))[:5]
@@ -91,14 +92,8 @@ def assert_bars_equal_reference(bars: list[Bar], window_ms: int) -> None:
         b = got[ts]
         exp = (float(r.o), float(r.h), float(r.l), float(r.c), float(r.v), r.n)
         act = (b.o, b.h, b.l, b.c, b.v, b.trade_count)
-        vwap = r.pv / r.v if r.v else None
-        vwap_ok = (
-            b.vwap is None
-            if vwap is None
-            else b.vwap is not None
-            and abs(Decimal(repr(b.vwap)) - vwap) <= abs(vwap) * Decimal("1e-12")
-        )
-        if exp != act or not vwap_ok:
+        vwap = float(Fraction(r.pv) / Fraction(r.v)) if r.v else None
+        if exp != act or b.vwap != vwap:
             bad.append((ts, exp, act, vwap, b.vwap))
     assert not bad, f"{len(bad)} bars differ, first: {bad[:3]}"
 
@@ -107,15 +102,11 @@ OHLCV = tuple[float, float, float, float, float, float, int]
 
 
 def decimal_ohlcv(prices: list[Decimal], sizes: list[Decimal]) -> OHLCV:
-    """Exact OHLCV, VWAP (rounded as the store rounds it) and count of one window's trades in
-    (ts, seq) order, as the floats of the exact decimals."""
-    from market_data_store import VWAP_DECIMALS
-
-    with localcontext() as ctx:
-        ctx.prec = 80
-        v = sum(sizes, Decimal(0))
-        pv = sum((p * s for p, s in zip(prices, sizes, strict=True)), Decimal(0))
-        vwap = (pv / v).quantize(Decimal(1).scaleb(-VWAP_DECIMALS), rounding=ROUND_HALF_UP)
+    """Exact OHLCV, VWAP and count of one window's trades in (ts, seq) order, as the floats
+    nearest the exact values (VWAP: the exact quotient sum(p*v)/sum(v), as a Fraction)."""
+    v = sum(map(Fraction, sizes), Fraction(0))
+    pv = sum((Fraction(p) * Fraction(s) for p, s in zip(prices, sizes, strict=True)), Fraction(0))
+    vwap = pv / v
     return (
         float(prices[0]),
         float(max(prices)),
