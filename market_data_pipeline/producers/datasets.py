@@ -1,19 +1,29 @@
 """The dataset registry (``configs/datasets.yaml``) and the row reader behind ``replay``.
 
-A registry maps a name to a file (CSV or Parquet; a relative ``path`` is resolved against the
+A registry maps a name to a file (CSV or Parquet, plain or compressed: see
+:mod:`~market_data_pipeline.producers.files`; a relative ``path`` is resolved against the
 registry file's folder), how to read its timestamp (``epoch_s|epoch_ms|epoch_us|epoch_ns|iso``
-or a ``strptime`` format, and the ``zone`` of naive values), which column feeds which
-StreamEvent field (``columns: {c: price, v: amount, seq: id}``), and the ``provider``,
-``symbol`` (or a ``symbol`` column), ``kind`` and bar ``interval`` of its events.
+or a ``strptime`` format, the ``zone`` of naive values and what to do with local times that
+daylight saving makes ambiguous or skips: :mod:`market_data_core.localtime`), which column feeds
+which StreamEvent field (``columns: {c: price, v: amount, seq: id}``, or per field
+``{column: NAME, map: {FILE VALUE: VALUE}, scale: FACTOR}``), and the ``provider``, ``symbol``
+(or a ``symbol`` column), ``kind`` and bar ``interval`` of its events.
+
+``map`` replaces a column's values before they are read (``is_buyer_maker`` ``true``/``false`` ->
+``side`` ``sell``/``buy``); keys match case-insensitively and a value missing from the map is a
+bad row. ``scale`` multiplies a price or size exactly (decimal arithmetic, then the nearest
+float): ``scale: 1e-9`` reads integer nanodollars as dollars.
 
 ``seq`` comes from the mapped column, or else is 0 for bars (one bar per key and start time:
 the same id as that bar replayed from the store) and the row's line number in the file for
 ticks and quotes; either way the same row yields the same ``event_id`` on every replay. Rows
 that share a timestamp are emitted in ``seq`` order (real trade files carry several trades per
-microsecond).
+microsecond). Provider bars may come without volume (``v`` not mapped): they carry ``v=None``.
 
-A bad row never stops a replay: it becomes a :class:`RowError` (file, line, reason ``parse``
-or ``validation``, detail, the raw line) for the caller to report and dead-letter.
+A bad row never stops a replay: it becomes a :class:`RowError` (file, line, reason ``parse``,
+``validation``, ``ambiguous_time`` or ``nonexistent_time``, detail, a value-free ``cause`` for
+summaries, the raw line) for the caller to report and dead-letter. A file that cannot be read
+at all is one ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -21,9 +31,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,10 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from market_data_core.codec import validation_reason
 from market_data_core.contracts import EventKind, StreamEvent
-from market_data_core.errors import ConfigError
+from market_data_core.errors import ConfigError, ContractError
+from market_data_core.localtime import AmbiguousPolicy, NonexistentPolicy, is_ambiguous, localize
 from market_data_core.timeutil import EPOCH
+from market_data_pipeline.producers.files import Compression, open_binary, unreadable
 
 __all__ = [
+    "ColumnSpec",
     "DatasetSpec",
     "RowError",
     "TimestampSpec",
@@ -49,18 +64,36 @@ __all__ = [
 _NUMERIC_FIELDS = ("o", "h", "l", "c", "v", "bid", "ask", "bid_size", "ask_size")
 _MAPPABLE = frozenset((*_NUMERIC_FIELDS, "seq", "trade_id", "side", "symbol"))
 _EPOCH_DIVISORS = {"epoch_s": 1e-6, "epoch_ms": 1e-3, "epoch_us": 1.0, "epoch_ns": 1e3}
+RowReason = Literal["parse", "validation", "ambiguous_time", "nonexistent_time"]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _map_key(value: Any) -> str:
+    """How a file value (CSV text, a Parquet/YAML scalar) is looked up in a ``map``."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip().casefold()
+
+
 class TimestampSpec(_Model):
-    """Where the event time is and how to read it."""
+    """Where the event time is and how to read it.
+
+    ``zone`` applies to naive values (an epoch number is UTC, an ISO text with an offset
+    keeps it). ``ambiguous`` and ``nonexistent`` say what a wall time of ``zone`` that daylight
+    saving repeats or skips becomes (pandas ``tz_localize`` semantics; see
+    :mod:`market_data_core.localtime`); the default refuses it (the row is dead-lettered).
+    """
 
     column: str
     format: str = "iso"
     zone: str = "UTC"
+    ambiguous: AmbiguousPolicy = "raise"
+    nonexistent: NonexistentPolicy = "raise"
 
     @field_validator("zone")
     @classmethod
@@ -72,12 +105,58 @@ class TimestampSpec(_Model):
         return v
 
 
+class ColumnSpec(_Model):
+    """The file column behind one event field, with an optional value ``map`` and ``scale``."""
+
+    column: str
+    map: dict[str, str | None] | None = None
+    scale: Decimal | None = None
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _map_keys(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, str | None] = {}
+        for key, value in v.items():
+            name = _map_key(key)
+            if name in out:
+                raise ValueError(f"map key {key!r} given twice (keys match case-insensitively)")
+            if isinstance(value, dict | list):
+                raise ValueError(f"map value for {key!r} must be a single value")
+            out[name] = (
+                None
+                if value is None
+                else _map_key(value)
+                if isinstance(value, bool)
+                else str(value)
+            )
+        return out
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale_exact(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("scale must be a number such as 1e-9")
+        if isinstance(v, float):
+            return repr(v)  # the decimal the YAML author wrote, not its binary neighbour
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_ok(cls, v: Decimal | None) -> Decimal | None:
+        if v is not None and not (v.is_finite() and v > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {v}")
+        return v
+
+
 class DatasetSpec(_Model):
     """One registered dataset (see module doc)."""
 
     name: str = ""
     path: Path
     format: Literal["csv", "parquet"] = "csv"
+    compression: Compression = "auto"
     header: bool = True
     names: list[str] | None = None
     delimiter: str = Field(default=",", min_length=1, max_length=1)
@@ -86,19 +165,32 @@ class DatasetSpec(_Model):
     kind: EventKind
     interval: str | None = None
     timestamp: TimestampSpec
-    columns: dict[str, str]
+    columns: dict[str, ColumnSpec]
     description: str = ""
     source: str = ""
     license: str = ""
 
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _column_names(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        return {field: {"column": c} if isinstance(c, str) else c for field, c in v.items()}
+
     @field_validator("columns")
     @classmethod
-    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+    def _known_fields(cls, v: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
         unknown = sorted(set(v) - _MAPPABLE)
         if unknown:
             raise ValueError(
                 f"unknown event field(s) {', '.join(unknown)} "
                 f"(mappable: {', '.join(sorted(_MAPPABLE))})"
+            )
+        scaled = sorted(f for f, c in v.items() if c.scale is not None and f not in _NUMERIC_FIELDS)
+        if scaled:
+            raise ValueError(
+                f"scale applies to prices and sizes ({', '.join(_NUMERIC_FIELDS)}), "
+                f"not {', '.join(scaled)}"
             )
         return v
 
@@ -111,7 +203,7 @@ class DatasetSpec(_Model):
         needed = {
             "tick": ("c", "v"),
             "quote": ("bid", "ask"),
-            "bar": ("o", "h", "l", "c", "v"),
+            "bar": ("o", "h", "l", "c"),  # v is optional: FX bid bars carry none
         }[self.kind]
         missing = [f for f in needed if f not in self.columns]
         if missing:
@@ -120,16 +212,26 @@ class DatasetSpec(_Model):
             raise ValueError("kind bar needs an interval (e.g. '1m')")
         return self
 
+    @property
+    def has_volume(self) -> bool:
+        """Whether its events carry a size (``v``): bars without a volume column do not."""
+        return "v" in self.columns
+
 
 @dataclass(frozen=True, slots=True)
 class RowError:
-    """A row that could not become an event: where, why, and the raw row."""
+    """A row that could not become an event: where, why, and the raw row.
+
+    ``detail`` says exactly what is wrong with this row (values included); ``cause`` is the
+    same without the row's values, so that rows failing alike can be counted together.
+    """
 
     path: str
     line: int
-    reason: Literal["parse", "validation"]
+    reason: RowReason
     detail: str
     raw: bytes
+    cause: str = ""
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}: {self.detail}"
@@ -188,28 +290,60 @@ def lookup(registry: Mapping[str, DatasetSpec], name: str, source: str) -> Datas
 
 
 class _RowParse(Exception):
-    """A row that cannot be parsed (caught inside this module only)."""
+    """A row that cannot be parsed (caught inside this module only): ``detail`` with the
+    row's values, ``cause`` without."""
+
+    def __init__(self, detail: str, cause: str) -> None:
+        super().__init__(detail)
+        self.cause = cause
+
+
+_PARENTHESISED = re.compile(r"\s\([^()]*\)")
+_GOT = re.compile(r",? got .*$")
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def _validation_cause(exc: ValidationError) -> str:
+    """A pydantic error without the row's values: ``c must be > 0``, ``crossed quote: bid > ask``,
+    ``side: Input should be 'buy' or 'sell'``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "value_error":  # our own messages quote the offending values
+            msg = _QUOTED.sub("...", _GOT.sub("", _PARENTHESISED.sub("", msg)))
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 def _zone(spec: DatasetSpec) -> ZoneInfo | None:
     return None if spec.timestamp.zone == "UTC" else ZoneInfo(spec.timestamp.zone)
 
 
-def _parse_ts(value: Any, spec: TimestampSpec, zone: ZoneInfo | None) -> datetime:
+def _parse_ts(value: Any, spec: TimestampSpec) -> datetime:
+    """The row's time: aware (UTC) when the value says where it is (an epoch number, an
+    offset), else the naive wall time for the caller to place in ``spec.zone``."""
     if value is None or value == "":
-        raise _RowParse(f"missing timestamp in column {spec.column!r}")
+        raise _RowParse(
+            f"missing timestamp in column {spec.column!r}",
+            f"missing timestamp in column {spec.column!r}",
+        )
     if isinstance(value, datetime):
         ts = value
     elif spec.format in _EPOCH_DIVISORS:
+        bad = _RowParse(
+            f"bad {spec.format} timestamp {value!r}",
+            f"bad {spec.format} timestamp in column {spec.column!r}",
+        )
         try:
             number = int(value) if not isinstance(value, float) else value
         except ValueError:
             try:
                 number = float(value)
             except ValueError:
-                raise _RowParse(f"bad {spec.format} timestamp {value!r}") from None
+                raise bad from None
         if isinstance(number, float) and not math.isfinite(number):
-            raise _RowParse(f"bad {spec.format} timestamp {value!r}")
+            raise bad
         divisor = _EPOCH_DIVISORS[spec.format]
         us = number // 1000 if spec.format == "epoch_ns" and isinstance(number, int) else None
         try:
@@ -217,7 +351,9 @@ def _parse_ts(value: Any, spec: TimestampSpec, zone: ZoneInfo | None) -> datetim
                 us = round(number / divisor)
             return EPOCH + timedelta(microseconds=int(us))
         except OverflowError:
-            raise _RowParse(f"timestamp {value!r} is out of range") from None
+            raise _RowParse(
+                f"timestamp {value!r} is out of range", "timestamp out of range"
+            ) from None
     else:
         text = str(value).strip()
         try:
@@ -226,19 +362,62 @@ def _parse_ts(value: Any, spec: TimestampSpec, zone: ZoneInfo | None) -> datetim
             else:
                 ts = datetime.strptime(text, spec.format)
         except ValueError:
-            raise _RowParse(f"bad timestamp {text!r} (expected {spec.format})") from None
+            raise _RowParse(
+                f"bad timestamp {text!r} (expected {spec.format})",
+                f"bad timestamp in column {spec.column!r} (expected {spec.format})",
+            ) from None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=zone or UTC)
+        return ts
     return ts.astimezone(UTC)
 
 
-def _number(field: str, column: str, value: Any) -> float:
-    if value is None or value == "":
-        raise _RowParse(f"missing value in column {column!r} ({field})")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise _RowParse(f"bad number in column {column!r} ({field}): {value!r}") from None
+class _Column:
+    """Reads one event field from a row: the column's value through its map and scale."""
+
+    __slots__ = ("column", "field", "map", "scale")
+
+    def __init__(self, field: str, spec: ColumnSpec) -> None:
+        self.field = field
+        self.column = spec.column
+        self.map = spec.map
+        self.scale = spec.scale
+
+    def raw(self, row: Mapping[str, Any]) -> Any:
+        value = row.get(self.column)
+        if self.map is None:
+            return value
+        key = _map_key(value)
+        try:
+            return self.map[key]
+        except KeyError:
+            known = ", ".join(repr(k) for k in self.map)
+            raise _RowParse(
+                f"value {value!r} in column {self.column!r} ({self.field}) is not in its map "
+                f"({known})",
+                f"value not in the map of column {self.column!r} ({self.field})",
+            ) from None
+
+    def number(self, row: Mapping[str, Any]) -> float:
+        value = self.raw(row)
+        if value is None or value == "":
+            raise _RowParse(
+                f"missing value in column {self.column!r} ({self.field})",
+                f"missing value in column {self.column!r} ({self.field})",
+            )
+        bad = _RowParse(
+            f"bad number in column {self.column!r} ({self.field}): {value!r}",
+            f"bad number in column {self.column!r} ({self.field})",
+        )
+        if self.scale is None:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise bad from None
+        try:
+            exact = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+        except InvalidOperation:
+            raise bad from None
+        return float(exact * self.scale)  # exact product, then the nearest float
 
 
 class _RowMapper:
@@ -246,23 +425,20 @@ class _RowMapper:
 
     def __init__(self, spec: DatasetSpec) -> None:
         self.spec = spec
-        self.zone = _zone(spec)
-        self.numeric = [(f, spec.columns[f]) for f in _NUMERIC_FIELDS if f in spec.columns]
-        self.seq_column = spec.columns.get("seq")
+        self.numeric = [_Column(f, spec.columns[f]) for f in _NUMERIC_FIELDS if f in spec.columns]
+        self.others = {
+            f: _Column(f, spec.columns[f])
+            for f in ("seq", "trade_id", "side", "symbol")
+            if f in spec.columns
+        }
 
-    def event(
-        self,
-        row: Mapping[str, Any],
-        line: int,
-        start: datetime | None = None,
-        end: datetime | None = None,
-    ) -> StreamEvent | None:
-        """The row's event, or None when its time is outside ``[start, end)`` (checked before
-        anything else is parsed, so skipping rows is cheap)."""
+    def timestamp(self, row: Mapping[str, Any]) -> datetime:
+        """The row's time (aware UTC, or a naive wall time of ``spec.timestamp.zone``)."""
+        return _parse_ts(row.get(self.spec.timestamp.column), self.spec.timestamp)
+
+    def event(self, row: Mapping[str, Any], line: int, src_ts: datetime) -> StreamEvent:
+        """The row's event at ``src_ts`` (aware UTC)."""
         spec = self.spec
-        src_ts = _parse_ts(row.get(spec.timestamp.column), spec.timestamp, self.zone)
-        if (start is not None and src_ts < start) or (end is not None and src_ts >= end):
-            return None
         fields: dict[str, Any] = {
             "provider": spec.provider,
             "kind": spec.kind,
@@ -270,92 +446,193 @@ class _RowMapper:
         }
         if spec.interval is not None:
             fields["interval"] = spec.interval
-        for field, column in self.numeric:
-            fields[field] = _number(field, column, row.get(column))
-        if self.seq_column is None:
+        for column in self.numeric:
+            fields[column.field] = column.number(row)
+        others = self.others
+        seq = others.get("seq")
+        if seq is None:
             fields["seq"] = 0 if spec.kind == "bar" else line
         else:
-            raw_seq = row.get(self.seq_column)
+            raw_seq = seq.raw(row)
             try:
                 fields["seq"] = int(str(raw_seq).strip())
             except ValueError:
                 raise _RowParse(
-                    f"bad integer in column {self.seq_column!r} (seq): {raw_seq!r}"
+                    f"bad integer in column {seq.column!r} (seq): {raw_seq!r}",
+                    f"bad integer in column {seq.column!r} (seq)",
                 ) from None
-        if "trade_id" in spec.columns:
-            trade_id = row.get(spec.columns["trade_id"])
+        if "trade_id" in others:
+            trade_id = others["trade_id"].raw(row)
             fields["trade_id"] = None if trade_id in (None, "") else str(trade_id)
-        if "side" in spec.columns:
-            side = str(row.get(spec.columns["side"]) or "").strip().lower()
+        if "side" in others:
+            side = str(others["side"].raw(row) or "").strip().lower()
             fields["side"] = {"b": "buy", "s": "sell", "": None}.get(side, side)
-        symbol_col = spec.columns.get("symbol")
-        fields["symbol"] = str(row.get(symbol_col) or "") if symbol_col else spec.symbol
+        symbol = others.get("symbol")
+        fields["symbol"] = str(symbol.raw(row) or "") if symbol is not None else spec.symbol
         return StreamEvent.create(**fields)
 
 
-def _csv_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict[str, str] | str, bytes]]:
-    """``(line, row, raw)`` per non-blank line; ``row`` is an error text for a wrong column
-    count."""
-    with spec.path.open("rb") as f:
-        names = spec.names
-        line = 0
-        if spec.header:
-            first = f.readline()
-            line = 1
-            header = next(csv.reader([first.decode("utf-8-sig")], delimiter=spec.delimiter), [])
-            names = names or [h.strip() for h in header]
-        assert names is not None
-        width = len(names)
-        for raw in f:
-            line += 1
-            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if not text.strip():
-                continue
-            if '"' in text:
-                values = next(csv.reader([text], delimiter=spec.delimiter), [])
-            else:
-                values = text.split(spec.delimiter)
-            if len(values) != width:
-                detail = f"expected {width} columns, got {len(values)}"
-                yield line, detail, raw.rstrip(b"\r\n")
-                continue
-            yield line, dict(zip(names, values, strict=True)), raw.rstrip(b"\r\n")
+Row = Mapping[str, Any]
 
 
-def _parquet_rows(spec: DatasetSpec) -> Iterator[tuple[int, dict[str, Any] | str, bytes]]:
+def _csv_rows(spec: DatasetSpec, f: Any) -> Iterator[tuple[int, Row | str, bytes]]:
+    """``(line, row, raw)`` per non-blank line of the open file ``f``; ``row`` is an error
+    text for a wrong column count or a line that is not UTF-8."""
+    names = spec.names
+    line = 0
+    if spec.header:
+        first = f.readline()
+        line = 1
+        try:
+            head = first.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise unreadable(spec.path, exc) from None
+        header = next(csv.reader([head], delimiter=spec.delimiter), [])
+        names = names or [h.strip() for h in header]
+    assert names is not None
+    width = len(names)
+    for raw in f:
+        line += 1
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            if line == 1:  # a first line that is not text: the file is not a CSV file
+                raise unreadable(spec.path, exc) from None
+            yield line, f"not UTF-8 text (byte 0x{raw[exc.start]:02x})", raw.rstrip(b"\r\n")
+            continue
+        if not text.strip():
+            continue
+        if '"' in text:
+            values = next(csv.reader([text], delimiter=spec.delimiter), [])
+        else:
+            values = text.split(spec.delimiter)
+        if len(values) != width:
+            detail = f"expected {width} columns, got {len(values)}"
+            yield line, detail, raw.rstrip(b"\r\n")
+            continue
+        yield line, dict(zip(names, values, strict=True)), raw.rstrip(b"\r\n")
+
+
+def _pyarrow_parquet(spec: DatasetSpec) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError(
             "reading Parquet needs pyarrow: pip install 'mdp[parquet]'", source=str(spec.path)
         ) from None
-    table = pq.read_table(spec.path)
+    return pq
+
+
+def _parquet_table(spec: DatasetSpec, f: Any) -> Any:
+    """The whole table (Parquet needs a seekable file: a compressed one is read into memory)."""
+    import io
+
+    import pyarrow as pa
+
+    pq = _pyarrow_parquet(spec)
+    source = f if f.seekable() else io.BytesIO(f.read())
+    try:
+        return pq.read_table(source)
+    except (pa.ArrowException, OSError) as exc:
+        raise ConfigError(f"cannot read dataset file {spec.path}: not Parquet ({exc})") from None
+
+
+def _parquet_rows(spec: DatasetSpec, f: Any) -> Iterator[tuple[int, Row | str, bytes]]:
+    table = _parquet_table(spec, f)
     for i, row in enumerate(table.to_pylist(), start=1):
         raw = json.dumps(row, default=str).encode()
         yield i, row, raw
 
 
-def _open_check(spec: DatasetSpec) -> None:
-    try:
-        with spec.path.open("rb") as f:
-            f.read(1)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"cannot read dataset file {spec.path}: {reason}") from None
-
-
 def count_rows(spec: DatasetSpec) -> int:
-    """Data rows in the file (for progress ETAs); raises ``ConfigError`` if unreadable."""
-    _open_check(spec)
-    if spec.format == "parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            return 0
-        return int(pq.ParquetFile(spec.path).metadata.num_rows)
-    with spec.path.open("rb") as f:
+    """Data rows in the file (for progress ETAs). Reads (and decompresses) the whole file, so
+    a file that cannot be read fails here, before anything is published: ``ConfigError``."""
+    with open_binary(spec.path, spec.compression) as f:
+        if spec.format == "parquet":
+            if f.seekable():
+                pq = _pyarrow_parquet(spec)
+                try:
+                    return int(pq.ParquetFile(f).metadata.num_rows)
+                except Exception as exc:  # pyarrow's errors: the file is not Parquet
+                    raise ConfigError(
+                        f"cannot read dataset file {spec.path}: not Parquet ({exc})"
+                    ) from None
+            return int(_parquet_table(spec, f).num_rows)
         lines = sum(1 for raw in f if raw.strip())
     return max(0, lines - (1 if spec.header else 0))
+
+
+@dataclass(slots=True)
+class _Timed:
+    """A row whose time is known (aware UTC)."""
+
+    line: int
+    row: Row
+    raw: bytes
+    src_ts: datetime
+
+
+def _row_error(line: int, raw: bytes, where: str, exc: Exception) -> RowError:
+    if isinstance(exc, _RowParse):
+        return RowError(where, line, "parse", str(exc), raw, exc.cause)
+    if isinstance(exc, ContractError):
+        reason: RowReason = (
+            "ambiguous_time" if exc.reason == "ambiguous_time" else "nonexistent_time"
+        )
+        rule = exc.detail.rsplit("; rule ", 1)[-1].split(" ", 2)
+        return RowError(where, line, reason, exc.detail, raw, f"{reason} ({' '.join(rule[:2])})")
+    assert isinstance(exc, ValidationError)
+    return RowError(where, line, "validation", validation_reason(exc), raw, _validation_cause(exc))
+
+
+def _timed_rows(
+    spec: DatasetSpec, mapper: _RowMapper, rows: Iterator[tuple[int, Row | str, bytes]]
+) -> Iterator[_Timed | RowError]:
+    """Rows with their UTC time, in file order except that a run of ambiguous wall times
+    under ``ambiguous: infer`` is held until it ends (its placement needs the whole run)."""
+    where = str(spec.path)
+    zone = _zone(spec)
+    policy = spec.timestamp
+    run: list[tuple[int, Row, bytes, datetime]] = []
+
+    def close_run() -> Iterator[_Timed | RowError]:
+        if not run:
+            return
+        assert zone is not None
+        placed = localize([r[3] for r in run], zone, ambiguous="infer")
+        for (line, row, raw, _), at in zip(run, placed, strict=True):
+            if isinstance(at, ContractError):
+                yield _row_error(line, raw, where, at)
+            else:
+                yield _Timed(line, row, raw, at)
+        run.clear()
+
+    for line, row, raw in rows:
+        if isinstance(row, str):
+            yield RowError(where, line, "parse", row, raw, _QUOTED.sub("...", row.split(" (")[0]))
+            continue
+        try:
+            ts = mapper.timestamp(row)
+        except _RowParse as exc:
+            yield _row_error(line, raw, where, exc)
+            continue
+        if ts.tzinfo is None and zone is None:
+            ts = ts.replace(tzinfo=UTC)
+        elif ts.tzinfo is None:
+            assert zone is not None
+            if policy.ambiguous == "infer" and is_ambiguous(ts, zone):
+                run.append((line, row, raw, ts))
+                continue
+            yield from close_run()
+            [at] = localize([ts], zone, ambiguous=policy.ambiguous, nonexistent=policy.nonexistent)
+            if isinstance(at, ContractError):
+                yield _row_error(line, raw, where, at)
+                continue
+            ts = at
+        else:
+            yield from close_run()
+        yield _Timed(line, row, raw, ts)
+    yield from close_run()
 
 
 def read_dataset(
@@ -363,36 +640,32 @@ def read_dataset(
 ) -> Iterator[StreamEvent | RowError]:
     """Events of ``spec`` with ``start <= src_ts < end``, in file order except that rows with
     the same timestamp come in ``seq`` order; bad rows come as :class:`RowError` (a row outside
-    the window is skipped unless its timestamp itself cannot be read).
+    the window is skipped unless its timestamp itself cannot be read or placed).
 
-    Raises ``ConfigError`` when the file cannot be opened (before yielding anything).
+    Raises ``ConfigError`` when the file cannot be opened (before yielding anything) or turns
+    out unreadable while being read (a corrupt or truncated compressed stream).
     """
-    _open_check(spec)
     mapper = _RowMapper(spec)
-    rows = _parquet_rows(spec) if spec.format == "parquet" else _csv_rows(spec)
     where = str(spec.path)
     same_ts: list[StreamEvent] = []
-    try:
-        for line, row, raw in rows:
-            if isinstance(row, str):
-                yield RowError(where, line, "parse", row, raw)
+    with open_binary(spec.path, spec.compression) as f:
+        rows = _parquet_rows(spec, f) if spec.format == "parquet" else _csv_rows(spec, f)
+        for item in _timed_rows(spec, mapper, rows):
+            if isinstance(item, RowError):
+                yield item
+                continue
+            src_ts = item.src_ts
+            if (start is not None and src_ts < start) or (end is not None and src_ts >= end):
                 continue
             try:
-                ev = mapper.event(row, line, start, end)
-            except _RowParse as exc:
-                yield RowError(where, line, "parse", str(exc), raw)
-                continue
-            except ValidationError as exc:
-                yield RowError(where, line, "validation", validation_reason(exc), raw)
-                continue
-            if ev is None:
+                ev = mapper.event(item.row, item.line, src_ts)
+            except (_RowParse, ValidationError) as exc:
+                yield _row_error(item.line, item.raw, where, exc)
                 continue
             if same_ts and same_ts[0].src_ts != ev.src_ts:
                 same_ts.sort(key=lambda e: e.seq)
                 yield from same_ts
                 same_ts.clear()
             same_ts.append(ev)
-    except OSError as exc:
-        raise ConfigError(f"cannot read dataset file {spec.path}: {exc}") from None
     same_ts.sort(key=lambda e: e.seq)
     yield from same_ts
