@@ -414,6 +414,8 @@ def decode_bar(payload: bytes) -> Bar:
         bar = Bar(ts=when, **fields)
         for name in ("o", "h", "l", "c", "v"):
             value = getattr(bar, name)
+            if value is None and name == "v":
+                continue  # a provider bar without volume
             if not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if not isinstance(bar.provider, str) or not isinstance(bar.symbol, str):

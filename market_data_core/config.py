@@ -145,6 +145,9 @@ class ReplayProducerConfig(_Model):
     enabled: bool = True
     datasets_file: str = "configs/datasets.yaml"
     max_msgs_per_s: float | None = Field(default=None, gt=0)
+    # a replay exits 1 when more than this share of the rows it read was rejected, and always
+    # when every row was (1.0, the default: only then)
+    max_rejected_share: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
 class CoinbaseProducerConfig(_Model):

@@ -145,10 +145,10 @@ def _inconsistency(
         if v is None:
             return "a tick needs its trade size in v"
     elif kind == "bar":
-        if o is None or h is None or l is None or c is None or v is None:
-            given = {"o": o, "h": h, "l": l, "c": c, "v": v}
+        if o is None or h is None or l is None or c is None:
+            given = {"o": o, "h": h, "l": l, "c": c}
             missing = [n for n, value in given.items() if value is None]
-            return f"a bar needs o, h, l, c and v; missing {', '.join(missing)}"
+            return f"a bar needs o, h, l and c; missing {', '.join(missing)}"
         if interval is None:
             return "a bar needs its interval (e.g. '1m')"
     elif bid is None or ask is None:
@@ -200,7 +200,8 @@ class StreamEvent(BaseModel):
     """One market-data event on the events stream (v1).
 
     ``kind="tick"`` is a trade: price in ``c``, size in ``v`` (``o=h=l=c`` allowed, or omitted).
-    ``kind="bar"`` is a provider bar of ``interval``. ``kind="quote"`` is top of book (``bid``,
+    ``kind="bar"`` is a provider bar of ``interval`` (``v`` optional: quote-derived bars such
+    as FX bid bars carry no volume). ``kind="quote"`` is top of book (``bid``,
     ``ask``, sizes). ``src_ts`` is event time (UTC, µs); ``ingest_ts`` when mdp received it.
     """
 
@@ -592,8 +593,9 @@ class Signal(BaseModel):
 class Bar:
     """One OHLCV row as the store keeps it (key: provider, symbol, interval, ts).
 
-    ``ts`` is the window start (UTC). ``vwap`` and ``trade_count`` are ``None`` for provider bars
-    that do not carry them. ``revision`` counts corrections by late data (0 = never corrected).
+    ``ts`` is the window start (UTC). ``v`` is ``None`` for provider bars without volume (then
+    ``vwap`` is ``None`` too); ``vwap`` and ``trade_count`` are ``None`` for provider bars that
+    do not carry them. ``revision`` counts corrections by late data (0 = never corrected).
     """
 
     provider: str
@@ -604,7 +606,7 @@ class Bar:
     h: float
     l: float  # noqa: E741
     c: float
-    v: float
+    v: float | None
     vwap: float | None = None
     trade_count: int | None = None
     revision: int = 0

@@ -96,7 +96,7 @@ class BarRow(Base):
     h: Mapped[float] = mapped_column(Double)
     l: Mapped[float] = mapped_column(Double)  # noqa: E741
     c: Mapped[float] = mapped_column(Double)
-    v: Mapped[float] = mapped_column(Double)
+    v: Mapped[float | None] = mapped_column(Double, nullable=True)  # null: a bar without volume
     vwap: Mapped[float | None] = mapped_column(Double, nullable=True)
     trade_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))

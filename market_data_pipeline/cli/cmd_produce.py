@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -24,7 +25,7 @@ import typer
 from market_data_core.codec import decode_bar, decode_events, decode_signal, event_to_dict
 from market_data_core.config import AppConfig
 from market_data_core.contracts import StreamEvent
-from market_data_core.errors import ConfigError, ContractError
+from market_data_core.errors import ConfigError, ContractError, MDPError
 from market_data_core.protocols import Bus, BusRecord, DeadLetter, Provider
 from market_data_core.timeutil import isoformat_us, parse_duration_ms
 from market_data_pipeline import telemetry
@@ -54,6 +55,7 @@ __all__ = ["produce", "replay", "tail"]
 log = logging.getLogger("mdp.produce")
 
 _MAX_SHOWN_ROW_ERRORS = 10
+_TOP_REASONS = 3
 # How long a stopped WireSource may take to hand over its last block before it is cancelled.
 _CLOSE_GRACE_S = 1.0
 
@@ -306,6 +308,40 @@ def _report_row_errors(errors: Sequence[RowError]) -> None:
         )
 
 
+def top_reasons(errors: Sequence[RowError], limit: int = _TOP_REASONS) -> list[tuple[str, int]]:
+    """The most frequent causes of rejected rows, ``(cause, rows)``, most frequent first."""
+    counts = Counter(f"{e.reason}: {e.cause or e.detail}" for e in errors)
+    return counts.most_common(limit)
+
+
+def rejection_report(
+    dataset: str, accepted: int, errors: Sequence[RowError], dlq: str, max_share: float
+) -> tuple[list[str], str | None]:
+    """The lines a file replay prints about its rows, and the failure line when more than
+    ``max_share`` of them (or every one) was rejected (the command then exits 1)."""
+    rejected = len(errors)
+    read = accepted + rejected
+    share = rejected / read if read else 0.0
+    lines = [
+        f"rows: {read:,} read, {accepted:,} accepted, {rejected:,} rejected ({share:.1%})"
+        + (f" -> {dlq}" if rejected else "")
+    ]
+    if rejected:
+        reasons = "; ".join(f"{cause} ({n:,})" for cause, n in top_reasons(errors))
+        lines.append(f"rejected by reason: {reasons}")
+    failure = None
+    if read and rejected == read:
+        failure = f"every row of dataset {dataset} was rejected ({rejected:,})"
+    elif share > max_share:
+        failure = (
+            f"{rejected:,} of {read:,} rows of dataset {dataset} were rejected ({share:.1%}), "
+            f"more than producers.replay.max_rejected_share ({max_share:.1%})"
+        )
+    if failure is not None:
+        failure += "; see `mdp stream dlq list`"
+    return lines, failure
+
+
 def _dead_letterer(bus: Bus) -> Callable[[RowError], Any]:
     telemetry.init_error_series("replay")
 
@@ -500,7 +536,7 @@ def _replay_command(
     if count is not None:
         total = min(total, count) if total is not None else count
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: asyncio.Event) -> str | None:
         from_store = source is SourceName.store
         with _server_context(cfg, postgres=from_store) as urls, stage_services(cfg, urls, "replay"):
             bus = await _open_bus(cfg, urls)
@@ -533,8 +569,22 @@ def _replay_command(
                 " from the store" if source is SourceName.store else ""
             )
             typer.echo(_summary("replayed", what, published, cfg.bus.events_topic, elapsed, extra))
+            if source is SourceName.store:
+                return None
+            lines, failure = rejection_report(
+                spec.name,
+                published,
+                errors,
+                cfg.bus.dlq_topic,
+                cfg.producers.replay.max_rejected_share,
+            )
+            for line in lines:
+                typer.echo(line)
+            return failure
 
-    run_async(main)
+    failure = run_async(main)
+    if failure is not None:
+        raise MDPError(failure)  # one line, exit 1: the replay ran, the data was bad
 
 
 @stream_app.command("replay")
@@ -557,12 +607,23 @@ def replay(
         SourceName, typer.Option(help="file: the dataset's file; store: its bars in the store.")
     ] = SourceName.file,
     count: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
+    max_rejected_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Exit 1 when more than this share of the rows is rejected (default "
+            "producers.replay.max_rejected_share: 1.0, i.e. only when every row is).",
+        ),
+    ] = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Re-enqueue a registered dataset (configs/datasets.yaml) onto the events stream.
 
     Event ids are deterministic, so replaying twice changes nothing downstream. Bad rows are
-    reported (file, line, reason), sent to the dead-letter stream, and the replay goes on.
+    reported (file, line, reason), sent to the dead-letter stream, and the replay goes on; at
+    the end it prints the rows read, accepted and rejected with the top reasons, and exits 1
+    when too many were rejected (--max-rejected-share).
 
     Example:  mdp stream replay --dataset binance_btcusdt_trades
 
@@ -571,6 +632,8 @@ def replay(
     overrides: dict[str, object] = {}
     if metrics_port is not None:
         overrides["telemetry.metrics_port"] = metrics_port
+    if max_rejected_share is not None:
+        overrides["producers.replay.max_rejected_share"] = max_rejected_share
     cfg = load_app_config(config, overrides)
     start = parse_when(from_, "--from")
     end = parse_when(to, "--to")

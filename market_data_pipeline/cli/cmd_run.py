@@ -167,7 +167,8 @@ async def _sample(c: _Clients, interval: str) -> str:
         b = bars[-1]
         lines.append(
             f"  bar    {provider}/{symbol} {b.ts:%Y-%m-%d %H:%M:%S} o={b.o:g} h={b.h:g} "
-            f"l={b.l:g} c={b.c:g} v={b.v:g} n={b.trade_count}"
+            f"l={b.l:g} c={b.c:g} v={'-' if b.v is None else format(b.v, 'g')} "
+            f"n={b.trade_count}"
         )
     now = datetime.now(UTC)
     signals = await c.signals.signals_range(datetime(1970, 1, 1, tzinfo=UTC), now + timedelta(1))

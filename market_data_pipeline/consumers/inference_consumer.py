@@ -326,7 +326,7 @@ class InferenceConsumer:
 
 def _checked(bar: Bar, payload: bytes) -> Bar:
     """The bar codec checks types and finiteness; features also need positive prices."""
-    if min(bar.o, bar.h, bar.l, bar.c) <= 0 or bar.v < 0 or bar.h < bar.l:
+    if min(bar.o, bar.h, bar.l, bar.c) <= 0 or (bar.v is not None and bar.v < 0) or bar.h < bar.l:
         raise ContractError(
             "validation",
             f"bad bar for features: o={bar.o} h={bar.h} l={bar.l} c={bar.c} v={bar.v}",

@@ -679,7 +679,7 @@ def _count_upsert(table: str, result: UpsertResult) -> None:
 def _provider_bar(ev: StreamEvent) -> Bar:
     assert ev.interval is not None
     assert ev.o is not None and ev.h is not None and ev.l is not None
-    assert ev.c is not None and ev.v is not None
+    assert ev.c is not None
     return Bar(ev.provider, ev.symbol, ev.interval, ev.src_ts, ev.o, ev.h, ev.l, ev.c, ev.v)
 
 

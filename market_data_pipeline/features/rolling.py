@@ -5,12 +5,14 @@ models use, its indicator is ``feature`` (or inferred from the name's prefix, se
 :data:`NAME_PREFIXES`), its extent a time ``horizon`` or a ``periods`` count. Multi-output
 indicators add suffixed names: MACD ``<name>`` (line), ``<name>_signal``, ``<name>_hist``;
 Bollinger ``<name>`` (mid), ``<name>_upper``, ``<name>_lower``. Two base features are always
-there: ``close`` and ``volume`` of the latest bar. :attr:`FeatureEngine.feature_names` lists
-them all; a value that is not ready yet (too few bars) is ``nan``.
+there: ``close`` and ``volume`` of the latest bar (``nan`` for a bar without volume).
+:attr:`FeatureEngine.feature_names` lists them all; a value that is not ready yet (too few
+bars) is ``nan``.
 
 Definitions (each checked against TA-Lib or pandas on real bars in ``tests/unit``):
 
-- ``vwap``: sum(p*v)/sum(v) over the window, p = the bar's own vwap or (h+l+c)/3.
+- ``vwap``: sum(p*v)/sum(v) over the window, p = the bar's own vwap or (h+l+c)/3; ``nan``
+  while the window holds a bar without volume (see :attr:`FeatureEngine.volume_features`).
 - ``returns``: log return ln(c_t / c_ref), c_ref = the close ``horizon`` ago (as of t - horizon)
   or ``periods`` bars ago.
 - ``momentum``: rate of change c_t / c_ref - 1 (TA-Lib ROCP), c_ref as for returns.
@@ -41,6 +43,7 @@ returns ``None``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -64,6 +67,8 @@ __all__ = [
     "WindowSpec",
     "resolve_windows",
 ]
+
+log = logging.getLogger(__name__)
 
 NAN: Final = math.nan
 FEATURE_KINDS: Final[tuple[str, ...]] = get_args(FeatureKind)
@@ -99,6 +104,7 @@ NAME_PREFIXES: Final[dict[str, FeatureKind]] = {
 _RECURSIVE: Final = frozenset({"rsi", "ema", "macd"})
 _QUOTE_KINDS: Final = frozenset({"spread_bps", "imbalance"})
 _RETURN_KINDS: Final = frozenset({"volatility", "skewness", "kurtosis", "realized_vol"})
+_VOLUME_KINDS: Final = frozenset({"vwap"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,39 +344,54 @@ class _Feature:
 
 
 class _Vwap(_Feature):
-    __slots__ = ("pv", "v", "xs")
+    """sum(p*v)/sum(v) over the window; ``nan`` while the window holds a bar without volume
+    (a provider bar that carries none, e.g. FX bid bars): a vwap of part of a window would be
+    wrong, not merely approximate."""
+
+    __slots__ = ("pv", "unknown", "v", "xs")
 
     def __init__(self, spec: WindowSpec) -> None:
         super().__init__(spec)
-        self.xs: deque[tuple[int, float, float]] = deque()
+        self.xs: deque[tuple[int, float, float | None]] = deque()
         self.pv: list[float] = []
         self.v: list[float] = []
+        self.unknown = 0  # bars without volume in the window
+
+    def _evict(self) -> None:
+        _, old_pv, old_v = self.xs.popleft()
+        if old_v is None:
+            self.unknown -= 1
+        else:
+            _add_exact(self.pv, -old_pv)
+            _add_exact(self.v, -old_v)
 
     def on_bar(self, ts_us: int, bar: Bar, log_ret: float | None) -> None:
-        price = bar.vwap if bar.vwap is not None else (bar.h + bar.l + bar.c) / 3.0
-        pv = price * bar.v
         xs = self.xs
-        xs.append((ts_us, pv, bar.v))
-        _add_exact(self.pv, pv)
-        _add_exact(self.v, bar.v)
+        if bar.v is None:
+            xs.append((ts_us, 0.0, None))
+            self.unknown += 1
+        else:
+            price = bar.vwap if bar.vwap is not None else (bar.h + bar.l + bar.c) / 3.0
+            pv = price * bar.v
+            xs.append((ts_us, pv, bar.v))
+            _add_exact(self.pv, pv)
+            _add_exact(self.v, bar.v)
         spec = self.spec
         if spec.periods is not None:
             while len(xs) > spec.periods:
-                _, old_pv, old_v = xs.popleft()
-                _add_exact(self.pv, -old_pv)
-                _add_exact(self.v, -old_v)
+                self._evict()
         else:
             assert spec.horizon_us is not None
             cutoff = ts_us - spec.horizon_us
             while xs[0][0] <= cutoff:
-                _, old_pv, old_v = xs.popleft()
-                _add_exact(self.pv, -old_pv)
-                _add_exact(self.v, -old_v)
+                self._evict()
 
     def values(self) -> tuple[float, ...]:
         full = self.spec.periods is None or len(self.xs) >= self.spec.periods
+        if not full or self.unknown:
+            return (NAN,)
         v = math.fsum(self.v)
-        if not full or v <= 0.0:
+        if v <= 0.0:
             return (NAN,)
         return (math.fsum(self.pv) / v,)
 
@@ -586,7 +607,15 @@ _FACTORIES: Final[dict[str, type[_Feature]]] = {
 
 
 class _SymbolState:
-    __slots__ = ("close", "features", "last_bar_us", "last_quote_us", "timers", "volume")
+    __slots__ = (
+        "close",
+        "features",
+        "last_bar_us",
+        "last_quote_us",
+        "timers",
+        "volume",
+        "warned_no_volume",
+    )
 
     def __init__(self, specs: Sequence[WindowSpec], symbol: str, timed: bool) -> None:
         self.features = [_FACTORIES[s.kind](s) for s in specs]
@@ -604,6 +633,7 @@ class _SymbolState:
         self.last_quote_us: int | None = None
         self.close = NAN
         self.volume = NAN
+        self.warned_no_volume = False
 
 
 class FeatureEngine:
@@ -622,6 +652,16 @@ class FeatureEngine:
         self._quote_specs = [s for s in self.specs if s.kind in _QUOTE_KINDS]
         self._state: dict[tuple[str, str], _SymbolState] = {}
         self._timed = timed
+        self.volume_features: tuple[str, ...] = (
+            "volume",
+            *(name for s in self.specs if s.kind in _VOLUME_KINDS for name in s.outputs),
+        )
+        """Features that need bar volume: ``nan`` for a series whose bars carry none."""
+        log.info(
+            "features %s need bar volume; they stay empty (nan) for series whose bars carry "
+            "none (provider bars without volume)",
+            ", ".join(self.volume_features),
+        )
 
     @property
     def symbols(self) -> list[tuple[str, str]]:
@@ -653,7 +693,18 @@ class FeatureEngine:
         prev = state.close
         log_ret = math.log(bar.c / prev) if prev == prev else None
         state.close = bar.c
-        state.volume = bar.v
+        if bar.v is None:
+            state.volume = NAN
+            if not state.warned_no_volume and self.volume_features:
+                state.warned_no_volume = True
+                log.warning(
+                    "%s|%s: bars without volume; %s stay empty (nan) for this series",
+                    bar.provider,
+                    bar.symbol,
+                    ", ".join(self.volume_features),
+                )
+        else:
+            state.volume = bar.v
         if self._timed:
             clock = time.perf_counter
             for f, timer in state.timers:

@@ -558,7 +558,12 @@ def count_rows(spec: DatasetSpec) -> int:
                         f"cannot read dataset file {spec.path}: not Parquet ({exc})"
                     ) from None
             return int(_parquet_table(spec, f).num_rows)
-        lines = sum(1 for raw in f if raw.strip())
+        first = f.readline()
+        try:
+            first.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise unreadable(spec.path, exc) from None
+        lines = (1 if first.strip() else 0) + sum(1 for raw in f if raw.strip())
     return max(0, lines - (1 if spec.header else 0))
 
 
@@ -579,8 +584,9 @@ def _row_error(line: int, raw: bytes, where: str, exc: Exception) -> RowError:
         reason: RowReason = (
             "ambiguous_time" if exc.reason == "ambiguous_time" else "nonexistent_time"
         )
-        rule = exc.detail.rsplit("; rule ", 1)[-1].split(" ", 2)
-        return RowError(where, line, reason, exc.detail, raw, f"{reason} ({' '.join(rule[:2])})")
+        rule = " ".join(exc.detail.rsplit("; rule ", 1)[-1].split(" ", 2)[:2])
+        what = "ambiguous" if reason == "ambiguous_time" else "nonexistent"
+        return RowError(where, line, reason, exc.detail, raw, f"{what} local time (rule {rule})")
     assert isinstance(exc, ValidationError)
     return RowError(where, line, "validation", validation_reason(exc), raw, _validation_cause(exc))
 

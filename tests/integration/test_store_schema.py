@@ -36,7 +36,7 @@ async def _tables(url: str) -> dict[str, str]:
 
 async def test_upgrade_downgrade_upgrade(empty_db: str) -> None:
     assert await current_revision(empty_db) is None
-    assert await upgrade_schema(empty_db) == head_revision() == "0004_ticks"
+    assert await upgrade_schema(empty_db) == head_revision() == "0005_bars_volume_optional"
     tables = await _tables(empty_db)
     assert set(tables) >= TABLES
     # No TimescaleDB here: the time-series tables are natively range-partitioned.
@@ -53,7 +53,7 @@ async def test_upgrade_downgrade_upgrade(empty_db: str) -> None:
     assert await downgrade_schema(empty_db, "base") is None
     assert set(await _tables(empty_db)) - {"alembic_version"} == set()
 
-    assert await upgrade_schema(empty_db) == "0004_ticks"
+    assert await upgrade_schema(empty_db) == "0005_bars_volume_optional"
     assert set(await _tables(empty_db)) >= TABLES
 
 
@@ -86,7 +86,7 @@ def test_mdp_db_cli_upgrade_and_downgrade(
     try:
         monkeypatch.setenv("DATABASE_URL", url)
         assert mdp_main(["db", "upgrade"]) == 0
-        assert "0004_ticks" in capsys.readouterr().out
+        assert "0005_bars_volume_optional" in capsys.readouterr().out
         assert mdp_main(["db", "downgrade", "--revision", "0001"]) == 0
         assert "0001_bars_ohlcv" in capsys.readouterr().out
         assert mdp_main(["db", "downgrade", "--revision", "nope"]) == 2

@@ -23,7 +23,7 @@ async def test_open_clients_are_core_protocols(database_url: str) -> None:
     async with fresh_database(database_url) as url:
         cfg = parse_config({"store": {"dsn": url}})
         # Blocking call from inside a running event loop: runs on a worker thread.
-        assert upgrade_schema(url, config=cfg) == "0004_ticks"
+        assert upgrade_schema(url, config=cfg) == "0005_bars_volume_optional"
         urls = ServerUrls(None, url, None)
         store = await open_store(cfg, urls)
         signals = await open_signals_store(cfg, urls)

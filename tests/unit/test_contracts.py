@@ -121,7 +121,7 @@ def test_quote_negative_size_rejected() -> None:
 
 
 def test_bar_needs_ohlcv_and_interval() -> None:
-    assert "a bar needs o, h, l, c and v; missing v" in reason(tick(kind="bar", v=None))
+    assert "a bar needs o, h, l and c; missing o" in reason(tick(kind="bar", o=None))
     assert "a bar needs its interval" in reason(tick(kind="bar", interval=None))
 
 

@@ -29,7 +29,7 @@ def test_unknown_dataset_lists_registered_names(capsys: pytest.CaptureFixture[st
     assert code == 2
     assert len(err.splitlines()) == 1
     assert "unknown dataset 'spy_1day'" in err
-    assert "binance_btcusdt_trades, eurusd_quotes, ftx_btc_perp_1m" in err
+    assert "binance_btcusdt_trades, eurusd_bid_1m, eurusd_quotes, ftx_btc_perp_1m" in err
 
 
 def test_unreadable_dataset_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
