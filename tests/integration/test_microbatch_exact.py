@@ -425,3 +425,49 @@ async def test_provider_bars_land_unchanged(env: dict[str, Any]) -> None:
         await bus.aclose()
     again = await drain(cfg)
     assert again.provider_bars == 5000 and again.bars_written == 0
+
+
+async def test_fx_bid_bars_without_volume_land_with_null_volume(env: dict[str, Any]) -> None:
+    """issue 16: FX 1-minute bid bars (open/high/low/close, no volume) were refused as kind
+    bar. The shipped ones (derived from the real EUR/USD quotes) go through the bus and the
+    micro-batcher into the store with volume and vwap null, and out on mdp.bars the same."""
+    from market_data_pipeline.producers.datasets import load_registry, read_dataset
+    from tests.conftest import ROOT
+
+    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], 2000)
+    spec = load_registry(ROOT / "configs" / "datasets.yaml")["eurusd_bid_1m"]
+    p = env["provider"]
+    events = [
+        e.model_copy(update={"provider": p, "event_id": e.event_id.replace(e.provider, p, 1)})
+        for e in read_dataset(spec)
+        if isinstance(e, StreamEvent)
+    ]
+    assert len(events) == 361 and all(e.v is None for e in events)
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, events)
+    finally:
+        await bus.aclose()
+    stats = await drain(cfg)
+    assert stats.provider_bars == 361
+    store = await open_store(cfg, urls(cfg))
+    try:
+        bars = await store.bars_range(
+            p, "EUR/USD", "1m", datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC)
+        )
+    finally:
+        await store.aclose()
+    assert [(b.ts, b.o, b.h, b.l, b.c, b.v, b.vwap) for b in bars] == [
+        (e.src_ts, e.o, e.h, e.l, e.c, None, None) for e in events
+    ]
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        published = [decode_bar(r.payload) for r in await bus.tail(cfg.bus.bars_topic, 1000)]
+        await publish(bus, cfg, events)  # replayed: nothing changes
+    finally:
+        await bus.aclose()
+    assert [(b.ts, b.v, b.vwap) for b in published if b.provider == p] == [
+        (e.src_ts, None, None) for e in events
+    ]
+    again = await drain(cfg)
+    assert again.provider_bars == 361 and again.bars_written == 0

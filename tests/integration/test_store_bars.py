@@ -147,3 +147,25 @@ async def test_job_runs_start_and_finish(store_url: str) -> None:
             await tracker.finish(-1, status="failed", events_in=0, rows_written=0, errors=0)
     finally:
         await tracker.aclose()
+
+
+async def test_bars_without_volume_store_null_and_replay_unchanged(store: PgStoreClient) -> None:
+    """Provider bars without volume (FX bid bars): v and vwap stored null, every upsert path
+    (COPY of new bars, the all-unchanged read, the staged upsert of a change) keeps them."""
+    bars = [dataclasses.replace(b, v=None, vwap=None) for b in make_bars(50, "novol", symbols=2)]
+    first = await store.upsert_bars(bars)
+    assert (first.inserted, first.updated) == (50, 0)
+    got = await store.bars_range("novol", "S0", "1m", T0, T0 + timedelta(days=1))
+    assert len(got) == 25 and all(b.v is None and b.vwap is None for b in got)
+    replay = await store.upsert_bars(bars)
+    assert (replay.inserted, replay.updated, replay.unchanged) == (0, 0, 50)
+    # a vendor correction that adds the volume later is a change (revision 1), and back
+    corrected = [dataclasses.replace(bars[0], v=12.5), *bars[1:]]
+    res = await store.upsert_bars(corrected)
+    assert (res.updated, res.unchanged) == (1, 49)
+    (bar,) = await store.bars_range("novol", "S0", "1m", T0, T0 + timedelta(minutes=1))
+    assert (bar.v, bar.revision) == (12.5, 1)
+    res = await store.upsert_bars(bars)
+    assert res.updated == 1
+    (bar,) = await store.bars_range("novol", "S0", "1m", T0, T0 + timedelta(minutes=1))
+    assert (bar.v, bar.revision) == (None, 2)

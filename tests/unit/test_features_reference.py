@@ -16,7 +16,7 @@ import pytest
 import talib
 
 from market_data_core.config import FeatureWindowConfig
-from market_data_core.contracts import Bar
+from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import ConfigError
 from market_data_pipeline.features import FeatureEngine
 from tests.conftest import DATA
@@ -379,3 +379,61 @@ def test_quotes_before_any_bar_and_bars_before_any_quote() -> None:
     assert np.isnan(snap.values["ret_5m"]) and np.isnan(snap.values["imbalance"])
     other = engine.update_bar(Bar("p", "T", "1m", t0, 1, 1, 1, 1, 1))
     assert other is not None and np.isnan(other.values["spread_bps"])
+
+
+def test_bars_without_volume_leave_volume_features_empty(caplog: pytest.LogCaptureFixture) -> None:
+    """issue 16: FX bid bars carry no volume. Features that need it say so when the engine
+    loads and stay nan for such a series (vwap while such a bar is in its window); every other
+    feature is computed as for any bar, and a series with volume is unaffected."""
+    import logging
+
+    from market_data_core.codec import decode_bar, encode_bar
+    from market_data_pipeline.producers.datasets import load_registry, read_dataset
+    from tests.conftest import ROOT
+
+    windows = [
+        FeatureWindowConfig(name="vwap_5", periods=5),
+        FeatureWindowConfig(name="vwap_10m", horizon="600s"),
+        FeatureWindowConfig(name="sma_5", periods=5),
+        FeatureWindowConfig(name="rsi_14", periods=14),
+    ]
+    with caplog.at_level(logging.INFO, logger="market_data_pipeline.features.rolling"):
+        engine = FeatureEngine(windows, timed=False)
+    assert engine.volume_features == ("volume", "vwap_5", "vwap_10m")
+    assert "features volume, vwap_5, vwap_10m need bar volume" in caplog.text
+
+    spec = load_registry(ROOT / "configs" / "datasets.yaml")["eurusd_bid_1m"]
+    events = [e for e in read_dataset(spec) if isinstance(e, StreamEvent)]
+    fx = [
+        Bar(e.provider, e.symbol, "1m", e.src_ts, e.o, e.h, e.l, e.c, e.v)  # type: ignore[arg-type]
+        for e in events
+    ]
+    assert all(b.v is None for b in fx)
+    assert decode_bar(encode_bar(fx[0])) == fx[0]  # the bars stream carries v = None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="market_data_pipeline.features.rolling"):
+        snaps = [engine.update_bar(b) for b in fx]
+    assert caplog.text.count("bars without volume") == 1  # once per series
+    assert "fx-sample|EUR/USD" in caplog.text
+    last = snaps[-1]
+    assert last is not None
+    assert all(np.isnan(last.values[n]) for n in ("volume", "vwap_5", "vwap_10m"))
+    closes = [b.c for b in fx]
+    assert last.values["sma_5"] == pytest.approx(sum(closes[-5:]) / 5, rel=1e-12)
+    assert last.values["rsi_14"] == pytest.approx(
+        talib.RSI(np.array(closes), timeperiod=14)[-1], rel=1e-9
+    )
+
+    # a window that still holds a bar without volume is nan; once it has left, vwap is back
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
+    mixed = [
+        Bar("p", "X", "1m", t0.replace(minute=i), 10.0 + i, 11.0 + i, 9.0 + i, 10.0 + i, v)
+        for i, v in enumerate([1.0, None, 2.0, 3.0, 4.0, 5.0, 6.0])
+    ]
+    values = [engine.update_bar(b).values["vwap_5"] for b in mixed]  # type: ignore[union-attr]
+    assert all(np.isnan(v) for v in values[:6])  # not full, then the None bar inside
+    typical = [(b.h + b.l + b.c) / 3 for b in mixed[2:7]]
+    vols = [2.0, 3.0, 4.0, 5.0, 6.0]
+    assert values[6] == pytest.approx(
+        sum(p * v for p, v in zip(typical, vols, strict=True)) / sum(vols), rel=1e-15
+    )
