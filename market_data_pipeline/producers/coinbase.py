@@ -4,13 +4,19 @@ Subscribes to ``matches`` (-> ``kind="tick"``: price, size, ``trade_id``, taker 
 ``seq = trade_id``), ``ticker`` (-> ``kind="quote"``: best bid/ask and sizes,
 ``seq = sequence``) and ``heartbeat`` for ``product_ids``.
 
-Gap detection. Coinbase ``sequence`` numbers count every message of a product on every channel,
-so on the channels we subscribe to they jump by design; trade ids, however, are contiguous per
-product. A gap is therefore a ``match`` whose ``trade_id`` skips ahead, or a ``heartbeat`` whose
-``last_trade_id`` is ahead of the last trade seen; each counts once in
-``errors_total{component="coinbase",reason="sequence_gap"}`` (and the missed trades in
-:attr:`CoinbaseProvider.missed_trades`). Messages that go backwards (the ``last_match`` replayed
-after a reconnect, a ticker with an old ``sequence``) are duplicates and are skipped.
+Order, repeats and gaps. Trade ids are contiguous per product but the feed does not always
+deliver them in order (660, 663, 662, 661, 664). Each product keeps the ids it has actually
+seen within the last ``dedupe_window`` ids: an id seen before is a repeat and is skipped (the
+``last_match`` replayed after a reconnect, a ``match`` delivered twice); any other id is
+emitted, in the order it arrives, whether it is above or below the highest so far. An id older
+than the window cannot be told from a repeat and is emitted too (its ``event_id`` is
+deterministic, so the store keeps it once). When an id (or a ``heartbeat``'s ``last_trade_id``)
+skips ahead, the ids in between are *pending*: those not seen within ``gap_grace_s`` are
+missed, counted once per jump in ``errors_total{component="coinbase",reason="sequence_gap"}``
+(and in :attr:`CoinbaseProvider.missed_trades`); a missed trade that still arrives later is
+emitted and counted in :attr:`CoinbaseProvider.late_trades`. Ticker ``sequence`` numbers
+jump by design (they count every message of a product on every channel): they are
+de-duplicated the same way, without gap accounting.
 
 Connection. Any connection failure or silence longer than ``heartbeat_timeout_s`` closes the
 socket and reconnects after a capped exponential backoff with jitter (reset once a connection
@@ -25,7 +31,9 @@ import json
 import logging
 import random
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +65,51 @@ def _parse_time(text: Any) -> datetime:
     return ts.astimezone(UTC)
 
 
+class _SeenIds:
+    """The ids of one stream seen within the last ``window`` ids below the highest one."""
+
+    __slots__ = ("highest", "ids", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.ids: set[int] = set()
+        self.highest: int | None = None
+
+    def floor(self) -> int:
+        """Ids below this are older than the window: they cannot be told from repeats."""
+        return -1 if self.highest is None else self.highest - self.window
+
+    def add(self, seq: int) -> bool:
+        """Record ``seq``; False when it was seen before (a repeat)."""
+        if seq in self.ids:
+            return False
+        self.ids.add(seq)
+        if self.highest is None or seq > self.highest:
+            self.highest = seq
+        if len(self.ids) > 2 * self.window:  # amortised O(1): drop what left the window
+            floor = self.floor()
+            self.ids = {i for i in self.ids if i >= floor}
+        return True
+
+
+@dataclass(slots=True)
+class _Hole:
+    """Trade ids skipped by one jump, still pending until ``deadline`` (monotonic seconds)."""
+
+    ids: set[int]
+    deadline: float
+    jump: tuple[int, int] = (0, 0)
+
+
+@dataclass(slots=True)
+class _TradeIds:
+    """Per product: the seen-id window and the holes whose grace period is running."""
+
+    seen: _SeenIds
+    holes: list[_Hole] = field(default_factory=list)
+    missed: set[int] = field(default_factory=set)
+
+
 class CoinbaseProvider:
     """Live events from the Coinbase Exchange feed (see module doc); ``events()`` never ends
     on its own: it reconnects until :meth:`aclose` (or ``max_reconnects`` is exceeded, after
@@ -73,6 +126,9 @@ class CoinbaseProvider:
         open_timeout_s: float = 10.0,
         max_reconnects: int | None = None,
         rng: random.Random | None = None,
+        dedupe_window: int = 10_000,
+        gap_grace_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not config.product_ids:
             raise ConfigError("producers.coinbase.product_ids is empty")
@@ -83,14 +139,20 @@ class CoinbaseProvider:
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._open_timeout_s = open_timeout_s
         self._max_reconnects = max_reconnects
+        if dedupe_window < 1 or gap_grace_s < 0:
+            raise ValueError("dedupe_window must be >= 1 and gap_grace_s >= 0")
         self._closed = False
-        self._last_trade_id: dict[str, int] = {}
-        self._last_ticker_seq: dict[str, int] = {}
+        self._dedupe_window = dedupe_window
+        self._gap_grace_s = gap_grace_s
+        self._clock = clock
+        self._trades: dict[str, _TradeIds] = {}
+        self._tickers: dict[str, _SeenIds] = {}
         self.connects = 0
         self.reconnects = 0
         self.backoff_delays_s: list[float] = []
         self.gaps = 0
         self.missed_trades = 0
+        self.late_trades = 0
         self.duplicates = 0
         self.bad_messages = 0
 
@@ -164,73 +226,116 @@ class CoinbaseProvider:
         shown = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
         log.warning("coinbase: skipped a message (%s: %s): %.200s", reason, detail, shown)
 
-    def _trade_gap(self, product: str, seen_up_to: int) -> None:
-        last = self._last_trade_id.get(product)
-        if last is not None and seen_up_to > last + 1:
-            self.gaps += 1
-            self.missed_trades += seen_up_to - last - 1
-            telemetry.ERRORS.labels(component=_COMPONENT, reason="sequence_gap").inc()
-            log.warning(
-                "coinbase: %s trade ids jumped from %d to %d (%d missed)",
-                product,
-                last,
-                seen_up_to,
-                seen_up_to - last - 1,
-            )
+    def _trade_ids(self, product: str) -> _TradeIds:
+        ids = self._trades.get(product)
+        if ids is None:
+            ids = self._trades[product] = _TradeIds(_SeenIds(self._dedupe_window))
+        return ids
+
+    def _expire_holes(self, now: float) -> None:
+        """Count the pending ids whose grace period is over as missed (once per jump)."""
+        for product, ids in self._trades.items():
+            if not ids.holes or ids.holes[0].deadline > now:
+                continue
+            kept = []
+            for hole in ids.holes:
+                if hole.deadline > now:
+                    kept.append(hole)
+                elif hole.ids:
+                    self.gaps += 1
+                    self.missed_trades += len(hole.ids)
+                    ids.missed |= hole.ids
+                    telemetry.ERRORS.labels(component=_COMPONENT, reason="sequence_gap").inc()
+                    log.warning(
+                        "coinbase: %s trade ids jumped from %d to %d; %d not seen within %.1fs "
+                        "(%s)",
+                        product,
+                        *hole.jump,
+                        len(hole.ids),
+                        self._gap_grace_s,
+                        _id_ranges(sorted(hole.ids)),
+                    )
+            ids.holes = kept
+            if len(ids.missed) > self._dedupe_window:
+                floor = ids.seen.floor()
+                ids.missed = {i for i in ids.missed if i >= floor}
+
+    def _trade_seen(self, product: str, trade_id: int, now: float) -> bool:
+        """Record a trade id; False for a repeat. Opens a hole when it skips ahead."""
+        ids = self._trade_ids(product)
+        highest = ids.seen.highest
+        if not ids.seen.add(trade_id):
+            return False
+        if highest is not None and trade_id > highest + 1:
+            self._open_hole(ids, highest, trade_id, now)
+        elif highest is not None and trade_id < highest:
+            for hole in ids.holes:
+                hole.ids.discard(trade_id)
+            if trade_id in ids.missed:  # arrived after its grace period: counted as missed
+                ids.missed.discard(trade_id)
+                self.late_trades += 1
+        return True
+
+    def _open_hole(self, ids: _TradeIds, last: int, upto: int, now: float) -> None:
+        floor = max(last + 1, upto - self._dedupe_window)
+        pending = set(range(floor, upto)) - ids.seen.ids
+        if pending:
+            ids.holes.append(_Hole(pending, now + self._gap_grace_s, (last, upto)))
 
     def _handle(self, msg: dict[str, Any]) -> list[StreamEvent]:
+        now = self._clock()
+        self._expire_holes(now)
         kind = msg.get("type")
         if kind in ("match", "last_match"):
             product = str(msg["product_id"])
             trade_id = int(msg["trade_id"])
-            last = self._last_trade_id.get(product)
-            if last is not None and trade_id <= last:
+            event = StreamEvent.create(
+                provider=self._provider,
+                symbol=product,
+                kind="tick",
+                src_ts=_parse_time(msg.get("time")),
+                ingest_ts=datetime.now(UTC),
+                c=float(msg["price"]),
+                v=float(msg["size"]),
+                seq=trade_id,
+                trade_id=str(trade_id),
+                side=_TAKER_SIDE.get(str(msg.get("side"))),
+            )
+            if not self._trade_seen(product, trade_id, now):
                 self.duplicates += 1
                 return []
-            self._trade_gap(product, trade_id)
-            self._last_trade_id[product] = trade_id
-            side = _TAKER_SIDE.get(str(msg.get("side")))
-            return [
-                StreamEvent.create(
-                    provider=self._provider,
-                    symbol=product,
-                    kind="tick",
-                    src_ts=_parse_time(msg.get("time")),
-                    ingest_ts=datetime.now(UTC),
-                    c=float(msg["price"]),
-                    v=float(msg["size"]),
-                    seq=trade_id,
-                    trade_id=str(trade_id),
-                    side=side,
-                )
-            ]
+            return [event]
         if kind == "ticker":
             product = str(msg["product_id"])
             sequence = int(msg["sequence"])
-            if sequence <= self._last_ticker_seq.get(product, -1):
+            event = StreamEvent.create(
+                provider=self._provider,
+                symbol=product,
+                kind="quote",
+                src_ts=_parse_time(msg.get("time")),
+                ingest_ts=datetime.now(UTC),
+                bid=float(msg["best_bid"]),
+                ask=float(msg["best_ask"]),
+                bid_size=float(msg["best_bid_size"]) if "best_bid_size" in msg else None,
+                ask_size=float(msg["best_ask_size"]) if "best_ask_size" in msg else None,
+                seq=sequence,
+            )
+            seen = self._tickers.get(product)
+            if seen is None:
+                seen = self._tickers[product] = _SeenIds(self._dedupe_window)
+            if not seen.add(sequence):
                 self.duplicates += 1
                 return []
-            self._last_ticker_seq[product] = sequence
-            return [
-                StreamEvent.create(
-                    provider=self._provider,
-                    symbol=product,
-                    kind="quote",
-                    src_ts=_parse_time(msg.get("time")),
-                    ingest_ts=datetime.now(UTC),
-                    bid=float(msg["best_bid"]),
-                    ask=float(msg["best_ask"]),
-                    bid_size=float(msg["best_bid_size"]) if "best_bid_size" in msg else None,
-                    ask_size=float(msg["best_ask_size"]) if "best_ask_size" in msg else None,
-                    seq=sequence,
-                )
-            ]
+            return [event]
         if kind == "heartbeat":
             product = str(msg["product_id"])
             last_trade_id = int(msg["last_trade_id"])
-            if product in self._last_trade_id:
-                self._trade_gap(product, last_trade_id + 1)
-                self._last_trade_id[product] = max(self._last_trade_id[product], last_trade_id)
+            ids = self._trades.get(product)
+            highest = None if ids is None else ids.seen.highest
+            if ids is not None and highest is not None and last_trade_id > highest:
+                # trades up to last_trade_id happened; those not seen yet are pending
+                self._open_hole(ids, highest, last_trade_id + 1, now)
+                ids.seen.highest = last_trade_id
             return []
         if kind == "error":
             telemetry.ERRORS.labels(component=_COMPONENT, reason="feed_error").inc()
@@ -239,3 +344,15 @@ class CoinbaseProvider:
 
     async def aclose(self) -> None:
         self._closed = True
+
+
+def _id_ranges(ids: list[int], limit: int = 5) -> str:
+    """``661-662, 670`` for sorted ids (the first ``limit`` runs)."""
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    text = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs[:limit])
+    return text + (", ..." if len(runs) > limit else "")

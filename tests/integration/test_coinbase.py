@@ -1,11 +1,13 @@
 """The Coinbase producer against a local WebSocket server playing a recorded session
 (tests/integration/data/coinbase_session.jsonl): a disconnect mid-stream, a connection that
-dies before any data, a replayed ``last_match`` and a trade-id gap; events land in real Redis.
+dies before any data, a replayed ``last_match``, a trade-id gap and trades delivered out of id
+order (908, 911, 910, 909, 912); events land in real Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import threading
@@ -86,8 +88,15 @@ async def test_reconnects_with_backoff_counts_the_gap_and_publishes(
     feed: FeedServer, redis_url: str, unique: str
 ) -> None:
     cfg = CoinbaseProducerConfig(url=feed.url, product_ids=["BTC-USD"])
+    # The gap grace period runs on a clock that counts feed messages, so that which ids are
+    # still pending does not depend on how fast the server plays: 2.5 messages of grace.
     provider = CoinbaseProvider(
-        cfg, backoff_initial_s=0.2, backoff_max_s=2.0, rng=random.Random(11)
+        cfg,
+        backoff_initial_s=0.2,
+        backoff_max_s=2.0,
+        rng=random.Random(11),
+        gap_grace_s=2.5,
+        clock=itertools.count().__next__,
     )
     gaps_before = counter("sequence_gap")
     app = AppConfig(bus=BusConfig(redis=RedisConfig(stream=f"mdp.events.cb.{unique}")))
@@ -95,13 +104,13 @@ async def test_reconnects_with_backoff_counts_the_gap_and_publishes(
     try:
         publisher = Publisher(bus, topic=app.bus.events_topic, batch_size=4, linger_ms=10)
         accepted = await asyncio.wait_for(
-            pump(provider, publisher, asyncio.Event(), count=9), timeout=20
+            pump(provider, publisher, asyncio.Event(), count=13), timeout=20
         )
         records = await bus.tail(app.bus.events_topic, 100)
     finally:
         await bus.aclose()
 
-    assert accepted == 9
+    assert accepted == 13
     events = [e for r in records for e in decode_events(r.payload).events]
     assert [(e.kind, e.seq) for e in events] == [
         ("quote", 50100),
@@ -110,11 +119,15 @@ async def test_reconnects_with_backoff_counts_the_gap_and_publishes(
         ("tick", 903),
         ("quote", 50111),
         ("tick", 904),  # 903 again (last_match after reconnect) was skipped
-        ("tick", 907),
+        ("tick", 907),  # 905 and 906 never come: a gap
         ("quote", 50161),
         ("tick", 908),
+        ("tick", 911),  # out of id order: every one emitted, none a repeat or missed
+        ("tick", 910),
+        ("tick", 909),
+        ("tick", 912),
     ]
-    assert len({e.event_id for e in events}) == 9
+    assert len({e.event_id for e in events}) == 13
     assert events[1].side == "buy" and events[2].side == "sell"  # taker = opposite of maker
 
     # Two hang-ups -> three connections, each re-subscribing.
@@ -128,6 +141,7 @@ async def test_reconnects_with_backoff_counts_the_gap_and_publishes(
     assert 0.1 <= first <= 0.2
     assert 0.2 <= second <= 0.4
     assert (provider.gaps, provider.missed_trades, provider.duplicates) == (1, 2, 1)
+    assert provider.late_trades == 0
     assert counter("sequence_gap") - gaps_before == 1
 
 

@@ -78,20 +78,121 @@ def test_ticker_becomes_a_quote() -> None:
     assert cb.duplicates == 1
 
 
-def test_trade_id_gaps_and_duplicates() -> None:
-    cb = CoinbaseProvider(CoinbaseProducerConfig())
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def provider(grace_s: float = 2.0, window: int = 10_000) -> tuple[CoinbaseProvider, Clock]:
+    clock = Clock()
+    cb = CoinbaseProvider(
+        CoinbaseProducerConfig(), gap_grace_s=grace_s, dedupe_window=window, clock=clock
+    )
+    return cb, clock
+
+
+def test_trade_ids_out_of_order_are_all_emitted_without_a_gap() -> None:
+    """issue 16: 660, 663, 662, 661, 664 emitted 660, 663, 664 only, and counted 661 and 662
+    as duplicates AND as two missed trades."""
+    cb, clock = provider()
+    before = gap_count()
+    emitted = []
+    for trade_id in (660, 663, 662, 661, 664):
+        emitted += [e.seq for e in cb.handle(match(trade_id))]
+        clock.now += 0.1
+    clock.now += 10  # long after the grace period: nothing is pending
+    cb.handle(json.dumps({"type": "heartbeat", "product_id": "BTC-USD", "last_trade_id": 664}))
+    assert emitted == [660, 663, 662, 661, 664]
+    assert (cb.gaps, cb.missed_trades, cb.duplicates, cb.late_trades) == (0, 0, 0, 0)
+    assert gap_count() - before == 0
+
+
+def test_a_real_repeat_is_still_dropped() -> None:
+    cb, _clock = provider()
+    assert len(cb.handle(match(660))) == 1
+    assert len(cb.handle(match(663))) == 1
+    assert len(cb.handle(match(662))) == 1
+    assert cb.handle(match(662)) == []  # delivered twice
+    last_match = json.loads(match(663))
+    last_match["type"] = "last_match"  # replayed by the feed after a reconnect
+    assert cb.handle(json.dumps(last_match)) == []
+    assert cb.duplicates == 2
+
+
+def test_a_gap_counts_once_after_the_grace_period() -> None:
+    cb, clock = provider(grace_s=2.0)
+    before = gap_count()
+    for trade_id in (1, 2, 5):
+        assert len(cb.handle(match(trade_id))) == 1
+    clock.now = 1.9
+    cb.handle(match(6))
+    assert (cb.gaps, cb.missed_trades) == (0, 0)  # 3 and 4 may still come
+    clock.now = 2.1
+    cb.handle(match(7))
+    assert (cb.gaps, cb.missed_trades) == (1, 2)
+    assert gap_count() - before == 1
+    # one of them turns up after all: it is a real trade, emitted, and counted as late
+    assert [e.seq for e in cb.handle(match(4))] == [4]
+    assert (cb.gaps, cb.missed_trades, cb.late_trades) == (1, 2, 1)
+    assert cb.handle(match(4)) == [] and cb.duplicates == 1
+
+
+def test_heartbeat_reveals_trades_that_never_came() -> None:
+    cb, clock = provider(grace_s=1.0)
     before = gap_count()
     assert len(cb.handle(match(1))) == 1
     assert len(cb.handle(match(2))) == 1
-    assert len(cb.handle(match(5))) == 1  # 3 and 4 missed
-    assert cb.handle(match(5)) == []  # replayed last_match
-    assert (cb.gaps, cb.missed_trades, cb.duplicates) == (1, 2, 1)
     heartbeat = {"type": "heartbeat", "product_id": "BTC-USD", "last_trade_id": 9, "sequence": 1}
-    cb.handle(json.dumps(heartbeat))  # 6..9 happened but never reached us
-    assert (cb.gaps, cb.missed_trades) == (2, 6)
+    cb.handle(json.dumps(heartbeat))  # 3..9 happened; they may still be on their way
+    assert [e.seq for e in cb.handle(match(4))] == [4]
+    clock.now = 5.0
+    cb.handle(json.dumps(heartbeat))
+    assert (cb.gaps, cb.missed_trades) == (1, 6)  # 3, 5, 6, 7, 8, 9
     assert len(cb.handle(match(10))) == 1  # contiguous after the heartbeat: no new gap
-    assert cb.gaps == 2
-    assert gap_count() - before == 2
+    clock.now = 10.0
+    cb.handle(json.dumps({**heartbeat, "last_trade_id": 10}))
+    assert cb.gaps == 1
+    assert gap_count() - before == 1
+
+
+def test_ids_older_than_the_window_are_emitted_and_memory_stays_bounded() -> None:
+    cb, _clock = provider(window=100)
+    for trade_id in range(1, 1001):
+        assert len(cb.handle(match(trade_id))) == 1
+    assert len(cb._trades["BTC-USD"].seen.ids) <= 200
+    assert cb.handle(match(990)) == []  # within the window: a repeat
+    # far older than the window: it cannot be told from a repeat; the store keeps one copy
+    assert [e.seq for e in cb.handle(match(5))] == [5]
+
+
+def test_tickers_out_of_sequence_are_quotes_at_their_own_time() -> None:
+    cb, _ = provider()
+
+    def ticker(sequence: int) -> str:
+        return json.dumps(
+            {
+                "type": "ticker",
+                "sequence": sequence,
+                "product_id": "BTC-USD",
+                "best_bid": "43000.00",
+                "best_ask": "43000.20",
+                "time": f"2026-01-02T14:30:0{sequence % 10}.000000Z",
+            }
+        )
+
+    got = [q.seq for s in (50100, 50108, 50104, 50108, 50112) for q in cb.handle(ticker(s))]
+    assert got == [
+        50100,
+        50108,
+        50104,
+        50112,
+    ]  # the older 50104 is a real quote; 50108 twice is not
+    assert cb.duplicates == 1 and cb.gaps == 0
 
 
 @pytest.mark.parametrize(
