@@ -5,7 +5,7 @@ Failure semantics are part of each contract and stated in its docstring.
 
 from __future__ import annotations
 
-import zlib
+import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,21 +27,66 @@ __all__ = [
     "StreamStatus",
     "TickIngestResult",
     "UpsertResult",
+    "murmur2",
+    "partition_key",
     "routing_key",
     "shard_for",
 ]
 
 
 def routing_key(provider: str, symbol: str) -> str:
-    """The key that decides an event's shard: all events of one (provider, symbol) share it."""
+    """``provider|symbol``: the unit whose order the bus keeps (and whose events a publisher
+    packs together). Its shard is decided by the symbol alone (:func:`shard_for`)."""
     return f"{provider}|{symbol}"
 
 
+def partition_key(key: str) -> bytes:
+    """The bytes a routing key is partitioned by: its symbol, UTF-8 (the text after the last
+    ``|``; a bare symbol is its own key). On Kafka this is the record key, so that any
+    producer keyed by the symbol lands beside mdp's."""
+    return key.rpartition("|")[2].encode()
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (``org.apache.kafka.common.utils.Utils.murmur2``), as an unsigned
+    32-bit integer; aiokafka's and the Java client's default partitioners use it."""
+    m = 0x5BD1E995
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    tail = length & ~3
+    for i in range(0, tail, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[tail + 2] << 16
+    if extra >= 2:
+        h ^= data[tail + 1] << 8
+    if extra >= 1:
+        h ^= data[tail]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+@functools.lru_cache(maxsize=1 << 16)  # publishers call it per entry; keys are few
+def _partition_of(key: str, partitions: int) -> int:
+    return (murmur2(partition_key(key)) & 0x7FFFFFFF) % partitions
+
+
 def shard_for(key: str, partitions: int) -> int:
-    """Stable shard of a routing key (CRC-32, the same in every process and on every backend)."""
+    """The shard of a routing key: where Kafka's default partitioner puts its
+    :func:`partition_key` -- ``toPositive(murmur2(symbol)) % partitions`` -- on every backend
+    (Redis stream ``<stream>:<shard>``, Kafka partition), in every process. All events of a
+    symbol share a shard, whatever their provider."""
     if partitions <= 1:
         return 0
-    return zlib.crc32(key.encode()) % partitions
+    return _partition_of(key, partitions)
 
 
 @dataclass(frozen=True, slots=True)

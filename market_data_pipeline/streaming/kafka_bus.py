@@ -2,12 +2,17 @@
 any Kafka 2.x+ broker.
 
 Layout: the events topic has ``partitions`` partitions, every other topic (bars, signals, DLQ)
-one; topics are created on first use. A record's key is the symbol (bytes) and its partition is
-chosen explicitly with :func:`~market_data_core.protocols.shard_for` on ``provider|symbol``, so
-both backends put a key on the same shard. Producer: ``acks=all``, compression zstd or lz4 when
-``compression: auto`` and the codec is importable, no idempotence (Tansu 0.6 lacks it; event ids
-make retries safe downstream). Retention is the broker's topic setting (``retention.ms``), not
-``bus.maxlen``.
+one; topics are created on first use. A record's key is the symbol (UTF-8 bytes,
+:func:`~market_data_core.protocols.partition_key`) and its partition is the one Kafka's default
+partitioner gives that key for the topic's actual partition count (murmur2,
+:func:`~market_data_core.protocols.shard_for`): a record any other producer writes with the
+symbol as its key (aiokafka, the Java client; librdkafka clients with
+``partitioner=murmur2_random``, since librdkafka's own default is CRC-32) lands on the same
+partition, so per-symbol order and one reader per symbol hold across producers. The Redis bus
+routes by the same function, so both backends put a symbol on the same shard. Producer:
+``acks=all``, compression zstd or lz4 when ``compression: auto`` and the codec is importable,
+no idempotence (Tansu 0.6 lacks it; event ids make retries safe downstream). Retention is the
+broker's topic setting (``retention.ms``), not ``bus.maxlen``.
 
 Consuming (:class:`KafkaConsumer`): a member of a Kafka consumer group (the broker assigns each
 partition to one live member: that is the shard ownership). Offsets are committed only after
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
@@ -41,7 +47,13 @@ import msgpack
 
 from market_data_core.config import BusConfig
 from market_data_core.errors import BusError
-from market_data_core.protocols import BusRecord, DeadLetter, StreamStatus, shard_for
+from market_data_core.protocols import (
+    BusRecord,
+    DeadLetter,
+    StreamStatus,
+    partition_key,
+    shard_for,
+)
 from market_data_pipeline import telemetry
 from market_data_pipeline.streaming.dlq import letter_fields, letter_from_fields, letter_from_record
 
@@ -58,6 +70,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 __all__ = ["KafkaBus", "KafkaConsumer"]
 
+log = logging.getLogger(__name__)
+
 _TOPIC_EXISTS = 36
 _IDLE_READ_MS = 400
 
@@ -68,11 +82,6 @@ async def _translated(what: str) -> AsyncIterator[None]:
         yield
     except (KafkaError, OSError) as exc:
         raise BusError(f"kafka bus: {what} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _symbol_key(key: str) -> bytes:
-    """Kafka key = the symbol (the routing key is ``provider|symbol``)."""
-    return key.rpartition("|")[2].encode()
 
 
 def _compression(config: BusConfig) -> str | None:
@@ -103,6 +112,7 @@ class KafkaBus:
         self._producer = producer
         self._admin = admin
         self._known_topics: set[str] = set()
+        self._warned_counts: set[str] = set()
 
     @classmethod
     async def connect(cls, bootstrap: str, config: BusConfig) -> KafkaBus:
@@ -157,25 +167,45 @@ class KafkaBus:
                 raise BusError(f"kafka bus: cannot create topic {topic}: {message} ({code})")
         self._known_topics.add(topic)
 
+    async def _partition_count(self, topic: str) -> int:
+        """The topic's partitions as the broker reports them (what every other producer's
+        partitioner divides by); a mismatch with ``bus.partitions`` is logged once."""
+        partitions = await self._producer.partitions_for(topic)
+        n = len(partitions)
+        expected = self.shard_count(topic)
+        if n != expected and topic not in self._warned_counts:
+            self._warned_counts.add(topic)
+            log.warning(
+                "kafka topic %s has %d partitions, the config says %d: keys go where Kafka's "
+                "default partitioner puts them for %d (as every other producer's do)",
+                topic,
+                n,
+                expected,
+                n,
+            )
+        return n
+
     async def publish(self, topic: str, items: Sequence[tuple[str, bytes]]) -> int:
-        """Append items as one record batch per partition and wait for ``acks=all``."""
+        """Append items as one record batch per partition and wait for ``acks=all``; each
+        goes to the partition Kafka's default partitioner gives its key (module doc)."""
         if not items:
             return 0
         await self.ensure_topic(topic)
-        n = self.shard_count(topic)
         producer = self._producer
         batches: dict[int, Any] = {}
         futures = []
         async with _translated(f"publish to {topic}"):
+            n = await self._partition_count(topic)
             for key, payload in items:
-                partition = shard_for(key, n) if n > 1 else 0
+                partition = shard_for(key, n)
+                record_key = partition_key(key)
                 batch = batches.get(partition)
                 if batch is None:
                     batch = batches[partition] = producer.create_batch()
-                if batch.append(key=_symbol_key(key), value=payload, timestamp=None) is None:
+                if batch.append(key=record_key, value=payload, timestamp=None) is None:
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = batches[partition] = producer.create_batch()
-                    batch.append(key=_symbol_key(key), value=payload, timestamp=None)
+                    batch.append(key=record_key, value=payload, timestamp=None)
             for partition, batch in batches.items():
                 if batch.record_count():
                     futures.append(await producer.send_batch(batch, topic, partition=partition))

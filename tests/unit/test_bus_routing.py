@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from market_data_core.config import AppConfig, BusConfig
 from market_data_core.errors import BusError, ConfigError
-from market_data_core.protocols import BusRecord, routing_key, shard_for
+from market_data_core.protocols import BusRecord, murmur2, partition_key, routing_key, shard_for
 from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import (
@@ -91,3 +91,39 @@ async def test_kafka_without_aiokafka_is_a_readable_bus_error(
 async def test_missing_server_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="REDIS_URI"):
         await open_bus(AppConfig(), ServerUrls(None, None, None))
+
+
+def test_shard_is_kafkas_default_partition_of_the_symbol() -> None:
+    """The values Kafka's Java client gives (as recorded by kafka-python's compatibility test:
+    ``toPositive(murmur2(key)) % 1000``), and the symbol alone decides: every provider of a
+    symbol, and a bare symbol key, share its shard."""
+    for key, partition in [
+        ("", 681),
+        ("a", 524),
+        ("ab", 434),
+        ("abc", 107),
+        ("123456789", 566),
+        ("\x00 ", 742),
+    ]:
+        assert shard_for(routing_key("any", key) if key else key, 1000) == partition
+    assert shard_for("coinbase|BTC-USD", 7) == shard_for("kraken|BTC-USD", 7)
+    assert shard_for("BTC-USD", 7) == shard_for("coinbase|BTC-USD", 7)
+    assert partition_key("coinbase|BTC-USD") == b"BTC-USD"
+
+
+@given(key=st.binary(max_size=64))
+def test_murmur2_is_aiokafkas(key: bytes) -> None:
+    from aiokafka.partitioner import murmur2 as reference
+
+    assert murmur2(key) == reference(key)
+
+
+@given(
+    symbol=st.text(min_size=1, max_size=32).filter(lambda s: "|" not in s), n=st.integers(1, 256)
+)
+def test_shard_for_is_aiokafkas_default_partitioner(symbol: str, n: int) -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    partitions = list(range(n))
+    expected = DefaultPartitioner()(symbol.encode(), partitions, partitions)
+    assert shard_for(routing_key("p", symbol), n) == expected
