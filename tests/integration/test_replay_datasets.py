@@ -245,3 +245,119 @@ def test_tail_follow_prints_new_entries(
     assert len(ids) == 4  # the last entry, then the three new ones
     assert ids[0].startswith("synthetic|AAPL|")  # the last of the two produced
     assert ids[1:] == [first.event_id] * 3
+
+
+def _binance_file(tmp_path: Path, rows: int = 2001) -> Path:
+    """A Binance trade file (`is_buyer_maker` true/false instead of a side) made from the
+    shipped real trades: the aggressor sold when the buyer was the maker."""
+    import csv
+
+    src = ROOT / "datasets" / "binance-futures-btcusdt-trades-2020-02-22.csv"
+    with src.open() as f:
+        trades = list(csv.DictReader(f))[:rows]
+    path = tmp_path / "BTCUSDT-trades.csv.gz"
+    import gzip
+
+    with gzip.open(path, "wt", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["id", "price", "qty", "time", "is_buyer_maker"])
+        for t in trades:
+            maker = "true" if t["side"] == "sell" else "false"
+            w.writerow([t["id"], t["price"], t["amount"], int(t["timestamp"]) // 1000, maker])
+    return path
+
+
+def _binance_registry(tmp_path: Path, data: Path, side: str) -> Path:
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(
+        f"""
+datasets:
+  b:
+    path: {data}
+    provider: binance
+    symbol: BTCUSDT
+    kind: tick
+    timestamp: {{column: time, format: epoch_ms}}
+    columns: {{c: price, v: qty, seq: id, trade_id: id, side: {side}}}
+"""
+    )
+    return registry
+
+
+def test_replay_with_every_row_rejected_says_why_and_exits_1(
+    cli_env: str, tmp_path: Path, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 16: all 2,001 rows went to the DLQ and `mdp stream replay` exited 0."""
+    data = _binance_file(tmp_path)
+    registry = _binance_registry(tmp_path, data, "is_buyer_maker")
+    config = str(write_config(tmp_path, unique))
+    args = ["stream", "replay", "--config", config, "--datasets", str(registry), "--dataset", "b"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert f"rows: 2,001 read, 0 accepted, 2,001 rejected (100.0%) -> mdp.dlq.{unique}" in (
+        captured.out
+    )
+    assert "rejected by reason: validation: side: Input should be 'buy' or 'sell' (2,001)" in (
+        captured.out
+    )
+    assert captured.err.strip().splitlines()[-1] == (
+        "mdp: error: every row of dataset b was rejected (2,001); see `mdp stream dlq list`"
+    )
+
+
+def test_replay_with_a_value_map_accepts_every_row(
+    cli_env: str, tmp_path: Path, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _binance_file(tmp_path)
+    side = '{column: is_buyer_maker, map: {"true": sell, "false": buy}}'
+    registry = _binance_registry(tmp_path, data, side)
+    config = str(write_config(tmp_path, unique))
+    args = ["stream", "replay", "--config", config, "--datasets", str(registry), "--dataset", "b"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "replayed 2,001 events (dataset b)" in out
+    assert "rows: 2,001 read, 2,001 accepted, 0 rejected (0.0%)" in out
+    _entries, events = stream_events(cli_env, f"mdp.events.{unique}")
+    sides = [e.side for e in events]
+    assert len(events) == 2001 and set(sides) == {"buy", "sell"}
+    # the same sides as the shipped file (whose side column is the aggressor's)
+    shipped = load_shipped_sides(2001)
+    assert sides == shipped
+
+
+def load_shipped_sides(rows: int) -> list[str]:
+    import csv
+
+    src = ROOT / "datasets" / "binance-futures-btcusdt-trades-2020-02-22.csv"
+    with src.open() as f:
+        trades = sorted(
+            list(csv.DictReader(f))[:rows],
+            key=lambda t: (int(t["timestamp"]) // 1000, int(t["id"])),
+        )
+    return [t["side"] for t in trades]
+
+
+def test_max_rejected_share_fails_a_replay_with_too_many_bad_rows(
+    cli_env: str, tmp_path: Path, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "t.csv"
+    data.write_text("t,p,q\n1,10,1\n2,x,1\n3,11,-1\n4,12,1\n5,13,1\n")
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(
+        f"datasets:\n  t:\n    path: {data}\n    provider: p\n    symbol: S\n    kind: tick\n"
+        "    timestamp: {column: t, format: epoch_s}\n    columns: {c: p, v: q}\n"
+    )
+    config = str(write_config(tmp_path, unique))
+    args = ["stream", "replay", "--config", config, "--datasets", str(registry), "--dataset", "t"]
+    assert main(args) == 0  # 2 of 5: fine by default (only all rejected fails)
+    out = capsys.readouterr().out
+    assert "rows: 5 read, 3 accepted, 2 rejected (40.0%)" in out
+    assert "parse: bad number in column 'p' (c) (1)" in out
+    assert "validation: v must be >= 0 (1)" in out
+    assert main([*args, "--max-rejected-share", "0.25"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "mdp: error: 2 of 5 rows of dataset t were rejected (40.0%), more than "
+        "producers.replay.max_rejected_share (25.0%); see `mdp stream dlq list`"
+    )
+    assert main([*args, "--max-rejected-share", "0.5"]) == 0
