@@ -471,3 +471,58 @@ async def test_fx_bid_bars_without_volume_land_with_null_volume(env: dict[str, A
     ]
     again = await drain(cfg)
     assert again.provider_bars == 361 and again.bars_written == 0
+
+
+async def test_new_york_fall_back_trades_make_five_bars(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 16: a naive New York trade file over the 2020-11-01 fall-back (01:30 EDT,
+    01:59:58 EDT, 01:00 EST, 01:30 EST, 02:00 EST) gave 3 bars: every ambiguous time was read
+    as EDT. With `ambiguous: infer` the five trades are five 2 s bars at their real UTC times;
+    with the default (raise) the four ambiguous rows are refused, not misplaced."""
+    from market_data_pipeline.producers.datasets import RowError, load_registry, read_dataset
+
+    p = env["provider"]
+    (tmp_path / "ny.csv").write_text(
+        "time,price,size\n2020-11-01 01:30:00,10,1\n2020-11-01 01:59:58,11,1\n"
+        "2020-11-01 01:00:00,12,1\n2020-11-01 01:30:00,13,1\n2020-11-01 02:00:00,14,1\n"
+    )
+    results = {}
+    for policy in ("infer", "raise"):
+        (tmp_path / "d.yaml").write_text(
+            f"datasets:\n  ny:\n    path: ny.csv\n    provider: {p}{policy}\n    symbol: {SYMBOL}\n"
+            "    kind: tick\n    columns: {c: price, v: size}\n    timestamp: {column: time, "
+            f'format: "%Y-%m-%d %H:%M:%S", zone: America/New_York, ambiguous: {policy}}}\n'
+        )
+        items = list(read_dataset(load_registry(tmp_path / "d.yaml")["ny"]))
+        events = [e for e in items if isinstance(e, StreamEvent)]
+        cfg = make_config(env["redis_url"], env["database_url"], f"{env['unique']}{policy}", 2000)
+        bus = await open_bus(cfg, urls(cfg))
+        try:
+            await publish(bus, cfg, events)
+        finally:
+            await bus.aclose()
+        await drain(cfg)
+        store = await open_store(cfg, urls(cfg))
+        try:
+            bars = await store.bars_range(
+                f"{p}{policy}",
+                SYMBOL,
+                "2s",
+                datetime(2020, 11, 1, tzinfo=UTC),
+                T1.replace(year=2021),
+            )
+        finally:
+            await store.aclose()
+        results[policy] = (
+            [(b.ts, b.c) for b in bars],
+            [e for e in items if isinstance(e, RowError)],
+        )
+    utc = [
+        datetime(2020, 11, 1, h, m, s, tzinfo=UTC)
+        for h, m, s in [(5, 30, 0), (5, 59, 58), (6, 0, 0), (6, 30, 0), (7, 0, 0)]
+    ]
+    assert results["infer"] == (list(zip(utc, [10.0, 11.0, 12.0, 13.0, 14.0], strict=True)), [])
+    bars, rejected = results["raise"]
+    assert bars == [(utc[4], 14.0)]
+    assert [(r.line, r.reason) for r in rejected] == [(n, "ambiguous_time") for n in (2, 3, 4, 5)]
