@@ -320,6 +320,13 @@ def _zone(spec: DatasetSpec) -> ZoneInfo | None:
     return None if spec.timestamp.zone == "UTC" else ZoneInfo(spec.timestamp.zone)
 
 
+def _bad_epoch(value: Any, spec: TimestampSpec) -> _RowParse:
+    return _RowParse(
+        f"bad {spec.format} timestamp {value!r}",
+        f"bad {spec.format} timestamp in column {spec.column!r}",
+    )
+
+
 def _parse_ts(value: Any, spec: TimestampSpec) -> datetime:
     """The row's time: aware (UTC) when the value says where it is (an epoch number, an
     offset), else the naive wall time for the caller to place in ``spec.zone``."""
@@ -331,19 +338,15 @@ def _parse_ts(value: Any, spec: TimestampSpec) -> datetime:
     if isinstance(value, datetime):
         ts = value
     elif spec.format in _EPOCH_DIVISORS:
-        bad = _RowParse(
-            f"bad {spec.format} timestamp {value!r}",
-            f"bad {spec.format} timestamp in column {spec.column!r}",
-        )
         try:
             number = int(value) if not isinstance(value, float) else value
         except ValueError:
             try:
                 number = float(value)
             except ValueError:
-                raise bad from None
+                raise _bad_epoch(value, spec) from None
         if isinstance(number, float) and not math.isfinite(number):
-            raise bad
+            raise _bad_epoch(value, spec)
         divisor = _EPOCH_DIVISORS[spec.format]
         us = number // 1000 if spec.format == "epoch_ns" and isinstance(number, int) else None
         try:
@@ -398,26 +401,28 @@ class _Column:
             ) from None
 
     def number(self, row: Mapping[str, Any]) -> float:
-        value = self.raw(row)
+        value = row.get(self.column) if self.map is None else self.raw(row)
         if value is None or value == "":
             raise _RowParse(
                 f"missing value in column {self.column!r} ({self.field})",
                 f"missing value in column {self.column!r} ({self.field})",
             )
-        bad = _RowParse(
-            f"bad number in column {self.column!r} ({self.field}): {value!r}",
-            f"bad number in column {self.column!r} ({self.field})",
-        )
         if self.scale is None:
             try:
                 return float(value)
             except (TypeError, ValueError):
-                raise bad from None
+                raise self._bad_number(value) from None
         try:
             exact = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
         except InvalidOperation:
-            raise bad from None
+            raise self._bad_number(value) from None
         return float(exact * self.scale)  # exact product, then the nearest float
+
+    def _bad_number(self, value: Any) -> _RowParse:
+        return _RowParse(
+            f"bad number in column {self.column!r} ({self.field}): {value!r}",
+            f"bad number in column {self.column!r} ({self.field})",
+        )
 
 
 class _RowMapper:
