@@ -5,6 +5,7 @@
     MDPError                      base of everything mdp raises on purpose
     ├── ConfigError               bad config file / CLI input (CLI prints one line, exit 2)
     ├── ContractError             a payload or event breaks a contract (-> dead letter)
+    │   └── LocalTimeError        a naive local time that daylight saving repeats or skips
     ├── BusError                  the bus (Redis/Kafka) failed or refused
     ├── StoreError                the store failed
     │   └── StoreUnavailableError transient: connection lost/refused; retry with backoff
@@ -17,12 +18,15 @@ nothing above core ever sees a ``redis`` or ``asyncpg`` exception type.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "BackpressureError",
     "BusError",
     "ConfigError",
     "ContractError",
     "InferenceError",
+    "LocalTimeError",
     "MDPError",
     "StoreError",
     "StoreUnavailableError",
@@ -61,6 +65,21 @@ class ContractError(MDPError):
         self.detail = detail
         self.payload = payload
         super().__init__(f"{reason}: {detail}")
+
+
+class LocalTimeError(ContractError):
+    """A naive wall time that a time-zone rule refuses (:mod:`market_data_core.localtime`).
+
+    ``reason`` is ``"ambiguous_time"`` (the fall-back repeats it) or ``"nonexistent_time"``
+    (the spring-forward skips it); ``wall`` is the naive time, ``zone`` the zone's key and
+    ``rule`` the policy that refused it (``"ambiguous: raise"``).
+    """
+
+    def __init__(self, reason: str, detail: str, *, wall: datetime, zone: str, rule: str):
+        self.wall = wall
+        self.zone = zone
+        self.rule = rule
+        super().__init__(reason, detail)
 
 
 class BusError(MDPError):

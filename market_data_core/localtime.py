@@ -16,9 +16,10 @@ The semantics are pandas' ``Series.dt.tz_localize(zone, ambiguous=..., nonexiste
   ``nonexistent``: ``raise`` (refused) or ``shift_forward`` (the first instant after the gap,
   03:00 local: pandas ``nonexistent='shift_forward'``).
 
-A refused value is a :class:`~market_data_core.errors.ContractError` with reason
-``ambiguous_time`` or ``nonexistent_time`` and a detail naming the local time, the zone, the
-clock change and the rule, so that a dead-lettered row says why.
+A refused value is a :class:`~market_data_core.errors.LocalTimeError` (a ``LocalTimeError``) with
+reason ``ambiguous_time`` or ``nonexistent_time``, the wall time, zone and rule as attributes,
+and a detail naming the local time, the zone, the clock change and the rule, so that a
+dead-lettered row says why.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from itertools import pairwise
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from market_data_core.errors import ContractError
+from market_data_core.errors import LocalTimeError
 
 __all__ = [
     "AmbiguousPolicy",
@@ -83,7 +84,7 @@ def _gap_end(wall: datetime, zone: ZoneInfo, before: timedelta, after: timedelta
     return hi
 
 
-def _ambiguous_error(wall: datetime, zone: ZoneInfo, rule: str, why: str = "") -> ContractError:
+def _ambiguous_error(wall: datetime, zone: ZoneInfo, rule: str, why: str = "") -> LocalTimeError:
     first = wall.replace(tzinfo=zone, fold=0)
     second = wall.replace(tzinfo=zone, fold=1)
     detail = (
@@ -95,21 +96,26 @@ def _ambiguous_error(wall: datetime, zone: ZoneInfo, rule: str, why: str = "") -
         detail += f" ({why})"
     if rule == "raise":
         detail += " -- set timestamp.ambiguous to earliest, latest or infer"
-    return ContractError("ambiguous_time", detail)
+    return LocalTimeError(
+        "ambiguous_time", detail, wall=wall, zone=zone.key, rule=f"ambiguous: {rule}"
+    )
 
 
 def _nonexistent_error(
     wall: datetime, zone: ZoneInfo, before: timedelta, after: timedelta
-) -> ContractError:
+) -> LocalTimeError:
     change = _gap_end(wall, zone, before, after)
     starts = (change + before).replace(tzinfo=None)
     ends = (change + after).replace(tzinfo=None)
-    return ContractError(
+    return LocalTimeError(
         "nonexistent_time",
         f"local time {wall.isoformat(sep=' ')} does not exist in {zone.key}: on "
         f"{starts.date().isoformat()} the clocks jump from {_hhmm(starts)} to {_hhmm(ends)}; "
         "rule nonexistent: raise -- set timestamp.nonexistent: shift_forward to move such "
         f"times to {_hhmm(ends)}",
+        wall=wall,
+        zone=zone.key,
+        rule="nonexistent: raise",
     )
 
 
@@ -122,7 +128,7 @@ def to_utc(
 ) -> datetime:
     """The aware UTC instant of the naive ``wall`` in ``zone`` under the policies (module doc).
 
-    Raises ``ContractError`` (``ambiguous_time``/``nonexistent_time``) for a value the
+    Raises ``LocalTimeError`` (``ambiguous_time``/``nonexistent_time``) for a value the
     policies refuse. ``infer`` needs the neighbouring values: use :func:`localize`.
     """
     first, second = _offsets(wall, zone)
@@ -139,7 +145,7 @@ def to_utc(
     raise _nonexistent_error(wall, zone, first, second)
 
 
-def _infer_run(walls: Sequence[datetime], zone: ZoneInfo) -> list[datetime] | ContractError:
+def _infer_run(walls: Sequence[datetime], zone: ZoneInfo) -> list[datetime] | LocalTimeError:
     """UTC instants of one run of consecutive ambiguous wall times (module doc: ``infer``)."""
     steps = [b - a for a, b in pairwise(walls)]
     back = [i for i, step in enumerate(steps) if step < timedelta(0)]
@@ -178,19 +184,19 @@ def localize(
     *,
     ambiguous: AmbiguousPolicy = "raise",
     nonexistent: NonexistentPolicy = "raise",
-) -> list[datetime | ContractError]:
+) -> list[datetime | LocalTimeError]:
     """Each naive wall time of ``walls`` (in the order given) as an aware UTC instant, or the
-    ``ContractError`` that refuses it: pandas' ``tz_localize`` on an array, except that a
+    ``LocalTimeError`` that refuses it: pandas' ``tz_localize`` on an array, except that a
     refused value fails alone (pandas fails the whole array) -- with ``infer``, every value of
     a run that cannot be placed."""
-    out: list[datetime | ContractError] = []
+    out: list[datetime | LocalTimeError] = []
     run: list[datetime] = []
 
     def close_run() -> None:
         if not run:
             return
         placed = _infer_run(run, zone)
-        out.extend([placed] * len(run) if isinstance(placed, ContractError) else placed)
+        out.extend([placed] * len(run) if isinstance(placed, LocalTimeError) else placed)
         run.clear()
 
     for wall in walls:
@@ -207,7 +213,7 @@ def localize(
                     nonexistent=nonexistent,
                 )
             )
-        except ContractError as exc:
+        except LocalTimeError as exc:
             out.append(exc)
     close_run()
     return out

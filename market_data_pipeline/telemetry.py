@@ -422,7 +422,7 @@ ERROR_REASONS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "feed_error",
         ),
         # cli/cmd_produce.py: bad dataset rows (producers/datasets.py RowError.reason)
-        "replay": ("parse", "validation"),
+        "replay": ("parse", "validation", "ambiguous_time", "nonexistent_time"),
     }
 )
 """Every (component, reason) mdp counts in :data:`ERRORS`, by component. A test reads every

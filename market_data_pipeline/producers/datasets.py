@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from market_data_core.codec import validation_reason
 from market_data_core.contracts import EventKind, StreamEvent
-from market_data_core.errors import ConfigError, ContractError
+from market_data_core.errors import ConfigError, LocalTimeError
 from market_data_core.localtime import AmbiguousPolicy, NonexistentPolicy, is_ambiguous, localize
 from market_data_core.timeutil import EPOCH
 from market_data_pipeline.producers.files import Compression, open_binary, unreadable
@@ -585,13 +585,14 @@ class _Timed:
 def _row_error(line: int, raw: bytes, where: str, exc: Exception) -> RowError:
     if isinstance(exc, _RowParse):
         return RowError(where, line, "parse", str(exc), raw, exc.cause)
-    if isinstance(exc, ContractError):
+    if isinstance(exc, LocalTimeError):
         reason: RowReason = (
             "ambiguous_time" if exc.reason == "ambiguous_time" else "nonexistent_time"
         )
-        rule = " ".join(exc.detail.rsplit("; rule ", 1)[-1].split(" ", 2)[:2])
         what = "ambiguous" if reason == "ambiguous_time" else "nonexistent"
-        return RowError(where, line, reason, exc.detail, raw, f"{what} local time (rule {rule})")
+        return RowError(
+            where, line, reason, exc.detail, raw, f"{what} local time (rule {exc.rule})"
+        )
     assert isinstance(exc, ValidationError)
     return RowError(where, line, "validation", validation_reason(exc), raw, _validation_cause(exc))
 
@@ -612,7 +613,7 @@ def _timed_rows(
         assert zone is not None
         placed = localize([r[3] for r in run], zone, ambiguous="infer")
         for (line, row, raw, _), at in zip(run, placed, strict=True):
-            if isinstance(at, ContractError):
+            if isinstance(at, LocalTimeError):
                 yield _row_error(line, raw, where, at)
             else:
                 yield _Timed(line, row, raw, at)
@@ -636,7 +637,7 @@ def _timed_rows(
                 continue
             yield from close_run()
             [at] = localize([ts], zone, ambiguous=policy.ambiguous, nonexistent=policy.nonexistent)
-            if isinstance(at, ContractError):
+            if isinstance(at, LocalTimeError):
                 yield _row_error(line, raw, where, at)
                 continue
             ts = at

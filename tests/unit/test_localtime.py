@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from market_data_core.errors import ContractError
+from market_data_core.errors import LocalTimeError
 from market_data_core.localtime import is_ambiguous, localize, to_utc
 
 NY = ZoneInfo("America/New_York")
@@ -58,11 +58,16 @@ def test_fall_back_raise_refuses_each_ambiguous_time_naming_it_and_the_rule() ->
         pandas_utc(FALL_BACK, "America/New_York")  # pandas raises by default too
     ours = localize(FALL_BACK, NY)
     errors = ours[:4]
-    assert all(isinstance(e, ContractError) and e.reason == "ambiguous_time" for e in errors)
+    assert all(isinstance(e, LocalTimeError) and e.reason == "ambiguous_time" for e in errors)
     detail = str(errors[2])
     assert "ambiguous local time 2020-11-01 01:00:00 in America/New_York" in detail
     assert "EDT (UTC-04:00)" in detail and "EST (UTC-05:00)" in detail
     assert "rule ambiguous: raise" in detail
+    assert (errors[2].wall, errors[2].zone, errors[2].rule) == (
+        datetime(2020, 11, 1, 1, 0),
+        "America/New_York",
+        "ambiguous: raise",
+    )
     assert ours[4] == datetime(2020, 11, 1, 7, 0, tzinfo=UTC)  # 02:00 happens once
 
 
@@ -79,12 +84,12 @@ def test_spring_forward_raise_names_the_gap_and_the_rule() -> None:
     assert ours[0] == datetime(2020, 3, 8, 6, 59, 59, tzinfo=UTC)
     assert ours[3] == datetime(2020, 3, 8, 7, 0, tzinfo=UTC)
     err = ours[2]
-    assert isinstance(err, ContractError) and err.reason == "nonexistent_time"
+    assert isinstance(err, LocalTimeError) and err.reason == "nonexistent_time"
     assert "local time 2020-03-08 02:30:00 does not exist in America/New_York" in err.detail
     assert "the clocks jump from 02:00 to 03:00" in err.detail
     assert "rule nonexistent: raise" in err.detail
     # before the fix 02:30 silently became 07:30 UTC
-    with pytest.raises(ContractError):
+    with pytest.raises(LocalTimeError):
         to_utc(datetime(2020, 3, 8, 2, 30), NY)
 
 
@@ -146,7 +151,7 @@ def test_infer_refuses_a_run_it_cannot_place(walls: list[datetime], why: str) ->
         pandas_utc(walls, "America/New_York", ambiguous="infer")
     out = localize([datetime(2020, 11, 1, 0, 59), *walls], NY, ambiguous="infer")
     assert out[0] == datetime(2020, 11, 1, 4, 59, tzinfo=UTC)
-    assert all(isinstance(e, ContractError) for e in out[1:])
+    assert all(isinstance(e, LocalTimeError) for e in out[1:])
     assert why in str(out[1]) and "rule ambiguous: infer" in str(out[1])
 
 
