@@ -22,7 +22,7 @@ import yaml
 from market_data_core.codec import decode_bar, encode_event
 from market_data_core.config import AppConfig, parse_config
 from market_data_core.contracts import StreamEvent
-from market_data_core.protocols import Bus, routing_key
+from market_data_core.protocols import Bus, routing_key, shard_for
 from market_data_pipeline.cli.wiring import open_store, upgrade_schema
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.embedded import EmbeddedPostgres, ServerUrls
@@ -96,12 +96,12 @@ async def drain(cfg: AppConfig, name: str = "mb-1", idle_s: float = 0.5) -> Micr
         await bus.aclose()
 
 
-async def stored(cfg: AppConfig, provider: str, window_ms: int) -> list[Any]:
+async def stored(cfg: AppConfig, provider: str, window_ms: int, symbol: str = SYMBOL) -> list[Any]:
     from market_data_core.timeutil import format_duration_ms
 
     store = await open_store(cfg, urls(cfg))
     try:
-        return await store.bars_range(provider, SYMBOL, format_duration_ms(window_ms), T0, T1)
+        return await store.bars_range(provider, symbol, format_duration_ms(window_ms), T0, T1)
     finally:
         await store.aclose()
 
@@ -178,21 +178,24 @@ async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> No
 @pytest.mark.parametrize("window_ms", WINDOWS)
 async def test_three_micro_batchers_at_once(env: dict[str, Any], window_ms: int) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms, partitions=4)
-    providers = [f"{env['provider']}{k}" for k in "abcdef"]  # spread over the 4 shards
+    # the same real trades as six series; a shard is decided by the symbol, and these six
+    # symbols cover all 4 shards
+    series = [(f"{env['provider']}{k}", f"{SYMBOL}.{k}") for k in "abcdef"]
+    assert {shard_for(routing_key(p, s), 4) for p, s in series} == {0, 1, 2, 3}
     bus = await open_bus(cfg, urls(cfg))
     try:
-        for p in providers:
-            await publish(bus, cfg, trade_events(p))
+        for p, s in series:
+            await publish(bus, cfg, trade_events(p, symbol=s))
     finally:
         await bus.aclose()
     results = await asyncio.gather(*(drain(cfg, name=f"mb-{i}", idle_s=1.5) for i in range(3)))
     print([(r.events_in, r.ticks_inserted, r.bars_written, r.flushes) for r in results])
     assert sum(r.events_in for r in results) >= 6 * 9999
-    for p in providers:
-        assert_bars_equal_reference(await stored(cfg, p, window_ms), window_ms)
+    for p, s in series:
+        assert_bars_equal_reference(await stored(cfg, p, window_ms, s), window_ms)
     assert sum(r.ticks_inserted for r in results) == 6 * 9999
-    for p in providers:
-        assert_bars_equal_reference(await stored(cfg, p, window_ms), window_ms)
+    for p, s in series:
+        assert_bars_equal_reference(await stored(cfg, p, window_ms, s), window_ms)
 
 
 def _write_config(tmp_path: Path, cfg: AppConfig) -> Path:

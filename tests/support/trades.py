@@ -19,15 +19,18 @@ TRADES_CSV = DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
 SYMBOL = "BTCUSDT"
 
 
-def trade_events(provider: str, path: Path = TRADES_CSV) -> list[StreamEvent]:
-    """One tick per trade; seq = the exchange trade id (orders trades sharing a timestamp)."""
+def trade_events(
+    provider: str, path: Path = TRADES_CSV, symbol: str | None = None
+) -> list[StreamEvent]:
+    """One tick per trade; seq = the exchange trade id (orders trades sharing a timestamp).
+    ``symbol`` renames the file's symbol (the same trades as another series)."""
     out = []
     with path.open() as f:
         for row in csv.DictReader(f):
             out.append(
                 StreamEvent.create(
                     provider=provider,
-                    symbol=row["symbol"],
+                    symbol=symbol or row["symbol"],
                     kind="tick",
                     src_ts=from_epoch_us(int(row["timestamp"])),
                     c=float(row["price"]),
