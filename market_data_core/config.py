@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from market_data_core.errors import ConfigError
+from market_data_core.redaction import SecretUrl, redact_url
 from market_data_core.timeutil import parse_duration_ms
 
 __all__ = [
@@ -57,10 +58,12 @@ def _none_if_empty(v: Any) -> Any:
 class RedisConfig(_Model):
     """Redis Streams settings.
 
-    ``uri`` unset -> the embedded server; ``rediss://`` and passwords are supported.
+    ``uri`` unset -> the embedded server; ``rediss://`` and passwords are supported. It is a
+    :class:`~market_data_core.redaction.SecretUrl`: ``repr``/``str``/JSON show it without its
+    password; ``uri.get_secret_value()`` is the real URL.
     """
 
-    uri: str | None = None
+    uri: SecretUrl | None = None
     stream: str = "mdp.events"
     signals_stream: str = "mdp.signals"
     bars_stream: str = "mdp.bars"
@@ -72,8 +75,8 @@ class RedisConfig(_Model):
 
     @field_validator("uri")
     @classmethod
-    def _scheme(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(redis|rediss|unix)://", v):
+    def _scheme(cls, v: SecretUrl | None) -> SecretUrl | None:
+        if v is not None and not re.match(r"^(redis|rediss|unix)://", v.get_secret_value()):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return v
 
@@ -304,9 +307,12 @@ class InferenceConfig(_Model):
 
 
 class StoreConfig(_Model):
-    """PostgreSQL/TimescaleDB. ``dsn`` unset -> ``DATABASE_URL`` -> the embedded server."""
+    """PostgreSQL/TimescaleDB. ``dsn`` unset -> ``DATABASE_URL`` -> the embedded server.
 
-    dsn: str | None = None
+    ``dsn`` is a :class:`~market_data_core.redaction.SecretUrl` (redacted in ``repr``/``str``/
+    JSON; ``dsn.get_secret_value()`` is the real DSN)."""
+
+    dsn: SecretUrl | None = None
     pool_min: int = Field(default=1, ge=1)
     pool_max: int = Field(default=4, ge=1)
     partitioning: Literal["auto", "timescale", "native"] = "auto"
@@ -316,8 +322,8 @@ class StoreConfig(_Model):
 
     @field_validator("dsn")
     @classmethod
-    def _scheme(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^postgres(ql)?://", v):
+    def _scheme(cls, v: SecretUrl | None) -> SecretUrl | None:
+        if v is not None and not re.match(r"^postgres(ql)?://", v.get_secret_value()):
             raise ValueError("expected a postgresql:// DSN")
         return v
 
@@ -426,7 +432,8 @@ def _pydantic_error_line(exc: ValidationError) -> tuple[str, str]:
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in err and err["type"] not in ("missing",):
-        shown = repr(err["input"])
+        value = err["input"]
+        shown = repr(redact_url(value) if isinstance(value, str) else value)
         if len(shown) > 60:
             shown = shown[:57] + "..."
         msg = f"{msg} (got {shown})"
@@ -477,6 +484,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Ap
 
 
 def config_hash(config: AppConfig) -> str:
-    """Stable short hash of a config (for the ``job_runs`` audit row)."""
+    """Stable short hash of a config (for the ``job_runs`` audit row). Server URLs enter it
+    redacted: a password is not configuration, and a hash of it would be a way to guess it."""
     blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -33,6 +33,7 @@ from types import TracebackType
 
 from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError, MDPError
+from market_data_core.redaction import SecretUrl, redact_url
 
 __all__ = [
     "EmbeddedKafka",
@@ -498,9 +499,12 @@ class EmbeddedPostgres(_Server):
             self._tmp = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ServerUrls:
-    """Where the servers are; ``embedded`` names those mdp started itself."""
+    """Where the servers are; ``embedded`` names those mdp started itself.
+
+    The URLs are the real ones (with passwords), for the calls that connect; ``repr`` and
+    :meth:`describe` show them redacted."""
 
     redis_url: str | None
     database_url: str | None
@@ -510,23 +514,19 @@ class ServerUrls:
     def describe(self) -> str:
         parts = []
         if self.redis_url:
-            parts.append(f"redis={_redact(self.redis_url)}")
+            parts.append(f"redis={redact_url(self.redis_url)}")
         if self.database_url:
-            parts.append(f"postgres={_redact(self.database_url)}")
+            parts.append(f"postgres={redact_url(self.database_url)}")
         if self.kafka_bootstrap:
             parts.append(f"kafka={self.kafka_bootstrap}")
         return ", ".join(parts)
 
+    def __repr__(self) -> str:
+        return f"ServerUrls({self.describe()}, embedded={self.embedded!r})"
 
-def _redact(url: str) -> str:
-    """``scheme://user:***@host`` — passwords never reach a log."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    cred, host = rest.rsplit("@", 1)
-    if ":" in cred:
-        cred = cred.split(":", 1)[0] + ":***"
-    return f"{scheme}://{cred}@{host}"
+
+def _secret(url: SecretUrl | None) -> str | None:
+    return None if url is None else url.get_secret_value()
 
 
 @contextlib.contextmanager
@@ -550,14 +550,14 @@ def resolve_servers(
     started: list[_Server] = []
     names: list[str] = []
     try:
-        redis_url = env.get("REDIS_URI") or config.bus.redis.uri
+        redis_url = env.get("REDIS_URI") or _secret(config.bus.redis.uri)
         if redis and not redis_url:
             r = EmbeddedRedis(data_dir=None if data_dir is None else data_dir / "valkey")
             r.start()
             started.append(r)
             names.append("valkey")
             redis_url = r.url
-        db_url = env.get("DATABASE_URL") or config.store.dsn
+        db_url = env.get("DATABASE_URL") or _secret(config.store.dsn)
         if db_url and not db_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("DATABASE_URL must be a postgresql:// DSN", source="environment")
         if postgres and not db_url:

@@ -11,8 +11,9 @@ from typing import Any, Self, TypeVar
 
 import asyncpg
 
+from market_data_core.redaction import redact_url
 from market_data_store._errors import translate_errors
-from market_data_store._pool import StagingJanitor, create_pool, redact_dsn
+from market_data_store._pool import StagingJanitor, create_pool
 from market_data_store.partitions import PartitionManager
 
 __all__ = ["PgClientBase", "series_lock_keys"]
@@ -38,7 +39,7 @@ class PgClientBase:
 
     def __init__(self, pool: Any, dsn: str) -> None:
         self._pool = pool
-        self._dsn_redacted = redact_dsn(dsn)
+        self._dsn_redacted = redact_url(dsn)
         self._partitions = PartitionManager()
         self._janitor = StagingJanitor()
         self._closed = False

@@ -1,16 +1,15 @@
-"""The asyncpg connection pool every client uses, and DSN redaction."""
+"""The asyncpg connection pool every client uses."""
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import asyncpg
 
 from market_data_store._errors import translate_errors
 
-__all__ = ["SERVER_SETTINGS", "STAGING_DDL", "StagingJanitor", "create_pool", "redact_dsn"]
+__all__ = ["SERVER_SETTINGS", "STAGING_DDL", "StagingJanitor", "create_pool"]
 
 SERVER_SETTINGS = {"timezone": "UTC", "application_name": "mdp-store"}
 
@@ -33,15 +32,6 @@ CREATE TEMP TABLE IF NOT EXISTS mdp_stage_signals (
 """
 
 log = logging.getLogger(__name__)
-
-_PASSWORD = re.compile(r"(?P<head>://[^:/@]+:)(?P<pw>[^@]*)(?P<tail>@)")
-_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s]*")
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (for ``repr`` and logs)."""
-    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\g<head>***\g<tail>", dsn))
-
 
 async def _init_connection(conn: Any) -> None:
     await conn.execute(STAGING_DDL)

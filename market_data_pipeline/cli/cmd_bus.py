@@ -47,7 +47,8 @@ IdOpt = Annotated[
 def _urls(cfg: AppConfig) -> ServerUrls:
     env = environment()
     if cfg.bus.type == "redis":
-        url = env.get("REDIS_URI") or cfg.bus.redis.uri
+        uri = cfg.bus.redis.uri
+        url = env.get("REDIS_URI") or (uri.get_secret_value() if uri is not None else None)
         if not url:
             raise ConfigError(
                 "no Redis server to inspect: set REDIS_URI or bus.redis.uri",

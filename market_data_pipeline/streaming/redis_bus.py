@@ -44,6 +44,7 @@ from redis.exceptions import RedisError, ResponseError
 from market_data_core.config import BusConfig
 from market_data_core.errors import BusError
 from market_data_core.protocols import BusRecord, DeadLetter, StreamStatus, shard_for
+from market_data_core.redaction import redact_url
 from market_data_pipeline import telemetry
 from market_data_pipeline.streaming.dlq import letter_fields, letter_from_fields, letter_from_record
 from market_data_pipeline.streaming.leases import (
@@ -91,7 +92,7 @@ class RedisBus:
         """Connect (and ping) ``url``; raises ``BusError`` when the server cannot be reached."""
         client = aredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
         try:
-            async with _translated(f"connecting to {_redacted(url)}"):
+            async with _translated(f"connecting to {redact_url(url)}"):
                 await client.ping()
         except BusError:
             await client.aclose()
@@ -268,13 +269,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
-
-
-def _redacted(url: str) -> str:
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 class RedisConsumer:

@@ -75,7 +75,8 @@ def make_config(
 
 
 def urls(cfg: AppConfig) -> ServerUrls:
-    return ServerUrls(cfg.bus.redis.uri, cfg.store.dsn, None)
+    assert cfg.bus.redis.uri is not None and cfg.store.dsn is not None
+    return ServerUrls(cfg.bus.redis.uri.get_secret_value(), cfg.store.dsn.get_secret_value(), None)
 
 
 async def publish(bus: Bus, cfg: AppConfig, events: list[StreamEvent]) -> None:

@@ -76,7 +76,8 @@ def make_config(redis_url: str, database_url: str, unique: str) -> AppConfig:
 
 
 def urls(cfg: AppConfig) -> ServerUrls:
-    return ServerUrls(cfg.bus.redis.uri, cfg.store.dsn, None)
+    assert cfg.bus.redis.uri is not None and cfg.store.dsn is not None
+    return ServerUrls(cfg.bus.redis.uri.get_secret_value(), cfg.store.dsn.get_secret_value(), None)
 
 
 def bar_events(provider: str) -> list[StreamEvent]:

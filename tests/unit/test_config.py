@@ -33,7 +33,8 @@ def test_env_value_reaches_config() -> None:
     cfg = load_config(
         ROOT / "configs" / "streaming.yaml", env={"REDIS_URI": "rediss://:pw@h:6380/1"}
     )
-    assert cfg.bus.redis.uri == "rediss://:pw@h:6380/1"
+    assert cfg.bus.redis.uri is not None
+    assert cfg.bus.redis.uri.get_secret_value() == "rediss://:pw@h:6380/1"
 
 
 @pytest.mark.parametrize(

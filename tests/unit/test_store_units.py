@@ -1,4 +1,4 @@
-"""Store helpers that need no server: redaction, lock keys, partition days, error mapping."""
+"""Store helpers that need no server: lock keys, partition days, error mapping."""
 
 from __future__ import annotations
 
@@ -10,25 +10,8 @@ import pytest
 from market_data_core.errors import StoreError, StoreUnavailableError
 from market_data_store._base import series_lock_keys
 from market_data_store._errors import classify, translate_errors
-from market_data_store._pool import redact_dsn
 from market_data_store._timeseries import partition_ddl
 from market_data_store.store_client import _bar_days
-
-
-@pytest.mark.parametrize(
-    ("dsn", "expected"),
-    [
-        ("postgresql://mdp:s3cret@db:5432/mdp", "postgresql://mdp:***@db:5432/mdp"),
-        (
-            "postgresql://mdp:p%40ss@db/mdp?sslmode=require",
-            "postgresql://mdp:***@db/mdp?sslmode=require",
-        ),
-        ("postgresql://mdp@db/mdp?password=s3cret&x=1", "postgresql://mdp@db/mdp?password=***&x=1"),
-        ("postgresql://db/mdp", "postgresql://db/mdp"),
-    ],
-)
-def test_redact_dsn(dsn: str, expected: str) -> None:
-    assert redact_dsn(dsn) == expected
 
 
 def test_series_lock_keys_sorted_unique_int4() -> None:
