@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from market_data_core.errors import ConfigError
 from market_data_pipeline.cli.apps import db_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -66,15 +67,27 @@ def downgrade(
             "--revision", "-r", help="Target revision (prefix ok), or 'base' to drop all."
         ),
     ],
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Really drop the tables above the revision (required)."),
+    ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Downgrade the schema to a revision; 'base' drops every mdp table (and its data).
 
-    Example:  mdp db downgrade --revision 0002
-    """
-    from market_data_pipeline.cli.wiring import downgrade_schema
+    The tables of every later revision are dropped with their data at once, even while a
+    pipeline writes to them, so it needs --yes.
 
+    Example:  mdp db downgrade --revision 0002 --yes
+    """
     cfg = load_app_config(config)
+    if not yes:
+        raise ConfigError(
+            f"downgrade to {revision} drops tables and their data for good; "
+            "run again with --yes",
+            source="--yes",
+        )
+    from market_data_pipeline.cli.wiring import downgrade_schema
 
     with resolve_servers(cfg, environment(), redis=False) as urls:
         _note_embedded(urls)

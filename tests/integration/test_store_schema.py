@@ -86,12 +86,17 @@ def test_mdp_db_cli_upgrade_and_downgrade(
     try:
         monkeypatch.setenv("DATABASE_URL", url)
         assert mdp_main(["db", "upgrade"]) == 0
-        assert "0005_bars_volume_optional" in capsys.readouterr().out
-        assert mdp_main(["db", "downgrade", "--revision", "0001"]) == 0
+        assert head_revision() in capsys.readouterr().out
+        # destructive: without --yes nothing is dropped, one line, exit 2
+        assert mdp_main(["db", "downgrade", "--revision", "0001"]) == 2
+        _, err = capsys.readouterr()
+        assert err.count("\n") == 1 and err.startswith("mdp: error: --yes: ") and "--yes" in err
+        assert asyncio.run(_tables(url)).keys() & TABLES == TABLES
+        assert mdp_main(["db", "downgrade", "--revision", "0001", "--yes"]) == 0
         assert "0001_bars_ohlcv" in capsys.readouterr().out
-        assert mdp_main(["db", "downgrade", "--revision", "nope"]) == 2
+        assert mdp_main(["db", "downgrade", "--revision", "nope", "--yes"]) == 2
         assert asyncio.run(_tables(url)).keys() & TABLES == {"bars_ohlcv"}
-        assert mdp_main(["db", "downgrade", "--revision", "base"]) == 0
+        assert mdp_main(["db", "downgrade", "--revision", "base", "--yes"]) == 0
     finally:
         asyncio.run(drop_database(url))
 

@@ -29,6 +29,8 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         (("demo", "--rate", "x"), "Invalid value for '--rate'"),
         (("demo", "--nope"), "No such option: --nope"),
         (("demo", "--config", "missing.yaml"), "missing.yaml: file not found"),
+        (("db", "downgrade", "--revision", "base"), "--yes: downgrade to base drops tables"),
+        (("stream", "dlq", "purge"), "--yes: purge deletes dead letters for good"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
