@@ -317,6 +317,8 @@ class StoreConfig(_Model):
     pool_max: int = Field(default=4, ge=1)
     partitioning: Literal["auto", "timescale", "native"] = "auto"
     compress_after: str = "7d"
+    # how often a running job updates its job_runs row; silent for 3 intervals -> abandoned
+    heartbeat_interval_ms: int = Field(default=10_000, ge=100, le=3_600_000)
 
     _empty = field_validator("dsn", mode="before")(_none_if_empty)
 

@@ -14,12 +14,14 @@ from typing import Literal, Protocol, runtime_checkable
 from market_data_core.contracts import Bar, Signal, StreamEvent
 
 __all__ = [
+    "ABANDON_AFTER_HEARTBEATS",
     "Bus",
     "BusConsumer",
     "BusRecord",
     "DeadLetter",
     "FeatureSnapshot",
     "InferenceAdapter",
+    "JobRun",
     "JobRunTracker",
     "Provider",
     "SignalsStoreClient",
@@ -290,12 +292,66 @@ class SignalsStoreClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+ABANDON_AFTER_HEARTBEATS = 3
+"""A ``running`` job run whose last heartbeat is older than this many of its heartbeat
+intervals is dead (killed, host lost): :meth:`JobRunTracker.abandon_stale` marks it
+``abandoned``."""
+
+JobRunStatus = Literal["running", "success", "failed", "stopped", "abandoned"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """One ``job_runs`` row.
+
+    ``heartbeat_at`` is the last sign of life of a running job (its start, then every
+    ``heartbeat_interval_ms``); the counts are those of its last heartbeat until it finishes.
+    An ``abandoned`` run has ``finished_at == heartbeat_at`` and says why in ``detail``.
+    """
+
+    id: int
+    job: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: JobRunStatus
+    events_in: int
+    rows_written: int
+    errors: int
+    config_hash: str
+    detail: str | None
+    heartbeat_at: datetime
+    heartbeat_interval_ms: int
+
+
 @runtime_checkable
 class JobRunTracker(Protocol):
-    """The ``job_runs`` audit trail: one row per run of a long job."""
+    """The ``job_runs`` audit trail: one row per run of a long job.
 
-    async def start(self, job: str, config_hash: str) -> int:
-        """Insert a ``running`` row; returns its id."""
+    A run is ``running`` from :meth:`start` until :meth:`finish`; meanwhile its process calls
+    :meth:`heartbeat` every ``heartbeat_interval_ms``. A process that dies without finishing
+    (``kill -9``, a lost host) stops beating; the next :meth:`abandon_stale` (called by every
+    start and by ``mdp stream status``) marks its row ``abandoned``. A run marked abandoned
+    that beats again (it was only stalled) is ``running`` again; :meth:`finish` always writes
+    the final status. Every method raises ``StoreUnavailableError`` when the store cannot be
+    reached, ``StoreError`` otherwise.
+    """
+
+    async def start(
+        self, job: str, config_hash: str, *, heartbeat_interval_ms: int = 10_000
+    ) -> int:
+        """Insert a ``running`` row (heartbeat now); returns its id."""
+        ...
+
+    async def heartbeat(
+        self, run_id: int, *, events_in: int, rows_written: int, errors: int
+    ) -> None:
+        """Record a sign of life and the counts so far. Raises ``StoreError`` when ``run_id``
+        is not a running (or abandoned) run."""
+        ...
+
+    async def abandon_stale(self) -> list[JobRun]:
+        """Mark every ``running`` row with no heartbeat for ``ABANDON_AFTER_HEARTBEATS`` of its
+        intervals ``abandoned``; returns those rows as they are now."""
         ...
 
     async def finish(
@@ -308,6 +364,14 @@ class JobRunTracker(Protocol):
         errors: int,
         detail: str | None = None,
     ) -> None: ...
+
+    async def recent(self, limit: int = 20, job: str | None = None) -> list[JobRun]:
+        """The newest runs first (of ``job`` if given)."""
+        ...
+
+    async def running(self) -> list[JobRun]:
+        """Every ``running`` run, oldest first."""
+        ...
 
     async def aclose(self) -> None:
         """Release the tracker's connection."""

@@ -42,7 +42,9 @@ class Source:
 class Progress:
     """A snapshot for a live progress line. ``lag_entries``: entries of the events topic the
     micro-batch group has not read or not acknowledged (-1: the bus did not answer);
-    ``lag_ms``: the micro-batcher's ``stream_consumer_lag_ms``."""
+    ``lag_ms``: the micro-batcher's ``stream_consumer_lag_ms``. ``rows_written`` (store rows
+    plus signals) and ``errors`` (dead letters of both stages) are the ``job_runs`` heartbeat
+    counts."""
 
     elapsed_s: float
     published: int
@@ -52,6 +54,8 @@ class Progress:
     lag_entries: int
     lag_ms: float
     signals: int
+    rows_written: int = 0
+    errors: int = 0
 
 
 @dataclass
@@ -81,18 +85,20 @@ async def run_pipeline(
     stop: asyncio.Event,
     *,
     finish_when_sources_done: bool,
-    consumer_suffix: str,
+    consumer: str,
     on_progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 1.0,
 ) -> RunSummary:
-    """Run every stage until the run ends (see module doc); returns what each stage did."""
+    """Run every stage until the run ends (see module doc); returns what each stage did.
+
+    ``consumer`` names this process in both groups it joins (the events group of the
+    micro-batcher and the bars group of inference): a run restarted under the same name
+    re-reads its own pending entries at once. Two live processes must never share it."""
     started = time.monotonic()
     stage_stop = asyncio.Event()
     mb_drain = asyncio.Event()
-    batcher = MicroBatcher(config, bus, store, consumer_name=f"micro-batch-{consumer_suffix}")
-    inference = InferenceConsumer(
-        config, bus, store, signals_store, engine, consumer_name=f"infer-{consumer_suffix}"
-    )
+    batcher = MicroBatcher(config, bus, store, consumer_name=consumer)
+    inference = InferenceConsumer(config, bus, store, signals_store, engine, consumer_name=consumer)
     publishers = [make_publisher(config, bus, s.max_msgs_per_s) for s in sources]
     summary = RunSummary()
 
@@ -136,6 +142,8 @@ async def run_pipeline(
                         lag_entries=lag,
                         lag_ms=batcher.last_lag_ms,
                         signals=inference.stats.signals,
+                        rows_written=batcher.stats.rows_written + inference.stats.signals,
+                        errors=batcher.stats.dead_letters + inference.stats.dead_letters,
                     )
                 )
             last_t, last_n = now, published

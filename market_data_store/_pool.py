@@ -33,6 +33,27 @@ CREATE TEMP TABLE IF NOT EXISTS mdp_stage_signals (
 
 log = logging.getLogger(__name__)
 
+
+class _OneLineRetries(logging.Filter):
+    """asyncpg's pool logs every failed attempt to restore its connection floor (``min_size``)
+    with a full traceback, one per second or so while the server is down. Keep one line per
+    attempt, with its reason, and no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            lines = [p.strip() for p in str(exc).splitlines() if p.strip()]
+            reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            record.msg = f"{record.getMessage()} ({reason})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_ONE_LINE_RETRIES = _OneLineRetries()
+
+
 async def _init_connection(conn: Any) -> None:
     await conn.execute(STAGING_DDL)
 
@@ -48,6 +69,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> Any:
     A connection lost while idle is replaced on the next acquire, so a client recovers by
     itself once the server is back. Raises ``StoreUnavailableError`` if unreachable now.
     """
+    logging.getLogger("asyncpg.pool").addFilter(_ONE_LINE_RETRIES)  # once; idempotent
     with translate_errors("connect"):
         return await asyncpg.create_pool(
             dsn,

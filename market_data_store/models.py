@@ -104,12 +104,15 @@ class BarRow(Base):
 
 
 class JobRunRow(Base):
-    """``job_runs``: the audit trail, one row per run of a long job."""
+    """``job_runs``: the audit trail, one row per run of a long job. A running job updates
+    ``heartbeat_at`` every ``heartbeat_interval_ms``; one silent for 3 intervals is marked
+    ``abandoned`` (see ``market_data_core.protocols.JobRunTracker``)."""
 
     __tablename__ = "job_runs"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('running', 'success', 'failed', 'stopped')", name="status_known"
+            "status IN ('running', 'success', 'failed', 'stopped', 'abandoned')",
+            name="status_known",
         ),
         Index(None, "job", "started_at"),
     )
@@ -124,6 +127,8 @@ class JobRunRow(Base):
     errors: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     config_hash: Mapped[str] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    heartbeat_interval_ms: Mapped[int] = mapped_column(Integer, server_default=text("10000"))
 
 
 class SignalRow(Base):

@@ -25,6 +25,7 @@ from market_data_pipeline.cli import (
     cmd_servers,  # noqa: F401 - registers commands
 )
 from market_data_pipeline.cli.apps import app
+from market_data_pipeline.cli.common import one_line, primary_error
 
 __all__ = ["app", "main"]
 
@@ -55,37 +56,53 @@ def _usage_line(exc: click.UsageError) -> str:
     return text
 
 
+def _error(message: object, code: int) -> int:
+    typer.echo(f"mdp: error: {one_line(message) or type(message).__name__}", err=True)
+    return code
+
+
+def _exit_code(exc: BaseException) -> int:
+    """Print what ``exc`` means in one line (or the help) and return the exit code; anything
+    that is not a known failure is re-raised with its traceback (a bug to report)."""
+    if isinstance(exc, click.NoArgsIsHelpError):
+        typer.echo(exc.ctx.get_help())
+        return 0
+    if isinstance(exc, click.UsageError):
+        return _error(_usage_line(exc), 2)
+    if isinstance(exc, typer.Exit):
+        return int(exc.exit_code)
+    if isinstance(exc, typer.Abort):
+        typer.echo("mdp: interrupted", err=True)
+        return 130
+    if isinstance(exc, click.ClickException):
+        return _error(exc.format_message(), exc.exit_code if exc.exit_code != 1 else 2)
+    if isinstance(exc, ConfigError | ContractError):
+        return _error(exc, 2)
+    if isinstance(exc, MDPError):
+        return _error(exc, 1)
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        # a second Ctrl-C/SIGTERM cancels the main task instead of waiting for the drain
+        typer.echo("mdp: interrupted", err=True)
+        return 130
+    raise exc
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``mdp``; returns the exit code (also used by tests)."""
+    """Run ``mdp``; returns the exit code (also used by tests). Every failure of a command,
+    also one raised inside a task group, ends as one line ``mdp: error: ...``."""
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     try:
         # without standalone mode, a `typer.Exit(code)` raised by a command comes back here
         result = command.main(args=args, prog_name="mdp", standalone_mode=False)
-    except click.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help())
-        return 0
-    except click.UsageError as exc:
-        typer.echo(f"mdp: error: {_usage_line(exc)}", err=True)
-        return 2
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:
-        typer.echo("mdp: interrupted", err=True)
-        return 130
-    except click.ClickException as exc:
-        typer.echo(f"mdp: error: {exc.format_message()}", err=True)
-        return exc.exit_code if exc.exit_code != 1 else 2
-    except (ConfigError, ContractError) as exc:
-        typer.echo(f"mdp: error: {exc}", err=True)
-        return 2
-    except MDPError as exc:
-        typer.echo(f"mdp: error: {exc}", err=True)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        # a second Ctrl-C/SIGTERM cancels the main task instead of waiting for the drain
-        typer.echo("mdp: interrupted", err=True)
-        return 130
+    except BaseExceptionGroup as group:
+        primary = primary_error(group)
+        try:
+            return _exit_code(primary)
+        except BaseException:
+            raise group from None
+    except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
+        return _exit_code(exc)
     return result if isinstance(result, int) else 0
 
 

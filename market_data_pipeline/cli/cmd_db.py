@@ -83,8 +83,7 @@ def downgrade(
     cfg = load_app_config(config)
     if not yes:
         raise ConfigError(
-            f"downgrade to {revision} drops tables and their data for good; "
-            "run again with --yes",
+            f"downgrade to {revision} drops tables and their data for good; run again with --yes",
             source="--yes",
         )
     from market_data_pipeline.cli.wiring import downgrade_schema

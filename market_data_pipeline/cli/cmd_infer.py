@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from market_data_core.config import config_hash
 from market_data_core.errors import ConfigError
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline.cli.apps import stream_app
@@ -24,7 +23,13 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, features_interval
+from market_data_pipeline.cli.consumer_lock import hold_consumers
+from market_data_pipeline.cli.tracking import RunCounts, tracked_run
+from market_data_pipeline.consumers.inference_consumer import (
+    InferenceConsumer,
+    features_interval,
+    inference_group,
+)
 from market_data_pipeline.embedded import resolve_servers
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
@@ -82,6 +87,7 @@ def infer(
     chosen = build_adapter(cfg, adapter, features.feature_names, base_dir=Path.cwd())
     engine = InferenceEngine(features, chosen, interval=features_interval(cfg))
     name = consumer_name(consumer, "infer")
+    group = inference_group(cfg, engine.adapter.name, engine.interval)
 
     async def main(stop: asyncio.Event) -> None:
         from market_data_pipeline.cli.wiring import (
@@ -92,37 +98,30 @@ def infer(
         from market_data_pipeline.streaming.bus import open_bus
 
         try:
-            with resolve_servers(cfg, environment()) as urls, stage_services(cfg, urls, "infer"):
+            with (
+                resolve_servers(cfg, environment()) as urls,
+                # a given name may be reused across restarts, never by two live processes
+                hold_consumers(cfg.bus.type, urls.redis_url, [(group, name)] if consumer else []),
+                stage_services(cfg, urls, "infer"),
+            ):
                 bus = await open_bus(cfg, urls)
                 store = await open_store(cfg, urls)
                 signals_store = await open_signals_store(cfg, urls)
                 tracker = await open_job_tracker(cfg, urls)
-                run_id = await tracker.start(f"infer-{adapter}", config_hash(cfg))
                 worker = InferenceConsumer(
-                    cfg, bus, store, signals_store, engine, consumer_name=name
+                    cfg, bus, store, signals_store, engine, consumer_name=name, group=group
                 )
-                status: Literal["success", "failed", "stopped"] = "failed"
-                detail: str | None = None
-                try:
-                    stats = await worker.run(stop, drain=drain, idle_s=idle_s)
-                    status = "stopped" if stop.is_set() else "success"
-                except BaseException as exc:
-                    detail = f"{type(exc).__name__}: {exc}"
-                    raise
-                finally:
+
+                def counts() -> RunCounts:
                     s = worker.stats
-                    await tracker.finish(
-                        run_id,
-                        status=status,
-                        events_in=s.bars_in,
-                        rows_written=s.signals,
-                        errors=s.dead_letters,
-                        detail=detail,
-                    )
-                    # the JobRunTracker protocol has no aclose(); the Pg one holds a pool
-                    close_tracker = getattr(tracker, "aclose", None)
-                    if close_tracker is not None:
-                        await close_tracker()
+                    return RunCounts(s.bars_in, s.signals, s.dead_letters)
+
+                try:
+                    async with tracked_run(tracker, f"infer-{adapter}", cfg, counts) as run:
+                        stats = await worker.run(stop, drain=drain, idle_s=idle_s)
+                        run.status = "stopped" if stop.is_set() else "success"
+                finally:
+                    await tracker.aclose()
                     await signals_store.aclose()
                     await store.aclose()
                     await bus.aclose()

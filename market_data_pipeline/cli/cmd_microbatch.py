@@ -10,11 +10,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from market_data_core.config import config_hash
 from market_data_pipeline.cli.apps import stream_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -30,6 +29,8 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
+from market_data_pipeline.cli.consumer_lock import hold_consumers
+from market_data_pipeline.cli.tracking import RunCounts, tracked_run
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
 from market_data_pipeline.embedded import resolve_servers
 
@@ -91,14 +92,23 @@ def micro_batch(
         from market_data_pipeline.cli.wiring import open_job_tracker, open_store
         from market_data_pipeline.streaming.bus import open_bus
 
-        with resolve_servers(cfg, environment()) as urls, stage_services(cfg, urls, "micro-batch"):
+        with (
+            resolve_servers(cfg, environment()) as urls,
+            # a given name may be reused across restarts, never by two live processes
+            hold_consumers(
+                cfg.bus.type, urls.redis_url, [(cfg.bus.group, name)] if consumer else []
+            ),
+            stage_services(cfg, urls, "micro-batch"),
+        ):
             bus = await open_bus(cfg, urls)
             store = await open_store(cfg, urls)
             tracker = await open_job_tracker(cfg, urls)
-            run_id = await tracker.start("micro-batch", config_hash(cfg))
             batcher = MicroBatcher(cfg, bus, store, consumer_name=name)
-            status: Literal["success", "failed", "stopped"] = "failed"
-            detail: str | None = None
+
+            def counts() -> RunCounts:
+                s = batcher.stats
+                return RunCounts(s.events_in, s.rows_written, s.dead_letters)
+
             drain_on = asyncio.Event()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGUSR1, drain_on.set)
@@ -108,11 +118,9 @@ def micro_batch(
                 else None
             )
             try:
-                stats = await batcher.run(stop, drain=drain, idle_s=idle_s, drain_on=drain_on)
-                status = "success" if drain or not stop.is_set() else "stopped"
-            except BaseException as exc:
-                detail = f"{type(exc).__name__}: {exc}"
-                raise
+                async with tracked_run(tracker, "micro-batch", cfg, counts) as run:
+                    stats = await batcher.run(stop, drain=drain, idle_s=idle_s, drain_on=drain_on)
+                    run.status = "success" if drain or not stop.is_set() else "stopped"
             finally:
                 loop.remove_signal_handler(signal.SIGUSR1)
                 if writer is not None:
@@ -121,15 +129,6 @@ def micro_batch(
                         await writer
                     assert stats_file is not None
                     _dump_stats(batcher, stats_file)
-                s = batcher.stats
-                await tracker.finish(
-                    run_id,
-                    status=status,
-                    events_in=s.events_in,
-                    rows_written=s.rows_written,
-                    errors=s.dead_letters,
-                    detail=detail,
-                )
                 await tracker.aclose()
                 await store.aclose()
                 await bus.aclose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from market_data_core.config import AppConfig, config_hash
+from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError
 from market_data_core.protocols import Bus, JobRunTracker, SignalsStoreClient, StoreClient
 from market_data_pipeline.cli.apps import app
@@ -24,6 +23,7 @@ from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
     MetricsPortOpt,
+    default_consumer_name,
     environment,
     load_app_config,
     parse_window,
@@ -31,13 +31,24 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.consumers.inference_consumer import features_interval
+from market_data_pipeline.cli.consumer_lock import hold_consumers
+from market_data_pipeline.cli.tracking import RunCounts, tracked_run
+from market_data_pipeline.consumers.inference_consumer import features_interval, inference_group
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
 from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
 
 DEMO_DATASET = "binance_btcusdt_trades"
+
+RunConsumerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Consumer name of this process in the micro-batch and inference groups. Keep it "
+        "across restarts (a rerun re-reads what the last run left pending at once); two live "
+        "processes must not share it. Default: <command>-<host>."
+    ),
+]
 
 
 @dataclass
@@ -185,52 +196,78 @@ async def _run_all(
     stop: asyncio.Event,
     *,
     job: str,
+    consumer: str,
     sources: Callable[[Bus], list[Source]],
     finite: bool,
     adapter: Literal["rules", "sklearn"],
     demo: bool,
 ) -> None:
     engine = _engine(cfg, adapter)  # a bad rules file or model fails before servers start
+    groups = [cfg.bus.group, inference_group(cfg, engine.adapter.name, engine.interval)]
     with (
         resolve_servers(cfg, environment()) as urls,
+        # stable across restarts (its pending entries come back at once), never shared live
+        hold_consumers(cfg.bus.type, urls.redis_url, [(g, consumer) for g in groups]),
         stage_services(cfg, urls, job, warn_embedded=False) as metrics,
     ):
-        typer.echo(
-            f"mdp {job}: servers {urls.describe()}"
-            f"{' (embedded: ' + ', '.join(urls.embedded) + ')' if urls.embedded else ''}; "
-            f"metrics {metrics.url}/metrics",
-            err=True,
-        )
         async with _clients(cfg, urls) as c:
-            run_id = await c.tracker.start(job, config_hash(cfg))
-            status: Literal["success", "failed", "stopped"] = "failed"
+            typer.echo(
+                f"mdp {job}: servers {urls.describe()}"
+                f"{' (embedded: ' + ', '.join(urls.embedded) + ')' if urls.embedded else ''}; "
+                f"consumer {consumer}; metrics {metrics.url}/metrics",
+                err=True,
+            )
             summary = RunSummary()
-            try:
-                summary = await run_pipeline(
-                    cfg,
-                    c.bus,
-                    c.store,
-                    c.signals,
-                    engine,
-                    sources(c.bus),
-                    stop,
-                    finish_when_sources_done=finite,
-                    consumer_suffix=f"{job}-{os.getpid()}",
-                    on_progress=_progress_printer(),
+            last = [
+                Progress(
+                    elapsed_s=0.0,
+                    published=0,
+                    events_per_s=0.0,
+                    events_in=0,
+                    bars_written=0,
+                    lag_entries=0,
+                    lag_ms=0.0,
+                    signals=0,
                 )
-                status = "stopped" if stop.is_set() else "success"
+            ]
+            done = [False]
+            show = _progress_printer()
+
+            def on_progress(p: Progress) -> None:
+                last[0] = p
+                show(p)
+
+            def counts() -> RunCounts:
+                if not done[0]:
+                    p = last[0]
+                    return RunCounts(p.events_in, p.rows_written, p.errors)
+                mb, inf = summary.microbatch, summary.inference
+                return RunCounts(
+                    mb.events_in,
+                    mb.rows_written + inf.signals,
+                    mb.dead_letters + inf.dead_letters,
+                )
+
+            try:
+                async with tracked_run(c.tracker, job, cfg, counts) as run:
+                    summary = await run_pipeline(
+                        cfg,
+                        c.bus,
+                        c.store,
+                        c.signals,
+                        engine,
+                        sources(c.bus),
+                        stop,
+                        finish_when_sources_done=finite,
+                        consumer=consumer,
+                        on_progress=on_progress,
+                    )
+                    done[0] = True
+                    run.status = "stopped" if stop.is_set() else "success"
             finally:
                 if sys.stderr.isatty():
                     sys.stderr.write("\n")
-                mb = summary.microbatch
-                await c.tracker.finish(
-                    run_id,
-                    status=status,
-                    events_in=mb.events_in,
-                    rows_written=mb.rows_written + summary.inference.signals,
-                    errors=mb.dead_letters + summary.inference.dead_letters,
-                )
-            typer.echo(f"\nmdp {job} summary ({status}):\n{_summary_table(summary, cfg)}")
+            typer.echo(f"\nmdp {job} summary ({run.status}):\n{_summary_table(summary, cfg)}")
             sample = await _sample(
                 c,
                 f"{cfg.micro_batch.window_ms // 1000}s"
@@ -306,10 +343,15 @@ def run(
             help="Inference adapter (default: sklearn if enabled in the config, else rules)."
         ),
     ] = None,
+    consumer: RunConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Producers, micro-batcher and inference in one process until Ctrl-C (or --duration),
     then a summary. Servers: REDIS_URI / DATABASE_URL, the config, or embedded ones.
+
+    The consumer name (default run-<host>) stays the same across restarts, so a rerun takes
+    over what the last run left pending at once; a second live `mdp run` on this host needs
+    its own --consumer.
 
     Example:  mdp run
 
@@ -333,6 +375,7 @@ def run(
     chosen: Literal["rules", "sklearn"] = adapter or (
         "sklearn" if cfg.inference.adapters.sklearn.enabled else "rules"
     )
+    run_consumer = consumer or default_consumer_name("run")
 
     def sources(bus: Bus) -> list[Source]:
         out = [_dataset_source(cfg, bus, name, datasets) for name in replay or []]
@@ -345,7 +388,14 @@ def run(
         if duration_s is not None:
             asyncio.get_running_loop().call_later(duration_s + 0.5, stop.set)
         await _run_all(
-            cfg, stop, job="run", sources=sources, finite=False, adapter=chosen, demo=False
+            cfg,
+            stop,
+            job="run",
+            consumer=run_consumer,
+            sources=sources,
+            finite=False,
+            adapter=chosen,
+            demo=False,
         )
 
     run_async(main)
@@ -361,6 +411,7 @@ def demo(
     datasets: Annotated[Path, typer.Option(help="Dataset registry.")] = Path(
         "configs/datasets.yaml"
     ),
+    consumer: RunConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
     keep: Annotated[
         bool,
@@ -380,6 +431,9 @@ def demo(
     Example:  mdp demo --synthetic-s 10 --rate 1000
 
     Example:  mdp demo --keep --synthetic-s 5 && mdp report -o report.html
+
+    On shared servers (REDIS_URI set, or --keep) the consumer name defaults to demo-<host>,
+    like `mdp run`'s.
     """
     overrides: dict[str, object] = {}
     if metrics_port is not None:
@@ -406,7 +460,14 @@ def demo(
     async def main(stop: asyncio.Event) -> None:
         t0 = time.monotonic()
         await _run_all(
-            cfg, stop, job="demo", sources=sources, finite=True, adapter="rules", demo=True
+            cfg,
+            stop,
+            job="demo",
+            consumer=consumer or default_consumer_name("demo"),
+            sources=sources,
+            finite=True,
+            adapter="rules",
+            demo=True,
         )
         left = (
             "the servers of `mdp up` keep running (`mdp down` stops them)"

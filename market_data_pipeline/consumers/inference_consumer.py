@@ -55,7 +55,7 @@ from market_data_pipeline import telemetry
 from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.inference.engine import InferenceEngine
 
-__all__ = ["InferenceConsumer", "InferenceStats", "features_interval"]
+__all__ = ["InferenceConsumer", "InferenceStats", "features_interval", "inference_group"]
 
 log = logging.getLogger(__name__)
 _COMPONENT = "inference"
@@ -63,6 +63,12 @@ _MAX_BATCH = 500
 _MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
 _LIVE_WINDOW_S = 3600.0
 T = TypeVar("T")
+
+
+def inference_group(config: AppConfig, adapter: str, interval: str) -> str:
+    """The consumer group of one (adapter, interval) on the bars topic: replicas of one adapter
+    and interval share the bars; other adapters or intervals each see every bar."""
+    return f"{config.bus.group}.infer.{adapter}.{interval}"
 
 
 def features_interval(config: AppConfig) -> str:
@@ -103,7 +109,7 @@ class InferenceConsumer:
         self.engine = engine
         # one group per (adapter, interval): two infer processes that score different bars or
         # with different adapters must each see every bar, not split them between them
-        self.group = group or f"{config.bus.group}.infer.{engine.adapter.name}.{engine.interval}"
+        self.group = group or inference_group(config, engine.adapter.name, engine.interval)
         self._bus = bus
         self._store = store
         self._signals_store = signals_store

@@ -16,6 +16,7 @@ from market_data_pipeline.cli.wiring import (
     upgrade_schema,
 )
 from market_data_pipeline.embedded import ServerUrls
+from market_data_store import head_revision
 from tests.integration._store_db import fresh_database
 
 
@@ -23,7 +24,7 @@ async def test_open_clients_are_core_protocols(database_url: str) -> None:
     async with fresh_database(database_url) as url:
         cfg = parse_config({"store": {"dsn": url}})
         # Blocking call from inside a running event loop: runs on a worker thread.
-        assert upgrade_schema(url, config=cfg) == "0005_bars_volume_optional"
+        assert upgrade_schema(url, config=cfg) == head_revision()
         urls = ServerUrls(None, url, None)
         store = await open_store(cfg, urls)
         signals = await open_signals_store(cfg, urls)
