@@ -96,7 +96,9 @@ def classify(exc: BaseException, what: str) -> MDPError:
             )
         if isinstance(cur, asyncpg.InterfaceError) and "connection is closed" in str(cur):
             return StoreUnavailableError(f"{what}: store connection closed ({_one_line(cur)})")
-        if isinstance(cur, asyncpg.exceptions.UndefinedTableError):
+        if isinstance(
+            cur, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.UndefinedColumnError
+        ):
             err = StoreError(
                 f"{what}: {_one_line(cur)} (is the schema migrated? run `mdp db upgrade`)"
             )

@@ -11,18 +11,21 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from market_data_core.config import AppConfig
-from market_data_core.errors import ConfigError
-from market_data_core.protocols import Bus, DeadLetter, StreamStatus
+from market_data_core.errors import ConfigError, StoreError
+from market_data_core.protocols import Bus, DeadLetter, JobRun, StreamStatus
 from market_data_pipeline.cli.apps import dlq_app, stream_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
     JsonOpt,
+    describe_error,
     environment,
     load_app_config,
     run_async,
@@ -117,6 +120,63 @@ def _status_json(s: StreamStatus) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Runs:
+    """``job_runs`` as ``status`` shows them: the running ones, and those it just marked
+    abandoned (no heartbeat for ``ABANDON_AFTER_HEARTBEATS`` intervals)."""
+
+    running: list[JobRun]
+    abandoned: list[JobRun]
+
+
+def _store_url(cfg: AppConfig) -> str | None:
+    dsn = cfg.store.dsn
+    return environment().get("DATABASE_URL") or (dsn.get_secret_value() if dsn else None)
+
+
+async def _job_runs(cfg: AppConfig, url: str) -> _Runs:
+    from market_data_pipeline.cli.wiring import open_job_tracker
+
+    tracker = await open_job_tracker(cfg, ServerUrls(None, url, None))
+    try:
+        abandoned = await tracker.abandon_stale()
+        return _Runs(await tracker.running(), abandoned)
+    finally:
+        await tracker.aclose()
+
+
+def _run_json(run: JobRun, now: datetime) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "job": run.job,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "heartbeat_at": run.heartbeat_at.isoformat(),
+        "heartbeat_age_s": round((now - run.heartbeat_at).total_seconds(), 3),
+        "events_in": run.events_in,
+        "rows_written": run.rows_written,
+        "errors": run.errors,
+        "detail": run.detail,
+    }
+
+
+def _runs_table(runs: _Runs, now: datetime) -> str:
+    header = ["JOB RUN", "JOB", "STATUS", "STARTED (UTC)", "LAST HEARTBEAT", "EVENTS IN", "ERRORS"]
+    rows = [
+        [
+            str(r.id),
+            r.job,
+            r.status,
+            r.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            f"{_age(int((now - r.heartbeat_at).total_seconds() * 1000))} ago",
+            f"{r.events_in:,}",
+            f"{r.errors:,}",
+        ]
+        for r in sorted([*runs.running, *runs.abandoned], key=lambda r: r.id)
+    ]
+    return _table(header, rows) if rows else "job runs: none running"
+
+
 @stream_app.command("status")
 def stream_status(
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -132,26 +192,44 @@ def stream_status(
     """Per stream/shard and consumer group: length, lag, pending, consumers, the age of the
     oldest pending entry, the shard's owner, and the size of the dead-letter stream.
 
+    With a database (DATABASE_URL or store.dsn) also the running job runs; runs whose
+    process stopped beating (killed, host lost) are marked abandoned and shown once.
+
     Example:  mdp stream status --group mdp-consumers --json
     """
     cfg = load_app_config(config)
     bus_cfg = cfg.bus
     topics = topic or [bus_cfg.events_topic, bus_cfg.bars_topic, bus_cfg.signals_topic]
+    store_url = _store_url(cfg)
 
-    async def work(bus: Bus) -> tuple[list[StreamStatus], int]:
+    async def work(bus: Bus) -> tuple[list[StreamStatus], int, _Runs | str | None]:
         rows: list[StreamStatus] = []
         for name in topics:
             rows.extend(await bus.status(name, group))
         dlq = await bus.status(bus_cfg.dlq_topic)
-        return rows, sum(s.length for s in dlq)
+        runs: _Runs | str | None = None
+        if store_url:
+            try:
+                runs = await _job_runs(cfg, store_url)
+            except StoreError as exc:  # the bus status is still worth showing
+                runs = describe_error(exc)
+        return rows, sum(s.length for s in dlq), runs
 
-    rows, dlq_size = _run(cfg, work)
+    rows, dlq_size, runs = _run(cfg, work)
+    now = datetime.now(UTC)
+    if isinstance(runs, str):
+        typer.echo(f"mdp: warning: job runs not shown: {runs}", err=True)
     if as_json:
-        payload = {
+        payload: dict[str, Any] = {
             "bus": bus_cfg.type,
             "streams": [_status_json(s) for s in rows],
             "dlq": {"stream": bus_cfg.dlq_topic, "length": dlq_size},
         }
+        if isinstance(runs, _Runs):
+            payload["job_runs"] = {
+                "running": [_run_json(r, now) for r in runs.running],
+                "abandoned_now": [_run_json(r, now) for r in runs.abandoned],
+            }
         typer.echo(json.dumps(payload, indent=2))
         return
     header = ["STREAM", "GROUP", "LENGTH", "LAG", "PENDING", "CONSUMERS", "OLDEST PENDING", "OWNER"]
@@ -170,6 +248,8 @@ def stream_status(
     ]
     typer.echo(_table(header, table))
     typer.echo(f"\ndead letters ({bus_cfg.dlq_topic}): {dlq_size}")
+    if isinstance(runs, _Runs):
+        typer.echo(f"\n{_runs_table(runs, now)}")
 
 
 def _letter_json(letter: DeadLetter) -> dict[str, Any]:

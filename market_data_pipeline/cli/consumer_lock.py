@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,20 +40,35 @@ def lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"mdp-{os.getuid()}"
 
 
+def _host_id(host: str, port: int) -> str:
+    """The address ``host`` resolves to (the lowest, if several), or ``localhost`` for any
+    loopback one: ``localhost``, ``127.0.0.1`` and ``::1`` name the same server."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:  # unresolvable here: the connection fails next, with its own message
+        return host.lower()
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    if not addresses:
+        return host.lower()
+    if any(a.is_loopback for a in addresses):
+        return "localhost"
+    return str(min(addresses, key=lambda a: (a.version, int(a))))
+
+
 def redis_server_id(url: str) -> str:
-    """``host:port/db`` (or ``unix:<path>/db``) of a Redis URL: two spellings of one server
-    and database (``redis://h`` and ``redis://:pw@h:6379/0``) are the same id."""
+    """``host:port/db`` (or ``unix:<path>/db``) of a Redis URL, without credentials: two
+    spellings of one server and database (``redis://localhost`` and
+    ``redis://:pw@127.0.0.1:6379/0``) give the same id."""
     parts = urlsplit(url)
     query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
     if parts.scheme == "unix":
         return f"unix:{parts.path}/{query.get('db', '0')}"
     db = parts.path.strip("/") or query.get("db", "0")
-    host = parts.hostname or "localhost"
     try:
         port = parts.port or 6379
     except ValueError:  # not a number: redis-py refuses the URL first; keep it distinct
         return redact_url(url)
-    return f"{host}:{port}/{db}"
+    return f"{_host_id(parts.hostname or 'localhost', port)}:{port}/{db}"
 
 
 def _holder(path: Path) -> str:
