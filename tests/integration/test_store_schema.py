@@ -10,7 +10,13 @@ import pytest
 
 from market_data_core.errors import ConfigError
 from market_data_pipeline.cli.app import main as mdp_main
-from market_data_store import current_revision, downgrade_schema, head_revision, upgrade_schema
+from market_data_store import (
+    PgJobRunTracker,
+    current_revision,
+    downgrade_schema,
+    head_revision,
+    upgrade_schema,
+)
 from tests.integration._store_db import create_database, drop_database, fresh_database
 
 TABLES = {"bars_ohlcv", "job_runs", "signals", "ticks"}
@@ -127,3 +133,54 @@ async def test_models_match_the_migrations(empty_db: str) -> None:
         return list(compare_metadata(ctx, Base.metadata))
 
     assert await run_with_connection(empty_db, diff) == []
+
+
+async def test_0005_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
+    """Rows from before the heartbeat get one (their end, else their start); a run left
+    `running` by a killed worker then is abandoned by the next start; downgrade keeps the
+    reason and makes such rows `failed`."""
+    assert await upgrade_schema(empty_db, "0004") == "0004_ticks"
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute(
+            "INSERT INTO job_runs (job, config_hash, started_at, finished_at, status) VALUES "
+            "('dead', 'h', now() - interval '1 hour', NULL, 'running'), "
+            "('done', 'h', now() - interval '2 hours', now() - interval '90 minutes', 'success')"
+        )
+        assert await upgrade_schema(empty_db, "0005") == "0005_job_runs_heartbeat"
+        rows = {
+            r["job"]: r
+            for r in await conn.fetch(
+                "SELECT job, status, started_at, finished_at, heartbeat_at, "
+                "heartbeat_interval_ms FROM job_runs"
+            )
+        }
+        assert rows["dead"]["heartbeat_at"] == rows["dead"]["started_at"]
+        assert rows["done"]["heartbeat_at"] == rows["done"]["finished_at"]
+        assert {r["heartbeat_interval_ms"] for r in rows.values()} == {10_000}
+
+        tracker = await PgJobRunTracker.connect(empty_db, pool_max=1)
+        try:
+            assert [(r.job, r.status) for r in await tracker.abandon_stale()] == [
+                ("dead", "abandoned")
+            ]
+        finally:
+            await tracker.aclose()
+
+        assert await downgrade_schema(empty_db, "0004") == "0004_ticks"
+        status, detail = await conn.fetchrow(
+            "SELECT status, detail FROM job_runs WHERE job = 'dead'"
+        )
+        assert status == "failed" and detail.startswith("abandoned: no heartbeat since")
+        columns = {
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'job_runs'"
+            )
+        }
+        assert not columns & {"heartbeat_at", "heartbeat_interval_ms"}
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE job_runs SET status = 'abandoned' WHERE job = 'dead'")
+        assert await upgrade_schema(empty_db) == head_revision()
+    finally:
+        await conn.close()
