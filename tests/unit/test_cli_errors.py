@@ -48,3 +48,25 @@ def test_bad_yaml_via_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     p.write_text("micro_batch:\n  window_ms: [1\n")
     code, _, err = run(capsys, "demo", "--config", str(p))
     assert code == 2 and "YAML syntax error" in err and err.count("\n") == 1
+
+
+def test_a_task_group_failure_stands_for_its_primary_error() -> None:
+    import asyncio
+
+    from market_data_core.errors import StoreError
+    from market_data_pipeline.cli.common import describe_error, primary_error
+
+    store = StoreError('ingest_ticks: relation "ticks" does not exist')
+    group = BaseExceptionGroup(
+        "unhandled errors in a TaskGroup",
+        [asyncio.CancelledError(), ExceptionGroup("inner", [RuntimeError("x"), store])],
+    )
+    assert primary_error(group) is store
+    assert describe_error(group) == 'ingest_ticks: relation "ticks" does not exist'
+    assert primary_error(ExceptionGroup("g", [KeyError("k")])).__class__ is KeyError
+    assert describe_error(ExceptionGroup("g", [ValueError("bad\nsecond line")])) == (
+        "ValueError: bad"
+    )
+    assert describe_error(BaseExceptionGroup("g", [asyncio.CancelledError()])).startswith(
+        "cancelled"
+    )

@@ -7,7 +7,7 @@ from datetime import date
 import asyncpg
 import pytest
 
-from market_data_core.errors import StoreError, StoreUnavailableError
+from market_data_core.errors import ConfigError, StoreError, StoreUnavailableError
 from market_data_store._base import series_lock_keys
 from market_data_store._errors import classify, translate_errors
 from market_data_store._timeseries import partition_ddl
@@ -64,3 +64,25 @@ def test_translate_errors_looks_through_wrappers() -> None:
             raise ConnectionResetError("reset by peer")
         except ConnectionResetError as inner:
             raise RuntimeError("wrapped by a library") from inner
+
+
+def test_a_malformed_dsn_is_a_config_error() -> None:
+    err = classify(asyncpg.ClientConfigurationError("`sslmode` parameter must be one of: ..."), "c")
+    assert type(err) is ConfigError and "malformed PostgreSQL DSN: `sslmode`" in str(err)
+    refused = asyncpg.exceptions.UndefinedObjectError('unrecognized configuration parameter "x"')
+    assert type(classify(refused, "connect")) is ConfigError
+    # the same SQLSTATE from anything but a refused setting stays a store error
+    other = asyncpg.exceptions.UndefinedObjectError('type "nope" does not exist')
+    assert type(classify(other, "op")) is StoreError
+    # a ValueError is bad configuration only when asyncpg's DSN parser raised it
+    assert type(classify(ValueError("unrelated"), "op")) is StoreError
+
+
+def test_messages_are_one_line_without_sqlalchemy_hints() -> None:
+    from sqlalchemy.exc import InterfaceError
+
+    inner = asyncpg.exceptions.InternalServerError("boom\nDETAIL: more")
+    wrapped = InterfaceError("SELECT 1", {}, inner)
+    err = classify(wrapped, "migrate")
+    assert str(err).count("\n") == 0 and "Background on this error" not in str(err)
+    assert str(err) == "migrate: InternalServerError: boom"
