@@ -119,7 +119,9 @@ def test_a_worker_killed_with_kill_9_is_marked_abandoned(
             telemetry={"log_level": "WARNING"},
         ),
     )
-    produce = run_mdp("stream", "produce", "--config", str(cfg), "--count", "2000", "--rate", "20000")
+    produce = run_mdp(
+        "stream", "produce", "--config", str(cfg), "--count", "2000", "--rate", "20000"
+    )
     assert produce.returncode == 0, produce.stderr
 
     # 1. a worker beats while it runs; kill -9 leaves its row running ...
