@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from market_data_core.config import AppConfig
 from market_data_core.protocols import Bus, Provider, SignalsStoreClient, StoreClient
 from market_data_pipeline.cli.cmd_produce import make_publisher, pump
+from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, InferenceStats
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.inference.engine import InferenceEngine
@@ -124,10 +125,16 @@ async def run_pipeline(
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.2)
 
+    reporting_over = asyncio.Event()
+
     async def report() -> None:
+        # Ends on ``reporting_over``, not only on cancel: a library may swallow a cancel that
+        # lands while it awaits (Python 3.11 ``wait_for``), and the run would wait for ever.
         last_t, last_n = time.monotonic(), 0
-        while True:
-            await asyncio.sleep(progress_every_s)
+        while not reporting_over.is_set():
+            await sleep_or_stop(reporting_over, progress_every_s)
+            if reporting_over.is_set():
+                return
             now = time.monotonic()
             published = sum(p.published for p in publishers)
             lag = await _group_lag(bus, config.bus.events_topic, config.bus.group)
@@ -161,6 +168,7 @@ async def run_pipeline(
             await finish()
         finally:
             stage_stop.set()
+            reporting_over.set()
             for task in (reporter, watcher):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
