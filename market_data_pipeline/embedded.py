@@ -41,6 +41,8 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedServerError",
     "ServerUrls",
+    "configured_database_url",
+    "configured_redis_url",
     "free_port",
     "resolve_servers",
 ]
@@ -529,6 +531,16 @@ def _secret(url: SecretUrl | None) -> str | None:
     return None if url is None else url.get_secret_value()
 
 
+def configured_redis_url(config: AppConfig, env: Mapping[str, str]) -> str | None:
+    """``REDIS_URI``, else ``bus.redis.uri`` (the real URL, password included), else None."""
+    return env.get("REDIS_URI") or _secret(config.bus.redis.uri)
+
+
+def configured_database_url(config: AppConfig, env: Mapping[str, str]) -> str | None:
+    """``DATABASE_URL``, else ``store.dsn`` (the real DSN, password included), else None."""
+    return env.get("DATABASE_URL") or _secret(config.store.dsn)
+
+
 @contextlib.contextmanager
 def resolve_servers(
     config: AppConfig,
@@ -550,14 +562,14 @@ def resolve_servers(
     started: list[_Server] = []
     names: list[str] = []
     try:
-        redis_url = env.get("REDIS_URI") or _secret(config.bus.redis.uri)
+        redis_url = configured_redis_url(config, env)
         if redis and not redis_url:
             r = EmbeddedRedis(data_dir=None if data_dir is None else data_dir / "valkey")
             r.start()
             started.append(r)
             names.append("valkey")
             redis_url = r.url
-        db_url = env.get("DATABASE_URL") or _secret(config.store.dsn)
+        db_url = configured_database_url(config, env)
         if db_url and not db_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("DATABASE_URL must be a postgresql:// DSN", source="environment")
         if postgres and not db_url:

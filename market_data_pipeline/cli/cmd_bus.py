@@ -30,7 +30,7 @@ from market_data_pipeline.cli.common import (
     load_app_config,
     run_async,
 )
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
 
@@ -50,8 +50,7 @@ IdOpt = Annotated[
 def _urls(cfg: AppConfig) -> ServerUrls:
     env = environment()
     if cfg.bus.type == "redis":
-        uri = cfg.bus.redis.uri
-        url = env.get("REDIS_URI") or (uri.get_secret_value() if uri is not None else None)
+        url = configured_redis_url(cfg, env)
         if not url:
             raise ConfigError(
                 "no Redis server to inspect: set REDIS_URI or bus.redis.uri",
@@ -130,8 +129,7 @@ class _Runs:
 
 
 def _store_url(cfg: AppConfig) -> str | None:
-    dsn = cfg.store.dsn
-    return environment().get("DATABASE_URL") or (dsn.get_secret_value() if dsn else None)
+    return configured_database_url(cfg, environment())
 
 
 async def _job_runs(cfg: AppConfig, url: str) -> _Runs:

@@ -23,7 +23,7 @@ from market_data_pipeline.cli.common import (
     load_app_config,
     run_async,
 )
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
 
 
 def _duration_ms(text: str, flag: str) -> int:
@@ -38,14 +38,14 @@ def _duration_ms(text: str, flag: str) -> int:
 
 def _urls(cfg: AppConfig) -> ServerUrls:
     env = environment()
-    db = env.get("DATABASE_URL") or cfg.store.dsn
+    db = configured_database_url(cfg, env)
     if not db:
         raise ConfigError(
             "mdp report reads an existing database: set DATABASE_URL (or store.dsn), or start "
             "the local servers with `mdp up`",
             source="DATABASE_URL",
         )
-    redis = env.get("REDIS_URI") or cfg.bus.redis.uri
+    redis = configured_redis_url(cfg, env)
     kafka = env.get("KAFKA_BOOTSTRAP") or cfg.bus.kafka.bootstrap
     return ServerUrls(redis, db, kafka)
 

@@ -18,9 +18,10 @@ import typer
 
 from market_data_core.config import AppConfig, load_config, parse_config
 from market_data_core.errors import ConfigError, MDPError
+from market_data_core.redaction import redact_url
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline import telemetry
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.gc_pacing import paced_gc
 from market_data_pipeline.telemetry import MetricsServer, setup_logging, start_metrics_server
 
@@ -131,17 +132,18 @@ def _with_local_servers(config: AppConfig, path: Path, env: Mapping[str, str]) -
     if not urls:
         return config
     use: dict[str, str] = {}
-    redis_configured = env.get("REDIS_URI") or config.bus.redis.uri
+    redis_configured = configured_redis_url(config, env)
     if "valkey" in urls and config.bus.type == "redis" and not redis_configured:
         use["bus.redis.uri"] = urls["valkey"]
-    if "postgres" in urls and not (env.get("DATABASE_URL") or config.store.dsn):
+    if "postgres" in urls and not configured_database_url(config, env):
         use["store.dsn"] = urls["postgres"]
     if not use:
         return config
     typer.echo(
         f"mdp: using the servers of `mdp up` in {servers.state_dir}: "
         + ", ".join(
-            f"{'redis' if key == 'bus.redis.uri' else 'postgres'}={url}" for key, url in use.items()
+            f"{'redis' if key == 'bus.redis.uri' else 'postgres'}={redact_url(url)}"
+            for key, url in use.items()
         ),
         err=True,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from market_data_core.redaction import SecretUrl
 from market_data_pipeline.cli.common import DEFAULT_CONFIG, load_app_config
 from market_data_pipeline.local_servers import LocalServers, state_dir_for
 
@@ -71,8 +72,8 @@ def test_commands_use_the_running_servers_and_say_so(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = load_app_config(_write(project, "version: 1\n"))
-    assert cfg.bus.redis.uri == "redis://127.0.0.1:6390/0"
-    assert cfg.store.dsn == "postgresql://postgres@127.0.0.1:5439/mdp"
+    assert cfg.bus.redis.uri == SecretUrl("redis://127.0.0.1:6390/0")
+    assert cfg.store.dsn == SecretUrl("postgresql://postgres@127.0.0.1:5439/mdp")
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"mdp: using the servers of `mdp up` in {project / '.mdp'}: "
@@ -88,15 +89,15 @@ def test_the_environment_and_the_config_win(
     monkeypatch.setenv("REDIS_URI", "redis://10.0.0.1:6379/0")
     cfg = load_app_config(_write(project, "version: 1\n"))
     assert cfg.bus.redis.uri is None  # resolve_servers takes REDIS_URI from the environment
-    assert cfg.store.dsn == "postgresql://postgres@127.0.0.1:5439/mdp"
+    assert cfg.store.dsn == SecretUrl("postgresql://postgres@127.0.0.1:5439/mdp")
     assert "redis=" not in capsys.readouterr().err
 
     monkeypatch.delenv("REDIS_URI")
     cfg = load_app_config(
         _write(project, "version: 1\nstore:\n  dsn: postgresql://me@db.example/mdp\n")
     )
-    assert cfg.store.dsn == "postgresql://me@db.example/mdp"
-    assert cfg.bus.redis.uri == "redis://127.0.0.1:6390/0"
+    assert cfg.store.dsn == SecretUrl("postgresql://me@db.example/mdp")
+    assert cfg.bus.redis.uri == SecretUrl("redis://127.0.0.1:6390/0")
 
     # a Kafka bus has no use for the local Valkey; both configured: nothing to say
     cfg = load_app_config(
