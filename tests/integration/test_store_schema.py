@@ -139,7 +139,8 @@ async def test_0005_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
     """Rows from before the heartbeat get one (their end, else their start); a run left
     `running` by a killed worker then is abandoned by the next start; downgrade keeps the
     reason and makes such rows `failed`."""
-    assert await upgrade_schema(empty_db, "0004") == "0004_ticks"
+    before = "0005_bars_volume_optional"
+    assert await upgrade_schema(empty_db, before) == before
     conn = await asyncpg.connect(empty_db)
     try:
         await conn.execute(
@@ -147,7 +148,7 @@ async def test_0005_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
             "('dead', 'h', now() - interval '1 hour', NULL, 'running'), "
             "('done', 'h', now() - interval '2 hours', now() - interval '90 minutes', 'success')"
         )
-        assert await upgrade_schema(empty_db, "0005") == "0005_job_runs_heartbeat"
+        assert await upgrade_schema(empty_db, "0005_job") == "0005_job_runs_heartbeat"
         rows = {
             r["job"]: r
             for r in await conn.fetch(
@@ -167,7 +168,7 @@ async def test_0005_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
         finally:
             await tracker.aclose()
 
-        assert await downgrade_schema(empty_db, "0004") == "0004_ticks"
+        assert await downgrade_schema(empty_db, before) == before
         status, detail = await conn.fetchrow(
             "SELECT status, detail FROM job_runs WHERE job = 'dead'"
         )
