@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from tests.support.cli import (
     mdp_env,
     run_mdp,
     start_mdp,
+    stop_mdp,
     stream_config,
     wait_until,
     write_config,
@@ -122,8 +122,7 @@ def test_rerun_takes_over_what_the_last_run_left_pending_at_once(
             )
             took_s = time.monotonic() - t0
         finally:
-            rerun.send_signal(signal.SIGTERM)
-            rerun.communicate(timeout=60)
+            stop_mdp(rerun)
         assert rerun.returncode == 0, (tmp_path / "rerun.err").read_text()[-3000:]
     finally:
         client.close()
@@ -161,8 +160,7 @@ def test_a_second_live_run_under_the_same_name_is_refused(
         assert third.returncode == 0, third.stderr[-3000:]
         assert "consumer other;" in third.stderr
     finally:
-        first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=60)
+        stop_mdp(first)
     assert first.returncode == 0, err.read_text()[-3000:]
 
 

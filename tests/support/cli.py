@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,3 +115,16 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(every_s)
+
+
+def stop_mdp(proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    """SIGTERM, as an operator stops a command, and wait for it to exit. One that does not
+    exit within ``timeout_s`` is killed (never left behind) and the test fails."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=30)
+        raise AssertionError(f"mdp (pid {proc.pid}) did not exit {timeout_s}s after SIGTERM")
