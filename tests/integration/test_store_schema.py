@@ -135,7 +135,7 @@ async def test_models_match_the_migrations(empty_db: str) -> None:
     assert await run_with_connection(empty_db, diff) == []
 
 
-async def test_0005_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
+async def test_0006_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
     """Rows from before the heartbeat get one (their end, else their start); a run left
     `running` by a killed worker then is abandoned by the next start; downgrade keeps the
     reason and makes such rows `failed`."""
@@ -148,7 +148,7 @@ async def test_0005_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
             "('dead', 'h', now() - interval '1 hour', NULL, 'running'), "
             "('done', 'h', now() - interval '2 hours', now() - interval '90 minutes', 'success')"
         )
-        assert await upgrade_schema(empty_db, "0005_job") == "0005_job_runs_heartbeat"
+        assert await upgrade_schema(empty_db, "0006_job") == "0006_job_runs_heartbeat"
         rows = {
             r["job"]: r
             for r in await conn.fetch(

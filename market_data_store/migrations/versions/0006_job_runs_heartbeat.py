@@ -9,7 +9,7 @@ this revision is marked abandoned by the next start.
 Downgrade turns ``abandoned`` rows into ``failed`` (keeping the reason in ``detail``), then
 drops the columns.
 
-Revision ID: 0005_job_runs_heartbeat
+Revision ID: 0006_job_runs_heartbeat
 Revises: 0005_bars_volume_optional
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_job_runs_heartbeat"
+revision: str = "0006_job_runs_heartbeat"
 down_revision: str | None = "0005_bars_volume_optional"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
