@@ -96,8 +96,10 @@ class BusRecord:
     """One entry read from the bus.
 
     ``topic`` is the logical name (``mdp.events``); ``shard`` the shard/partition it came from;
-    ``entry_id`` the backend's id (Redis stream id, or Kafka offset); ``deliveries`` how many
-    times it has been delivered (1 the first time).
+    ``entry_id`` the backend's id (Redis stream id, or Kafka offset); ``deliveries`` counts this
+    delivery and the earlier ones that failed: 1 the first time, one more after each crash,
+    timeout or takeover (see :class:`BusConsumer`). An entry handed back on a clean stop
+    (:meth:`BusConsumer.release`) is not counted again.
     """
 
     topic: str
@@ -147,8 +149,18 @@ class BusConsumer(Protocol):
 
     ``poll`` returns this consumer's own unacknowledged entries first (after a restart), then
     new entries, only from the shards it currently holds; each shard is held by one live
-    consumer of the group at a time. Entries stay pending until :meth:`ack`; an entry never
-    acked is delivered again (to this consumer, or to another one once this one is dead).
+    consumer of the group at a time. Entries stay pending until :meth:`ack`.
+
+    Holding and redelivery (the model of NATS JetStream's ack wait and ``AckProgress``):
+    an entry returned by ``poll`` is *held* by this consumer until it is acked,
+    dead-lettered or released. It is never delivered again to anyone while the consumer keeps
+    holding it, i.e. calls :meth:`in_progress` for it at least every ``bus.claim_idle_ms`` (a
+    caller that buffers entries across polls, such as the micro-batcher with its open
+    windows, does). An entry that is neither acked nor renewed for ``claim_idle_ms`` has
+    *timed out* and is delivered again, counted; so are the entries of a consumer that
+    crashed (after a restart under the same name) or stopped polling (after a takeover).
+    An entry about to be delivered for the ``bus.max_deliveries + 1``-th time goes to the
+    dead-letter stream instead (reason ``max_deliveries``); nothing else consumes a delivery.
     """
 
     @property
@@ -156,6 +168,13 @@ class BusConsumer(Protocol):
 
     @property
     def owned_shards(self) -> frozenset[int]: ...
+
+    @property
+    def bus_dead_letters(self) -> Mapping[str, int]:
+        """Dead letters the bus layer wrote by itself for this consumer, by reason
+        (``max_deliveries``, ``trimmed``); letters written through :meth:`dead_letter` are
+        the caller's to count."""
+        ...
 
     async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
         """Next entries; ``[]`` after ``block_ms`` with nothing to read. Raises ``BusError``."""
@@ -165,6 +184,19 @@ class BusConsumer(Protocol):
         """Mark entries done (the store transaction that used them has committed)."""
         ...
 
+    async def in_progress(self, records: Sequence[BusRecord]) -> None:
+        """Renew the hold on entries still being worked on (buffered, or waiting for the
+        store): they do not time out for another ``claim_idle_ms``. Entries not held (acked,
+        or taken over by another consumer meanwhile) are ignored."""
+        ...
+
+    async def release(self, records: Sequence[BusRecord]) -> None:
+        """Hand held entries back unprocessed on a *clean* stop (e.g. open windows left pending
+        on purpose): they stay pending for the next start, and their next delivery is not
+        counted as a redelivery. Not for failures: a consumer that stops because it failed
+        closes without releasing, so a crash loop still reaches ``max_deliveries``."""
+        ...
+
     async def dead_letter(
         self, record: BusRecord, *, reason: str, detail: str, component: str
     ) -> None:
@@ -172,7 +204,8 @@ class BusConsumer(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Leave the group cleanly (release shard leases); pending entries stay pending."""
+        """Leave the group (release shard leases); pending entries stay pending, and those not
+        released first keep their delivery counts."""
         ...
 
 

@@ -20,11 +20,13 @@ partition to one live member: that is the shard ownership). Offsets are committe
 restart or a rebalance everything unacked is delivered again (to this consumer, or to the member
 that now holds the partition). A dead member's partitions move after ``session_timeout_ms`` plus
 the rebalance; a member that stops polling for ``max(session_timeout_ms, claim_idle_ms)`` is
-taken out of the group too. Records unacked for ``claim_idle_ms`` are delivered again (the
-consumer seeks back; records acked meanwhile are skipped). Delivery counts are kept by this
-consumer process (Kafka has none): a record delivered ``max_deliveries`` times by this process
-goes to the DLQ (reason ``max_deliveries``) instead of a further delivery; counts restart at 1 in
-a new process.
+taken out of the group too. A record the consumer holds (delivered, not acked) is never
+delivered to it again while the caller renews it (``in_progress``), e.g. while it sits in a
+window buffer during a store outage; one neither acked nor renewed for ``claim_idle_ms`` has
+timed out and is delivered again (the consumer seeks back to it; records acked or still held
+meanwhile are skipped, not counted). Delivery counts are kept by this consumer process (Kafka
+has none): a record delivered ``max_deliveries`` times by this process goes to the DLQ (reason
+``max_deliveries``) instead of a further delivery; counts restart at 1 in a new process.
 
 The DLQ topic holds msgpack maps (see :mod:`~market_data_pipeline.streaming.dlq`); since Kafka
 cannot delete a record, :meth:`KafkaBus.dlq_delete` appends a deletion marker that
@@ -40,7 +42,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
 import msgpack
@@ -409,19 +411,27 @@ class KafkaBus:
 class _PartitionState:
     """Delivery bookkeeping of one assigned partition."""
 
-    __slots__ = ("acked", "committed", "deliveries", "in_flight", "next_offset")
+    __slots__ = ("acked", "committed", "deliveries", "in_flight", "next_offset", "returned")
 
     def __init__(self) -> None:
-        self.in_flight: dict[int, float] = {}  # offset -> monotonic time of delivery
+        # held: offset -> monotonic time of delivery or of the last in_progress
+        self.in_flight: dict[int, float] = {}
+        # given back and not acked, to be delivered again when read again: offset -> whether
+        # that delivery counts (True: timed out; False: released on a clean stop)
+        self.returned: dict[int, bool] = {}
         self.acked: set[int] = set()  # acked offsets above the committed watermark
         self.deliveries: dict[int, int] = {}
         self.next_offset = -1  # one past the highest offset delivered
         self.committed = -1
 
     def watermark(self) -> int:
+        """The lowest offset not done yet: commits never go past it."""
+        mark = self.next_offset
         if self.in_flight:
-            return min(self.in_flight)
-        return self.next_offset
+            mark = min(mark, min(self.in_flight))
+        if self.returned:
+            mark = min(mark, min(self.returned))
+        return mark
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -464,6 +474,7 @@ class KafkaConsumer:
         self._started = False
         self._closed = False
         self._state: dict[int, _PartitionState] = {}
+        self._letters: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -474,6 +485,10 @@ class KafkaConsumer:
         if not self._started:
             return frozenset()
         return frozenset(tp.partition for tp in self._consumer.assignment())
+
+    @property
+    def bus_dead_letters(self) -> Mapping[str, int]:
+        return dict(self._letters)
 
     async def _start(self) -> None:
         await self._bus.ensure_topic(self._topic)
@@ -505,9 +520,11 @@ class KafkaConsumer:
                 state = self._state.setdefault(partition, _PartitionState())
                 for r in records:
                     offset = r.offset
-                    if offset in state.acked:
-                        continue
-                    times = state.deliveries.get(offset, 0) + 1
+                    if offset in state.acked or offset in state.in_flight:
+                        continue  # done, or still held: not delivered again, not counted
+                    # a timed-out (or new) record counts a delivery; a released one does not
+                    counted = state.returned.pop(offset, True)
+                    times = max(1, state.deliveries.get(offset, 0) + (1 if counted else 0))
                     state.deliveries[offset] = times
                     state.in_flight[offset] = now
                     state.next_offset = max(state.next_offset, offset + 1)
@@ -526,18 +543,40 @@ class KafkaConsumer:
             )
             await self._bus._send_letter(letter)
             await self.ack([record])
+            self._letters["max_deliveries"] = self._letters.get("max_deliveries", 0) + 1
             telemetry.ERRORS.labels(component="bus", reason="max_deliveries").inc()
         return out
 
     def _rewind_idle(self) -> None:
-        """Seek back to records unacked for ``claim_idle_ms`` so they are delivered again."""
+        """Seek back to records that timed out (neither acked nor renewed for
+        ``claim_idle_ms``) so they are delivered again; held records are skipped then."""
         deadline = time.monotonic() - self._claim_idle_s
         for p, state in self._state.items():
-            if state.in_flight and min(state.in_flight.values()) <= deadline:
-                first = min(state.in_flight)
-                state.in_flight.clear()
-                state.next_offset = first
-                self._consumer.seek(TopicPartition(self._topic, p), first)
+            expired = [o for o, since in state.in_flight.items() if since <= deadline]
+            if not expired:
+                continue
+            for offset in expired:
+                del state.in_flight[offset]
+                state.returned[offset] = True
+            self._consumer.seek(TopicPartition(self._topic, p), min(state.returned))
+
+    async def in_progress(self, records: Sequence[BusRecord]) -> None:
+        """Renew the hold on ``records`` for another ``claim_idle_ms``."""
+        now = time.monotonic()
+        for record in records:
+            state = self._state.get(record.shard)
+            offset = int(record.entry_id)
+            if state is not None and offset in state.in_flight:
+                state.in_flight[offset] = now
+
+    async def release(self, records: Sequence[BusRecord]) -> None:
+        """Hand held records back on a clean stop: they stay uncommitted (the next start reads
+        them again) and, if this consumer reads them again, that delivery is not counted."""
+        for record in records:
+            state = self._state.get(record.shard)
+            offset = int(record.entry_id)
+            if state is not None and state.in_flight.pop(offset, None) is not None:
+                state.returned[offset] = False
 
     async def ack(self, records: Sequence[BusRecord]) -> None:
         """Mark records done and commit, per partition, up to the lowest unacked offset."""
@@ -548,6 +587,7 @@ class KafkaConsumer:
                 continue
             offset = int(record.entry_id)
             state.in_flight.pop(offset, None)
+            state.returned.pop(offset, None)
             state.acked.add(offset)
             touched.add(record.shard)
         if touched:

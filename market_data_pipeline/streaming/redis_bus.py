@@ -13,21 +13,34 @@ Consuming (:class:`RedisConsumer`), per ``poll``:
 1. every ``lease_ttl_ms / 3``, one Lua round trip refreshes this consumer's shard leases
    (see :mod:`market_data_pipeline.streaming.leases` for the mechanism and the takeover bound);
 2. on each shard it newly holds, its **own** pending entries (left by a previous run under the
-   same name) come first, oldest first, until none are left;
+   same name) come first, oldest first, walking ``XPENDING`` forward from a cursor until none
+   are left, so each is claimed once;
 3. a newly held shard is *gated* while other consumers still have pending entries on it: new
    entries are not read from it until those are acked by their consumer (a live one that just
    released the shard) or claimed here once idle for ``claim_idle_ms`` (a dead one) — so per-key
    order holds across a takeover;
-4. every ``claim_idle_ms / 4``, entries idle for ``claim_idle_ms`` on held shards (including this
-   consumer's own unacked ones) are claimed and delivered again; now and then, group members
+4. every ``claim_idle_ms / 4``, timed-out entries on held shards are claimed and delivered
+   again: this consumer's own that it neither acked nor renewed (``in_progress``) for
+   ``claim_idle_ms``, and other consumers' entries idle that long; now and then, group members
    with nothing pending and idle for ``2 * max(claim_idle_ms, lease_ttl_ms)`` are deleted;
 5. otherwise ``XREADGROUP ... >`` over the held shards, blocking at most ``block_ms`` (capped at
    ``lease_ttl_ms / 3`` so leases are renewed in time).
 
+Delivery counts are the PEL's ``times_delivered``. The consumer remembers what it holds (entries
+delivered and not yet acked, dead-lettered or released) and never claims those again while
+they are renewed, so buffering an entry across many polls, or waiting for the store, costs
+nothing; a crash leaves the counts as they are (the restart's re-read is counted), while
+:meth:`RedisConsumer.release` on a clean stop sets them back (``XCLAIM ... RETRYCOUNT``).
 An entry about to be delivered for the ``max_deliveries + 1``-th time goes to the DLQ instead
-(reason ``max_deliveries``, counted in ``errors_total{component="bus"}``) and is acked.
+(reason ``max_deliveries``, counted in ``errors_total{component="bus"}`` and
+``bus_dead_letters``); the letter and the ack are one ``MULTI`` transaction.
 Every redis-py error (connection refused/lost, timeouts, server errors) becomes ``BusError``;
 the caller retries, and nothing acked is lost: unacked entries stay pending and come back.
+
+``status`` confirms the lag by reading: ``XINFO GROUPS`` can report a stale lag (seen on Redis
+7.0 after a restart from its AOF: lag 11,783 with every entry read), so the entries after the
+group's ``last-delivered-id`` are counted by a script, up to 10,000; XINFO's figure is used
+only above that.
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import redis.asyncio as aredis
@@ -59,6 +72,30 @@ __all__ = ["RedisBus", "RedisConsumer"]
 
 _DATA = b"data"
 _Entries = list[tuple[bytes, dict[bytes, bytes] | None]]
+_LAG_COUNT_CAP = 10_000
+_RELEASE_CHUNK = 1000
+
+# Entries after the group's last-delivered id (ARGV[1]), counted up to ARGV[2]: the lag,
+# read rather than taken from XINFO (whose counter can be stale).
+_COUNT_AFTER_LUA = """
+local after = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+return #after
+"""
+
+# Set the delivery count of entries still pending to this consumer (ARGV[2] of group ARGV[1])
+# back: pairs (id, count) from ARGV[3]. JUSTID keeps XCLAIM from counting a delivery itself.
+_RESET_COUNTS_LUA = """
+local n = 0
+for i = 3, #ARGV, 2 do
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if row[1] and row[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', ARGV[i + 1],
+               'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"""
 
 
 @contextlib.asynccontextmanager
@@ -86,6 +123,8 @@ class RedisBus:
         self._maxlen = config.maxlen
         self._maintain = client.register_script(MAINTAIN_LUA)
         self._release = client.register_script(RELEASE_LUA)
+        self._count_after = client.register_script(_COUNT_AFTER_LUA)
+        self._reset_counts = client.register_script(_RESET_COUNTS_LUA)
 
     @classmethod
     async def connect(cls, url: str, config: BusConfig) -> RedisBus:
@@ -207,10 +246,7 @@ class RedisBus:
             first = await self._client.xpending_range(stream, group, "-", "+", 1)
             if first:
                 oldest_ms = max(0, now_ms - _id_ms(_text(first[0]["message_id"])))
-        if lag_raw is None:
-            lag = await self._computed_lag(stream, group, info, length)
-        else:
-            lag = int(lag_raw)
+        lag = await self._confirmed_lag(stream, info, None if lag_raw is None else int(lag_raw))
         owner = await self._client.get(lease_key(stream, group))
         return StreamStatus(
             stream=stream,
@@ -223,18 +259,16 @@ class RedisBus:
             owner=None if owner is None else _text(owner),
         )
 
-    async def _computed_lag(
-        self, stream: str, group: str, info: dict[str, Any], length: int
-    ) -> int | None:
-        """Lag where XINFO gives none (Redis < 7, or after an XDEL/trim made it unknowable):
-        the entries after the group's last-delivered id."""
+    async def _confirmed_lag(self, stream: str, info: dict[str, Any], hint: int | None) -> int:
+        """The entries after the group's ``last-delivered-id``, counted by reading (up to
+        ``_LAG_COUNT_CAP``; beyond that XINFO's ``hint`` if larger). XINFO's lag is only a
+        hint: it is absent on Redis < 7 or after an XDEL, and can be stale (Redis 7.0 after a
+        restart from its AOF reported thousands with nothing unread)."""
         last = _text(info.get("last-delivered-id") or b"0-0")
-        if length == 0:
-            return 0
-        entries = cast(
-            "_Entries", await self._client.xrange(stream, min=f"({last}", max="+", count=10_000)
-        )
-        return len(entries)
+        unread = int(await self._count_after(keys=[stream], args=[last, _LAG_COUNT_CAP]))
+        if unread < _LAG_COUNT_CAP:
+            return unread
+        return max(unread, hint or 0)
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Append ``letter`` to the DLQ (never trimmed)."""
@@ -297,7 +331,13 @@ class RedisConsumer:
         self._dlq = config.dlq_topic
         self._owned: list[int] = []
         self._own_pending: set[int] = set()
+        # where the walk over this consumer's own pending entries of a shard resumes
+        self._own_cursor: dict[int, str] = {}
+        self._orphan_cursor: dict[int, str] = {}
         self._gated: set[int] = set()
+        # per shard: entry id -> (deliveries, monotonic time of delivery or last in_progress)
+        self._held: list[dict[str, tuple[int, float]]] = [{} for _ in self._streams]
+        self._letters: dict[str, int] = {}
         self._groups_ready = False
         self._next_maintain = 0.0
         self._next_claim = 0.0
@@ -311,6 +351,15 @@ class RedisConsumer:
     @property
     def owned_shards(self) -> frozenset[int]:
         return frozenset(self._owned)
+
+    @property
+    def bus_dead_letters(self) -> Mapping[str, int]:
+        return dict(self._letters)
+
+    @property
+    def held(self) -> int:
+        """How many entries this consumer holds (delivered, not yet acked or released)."""
+        return sum(len(h) for h in self._held)
 
     async def _ensure_groups(self) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -332,6 +381,7 @@ class RedisConsumer:
         gained = set(now_owned) - set(self._owned)
         for shard in gained:
             self._own_pending.add(shard)
+            self._own_cursor.pop(shard, None)
             self._gated.add(shard)
         lost = set(self._owned) - set(now_owned)
         self._own_pending -= lost
@@ -398,23 +448,45 @@ class RedisConsumer:
         shard_of = self._shard_of
         out: list[BusRecord] = []
         append = out.append
+        now = time.monotonic()
         for raw_stream, entries in reply:
             shard = shard_of[raw_stream]
+            held = self._held[shard]
             for raw_id, fields in entries:
-                append(BusRecord(topic, shard, raw_id.decode(), fields.get(_DATA, b"")))
+                entry_id = raw_id.decode()
+                held[entry_id] = (1, now)
+                append(BusRecord(topic, shard, entry_id, fields.get(_DATA, b"")))
         return out
 
     async def _recover_own(self, max_count: int) -> list[BusRecord]:
-        """This consumer's pending entries on newly held shards, oldest first."""
+        """This consumer's pending entries on newly held shards (left by a previous run under
+        the same name), oldest first. The walk goes forward from a cursor, so each entry is
+        claimed once; entries this consumer already holds are skipped."""
         out: list[BusRecord] = []
         for shard in sorted(self._own_pending):
             want = max_count - len(out)
             if want <= 0:
                 break
-            got, seen = await self._redeliver(shard, want, consumer=self._name, min_idle_ms=0)
-            out.extend(got)
-            if seen < want:
+            rows = await self._client.xpending_range(
+                self._streams[shard],
+                self._group,
+                self._own_cursor.get(shard, "-"),
+                "+",
+                want,
+                consumername=self._name,
+            )
+            if len(rows) < want:
                 self._own_pending.discard(shard)
+                self._own_cursor.pop(shard, None)
+            else:
+                self._own_cursor[shard] = "(" + _text(rows[-1]["message_id"])
+            held = self._held[shard]
+            candidates = [
+                (entry_id, int(row["times_delivered"]))
+                for row in rows
+                if (entry_id := _text(row["message_id"])) not in held
+            ]
+            out += await self._claim(shard, candidates, min_idle_ms=0)
         return out
 
     async def _ungate(self) -> None:
@@ -424,33 +496,101 @@ class RedisConsumer:
         for shard in gated:
             pipe.xpending(self._streams[shard], self._group)
         summaries = await pipe.execute()
-        mine = self._name.encode()
         for shard, summary in zip(gated, summaries, strict=True):
-            consumers = summary.get("consumers") or []
-            others = [c for c in consumers if c["name"] not in (mine, self._name)]
-            if not others:
+            if not self._others(summary):
                 self._gated.discard(shard)
                 continue
             # Held by a consumer that is gone (or gave the shard up): the idle-claim path
             # takes its entries after claim_idle_ms; until then the shard stays closed.
             self._next_claim = min(self._next_claim, time.monotonic())
 
+    def _others(self, summary: dict[str, Any]) -> list[tuple[str, int]]:
+        """(consumer, pending) of the other consumers in an ``XPENDING`` summary."""
+        out = []
+        for row in summary.get("consumers") or []:
+            name = _text(row["name"])
+            if name != self._name and int(row["pending"]):
+                out.append((name, int(row["pending"])))
+        return out
+
     async def _claim_idle(self, max_count: int) -> list[BusRecord]:
-        """Entries idle for ``claim_idle_ms`` on held shards, whoever holds them."""
+        """Timed-out entries on held shards: this consumer's own that were neither acked nor
+        renewed for ``claim_idle_ms``, its own pending entries idle that long that it does
+        not hold (an ack lost with a Redis restart), then other consumers' entries idle that
+        long (a dead or stuck holder). Entries this consumer holds and renews are never
+        claimed."""
         out: list[BusRecord] = []
+        deadline = time.monotonic() - self._claim_idle_ms / 1000
         for shard in self._owned:
             want = max_count - len(out)
             if want <= 0:
                 break
-            got, _ = await self._redeliver(
-                shard, want, consumer=None, min_idle_ms=self._claim_idle_ms
-            )
-            out.extend(got)
+            expired = [
+                (entry_id, deliveries)
+                for entry_id, (deliveries, since) in self._held[shard].items()
+                if since <= deadline
+            ][:want]
+            if expired:
+                out += await self._claim(shard, expired, min_idle_ms=self._claim_idle_ms)
+        for shard in self._owned:
+            want = max_count - len(out)
+            if want <= 0:
+                break
+            out += await self._claim_orphans(shard, want)
+        if len(out) < max_count and self._owned:
+            pipe = self._client.pipeline(transaction=False)
+            for shard in self._owned:
+                pipe.xpending(self._streams[shard], self._group)
+            summaries = await pipe.execute()
+            for shard, summary in zip(self._owned, summaries, strict=True):
+                for other, _ in self._others(summary):
+                    want = max_count - len(out)
+                    if want <= 0:
+                        break
+                    rows = await self._client.xpending_range(
+                        self._streams[shard],
+                        self._group,
+                        "-",
+                        "+",
+                        want,
+                        consumername=other,
+                        idle=self._claim_idle_ms,
+                    )
+                    candidates = [
+                        (_text(row["message_id"]), int(row["times_delivered"])) for row in rows
+                    ]
+                    out += await self._claim(shard, candidates, min_idle_ms=self._claim_idle_ms)
         if not out:
             self._claim_rounds += 1
             if self._claim_rounds % 8 == 0:
                 await self._prune_consumers()
         return out
+
+    async def _claim_orphans(self, shard: int, want: int) -> list[BusRecord]:
+        """One step of a walk over this consumer's own idle pending entries of ``shard``,
+        resuming where the last step ended (so entries it holds, which may be many, are
+        stepped over rather than read again each time) and wrapping around at the end."""
+        start = self._orphan_cursor.get(shard, "-")
+        rows = await self._client.xpending_range(
+            self._streams[shard],
+            self._group,
+            start,
+            "+",
+            want,
+            consumername=self._name,
+            idle=self._claim_idle_ms,
+        )
+        if len(rows) < want:
+            self._orphan_cursor.pop(shard, None)
+        else:
+            self._orphan_cursor[shard] = "(" + _text(rows[-1]["message_id"])
+        held = self._held[shard]
+        candidates = [
+            (entry_id, int(row["times_delivered"]))
+            for row in rows
+            if (entry_id := _text(row["message_id"])) not in held
+        ]
+        return await self._claim(shard, candidates, min_idle_ms=self._claim_idle_ms)
 
     async def _prune_consumers(self) -> None:
         """Forget group members of held shards that have nothing pending and have been idle
@@ -473,100 +613,97 @@ class RedisConsumer:
                     pipe.xgroup_delconsumer(stream, self._group, name)
                 await pipe.execute()
 
-    async def _redeliver(
-        self, shard: int, count: int, *, consumer: str | None, min_idle_ms: int
-    ) -> tuple[list[BusRecord], int]:
-        """Claim up to ``count`` pending entries of ``shard`` (of ``consumer``, or anyone's idle
-        ones) for this consumer, oldest first; those already delivered ``max_deliveries`` times
-        go to the DLQ instead. Returns the records and how many pending entries were seen."""
+    async def _claim(
+        self, shard: int, candidates: list[tuple[str, int]], *, min_idle_ms: int
+    ) -> list[BusRecord]:
+        """Claim pending entries ``(entry id, times delivered so far)`` of ``shard`` for this
+        consumer, oldest first, and hold them; those already delivered ``max_deliveries``
+        times go to the DLQ instead, those trimmed away while pending leave a ``trimmed``
+        letter. An entry that ``XCLAIM`` skips (acked, or renewed by another consumer since)
+        is not this consumer's any more."""
+        if not candidates:
+            return []
         stream = self._streams[shard]
-        pending = await self._client.xpending_range(
-            stream,
-            self._group,
-            "-",
-            "+",
-            count,
-            consumername=consumer,
-            idle=min_idle_ms or None,
-        )
-        if not pending:
-            return [], 0
+        held = self._held[shard]
         deliveries: dict[str, int] = {}
         poison: list[tuple[str, int]] = []
-        for row in pending:
-            entry_id = _text(row["message_id"])
-            times = int(row["times_delivered"])
+        for entry_id, times in candidates:
             if times >= self._max_deliveries:
                 poison.append((entry_id, times))
             else:
                 deliveries[entry_id] = times
         if poison:
             await self._bury(shard, poison)
+        if not deliveries:
+            return []
+        claimed = cast(
+            "_Entries",
+            await self._client.xclaim(
+                stream, self._group, self._name, min_idle_ms, list(deliveries)
+            ),
+        )
         out: list[BusRecord] = []
-        if deliveries:
-            claimed = cast(
-                "_Entries",
-                await self._client.xclaim(
-                    stream, self._group, self._name, min_idle_ms, list(deliveries)
+        gone: list[str] = []
+        returned: set[str] = set()
+        now = time.monotonic()
+        for raw_id, fields in claimed:
+            entry_id = raw_id.decode()
+            returned.add(entry_id)
+            if fields is None:  # Redis 6: trimmed away while pending, nothing to deliver
+                gone.append(entry_id)
+                continue
+            times = deliveries.get(entry_id, 0) + 1
+            held[entry_id] = (times, now)
+            out.append(BusRecord(self._topic, shard, entry_id, fields.get(_DATA, b""), times))
+        missing = [e for e in deliveries if e not in returned]
+        if missing:
+            for entry_id in missing:
+                held.pop(entry_id, None)
+            # Redis 7 / Valkey drop trimmed entries from the PEL inside XCLAIM and return
+            # nothing for them; an entry merely acked or claimed by someone else still exists.
+            pipe = self._client.pipeline(transaction=False)
+            for entry_id in missing:
+                pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+            exists = await pipe.execute()
+            gone += [e for e, rows in zip(missing, exists, strict=True) if not rows]
+        if gone:
+            await self._bury_trimmed(shard, gone, deliveries)
+        return out
+
+    async def _bury_trimmed(self, shard: int, gone: list[str], deliveries: dict[str, int]) -> None:
+        """Nothing to deliver any more, but never silently: each lost entry leaves a dead
+        letter (no payload) saying so, written and acked in one transaction, and counted."""
+        stream = self._streams[shard]
+        pipe = self._client.pipeline(transaction=True)
+        for entry_id in gone:
+            self._held[shard].pop(entry_id, None)
+            record = BusRecord(self._topic, shard, entry_id, b"", deliveries.get(entry_id, 0) + 1)
+            letter = letter_from_record(
+                record,
+                reason="trimmed",
+                detail=(
+                    f"pending entry {entry_id} of {stream} was trimmed by "
+                    f"MAXLEN ~ {self._bus.config.maxlen} before it was processed; "
+                    "its payload is lost (raise bus.maxlen or add consumers)"
                 ),
+                component="bus",
             )
-            gone: list[str] = []
-            returned: set[str] = set()
-            for raw_id, fields in claimed:
-                entry_id = raw_id.decode()
-                returned.add(entry_id)
-                if fields is None:  # Redis 6: trimmed away while pending, nothing to deliver
-                    gone.append(entry_id)
-                    continue
-                out.append(
-                    BusRecord(
-                        self._topic,
-                        shard,
-                        entry_id,
-                        fields.get(_DATA, b""),
-                        deliveries.get(entry_id, 0) + 1,
-                    )
-                )
-            missing = [e for e in deliveries if e not in returned]
-            if missing:
-                # Redis 7 / Valkey drop trimmed entries from the PEL inside XCLAIM and return
-                # nothing for them; an entry merely claimed by someone else still exists.
-                pipe = self._client.pipeline(transaction=False)
-                for entry_id in missing:
-                    pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
-                exists = await pipe.execute()
-                gone += [e for e, rows in zip(missing, exists, strict=True) if not rows]
-            if gone:
-                # Nothing to deliver any more, but never silently: each lost entry leaves a
-                # dead letter (no payload) saying so, and is counted.
-                for entry_id in gone:
-                    await self._bus.dead_letter(
-                        letter_from_record(
-                            BusRecord(
-                                self._topic, shard, entry_id, b"", deliveries.get(entry_id, 0) + 1
-                            ),
-                            reason="trimmed",
-                            detail=(
-                                f"pending entry {entry_id} of {stream} was trimmed by "
-                                f"MAXLEN ~ {self._bus.config.maxlen} before it was processed; "
-                                "its payload is lost (raise bus.maxlen or add consumers)"
-                            ),
-                            component="bus",
-                        )
-                    )
-                telemetry.ERRORS.labels(component="bus", reason="trimmed").inc(len(gone))
-                await self._client.xack(stream, self._group, *gone)
-        return out, len(pending)
+            pipe.xadd(self._dlq, _fields(letter))
+        pipe.xack(stream, self._group, *gone)
+        await pipe.execute()
+        self._count_letters("trimmed", len(gone))
 
     async def _bury(self, shard: int, poison: list[tuple[str, int]]) -> None:
-        """Move entries delivered ``max_deliveries`` times to the DLQ, then ack them."""
+        """Move entries delivered ``max_deliveries`` times to the DLQ and ack them in one
+        transaction (MULTI): an entry is never acked without its letter."""
         stream = self._streams[shard]
         pipe = self._client.pipeline(transaction=False)
         for entry_id, _ in poison:
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         bodies = cast("list[_Entries]", await pipe.execute())
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=True)
         for (entry_id, times), body in zip(poison, bodies, strict=True):
+            self._held[shard].pop(entry_id, None)
             payload = (body[0][1] or {}).get(_DATA, b"") if body else b""
             record = BusRecord(self._topic, shard, entry_id, payload, times)
             letter = letter_from_record(
@@ -578,7 +715,11 @@ class RedisConsumer:
             pipe.xadd(self._dlq, _fields(letter))
         pipe.xack(stream, self._group, *(entry_id for entry_id, _ in poison))
         await pipe.execute()
-        telemetry.ERRORS.labels(component="bus", reason="max_deliveries").inc(len(poison))
+        self._count_letters("max_deliveries", len(poison))
+
+    def _count_letters(self, reason: str, n: int) -> None:
+        self._letters[reason] = self._letters.get(reason, 0) + n
+        telemetry.ERRORS.labels(component="bus", reason=reason).inc(n)
 
     async def ack(self, records: Sequence[BusRecord]) -> None:
         """XACK, one pipelined round trip for all shards. Acking an entry twice is harmless."""
@@ -592,6 +733,40 @@ class RedisConsumer:
             pipe.xack(self._streams[shard], self._group, *ids)
         async with _translated(f"ack on {self._topic}"):
             await pipe.execute()
+        for shard, ids in by_shard.items():
+            held = self._held[shard]
+            for entry_id in ids:
+                held.pop(entry_id, None)
+
+    async def in_progress(self, records: Sequence[BusRecord]) -> None:
+        """Renew the hold on ``records`` for another ``claim_idle_ms`` (bookkeeping in this
+        process: only this consumer claims entries of the shards it holds)."""
+        now = time.monotonic()
+        for record in records:
+            held = self._held[record.shard]
+            entry = held.get(record.entry_id)
+            if entry is not None:
+                held[record.entry_id] = (entry[0], now)
+
+    async def release(self, records: Sequence[BusRecord]) -> None:
+        """Hand held entries back on a clean stop: each one still pending to this consumer
+        gets its delivery count set back to what it was before this process received it
+        (``XCLAIM ... RETRYCOUNT n JUSTID``, in a script that first checks the owner), so the
+        next start's re-read is not counted as a redelivery."""
+        by_shard: dict[int, list[str]] = {}
+        for record in records:
+            entry = self._held[record.shard].pop(record.entry_id, None)
+            if entry is not None:
+                by_shard.setdefault(record.shard, []).extend(
+                    (record.entry_id, str(max(0, entry[0] - 1)))
+                )
+        async with _translated(f"release entries of {self._topic}"):
+            for shard, args in by_shard.items():
+                for i in range(0, len(args), 2 * _RELEASE_CHUNK):
+                    await self._bus._reset_counts(
+                        keys=[self._streams[shard]],
+                        args=[self._group, self._name, *args[i : i + 2 * _RELEASE_CHUNK]],
+                    )
 
     async def dead_letter(
         self, record: BusRecord, *, reason: str, detail: str, component: str
@@ -599,21 +774,25 @@ class RedisConsumer:
         """Write ``record`` to the DLQ and ack it, atomically (MULTI): either both or neither.
 
         The caller counts ``errors_total{component, reason}``; the bus counts only the letters
-        it writes itself (``max_deliveries``)."""
+        it writes itself (``max_deliveries``, ``trimmed``)."""
         letter = letter_from_record(record, reason=reason, detail=detail, component=component)
         pipe = self._client.pipeline(transaction=True)
         pipe.xadd(self._dlq, _fields(letter))
         pipe.xack(self._streams[record.shard], self._group, record.entry_id)
         async with _translated(f"dead-letter {record.source}"):
             await pipe.execute()
+        self._held[record.shard].pop(record.entry_id, None)
 
     async def aclose(self) -> None:
         """Release this consumer's leases and leave the registry (pending entries stay
-        pending: a restart under the same name receives them first)."""
+        pending: a restart under the same name receives them first, counted as redelivered
+        unless they were handed back with :meth:`release`)."""
         if self._closed:
             return
         self._closed = True
         self._owned = []
+        for held in self._held:
+            held.clear()
         with contextlib.suppress(BusError):
             async with _translated("release leases"):
                 await self._bus._release(
