@@ -18,6 +18,7 @@ from market_data_pipeline.cli.common import (
     IdleOpt,
     MetricsPortOpt,
     consumer_name,
+    dead_letters_text,
     environment,
     load_app_config,
     run_async,
@@ -132,7 +133,7 @@ def infer(
             f"{stats.bars_scored} scored, {stats.bars_stale} already seen, {stats.skipped} "
             f"other intervals, {stats.warmup_bars} warm-up bars, {stats.signals} signals "
             f"({stats.signals_published} new on {cfg.bus.signals_topic}), "
-            f"{stats.dead_letters} dead letters"
+            f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}"
         )
 
     run_async(main)

@@ -22,6 +22,7 @@ from market_data_pipeline.cli.common import (
     IdleOpt,
     MetricsPortOpt,
     consumer_name,
+    dead_letters_text,
     environment,
     load_app_config,
     parse_window,
@@ -135,9 +136,11 @@ def micro_batch(
         p95 = percentile(stats.window_latencies_ms, 95)
         typer.echo(
             f"micro-batch {name}: {stats.events_in} events in, {stats.ticks_inserted} new ticks, "
+            f"{stats.duplicates} duplicates, "
             f"{stats.bars_written} bars written ({stats.provider_bars} provider bars), "
             f"{stats.late_corrections} late corrections, {stats.too_late} too late, "
-            f"{stats.dead_letters} dead letters, {stats.flushes} flushes"
+            f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}, "
+            f"{stats.flushes} flushes"
             + (f", p95 window latency {p95:.0f} ms" if p95 is not None else "")
         )
 

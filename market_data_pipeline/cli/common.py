@@ -204,6 +204,14 @@ MetricsPortOpt = Annotated[
 ]
 
 
+def dead_letters_text(total: int, reasons: Mapping[str, int]) -> str:
+    """``"3 dead letters (late 1, max_deliveries 2)"``: a summary's dead-letter count with its
+    reasons, so it reads like ``mdp stream dlq list`` grouped by reason."""
+    noun = "dead letter" if total == 1 else "dead letters"
+    parts = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()) if n)
+    return f"{total} {noun}" + (f" ({parts})" if parts else "")
+
+
 def percentile(values: list[float], pct: float) -> float | None:
     """Nearest-rank percentile; None for no values."""
     if not values:

@@ -24,6 +24,9 @@ Publish-before-upsert makes "in the table" imply "was published": a crash in bet
 redelivery that publishes again (at-least-once on the stream, exactly-once in the table), and a
 second replay of the same bars adds nothing to either. The store down -> retry with capped
 backoff, nothing acknowledged meanwhile. Signal ids are deterministic, so every retry converges.
+A batch left unacknowledged by a clean stop (the store was down) is handed back with
+:meth:`BusConsumer.release`, so the next start's re-read does not count toward
+``bus.max_deliveries``.
 
 Quotes (``spread_bps``/``imbalance``) are not read by this stage yet: those features stay
 ``nan`` here (rules that use them never fire); :meth:`FeatureEngine.update_quote` is ready.
@@ -35,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
@@ -88,6 +91,7 @@ class InferenceStats:
     signals: int = 0
     signals_published: int = 0
     dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     store_retries: int = 0
 
 
@@ -116,6 +120,7 @@ class InferenceConsumer:
         self._topic = config.bus.bars_topic
         self._consumer = bus.consumer(self._topic, self.group, consumer_name)
         self._warm: set[tuple[str, str]] = set()
+        self._stage_letters: dict[str, int] = {}
         self.stats = InferenceStats()
         self._lag = telemetry.STREAM_CONSUMER_LAG.labels(
             topic=self._topic, group=self.group, consumer=consumer_name
@@ -135,11 +140,14 @@ class InferenceConsumer:
         heartbeat = telemetry.Heartbeat(max_age_s=30.0)  # /healthz 503 when the loop is stuck
         check_name = f"infer:{self._consumer.name}"
         telemetry.register_health_check(check_name, heartbeat)
+        unacked: Sequence[BusRecord] = []
+        clean = False
         try:
             while not stop.is_set():
                 heartbeat.beat()
                 try:
                     records = await self._consumer.poll(_MAX_BATCH, self.config.bus.block_ms)
+                    self._count_letters()
                     backoff_s = 0.1
                 except BusError as exc:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
@@ -153,16 +161,32 @@ class InferenceConsumer:
                         len(records)
                     )
                     if not await self._handle(records, stop):
-                        break  # stopping while the store was down: entries stay pending
+                        unacked = records  # stopping while the store was down
+                        break
                 else:
                     idle_since = idle_since if idle_since is not None else time.monotonic()
                     self._lag.set(0.0)
                     if drain and time.monotonic() - idle_since >= idle_s:
                         break
+            clean = True
         finally:
             telemetry.unregister_health_check(check_name)
+            if clean and unacked:
+                try:
+                    await self._consumer.release(unacked)
+                except BusError as exc:
+                    log.warning("could not hand back %d pending entries (%s)", len(unacked), exc)
             await self._consumer.aclose()
+            self._count_letters()
         return self.stats
+
+    def _count_letters(self) -> None:
+        """Dead letters of this run: this stage's and those the bus layer wrote."""
+        reasons = dict(self._stage_letters)
+        for reason, n in self._consumer.bus_dead_letters.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        self.stats.dead_letter_reasons = reasons
+        self.stats.dead_letters = sum(reasons.values())
 
     async def _handle(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
         try:
@@ -318,16 +342,19 @@ class InferenceConsumer:
             )
 
     async def _dead_letter(self, rec: BusRecord, exc: ContractError) -> None:
-        self.stats.dead_letters += 1
         telemetry.ERRORS.labels(component=_COMPONENT, reason=exc.reason).inc()
         try:
             await self._consumer.dead_letter(
                 rec, reason=exc.reason, detail=exc.detail, component=_COMPONENT
             )
         except BusError as bus_exc:
-            # left pending: it comes back, and after bus.max_deliveries the bus dead-letters it
+            # left pending and not renewed: it times out after claim_idle_ms and comes back,
+            # and after bus.max_deliveries the bus dead-letters it
             telemetry.ERRORS.labels(component=_COMPONENT, reason="dead_letter").inc()
             log.warning("could not dead-letter %s (%s); left pending", rec.source, bus_exc)
+            return
+        self._stage_letters[exc.reason] = self._stage_letters.get(exc.reason, 0) + 1
+        self._count_letters()
 
 
 def _checked(bar: Bar, payload: bytes) -> Bar:

@@ -20,7 +20,19 @@ Guarantees:
 * **Store down -> no ack, retry** with capped exponential backoff; buffers are kept; nothing is
   lost. A non-transient store error stops the worker after a few attempts (entries stay pending).
 * **Open windows are not flushed on shutdown**: their entries stay pending and are re-read on
-  restart, so a restart never splits a bar into revisions.
+  restart, so a restart never splits a bar into revisions. On a clean stop they are handed back
+  with :meth:`BusConsumer.release`, so that re-read does not count toward
+  ``bus.max_deliveries``; after a failure (a crash, a store error that stops the worker) it
+  does, so a poison entry still ends in the dead-letter stream.
+* **Held entries are renewed.** Entries buffered in open windows or waiting for the store are
+  renewed with :meth:`BusConsumer.in_progress` before each poll (at most every
+  ``claim_idle_ms / 4``), so they are never delivered again nor counted while held, however
+  long the backlog or the store outage.
+
+The counts in :class:`MicroBatchStats` are what the store and the DLQ show: ``late_corrections``
+are bars whose ``revision`` the store bumped, ``duplicates`` the committed ticks it already had,
+``dead_letters`` every letter written for this worker's entries, including those the bus layer
+wrote (``max_deliveries``, ``trimmed``).
 """
 
 from __future__ import annotations
@@ -98,6 +110,7 @@ class _Window:
     end_us: int
     events: dict[str, StreamEvent] = field(default_factory=dict)
     holds: list[tuple[RecordKey, int]] = field(default_factory=list)
+    received: int = 0  # ticks added, duplicates included
 
 
 @dataclass(slots=True)
@@ -109,13 +122,22 @@ class _FlushJob:
 
 @dataclass(slots=True)
 class MicroBatchStats:
-    """What one run did (also the ``job_runs`` counts)."""
+    """What one run did (also the ``job_runs`` counts).
+
+    ``ticks_inserted`` new raw ticks; ``duplicates`` committed ticks the store (or the same
+    batch) already had; ``bars_written`` bars inserted or changed; ``late_corrections`` bars
+    that already existed and changed (``revision + 1``, from the store's answer, not from how
+    late an event looked); ``dead_letters`` every letter written for this worker's entries,
+    by reason in ``dead_letter_reasons`` (``decode``, ``validation``, ``late`` from this stage;
+    ``max_deliveries``, ``trimmed`` from the bus layer)."""
 
     events_in: int = 0
     ticks_inserted: int = 0
+    duplicates: int = 0
     bars_written: int = 0
     provider_bars: int = 0
     dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     late_corrections: int = 0
     too_late: int = 0
     quotes_skipped: int = 0
@@ -173,6 +195,9 @@ class MicroBatcher:
         )
         telemetry.init_error_series(_COMPONENT, "bus")
         telemetry.MICROBATCH_WINDOW.labels(group=config.bus.group).set(self.window_ms / 1000)
+        self._stage_letters: dict[str, int] = {}
+        self._renew_every_s = config.bus.claim_idle_ms / 4000
+        self._next_renew = 0.0
         self.stats = MicroBatchStats()
 
     @property
@@ -208,14 +233,17 @@ class MicroBatcher:
         heartbeat = telemetry.Heartbeat(max_age_s=_HEARTBEAT_MAX_AGE_S)
         check_name = f"micro-batch:{self.consumer_name}"
         telemetry.register_health_check(check_name, heartbeat)
+        clean = False
         try:
             while not stop.is_set():
                 heartbeat.beat()
                 drain = live_drain or (drain_on is not None and drain_on.is_set())
                 try:
+                    await self._renew_held()
                     records = await self._consumer.poll(
                         self._poll_entries(), self.config.bus.block_ms
                     )
+                    self._count_letters()
                     bus_backoff_s = 0.1
                 except BusError as exc:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
@@ -247,12 +275,43 @@ class MicroBatcher:
             job = self._take_closed(force=False)
             if job is not None:
                 await self._commit(stop, job)
+            clean = True
         finally:
             telemetry.unregister_health_check(check_name)
             if self._inflight is not None:
                 self._inflight.cancel()
+            if clean:
+                await self._release_held()
             await self._consumer.aclose()
+            self._count_letters()
         return self.stats
+
+    async def _renew_held(self) -> None:
+        """Renew the hold on every entry still buffered or being committed (see the module
+        docstring), at most every ``claim_idle_ms / 4`` and always before a poll that comes
+        after a longer pause (a commit waited for, a store outage)."""
+        now = time.monotonic()
+        if self._outstanding and now >= self._next_renew:
+            await self._consumer.in_progress([s.record for s in self._outstanding.values()])
+            self._next_renew = now + self._renew_every_s
+
+    async def _release_held(self) -> None:
+        """On a clean stop, hand the entries of open windows back uncounted."""
+        if not self._outstanding:
+            return
+        try:
+            await self._consumer.release([s.record for s in self._outstanding.values()])
+        except BusError as exc:
+            # They stay pending all the same; only their next delivery counts as a redelivery.
+            log.warning("could not hand back %d pending entries (%s)", len(self._outstanding), exc)
+
+    def _count_letters(self) -> None:
+        """Dead letters of this run: this stage's and those the bus layer wrote."""
+        reasons = dict(self._stage_letters)
+        for reason, n in self._consumer.bus_dead_letters.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        self.stats.dead_letter_reasons = reasons
+        self.stats.dead_letters = sum(reasons.values())
 
     def _poll_entries(self) -> int:
         """Entries per poll so that a poll carries about ``max_batch_size`` events, whether
@@ -369,8 +428,6 @@ class MicroBatcher:
                         _single_payload(ev),
                     )
                     continue
-                if lateness is Lateness.LATE:
-                    self.stats.late_corrections += 1
                 if newest_us is None or ts_us > newest_us:
                     clock.max_event_us = ts_us  # EventClock.observe, inlined (hot path)
                 clock.last_arrival_wall_us = now
@@ -381,6 +438,7 @@ class MicroBatcher:
                     window = windows[wkey] = _Window(start + clock.window_us)
                 # a duplicate is written once; its entry is acked with the first's window
                 window.events.setdefault(ev.event_id, ev)
+                window.received += 1
                 held += 1
             for wkey, n in held_in.items():
                 self._windows[wkey].holds.append((key, n))
@@ -415,7 +473,6 @@ class MicroBatcher:
         ).set(lag_ms)
 
     async def _dead_letter(self, rec: BusRecord, reason: str, detail: str, payload: bytes) -> None:
-        self.stats.dead_letters += 1
         telemetry.ERRORS.labels(component=_COMPONENT, reason=reason).inc()
         letter = DeadLetter(
             entry_id="",
@@ -430,6 +487,8 @@ class MicroBatcher:
             deliveries=rec.deliveries,
         )
         await _retry_bus(lambda: self._bus.dead_letter(letter), "write a dead letter")
+        self._stage_letters[reason] = self._stage_letters.get(reason, 0) + 1
+        self._count_letters()
 
     def _closed_windows(self, force: bool) -> list[tuple[str, str, int]]:
         now = self._wall()
@@ -553,7 +612,9 @@ class MicroBatcher:
         telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
         telemetry.MICROBATCH_BATCH_SIZE.observe(len(ticks))
         self.stats.ticks_inserted += result.ticks_inserted
+        self.stats.duplicates += sum(w.received for w in chunk) - result.ticks_inserted
         self.stats.bars_written += len(result.bars)
+        self.stats.late_corrections += result.bars_result.updated
         telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
         _count_upsert("bars_ohlcv", result.bars_result)
         telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(
@@ -579,6 +640,7 @@ class MicroBatcher:
         telemetry.STORE_WRITE_DURATION.labels(table="bars_ohlcv").observe(time.perf_counter() - t0)
         self.stats.provider_bars += len(rows)
         self.stats.bars_written += result.changed
+        self.stats.late_corrections += result.updated
         _count_upsert("bars_ohlcv", result)
         telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(result.changed)
         # Publish every provider bar: the upsert does not say which rows changed, and the

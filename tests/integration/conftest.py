@@ -94,6 +94,20 @@ def redis7_url() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(params=["valkey", "redis7"])
+def aof_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server of this test's own with its append-only file on (``appendfsync everysec``), to
+    ``kill()`` and ``start()`` again from its AOF: the embedded Valkey, or Debian's
+    ``redis-server`` 7.0 (skipped when not installed)."""
+    if request.param == "redis7" and not shutil.which("redis-server"):
+        pytest.skip("redis-server (Redis 7.0) is not installed: apt-get install redis-server")
+    kind = EmbeddedRedis if request.param == "valkey" else _DebianRedis
+    server = kind(data_dir=tmp_path / f"{request.param}-aof", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """A Kafka-protocol broker: ``MDP_TEST_KAFKA_BOOTSTRAP`` (a real Kafka), else Tansu 0.6

@@ -5,11 +5,9 @@ several workers, PostgreSQL down."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,16 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from market_data_core.codec import decode_bar, encode_event
-from market_data_core.config import AppConfig, parse_config
+from market_data_core.codec import decode_bar
+from market_data_core.config import AppConfig
 from market_data_core.contracts import StreamEvent
-from market_data_core.protocols import Bus, routing_key, shard_for
+from market_data_core.protocols import routing_key, shard_for
 from market_data_pipeline.cli.wiring import open_store, upgrade_schema
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
-from market_data_pipeline.embedded import EmbeddedPostgres, ServerUrls
+from market_data_pipeline.embedded import EmbeddedPostgres
 from market_data_pipeline.streaming.bus import open_bus
+from tests.support.pipeline import (
+    clean_env,
+    make_config,
+    mdp_command,
+    publish,
+    urls,
+    write_config,
+)
 from tests.support.trades import SYMBOL, assert_bars_equal_reference, trade_events
 
 WINDOWS = [500, 1000, 2000, 5000]
@@ -38,51 +43,6 @@ T1 = datetime(2020, 2, 23, tzinfo=UTC)
 def migrated(database_url: str) -> str:
     upgrade_schema(database_url)
     return database_url
-
-
-def make_config(
-    redis_url: str, database_url: str, unique: str, window_ms: int, **mb: Any
-) -> AppConfig:
-    partitions = mb.pop("partitions", 1)
-    return parse_config(
-        {
-            "bus": {
-                "partitions": partitions,
-                "block_ms": 50,
-                "claim_idle_ms": 1000,
-                "redis": {
-                    "uri": redis_url,
-                    "stream": f"t.{unique}.events",
-                    "bars_stream": f"t.{unique}.bars",
-                    "dlq_stream": f"t.{unique}.dlq",
-                    "signals_stream": f"t.{unique}.signals",
-                    "consumer_group": f"g.{unique}",
-                    "lease_ttl_ms": 1000,
-                },
-            },
-            "micro_batch": {
-                "window_ms": window_ms,
-                "allow_late_ms": 500,
-                "flush_timeout_ms": 200,
-                "correction_horizon_ms": 3_600_000,
-                "max_batch_size": 5000,
-                **mb,
-            },
-            "store": {"dsn": database_url},
-            "telemetry": {"metrics_port": 0},
-        }
-    )
-
-
-def urls(cfg: AppConfig) -> ServerUrls:
-    assert cfg.bus.redis.uri is not None and cfg.store.dsn is not None
-    return ServerUrls(cfg.bus.redis.uri.get_secret_value(), cfg.store.dsn.get_secret_value(), None)
-
-
-async def publish(bus: Bus, cfg: AppConfig, events: list[StreamEvent]) -> None:
-    items = [(routing_key(e.provider, e.symbol), encode_event(e, cfg.bus.codec)) for e in events]
-    for i in range(0, len(items), 1000):
-        await bus.publish(cfg.bus.events_topic, items[i : i + 1000])
 
 
 async def drain(cfg: AppConfig, name: str = "mb-1", idle_s: float = 0.5) -> MicroBatchStats:
@@ -199,12 +159,6 @@ async def test_three_micro_batchers_at_once(env: dict[str, Any], window_ms: int)
         assert_bars_equal_reference(await stored(cfg, p, window_ms, s), window_ms)
 
 
-def _write_config(tmp_path: Path, cfg: AppConfig) -> Path:
-    path = tmp_path / "streaming.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    return path
-
-
 @pytest.mark.parametrize("window_ms", [500, 2000])
 async def test_kill_9_three_times_then_restart(
     env: dict[str, Any], window_ms: int, tmp_path: Path
@@ -217,11 +171,8 @@ async def test_kill_9_three_times_then_restart(
         await publish(bus, cfg, trade_events(env["provider"]))
     finally:
         await bus.aclose()
-    path = _write_config(tmp_path, cfg)
-    cmd = [
-        sys.executable,
-        "-m",
-        "market_data_pipeline.cli.app",
+    path = write_config(tmp_path, cfg)
+    cmd = mdp_command(
         "stream",
         "micro-batch",
         "--config",
@@ -231,17 +182,15 @@ async def test_kill_9_three_times_then_restart(
         "1",
         "--consumer",
         "mb-crashy",
-    ]
+    )
     rng = random.Random(window_ms)
-    clean_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
+    env = clean_env()
     for _ in range(3):
-        proc = subprocess.Popen(
-            cmd, env=clean_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(rng.uniform(1.5, 3.5))  # start-up takes ~1 s; then it is mid-run
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    done = subprocess.run(cmd, env=clean_env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
 

@@ -82,10 +82,26 @@ def reference_bars(window_ms: int, path: Path = TRADES_CSV) -> dict[pd.Timestamp
     }
 
 
-def assert_bars_equal_reference(bars: list[Bar], window_ms: int) -> None:
+def compressed_trades(dest: Path, factor: int, path: Path = TRADES_CSV) -> Path:
+    """The trades of ``path`` with their time offsets from the first one divided by ``factor``
+    (integer microseconds; order kept, ties ordered by trade id as always), written to
+    ``dest``: the same real prices and sizes, ``factor`` times denser per window."""
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    t0 = int(rows[0]["timestamp"])
+    for row in rows:
+        row["timestamp"] = str(t0 + (int(row["timestamp"]) - t0) // factor)
+    with dest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
+
+
+def assert_bars_equal_reference(bars: list[Bar], window_ms: int, path: Path = TRADES_CSV) -> None:
     """Same rows, same values: o/h/l/c/v/trade_count exactly (as the floats of the exact
     decimals), vwap = sum(p*v)/sum(v) as the float nearest the exact quotient."""
-    ref = reference_bars(window_ms)
+    ref = reference_bars(window_ms, path)
     got = {pd.Timestamp(b.ts): b for b in bars}
     missing = sorted(set(ref) - set(got))[:5]
     extra = sorted(set(got) - set(ref))[:5]

@@ -232,6 +232,7 @@ async def test_stage_loops_register_a_heartbeat_on_healthz() -> None:
     class IdleConsumer:
         name = "hb-test"
         owned_shards = frozenset({0})
+        bus_dead_letters: dict[str, int] = {}
 
         async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
             await asyncio.sleep(block_ms / 1000)

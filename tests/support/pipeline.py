@@ -1,0 +1,83 @@
+"""What the micro-batch integration tests share: a config on fresh stream names, the server
+URLs it names, publishing events, and running a stage command as a separate process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from market_data_core.codec import encode_event
+from market_data_core.config import AppConfig, parse_config
+from market_data_core.contracts import StreamEvent
+from market_data_core.protocols import Bus, routing_key
+from market_data_pipeline.embedded import ServerUrls
+
+
+def make_config(
+    redis_url: str, database_url: str, unique: str, window_ms: int, **mb: Any
+) -> AppConfig:
+    """Fresh stream and group names (``unique``), short bus timings; ``partitions``,
+    ``claim_idle_ms`` and ``max_deliveries`` go to ``bus``, the rest to ``micro_batch``."""
+    bus = {
+        "partitions": mb.pop("partitions", 1),
+        "claim_idle_ms": mb.pop("claim_idle_ms", 1000),
+        "max_deliveries": mb.pop("max_deliveries", 5),
+    }
+    return parse_config(
+        {
+            "bus": {
+                **bus,
+                "block_ms": 50,
+                "redis": {
+                    "uri": redis_url,
+                    "stream": f"t.{unique}.events",
+                    "bars_stream": f"t.{unique}.bars",
+                    "dlq_stream": f"t.{unique}.dlq",
+                    "signals_stream": f"t.{unique}.signals",
+                    "consumer_group": f"g.{unique}",
+                    "lease_ttl_ms": 1000,
+                },
+            },
+            "micro_batch": {
+                "window_ms": window_ms,
+                "allow_late_ms": 500,
+                "flush_timeout_ms": 200,
+                "correction_horizon_ms": 3_600_000,
+                "max_batch_size": 5000,
+                **mb,
+            },
+            "store": {"dsn": database_url},
+            "telemetry": {"metrics_port": 0},
+        }
+    )
+
+
+def urls(cfg: AppConfig) -> ServerUrls:
+    assert cfg.bus.redis.uri is not None and cfg.store.dsn is not None
+    return ServerUrls(cfg.bus.redis.uri.get_secret_value(), cfg.store.dsn.get_secret_value(), None)
+
+
+async def publish(bus: Bus, cfg: AppConfig, events: list[StreamEvent]) -> None:
+    items = [(routing_key(e.provider, e.symbol), encode_event(e, cfg.bus.codec)) for e in events]
+    for i in range(0, len(items), 1000):
+        await bus.publish(cfg.bus.events_topic, items[i : i + 1000])
+
+
+def write_config(tmp_path: Path, cfg: AppConfig) -> Path:
+    path = tmp_path / "streaming.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def mdp_command(*args: str) -> list[str]:
+    """``mdp <args>`` as a separate process of this interpreter."""
+    return [sys.executable, "-m", "market_data_pipeline.cli.app", *args]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without server URLs, so a command uses the ones its config names."""
+    return {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
