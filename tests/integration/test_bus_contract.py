@@ -277,6 +277,83 @@ async def test_poison_pill_goes_to_dlq_after_max_deliveries(make_bus: MakeBus) -
     assert sum(s.pending for s in statuses) == 0
 
 
+async def test_held_entries_are_not_delivered_again_while_renewed(make_bus: MakeBus) -> None:
+    # A consumer buffering entries (open windows, a store outage) renews them: however long it
+    # holds them, they never come back to it, nor count as deliveries.
+    bus = await make_bus(claim_idle_ms=200, max_deliveries=2, lease_ttl_ms=600)
+    topic = bus_topic(bus)
+    await bus.publish(topic, _items(_events(["SPY"], 3)))
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
+    try:
+        held = await _drain(consumer, 3, ack=False)
+        assert [r.deliveries for r in held] == [1, 1, 1]
+        again: list[BusRecord] = []
+        deadline = time.monotonic() + 2.0  # ten times claim_idle_ms
+        while time.monotonic() < deadline:
+            await consumer.in_progress(held)
+            again += await consumer.poll(10, 50)
+        assert again == []
+        assert await bus.dlq_list(10) == []
+        await consumer.ack(held)
+    finally:
+        await consumer.aclose()
+    statuses = await bus.status(topic, f"grp.{topic}")
+    assert sum(s.pending for s in statuses) == 0
+
+
+async def test_released_entries_come_back_uncounted_after_a_clean_restart(
+    make_bus: MakeBus,
+) -> None:
+    # A clean stop hands its open work back: the restart's re-read consumes no delivery
+    # (with max_deliveries=1 a counted re-read would go straight to the DLQ).
+    bus = await make_bus(max_deliveries=1)
+    topic = bus_topic(bus)
+    sent = _events(["SPY"], 5)
+    await bus.publish(topic, _items(sent))
+    first = bus.consumer(topic, f"grp.{topic}", "c1")
+    try:
+        got = await _drain(first, 5, ack=False)
+        await first.release(got)
+    finally:
+        await first.aclose()
+    restarted = bus.consumer(topic, f"grp.{topic}", "c1")
+    try:
+        again = await _drain(restarted, 5, timeout_s=30)
+    finally:
+        await restarted.aclose()
+    assert [e.event_id for e in _decoded(again)] == [e.event_id for e in sent]
+    assert [r.deliveries for r in again] == [1] * 5
+    assert await bus.dlq_list(10) == []
+
+
+async def test_restart_claims_each_own_pending_entry_once(make_bus: MakeBus) -> None:
+    # A crashed consumer leaves 60 entries pending; its restart reads 7 per poll and holds
+    # them all (its windows are open): each comes back once, counted once, none to the DLQ.
+    bus = await make_bus(max_deliveries=2, claim_idle_ms=30_000)
+    topic = bus_topic(bus)
+    sent = _events(["SPY"], 60)
+    await bus.publish(topic, _items(sent))
+    crashed = bus.consumer(topic, f"grp.{topic}", "c1")
+    assert len(await _drain(crashed, 60, ack=False)) == 60
+    await crashed.aclose()  # without release: what a crash leaves
+    restarted = bus.consumer(topic, f"grp.{topic}", "c1")
+    received: list[BusRecord] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(received) < 60 and time.monotonic() < deadline:
+            received += await restarted.poll(7, 50)
+            await restarted.in_progress(received)
+        for _ in range(5):
+            received += await restarted.poll(7, 50)
+        await restarted.ack(received)
+    finally:
+        await restarted.aclose()
+    assert [e.event_id for e in _decoded(received)] == [e.event_id for e in sent]
+    # Redis counts the crash; Kafka keeps counts per process, so its restart starts at 1.
+    assert {r.deliveries for r in received} == ({2} if bus.backend == "redis" else {1})
+    assert await bus.dlq_list(10) == []
+
+
 async def test_malformed_payload_to_dlq_and_replay(make_bus: MakeBus) -> None:
     bus = await make_bus(partitions=3)
     topic = bus_topic(bus)
