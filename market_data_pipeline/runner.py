@@ -61,11 +61,29 @@ class Progress:
 
 @dataclass
 class RunSummary:
+    """What a run did. ``dlq_size`` is the whole dead-letter stream (earlier runs included);
+    ``dead_letter_reasons`` only this run's letters."""
+
     published: int = 0
     elapsed_s: float = 0.0
     microbatch: MicroBatchStats = field(default_factory=MicroBatchStats)
     inference: InferenceStats = field(default_factory=InferenceStats)
     dlq_size: int = 0
+    producer_dead_letters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dead_letter_reasons(self) -> dict[str, int]:
+        """This run's dead letters by reason: the producers' (bad dataset rows), the
+        micro-batcher's and the inference stage's, and those the bus layer wrote for them."""
+        out = dict(self.producer_dead_letters)
+        for reasons in (self.microbatch.dead_letter_reasons, self.inference.dead_letter_reasons):
+            for reason, n in reasons.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(self.dead_letter_reasons.values())
 
 
 async def _group_lag(bus: Bus, topic: str, group: str) -> int:

@@ -152,23 +152,45 @@ def _summary_table(s: RunSummary, cfg: AppConfig) -> str:
         ("events published", f"{s.published:,}"),
         ("events processed", f"{mb.events_in:,}"),
         ("raw ticks stored", f"{mb.ticks_inserted:,}"),
+        ("duplicate ticks", f"{mb.duplicates:,} (already stored)"),
         (
             "bars written",
             f"{mb.bars_written:,} ({cfg.micro_batch.window_ms} ms windows"
             f"{f', {mb.provider_bars:,} provider bars' if mb.provider_bars else ''})",
         ),
-        ("late corrections", f"{mb.late_corrections:,}"),
+        ("late corrections", f"{mb.late_corrections:,} (bars revised)"),
         ("bars scored", f"{inf.bars_scored:,}"),
         ("signals emitted", f"{inf.signals:,}"),
         (
             "p95 window latency",
             "n/a (no live windows)" if p95 is None else f"{p95:,.0f} ms (window end -> commit)",
         ),
-        ("dead letters (mdp.dlq)", f"{s.dlq_size:,}"),
+        ("dead letters", _letters_cell(s, cfg.bus.dlq_topic)),
         ("elapsed", f"{s.elapsed_s:,.1f} s"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _letters_cell(s: RunSummary, dlq_topic: str) -> str:
+    """``3 this run (late 1, max_deliveries 2); 7 in mdp.dlq``."""
+    reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(s.dead_letter_reasons.items()) if n)
+    return (
+        f"{s.dead_letters:,} this run{f' ({reasons})' if reasons else ''}; "
+        f"{s.dlq_size:,} in {dlq_topic}"
+    )
+
+
+def _replay_letters(sources: list[Source]) -> dict[str, int]:
+    """Dead letters the dataset producers wrote (their bad rows), by reason."""
+    from market_data_pipeline.producers.replay import DatasetReplayProvider
+
+    out: dict[str, int] = {}
+    for source in sources:
+        if isinstance(source.provider, DatasetReplayProvider):
+            for err in source.provider.errors:
+                out[err.reason] = out.get(err.reason, 0) + 1
+    return out
 
 
 async def _sample(c: _Clients, interval: str) -> str:
@@ -218,6 +240,7 @@ async def _run_all(
                 err=True,
             )
             summary = RunSummary()
+            srcs = sources(c.bus)
             last = [
                 Progress(
                     elapsed_s=0.0,
@@ -242,11 +265,7 @@ async def _run_all(
                     p = last[0]
                     return RunCounts(p.events_in, p.rows_written, p.errors)
                 mb, inf = summary.microbatch, summary.inference
-                return RunCounts(
-                    mb.events_in,
-                    mb.rows_written + inf.signals,
-                    mb.dead_letters + inf.dead_letters,
-                )
+                return RunCounts(mb.events_in, mb.rows_written + inf.signals, summary.dead_letters)
 
             try:
                 async with tracked_run(c.tracker, job, cfg, counts) as run:
@@ -256,12 +275,13 @@ async def _run_all(
                         c.store,
                         c.signals,
                         engine,
-                        sources(c.bus),
+                        srcs,
                         stop,
                         finish_when_sources_done=finite,
                         consumer=consumer,
                         on_progress=on_progress,
                     )
+                    summary.producer_dead_letters = _replay_letters(srcs)
                     done[0] = True
                     run.status = "stopped" if stop.is_set() else "success"
             finally:
