@@ -172,25 +172,18 @@ async def test_kill_9_three_times_then_restart(
     finally:
         await bus.aclose()
     path = write_config(tmp_path, cfg)
-    cmd = mdp_command(
-        "stream",
-        "micro-batch",
-        "--config",
-        str(path),
-        "--drain",
-        "--idle-s",
-        "1",
-        "--consumer",
-        "mb-crashy",
-    )
+    options = ["--drain", "--idle-s", "1", "--consumer", "mb-crashy"]
+    cmd = mdp_command("stream", "micro-batch", "--config", str(path), *options)
     rng = random.Random(window_ms)
-    env = clean_env()
+    environ = clean_env()
     for _ in range(3):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         await asyncio.sleep(rng.uniform(1.5, 3.5))  # start-up takes ~1 s; then it is mid-run
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
 
