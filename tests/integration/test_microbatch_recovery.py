@@ -368,6 +368,7 @@ async def test_summary_counts_equal_the_store_and_the_dlq(
             subprocess.run, drain, env=clean_env(), capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr[-3000:]
+        print(done.stdout.strip())
         return summary_of(done.stdout)
 
     async def store_counts() -> tuple[int, int, int]:
