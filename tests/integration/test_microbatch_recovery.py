@@ -32,6 +32,7 @@ import redis.asyncio as aredis
 from market_data_core.codec import decode_events
 from market_data_core.config import AppConfig
 from market_data_core.contracts import StreamEvent
+from market_data_core.protocols import routing_key, shard_for
 from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.cli.wiring import open_store
 from market_data_pipeline.embedded import EmbeddedRedis
@@ -82,11 +83,11 @@ async def letters_by_reason(cfg: AppConfig) -> Counter[str]:
         await bus.aclose()
 
 
-async def stored_bars(cfg: AppConfig, provider: str) -> list[Any]:
+async def stored_bars(cfg: AppConfig, provider: str, symbol: str = SYMBOL) -> list[Any]:
     store = await open_store(cfg, urls(cfg))
     try:
         interval = format_duration_ms(cfg.micro_batch.window_ms)
-        return await store.bars_range(provider, SYMBOL, interval, T0, T1)
+        return await store.bars_range(provider, symbol, interval, T0, T1)
     finally:
         await store.aclose()
 
@@ -117,7 +118,7 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 async def test_sigterm_under_backlog_then_restart_dead_letters_nothing(
     any_redis_url: str, store_url: str, unique: str, tmp_path: Path
 ) -> None:
-    # The real trades, 100 times denser (about 130 per 1 s window), for 4 providers on 4
+    # The real trades, 100 times denser (about 130 per 1 s window), as 4 symbols on the 4
     # shards; polls of at most 100 entries, and 2 s of allowed lateness, so a shard holds
     # more pending entries than one poll reads and its oldest window spans several polls.
     # Before the fix, the restart re-claimed the same oldest pending entries on every poll
@@ -134,12 +135,14 @@ async def test_sigterm_under_backlog_then_restart_dead_letters_nothing(
         allow_late_ms=2000,
         claim_idle_ms=60_000,
     )
-    providers = [f"bk{unique}{k}" for k in "abcd"]
+    provider = f"bk{unique}"
+    symbols = [f"{SYMBOL}.{k}" for k in "abdf"]
+    assert {shard_for(routing_key(provider, s), 4) for s in symbols} == {0, 1, 2, 3}
     total = 0
     bus = await open_bus(cfg, urls(cfg))
     try:
-        for provider in providers:
-            events = trade_events(provider, trades)
+        for symbol in symbols:
+            events = trade_events(provider, trades, symbol=symbol)
             total += len(events)
             await publish(bus, cfg, events)
     finally:
@@ -148,11 +151,8 @@ async def test_sigterm_under_backlog_then_restart_dead_letters_nothing(
     cmd = mdp_command("stream", "micro-batch", "--config", str(path), "--consumer", "mb-back")
 
     async def ticks() -> int:
-        return int(
-            await scalar(
-                store_url, "SELECT count(*) FROM ticks WHERE provider = ANY($1)", providers
-            )
-        )
+        query = "SELECT count(*) FROM ticks WHERE provider = $1"
+        return int(await scalar(store_url, query, provider))
 
     async def enough() -> bool:
         return await ticks() >= total * 2 // 5
@@ -200,8 +200,8 @@ async def test_sigterm_under_backlog_then_restart_dead_letters_nothing(
     assert summary["letters"] == 0 and summary["reasons"] == {}
     assert await letters_by_reason(cfg) == Counter()
     assert await ticks() == total
-    for provider in providers:
-        assert_bars_equal_reference(await stored_bars(cfg, provider), window_ms, trades)
+    for symbol in symbols:
+        assert_bars_equal_reference(await stored_bars(cfg, provider, symbol), window_ms, trades)
     # The restart reads its own pending entries at once: it never waits for them to idle.
     assert recovery_s < cfg.bus.claim_idle_ms / 1000
 
@@ -289,16 +289,17 @@ async def test_drain_ends_when_nothing_is_left_whatever_xinfo_says(
     # (XGROUP SETID ... ENTRIESREAD), so XINFO reports a lag that reading never lowers.
     window_ms = 1000
     cfg = make_config(any_redis_url, store_url, unique, window_ms, partitions=4)
-    providers = [f"xi{unique}{k}" for k in "abcd"]
-    events = {p: trade_events(p) for p in providers}
+    provider = f"xi{unique}"
+    symbols = [f"{SYMBOL}.{k}" for k in "abdf"]  # one on each of the 4 shards
+    events = {s: trade_events(provider, symbol=s) for s in symbols}
     path = write_config(tmp_path, cfg)
     drain = mdp_command("stream", "micro-batch", "--config", str(path), "--drain", "--idle-s", "1")
     status = mdp_command("stream", "status", "--config", str(path), "--json")
     bus = await open_bus(cfg, urls(cfg))
     raw = aredis.Redis.from_url(any_redis_url)
     try:
-        for provider in providers:
-            await publish(bus, cfg, events[provider][:5000])
+        for symbol in symbols:
+            await publish(bus, cfg, events[symbol][:5000])
         done = await asyncio.to_thread(
             subprocess.run, drain, env=clean_env(), capture_output=True, text=True, timeout=300
         )
@@ -316,23 +317,23 @@ async def test_drain_ends_when_nothing_is_left_whatever_xinfo_says(
                     entries_read=int(group["entries-read"]) - behind,
                 )
                 stale += behind
-        assert stale > 0
+        assert stale == 4 * 1000
         xinfo_lag = 0
         for shard in range(cfg.bus.partitions):
             (group,) = await raw.xinfo_groups(f"{cfg.bus.events_topic}:{shard}")
             xinfo_lag += int(group["lag"] or 0)
         assert xinfo_lag == stale  # XINFO's figure, with nothing unread
 
-        for provider in providers:
-            await publish(bus, cfg, events[provider][5000:])
+        for symbol in symbols:
+            await publish(bus, cfg, events[symbol][5000:])
         started = time.monotonic()
         done = await asyncio.to_thread(
             subprocess.run, drain, env=clean_env(), capture_output=True, text=True, timeout=120
         )
         print(f"drained in {time.monotonic() - started:.1f} s with XINFO lag {xinfo_lag:,}")
         assert done.returncode == 0, done.stderr[-3000:]
-        for provider in providers:
-            assert_bars_equal_reference(await stored_bars(cfg, provider), window_ms)
+        for symbol in symbols:
+            assert_bars_equal_reference(await stored_bars(cfg, provider, symbol), window_ms)
         shown = await asyncio.to_thread(
             subprocess.run, status, env=clean_env(), capture_output=True, text=True, timeout=60
         )
