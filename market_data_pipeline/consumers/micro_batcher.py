@@ -349,7 +349,10 @@ class MicroBatcher:
     async def _group_drained(self) -> bool:
         """With several workers, one being idle does not mean the group is done: a shard it
         does not hold may still have unread or pending entries (its owner busy, or gone and
-        its lease about to move here). Done = no lag and nothing pending on any shard."""
+        its lease about to move here). Done = no lag and nothing pending on any shard, as
+        the bus reads them: on Redis the lag is counted from the entries after each shard's
+        last-delivered id, never taken from XINFO alone (its counter can be stale after a
+        restart from the AOF, and a drain that trusted it never ended)."""
         try:
             statuses = await self._bus.status(self.config.bus.events_topic, self.config.bus.group)
         except BusError:
