@@ -201,7 +201,11 @@ async def test_postgres_down_for_10s_loses_nothing(
     redis_url: str, unique: str, private_pg: EmbeddedPostgres
 ) -> None:
     window_ms = 2000
-    cfg = make_config(redis_url, private_pg.url, unique, window_ms, max_batch_size=500)
+    # max_deliveries=1: an entry held through the outage (10 s, ten times claim_idle_ms) and
+    # delivered to its holder again would go straight to the DLQ (issue 13).
+    cfg = make_config(
+        redis_url, private_pg.url, unique, window_ms, max_batch_size=500, max_deliveries=1
+    )
     provider = f"pg{unique}"
     events = trade_events(provider)
     bus = await open_bus(cfg, urls(cfg))
@@ -222,6 +226,7 @@ async def test_postgres_down_for_10s_loses_nothing(
         stats = await asyncio.wait_for(task, timeout=120)
         assert time.monotonic() - down_since >= 10
         assert stats.store_retries > 0
+        assert stats.dead_letters == 0 and await bus.dlq_list(10) == []
     finally:
         stop.set()
         await store.aclose()
