@@ -24,10 +24,9 @@ from market_data_pipeline.cli.wiring import open_store, upgrade_schema
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.embedded import EmbeddedPostgres
 from market_data_pipeline.streaming.bus import open_bus
+from tests.support.cli import MDP, mdp_env
 from tests.support.pipeline import (
-    clean_env,
     make_config,
-    mdp_command,
     publish,
     urls,
     write_config,
@@ -173,9 +172,9 @@ async def test_kill_9_three_times_then_restart(
         await bus.aclose()
     path = write_config(tmp_path, cfg)
     options = ["--drain", "--idle-s", "1", "--consumer", "mb-crashy"]
-    cmd = mdp_command("stream", "micro-batch", "--config", str(path), *options)
+    cmd = [*MDP, "stream", "micro-batch", "--config", str(path), *options]
     rng = random.Random(window_ms)
-    environ = clean_env()
+    environ = mdp_env()
     for _ in range(3):
         proc = subprocess.Popen(
             cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

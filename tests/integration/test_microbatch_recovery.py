@@ -37,10 +37,9 @@ from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.cli.wiring import open_store
 from market_data_pipeline.embedded import EmbeddedRedis
 from market_data_pipeline.streaming.bus import open_bus
+from tests.support.cli import MDP, mdp_env
 from tests.support.pipeline import (
-    clean_env,
     make_config,
-    mdp_command,
     publish,
     urls,
     write_config,
@@ -148,7 +147,7 @@ async def test_sigterm_under_backlog_then_restart_dead_letters_nothing(
     finally:
         await bus.aclose()
     path = write_config(tmp_path, cfg)
-    cmd = mdp_command("stream", "micro-batch", "--config", str(path), "--consumer", "mb-back")
+    cmd = [*MDP, "stream", "micro-batch", "--config", str(path), "--consumer", "mb-back"]
 
     async def ticks() -> int:
         query = "SELECT count(*) FROM ticks WHERE provider = $1"
@@ -157,7 +156,7 @@ async def test_sigterm_under_backlog_then_restart_dead_letters_nothing(
     async def enough() -> bool:
         return await ticks() >= total * 2 // 5
 
-    first = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cmd, env=mdp_env(), stdout=subprocess.PIPE, text=True)
     try:
         await wait_for("40% of the ticks stored", enough, 120)
     finally:
@@ -185,7 +184,7 @@ async def test_sigterm_under_backlog_then_restart_dead_letters_nothing(
     done = await asyncio.to_thread(
         subprocess.run,
         [*cmd, "--drain", "--idle-s", "1"],
-        env=clean_env(),
+        env=mdp_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -211,17 +210,17 @@ async def test_redis_restarted_from_aof_mid_run_then_drain_exits(
 ) -> None:
     cfg = make_config(aof_redis.url, store_url, unique, 1000, partitions=4)
     path = write_config(tmp_path, cfg)
-    env = clean_env()
+    env = mdp_env()
     produce = ["--provider", "synthetic", "--seed", "7", "--rate", "5000", "--duration", "12s"]
     producer = subprocess.Popen(
-        mdp_command("stream", "produce", "--config", str(path), *produce),
+        [*MDP, "stream", "produce", "--config", str(path), *produce],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     worker = subprocess.Popen(
-        mdp_command("stream", "micro-batch", "--config", str(path), "--consumer", "mb-aof"),
+        [*MDP, "stream", "micro-batch", "--config", str(path), "--consumer", "mb-aof"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -293,15 +292,15 @@ async def test_drain_ends_when_nothing_is_left_whatever_xinfo_says(
     symbols = [f"{SYMBOL}.{k}" for k in "abdf"]  # one on each of the 4 shards
     events = {s: trade_events(provider, symbol=s) for s in symbols}
     path = write_config(tmp_path, cfg)
-    drain = mdp_command("stream", "micro-batch", "--config", str(path), "--drain", "--idle-s", "1")
-    status = mdp_command("stream", "status", "--config", str(path), "--json")
+    drain = [*MDP, "stream", "micro-batch", "--config", str(path), "--drain", "--idle-s", "1"]
+    status = [*MDP, "stream", "status", "--config", str(path), "--json"]
     bus = await open_bus(cfg, urls(cfg))
     raw = aredis.Redis.from_url(any_redis_url)
     try:
         for symbol in symbols:
             await publish(bus, cfg, events[symbol][:5000])
         done = await asyncio.to_thread(
-            subprocess.run, drain, env=clean_env(), capture_output=True, text=True, timeout=300
+            subprocess.run, drain, env=mdp_env(), capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr[-3000:]
         stale = 0
@@ -328,14 +327,14 @@ async def test_drain_ends_when_nothing_is_left_whatever_xinfo_says(
             await publish(bus, cfg, events[symbol][5000:])
         started = time.monotonic()
         done = await asyncio.to_thread(
-            subprocess.run, drain, env=clean_env(), capture_output=True, text=True, timeout=120
+            subprocess.run, drain, env=mdp_env(), capture_output=True, text=True, timeout=120
         )
         print(f"drained in {time.monotonic() - started:.1f} s with XINFO lag {xinfo_lag:,}")
         assert done.returncode == 0, done.stderr[-3000:]
         for symbol in symbols:
             assert_bars_equal_reference(await stored_bars(cfg, provider, symbol), window_ms)
         shown = await asyncio.to_thread(
-            subprocess.run, status, env=clean_env(), capture_output=True, text=True, timeout=60
+            subprocess.run, status, env=mdp_env(), capture_output=True, text=True, timeout=60
         )
         assert shown.returncode == 0, shown.stderr[-3000:]
         rows = [r for r in json.loads(shown.stdout)["streams"] if r["group"] == cfg.bus.group]
@@ -354,7 +353,7 @@ async def test_summary_counts_equal_the_store_and_the_dlq(
     events = trade_events(provider)
     path = write_config(tmp_path, cfg)
     options = ["--drain", "--idle-s", "1", "--consumer", "mb-sum"]
-    drain = mdp_command("stream", "micro-batch", "--config", str(path), *options)
+    drain = [*MDP, "stream", "micro-batch", "--config", str(path), *options]
     raw = aredis.Redis.from_url(redis_url)
     bus = await open_bus(cfg, urls(cfg))
     topic, group = cfg.bus.events_topic, cfg.bus.group
@@ -366,7 +365,7 @@ async def test_summary_counts_equal_the_store_and_the_dlq(
 
     async def run_once() -> dict[str, Any]:
         done = await asyncio.to_thread(
-            subprocess.run, drain, env=clean_env(), capture_output=True, text=True, timeout=300
+            subprocess.run, drain, env=mdp_env(), capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr[-3000:]
         print(done.stdout.strip())

@@ -1,10 +1,9 @@
-"""What the micro-batch integration tests share: a config on fresh stream names, the server
-URLs it names, publishing events, and running a stage command as a separate process."""
+"""What the micro-batch integration tests share: an ``AppConfig`` on fresh stream names, the
+server URLs it names, publishing events, and the config as a file for ``mdp`` run as a
+separate process (``tests/support/cli.py``)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +70,3 @@ def write_config(tmp_path: Path, cfg: AppConfig) -> Path:
     path = tmp_path / "streaming.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     return path
-
-
-def mdp_command(*args: str) -> list[str]:
-    """``mdp <args>`` as a separate process of this interpreter."""
-    return [sys.executable, "-m", "market_data_pipeline.cli.app", *args]
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without server URLs, so a command uses the ones its config names."""
-    return {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
