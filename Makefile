@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mdp needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	@# the distribution was called `mdp` before it became `mdp-streaming`: drop it from older venvs
+	$(BIN)/python -m pip uninstall --quiet --yes mdp 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

@@ -4,6 +4,12 @@ Flow: YAML -> ``${VAR}`` / ``${VAR:-default}`` expansion on parsed string values
 (``frozen=True``, ``extra="forbid"``) -> typed objects passed down. No module reads the
 environment on its own: :func:`load_config` receives it.
 
+File paths in a config (:data:`ConfigPath` fields: ``inference.adapters.rules.file``,
+``inference.adapters.sklearn.model_path``, ``producers.replay.datasets_file``) that are relative
+resolve against the folder of the config file (``base_dir``), never the working directory:
+:func:`load_config` passes the file's folder, and the validated config holds absolute paths.
+A config parsed from data without ``base_dir`` keeps them as written.
+
 Every failure is a :class:`ConfigError` whose ``str()`` is one line naming the file, the key
 path and what was expected.
 """
@@ -15,10 +21,19 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from market_data_core.errors import ConfigError
 from market_data_core.redaction import SecretUrl, redact_url
@@ -27,6 +42,7 @@ from market_data_core.timeutil import parse_duration_ms
 __all__ = [
     "AppConfig",
     "BusConfig",
+    "ConfigPath",
     "FeatureKind",
     "FeatureWindowConfig",
     "FeaturesConfig",
@@ -53,6 +69,22 @@ class _Model(BaseModel):
 
 def _none_if_empty(v: Any) -> Any:
     return None if v == "" else v
+
+
+def _against_config_folder(value: str | None, info: ValidationInfo) -> str | None:
+    """A relative path -> absolute, against ``base_dir`` of the validation context (the config
+    file's folder); ``~`` is expanded. Empty, ``None`` and paths without a base stay as given."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if path.is_absolute() or base is None:
+        return str(path)
+    return str((Path(base) / path).resolve())
+
+
+# A file named by a config: relative to the config file's folder (see the module docstring).
+ConfigPath = Annotated[str, AfterValidator(_against_config_folder)]
 
 
 class RedisConfig(_Model):
@@ -82,7 +114,7 @@ class RedisConfig(_Model):
 
 
 class KafkaConfig(_Model):
-    """Kafka settings (``pip install 'mdp[kafka]'``). ``bootstrap`` unset -> ``KAFKA_BOOTSTRAP``."""
+    """Kafka settings (``pip install 'mdp-streaming[kafka]'``). ``bootstrap`` unset -> ``KAFKA_BOOTSTRAP``."""
 
     bootstrap: str | None = None
     topic: str = "mdp.events"
@@ -146,11 +178,15 @@ class SyntheticProducerConfig(_Model):
 
 class ReplayProducerConfig(_Model):
     enabled: bool = True
-    datasets_file: str = "configs/datasets.yaml"
+    # your dataset registry; names not found in it are looked up in the one shipped with mdp.
+    # None: only the shipped registry.
+    datasets_file: ConfigPath | None = None
     max_msgs_per_s: float | None = Field(default=None, gt=0)
     # a replay exits 1 when more than this share of the rows it read was rejected, and always
     # when every row was (1.0, the default: only then)
     max_rejected_share: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    _empty = field_validator("datasets_file", mode="before")(_none_if_empty)
 
 
 class CoinbaseProducerConfig(_Model):
@@ -281,13 +317,19 @@ class FeaturesConfig(_Model):
 
 
 class RulesAdapterConfig(_Model):
+    """``file``: the rules file; ``None`` (unset) -> the rules shipped with mdp."""
+
     enabled: bool = True
-    file: str = "configs/rules.yaml"
+    file: ConfigPath | None = None
+
+    _empty = field_validator("file", mode="before")(_none_if_empty)
 
 
 class SklearnAdapterConfig(_Model):
+    """``model_path`` (empty: no model) must hash to ``sha256``; see the sklearn adapter."""
+
     enabled: bool = False
-    model_path: str = ""
+    model_path: ConfigPath = ""
     sha256: str = ""
     timeout_ms: int = Field(default=200, ge=1)
     workers: int = Field(default=1, ge=1)
@@ -446,9 +488,16 @@ def _pydantic_error_line(exc: ValidationError) -> tuple[str, str]:
 
 
 def parse_config(
-    data: Any, *, env: Mapping[str, str] | None = None, source: str = "<config>"
+    data: Any,
+    *,
+    env: Mapping[str, str] | None = None,
+    source: str = "<config>",
+    base_dir: str | Path | None = None,
 ) -> AppConfig:
-    """Validate already-parsed YAML (a mapping) into an :class:`AppConfig`."""
+    """Validate already-parsed YAML (a mapping) into an :class:`AppConfig`.
+
+    ``base_dir``: the folder relative file paths in it resolve against (the config file's);
+    ``None`` leaves them as written."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -457,14 +506,16 @@ def parse_config(
         )
     expanded = expand_env(data, env or {}, source=source)
     try:
-        return AppConfig.model_validate(expanded)
+        context = {"base_dir": None if base_dir is None else Path(base_dir).absolute()}
+        return AppConfig.model_validate(expanded, context=context)
     except ValidationError as exc:
         loc, msg = _pydantic_error_line(exc)
         raise ConfigError(msg, source=source, key_path=loc or None) from None
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> AppConfig:
-    """Read, expand and validate a config file. Raises only :class:`ConfigError`."""
+    """Read, expand and validate a config file; relative file paths in it resolve against its
+    folder. Raises only :class:`ConfigError`."""
     p = Path(path)
     source = str(path)
     try:
@@ -482,7 +533,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Ap
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"YAML syntax error at {where}{problem}", source=source) from None
-    return parse_config(data, env=env, source=source)
+    return parse_config(data, env=env, source=source, base_dir=p.absolute().parent)
 
 
 def config_hash(config: AppConfig) -> str:

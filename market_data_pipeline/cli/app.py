@@ -18,6 +18,7 @@ from market_data_pipeline.cli import (
     cmd_bus,  # noqa: F401 - registers commands
     cmd_db,  # noqa: F401 - registers commands
     cmd_infer,  # noqa: F401 - registers commands
+    cmd_init,  # noqa: F401 - registers commands
     cmd_microbatch,  # noqa: F401 - registers commands
     cmd_produce,  # noqa: F401 - registers commands
     cmd_report,  # noqa: F401 - registers commands

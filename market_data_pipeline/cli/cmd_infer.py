@@ -17,6 +17,7 @@ from market_data_pipeline.cli.common import (
     ConsumerOpt,
     IdleOpt,
     MetricsPortOpt,
+    config_file,
     consumer_name,
     dead_letters_text,
     environment,
@@ -41,7 +42,11 @@ def infer(
     config: ConfigOpt = DEFAULT_CONFIG,
     adapter: Annotated[
         Literal["rules", "sklearn"],
-        typer.Option(help="rules (configs/rules.yaml) or sklearn (a pinned model file)."),
+        typer.Option(
+            help="rules (inference.adapters.rules.file, default the shipped rules) or sklearn "
+            "(the pinned model of inference.adapters.sklearn; the shipped config's example "
+            "model needs the ml extra)."
+        ),
     ] = "rules",
     interval: Annotated[
         str | None,
@@ -63,7 +68,7 @@ def infer(
 
     Example:  mdp stream infer --adapter rules
 
-    Example:  mdp stream infer --adapter sklearn --config configs/streaming.sklearn.yaml
+    Example:  mdp stream infer --adapter sklearn
 
     Example:  mdp stream infer --interval 1m --drain --idle-s 3
     """
@@ -80,8 +85,8 @@ def infer(
     if adapter == "sklearn" and not cfg.inference.adapters.sklearn.model_path:
         raise ConfigError(
             "--adapter sklearn needs inference.adapters.sklearn.model_path and sha256 "
-            "(see configs/streaming.sklearn.yaml)",
-            source=str(config),
+            "(the shipped configs/streaming.yaml has an example; mdp init writes a copy)",
+            source=str(config_file(config)),
         )
     features = FeatureEngine(cfg.features.windows)
     # loaded before any server starts: a bad rules file or model hash fails fast (exit 2)

@@ -33,6 +33,7 @@ from market_data_pipeline.cli.apps import stream_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
+    DatasetsOpt,
     JsonOpt,
     MetricsPortOpt,
     environment,
@@ -41,12 +42,12 @@ from market_data_pipeline.cli.common import (
     stage_services,
 )
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
+from market_data_pipeline.project import dataset_registries
 from market_data_pipeline.producers.datasets import (
     DatasetSpec,
     RowError,
     count_rows,
-    load_registry,
-    lookup,
+    find_dataset,
 )
 from market_data_pipeline.producers.publisher import Publisher, WireSource
 
@@ -292,9 +293,7 @@ def _live_provider(cfg: AppConfig, name: ProviderName) -> tuple[Provider, float 
 
 
 def _dataset(datasets_file: Path | None, cfg: AppConfig, name: str) -> DatasetSpec:
-    registry_path = datasets_file or Path(cfg.producers.replay.datasets_file)
-    registry = load_registry(registry_path)
-    return lookup(registry, name, str(registry_path))
+    return find_dataset(name, dataset_registries(cfg, datasets_file))
 
 
 def _report_row_errors(errors: Sequence[RowError]) -> None:
@@ -465,7 +464,7 @@ def produce(
     dataset: Annotated[
         str | None, typer.Option(help="replay: registered dataset name (see `mdp stream replay`).")
     ] = None,
-    datasets: Annotated[Path | None, typer.Option(help="replay: dataset registry file.")] = None,
+    datasets: DatasetsOpt = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Publish events from a provider (synthetic, replay, coinbase, ibkr) to the events stream.
@@ -591,10 +590,7 @@ def _replay_command(
 def replay(
     dataset: Annotated[str, typer.Option(help="Registered dataset name.")],
     config: ConfigOpt = DEFAULT_CONFIG,
-    datasets: Annotated[
-        Path | None,
-        typer.Option(help="Dataset registry (default producers.replay.datasets_file)."),
-    ] = None,
+    datasets: DatasetsOpt = None,
     from_: Annotated[
         str | None, typer.Option("--from", help="Start (inclusive), e.g. 2020-02-22T00:30Z.")
     ] = None,
@@ -618,7 +614,8 @@ def replay(
     ] = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
-    """Re-enqueue a registered dataset (configs/datasets.yaml) onto the events stream.
+    """Re-enqueue a registered dataset (your registry, then the shipped one) onto the events
+    stream.
 
     Event ids are deterministic, so replaying twice changes nothing downstream. Bad rows are
     reported (file, line, reason), sent to the dead-letter stream, and the replay goes on; at

@@ -22,6 +22,7 @@ from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
+    DatasetsOpt,
     MetricsPortOpt,
     default_consumer_name,
     environment,
@@ -37,6 +38,7 @@ from market_data_pipeline.consumers.inference_consumer import features_interval,
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
+from market_data_pipeline.project import dataset_registries
 from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
 
 DEMO_DATASET = "binance_btcusdt_trades"
@@ -111,12 +113,12 @@ def _progress_printer() -> Callable[[Progress], None]:
     return show
 
 
-def _dataset_source(cfg: AppConfig, bus: Bus, name: str, datasets: Path) -> Source:
+def _dataset_source(cfg: AppConfig, bus: Bus, name: str, datasets: Path | None) -> Source:
     from market_data_pipeline.cli.cmd_produce import _dead_letterer
-    from market_data_pipeline.producers.datasets import load_registry, lookup
+    from market_data_pipeline.producers.datasets import find_dataset
     from market_data_pipeline.producers.replay import DatasetReplayProvider
 
-    spec = lookup(load_registry(datasets), name, str(datasets))
+    spec = find_dataset(name, dataset_registries(cfg, datasets))
     provider = DatasetReplayProvider(spec, on_error=_dead_letterer(bus))
     return Source(provider, max_msgs_per_s=cfg.producers.replay.max_msgs_per_s)
 
@@ -346,12 +348,14 @@ def run(
         list[str] | None,
         typer.Option(help="Also replay this registered dataset (repeatable)."),
     ] = None,
-    datasets: Annotated[Path, typer.Option(help="Dataset registry for --replay.")] = Path(
-        "configs/datasets.yaml"
-    ),
+    datasets: DatasetsOpt = None,
     synthetic: Annotated[
         bool | None,
-        typer.Option(help="Run the synthetic producer (default: producers.synthetic.enabled)."),
+        typer.Option(
+            help="Run the synthetic producer (default: producers.synthetic.enabled, true in "
+            "the shipped config).",
+            show_default=False,
+        ),
     ] = None,
     rate: Annotated[
         float | None, typer.Option(min=0.001, help="Synthetic events/s over all symbols.")
@@ -428,9 +432,7 @@ def demo(
         float, typer.Option("--synthetic-s", min=0, help="Seconds of live synthetic data.")
     ] = 60.0,
     rate: Annotated[float, typer.Option(min=1, help="Synthetic events/s over all symbols.")] = 300,
-    datasets: Annotated[Path, typer.Option(help="Dataset registry.")] = Path(
-        "configs/datasets.yaml"
-    ),
+    datasets: DatasetsOpt = None,
     consumer: RunConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
     keep: Annotated[
@@ -465,11 +467,6 @@ def demo(
         local = LocalServers(state_dir_for(config, environment()))
         start_local_servers(local, load_app_config(config, overrides, local_servers=False))
     cfg = load_app_config(config, overrides)
-    if not datasets.exists():
-        raise ConfigError(
-            "dataset registry not found (run mdp demo from the repository root or pass --datasets)",
-            source=str(datasets),
-        )
 
     def sources(bus: Bus) -> list[Source]:
         out = [_dataset_source(cfg, bus, DEMO_DATASET, datasets)]

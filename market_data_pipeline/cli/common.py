@@ -28,7 +28,9 @@ from market_data_pipeline.telemetry import MetricsServer, setup_logging, start_m
 __all__ = [
     "DEFAULT_CONFIG",
     "ConfigOpt",
+    "DatasetsOpt",
     "JsonOpt",
+    "config_file",
     "describe_error",
     "fail",
     "load_app_config",
@@ -43,7 +45,23 @@ DEFAULT_CONFIG = Path("configs/streaming.yaml")
 
 ConfigOpt = Annotated[
     Path,
-    typer.Option("--config", "-c", help="Config file (YAML).", show_default=True),
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (YAML); relative paths in it resolve against its folder. Default: "
+        "configs/streaming.yaml in the working directory if it exists, else the one shipped "
+        "with mdp (mdp init writes an editable copy).",
+        show_default=False,
+    ),
+]
+DatasetsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Your dataset registry (relative to the working directory); default "
+        "producers.replay.datasets_file. Names not in it are looked up in the registry "
+        "shipped with mdp.",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -93,19 +111,29 @@ def environment() -> Mapping[str, str]:
     return dict(os.environ)
 
 
+def config_file(path: Path) -> Path:
+    """The file ``--config path`` reads: ``path``, except that the default
+    (``configs/streaming.yaml``) falls back to the config shipped with mdp when the working
+    directory has none."""
+    from market_data_pipeline.project import DEFAULT_CONFIG_FILE
+
+    if path == DEFAULT_CONFIG and not path.exists():
+        return DEFAULT_CONFIG_FILE
+    return path
+
+
 def load_app_config(
     path: Path, overrides: Mapping[str, Any] | None = None, *, local_servers: bool = True
 ) -> AppConfig:
-    """Load ``path`` (or defaults when it is the default path and missing), apply dotted
-    ``overrides`` (``{"micro_batch.window_ms": 1000}``), validate. Raises ``ConfigError``.
+    """Load :func:`config_file` of ``path``, apply dotted ``overrides``
+    (``{"micro_batch.window_ms": 1000}``), validate. Raises ``ConfigError``.
 
     ``local_servers``: a server named neither by the environment nor by the config is the
-    project's ``mdp up`` server when that one is running (one line on stderr says so)."""
+    project's ``mdp up`` server when that one is running (one line on stderr says so). The
+    project is that of ``path``: the working directory for the default, even when the shipped
+    config is read."""
     env = environment()
-    if path == DEFAULT_CONFIG and not path.exists():
-        config = parse_config({}, env=env, source="<defaults>")
-    else:
-        config = load_config(path, env=env)
+    config = load_config(config_file(path), env=env)
     if overrides:
         config = _override(config, overrides, f"{path} + command-line flags")
     if local_servers:

@@ -21,6 +21,7 @@ from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline import telemetry
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
+from market_data_pipeline.project import rules_file
 
 __all__ = ["AdapterKind", "InferenceEngine", "WarmableAdapter", "build_adapter"]
 
@@ -40,13 +41,13 @@ def build_adapter(
     *,
     base_dir: Path | None = None,
 ) -> WarmableAdapter:
-    """The configured adapter. The rules file is always loaded: it is the sklearn adapter's
-    fallback. Raises ``ConfigError`` (bad rules, model hash mismatch, unknown features)."""
+    """The configured adapter. The rules file (:func:`~market_data_pipeline.project.rules_file`:
+    the configured one, or the shipped rules) is always loaded: it is the sklearn adapter's
+    fallback. ``base_dir``: where relative paths of a config built in code (not loaded from a
+    file, whose paths are absolute) resolve; default the working directory. Raises
+    ``ConfigError`` (bad rules, model hash mismatch, unknown features)."""
     root = base_dir or Path.cwd()
-    rules_file = Path(config.inference.adapters.rules.file)
-    rules = RulesAdapter(
-        load_rules(rules_file if rules_file.is_absolute() else root / rules_file, known_features)
-    )
+    rules = RulesAdapter(load_rules(rules_file(config, root), known_features))
     if kind == "rules":
         return rules
     if kind == "sklearn":

@@ -1,5 +1,8 @@
 """The dataset registry (``configs/datasets.yaml``) and the row reader behind ``replay``.
 
+Names are looked up in a list of registries, first match wins (:func:`find_dataset`): the
+user's (``--datasets`` or ``producers.replay.datasets_file``), then the one shipped with mdp.
+
 A registry maps a name to a file (CSV or Parquet, plain or compressed: see
 :mod:`~market_data_pipeline.producers.files`; a relative ``path`` is resolved against the
 registry file's folder), how to read its timestamp (``epoch_s|epoch_ms|epoch_us|epoch_ns|iso``
@@ -32,7 +35,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -56,6 +59,7 @@ __all__ = [
     "RowError",
     "TimestampSpec",
     "count_rows",
+    "find_dataset",
     "load_registry",
     "lookup",
     "read_dataset",
@@ -252,6 +256,8 @@ def load_registry(path: str | Path) -> dict[str, DatasetSpec]:
         raise ConfigError(f"cannot read dataset registry ({exc})", source=source) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML syntax error: {str(exc).splitlines()[0]}", source=source) from None
+    if isinstance(data, dict) and data.get("datasets", {}) is None:
+        data["datasets"] = {}  # `datasets:` with every entry commented out: none yet
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
         raise ConfigError("expected a mapping with a 'datasets' mapping", source=source)
     unknown = sorted(set(data) - {"version", "datasets"})
@@ -287,6 +293,25 @@ def lookup(registry: Mapping[str, DatasetSpec], name: str, source: str) -> Datas
         raise ConfigError(
             f"unknown dataset {name!r}; registered in {source}: {names}", source="--dataset"
         ) from None
+
+
+def find_dataset(name: str, registries: Sequence[Path]) -> DatasetSpec:
+    """The dataset called ``name`` in the first of ``registries`` that defines it (a registry
+    listed twice is read once). ``ConfigError`` when a registry cannot be read, or when none
+    defines ``name`` (the message lists the names of each)."""
+    seen: list[Path] = []
+    known: list[str] = []
+    for path in registries:
+        if path.resolve() in seen:
+            continue
+        seen.append(path.resolve())
+        registry = load_registry(path)
+        if name in registry:
+            return registry[name]
+        known.append(f"{', '.join(sorted(registry)) or 'none'} ({path})")
+    raise ConfigError(
+        f"unknown dataset {name!r}; registered: {'; '.join(known) or 'none'}", source="--dataset"
+    )
 
 
 class _RowParse(Exception):
@@ -523,7 +548,7 @@ def _pyarrow_parquet(spec: DatasetSpec) -> Any:
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError(
-            "reading Parquet needs pyarrow: pip install 'mdp[parquet]'", source=str(spec.path)
+            "reading Parquet needs pyarrow: pip install 'mdp-streaming[parquet]'", source=str(spec.path)
         ) from None
     return pq
 

@@ -4,7 +4,7 @@
 ``.bz2``, ``.xz``/``.lzma``, ``.zst``/``.zstd``) and, when it names none, the file's first bytes
 (each of those formats starts with a fixed magic number that no text file starts with).
 ``none`` reads the bytes as they are. gzip, bz2 and xz use the standard library; zstd the
-``zstandard`` package (``pip install 'mdp[zstd]'``). Multi-member files (``cat a.gz b.gz``,
+``zstandard`` package (``pip install 'mdp-streaming[zstd]'``). Multi-member files (``cat a.gz b.gz``,
 ``pzstd``) are read whole.
 
 Everything that makes a file unreadable -- missing, not permitted, a corrupt or truncated
@@ -134,7 +134,7 @@ def _zstd(path: Path) -> io.BufferedIOBase:
     except ImportError:
         raise ConfigError(
             f"cannot read dataset file {path}: reading zstd needs zstandard: "
-            "pip install 'mdp[zstd]'"
+            "pip install 'mdp-streaming[zstd]'"
         ) from None
     return io.BufferedReader(_ZstdReader(path.open("rb")), _CHUNK)
 

@@ -1,5 +1,5 @@
 """Interactive Brokers (TWS / IB Gateway) adapter, behind the optional ``ibkr`` extra
-(``pip install 'mdp[ibkr]'``, which installs ``ib_async``).
+(``pip install 'mdp-streaming[ibkr]'``, which installs ``ib_async``).
 
 For each configured symbol (a US stock on SMART routing) it subscribes to tick-by-tick
 ``AllLast`` trades (-> ``kind="tick"``) and ``BidAsk`` top of book (-> ``kind="quote"``).
@@ -34,7 +34,7 @@ __all__ = ["INSTALL_HINT", "IbkrProvider", "TickMapper", "load_ib_async"]
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "the ibkr provider needs the optional 'ibkr' extra: pip install 'mdp[ibkr]' "
+    "the ibkr provider needs the optional 'ibkr' extra: pip install 'mdp-streaming[ibkr]' "
     "(installs ib_async), then start TWS or IB Gateway with the API enabled"
 )
 _COMPONENT = "ibkr"

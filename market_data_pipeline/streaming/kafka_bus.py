@@ -1,4 +1,4 @@
-"""The Kafka bus (aiokafka; ``pip install 'mdp[kafka]'``), tested against Tansu and usable with
+"""The Kafka bus (aiokafka; ``pip install 'mdp-streaming[kafka]'``), tested against Tansu and usable with
 any Kafka 2.x+ broker.
 
 Layout: the events topic has ``partitions`` partitions, every other topic (bars, signals, DLQ)
@@ -67,7 +67,7 @@ try:
     from aiokafka.errors import KafkaError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "the Kafka bus needs aiokafka: install with: pip install 'mdp[kafka]'"
+        "the Kafka bus needs aiokafka: install with: pip install 'mdp-streaming[kafka]'"
     ) from exc
 
 __all__ = ["KafkaBus", "KafkaConsumer"]

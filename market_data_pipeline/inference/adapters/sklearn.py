@@ -116,7 +116,13 @@ def _load_model(config: SklearnAdapterConfig, base_dir: Path) -> tuple[Any, str]
             f"model file {path} has SHA-256 {got}, config pins {want}: refusing to load it",
             key_path=f"{_KEY}.sha256",
         )
-    import joblib  # the 'ml' extra; imported only when a model is configured
+    try:
+        import joblib  # the 'ml' extra; imported only when a model is configured
+    except ImportError:
+        raise ConfigError(
+            "the sklearn adapter needs the ml extra: pip install 'mdp-streaming[ml]'",
+            key_path=f"{_KEY}.model_path",
+        ) from None
 
     try:
         # unpickle the bytes that were hashed, not the path again (no swap in between)
