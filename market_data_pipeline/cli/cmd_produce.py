@@ -42,7 +42,6 @@ from market_data_pipeline.cli.common import (
     stage_services,
 )
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
-from market_data_pipeline.project import dataset_registries
 from market_data_pipeline.producers.datasets import (
     DatasetSpec,
     RowError,
@@ -50,6 +49,7 @@ from market_data_pipeline.producers.datasets import (
     find_dataset,
 )
 from market_data_pipeline.producers.publisher import Publisher, WireSource
+from market_data_pipeline.project import dataset_registries
 
 __all__ = ["produce", "replay", "tail"]
 

@@ -120,7 +120,9 @@ def report(
         _duration_ms(interval, "--interval")
     last_ms, min_gap_ms = _duration_ms(last, "--last"), _duration_ms(min_gap, "--min-gap")
     if importlib.util.find_spec("plotly") is None:
-        raise ConfigError("mdp report needs plotly: pip install 'mdp-streaming[report]'", source="mdp report")
+        raise ConfigError(
+            "mdp report needs plotly: pip install 'mdp-streaming[report]'", source="mdp report"
+        )
     if output.is_dir():
         raise ConfigError("is a folder; give a file name like report.html", source=str(output))
     urls = _urls(cfg)

@@ -548,7 +548,8 @@ def _pyarrow_parquet(spec: DatasetSpec) -> Any:
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError(
-            "reading Parquet needs pyarrow: pip install 'mdp-streaming[parquet]'", source=str(spec.path)
+            "reading Parquet needs pyarrow: pip install 'mdp-streaming[parquet]'",
+            source=str(spec.path),
         ) from None
     return pq
 

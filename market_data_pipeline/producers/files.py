@@ -4,8 +4,8 @@
 ``.bz2``, ``.xz``/``.lzma``, ``.zst``/``.zstd``) and, when it names none, the file's first bytes
 (each of those formats starts with a fixed magic number that no text file starts with).
 ``none`` reads the bytes as they are. gzip, bz2 and xz use the standard library; zstd the
-``zstandard`` package (``pip install 'mdp-streaming[zstd]'``). Multi-member files (``cat a.gz b.gz``,
-``pzstd``) are read whole.
+``zstandard`` package (``pip install 'mdp-streaming[zstd]'``). Multi-member files
+(``cat a.gz b.gz``, ``pzstd``) are read whole.
 
 Everything that makes a file unreadable -- missing, not permitted, a corrupt or truncated
 compressed stream, a compressed file that is not what its extension says, text that is not

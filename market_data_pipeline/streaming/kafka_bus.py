@@ -1,5 +1,5 @@
-"""The Kafka bus (aiokafka; ``pip install 'mdp-streaming[kafka]'``), tested against Tansu and usable with
-any Kafka 2.x+ broker.
+"""The Kafka bus (aiokafka; ``pip install 'mdp-streaming[kafka]'``), tested against Tansu and
+usable with any Kafka 2.x+ broker.
 
 Layout: the events topic has ``partitions`` partitions, every other topic (bars, signals, DLQ)
 one; topics are created on first use. A record's key is the symbol (UTF-8 bytes,

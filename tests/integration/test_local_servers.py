@@ -19,7 +19,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_CONFIG, SHIPPED_RULES
 
 MDP = [sys.executable, "-m", "market_data_pipeline.cli.app"]
 
@@ -77,8 +77,8 @@ def project(open_tmp: Path) -> Iterator[Path]:
     else; `mdp down` at the end whatever happened."""
     tmp_path = open_tmp / "project"
     (tmp_path / "configs").mkdir(parents=True)
-    shutil.copy(ROOT / "configs" / "rules.yaml", tmp_path / "configs" / "rules.yaml")
-    text = (ROOT / "configs" / "streaming.yaml").read_text()
+    shutil.copy(SHIPPED_RULES, tmp_path / "configs" / "rules.yaml")
+    text = SHIPPED_CONFIG.read_text()
     assert "metrics_port: 9101" in text
     (tmp_path / "configs" / "streaming.yaml").write_text(
         text.replace("metrics_port: 9101", "metrics_port: 0")

@@ -382,10 +382,10 @@ async def test_fx_bid_bars_without_volume_land_with_null_volume(env: dict[str, A
     bar. The shipped ones (derived from the real EUR/USD quotes) go through the bus and the
     micro-batcher into the store with volume and vwap null, and out on mdp.bars the same."""
     from market_data_pipeline.producers.datasets import load_registry, read_dataset
-    from tests.conftest import ROOT
+    from tests.conftest import SHIPPED_REGISTRY
 
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], 2000)
-    spec = load_registry(ROOT / "configs" / "datasets.yaml")["eurusd_bid_1m"]
+    spec = load_registry(SHIPPED_REGISTRY)["eurusd_bid_1m"]
     p = env["provider"]
     events = [
         e.model_copy(update={"provider": p, "event_id": e.event_id.replace(e.provider, p, 1)})

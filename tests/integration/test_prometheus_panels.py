@@ -49,11 +49,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from market_data_pipeline import alert_rules, telemetry
 from market_data_pipeline.cli.app import app
 from market_data_pipeline.embedded import EmbeddedPostgres, free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_CONFIG
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-SHIPPED = yaml.safe_load((ROOT / "configs" / "streaming.yaml").read_text())
+SHIPPED = yaml.safe_load(SHIPPED_CONFIG.read_text())
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(

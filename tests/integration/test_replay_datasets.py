@@ -20,7 +20,7 @@ import redis
 from market_data_core.codec import decode_events, event_to_dict
 from market_data_core.contracts import StreamEvent
 from market_data_pipeline.cli.app import main
-from tests.conftest import ROOT
+from tests.conftest import DATA, ROOT, SHIPPED_REGISTRY
 
 
 def write_config(tmp_path: Path, unique: str, extra: str = "") -> Path:
@@ -36,7 +36,7 @@ bus:
     bars_stream: "mdp.bars.{unique}"
 producers:
   replay:
-    datasets_file: "{ROOT / "configs" / "datasets.yaml"}"
+    datasets_file: "{SHIPPED_REGISTRY}"
 {extra}
 telemetry:
   metrics_port: 0
@@ -252,7 +252,7 @@ def _binance_file(tmp_path: Path, rows: int = 2001) -> Path:
     shipped real trades: the aggressor sold when the buyer was the maker."""
     import csv
 
-    src = ROOT / "datasets" / "binance-futures-btcusdt-trades-2020-02-22.csv"
+    src = DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
     with src.open() as f:
         trades = list(csv.DictReader(f))[:rows]
     path = tmp_path / "BTCUSDT-trades.csv.gz"
@@ -328,7 +328,7 @@ def test_replay_with_a_value_map_accepts_every_row(
 def load_shipped_sides(rows: int) -> list[str]:
     import csv
 
-    src = ROOT / "datasets" / "binance-futures-btcusdt-trades-2020-02-22.csv"
+    src = DATA / "binance-futures-btcusdt-trades-2020-02-22.csv"
     with src.open() as f:
         trades = sorted(
             list(csv.DictReader(f))[:rows],

@@ -17,7 +17,7 @@ from market_data_core.contracts import Bar, StreamEvent
 from market_data_pipeline.cli.app import main
 from market_data_pipeline.producers.datasets import load_registry, read_dataset
 from market_data_store import PgStoreClient, upgrade_schema
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_REGISTRY
 from tests.integration._store_db import fresh_database
 from tests.integration.test_replay_datasets import write_config
 
@@ -33,7 +33,7 @@ async def store_url(database_url: str) -> AsyncIterator[str]:
 
 
 def file_bars() -> list[StreamEvent]:
-    spec = load_registry(ROOT / "configs" / "datasets.yaml")["ftx_btc_perp_1m"]
+    spec = load_registry(SHIPPED_REGISTRY)["ftx_btc_perp_1m"]
     return [e for e in read_dataset(spec, START, END) if isinstance(e, StreamEvent)]
 
 

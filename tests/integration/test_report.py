@@ -22,7 +22,7 @@ import redis
 
 from market_data_core.reads import StoreReader
 from market_data_store import PgStoreClient, PgStoreReader
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_CONFIG
 from tests.support.chromium import chromium_binary, render
 
 MDP = [sys.executable, "-m", "market_data_pipeline.cli.app"]
@@ -30,7 +30,7 @@ STAGE_TIMEOUT_S = 300
 
 
 def _config(tmp: Path, unique: str) -> Path:
-    text = (ROOT / "configs" / "streaming.yaml").read_text()
+    text = SHIPPED_CONFIG.read_text()
     for name in ("events", "signals", "bars", "dlq"):
         text = text.replace(f'"mdp.{name}"', f'"t.{unique}.{name}"')
     text = text.replace('consumer_group: "mdp-consumers"', f'consumer_group: "g.{unique}"')

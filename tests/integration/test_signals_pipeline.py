@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from market_data_core.codec import decode_signal, encode_bar, encode_event
-from market_data_core.config import AppConfig, parse_config
+from market_data_core.config import AppConfig, load_config, parse_config
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.protocols import Bus, routing_key
 from market_data_pipeline.cli.app import main as mdp_main
@@ -29,7 +29,7 @@ from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
 from market_data_pipeline.streaming.bus import open_bus
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, SHIPPED_CONFIG, SHIPPED_RULES
 
 N_BARS = 2400
 SYMBOL = "BTC-PERP"
@@ -44,9 +44,7 @@ def migrated(database_url: str) -> str:
 
 
 def make_config(redis_url: str, database_url: str, unique: str) -> AppConfig:
-    shipped = parse_config(
-        __import__("yaml").safe_load((ROOT / "configs" / "streaming.yaml").read_text()), env={}
-    )
+    shipped = parse_config(__import__("yaml").safe_load(SHIPPED_CONFIG.read_text()), env={})
     return parse_config(
         {
             "bus": {
@@ -68,7 +66,7 @@ def make_config(redis_url: str, database_url: str, unique: str) -> AppConfig:
                 "interval": "1m",
                 "warmup_bars": 500,
             },
-            "inference": {"adapters": {"rules": {"file": str(ROOT / "configs" / "rules.yaml")}}},
+            "inference": {"adapters": {"rules": {"file": str(SHIPPED_RULES)}}},
             "store": {"dsn": database_url},
             "telemetry": {"metrics_port": 0},
         }
@@ -260,10 +258,7 @@ async def test_sklearn_adapter_end_to_end_with_the_shipped_model(
     setup: tuple[AppConfig, Bus, str],
 ) -> None:
     cfg, bus, provider = setup
-    shipped = parse_config(
-        __import__("yaml").safe_load((ROOT / "configs" / "streaming.sklearn.yaml").read_text()),
-        env={},
-    )
+    shipped = load_config(SHIPPED_CONFIG, env={})  # its model path resolves beside it
     cfg = cfg.model_copy(
         update={
             "inference": shipped.inference.model_copy(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_CONFIG, SHIPPED_RULES
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ def mdp_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def shipped_config() -> dict[str, Any]:
     """``configs/streaming.yaml`` as parsed YAML (its features match ``configs/rules.yaml``)."""
-    data: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "streaming.yaml").read_text())
+    data: dict[str, Any] = yaml.safe_load(SHIPPED_CONFIG.read_text())
     return data
 
 
@@ -53,7 +53,7 @@ def stream_config(
     data["bus"]["block_ms"] = 50
     data["store"] = {**data.get("store", {}), "dsn": database_url}
     data["telemetry"] = {**data.get("telemetry", {}), "metrics_port": 0}
-    data["inference"]["adapters"]["rules"]["file"] = str(ROOT / "configs" / "rules.yaml")
+    data["inference"]["adapters"]["rules"]["file"] = str(SHIPPED_RULES)
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return data

@@ -84,7 +84,7 @@ async def test_kafka_without_aiokafka_is_a_readable_bus_error(
     monkeypatch.setitem(sys.modules, "aiokafka", None)
     monkeypatch.delitem(sys.modules, "market_data_pipeline.streaming.kafka_bus", raising=False)
     cfg = AppConfig(bus=BusConfig(type="kafka"))
-    with pytest.raises(BusError, match=r"pip install 'mdp\[kafka\]'"):
+    with pytest.raises(BusError, match=r"pip install 'mdp-streaming\[kafka\]'"):
         await open_bus(cfg, ServerUrls(None, None, "127.0.0.1:9"))
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from market_data_core.config import AppConfig, expand_env, load_config
 from market_data_core.errors import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import SHIPPED_CONFIG
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -16,7 +16,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_config_loads() -> None:
-    cfg = load_config(ROOT / "configs" / "streaming.yaml", env={})
+    cfg = load_config(SHIPPED_CONFIG, env={})
     assert cfg.bus.type == "redis"
     assert cfg.bus.redis.uri is None  # embedded by default
     assert cfg.micro_batch.window_ms == 2000
@@ -30,9 +30,7 @@ def test_env_interpolation_with_defaults() -> None:
 
 
 def test_env_value_reaches_config() -> None:
-    cfg = load_config(
-        ROOT / "configs" / "streaming.yaml", env={"REDIS_URI": "rediss://:pw@h:6380/1"}
-    )
+    cfg = load_config(SHIPPED_CONFIG, env={"REDIS_URI": "rediss://:pw@h:6380/1"})
     assert cfg.bus.redis.uri is not None
     assert cfg.bus.redis.uri.get_secret_value() == "rediss://:pw@h:6380/1"
 

@@ -19,7 +19,7 @@ from market_data_core.config import FeatureWindowConfig
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import ConfigError
 from market_data_pipeline.features import FeatureEngine
-from tests.conftest import DATA
+from tests.conftest import DATA, SHIPPED_REGISTRY
 
 BARS_CSV = DATA / "ftx-btc-perp-1m-2022-01.csv"
 QUOTES_CSV = DATA / "eurusd-quotes-2020-01-01.csv"
@@ -389,7 +389,6 @@ def test_bars_without_volume_leave_volume_features_empty(caplog: pytest.LogCaptu
 
     from market_data_core.codec import decode_bar, encode_bar
     from market_data_pipeline.producers.datasets import load_registry, read_dataset
-    from tests.conftest import ROOT
 
     windows = [
         FeatureWindowConfig(name="vwap_5", periods=5),
@@ -402,7 +401,7 @@ def test_bars_without_volume_leave_volume_features_empty(caplog: pytest.LogCaptu
     assert engine.volume_features == ("volume", "vwap_5", "vwap_10m")
     assert "features volume, vwap_5, vwap_10m need bar volume" in caplog.text
 
-    spec = load_registry(ROOT / "configs" / "datasets.yaml")["eurusd_bid_1m"]
+    spec = load_registry(SHIPPED_REGISTRY)["eurusd_bid_1m"]
     events = [e for e in read_dataset(spec) if isinstance(e, StreamEvent)]
     fx = [
         Bar(e.provider, e.symbol, "1m", e.src_ts, e.o, e.h, e.l, e.c, e.v)  # type: ignore[arg-type]

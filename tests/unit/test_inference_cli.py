@@ -9,14 +9,14 @@ import pytest
 import yaml
 
 from market_data_pipeline.cli.app import main
-from tests.conftest import ROOT
+from tests.conftest import SHIPPED_CONFIG, SHIPPED_RULES
 
 
 def _config(tmp_path: Path, **inference: object) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "streaming.sklearn.yaml").read_text())
+    data = yaml.safe_load(SHIPPED_CONFIG.read_text())
     sklearn = data["inference"]["adapters"]["sklearn"]
-    sklearn["model_path"] = str(ROOT / sklearn["model_path"])
-    data["inference"]["adapters"]["rules"]["file"] = str(ROOT / "configs" / "rules.yaml")
+    sklearn["model_path"] = str(SHIPPED_CONFIG.parent / sklearn["model_path"])
+    data["inference"]["adapters"]["rules"]["file"] = str(SHIPPED_RULES)
     for key, value in inference.items():
         section, _, field = key.partition("__")
         data["inference"]["adapters"][section][field] = value

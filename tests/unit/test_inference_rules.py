@@ -15,7 +15,8 @@ from market_data_core.protocols import FeatureSnapshot
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules, parse_rules
 from market_data_pipeline.inference.expr import ExprError, parse_condition
-from tests.conftest import DATA, ROOT
+from market_data_pipeline.project import rules_file
+from tests.conftest import DATA, ROOT, SHIPPED_CONFIG, SHIPPED_RULES
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 KNOWN = ["rsi", "momentum", "sma_fast", "sma_slow", "close", "volatility"]
@@ -157,9 +158,10 @@ def test_hostile_rule_file_fails_at_load_with_the_rule_named(tmp_path: object) -
 
 
 def test_shipped_rules_load_against_the_shipped_features() -> None:
-    cfg = load_config(ROOT / "configs" / "streaming.yaml", env={})
+    cfg = load_config(SHIPPED_CONFIG, env={})
     engine = FeatureEngine(cfg.features.windows)
-    rules = load_rules(ROOT / cfg.inference.adapters.rules.file, engine.feature_names)
+    assert rules_file(cfg) == SHIPPED_RULES  # the shipped config names none: the shipped ones
+    rules = load_rules(rules_file(cfg), engine.feature_names)
     names = [r.name for r in rules]
     assert names[:5] == [
         "price_momentum_up",
@@ -216,9 +218,9 @@ def test_state_is_per_symbol_and_stale_snapshots_are_ignored() -> None:
 
 
 def _replay_signals() -> list[tuple[str, str, float]]:
-    cfg = load_config(ROOT / "configs" / "streaming.yaml", env={})
+    cfg = load_config(SHIPPED_CONFIG, env={})
     engine = FeatureEngine(cfg.features.windows, timed=False)
-    adapter = RulesAdapter(load_rules(ROOT / "configs" / "rules.yaml", engine.feature_names))
+    adapter = RulesAdapter(load_rules(SHIPPED_RULES, engine.feature_names))
     df = pd.read_csv(DATA / "ftx-btc-perp-1m-2022-01.csv", nrows=8000)
     out = []
     for row in df.itertuples():

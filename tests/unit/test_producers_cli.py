@@ -9,7 +9,7 @@ import pytest
 from market_data_pipeline.cli.app import main
 from market_data_pipeline.cli.cmd_produce import event_row, parse_when
 from market_data_pipeline.producers.datasets import load_registry, read_dataset
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_REGISTRY
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -84,7 +84,7 @@ def test_parse_when_treats_naive_as_utc() -> None:
 
 
 def test_event_rows_show_prices_and_volume() -> None:
-    registry = load_registry(ROOT / "configs" / "datasets.yaml")
+    registry = load_registry(SHIPPED_REGISTRY)
     trade = next(iter(read_dataset(registry["binance_btcusdt_trades"])))
     quote = next(iter(read_dataset(registry["eurusd_quotes"])))
     bar = next(iter(read_dataset(registry["ftx_btc_perp_1m"])))

@@ -18,9 +18,9 @@ from market_data_pipeline.producers.datasets import (
     lookup,
     read_dataset,
 )
-from tests.conftest import ROOT, SHARED_ORIGINAL
+from tests.conftest import DATA, SHARED_ORIGINAL, SHIPPED_REGISTRY
 
-REGISTRY = ROOT / "configs" / "datasets.yaml"
+REGISTRY = SHIPPED_REGISTRY
 
 
 def split(items: list[object]) -> tuple[list, list[RowError]]:  # type: ignore[type-arg]
@@ -38,7 +38,7 @@ def test_shipped_files_match_the_shared_data() -> None:
         "eurusd-quotes-2020-01-01.csv",
         "ftx-btc-perp-1m-2022-01.csv",
     ):
-        assert (ROOT / "datasets" / name).read_bytes() == (SHARED_ORIGINAL / name).read_bytes()
+        assert (DATA / name).read_bytes() == (SHARED_ORIGINAL / name).read_bytes()
 
 
 def test_trades_dataset_gives_9999_ticks_in_id_order() -> None:

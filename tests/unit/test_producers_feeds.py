@@ -272,7 +272,7 @@ def test_ibkr_without_the_extra_says_how_to_install(
         return real_import(name, *args)
 
     monkeypatch.setattr(ibkr.importlib, "import_module", no_ib_async)
-    with pytest.raises(ConfigError, match=r"pip install 'mdp\[ibkr\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'mdp-streaming\[ibkr\]'"):
         IbkrProvider(IbkrProducerConfig())
     assert main(["stream", "produce", "--provider", "ibkr"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

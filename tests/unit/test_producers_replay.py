@@ -15,9 +15,9 @@ from market_data_pipeline.producers.replay import (
     StoreBarsReplayProvider,
     bar_to_event,
 )
-from tests.conftest import ROOT
+from tests.conftest import SHIPPED_REGISTRY
 
-REGISTRY = ROOT / "configs" / "datasets.yaml"
+REGISTRY = SHIPPED_REGISTRY
 
 
 async def test_speed_replays_event_time_faster_than_wall_time() -> None:

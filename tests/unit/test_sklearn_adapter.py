@@ -20,7 +20,7 @@ from market_data_pipeline import telemetry
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, parse_rules
 from market_data_pipeline.inference.adapters.sklearn import CircuitBreaker, SklearnAdapter
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_CONFIG
 
 KNOWN = ["close", "volume", "rsi", "momentum"]
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -176,7 +176,7 @@ def test_breaker_state_machine() -> None:
 
 
 async def test_shipped_example_model_matches_its_pinned_hash() -> None:
-    cfg = load_config(ROOT / "configs" / "streaming.sklearn.yaml", env={})
+    cfg = load_config(SHIPPED_CONFIG, env={})
     engine = FeatureEngine(cfg.features.windows)
     ml = cfg.inference.adapters.sklearn.model_copy(update={"timeout_ms": 10_000})
     adapter = SklearnAdapter(ml, _fallback(), engine.feature_names, base_dir=ROOT)

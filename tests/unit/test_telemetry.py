@@ -35,7 +35,7 @@ from market_data_pipeline.telemetry import (
     setup_logging,
     start_metrics_server,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_CONFIG
 
 PACKAGE = ROOT / "market_data_pipeline"
 
@@ -339,7 +339,7 @@ def test_series_per_symbol_from_a_scrape_with_the_shipped_feature_windows(
     from market_data_core.contracts import Bar
     from market_data_pipeline.features.rolling import FeatureEngine
 
-    windows = load_config(ROOT / "configs" / "streaming.yaml", env={}).features.windows
+    windows = load_config(SHIPPED_CONFIG, env={}).features.windows
     symbols = [f"S{i:03d}" for i in range(40)]
 
     def series_by_symbol() -> dict[str, int]:
