@@ -36,6 +36,7 @@ import yaml
 from market_data_core.codec import encode_event
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key, shard_for
+from market_data_pipeline.project import DEFAULT_CONFIG_FILE
 
 SHARDS = 4
 STREAMS = [f"mdp.events:{n}" for n in range(SHARDS)]
@@ -225,7 +226,7 @@ def main() -> None:
     parser.add_argument(
         "--shipped",
         type=Path,
-        default=Path(__file__).resolve().parent.parent / "configs" / "streaming.yaml",
+        default=DEFAULT_CONFIG_FILE,
         help="config: the shipped config to start from (that of the mdp version measured)",
     )
     args = parser.parse_args()
