@@ -15,6 +15,7 @@ app = typer.Typer(
         "features feed rules or a scikit-learn model.\n\n"
         "Examples:\n\n"
         "  mdp demo\n\n"
+        "  mdp init my-pipeline\n\n"
         "  mdp stream produce --provider synthetic --count 10000\n\n"
         "  mdp stream micro-batch --window 2s --drain\n\n"
         "  mdp stream tail --topic mdp.events --limit 20"

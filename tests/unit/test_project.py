@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,15 @@ def test_init_never_overwrites_without_force(
     (tmp_path / "p2" / "configs" / "streaming.yaml").mkdir(parents=True)
     err = _one_line_exit_2(["init", str(tmp_path / "p2"), "--force"], capsys)
     assert "is a folder, not a file" in err
+
+
+def test_the_example_model_without_the_ml_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`pip install 'mdp-streaming[embedded]'` has no joblib: `--adapter sklearn` with the
+    shipped config is one line naming the extra, not a traceback."""
+    monkeypatch.setitem(sys.modules, "joblib", None)
+    cfg = load_config(SHIPPED_CONFIG, env={})
+    features = FeatureEngine(cfg.features.windows)
+    with pytest.raises(ConfigError, match=r"needs the ml extra: pip install 'mdp-streaming\[ml\]'"):
+        build_adapter(cfg, "sklearn", features.feature_names)
