@@ -102,14 +102,22 @@ class RedisConfig(_Model):
     dlq_stream: str = "mdp.dlq"
     consumer_group: str = "mdp-consumers"
     lease_ttl_ms: int = Field(default=5000, ge=500)
+    # a Redis Cluster (also implied by a redis+cluster:// or rediss+cluster:// URI)
+    cluster: bool = False
+    # WAIT for this many replicas after each publish (0: off); see the README's Redis Cluster
+    wait_replicas: int = Field(default=0, ge=0, le=16)
+    wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
 
     _empty = field_validator("uri", mode="before")(_none_if_empty)
 
     @field_validator("uri")
     @classmethod
     def _scheme(cls, v: SecretUrl | None) -> SecretUrl | None:
-        if v is not None and not re.match(r"^(redis|rediss|unix)://", v.get_secret_value()):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        pattern = r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://"
+        if v is not None and not re.match(pattern, v.get_secret_value()):
+            raise ValueError(
+                "expected a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+            )
         return v
 
 

@@ -26,6 +26,14 @@ async def _open_redis(config: AppConfig, urls: ServerUrls) -> Bus:
             source="config",
             key_path="bus.redis.uri",
         )
+    if config.bus.redis.cluster and "valkey" in urls.embedded:
+        raise ConfigError(
+            "bus.redis.cluster is true but no cluster is configured (mdp starts no embedded "
+            "cluster): set REDIS_URI or bus.redis.uri to one of its nodes "
+            "(redis+cluster://host:port,host:port)",
+            source="config",
+            key_path="bus.redis.uri",
+        )
     return await RedisBus.connect(urls.redis_url, config.bus)
 
 

@@ -4,24 +4,33 @@ Mechanism
 ---------
 For a consumer group ``G`` reading a topic ``T`` with ``n`` shards (streams ``S_0..S_{n-1}``):
 
-- a **live-consumer registry**, the sorted set ``mdp:bus:{T}:{G}:members`` whose members are
+- a **live-consumer registry**, the sorted set ``mdp:bus:T:G:members`` whose members are
   consumer names scored by the server time (ms) at which they stop being live
   (``now + lease_ttl_ms``);
-- one **lease key per shard**, ``mdp:bus:{S_i}:{G}:lease``, holding the owner's consumer name
+- one **lease key per shard** (names in :mod:`~market_data_pipeline.streaming.redis_layout`;
+  on a Redis Cluster in the slot of the shard's stream), holding the owner's consumer name
   with a TTL of ``lease_ttl_ms``.
 
-Every ``lease_ttl_ms / 3`` (from ``poll``) a consumer runs :data:`MAINTAIN_LUA` — one atomic
-script, one round trip — which refreshes its registry entry, drops expired members, and computes
-its quota: with ``m`` live consumers sorted by name, the consumer ranked ``r`` may hold
-``n // m + (1 if r < n % m else 0)`` shards (so quotas add up to ``n`` and none exceeds
-``ceil(n / m)``). It renews the leases it holds (compare-and-renew: only keys whose value is its
-own name), releases the surplus when over quota, and takes free shards (``SET NX PX``) when under.
-It returns the shards it now holds; the consumer reads only those.
+Every ``lease_ttl_ms / 3`` (from ``poll``) a consumer runs :func:`maintain`: one pipelined
+round trip (on a cluster: one per master, in parallel) runs :data:`REGISTER_LUA` on the
+registry — refresh its own entry, drop expired members, return the live ones — and
+:data:`RENEW_LUA` on every lease — renew it if it names this consumer (compare-and-renew),
+else say whether it is free. From the live members it computes its quota: with ``m`` live
+consumers sorted by name, the consumer ranked ``r`` may hold ``n // m + (1 if r < n % m else 0)``
+shards (so quotas add up to ``n`` and none exceeds ``ceil(n / m)``). Only when the count is off,
+a second round trip releases the surplus (:data:`DROP_LUA`, compare-and-delete) or takes free
+shards, starting at its own offset (``SET NX PX``). It returns the shards it now holds; the
+consumer reads only those.
+
+Every script touches one key, so each runs on one hash slot of a cluster; the lease key alone
+decides who holds a shard (``SET NX`` and compare-and-renew are atomic on it), and the registry
+only decides the fair share. On one server the keys, scripts and arithmetic are those of the
+single ``MAINTAIN`` script of earlier releases, so old and new workers share a group safely.
 
 Bounds
 ------
 - A consumer that dies (``kill -9``) stops renewing: its registry entry and leases expire after at
-  most ``lease_ttl_ms``; every survivor runs the script within ``lease_ttl_ms / 3`` plus one poll
+  most ``lease_ttl_ms``; every survivor runs a round within ``lease_ttl_ms / 3`` plus one poll
   (``block_ms`` is capped at ``lease_ttl_ms / 3``), so the dead worker's shards are held again
   within **lease_ttl_ms + lease_ttl_ms / 3 + block_ms** (about 6.9 s with the defaults).
   The new holder reads no newer entry of such a shard until the dead worker's unacked entries
@@ -34,33 +43,37 @@ Bounds
   ``2 * lease_ttl_ms / 3 + block_ms``.
 - A consumer that cannot renew (it did not poll for ``lease_ttl_ms``, or the network failed) finds
   at its next round that the key is gone or names someone else and stops reading that shard.
+- A cluster failover can lose the last writes of the failed master, a lease renewal or
+  ``SET NX`` among them (replication is asynchronous): its holder finds the lease gone or taken
+  at its next round and stops reading the shard, so two consumers may read one shard for at
+  most ``lease_ttl_ms / 3`` after a failover.
 
 The lease names the consumer, not the process: a consumer restarted under the same name takes its
 leases back at once (and receives its pending entries first). Two live processes must therefore
-never share a consumer name. Server time (``TIME``) is used throughout, so host clocks do not
-matter.
+never share a consumer name. Server time (``TIME``, TTLs) is used throughout, so host clocks do
+not matter.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["MAINTAIN_LUA", "RELEASE_LUA", "lease_key", "members_key", "quota", "start_offset"]
-
-
-def members_key(topic: str, group: str) -> str:
-    """The live-consumer registry of ``group`` on ``topic``."""
-    return f"mdp:bus:{topic}:{group}:members"
-
-
-def lease_key(stream: str, group: str) -> str:
-    """The lease of one shard (stream) for ``group``."""
-    return f"mdp:bus:{stream}:{group}:lease"
+__all__ = [
+    "DROP_LUA",
+    "REGISTER_LUA",
+    "RENEW_LUA",
+    "maintain",
+    "quota",
+    "release",
+    "start_offset",
+]
 
 
 def quota(shards: int, live: int, rank: int) -> int:
     """How many of ``shards`` the consumer ranked ``rank`` (0-based, by name) among ``live`` may
-    hold; the same arithmetic as :data:`MAINTAIN_LUA` (kept here for the unit tests)."""
+    hold."""
     live = max(live, 1)
     return shards // live + (1 if rank < shards % live else 0)
 
@@ -70,60 +83,90 @@ def start_offset(name: str, shards: int) -> int:
     return zlib.crc32(name.encode()) % max(shards, 1)
 
 
-# KEYS[1] = registry, KEYS[2..n+1] = lease of shard 0..n-1
-# ARGV[1] = consumer name, ARGV[2] = lease_ttl_ms, ARGV[3] = start offset
-# Returns the 0-based shards held after the round.
-MAINTAIN_LUA = """
-local name = ARGV[1]
+# KEYS[1] = registry; ARGV[1] = consumer name, ARGV[2] = lease_ttl_ms.
+# Returns the live members (names), this one included.
+REGISTER_LUA = """
 local ttl = tonumber(ARGV[2])
-local offset = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + ttl, name)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], ttl * 4)
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-table.sort(members)
-local live = #members
-local rank = 0
-for i, m in ipairs(members) do
-  if m == name then rank = i - 1 end
-end
-local n = #KEYS - 1
-local want = math.floor(n / live)
-if rank < (n % live) then want = want + 1 end
-local owned = {}
-for i = 1, n do
-  if redis.call('GET', KEYS[i + 1]) == name then owned[#owned + 1] = i end
-end
-while #owned > want do
-  local i = table.remove(owned)
-  redis.call('DEL', KEYS[i + 1])
-end
-for _, i in ipairs(owned) do redis.call('PEXPIRE', KEYS[i + 1], ttl) end
-if #owned < want then
-  for k = 0, n - 1 do
-    if #owned >= want then break end
-    local i = ((offset + k) % n) + 1
-    if redis.call('SET', KEYS[i + 1], name, 'NX', 'PX', ttl) then
-      owned[#owned + 1] = i
-    end
-  end
-end
-local result = {}
-for _, i in ipairs(owned) do result[#result + 1] = i - 1 end
-return result
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
-# KEYS[1] = registry, KEYS[2..] = leases; ARGV[1] = consumer name. Compare-and-delete.
-RELEASE_LUA = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-local released = 0
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then
-    redis.call('DEL', KEYS[i])
-    released = released + 1
-  end
+# KEYS[1] = lease; ARGV[1] = consumer name, ARGV[2] = lease_ttl_ms.
+# 1: held by this consumer (renewed), 0: free, -1: held by another consumer.
+RENEW_LUA = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
 end
-return released
+if owner then return -1 end
+return 0
 """
+
+# KEYS[1] = lease; ARGV[1] = consumer name. Compare-and-delete: 1 if it was this consumer's.
+DROP_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+async def maintain(
+    client: Any,
+    members_key: str,
+    lease_keys: Sequence[str],
+    name: str,
+    ttl_ms: int,
+    offset: int,
+) -> list[int]:
+    """One maintenance round (see the module docstring) with ``client`` (a redis-py asyncio
+    ``Redis`` or ``RedisCluster``); returns the 0-based shards held after it. Raises what
+    redis-py raises; a round cut short leaves every lease valid or expiring, never shared."""
+    n = len(lease_keys)
+    pipe = client.pipeline(transaction=False)
+    pipe.eval(REGISTER_LUA, 1, members_key, name, ttl_ms)
+    for key in lease_keys:
+        pipe.eval(RENEW_LUA, 1, key, name, ttl_ms)
+    members, *states = await pipe.execute()
+    live = sorted(_bytes(m) for m in members)
+    me = name.encode()
+    rank = live.index(me) if me in live else len(live)
+    want = quota(n, max(len(live), rank + 1), rank)
+    owned = [i for i, state in enumerate(states) if int(state) == 1]
+    if len(owned) > want:
+        surplus = owned[want:]
+        owned = owned[:want]
+        pipe = client.pipeline(transaction=False)
+        for i in surplus:
+            pipe.eval(DROP_LUA, 1, lease_keys[i], name)
+        await pipe.execute()
+    elif len(owned) < want:
+        order = [(offset + k) % n for k in range(n)]
+        free = [i for i in order if int(states[i]) == 0][: want - len(owned)]
+        if free:
+            pipe = client.pipeline(transaction=False)
+            for i in free:
+                pipe.set(lease_keys[i], name, nx=True, px=ttl_ms)
+            taken = await pipe.execute()
+            owned += [i for i, ok in zip(free, taken, strict=True) if ok]
+    return sorted(owned)
+
+
+async def release(client: Any, members_key: str, lease_keys: Sequence[str], name: str) -> int:
+    """Leave the registry and delete the leases that still name this consumer (one pipelined
+    round trip); returns how many leases were released."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrem(members_key, name)
+    for key in lease_keys:
+        pipe.eval(DROP_LUA, 1, key, name)
+    _, *dropped = await pipe.execute()
+    return sum(int(d) for d in dropped)

@@ -1,12 +1,29 @@
-"""The Redis Streams bus (Redis 7.0+ and Valkey).
+"""The Redis Streams bus (Redis 7.0+ and Valkey), on one server or on a Redis Cluster.
 
-Layout: the events topic (``bus.events_topic``) is split into ``partitions`` streams
-``<topic>:<n>`` (exactly ``<topic>`` when ``partitions == 1``); every other topic (bars, signals,
-the DLQ) is one stream. An entry has one field, ``data``, holding the payload bytes, so an entry
-written by any Redis client (``XADD mdp.events * data <json>``) is read like our own.
+Layout (:mod:`~market_data_pipeline.streaming.redis_layout`): the events topic
+(``bus.events_topic``) is split into ``partitions`` streams ``<topic>:<n>`` (exactly ``<topic>``
+when ``partitions == 1``; on a cluster ``<topic>:{<tag>}``, hash-tagged so that a shard's
+stream, group, lease and dead letters share one slot and the shards spread over the masters);
+every other topic (bars, signals, the DLQ) is one stream. An entry has one field, ``data``,
+holding the payload bytes, so an entry written by any Redis client
+(``XADD mdp.events * data <json>``) is read like our own.
+
+A cluster (``bus.redis.cluster: true``, or a ``redis+cluster://`` / ``rediss+cluster://`` URL,
+whose comma-separated hosts are all seeds) is spoken to by redis-py's ``RedisCluster``, which
+follows ``MOVED``/``ASK`` redirections (a resharding) and refreshes its slot map after a
+failover. Every script and transaction touches one slot; a pipeline is split per master and
+sent in parallel; reads of several shards are one ``XREADGROUP`` per stream.
 
 Publishing is one pipelined round trip per batch (``XADD ... MAXLEN ~ bus.maxlen``); retention is
-therefore "about the last ``maxlen`` entries per stream". The DLQ is never trimmed.
+therefore "about the last ``maxlen`` entries per stream". The DLQ is never trimmed. With
+``bus.redis.wait_replicas: r`` the batch ends with ``WAIT r wait_timeout_ms`` on every master it
+wrote to: a publish returns only once ``r`` replicas have the entries, else it raises
+``BusError`` (the publisher retries; entries already appended are appended again, which event
+ids make harmless). Without it a failover can lose what the old master acknowledged but had
+not replicated yet (Redis replicates asynchronously); on a cluster the bus keeps the ids of the
+last entries it published per stream and, when a stream's master changes, checks they are
+still there: those that are not are reported (an error log line and
+``errors_total{component="bus",reason="lost_writes"}``, :attr:`RedisBus.lost_writes`).
 
 Consuming (:class:`RedisConsumer`), per ``poll``:
 
@@ -33,7 +50,8 @@ nothing; a crash leaves the counts as they are (the restart's re-read is counted
 :meth:`RedisConsumer.release` on a clean stop sets them back (``XCLAIM ... RETRYCOUNT``).
 An entry about to be delivered for the ``max_deliveries + 1``-th time goes to the DLQ instead
 (reason ``max_deliveries``, counted in ``errors_total{component="bus"}`` and
-``bus_dead_letters``); the letter and the ack are one ``MULTI`` transaction.
+``bus_dead_letters``); the letter and the ack are one atomic script (on a cluster the
+letter goes to the DLQ stream in its entry's slot, so a failover keeps or loses both).
 Every redis-py error (connection refused/lost, timeouts, server errors) becomes ``BusError``;
 the caller retries, and nothing acked is lost: unacked entries stay pending and come back.
 
@@ -47,34 +65,40 @@ larger. Zero, what a drain waits for, is therefore always read, never taken from
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aredis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from market_data_core.config import BusConfig
-from market_data_core.errors import BusError
+from market_data_core.errors import BusError, ConfigError
 from market_data_core.protocols import BusRecord, DeadLetter, StreamStatus, shard_for
 from market_data_core.redaction import redact_url
 from market_data_pipeline import telemetry
+from market_data_pipeline.streaming import leases
 from market_data_pipeline.streaming.dlq import letter_fields, letter_from_fields, letter_from_record
-from market_data_pipeline.streaming.leases import (
-    MAINTAIN_LUA,
-    RELEASE_LUA,
-    lease_key,
-    members_key,
-    start_offset,
-)
+from market_data_pipeline.streaming.redis_layout import RedisLayout
 
-__all__ = ["RedisBus", "RedisConsumer"]
+__all__ = ["RedisBus", "RedisConsumer", "cluster_seeds"]
+
+log = logging.getLogger(__name__)
 
 _DATA = b"data"
 _Entries = list[tuple[bytes, dict[bytes, bytes] | None]]
 _LAG_COUNT_CAP = 1000  # about 1 ms per shard at 167-byte entries (Redis 7.0, measured)
 _RELEASE_CHUNK = 1000
+_LETTER_CHUNK = 200  # letters per script call (each one 18 arguments)
+# ids of recent publishes kept per stream on a cluster, to find writes a failover lost
+_RECENT_IDS_BUDGET = 200_000
+_RECENT_IDS_MIN = 1_000
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # Entries after the group's last-delivered id (ARGV[1]), counted up to ARGV[2]: the lag,
 # read rather than taken from XINFO (whose counter can be stale).
@@ -99,13 +123,66 @@ return n
 """
 
 
+# A dead letter and the ack of its entry, atomically (one slot: the DLQ stream of the entry's
+# slot and the entry's stream). KEYS[1] = DLQ stream, KEYS[2] = source stream; ARGV[1] = group,
+# ARGV[2] = letters k, ARGV[3] = arguments per letter w (field/value pairs), then k * w
+# arguments, then the entry ids to ack. Returns how many entries were acked.
+_LETTERS_AND_ACK_LUA = """
+local k, w = tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
+for _ = 1, k do
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + w - 1))
+  i = i + w
+end
+if i > #ARGV then return 0 end
+return redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, #ARGV))
+"""
+
+# Which of the ids ARGV (ascending) are not in stream KEYS[1]; also its first id, so that
+# entries trimmed by MAXLEN are told from entries lost.
+_MISSING_LUA = """
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local missing = {}
+for i = 1, #ARGV do
+  if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i], 'COUNT', 1) == 0 then
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+return {first[1] and first[1][1] or '', missing}
+"""
+
+
 @contextlib.asynccontextmanager
 async def _translated(what: str) -> AsyncIterator[None]:
     """Turn redis-py (and socket) failures into ``BusError`` naming the operation."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise BusError(f"redis bus: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """For a ``redis+cluster://`` or ``rediss+cluster://`` URL: the plain ``redis(s)://`` URL of
+    its first host (credentials and options kept) and every ``(host, port)`` it names
+    (``redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000``); ``None`` for any other URL.
+    Raises ``ValueError`` for a host list that cannot be read."""
+    scheme, sep, rest = url.partition("://")
+    plain = _CLUSTER_SCHEMES.get(scheme.lower())
+    if not sep or plain is None:
+        return None
+    netloc, slash, tail = rest.partition("/")
+    if "?" in netloc:  # no path: options right after the hosts
+        netloc, _, query = netloc.partition("?")
+        tail, slash = f"?{query}", "/"
+    userinfo, at, hosts = netloc.rpartition("@")
+    seeds: list[tuple[str, int]] = []
+    for host in hosts.split(","):
+        parts = urlsplit(f"//{host.strip()}")
+        if not parts.hostname:
+            raise ValueError(f"no host in {host!r}")
+        seeds.append((parts.hostname, parts.port or 6379))
+    first = hosts.split(",")[0].strip()
+    return f"{plain}://{userinfo}{at}{first}{slash}{tail}", seeds
 
 
 def _id_ms(entry_id: str) -> int:
@@ -116,57 +193,119 @@ def _id_ms(entry_id: str) -> int:
 class RedisBus:
     """A :class:`~market_data_core.protocols.Bus` on Redis Streams. Build with :meth:`connect`."""
 
-    def __init__(self, client: aredis.Redis, config: BusConfig) -> None:
-        self._client = client
+    def __init__(
+        self, client: aredis.Redis | RedisCluster, config: BusConfig, *, cluster: bool = False
+    ) -> None:
+        self._client: Any = client
         self._config = config
-        self._events_topic = config.events_topic
-        self._partitions = config.partitions
+        self._cluster = cluster
+        self._layout = RedisLayout.of(config, cluster=cluster)
         self._maxlen = config.maxlen
-        self._maintain = client.register_script(MAINTAIN_LUA)
-        self._release = client.register_script(RELEASE_LUA)
+        self._wait_replicas = config.redis.wait_replicas
+        self._wait_timeout_ms = config.redis.wait_timeout_ms
         self._count_after = client.register_script(_COUNT_AFTER_LUA)
         self._reset_counts = client.register_script(_RESET_COUNTS_LUA)
+        self._letters_and_ack = client.register_script(_LETTERS_AND_ACK_LUA)
+        self._missing = client.register_script(_MISSING_LUA)
+        # cluster only: per stream, the master it was last published to and the ids it gave
+        self._master_of: dict[str, str] = {}
+        self._recent: dict[str, collections.deque[bytes]] = {}
+        self._lost: dict[str, int] = {}
 
     @classmethod
     async def connect(cls, url: str, config: BusConfig) -> RedisBus:
-        """Connect (and ping) ``url``; raises ``BusError`` when the server cannot be reached."""
-        client = aredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+        """Connect (and ping) ``url``: one server, or a cluster (``bus.redis.cluster`` or a
+        ``redis+cluster://`` URL). Raises ``BusError`` when it cannot be reached (or is not
+        what the config says), ``ConfigError`` for a URL or topic name a cluster refuses."""
+        seeds = None
+        try:
+            seeds = cluster_seeds(url)
+        except ValueError as exc:
+            raise ConfigError(
+                f"malformed Redis Cluster URL {redact_url(url)}: {exc}", key_path="bus.redis.uri"
+            ) from exc
+        cluster = config.redis.cluster or seeds is not None
+        try:
+            RedisLayout.of(config, cluster=cluster)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        client: aredis.Redis | RedisCluster
+        try:
+            if cluster:
+                first, nodes = seeds or (url, [])
+                client = RedisCluster.from_url(
+                    first,
+                    startup_nodes=[ClusterNode(host, port) for host, port in nodes] or None,
+                    socket_keepalive=True,
+                    socket_connect_timeout=2.0,
+                )
+            else:
+                client = aredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+        except (ValueError, RedisError, RedisClusterException) as exc:
+            raise ConfigError(
+                f"cannot use Redis URL {redact_url(url)}: {exc}", key_path="bus.redis.uri"
+            ) from exc
         try:
             async with _translated(f"connecting to {redact_url(url)}"):
                 await client.ping()
         except BusError:
             await client.aclose()
             raise
-        return cls(client, config)
+        return cls(client, config, cluster=cluster)
 
     @property
     def backend(self) -> Literal["redis", "kafka"]:
         return "redis"
 
     @property
-    def client(self) -> aredis.Redis:
+    def client(self) -> Any:
+        """The redis-py asyncio client: ``Redis``, or ``RedisCluster`` on a cluster."""
         return self._client
 
     @property
     def config(self) -> BusConfig:
         return self._config
 
+    @property
+    def cluster(self) -> bool:
+        return self._cluster
+
+    @property
+    def layout(self) -> RedisLayout:
+        return self._layout
+
+    @property
+    def lost_writes(self) -> Mapping[str, int]:
+        """Per stream, entries this bus published that a failover lost (cluster only; see the
+        module docstring)."""
+        return dict(self._lost)
+
     def shard_count(self, topic: str) -> int:
         """Shards of ``topic``: ``partitions`` for the events topic, 1 for every other one."""
-        return self._partitions if topic == self._events_topic else 1
+        return self._layout.shard_count(topic)
 
     def stream_name(self, topic: str, shard: int) -> str:
         """The Redis stream that holds shard ``shard`` of ``topic``."""
-        if self.shard_count(topic) == 1:
-            return topic
-        return f"{topic}:{shard}"
+        return self._layout.stream_name(topic, shard)
 
     def streams(self, topic: str) -> list[str]:
-        return [self.stream_name(topic, n) for n in range(self.shard_count(topic))]
+        return self._layout.streams(topic)
+
+    async def _streams_of(self, topic: str) -> list[str]:
+        """The streams to read for ``topic``: on a cluster the DLQ is one stream per slot of
+        every configured topic's shards, plus those listed in its registry."""
+        if not (self._cluster and topic == self._layout.dlq):
+            return self.streams(topic)
+        listed = await self._client.smembers(self._layout.dlq_registry)
+        known = self._layout.known_dlq_streams()
+        return known + sorted({_text(s) for s in listed} - set(known))
 
     async def publish(self, topic: str, items: Sequence[tuple[str, bytes]]) -> int:
         """Append items in one pipelined round trip (``XADD MAXLEN ~``); per-key order is kept
-        because a key always maps to the same stream and the pipeline preserves order."""
+        because a key always maps to the same stream and the pipeline preserves order (on a
+        cluster the commands of one stream go to its master in order; after a redirection the
+        unsent rest follows in order). With ``wait_replicas``, raises ``BusError`` when a
+        master could not confirm that many replicas within ``wait_timeout_ms``."""
         if not items:
             return 0
         pipe = self._client.pipeline(transaction=False)
@@ -174,17 +313,101 @@ class RedisBus:
         maxlen = self._maxlen
         n = self.shard_count(topic)
         if n == 1:
-            for _key, payload in items:
-                command("XADD", topic, "MAXLEN", "~", maxlen, "*", "data", payload)
+            targets = [topic] * len(items)
         else:
             names = self.streams(topic)
-            for key, payload in items:
-                command(
-                    "XADD", names[shard_for(key, n)], "MAXLEN", "~", maxlen, "*", "data", payload
-                )
+            targets = [names[shard_for(key, n)] for key, _ in items]
+        for stream, (_key, payload) in zip(targets, items, strict=True):
+            command("XADD", stream, "MAXLEN", "~", maxlen, "*", "data", payload)
+        waits = self._queue_waits(pipe, targets)
         async with _translated(f"publish to {topic}"):
-            await pipe.execute()
+            replies = await pipe.execute()
+            if waits:
+                self._check_waits(topic, waits, replies[len(items) :])
+            if self._cluster:
+                await self._track(targets, replies[: len(items)])
         return len(items)
+
+    def _queue_waits(self, pipe: Any, streams: Sequence[str]) -> list[tuple[str, int]]:
+        """Append ``WAIT`` to the pipeline, once per master written to (on the connection
+        that carried the writes); returns (master, entries) in the order queued."""
+        if not self._wait_replicas:
+            return []
+        args = ("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        if not self._cluster:
+            pipe.execute_command(*args)
+            return [("server", len(streams))]
+        count: dict[str, int] = {}
+        nodes: dict[str, Any] = {}
+        for stream in streams:
+            node = self._client.get_node_from_key(stream)
+            nodes[node.name] = node
+            count[node.name] = count.get(node.name, 0) + 1
+        for node in nodes.values():
+            pipe.execute_command(*args, target_nodes=node)
+        return [(name, count[name]) for name in nodes]
+
+    def _check_waits(self, topic: str, waits: list[tuple[str, int]], acked: list[Any]) -> None:
+        short = [
+            f"{entries} on {master} reached {int(n)} of {self._wait_replicas} replicas"
+            for (master, entries), n in zip(waits, acked, strict=True)
+            if int(n) < self._wait_replicas
+        ]
+        if short:
+            raise BusError(
+                f"redis bus: publish to {topic}: entries not replicated within "
+                f"{self._wait_timeout_ms} ms (bus.redis.wait_replicas): {'; '.join(short)}; "
+                "they are on the master but not counted as published"
+            )
+
+    async def _track(self, streams: Sequence[str], ids: Sequence[Any]) -> None:
+        """Cluster: remember the ids just published; when a stream's master changed since its
+        last publish (a failover, or a slot moved), first check that the ids remembered from
+        before are still there and report those that are not."""
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entry_id in zip(streams, ids, strict=True):
+            by_stream.setdefault(stream, []).append(entry_id)
+        keep = max(_RECENT_IDS_MIN, _RECENT_IDS_BUDGET // max(1, self._layout.partitions))
+        for stream, new_ids in by_stream.items():
+            master = self._client.get_node_from_key(stream).name
+            before = self._master_of.get(stream)
+            recent = self._recent.setdefault(stream, collections.deque(maxlen=keep))
+            if before is not None and before != master and recent:
+                await self._report_lost(stream, before, master, list(recent))
+                recent.clear()
+            self._master_of[stream] = master
+            recent.extend(new_ids)
+
+    async def _report_lost(self, stream: str, before: str, after: str, ids: list[bytes]) -> None:
+        lost: list[str] = []
+        first = ""
+        for i in range(0, len(ids), _RELEASE_CHUNK):
+            head, missing = await self._missing(keys=[stream], args=ids[i : i + _RELEASE_CHUNK])
+            first = first or _text(head)
+            lost += [_text(m) for m in missing]
+        if first:  # entries older than the stream's first one were trimmed by MAXLEN, not lost
+            lost = [m for m in lost if _id_key(m) >= _id_key(first)]
+        if not lost:
+            log.info(
+                "redis bus: %s moved from %s to %s with every entry kept", stream, before, after
+            )
+            return
+        self._lost[stream] = self._lost.get(stream, 0) + len(lost)
+        telemetry.ERRORS.labels(component="bus", reason="lost_writes").inc(len(lost))
+        log.error(
+            "redis bus: %d entries of %s that %s acknowledged are not on %s, which serves the "
+            "stream now (ids %s .. %s, of the last %d published here): a failover promoted a "
+            "replica that had not received them (Redis replicates asynchronously); they are "
+            "lost unless published again. bus.redis.wait_replicas makes a publish wait for "
+            "replicas",
+            len(lost),
+            stream,
+            before,
+            after,
+            lost[0],
+            lost[-1],
+            len(ids),
+        )
 
     def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
         return RedisConsumer(self, topic, group, name)
@@ -193,11 +416,11 @@ class RedisBus:
         """The last ``limit`` entries over all shards, oldest first (merged by entry id)."""
         if limit <= 0:
             return []
-        names = self.streams(topic)
-        pipe = self._client.pipeline(transaction=False)
-        for stream in names:
-            pipe.xrevrange(stream, count=limit)
         async with _translated(f"tail {topic}"):
+            names = await self._streams_of(topic)
+            pipe = self._client.pipeline(transaction=False)
+            for stream in names:
+                pipe.xrevrange(stream, count=limit)
             replies = cast("list[_Entries]", await pipe.execute())
         records: list[tuple[tuple[int, int], BusRecord]] = []
         for shard, entries in enumerate(replies):
@@ -216,7 +439,7 @@ class RedisBus:
         out: list[StreamStatus] = []
         async with _translated(f"status of {topic}"):
             now_ms = await self._server_ms()
-            for stream in self.streams(topic):
+            for stream in await self._streams_of(topic):
                 pipe = self._client.pipeline(transaction=False)
                 pipe.xlen(stream)
                 pipe.exists(stream)
@@ -248,7 +471,7 @@ class RedisBus:
             if first:
                 oldest_ms = max(0, now_ms - _id_ms(_text(first[0]["message_id"])))
         lag = await self._confirmed_lag(stream, info, None if lag_raw is None else int(lag_raw))
-        owner = await self._client.get(lease_key(stream, group))
+        owner = await self._client.get(self._layout.lease_key(stream, group))
         return StreamStatus(
             stream=stream,
             length=length,
@@ -272,25 +495,69 @@ class RedisBus:
         return max(unread, hint or 0)
 
     async def dead_letter(self, letter: DeadLetter) -> None:
-        """Append ``letter`` to the DLQ (never trimmed)."""
+        """Append ``letter`` to the DLQ (never trimmed); on a cluster to the DLQ stream in the
+        slot of its source entry when that is a shard of a configured topic (the entry's ack,
+        which comes later, then lives beside it: a failover cannot keep the ack and lose the
+        letter)."""
+        stream = self._layout.dlq_for_letter(letter.source_topic, letter.source_shard)
         async with _translated("write to the DLQ"):
-            await self._client.xadd(self._config.dlq_topic, _fields(letter))
+            await self._client.xadd(stream, _fields(letter))
 
     async def dlq_list(self, limit: int) -> list[DeadLetter]:
+        """Oldest first (by the time each was dead-lettered). On a cluster the letters of all
+        DLQ streams are merged and their ids read ``<dlq stream>/<entry id>``."""
         async with _translated("read the DLQ"):
-            entries = cast(
-                "_Entries", await self._client.xrange(self._config.dlq_topic, count=limit)
-            )
-        return [
-            letter_from_fields(raw_id.decode(), {k.decode(): v for k, v in (fields or {}).items()})
-            for raw_id, fields in entries
-        ]
+            streams = await self._streams_of(self._layout.dlq)
+            pipe = self._client.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xrange(stream, count=limit)
+            replies = cast("list[_Entries]", await pipe.execute())
+        letters: list[DeadLetter] = []
+        for stream, entries in zip(streams, replies, strict=True):
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                if self._cluster:
+                    entry_id = f"{stream}/{entry_id}"
+                letters.append(
+                    letter_from_fields(entry_id, {k.decode(): v for k, v in (fields or {}).items()})
+                )
+        if len(streams) > 1:
+            letters.sort(key=lambda lt: (lt.ts, _id_key(lt.entry_id.rpartition("/")[2])))
+        return letters[:limit]
 
     async def dlq_delete(self, entry_ids: Sequence[str]) -> int:
+        """Delete letters by the ids :meth:`dlq_list` gave; returns how many existed."""
         if not entry_ids:
             return 0
+        by_stream: dict[str, list[str]] = {}
+        for entry_id in entry_ids:
+            stream, _, raw = entry_id.rpartition("/")
+            if not self._cluster or not stream:
+                stream, raw = self._layout.dlq, entry_id
+            by_stream.setdefault(stream, []).append(raw)
         async with _translated("delete from the DLQ"):
-            return int(await self._client.xdel(self._config.dlq_topic, *entry_ids))
+            pipe = self._client.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xdel(stream, *ids)
+            return sum(int(n) for n in await pipe.execute())
+
+    async def letters_and_ack(
+        self, stream: str, group: str, pairs: Sequence[tuple[DeadLetter, str]]
+    ) -> None:
+        """Write each letter to the DLQ of ``stream`` and ack its entry id (of ``group`` on
+        ``stream``) in one atomic script per chunk: an entry is never acked without its letter.
+        On a cluster the DLQ stream is in ``stream``'s slot."""
+        dlq = self._layout.dlq_of(stream)
+        for i in range(0, len(pairs), _LETTER_CHUNK):
+            chunk = pairs[i : i + _LETTER_CHUNK]
+            flat: list[Any] = []
+            for letter, _ in chunk:
+                for name, value in letter_fields(letter).items():
+                    flat += [name, value]
+            await self._letters_and_ack(
+                keys=[dlq, stream],
+                args=[group, len(chunk), len(flat) // len(chunk), *flat, *(e for _, e in chunk)],
+            )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -306,6 +573,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id (``ms-seq``) as a sortable pair; anything else sorts first."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
+
+
 class RedisConsumer:
     """One member of a consumer group on one topic; see the module docstring for ``poll``.
 
@@ -319,17 +595,23 @@ class RedisConsumer:
         self._topic = topic
         self._group = group
         self._name = name
+        layout = bus.layout
+        self._cluster = bus.cluster
         self._streams = bus.streams(topic)
         self._shard_of = {s.encode(): n for n, s in enumerate(self._streams)}
-        self._members_key = members_key(topic, group)
-        self._lease_keys = [lease_key(s, group) for s in self._streams]
-        self._offset = start_offset(name, len(self._streams))
+        try:
+            self._members_key = layout.members_key(topic, group)
+            self._lease_keys = [layout.lease_key(s, group) for s in self._streams]
+            self._dlq_streams = [layout.dlq_of(s) for s in self._streams]
+        except ValueError as exc:
+            raise BusError(f"redis bus: cannot consume {topic!r} on a cluster: {exc}") from exc
+        self._register_dlq = self._cluster and topic not in layout.topics()
+        self._offset = leases.start_offset(name, len(self._streams))
         self._lease_ttl_ms = config.redis.lease_ttl_ms
         self._renew_every_s = self._lease_ttl_ms / 3000
         self._claim_idle_ms = config.claim_idle_ms
         self._claim_every_s = max(config.claim_idle_ms / 4000, 0.05)
         self._max_deliveries = config.max_deliveries
-        self._dlq = config.dlq_topic
         self._owned: list[int] = []
         self._own_pending: set[int] = set()
         # where the walk over this consumer's own pending entries of a shard resumes
@@ -371,14 +653,20 @@ class RedisConsumer:
         for reply in await pipe.execute(raise_on_error=False):
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
+        if self._register_dlq:
+            # a topic outside the config: list its DLQ streams where dlq list/status look
+            await self._client.sadd(self._bus.layout.dlq_registry, *self._dlq_streams)
         self._groups_ready = True
 
     async def _refresh_leases(self) -> None:
-        held = await self._bus._maintain(
-            keys=[self._members_key, *self._lease_keys],
-            args=[self._name, self._lease_ttl_ms, self._offset],
+        now_owned = await leases.maintain(
+            self._client,
+            self._members_key,
+            self._lease_keys,
+            self._name,
+            self._lease_ttl_ms,
+            self._offset,
         )
-        now_owned = sorted(int(x) for x in held)
         gained = set(now_owned) - set(self._owned)
         for shard in gained:
             self._own_pending.add(shard)
@@ -436,13 +724,16 @@ class RedisConsumer:
         per_stream = max(1, max_count // len(shards))
         block = max(1, min(block_ms, int(self._renew_every_s * 1000)))
         reply: list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None
-        reply = await self._client.xreadgroup(  # type: ignore[assignment]
-            self._group,
-            self._name,
-            {self._streams[s]: ">" for s in shards},
-            count=per_stream,
-            block=block,
-        )
+        if self._cluster:
+            reply = await self._read_new_per_stream(shards, per_stream, block)
+        else:
+            reply = await self._client.xreadgroup(
+                self._group,
+                self._name,
+                {self._streams[s]: ">" for s in shards},
+                count=per_stream,
+                block=block,
+            )
         if not reply:
             return []
         topic = self._topic
@@ -458,6 +749,33 @@ class RedisConsumer:
                 held[entry_id] = (1, now)
                 append(BusRecord(topic, shard, entry_id, fields.get(_DATA, b"")))
         return out
+
+    async def _read_new_per_stream(
+        self, shards: list[int], per_stream: int, block: int
+    ) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]:
+        """Cluster: one ``XREADGROUP`` per stream (one key each, one slot each). A pipelined
+        pass that does not block (one round trip per master, in parallel); when it finds
+        nothing, every stream is read once more with ``BLOCK``, concurrently, and all those
+        reads are awaited (one cancelled mid-way could have moved entries into this consumer's
+        pending list unseen)."""
+        pipe = self._client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.xreadgroup(self._group, self._name, {self._streams[shard]: ">"}, count=per_stream)
+        replies = await pipe.execute()
+        if not any(replies):
+            replies = await asyncio.gather(
+                *(
+                    self._client.xreadgroup(
+                        self._group,
+                        self._name,
+                        {self._streams[shard]: ">"},
+                        count=per_stream,
+                        block=block,
+                    )
+                    for shard in shards
+                )
+            )
+        return [item for reply in replies if reply for item in reply]
 
     async def _recover_own(self, max_count: int) -> list[BusRecord]:
         """This consumer's pending entries on newly held shards (left by a previous run under
@@ -675,7 +993,7 @@ class RedisConsumer:
         """Nothing to deliver any more, but never silently: each lost entry leaves a dead
         letter (no payload) saying so, written and acked in one transaction, and counted."""
         stream = self._streams[shard]
-        pipe = self._client.pipeline(transaction=True)
+        pairs: list[tuple[DeadLetter, str]] = []
         for entry_id in gone:
             self._held[shard].pop(entry_id, None)
             record = BusRecord(self._topic, shard, entry_id, b"", deliveries.get(entry_id, 0) + 1)
@@ -689,20 +1007,20 @@ class RedisConsumer:
                 ),
                 component="bus",
             )
-            pipe.xadd(self._dlq, _fields(letter))
-        pipe.xack(stream, self._group, *gone)
-        await pipe.execute()
+            pairs.append((letter, entry_id))
+        await self._bus.letters_and_ack(stream, self._group, pairs)
         self._count_letters("trimmed", len(gone))
 
     async def _bury(self, shard: int, poison: list[tuple[str, int]]) -> None:
-        """Move entries delivered ``max_deliveries`` times to the DLQ and ack them in one
-        transaction (MULTI): an entry is never acked without its letter."""
+        """Move entries delivered ``max_deliveries`` times to the DLQ and ack them atomically
+        (one script, see :meth:`RedisBus.letters_and_ack`): an entry is never acked without
+        its letter."""
         stream = self._streams[shard]
         pipe = self._client.pipeline(transaction=False)
         for entry_id, _ in poison:
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         bodies = cast("list[_Entries]", await pipe.execute())
-        pipe = self._client.pipeline(transaction=True)
+        pairs: list[tuple[DeadLetter, str]] = []
         for (entry_id, times), body in zip(poison, bodies, strict=True):
             self._held[shard].pop(entry_id, None)
             payload = (body[0][1] or {}).get(_DATA, b"") if body else b""
@@ -713,9 +1031,8 @@ class RedisConsumer:
                 detail=f"delivered {times} times (max_deliveries={self._max_deliveries})",
                 component="bus",
             )
-            pipe.xadd(self._dlq, _fields(letter))
-        pipe.xack(stream, self._group, *(entry_id for entry_id, _ in poison))
-        await pipe.execute()
+            pairs.append((letter, entry_id))
+        await self._bus.letters_and_ack(stream, self._group, pairs)
         self._count_letters("max_deliveries", len(poison))
 
     def _count_letters(self, reason: str, n: int) -> None:
@@ -772,16 +1089,16 @@ class RedisConsumer:
     async def dead_letter(
         self, record: BusRecord, *, reason: str, detail: str, component: str
     ) -> None:
-        """Write ``record`` to the DLQ and ack it, atomically (MULTI): either both or neither.
+        """Write ``record`` to the DLQ and ack it, atomically (one script): either both or
+        neither.
 
         The caller counts ``errors_total{component, reason}``; the bus counts only the letters
         it writes itself (``max_deliveries``, ``trimmed``)."""
         letter = letter_from_record(record, reason=reason, detail=detail, component=component)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.xadd(self._dlq, _fields(letter))
-        pipe.xack(self._streams[record.shard], self._group, record.entry_id)
         async with _translated(f"dead-letter {record.source}"):
-            await pipe.execute()
+            await self._bus.letters_and_ack(
+                self._streams[record.shard], self._group, [(letter, record.entry_id)]
+            )
         self._held[record.shard].pop(record.entry_id, None)
 
     async def aclose(self) -> None:
@@ -796,6 +1113,4 @@ class RedisConsumer:
             held.clear()
         with contextlib.suppress(BusError):
             async with _translated("release leases"):
-                await self._bus._release(
-                    keys=[self._members_key, *self._lease_keys], args=[self._name]
-                )
+                await leases.release(self._client, self._members_key, self._lease_keys, self._name)
