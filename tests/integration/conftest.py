@@ -18,6 +18,7 @@ from market_data_pipeline.embedded import (
     EmbeddedRedis,
     EmbeddedServerError,
 )
+from tests.support.redis_cluster import LocalRedisCluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -92,6 +93,31 @@ def redis7_url() -> Iterator[str]:
     server.start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of our own on loopback, one per session: three masters and three
+    replicas of Debian's ``redis-server`` 7.0 (``--cluster-node-timeout 1500``, so a failover
+    takes about two seconds), created with ``redis-cli --cluster create``."""
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        pytest.skip(
+            "redis-server and redis-cli (Redis 7.0) are not installed: apt-get install redis-server"
+        )
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: LocalRedisCluster) -> str:
+    """``redis+cluster://`` naming every node; the cluster is healthy when the test starts
+    (a node an earlier test killed or paused is back, as a replica)."""
+    redis_cluster.heal()
+    return redis_cluster.url
 
 
 @pytest.fixture(params=["valkey", "redis7"])

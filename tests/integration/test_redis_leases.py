@@ -1,4 +1,5 @@
-"""Shard leases on Redis: fair spread, rebalance on join, takeover within the documented bound."""
+"""Shard leases on Redis: fair spread, rebalance on join, takeover within the documented bound,
+on one server (the embedded Valkey) and on a Redis Cluster (every lease in its shard's slot)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ async def _bus(redis_url: str, unique: str) -> RedisBus:
     return await RedisBus.connect(redis_url, cfg)
 
 
+@pytest.fixture(params=["valkey", "redis-cluster"])
+def lease_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "valkey":
+        return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue("redis_cluster_url"))
+
+
 async def _spin(consumers: list[RedisConsumer], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -31,8 +39,8 @@ async def _spin(consumers: list[RedisConsumer], seconds: float) -> None:
             await c.poll(10, 20)
 
 
-async def test_shards_spread_and_move_to_survivors(redis_url: str, unique: str) -> None:
-    bus = await _bus(redis_url, unique)
+async def test_shards_spread_and_move_to_survivors(lease_url: str, unique: str) -> None:
+    bus = await _bus(lease_url, unique)
     topic = bus.config.events_topic
     a, b, c = (bus.consumer(topic, "g", name) for name in ("a", "b", "c"))
     try:
@@ -65,8 +73,8 @@ async def test_shards_spread_and_move_to_survivors(redis_url: str, unique: str) 
         await bus.aclose()
 
 
-async def test_clean_close_hands_shards_over_at_once(redis_url: str, unique: str) -> None:
-    bus = await _bus(redis_url, unique)
+async def test_clean_close_hands_shards_over_at_once(lease_url: str, unique: str) -> None:
+    bus = await _bus(lease_url, unique)
     topic = bus.config.events_topic
     a, b = bus.consumer(topic, "g", "a"), bus.consumer(topic, "g", "b")
     try:

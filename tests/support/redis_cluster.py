@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,8 +18,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from market_data_pipeline.embedded import free_port
 
 HOST = "127.0.0.1"
 
@@ -38,18 +37,33 @@ class Node:
         return "master" in self.flags and "fail" not in self.flags
 
 
-def _free_cluster_port() -> int:
-    """A free port whose cluster bus port (``port + 10000``) is free too."""
-    for _ in range(200):
-        port = free_port(HOST)
-        if port + 10000 > 65535:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _free_cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (``port + 10000``) is free too, both below the
+    kernel's ephemeral range (a port in it can be taken at any moment as the source port of
+    an outgoing connection, the cluster's own among them)."""
+    high = _ephemeral_low() - 10000
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(max(1024, high - 8000), high)
+        if {port, port + 10000} & taken:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((HOST, port + 10000))
-            except OSError:
-                continue
-        return port
+        free = True
+        for candidate in (port, port + 10000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((HOST, candidate))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return port
     raise RuntimeError("no free port pair for a cluster node")
 
 
@@ -77,7 +91,11 @@ class LocalRedisCluster:
         replicas: int = 1,
     ) -> None:
         self.base_dir = base_dir
-        self.ports = ports or [_free_cluster_port() for _ in range(3 * (1 + replicas))]
+        if ports is None:
+            ports = []
+            for _ in range(3 * (1 + replicas)):
+                ports.append(_free_cluster_port(set(ports)))
+        self.ports = ports
         self.node_timeout_ms = node_timeout_ms
         self.replicas = replicas
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -283,6 +301,15 @@ class LocalRedisCluster:
                     return promoted
             time.sleep(0.05)
         raise RuntimeError(f"replica {replica.port} was not promoted in {timeout_s}s")
+
+    def heal(self) -> None:
+        """Resume paused nodes, start killed ones again, and wait until healthy."""
+        for port in self.ports:
+            if port in self.procs:
+                self.resume(port)
+            else:
+                self.start_node(port)
+        self.wait_healthy()
 
     def rejoin(self, port: int) -> None:
         """Start a killed node again from its ``nodes.conf``: it rejoins as a replica of the
