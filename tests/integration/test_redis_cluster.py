@@ -256,7 +256,7 @@ async def test_three_micro_batchers_over_twelve_shards_one_killed(
     try:
 
         async def owners() -> list[str | None]:
-            return [None if v is None else v.decode() for v in await client.mget(leases)]
+            return [None if v is None else v.decode() for v in await client.mget_nonatomic(leases)]
 
         async def victim_busy() -> bool:
             # mb-1 holds shards and has entries delivered but not acked (open windows)
@@ -271,7 +271,7 @@ async def test_three_micro_batchers_over_twelve_shards_one_killed(
         await wait_for("mb-1 to hold shards with entries pending", victim_busy, 60)
         held = {i for i, o in enumerate(await owners()) if o == "mb-1"}
         procs[1].send_signal(signal.SIGKILL)
-        procs[1].wait(timeout=10)
+        procs[1].communicate(timeout=10)
         killed_at = time.monotonic()
 
         async def taken_over() -> bool:
@@ -303,7 +303,7 @@ async def test_three_micro_batchers_over_twelve_shards_one_killed(
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait(timeout=10)
+            proc.communicate(timeout=10)
         await bus.aclose()
     for provider, symbol in series:
         assert_bars_equal_reference(await stored(cfg, provider, symbol), WINDOW_MS, trades_csv)
@@ -332,13 +332,17 @@ async def test_resharding_a_shard_slot_mid_run(
     procs = [start_micro_batcher(path, n, tmp_path / f"{n}.log", "--idle-s", "4") for n in names]
     published = 0
 
+    chunks = range(0, len(events), 300)
+    # before, during and after the move
+    bad_after = dict(zip((chunks[0], chunks[len(chunks) // 2], chunks[-2]), bad, strict=True))
+
     async def produce() -> None:
         nonlocal published
-        for i in range(0, len(events), 300):
+        for i in chunks:
             await publish(bus, cfg, events[i : i + 300])
             published = i + 300
-            if i // 300 % 25 == 0:
-                await bus.publish(topic, [(bad_key, bad[min(i // 7500, 2)])])
+            if i in bad_after:
+                await bus.publish(topic, [(bad_key, bad_after[i])])
             await asyncio.sleep(0.02)
 
     moved = False
@@ -349,11 +353,18 @@ async def test_resharding_a_shard_slot_mid_run(
             return published >= len(events) // 3
 
         await wait_for("a third of the events published", a_third_published, 60)
+        before = redirections(cluster, source)
         await asyncio.to_thread(cluster.move_slot, slot, target, pause_s=0.2)
         moved = True
         assert cluster.master_of_slot(slot).id == target.id
-        print(f"slot {slot} ({stream}) moved from {source.port} to {target.port} mid-run")
         await producer
+        met = redirections(cluster, source) - before
+        print(
+            f"slot {slot} ({stream}) moved from {source.port} to {target.port} mid-run; "
+            f"the source answered {met['ASK']} ASK and {met['MOVED']} MOVED meanwhile"
+        )
+        # the clients did meet the redirections (and followed them: nothing is missing below)
+        assert met["ASK"] > 0 and met["MOVED"] > 0
         for name, proc in zip(names, procs, strict=True):
             await finish(proc, tmp_path / f"{name}.log")
         letters = await bus.dlq_list(1000)
@@ -364,12 +375,22 @@ async def test_resharding_a_shard_slot_mid_run(
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait(timeout=10)
+            proc.communicate(timeout=10)
         await bus.aclose()
         if moved:  # leave the layout as the session found it
             await asyncio.to_thread(cluster.move_slot, slot, source)
     for provider, symbol in series:
         assert_bars_equal_reference(await stored(cfg, provider, symbol), WINDOW_MS, trades_csv)
+
+
+def redirections(cluster: LocalRedisCluster, node: Node) -> Counter[str]:
+    """``ASK`` and ``MOVED`` replies ``node`` has sent (``INFO errorstats``, Redis 7)."""
+    stats = cluster.info(node.port, "errorstats")
+    out: Counter[str] = Counter()
+    for kind in ("ASK", "MOVED"):
+        value = stats.get(f"errorstat_{kind}", "count=0")
+        out[kind] = int(value.split("=", 1)[1])
+    return out
 
 
 def isolate_then_kill(cluster: LocalRedisCluster, master: Node) -> Node:
@@ -463,7 +484,7 @@ async def test_master_killed_replica_promoted_loses_what_it_never_replicated(
         if worker.poll() is None:
             worker.send_signal(signal.SIGCONT)
             worker.kill()
-            worker.wait(timeout=10)
+        worker.communicate(timeout=10)
         await bus.aclose()
     # What the cluster kept of the victim's stream, read back from the promoted master.
     bus = await open_bus(cfg, urls(cfg))
