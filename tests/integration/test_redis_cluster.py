@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import logging
 import signal
 import subprocess
@@ -46,7 +47,8 @@ from market_data_pipeline.producers.publisher import Publisher
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.streaming.redis_bus import RedisBus
 from market_data_pipeline.streaming.redis_layout import slot_of
-from tests.support.cli import MDP, mdp_env
+from tests.support.cli import MDP, mdp_env, run_mdp
+from tests.support.cli import write_config as write_config_data
 from tests.support.pipeline import make_config, publish, urls, write_config
 from tests.support.redis_cluster import LocalRedisCluster, Node
 from tests.support.trades import SYMBOL, TRADES_CSV, assert_bars_equal_reference, trade_events
@@ -579,3 +581,53 @@ async def test_with_wait_replicas_the_same_failover_loses_nothing(
         e.event_id for e in events
     }
     assert_bars_equal_reference(await stored(cfg, provider, victim_symbol), WINDOW_MS, trades_csv)
+
+
+async def test_status_tail_and_dlq_commands_on_the_cluster(
+    env: dict[str, Any], trades_csv: Path, tmp_path: Path
+) -> None:
+    """The operator's commands on a cluster named the other way: ``bus.redis.cluster: true``
+    with a plain ``redis://`` URL of one node in ``REDIS_URI``."""
+    cluster: LocalRedisCluster = env["cluster"]
+    cfg = cluster_config(env)
+    series = series_per_shard(env["provider"])[:3]
+    bad = [b"\x00junk %d" % i for i in range(2)]
+    events = await publish_series(cfg, series, trades_csv)
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        for payload, (provider, symbol) in zip(bad, series, strict=False):
+            await bus.publish(cfg.bus.events_topic, [(routing_key(provider, symbol), payload)])
+    finally:
+        await bus.aclose()
+    stats = await drain(cfg, "mb-cli")
+    assert stats.dead_letters == 2
+    data = cfg.model_dump(mode="json")
+    data["bus"]["redis"]["uri"] = None
+    data["bus"]["redis"]["cluster"] = True
+    path = write_config_data(tmp_path / "streaming.yaml", data)
+    environ = mdp_env({"REDIS_URI": f"redis://127.0.0.1:{cluster.alive()[0]}"})
+
+    def mdp(*args: str) -> str:
+        done = run_mdp("stream", *args, "--config", str(path), env=environ)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return str(done.stdout)
+
+    status = json.loads(mdp("status", "--group", cfg.bus.group, "--json"))
+    shards = [s for s in status["streams"] if s["stream"].startswith(cfg.bus.events_topic)]
+    assert len(shards) == SHARDS
+    assert all(s["lag"] == 0 and s["pending"] == 0 for s in shards if s.get("group"))
+    assert sum(s["length"] for s in shards) == 3 * TRADES + 2
+    assert status["dlq"]["length"] == 2
+    tail = [json.loads(line) for line in mdp("tail", "--limit", "5", "--json").splitlines()]
+    assert len(tail) == 5
+    assert {t["event_id"] for t in tail if "event_id" in t} <= {
+        e.event_id for chunk in events.values() for e in chunk
+    }
+    letters = json.loads(mdp("dlq", "list", "--json"))
+    assert sorted(lt["payload"] for lt in letters) == sorted(b.decode() for b in bad)
+    first, second = (lt["id"] for lt in letters)
+    assert first.startswith(f"{cfg.bus.dlq_topic}:{{") and "/" in first
+    assert "replayed 1 dead letter(s)" in mdp("dlq", "replay", "--id", first)
+    assert [lt["id"] for lt in json.loads(mdp("dlq", "list", "--json"))] == [second]
+    assert "purged 1 dead letter(s)" in mdp("dlq", "purge", "--yes")
+    assert json.loads(mdp("dlq", "list", "--json")) == []
