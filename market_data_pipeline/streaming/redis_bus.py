@@ -211,6 +211,8 @@ class RedisBus:
         self._master_of: dict[str, str] = {}
         self._recent: dict[str, collections.deque[bytes]] = {}
         self._lost: dict[str, int] = {}
+        if cluster:  # a publisher's process reports lost_writes too: its series from 0
+            telemetry.init_error_series("bus")
 
     @classmethod
     async def connect(cls, url: str, config: BusConfig) -> RedisBus:
