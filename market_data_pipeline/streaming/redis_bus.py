@@ -775,8 +775,15 @@ class RedisConsumer:
                         block=block,
                     )
                     for shard in shards
-                )
+                ),
+                return_exceptions=True,
             )
+            failed = [r for r in replies if isinstance(r, BaseException)]
+            replies = [r for r in replies if not isinstance(r, BaseException)]
+            if failed and not any(replies):
+                raise failed[0]
+            # else deliver what the other reads returned (it is pending to this consumer
+            # now); the failing stream fails again, and is reported, at the next poll
         return [item for reply in replies if reply for item in reply]
 
     async def _recover_own(self, max_count: int) -> list[BusRecord]:
