@@ -261,8 +261,8 @@ async def test_three_micro_batchers_over_twelve_shards_one_killed(
             return [None if v is None else v.decode() for v in await client.mget_nonatomic(leases)]
 
         async def victim_busy() -> bool:
-            # mb-1 holds shards and has entries delivered but not acked (open windows)
-            if "mb-1" not in await owners():
+            # all three hold their share, and mb-1 has entries delivered but not acked
+            if Counter(await owners()) != Counter({n: 4 for n in names}):
                 return False
             for stream in bus.streams(topic):
                 summary = await client.xpending(stream, group)
@@ -270,7 +270,7 @@ async def test_three_micro_batchers_over_twelve_shards_one_killed(
                     return True
             return False
 
-        await wait_for("mb-1 to hold shards with entries pending", victim_busy, 60)
+        await wait_for("4 shards each, mb-1 with entries pending", victim_busy, 60)
         held = {i for i, o in enumerate(await owners()) if o == "mb-1"}
         procs[1].send_signal(signal.SIGKILL)
         procs[1].communicate(timeout=10)
