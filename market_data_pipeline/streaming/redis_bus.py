@@ -27,8 +27,9 @@ still there: those that are not are reported (an error log line and
 
 Consuming (:class:`RedisConsumer`), per ``poll``:
 
-1. every ``lease_ttl_ms / 3``, one Lua round trip refreshes this consumer's shard leases
-   (see :mod:`market_data_pipeline.streaming.leases` for the mechanism and the takeover bound);
+1. every ``lease_ttl_ms / 3``, one pipelined round trip of one-key scripts refreshes this
+   consumer's shard leases (see :mod:`market_data_pipeline.streaming.leases` for the mechanism
+   and the takeover bound);
 2. on each shard it newly holds, its **own** pending entries (left by a previous run under the
    same name) come first, oldest first, walking ``XPENDING`` forward from a cursor until none
    are left, so each is claimed once;
@@ -40,8 +41,9 @@ Consuming (:class:`RedisConsumer`), per ``poll``:
    again: this consumer's own that it neither acked nor renewed (``in_progress``) for
    ``claim_idle_ms``, and other consumers' entries idle that long; now and then, group members
    with nothing pending and idle for ``2 * max(claim_idle_ms, lease_ttl_ms)`` are deleted;
-5. otherwise ``XREADGROUP ... >`` over the held shards, blocking at most ``block_ms`` (capped at
-   ``lease_ttl_ms / 3`` so leases are renewed in time).
+5. otherwise ``XREADGROUP ... >`` over the held shards (on a cluster one per stream),
+   blocking at most ``block_ms`` (capped at ``lease_ttl_ms / 3`` so leases are renewed in
+   time).
 
 Delivery counts are the PEL's ``times_delivered``. The consumer remembers what it holds (entries
 delivered and not yet acked, dead-lettered or released) and never claims those again while
