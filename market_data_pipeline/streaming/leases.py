@@ -24,8 +24,10 @@ consumer reads only those.
 
 Every script touches one key, so each runs on one hash slot of a cluster; the lease key alone
 decides who holds a shard (``SET NX`` and compare-and-renew are atomic on it), and the registry
-only decides the fair share. On one server the keys, scripts and arithmetic are those of the
-single ``MAINTAIN`` script of earlier releases, so old and new workers share a group safely.
+only decides the fair share. On one server the keys and the arithmetic are those of the single
+``MAINTAIN`` script of earlier releases (which touched every key in one call), so during a
+rolling upgrade old and new workers respect each other's leases (by construction: the same
+lease keys, the same ``SET NX`` and compare-and-renew; not exercised by a test).
 
 Bounds
 ------
