@@ -22,8 +22,11 @@ Definitions (each checked against TA-Lib or pandas on real bars in ``tests/unit`
 - ``realized_vol``: sqrt(sum r^2) of those returns.
 - ``sma``; ``bollinger``: mid = SMA, bands = mid ± num_std * population stdev (TA-Lib BBANDS).
 - ``ema`` (TA-Lib: seeded with the SMA of the first ``periods``), ``rsi`` (Wilder, TA-Lib),
-  ``macd`` (EMA(fast) - EMA(slow), signal = EMA(signal_periods) of the line): recursive, so they
-  need ``periods``.
+  ``macd`` (TA-Lib ``MACD``: both EMAs start at bar ``periods`` - 1, the slow one seeded with
+  the SMA of the first ``periods`` closes and the fast one with the SMA of the ``fast_periods``
+  closes ending there; signal = EMA(``signal_periods``) of the line; no value before bar
+  ``periods + signal_periods - 2``, TA-Lib's lookback): recursive, so they need ``periods``
+  and depend on the whole series from its first bar.
 - ``spread_bps`` (10^4 (ask-bid)/mid) and ``imbalance`` ((bid_size-ask_size)/(sum)): window means
   over quotes.
 
@@ -38,7 +41,10 @@ exact sums: for prices its relative error is about 1e-16 * mean^2 / variance.
 
 Event time only moves forward per symbol: a bar whose ``ts`` is not after the symbol's last bar
 (a redelivery, a late correction) leaves the state alone and :meth:`FeatureEngine.update_bar`
-returns ``None``.
+returns ``None``. Re-scoring a corrected bar is the caller's business: it restores the state
+from before that bar (:meth:`FeatureEngine.export_state` / :meth:`FeatureEngine.import_state`,
+plain lists of ints and floats, exact: a float survives msgpack bit for bit) and feeds the bars
+from there again, which gives exactly what an uninterrupted engine gives.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, get_args
+from typing import Any, Final, get_args
 
 from market_data_core.config import FeatureKind, FeatureWindowConfig
 from market_data_core.contracts import Bar
@@ -250,6 +256,22 @@ class _Moments:
                     if order >= 4:
                         _add_exact(self.p4, x2 * x2)
 
+    def state(self) -> list[Any]:
+        xs = self.xs
+        return [
+            [t for t, _ in xs],
+            [x for _, x in xs],
+            self.p1[:],
+            self.p2[:],
+            self.p3[:],
+            self.p4[:],
+        ]
+
+    def load(self, state: Sequence[Any]) -> None:
+        ts, xs, p1, p2, p3, p4 = state
+        self.xs = deque(zip(ts, xs, strict=True))
+        self.p1, self.p2, self.p3, self.p4 = list(p1), list(p2), list(p3), list(p4)
+
     @property
     def n(self) -> int:
         return len(self.xs)
@@ -321,6 +343,12 @@ class _Ema:
             self.value = (x - self.value) * self.k + self.value
         return self.value
 
+    def state(self) -> list[Any]:
+        return [self.count, self.seed_sum, self.value]
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.count, self.seed_sum, self.value = int(state[0]), float(state[1]), float(state[2])
+
 
 class _Feature:
     """One window's state. ``on_bar``/``on_quote`` update it; ``values`` yields its outputs."""
@@ -340,6 +368,14 @@ class _Feature:
         return
 
     def values(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def state(self) -> list[Any]:
+        """Everything the next outputs depend on, as plain lists, ints and floats (a copy)."""
+        raise NotImplementedError
+
+    def load(self, state: Sequence[Any]) -> None:
+        """Replace the state with one from :meth:`state` of a feature of the same spec."""
         raise NotImplementedError
 
 
@@ -395,6 +431,15 @@ class _Vwap(_Feature):
             return (NAN,)
         return (math.fsum(self.pv) / v,)
 
+    def state(self) -> list[Any]:
+        xs = self.xs
+        return [[e[0] for e in xs], [e[1] for e in xs], [e[2] for e in xs], self.pv[:], self.v[:]]
+
+    def load(self, state: Sequence[Any]) -> None:
+        ts, pvs, vs, pv, v = state
+        self.xs = deque(zip(ts, pvs, vs, strict=True))
+        self.pv, self.v = list(pv), list(v)
+
 
 class _AsOfChange(_Feature):
     """``returns`` (log) and ``momentum`` (rate of change) against the close horizon/periods ago."""
@@ -436,6 +481,12 @@ class _AsOfChange(_Feature):
         now = closes[-1][1]
         return (math.log(now / ref),) if self.log else (now / ref - 1.0,)
 
+    def state(self) -> list[Any]:
+        return [[t for t, _ in self.closes], [c for _, c in self.closes]]
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.closes = deque(zip(state[0], state[1], strict=True))
+
 
 class _ReturnMoments(_Feature):
     """volatility / skewness / kurtosis / realized_vol of bar-to-bar log returns."""
@@ -463,6 +514,12 @@ class _ReturnMoments(_Feature):
             return (m.kurt(),) if m.ready(4) else (NAN,)
         return (math.sqrt(max(m.total(), 0.0)),) if m.ready(1) else (NAN,)
 
+    def state(self) -> list[Any]:
+        return self.m.state()
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.m.load(state)
+
 
 class _Sma(_Feature):
     """``sma`` and ``bollinger`` (mid, upper, lower) over closes."""
@@ -486,6 +543,12 @@ class _Sma(_Feature):
         band = self.spec.num_std * math.sqrt(m.var(0))
         return (mid, mid + band, mid - band)
 
+    def state(self) -> list[Any]:
+        return self.m.state()
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.m.load(state)
+
 
 class _EmaFeature(_Feature):
     __slots__ = ("ema",)
@@ -501,28 +564,83 @@ class _EmaFeature(_Feature):
     def values(self) -> tuple[float, ...]:
         return (self.ema.value,)
 
+    def state(self) -> list[Any]:
+        return self.ema.state()
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.ema.load(state)
+
 
 class _Macd(_Feature):
-    __slots__ = ("fast", "line", "signal", "slow")
+    """TA-Lib's ``MACD``: the slow EMA is seeded at bar ``periods - 1`` with the SMA of the
+    first ``periods`` closes and the fast one *at the same bar* with the SMA of the last
+    ``fast_periods`` closes (TA-Lib aligns both EMAs' starts), then both run with
+    ``k = 2 / (n + 1)``; the signal EMA over the line is seeded with the SMA of its first
+    ``signal_periods`` values. All three outputs are ``nan`` before the signal exists (bar
+    ``periods + signal_periods - 2``, TA-Lib's lookback: 33 for 12/26/9)."""
+
+    __slots__ = ("count", "fast", "kf", "ks", "line", "recent", "signal", "slow", "slow_sum")
 
     def __init__(self, spec: WindowSpec) -> None:
         super().__init__(spec)
         assert spec.periods is not None
-        self.fast = _Ema(spec.fast_periods)
-        self.slow = _Ema(spec.periods)
+        self.count = 0
+        self.slow_sum = 0.0
+        self.recent: deque[float] = deque(maxlen=spec.fast_periods)
+        self.fast = NAN
+        self.slow = NAN
+        self.kf = 2.0 / (spec.fast_periods + 1)
+        self.ks = 2.0 / (spec.periods + 1)
         self.signal = _Ema(spec.signal_periods)
         self.line = NAN
 
     def on_bar(self, ts_us: int, bar: Bar, log_ret: float | None) -> None:
-        fast = self.fast.push(bar.c)
-        slow = self.slow.push(bar.c)
-        if self.slow.count >= self.slow.periods:
-            self.line = fast - slow
-            self.signal.push(self.line)
+        c = bar.c
+        self.count += 1
+        slow_periods = self.spec.periods
+        assert slow_periods is not None
+        if self.count < slow_periods:
+            self.slow_sum += c
+            self.recent.append(c)
+            return
+        if self.count == slow_periods:
+            self.slow_sum += c
+            self.recent.append(c)
+            seed = 0.0
+            for x in self.recent:  # summed in order, as TA-Lib does
+                seed += x
+            self.fast = seed / self.spec.fast_periods
+            self.slow = self.slow_sum / slow_periods
+            self.recent.clear()
+        else:
+            self.fast = (c - self.fast) * self.kf + self.fast
+            self.slow = (c - self.slow) * self.ks + self.slow
+        self.line = self.fast - self.slow
+        self.signal.push(self.line)
 
     def values(self) -> tuple[float, ...]:
         sig = self.signal.value
+        if sig != sig:
+            return (NAN, NAN, NAN)
         return (self.line, sig, self.line - sig)
+
+    def state(self) -> list[Any]:
+        return [
+            self.count,
+            self.slow_sum,
+            list(self.recent),
+            self.fast,
+            self.slow,
+            self.line,
+            self.signal.state(),
+        ]
+
+    def load(self, state: Sequence[Any]) -> None:
+        count, slow_sum, recent, fast, slow, line, signal = state
+        self.count, self.slow_sum = int(count), float(slow_sum)
+        self.recent = deque(recent, maxlen=self.spec.fast_periods)
+        self.fast, self.slow, self.line = float(fast), float(slow), float(line)
+        self.signal.load(signal)
 
 
 class _Rsi(_Feature):
@@ -566,6 +684,14 @@ class _Rsi(_Feature):
     def values(self) -> tuple[float, ...]:
         return (self.value,)
 
+    def state(self) -> list[Any]:
+        return [self.prev, self.count, self.avg_gain, self.avg_loss, self.value]
+
+    def load(self, state: Sequence[Any]) -> None:
+        prev, count, gain, loss, value = state
+        self.prev, self.count = float(prev), int(count)
+        self.avg_gain, self.avg_loss, self.value = float(gain), float(loss), float(value)
+
 
 class _QuoteMean(_Feature):
     """``spread_bps`` / ``imbalance``: window means over quotes."""
@@ -586,6 +712,12 @@ class _QuoteMean(_Feature):
 
     def values(self) -> tuple[float, ...]:
         return (self.m.mean(),) if self.m.ready(1) else (NAN,)
+
+    def state(self) -> list[Any]:
+        return self.m.state()
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.m.load(state)
 
 
 _FACTORIES: Final[dict[str, type[_Feature]]] = {
@@ -681,6 +813,45 @@ class FeatureEngine:
             state = self._state[(provider, symbol)] = _SymbolState(self.specs, symbol, self._timed)
             telemetry.FEATURES_ACTIVE_WINDOWS.set(self.active_windows)
         return state
+
+    def export_state(self, provider: str, symbol: str) -> list[Any]:
+        """The symbol's whole state as plain lists, ints and floats (a copy; ``[]`` for a
+        symbol never seen). Floats are kept as they are, so :meth:`import_state` of it, even
+        after a msgpack round trip, continues exactly as this engine would."""
+        state = self._state.get((provider, symbol))
+        if state is None:
+            return []
+        return [
+            state.last_bar_us,
+            state.last_quote_us,
+            state.close,
+            state.volume,
+            [f.state() for f in state.features],
+        ]
+
+    def import_state(self, provider: str, symbol: str, exported: Sequence[Any]) -> None:
+        """Replace the symbol's state with one from :meth:`export_state` of an engine with
+        the same windows (``[]``: a symbol with no bar yet). Raises ``ValueError`` when the
+        state does not fit these windows."""
+        if not exported:
+            self.forget(provider, symbol)
+            return
+        last_bar_us, last_quote_us, close, volume, features = exported
+        state = self._symbol(provider, symbol)
+        if len(features) != len(state.features):
+            raise ValueError(
+                f"a feature state of {len(features)} windows does not fit {len(state.features)}"
+            )
+        state.last_bar_us = None if last_bar_us is None else int(last_bar_us)
+        state.last_quote_us = None if last_quote_us is None else int(last_quote_us)
+        state.close, state.volume = float(close), float(volume)
+        for f, s in zip(state.features, features, strict=True):
+            f.load(s)
+
+    def forget(self, provider: str, symbol: str) -> None:
+        """Drop the symbol's state (its next bar starts a new series)."""
+        if self._state.pop((provider, symbol), None) is not None:
+            telemetry.FEATURES_ACTIVE_WINDOWS.set(self.active_windows)
 
     def update_bar(self, bar: Bar) -> FeatureSnapshot | None:
         """Apply a closed bar; the snapshot after it, or ``None`` if it is not newer than the

@@ -138,17 +138,35 @@ def test_bollinger_against_talib(df: pd.DataFrame, periods_run: pd.DataFrame) ->
     _check(periods_run["bb_20_lower"], lower, warmup=0)
 
 
-def test_macd_against_talib_emas(df: pd.DataFrame, periods_run: pd.DataFrame) -> None:
-    # TA-Lib's MACD() re-seeds the fast EMA at the slow one's start; ours (like pandas and most
-    # charting tools) runs both EMAs from the first bar, so the reference is built from talib.EMA.
+def test_macd_against_talib_macd(df: pd.DataFrame, periods_run: pd.DataFrame) -> None:
+    # TA-Lib's MACD seeds the fast EMA at the slow one's start (bar 25) and gives its first
+    # value at bar 33 (its lookback): ours must give no value before that and agree after it.
     c = df["close"].to_numpy()
-    line = talib.EMA(c, 12) - talib.EMA(c, 26)
-    signal = np.full_like(line, np.nan)
-    signal[25:] = talib.EMA(line[25:], 9)
+    line, signal, hist = talib.MACD(c, 12, 26, 9)
+    assert int(np.argmax(~np.isnan(line))) == 33
+    assert np.isnan(periods_run["macd"].to_numpy()[:33]).all()
+    assert not np.isnan(periods_run["macd"].to_numpy()[33])
+    # the line and histogram cross zero: an absolute floor of 1e-9 of the price scale
     scale = 1e-9 * float(np.max(c))
     _check(periods_run["macd"], line, warmup=0, atol=scale)
     _check(periods_run["macd_signal"], signal, warmup=0, atol=scale)
-    _check(periods_run["macd_hist"], line - signal, warmup=0, atol=scale)
+    _check(periods_run["macd_hist"], hist, warmup=0, atol=scale)
+    # not just close: the very bar where the old definition was worst (bar 34) is right
+    assert abs(periods_run["macd"].to_numpy()[34] - line[34]) <= 1e-12 * abs(line[34]) + scale
+
+
+@pytest.mark.parametrize(("fast", "slow", "sig"), [(12, 26, 9), (5, 35, 5), (3, 10, 16)])
+def test_macd_other_periods_against_talib(df: pd.DataFrame, fast: int, slow: int, sig: int) -> None:
+    ours = _run(
+        [{"name": "macd", "periods": slow, "fast_periods": fast, "signal_periods": sig}],
+        df.head(3000),
+    )
+    c = df["close"].to_numpy()[:3000]
+    line, signal, hist = talib.MACD(c, fast, slow, sig)
+    scale = 1e-9 * float(np.max(c))
+    _check(ours["macd"], line, warmup=0, atol=scale)
+    _check(ours["macd_signal"], signal, warmup=0, atol=scale)
+    _check(ours["macd_hist"], hist, warmup=0, atol=scale)
 
 
 def test_momentum_and_returns(df: pd.DataFrame, periods_run: pd.DataFrame) -> None:
@@ -360,6 +378,57 @@ def test_window_features_depend_only_on_the_window_bit_for_bit(df: pd.DataFrame)
     last_full = full.iloc[-1].to_dict()
     last_warm = warm.iloc[-1].to_dict()
     assert last_full == last_warm
+
+
+ALL_WINDOWS: list[dict[str, Any]] = [
+    {"name": "vwap_1h", "horizon": "1h"},
+    {"name": "vwap_20", "periods": 20},
+    {"name": "ret_5m", "horizon": "5m"},
+    {"name": "mom_10", "periods": 10},
+    {"name": "vol_30", "periods": 30},
+    {"name": "vol_20m", "horizon": "20m"},
+    {"name": "skew_30", "periods": 30},
+    {"name": "kurt_30m", "horizon": "30m"},
+    {"name": "rv_30", "periods": 30},
+    {"name": "sma_30", "periods": 30},
+    {"name": "bb_20", "periods": 20},
+    {"name": "ema_50", "periods": 50},
+    {"name": "rsi", "periods": 14},
+    {"name": "macd", "periods": 26},
+    {"name": "spread_bps", "horizon": "60s"},
+    {"name": "imbalance", "periods": 5},
+]
+
+
+@pytest.mark.parametrize("cut", [1, 33, 34, 200, 2999])
+def test_exported_state_continues_bit_for_bit(df: pd.DataFrame, cut: int) -> None:
+    # the restart guarantee: an engine restored from an exported state (through msgpack, as a
+    # checkpoint is stored) continues exactly like the engine that never stopped, recursive
+    # indicators (EMA, RSI, MACD) included
+    import msgpack
+
+    bars = _bars(df.head(3200))
+    configs = [FeatureWindowConfig(**w) for w in ALL_WINDOWS]
+    full = FeatureEngine(configs, timed=False)
+    first = FeatureEngine(configs, timed=False)
+    for bar in bars[:cut]:
+        full.update_bar(bar)
+        first.update_bar(bar)
+    state = msgpack.unpackb(msgpack.packb(first.export_state("ftx", "BTC-PERP")))
+    restored = FeatureEngine(configs, timed=False)
+    restored.import_state("ftx", "BTC-PERP", state)
+    for bar in bars[cut:]:
+        a = full.update_bar(bar)
+        b = restored.update_bar(bar)
+        assert a is not None and b is not None
+        assert repr(dict(a.values)) == repr(dict(b.values)), bar.ts
+    # the export is a copy: the source moving on does not change it
+    again = FeatureEngine(configs, timed=False)
+    again.import_state("ftx", "BTC-PERP", state)
+    assert again.export_state("ftx", "BTC-PERP") == state
+    assert FeatureEngine(configs).export_state("ftx", "nope") == []
+    with pytest.raises(ValueError, match="does not fit"):
+        FeatureEngine(configs[:3]).import_state("ftx", "BTC-PERP", state)
 
 
 def test_quotes_before_any_bar_and_bars_before_any_quote() -> None:
