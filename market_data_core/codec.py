@@ -390,6 +390,7 @@ _BAR_FIELDS = (
     "vwap",
     "trade_count",
     "revision",
+    "change_seq",
 )
 
 
@@ -411,6 +412,9 @@ def decode_bar(payload: bytes) -> Bar:
         when = from_epoch_us(ts) if isinstance(ts, int) else parse_timestamp(str(ts))
         fields: dict[str, Any] = {name: obj.get(name) for name in _BAR_FIELDS}
         fields["revision"] = fields["revision"] or 0
+        seq = fields["change_seq"]
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
+            raise ValueError(f"change_seq must be a positive integer, got {seq!r}")
         bar = Bar(ts=when, **fields)
         for name in ("o", "h", "l", "c", "v"):
             value = getattr(bar, name)

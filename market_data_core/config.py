@@ -370,8 +370,18 @@ class StoreConfig(_Model):
     compress_after: str = "7d"
     # how often a running job updates its job_runs row; silent for 3 intervals -> abandoned
     heartbeat_interval_ms: int = Field(default=10_000, ge=100, le=3_600_000)
+    # Relayed bar changes are kept this long: an inference checkpoint older than the changes
+    # pruned since cannot be validated, and the series is then rebuilt from its first bar.
+    changes_retention: str = "1d"
 
     _empty = field_validator("dsn", mode="before")(_none_if_empty)
+
+    @field_validator("changes_retention")
+    @classmethod
+    def _retention_ok(cls, v: str) -> str:
+        if parse_duration_ms(v) <= 0:
+            raise ValueError("must be a positive duration")
+        return v
 
     @field_validator("dsn")
     @classmethod

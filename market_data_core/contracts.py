@@ -542,7 +542,13 @@ _set_attribute = object.__setattr__
 
 
 class Signal(BaseModel):
-    """One inference output (v1): ``name`` fired for ``symbol`` at event time ``ts``."""
+    """One inference output (v1): ``name`` fired for ``symbol`` at event time ``ts``.
+
+    ``state`` is ``active``, or ``retracted`` when a corrected bar re-scored its symbol and the
+    signal no longer holds (the row stays in the table with that state; ``mdp.signals`` carries
+    the retraction as an event with the same ``signal_id``). The last event per ``signal_id``
+    on the stream is the row's current state.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -556,6 +562,7 @@ class Signal(BaseModel):
     meta: dict[str, Any] = {}
     adapter: Literal["rules", "sklearn"] = "rules"
     signal_id: str = ""
+    state: Literal["active", "retracted"] = "active"
 
     @field_validator("ver")
     @classmethod
@@ -596,6 +603,9 @@ class Bar:
     ``ts`` is the window start (UTC). ``v`` is ``None`` for provider bars without volume (then
     ``vwap`` is ``None`` too); ``vwap`` and ``trade_count`` are ``None`` for provider bars that
     do not carry them. ``revision`` counts corrections by late data (0 = never corrected).
+    ``change_seq`` is this revision's position in its series' change log (the store's
+    ``bar_series``/``bar_changes``: 1, 2, ... per (provider, symbol, interval), one per
+    committed revision); ``None`` for a bar that did not come from the log.
     """
 
     provider: str
@@ -610,6 +620,7 @@ class Bar:
     vwap: float | None = None
     trade_count: int | None = None
     revision: int = 0
+    change_seq: int | None = None
 
     @property
     def key(self) -> tuple[str, str, str, datetime]:

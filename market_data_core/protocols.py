@@ -6,7 +6,7 @@ Failure semantics are part of each contract and stated in its docstring.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -19,11 +19,14 @@ __all__ = [
     "BusConsumer",
     "BusRecord",
     "DeadLetter",
+    "FeatureCheckpoint",
     "FeatureSnapshot",
     "InferenceAdapter",
     "JobRun",
     "JobRunTracker",
     "Provider",
+    "RelayResult",
+    "SeriesResume",
     "SignalsStoreClient",
     "StoreClient",
     "StreamStatus",
@@ -278,6 +281,17 @@ class TickIngestResult:
     bars_result: UpsertResult = UpsertResult()
 
 
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    """What one :meth:`StoreClient.relay_bar_changes` call did: ``relayed`` changes published
+    and marked; ``busy`` when another relay held the outbox (it publishes them); ``more`` when
+    the batch was full (call again)."""
+
+    relayed: int = 0
+    busy: bool = False
+    more: bool = False
+
+
 @runtime_checkable
 class StoreClient(Protocol):
     """Everything the pipeline may ask of the store. The pipeline never sees SQL.
@@ -306,21 +320,100 @@ class StoreClient(Protocol):
         ...
 
     async def latest_bars(self, interval: str, limit: int) -> dict[tuple[str, str], list[Bar]]:
-        """The latest ``limit`` bars per (provider, symbol), oldest first (feature warm-up)."""
+        """The latest ``limit`` bars per (provider, symbol), oldest first."""
+        ...
+
+    async def relay_bar_changes(
+        self, publish: Callable[[Sequence[Bar]], Awaitable[None]], *, limit: int = 1000
+    ) -> RelayResult:
+        """The transactional outbox's relay: every bar revision ``upsert_bars`` and
+        ``ingest_ticks`` commit is recorded in the same transaction (with its series'
+        ``change_seq``). One call takes the relay (one relay at a time across processes;
+        ``busy`` if another holds it), reads the oldest ``limit`` unrelayed changes, awaits
+        ``publish(bars)`` (oldest first, so each series' changes in ``change_seq`` order) and
+        marks them relayed only after it returned. If ``publish`` raises, nothing is marked
+        and the exception propagates: the changes are published by a later call."""
+        ...
+
+    async def prune_bar_changes(self, older_than_ms: int) -> int:
+        """Delete changes relayed more than ``older_than_ms`` ago; returns how many."""
         ...
 
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureCheckpoint:
+    """An inference engine's exact state of one series after its bar ``ts``.
+
+    ``state`` is opaque to the store (the engine's msgpack). ``as_of_seq``: the state is the
+    function of the series' bars up to ``ts`` as of the series' change ``as_of_seq``; it stays
+    valid while no later change touches a bar at or before ``ts``. ``bars``: bars it covers.
+    """
+
+    provider: str
+    symbol: str
+    interval: str
+    ts: datetime
+    as_of_seq: int
+    bars: int
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesResume:
+    """Where an inference engine resumes a series: the newest still valid checkpoint (or
+    ``None``: from the series' first bar), the series' bars after it, oldest first, and the
+    series' change-log head ``seq`` when they were read (every change up to it is reflected
+    in checkpoint + bars)."""
+
+    checkpoint: FeatureCheckpoint | None
+    bars: list[Bar]
+    seq: int
+
+
 @runtime_checkable
 class SignalsStoreClient(Protocol):
-    """Signals table access; idempotent by ``signal_id``."""
+    """What the inference stage keeps in the store: the signals table (idempotent by
+    ``signal_id``; a row's ``state`` is ``active`` or ``retracted``) and feature checkpoints.
+    Failure semantics as :class:`StoreClient`'s."""
 
-    async def upsert_signals(self, signals: Sequence[Signal]) -> UpsertResult: ...
+    async def upsert_signals(self, signals: Sequence[Signal]) -> UpsertResult:
+        """Upsert by ``signal_id`` (last of duplicates wins), state included; identical rows
+        are unchanged."""
+        ...
 
     async def signals_range(
         self, start: datetime, end: datetime, symbol: str | None = None
-    ) -> list[Signal]: ...
+    ) -> list[Signal]:
+        """Signals (any state) with ``start <= ts < end``, oldest first."""
+        ...
+
+    async def signals_since(
+        self, series: Sequence[tuple[str, str, datetime]], *, adapter: str
+    ) -> list[Signal]:
+        """Signals (any state) of ``adapter`` for each ``(provider, symbol, since)`` with
+        ``ts >= since``, oldest first."""
+        ...
+
+    async def resume_series(
+        self, engine_key: str, provider: str, symbol: str, interval: str
+    ) -> SeriesResume:
+        """The newest checkpoint of ``engine_key`` for the series that is still valid (no
+        change after its ``as_of_seq`` touched a bar at or before its ``ts``, and none of
+        those changes pruned), and the series' bars after it, in one snapshot."""
+        ...
+
+    async def save_checkpoints(
+        self, engine_key: str, checkpoints: Sequence[FeatureCheckpoint], *, keep: int = 4
+    ) -> None:
+        """Store checkpoints (replacing one at the same ``ts``); keep the newest ``keep``
+        per series and engine."""
+        ...
+
+    async def series_heads(self, interval: str) -> dict[tuple[str, str], int]:
+        """Every (provider, symbol) with bars of ``interval`` and its change-log head."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -27,7 +27,7 @@ CREATE TEMP TABLE IF NOT EXISTS mdp_stage_bars (
 );
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_signals (
     signal_id text, ts timestamptz, provider text, symbol text, name text,
-    value float8, score float8, adapter text, meta text, ver integer
+    value float8, score float8, adapter text, meta text, ver integer, state text
 );
 """
 

@@ -33,10 +33,12 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -46,8 +48,11 @@ __all__ = [
     "NAMING_CONVENTION",
     "TIMESERIES_TABLES",
     "VWAP_GUARD_DIGITS",
+    "BarChangeRow",
     "BarRow",
+    "BarSeriesRow",
     "Base",
+    "FeatureCheckpointRow",
     "JobRunRow",
     "SignalRow",
     "TickRow",
@@ -103,6 +108,63 @@ class BarRow(Base):
     updated_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
 
 
+class BarSeriesRow(Base):
+    """``bar_series``: the head of each series' change log (``seq`` = revisions committed)."""
+
+    __tablename__ = "bar_series"
+    __table_args__ = (PrimaryKeyConstraint("provider", "symbol", "interval"),)
+
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    interval: Mapped[str] = mapped_column(Text)
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    pruned_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class BarChangeRow(Base):
+    """``bar_changes``: the outbox and change log, one row per committed bar revision."""
+
+    __tablename__ = "bar_changes"
+    __table_args__ = (
+        UniqueConstraint("provider", "symbol", "interval", "seq"),
+        Index("ix_bar_changes_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    interval: Mapped[str] = mapped_column(Text)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[datetime] = mapped_column(_TSTZ)
+    o: Mapped[float] = mapped_column(Double)
+    h: Mapped[float] = mapped_column(Double)
+    l: Mapped[float] = mapped_column(Double)  # noqa: E741
+    c: Mapped[float] = mapped_column(Double)
+    v: Mapped[float | None] = mapped_column(Double, nullable=True)
+    vwap: Mapped[float | None] = mapped_column(Double, nullable=True)
+    trade_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    committed_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    relayed_at: Mapped[datetime | None] = mapped_column(_TSTZ, nullable=True)
+
+
+class FeatureCheckpointRow(Base):
+    """``feature_checkpoints``: an inference engine's state of a series after bar ``ts``."""
+
+    __tablename__ = "feature_checkpoints"
+    __table_args__ = (PrimaryKeyConstraint("engine_key", "provider", "symbol", "interval", "ts"),)
+
+    engine_key: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    interval: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(_TSTZ)
+    as_of_seq: Mapped[int] = mapped_column(BigInteger)
+    bars: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+
+
 class JobRunRow(Base):
     """``job_runs``: the audit trail, one row per run of a long job. A running job updates
     ``heartbeat_at`` every ``heartbeat_interval_ms``; one silent for 3 intervals is marked
@@ -138,6 +200,7 @@ class SignalRow(Base):
     __table_args__ = (
         PrimaryKeyConstraint("signal_id", "ts"),
         Index(None, "symbol", "ts"),
+        CheckConstraint("state IN ('active', 'retracted')", name="state_known"),
         {"postgresql_partition_by": "RANGE (ts)"},
     )
 
@@ -152,6 +215,7 @@ class SignalRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     ver: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     updated_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    state: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
 
 
 class TickRow(Base):

@@ -12,11 +12,19 @@ already stored ticks go through ``ON CONFLICT``.
 Exactness of tick-derived bars: see :mod:`market_data_store.models` (numeric aggregation,
 one correctly rounded conversion to float8, ``vwap`` divided to at least ``VWAP_GUARD_DIGITS``
 significant digits before that conversion).
+
+Transactional outbox: the statement that writes bars also appends every inserted or changed
+bar to ``bar_changes`` with the next ``seq`` of its series (``bar_series``), so a committed
+revision is never without its change record, and an unchanged bar (a replay) writes none.
+:meth:`PgStoreClient.relay_bar_changes` publishes the records in ``id`` order and marks them
+after the publish succeeded, one relay at a time (``pg_try_advisory_xact_lock``). Writers of a
+series hold its advisory lock while taking ``seq`` and ``id``, so within a series both follow
+commit order, and the relay publishes a series' changes in ``seq`` order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from typing import Any
@@ -25,7 +33,7 @@ import asyncpg
 
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import StoreError
-from market_data_core.protocols import TickIngestResult, UpsertResult
+from market_data_core.protocols import RelayResult, TickIngestResult, UpsertResult
 from market_data_core.timeutil import (
     from_epoch_us,
     parse_duration_ms,
@@ -56,17 +64,55 @@ _BAR_INSERT = (
     "trade_count, revision, updated_at) "
 )
 
+_BAR_RETURNING = (
+    "RETURNING b.provider, b.symbol, b.interval, b.ts, b.o, b.h, b.l, b.c, b.v, b.vwap, "
+    "b.trade_count, b.revision, (b.revision = 0) AS inserted"
+)
+
+# Appended to a statement whose CTE ``up`` returns the bars it inserted or changed: their
+# change records, numbered per series after its log head. Every writer holds the series'
+# advisory lock, so nobody else moves the head meanwhile.
+_LOG_CHANGES_CTES = """
+, heads AS (
+    INSERT INTO bar_series AS s (provider, symbol, interval, seq)
+    SELECT provider, symbol, interval, count(*) FROM up GROUP BY provider, symbol, interval
+    ON CONFLICT (provider, symbol, interval) DO UPDATE SET seq = s.seq + EXCLUDED.seq
+    RETURNING s.provider, s.symbol, s.interval, s.seq AS head
+), ch AS (
+    INSERT INTO bar_changes (provider, symbol, interval, seq, ts, o, h, l, c, v, vwap,
+                             trade_count, revision)
+    SELECT u.provider, u.symbol, u.interval,
+           h.head - count(*) OVER w + row_number() OVER (w ORDER BY u.ts),
+           u.ts, u.o, u.h, u.l, u.c, u.v, u.vwap, u.trade_count, u.revision
+    FROM up u
+    JOIN heads h ON (h.provider, h.symbol, h.interval) = (u.provider, u.symbol, u.interval)
+    WINDOW w AS (PARTITION BY u.provider, u.symbol, u.interval)
+    ORDER BY u.provider, u.symbol, u.interval, u.ts
+    RETURNING provider, symbol, interval, ts, seq
+)"""
+
 _UPSERT_BARS_SQL = f"""
 WITH up AS (
     {_BAR_INSERT}
     SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, 0, now()
     FROM mdp_stage_bars
     {_BAR_ON_CONFLICT}
-    RETURNING (b.revision = 0) AS inserted
-)
+    {_BAR_RETURNING}
+){_LOG_CHANGES_CTES}
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated
 FROM up
+"""
+
+# All-new bars: a plain INSERT from staging (an existing key aborts it to a savepoint).
+_INSERT_NEW_BARS_SQL = f"""
+WITH up AS (
+    {_BAR_INSERT}
+    SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, 0, now()
+    FROM mdp_stage_bars
+    {_BAR_RETURNING}
+){_LOG_CHANGES_CTES}
+SELECT count(*) AS inserted, 0 AS updated FROM up
 """
 
 _BARS_SPAN_SQL = (
@@ -167,12 +213,35 @@ WITH win AS (
     FROM agg
     ORDER BY provider, symbol, bucket
     {_BAR_ON_CONFLICT}
-    RETURNING b.provider, b.symbol, b.ts, b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count,
-              b.revision, (b.revision = 0) AS inserted
-)
-SELECT n.windows, up.*
+    {_BAR_RETURNING}
+){_LOG_CHANGES_CTES}
+SELECT n.windows, up.*, ch.seq AS change_seq
 FROM (SELECT count(*) AS windows FROM agg) n
-LEFT JOIN up ON true
+LEFT JOIN (up JOIN ch USING (provider, symbol, interval, ts)) ON true
+"""
+
+# One relay at a time, across processes: a transaction-scoped advisory lock of its own.
+_RELAY_LOCK_NAMESPACE = 0x6D6472
+_RELAY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock($1::int4, 0)"
+_RELAY_READ_SQL = """
+SELECT id, provider, symbol, interval, seq, ts, o, h, l, c, v, vwap, trade_count, revision
+FROM bar_changes WHERE relayed_at IS NULL ORDER BY id LIMIT $1
+"""
+_RELAY_MARK_SQL = "UPDATE bar_changes SET relayed_at = now() WHERE id = ANY($1::bigint[])"
+# Oldest first through the primary key: relayed rows are the oldest ones.
+_PRUNE_SQL = """
+DELETE FROM bar_changes WHERE id IN (
+    SELECT id FROM bar_changes
+    WHERE relayed_at < now() - $1::bigint * interval '1 millisecond'
+    ORDER BY id LIMIT $2
+)
+RETURNING provider, symbol, interval, seq
+"""
+_PRUNE_BATCH = 10_000
+_PRUNED_SEQ_SQL = """
+UPDATE bar_series s SET pruned_seq = greatest(s.pruned_seq, x.seq)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(provider, symbol, interval, seq)
+WHERE (s.provider, s.symbol, s.interval) = (x.provider, x.symbol, x.interval)
 """
 
 _BAR_SELECT = (
@@ -225,7 +294,7 @@ def _interval_ms(interval: str) -> int:
     return ms
 
 
-def _bar_from_row(row: Any, interval: str | None = None) -> Bar:
+def _bar_from_row(row: Any, interval: str | None = None, change_seq: int | None = None) -> Bar:
     return Bar(
         provider=row["provider"],
         symbol=row["symbol"],
@@ -239,6 +308,7 @@ def _bar_from_row(row: Any, interval: str | None = None) -> Bar:
         vwap=row["vwap"],
         trade_count=row["trade_count"],
         revision=row["revision"],
+        change_seq=change_seq,
     )
 
 
@@ -319,35 +389,33 @@ class PgStoreClient(PgClientBase):
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
-                    # Fast path: a batch of bars that are all new (live data) goes straight in
-                    # with COPY, much faster than INSERT ... ON CONFLICT. Two index probes (the
-                    # first and last key) send replays and updates to the staged upsert at
-                    # once; an existing key in the middle aborts the COPY, and the savepoint
-                    # rollback leaves the staged upsert below to do the work.
+                    # Fast path: a batch of bars that are all new (live data) goes in with a
+                    # plain INSERT, much cheaper than INSERT ... ON CONFLICT. Two index probes
+                    # (the first and last key) send replays and updates to the staged upsert
+                    # at once; an existing key in the middle aborts the INSERT, and the
+                    # savepoint rollback leaves the staged upsert below to do the work.
                     # Writers of one series are serialised by the advisory lock above, so
-                    # two COPYs can never wait on each other's keys.
+                    # two INSERTs can never wait on each other's keys.
                     ends = (rows[0][:4], rows[-1][:4])
                     known = await conn.fetchval(_ANY_BAR_EXISTS_SQL, *ends[0], *ends[1])
                     if known and await _all_stored_unchanged(conn, rows):
                         # a replay: settled by one range read per series, nothing written
+                        # (so nothing to relay either)
                         return {"inserted": 0, "updated": 0}
-                    if not known:
-                        try:
-                            async with conn.transaction():
-                                await conn.copy_records_to_table(
-                                    "bars_ohlcv",
-                                    records=rows,
-                                    columns=(*_STAGE_BAR_COLUMNS, "revision", "updated_at"),
-                                )
-                            return {"inserted": len(rows), "updated": 0}
-                        except asyncpg.UniqueViolationError:
-                            pass  # an existing key in the middle: upsert instead
                     await conn.copy_records_to_table(
                         "mdp_stage_bars",
                         records=[r[:11] for r in rows],
                         columns=_STAGE_BAR_COLUMNS,
                     )
-                    row = await conn.fetchrow(_UPSERT_BARS_SQL)
+                    row = None
+                    if not known:
+                        try:
+                            async with conn.transaction():
+                                row = await conn.fetchrow(_INSERT_NEW_BARS_SQL)
+                        except asyncpg.UniqueViolationError:
+                            pass  # an existing key in the middle: upsert instead
+                    if row is None:
+                        row = await conn.fetchrow(_UPSERT_BARS_SQL)
                     await conn.execute("DELETE FROM mdp_stage_bars")
                 await self._janitor.used(conn, "mdp_stage_bars", len(rows))
             return row
@@ -445,7 +513,7 @@ class PgStoreClient(PgClientBase):
         n_windows = int(rows[0]["windows"]) if rows else 0
         changed = [r for r in rows if r["provider"] is not None]
         inserted = sum(1 for r in changed if r["inserted"])
-        bars = [_bar_from_row(r, interval) for r in changed]
+        bars = [_bar_from_row(r, interval, r["change_seq"]) for r in changed]
         return TickIngestResult(
             ticks_inserted=ticks_inserted,
             bars=bars,
@@ -475,9 +543,61 @@ class PgStoreClient(PgClientBase):
             out.setdefault((r["provider"], r["symbol"]), []).append(_bar_from_row(r))
         return out
 
+    async def relay_bar_changes(
+        self, publish: Callable[[Sequence[Bar]], Awaitable[None]], *, limit: int = 1000
+    ) -> RelayResult:
+        """Publish the oldest unrelayed bar changes, then mark them relayed; see the core
+        ``StoreClient`` protocol. The transaction (and the relay lock) stays open while
+        ``publish`` runs: a relay that dies mid-way leaves its changes unmarked for the next.
+        Each bar carries its ``change_seq``."""
+        with translate_errors("relay_bar_changes"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                if not await conn.fetchval(_RELAY_LOCK_SQL, _RELAY_LOCK_NAMESPACE):
+                    return RelayResult(busy=True)
+                rows = await conn.fetch(_RELAY_READ_SQL, limit)
+                if not rows:
+                    return RelayResult()
+                bars = [_bar_from_row(r, change_seq=r["seq"]) for r in rows]
+                await publish(bars)
+                await conn.execute(_RELAY_MARK_SQL, [r["id"] for r in rows])
+        return RelayResult(relayed=len(rows), more=len(rows) >= limit)
+
+    async def prune_bar_changes(self, older_than_ms: int) -> int:
+        """Delete changes relayed more than ``older_than_ms`` ago (oldest first, in batches)
+        and raise their series' ``pruned_seq``, under the relay lock and the series' locks
+        (in the writers' order). Returns how many were deleted (0 when the relay is busy)."""
+        total = 0
+        with translate_errors("prune_bar_changes"):
+            while True:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    if not await conn.fetchval(_RELAY_LOCK_SQL, _RELAY_LOCK_NAMESPACE):
+                        return total
+                    rows = await conn.fetch(_PRUNE_SQL, older_than_ms, _PRUNE_BATCH)
+                    if not rows:
+                        return total
+                    heads: dict[tuple[str, str, str], int] = {}
+                    for r in rows:
+                        key = (r["provider"], r["symbol"], r["interval"])
+                        heads[key] = max(heads.get(key, 0), r["seq"])
+                    await conn.execute(
+                        LOCK_SQL,
+                        SERIES_LOCK_NAMESPACE,
+                        series_lock_keys({(p, s) for p, s, _ in heads}),
+                    )
+                    await conn.execute(
+                        _PRUNED_SEQ_SQL,
+                        [k[0] for k in heads],
+                        [k[1] for k in heads],
+                        [k[2] for k in heads],
+                        list(heads.values()),
+                    )
+                total += len(rows)
+                if len(rows) < _PRUNE_BATCH:
+                    return total
+
     async def count_rows(self, table: str) -> int:
         """Rows in one of mdp's tables (for tests, benchmarks and ``mdp stream status``)."""
-        if table not in ("bars_ohlcv", "ticks", "signals", "job_runs"):
+        if table not in ("bars_ohlcv", "ticks", "signals", "job_runs", "bar_changes"):
             raise StoreError(f"unknown table {table!r}")
         with translate_errors("count_rows"):
             return int(await self._pool.fetchval(f"SELECT count(*) FROM {table}"))

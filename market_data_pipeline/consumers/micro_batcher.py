@@ -28,6 +28,13 @@ Guarantees:
   renewed with :meth:`BusConsumer.in_progress` before each poll (at most every
   ``claim_idle_ms / 4``), so they are never delivered again nor counted while held, however
   long the backlog or the store outage.
+* **Every committed bar revision reaches** ``mdp.bars``: the store records each inserted or
+  changed bar in its outbox in the same transaction (an unchanged bar records nothing), and
+  this worker's relay (:meth:`StoreClient.relay_bar_changes`, one relay at a time across all
+  workers) publishes the records in order and marks them only after the publish succeeded.
+  The relay runs after each commit and every ``_RELAY_POLL_S`` (changes a dead worker left);
+  a bus or store error is retried with capped backoff, the changes staying in the outbox;
+  ``--drain`` exits only once the outbox is empty.
 
 The counts in :class:`MicroBatchStats` are what the store and the DLQ show: ``late_corrections``
 are bars whose ``revision`` the store bumped, ``duplicates`` the committed ticks it already had,
@@ -38,10 +45,11 @@ wrote (``max_deliveries``, ``trimmed``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,6 +70,7 @@ from market_data_core.timeutil import (
     format_duration_ms,
     from_epoch_us,
     isoformat_us,
+    parse_duration_ms,
     to_epoch_us,
 )
 from market_data_pipeline import telemetry
@@ -80,6 +89,12 @@ _HEARTBEAT_MAX_AGE_S = 30.0
 # flight, in units of max_batch_size: 40 x 5,000 = 200k events, ~250 MB of Python objects.
 _BUFFER_CAP_BATCHES = 40
 _BUS_RETRY_S = 30.0
+# The relay also runs this often without a commit of its own (changes of a dead worker, or
+# of a publish that failed), and prunes relayed changes every _PRUNE_EVERY_S.
+_RELAY_POLL_S = 1.0
+_RELAY_BATCH = 1000
+_RELAY_FINAL_S = 10.0
+_PRUNE_EVERY_S = 600.0
 
 
 def _wall_us() -> int:
@@ -117,7 +132,6 @@ class _Window:
 class _FlushJob:
     units: dict[tuple[str, str, int], _Window]
     bars: list[_Buffered]
-    redelivered: bool
 
 
 @dataclass(slots=True)
@@ -143,6 +157,10 @@ class MicroBatchStats:
     quotes_skipped: int = 0
     flushes: int = 0
     store_retries: int = 0
+    bars_relayed: int = 0
+    relay_calls: int = 0
+    relay_s: float = 0.0
+    relay_retries: int = 0
     window_latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -189,6 +207,8 @@ class MicroBatcher:
         # concurrent store calls per commit: the pool's size less one for everything else
         self._store_slots = asyncio.Semaphore(max(1, config.store.pool_max - 1))
         self.last_lag_ms = 0.0
+        self._relay_wake = asyncio.Event()
+        self._retention_ms = parse_duration_ms(config.store.changes_retention)
         self._events_per_entry: float | None = None
         self._consumed = telemetry.EVENTS_CONSUMED.labels(
             topic=config.bus.events_topic, group=config.bus.group
@@ -234,6 +254,8 @@ class MicroBatcher:
         check_name = f"micro-batch:{self.consumer_name}"
         telemetry.register_health_check(check_name, heartbeat)
         clean = False
+        relay_stop = asyncio.Event()
+        relay = asyncio.create_task(self._relay_loop(relay_stop))
         try:
             while not stop.is_set():
                 heartbeat.beat()
@@ -266,7 +288,7 @@ class MicroBatcher:
                     and self.buffered_events == 0
                     and time.monotonic() - idle_since >= idle_s
                 ):
-                    if await self._group_drained():
+                    if await self._group_drained() and await self._outbox_empty():
                         break
                     idle_since = time.monotonic() - idle_s / 2  # look again a little later
             # Stopping: finish the commit in flight, then commit what is already closed; open
@@ -275,9 +297,15 @@ class MicroBatcher:
             job = self._take_closed(force=False)
             if job is not None:
                 await self._commit(stop, job)
+            relay_stop.set()
+            await relay
+            await self._final_relay()
             clean = True
         finally:
             telemetry.unregister_health_check(check_name)
+            relay_stop.set()
+            if not relay.done():
+                relay.cancel()
             if self._inflight is not None:
                 self._inflight.cancel()
             if clean:
@@ -512,17 +540,12 @@ class MicroBatcher:
         units = {key: self._windows.pop(key) for key in closed}
         bars = list(self._bars.values())
         self._bars = {}
-        redelivered = any(
-            self._outstanding[k].record.deliveries > 1
-            for k in _held_keys(units, bars)
-            if k in self._outstanding
-        )
-        return _FlushJob(units, bars, redelivered)
+        return _FlushJob(units, bars)
 
     async def _commit(self, stop: asyncio.Event, job: _FlushJob) -> None:
         """Write a job, then ack every entry whose events are all committed. If ``stop`` is
         set while the store is unavailable, give up: the entries stay pending (nothing lost)."""
-        if not await self._write(stop, job.units, job.bars, job.redelivered):
+        if not await self._write(stop, job.units, job.bars):
             return
         done: list[BusRecord] = []
         holds = [(k, 1) for buf in job.bars for k in buf.keys]
@@ -543,7 +566,6 @@ class MicroBatcher:
         stop: asyncio.Event,
         units: dict[tuple[str, str, int], _Window],
         bars: list[_Buffered],
-        redelivered: bool,
     ) -> bool:
         """Commit everything; True once committed. Retries transient failures with capped
         backoff until committed (or until ``stop`` during a retry, returning False)."""
@@ -552,7 +574,6 @@ class MicroBatcher:
         chunks = list(_chunks(units, self._max_batch))
         pending_chunks = list(range(len(chunks)))
         bars_pending = bool(bars)
-        changed: list[Bar] = []
         while True:
             try:
                 if pending_chunks:
@@ -569,8 +590,6 @@ class MicroBatcher:
                         if isinstance(res, BaseException):
                             failed.append(res)
                             still.append(i)
-                        else:
-                            changed += res
                     pending_chunks = still
                     for exc in failed:
                         if not isinstance(exc, Exception):
@@ -578,7 +597,7 @@ class MicroBatcher:
                     if failed:
                         raise failed[0]
                 if bars_pending:
-                    changed += await self._write_bars(bars)
+                    await self._write_bars(bars)
                     bars_pending = False
                 break
             except StoreUnavailableError as exc:
@@ -598,17 +617,16 @@ class MicroBatcher:
                 return False
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 5.0)
-        if redelivered and units:
-            changed = await self._reload_bars(units, changed)
-        await self._publish_bars(changed)
+        # what changed is in the store's outbox, committed with it: the relay publishes it
+        self._relay_wake.set()
         self.stats.flushes += 1
         return True
 
-    async def _write_ticks_bounded(self, chunk: list[_Window]) -> list[Bar]:
+    async def _write_ticks_bounded(self, chunk: list[_Window]) -> None:
         async with self._store_slots:
-            return await self._write_ticks(chunk)
+            await self._write_ticks(chunk)
 
-    async def _write_ticks(self, chunk: list[_Window]) -> list[Bar]:
+    async def _write_ticks(self, chunk: list[_Window]) -> None:
         ticks = [ev for window in chunk for ev in window.events.values()]
         t0 = time.perf_counter()
         result = await self._store.ingest_ticks(ticks, interval=self.interval)
@@ -634,9 +652,8 @@ class MicroBatcher:
                 latency_ms = (now - window.end_us) / 1000
                 telemetry.MICROBATCH_WINDOW_LATENCY.observe(latency_ms)
                 self.stats.window_latencies_ms.append(latency_ms)
-        return list(result.bars)
 
-    async def _write_bars(self, bars: list[_Buffered]) -> list[Bar]:
+    async def _write_bars(self, bars: list[_Buffered]) -> None:
         rows = [_provider_bar(b.event) for b in bars]
         t0 = time.perf_counter()
         result = await self._store.upsert_bars(rows)
@@ -646,66 +663,80 @@ class MicroBatcher:
         self.stats.late_corrections += result.updated
         _count_upsert("bars_ohlcv", result)
         telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(result.changed)
-        # Publish every provider bar: the upsert does not say which rows changed, and the
-        # inference stage treats a bar it has seen (same key and revision) as a no-op.
-        return rows
 
-    async def _reload_bars(
-        self, units: dict[tuple[str, str, int], _Window], changed: list[Bar]
-    ) -> list[Bar]:
-        """After a redelivery the store may report no change for bars that were committed but
-        never published (crash between commit and publish): publish them from the store."""
-        spans: dict[tuple[str, str], tuple[int, int]] = {}
-        for provider, symbol, start in units:
-            lo, hi = spans.get((provider, symbol), (start, start))
-            spans[(provider, symbol)] = (min(lo, start), max(hi, start))
-        seen = {b.key for b in changed}
-        out = list(changed)
-        for (provider, symbol), (lo, hi) in spans.items():
-            for bar in await self._store.bars_range(
-                provider,
-                symbol,
-                self.interval,
-                from_epoch_us(lo),
-                from_epoch_us(hi + self.window_ms * 1000),
-            ):
-                if bar.key not in seen and (provider, symbol, bar.ts) in _unit_starts(units):
-                    out.append(bar)
-        return out
+    async def _relay_loop(self, stop: asyncio.Event) -> None:
+        """Relay the outbox after each commit (``_relay_wake``) and every ``_RELAY_POLL_S``;
+        prune relayed changes every ``_PRUNE_EVERY_S``. Errors are retried with capped
+        backoff: the changes stay in the outbox until a publish succeeded."""
+        backoff_s = 0.1
+        next_prune = time.monotonic() + _PRUNE_EVERY_S
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._relay_wake.wait(), timeout=_RELAY_POLL_S)
+            self._relay_wake.clear()
+            try:
+                await self._relay_until_empty()
+                if time.monotonic() >= next_prune:
+                    await self._store.prune_bar_changes(self._retention_ms)
+                    next_prune = time.monotonic() + _PRUNE_EVERY_S
+                backoff_s = 0.1
+            except (BusError, StoreError) as exc:
+                self._relay_failed(exc, backoff_s)
+                await sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                self._relay_wake.set()
 
-    async def _publish_bars(self, bars: list[Bar]) -> None:
-        if not bars:
-            return
+    def _relay_failed(self, exc: Exception, backoff_s: float) -> None:
+        self.stats.relay_retries += 1
+        telemetry.ERRORS.labels(component=_COMPONENT, reason="relay").inc()
+        telemetry.RETRIES.labels(component=_COMPONENT).inc()
+        log.warning(
+            "relaying bar changes to %s failed (%s); they stay in the outbox, retrying in %.1fs",
+            self.config.bus.bars_topic,
+            exc,
+            backoff_s,
+        )
+
+    async def _relay_until_empty(self) -> bool:
+        """Relay batches until the outbox is empty (True) or another relay holds it (False).
+        Raises ``BusError``/``StoreError``; nothing is lost then."""
+        while True:
+            t0 = time.perf_counter()
+            result = await self._store.relay_bar_changes(self._publish_bars, limit=_RELAY_BATCH)
+            self.stats.relay_calls += 1
+            self.stats.relay_s += time.perf_counter() - t0
+            self.stats.bars_relayed += result.relayed
+            if result.busy:
+                return False
+            if result.relayed == 0:
+                return True
+
+    async def _outbox_empty(self) -> bool:
+        """``--drain``: is everything committed also published? (Relays what is left.)"""
+        try:
+            return await self._relay_until_empty()
+        except (BusError, StoreError) as exc:
+            self._relay_failed(exc, 0.0)
+            return False
+
+    async def _final_relay(self) -> None:
+        """Stopping: relay what is left for up to ``_RELAY_FINAL_S``; whatever is not
+        relayed then stays in the outbox for the next relay of any worker."""
+        deadline = time.monotonic() + _RELAY_FINAL_S
+        backoff_s = 0.1
+        while time.monotonic() < deadline:
+            try:
+                if await self._relay_until_empty():
+                    return
+            except (BusError, StoreError) as exc:
+                self._relay_failed(exc, backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 2.0)
+
+    async def _publish_bars(self, bars: Sequence[Bar]) -> None:
         codec = self.config.bus.codec
         items = [(routing_key(b.provider, b.symbol), encode_bar(b, codec)) for b in bars]
-        try:
-            await self._bus.publish(self.config.bus.bars_topic, items)
-        except BusError as exc:
-            # The bars are committed; the next redelivery-free path cannot republish them, so
-            # count it loudly. Inference warm-up from the store covers the gap on restart.
-            telemetry.ERRORS.labels(component=_COMPONENT, reason="publish_bars").inc()
-            log.error(
-                "could not publish %d closed bars to %s: %s",
-                len(bars),
-                self.config.bus.bars_topic,
-                exc,
-            )
-
-
-def _held_keys(
-    units: dict[tuple[str, str, int], _Window], bars: list[_Buffered]
-) -> Iterable[RecordKey]:
-    for buf in bars:
-        yield from buf.keys
-    for window in units.values():
-        for k, _n in window.holds:
-            yield k
-
-
-def _unit_starts(
-    units: dict[tuple[str, str, int], _Window],
-) -> set[tuple[str, str, datetime]]:
-    return {(p, s, from_epoch_us(start)) for p, s, start in units}
+        await self._bus.publish(self.config.bus.bars_topic, items)
 
 
 def _chunks(units: dict[tuple[str, str, int], _Window], max_events: int) -> Iterable[list[_Window]]:
