@@ -390,9 +390,9 @@ class SignalsStoreClient(Protocol):
         ...
 
     async def signals_since(
-        self, series: Sequence[tuple[str, str, datetime]], *, adapter: str
+        self, series: Sequence[tuple[str, str, datetime]], *, adapters: Sequence[str]
     ) -> list[Signal]:
-        """Signals (any state) of ``adapter`` for each ``(provider, symbol, since)`` with
+        """Signals (any state) of ``adapters`` for each ``(provider, symbol, since)`` with
         ``ts >= since``, oldest first."""
         ...
 

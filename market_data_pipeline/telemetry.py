@@ -82,6 +82,7 @@ __all__ = [
     "RETRYING_COMPONENTS",
     "SEED_MS_METRICS",
     "SIGNALS_EMITTED",
+    "SIGNALS_RETRACTED",
     "SIGNAL_FRESHNESS",
     "STORE_ROWS",
     "STORE_WRITE_DURATION",
@@ -345,6 +346,12 @@ INFERENCE_EVAL_DURATION = _histogram(
 SIGNALS_EMITTED = _counter(
     "signals_emitted", "Signals published to the signals topic (signals)", ["name", "adapter"]
 )
+SIGNALS_RETRACTED = _counter(
+    "signals_retracted",
+    "Signals retracted because a re-scored (corrected) bar no longer produces them; each "
+    "retraction is also published to the signals topic (signals)",
+    ["name", "adapter"],
+)
 ERRORS = _counter(
     "errors",
     "Errors by component and reason; every pair in ERROR_REASONS exists at 0 from the start "
@@ -394,7 +401,7 @@ ERROR_REASONS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "late",
             "store_unavailable",
             "store_error",
-            "publish_bars",
+            "relay",
         ),
         # consumers/inference_consumer.py, and inference/adapters/sklearn.py (timeout,
         # predict_error, breaker_open)

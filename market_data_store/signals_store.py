@@ -65,15 +65,13 @@ WHERE ts >= $1 AND ts < $2 AND ($3::text IS NULL OR symbol = $3)
 ORDER BY ts, signal_id
 """
 
-_SINCE_SQL = f"""
-SELECT {_COLUMNS}
+_SINCE_SQL = """
+SELECT s.signal_id, s.ts, s.provider, s.symbol, s.name, s.value, s.score, s.adapter,
+       s.meta::text AS meta, s.ver, s.state
 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS q(provider, symbol, since)
-CROSS JOIN LATERAL (
-    SELECT * FROM signals s
-    WHERE s.symbol = q.symbol AND s.ts >= q.since AND s.provider = q.provider
-      AND s.adapter = $4
-) x
-ORDER BY ts, signal_id
+JOIN signals s ON s.symbol = q.symbol AND s.ts >= q.since AND s.provider = q.provider
+WHERE s.adapter = ANY($4::text[])
+ORDER BY s.ts, s.signal_id
 """
 
 _HEAD_SQL = (
@@ -191,9 +189,9 @@ class PgSignalsStore(PgClientBase):
         return [_signal_from_row(r) for r in rows]
 
     async def signals_since(
-        self, series: Sequence[tuple[str, str, datetime]], *, adapter: str
+        self, series: Sequence[tuple[str, str, datetime]], *, adapters: Sequence[str]
     ) -> list[Signal]:
-        """Signals (any state) of ``adapter`` with ``ts >= since`` per (provider, symbol,
+        """Signals (any state) of ``adapters`` with ``ts >= since`` per (provider, symbol,
         since), oldest first; one index range scan per series."""
         if not series:
             return []
@@ -203,7 +201,7 @@ class PgSignalsStore(PgClientBase):
                 [p for p, _, _ in series],
                 [s for _, s, _ in series],
                 [t for _, _, t in series],
-                adapter,
+                list(adapters),
             )
         return [_signal_from_row(r) for r in rows]
 

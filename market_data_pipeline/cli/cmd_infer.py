@@ -63,8 +63,8 @@ def infer(
     consumer: ConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
-    """Score closed bars from mdp.bars with rules or a model; signals go to mdp.signals and
-    the signals table (idempotent by signal id).
+    """Score bar changes from mdp.bars with rules or a model; signals go to mdp.signals and
+    the signals table (idempotent by signal id; re-scored bars retract what no longer holds).
 
     Example:  mdp stream infer --adapter rules
 
@@ -134,10 +134,12 @@ def infer(
         finally:
             await engine.aclose()
         typer.echo(
-            f"infer {name} ({adapter}, {engine.interval} bars): {stats.bars_in} bars in, "
-            f"{stats.bars_scored} scored, {stats.bars_stale} already seen, {stats.skipped} "
-            f"other intervals, {stats.warmup_bars} warm-up bars, {stats.signals} signals "
-            f"({stats.signals_published} new on {cfg.bus.signals_topic}), "
+            f"infer {name} ({adapter}, {engine.interval} bars): {stats.bars_in} bar changes "
+            f"in, {stats.bars_stale} already applied, {stats.skipped} other intervals; "
+            f"{stats.resumes} series resumed from the store ({stats.bars_loaded} bars read), "
+            f"{stats.bars_scored} bars scored, {stats.bars_replayed} replayed; "
+            f"{stats.signals} signal rows written ({stats.retracted} retractions), all on "
+            f"{cfg.bus.signals_topic}; {stats.checkpoints} checkpoints, "
             f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}"
         )
 

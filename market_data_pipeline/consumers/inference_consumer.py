@@ -1,35 +1,45 @@
-"""The inference stage: closed bars from ``mdp.bars`` -> features -> adapter -> signals in the
-``signals`` table and on ``mdp.signals``.
+"""The inference stage: bar changes from ``mdp.bars`` -> features -> adapter -> signals in the
+``signals`` table and on ``mdp.signals``, a pure function of the final bars.
 
-Per poll (as a member of the ``<bus.group>.infer.<adapter>.<interval>`` group on
-``bus.bars_topic``; replicas of the same adapter and interval share the bars):
+Guarantee: after any run the ``signals`` table (active rows, features in their ``meta``
+included) equals what one clean pass of the same engine over the store's final bars gives,
+bit for bit, and ``mdp.signals`` carries every row's last state (at-least-once; the last
+event per ``signal_id`` is the row). How:
 
-1. decode each entry with ``decode_bar``; an undecodable one, or a bar with a non-positive
-   price, goes to the dead-letter stream (``consumer.dead_letter``, which acks it) and the loop
-   continues;
-2. bars of another interval than ``features.interval`` (default: the micro-batch window) are
-   acknowledged untouched (counted as ``skipped``);
-3. the first time a (provider, symbol) is seen, its features warm up from the store: its
-   stored bars of the ``features.warmup_bars`` intervals *just before* that bar
-   (``StoreClient.bars_range``; no signals), so a restarted engine is right at once. Warming
-   up to the bar the bus delivers (rather than to the store's latest bars) means a backlog on
-   the bus is still scored instead of warmed past, and a consumer that takes over a shard
-   warms up its symbols the same way;
-4. each bar newer than its symbol's last one updates the features and is evaluated; an older
-   or equal one (a redelivery, a second replay, a late correction) changes nothing;
-5. the batch's signals that are not in the table yet are published to ``bus.signals_topic``,
-   all of them are upserted (idempotent by ``signal_id``), THEN the entries are acknowledged.
+* **Input = the store's change log.** Every committed bar revision has a per-series
+  ``change_seq`` and reaches ``mdp.bars`` through the store's outbox (see the micro-batcher).
+  Each series is a :class:`~market_data_pipeline.inference.timeline.SeriesTimeline`: changes
+  are applied in ``change_seq`` order; one already reflected (a redelivery, a duplicate
+  publish, a backlog older than what was read from the store) is skipped.
+* **Resume from the store.** The first change of a series this process sees, a gap in
+  ``change_seq``, a change older than the timeline's final state, or a bar without
+  ``change_seq`` makes the consumer *resume* the series: the newest checkpoint of this
+  engine that no later change invalidates (``SignalsStoreClient.resume_series``; none: the
+  series' first bar) and every stored bar after it, re-scored. Warm-up is therefore counted
+  in bars, from a state that covers the series' whole history: gaps in time (weekends) do
+  not matter, and recursive indicators continue bit for bit.
+* **Corrections re-score.** A changed or inserted bar re-scores its series from that bar
+  forward (from the engine's exact state before it, at most ``SNAP_EVERY`` bars back).
+* **Diff, then write.** The signals of every re-scored range are compared with the table's
+  rows of that range (``signals_since``): new or changed ones are emitted, active rows that
+  the bars no longer produce are *retracted* (``state = 'retracted'``, and that event on
+  ``mdp.signals``). The changes are published first, then upserted, then the bus entries
+  acknowledged: a crash in between re-derives and publishes them again.
+* **Checkpoints.** A series' state at a final bar (older than
+  ``micro_batch.correction_horizon_ms + allow_late_ms`` plus a bar behind its newest bar) is
+  stored every ``CHECKPOINT_EVERY`` bars and at a clean stop (``save_checkpoints``).
+* **Reconcile.** Every ``_RECONCILE_S``, and before a ``--drain`` run exits, the series'
+  change-log heads are read (``series_heads``): a series seen here whose head is past what
+  it applied (changes lost on the bus, e.g. by a Redis restart that lost acknowledged
+  writes) is resumed from the store.
 
-Publish-before-upsert makes "in the table" imply "was published": a crash in between leads to a
-redelivery that publishes again (at-least-once on the stream, exactly-once in the table), and a
-second replay of the same bars adds nothing to either. The store down -> retry with capped
-backoff, nothing acknowledged meanwhile. Signal ids are deterministic, so every retry converges.
-A batch left unacknowledged by a clean stop (the store was down) is handed back with
+Bars of other intervals than ``features.interval`` (default: the micro-batch window) are
+acknowledged untouched (``skipped``); undecodable bars and bars with a non-positive price go
+to the dead-letter stream. Quotes (``spread_bps``/``imbalance``) are not read by this stage
+yet: those features stay ``nan`` here; :meth:`FeatureEngine.update_quote` is ready. A batch
+left unacknowledged by a clean stop (the store was down) is handed back with
 :meth:`BusConsumer.release`, so the next start's re-read does not count toward
 ``bus.max_deliveries``.
-
-Quotes (``spread_bps``/``imbalance``) are not read by this stage yet: those features stay
-``nan`` here (rules that use them never fire); :meth:`FeatureEngine.update_quote` is ready.
 """
 
 from __future__ import annotations
@@ -39,7 +49,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TypeVar
 
 from market_data_core.codec import decode_bar, encode_signal
@@ -49,14 +58,16 @@ from market_data_core.errors import BusError, ContractError, StoreError, StoreUn
 from market_data_core.protocols import (
     Bus,
     BusRecord,
+    FeatureCheckpoint,
     SignalsStoreClient,
     StoreClient,
     routing_key,
 )
-from market_data_core.timeutil import format_duration_ms, parse_duration_ms
+from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline import telemetry
 from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.inference.engine import InferenceEngine
+from market_data_pipeline.inference.timeline import Offer, Scored, SeriesTimeline
 
 __all__ = ["InferenceConsumer", "InferenceStats", "features_interval", "inference_group"]
 
@@ -65,7 +76,9 @@ _COMPONENT = "inference"
 _MAX_BATCH = 500
 _MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
 _LIVE_WINDOW_S = 3600.0
+_RECONCILE_S = 5.0
 T = TypeVar("T")
+Key = tuple[str, str]
 
 
 def inference_group(config: AppConfig, adapter: str, interval: str) -> str:
@@ -81,18 +94,33 @@ def features_interval(config: AppConfig) -> str:
 
 @dataclass(slots=True)
 class InferenceStats:
-    """What one run did (also the ``job_runs`` counts)."""
+    """What one run did (also the ``job_runs`` counts).
+
+    ``bars_in``: bar entries read; ``bars_stale``: changes already reflected; ``bars_scored``:
+    bar evaluations (with signals); ``bars_replayed``: bars replayed without emitting to
+    reach the state before a change; ``bars_loaded``: bars read from the store to resume a
+    series; ``resumes``: series resumed from the store (``resyncs`` of them after a gap or a
+    change older than memory); ``signals``: signal rows written (new, changed or
+    retracted), ``signals_published`` of them on the stream, ``retracted`` of them
+    retractions; ``rescore_s``: time spent scoring and diffing.
+    """
 
     bars_in: int = 0
     bars_scored: int = 0
     bars_stale: int = 0
+    bars_replayed: int = 0
+    bars_loaded: int = 0
     skipped: int = 0
-    warmup_bars: int = 0
+    resumes: int = 0
+    resyncs: int = 0
     signals: int = 0
     signals_published: int = 0
+    retracted: int = 0
+    checkpoints: int = 0
     dead_letters: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     store_retries: int = 0
+    rescore_s: float = 0.0
 
 
 class InferenceConsumer:
@@ -119,24 +147,30 @@ class InferenceConsumer:
         self._signals_store = signals_store
         self._topic = config.bus.bars_topic
         self._consumer = bus.consumer(self._topic, self.group, consumer_name)
-        self._warm: set[tuple[str, str]] = set()
         self._stage_letters: dict[str, int] = {}
+        self._timelines: dict[Key, SeriesTimeline] = {}
+        # adapters whose rows this engine writes; it retracts only its own adapter's rows
+        # (an sklearn engine falls back to rules signals, which a rules engine also owns)
+        self._adapters = sorted({engine.adapter.name, "rules"})
+        mb = config.micro_batch
+        self._final_lag_us = (mb.correction_horizon_ms + mb.allow_late_ms) * 1000 + (
+            engine.interval_us
+        )
         self.stats = InferenceStats()
         self._lag = telemetry.STREAM_CONSUMER_LAG.labels(
             topic=self._topic, group=self.group, consumer=consumer_name
         )
         telemetry.init_error_series(_COMPONENT, "bus")
-        self._warmup_span = timedelta(
-            milliseconds=parse_duration_ms(engine.interval) * config.features.warmup_bars
-        )
 
     async def run(
         self, stop: asyncio.Event, *, drain: bool = False, idle_s: float = 3.0
     ) -> InferenceStats:
         """Consume until ``stop`` is set (or, with ``drain``, until the input has been idle
-        for ``idle_s`` seconds; everything read by then is committed and acknowledged)."""
+        for ``idle_s`` seconds and every series seen is at its change-log head; everything
+        read by then is committed and acknowledged)."""
         idle_since: float | None = None
         backoff_s = 0.1
+        next_reconcile = time.monotonic() + _RECONCILE_S
         heartbeat = telemetry.Heartbeat(max_age_s=30.0)  # /healthz 503 when the loop is stuck
         check_name = f"infer:{self._consumer.name}"
         telemetry.register_health_check(check_name, heartbeat)
@@ -167,7 +201,15 @@ class InferenceConsumer:
                     idle_since = idle_since if idle_since is not None else time.monotonic()
                     self._lag.set(0.0)
                     if drain and time.monotonic() - idle_since >= idle_s:
-                        break
+                        behind = await self._guarded(self._reconcile(stop))
+                        if behind == 0:
+                            break
+                        idle_since = None
+                        continue
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + _RECONCILE_S
+                    await self._guarded(self._reconcile(stop))
+            await self._guarded(self._save_checkpoints(stop, force=True))
             clean = True
         finally:
             telemetry.unregister_health_check(check_name)
@@ -188,6 +230,13 @@ class InferenceConsumer:
         self.stats.dead_letter_reasons = reasons
         self.stats.dead_letters = sum(reasons.values())
 
+    async def _guarded(self, work: Awaitable[int]) -> int | None:
+        """Run side work (reconcile, checkpoints) that a stop may cut short."""
+        try:
+            return await work
+        except _Stopped:
+            return None
+
     async def _handle(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
         try:
             return await self._handle_batch(records, stop)
@@ -196,7 +245,7 @@ class InferenceConsumer:
 
     async def _handle_batch(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
         to_ack: list[BusRecord] = []
-        signals: list[Signal] = []
+        changes: dict[Key, list[Bar]] = {}
         last_bar: Bar | None = None
         interval = self.engine.interval
         for rec in records:
@@ -211,80 +260,168 @@ class InferenceConsumer:
             if bar.interval != interval:
                 self.stats.skipped += 1
                 continue
-            key = (bar.provider, bar.symbol)
-            if key not in self._warm:
-                self._warm.add(key)
-                await self._warm_up(bar, stop)
-            out = await self.engine.on_bar(bar)
-            if out is None:
-                self.stats.bars_stale += 1
-                continue
-            self.stats.bars_scored += 1
-            if out:
-                signals.extend(out)
-                self._observe_freshness(bar, out)
+            changes.setdefault((bar.provider, bar.symbol), []).append(bar)
+        for key, bars in changes.items():
+            await self._apply(key, bars, stop)
         if last_bar is not None:
             # how far behind wall time the newest bar of the batch closed; only for live data
             # (a replay of last year's bars is not "a year of lag")
             age_s = time.time() - self.engine.bar_end(last_bar)
             if 0.0 <= age_s <= _LIVE_WINDOW_S:
                 self._lag.set(age_s * 1000.0)
-        if signals and not await self._commit(signals, stop):
-            return False
+        await self._score_and_commit(list(changes), stop)
         if to_ack:
             await self._ack(to_ack)
         return True
 
-    async def _warm_up(self, first: Bar, stop: asyncio.Event) -> None:
-        """Replay the store's bars just before ``first`` into the features (no signals)."""
-        if self.config.features.warmup_bars <= 0:
-            return
-        start = first.ts - self._warmup_span
-        bars = await self._store_call(
-            lambda: self._store.bars_range(
-                first.provider, first.symbol, first.interval, start, first.ts
+    async def _apply(self, key: Key, bars: list[Bar], stop: asyncio.Event) -> None:
+        """Offer a series' changes of this batch to its timeline (resumed from the store on
+        first sight, and again when memory cannot apply one)."""
+        timeline = self._timelines.get(key)
+        if timeline is None:
+            timeline = await self._resume(key, stop)
+        # in change order; a bar without change_seq (not from the log) sorts last and resyncs
+        for bar in sorted(bars, key=lambda b: (b.change_seq is None, b.change_seq or 0)):
+            outcome = timeline.offer(bar)
+            if outcome is Offer.STALE:
+                self.stats.bars_stale += 1
+            elif outcome is Offer.RESYNC:
+                log.info(
+                    "%s|%s: change %s of %s cannot be applied from memory (applied up to %d); "
+                    "resuming the series from the store",
+                    key[0],
+                    key[1],
+                    bar.change_seq,
+                    bar.ts.isoformat(),
+                    timeline.applied_seq,
+                )
+                self.stats.resyncs += 1
+                timeline = await self._resume(key, stop)
+                # the store read reflects at least this change; later ones still apply
+                continue
+
+    async def _resume(self, key: Key, stop: asyncio.Event) -> SeriesTimeline:
+        engine = self.engine
+        resume = await self._store_call(
+            lambda: self._signals_store.resume_series(
+                engine.state_key, key[0], key[1], engine.interval
             ),
             stop,
         )
-        for bar in bars[-self.config.features.warmup_bars :]:
-            self.engine.warm(bar)
-        self.stats.warmup_bars += len(bars)
-        if bars:
+        timeline = SeriesTimeline.resume(key[0], key[1], resume)
+        self._timelines[key] = timeline
+        engine.forget(*key)
+        self.stats.resumes += 1
+        self.stats.bars_loaded += len(resume.bars)
+        cp = resume.checkpoint
+        log.info(
+            "%s|%s: resumed from %s and %d stored %s bars after it (change log at %d)",
+            key[0],
+            key[1],
+            "the series' first bar" if cp is None else f"a checkpoint at {cp.ts.isoformat()}",
+            len(resume.bars),
+            engine.interval,
+            resume.seq,
+        )
+        return timeline
+
+    async def _reconcile(self, stop: asyncio.Event) -> int:
+        """Resume the series seen here whose change log is past what they applied; returns
+        how many were behind."""
+        if not self._timelines:
+            return 0
+        heads = await self._store_call(
+            lambda: self._signals_store.series_heads(self.engine.interval), stop
+        )
+        behind = [k for k, t in self._timelines.items() if heads.get(k, 0) > t.applied_seq]
+        for key in behind:
             log.info(
-                "warmed %s|%s up from %d stored %s bars (%s .. %s)",
-                first.provider,
-                first.symbol,
-                len(bars),
-                first.interval,
-                bars[0].ts.isoformat(),
-                bars[-1].ts.isoformat(),
+                "%s|%s: the change log is at %d, %d applied here (changes lost on the bus?); "
+                "resuming the series from the store",
+                key[0],
+                key[1],
+                heads[key],
+                self._timelines[key].applied_seq,
             )
+            self.stats.resyncs += 1
+            await self._resume(key, stop)
+        if behind:
+            await self._score_and_commit(behind, stop)
+        return len(behind)
 
-    def _observe_freshness(self, bar: Bar, signals: Sequence[Signal]) -> None:
-        age_s = time.time() - self.engine.bar_end(bar)
-        for s in signals:
-            telemetry.SIGNAL_FRESHNESS.labels(adapter=s.adapter).observe(max(age_s, 0.0))
+    async def _score_and_commit(self, keys: Sequence[Key], stop: asyncio.Event) -> None:
+        """Score the series that need it, diff their signals with the table, write the
+        difference (publish, then upsert), advance their timelines and store due
+        checkpoints."""
+        t0 = time.perf_counter()
+        scored: dict[Key, Scored] = {}
+        for key in keys:
+            timeline = self._timelines[key]
+            result = await timeline.score(self.engine)
+            if result is None:
+                continue
+            scored[key] = result
+            self.stats.bars_scored += result.evaluated
+            self.stats.bars_replayed += result.replayed
+        if scored:
+            await self._write_difference(scored, stop)
+        for key in keys:
+            self._timelines[key].advance(self._final_lag_us)
+        self.stats.rescore_s += time.perf_counter() - t0
+        await self._save_checkpoints(stop, force=False)
 
-    async def _commit(self, signals: list[Signal], stop: asyncio.Event) -> bool:
-        unique = list({s.signal_id: s for s in signals}.values())
-        start = min(s.ts for s in unique)
-        end = max(s.ts for s in unique) + timedelta(microseconds=1)
-        try:
-            existing = await self._store_call(
-                lambda: self._signals_store.signals_range(start, end), stop
-            )
-            known = {s.signal_id for s in existing}
-            fresh = [s for s in unique if s.signal_id not in known]
-            if fresh:
-                await self._publish(fresh, stop)
-            await self._store_call(lambda: self._signals_store.upsert_signals(unique), stop)
-        except _Stopped:
-            return False
+    async def _write_difference(self, scored: dict[Key, Scored], stop: asyncio.Event) -> None:
+        interval = self.engine.interval
+        own = self.engine.adapter.name
+        series = [(k[0], k[1], r.since) for k, r in scored.items()]
+        stored = await self._store_call(
+            lambda: self._signals_store.signals_since(series, adapters=self._adapters), stop
+        )
+        old = {s.signal_id: s for s in stored if s.meta.get("interval") == interval}
+        new: dict[str, Signal] = {}
+        for result in scored.values():
+            for sig in result.signals:
+                new[sig.signal_id] = sig
+        changed = [s for sid, s in new.items() if old.get(sid) != s]
+        fresh = [s for s in changed if s.signal_id not in old or old[s.signal_id].state != s.state]
+        retract = [
+            o.model_copy(update={"state": "retracted"})
+            for sid, o in old.items()
+            if sid not in new and o.state == "active" and o.adapter == own
+        ]
+        out = changed + retract
+        if not out:
+            return
+        await self._publish(out, stop)
+        await self._store_call(lambda: self._signals_store.upsert_signals(out), stop)
+        self._observe_freshness(fresh)
         for s in fresh:
             telemetry.SIGNALS_EMITTED.labels(name=s.name, adapter=s.adapter).inc()
-        self.stats.signals += len(unique)
-        self.stats.signals_published += len(fresh)
-        return True
+        for s in retract:
+            telemetry.SIGNALS_RETRACTED.labels(name=s.name, adapter=s.adapter).inc()
+        self.stats.signals += len(out)
+        self.stats.signals_published += len(out)
+        self.stats.retracted += len(retract)
+
+    async def _save_checkpoints(self, stop: asyncio.Event, *, force: bool) -> int:
+        interval = self.engine.interval
+        due: list[FeatureCheckpoint] = []
+        for timeline in self._timelines.values():
+            cp = timeline.checkpoint(interval, force=force)
+            if cp is not None:
+                due.append(cp)
+        if due:
+            await self._store_call(
+                lambda: self._signals_store.save_checkpoints(self.engine.state_key, due), stop
+            )
+            self.stats.checkpoints += len(due)
+        return len(due)
+
+    def _observe_freshness(self, signals: Sequence[Signal]) -> None:
+        now = time.time()
+        for s in signals:
+            age_s = now - (s.ts.timestamp() + self.engine.interval_us / 1e6)
+            telemetry.SIGNAL_FRESHNESS.labels(adapter=s.adapter).observe(max(age_s, 0.0))
 
     async def _publish(self, signals: Sequence[Signal], stop: asyncio.Event) -> None:
         codec = self.config.bus.codec
@@ -335,7 +472,7 @@ class InferenceConsumer:
         try:
             await self._consumer.ack(records)
         except BusError as exc:
-            # the signals are committed; a redelivery is a no-op (stale bars, known ids)
+            # the signals are committed; a redelivery is a no-op (changes already applied)
             telemetry.ERRORS.labels(component=_COMPONENT, reason="ack").inc()
             log.warning(
                 "ack of %d entries failed (%s); they will be redelivered", len(records), exc

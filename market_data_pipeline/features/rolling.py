@@ -433,12 +433,19 @@ class _Vwap(_Feature):
 
     def state(self) -> list[Any]:
         xs = self.xs
-        return [[e[0] for e in xs], [e[1] for e in xs], [e[2] for e in xs], self.pv[:], self.v[:]]
+        return [
+            [e[0] for e in xs],
+            [e[1] for e in xs],
+            [e[2] for e in xs],  # None: a bar without volume
+            self.pv[:],
+            self.v[:],
+            self.unknown,
+        ]
 
     def load(self, state: Sequence[Any]) -> None:
-        ts, pvs, vs, pv, v = state
+        ts, pvs, vs, pv, v, unknown = state
         self.xs = deque(zip(ts, pvs, vs, strict=True))
-        self.pv, self.v = list(pv), list(v)
+        self.pv, self.v, self.unknown = list(pv), list(v), int(unknown)
 
 
 class _AsOfChange(_Feature):

@@ -2,16 +2,25 @@
 
 :class:`InferenceEngine` is pure computation over event time (no I/O): the consumer stage
 (``consumers/inference_consumer.py``) feeds it bars and writes what it returns. Fed the same
-bars it returns the same signals, with the same ids.
+bars it returns the same signals, with the same ids. Its whole state for a series (features
+and the adapter's edges, cooldowns, crosses, directions) can be exported and imported exactly
+(:meth:`InferenceEngine.export_state`), which is how a corrected bar is re-scored from the
+state before it and how a restarted engine continues from a checkpoint bit for bit;
+:attr:`InferenceEngine.state_key` names what such a state is valid for.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+import msgpack
 
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, Signal
@@ -23,15 +32,29 @@ from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
 from market_data_pipeline.project import rules_file
 
-__all__ = ["AdapterKind", "InferenceEngine", "WarmableAdapter", "build_adapter"]
+__all__ = ["STATE_FORMAT", "AdapterKind", "InferenceEngine", "WarmableAdapter", "build_adapter"]
 
 AdapterKind = Literal["rules", "sklearn"]
 
 
+# Bumped whenever the layout of an exported state changes: older checkpoints then no longer
+# match any engine's state_key and are ignored.
+STATE_FORMAT = 1
+
+
 class WarmableAdapter(InferenceAdapter, Protocol):
-    """An adapter that can advance its state on a snapshot without emitting (warm-up)."""
+    """An adapter whose per-symbol state can advance without emitting (``observe``) and be
+    exported and imported exactly (plain lists, ints, floats)."""
 
     def observe(self, snapshot: FeatureSnapshot) -> None: ...
+
+    def identity(self) -> list[Any]: ...
+
+    def export_state(self, key: tuple[str, str]) -> list[Any]: ...
+
+    def import_state(self, key: tuple[str, str], state: Sequence[Any]) -> None: ...
+
+    def forget(self, key: tuple[str, str]) -> None: ...
 
 
 def build_adapter(
@@ -68,6 +91,42 @@ class InferenceEngine:
         self.interval = interval
         self.interval_us = parse_duration_ms(interval) * 1000
         self._eval_hist = telemetry.INFERENCE_EVAL_DURATION.labels(adapter=adapter.name)
+        identity = {
+            "format": STATE_FORMAT,
+            "interval": interval,
+            "windows": [dataclasses.astuple(s) for s in features.specs],
+            "adapter": [adapter.name, adapter.identity()],
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        #: what an exported state is valid for: the same features, adapter, rules or model,
+        #: and interval (a checkpoint of another engine is never loaded)
+        self.state_key = f"{adapter.name}:{interval}:{digest[:24]}"
+
+    def export_state(self, provider: str, symbol: str) -> bytes:
+        """The series' whole state (features and adapter) as msgpack bytes."""
+        key = (provider, symbol)
+        return bytes(
+            msgpack.packb(
+                [self.features.export_state(provider, symbol), self.adapter.export_state(key)]
+            )
+        )
+
+    def import_state(self, provider: str, symbol: str, state: bytes | None) -> None:
+        """Replace the series' state with one from :meth:`export_state` (``None``: a series
+        with no bar yet). Raises ``ValueError`` when it does not fit this engine."""
+        if state is None:
+            self.forget(provider, symbol)
+            return
+        try:
+            features, adapter = msgpack.unpackb(state)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise ValueError(f"not an engine state: {exc}") from exc
+        self.features.import_state(provider, symbol, features)
+        self.adapter.import_state((provider, symbol), adapter)
+
+    def forget(self, provider: str, symbol: str) -> None:
+        self.features.forget(provider, symbol)
+        self.adapter.forget((provider, symbol))
 
     def warm(self, bar: Bar) -> None:
         """Advance features and the adapter's state without emitting (store warm-up)."""

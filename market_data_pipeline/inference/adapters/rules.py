@@ -182,5 +182,48 @@ class RulesAdapter:
         """Advance edge/cooldown/cross state without emitting (warm-up)."""
         self.evaluate_sync(snapshot)
 
+    def identity(self) -> list[Any]:
+        """What the signals depend on besides the snapshots: the rules, as configured."""
+        return [r.config.model_dump(mode="json") for r in self.rules]
+
+    def export_state(self, key: tuple[str, str]) -> list[Any]:
+        """The symbol's edge, cooldown and cross state as plain lists (``[]``: none yet)."""
+        states = self._state.get(key)
+        last = self._last_ts.get(key)
+        if states is None and last is None:
+            return []
+        return [
+            last,
+            [[st.memory.previous[:], st.last_true, st.last_fire_us] for st in states or []],
+        ]
+
+    def import_state(self, key: tuple[str, str], state: Sequence[Any]) -> None:
+        """Replace the symbol's state with one from :meth:`export_state` of the same rules.
+        Raises ``ValueError`` when it does not fit them."""
+        self.forget(key)
+        if not state:
+            return
+        last, rules = state
+        if last is not None:
+            self._last_ts[key] = int(last)
+        if not rules:
+            return
+        if len(rules) != len(self.rules):
+            raise ValueError(f"a rules state of {len(rules)} rules does not fit {len(self.rules)}")
+        states = []
+        for rule, (previous, last_true, last_fire_us) in zip(self.rules, rules, strict=True):
+            st = _RuleState(rule.expr.new_memory())
+            if len(previous) != len(st.memory.previous):
+                raise ValueError(f"rule {rule.name!r}: the state does not fit its condition")
+            st.memory.previous = [float(x) for x in previous]
+            st.last_true = bool(last_true)
+            st.last_fire_us = None if last_fire_us is None else int(last_fire_us)
+            states.append(st)
+        self._state[key] = states
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._state.pop(key, None)
+        self._last_ts.pop(key, None)
+
     async def aclose(self) -> None:
         return None

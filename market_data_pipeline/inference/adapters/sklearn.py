@@ -208,6 +208,40 @@ class SklearnAdapter:
             self._observed[key] = row
             self._direction.pop(key, None)
 
+    def identity(self) -> list[Any]:
+        """The model (by hash), how its output becomes signals, and the fallback rules."""
+        return [
+            self.sha256,
+            self.config.model_dump(mode="json", include={"signal_name", "threshold"}),
+            self.fallback.identity(),
+        ]
+
+    def export_state(self, key: tuple[str, str]) -> list[Any]:
+        """The fallback's state, the symbol's last direction and its remembered row."""
+        fallback = self.fallback.export_state(key)
+        direction = self._direction.get(key)
+        observed = self._observed.get(key)
+        if not fallback and direction is None and observed is None:
+            return []
+        return [fallback, direction, None if observed is None else observed[:]]
+
+    def import_state(self, key: tuple[str, str], state: Sequence[Any]) -> None:
+        """Replace the symbol's state with one from :meth:`export_state`."""
+        self.forget(key)
+        if not state:
+            return
+        fallback, direction, observed = state
+        self.fallback.import_state(key, fallback)
+        if direction is not None:
+            self._direction[key] = int(direction)
+        if observed is not None:
+            self._observed[key] = [float(x) for x in observed]
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.fallback.forget(key)
+        self._direction.pop(key, None)
+        self._observed.pop(key, None)
+
     async def evaluate(self, snapshot: FeatureSnapshot) -> list[Signal]:
         fallback_signals = self.fallback.evaluate_sync(snapshot)
         row = self._row(snapshot)
