@@ -136,14 +136,20 @@ class InferenceEngine:
 
     async def on_bar(self, bar: Bar) -> list[Signal] | None:
         """Signals for a closed bar; ``None`` if the bar is not newer than the symbol's last
-        one (a redelivery, a replay, a late correction): nothing changes then."""
+        one (the state is then unchanged)."""
+        scored = await self.score_bar(bar)
+        return None if scored is None else scored[1]
+
+    async def score_bar(self, bar: Bar) -> tuple[FeatureSnapshot, list[Signal]] | None:
+        """The features after a closed bar and its signals (``meta.interval`` added);
+        ``None`` if the bar is not newer than the symbol's last one."""
         snapshot = self.features.update_bar(bar)
         if snapshot is None:
             return None
         t0 = time.perf_counter()
         signals = await self.adapter.evaluate(snapshot)
         self._eval_hist.observe(time.perf_counter() - t0)
-        return [
+        return snapshot, [
             s.model_copy(update={"meta": {**s.meta, "interval": bar.interval}}) for s in signals
         ]
 

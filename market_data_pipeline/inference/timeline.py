@@ -147,10 +147,10 @@ class SeriesTimeline:
             return Offer.RESYNC
         if seq <= self.applied_seq:
             return Offer.STALE
-        self.applied_seq = seq
         ts = to_epoch_us(bar.ts)
         if self._base.ts_us is not None and ts <= self._base.ts_us:
             return Offer.RESYNC  # it changes a bar the base already holds
+        self.applied_seq = seq
         i = bisect_left(self._ts, ts)
         if i < len(self._ts) and self._ts[i] == ts:
             self._bars[i] = bar
