@@ -348,7 +348,9 @@ class FeatureCheckpoint:
 
     ``state`` is opaque to the store (the engine's msgpack). ``as_of_seq``: the state is the
     function of the series' bars up to ``ts`` as of the series' change ``as_of_seq``; it stays
-    valid while no later change touches a bar at or before ``ts``. ``bars``: bars it covers.
+    valid while no later change touches a bar at or before ``ts``. ``progress_seq``: when it
+    was saved, the engine's signals reflected every change of the series up to this one (the
+    consumer's progress). ``bars``: bars it covers.
     """
 
     provider: str
@@ -356,6 +358,7 @@ class FeatureCheckpoint:
     interval: str
     ts: datetime
     as_of_seq: int
+    progress_seq: int
     bars: int
     state: bytes
 
@@ -411,8 +414,11 @@ class SignalsStoreClient(Protocol):
         per series and engine."""
         ...
 
-    async def series_heads(self, interval: str) -> dict[tuple[str, str], int]:
-        """Every (provider, symbol) with bars of ``interval`` and its change-log head."""
+    async def series_progress(
+        self, engine_key: str, interval: str
+    ) -> dict[tuple[str, str], tuple[int, int | None]]:
+        """Every (provider, symbol) with a change log at ``interval``: its head ``seq`` and
+        the newest ``progress_seq`` of ``engine_key``'s checkpoints (``None``: none)."""
         ...
 
     async def aclose(self) -> None: ...

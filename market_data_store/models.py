@@ -160,6 +160,7 @@ class FeatureCheckpointRow(Base):
     interval: Mapped[str] = mapped_column(Text)
     ts: Mapped[datetime] = mapped_column(_TSTZ)
     as_of_seq: Mapped[int] = mapped_column(BigInteger)
+    progress_seq: Mapped[int] = mapped_column(BigInteger)
     bars: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))

@@ -83,7 +83,7 @@ _HEAD_SQL = (
 # one). bar_changes' unique key (provider, symbol, interval, seq) makes the check a short
 # index range scan.
 _VALID_CHECKPOINT_SQL = """
-SELECT c.ts, c.as_of_seq, c.bars, c.state
+SELECT c.ts, c.as_of_seq, c.progress_seq, c.bars, c.state
 FROM feature_checkpoints c
 WHERE (c.engine_key, c.provider, c.symbol, c.interval) = ($1, $2, $3, $4)
   AND c.as_of_seq >= $5 AND c.as_of_seq <= $6
@@ -105,13 +105,15 @@ ORDER BY ts
 
 _SAVE_CHECKPOINTS_SQL = """
 INSERT INTO feature_checkpoints AS c (engine_key, provider, symbol, interval, ts, as_of_seq,
-                                      bars, state, created_at)
-SELECT $1, x.provider, x.symbol, x.interval, x.ts, x.as_of_seq, x.bars, x.state, now()
+                                      progress_seq, bars, state, created_at)
+SELECT $1, x.provider, x.symbol, x.interval, x.ts, x.as_of_seq, x.progress_seq, x.bars,
+       x.state, now()
 FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[],
-            $8::bytea[]) AS x(provider, symbol, interval, ts, as_of_seq, bars, state)
+            $8::bigint[], $9::bytea[])
+     AS x(provider, symbol, interval, ts, as_of_seq, progress_seq, bars, state)
 ON CONFLICT (engine_key, provider, symbol, interval, ts) DO UPDATE SET
-    as_of_seq = EXCLUDED.as_of_seq, bars = EXCLUDED.bars, state = EXCLUDED.state,
-    created_at = EXCLUDED.created_at
+    as_of_seq = EXCLUDED.as_of_seq, progress_seq = EXCLUDED.progress_seq,
+    bars = EXCLUDED.bars, state = EXCLUDED.state, created_at = EXCLUDED.created_at
 """
 
 _TRIM_CHECKPOINTS_SQL = """
@@ -126,7 +128,14 @@ WHERE (c.engine_key, c.provider, c.symbol, c.interval) = ($1, x.provider, x.symb
   )
 """
 
-_HEADS_SQL = "SELECT provider, symbol, seq FROM bar_series WHERE interval = $1"
+_PROGRESS_SQL = """
+SELECT b.provider, b.symbol, b.seq,
+       (SELECT max(c.progress_seq) FROM feature_checkpoints c
+        WHERE (c.engine_key, c.provider, c.symbol, c.interval)
+              = ($1, b.provider, b.symbol, b.interval)) AS progress
+FROM bar_series b
+WHERE b.interval = $2
+"""
 
 _MIN_TS = datetime(1, 1, 1, tzinfo=UTC)
 
@@ -231,6 +240,7 @@ class PgSignalsStore(PgClientBase):
                 interval=interval,
                 ts=cp["ts"],
                 as_of_seq=cp["as_of_seq"],
+                progress_seq=cp["progress_seq"],
                 bars=cp["bars"],
                 state=bytes(cp["state"]),
             )
@@ -255,6 +265,7 @@ class PgSignalsStore(PgClientBase):
                     [c.interval for c in cps],
                     [c.ts for c in cps],
                     [c.as_of_seq for c in cps],
+                    [c.progress_seq for c in cps],
                     [c.bars for c in cps],
                     [c.state for c in cps],
                 )
@@ -267,11 +278,14 @@ class PgSignalsStore(PgClientBase):
                     max(1, keep),
                 )
 
-    async def series_heads(self, interval: str) -> dict[tuple[str, str], int]:
-        """Every (provider, symbol) with a change log at ``interval`` and its head ``seq``."""
-        with translate_errors("series_heads"):
-            rows = await self._pool.fetch(_HEADS_SQL, interval)
-        return {(r["provider"], r["symbol"]): r["seq"] for r in rows}
+    async def series_progress(
+        self, engine_key: str, interval: str
+    ) -> dict[tuple[str, str], tuple[int, int | None]]:
+        """Every series with a change log at ``interval``: (head seq, this engine's newest
+        checkpointed progress or ``None``)."""
+        with translate_errors("series_progress"):
+            rows = await self._pool.fetch(_PROGRESS_SQL, engine_key, interval)
+        return {(r["provider"], r["symbol"]): (r["seq"], r["progress"]) for r in rows}
 
 
 def _signal_from_row(r: Any) -> Signal:

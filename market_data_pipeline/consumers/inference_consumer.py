@@ -29,9 +29,10 @@ event per ``signal_id`` is the row). How:
   ``micro_batch.correction_horizon_ms + allow_late_ms`` plus a bar behind its newest bar) is
   stored every ``CHECKPOINT_EVERY`` bars and at a clean stop (``save_checkpoints``).
 * **Reconcile.** Every ``_RECONCILE_S``, and before a ``--drain`` run exits, the series'
-  change-log heads are read (``series_heads``): a series seen here whose head is past what
-  it applied (changes lost on the bus, e.g. by a Redis restart that lost acknowledged
-  writes) is resumed from the store.
+  change-log heads are compared with what this engine reflects (``series_progress``: the
+  applied position of a series seen here, else the progress its newest checkpoint
+  recorded): a series behind (changes lost on the bus, e.g. by a Redis restart that lost
+  acknowledged writes, or made while no engine ran) is resumed from the store.
 
 Bars of other intervals than ``features.interval`` (default: the micro-batch window) are
 acknowledged untouched (``skipped``); undecodable bars and bars with a non-positive price go
@@ -326,22 +327,30 @@ class InferenceConsumer:
         return timeline
 
     async def _reconcile(self, stop: asyncio.Event) -> int:
-        """Resume the series seen here whose change log is past what they applied; returns
-        how many were behind."""
-        if not self._timelines:
-            return 0
-        heads = await self._store_call(
-            lambda: self._signals_store.series_heads(self.engine.interval), stop
+        """Resume every series whose change log is past what this engine reflects: past what
+        a timeline here applied, or, for a series not seen by this process, past the progress
+        its newest checkpoint recorded (changes whose bus entries were lost, or arrived while
+        no engine ran). Series this engine never scored are left to their first change.
+        Returns how many were behind."""
+        engine = self.engine
+        progress = await self._store_call(
+            lambda: self._signals_store.series_progress(engine.state_key, engine.interval),
+            stop,
         )
-        behind = [k for k, t in self._timelines.items() if heads.get(k, 0) > t.applied_seq]
+        behind: list[Key] = []
+        for key, (head, saved) in progress.items():
+            timeline = self._timelines.get(key)
+            done = timeline.applied_seq if timeline is not None else saved
+            if done is not None and head > done:
+                behind.append(key)
         for key in behind:
             log.info(
-                "%s|%s: the change log is at %d, %d applied here (changes lost on the bus?); "
-                "resuming the series from the store",
+                "%s|%s: the change log is at %d, this engine reflects %d (changes lost on the "
+                "bus, or made while it was not running); resuming the series from the store",
                 key[0],
                 key[1],
-                heads[key],
-                self._timelines[key].applied_seq,
+                progress[key][0],
+                self._timelines[key].applied_seq if key in self._timelines else progress[key][1],
             )
             self.stats.resyncs += 1
             await self._resume(key, stop)

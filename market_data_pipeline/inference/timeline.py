@@ -85,7 +85,7 @@ class SeriesTimeline:
         base: _Snap,
         bars: list[Bar],
         seq: int,
-        persisted: bool,
+        persisted: FeatureCheckpoint | None = None,
     ) -> None:
         self.provider = provider
         self.symbol = symbol
@@ -101,7 +101,8 @@ class SeriesTimeline:
         self._live_bars = 0
         self._since_snap = 0
         self._dirty_us: int | None = None
-        self._persisted_bars = base.bars if persisted else 0
+        self._persisted_bars = 0 if persisted is None else persisted.bars
+        self._persisted_seq = 0 if persisted is None else persisted.progress_seq
 
     @classmethod
     def resume(cls, provider: str, symbol: str, resume: SeriesResume) -> SeriesTimeline:
@@ -118,7 +119,7 @@ class SeriesTimeline:
             base=base,
             bars=list(resume.bars),
             seq=resume.seq,
-            persisted=cp is not None,
+            persisted=cp,
         )
 
     @property
@@ -222,21 +223,26 @@ class SeriesTimeline:
         self._base = base
 
     def checkpoint(self, interval: str, *, force: bool = False) -> FeatureCheckpoint | None:
-        """The base as a checkpoint, when it is :data:`CHECKPOINT_EVERY` bars past the last
-        one persisted (``force``: when it is past it at all); ``None`` otherwise."""
+        """The base as a checkpoint (with ``applied_seq`` as the progress: call it once what
+        was scored is written), when it is :data:`CHECKPOINT_EVERY` bars past the last one
+        persisted, or with ``force`` when anything moved since; ``None`` otherwise."""
         base = self._base
-        if base.state is None or base.ts_us is None:
+        if base.state is None or base.ts_us is None or self.needs_scoring:
             return None
         newer = base.bars - self._persisted_bars
-        if newer <= 0 or (newer < CHECKPOINT_EVERY and not force):
+        if newer < CHECKPOINT_EVERY and not (
+            force and (newer > 0 or self.applied_seq > self._persisted_seq)
+        ):
             return None
         self._persisted_bars = base.bars
+        self._persisted_seq = self.applied_seq
         return FeatureCheckpoint(
             provider=self.provider,
             symbol=self.symbol,
             interval=interval,
             ts=from_epoch_us(base.ts_us),
             as_of_seq=base.as_of_seq,
+            progress_seq=self.applied_seq,
             bars=base.bars,
             state=base.state,
         )

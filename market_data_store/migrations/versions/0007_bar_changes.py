@@ -8,7 +8,8 @@
   the series' ``seq``; the relay publishes rows to ``mdp.bars`` in ``id`` order and sets
   ``relayed_at`` after the publish succeeded; relayed rows are pruned after a retention.
 - ``feature_checkpoints``: the inference stage's feature and adapter state of a series after
-  a bar, valid while no change after ``as_of_seq`` touched a bar at or before ``ts``.
+  a bar, valid while no change after ``as_of_seq`` touched a bar at or before ``ts``; and
+  ``progress_seq``: the engine's signals reflected the series up to that change when saved.
 - ``signals.state``: ``active`` or ``retracted`` (a re-scored bar no longer produces it).
 
 Revision ID: 0007_bar_changes
@@ -81,6 +82,7 @@ def upgrade() -> None:
         sa.Column("interval", sa.Text(), nullable=False),
         sa.Column("ts", _TSTZ, nullable=False),
         sa.Column("as_of_seq", sa.BigInteger(), nullable=False),
+        sa.Column("progress_seq", sa.BigInteger(), nullable=False),
         sa.Column("bars", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", _TSTZ, nullable=False, server_default=sa.text("now()")),
