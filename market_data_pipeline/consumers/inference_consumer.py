@@ -31,8 +31,9 @@ event per ``signal_id`` is the row). How:
 * **Reconcile.** Every ``_RECONCILE_S``, and before a ``--drain`` run exits, the series'
   change-log heads are compared with what this engine reflects (``series_progress``: the
   applied position of a series seen here, else the progress its newest checkpoint
-  recorded): a series behind (changes lost on the bus, e.g. by a Redis restart that lost
-  acknowledged writes, or made while no engine ran) is resumed from the store.
+  recorded): a series still behind a head seen ``_RECONCILE_S`` earlier (changes lost on
+  the bus, e.g. by a Redis restart that lost acknowledged writes, or made while no engine
+  ran) is resumed from the store.
 
 Bars of other intervals than ``features.interval`` (default: the micro-batch window) are
 acknowledged untouched (``skipped``); undecodable bars and bars with a non-positive price go
@@ -150,6 +151,7 @@ class InferenceConsumer:
         self._consumer = bus.consumer(self._topic, self.group, consumer_name)
         self._stage_letters: dict[str, int] = {}
         self._timelines: dict[Key, SeriesTimeline] = {}
+        self._seen_heads: dict[Key, int] = {}  # change-log heads at the previous reconcile
         # adapters whose rows this engine writes; it retracts only its own adapter's rows
         # (an sklearn engine falls back to rules signals, which a rules engine also owns)
         self._adapters = sorted({engine.adapter.name, "rules"})
@@ -202,14 +204,14 @@ class InferenceConsumer:
                     idle_since = idle_since if idle_since is not None else time.monotonic()
                     self._lag.set(0.0)
                     if drain and time.monotonic() - idle_since >= idle_s:
-                        behind = await self._guarded(self._reconcile(stop))
+                        behind = await self._guarded(self._reconcile(stop, settled=False))
                         if behind == 0:
                             break
                         idle_since = None
                         continue
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + _RECONCILE_S
-                    await self._guarded(self._reconcile(stop))
+                    await self._guarded(self._reconcile(stop, settled=True))
             await self._guarded(self._save_checkpoints(stop, force=True))
             clean = True
         finally:
@@ -326,22 +328,27 @@ class InferenceConsumer:
         )
         return timeline
 
-    async def _reconcile(self, stop: asyncio.Event) -> int:
+    async def _reconcile(self, stop: asyncio.Event, *, settled: bool) -> int:
         """Resume every series whose change log is past what this engine reflects: past what
         a timeline here applied, or, for a series not seen by this process, past the progress
-        its newest checkpoint recorded (changes whose bus entries were lost, or arrived while
+        its newest checkpoint recorded (changes whose bus entries were lost, or made while
         no engine ran). Series this engine never scored are left to their first change.
+        ``settled``: only count changes the previous reconcile already saw, so that changes
+        still on their way through the relay and the bus are not taken for lost (the
+        periodic check); otherwise every change counts (``--drain``, once the bus is idle).
         Returns how many were behind."""
         engine = self.engine
         progress = await self._store_call(
             lambda: self._signals_store.series_progress(engine.state_key, engine.interval),
             stop,
         )
+        previous, self._seen_heads = self._seen_heads, {k: h for k, (h, _) in progress.items()}
         behind: list[Key] = []
         for key, (head, saved) in progress.items():
             timeline = self._timelines.get(key)
             done = timeline.applied_seq if timeline is not None else saved
-            if done is not None and head > done:
+            due = previous.get(key, 0) if settled else head
+            if done is not None and due > done:
                 behind.append(key)
         for key in behind:
             log.info(
