@@ -27,8 +27,9 @@ import yaml
 
 from market_data_core.codec import encode_event, encode_events
 from market_data_core.config import AppConfig
-from market_data_core.contracts import StreamEvent
+from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import ConfigError, MDPError
+from market_data_core.protocols import SignalsStoreClient
 from market_data_core.timeutil import format_duration_ms, parse_duration_ms
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
@@ -77,6 +78,20 @@ class FullPath:
     bars_scored: int = 0
     signals: int = 0
     exact: bool = False
+    # signals = reference: the active signal rows of the run's series equal one clean pass of
+    # a fresh engine over their final bars (inference/reference.py)
+    signals_reference: bool = False
+    reference_bars: int = 0
+    reference_signals: int = 0
+    # the cost of the outbox and of re-scoring: bar changes relayed by the workers, wall time
+    # in their relay calls; inference's scoring-and-diff time, bars replayed, rows retracted
+    bars_relayed: int = 0
+    relay_calls: int = 0
+    relay_s: float = 0.0
+    rescore_s: float = 0.0
+    bars_replayed: int = 0
+    resumes: int = 0
+    retracted: int = 0
     # CPU seconds per role over the steady part of the run, and µs of CPU per event
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_us_per_event: dict[str, float] = field(default_factory=dict)
@@ -385,23 +400,57 @@ async def _full_path(
     result.latency_p99_ms = percentile(latencies, 99)
     result.lag_ms_max = max(lags, default=0.0)
     result.lag_ms_p95 = percentile(lags, 95) or 0.0
-    result.bars_scored, result.signals = inference.stats.bars_scored, inference.stats.signals
+    inf = inference.stats
+    result.bars_scored, result.signals = inf.bars_scored, inf.signals
+    result.rescore_s, result.bars_replayed = round(inf.rescore_s, 3), inf.bars_replayed
+    result.resumes, result.retracted = inf.resumes, inf.retracted
+    result.bars_relayed = sum(st.get("bars_relayed", 0) for st in final)
+    result.relay_calls = sum(st.get("relay_calls", 0) for st in final)
+    result.relay_s = round(sum(st.get("relay_s", 0.0) for st in final), 3)
     interval = format_duration_ms(cfg.micro_batch.window_ms)
     end = datetime.now(UTC) + timedelta(minutes=1)
+    final_bars: list[Bar] = []
     for k in range(producers):
         for name in names[k::producers]:
             bars = await store.bars_range(
                 f"bench{k}", name, interval, started_at - timedelta(1), end
             )
             result.bars_trade_count += sum(b.trade_count or 0 for b in bars)
+            final_bars += bars
     result.exact = (
         result.published == result.events_in == result.ticks_inserted == result.bars_trade_count
         and result.dead_letters == 0
     )
+    await _check_signals(cfg, result, final_bars, signals_store, started_at - timedelta(1), end)
     await signals_store.aclose()
     await store.aclose()
     await bus.aclose()
     return result
+
+
+async def _check_signals(
+    cfg: AppConfig,
+    result: FullPath,
+    bars: list[Bar],
+    signals_store: SignalsStoreClient,
+    start: datetime,
+    end: datetime,
+) -> None:
+    """signals = reference: the run's active signal rows against a fresh engine's one clean
+    pass over the run's final bars (the same rows, every field and feature bit for bit)."""
+    from market_data_pipeline.cli.cmd_run import _engine
+    from market_data_pipeline.inference.reference import clean_pass, signal_rows
+
+    reference = await clean_pass(_engine(cfg, "rules"), bars)
+    series = {(b.provider, b.symbol) for b in bars}
+    rows = [
+        s
+        for s in await signals_store.signals_range(start, end)
+        if (s.provider, s.symbol) in series and s.state == "active"
+    ]
+    result.reference_bars = len(bars)
+    result.reference_signals = len(reference.signals)
+    result.signals_reference = signal_rows(rows) == signal_rows(reference.signals)
 
 
 def _cpu_split(
@@ -425,6 +474,10 @@ def _cpu_split(
 
 def _ok(flag: bool) -> str:
     return "ok" if flag else "MISSED"
+
+
+def _per_event(seconds: float, events: int) -> str:
+    return f"{seconds * 1e6 / events:.2f}" if events else "n/a"
 
 
 def _table(
@@ -467,9 +520,21 @@ def _table(
             "exact",
             f"{f.published:,} published = {f.events_in:,} consumed = {f.ticks_inserted:,} "
             f"stored = {f.bars_trade_count:,} in bars, {f.dead_letters} dead letters: "
-            f"{_ok(f.exact)}",
+            f"{_ok(f.exact)}; signals = reference ({f.reference_signals:,} signals over "
+            f"{f.reference_bars:,} final bars): {_ok(f.signals_reference)}",
         ),
         ("bars -> features -> inference", f"{f.bars_scored:,} bars scored, {f.signals:,} signals"),
+        (
+            "outbox relay (workers)",
+            f"{f.bars_relayed:,} bar changes in {f.relay_calls:,} relay calls, "
+            f"{f.relay_s:.2f} s in them = {_per_event(f.relay_s, f.events_in)} µs per event",
+        ),
+        (
+            "scoring and re-scoring (inference)",
+            f"{f.rescore_s:.2f} s = {_per_event(f.rescore_s, f.events_in)} µs per event; "
+            f"{f.bars_replayed:,} bars replayed, {f.resumes:,} series resumed, "
+            f"{f.retracted:,} signals retracted",
+        ),
     ]
     if f.cpu_us_per_event:
         total = sum(f.cpu_us_per_event.values())

@@ -57,4 +57,8 @@ def test_bench_runs_the_full_path_exactly(
         full["published"] == full["events_in"] == full["ticks_inserted"] == full["bars_trade_count"]
     )
     assert full["bars_scored"] > 0
+    # signals = reference: the run's signal rows equal a clean pass over its final bars
+    assert full["signals_reference"] is True and full["reference_bars"] > 6 * 3
+    assert full["bars_relayed"] >= full["reference_bars"]
+    assert "signals = reference" in proc.stdout and "outbox relay" in proc.stdout
     assert record["params"]["workers"] == 2 and record["machine"]["cpus"]
