@@ -46,9 +46,7 @@ def urls_of(cfg: AppConfig, database_url: str | None = None) -> ServerUrls:
     return ServerUrls(cfg.bus.redis.uri, database_url or cfg.store.dsn, None)
 
 
-async def final_bars(
-    cfg: AppConfig, series: Sequence[tuple[str, str]], interval: str
-) -> list[Bar]:
+async def final_bars(cfg: AppConfig, series: Sequence[tuple[str, str]], interval: str) -> list[Bar]:
     store = await open_store(cfg, urls_of(cfg))
     try:
         out: list[Bar] = []
