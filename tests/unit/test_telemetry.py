@@ -225,7 +225,7 @@ async def test_stage_loops_register_a_heartbeat_on_healthz() -> None:
     import urllib.request
 
     from market_data_core.config import AppConfig
-    from market_data_core.protocols import BusRecord
+    from market_data_core.protocols import BusRecord, RelayResult
     from market_data_pipeline.consumers.micro_batcher import MicroBatcher
     from market_data_pipeline.telemetry import start_metrics_server
 
@@ -246,9 +246,13 @@ async def test_stage_loops_register_a_heartbeat_on_healthz() -> None:
         def consumer(self, topic: str, group: str, name: str) -> IdleConsumer:
             return IdleConsumer()
 
+    class EmptyOutbox:
+        async def relay_bar_changes(self, publish: object, *, limit: int) -> RelayResult:
+            return RelayResult()
+
     server = start_metrics_server("127.0.0.1", 0)
     stop = asyncio.Event()
-    batcher = MicroBatcher(AppConfig(), IdleBus(), object(), consumer_name="hb-test")  # type: ignore[arg-type]
+    batcher = MicroBatcher(AppConfig(), IdleBus(), EmptyOutbox(), consumer_name="hb-test")  # type: ignore[arg-type]
     task = asyncio.create_task(batcher.run(stop))
     try:
         await asyncio.sleep(0.3)
