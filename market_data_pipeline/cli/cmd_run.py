@@ -162,7 +162,11 @@ def _summary_table(s: RunSummary, cfg: AppConfig) -> str:
         ),
         ("late corrections", f"{mb.late_corrections:,} (bars revised)"),
         ("bars scored", f"{inf.bars_scored:,}"),
-        ("signals emitted", f"{inf.signals:,}"),
+        (
+            "signals emitted",
+            f"{inf.signals - inf.retracted:,}"
+            + (f" ({inf.retracted:,} retracted by corrected bars)" if inf.retracted else ""),
+        ),
         (
             "p95 window latency",
             "n/a (no live windows)" if p95 is None else f"{p95:,.0f} ms (window end -> commit)",
@@ -210,7 +214,8 @@ async def _sample(c: _Clients, interval: str) -> str:
     for sig in signals[-5:]:
         lines.append(
             f"  signal {sig.provider}/{sig.symbol} {sig.ts:%Y-%m-%d %H:%M:%S} "
-            f"{sig.name} value={sig.value:g} score={sig.score:g} ({sig.adapter})"
+            f"{sig.name} value={sig.value:g} score={sig.score:g} ({sig.adapter}"
+            f"{', retracted' if sig.state == 'retracted' else ''})"
         )
     return "\n".join(lines)
 

@@ -259,6 +259,8 @@ class MicroBatcher:
         try:
             while not stop.is_set():
                 heartbeat.beat()
+                if relay.done():
+                    relay.result()  # the relay only ends by itself on an unexpected error
                 drain = live_drain or (drain_on is not None and drain_on.is_set())
                 try:
                     await self._renew_held()
