@@ -527,11 +527,13 @@ def _table(
         (
             "outbox relay (workers)",
             f"{f.bars_relayed:,} bar changes in {f.relay_calls:,} relay calls, "
-            f"{f.relay_s:.2f} s in them = {_per_event(f.relay_s, f.events_in)} µs per event",
+            f"{f.relay_s:.2f} s of wall time in them (waits for a store connection and the "
+            f"bus included) = {_per_event(f.relay_s, f.events_in)} µs per event",
         ),
         (
             "scoring and re-scoring (inference)",
-            f"{f.rescore_s:.2f} s = {_per_event(f.rescore_s, f.events_in)} µs per event; "
+            f"{f.rescore_s:.2f} s of wall time (store round trips included) = "
+            f"{_per_event(f.rescore_s, f.events_in)} µs per event; "
             f"{f.bars_replayed:,} bars replayed, {f.resumes:,} series resumed, "
             f"{f.retracted:,} signals retracted",
         ),

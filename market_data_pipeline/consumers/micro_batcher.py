@@ -677,7 +677,7 @@ class MicroBatcher:
                 await asyncio.wait_for(self._relay_wake.wait(), timeout=_RELAY_POLL_S)
             self._relay_wake.clear()
             try:
-                await self._relay_until_empty()
+                await self._relay_pending(confirm=False)
                 if time.monotonic() >= next_prune:
                     await self._store.prune_bar_changes(self._retention_ms)
                     next_prune = time.monotonic() + _PRUNE_EVERY_S
@@ -699,9 +699,10 @@ class MicroBatcher:
             backoff_s,
         )
 
-    async def _relay_until_empty(self) -> bool:
-        """Relay batches until the outbox is empty (True) or another relay holds it (False).
-        Raises ``BusError``/``StoreError``; nothing is lost then."""
+    async def _relay_pending(self, *, confirm: bool) -> bool:
+        """Relay batches until a batch is not full (``confirm``: until one finds the outbox
+        empty); False if another relay holds the outbox (it relays them). Raises
+        ``BusError``/``StoreError``; nothing is lost then."""
         while True:
             t0 = time.perf_counter()
             result = await self._store.relay_bar_changes(self._publish_bars, limit=_RELAY_BATCH)
@@ -710,13 +711,13 @@ class MicroBatcher:
             self.stats.bars_relayed += result.relayed
             if result.busy:
                 return False
-            if result.relayed == 0:
+            if result.relayed == 0 or not (confirm or result.more):
                 return True
 
     async def _outbox_empty(self) -> bool:
         """``--drain``: is everything committed also published? (Relays what is left.)"""
         try:
-            return await self._relay_until_empty()
+            return await self._relay_pending(confirm=True)
         except (BusError, StoreError) as exc:
             self._relay_failed(exc, 0.0)
             return False
@@ -728,7 +729,7 @@ class MicroBatcher:
         backoff_s = 0.1
         while time.monotonic() < deadline:
             try:
-                if await self._relay_until_empty():
+                if await self._relay_pending(confirm=True):
                     return
             except (BusError, StoreError) as exc:
                 self._relay_failed(exc, backoff_s)
