@@ -34,7 +34,7 @@ from market_data_core.codec import decode_bar, decode_signal, encode_event
 from market_data_core.config import AppConfig, parse_config
 from market_data_core.contracts import StreamEvent
 from market_data_core.errors import BusError
-from market_data_core.protocols import Bus, routing_key
+from market_data_core.protocols import Bus, routing_key, shard_for
 from market_data_pipeline.cli.wiring import open_signals_store, open_store, upgrade_schema
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, InferenceStats
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
@@ -452,10 +452,12 @@ async def test_three_micro_batchers_one_killed(
     the survivors take its shards over and rewrite what it left: the signals of the final
     bars equal the reference."""
     cfg = make_config(redis_url, migrated, unique, tmp_path, interval="1s", partitions=4)
-    providers = [f"mk{unique}{k}" for k in "abcd"]
+    # the same real trades as six series whose symbols cover all four shards
+    series = [(f"mk{unique}", f"BTCUSDT.{k}") for k in "abcdef"]
+    assert {shard_for(routing_key(p, s), 4) for p, s in series} == {0, 1, 2, 3}
     bus = await bus_for(cfg)
-    for p in providers:
-        await publish(bus, cfg, trade_events(p))
+    for p, s in series:
+        await publish(bus, cfg, trade_events(p, symbol=s))
     path = write_config(tmp_path, cfg)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
 
@@ -501,12 +503,7 @@ async def test_three_micro_batchers_one_killed(
     final = await infer(cfg, "inf-mk")
     print(f"live: {live}\nfinal: {final}")
     await assert_signals_equal_reference(
-        cfg,
-        bus,
-        [(p, "BTCUSDT") for p in providers],
-        server_url=database_url,
-        interval="1s",
-        min_signals=100,
+        cfg, bus, series, server_url=database_url, interval="1s", min_signals=100
     )
 
 
