@@ -31,7 +31,7 @@ event per ``signal_id`` is the row). How:
 * **Reconcile.** Every ``_RECONCILE_S``, and before a ``--drain`` run exits, the series'
   change-log heads are compared with what this engine reflects (``series_progress``: the
   applied position of a series seen here, else the progress its newest checkpoint
-  recorded): a series still behind a head seen ``_RECONCILE_S`` earlier (changes lost on
+  recorded): a series still behind a head seen two reconciles earlier (changes lost on
   the bus, e.g. by a Redis restart that lost acknowledged writes, or made while no engine
   ran) is resumed from the store.
 
@@ -151,7 +151,8 @@ class InferenceConsumer:
         self._consumer = bus.consumer(self._topic, self.group, consumer_name)
         self._stage_letters: dict[str, int] = {}
         self._timelines: dict[Key, SeriesTimeline] = {}
-        self._seen_heads: dict[Key, int] = {}  # change-log heads at the previous reconcile
+        # change-log heads at the two previous reconciles, oldest first
+        self._seen_heads: tuple[dict[Key, int], dict[Key, int]] = ({}, {})
         # adapters whose rows this engine writes; it retracts only its own adapter's rows
         # (an sklearn engine falls back to rules signals, which a rules engine also owns)
         self._adapters = sorted({engine.adapter.name, "rules"})
@@ -333,16 +334,20 @@ class InferenceConsumer:
         a timeline here applied, or, for a series not seen by this process, past the progress
         its newest checkpoint recorded (changes whose bus entries were lost, or made while
         no engine ran). Series this engine never scored are left to their first change.
-        ``settled``: only count changes the previous reconcile already saw, so that changes
-        still on their way through the relay and the bus are not taken for lost (the
-        periodic check); otherwise every change counts (``--drain``, once the bus is idle).
+        ``settled``: only count changes the reconcile before the previous one already saw
+        (at least ``_RECONCILE_S`` old), so that changes still on their way through the relay
+        and the bus are not taken for lost (the periodic check); otherwise every change
+        counts (``--drain``, once the bus is idle).
         Returns how many were behind."""
         engine = self.engine
         progress = await self._store_call(
             lambda: self._signals_store.series_progress(engine.state_key, engine.interval),
             stop,
         )
-        previous, self._seen_heads = self._seen_heads, {k: h for k, (h, _) in progress.items()}
+        # heads seen two reconciles ago: changes at least _RECONCILE_S old, which the relay
+        # (retrying at most every 5 s) and the bus have had time to deliver
+        previous = self._seen_heads[0]
+        self._seen_heads = (self._seen_heads[1], {k: h for k, (h, _) in progress.items()})
         behind: list[Key] = []
         for key, (head, saved) in progress.items():
             timeline = self._timelines.get(key)

@@ -300,6 +300,7 @@ class MicroBatcher:
             if job is not None:
                 await self._commit(stop, job)
             relay_stop.set()
+            self._relay_wake.set()
             await relay
             await self._final_relay()
             clean = True
@@ -671,22 +672,26 @@ class MicroBatcher:
         prune relayed changes every ``_PRUNE_EVERY_S``. Errors are retried with capped
         backoff: the changes stay in the outbox until a publish succeeded."""
         backoff_s = 0.1
+        wait_s = _RELAY_POLL_S
         next_prune = time.monotonic() + _PRUNE_EVERY_S
         while not stop.is_set():
+            # a commit wakes the relay at once, also while it backs off after a failure:
+            # a commit that went through means the store is back
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._relay_wake.wait(), timeout=_RELAY_POLL_S)
+                await asyncio.wait_for(self._relay_wake.wait(), timeout=wait_s)
             self._relay_wake.clear()
+            if stop.is_set():
+                return
             try:
                 await self._relay_pending(confirm=False)
                 if time.monotonic() >= next_prune:
                     await self._store.prune_bar_changes(self._retention_ms)
                     next_prune = time.monotonic() + _PRUNE_EVERY_S
-                backoff_s = 0.1
+                backoff_s, wait_s = 0.1, _RELAY_POLL_S
             except (BusError, StoreError) as exc:
                 self._relay_failed(exc, backoff_s)
-                await sleep_or_stop(stop, backoff_s)
+                wait_s = backoff_s
                 backoff_s = min(backoff_s * 2, 5.0)
-                self._relay_wake.set()
 
     def _relay_failed(self, exc: Exception, backoff_s: float) -> None:
         self.stats.relay_retries += 1
