@@ -304,6 +304,8 @@ class FeaturesConfig(_Model):
         FeatureWindowConfig(name="ret_30s", horizon="30s"),
         FeatureWindowConfig(name="vol_5m", horizon="300s"),
     ]
+    # Accepted for older configs, not read: features start at each series' first bar, and a
+    # restarted inference engine resumes from a checkpoint of that history (issue 14).
     warmup_bars: int = Field(default=500, ge=0)
     # The bar interval features run on (bars of other intervals on mdp.bars are skipped);
     # unset -> the micro-batch window (e.g. "2s").
