@@ -43,6 +43,7 @@ from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis
 from market_data_pipeline.inference.timeline import CHECKPOINT_EVERY, SNAP_EVERY
 from market_data_pipeline.streaming.bus import open_bus
 from tests.conftest import DATA, ROOT
+from tests.support.pipeline import write_config
 from tests.support.signals_reference import (
     assert_signals_equal_reference,
     fresh_engine,
@@ -125,12 +126,6 @@ def make_config(
             "telemetry": {"metrics_port": 0},
         }
     )
-
-
-def write_config(tmp_path: Path, cfg: AppConfig) -> Path:
-    path = tmp_path / "streaming.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    return path
 
 
 def ftx_bar_events(provider: str, start: int, stop: int) -> list[StreamEvent]:

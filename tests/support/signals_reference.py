@@ -37,13 +37,16 @@ from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
 from market_data_pipeline.inference.reference import clean_pass, signal_rows
 from tests.integration._store_db import fresh_database
+from tests.support.pipeline import urls
 
 T_MIN = datetime(1970, 1, 2, tzinfo=UTC)
 T_MAX = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def urls_of(cfg: AppConfig, database_url: str | None = None) -> ServerUrls:
-    return ServerUrls(cfg.bus.redis.uri, database_url or cfg.store.dsn, None)
+    """The config's servers, or another database on the same server."""
+    named = urls(cfg)
+    return ServerUrls(named.redis_url, database_url or named.database_url, None)
 
 
 async def final_bars(cfg: AppConfig, series: Sequence[tuple[str, str]], interval: str) -> list[Bar]:
