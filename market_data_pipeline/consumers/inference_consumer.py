@@ -282,10 +282,16 @@ class InferenceConsumer:
         """Offer a series' changes of this batch to its timeline (resumed from the store on
         first sight, and again when memory cannot apply one)."""
         timeline = self._timelines.get(key)
+        resumed = timeline is None
         if timeline is None:
             timeline = await self._resume(key, stop)
         # in change order; a bar without change_seq (not from the log) sorts last and resyncs
         for bar in sorted(bars, key=lambda b: (b.change_seq is None, b.change_seq or 0)):
+            if bar.change_seq is None and resumed:
+                # committed before this batch was read, so in the store read that resumed
+                # the series during it: one resume serves every such bar of the batch
+                self.stats.bars_stale += 1
+                continue
             outcome = timeline.offer(bar)
             if outcome is Offer.STALE:
                 self.stats.bars_stale += 1
@@ -299,10 +305,10 @@ class InferenceConsumer:
                     bar.ts.isoformat(),
                     timeline.applied_seq,
                 )
+                # the store read reflects at least this change; later ones still apply
                 self.stats.resyncs += 1
                 timeline = await self._resume(key, stop)
-                # the store read reflects at least this change; later ones still apply
-                continue
+                resumed = True
 
     async def _resume(self, key: Key, stop: asyncio.Event) -> SeriesTimeline:
         engine = self.engine

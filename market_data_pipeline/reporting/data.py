@@ -180,7 +180,7 @@ async def gather_report(
         fired = [
             sig
             for sig in await signals.signals_range(s_start, s_end, s.symbol)
-            if sig.provider == s.provider
+            if sig.provider == s.provider and sig.state == "active"  # not the retracted
         ]
         gaps = await reader.bar_gaps(
             s.provider, s.symbol, s.interval, s_start, s_end, max(min_gap_ms, interval_ms)
