@@ -164,8 +164,12 @@ def _summary_table(s: RunSummary, cfg: AppConfig) -> str:
         ("bars scored", f"{inf.bars_scored:,}"),
         (
             "signals emitted",
-            f"{inf.signals - inf.retracted:,}"
-            + (f" ({inf.retracted:,} retracted by corrected bars)" if inf.retracted else ""),
+            f"{inf.signals:,}"
+            + (
+                f" ({inf.retracted:,} of them retractions: corrected bars re-scored)"
+                if inf.retracted
+                else ""
+            ),
         ),
         (
             "p95 window latency",
