@@ -43,7 +43,7 @@ from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatc
 from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis
 from market_data_pipeline.inference.timeline import CHECKPOINT_EVERY, SNAP_EVERY
 from market_data_pipeline.streaming.bus import open_bus
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, SHIPPED_CONFIG, SHIPPED_RULES
 from tests.support.pipeline import write_config
 from tests.support.signals_reference import (
     assert_signals_equal_reference,
@@ -54,7 +54,7 @@ from tests.support.signals_reference import (
 )
 from tests.support.trades import trade_events
 
-SHIPPED = yaml.safe_load((ROOT / "configs" / "streaming.yaml").read_text())
+SHIPPED = yaml.safe_load(SHIPPED_CONFIG.read_text())
 EXTRA_WINDOWS = [
     {"name": "ema_20", "periods": 20},
     {"name": "macd", "periods": 26, "fast_periods": 12, "signal_periods": 9},
@@ -90,7 +90,7 @@ def make_config(
     **mb: Any,
 ) -> AppConfig:
     rules_file = tmp_path / f"rules-{unique}.yaml"
-    shipped_rules = yaml.safe_load((ROOT / "configs" / "rules.yaml").read_text())
+    shipped_rules = yaml.safe_load(SHIPPED_RULES.read_text())
     rules_file.write_text(
         yaml.safe_dump(rules if rules is not None else shipped_rules + EXTRA_RULES)
     )
