@@ -103,6 +103,12 @@ class BusRecord:
     delivery and the earlier ones that failed: 1 the first time, one more after each crash,
     timeout or takeover (see :class:`BusConsumer`). An entry handed back on a clean stop
     (:meth:`BusConsumer.release`) is not counted again.
+
+    ``extra_fields``: what the entry holds besides its payload, as ``(name, bytes)`` pairs in
+    the entry's order: on Redis every field but ``data`` (an entry written by another producer,
+    e.g. ``XADD mdp.events * payload ...``, has an empty ``payload`` and its content here); on
+    Kafka the record's ``key`` and its headers. Empty for mdp's own Redis entries. A dead letter
+    keeps them (:attr:`DeadLetter.source_fields`), so nothing of the entry is lost.
     """
 
     topic: str
@@ -110,6 +116,7 @@ class BusRecord:
     entry_id: str
     payload: bytes
     deliveries: int = 1
+    extra_fields: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def source(self) -> str:
@@ -118,7 +125,10 @@ class BusRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An entry on the dead-letter stream: the original payload and why it is there."""
+    """An entry on the dead-letter stream: the original payload and why it is there.
+
+    ``source_fields``: the original entry's other fields (:attr:`BusRecord.extra_fields`),
+    kept so that a letter of an entry written by another producer loses nothing."""
 
     entry_id: str
     payload: bytes
@@ -130,6 +140,7 @@ class DeadLetter:
     source_id: str
     ts: datetime
     deliveries: int = 1
+    source_fields: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +248,11 @@ class Bus(Protocol):
 
     async def status(self, topic: str, group: str | None = None) -> list[StreamStatus]:
         """Length, lag, pending, consumers per shard of ``topic`` (for ``group`` if given)."""
+        ...
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether ``topic`` exists on the server (Redis: one of its shard streams; Kafka: the
+        topic in the cluster's metadata). Never creates it."""
         ...
 
     async def dead_letter(self, letter: DeadLetter) -> None:

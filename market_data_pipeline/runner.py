@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 from market_data_core.config import AppConfig
 from market_data_core.protocols import Bus, Provider, SignalsStoreClient, StoreClient
-from market_data_pipeline.cli.cmd_produce import make_publisher, pump
 from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, InferenceStats
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.inference.engine import InferenceEngine
+from market_data_pipeline.producers.pump import make_publisher, pump
 
-__all__ = ["Progress", "RunSummary", "Source", "run_pipeline"]
+__all__ = ["Progress", "RunSummary", "Source", "group_lag", "run_pipeline"]
 
 
 @dataclass
@@ -86,7 +86,9 @@ class RunSummary:
         return sum(self.dead_letter_reasons.values())
 
 
-async def _group_lag(bus: Bus, topic: str, group: str) -> int:
+async def group_lag(bus: Bus, topic: str, group: str) -> int:
+    """Entries of ``topic`` that ``group`` has not read or not acknowledged, over all shards
+    (-1 when the bus did not answer: a progress figure, never a reason to stop)."""
     try:
         statuses = await bus.status(topic, group)
     except Exception:  # progress is best effort; a failing status call must not stop the run
@@ -137,7 +139,7 @@ async def run_pipeline(
         mb_drain.set()
         await mb_task
         # inference is done when its group has read and acknowledged every closed bar
-        while not stop.is_set() and await _group_lag(  # noqa: ASYNC110 - polls the bus
+        while not stop.is_set() and await group_lag(  # noqa: ASYNC110 - polls the bus
             bus, config.bus.bars_topic, inference.group
         ):
             await asyncio.sleep(0.2)
@@ -155,7 +157,7 @@ async def run_pipeline(
                 return
             now = time.monotonic()
             published = sum(p.published for p in publishers)
-            lag = await _group_lag(bus, config.bus.events_topic, config.bus.group)
+            lag = await group_lag(bus, config.bus.events_topic, config.bus.group)
             if on_progress is not None:
                 on_progress(
                     Progress(

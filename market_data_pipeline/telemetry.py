@@ -38,7 +38,6 @@ import logging
 import os
 import socket
 import socketserver
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -657,7 +656,7 @@ def start_metrics_server(
         daemon=True,
     )
     thread.start()
-    _log.info(
+    _log.debug(
         "metrics server listening",
         extra={"host": host, "port": bound_port, "paths": ["/metrics", "/healthz"]},
     )
@@ -691,19 +690,25 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "INFO", json: bool = True) -> None:
     """Configure the root logger once for the process: JSON lines (``json=True``) or a
-    human-readable line, on stderr, at ``level`` (``telemetry.log_level``). Replaces handlers
-    installed earlier, so calling it again changes level/format instead of duplicating lines.
+    human-readable line (``<time> <LEVEL> <logger> <message>``), on stderr, at ``level``
+    (``telemetry.log_level``). Lines go through the terminal console of
+    :mod:`market_data_pipeline.ui.console`, so they never land inside a live progress line.
+    Replaces handlers installed earlier, so calling it again changes level/format instead of
+    duplicating lines.
 
     Raises :class:`ConfigError` for an unknown level name.
     """
+    from market_data_pipeline.ui.console import ConsoleLogHandler
+
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigError(f"unknown log level {level!r}", key_path="telemetry.log_level")
-    handler = logging.StreamHandler(sys.stderr)
-    if json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    formatter = (
+        JsonFormatter()
+        if json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    handler = ConsoleLogHandler(formatter, text=not json)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

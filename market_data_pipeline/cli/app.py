@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -26,9 +27,24 @@ from market_data_pipeline.cli import (
     cmd_servers,  # noqa: F401 - registers commands
 )
 from market_data_pipeline.cli.apps import app
-from market_data_pipeline.cli.common import one_line, primary_error
+from market_data_pipeline.cli.common import (
+    environment,
+    one_line,
+    primary_error,
+    set_flag_environment,
+)
+from market_data_pipeline.telemetry import setup_logging
+from market_data_pipeline.ui import console
+from market_data_pipeline.ui.console import LogLevel
 
 __all__ = ["app", "main"]
+
+
+class LogLevelName(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
 
 
 def _version(value: bool) -> None:
@@ -45,8 +61,84 @@ def _root(
             "--version", "-V", callback=_version, is_eager=True, help="Print the version."
         ),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Only errors on stderr: no progress, notes or warnings."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Debug logs (where servers and metrics are, each step)."
+        ),
+    ] = False,
+    log_level: Annotated[
+        LogLevelName | None,
+        typer.Option(
+            "--log-level",
+            metavar="LEVEL",
+            case_sensitive=False,
+            help="DEBUG, INFO, WARNING or ERROR (default: telemetry.log_level of the config, "
+            "INFO shipped).",
+            show_default=False,
+        ),
+    ] = None,
+    redis_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-uri",
+            envvar="REDIS_URI",
+            show_envvar=True,
+            metavar="URL",
+            help="Redis/Valkey server (wins over bus.redis.uri). A password on the command "
+            "line is visible to other users: prefer the variable.",
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="DATABASE_URL",
+            show_envvar=True,
+            metavar="DSN",
+            help="PostgreSQL DSN (wins over store.dsn); prefer the variable for a password.",
+        ),
+    ] = None,
+    kafka_bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka-bootstrap",
+            envvar="KAFKA_BOOTSTRAP",
+            show_envvar=True,
+            metavar="HOST:PORT",
+            help="Kafka brokers (with bus.type: kafka; wins over bus.kafka.bootstrap).",
+        ),
+    ] = None,
 ) -> None:
     """mdp: a market-data streaming pipeline."""
+    chosen = [
+        name for name, on in (("-q", quiet), ("-v", verbose), ("--log-level", log_level)) if on
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"give one of {', '.join(chosen)}", source=chosen[0])
+    level: LogLevel | None = None
+    if quiet:
+        level = "ERROR"
+    elif verbose:
+        level = "DEBUG"
+    elif log_level is not None:
+        level = log_level.value
+    console.configure(
+        console.OutputSettings(
+            log_level=level, quiet=quiet, no_color=bool(environment().get("NO_COLOR"))
+        )
+    )
+    # until a command loads its config: warnings and errors (or what -q/-v/--log-level say)
+    setup_logging(level or "WARNING", json=False)
+    set_flag_environment(
+        {"REDIS_URI": redis_uri, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP": kafka_bootstrap}
+    )
 
 
 def _usage_line(exc: click.UsageError) -> str:

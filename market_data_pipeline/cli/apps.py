@@ -14,14 +14,18 @@ app = typer.Typer(
         "micro-batchers close exact event-time windows into PostgreSQL; "
         "features feed rules or a scikit-learn model.\n\n"
         "Examples:\n\n"
-        "  mdp demo\n\n"
-        "  mdp init my-pipeline\n\n"
-        "  mdp stream produce --provider synthetic --count 10000\n\n"
-        "  mdp stream micro-batch --window 2s --drain\n\n"
-        "  mdp stream tail --topic mdp.events --limit 20"
+        "\b\n"
+        "  mdp demo --synthetic-s 10\n"
+        "  mdp init my-pipeline\n"
+        "  mdp stream produce --provider synthetic --rate 2000 --count 10000\n"
+        "  mdp stream micro-batch --window 2s --drain\n"
+        "  mdp stream tail --topic mdp.events --limit 20\n"
+        "  mdp -v stream status\n\n"
+        "Shell completion: mdp --install-completion (bash, zsh, fish, PowerShell), "
+        "or mdp --show-completion to see the script."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings=_SETTINGS,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,

@@ -35,7 +35,10 @@ def alerts(
     The shipped docker/prometheus/alerts.yml is the output for the default (no namespace).
     Window thresholds follow micro_batch.window_ms at run time (microbatch_window_seconds).
 
-    Example:  mdp alerts --namespace mdp -o alerts.yml
+    Examples:
+
+    \b
+      mdp alerts --namespace mdp -o alerts.yml
     """
     overrides = {} if namespace is None else {"telemetry.namespace": namespace}
     cfg = load_app_config(config, overrides)

@@ -28,20 +28,27 @@ import yaml
 from market_data_core.codec import encode_event, encode_events
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, StreamEvent
-from market_data_core.errors import ConfigError, MDPError
+from market_data_core.errors import MDPError
 from market_data_core.protocols import SignalsStoreClient
-from market_data_core.timeutil import format_duration_ms, parse_duration_ms
+from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
+    duration_ms,
     environment,
     load_app_config,
     parse_window,
     percentile,
     run_async,
 )
+from market_data_pipeline.consumers.inference_consumer import features_interval
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
+from market_data_pipeline.inference.engine import build_engine
+from market_data_pipeline.runner import group_lag
+from market_data_pipeline.ui import console
+from market_data_pipeline.ui.progress import ProgressLine
+from market_data_pipeline.ui.tables import print_fields
 
 # Targets from the issues, printed beside the figures.
 TARGET_EVENTS_PER_S = 40_000
@@ -271,13 +278,13 @@ async def _full_path(
     producers: int,
     workers: int,
     workdir: Path,
+    progress: ProgressLine | None = None,
 ) -> FullPath:
     """Producers and micro-batch workers as processes (``mdp stream produce`` /
-    ``mdp stream micro-batch``), inference in this process; samples every second."""
-    from market_data_pipeline.cli.cmd_run import _engine
+    ``mdp stream micro-batch``), inference in this process; samples every second (shown on
+    ``progress``: seconds of the run, events consumed so far)."""
     from market_data_pipeline.cli.wiring import open_signals_store, open_store
     from market_data_pipeline.consumers.inference_consumer import InferenceConsumer
-    from market_data_pipeline.runner import _group_lag
     from market_data_pipeline.streaming.bus import open_bus
 
     names = [f"S{i:03d}" for i in range(symbols)]
@@ -285,9 +292,8 @@ async def _full_path(
     store = await open_store(cfg, urls)
     signals_store = await open_signals_store(cfg, urls)
     stage_stop = asyncio.Event()
-    inference = InferenceConsumer(
-        cfg, bus, store, signals_store, _engine(cfg, "rules"), consumer_name="bench-inf"
-    )
+    engine = build_engine(cfg, "rules", interval=features_interval(cfg), base_dir=Path.cwd())
+    inference = InferenceConsumer(cfg, bus, store, signals_store, engine, consumer_name="bench-inf")
     result = FullPath()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URI", "DATABASE_URL")}
     started_at = datetime.now(UTC)
@@ -350,9 +356,14 @@ async def _full_path(
             if all(p.poll() is None for p in procs):
                 cpu.append((samples[-1][0], _cpu_by_role(*pids)))
             lags.append(max((st.get("last_lag_ms", 0.0) for st in stats), default=0.0))
-            result.pending_samples.append(
-                await _group_lag(bus, cfg.bus.events_topic, cfg.bus.group)
-            )
+            result.pending_samples.append(await group_lag(bus, cfg.bus.events_topic, cfg.bus.group))
+            if progress is not None:
+                elapsed, consumed = samples[-1]
+                progress.update(
+                    elapsed,
+                    detail=f"{consumed:,} events consumed  {consumed / max(elapsed, 1e-9):,.0f} "
+                    "ev/s",
+                )
             rss = me.memory_info().rss
             for p in [*procs, *workers_p]:
                 with contextlib.suppress(psutil.Error):
@@ -367,6 +378,8 @@ async def _full_path(
                 why = _last_error(workdir / f"producer-{k}.log")
                 raise MDPError(f"a benchmark producer failed (exit {p.returncode}): {why}")
             result.published += int(found.group(1).replace(",", ""))
+        if progress is not None:
+            progress.label = "draining the workers and inference"
         for w in workers_p:
             w.send_signal(signal.SIGUSR1)  # drain: close every window, commit, ack, exit
         for k, w in enumerate(workers_p):
@@ -375,7 +388,7 @@ async def _full_path(
                 why = _last_error(workdir / f"worker-{k}.log")
                 raise MDPError(f"micro-batch worker {k} failed (exit {w.returncode}): {why}")
         while True:  # polls the bus: there is no event to wait on
-            if not await _group_lag(bus, cfg.bus.bars_topic, inference.group):
+            if not await group_lag(bus, cfg.bus.bars_topic, inference.group):
                 break
             await asyncio.sleep(0.2)
     finally:
@@ -438,10 +451,10 @@ async def _check_signals(
 ) -> None:
     """signals = reference: the run's active signal rows against a fresh engine's one clean
     pass over the run's final bars (the same rows, every field and feature bit for bit)."""
-    from market_data_pipeline.cli.cmd_run import _engine
     from market_data_pipeline.inference.reference import clean_pass, signal_rows
 
-    reference = await clean_pass(_engine(cfg, "rules"), bars)
+    engine = build_engine(cfg, "rules", interval=features_interval(cfg), base_dir=Path.cwd())
+    reference = await clean_pass(engine, bars)
     series = {(b.provider, b.symbol) for b in bars}
     rows = [
         s
@@ -480,9 +493,9 @@ def _per_event(seconds: float, events: int) -> str:
     return f"{seconds * 1e6 / events:.2f}" if events else "n/a"
 
 
-def _table(
+def _rows(
     c: Ceiling | None, f: FullPath, window_ms: int, rate: float, pack: int, procs: str
-) -> str:
+) -> list[tuple[str, str]]:
     def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:,.0f} ms"
 
@@ -563,26 +576,39 @@ def _table(
                 f"{_ok(f.sustained_per_s > c.path_per_s)})",
             ),
         ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    return rows
 
 
 @app.command("bench")
 def bench(
     config: ConfigOpt = DEFAULT_CONFIG,
-    duration: Annotated[str, typer.Option(help="How long the producers run.")] = "30s",
+    duration: Annotated[
+        str, typer.Option(metavar="DURATION", help="How long the producers run.")
+    ] = "30s",
     rate: Annotated[
-        float, typer.Option(min=1, help="Requested events/s (all producers).")
+        float,
+        typer.Option(min=1, metavar="EVENTS_PER_S", help="Requested events/s (all producers)."),
     ] = 40_000,
-    symbols: Annotated[int, typer.Option(min=1, max=10_000, help="Synthetic symbols.")] = 20,
-    window: Annotated[str, typer.Option(help="Micro-batch window, 500ms to 5s.")] = "2s",
-    pack: Annotated[int, typer.Option(min=1, max=1000, help="Events per stream entry.")] = 1,
-    producers: Annotated[int, typer.Option(min=1, max=16, help="Producer processes.")] = 2,
+    symbols: Annotated[
+        int, typer.Option(min=1, max=10_000, metavar="N", help="Synthetic symbols.")
+    ] = 20,
+    window: Annotated[
+        str, typer.Option(metavar="DURATION", help="Micro-batch window, 500ms to 5s.")
+    ] = "2s",
+    pack: Annotated[
+        int, typer.Option(min=1, max=1000, metavar="N", help="Events per stream entry.")
+    ] = 1,
+    producers: Annotated[
+        int, typer.Option(min=1, max=16, metavar="N", help="Producer processes.")
+    ] = 2,
     workers: Annotated[
-        int, typer.Option(min=1, max=16, help="Micro-batch worker processes (shards = 2 x this).")
+        int,
+        typer.Option(
+            min=1, max=16, metavar="N", help="Micro-batch worker processes (shards = 2 x this)."
+        ),
     ] = 2,
     ceiling: Annotated[bool, typer.Option(help="Measure the bare ceiling too.")] = True,
-    out: Annotated[Path, typer.Option(help="Folder for the JSON results.")] = Path(
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the JSON results.")] = Path(
         "benchmarks/results"
     ),
 ) -> None:
@@ -590,15 +616,17 @@ def bench(
     and bars -> features -> inference -> signals) beside the bare ceiling, on the servers of
     REDIS_URI/DATABASE_URL or embedded ones.
 
-    Example:  mdp bench --duration 30s --rate 40000
+    A terminal shows the phase and the full path's progress. The README's Benchmarks section
+    has the runs behind its figures (e.g. --duration 5m --rate 60000 --pack 50).
 
-    Example:  mdp bench --duration 5m --rate 60000 --pack 50 --window 1s
+    Examples:
+
+    \b
+      mdp bench --duration 5s --rate 2000 --no-ceiling
+      mdp bench --duration 5s --rate 5000 --pack 50 --window 1s --no-ceiling
     """
     window_ms = parse_window(window)
-    try:
-        duration_s = parse_duration_ms(duration) / 1000
-    except ValueError as exc:
-        raise ConfigError(str(exc), source="--duration") from None
+    duration_s = duration_ms(duration, "--duration") / 1000
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     tag = uuid.uuid4().hex[:6]
     cfg = load_app_config(
@@ -624,27 +652,28 @@ def bench(
         with resolve_servers(cfg, environment()) as urls, tempfile.TemporaryDirectory() as tmp:
             assert urls.database_url is not None
             await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)
-            typer.echo(f"mdp bench: servers {urls.describe()}", err=True)
+            console.note(f"mdp bench: servers {urls.describe()}")
             c = None
             if ceiling:
-                typer.echo("measuring the bare ceiling ...", err=True)
-                c = await _ceiling(urls, 200_000, symbols, pack)
-            typer.echo(
-                f"running the full path for {duration_s:g}s at {rate:,.0f} ev/s ...", err=True
-            )
-            f = await _full_path(
-                cfg,
-                urls,
-                duration_s=duration_s,
-                rate=rate,
-                symbols=symbols,
-                producers=producers,
-                workers=workers,
-                workdir=Path(tmp),
-            )
+                console.note("measuring the bare ceiling ...")
+                with ProgressLine("bare ceiling (200,000 events)", unit=""):
+                    c = await _ceiling(urls, 200_000, symbols, pack)
+            console.note(f"running the full path for {duration_s:g}s at {rate:,.0f} ev/s ...")
+            with ProgressLine("full path", total=duration_s, unit="") as progress:
+                f = await _full_path(
+                    cfg,
+                    urls,
+                    duration_s=duration_s,
+                    rate=rate,
+                    symbols=symbols,
+                    producers=producers,
+                    workers=workers,
+                    workdir=Path(tmp),
+                    progress=progress,
+                )
         procs = f"{producers} producer + {workers} micro-batch processes"
-        table = _table(c, f, window_ms, rate, pack, procs)
-        typer.echo(f"\nmdp bench ({run_id}):\n{table}")
+        typer.echo(f"\nmdp bench ({run_id}):")
+        print_fields(_rows(c, f, window_ms, rate, pack, procs))
         record = {
             "run": run_id,
             "machine": _machine(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,17 +33,22 @@ from market_data_pipeline.cli.common import (
 from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
+from market_data_pipeline.ui.records import LETTER_HEADER, letter_json, letter_row
+from market_data_pipeline.ui.tables import print_table
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "stream_status"]
 
 T = TypeVar("T")
 
 LimitOpt = Annotated[
-    int, typer.Option("--limit", "-n", min=1, max=1_000_000, help="At most this many letters.")
+    int,
+    typer.Option(
+        "--limit", "-n", min=1, max=1_000_000, metavar="N", help="At most this many letters."
+    ),
 ]
 IdOpt = Annotated[
     list[str] | None,
-    typer.Option("--id", help="Only this dead-letter id (repeatable)."),
+    typer.Option("--id", metavar="ID", help="Only this dead-letter id (repeatable)."),
 ]
 
 
@@ -95,15 +100,6 @@ def _age(ms: int | None) -> str:
     if ms < 7_200_000:
         return f"{ms / 60_000:.1f}m"
     return f"{ms / 3_600_000:.1f}h"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _status_json(s: StreamStatus) -> dict[str, Any]:
@@ -158,7 +154,7 @@ def _run_json(run: JobRun, now: datetime) -> dict[str, Any]:
     }
 
 
-def _runs_table(runs: _Runs, now: datetime) -> str:
+def _print_runs(runs: _Runs, now: datetime) -> None:
     header = ["JOB RUN", "JOB", "STATUS", "STARTED (UTC)", "LAST HEARTBEAT", "EVENTS IN", "ERRORS"]
     rows = [
         [
@@ -172,7 +168,10 @@ def _runs_table(runs: _Runs, now: datetime) -> str:
         ]
         for r in sorted([*runs.running, *runs.abandoned], key=lambda r: r.id)
     ]
-    return _table(header, rows) if rows else "job runs: none running"
+    if rows:
+        print_table(header, rows)
+    else:
+        typer.echo("job runs: none running")
 
 
 @stream_app.command("status")
@@ -180,10 +179,16 @@ def stream_status(
     config: ConfigOpt = DEFAULT_CONFIG,
     topic: Annotated[
         list[str] | None,
-        typer.Option("--topic", "-t", help="Only this topic (repeatable). Default: all of ours."),
+        typer.Option(
+            "--topic",
+            "-t",
+            metavar="TOPIC",
+            help="Only this topic (repeatable). Default: all of ours.",
+        ),
     ] = None,
     group: Annotated[
-        str | None, typer.Option("--group", "-g", help="Only this consumer group.")
+        str | None,
+        typer.Option("--group", "-g", metavar="GROUP", help="Only this consumer group."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -193,7 +198,11 @@ def stream_status(
     With a database (DATABASE_URL or store.dsn) also the running job runs; runs whose
     process stopped beating (killed, host lost) are marked abandoned and shown once.
 
-    Example:  mdp stream status --group mdp-consumers --json
+    Examples:
+
+    \b
+      mdp stream status
+      mdp stream status --group mdp-consumers --json
     """
     cfg = load_app_config(config)
     bus_cfg = cfg.bus
@@ -244,34 +253,26 @@ def stream_status(
         ]
         for s in rows
     ]
-    typer.echo(_table(header, table))
+    print_table(header, table)
     typer.echo(f"\ndead letters ({bus_cfg.dlq_topic}): {dlq_size}")
     if isinstance(runs, _Runs):
-        typer.echo(f"\n{_runs_table(runs, now)}")
+        typer.echo("")
+        _print_runs(runs, now)
 
 
-def _letter_json(letter: DeadLetter) -> dict[str, Any]:
-    return {
-        "id": letter.entry_id,
-        "ts": letter.ts.isoformat(),
-        "component": letter.component,
-        "reason": letter.reason,
-        "detail": letter.detail,
-        "source": f"{letter.source_topic}:{letter.source_shard}/{letter.source_id}",
-        "deliveries": letter.deliveries,
-        "payload_bytes": len(letter.payload),
-        "payload": letter.payload.decode("utf-8", errors="backslashreplace"),
-    }
-
-
-def _selected(letters: list[DeadLetter], ids: list[str] | None) -> list[DeadLetter]:
-    if not ids:
-        return letters
-    wanted = set(ids)
-    chosen = [lt for lt in letters if lt.entry_id in wanted]
-    missing = wanted - {lt.entry_id for lt in chosen}
-    if missing:
-        raise ConfigError(f"no dead letter with id {', '.join(sorted(missing))}", source="--id")
+def _selected(
+    letters: list[DeadLetter], ids: list[str] | None, reasons: list[str] | None
+) -> list[DeadLetter]:
+    """The letters ``--id`` (every id must exist) and ``--reason`` name; all without them."""
+    chosen = letters
+    if ids:
+        wanted = set(ids)
+        chosen = [lt for lt in chosen if lt.entry_id in wanted]
+        missing = wanted - {lt.entry_id for lt in chosen}
+        if missing:
+            raise ConfigError(f"no dead letter with id {', '.join(sorted(missing))}", source="--id")
+    if reasons:
+        chosen = [lt for lt in chosen if lt.reason in set(reasons)]
     return chosen
 
 
@@ -283,31 +284,21 @@ def dlq_list(
 ) -> None:
     """Dead letters, oldest first: time, component, reason, detail, source.
 
-    Example:  mdp stream dlq list --limit 20
+    Examples:
+
+    \b
+      mdp stream dlq list --limit 20
+      mdp stream dlq list --json
     """
     cfg = load_app_config(config)
     letters = _run(cfg, lambda bus: bus.dlq_list(limit))
     if as_json:
-        typer.echo(json.dumps([_letter_json(lt) for lt in letters], indent=2))
+        typer.echo(json.dumps([letter_json(lt) for lt in letters], indent=2))
         return
     if not letters:
         typer.echo(f"no dead letters in {cfg.bus.dlq_topic}")
         return
-    header = ["ID", "TIME (UTC)", "COMPONENT", "REASON", "DETAIL", "SOURCE"]
-    rows = []
-    for lt in letters:
-        detail = lt.detail if len(lt.detail) <= 60 else lt.detail[:57] + "..."
-        rows.append(
-            [
-                lt.entry_id,
-                lt.ts.strftime("%Y-%m-%d %H:%M:%S"),
-                lt.component,
-                lt.reason,
-                detail,
-                f"{lt.source_topic}:{lt.source_shard}/{lt.source_id}",
-            ]
-        )
-    typer.echo(_table(header, rows))
+    print_table(LETTER_HEADER, [letter_row(lt) for lt in letters])
 
 
 @dlq_app.command("replay")
@@ -315,24 +306,53 @@ def dlq_replay(
     config: ConfigOpt = DEFAULT_CONFIG,
     limit: LimitOpt = 1000,
     entry_id: IdOpt = None,
+    reason: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reason",
+            metavar="REASON",
+            help="Only letters with this reason, e.g. late or max_deliveries (repeatable).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Also re-send letters that cannot succeed (decode, validation, trimmed, no "
+            "payload): after a fix of the consumer, say.",
+        ),
+    ] = False,
 ) -> None:
     """Re-publish dead letters to their source topic (routed by their provider and symbol), and
     delete each from the DLQ only after its publish succeeded.
 
-    Example:  mdp stream dlq replay --limit 100
+    Letters that would fail again are skipped and stay, each with a line saying why: a payload
+    that failed to decode or validate (re-sent unchanged it fails the same way), a trimmed
+    entry or one without payload, and bad rows of dataset files (fix the file and replay the
+    dataset). --force re-sends the first kinds too. --limit counts the oldest letters before
+    the --id/--reason filters.
+
+    Examples:
+
+    \b
+      mdp stream dlq replay --limit 100
+      mdp stream dlq replay --reason late --reason max_deliveries
     """
     cfg = load_app_config(config)
     shards_of = {cfg.bus.events_topic: cfg.bus.partitions}
 
     async def work(bus: Bus) -> tuple[int, list[tuple[str, str]]]:
-        letters = _selected(await bus.dlq_list(limit if not entry_id else 1_000_000), entry_id)
-        outcome = await replay_letters(bus, letters, shards_of=shards_of)
+        letters = _selected(
+            await bus.dlq_list(limit if not entry_id else 1_000_000), entry_id, reason
+        )
+        outcome = await replay_letters(bus, letters, shards_of=shards_of, force=force)
         return len(outcome.replayed), outcome.skipped
 
     replayed, skipped = _run(cfg, work)
     for letter_id, why in skipped:
         typer.echo(f"skipped {letter_id}: {why}", err=True)
-    typer.echo(f"replayed {replayed} dead letter(s); {len(skipped)} skipped")
+    hint = " (--force re-sends those that can be)" if skipped and not force else ""
+    typer.echo(f"replayed {replayed} dead letter(s); {len(skipped)} skipped{hint}")
 
 
 @dlq_app.command("purge")
@@ -343,7 +363,10 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters for good (all of them, or those given with --id). Needs --yes.
 
-    Example:  mdp stream dlq purge --yes
+    Examples:
+
+    \b
+      mdp stream dlq purge --yes
     """
     cfg = load_app_config(config)
     if not yes:

@@ -36,7 +36,10 @@ def _note_embedded(urls: ServerUrls) -> None:
 def upgrade(
     config: ConfigOpt = DEFAULT_CONFIG,
     revision: Annotated[
-        str, typer.Option("--revision", "-r", help="Target revision (or a unique prefix).")
+        str,
+        typer.Option(
+            "--revision", "-r", metavar="REV", help="Target revision (or a unique prefix)."
+        ),
     ] = "head",
 ) -> None:
     """Upgrade the schema to a revision (default: the newest).
@@ -44,7 +47,13 @@ def upgrade(
     Time-series tables become TimescaleDB hypertables when the extension is available
     (store.partitioning: auto|timescale|native), else daily native partitions.
 
-    Example:  DATABASE_URL=postgresql://mdp@localhost/mdp mdp db upgrade
+    The database is that of `mdp --database-url` / DATABASE_URL, store.dsn or `mdp up`.
+
+    Examples:
+
+    \b
+      mdp db upgrade
+      mdp db upgrade --revision 0002
     """
     cfg = load_app_config(config)
     # wiring pulls in SQLAlchemy and Alembic: imported here, not by every `mdp` start
@@ -64,7 +73,10 @@ def downgrade(
     revision: Annotated[
         str,
         typer.Option(
-            "--revision", "-r", help="Target revision (prefix ok), or 'base' to drop all."
+            "--revision",
+            "-r",
+            metavar="REV",
+            help="Target revision (prefix ok), or 'base' to drop all.",
         ),
     ],
     yes: Annotated[
@@ -78,7 +90,10 @@ def downgrade(
     The tables of every later revision are dropped with their data at once, even while a
     pipeline writes to them, so it needs --yes.
 
-    Example:  mdp db downgrade --revision 0002 --yes
+    Examples:
+
+    \b
+      mdp db downgrade --revision 0002 --yes
     """
     cfg = load_app_config(config)
     if not yes:

@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 import typer
 
 from market_data_core.errors import ConfigError
-from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline.cli.apps import stream_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -20,6 +19,7 @@ from market_data_pipeline.cli.common import (
     config_file,
     consumer_name,
     dead_letters_text,
+    duration_ms,
     environment,
     load_app_config,
     run_async,
@@ -33,8 +33,8 @@ from market_data_pipeline.consumers.inference_consumer import (
     inference_group,
 )
 from market_data_pipeline.embedded import resolve_servers
-from market_data_pipeline.features import FeatureEngine
-from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
+from market_data_pipeline.inference.engine import build_engine
+from market_data_pipeline.ui.progress import ProgressLine
 
 
 @stream_app.command("infer")
@@ -43,16 +43,18 @@ def infer(
     adapter: Annotated[
         Literal["rules", "sklearn"],
         typer.Option(
+            metavar="[rules|sklearn]",
             help="rules (inference.adapters.rules.file, default the shipped rules) or sklearn "
             "(the pinned model of inference.adapters.sklearn; the shipped config's example "
-            "model needs the ml extra)."
+            "model needs the ml extra).",
         ),
     ] = "rules",
     interval: Annotated[
         str | None,
         typer.Option(
+            metavar="DURATION",
             help="Bar interval to run on (overrides features.interval; default: the "
-            "micro-batch window). Bars of other intervals are acknowledged and skipped."
+            "micro-batch window). Bars of other intervals are acknowledged and skipped.",
         ),
     ] = None,
     drain: Annotated[
@@ -66,18 +68,18 @@ def infer(
     """Score bar changes from mdp.bars with rules or a model; signals go to mdp.signals and
     the signals table (idempotent by signal id; re-scored bars retract what no longer holds).
 
-    Example:  mdp stream infer --adapter rules
+    Without --drain it runs until Ctrl-C / SIGTERM; a terminal shows a progress line.
 
-    Example:  mdp stream infer --adapter sklearn
+    Examples:
 
-    Example:  mdp stream infer --interval 1m --drain --idle-s 3
+    \b
+      mdp stream infer --adapter rules --drain --idle-s 1
+      mdp stream infer --adapter sklearn --drain --idle-s 1
+      mdp stream infer --interval 1m --drain --idle-s 1
     """
     overrides: dict[str, object] = {}
     if interval is not None:
-        try:
-            parse_duration_ms(interval)
-        except ValueError as exc:
-            raise ConfigError(str(exc), source="--interval") from None
+        duration_ms(interval, "--interval")
         overrides["features.interval"] = interval
     if metrics_port is not None:
         overrides["telemetry.metrics_port"] = metrics_port
@@ -88,10 +90,8 @@ def infer(
             "(the shipped configs/streaming.yaml has an example; mdp init writes a copy)",
             source=str(config_file(config)),
         )
-    features = FeatureEngine(cfg.features.windows)
     # loaded before any server starts: a bad rules file or model hash fails fast (exit 2)
-    chosen = build_adapter(cfg, adapter, features.feature_names, base_dir=Path.cwd())
-    engine = InferenceEngine(features, chosen, interval=features_interval(cfg))
+    engine = build_engine(cfg, adapter, interval=features_interval(cfg), base_dir=Path.cwd())
     name = consumer_name(consumer, "infer")
     group = inference_group(cfg, engine.adapter.name, engine.interval)
 
@@ -122,9 +122,20 @@ def infer(
                     s = worker.stats
                     return RunCounts(s.bars_in, s.signals, s.dead_letters)
 
+                def detail() -> str:
+                    s = worker.stats
+                    return (
+                        f"{s.bars_scored:,} scored  {s.signals:,} signals  "
+                        f"{s.dead_letters:,} dead letters"
+                    )
+
                 try:
                     async with tracked_run(tracker, f"infer-{adapter}", cfg, counts) as run:
-                        stats = await worker.run(stop, drain=drain, idle_s=idle_s)
+                        label = f"infer {adapter}" + (" (drain)" if drain else "")
+                        with ProgressLine(
+                            label, unit="bars", count=lambda: worker.stats.bars_in, detail=detail
+                        ):
+                            stats = await worker.run(stop, drain=drain, idle_s=idle_s)
                         run.status = "stopped" if stop.is_set() else "success"
                 finally:
                     await tracker.aclose()

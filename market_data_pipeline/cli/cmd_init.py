@@ -10,6 +10,7 @@ import typer
 
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.project import init_project
+from market_data_pipeline.ui.tables import print_fields
 
 __all__ = ["init"]
 
@@ -33,16 +34,16 @@ def init(
     never overwritten without --force (exit 2, nothing written). Commands run in DIR read
     configs/streaming.yaml; relative paths in it resolve against its folder.
 
-    Example:  mdp init my-pipeline && cd my-pipeline && mdp demo
+    Examples:
 
-    Example:  mdp init . --force
+    \b
+      mdp init my-pipeline
+      mdp init . --force
     """
     written = init_project(folder, force=force)
     where = folder.absolute()
     typer.echo(f"mdp init: wrote {len(written)} files in {where}:")
-    width = max(len(f.path) for f in written)
-    for f in written:
-        typer.echo(f"  {f.path.ljust(width)}  {f.what}")
+    print_fields([(f.path, f.what) for f in written])
     go = "" if where == Path.cwd() else f"cd {folder} && "
     typer.echo(f"next: {go}mdp demo   (commands run there read configs/streaming.yaml)")
     typer.echo("      `mdp up` keeps its servers' data in .mdp/ there: not for version control")

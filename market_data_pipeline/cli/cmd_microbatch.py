@@ -34,6 +34,7 @@ from market_data_pipeline.cli.consumer_lock import hold_consumers
 from market_data_pipeline.cli.tracking import RunCounts, tracked_run
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
 from market_data_pipeline.embedded import resolve_servers
+from market_data_pipeline.ui.progress import ProgressLine
 
 
 def _dump_stats(batcher: MicroBatcher, path: Path) -> None:
@@ -56,7 +57,10 @@ def micro_batch(
     config: ConfigOpt = DEFAULT_CONFIG,
     window: Annotated[
         str | None,
-        typer.Option(help="Window length, 500ms to 5s (overrides micro_batch.window_ms)."),
+        typer.Option(
+            metavar="DURATION",
+            help="Window length, 500ms to 5s (overrides micro_batch.window_ms).",
+        ),
     ] = None,
     drain: Annotated[
         bool,
@@ -68,18 +72,22 @@ def micro_batch(
     stats_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Write running stats (events, rows, latencies) as JSON here every second and "
-            "at exit, for scripts and benchmarks."
+            "at exit, for scripts and benchmarks.",
         ),
     ] = None,
 ) -> None:
     """Close event-time windows of trade ticks into bars (and upsert provider bars).
 
-    SIGUSR1 switches a running worker to --drain (finish, commit, ack, exit once idle).
+    Without --drain it runs until Ctrl-C / SIGTERM; SIGUSR1 switches a running worker to
+    --drain (finish, commit, ack, exit once idle). A terminal shows a progress line.
 
-    Example:  mdp stream micro-batch --window 2s
+    Examples:
 
-    Example:  mdp stream micro-batch --window 1s --drain --idle-s 3
+    \b
+      mdp stream micro-batch --window 2s --drain
+      mdp stream micro-batch --window 1s --drain --idle-s 1
     """
     overrides: dict[str, object] = {}
     if window is not None:
@@ -118,9 +126,24 @@ def micro_batch(
                 if stats_file is not None
                 else None
             )
+
+            def detail() -> str:
+                s = batcher.stats
+                return (
+                    f"{s.bars_written:,} bars  lag {batcher.last_lag_ms:,.0f} ms  "
+                    f"{s.dead_letters:,} dead letters"
+                )
+
             try:
                 async with tracked_run(tracker, "micro-batch", cfg, counts) as run:
-                    stats = await batcher.run(stop, drain=drain, idle_s=idle_s, drain_on=drain_on)
+                    with ProgressLine(
+                        "micro-batch" + (" (drain)" if drain else ""),
+                        count=lambda: batcher.stats.events_in,
+                        detail=detail,
+                    ):
+                        stats = await batcher.run(
+                            stop, drain=drain, idle_s=idle_s, drain_on=drain_on
+                        )
                     run.status = "success" if drain or not stop.is_set() else "stopped"
             finally:
                 loop.remove_signal_handler(signal.SIGUSR1)

@@ -14,26 +14,17 @@ import typer
 
 from market_data_core.config import AppConfig
 from market_data_core.errors import BusError, ConfigError
-from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
+    duration_ms,
     environment,
     load_app_config,
+    parse_when,
     run_async,
 )
 from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
-
-
-def _duration_ms(text: str, flag: str) -> int:
-    try:
-        ms = parse_duration_ms(text)
-    except ValueError as exc:
-        raise ConfigError(str(exc), source=flag) from None
-    if ms <= 0:
-        raise ConfigError(f"must be positive, got {text}", source=flag)
-    return ms
 
 
 def _urls(cfg: AppConfig) -> ServerUrls:
@@ -104,12 +95,12 @@ def report(
 
     Reads DATABASE_URL / store.dsn (or the servers of `mdp up`) and the bus for the DLQ.
 
-    Example:  mdp report -o report.html
+    Examples:
 
-    Example:  mdp report --symbol BTCUSDT --from 2020-02-22T00:00 --to 2020-02-22T01:00 -o btc.html
+    \b
+      mdp report -o report.html
+      mdp report --symbol BTCUSDT --from 2020-02-22 --to 2020-02-23 -o btc.html
     """
-    from market_data_pipeline.cli.cmd_produce import parse_when
-
     cfg = load_app_config(config)
     t0, t1 = parse_when(start, "--from"), parse_when(end, "--to")
     if (t0 is None) != (t1 is None):
@@ -117,8 +108,8 @@ def report(
     if t0 is not None and t1 is not None and t0 >= t1:
         raise ConfigError("--from must be before --to", source="--from/--to")
     if interval is not None:
-        _duration_ms(interval, "--interval")
-    last_ms, min_gap_ms = _duration_ms(last, "--last"), _duration_ms(min_gap, "--min-gap")
+        duration_ms(interval, "--interval")
+    last_ms, min_gap_ms = duration_ms(last, "--last"), duration_ms(min_gap, "--min-gap")
     if importlib.util.find_spec("plotly") is None:
         raise ConfigError(
             "mdp report needs plotly: pip install 'mdp-streaming[report]'", source="mdp report"

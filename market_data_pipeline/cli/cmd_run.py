@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from market_data_pipeline.cli.common import (
     DatasetsOpt,
     MetricsPortOpt,
     default_consumer_name,
+    duration_ms,
     environment,
     load_app_config,
     parse_window,
@@ -36,19 +36,22 @@ from market_data_pipeline.cli.consumer_lock import hold_consumers
 from market_data_pipeline.cli.tracking import RunCounts, tracked_run
 from market_data_pipeline.consumers.inference_consumer import features_interval, inference_group
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
-from market_data_pipeline.features import FeatureEngine
-from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
+from market_data_pipeline.inference.engine import build_engine
 from market_data_pipeline.project import dataset_registries
 from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
+from market_data_pipeline.ui import console
+from market_data_pipeline.ui.progress import ProgressLine
+from market_data_pipeline.ui.tables import print_fields
 
 DEMO_DATASET = "binance_btcusdt_trades"
 
 RunConsumerOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="NAME",
         help="Consumer name of this process in the micro-batch and inference groups. Keep it "
         "across restarts (a rerun re-reads what the last run left pending at once); two live "
-        "processes must not share it. Default: <command>-<host>."
+        "processes must not share it. Default: <command>-<host>.",
     ),
 ]
 
@@ -85,41 +88,22 @@ async def _clients(cfg: AppConfig, urls: ServerUrls) -> AsyncIterator[_Clients]:
                 await closer()
 
 
-def _engine(cfg: AppConfig, adapter: Literal["rules", "sklearn"]) -> InferenceEngine:
-
-    features = FeatureEngine(cfg.features.windows)
-    chosen = build_adapter(cfg, adapter, features.feature_names, base_dir=Path.cwd())
-    return InferenceEngine(features, chosen, interval=features_interval(cfg))
-
-
-def _progress_printer() -> Callable[[Progress], None]:
-    tty = sys.stderr.isatty()
-    last_line = [0.0]
-
-    def show(p: Progress) -> None:
-        entries = "?" if p.lag_entries < 0 else f"{p.lag_entries:,}"
-        line = (
-            f"[{p.elapsed_s:6.1f}s] {p.published:>9,} events published ({p.events_per_s:>7,.0f} "
-            f"ev/s)  {p.events_in:>9,} processed  {p.bars_written:>7,} bars  "
-            f"lag {entries:>6} entries {p.lag_ms:>6,.0f} ms  {p.signals:>6,} signals"
-        )
-        if tty:
-            sys.stderr.write("\r" + line)
-            sys.stderr.flush()
-        elif p.elapsed_s - last_line[0] >= 5:
-            last_line[0] = p.elapsed_s
-            sys.stderr.write(line + "\n")
-
-    return show
+def _progress_detail(p: Progress) -> str:
+    """The run's figures after the published count, each with its unit."""
+    entries = "?" if p.lag_entries < 0 else f"{p.lag_entries:,}"
+    return (
+        f"{p.events_per_s:,.0f} ev/s  {p.events_in:,} processed  {p.bars_written:,} bars  "
+        f"lag {entries} entries / {p.lag_ms:,.0f} ms  {p.signals:,} signals"
+    )
 
 
 def _dataset_source(cfg: AppConfig, bus: Bus, name: str, datasets: Path | None) -> Source:
-    from market_data_pipeline.cli.cmd_produce import _dead_letterer
     from market_data_pipeline.producers.datasets import find_dataset
     from market_data_pipeline.producers.replay import DatasetReplayProvider
+    from market_data_pipeline.producers.replay_run import dead_letterer
 
     spec = find_dataset(name, dataset_registries(cfg, datasets))
-    provider = DatasetReplayProvider(spec, on_error=_dead_letterer(bus))
+    provider = DatasetReplayProvider(spec, on_error=dead_letterer(bus))
     return Source(provider, max_msgs_per_s=cfg.producers.replay.max_msgs_per_s)
 
 
@@ -147,7 +131,7 @@ def _live_source(cfg: AppConfig, name: str) -> Source:
     return Source(IbkrProvider(cfg.producers.ibkr), cfg.producers.ibkr.max_msgs_per_s)
 
 
-def _summary_table(s: RunSummary, cfg: AppConfig) -> str:
+def _summary_rows(s: RunSummary, cfg: AppConfig) -> list[tuple[str, str]]:
     mb, inf = s.microbatch, s.inference
     p95 = percentile(mb.window_latencies_ms, 95)
     rows = [
@@ -178,8 +162,7 @@ def _summary_table(s: RunSummary, cfg: AppConfig) -> str:
         ("dead letters", _letters_cell(s, cfg.bus.dlq_topic)),
         ("elapsed", f"{s.elapsed_s:,.1f} s"),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    return rows
 
 
 def _letters_cell(s: RunSummary, dlq_topic: str) -> str:
@@ -235,7 +218,8 @@ async def _run_all(
     adapter: Literal["rules", "sklearn"],
     demo: bool,
 ) -> None:
-    engine = _engine(cfg, adapter)  # a bad rules file or model fails before servers start
+    # a bad rules file or model fails before servers start
+    engine = build_engine(cfg, adapter, interval=features_interval(cfg), base_dir=Path.cwd())
     groups = [cfg.bus.group, inference_group(cfg, engine.adapter.name, engine.interval)]
     with (
         resolve_servers(cfg, environment()) as urls,
@@ -244,11 +228,10 @@ async def _run_all(
         stage_services(cfg, urls, job, warn_embedded=False) as metrics,
     ):
         async with _clients(cfg, urls) as c:
-            typer.echo(
+            console.note(
                 f"mdp {job}: servers {urls.describe()}"
                 f"{' (embedded: ' + ', '.join(urls.embedded) + ')' if urls.embedded else ''}; "
-                f"consumer {consumer}; metrics {metrics.url}/metrics",
-                err=True,
+                f"consumer {consumer}; metrics {metrics.url}/metrics"
             )
             summary = RunSummary()
             srcs = sources(c.bus)
@@ -265,11 +248,13 @@ async def _run_all(
                 )
             ]
             done = [False]
-            show = _progress_printer()
+            line = ProgressLine(
+                job, rate=False, detail=lambda: _progress_detail(last[0]), plain_every_s=5.0
+            )
 
             def on_progress(p: Progress) -> None:
                 last[0] = p
-                show(p)
+                line.update(p.published)
 
             def counts() -> RunCounts:
                 if not done[0]:
@@ -278,7 +263,7 @@ async def _run_all(
                 mb, inf = summary.microbatch, summary.inference
                 return RunCounts(mb.events_in, mb.rows_written + inf.signals, summary.dead_letters)
 
-            try:
+            with line:
                 async with tracked_run(c.tracker, job, cfg, counts) as run:
                     summary = await run_pipeline(
                         cfg,
@@ -295,10 +280,8 @@ async def _run_all(
                     summary.producer_dead_letters = _replay_letters(srcs)
                     done[0] = True
                     run.status = "stopped" if stop.is_set() else "success"
-            finally:
-                if sys.stderr.isatty():
-                    sys.stderr.write("\n")
-            typer.echo(f"\nmdp {job} summary ({run.status}):\n{_summary_table(summary, cfg)}")
+            typer.echo(f"\nmdp {job} summary ({run.status}):")
+            print_fields(_summary_rows(summary, cfg))
             sample = await _sample(
                 c,
                 f"{cfg.micro_batch.window_ms // 1000}s"
@@ -336,26 +319,18 @@ def _where_the_data_is(urls: ServerUrls) -> str:
     return "\n".join(lines)
 
 
-def _duration(text: str | None, flag: str) -> float | None:
-    if text is None:
-        return None
-    from market_data_core.timeutil import parse_duration_ms
-
-    try:
-        return parse_duration_ms(text) / 1000
-    except ValueError as exc:
-        raise ConfigError(str(exc), source=flag) from None
-
-
 @app.command("run")
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,
     duration: Annotated[
-        str | None, typer.Option(help="Stop by itself after this long (e.g. 5m); default: Ctrl-C.")
+        str | None,
+        typer.Option(
+            metavar="DURATION", help="Stop by itself after this long (e.g. 5m); default: Ctrl-C."
+        ),
     ] = None,
     replay: Annotated[
         list[str] | None,
-        typer.Option(help="Also replay this registered dataset (repeatable)."),
+        typer.Option(metavar="DATASET", help="Also replay this registered dataset (repeatable)."),
     ] = None,
     datasets: DatasetsOpt = None,
     synthetic: Annotated[
@@ -367,13 +342,19 @@ def run(
         ),
     ] = None,
     rate: Annotated[
-        float | None, typer.Option(min=0.001, help="Synthetic events/s over all symbols.")
+        float | None,
+        typer.Option(
+            min=0.001, metavar="EVENTS_PER_S", help="Synthetic events/s over all symbols."
+        ),
     ] = None,
-    window: Annotated[str | None, typer.Option(help="Micro-batch window, 500ms to 5s.")] = None,
+    window: Annotated[
+        str | None, typer.Option(metavar="DURATION", help="Micro-batch window, 500ms to 5s.")
+    ] = None,
     adapter: Annotated[
         Literal["rules", "sklearn"] | None,
         typer.Option(
-            help="Inference adapter (default: sklearn if enabled in the config, else rules)."
+            metavar="[rules|sklearn]",
+            help="Inference adapter (default: sklearn if enabled in the config, else rules).",
         ),
     ] = None,
     consumer: RunConsumerOpt = None,
@@ -386,9 +367,13 @@ def run(
     over what the last run left pending at once; a second live `mdp run` on this host needs
     its own --consumer.
 
-    Example:  mdp run
+    A terminal shows a progress line; without one, the same figures are printed every 5 s.
 
-    Example:  mdp run --duration 2m --rate 2000 --replay binance_btcusdt_trades
+    Examples:
+
+    \b
+      mdp run --duration 10s
+      mdp run --duration 20s --rate 2000 --replay binance_btcusdt_trades
     """
     overrides: dict[str, object] = {}
     if window is not None:
@@ -396,7 +381,7 @@ def run(
     if metrics_port is not None:
         overrides["telemetry.metrics_port"] = metrics_port
     cfg = load_app_config(config, overrides)
-    duration_s = _duration(duration, "--duration")
+    duration_s = None if duration is None else duration_ms(duration, "--duration") / 1000
     use_synthetic = cfg.producers.synthetic.enabled if synthetic is None else synthetic
     live = [n for n in ("coinbase", "ibkr") if getattr(cfg.producers, n).enabled]
     if not use_synthetic and not replay and not live:
@@ -438,9 +423,15 @@ def run(
 def demo(
     config: ConfigOpt = DEFAULT_CONFIG,
     synthetic_s: Annotated[
-        float, typer.Option("--synthetic-s", min=0, help="Seconds of live synthetic data.")
+        float,
+        typer.Option(
+            "--synthetic-s", min=0, metavar="SECONDS", help="Seconds of live synthetic data."
+        ),
     ] = 60.0,
-    rate: Annotated[float, typer.Option(min=1, help="Synthetic events/s over all symbols.")] = 300,
+    rate: Annotated[
+        float,
+        typer.Option(min=1, metavar="EVENTS_PER_S", help="Synthetic events/s over all symbols."),
+    ] = 300,
     datasets: DatasetsOpt = None,
     consumer: RunConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
@@ -457,14 +448,14 @@ def demo(
     BTCUSDT trades) and a minute of live synthetic ticks, shows progress, prints a summary,
     and leaves nothing running (with --keep, or while `mdp up` runs: its data stays).
 
-    Example:  mdp demo
-
-    Example:  mdp demo --synthetic-s 10 --rate 1000
-
-    Example:  mdp demo --keep --synthetic-s 5 && mdp report -o report.html
-
     On shared servers (REDIS_URI set, or --keep) the consumer name defaults to demo-<host>,
-    like `mdp run`'s.
+    like `mdp run`'s. Without options it takes about a minute and a half.
+
+    Examples:
+
+    \b
+      mdp demo --synthetic-s 10 --rate 1000
+      mdp demo --keep --synthetic-s 5 && mdp report -o report.html
     """
     overrides: dict[str, object] = {}
     if metrics_port is not None:

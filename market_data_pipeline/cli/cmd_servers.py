@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from market_data_core.config import AppConfig
 from market_data_pipeline.cli.apps import app
@@ -18,20 +19,26 @@ from market_data_pipeline.cli.common import (
     load_app_config,
 )
 from market_data_pipeline.local_servers import LocalServers, ServerState, state_dir_for
+from market_data_pipeline.ui import console as ui_console
+from market_data_pipeline.ui.tables import print_table
 
 _NOT_RUNNING_EXIT = 3  # `mdp up --status` with a server down (the LSB "not running" code)
 
 
-def _table(states: list[ServerState]) -> str:
-    rows = [
-        (s.name, s.state, "-" if s.port is None else str(s.port), str(s.pid or "-"), s.url or "-")
-        for s in states
-    ]
-    header = ("server", "state", "port", "pid", "url")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
+def _print_states(states: list[ServerState], console: Console) -> None:
+    print_table(
+        ["server", "state", "port", "pid", "url"],
+        [
+            [
+                s.name,
+                s.state,
+                "-" if s.port is None else str(s.port),
+                str(s.pid or "-"),
+                s.url or "-",
+            ]
+            for s in states
+        ],
+        console=console,
     )
 
 
@@ -70,17 +77,19 @@ def up(
     the exports. Commands without REDIS_URI / DATABASE_URL (or bus.redis.uri / store.dsn)
     then use these servers instead of starting throwaway ones. Running it again is harmless.
 
-    Example:  mdp up
+    Examples:
 
-    Example:  eval "$(mdp up)"   # the exports, for psql and other tools
-
-    Example:  mdp up --status
+    \b
+      mdp up
+      eval "$(mdp up)"   # the exports, for psql and other tools
+      mdp up --status
     """
     cfg = load_app_config(config, local_servers=False)
     servers = LocalServers(state_dir_for(config, environment()))
     if status:
         states = servers.status()
-        typer.echo(f"local servers in {servers.state_dir}:\n{_table(states)}")
+        typer.echo(f"local servers in {servers.state_dir}:")
+        _print_states(states, ui_console.stdout())
         if not all(s.running for s in states):
             raise typer.Exit(_NOT_RUNNING_EXIT)
         return
@@ -100,11 +109,11 @@ def start_local_servers(
     pg = next(s for s in states if s.name == "postgres")
     assert pg.url is not None
     at = upgrade_schema(pg.url, config=cfg)
-    typer.echo(
-        f"local servers up, data in {servers.state_dir} (schema at revision {at}):\n"
-        f"{_table(states)}\n"
-        "commands of this project without a server URL use them; `mdp down` stops them.",
-        err=True,
+    ui_console.note(f"local servers up, data in {servers.state_dir} (schema at revision {at}):")
+    if not ui_console.settings().quiet:
+        _print_states(states, ui_console.stderr())
+    ui_console.note(
+        "commands of this project without a server URL use them; `mdp down` stops them."
     )
     return states
 
@@ -115,7 +124,10 @@ def down(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     data first). The data stays in .mdp/ for the next `mdp up`; delete that folder to
     start afresh.
 
-    Example:  mdp down
+    Examples:
+
+    \b
+      mdp down
     """
     servers = LocalServers(state_dir_for(config, environment()))
     for name, what in servers.down():

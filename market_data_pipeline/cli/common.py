@@ -1,5 +1,6 @@
-"""What every command shares: ``--config``, config loading with overrides, the async runner
-with its stop event, and one-line errors with exit code 2."""
+"""What every command shares: ``--config``, config loading with overrides, the one parser of
+durations and times given as flags, the async runner with its stop event, and one-line errors
+with exit code 2."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -24,6 +26,7 @@ from market_data_pipeline import telemetry
 from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.gc_pacing import paced_gc
 from market_data_pipeline.telemetry import MetricsServer, setup_logging, start_metrics_server
+from market_data_pipeline.ui import console
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -32,9 +35,11 @@ __all__ = [
     "JsonOpt",
     "config_file",
     "describe_error",
+    "duration_ms",
     "fail",
     "load_app_config",
     "one_line",
+    "parse_when",
     "parse_window",
     "primary_error",
     "run_async",
@@ -48,6 +53,7 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="Config file (YAML); relative paths in it resolve against its folder. Default: "
         "configs/streaming.yaml in the working directory if it exists, else the one shipped "
         "with mdp (mdp init writes an editable copy).",
@@ -57,6 +63,7 @@ ConfigOpt = Annotated[
 DatasetsOpt = Annotated[
     Path | None,
     typer.Option(
+        metavar="FILE",
         help="Your dataset registry (relative to the working directory); default "
         "producers.replay.datasets_file. Names not in it are looked up in the registry "
         "shipped with mdp.",
@@ -106,9 +113,21 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_FLAG_ENV: dict[str, str] = {}
+
+
+def set_flag_environment(values: Mapping[str, str | None]) -> None:
+    """The server URLs given as global flags (``mdp --redis-uri URL ...``): they stand for their
+    variables (``REDIS_URI``), so a flag and its variable are one setting, above the config
+    and the embedded servers."""
+    _FLAG_ENV.clear()
+    _FLAG_ENV.update({name: value for name, value in values.items() if value})
+
+
 def environment() -> Mapping[str, str]:
-    """The process environment, read here at the CLI edge and passed down."""
-    return dict(os.environ)
+    """The process environment, read here at the CLI edge and passed down, with the server
+    URLs given as global flags in their variables' place."""
+    return {**os.environ, **_FLAG_ENV}
 
 
 def config_file(path: Path) -> Path:
@@ -167,26 +186,51 @@ def _with_local_servers(config: AppConfig, path: Path, env: Mapping[str, str]) -
         use["store.dsn"] = urls["postgres"]
     if not use:
         return config
-    typer.echo(
+    console.note(
         f"mdp: using the servers of `mdp up` in {servers.state_dir}: "
         + ", ".join(
             f"{'redis' if key == 'bus.redis.uri' else 'postgres'}={redact_url(url)}"
             for key, url in use.items()
-        ),
-        err=True,
+        )
     )
     return _override(config, use, f"{path} + the servers of `mdp up`")
 
 
-def parse_window(text: str, flag: str = "--window") -> int:
-    """``--window 2s`` -> 2000 (ms), 0.5 s to 5 s; ConfigError otherwise."""
+def duration_ms(text: str, flag: str, *, min_ms: int = 1) -> int:
+    """The one parser of duration flags (``--duration 30s``, ``--last 6h``, ``--interval 1m``):
+    milliseconds (:func:`~market_data_core.timeutil.parse_duration_ms`), at least ``min_ms``.
+    Raises ``ConfigError`` naming the flag (one line, exit 2)."""
     try:
         ms = parse_duration_ms(text)
     except ValueError as exc:
         raise ConfigError(str(exc), source=flag) from None
+    if ms < min_ms:
+        least = "must be positive" if min_ms == 1 else f"must be at least {min_ms} ms"
+        raise ConfigError(f"{least}, got {text}", source=flag)
+    return ms
+
+
+def parse_window(text: str, flag: str = "--window") -> int:
+    """``--window 2s`` -> 2000 (ms), 0.5 s to 5 s; ConfigError otherwise."""
+    ms = duration_ms(text, flag, min_ms=0)
     if not 500 <= ms <= 5000:
         raise ConfigError(f"window must be between 500ms and 5s, got {text}", source=flag)
     return ms
+
+
+def parse_when(text: str | None, flag: str) -> datetime | None:
+    """``--from``/``--to``: ``2020-02-22``, ``2020-02-22T01:00``, ``2020-02-22 01:00:00Z`` ...
+    (naive = UTC); ``None`` stays ``None``. Raises ``ConfigError`` naming the flag."""
+    if text is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"expected a date or ISO-8601 time like 2020-02-22 or 2020-02-22T01:00Z, got {text!r}",
+            source=flag,
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
@@ -227,6 +271,7 @@ MetricsPortOpt = Annotated[
         "--metrics-port",
         min=0,
         max=65535,
+        metavar="PORT",
         help="Serve /metrics and /healthz here (overrides telemetry.metrics_port; 0 = any free).",
     ),
 ]
@@ -253,10 +298,13 @@ def percentile(values: list[float], pct: float) -> float | None:
 def stage_services(
     config: AppConfig, urls: ServerUrls, stage: str, *, warn_embedded: bool = True
 ) -> Iterator[MetricsServer]:
-    """Logging, the metrics namespace and symbol-label policy, the metrics endpoint, and a
-    warning when the bus is embedded (its data dies with this command)."""
-    setup_logging(config.telemetry.log_level, json=config.telemetry.log_format == "json")
-    if config.telemetry.log_level != "DEBUG":
+    """Logging (at ``mdp -q|-v|--log-level``, else ``telemetry.log_level``), the metrics
+    namespace and symbol-label policy, the metrics endpoint, and a warning when the bus is
+    embedded (its data dies with this command). Where the metrics and servers are is logged
+    at DEBUG (``mdp -v``)."""
+    level = console.log_level(config.telemetry.log_level)
+    setup_logging(level, json=config.telemetry.log_format == "json")
+    if level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
     log = logging.getLogger(f"mdp.{stage}")
     if warn_embedded and "valkey" in urls.embedded:
@@ -268,7 +316,7 @@ def stage_services(
     telemetry.configure(config.telemetry)  # before any stage looks up a labelled series
     # raises ConfigError (one line, exit 2) when the port cannot be bound
     server = start_metrics_server(config.telemetry.metrics_host, config.telemetry.metrics_port)
-    log.info("%s: metrics on %s/metrics, servers: %s", stage, server.url, urls.describe())
+    log.debug("%s: metrics on %s/metrics, servers: %s", stage, server.url, urls.describe())
     try:
         yield server
     finally:
@@ -276,13 +324,17 @@ def stage_services(
 
 
 IdleOpt = Annotated[
-    float, typer.Option("--idle-s", min=0.1, help="With --drain: exit after this idle time.")
+    float,
+    typer.Option(
+        "--idle-s", min=0.1, metavar="SECONDS", help="With --drain: exit after this idle time."
+    ),
 ]
 ConsumerOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="NAME",
         help="Consumer name in the group (keep it across restarts to re-read its own pending "
-        "entries first). Default: <stage>-<host>-<pid>."
+        "entries first). Default: <stage>-<host>-<pid>.",
     ),
 ]
 

@@ -61,7 +61,6 @@ from market_data_core.protocols import (
     Bus,
     BusConsumer,
     BusRecord,
-    DeadLetter,
     StoreClient,
     UpsertResult,
     routing_key,
@@ -76,6 +75,7 @@ from market_data_core.timeutil import (
 from market_data_pipeline import telemetry
 from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.consumers.windowing import EventClock, Lateness
+from market_data_pipeline.streaming.dlq import letter_from_record
 
 __all__ = ["MicroBatchStats", "MicroBatcher"]
 
@@ -508,17 +508,13 @@ class MicroBatcher:
 
     async def _dead_letter(self, rec: BusRecord, reason: str, detail: str, payload: bytes) -> None:
         telemetry.ERRORS.labels(component=_COMPONENT, reason=reason).inc()
-        letter = DeadLetter(
-            entry_id="",
-            payload=payload,
+        letter = letter_from_record(
+            rec,
             reason=reason,
             detail=detail,
             component=_COMPONENT,
-            source_topic=rec.topic,
-            source_shard=rec.shard,
-            source_id=rec.entry_id,
+            payload=payload,
             ts=from_epoch_us(self._wall()),
-            deliveries=rec.deliveries,
         )
         await _retry_bus(lambda: self._bus.dead_letter(letter), "write a dead letter")
         self._stage_letters[reason] = self._stage_letters.get(reason, 0) + 1

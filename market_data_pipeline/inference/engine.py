@@ -32,7 +32,14 @@ from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
 from market_data_pipeline.project import rules_file
 
-__all__ = ["STATE_FORMAT", "AdapterKind", "InferenceEngine", "WarmableAdapter", "build_adapter"]
+__all__ = [
+    "STATE_FORMAT",
+    "AdapterKind",
+    "InferenceEngine",
+    "WarmableAdapter",
+    "build_adapter",
+    "build_engine",
+]
 
 AdapterKind = Literal["rules", "sklearn"]
 
@@ -159,3 +166,14 @@ class InferenceEngine:
 
     async def aclose(self) -> None:
         await self.adapter.aclose()
+
+
+def build_engine(
+    config: AppConfig, kind: AdapterKind, *, interval: str, base_dir: Path | None = None
+) -> InferenceEngine:
+    """The engine of ``features.windows`` and the ``kind`` adapter (:func:`build_adapter`) for
+    bars of ``interval`` (``consumers.inference_consumer.features_interval(config)``). Raises
+    ``ConfigError`` before any server is needed (bad rules file, model hash, features)."""
+    features = FeatureEngine(config.features.windows)
+    adapter = build_adapter(config, kind, features.feature_names, base_dir=base_dir)
+    return InferenceEngine(features, adapter, interval=interval)

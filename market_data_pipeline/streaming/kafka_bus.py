@@ -86,6 +86,13 @@ async def _translated(what: str) -> AsyncIterator[None]:
         raise BusError(f"kafka bus: {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _extra_fields(record: Any) -> tuple[tuple[str, bytes], ...]:
+    """A consumed record's key and headers (``header.<name>``): kept in its dead letter."""
+    out = [] if record.key is None else [("key", bytes(record.key))]
+    out += [(f"header.{name}", bytes(value or b"")) for name, value in record.headers or ()]
+    return tuple(out)
+
+
 def _compression(config: BusConfig) -> str | None:
     wanted = config.kafka.compression
     if wanted == "none":
@@ -260,12 +267,22 @@ class KafkaBus:
         start = {p: max(0, end - limit) for p, end in ends.items()}
         read = await self._read(topic, start)
         records = [
-            (r.timestamp, r.partition, r.offset, r.value or b"")
+            (r.timestamp, r.partition, r.offset, r.value or b"", _extra_fields(r))
             for rs in read.values()
             for r in rs[-limit:]
         ]
-        records.sort()
-        return [BusRecord(topic, p, str(off), value) for _, p, off, value in records[-limit:]]
+        records.sort(key=lambda rec: rec[:3])
+        return [
+            BusRecord(topic, p, str(off), value, 1, extra)
+            for _, p, off, value, extra in records[-limit:]
+        ]
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the broker knows ``topic`` (its metadata; never creates it)."""
+        if topic in self._known_topics:
+            return True
+        async with _translated(f"look up {topic}"):
+            return topic in await self._admin.list_topics()
 
     async def _offsets(self, topic: str) -> tuple[dict[int, int], dict[int, int]]:
         """(first, end) offset per partition as the broker reports them."""
@@ -528,11 +545,13 @@ class KafkaConsumer:
                     state.deliveries[offset] = times
                     state.in_flight[offset] = now
                     state.next_offset = max(state.next_offset, offset + 1)
-                    entry_id, payload = str(offset), r.value or b""
+                    entry_id, payload, extra = str(offset), r.value or b"", _extra_fields(r)
                     if times > self._max_deliveries:
-                        poison.append(BusRecord(topic, partition, entry_id, payload, times - 1))
+                        poison.append(
+                            BusRecord(topic, partition, entry_id, payload, times - 1, extra)
+                        )
                     else:
-                        out.append(BusRecord(topic, partition, entry_id, payload, times))
+                        out.append(BusRecord(topic, partition, entry_id, payload, times, extra))
         for record in poison:
             letter = letter_from_record(
                 record,

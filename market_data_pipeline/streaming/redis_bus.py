@@ -6,7 +6,10 @@ when ``partitions == 1``; on a cluster ``<topic>:{<tag>}``, hash-tagged so that 
 stream, group, lease and dead letters share one slot and the shards spread over the masters);
 every other topic (bars, signals, the DLQ) is one stream. An entry has one field, ``data``,
 holding the payload bytes, so an entry written by any Redis client
-(``XADD mdp.events * data <json>``) is read like our own.
+(``XADD mdp.events * data <json>``) is read like our own. Any other field of an entry is kept in
+the record (``BusRecord.extra_fields``) and so in its dead letter: an entry written with its
+content in another field (``XADD mdp.events * payload <json>``) is dead-lettered with that
+field, not lost.
 
 A cluster (``bus.redis.cluster: true``, or a ``redis+cluster://`` / ``rediss+cluster://`` URL,
 whose comma-separated hosts are all seeds) is spoken to by redis-py's ``RedisCluster``, which
@@ -431,8 +434,7 @@ class RedisBus:
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
                 ms, _, seq = entry_id.partition("-")
-                payload = (fields or {}).get(_DATA, b"")
-                record = BusRecord(topic, shard, entry_id, payload)
+                record = _record(topic, shard, entry_id, fields)
                 records.append(((int(ms), int(seq or 0)), record))
         records.sort(key=lambda pair: pair[0])
         return [record for _, record in records[-limit:]]
@@ -459,6 +461,15 @@ class RedisBus:
                     name = _text(info.get("name"))
                     out.append(await self._group_status(stream, int(length), name, info, now_ms))
         return out
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether one of the topic's streams exists (``EXISTS`` per stream, one key each so
+        that a cluster routes each to its slot; never creates)."""
+        async with _translated(f"look up {topic}"):
+            pipe = self._client.pipeline(transaction=False)
+            for stream in await self._streams_of(topic):
+                pipe.exists(stream)
+            return any(await pipe.execute())
 
     async def _server_ms(self) -> int:
         seconds, micros = await self._client.time()
@@ -569,6 +580,24 @@ class RedisBus:
 
 def _fields(letter: DeadLetter) -> dict[Any, Any]:
     return dict(letter_fields(letter))
+
+
+def _record(
+    topic: str,
+    shard: int,
+    entry_id: str,
+    fields: Mapping[bytes, bytes] | None,
+    deliveries: int = 1,
+) -> BusRecord:
+    """An entry as a record: ``data`` is the payload, every other field is kept in
+    ``extra_fields`` (an entry of another producer; empty payload if it has no ``data``)."""
+    if not fields:
+        return BusRecord(topic, shard, entry_id, b"", deliveries)
+    payload = fields.get(_DATA)
+    if payload is not None and len(fields) == 1:
+        return BusRecord(topic, shard, entry_id, payload, deliveries)
+    extra = tuple((_text(name), value) for name, value in fields.items() if name != _DATA)
+    return BusRecord(topic, shard, entry_id, payload or b"", deliveries, extra)
 
 
 def _text(value: Any) -> str:
@@ -751,7 +780,11 @@ class RedisConsumer:
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
                 held[entry_id] = (1, now)
-                append(BusRecord(topic, shard, entry_id, fields.get(_DATA, b"")))
+                payload = fields.get(_DATA)
+                if payload is None or len(fields) != 1:
+                    append(_record(topic, shard, entry_id, fields))
+                else:
+                    append(BusRecord(topic, shard, entry_id, payload))
         return out
 
     async def _read_new_per_stream(
@@ -984,7 +1017,7 @@ class RedisConsumer:
                 continue
             times = deliveries.get(entry_id, 0) + 1
             held[entry_id] = (times, now)
-            out.append(BusRecord(self._topic, shard, entry_id, fields.get(_DATA, b""), times))
+            out.append(_record(self._topic, shard, entry_id, fields, times))
         missing = [e for e in deliveries if e not in returned]
         if missing:
             for entry_id in missing:
@@ -1034,8 +1067,7 @@ class RedisConsumer:
         pairs: list[tuple[DeadLetter, str]] = []
         for (entry_id, times), body in zip(poison, bodies, strict=True):
             self._held[shard].pop(entry_id, None)
-            payload = (body[0][1] or {}).get(_DATA, b"") if body else b""
-            record = BusRecord(self._topic, shard, entry_id, payload, times)
+            record = _record(self._topic, shard, entry_id, body[0][1] if body else None, times)
             letter = letter_from_record(
                 record,
                 reason="max_deliveries",

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from market_data_pipeline.cli.app import main
-from market_data_pipeline.cli.cmd_produce import event_row, parse_when
+from market_data_pipeline.cli.common import parse_when
 from market_data_pipeline.producers.datasets import load_registry, read_dataset
+from market_data_pipeline.ui.records import event_row
 from tests.conftest import ROOT, SHIPPED_REGISTRY
 
 
@@ -111,13 +112,13 @@ def test_tail_renders_signals_bars_and_bad_entries() -> None:
     from market_data_core.config import AppConfig
     from market_data_core.contracts import Bar, Signal
     from market_data_core.protocols import BusRecord
-    from market_data_pipeline.cli.cmd_produce import render_records
+    from market_data_pipeline.ui.records import render_records
 
     cfg = AppConfig()
     ts = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
     sig = Signal(provider="p", symbol="SPY", ts=ts, name="momentum_up", value=1.5, score=0.9)
     header, rows, lines = render_records(
-        cfg, "mdp.signals", [BusRecord("mdp.signals", 0, "1-0", encode_signal(sig))], False
+        cfg, "mdp.signals", [BusRecord("mdp.signals", 0, "1-0", encode_signal(sig))]
     )
     assert header[:3] == ["time", "symbol", "name"]
     assert rows == [
@@ -125,12 +126,12 @@ def test_tail_renders_signals_bars_and_bad_entries() -> None:
     ]
     bar = Bar("p", "SPY", "2s", ts, 10.0, 11.0, 9.5, 10.5, 300.0, revision=1)
     _h, rows, lines = render_records(
-        cfg, "mdp.bars", [BusRecord("mdp.bars", 0, "1-0", encode_bar(bar))], True
+        cfg, "mdp.bars", [BusRecord("mdp.bars", 0, "1-0", encode_bar(bar))]
     )
     assert rows[0][1:] == ["p|SPY", "2s", "o 10 h 11 l 9.5 c 10.5", "300", "1"]
     assert '"revision": 1' in lines[0]
     _h, rows, lines = render_records(
-        cfg, "mdp.events", [BusRecord("mdp.events", 0, "7-0", b"\xc1garbage")], False
+        cfg, "mdp.events", [BusRecord("mdp.events", 0, "7-0", b"\xc1garbage")]
     )
     assert rows[0][-1] == "7-0" and rows[0][3].startswith("<decode:")
     assert '"error"' in lines[0]

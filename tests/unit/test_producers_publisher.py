@@ -27,7 +27,7 @@ from market_data_core.protocols import (
     routing_key,
 )
 from market_data_pipeline import telemetry
-from market_data_pipeline.cli.cmd_produce import pump
+from market_data_pipeline.producers.pump import pump
 from market_data_pipeline.producers.publisher import (
     Publisher,
     WireBlock,

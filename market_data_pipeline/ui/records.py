@@ -1,0 +1,205 @@
+"""What ``mdp stream tail`` and ``mdp stream dlq list`` show of bus entries: decoded events,
+bars, signals and dead letters as table rows (:mod:`market_data_pipeline.ui.tables`) and as
+JSON lines.
+
+An entry that cannot be decoded is one row saying why (``<decode: ...>``), never skipped; an
+entry written by another producer without mdp's ``data`` field shows the fields it has.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from market_data_core.codec import decode_bar, decode_events, decode_signal, event_to_dict
+from market_data_core.config import AppConfig
+from market_data_core.contracts import StreamEvent
+from market_data_core.errors import ContractError
+from market_data_core.protocols import BusRecord, DeadLetter
+from market_data_core.timeutil import isoformat_us
+
+__all__ = [
+    "LETTER_HEADER",
+    "Rendered",
+    "entry_key",
+    "event_row",
+    "letter_json",
+    "letter_row",
+    "render_records",
+    "short_number",
+]
+
+Rendered = tuple[list[str], list[list[str]], list[str]]
+"""``(header, table rows, JSON lines)``."""
+
+LETTER_HEADER = ["ID", "TIME (UTC)", "COMPONENT", "REASON", "DETAIL", "SOURCE"]
+_DETAIL_CHARS = 60
+
+
+def short_number(value: float | None) -> str:
+    """Shortest exact text of a number (``9682``, ``0.132``, ``2300413.7295``)."""
+    if value is None:
+        return ""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", errors="backslashreplace")
+
+
+def event_row(ev: StreamEvent) -> list[str]:
+    """time, symbol, kind, prices, volume, id."""
+    s = short_number
+    if ev.kind == "quote":
+        prices = f"{s(ev.bid)} / {s(ev.ask)}"
+        volume = (
+            f"{s(ev.bid_size)} / {s(ev.ask_size)}"
+            if ev.bid_size is not None or ev.ask_size is not None
+            else ""
+        )
+    elif ev.kind == "bar":
+        prices = f"o {s(ev.o)} h {s(ev.h)} l {s(ev.l)} c {s(ev.c)}"
+        volume = s(ev.v)
+    else:
+        prices = s(ev.c)
+        volume = s(ev.v) + (f" {ev.side}" if ev.side else "")
+    kind = ev.kind if ev.interval is None else f"{ev.kind} {ev.interval}"
+    return [isoformat_us(ev.src_ts), ev.symbol, kind, prices, volume, ev.event_id]
+
+
+def _problem(rec: BusRecord, reason: str, detail: str) -> tuple[str, dict[str, Any]]:
+    """The cell and the JSON object of an entry that cannot be shown decoded."""
+    out: dict[str, Any] = {"entry_id": rec.entry_id, "error": f"{reason}: {detail}"}
+    if not rec.payload and rec.extra_fields:
+        names = ", ".join(name for name, _ in rec.extra_fields)
+        out["fields"] = {name: _text(value) for name, value in rec.extra_fields}
+        return f"<no data field; the entry has: {names}>", out
+    return f"<{reason}: {detail[:80]}>", out
+
+
+def render_records(cfg: AppConfig, topic: str, records: Sequence[BusRecord]) -> Rendered:
+    """Rows and JSON lines for records of ``topic`` (the config's signals or bars topic, or
+    events for any other); an undecodable entry is one row with the reason."""
+    rows: list[list[str]] = []
+    out_json: list[str] = []
+    if topic == cfg.bus.signals_topic:
+        header = ["time", "symbol", "name", "value", "score", "adapter", "id"]
+        for rec in records:
+            try:
+                sig = decode_signal(rec.payload)
+            except ContractError as exc:
+                cell, obj = _problem(rec, exc.reason, exc.detail)
+                rows.append(["?", "?", cell, "", "", "", rec.entry_id])
+                out_json.append(json.dumps(obj))
+                continue
+            rows.append(
+                [
+                    isoformat_us(sig.ts),
+                    sig.symbol,
+                    sig.name,
+                    short_number(sig.value),
+                    short_number(sig.score),
+                    sig.adapter,
+                    sig.signal_id,
+                ]
+            )
+            d = sig.model_dump()
+            d["ts"] = isoformat_us(sig.ts)
+            out_json.append(json.dumps(d))
+        return header, rows, out_json
+    if topic == cfg.bus.bars_topic:
+        header = ["time", "symbol", "interval", "prices", "volume", "revision"]
+        s = short_number
+        for rec in records:
+            try:
+                bar = decode_bar(rec.payload)
+            except ContractError as exc:
+                cell, obj = _problem(rec, exc.reason, exc.detail)
+                rows.append(["?", "?", cell, "", "", rec.entry_id])
+                out_json.append(json.dumps(obj))
+                continue
+            rows.append(
+                [
+                    isoformat_us(bar.ts),
+                    f"{bar.provider}|{bar.symbol}",
+                    bar.interval,
+                    f"o {s(bar.o)} h {s(bar.h)} l {s(bar.l)} c {s(bar.c)}",
+                    s(bar.v),
+                    str(bar.revision),
+                ]
+            )
+            out_json.append(
+                json.dumps(
+                    {
+                        "provider": bar.provider,
+                        "symbol": bar.symbol,
+                        "interval": bar.interval,
+                        "ts": isoformat_us(bar.ts),
+                        "o": bar.o,
+                        "h": bar.h,
+                        "l": bar.l,
+                        "c": bar.c,
+                        "v": bar.v,
+                        "vwap": bar.vwap,
+                        "trade_count": bar.trade_count,
+                        "revision": bar.revision,
+                    }
+                )
+            )
+        return header, rows, out_json
+    header = ["time", "symbol", "kind", "prices", "volume", "id"]
+    for rec in records:
+        batch = decode_events(rec.payload)
+        for ev in batch.events:
+            rows.append(event_row(ev))
+            out_json.append(json.dumps(event_to_dict(ev, codec="json")))
+        for err in batch.errors:
+            cell, obj = _problem(rec, err.reason, err.detail)
+            rows.append(["?", "?", "?", cell, "", rec.entry_id])
+            out_json.append(json.dumps(obj))
+    return header, rows, out_json
+
+
+def letter_row(letter: DeadLetter) -> list[str]:
+    """A row under :data:`LETTER_HEADER` (the detail cut to 60 characters)."""
+    detail = letter.detail
+    if len(detail) > _DETAIL_CHARS:
+        detail = detail[: _DETAIL_CHARS - 3] + "..."
+    return [
+        letter.entry_id,
+        letter.ts.strftime("%Y-%m-%d %H:%M:%S"),
+        letter.component,
+        letter.reason,
+        detail,
+        f"{letter.source_topic}:{letter.source_shard}/{letter.source_id}",
+    ]
+
+
+def letter_json(letter: DeadLetter) -> dict[str, Any]:
+    """Every part of a dead letter; ``payload`` and the original entry's other fields
+    (``source_fields``) as text (undecodable bytes as ``\\xNN``)."""
+    return {
+        "id": letter.entry_id,
+        "ts": letter.ts.isoformat(),
+        "component": letter.component,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "source": f"{letter.source_topic}:{letter.source_shard}/{letter.source_id}",
+        "source_topic": letter.source_topic,
+        "source_shard": letter.source_shard,
+        "source_id": letter.source_id,
+        "deliveries": letter.deliveries,
+        "payload_bytes": len(letter.payload),
+        "payload": _text(letter.payload),
+        "source_fields": {name: _text(value) for name, value in letter.source_fields},
+    }
+
+
+def entry_key(entry_id: str) -> tuple[int, ...]:
+    """Order of entry ids within one shard: Redis ``ms-seq`` or a Kafka offset."""
+    try:
+        return tuple(int(part) for part in entry_id.split("-"))
+    except ValueError:
+        return (0,)
