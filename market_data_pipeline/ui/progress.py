@@ -20,7 +20,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.spinner import Spinner
@@ -32,6 +32,8 @@ from market_data_pipeline.ui import console as _console
 __all__ = ["ProgressLine", "format_duration_s"]
 
 _REFRESH_PER_S = 4
+_BAR_WIDTH = 20
+_WIDE_TERMINAL = 110  # columns from which a bar is drawn beside the figures
 
 
 def format_duration_s(seconds: float) -> str:
@@ -164,20 +166,24 @@ class ProgressLine:
 
     def __rich__(self) -> RenderableType:
         elapsed = self._refresh()
-        row: list[RenderableType] = [self._spinner, Text(self.label, style="bold")]
+        info = []
         if self.total:
-            row.append(
-                ProgressBar(total=self.total, completed=min(self.done, self.total), width=24)
-            )
-            row.append(Text(f"{min(100.0, 100.0 * self.done / self.total):5.1f}%"))
-        row.append(Text("  ".join(self._counts(elapsed))))
+            info.append(f"{min(100.0, 100.0 * self.done / self.total):5.1f}%")
+        info += self._counts(elapsed)
         timing = format_duration_s(elapsed)
         eta = self._eta(elapsed)
         if eta is not None:
             timing += f"  ETA {eta}"
-        row.append(Text(timing, style="dim"))
+        info.append(timing)
         grid = Table.grid(padding=(0, 1))
-        for _ in row:
-            grid.add_column(no_wrap=True)
-        grid.add_row(*row)
-        return Group(grid)
+        cells: list[RenderableType] = [self._spinner, Text(self.label, style="bold")]
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True, min_width=len(self.label))
+        if self.total and _console.stderr().width >= _WIDE_TERMINAL:
+            grid.add_column(no_wrap=True, width=_BAR_WIDTH)
+            cells.append(ProgressBar(total=self.total, completed=min(self.done, self.total)))
+        # what does not fit is cut at the end, never wrapped onto a second line
+        grid.add_column(no_wrap=True, overflow="ellipsis")
+        cells.append(Text("  ".join(info)))
+        grid.add_row(*cells)
+        return grid

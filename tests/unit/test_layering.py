@@ -56,3 +56,48 @@ def test_checker_catches_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "m.py"
     bad.write_text("import asyncpg\nfrom sqlalchemy import text\n")
     assert imported_roots(bad) & SQL == {"asyncpg", "sqlalchemy"}
+
+
+CLI = "market_data_pipeline.cli"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every absolute module an import statement names (``from a.b import c`` -> ``a.b`` and
+    ``a.b.c``: ``c`` may be a submodule)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def cli_importers() -> list[str]:
+    """Modules outside ``market_data_pipeline/cli/`` that import the CLI (issue 17: the CLI
+    calls the library, never the other way round)."""
+    out = []
+    cli_dir = ROOT / "market_data_pipeline" / "cli"
+    for package in sorted(RULES):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if cli_dir in path.parents:
+                continue
+            bad = {m for m in imported_modules(path) if m == CLI or m.startswith(CLI + ".")}
+            out += [f"{path.relative_to(ROOT)} imports {m}" for m in sorted(bad)]
+    return out
+
+
+def test_nothing_outside_the_cli_imports_it() -> None:
+    assert cli_importers() == []
+
+
+def test_the_cli_checker_catches_an_import_into_the_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "m.py"
+    bad.write_text(
+        "from market_data_pipeline.cli.cmd_produce import pump\n"
+        "from market_data_pipeline import cli\n"
+    )
+    found = {m for m in imported_modules(bad) if m == CLI or m.startswith(CLI + ".")}
+    assert {"market_data_pipeline.cli.cmd_produce", "market_data_pipeline.cli"} <= found
