@@ -36,8 +36,8 @@ from market_data_core.config import (
     RedisConfig,
     SyntheticProducerConfig,
 )
-from market_data_pipeline.producers.pump import make_publisher, pump
 from market_data_pipeline.embedded import EmbeddedRedis, ServerUrls
+from market_data_pipeline.producers.pump import make_publisher, pump
 from market_data_pipeline.producers.synthetic import SyntheticProvider
 from market_data_pipeline.streaming.bus import open_bus
 

@@ -1,10 +1,11 @@
 """The terminal: one stdout console for results (tables), one stderr console for everything a
 person watches (log lines, progress, notes), and the verbosity the command line chose.
 
-Both are `rich <https://rich.readthedocs.io>`_ consoles. Colour is used only on a terminal and
-never when ``NO_COLOR`` is set to a non-empty value (https://no-color.org); ``FORCE_COLOR`` and
-``TTY_COMPATIBLE`` work as rich documents them. Output to a file or a pipe is plain text without
-escape codes, and tables are not wrapped to a screen width there.
+Both are `rich <https://rich.readthedocs.io>`_ consoles. Colour and bold are used only on a
+terminal and never when ``NO_COLOR`` is set to a non-empty value (https://no-color.org);
+``FORCE_COLOR``, ``TTY_COMPATIBLE`` and ``TTY_INTERACTIVE`` work as rich documents them.
+Output to a file or a pipe is plain text without escape codes, and tables are not wrapped to a
+screen width there.
 
 Log records go through :class:`ConsoleLogHandler`, which prints them with the stderr console:
 while a progress line is live (:mod:`market_data_pipeline.ui.progress`) they appear above it,
@@ -68,22 +69,27 @@ _stderr: Console | None = None
 def _console(*, err: bool) -> Console:
     # file=None: rich writes to whatever sys.stdout/sys.stderr is at the time of writing
     # (a test's capture, or the proxy of a live progress line)
+    # NO_COLOR: no escape codes for style at all (bold included), as a plain terminal shows
     return Console(
         stderr=err,
         highlight=False,
         markup=False,
         emoji=False,
+        color_system=None if _settings.no_color else "auto",
         no_color=True if _settings.no_color else None,
     )
 
 
-def configure(settings: OutputSettings) -> None:
+def configure(
+    settings: OutputSettings, *, stdout: Console | None = None, stderr: Console | None = None
+) -> None:
     """Apply the command line's choices; the consoles are made afresh (a test calling
-    ``main`` twice gets a clean state each time)."""
+    ``main`` twice gets a clean state each time), or are the ones given (a notebook's, a
+    test's recording console)."""
     global _settings, _stdout, _stderr
     _settings = settings
-    _stdout = _console(err=False)
-    _stderr = _console(err=True)
+    _stdout = stdout or _console(err=False)
+    _stderr = stderr or _console(err=True)
 
 
 def settings() -> OutputSettings:

@@ -27,13 +27,13 @@ from market_data_core.protocols import (
     routing_key,
 )
 from market_data_pipeline import telemetry
-from market_data_pipeline.producers.pump import pump
 from market_data_pipeline.producers.publisher import (
     Publisher,
     WireBlock,
     encode_batch,
     encode_rows,
 )
+from market_data_pipeline.producers.pump import pump
 from market_data_pipeline.producers.synthetic import SyntheticProvider
 from tests.unit.test_codec import events as codec_events
 
