@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -128,3 +130,53 @@ def stop_mdp(proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
         proc.kill()
         proc.communicate(timeout=30)
         raise AssertionError(f"mdp (pid {proc.pid}) did not exit {timeout_s}s after SIGTERM")
+
+
+def command_names() -> dict[str, Any]:
+    """Every command of ``mdp`` by its full name (``"mdp stream dlq replay"``), groups too."""
+    import typer
+
+    from market_data_pipeline.cli.app import app
+
+    def walk(command: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        out = {" ".join(path): command}
+        for name, sub in getattr(command, "commands", {}).items():
+            out.update(walk(sub, (*path, name)))
+        return out
+
+    return walk(typer.main.get_command(app), ("mdp",))
+
+
+def help_text(name: str, width: int = 100) -> str:
+    """``NAME --help`` as a terminal of ``width`` columns shows it (in this process)."""
+    from market_data_pipeline.cli.app import main
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main([*name.split()[1:], "--help"])
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+    assert code == 0, f"{name} --help exited {code}"
+    return out.getvalue()
+
+
+def examples(text: str) -> list[str]:
+    """The example command lines of a help text: the indented lines under ``Examples:``."""
+    if "Examples:" not in text:
+        return []
+    out: list[str] = []
+    for line in text.split("Examples:", 1)[1].splitlines()[1:]:
+        if not line.strip():
+            if out:
+                break
+            continue
+        if not line.startswith("    "):
+            break
+        out.append(line.strip())
+    return out

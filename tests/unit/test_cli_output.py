@@ -16,77 +16,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from rich.console import Console
 
-from market_data_pipeline.cli.app import app, main
+from market_data_pipeline.cli.app import main
 from market_data_pipeline.cli.common import environment
 from market_data_pipeline.telemetry import setup_logging
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from tests.conftest import ROOT
+from tests.support.cli import command_names, examples, help_text
 
 MDP = [sys.executable, "-m", "market_data_pipeline.cli.app"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def _commands(command: Any, path: tuple[str, ...]) -> dict[str, Any]:
-    out = {" ".join(path): command}
-    for name, sub in getattr(command, "commands", {}).items():
-        out.update(_commands(sub, (*path, name)))
-    return out
-
-
-COMMANDS = _commands(typer.main.get_command(app), ("mdp",))
+COMMANDS = command_names()
 LEAVES = sorted(name for name, c in COMMANDS.items() if not hasattr(c, "commands"))
 
 
-def help_text(name: str, capsys: pytest.CaptureFixture[str], width: int) -> str:
-    """``NAME --help`` as a terminal of ``width`` columns shows it."""
-    argv = [*name.split()[1:], "--help"]
-    old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = str(width)
-    try:
-        assert main(argv) == 0
-    finally:
-        if old is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = old
-    return capsys.readouterr().out
-
-
-def examples(text: str) -> list[str]:
-    """The example command lines of a help text (the indented lines under ``Examples:``)."""
-    lines = text.split("Examples:", 1)[1].splitlines()[1:] if "Examples:" in text else []
-    out = []
-    for line in lines:
-        if not line.strip():
-            if out:
-                break
-            continue
-        if not line.startswith("    "):
-            break
-        out.append(line.strip())
-    return out
-
-
 @pytest.mark.parametrize("name", LEAVES)
-def test_every_command_has_examples_that_wrap_without_breaking(
-    name: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    wide = examples(help_text(name, capsys, 100))
+def test_every_command_has_examples_that_wrap_without_breaking(name: str) -> None:
+    wide = examples(help_text(name, 100))
     assert wide, f"{name} --help has no examples"
     for example in wide:
         assert re.match(r"(eval \"\$\()?mdp ", example), example
     # narrower terminals: click re-wraps prose, never an example (each stays one line)
     for width in (80, 60):
-        assert examples(help_text(name, capsys, width)) == wide
+        assert examples(help_text(name, width)) == wide
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_placeholders_are_words_not_types(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    text = help_text(name, capsys, 100).split("Options:", 1)[1]
+def test_placeholders_are_words_not_types(name: str) -> None:
+    text = help_text(name, 100).split("Options:", 1)[1]
     # typer's own placeholders look like <path>, <int range>, <list[str]>, <float>
     assert not re.search(r"(?m)^\s+(?:-\w, )?--[\w-]+ <", text), text
     for placeholder in re.findall(r"(?m)^\s+(?:-\w, )?--[\w-]+ (\S+)", text):
@@ -95,23 +56,21 @@ def test_placeholders_are_words_not_types(name: str, capsys: pytest.CaptureFixtu
         assert placeholder.isupper() or re.fullmatch(r"\[[\w|]+\]", placeholder), placeholder
 
 
-def test_the_readme_example_that_ran_55_minutes_is_bounded(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_the_readme_example_that_ran_55_minutes_is_bounded() -> None:
     """`mdp stream produce --provider synthetic --count 10000` ran at the default 3 events/s;
     every produce example now gives --rate or --duration."""
     produce = [
         e
         for name in ("mdp", "mdp stream produce")
-        for e in examples(help_text(name, capsys, 100))
+        for e in examples(help_text(name, 100))
         if "stream produce" in e
     ]
     assert produce
     assert all("--rate" in e or "--duration" in e for e in produce), produce
 
 
-def test_server_flags_show_their_environment_variables(capsys: pytest.CaptureFixture[str]) -> None:
-    text = " ".join(help_text("mdp", capsys, 100).split())
+def test_server_flags_show_their_environment_variables() -> None:
+    text = " ".join(help_text("mdp", 100).split())
     for flag, var in (
         ("--redis-uri URL", "REDIS_URI"),
         ("--database-url DSN", "DATABASE_URL"),
