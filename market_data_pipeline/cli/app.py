@@ -131,11 +131,15 @@ def _root(
         level = log_level.value
     console.configure(
         console.OutputSettings(
-            log_level=level, quiet=quiet, no_color=bool(environment().get("NO_COLOR"))
+            log_level=level,
+            quiet=quiet,
+            verbose=verbose,
+            no_color=bool(environment().get("NO_COLOR")),
         )
     )
     # until a command loads its config: warnings and errors (or what -q/-v/--log-level say)
     setup_logging(level or "WARNING", json=False)
+    console.tame_libraries()
     set_flag_environment(
         {"REDIS_URI": redis_uri, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP": kafka_bootstrap}
     )

@@ -304,6 +304,7 @@ def stage_services(
     at DEBUG (``mdp -v``)."""
     level = console.log_level(config.telemetry.log_level)
     setup_logging(level, json=config.telemetry.log_format == "json")
+    console.tame_libraries()
     if level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
     log = logging.getLogger(f"mdp.{stage}")

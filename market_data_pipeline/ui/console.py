@@ -37,6 +37,7 @@ __all__ = [
     "settings",
     "stderr",
     "stdout",
+    "tame_libraries",
 ]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -54,10 +55,12 @@ _LEVEL_STYLES: Final[Mapping[str, str]] = {
 @dataclass(frozen=True, slots=True)
 class OutputSettings:
     """What the command line chose. ``log_level``: ``None`` keeps ``telemetry.log_level``;
-    ``quiet`` (``-q``) also hides progress lines; ``no_color``: ``NO_COLOR`` was set."""
+    ``quiet`` (``-q``) also hides progress lines and notes; ``verbose`` (``-v``): mdp's own
+    debug logs, the libraries' at INFO; ``no_color``: ``NO_COLOR`` was set."""
 
     log_level: LogLevel | None = None
     quiet: bool = False
+    verbose: bool = False
     no_color: bool = False
 
 
@@ -116,6 +119,18 @@ def log_level(configured: str) -> str:
     """The level logging runs at: the command line's choice, else ``configured``
     (``telemetry.log_level``)."""
     return _settings.log_level or configured
+
+
+# Libraries whose DEBUG lines are about their own internals (selectors, handshakes, pools).
+_LIBRARIES: Final = ("asyncio", "redis", "aiokafka", "asyncpg", "sqlalchemy", "websockets")
+
+
+def tame_libraries() -> None:
+    """With ``-v``, keep the libraries' loggers at INFO (mdp's own go to DEBUG);
+    ``--log-level DEBUG`` leaves them alone."""
+    if _settings.verbose:
+        for name in _LIBRARIES:
+            logging.getLogger(name).setLevel(logging.INFO)
 
 
 def progress_allowed() -> bool:

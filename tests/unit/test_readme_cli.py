@@ -181,3 +181,12 @@ def test_every_command_is_in_the_commands_table() -> None:
         group = " ".join(name.split()[:3]) if name.startswith("mdp stream dlq") else name
         group = " ".join(name.split()[:2]) if name.startswith("mdp db") else group
         assert f"`{group}" in table, name
+
+
+def test_the_global_options_table_lists_the_root_options() -> None:
+    root = typer.main.get_command(app)
+    options = {o for p in root.params for o in p.opts if o.startswith("--")} - {"--help"}
+    section = README.split("### Global options", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = set().union(*(LONG.findall(_cells(row)[0]) for row in rows))
+    assert documented == options - {"--version"}  # --version: the first paragraph
