@@ -33,7 +33,17 @@ from market_data_pipeline.cli.common import (
 from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
-from market_data_pipeline.ui.records import LETTER_HEADER, letter_json, letter_row
+from market_data_pipeline.ui.records import (
+    JOB_RUN_HEADER,
+    LETTER_HEADER,
+    STATUS_HEADER,
+    job_run_json,
+    job_run_row,
+    letter_json,
+    letter_row,
+    status_json,
+    status_row,
+)
 from market_data_pipeline.ui.tables import print_table
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "stream_status"]
@@ -90,31 +100,6 @@ def _run(cfg: AppConfig, work: Callable[[Bus], Awaitable[T]]) -> T:
     return run_async(main)
 
 
-def _age(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 1000:
-        return f"{ms}ms"
-    if ms < 120_000:
-        return f"{ms / 1000:.1f}s"
-    if ms < 7_200_000:
-        return f"{ms / 60_000:.1f}m"
-    return f"{ms / 3_600_000:.1f}h"
-
-
-def _status_json(s: StreamStatus) -> dict[str, Any]:
-    return {
-        "stream": s.stream,
-        "group": s.group,
-        "length": s.length,
-        "lag": s.lag,
-        "pending": s.pending,
-        "consumers": s.consumers,
-        "oldest_pending_ms": s.oldest_pending_ms,
-        "owner": s.owner,
-    }
-
-
 @dataclass(frozen=True)
 class _Runs:
     """``job_runs`` as ``status`` shows them: the running ones, and those it just marked
@@ -139,37 +124,10 @@ async def _job_runs(cfg: AppConfig, url: str) -> _Runs:
         await tracker.aclose()
 
 
-def _run_json(run: JobRun, now: datetime) -> dict[str, Any]:
-    return {
-        "id": run.id,
-        "job": run.job,
-        "status": run.status,
-        "started_at": run.started_at.isoformat(),
-        "heartbeat_at": run.heartbeat_at.isoformat(),
-        "heartbeat_age_s": round((now - run.heartbeat_at).total_seconds(), 3),
-        "events_in": run.events_in,
-        "rows_written": run.rows_written,
-        "errors": run.errors,
-        "detail": run.detail,
-    }
-
-
 def _print_runs(runs: _Runs, now: datetime) -> None:
-    header = ["JOB RUN", "JOB", "STATUS", "STARTED (UTC)", "LAST HEARTBEAT", "EVENTS IN", "ERRORS"]
-    rows = [
-        [
-            str(r.id),
-            r.job,
-            r.status,
-            r.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            f"{_age(int((now - r.heartbeat_at).total_seconds() * 1000))} ago",
-            f"{r.events_in:,}",
-            f"{r.errors:,}",
-        ]
-        for r in sorted([*runs.running, *runs.abandoned], key=lambda r: r.id)
-    ]
-    if rows:
-        print_table(header, rows)
+    shown = sorted([*runs.running, *runs.abandoned], key=lambda r: r.id)
+    if shown:
+        print_table(JOB_RUN_HEADER, [job_run_row(r, now) for r in shown])
     else:
         typer.echo("job runs: none running")
 
@@ -229,31 +187,17 @@ def stream_status(
     if as_json:
         payload: dict[str, Any] = {
             "bus": bus_cfg.type,
-            "streams": [_status_json(s) for s in rows],
+            "streams": [status_json(s) for s in rows],
             "dlq": {"stream": bus_cfg.dlq_topic, "length": dlq_size},
         }
         if isinstance(runs, _Runs):
             payload["job_runs"] = {
-                "running": [_run_json(r, now) for r in runs.running],
-                "abandoned_now": [_run_json(r, now) for r in runs.abandoned],
+                "running": [job_run_json(r, now) for r in runs.running],
+                "abandoned_now": [job_run_json(r, now) for r in runs.abandoned],
             }
         typer.echo(json.dumps(payload, indent=2))
         return
-    header = ["STREAM", "GROUP", "LENGTH", "LAG", "PENDING", "CONSUMERS", "OLDEST PENDING", "OWNER"]
-    table = [
-        [
-            s.stream,
-            s.group or "-",
-            str(s.length),
-            "-" if s.lag is None else str(s.lag),
-            str(s.pending),
-            str(s.consumers),
-            _age(s.oldest_pending_ms),
-            s.owner or "-",
-        ]
-        for s in rows
-    ]
-    print_table(header, table)
+    print_table(STATUS_HEADER, [status_row(s) for s in rows])
     typer.echo(f"\ndead letters ({bus_cfg.dlq_topic}): {dlq_size}")
     if isinstance(runs, _Runs):
         typer.echo("")

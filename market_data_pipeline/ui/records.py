@@ -1,6 +1,6 @@
-"""What ``mdp stream tail`` and ``mdp stream dlq list`` show of bus entries: decoded events,
-bars, signals and dead letters as table rows (:mod:`market_data_pipeline.ui.tables`) and as
-JSON lines.
+"""What ``mdp stream tail``, ``dlq list`` and ``status`` show: decoded events, bars, signals,
+dead letters, stream status and job runs as table rows (:mod:`market_data_pipeline.ui.tables`)
+and as JSON.
 
 An entry that cannot be decoded is one row saying why (``<decode: ...>``), never skipped; an
 entry written by another producer without mdp's ``data`` field shows the fields it has.
@@ -10,30 +10,57 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from market_data_core.codec import decode_bar, decode_events, decode_signal, event_to_dict
 from market_data_core.config import AppConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.errors import ContractError
-from market_data_core.protocols import BusRecord, DeadLetter
+from market_data_core.protocols import BusRecord, DeadLetter, JobRun, StreamStatus
 from market_data_core.timeutil import isoformat_us
 
 __all__ = [
+    "JOB_RUN_HEADER",
     "LETTER_HEADER",
+    "STATUS_HEADER",
     "Rendered",
+    "age_text",
     "entry_key",
     "event_row",
+    "job_run_json",
+    "job_run_row",
     "letter_json",
     "letter_row",
     "render_records",
     "short_number",
+    "status_json",
+    "status_row",
 ]
 
 Rendered = tuple[list[str], list[list[str]], list[str]]
 """``(header, table rows, JSON lines)``."""
 
 LETTER_HEADER = ["ID", "TIME (UTC)", "COMPONENT", "REASON", "DETAIL", "SOURCE"]
+STATUS_HEADER = [
+    "STREAM",
+    "GROUP",
+    "LENGTH",
+    "LAG",
+    "PENDING",
+    "CONSUMERS",
+    "OLDEST PENDING",
+    "OWNER",
+]
+JOB_RUN_HEADER = [
+    "JOB RUN",
+    "JOB",
+    "STATUS",
+    "STARTED (UTC)",
+    "LAST HEARTBEAT",
+    "EVENTS IN",
+    "ERRORS",
+]
 _DETAIL_CHARS = 60
 
 
@@ -203,3 +230,71 @@ def entry_key(entry_id: str) -> tuple[int, ...]:
         return tuple(int(part) for part in entry_id.split("-"))
     except ValueError:
         return (0,)
+
+
+def age_text(ms: int | None) -> str:
+    """``850ms``, ``12.5s``, ``3.2m``, ``1.5h`` (``-`` for none)."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f}s"
+    if ms < 7_200_000:
+        return f"{ms / 60_000:.1f}m"
+    return f"{ms / 3_600_000:.1f}h"
+
+
+def status_row(s: StreamStatus) -> list[str]:
+    """A row under :data:`STATUS_HEADER`."""
+    return [
+        s.stream,
+        s.group or "-",
+        str(s.length),
+        "-" if s.lag is None else str(s.lag),
+        str(s.pending),
+        str(s.consumers),
+        age_text(s.oldest_pending_ms),
+        s.owner or "-",
+    ]
+
+
+def status_json(s: StreamStatus) -> dict[str, Any]:
+    return {
+        "stream": s.stream,
+        "group": s.group,
+        "length": s.length,
+        "lag": s.lag,
+        "pending": s.pending,
+        "consumers": s.consumers,
+        "oldest_pending_ms": s.oldest_pending_ms,
+        "owner": s.owner,
+    }
+
+
+def job_run_row(run: JobRun, now: datetime) -> list[str]:
+    """A row under :data:`JOB_RUN_HEADER`: the heartbeat as an age at ``now``."""
+    return [
+        str(run.id),
+        run.job,
+        run.status,
+        run.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        f"{age_text(int((now - run.heartbeat_at).total_seconds() * 1000))} ago",
+        f"{run.events_in:,}",
+        f"{run.errors:,}",
+    ]
+
+
+def job_run_json(run: JobRun, now: datetime) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "job": run.job,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "heartbeat_at": run.heartbeat_at.isoformat(),
+        "heartbeat_age_s": round((now - run.heartbeat_at).total_seconds(), 3),
+        "events_in": run.events_in,
+        "rows_written": run.rows_written,
+        "errors": run.errors,
+        "detail": run.detail,
+    }
