@@ -181,5 +181,5 @@ def create_timeseries_table(
     backend = choose_backend(conn, partitioning)
     create(backend == "native")
     make_timeseries(conn, table, backend, compress_after_ms=compress_after_ms)
-    log.debug("%s: %s layout", table, backend)  # `mdp -v` shows it; README: the layouts
+    log.debug("%s: %s layout", table, backend)  # a detail of the migration: `mdp -v`
     return backend
