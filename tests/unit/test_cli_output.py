@@ -255,3 +255,22 @@ def test_without_a_terminal_a_plain_line_every_few_seconds() -> None:
         assert "12 bars" in line and "\x1b" not in line
     finally:
         console.configure(console.OutputSettings())
+
+
+def test_tables_to_a_pipe_are_whole_rows_without_trailing_blanks() -> None:
+    from market_data_pipeline.ui.tables import print_fields, print_table
+
+    out = io.StringIO()
+    plain = Console(file=out, force_terminal=False, width=40)
+    long_id = "binance-futures|BTCUSDT|2020-02-22T00:00:02.111000Z|42377944"
+    print_table(
+        ["time", "symbol", "id"], [["t1", "BTCUSDT", long_id], ["t2", "X", "y"]], console=plain
+    )
+    print_fields([("events published", "9,999"), ("elapsed", "1.0 s")], console=plain)
+    assert out.getvalue().splitlines() == [
+        "time  symbol   id",
+        f"t1    BTCUSDT  {long_id}",
+        "t2    X        y",
+        "  events published  9,999",
+        "  elapsed           1.0 s",
+    ]
