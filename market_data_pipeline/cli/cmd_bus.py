@@ -50,6 +50,7 @@ __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "stream_status"]
 
 T = TypeVar("T")
 
+_ALL_LETTERS = 1_000_000  # what --id/--reason look through (the --limit maximum)
 LimitOpt = Annotated[
     int,
     typer.Option(
@@ -273,8 +274,8 @@ def dlq_replay(
     Letters that would fail again are skipped and stay, each with a line saying why: a payload
     that failed to decode or validate (re-sent unchanged it fails the same way), a trimmed
     entry or one without payload, and bad rows of dataset files (fix the file and replay the
-    dataset). --force re-sends the first kinds too. --limit counts the oldest letters before
-    the --id/--reason filters.
+    dataset). --force re-sends the first kinds too. --limit: at most that many of the
+    (oldest) letters --id and --reason select.
 
     Examples:
 
@@ -286,9 +287,8 @@ def dlq_replay(
     shards_of = {cfg.bus.events_topic: cfg.bus.partitions}
 
     async def work(bus: Bus) -> tuple[int, list[tuple[str, str]]]:
-        letters = _selected(
-            await bus.dlq_list(limit if not entry_id else 1_000_000), entry_id, reason
-        )
+        every = await bus.dlq_list(limit if not (entry_id or reason) else _ALL_LETTERS)
+        letters = _selected(every, entry_id, reason)[:limit]
         outcome = await replay_letters(bus, letters, shards_of=shards_of, force=force)
         return len(outcome.replayed), outcome.skipped
 
