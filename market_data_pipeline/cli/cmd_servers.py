@@ -38,6 +38,7 @@ def _print_states(states: list[ServerState], console: Console) -> None:
             ]
             for s in states
         ],
+        indent=2,
         console=console,
     )
 

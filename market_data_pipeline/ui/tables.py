@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -86,10 +87,14 @@ def print_table(
     rows: Sequence[Sequence[str]],
     *,
     show_header: bool = True,
+    indent: int = 0,
     console: Console | None = None,
 ) -> None:
-    """Print a column table on stdout (or ``console``)."""
-    _emit(render_table(header, rows, show_header=show_header), console or _console.stdout())
+    """Print a column table on stdout (or ``console``), indented by ``indent`` spaces."""
+    table: RenderableType = render_table(header, rows, show_header=show_header)
+    if indent:
+        table = Padding(table, (0, 0, 0, indent), expand=False)
+    _emit(table, console or _console.stdout())
 
 
 def print_fields(
