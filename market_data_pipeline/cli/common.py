@@ -301,9 +301,10 @@ def stage_services(
     """Logging (at ``mdp -q|-v|--log-level``, else ``telemetry.log_level``), the metrics
     namespace and symbol-label policy, the metrics endpoint, and a warning when the bus is
     embedded (its data dies with this command). Where the metrics and servers are is logged
-    at DEBUG (``mdp -v``)."""
+    at DEBUG with text logs (``mdp -v``), at INFO with JSON logs (a service's log collector)."""
     level = console.log_level(config.telemetry.log_level)
-    setup_logging(level, json=config.telemetry.log_format == "json")
+    json_logs = config.telemetry.log_format == "json"
+    setup_logging(level, json=json_logs)
     console.tame_libraries()
     if level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
@@ -317,7 +318,15 @@ def stage_services(
     telemetry.configure(config.telemetry)  # before any stage looks up a labelled series
     # raises ConfigError (one line, exit 2) when the port cannot be bound
     server = start_metrics_server(config.telemetry.metrics_host, config.telemetry.metrics_port)
-    log.debug("%s: metrics on %s/metrics, servers: %s", stage, server.url, urls.describe())
+    # a person at a terminal does not need it (-v shows it); a log collector reading JSON
+    # lines of a service does: where its metrics and servers are
+    log.log(
+        logging.INFO if json_logs else logging.DEBUG,
+        "%s: metrics on %s/metrics, servers: %s",
+        stage,
+        server.url,
+        urls.describe(),
+    )
     try:
         yield server
     finally:
