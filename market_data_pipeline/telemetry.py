@@ -428,7 +428,7 @@ ERROR_REASONS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "sequence_gap",
             "feed_error",
         ),
-        # cli/cmd_produce.py: bad dataset rows (producers/datasets.py RowError.reason)
+        # producers/replay_run.py: bad dataset rows (producers/datasets.py RowError.reason)
         "replay": ("parse", "validation", "ambiguous_time", "nonexistent_time"),
     }
 )
