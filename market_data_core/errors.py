@@ -18,6 +18,7 @@ nothing above core ever sees a ``redis`` or ``asyncpg`` exception type.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "MDPError",
     "StoreError",
     "StoreUnavailableError",
+    "describe_error",
+    "one_line",
+    "primary_error",
 ]
 
 
@@ -104,3 +108,37 @@ class BackpressureError(MDPError):
     def __init__(self, message: str, *, retry_after_s: float):
         self.retry_after_s = retry_after_s
         super().__init__(f"{message} (retry after {retry_after_s:.3f}s)")
+
+
+def primary_error(exc: BaseException) -> BaseException:
+    """The failure an exception group stands for: ``asyncio.TaskGroup`` wraps whatever a task
+    raised (and its siblings' cancellations) in groups, possibly nested. Prefers mdp's own
+    errors, then any other failure, then a cancellation."""
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = list(exc.exceptions)
+        exc = (
+            next((e for e in leaves if isinstance(e, MDPError)), None)
+            or next((e for e in leaves if isinstance(e, BaseExceptionGroup)), None)
+            or next((e for e in leaves if not isinstance(e, asyncio.CancelledError)), None)
+            or leaves[0]
+        )
+    return exc
+
+
+def one_line(message: object) -> str:
+    """A message as one line: drivers and SQLAlchemy append hints on lines of their own."""
+    lines = [part.strip() for part in str(message).splitlines() if part.strip()]
+    return lines[0] if lines else ""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying why a command failed (for ``job_runs.detail`` and the CLI)."""
+    exc = primary_error(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled (a second SIGINT/SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = one_line(exc)
+    if isinstance(exc, MDPError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

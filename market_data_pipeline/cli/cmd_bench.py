@@ -169,7 +169,7 @@ def _bench_events(n: int, symbols: int) -> list[StreamEvent]:
 
 async def _ceiling(urls: ServerUrls, n: int, symbols: int, pack: int) -> Ceiling:
     """Bare redis-py XADD -> XREADGROUP+XACK (msgpack unpack, no validation) -> COPY."""
-    from market_data_pipeline.cli.wiring import bare_copy_ticks_per_s
+    from market_data_pipeline.wiring import bare_copy_ticks_per_s
 
     assert urls.redis_url is not None and urls.database_url is not None
     events = _bench_events(n, symbols)
@@ -283,9 +283,9 @@ async def _full_path(
     """Producers and micro-batch workers as processes (``mdp stream produce`` /
     ``mdp stream micro-batch``), inference in this process; samples every second (shown on
     ``progress``: seconds of the run, events consumed so far)."""
-    from market_data_pipeline.cli.wiring import open_signals_store, open_store
     from market_data_pipeline.consumers.inference_consumer import InferenceConsumer
     from market_data_pipeline.streaming.bus import open_bus
+    from market_data_pipeline.wiring import open_signals_store, open_store
 
     names = [f"S{i:03d}" for i in range(symbols)]
     bus = await open_bus(cfg, urls)
@@ -647,7 +647,7 @@ def bench(
     async def main(stop: asyncio.Event) -> None:
         import tempfile
 
-        from market_data_pipeline.cli.wiring import upgrade_schema
+        from market_data_pipeline.wiring import upgrade_schema
 
         with resolve_servers(cfg, environment()) as urls, tempfile.TemporaryDirectory() as tmp:
             assert urls.database_url is not None

@@ -115,7 +115,7 @@ def _store_url(cfg: AppConfig) -> str | None:
 
 
 async def _job_runs(cfg: AppConfig, url: str) -> _Runs:
-    from market_data_pipeline.cli.wiring import open_job_tracker
+    from market_data_pipeline.wiring import open_job_tracker
 
     tracker = await open_job_tracker(cfg, ServerUrls(None, url, None))
     try:

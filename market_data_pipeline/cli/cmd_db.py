@@ -57,7 +57,7 @@ def upgrade(
     """
     cfg = load_app_config(config)
     # wiring pulls in SQLAlchemy and Alembic: imported here, not by every `mdp` start
-    from market_data_pipeline.cli.wiring import compress_after_ms, upgrade_schema
+    from market_data_pipeline.wiring import compress_after_ms, upgrade_schema
 
     compress_after_ms(cfg)  # a bad store.compress_after is a ConfigError before connecting
 
@@ -101,7 +101,7 @@ def downgrade(
             f"downgrade to {revision} drops tables and their data for good; run again with --yes",
             source="--yes",
         )
-    from market_data_pipeline.cli.wiring import downgrade_schema
+    from market_data_pipeline.wiring import downgrade_schema
 
     with resolve_servers(cfg, environment(), redis=False) as urls:
         _note_embedded(urls)

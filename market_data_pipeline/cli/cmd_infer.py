@@ -25,8 +25,7 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.cli.consumer_lock import hold_consumers
-from market_data_pipeline.cli.tracking import RunCounts, tracked_run
+from market_data_pipeline.consumer_lock import hold_consumers
 from market_data_pipeline.consumers.inference_consumer import (
     InferenceConsumer,
     features_interval,
@@ -34,6 +33,7 @@ from market_data_pipeline.consumers.inference_consumer import (
 )
 from market_data_pipeline.embedded import resolve_servers
 from market_data_pipeline.inference.engine import build_engine
+from market_data_pipeline.tracking import RunCounts, tracked_run
 from market_data_pipeline.ui.progress import ProgressLine
 
 
@@ -96,12 +96,12 @@ def infer(
     group = inference_group(cfg, engine.adapter.name, engine.interval)
 
     async def main(stop: asyncio.Event) -> None:
-        from market_data_pipeline.cli.wiring import (
+        from market_data_pipeline.streaming.bus import open_bus
+        from market_data_pipeline.wiring import (
             open_job_tracker,
             open_signals_store,
             open_store,
         )
-        from market_data_pipeline.streaming.bus import open_bus
 
         try:
             with (

@@ -30,10 +30,10 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.cli.consumer_lock import hold_consumers
-from market_data_pipeline.cli.tracking import RunCounts, tracked_run
+from market_data_pipeline.consumer_lock import hold_consumers
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
 from market_data_pipeline.embedded import resolve_servers
+from market_data_pipeline.tracking import RunCounts, tracked_run
 from market_data_pipeline.ui.progress import ProgressLine
 
 
@@ -98,8 +98,8 @@ def micro_batch(
     name = consumer_name(consumer, "micro-batch")
 
     async def main(stop: asyncio.Event) -> None:
-        from market_data_pipeline.cli.wiring import open_job_tracker, open_store
         from market_data_pipeline.streaming.bus import open_bus
+        from market_data_pipeline.wiring import open_job_tracker, open_store
 
         with (
             resolve_servers(cfg, environment()) as urls,

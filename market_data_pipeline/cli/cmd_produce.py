@@ -167,7 +167,7 @@ def _replay_command(
             try:
                 with ProgressLine(f"replay {spec.name}", total=total) as progress:
                     if from_store:
-                        from market_data_pipeline.cli.wiring import open_store
+                        from market_data_pipeline.wiring import open_store
 
                         store = await open_store(cfg, urls)
                         try:

@@ -119,9 +119,9 @@ def report(
     urls = _urls(cfg)
 
     async def main(stop: asyncio.Event) -> tuple[int, str]:
-        from market_data_pipeline.cli.wiring import open_signals_store, open_store_reader
         from market_data_pipeline.reporting import gather_report, render_html
         from market_data_pipeline.streaming.bus import open_bus
+        from market_data_pipeline.wiring import open_signals_store, open_store_reader
 
         reader = await open_store_reader(urls)
         signals = await open_signals_store(cfg, urls)

@@ -32,13 +32,13 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.cli.consumer_lock import hold_consumers
-from market_data_pipeline.cli.tracking import RunCounts, tracked_run
+from market_data_pipeline.consumer_lock import hold_consumers
 from market_data_pipeline.consumers.inference_consumer import features_interval, inference_group
 from market_data_pipeline.embedded import ServerUrls, resolve_servers
 from market_data_pipeline.inference.engine import build_engine
 from market_data_pipeline.project import dataset_registries
 from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
+from market_data_pipeline.tracking import RunCounts, tracked_run
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields
@@ -66,13 +66,13 @@ class _Clients:
 
 @contextlib.asynccontextmanager
 async def _clients(cfg: AppConfig, urls: ServerUrls) -> AsyncIterator[_Clients]:
-    from market_data_pipeline.cli.wiring import (
+    from market_data_pipeline.streaming.bus import open_bus
+    from market_data_pipeline.wiring import (
         open_job_tracker,
         open_signals_store,
         open_store,
         upgrade_schema,
     )
-    from market_data_pipeline.streaming.bus import open_bus
 
     assert urls.database_url is not None
     await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)

@@ -103,7 +103,7 @@ def start_local_servers(
 ) -> list[ServerState]:
     """``mdp up`` without the exports: start what is not running, migrate the database to
     the newest schema, and describe them on stderr (also used by ``mdp demo --keep``)."""
-    from market_data_pipeline.cli.wiring import compress_after_ms, upgrade_schema
+    from market_data_pipeline.wiring import compress_after_ms, upgrade_schema
 
     compress_after_ms(cfg)  # a bad store.compress_after fails before anything starts
     states = servers.up(ports)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from market_data_core.config import AppConfig, load_config, parse_config
-from market_data_core.errors import ConfigError, MDPError
+from market_data_core.errors import ConfigError, describe_error, one_line, primary_error
 from market_data_core.redaction import redact_url
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline import telemetry
@@ -77,40 +77,6 @@ def fail(message: str, *, code: int = 2) -> NoReturn:
     """Print one readable line to stderr and exit (2 = bad input)."""
     typer.echo(f"mdp: error: {message}", err=True)
     raise typer.Exit(code)
-
-
-def primary_error(exc: BaseException) -> BaseException:
-    """The failure an exception group stands for: ``asyncio.TaskGroup`` wraps whatever a task
-    raised (and its siblings' cancellations) in groups, possibly nested. Prefers mdp's own
-    errors, then any other failure, then a cancellation."""
-    while isinstance(exc, BaseExceptionGroup):
-        leaves = list(exc.exceptions)
-        exc = (
-            next((e for e in leaves if isinstance(e, MDPError)), None)
-            or next((e for e in leaves if isinstance(e, BaseExceptionGroup)), None)
-            or next((e for e in leaves if not isinstance(e, asyncio.CancelledError)), None)
-            or leaves[0]
-        )
-    return exc
-
-
-def one_line(message: object) -> str:
-    """A message as one line: drivers and SQLAlchemy append hints on lines of their own."""
-    lines = [part.strip() for part in str(message).splitlines() if part.strip()]
-    return lines[0] if lines else ""
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line saying why a command failed (for ``job_runs.detail`` and the CLI)."""
-    exc = primary_error(exc)
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled (a second SIGINT/SIGTERM)"
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    text = one_line(exc)
-    if isinstance(exc, MDPError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _FLAG_ENV: dict[str, str] = {}
@@ -357,5 +323,5 @@ def consumer_name(given: str | None, stage: str) -> str:
 def default_consumer_name(command: str) -> str:
     """``<command>-<host>``: the same for every run of ``command`` on this host, so a restart
     takes its pending entries back at once. A second live one on the host is refused by
-    :func:`market_data_pipeline.cli.consumer_lock.hold_consumers`."""
+    :func:`market_data_pipeline.consumer_lock.hold_consumers`."""
     return f"{command}-{socket.gethostname()}"

@@ -41,12 +41,12 @@ from market_data_core.contracts import StreamEvent, make_event_id
 from market_data_core.protocols import routing_key, shard_for
 from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline import telemetry
-from market_data_pipeline.cli.wiring import open_store, upgrade_schema
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.producers.publisher import Publisher
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.streaming.redis_bus import RedisBus
 from market_data_pipeline.streaming.redis_layout import slot_of
+from market_data_pipeline.wiring import open_store, upgrade_schema
 from tests.support.cli import MDP, mdp_env, run_mdp
 from tests.support.cli import write_config as write_config_data
 from tests.support.pipeline import make_config, publish, urls, write_config

@@ -21,7 +21,6 @@ from market_data_core.config import AppConfig, load_config, parse_config
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.protocols import Bus, routing_key
 from market_data_pipeline.cli.app import main as mdp_main
-from market_data_pipeline.cli.wiring import open_signals_store, open_store, upgrade_schema
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, InferenceStats
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
 from market_data_pipeline.embedded import ServerUrls
@@ -30,6 +29,7 @@ from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rul
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
 from market_data_pipeline.inference.timeline import CHECKPOINT_EVERY, SNAP_EVERY
 from market_data_pipeline.streaming.bus import open_bus
+from market_data_pipeline.wiring import open_signals_store, open_store, upgrade_schema
 from tests.conftest import DATA, ROOT, SHIPPED_CONFIG, SHIPPED_RULES
 
 N_BARS = 2400

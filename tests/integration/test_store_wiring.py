@@ -7,7 +7,8 @@ import pytest
 from market_data_core.config import parse_config
 from market_data_core.errors import ConfigError
 from market_data_core.protocols import JobRunTracker, SignalsStoreClient, StoreClient
-from market_data_pipeline.cli.wiring import (
+from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.wiring import (
     compress_after_ms,
     downgrade_schema,
     open_job_tracker,
@@ -15,7 +16,6 @@ from market_data_pipeline.cli.wiring import (
     open_store,
     upgrade_schema,
 )
-from market_data_pipeline.embedded import ServerUrls
 from market_data_store import head_revision
 from tests.integration._store_db import fresh_database
 

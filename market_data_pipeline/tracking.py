@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from market_data_core.config import AppConfig, config_hash
-from market_data_core.errors import MDPError
+from market_data_core.errors import MDPError, describe_error
 from market_data_core.protocols import JobRun, JobRunTracker
-from market_data_pipeline.cli.common import describe_error
 
 __all__ = ["RunCounts", "TrackedRun", "abandon_stale_runs", "tracked_run"]
 
