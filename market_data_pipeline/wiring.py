@@ -41,6 +41,7 @@ __all__ = [
     "open_signals_store",
     "open_store",
     "open_store_reader",
+    "run_blocking",
     "upgrade_schema",
 ]
 
@@ -102,7 +103,7 @@ async def open_store_reader(urls: ServerUrls) -> StoreReader:
     return await PgStoreReader.connect(_dsn(urls), pool_min=1, pool_max=2)
 
 
-def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code; from inside a running event loop it runs
     on a fresh loop in a worker thread (a migration blocks its caller either way)."""
     try:
@@ -121,7 +122,7 @@ def upgrade_schema(
     Raises ``StoreUnavailableError`` (unreachable), ``ConfigError`` (unknown revision),
     ``StoreError`` (the migration failed; rolled back)."""
     config = config or AppConfig()
-    return _run_blocking(
+    return run_blocking(
         _upgrade_schema(
             dsn,
             revision,
@@ -133,4 +134,4 @@ def upgrade_schema(
 
 def downgrade_schema(dsn: str, revision: str) -> str | None:
     """Migrate ``dsn`` down to ``revision`` (blocking; ``base`` = no mdp tables)."""
-    return _run_blocking(_downgrade_schema(dsn, revision))
+    return run_blocking(_downgrade_schema(dsn, revision))

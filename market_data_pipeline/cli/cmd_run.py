@@ -4,10 +4,7 @@ a minute of synthetic data, live progress, a summary, nothing left running)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,7 +13,14 @@ import typer
 
 from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError
-from market_data_core.protocols import Bus, JobRunTracker, SignalsStoreClient, StoreClient
+from market_data_pipeline.api import (
+    Dataset,
+    Live,
+    Pipeline,
+    SourceSpec,
+    Synthetic,
+    default_adapter,
+)
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -32,13 +36,9 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.consumer_lock import hold_consumers
-from market_data_pipeline.consumers.inference_consumer import features_interval, inference_group
-from market_data_pipeline.embedded import ServerUrls, resolve_servers
-from market_data_pipeline.inference.engine import build_engine
-from market_data_pipeline.project import dataset_registries
-from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
-from market_data_pipeline.tracking import RunCounts, tracked_run
+from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.inference.engine import AdapterKind
+from market_data_pipeline.runner import Progress, RunSummary
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields
@@ -56,38 +56,6 @@ RunConsumerOpt = Annotated[
 ]
 
 
-@dataclass
-class _Clients:
-    bus: Bus
-    store: StoreClient
-    signals: SignalsStoreClient
-    tracker: JobRunTracker
-
-
-@contextlib.asynccontextmanager
-async def _clients(cfg: AppConfig, urls: ServerUrls) -> AsyncIterator[_Clients]:
-    from market_data_pipeline.streaming.bus import open_bus
-    from market_data_pipeline.wiring import (
-        open_job_tracker,
-        open_signals_store,
-        open_store,
-        upgrade_schema,
-    )
-
-    assert urls.database_url is not None
-    await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)
-    bus = await open_bus(cfg, urls)
-    store = await open_store(cfg, urls)
-    signals = await open_signals_store(cfg, urls)
-    tracker = await open_job_tracker(cfg, urls)
-    try:
-        yield _Clients(bus, store, signals, tracker)
-    finally:
-        for closer in (tracker.aclose, signals.aclose, store.aclose, bus.aclose):
-            with contextlib.suppress(Exception):
-                await closer()
-
-
 def _progress_detail(p: Progress) -> str:
     """The run's figures after the published count, each with its unit."""
     entries = "?" if p.lag_entries < 0 else f"{p.lag_entries:,}"
@@ -95,40 +63,6 @@ def _progress_detail(p: Progress) -> str:
         f"{p.events_per_s:,.0f} ev/s  {p.events_in:,} processed  {p.bars_written:,} bars  "
         f"lag {entries} entries / {p.lag_ms:,.0f} ms  {p.signals:,} signals"
     )
-
-
-def _dataset_source(cfg: AppConfig, bus: Bus, name: str, datasets: Path | None) -> Source:
-    from market_data_pipeline.producers.datasets import find_dataset
-    from market_data_pipeline.producers.replay import DatasetReplayProvider
-    from market_data_pipeline.producers.replay_run import dead_letterer
-
-    spec = find_dataset(name, dataset_registries(cfg, datasets))
-    provider = DatasetReplayProvider(spec, on_error=dead_letterer(bus))
-    return Source(provider, max_msgs_per_s=cfg.producers.replay.max_msgs_per_s)
-
-
-def _synthetic_source(cfg: AppConfig, rate: float | None, duration_s: float | None) -> Source:
-    from market_data_pipeline.producers.synthetic import SyntheticProvider
-
-    try:
-        provider = SyntheticProvider(cfg.producers.synthetic, rate_per_s=rate)
-    except ValueError as exc:
-        raise ConfigError(str(exc), source="producers.synthetic") from None
-    return Source(
-        provider, max_msgs_per_s=cfg.producers.synthetic.max_msgs_per_s, duration_s=duration_s
-    )
-
-
-def _live_source(cfg: AppConfig, name: str) -> Source:
-    if name == "coinbase":
-        from market_data_pipeline.producers.coinbase import CoinbaseProvider
-
-        return Source(
-            CoinbaseProvider(cfg.producers.coinbase), cfg.producers.coinbase.max_msgs_per_s
-        )
-    from market_data_pipeline.producers.ibkr import IbkrProvider
-
-    return Source(IbkrProvider(cfg.producers.ibkr), cfg.producers.ibkr.max_msgs_per_s)
 
 
 def _summary_rows(s: RunSummary, cfg: AppConfig) -> list[tuple[str, str]]:
@@ -174,21 +108,9 @@ def _letters_cell(s: RunSummary, dlq_topic: str) -> str:
     )
 
 
-def _replay_letters(sources: list[Source]) -> dict[str, int]:
-    """Dead letters the dataset producers wrote (their bad rows), by reason."""
-    from market_data_pipeline.producers.replay import DatasetReplayProvider
-
-    out: dict[str, int] = {}
-    for source in sources:
-        if isinstance(source.provider, DatasetReplayProvider):
-            for err in source.provider.errors:
-                out[err.reason] = out.get(err.reason, 0) + 1
-    return out
-
-
-async def _sample(c: _Clients, interval: str) -> str:
+async def _sample(p: Pipeline, interval: str) -> str:
     lines = []
-    latest = await c.store.latest_bars(interval, 1)
+    latest = await p.store.latest_bars(interval, 1)
     for (provider, symbol), bars in sorted(latest.items())[:6]:
         b = bars[-1]
         lines.append(
@@ -197,7 +119,9 @@ async def _sample(c: _Clients, interval: str) -> str:
             f"n={b.trade_count}"
         )
     now = datetime.now(UTC)
-    signals = await c.signals.signals_range(datetime(1970, 1, 1, tzinfo=UTC), now + timedelta(1))
+    signals = await p.signals_store.signals_range(
+        datetime(1970, 1, 1, tzinfo=UTC), now + timedelta(1)
+    )
     for sig in signals[-5:]:
         lines.append(
             f"  signal {sig.provider}/{sig.symbol} {sig.ts:%Y-%m-%d %H:%M:%S} "
@@ -213,28 +137,29 @@ async def _run_all(
     *,
     job: str,
     consumer: str,
-    sources: Callable[[Bus], list[Source]],
+    sources: list[SourceSpec],
     finite: bool,
-    adapter: Literal["rules", "sklearn"],
+    adapter: AdapterKind,
     demo: bool,
 ) -> None:
-    # a bad rules file or model fails before servers start
-    engine = build_engine(cfg, adapter, interval=features_interval(cfg), base_dir=Path.cwd())
-    groups = [cfg.bus.group, inference_group(cfg, engine.adapter.name, engine.interval)]
-    with (
-        resolve_servers(cfg, environment()) as urls,
-        # stable across restarts (its pending entries come back at once), never shared live
-        hold_consumers(cfg.bus.type, urls.redis_url, [(g, consumer) for g in groups]),
-        stage_services(cfg, urls, job, warn_embedded=False) as metrics,
-    ):
-        async with _clients(cfg, urls) as c:
+    # the engine is built first: a bad rules file, model or plugin fails before servers start
+    pipeline = Pipeline(
+        cfg,
+        sources=sources,
+        adapter=adapter,
+        consumer=consumer,
+        job=job,
+        env=environment(),
+        base_dir=Path.cwd(),
+    )
+    async with pipeline as p:
+        with stage_services(cfg, p.urls, job, warn_embedded=False) as metrics:
+            urls = p.urls
             console.note(
                 f"mdp {job}: servers {urls.describe()}"
                 f"{' (embedded: ' + ', '.join(urls.embedded) + ')' if urls.embedded else ''}; "
                 f"consumer {consumer}; metrics {metrics.url}/metrics"
             )
-            summary = RunSummary()
-            srcs = sources(c.bus)
             last = [
                 Progress(
                     elapsed_s=0.0,
@@ -247,43 +172,24 @@ async def _run_all(
                     signals=0,
                 )
             ]
-            done = [False]
             line = ProgressLine(
                 job, rate=False, detail=lambda: _progress_detail(last[0]), plain_every_s=5.0
             )
 
-            def on_progress(p: Progress) -> None:
-                last[0] = p
-                line.update(p.published)
-
-            def counts() -> RunCounts:
-                if not done[0]:
-                    p = last[0]
-                    return RunCounts(p.events_in, p.rows_written, p.errors)
-                mb, inf = summary.microbatch, summary.inference
-                return RunCounts(mb.events_in, mb.rows_written + inf.signals, summary.dead_letters)
+            def on_progress(progress: Progress) -> None:
+                last[0] = progress
+                line.update(progress.published)
 
             with line:
-                async with tracked_run(c.tracker, job, cfg, counts) as run:
-                    summary = await run_pipeline(
-                        cfg,
-                        c.bus,
-                        c.store,
-                        c.signals,
-                        engine,
-                        srcs,
-                        stop,
-                        finish_when_sources_done=finite,
-                        consumer=consumer,
-                        on_progress=on_progress,
-                    )
-                    summary.producer_dead_letters = _replay_letters(srcs)
-                    done[0] = True
-                    run.status = "stopped" if stop.is_set() else "success"
-            typer.echo(f"\nmdp {job} summary ({run.status}):")
+                summary = await p.run(
+                    until="sources_done" if finite else "stopped",
+                    stop=stop,
+                    on_progress=on_progress,
+                )
+            typer.echo(f"\nmdp {job} summary ({p.status}):")
             print_fields(_summary_rows(summary, cfg))
             sample = await _sample(
-                c,
+                p,
                 f"{cfg.micro_batch.window_ms // 1000}s"
                 if cfg.micro_batch.window_ms % 1000 == 0
                 else f"{cfg.micro_batch.window_ms}ms",
@@ -383,24 +289,22 @@ def run(
     cfg = load_app_config(config, overrides)
     duration_s = None if duration is None else duration_ms(duration, "--duration") / 1000
     use_synthetic = cfg.producers.synthetic.enabled if synthetic is None else synthetic
-    live = [n for n in ("coinbase", "ibkr") if getattr(cfg.producers, n).enabled]
+    live: list[Literal["coinbase", "ibkr"]] = [
+        n for n in ("coinbase", "ibkr") if getattr(cfg.producers, n).enabled
+    ]
     if not use_synthetic and not replay and not live:
         raise ConfigError(
             "nothing to run: enable a producer in the config, keep --synthetic or give "
             "--replay NAME",
             source="mdp run",
         )
-    chosen: Literal["rules", "sklearn"] = adapter or (
-        "sklearn" if cfg.inference.adapters.sklearn.enabled else "rules"
-    )
+    chosen = adapter or default_adapter(cfg)
     run_consumer = consumer or default_consumer_name("run")
 
-    def sources(bus: Bus) -> list[Source]:
-        out = [_dataset_source(cfg, bus, name, datasets) for name in replay or []]
-        if use_synthetic:
-            out.append(_synthetic_source(cfg, rate, duration_s))
-        out += [_live_source(cfg, name) for name in live]
-        return out
+    sources: list[SourceSpec] = [Dataset(name, registry=datasets) for name in replay or []]
+    if use_synthetic:
+        sources.append(Synthetic(rate_per_s=rate, duration_s=duration_s))
+    sources += [Live(name) for name in live]
 
     async def main(stop: asyncio.Event) -> None:
         if duration_s is not None:
@@ -468,11 +372,9 @@ def demo(
         start_local_servers(local, load_app_config(config, overrides, local_servers=False))
     cfg = load_app_config(config, overrides)
 
-    def sources(bus: Bus) -> list[Source]:
-        out = [_dataset_source(cfg, bus, DEMO_DATASET, datasets)]
-        if synthetic_s > 0:
-            out.append(_synthetic_source(cfg, rate, synthetic_s))
-        return out
+    sources: list[SourceSpec] = [Dataset(DEMO_DATASET, registry=datasets)]
+    if synthetic_s > 0:
+        sources.append(Synthetic(rate_per_s=rate, duration_s=synthetic_s))
 
     async def main(stop: asyncio.Event) -> None:
         t0 = time.monotonic()

@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from market_data_core.config import AppConfig, load_config, parse_config
+from market_data_core.config import AppConfig, load_config, override_config
 from market_data_core.errors import ConfigError, describe_error, one_line, primary_error
 from market_data_core.redaction import redact_url
 from market_data_core.timeutil import parse_duration_ms
@@ -120,21 +120,10 @@ def load_app_config(
     env = environment()
     config = load_config(config_file(path), env=env)
     if overrides:
-        config = _override(config, overrides, f"{path} + command-line flags")
+        config = override_config(config, overrides, source=f"{path} + command-line flags")
     if local_servers:
         config = _with_local_servers(config, path, env)
     return config
-
-
-def _override(config: AppConfig, overrides: Mapping[str, Any], source: str) -> AppConfig:
-    data = config.model_dump()
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return parse_config(data, env={}, source=source)
 
 
 def _with_local_servers(config: AppConfig, path: Path, env: Mapping[str, str]) -> AppConfig:
@@ -159,7 +148,7 @@ def _with_local_servers(config: AppConfig, path: Path, env: Mapping[str, str]) -
             for key, url in use.items()
         )
     )
-    return _override(config, use, f"{path} + the servers of `mdp up`")
+    return override_config(config, use, source=f"{path} + the servers of `mdp up`")
 
 
 def duration_ms(text: str, flag: str, *, min_ms: int = 1) -> int:
