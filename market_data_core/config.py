@@ -44,11 +44,13 @@ __all__ = [
     "BusConfig",
     "ConfigPath",
     "FeatureKind",
+    "FeaturePluginConfig",
     "FeatureWindowConfig",
     "FeaturesConfig",
     "InferenceConfig",
     "KafkaConfig",
     "MicroBatchConfig",
+    "PluginAdapterConfig",
     "ProducersConfig",
     "RedisConfig",
     "RulesAdapterConfig",
@@ -299,6 +301,19 @@ class FeatureWindowConfig(_Model):
         return None if self.horizon is None else parse_duration_ms(self.horizon)
 
 
+_PLUGIN_REF = r"^([A-Za-z_][A-Za-z0-9_.\-]*|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*)$"
+
+
+class FeaturePluginConfig(_Model):
+    """A user feature (:mod:`market_data_core.plugins`): ``plugin`` is an entry point of the
+    ``mdp.features`` group or ``module:attribute``; ``name`` its feature name (every output is
+    ``name`` or ``name_<suffix>``); ``params`` the factory's keyword arguments."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+    plugin: str = Field(pattern=_PLUGIN_REF)
+    params: dict[str, Any] = {}
+
+
 class FeaturesConfig(_Model):
     windows: list[FeatureWindowConfig] = [
         FeatureWindowConfig(name="vwap_1m", horizon="60s"),
@@ -311,6 +326,7 @@ class FeaturesConfig(_Model):
     # The bar interval features run on (bars of other intervals on mdp.bars are skipped);
     # unset -> the micro-batch window (e.g. "2s").
     interval: str | None = None
+    plugins: list[FeaturePluginConfig] = []
 
     @field_validator("interval")
     @classmethod
@@ -321,10 +337,10 @@ class FeaturesConfig(_Model):
 
     @model_validator(mode="after")
     def _unique_names(self) -> FeaturesConfig:
-        names = [w.name for w in self.windows]
+        names = [w.name for w in self.windows] + [p.name for p in self.plugins]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate feature window names: {', '.join(dupes)}")
+            raise ValueError(f"duplicate feature names: {', '.join(dupes)}")
         return self
 
 
@@ -351,9 +367,33 @@ class SklearnAdapterConfig(_Model):
     threshold: float = 0.5
 
 
+class PluginAdapterConfig(_Model):
+    """A user strategy (:mod:`market_data_core.plugins`): ``plugin`` is an entry point of the
+    ``mdp.adapters`` group or ``module:attribute``; ``name`` is the adapter's name in its
+    signals (``Signal.adapter``) and consumer group; ``params`` the factory's keyword
+    arguments. ``enabled``: the default adapter of ``mdp run`` and the Python API
+    (``mdp stream infer --adapter plugin`` chooses it explicitly)."""
+
+    enabled: bool = False
+    name: str = Field(default="plugin", pattern=r"^[a-z][a-z0-9_\-]{0,31}$")
+    plugin: str = ""
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _named(self) -> PluginAdapterConfig:
+        if self.enabled and not self.plugin:
+            raise ValueError("plugin: give an entry point name or module:attribute")
+        if self.plugin and not re.match(_PLUGIN_REF, self.plugin):
+            raise ValueError(f"plugin {self.plugin!r} is not an entry point name or module:attr")
+        if self.name in ("rules", "sklearn"):
+            raise ValueError(f"name {self.name!r} is a built-in adapter's")
+        return self
+
+
 class InferenceAdaptersConfig(_Model):
     rules: RulesAdapterConfig = RulesAdapterConfig()
     sklearn: SklearnAdapterConfig = SklearnAdapterConfig()
+    plugin: PluginAdapterConfig = PluginAdapterConfig()
 
 
 class InferenceConfig(_Model):

@@ -37,6 +37,7 @@ TradeSide = Literal["buy", "sell"]
 # \Z, not $: "$" also matches before a trailing newline ("AAPL\n" is not a symbol)
 _PROVIDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 _SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9._\-/:=^]{0,31}\Z")
+_ADAPTER = re.compile(r"^[a-z][a-z0-9_\-]{0,31}\Z")
 _INTERVAL = re.compile(r"^[0-9]+(us|ms|s|m|h|d)\Z")
 
 
@@ -560,7 +561,7 @@ class Signal(BaseModel):
     value: float
     score: float
     meta: dict[str, Any] = {}
-    adapter: Literal["rules", "sklearn"] = "rules"
+    adapter: str = "rules"
     signal_id: str = ""
     state: Literal["active", "retracted"] = "active"
 
@@ -580,6 +581,16 @@ class Signal(BaseModel):
 
     _provider_ok = field_validator("provider")(_check_provider)
     _symbol_ok = field_validator("symbol")(_check_symbol)
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_ok(cls, v: str) -> str:
+        if not _ADAPTER.match(v):
+            raise ValueError(
+                f"malformed adapter {v!r} (rules, sklearn or a plugin's name: lowercase "
+                "letters, digits, '_', '-'; max 32)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _finite_and_id(self) -> Signal:

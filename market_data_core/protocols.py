@@ -539,10 +539,13 @@ class FeatureSnapshot:
 
 @runtime_checkable
 class InferenceAdapter(Protocol):
-    """Turns feature snapshots into signals. Raises ``InferenceError`` on failure."""
+    """Turns feature snapshots into signals. Raises ``InferenceError`` on failure.
+
+    ``name``: ``rules``, ``sklearn`` or a strategy plugin's configured name; it is
+    ``Signal.adapter`` and part of the adapter's consumer group."""
 
     @property
-    def name(self) -> Literal["rules", "sklearn"]: ...
+    def name(self) -> str: ...
 
     async def evaluate(self, snapshot: FeatureSnapshot) -> list[Signal]: ...
 

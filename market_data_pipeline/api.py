@@ -92,8 +92,12 @@ def default_config(overrides: Mapping[str, Any] | None = None) -> AppConfig:
 
 
 def default_adapter(config: AppConfig) -> AdapterKind:
-    """``mdp run``'s default: ``sklearn`` when enabled in the config, else ``rules``."""
-    return "sklearn" if config.inference.adapters.sklearn.enabled else "rules"
+    """``mdp run``'s default: the strategy ``plugin`` when enabled in the config, else
+    ``sklearn`` when enabled, else ``rules``."""
+    adapters = config.inference.adapters
+    if adapters.plugin.enabled:
+        return "plugin"
+    return "sklearn" if adapters.sklearn.enabled else "rules"
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +259,11 @@ class Pipeline:
         self.config = config if config is not None else default_config()
         self.job = job
         self.consumer = consumer or f"{job}-{socket.gethostname()}"
+        #: the adapter the engine runs: rules, sklearn or plugin
+        self.adapter_kind: AdapterKind = adapter or default_adapter(self.config)
         self.engine: InferenceEngine = build_engine(
             self.config,
-            adapter or default_adapter(self.config),
+            self.adapter_kind,
             interval=features_interval(self.config),
             base_dir=base_dir,
         )

@@ -195,9 +195,7 @@ async def run_offline_async(
         letters = await pipe.dead_letters()
         run_s = time.monotonic() - t1
     scored = bars if scored_interval == window else other
-    engine = build_engine(
-        cfg, pipe.engine.adapter.name, interval=scored_interval, base_dir=base_dir
-    )
+    engine = build_engine(cfg, pipe.adapter_kind, interval=scored_interval, base_dir=base_dir)
     try:
         reference = await clean_pass(engine, scored)
     finally:

@@ -41,12 +41,13 @@ from market_data_pipeline.ui.progress import ProgressLine
 def infer(
     config: ConfigOpt = DEFAULT_CONFIG,
     adapter: Annotated[
-        Literal["rules", "sklearn"],
+        Literal["rules", "sklearn", "plugin"],
         typer.Option(
-            metavar="[rules|sklearn]",
-            help="rules (inference.adapters.rules.file, default the shipped rules) or sklearn "
+            metavar="[rules|sklearn|plugin]",
+            help="rules (inference.adapters.rules.file, default the shipped rules), sklearn "
             "(the pinned model of inference.adapters.sklearn; the shipped config's example "
-            "model needs the ml extra).",
+            "model needs the ml extra) or plugin (the strategy plugin of "
+            "inference.adapters.plugin).",
         ),
     ] = "rules",
     interval: Annotated[
@@ -90,7 +91,7 @@ def infer(
             "(the shipped configs/streaming.yaml has an example; mdp init writes a copy)",
             source=str(config_file(config)),
         )
-    # loaded before any server starts: a bad rules file or model hash fails fast (exit 2)
+    # loaded before any server starts: a bad rules file, model hash or plugin fails fast (exit 2)
     engine = build_engine(cfg, adapter, interval=features_interval(cfg), base_dir=Path.cwd())
     name = consumer_name(consumer, "infer")
     group = inference_group(cfg, engine.adapter.name, engine.interval)

@@ -257,10 +257,11 @@ def run(
         str | None, typer.Option(metavar="DURATION", help="Micro-batch window, 500ms to 5s.")
     ] = None,
     adapter: Annotated[
-        Literal["rules", "sklearn"] | None,
+        Literal["rules", "sklearn", "plugin"] | None,
         typer.Option(
-            metavar="[rules|sklearn]",
-            help="Inference adapter (default: sklearn if enabled in the config, else rules).",
+            metavar="[rules|sklearn|plugin]",
+            help="Inference adapter (default: the strategy plugin if enabled in the config, "
+            "else sklearn if enabled, else rules).",
         ),
     ] = None,
     consumer: RunConsumerOpt = None,

@@ -154,8 +154,10 @@ class InferenceConsumer:
         # change-log heads at the two previous reconciles, oldest first
         self._seen_heads: tuple[dict[Key, int], dict[Key, int]] = ({}, {})
         # adapters whose rows this engine writes; it retracts only its own adapter's rows
-        # (an sklearn engine falls back to rules signals, which a rules engine also owns)
-        self._adapters = sorted({engine.adapter.name, "rules"})
+        # (an sklearn engine falls back to rules signals, which a rules engine also owns; a
+        # strategy plugin's rows are its own only)
+        own = engine.adapter.name
+        self._adapters = sorted({own, "rules"}) if own == "sklearn" else [own]
         mb = config.micro_batch
         self._final_lag_us = (mb.correction_horizon_ms + mb.allow_late_ms) * 1000 + (
             engine.interval_us

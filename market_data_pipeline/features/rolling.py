@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -58,9 +59,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, get_args
 
-from market_data_core.config import FeatureKind, FeatureWindowConfig
+from market_data_core.config import FeatureKind, FeaturePluginConfig, FeatureWindowConfig
 from market_data_core.contracts import Bar
-from market_data_core.errors import ConfigError
+from market_data_core.errors import ConfigError, InferenceError
+from market_data_core.plugins import FEATURES_GROUP, FeaturePlugin
 from market_data_core.protocols import FeatureSnapshot
 from market_data_core.timeutil import to_epoch_us
 from market_data_pipeline import telemetry
@@ -70,7 +72,9 @@ __all__ = [
     "FEATURE_KINDS",
     "NAME_PREFIXES",
     "FeatureEngine",
+    "PluginSpec",
     "WindowSpec",
+    "resolve_plugins",
     "resolve_windows",
 ]
 
@@ -184,6 +188,74 @@ def resolve_windows(windows: Iterable[FeatureWindowConfig]) -> list[WindowSpec]:
             )
         seen.update(spec.outputs)
         specs.append(spec)
+    return specs
+
+
+_OUTPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """A validated feature plugin (:mod:`market_data_core.plugins`): its config name, output
+    names (``name`` or ``name_<suffix>``), factory and what identifies it in checkpoints."""
+
+    name: str
+    ref: str
+    params: dict[str, Any]
+    outputs: tuple[str, ...]
+    factory: Any
+    identity: tuple[Any, ...]
+    kind: str = "plugin"
+
+    def new(self) -> FeaturePlugin:
+        """A fresh instance for one series."""
+        instance: FeaturePlugin = self.factory(self.name, **self.params)
+        return instance
+
+
+def resolve_plugins(
+    plugins: Iterable[FeaturePluginConfig], taken: Iterable[str] = BASE_FEATURES
+) -> list[PluginSpec]:
+    """Load feature plugins and check their outputs; ``ConfigError`` names the plugin and
+    what is wrong (not found, the factory raised, an output name that does not fit)."""
+    from market_data_pipeline.plugins import load_plugin
+
+    seen = set(taken)
+    specs: list[PluginSpec] = []
+    for i, cfg in enumerate(plugins):
+        key = f"features.plugins[{i}]"
+        loaded = load_plugin(cfg.plugin, FEATURES_GROUP, key_path=f"{key}.plugin")
+        try:
+            probe = loaded.factory(cfg.name, **cfg.params)
+            outputs = tuple(str(o) for o in probe.outputs)
+        except Exception as exc:  # user code: whatever it raises is a config problem here
+            raise ConfigError(
+                f"feature plugin {cfg.name!r} ({cfg.plugin}): making it failed "
+                f"({type(exc).__name__}: {exc})",
+                key_path=f"{key}.params",
+            ) from None
+        bad = [
+            o
+            for o in outputs
+            if not _OUTPUT_NAME.match(o) or (o != cfg.name and not o.startswith(f"{cfg.name}_"))
+        ]
+        if not outputs or bad:
+            raise ConfigError(
+                f"feature plugin {cfg.name!r} ({cfg.plugin}): outputs must be {cfg.name!r} or "
+                f"{cfg.name}_<suffix> (letters, digits, '_'), got {list(outputs)}",
+                key_path=key,
+            )
+        clash = seen.intersection(outputs)
+        if clash:
+            raise ConfigError(
+                f"feature plugin {cfg.name!r} would define {', '.join(sorted(clash))} twice",
+                key_path=key,
+            )
+        seen.update(outputs)
+        identity = (cfg.name, list(outputs), cfg.params, *loaded.identity)
+        specs.append(
+            PluginSpec(cfg.name, cfg.plugin, dict(cfg.params), outputs, loaded.factory, identity)
+        )
     return specs
 
 
@@ -727,6 +799,59 @@ class _QuoteMean(_Feature):
         self.m.load(state)
 
 
+class _PluginFeature:
+    """A feature plugin's instance for one series, behind the same interface as the built-in
+    features (its errors become ``InferenceError`` naming the plugin and the bar)."""
+
+    __slots__ = ("outputs", "plugin", "spec")
+
+    def __init__(self, spec: PluginSpec) -> None:
+        self.spec = spec
+        self.outputs = spec.outputs
+        self.plugin = spec.new()
+
+    def _failed(self, what: str, exc: Exception) -> InferenceError:
+        return InferenceError(
+            f"feature plugin {self.spec.name!r} ({self.spec.ref}) failed in {what} "
+            f"({type(exc).__name__}: {exc})"
+        )
+
+    def on_bar(self, ts_us: int, bar: Bar, log_ret: float | None) -> None:
+        try:
+            self.plugin.on_bar(bar)
+        except Exception as exc:  # user code
+            raise self._failed(f"on_bar of {bar.provider}|{bar.symbol} {bar.ts}", exc) from exc
+
+    def on_quote(
+        self, ts_us: int, bid: float, ask: float, bid_size: float | None, ask_size: float | None
+    ) -> None:
+        return
+
+    def values(self) -> tuple[float, ...]:
+        try:
+            out = tuple(float(x) for x in self.plugin.values())
+        except Exception as exc:  # user code
+            raise self._failed("values", exc) from exc
+        if len(out) != len(self.outputs):
+            raise InferenceError(
+                f"feature plugin {self.spec.name!r} ({self.spec.ref}): values() gave "
+                f"{len(out)} numbers for {len(self.outputs)} outputs"
+            )
+        return out
+
+    def state(self) -> list[Any]:
+        try:
+            return list(self.plugin.export_state())
+        except Exception as exc:  # user code
+            raise self._failed("export_state", exc) from exc
+
+    def load(self, state: Sequence[Any]) -> None:
+        try:
+            self.plugin.import_state(state)
+        except Exception as exc:  # user code: a state that does not fit is a ValueError
+            raise ValueError(f"feature plugin {self.spec.name!r}: {exc}") from exc
+
+
 _FACTORIES: Final[dict[str, type[_Feature]]] = {
     "vwap": _Vwap,
     "returns": _AsOfChange,
@@ -756,8 +881,15 @@ class _SymbolState:
         "warned_no_volume",
     )
 
-    def __init__(self, specs: Sequence[WindowSpec], symbol: str, timed: bool) -> None:
-        self.features = [_FACTORIES[s.kind](s) for s in specs]
+    def __init__(
+        self,
+        specs: Sequence[WindowSpec],
+        plugins: Sequence[PluginSpec],
+        symbol: str,
+        timed: bool,
+    ) -> None:
+        self.features: list[_Feature | _PluginFeature] = [_FACTORIES[s.kind](s) for s in specs]
+        self.features += [_PluginFeature(p) for p in plugins]
         # the histogram children, looked up once (a labels() call costs about a microsecond)
         self.timers = (
             [
@@ -778,14 +910,24 @@ class _SymbolState:
 class FeatureEngine:
     """Rolling features per (provider, symbol).
 
-    ``timed=True`` records ``features_update_duration_seconds{symbol,window}`` per window and
-    update (about a microsecond each); benchmarks switch it off to see the bare cost.
+    ``plugins``: user features (:mod:`market_data_core.plugins`), after the windows, updated by
+    every bar like them. ``timed=True`` records ``features_update_duration_seconds{symbol,
+    window}`` per window and update (about a microsecond each); benchmarks switch it off to
+    see the bare cost. Raises ``ConfigError`` for a bad window or plugin.
     """
 
-    def __init__(self, windows: Iterable[FeatureWindowConfig], *, timed: bool = True) -> None:
+    def __init__(
+        self,
+        windows: Iterable[FeatureWindowConfig],
+        *,
+        plugins: Iterable[FeaturePluginConfig] = (),
+        timed: bool = True,
+    ) -> None:
         self.specs = resolve_windows(windows)
-        self.feature_names: tuple[str, ...] = BASE_FEATURES + tuple(
-            name for s in self.specs for name in s.outputs
+        window_names = BASE_FEATURES + tuple(name for s in self.specs for name in s.outputs)
+        self.plugins = resolve_plugins(plugins, window_names)
+        self.feature_names: tuple[str, ...] = window_names + tuple(
+            name for p in self.plugins for name in p.outputs
         )
         self._bar_specs = [s for s in self.specs if s.kind not in _QUOTE_KINDS]
         self._quote_specs = [s for s in self.specs if s.kind in _QUOTE_KINDS]
@@ -808,7 +950,7 @@ class FeatureEngine:
 
     @property
     def active_windows(self) -> int:
-        return len(self._state) * len(self.specs)
+        return len(self._state) * (len(self.specs) + len(self.plugins))
 
     def last_bar_ts_us(self, provider: str, symbol: str) -> int | None:
         state = self._state.get((provider, symbol))
@@ -817,7 +959,9 @@ class FeatureEngine:
     def _symbol(self, provider: str, symbol: str) -> _SymbolState:
         state = self._state.get((provider, symbol))
         if state is None:
-            state = self._state[(provider, symbol)] = _SymbolState(self.specs, symbol, self._timed)
+            state = self._state[(provider, symbol)] = _SymbolState(
+                self.specs, self.plugins, symbol, self._timed
+            )
             telemetry.FEATURES_ACTIVE_WINDOWS.set(self.active_windows)
         return state
 

@@ -41,7 +41,7 @@ __all__ = [
     "build_engine",
 ]
 
-AdapterKind = Literal["rules", "sklearn"]
+AdapterKind = Literal["rules", "sklearn", "plugin"]
 
 
 # Bumped whenever the layout of an exported state changes: older checkpoints then no longer
@@ -74,8 +74,9 @@ def build_adapter(
     """The configured adapter. The rules file (:func:`~market_data_pipeline.project.rules_file`:
     the configured one, or the shipped rules) is always loaded: it is the sklearn adapter's
     fallback. ``base_dir``: where relative paths of a config built in code (not loaded from a
-    file, whose paths are absolute) resolve; default the working directory. Raises
-    ``ConfigError`` (bad rules, model hash mismatch, unknown features)."""
+    file, whose paths are absolute) resolve; default the working directory. ``plugin``: the
+    strategy plugin of ``inference.adapters.plugin``. Raises ``ConfigError`` (bad rules, model
+    hash mismatch, unknown features, a plugin not found)."""
     root = base_dir or Path.cwd()
     rules = RulesAdapter(load_rules(rules_file(config, root), known_features))
     if kind == "rules":
@@ -86,7 +87,13 @@ def build_adapter(
         return SklearnAdapter(
             config.inference.adapters.sklearn, rules, known_features, base_dir=root
         )
-    raise ConfigError(f"unknown adapter {kind!r} (expected rules or sklearn)", source="--adapter")
+    if kind == "plugin":
+        from market_data_pipeline.inference.adapters.plugin import PluginAdapter
+
+        return PluginAdapter(config.inference.adapters.plugin, known_features)
+    raise ConfigError(
+        f"unknown adapter {kind!r} (expected rules, sklearn or plugin)", source="--adapter"
+    )
 
 
 class InferenceEngine:
@@ -102,6 +109,7 @@ class InferenceEngine:
             "format": STATE_FORMAT,
             "interval": interval,
             "windows": [dataclasses.astuple(s) for s in features.specs],
+            "plugins": [list(p.identity) for p in features.plugins],
             "adapter": [adapter.name, adapter.identity()],
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -171,9 +179,10 @@ class InferenceEngine:
 def build_engine(
     config: AppConfig, kind: AdapterKind, *, interval: str, base_dir: Path | None = None
 ) -> InferenceEngine:
-    """The engine of ``features.windows`` and the ``kind`` adapter (:func:`build_adapter`) for
-    bars of ``interval`` (``consumers.inference_consumer.features_interval(config)``). Raises
-    ``ConfigError`` before any server is needed (bad rules file, model hash, features)."""
-    features = FeatureEngine(config.features.windows)
+    """The engine of ``features.windows`` and ``features.plugins`` and the ``kind`` adapter
+    (:func:`build_adapter`) for bars of ``interval``
+    (``consumers.inference_consumer.features_interval(config)``). Raises ``ConfigError`` before
+    any server is needed (bad rules file, model hash, features, a plugin)."""
+    features = FeatureEngine(config.features.windows, plugins=config.features.plugins)
     adapter = build_adapter(config, kind, features.feature_names, base_dir=base_dir)
     return InferenceEngine(features, adapter, interval=interval)
