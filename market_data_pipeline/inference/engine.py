@@ -71,12 +71,17 @@ def build_adapter(
     *,
     base_dir: Path | None = None,
 ) -> WarmableAdapter:
-    """The configured adapter. The rules file (:func:`~market_data_pipeline.project.rules_file`:
-    the configured one, or the shipped rules) is always loaded: it is the sklearn adapter's
-    fallback. ``base_dir``: where relative paths of a config built in code (not loaded from a
-    file, whose paths are absolute) resolve; default the working directory. ``plugin``: the
-    strategy plugin of ``inference.adapters.plugin``. Raises ``ConfigError`` (bad rules, model
+    """The configured adapter. For rules and sklearn the rules file
+    (:func:`~market_data_pipeline.project.rules_file`: the configured one, or the shipped
+    rules) is loaded: it is the sklearn adapter's fallback. ``base_dir``: where relative paths
+    of a config built in code (not loaded from a file, whose paths are absolute) resolve;
+    default the working directory. ``plugin``: the strategy plugin of
+    ``inference.adapters.plugin``. Raises ``ConfigError`` (bad rules, model
     hash mismatch, unknown features, a plugin not found)."""
+    if kind == "plugin":
+        from market_data_pipeline.inference.adapters.plugin import PluginAdapter
+
+        return PluginAdapter(config.inference.adapters.plugin, known_features)
     root = base_dir or Path.cwd()
     rules = RulesAdapter(load_rules(rules_file(config, root), known_features))
     if kind == "rules":
@@ -87,10 +92,6 @@ def build_adapter(
         return SklearnAdapter(
             config.inference.adapters.sklearn, rules, known_features, base_dir=root
         )
-    if kind == "plugin":
-        from market_data_pipeline.inference.adapters.plugin import PluginAdapter
-
-        return PluginAdapter(config.inference.adapters.plugin, known_features)
     raise ConfigError(
         f"unknown adapter {kind!r} (expected rules, sklearn or plugin)", source="--adapter"
     )
