@@ -10,7 +10,7 @@ LOCK       := requirements/dev.lock
 LOCK_VENV  := .venv-lock
 UV_VERSION := 0.13.9
 
-.PHONY: install lock demo test test-unit test-integration lint format bench clean
+.PHONY: install lock demo test test-unit test-integration lint docs format bench clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mdp needs Python 3.11+"'
@@ -49,6 +49,11 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The site in docs/ (tutorial, guides, the API reference generated from the docstrings by
+# mkdocstrings) into site/; --strict: a broken link or reference fails the build (CI runs it).
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -57,4 +62,4 @@ bench: install
 	$(BIN)/mdp bench
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site
