@@ -7,8 +7,8 @@ letters and all) and the store computes the bars in SQL from the stored ticks, e
 ``mdp run`` does; the inference stage scores every committed bar revision and writes its
 signals. The servers are throwaway embedded ones (Valkey and PostgreSQL, whatever the config
 says: research never writes into a configured database), started for the call and stopped
-after it. Start-up costs about 2 s on the 2-core machine of the README (measured:
-:attr:`OfflineResult.startup_s`).
+after it. Start-up (both servers, initdb, the migration, the clients) took 0.7 to 2.8 s on the
+shared 2-core machine of the README (:attr:`OfflineResult.startup_s` measures it each call).
 
 What comes back: the final bars from the store; the features after each bar, from a fresh
 engine's clean pass over those bars (:func:`~market_data_pipeline.inference.reference.
