@@ -19,7 +19,7 @@ def _config(tmp_path: Path, **inference: object) -> Path:
     data["inference"]["adapters"]["rules"]["file"] = str(SHIPPED_RULES)
     for key, value in inference.items():
         section, _, field = key.partition("__")
-        data["inference"]["adapters"][section][field] = value
+        data["inference"]["adapters"].setdefault(section, {})[field] = value
     path = tmp_path / "streaming.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -66,3 +66,16 @@ def test_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "torch" in err
     code, err = _run(["--interval", "soon"], capsys)
     assert code == 2 and err.startswith("mdp: error: --interval:")
+
+
+def test_a_plugin_that_is_not_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, plugin__plugin="no_such_module:Strategy", plugin__name="mine")
+    code, err = _run(["--config", str(path), "--adapter", "plugin"], capsys)
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("mdp: error: ")
+    assert "inference.adapters.plugin.plugin" in err and "cannot import 'no_such_module'" in err
+    path = _config(tmp_path, plugin__plugin="no_such_entry_point")
+    code, err = _run(["--config", str(path), "--adapter", "plugin"], capsys)
+    assert (
+        code == 2 and "no plugin 'no_such_entry_point' in the entry points of mdp.adapters" in err
+    )
