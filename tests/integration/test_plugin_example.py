@@ -10,7 +10,8 @@ site-packages. Then, on real servers:
   in ``mdp.adapters``) and its feature equals an independent pandas reference;
 - a pipeline that stops after 60 % of the shipped trades and restarts for the rest (resuming
   the series from its checkpoint, which holds the plugins' state) ends with exactly the signals
-  of one uninterrupted offline run over all the trades.
+  of one uninterrupted offline run over all the trades, and a replay of all the trades changes
+  no bar and no signal.
 """
 
 from __future__ import annotations
@@ -119,6 +120,16 @@ async def test_the_plugins_run_and_a_restart_reproduces_their_signals(
         # included), not from its first bar
         assert summary.inference.resumes >= 1
         assert 0 < summary.inference.bars_loaded < 600
+        # replay-exact: all the trades again change no bar and no signal
+        async with mdp.Pipeline(
+            config,
+            sources=[mdp.Trades(trades, provider=PROVIDER, symbol=SYMBOL)],
+            consumer="plugin-test",
+        ) as pipe:
+            replay = await pipe.run()
+            assert replay.microbatch.duplicates == len(trades)
+            assert replay.microbatch.bars_written == 0 and replay.inference.signals == 0
+            assert signal_rows(await pipe.signals()) == signal_rows(live_signals)
 
     research = await mdp.run_offline_async(trades, config=config, provider=PROVIDER, symbol=SYMBOL)
     assert research.signals and {s.adapter for s in research.signals} == {"breakout"}
