@@ -10,6 +10,7 @@
     ├── StoreError                the store failed
     │   └── StoreUnavailableError transient: connection lost/refused; retry with backoff
     ├── InferenceError            an adapter failed to evaluate or load
+    ├── StoppedError              a stop request ended a retry; the work stays pending
     └── BackpressureError         a bounded buffer is full; retry after ``retry_after_s``
 
 Third-party exceptions are translated at the boundary (``raise BusError(...) from exc``);
@@ -29,6 +30,7 @@ __all__ = [
     "InferenceError",
     "LocalTimeError",
     "MDPError",
+    "StoppedError",
     "StoreError",
     "StoreUnavailableError",
     "describe_error",
@@ -100,6 +102,12 @@ class StoreUnavailableError(StoreError):
 
 class InferenceError(MDPError):
     """An inference adapter failed to load or evaluate."""
+
+
+class StoppedError(MDPError):
+    """A stop (SIGINT/SIGTERM, ``Pipeline.stop()``) ended a retry before the operation
+    succeeded: nothing was acknowledged, the work stays pending for the next run. The last
+    failure is the ``__cause__``. Raised by :func:`market_data_pipeline.retry.retry`."""
 
 
 class BackpressureError(MDPError):

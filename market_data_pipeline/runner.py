@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 from market_data_core.config import AppConfig
 from market_data_core.protocols import Bus, Provider, SignalsStoreClient, StoreClient
-from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, InferenceStats
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.inference.engine import InferenceEngine
 from market_data_pipeline.producers.pump import make_publisher, pump
+from market_data_pipeline.retry import sleep_or_stop
 
 __all__ = ["Progress", "RunSummary", "Source", "group_lag", "run_pipeline"]
 

@@ -56,7 +56,13 @@ from typing import TypeVar
 from market_data_core.codec import decode_bar, encode_signal
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, Signal
-from market_data_core.errors import BusError, ContractError, StoreError, StoreUnavailableError
+from market_data_core.errors import (
+    BusError,
+    ContractError,
+    StoppedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from market_data_core.protocols import (
     Bus,
     BusRecord,
@@ -67,9 +73,9 @@ from market_data_core.protocols import (
 )
 from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline import telemetry
-from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.inference.engine import InferenceEngine
 from market_data_pipeline.inference.timeline import Offer, Scored, SeriesTimeline
+from market_data_pipeline.retry import Backoff, retry, sleep_or_stop
 
 __all__ = ["InferenceConsumer", "InferenceStats", "features_interval", "inference_group"]
 
@@ -175,7 +181,7 @@ class InferenceConsumer:
         for ``idle_s`` seconds and every series seen is at its change-log head; everything
         read by then is committed and acknowledged)."""
         idle_since: float | None = None
-        backoff_s = 0.1
+        bus_backoff = Backoff(0.1, 5.0)
         next_reconcile = time.monotonic() + _RECONCILE_S
         heartbeat = telemetry.Heartbeat(max_age_s=30.0)  # /healthz 503 when the loop is stuck
         check_name = f"infer:{self._consumer.name}"
@@ -188,12 +194,12 @@ class InferenceConsumer:
                 try:
                     records = await self._consumer.poll(_MAX_BATCH, self.config.bus.block_ms)
                     self._count_letters()
-                    backoff_s = 0.1
+                    bus_backoff.reset()
                 except BusError as exc:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
-                    log.warning("bus poll failed (%s); retrying in %.1fs", exc, backoff_s)
-                    await sleep_or_stop(stop, backoff_s)
-                    backoff_s = min(backoff_s * 2, 5.0)
+                    delay_s = bus_backoff.next_delay_s()
+                    log.warning("bus poll failed (%s); retrying in %.1fs", exc, delay_s)
+                    await sleep_or_stop(stop, delay_s)
                     continue
                 if records:
                     idle_since = None
@@ -240,13 +246,13 @@ class InferenceConsumer:
         """Run side work (reconcile, checkpoints) that a stop may cut short."""
         try:
             return await work
-        except _Stopped:
+        except StoppedError:
             return None
 
     async def _handle(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
         try:
             return await self._handle_batch(records, stop)
-        except _Stopped:
+        except StoppedError:
             return False
 
     async def _handle_batch(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
@@ -455,47 +461,46 @@ class InferenceConsumer:
     async def _publish(self, signals: Sequence[Signal], stop: asyncio.Event) -> None:
         codec = self.config.bus.codec
         items = [(routing_key(s.provider, s.symbol), encode_signal(s, codec)) for s in signals]
-        backoff_s = 0.1
-        while True:
-            try:
-                await self._bus.publish(self.config.bus.signals_topic, items)
-                return
-            except BusError as exc:
-                telemetry.ERRORS.labels(component=_COMPONENT, reason="publish_signals").inc()
-                log.warning("publishing %d signals failed (%s); retrying", len(items), exc)
-                if stop.is_set():
-                    raise _Stopped from exc
-                await sleep_or_stop(stop, backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+
+        def report(exc: BaseException, delay_s: float | None) -> None:
+            telemetry.ERRORS.labels(component=_COMPONENT, reason="publish_signals").inc()
+            if delay_s is not None:
+                log.warning(
+                    "publishing %d signals failed (%s); retrying in %.1fs", len(items), exc, delay_s
+                )
+
+        await retry(
+            lambda: self._bus.publish(self.config.bus.signals_topic, items),
+            retry_on=BusError,
+            backoff=Backoff(0.1, 5.0),
+            stop=stop,
+            on_failure=report,
+        )
 
     async def _store_call(
         self, call: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None
     ) -> T:
-        """Run a store call, retrying transient failures with capped backoff until ``stop``."""
-        backoff_s = 0.1
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                return await call()
-            except StoreUnavailableError as exc:
-                reason = "store_unavailable"
-                if stop is not None and stop.is_set():
-                    raise _Stopped from exc
-                log.warning("store unavailable (%s); retrying in %.1fs", exc, backoff_s)
-            except StoreError as exc:
-                reason = "store"
-                if attempts >= _MAX_STORE_ATTEMPTS_NON_TRANSIENT:
-                    raise
-                log.warning("store call failed (%s); retrying in %.1fs", exc, backoff_s)
+        """Run a store call, retrying an outage with capped backoff until ``stop`` (raises
+        ``StoppedError`` then) and any other store error up to
+        ``_MAX_STORE_ATTEMPTS_NON_TRANSIENT`` times (then it propagates)."""
+
+        def report(exc: BaseException, delay_s: float | None) -> None:
+            reason = "store_unavailable" if isinstance(exc, StoreUnavailableError) else "store"
             telemetry.ERRORS.labels(component=_COMPONENT, reason=reason).inc()
-            telemetry.RETRIES.labels(component=_COMPONENT).inc()
-            self.stats.store_retries += 1
-            if stop is not None:
-                await sleep_or_stop(stop, backoff_s)
-            else:
-                await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 5.0)
+            if delay_s is not None:
+                log.warning("store call failed (%s); retrying in %.1fs", exc, delay_s)
+                telemetry.RETRIES.labels(component=_COMPONENT).inc()
+                self.stats.store_retries += 1
+
+        return await retry(
+            call,
+            retry_on=StoreError,
+            backoff=Backoff(0.1, 5.0),
+            stop=stop,
+            max_failures=_MAX_STORE_ATTEMPTS_NON_TRANSIENT,
+            transient=StoreUnavailableError,
+            on_failure=report,
+        )
 
     async def _ack(self, records: Sequence[BusRecord]) -> None:
         try:
@@ -532,7 +537,3 @@ def _checked(bar: Bar, payload: bytes) -> Bar:
             payload,
         )
     return bar
-
-
-class _Stopped(Exception):
-    """Stop was requested while waiting for the store or the bus: leave entries pending."""

@@ -56,7 +56,7 @@ from datetime import datetime
 from market_data_core.codec import decode_events, encode_bar, encode_event
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, StreamEvent
-from market_data_core.errors import BusError, StoreError, StoreUnavailableError
+from market_data_core.errors import BusError, StoppedError, StoreError, StoreUnavailableError
 from market_data_core.protocols import (
     Bus,
     BusConsumer,
@@ -73,8 +73,8 @@ from market_data_core.timeutil import (
     to_epoch_us,
 )
 from market_data_pipeline import telemetry
-from market_data_pipeline.consumers import sleep_or_stop
 from market_data_pipeline.consumers.windowing import EventClock, Lateness
+from market_data_pipeline.retry import Backoff, retry, sleep_or_stop
 from market_data_pipeline.streaming.dlq import letter_from_record
 
 __all__ = ["MicroBatchStats", "MicroBatcher"]
@@ -247,7 +247,7 @@ class MicroBatcher:
         to drain mode when it is set (``mdp run``/``demo``: once the producers are done)."""
         live_drain = drain
         idle_since: float | None = None
-        bus_backoff_s = 0.1
+        bus_backoff = Backoff(0.1, 5.0)
         # /healthz turns 503 when this loop stops turning (e.g. blocked on a dead store with a
         # full buffer)
         heartbeat = telemetry.Heartbeat(max_age_s=_HEARTBEAT_MAX_AGE_S)
@@ -268,12 +268,12 @@ class MicroBatcher:
                         self._poll_entries(), self.config.bus.block_ms
                     )
                     self._count_letters()
-                    bus_backoff_s = 0.1
+                    bus_backoff.reset()
                 except BusError as exc:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="bus").inc()
-                    log.warning("bus poll failed (%s); retrying in %.1fs", exc, bus_backoff_s)
-                    await sleep_or_stop(stop, bus_backoff_s)
-                    bus_backoff_s = min(bus_backoff_s * 2, 5.0)
+                    delay_s = bus_backoff.next_delay_s()
+                    log.warning("bus poll failed (%s); retrying in %.1fs", exc, delay_s)
+                    await sleep_or_stop(stop, delay_s)
                     continue
                 if records:
                     idle_since = None
@@ -568,54 +568,58 @@ class MicroBatcher:
     ) -> bool:
         """Commit everything; True once committed. Retries transient failures with capped
         backoff until committed (or until ``stop`` during a retry, returning False)."""
-        backoff_s = 0.1
-        non_transient = 0
         chunks = list(_chunks(units, self._max_batch))
         pending_chunks = list(range(len(chunks)))
         bars_pending = bool(bars)
-        while True:
-            try:
-                if pending_chunks:
-                    # Chunks hold whole (symbol, window) units and every store call locks its
-                    # series, so they commit independently: run a few at once (window ends
-                    # arrive in bursts) and retry only the ones that failed.
-                    results = await asyncio.gather(
-                        *(self._write_ticks_bounded(chunks[i]) for i in pending_chunks),
-                        return_exceptions=True,
-                    )
-                    failed: list[BaseException] = []
-                    still: list[int] = []
-                    for i, res in zip(pending_chunks, results, strict=True):
-                        if isinstance(res, BaseException):
-                            failed.append(res)
-                            still.append(i)
-                    pending_chunks = still
-                    for exc in failed:
-                        if not isinstance(exc, Exception):
-                            raise exc  # cancellation and the like: never swallowed
-                    if failed:
-                        raise failed[0]
-                if bars_pending:
-                    await self._write_bars(bars)
-                    bars_pending = False
-                break
-            except StoreUnavailableError as exc:
+
+        async def attempt() -> None:
+            nonlocal pending_chunks, bars_pending
+            if pending_chunks:
+                # Chunks hold whole (symbol, window) units and every store call locks its
+                # series, so they commit independently: run a few at once (window ends
+                # arrive in bursts) and retry only the ones that failed.
+                results = await asyncio.gather(
+                    *(self._write_ticks_bounded(chunks[i]) for i in pending_chunks),
+                    return_exceptions=True,
+                )
+                failed: list[BaseException] = []
+                still: list[int] = []
+                for i, res in zip(pending_chunks, results, strict=True):
+                    if isinstance(res, BaseException):
+                        failed.append(res)
+                        still.append(i)
+                pending_chunks = still
+                for exc in failed:
+                    if not isinstance(exc, Exception):
+                        raise exc  # cancellation and the like: never swallowed
+                if failed:
+                    raise failed[0]
+            if bars_pending:
+                await self._write_bars(bars)
+                bars_pending = False
+
+        def report(exc: BaseException, delay_s: float | None) -> None:
+            if isinstance(exc, StoreUnavailableError):
                 self.stats.store_retries += 1
                 telemetry.RETRIES.labels(component=_COMPONENT).inc()
                 telemetry.ERRORS.labels(component=_COMPONENT, reason="store_unavailable").inc()
-                log.warning(
-                    "store unavailable (%s); retrying in %.1fs, nothing acked", exc, backoff_s
-                )
-            except StoreError as exc:
-                non_transient += 1
+                log.warning("store unavailable (%s); %s, nothing acked", exc, _next(delay_s))
+            else:
                 telemetry.ERRORS.labels(component=_COMPONENT, reason="store_error").inc()
-                log.error("store write failed (%s), attempt %d", exc, non_transient)
-                if non_transient >= _MAX_STORE_ATTEMPTS_NON_TRANSIENT:
-                    raise
-            if stop.is_set():
-                return False
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 5.0)
+                log.error("store write failed (%s); %s", exc, _next(delay_s))
+
+        try:
+            await retry(
+                attempt,
+                retry_on=StoreError,
+                backoff=Backoff(0.1, 5.0),
+                stop=stop,
+                max_failures=_MAX_STORE_ATTEMPTS_NON_TRANSIENT,
+                transient=StoreUnavailableError,
+                on_failure=report,
+            )
+        except StoppedError:
+            return False
         # what changed is in the store's outbox, committed with it: the relay publishes it
         self._relay_wake.set()
         self.stats.flushes += 1
@@ -667,14 +671,13 @@ class MicroBatcher:
         """Relay the outbox after each commit (``_relay_wake``) and every ``_RELAY_POLL_S``;
         prune relayed changes every ``_PRUNE_EVERY_S``. Errors are retried with capped
         backoff: the changes stay in the outbox until a publish succeeded."""
-        backoff_s = 0.1
+        backoff = Backoff(0.1, 5.0)
         wait_s = _RELAY_POLL_S
         next_prune = time.monotonic() + _PRUNE_EVERY_S
         while not stop.is_set():
             # a commit wakes the relay at once, also while it backs off after a failure:
             # a commit that went through means the store is back
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._relay_wake.wait(), timeout=wait_s)
+            await sleep_or_stop(self._relay_wake, wait_s)
             self._relay_wake.clear()
             if stop.is_set():
                 return
@@ -683,21 +686,21 @@ class MicroBatcher:
                 if time.monotonic() >= next_prune:
                     await self._store.prune_bar_changes(self._retention_ms)
                     next_prune = time.monotonic() + _PRUNE_EVERY_S
-                backoff_s, wait_s = 0.1, _RELAY_POLL_S
+                backoff.reset()
+                wait_s = _RELAY_POLL_S
             except (BusError, StoreError) as exc:
-                self._relay_failed(exc, backoff_s)
-                wait_s = backoff_s
-                backoff_s = min(backoff_s * 2, 5.0)
+                wait_s = backoff.next_delay_s()
+                self._relay_failed(exc, wait_s)
 
-    def _relay_failed(self, exc: Exception, backoff_s: float) -> None:
+    def _relay_failed(self, exc: BaseException, delay_s: float | None) -> None:
         self.stats.relay_retries += 1
         telemetry.ERRORS.labels(component=_COMPONENT, reason="relay").inc()
         telemetry.RETRIES.labels(component=_COMPONENT).inc()
         log.warning(
-            "relaying bar changes to %s failed (%s); they stay in the outbox, retrying in %.1fs",
+            "relaying bar changes to %s failed (%s); they stay in the outbox, %s",
             self.config.bus.bars_topic,
             exc,
-            backoff_s,
+            _next(delay_s),
         )
 
     async def _relay_pending(self, *, confirm: bool) -> bool:
@@ -720,27 +723,39 @@ class MicroBatcher:
         try:
             return await self._relay_pending(confirm=True)
         except (BusError, StoreError) as exc:
-            self._relay_failed(exc, 0.0)
+            self._relay_failed(exc, None)
             return False
 
     async def _final_relay(self) -> None:
         """Stopping: relay what is left for up to ``_RELAY_FINAL_S``; whatever is not
-        relayed then stays in the outbox for the next relay of any worker."""
-        deadline = time.monotonic() + _RELAY_FINAL_S
-        backoff_s = 0.1
-        while time.monotonic() < deadline:
-            try:
-                if await self._relay_pending(confirm=True):
-                    return
-            except (BusError, StoreError) as exc:
-                self._relay_failed(exc, backoff_s)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 2.0)
+        relayed then stays in the outbox for the next relay of any worker (another worker
+        relaying meanwhile counts as a failure here: it is retried like one)."""
+
+        async def relay_all() -> None:
+            if not await self._relay_pending(confirm=True):
+                raise _RelayBusy
+
+        def report(exc: BaseException, delay_s: float | None) -> None:
+            if not isinstance(exc, _RelayBusy):
+                self._relay_failed(exc, delay_s)
+
+        with contextlib.suppress(BusError, StoreError, _RelayBusy):
+            await retry(
+                relay_all,
+                retry_on=(BusError, StoreError, _RelayBusy),
+                backoff=Backoff(0.1, 2.0),
+                give_up_after_s=_RELAY_FINAL_S,
+                on_failure=report,
+            )
 
     async def _publish_bars(self, bars: Sequence[Bar]) -> None:
         codec = self.config.bus.codec
         items = [(routing_key(b.provider, b.symbol), encode_bar(b, codec)) for b in bars]
         await self._bus.publish(self.config.bus.bars_topic, items)
+
+
+class _RelayBusy(Exception):
+    """Another worker's relay holds the outbox: the final relay waits for it as for a failure."""
 
 
 def _chunks(units: dict[tuple[str, str, int], _Window], max_events: int) -> Iterable[list[_Window]]:
@@ -790,16 +805,21 @@ def _single_payload(ev: StreamEvent) -> bytes:
 async def _retry_bus(op: Callable[[], Awaitable[None]], what: str) -> None:
     """Retry a bus write through short outages (a busy or restarting server): about 30 s of
     capped backoff, then the BusError propagates (the entries stay pending: nothing is lost)."""
-    delay_s = 0.1
-    deadline = time.monotonic() + _BUS_RETRY_S
-    while True:
-        try:
-            await op()
-            return
-        except BusError as exc:
-            if time.monotonic() + delay_s > deadline:
-                raise
+
+    def report(exc: BaseException, delay_s: float | None) -> None:
+        if delay_s is not None:
             telemetry.RETRIES.labels(component=_COMPONENT).inc()
             log.warning("bus: could not %s (%s); retrying in %.1fs", what, exc, delay_s)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 2.0)
+
+    await retry(
+        op,
+        retry_on=BusError,
+        backoff=Backoff(0.1, 2.0),
+        give_up_after_s=_BUS_RETRY_S,
+        on_failure=report,
+    )
+
+
+def _next(delay_s: float | None) -> str:
+    """What happens after a failure, for a log line."""
+    return "giving up" if delay_s is None else f"retrying in {delay_s:.1f}s"

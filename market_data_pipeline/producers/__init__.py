@@ -13,13 +13,12 @@ from market_data_pipeline.producers.datasets import (
     lookup,
     read_dataset,
 )
-from market_data_pipeline.producers.pacing import Backoff, TokenBucket
+from market_data_pipeline.producers.pacing import TokenBucket
 from market_data_pipeline.producers.publisher import Publisher, encode_batch
 from market_data_pipeline.producers.replay import DatasetReplayProvider, StoreBarsReplayProvider
 from market_data_pipeline.producers.synthetic import SyntheticProvider
 
 __all__ = [
-    "Backoff",
     "CoinbaseProvider",
     "DatasetReplayProvider",
     "DatasetSpec",

@@ -44,7 +44,7 @@ from market_data_core.config import CoinbaseProducerConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.errors import ConfigError
 from market_data_pipeline import telemetry
-from market_data_pipeline.producers.pacing import Backoff
+from market_data_pipeline.retry import Backoff, sleep_or_stop
 
 __all__ = ["CoinbaseProvider"]
 
@@ -142,6 +142,7 @@ class CoinbaseProvider:
         if dedupe_window < 1 or gap_grace_s < 0:
             raise ValueError("dedupe_window must be >= 1 and gap_grace_s >= 0")
         self._closed = False
+        self._closing = asyncio.Event()  # cuts a reconnect backoff short
         self._dedupe_window = dedupe_window
         self._gap_grace_s = gap_grace_s
         self._clock = clock
@@ -204,7 +205,7 @@ class CoinbaseProvider:
             delay_s = self._backoff.next_delay_s()
             self.backoff_delays_s.append(delay_s)
             telemetry.RETRIES.labels(component=_COMPONENT).inc()
-            await asyncio.sleep(delay_s)
+            await sleep_or_stop(self._closing, delay_s)
             self.reconnects += 1
 
     def handle(self, raw: str | bytes) -> list[StreamEvent]:
@@ -344,6 +345,7 @@ class CoinbaseProvider:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._closing.set()
 
 
 def _id_ranges(ids: list[int], limit: int = 5) -> str:

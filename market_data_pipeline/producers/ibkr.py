@@ -27,7 +27,7 @@ from market_data_core.config import IbkrProducerConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.errors import ConfigError
 from market_data_pipeline import telemetry
-from market_data_pipeline.producers.pacing import Backoff
+from market_data_pipeline.retry import Backoff, sleep_or_stop
 
 __all__ = ["INSTALL_HINT", "IbkrProvider", "TickMapper", "load_ib_async"]
 
@@ -147,6 +147,7 @@ class IbkrProvider:
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize=queue_max)
         self._closed = False
+        self._closing = asyncio.Event()  # cuts a reconnect backoff short
         self._ib: Any = None
         self.dropped = 0
 
@@ -197,7 +198,7 @@ class IbkrProvider:
                     telemetry.ERRORS.labels(component=_COMPONENT, reason="disconnect").inc()
                     delay_s = self._backoff.next_delay_s()
                     log.warning("ibkr: cannot connect (%s); retrying in %.1fs", exc, delay_s)
-                    await asyncio.sleep(delay_s)
+                    await sleep_or_stop(self._closing, delay_s)
                     continue
             try:
                 ev = await asyncio.wait_for(self._queue.get(), timeout=1.0)
@@ -208,4 +209,5 @@ class IbkrProvider:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._closing.set()
         self._disconnect()

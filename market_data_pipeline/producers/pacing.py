@@ -9,11 +9,10 @@ any batch size.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 
-__all__ = ["Backoff", "TokenBucket"]
+__all__ = ["TokenBucket"]
 
 
 class TokenBucket:
@@ -64,30 +63,3 @@ class TokenBucket:
             wait_s = self.delay_for(tokens)
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-
-
-class Backoff:
-    """Capped exponential backoff with jitter for reconnect loops.
-
-    Delay ``n`` (from 0) is ``min(max_s, initial_s * 2**n)`` scaled by a random factor in
-    ``[0.5, 1.0]`` ("equal jitter": clients that lost the same server do not return in step,
-    yet each waits at least half the nominal delay). :meth:`reset` after a healthy connection.
-    """
-
-    def __init__(
-        self, initial_s: float = 0.5, max_s: float = 30.0, *, rng: random.Random | None = None
-    ) -> None:
-        if initial_s <= 0 or max_s < initial_s:
-            raise ValueError("need 0 < initial_s <= max_s")
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay_s(self) -> float:
-        nominal: float = min(self.max_s, self.initial_s * 2.0 ** min(self.attempt, 62))
-        self.attempt += 1
-        return nominal * (0.5 + 0.5 * self._rng.random())
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from market_data_core.errors import BackpressureError, BusError
 from market_data_core.protocols import Bus, routing_key
 from market_data_pipeline import telemetry
 from market_data_pipeline.producers.pacing import TokenBucket
+from market_data_pipeline.retry import Backoff, retry
 
 __all__ = ["Publisher", "WireBlock", "WireSource", "encode_batch"]
 
@@ -345,22 +345,22 @@ class Publisher:
 
     async def _publish_with_retry(self, rows: list[tuple[str, WireRow]]) -> None:
         items, per_provider = encode_rows(rows, self._codec, self._pack)
-        deadline = time.monotonic() + self._retry_timeout_s
-        delay_s = 0.05
-        while True:
-            try:
-                appended = await self._bus.publish(self.topic, items)
-                break
-            except BusError as exc:
-                if time.monotonic() + delay_s > deadline:
-                    raise
+
+        def report(exc: BaseException, delay_s: float | None) -> None:
+            if delay_s is not None:
                 self.retries += 1
                 telemetry.RETRIES.labels(component="publisher").inc()
                 log.warning(
                     "publish to %s failed (%s); retrying in %.2fs", self.topic, exc, delay_s
                 )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, self._retry_max_delay_s)
+
+        appended = await retry(
+            lambda: self._bus.publish(self.topic, items),
+            retry_on=BusError,
+            backoff=Backoff(0.05, self._retry_max_delay_s),
+            give_up_after_s=self._retry_timeout_s,
+            on_failure=report,
+        )
         self.entries += appended
         self.published += len(rows)
         for provider, count in per_provider.items():

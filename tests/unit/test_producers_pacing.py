@@ -1,14 +1,13 @@
-"""Token bucket and reconnect backoff."""
+"""Token bucket pacing."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import pytest
 
-from market_data_pipeline.producers.pacing import Backoff, TokenBucket
+from market_data_pipeline.producers.pacing import TokenBucket
 
 
 class FakeClock:
@@ -55,28 +54,6 @@ async def test_acquire_holds_the_long_run_rate() -> None:
 def test_bucket_rejects_non_positive_rate() -> None:
     with pytest.raises(ValueError, match="rate_per_s"):
         TokenBucket(0)
-
-
-def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
-    backoff = Backoff(0.5, 4.0, rng=random.Random(3))
-    delays = [backoff.next_delay_s() for _ in range(8)]
-    nominal = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
-    for got, nom in zip(delays, nominal, strict=True):
-        assert nom / 2 <= got <= nom
-    assert len(set(delays)) == len(delays)  # jitter: no two alike
-    backoff.reset()
-    assert 0.25 <= backoff.next_delay_s() <= 0.5
-
-
-def test_backoff_jitter_differs_between_clients() -> None:
-    a = Backoff(1.0, 30.0, rng=random.Random(1))
-    b = Backoff(1.0, 30.0, rng=random.Random(2))
-    assert [a.next_delay_s() for _ in range(3)] != [b.next_delay_s() for _ in range(3)]
-
-
-def test_backoff_validates_bounds() -> None:
-    with pytest.raises(ValueError):
-        Backoff(2.0, 1.0)
 
 
 async def test_acquire_serves_concurrent_callers() -> None:
