@@ -1,17 +1,37 @@
-"""The one error tree of mdp.
+"""The one error tree of mdp: every exception class defined in ``market_data_core``,
+``market_data_pipeline`` and ``market_data_store`` is drawn here under its base class, with the
+data it carries (``tests/unit/test_errors.py`` fails when a class is missing or misplaced).
 
 ::
 
     MDPError                      base of everything mdp raises on purpose
-    ├── ConfigError               bad config file / CLI input (CLI prints one line, exit 2)
-    ├── ContractError             a payload or event breaks a contract (-> dead letter)
-    │   └── LocalTimeError        a naive local time that daylight saving repeats or skips
-    ├── BusError                  the bus (Redis/Kafka) failed or refused
-    ├── StoreError                the store failed
+    ├── ConfigError               bad config file / CLI input (CLI prints one line, exit 2);
+    │   │                         ``source``, ``key_path``
+    │   └── ExprError             a rule condition that does not parse (also a ValueError);
+    │                             ``column`` (market_data_pipeline.inference.expr)
+    ├── ContractError             a payload or event breaks a contract (-> dead letter);
+    │   │                         ``reason``, ``detail``, ``payload``
+    │   └── LocalTimeError        a naive local time that daylight saving repeats or skips;
+    │                             ``wall``, ``zone``, ``rule``
+    ├── BusError                  the bus (Redis/Kafka) failed or refused; ``backend``,
+    │                             ``operation``
+    ├── StoreError                the store failed; ``sqlstate``
     │   └── StoreUnavailableError transient: connection lost/refused; retry with backoff
     ├── InferenceError            an adapter failed to evaluate or load
+    ├── EmbeddedServerError       an embedded server could not be found or started
+    │                             (market_data_pipeline.embedded)
     ├── StoppedError              a stop request ended a retry; the work stays pending
-    └── BackpressureError         a bounded buffer is full; retry after ``retry_after_s``
+    └── BackpressureError         a bounded buffer is full; ``retry_after_s``
+
+Private signals, each raised and caught inside one module (none leaves a public call)::
+
+    Exception
+    ├── _Unsure                   the fast event check defers to pydantic
+    │                             (market_data_core.contracts)
+    ├── _RowParse                 a dataset row that cannot be parsed -> a RowError and a
+    │                             dead letter (market_data_pipeline.producers.datasets)
+    └── _RelayBusy                another worker's relay holds the outbox; the final relay
+                                  waits (market_data_pipeline.consumers.micro_batcher)
 
 Third-party exceptions are translated at the boundary (``raise BusError(...) from exc``);
 nothing above core ever sees a ``redis`` or ``asyncpg`` exception type.
@@ -89,11 +109,30 @@ class LocalTimeError(ContractError):
 
 
 class BusError(MDPError):
-    """The bus failed or refused an operation."""
+    """The bus failed or refused an operation.
+
+    ``backend`` is ``"redis"`` or ``"kafka"``; ``operation`` names what failed, one word a
+    metric label or a test can match (``"connect"``, ``"publish"``, ``"poll"``, ``"ack"``,
+    ``"dead_letter"``, ...). The driver's exception, if any, is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, backend: str, operation: str) -> None:
+        self.backend = backend
+        self.operation = operation
+        super().__init__(message)
 
 
 class StoreError(MDPError):
-    """The store failed an operation."""
+    """The store failed an operation.
+
+    ``sqlstate`` is the SQLSTATE code PostgreSQL answered with (``"42P01"``: undefined
+    table), ``None`` when the failure did not come from the server (a lost connection, a
+    bad argument).
+    """
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        self.sqlstate = sqlstate
+        super().__init__(message)
 
 
 class StoreUnavailableError(StoreError):

@@ -8,7 +8,7 @@ check (``sslmode=bogus``, a port that is not a number), or one the server refuse
 (``?bogus=1``: "unrecognized configuration parameter", "invalid value for parameter").
 A wrong password or a missing database stays a ``StoreError``: the DSN is well formed, the
 server said no.
-Everything else -> ``StoreError``, with ``sqlstate`` when the server gave one.
+Everything else -> ``StoreError``. Both carry ``sqlstate`` when the server gave one.
 Messages are one line (the driver's own, never SQLAlchemy's "Background on this error" hint)
 and never contain a DSN (so never a password).
 """
@@ -88,7 +88,8 @@ def classify(exc: BaseException, what: str) -> MDPError:
             return bad_dsn
         if isinstance(cur, _TRANSIENT_PG):
             return StoreUnavailableError(
-                f"{what}: store unavailable ({type(cur).__name__}: {_one_line(cur)})"
+                f"{what}: store unavailable ({type(cur).__name__}: {_one_line(cur)})",
+                sqlstate=getattr(cur, "sqlstate", None),
             )
         if isinstance(cur, OSError):  # refused, reset, timeouts (TimeoutError is an OSError)
             return StoreUnavailableError(
@@ -99,15 +100,14 @@ def classify(exc: BaseException, what: str) -> MDPError:
         if isinstance(
             cur, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.UndefinedColumnError
         ):
-            err = StoreError(
-                f"{what}: {_one_line(cur)} (is the schema migrated? run `mdp db upgrade`)"
+            return StoreError(
+                f"{what}: {_one_line(cur)} (is the schema migrated? run `mdp db upgrade`)",
+                sqlstate=cur.sqlstate,
             )
-            err.sqlstate = cur.sqlstate  # type: ignore[attr-defined]
-            return err
         if isinstance(cur, asyncpg.PostgresError):
-            err = StoreError(f"{what}: {type(cur).__name__}: {_one_line(cur)}")
-            err.sqlstate = cur.sqlstate  # type: ignore[attr-defined]
-            return err
+            return StoreError(
+                f"{what}: {type(cur).__name__}: {_one_line(cur)}", sqlstate=cur.sqlstate
+            )
     driver = _driver_error(exc)
     return StoreError(f"{what}: {type(driver).__name__}: {_one_line(driver)}")
 

@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from market_data_core.errors import ConfigError
+
 __all__ = [
     "FUNCTIONS",
     "CrossMemory",
@@ -64,8 +66,10 @@ _TOKEN = re.compile(
 )
 
 
-class ExprError(ValueError):
-    """A condition that cannot be parsed; ``column`` is 1-based (0 when not positional)."""
+class ExprError(ConfigError, ValueError):
+    """A condition that cannot be parsed; ``column`` is 1-based (0 when not positional).
+    A :class:`~market_data_core.errors.ConfigError` (a bad rule is bad configuration; the
+    rules loader adds the file and key) and, as before, a ``ValueError``."""
 
     def __init__(self, message: str, column: int = 0) -> None:
         self.column = column

@@ -217,7 +217,11 @@ class Publisher:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise BusError(f"publishing to {self.topic} failed: {self._error}") from self._error
+            raise BusError(
+                f"publishing to {self.topic} failed: {self._error}",
+                backend=self._bus.backend,
+                operation="publish",
+            ) from self._error
 
     async def put(self, event: StreamEvent) -> None:
         """Buffer one event, waiting while the buffer is full. Raises ``BusError`` once the

@@ -48,7 +48,9 @@ async def _open_kafka(config: AppConfig, urls: ServerUrls) -> Bus:
     try:
         module = importlib.import_module("market_data_pipeline.streaming.kafka_bus")
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise BusError(f"the Kafka bus is unavailable ({exc})") from exc
+        raise BusError(
+            f"the Kafka bus is unavailable ({exc})", backend="kafka", operation="connect"
+        ) from exc
     bus: Bus = await module.KafkaBus.connect(urls.kafka_bootstrap, config.bus)
     return bus
 

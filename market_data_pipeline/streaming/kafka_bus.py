@@ -79,11 +79,15 @@ _IDLE_READ_MS = 400
 
 
 @contextlib.asynccontextmanager
-async def _translated(what: str) -> AsyncIterator[None]:
+async def _translated(operation: str, what: str) -> AsyncIterator[None]:
     try:
         yield
     except (KafkaError, OSError) as exc:
-        raise BusError(f"kafka bus: {what} failed: {type(exc).__name__}: {exc}") from exc
+        raise BusError(
+            f"kafka bus: {what} failed: {type(exc).__name__}: {exc}",
+            backend="kafka",
+            operation=operation,
+        ) from exc
 
 
 def _extra_fields(record: Any) -> tuple[tuple[str, bytes], ...]:
@@ -140,7 +144,7 @@ class KafkaBus:
         )
         admin = AIOKafkaAdminClient(**common)
         try:
-            async with _translated(f"connecting to {bootstrap}"):
+            async with _translated("connect", f"connecting to {bootstrap}"):
                 await producer.start()
                 await admin.start()
         except BusError:
@@ -168,12 +172,16 @@ class KafkaBus:
         """Create ``topic`` with its shard count if it does not exist yet."""
         if topic in self._known_topics:
             return
-        async with _translated(f"create topic {topic}"):
+        async with _translated("create_topic", f"create topic {topic}"):
             reply = await self._admin.create_topics([NewTopic(topic, self.shard_count(topic), 1)])
         for error in getattr(reply, "topic_errors", []):
             code, message = error[1], error[2]
             if code not in (0, _TOPIC_EXISTS):
-                raise BusError(f"kafka bus: cannot create topic {topic}: {message} ({code})")
+                raise BusError(
+                    f"kafka bus: cannot create topic {topic}: {message} ({code})",
+                    backend="kafka",
+                    operation="create_topic",
+                )
         self._known_topics.add(topic)
 
     async def _partition_count(self, topic: str) -> int:
@@ -203,7 +211,7 @@ class KafkaBus:
         producer = self._producer
         batches: dict[int, Any] = {}
         futures = []
-        async with _translated(f"publish to {topic}"):
+        async with _translated("publish", f"publish to {topic}"):
             n = await self._partition_count(topic)
             for key, payload in items:
                 partition = shard_for(key, n)
@@ -238,7 +246,7 @@ class KafkaBus:
         await self.ensure_topic(topic)
         reader = self._reader()
         out: dict[int, list[Any]] = {}
-        async with _translated(f"read {topic}"):
+        async with _translated("read", f"read {topic}"):
             await reader.start()
             try:
                 parts = [TopicPartition(topic, p) for p in range(self.shard_count(topic))]
@@ -281,13 +289,13 @@ class KafkaBus:
         """Whether the broker knows ``topic`` (its metadata; never creates it)."""
         if topic in self._known_topics:
             return True
-        async with _translated(f"look up {topic}"):
+        async with _translated("lookup", f"look up {topic}"):
             return topic in await self._admin.list_topics()
 
     async def _offsets(self, topic: str) -> tuple[dict[int, int], dict[int, int]]:
         """(first, end) offset per partition as the broker reports them."""
         reader = self._reader()
-        async with _translated(f"end offsets of {topic}"):
+        async with _translated("end_offsets", f"end offsets of {topic}"):
             await reader.start()
             try:
                 parts = [TopicPartition(topic, p) for p in range(self.shard_count(topic))]
@@ -310,7 +318,7 @@ class KafkaBus:
             enable_auto_commit=False,
         )
         out: dict[int, int] = {}
-        async with _translated(f"committed offsets of {group}"):
+        async with _translated("committed_offsets", f"committed offsets of {group}"):
             await reader.start()
             try:
                 for p in range(self.shard_count(topic)):
@@ -360,12 +368,12 @@ class KafkaBus:
         return out
 
     async def _group_names(self) -> list[str]:
-        async with _translated("list consumer groups"):
+        async with _translated("list_groups", "list consumer groups"):
             listed = await self._admin.list_consumer_groups()
         return sorted({str(g[0]) for g in listed if g})
 
     async def _members(self, group: str) -> int:
-        async with _translated(f"describe group {group}"):
+        async with _translated("describe_group", f"describe group {group}"):
             described = await self._admin.describe_consumer_groups([group])
         members = 0
         for desc in described:
@@ -380,7 +388,7 @@ class KafkaBus:
         dlq = self._config.dlq_topic
         await self.ensure_topic(dlq)
         value = msgpack.packb(letter_fields(letter), use_bin_type=True)
-        async with _translated("write to the DLQ"):
+        async with _translated("dlq_write", "write to the DLQ"):
             await self._producer.send_and_wait(dlq, value=value, partition=0)
 
     async def dlq_list(self, limit: int) -> list[DeadLetter]:
@@ -414,7 +422,7 @@ class KafkaBus:
         if not ids:
             return 0
         value = msgpack.packb({"deleted": ids}, use_bin_type=True)
-        async with _translated("delete from the DLQ"):
+        async with _translated("dlq_delete", "delete from the DLQ"):
             await self._producer.send_and_wait(self._config.dlq_topic, value=value, partition=0)
         return len(ids)
 
@@ -523,8 +531,12 @@ class KafkaConsumer:
 
     async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
         if self._closed:
-            raise BusError(f"consumer {self._name} on {self._topic} is closed")
-        async with _translated(f"poll {self._topic} as {self._group}/{self._name}"):
+            raise BusError(
+                f"consumer {self._name} on {self._topic} is closed",
+                backend="kafka",
+                operation="poll",
+            )
+        async with _translated("poll", f"poll {self._topic} as {self._group}/{self._name}"):
             if not self._started:
                 await self._start()
             self._rewind_idle()
@@ -610,7 +622,7 @@ class KafkaConsumer:
             state.acked.add(offset)
             touched.add(record.shard)
         if touched:
-            async with _translated(f"commit on {self._topic}"):
+            async with _translated("commit", f"commit on {self._topic}"):
                 await self._commit(touched)
 
     async def _commit(self, partitions: set[int]) -> None:

@@ -158,12 +158,16 @@ return {first[1] and first[1][1] or '', missing}
 
 
 @contextlib.asynccontextmanager
-async def _translated(what: str) -> AsyncIterator[None]:
+async def _translated(operation: str, what: str) -> AsyncIterator[None]:
     """Turn redis-py (and socket) failures into ``BusError`` naming the operation."""
     try:
         yield
     except (RedisError, RedisClusterException, OSError) as exc:
-        raise BusError(f"redis bus: {what} failed: {type(exc).__name__}: {exc}") from exc
+        raise BusError(
+            f"redis bus: {what} failed: {type(exc).__name__}: {exc}",
+            backend="redis",
+            operation=operation,
+        ) from exc
 
 
 def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
@@ -253,7 +257,7 @@ class RedisBus:
                 f"cannot use Redis URL {redact_url(url)}: {exc}", key_path="bus.redis.uri"
             ) from exc
         try:
-            async with _translated(f"connecting to {redact_url(url)}"):
+            async with _translated("connect", f"connecting to {redact_url(url)}"):
                 await client.ping()
         except BusError:
             await client.aclose()
@@ -327,7 +331,7 @@ class RedisBus:
         for stream, (_key, payload) in zip(targets, items, strict=True):
             command("XADD", stream, "MAXLEN", "~", maxlen, "*", "data", payload)
         waits = self._queue_waits(pipe, targets)
-        async with _translated(f"publish to {topic}"):
+        async with _translated("publish", f"publish to {topic}"):
             replies = await pipe.execute()
             if waits:
                 self._check_waits(topic, waits, replies[len(items) :])
@@ -364,7 +368,9 @@ class RedisBus:
             raise BusError(
                 f"redis bus: publish to {topic}: entries not replicated within "
                 f"{self._wait_timeout_ms} ms (bus.redis.wait_replicas): {'; '.join(short)}; "
-                "they are on the master but not counted as published"
+                "they are on the master but not counted as published",
+                backend="redis",
+                operation="publish",
             )
 
     async def _track(self, streams: Sequence[str], ids: Sequence[Any]) -> None:
@@ -423,7 +429,7 @@ class RedisBus:
         """The last ``limit`` entries over all shards, oldest first (merged by entry id)."""
         if limit <= 0:
             return []
-        async with _translated(f"tail {topic}"):
+        async with _translated("tail", f"tail {topic}"):
             names = await self._streams_of(topic)
             pipe = self._client.pipeline(transaction=False)
             for stream in names:
@@ -443,7 +449,7 @@ class RedisBus:
         """Per shard: length, and per group (``group`` only, if given) lag, pending, consumers,
         the age of the oldest pending entry and the lease owner."""
         out: list[StreamStatus] = []
-        async with _translated(f"status of {topic}"):
+        async with _translated("status", f"status of {topic}"):
             now_ms = await self._server_ms()
             for stream in await self._streams_of(topic):
                 pipe = self._client.pipeline(transaction=False)
@@ -465,7 +471,7 @@ class RedisBus:
     async def topic_exists(self, topic: str) -> bool:
         """Whether one of the topic's streams exists (``EXISTS`` per stream, one key each so
         that a cluster routes each to its slot; never creates)."""
-        async with _translated(f"look up {topic}"):
+        async with _translated("lookup", f"look up {topic}"):
             pipe = self._client.pipeline(transaction=False)
             for stream in await self._streams_of(topic):
                 pipe.exists(stream)
@@ -515,13 +521,13 @@ class RedisBus:
         which comes later, then lives beside it: a failover cannot keep the ack and lose the
         letter)."""
         stream = self._layout.dlq_for_letter(letter.source_topic, letter.source_shard)
-        async with _translated("write to the DLQ"):
+        async with _translated("dlq_write", "write to the DLQ"):
             await self._client.xadd(stream, _fields(letter))
 
     async def dlq_list(self, limit: int) -> list[DeadLetter]:
         """Oldest first (by the time each was dead-lettered). On a cluster the letters of all
         DLQ streams are merged and their ids read ``<dlq stream>/<entry id>``."""
-        async with _translated("read the DLQ"):
+        async with _translated("dlq_read", "read the DLQ"):
             streams = await self._streams_of(self._layout.dlq)
             pipe = self._client.pipeline(transaction=False)
             for stream in streams:
@@ -550,7 +556,7 @@ class RedisBus:
             if not self._cluster or not stream:
                 stream, raw = self._layout.dlq, entry_id
             by_stream.setdefault(stream, []).append(raw)
-        async with _translated("delete from the DLQ"):
+        async with _translated("dlq_delete", "delete from the DLQ"):
             pipe = self._client.pipeline(transaction=False)
             for stream, ids in by_stream.items():
                 pipe.xdel(stream, *ids)
@@ -637,7 +643,11 @@ class RedisConsumer:
             self._lease_keys = [layout.lease_key(s, group) for s in self._streams]
             self._dlq_streams = [layout.dlq_of(s) for s in self._streams]
         except ValueError as exc:
-            raise BusError(f"redis bus: cannot consume {topic!r} on a cluster: {exc}") from exc
+            raise BusError(
+                f"redis bus: cannot consume {topic!r} on a cluster: {exc}",
+                backend="redis",
+                operation="consume",
+            ) from exc
         self._register_dlq = self._cluster and topic not in layout.topics()
         self._offset = leases.start_offset(name, len(self._streams))
         self._lease_ttl_ms = config.redis.lease_ttl_ms
@@ -715,9 +725,13 @@ class RedisConsumer:
         """Up to ``max_count`` entries (see the module docstring for the order); ``[]`` after at
         most ``block_ms``. Raises ``BusError`` (nothing is lost: unacked entries come back)."""
         if self._closed:
-            raise BusError(f"consumer {self._name} on {self._topic} is closed")
+            raise BusError(
+                f"consumer {self._name} on {self._topic} is closed",
+                backend="redis",
+                operation="poll",
+            )
         max_count = max(1, max_count)
-        async with _translated(f"poll {self._topic} as {self._group}/{self._name}"):
+        async with _translated("poll", f"poll {self._topic} as {self._group}/{self._name}"):
             if not self._groups_ready:
                 await self._ensure_groups()
             try:
@@ -1092,7 +1106,7 @@ class RedisConsumer:
         pipe = self._client.pipeline(transaction=False)
         for shard, ids in by_shard.items():
             pipe.xack(self._streams[shard], self._group, *ids)
-        async with _translated(f"ack on {self._topic}"):
+        async with _translated("ack", f"ack on {self._topic}"):
             await pipe.execute()
         for shard, ids in by_shard.items():
             held = self._held[shard]
@@ -1121,7 +1135,7 @@ class RedisConsumer:
                 by_shard.setdefault(record.shard, []).extend(
                     (record.entry_id, str(max(0, entry[0] - 1)))
                 )
-        async with _translated(f"release entries of {self._topic}"):
+        async with _translated("release", f"release entries of {self._topic}"):
             for shard, args in by_shard.items():
                 for i in range(0, len(args), 2 * _RELEASE_CHUNK):
                     await self._bus._reset_counts(
@@ -1138,7 +1152,7 @@ class RedisConsumer:
         The caller counts ``errors_total{component, reason}``; the bus counts only the letters
         it writes itself (``max_deliveries``, ``trimmed``)."""
         letter = letter_from_record(record, reason=reason, detail=detail, component=component)
-        async with _translated(f"dead-letter {record.source}"):
+        async with _translated("dead_letter", f"dead-letter {record.source}"):
             await self._bus.letters_and_ack(
                 self._streams[record.shard], self._group, [(letter, record.entry_id)]
             )
@@ -1155,5 +1169,5 @@ class RedisConsumer:
         for held in self._held:
             held.clear()
         with contextlib.suppress(BusError):
-            async with _translated("release leases"):
+            async with _translated("release_leases", "release leases"):
                 await leases.release(self._client, self._members_key, self._lease_keys, self._name)

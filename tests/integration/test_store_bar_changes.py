@@ -98,7 +98,7 @@ async def test_the_relay_marks_only_what_it_published_and_one_relay_at_a_time(
     await store.upsert_bars([bar("rl", i) for i in range(3)])
 
     async def fail(bars: Sequence[Bar]) -> None:
-        raise BusError("redis bus: publish failed")
+        raise BusError("redis bus: publish failed", backend="redis", operation="publish")
 
     with pytest.raises(BusError):
         await store.relay_bar_changes(fail)

@@ -59,7 +59,7 @@ class MemoryBus:
             await asyncio.sleep(self.delay_s)
         if self.fail_times > 0:
             self.fail_times -= 1
-            raise BusError("connection refused")
+            raise BusError("connection refused", backend="redis", operation="publish")
         self.calls.append(len(items))
         self.items.setdefault(topic, []).extend(items)
         return len(items)

@@ -51,7 +51,7 @@ class Flaky:
 
 
 def _bus_error() -> BusError:
-    return BusError("refused")
+    return BusError("refused", backend="redis", operation="publish")
 
 
 async def test_retry_returns_once_the_call_succeeds_and_reports_each_delay() -> None:
@@ -101,7 +101,7 @@ async def test_give_up_after_s_ends_with_the_last_error() -> None:
     async def always_down() -> None:
         nonlocal calls
         calls += 1
-        raise BusError(f"down {calls}")
+        raise BusError(f"down {calls}", backend="kafka", operation="publish")
 
     with pytest.raises(BusError) as info:
         await retry(

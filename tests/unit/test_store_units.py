@@ -48,14 +48,20 @@ def test_partition_bounds_are_utc_midnights() -> None:
     ],
 )
 def test_transient_failures_are_unavailable(exc: Exception) -> None:
-    assert type(classify(exc, "op")) is StoreUnavailableError
+    err = classify(exc, "op")
+    assert type(err) is StoreUnavailableError
+    # the server's SQLSTATE when it answered (57P03 starting up, 53300 too many clients...)
+    assert err.sqlstate == getattr(exc, "sqlstate", None)
 
 
 def test_other_failures_are_store_errors_with_sqlstate() -> None:
     err = classify(asyncpg.exceptions.UndefinedTableError('relation "ticks" does not exist'), "op")
     assert type(err) is StoreError and "mdp db upgrade" in str(err)
+    assert err.sqlstate == "42P01"
     err = classify(asyncpg.exceptions.NumericValueOutOfRangeError("out of range"), "op")
-    assert type(err) is StoreError and getattr(err, "sqlstate", None) == "22003"
+    assert type(err) is StoreError and err.sqlstate == "22003"
+    # not from the server: no SQLSTATE
+    assert classify(ValueError("unrelated"), "op").sqlstate is None
 
 
 def test_translate_errors_looks_through_wrappers() -> None:
