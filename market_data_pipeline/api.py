@@ -278,13 +278,7 @@ class Pipeline:
         self.status: Literal["success", "failed", "stopped"] | None = None
 
     async def __aenter__(self) -> Pipeline:
-        from market_data_pipeline.streaming.bus import open_bus
-        from market_data_pipeline.wiring import (
-            open_job_tracker,
-            open_signals_store,
-            open_store,
-            upgrade_schema,
-        )
+        from market_data_pipeline.wiring import open_clients, upgrade_schema
 
         cfg = self.config
         groups = [
@@ -298,17 +292,12 @@ class Pipeline:
             )
             assert urls.database_url is not None
             await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)
-            bus = await open_bus(cfg, urls)
-            stack.push_async_callback(bus.aclose)
-            store = await open_store(cfg, urls)
-            stack.push_async_callback(store.aclose)
-            signals = await open_signals_store(cfg, urls)
-            stack.push_async_callback(signals.aclose)
-            tracker = await open_job_tracker(cfg, urls)
-            stack.push_async_callback(tracker.aclose)
+            c = await stack.enter_async_context(
+                open_clients(cfg, urls, store=True, signals=True, tracker=True)
+            )
             stack.push_async_callback(self.engine.aclose)
             self._urls = urls
-            self._clients = _Clients(bus, store, signals, tracker)
+            self._clients = _Clients(c.bus, c.store, c.signals, c.tracker)
             self._stack = stack.pop_all()
         return self
 

@@ -2,18 +2,23 @@
 
 Everything here returns core protocol types (``StoreClient``, ``SignalsStoreClient``,
 ``JobRunTracker``); the rest of the pipeline never sees SQL or a connection.
+:func:`open_clients` is the one place that opens a command's clients and closes them all,
+also when a later one fails to open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError
-from market_data_core.protocols import JobRunTracker, SignalsStoreClient, StoreClient
+from market_data_core.protocols import Bus, JobRunTracker, SignalsStoreClient, StoreClient
 from market_data_core.reads import StoreReader
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline.embedded import ServerUrls
@@ -32,11 +37,14 @@ from market_data_store import (
 from market_data_store.bench import bare_copy_ticks_per_s
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 __all__ = [
+    "Clients",
     "bare_copy_ticks_per_s",
     "compress_after_ms",
     "downgrade_schema",
+    "open_clients",
     "open_job_tracker",
     "open_signals_store",
     "open_store",
@@ -101,6 +109,91 @@ async def open_job_tracker(config: AppConfig, urls: ServerUrls) -> JobRunTracker
 async def open_store_reader(urls: ServerUrls) -> StoreReader:
     """A ``StoreReader`` (``mdp report``) on a small pool. Raises like :func:`open_store`."""
     return await PgStoreReader.connect(_dsn(urls), pool_min=1, pool_max=2)
+
+
+@dataclass
+class Clients:
+    """The clients :func:`open_clients` opened; asking for one it was not asked to open is a
+    bug (``RuntimeError``)."""
+
+    opened: dict[str, Any]
+
+    def _get(self, name: str) -> Any:
+        try:
+            return self.opened[name]
+        except KeyError:
+            raise RuntimeError(f"open_clients(..., {name}=True) was not asked for") from None
+
+    @property
+    def bus(self) -> Bus:
+        bus: Bus = self._get("bus")
+        return bus
+
+    @property
+    def store(self) -> StoreClient:
+        store: StoreClient = self._get("store")
+        return store
+
+    @property
+    def signals(self) -> SignalsStoreClient:
+        signals: SignalsStoreClient = self._get("signals")
+        return signals
+
+    @property
+    def tracker(self) -> JobRunTracker:
+        tracker: JobRunTracker = self._get("tracker")
+        return tracker
+
+    @property
+    def reader(self) -> StoreReader:
+        reader: StoreReader = self._get("reader")
+        return reader
+
+
+@contextlib.asynccontextmanager
+async def open_clients(
+    config: AppConfig,
+    urls: ServerUrls,
+    *,
+    bus: bool = True,
+    store: bool = False,
+    signals: bool = False,
+    tracker: bool = False,
+    reader: bool = False,
+) -> AsyncIterator[Clients]:
+    """Open the clients asked for, in this order: the bus (:func:`~market_data_pipeline.
+    streaming.open_bus`), the store (:func:`open_store`), the signals store, the job-run
+    tracker, the report reader; yield them; close every one that opened, in reverse order.
+
+    Whatever fails (a later client that cannot open, the block itself), every client opened
+    before is closed and the error propagates unchanged: a close that fails meanwhile is
+    logged, never raised in its place. Raises like each opener (``ConfigError``,
+    ``BusError``, ``StoreUnavailableError``, ``StoreError``)."""
+    from market_data_pipeline.streaming.bus import open_bus
+
+    openers: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("bus", lambda: open_bus(config, urls)),
+        ("store", lambda: open_store(config, urls)),
+        ("signals", lambda: open_signals_store(config, urls)),
+        ("tracker", lambda: open_job_tracker(config, urls)),
+        ("reader", lambda: open_store_reader(urls)),
+    ]
+    wanted = {"bus": bus, "store": store, "signals": signals, "tracker": tracker, "reader": reader}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = Clients({})
+        for name, opener in openers:
+            if wanted[name]:
+                client = await opener()
+                stack.push_async_callback(_close_quietly, name, client.aclose)
+                clients.opened[name] = client
+        yield clients
+
+
+async def _close_quietly(name: str, aclose: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await aclose()
+    except Exception as exc:  # closing is best effort: the server may be the thing that failed
+        log.warning("closing the %s client failed (%s)", name, exc)
 
 
 def run_blocking(coro: Coroutine[Any, Any, T]) -> T:

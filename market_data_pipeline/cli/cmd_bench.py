@@ -29,7 +29,7 @@ from market_data_core.codec import encode_event, encode_events
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import MDPError
-from market_data_core.protocols import SignalsStoreClient
+from market_data_core.protocols import Bus, SignalsStoreClient, StoreClient
 from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
@@ -283,14 +283,43 @@ async def _full_path(
     """Producers and micro-batch workers as processes (``mdp stream produce`` /
     ``mdp stream micro-batch``), inference in this process; samples every second (shown on
     ``progress``: seconds of the run, events consumed so far)."""
+    from market_data_pipeline.wiring import open_clients
+
+    async with open_clients(cfg, urls, store=True, signals=True) as c:
+        return await _full_path_on(
+            cfg,
+            urls,
+            c.bus,
+            c.store,
+            c.signals,
+            duration_s=duration_s,
+            rate=rate,
+            symbols=symbols,
+            producers=producers,
+            workers=workers,
+            workdir=workdir,
+            progress=progress,
+        )
+
+
+async def _full_path_on(
+    cfg: AppConfig,
+    urls: ServerUrls,
+    bus: Bus,
+    store: StoreClient,
+    signals_store: SignalsStoreClient,
+    *,
+    duration_s: float,
+    rate: float,
+    symbols: int,
+    producers: int,
+    workers: int,
+    workdir: Path,
+    progress: ProgressLine | None,
+) -> FullPath:
     from market_data_pipeline.consumers.inference_consumer import InferenceConsumer
-    from market_data_pipeline.streaming.bus import open_bus
-    from market_data_pipeline.wiring import open_signals_store, open_store
 
     names = [f"S{i:03d}" for i in range(symbols)]
-    bus = await open_bus(cfg, urls)
-    store = await open_store(cfg, urls)
-    signals_store = await open_signals_store(cfg, urls)
     stage_stop = asyncio.Event()
     engine = build_engine(cfg, "rules", interval=features_interval(cfg), base_dir=Path.cwd())
     inference = InferenceConsumer(cfg, bus, store, signals_store, engine, consumer_name="bench-inf")
@@ -435,9 +464,6 @@ async def _full_path(
         and result.dead_letters == 0
     )
     await _check_signals(cfg, result, final_bars, signals_store, started_at - timedelta(1), end)
-    await signals_store.aclose()
-    await store.aclose()
-    await bus.aclose()
     return result
 
 

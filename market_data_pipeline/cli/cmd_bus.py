@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -31,7 +30,6 @@ from market_data_pipeline.cli.common import (
     run_async,
 )
 from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
-from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
 from market_data_pipeline.ui.records import (
     JOB_RUN_HEADER,
@@ -84,19 +82,12 @@ def _urls(cfg: AppConfig) -> ServerUrls:
     return ServerUrls(None, None, bootstrap)
 
 
-@asynccontextmanager
-async def _bus(cfg: AppConfig) -> Any:
-    bus = await open_bus(cfg, _urls(cfg))
-    try:
-        yield bus
-    finally:
-        await bus.aclose()
-
-
 def _run(cfg: AppConfig, work: Callable[[Bus], Awaitable[T]]) -> T:
     async def main(stop: asyncio.Event) -> T:
-        async with _bus(cfg) as bus:
-            return await work(bus)
+        from market_data_pipeline.wiring import open_clients
+
+        async with open_clients(cfg, _urls(cfg)) as c:
+            return await work(c.bus)
 
     return run_async(main)
 
@@ -115,14 +106,11 @@ def _store_url(cfg: AppConfig) -> str | None:
 
 
 async def _job_runs(cfg: AppConfig, url: str) -> _Runs:
-    from market_data_pipeline.wiring import open_job_tracker
+    from market_data_pipeline.wiring import open_clients
 
-    tracker = await open_job_tracker(cfg, ServerUrls(None, url, None))
-    try:
-        abandoned = await tracker.abandon_stale()
-        return _Runs(await tracker.running(), abandoned)
-    finally:
-        await tracker.aclose()
+    async with open_clients(cfg, ServerUrls(None, url, None), bus=False, tracker=True) as c:
+        abandoned = await c.tracker.abandon_stale()
+        return _Runs(await c.tracker.running(), abandoned)
 
 
 def _print_runs(runs: _Runs, now: datetime) -> None:

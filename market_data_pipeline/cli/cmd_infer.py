@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -97,54 +98,41 @@ def infer(
     group = inference_group(cfg, engine.adapter.name, engine.interval)
 
     async def main(stop: asyncio.Event) -> None:
-        from market_data_pipeline.streaming.bus import open_bus
-        from market_data_pipeline.wiring import (
-            open_job_tracker,
-            open_signals_store,
-            open_store,
-        )
+        from market_data_pipeline.wiring import open_clients
 
-        try:
-            with (
-                resolve_servers(cfg, environment()) as urls,
-                # a given name may be reused across restarts, never by two live processes
-                hold_consumers(cfg.bus.type, urls.redis_url, [(group, name)] if consumer else []),
-                stage_services(cfg, urls, "infer"),
-            ):
-                bus = await open_bus(cfg, urls)
-                store = await open_store(cfg, urls)
-                signals_store = await open_signals_store(cfg, urls)
-                tracker = await open_job_tracker(cfg, urls)
-                worker = InferenceConsumer(
-                    cfg, bus, store, signals_store, engine, consumer_name=name, group=group
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(engine.aclose)
+            urls = stack.enter_context(resolve_servers(cfg, environment()))
+            # a given name may be reused across restarts, never by two live processes
+            stack.enter_context(
+                hold_consumers(cfg.bus.type, urls.redis_url, [(group, name)] if consumer else [])
+            )
+            stack.enter_context(stage_services(cfg, urls, "infer"))
+            c = await stack.enter_async_context(
+                open_clients(cfg, urls, store=True, signals=True, tracker=True)
+            )
+            worker = InferenceConsumer(
+                cfg, c.bus, c.store, c.signals, engine, consumer_name=name, group=group
+            )
+
+            def counts() -> RunCounts:
+                s = worker.stats
+                return RunCounts(s.bars_in, s.signals, s.dead_letters)
+
+            def detail() -> str:
+                s = worker.stats
+                return (
+                    f"{s.bars_scored:,} scored  {s.signals:,} signals  "
+                    f"{s.dead_letters:,} dead letters"
                 )
 
-                def counts() -> RunCounts:
-                    s = worker.stats
-                    return RunCounts(s.bars_in, s.signals, s.dead_letters)
-
-                def detail() -> str:
-                    s = worker.stats
-                    return (
-                        f"{s.bars_scored:,} scored  {s.signals:,} signals  "
-                        f"{s.dead_letters:,} dead letters"
-                    )
-
-                try:
-                    async with tracked_run(tracker, f"infer-{adapter}", cfg, counts) as run:
-                        label = f"infer {adapter}" + (" (drain)" if drain else "")
-                        with ProgressLine(
-                            label, unit="bars", count=lambda: worker.stats.bars_in, detail=detail
-                        ):
-                            stats = await worker.run(stop, drain=drain, idle_s=idle_s)
-                        run.status = "stopped" if stop.is_set() else "success"
-                finally:
-                    await tracker.aclose()
-                    await signals_store.aclose()
-                    await store.aclose()
-                    await bus.aclose()
-        finally:
-            await engine.aclose()
+            async with tracked_run(c.tracker, f"infer-{adapter}", cfg, counts) as run:
+                label = f"infer {adapter}" + (" (drain)" if drain else "")
+                with ProgressLine(
+                    label, unit="bars", count=lambda: worker.stats.bars_in, detail=detail
+                ):
+                    stats = await worker.run(stop, drain=drain, idle_s=idle_s)
+                run.status = "stopped" if stop.is_set() else "success"
         typer.echo(
             f"infer {name} ({adapter}, {engine.interval} bars): {stats.bars_in} bar changes "
             f"in, {stats.bars_stale} already applied, {stats.skipped} other intervals; "

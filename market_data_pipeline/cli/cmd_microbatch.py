@@ -98,21 +98,19 @@ def micro_batch(
     name = consumer_name(consumer, "micro-batch")
 
     async def main(stop: asyncio.Event) -> None:
-        from market_data_pipeline.streaming.bus import open_bus
-        from market_data_pipeline.wiring import open_job_tracker, open_store
+        from market_data_pipeline.wiring import open_clients
 
-        with (
-            resolve_servers(cfg, environment()) as urls,
+        async with contextlib.AsyncExitStack() as stack:
+            urls = stack.enter_context(resolve_servers(cfg, environment()))
             # a given name may be reused across restarts, never by two live processes
-            hold_consumers(
-                cfg.bus.type, urls.redis_url, [(cfg.bus.group, name)] if consumer else []
-            ),
-            stage_services(cfg, urls, "micro-batch"),
-        ):
-            bus = await open_bus(cfg, urls)
-            store = await open_store(cfg, urls)
-            tracker = await open_job_tracker(cfg, urls)
-            batcher = MicroBatcher(cfg, bus, store, consumer_name=name)
+            stack.enter_context(
+                hold_consumers(
+                    cfg.bus.type, urls.redis_url, [(cfg.bus.group, name)] if consumer else []
+                )
+            )
+            stack.enter_context(stage_services(cfg, urls, "micro-batch"))
+            c = await stack.enter_async_context(open_clients(cfg, urls, store=True, tracker=True))
+            batcher = MicroBatcher(cfg, c.bus, c.store, consumer_name=name)
 
             def counts() -> RunCounts:
                 s = batcher.stats
@@ -135,7 +133,7 @@ def micro_batch(
                 )
 
             try:
-                async with tracked_run(tracker, "micro-batch", cfg, counts) as run:
+                async with tracked_run(c.tracker, "micro-batch", cfg, counts) as run:
                     with ProgressLine(
                         "micro-batch" + (" (drain)" if drain else ""),
                         count=lambda: batcher.stats.events_in,
@@ -153,9 +151,6 @@ def micro_batch(
                         await writer
                     assert stats_file is not None
                     _dump_stats(batcher, stats_file)
-                await tracker.aclose()
-                await store.aclose()
-                await bus.aclose()
         p95 = percentile(stats.window_latencies_ms, 95)
         typer.echo(
             f"micro-batch {name}: {stats.events_in} events in, {stats.ticks_inserted} new ticks, "

@@ -47,6 +47,7 @@ from market_data_pipeline.producers.replay_run import (
     replay_store_bars,
 )
 from market_data_pipeline.project import dataset_registries
+from market_data_pipeline.retry import sleep_or_stop
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.records import (
     LETTER_HEADER,
@@ -94,12 +95,6 @@ def _server_context(
     cfg: AppConfig, *, postgres: bool = False
 ) -> contextlib.AbstractContextManager[ServerUrls]:
     return resolve_servers(cfg, environment(), postgres=postgres, kafka=cfg.bus.type == "kafka")
-
-
-async def _open_bus(cfg: AppConfig, urls: ServerUrls) -> Bus:
-    from market_data_pipeline.streaming.bus import open_bus
-
-    return await open_bus(cfg, urls)
 
 
 def _synthetic_provider(
@@ -160,34 +155,29 @@ def _replay_command(
     from_store = source is SourceName.store
 
     async def main(stop: asyncio.Event) -> str | None:
+        from market_data_pipeline.wiring import open_clients
+
         with _server_context(cfg, postgres=from_store) as urls, stage_services(cfg, urls, "replay"):
-            bus = await _open_bus(cfg, urls)
             started = time.monotonic()
             errors: list[RowError] = []
-            try:
+            async with open_clients(cfg, urls, store=from_store) as c:
                 with ProgressLine(f"replay {spec.name}", total=total) as progress:
                     if from_store:
-                        from market_data_pipeline.wiring import open_store
-
-                        store = await open_store(cfg, urls)
-                        try:
-                            published = await replay_store_bars(
-                                cfg,
-                                bus,
-                                store,
-                                spec,
-                                stop,
-                                start=start,
-                                end=end,
-                                speed=speed,
-                                progress=progress,
-                            )
-                        finally:
-                            await store.aclose()
+                        published = await replay_store_bars(
+                            cfg,
+                            c.bus,
+                            c.store,
+                            spec,
+                            stop,
+                            start=start,
+                            end=end,
+                            speed=speed,
+                            progress=progress,
+                        )
                     else:
                         published, errors = await replay_dataset(
                             cfg,
-                            bus,
+                            c.bus,
                             spec,
                             stop,
                             start=start,
@@ -197,8 +187,6 @@ def _replay_command(
                             duration_s=duration_s,
                             progress=progress,
                         )
-            finally:
-                await bus.aclose()
             elapsed = time.monotonic() - started
             _report_row_errors(errors)
             extra = f"; {len(errors)} bad rows sent to {cfg.bus.dlq_topic}" if errors else ""
@@ -300,11 +288,12 @@ def produce(
     source, max_rate = built
 
     async def main(stop: asyncio.Event) -> None:
+        from market_data_pipeline.wiring import open_clients
+
         with _server_context(cfg) as urls, stage_services(cfg, urls, "produce"):
-            bus = await _open_bus(cfg, urls)
             started = time.monotonic()
-            try:
-                publisher = make_publisher(cfg, bus, max_rate)
+            async with open_clients(cfg, urls) as c:
+                publisher = make_publisher(cfg, c.bus, max_rate)
                 with ProgressLine(f"produce {what}", total=count) as progress:
                     await pump(
                         source,
@@ -314,8 +303,6 @@ def produce(
                         count=count,
                         progress=progress,
                     )
-            finally:
-                await bus.aclose()
             elapsed = time.monotonic() - started
             typer.echo(_summary("published", what, publisher.published, publisher.topic, elapsed))
 
@@ -470,9 +457,11 @@ def tail(
     async def main(stop: asyncio.Event) -> None:
         import json
 
+        from market_data_pipeline.wiring import open_clients
+
         with _server_context(cfg) as urls:
-            bus = await _open_bus(cfg, urls)
-            try:
+            async with open_clients(cfg, urls) as c:
+                bus = c.bus
                 name = await _known_topic(cfg, bus, topic)
                 if name == cfg.bus.dlq_topic:
                     letters = (await bus.dlq_list(max(limit, 10_000)))[-limit:]
@@ -490,8 +479,7 @@ def tail(
                 for rec in records:
                     last[rec.shard] = max(last.get(rec.shard, ()), entry_key(rec.entry_id))
                 while follow and not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=poll_s)
+                    await sleep_or_stop(stop, poll_s)
                     if stop.is_set():
                         break
                     fresh = [
@@ -503,7 +491,5 @@ def tail(
                         last[rec.shard] = max(last.get(rec.shard, ()), entry_key(rec.entry_id))
                     h, rows, lines = render_records(cfg, name, fresh)
                     emit(h, rows, lines, False)
-            finally:
-                await bus.aclose()
 
     run_async(main)

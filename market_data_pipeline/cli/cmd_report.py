@@ -8,12 +8,13 @@ import importlib.util
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from market_data_core.config import AppConfig
 from market_data_core.errors import BusError, ConfigError
+from market_data_core.protocols import Bus
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -120,26 +121,27 @@ def report(
 
     async def main(stop: asyncio.Event) -> tuple[int, str]:
         from market_data_pipeline.reporting import gather_report, render_html
-        from market_data_pipeline.streaming.bus import open_bus
-        from market_data_pipeline.wiring import open_signals_store, open_store_reader
+        from market_data_pipeline.wiring import open_clients
 
-        reader = await open_store_reader(urls)
-        signals = await open_signals_store(cfg, urls)
-        bus: Any = None
+        # the bus is optional: without one the report says why its DLQ panel is empty
         dlq_note = None
-        try:
-            if cfg.bus.type == "redis" and not urls.redis_url:
-                dlq_note = "no Redis configured (REDIS_URI, bus.redis.uri or `mdp up`)"
-            elif cfg.bus.type == "kafka" and not urls.kafka_bootstrap:
-                dlq_note = "no Kafka configured (KAFKA_BOOTSTRAP or bus.kafka.bootstrap)"
-            else:
+        if cfg.bus.type == "redis" and not urls.redis_url:
+            dlq_note = "no Redis configured (REDIS_URI, bus.redis.uri or `mdp up`)"
+        elif cfg.bus.type == "kafka" and not urls.kafka_bootstrap:
+            dlq_note = "no Kafka configured (KAFKA_BOOTSTRAP or bus.kafka.bootstrap)"
+        async with contextlib.AsyncExitStack() as stack:
+            c = await stack.enter_async_context(
+                open_clients(cfg, urls, bus=False, reader=True, signals=True)
+            )
+            bus: Bus | None = None
+            if dlq_note is None:
                 try:
-                    bus = await open_bus(cfg, urls)
+                    bus = (await stack.enter_async_context(open_clients(cfg, urls))).bus
                 except BusError as exc:
                     dlq_note = f"the bus is unreachable ({exc})"
             data = await gather_report(
-                reader,
-                signals,
+                c.reader,
+                c.signals,
                 bus,
                 now=datetime.now(UTC),
                 source=urls.describe(),
@@ -153,10 +155,6 @@ def report(
                 max_series=max_series,
                 dlq_note=dlq_note,
             )
-        finally:
-            for closer in (reader.aclose, signals.aclose, *([bus.aclose] if bus else [])):
-                with contextlib.suppress(Exception):
-                    await closer()
         page = await asyncio.to_thread(render_html, data)
         return len(data.series), page
 

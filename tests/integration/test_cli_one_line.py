@@ -136,3 +136,56 @@ def test_a_wrong_port_number_is_one_line_exit_2(
     res = run_mdp("db", "upgrade", "--config", str(cfg), env=mdp_env({"DATABASE_URL": dsn}))
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "malformed PostgreSQL DSN: invalid literal for int()" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "dsn", "code", "says"),
+    [
+        # malformed: bad configuration, exit 2
+        (["stream", "micro-batch"], "postgresql://127.0.0.1:notaport/mdp", 2, "malformed"),
+        (["stream", "infer"], "postgresql://127.0.0.1:notaport/mdp", 2, "malformed"),
+        # well formed, nothing listens on port 1: the store is down, exit 1
+        (["stream", "micro-batch"], "postgresql://mdp@127.0.0.1:1/mdp", 1, "unreachable"),
+        (["stream", "infer"], "postgresql://mdp@127.0.0.1:1/mdp", 1, "unreachable"),
+    ],
+)
+def test_a_client_failing_to_open_closes_those_opened_before_it(
+    tmp_path: Path,
+    redis_url: str,
+    unique: str,
+    command: list[str],
+    dsn: str,
+    code: int,
+    says: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bus opens first, then the store fails to: the bus's connection must be closed
+    (before the fix it stayed open on the server until garbage collection, which then warned
+    "unclosed Connection"), and the command says why in one line."""
+    import gc
+    import warnings
+
+    import redis
+
+    from market_data_pipeline.cli.app import main
+
+    for name in ("REDIS_URI", "DATABASE_URL", "KAFKA_BOOTSTRAP"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = write_config(tmp_path / "c.yaml", stream_config(redis_url, dsn, unique))
+    watcher = redis.Redis.from_url(redis_url)
+    try:
+        before = len(watcher.client_list())
+        assert main([*command, "--config", str(cfg), "--drain", "--idle-s", "0.5"]) == code
+        # counted before any garbage collection: a leaked client still holds its connection
+        assert len(watcher.client_list()) == before
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+        unclosed = [str(w.message) for w in caught if "nclosed" in str(w.message)]
+        assert unclosed == []
+    finally:
+        watcher.close()
+    err = capsys.readouterr().err
+    assert _error_lines(err) == err.strip().splitlines(), err
+    assert len(_error_lines(err)) == 1 and says in _error_lines(err)[0], err
