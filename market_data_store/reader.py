@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from market_data_core.contracts import Bar
 from market_data_core.reads import BarGap, LatencyBucket, RunRecord, SeriesSummary
-from market_data_core.timeutil import parse_duration_ms
+from market_data_core.timeutil import format_duration_ms, parse_duration_ms
 from market_data_store._base import PgClientBase
 from market_data_store._errors import translate_errors
 
@@ -76,13 +76,6 @@ FROM job_runs ORDER BY id DESC LIMIT $1
 """
 
 
-def _label(ms: int) -> str:
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
-
-
 class PgStoreReader(PgClientBase):
     """Reads for ``mdp report`` (see :class:`market_data_core.reads.StoreReader`)."""
 
@@ -105,7 +98,7 @@ class PgStoreReader(PgClientBase):
             rows = await self._pool.fetch(
                 _ROLLUP_SQL, provider, symbol, interval, start, bucket, end
             )
-        label = _label(bucket_ms)
+        label = format_duration_ms(bucket_ms)
         return [
             Bar(
                 provider=provider,

@@ -15,6 +15,7 @@ import typer
 from market_data_core.config import AppConfig
 from market_data_core.errors import BusError, ConfigError
 from market_data_core.protocols import Bus
+from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -40,11 +41,6 @@ def _urls(cfg: AppConfig) -> ServerUrls:
     redis = configured_redis_url(cfg, env)
     kafka = env.get("KAFKA_BOOTSTRAP") or cfg.bus.kafka.bootstrap
     return ServerUrls(redis, db, kafka)
-
-
-def _window_interval(cfg: AppConfig) -> str:
-    ms = cfg.micro_batch.window_ms
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 @app.command("report")
@@ -147,7 +143,7 @@ def report(
                 source=urls.describe(),
                 symbols=symbol or (),
                 interval=interval,
-                preferred_interval=_window_interval(cfg),
+                preferred_interval=format_duration_ms(cfg.micro_batch.window_ms),
                 start=t0,
                 end=t1,
                 last_ms=last_ms,

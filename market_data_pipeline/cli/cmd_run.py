@@ -13,6 +13,7 @@ import typer
 
 from market_data_core.config import AppConfig
 from market_data_core.errors import ConfigError
+from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.api import (
     Dataset,
     Live,
@@ -188,12 +189,7 @@ async def _run_all(
                 )
             typer.echo(f"\nmdp {job} summary ({p.status}):")
             print_fields(_summary_rows(summary, cfg))
-            sample = await _sample(
-                p,
-                f"{cfg.micro_batch.window_ms // 1000}s"
-                if cfg.micro_batch.window_ms % 1000 == 0
-                else f"{cfg.micro_batch.window_ms}ms",
-            )
+            sample = await _sample(p, format_duration_ms(cfg.micro_batch.window_ms))
             if sample:
                 typer.echo(f"\nlatest rows:\n{sample}")
             if demo:
