@@ -32,7 +32,7 @@ from market_data_core.codec import decode_events, encode_event
 from market_data_core.config import AppConfig, BusConfig, KafkaConfig, RedisConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import Bus, routing_key
-from market_data_pipeline.embedded import EmbeddedKafka, EmbeddedRedis, ServerUrls
+from market_data_pipeline.servers import EmbeddedKafka, EmbeddedRedis, ServerUrls
 from market_data_pipeline.streaming import open_bus
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -36,9 +36,9 @@ from market_data_core.config import (
     RedisConfig,
     SyntheticProducerConfig,
 )
-from market_data_pipeline.embedded import EmbeddedRedis, ServerUrls
 from market_data_pipeline.producers.pump import make_publisher, pump
 from market_data_pipeline.producers.synthetic import SyntheticProvider
+from market_data_pipeline.servers import EmbeddedRedis, ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
 
 RESULTS = Path(__file__).parent / "results"

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from market_data_core.contracts import Bar, StreamEvent
-from market_data_pipeline.embedded import EmbeddedPostgres
+from market_data_pipeline.servers import EmbeddedPostgres
 from market_data_store import PgStoreClient, upgrade_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -30,8 +30,8 @@ from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key
 from market_data_pipeline.cli.common import DEFAULT_CONFIG, load_app_config
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
-from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis, ServerUrls
 from market_data_pipeline.gc_pacing import paced_gc
+from market_data_pipeline.servers import EmbeddedPostgres, EmbeddedRedis, ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
 

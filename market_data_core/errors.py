@@ -19,7 +19,7 @@ data it carries (``tests/unit/test_errors.py`` fails when a class is missing or 
     │   └── StoreUnavailableError transient: connection lost/refused; retry with backoff
     ├── InferenceError            an adapter failed to evaluate or load
     ├── EmbeddedServerError       an embedded server could not be found or started
-    │                             (market_data_pipeline.embedded)
+    │                             (market_data_pipeline.servers)
     ├── StoppedError              a stop request ended a retry; the work stays pending
     └── BackpressureError         a bounded buffer is full; ``retry_after_s``
 

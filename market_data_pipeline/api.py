@@ -53,13 +53,13 @@ from market_data_core.protocols import (
 from market_data_core.timeutil import EPOCH, format_duration_ms
 from market_data_pipeline.consumer_lock import hold_consumers
 from market_data_pipeline.consumers.inference_consumer import features_interval, inference_group
-from market_data_pipeline.embedded import ServerUrls, resolve_servers
 from market_data_pipeline.inference.engine import AdapterKind, InferenceEngine, build_engine
 from market_data_pipeline.producers.datasets import RowError
 from market_data_pipeline.producers.records import RecordsProvider
 from market_data_pipeline.producers.replay_run import dead_letterer
 from market_data_pipeline.project import DEFAULT_CONFIG_FILE, dataset_registries
 from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
+from market_data_pipeline.servers import ServerUrls, resolve_servers
 from market_data_pipeline.tracking import RunCounts, tracked_run
 
 __all__ = [

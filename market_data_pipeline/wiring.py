@@ -21,7 +21,7 @@ from market_data_core.errors import ConfigError
 from market_data_core.protocols import Bus, JobRunTracker, SignalsStoreClient, StoreClient
 from market_data_core.reads import StoreReader
 from market_data_core.timeutil import parse_duration_ms
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 from market_data_store import (
     PgJobRunTracker,
     PgSignalsStore,

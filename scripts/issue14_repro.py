@@ -45,9 +45,9 @@ from market_data_core.errors import BusError
 from market_data_core.protocols import routing_key
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
-from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis, ServerUrls
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
+from market_data_pipeline.servers import EmbeddedPostgres, EmbeddedRedis, ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_signals_store, open_store, upgrade_schema
 

@@ -25,7 +25,7 @@ SHIPPED_REGISTRY = SHIPPED_DATASETS_FILE
 SHARED_ORIGINAL = ROOT.parent / "shared" / "data"
 
 # A developer's `mdp up` in this clone must not capture the commands the tests run: their
-# state folder (market_data_pipeline.local_servers) is one that does not exist.
+# state folder (market_data_pipeline.servers.local) is one that does not exist.
 os.environ["MDP_HOME"] = str(Path(tempfile.gettempdir()) / f"mdp-tests-{os.getpid()}-no-servers")
 
 

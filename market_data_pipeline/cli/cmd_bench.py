@@ -43,9 +43,9 @@ from market_data_pipeline.cli.common import (
     run_async,
 )
 from market_data_pipeline.consumers.inference_consumer import features_interval
-from market_data_pipeline.embedded import ServerUrls, resolve_servers
 from market_data_pipeline.inference.engine import build_engine
 from market_data_pipeline.runner import group_lag
+from market_data_pipeline.servers import ServerUrls, resolve_servers
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields

@@ -29,7 +29,7 @@ from market_data_pipeline.cli.common import (
     load_app_config,
     run_async,
 )
-from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
+from market_data_pipeline.servers import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.streaming.dlq import replay_letters
 from market_data_pipeline.ui.records import (
     JOB_RUN_HEADER,

@@ -19,7 +19,7 @@ from market_data_pipeline.cli.common import (
     environment,
     load_app_config,
 )
-from market_data_pipeline.embedded import ServerUrls, resolve_servers
+from market_data_pipeline.servers import ServerUrls, resolve_servers
 
 _EMBEDDED_NOTE = (
     "note: no DATABASE_URL or store.dsn is set and `mdp up` is not running, so a throwaway "

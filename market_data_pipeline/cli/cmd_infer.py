@@ -32,8 +32,8 @@ from market_data_pipeline.consumers.inference_consumer import (
     features_interval,
     inference_group,
 )
-from market_data_pipeline.embedded import resolve_servers
 from market_data_pipeline.inference.engine import build_engine
+from market_data_pipeline.servers import resolve_servers
 from market_data_pipeline.tracking import RunCounts, tracked_run
 from market_data_pipeline.ui.progress import ProgressLine
 

@@ -32,7 +32,7 @@ from market_data_pipeline.cli.common import (
 )
 from market_data_pipeline.consumer_lock import hold_consumers
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
-from market_data_pipeline.embedded import resolve_servers
+from market_data_pipeline.servers import resolve_servers
 from market_data_pipeline.tracking import RunCounts, tracked_run
 from market_data_pipeline.ui.progress import ProgressLine
 

@@ -37,7 +37,6 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.embedded import ServerUrls, configured_redis_url, resolve_servers
 from market_data_pipeline.producers.datasets import DatasetSpec, RowError, count_rows, find_dataset
 from market_data_pipeline.producers.pump import make_publisher, pump
 from market_data_pipeline.producers.replay_run import (
@@ -48,6 +47,7 @@ from market_data_pipeline.producers.replay_run import (
 )
 from market_data_pipeline.project import dataset_registries
 from market_data_pipeline.retry import sleep_or_stop
+from market_data_pipeline.servers import ServerUrls, configured_redis_url, resolve_servers
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.records import (
     LETTER_HEADER,

@@ -26,7 +26,7 @@ from market_data_pipeline.cli.common import (
     parse_when,
     run_async,
 )
-from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
+from market_data_pipeline.servers import ServerUrls, configured_database_url, configured_redis_url
 
 
 def _urls(cfg: AppConfig) -> ServerUrls:

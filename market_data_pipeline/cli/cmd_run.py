@@ -37,9 +37,9 @@ from market_data_pipeline.cli.common import (
     run_async,
     stage_services,
 )
-from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.inference.engine import AdapterKind
 from market_data_pipeline.runner import Progress, RunSummary
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields
@@ -363,7 +363,7 @@ def demo(
         overrides["telemetry.metrics_port"] = metrics_port
     if keep:
         from market_data_pipeline.cli.cmd_servers import start_local_servers
-        from market_data_pipeline.local_servers import LocalServers, state_dir_for
+        from market_data_pipeline.servers import LocalServers, state_dir_for
 
         local = LocalServers(state_dir_for(config, environment()))
         start_local_servers(local, load_app_config(config, overrides, local_servers=False))

@@ -1,5 +1,5 @@
 """``mdp up`` / ``mdp down`` / ``mdp up --status``: the project's local Valkey and PostgreSQL
-in the background (:mod:`market_data_pipeline.local_servers`), shared by every later command
+in the background (:mod:`market_data_pipeline.servers.local`), shared by every later command
 that has no server URL of its own."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from market_data_pipeline.cli.common import (
     environment,
     load_app_config,
 )
-from market_data_pipeline.local_servers import LocalServers, ServerState, state_dir_for
+from market_data_pipeline.servers import LocalServers, ServerState, state_dir_for
 from market_data_pipeline.ui import console as ui_console
 from market_data_pipeline.ui.tables import print_table
 

@@ -23,8 +23,8 @@ from market_data_core.errors import ConfigError, describe_error, one_line, prima
 from market_data_core.redaction import redact_url
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline import telemetry
-from market_data_pipeline.embedded import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.gc_pacing import paced_gc
+from market_data_pipeline.servers import ServerUrls, configured_database_url, configured_redis_url
 from market_data_pipeline.telemetry import MetricsServer, setup_logging, start_metrics_server
 from market_data_pipeline.ui import console
 
@@ -127,7 +127,7 @@ def load_app_config(
 
 
 def _with_local_servers(config: AppConfig, path: Path, env: Mapping[str, str]) -> AppConfig:
-    from market_data_pipeline.local_servers import LocalServers, state_dir_for
+    from market_data_pipeline.servers import LocalServers, state_dir_for
 
     servers = LocalServers(state_dir_for(path, env))
     urls = servers.running_urls()

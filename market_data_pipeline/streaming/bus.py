@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from market_data_core.config import AppConfig
 from market_data_core.errors import BusError, ConfigError
 from market_data_core.protocols import Bus
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 
 __all__ = ["FACTORIES", "open_bus"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aredis
 
-from market_data_pipeline.embedded import (
+from market_data_pipeline.servers import (
     EmbeddedKafka,
     EmbeddedPostgres,
     EmbeddedRedis,

@@ -24,7 +24,7 @@ from market_data_core.contracts import StreamEvent
 from market_data_core.errors import BusError
 from market_data_core.protocols import Bus, BusConsumer, BusRecord, routing_key, shard_for
 from market_data_pipeline import telemetry
-from market_data_pipeline.embedded import ServerUrls, free_port
+from market_data_pipeline.servers import ServerUrls, free_port
 from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
 

@@ -15,7 +15,7 @@ from market_data_core.config import load_config
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import BusRecord, routing_key, shard_for
 from market_data_pipeline.cli.app import main
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming import open_bus
 
 

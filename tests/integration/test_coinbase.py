@@ -23,10 +23,10 @@ from market_data_core.codec import decode_events
 from market_data_core.config import AppConfig, BusConfig, CoinbaseProducerConfig, RedisConfig
 from market_data_pipeline import telemetry
 from market_data_pipeline.cli.app import main
-from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.producers.coinbase import CoinbaseProvider
 from market_data_pipeline.producers.publisher import Publisher
 from market_data_pipeline.producers.pump import pump
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
 
 SESSION = Path(__file__).parent / "data" / "coinbase_session.jsonl"

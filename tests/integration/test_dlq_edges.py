@@ -25,7 +25,7 @@ from market_data_core.config import AppConfig, BusConfig, KafkaConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import BusRecord
 from market_data_pipeline.cli.app import main
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming import open_bus
 from tests.support.cli import run_mdp, stream_config, write_config
 

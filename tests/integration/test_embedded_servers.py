@@ -12,13 +12,13 @@ import pytest
 import redis
 
 from market_data_core.config import AppConfig
-from market_data_pipeline.embedded import resolve_servers
+from market_data_pipeline.servers import resolve_servers
 
 CHILD = """
 import os, signal, sys, time
 from market_data_core.config import AppConfig
 from market_data_pipeline.cli.common import run_async
-from market_data_pipeline.embedded import resolve_servers
+from market_data_pipeline.servers import resolve_servers
 
 async def main(stop):
     with resolve_servers(AppConfig(), {}) as urls:

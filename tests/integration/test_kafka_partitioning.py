@@ -21,7 +21,7 @@ from market_data_core.codec import decode_events, encode_event, event_to_dict
 from market_data_core.config import AppConfig, BusConfig, KafkaConfig, RedisConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import Bus, routing_key, shard_for
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming import open_bus
 
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)

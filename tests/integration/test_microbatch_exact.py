@@ -21,7 +21,7 @@ from market_data_core.config import AppConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key, shard_for
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
-from market_data_pipeline.embedded import EmbeddedPostgres
+from market_data_pipeline.servers import EmbeddedPostgres
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
 from tests.support.cli import MDP, mdp_env

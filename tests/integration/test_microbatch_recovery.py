@@ -34,7 +34,7 @@ from market_data_core.config import AppConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key, shard_for
 from market_data_core.timeutil import format_duration_ms
-from market_data_pipeline.embedded import EmbeddedRedis
+from market_data_pipeline.servers import EmbeddedRedis
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store
 from tests.support.cli import MDP, mdp_env

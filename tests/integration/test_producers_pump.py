@@ -12,9 +12,9 @@ from market_data_core.codec import decode_events, encode_events
 from market_data_core.config import AppConfig, BusConfig, RedisConfig, SyntheticProducerConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key, shard_for
-from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.producers.pump import make_publisher, pump
 from market_data_pipeline.producers.synthetic import SyntheticProvider
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
 from tests.unit.test_producers_synthetic import reference_events
 

@@ -48,7 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_pipeline import alert_rules, telemetry
 from market_data_pipeline.cli.app import app
-from market_data_pipeline.embedded import EmbeddedPostgres, free_port
+from market_data_pipeline.servers import EmbeddedPostgres, free_port
 from tests.conftest import ROOT, SHIPPED_CONFIG
 
 PROMETHEUS = shutil.which("prometheus")

@@ -10,7 +10,7 @@ import redis.asyncio as aredis
 
 from market_data_core.config import BusConfig, RedisConfig
 from market_data_core.errors import BusError
-from market_data_pipeline.embedded import EmbeddedRedis
+from market_data_pipeline.servers import EmbeddedRedis
 from market_data_pipeline.streaming.redis_bus import RedisBus, RedisConsumer
 
 TTL_MS = 600

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 import redis
 
-from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis
+from market_data_pipeline.servers import EmbeddedPostgres, EmbeddedRedis
 from tests.support.cli import mdp_env, run_mdp, stream_config, write_config
 
 REDIS_PW = "rd-Secret-4417"

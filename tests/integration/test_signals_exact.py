@@ -39,8 +39,8 @@ from market_data_core.errors import BusError
 from market_data_core.protocols import Bus, routing_key, shard_for
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, InferenceStats
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
-from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis
 from market_data_pipeline.inference.timeline import CHECKPOINT_EVERY, SNAP_EVERY
+from market_data_pipeline.servers import EmbeddedPostgres, EmbeddedRedis
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_signals_store, open_store, upgrade_schema
 from tests.conftest import DATA, SHIPPED_CONFIG, SHIPPED_RULES

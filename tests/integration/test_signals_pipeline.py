@@ -23,11 +23,11 @@ from market_data_core.protocols import Bus, routing_key
 from market_data_pipeline.cli.app import main as mdp_main
 from market_data_pipeline.consumers.inference_consumer import InferenceConsumer, InferenceStats
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
-from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
 from market_data_pipeline.inference.timeline import CHECKPOINT_EVERY, SNAP_EVERY
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_signals_store, open_store, upgrade_schema
 from tests.conftest import DATA, ROOT, SHIPPED_CONFIG, SHIPPED_RULES

@@ -11,7 +11,7 @@ import pytest
 
 from market_data_core.contracts import StreamEvent
 from market_data_core.errors import StoreUnavailableError
-from market_data_pipeline.embedded import EmbeddedPostgres, free_port
+from market_data_pipeline.servers import EmbeddedPostgres, free_port
 from market_data_store import PgJobRunTracker, PgStoreClient, upgrade_schema
 
 

@@ -7,7 +7,7 @@ import pytest
 from market_data_core.config import parse_config
 from market_data_core.errors import ConfigError
 from market_data_core.protocols import JobRunTracker, SignalsStoreClient, StoreClient
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.wiring import (
     compress_after_ms,
     downgrade_schema,

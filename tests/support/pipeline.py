@@ -13,7 +13,7 @@ from market_data_core.codec import encode_event
 from market_data_core.config import AppConfig, parse_config
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import Bus, routing_key
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 
 
 def make_config(

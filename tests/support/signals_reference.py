@@ -31,10 +31,10 @@ from market_data_core.codec import decode_signal
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, Signal
 from market_data_core.protocols import Bus, FeatureSnapshot
-from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
 from market_data_pipeline.inference.reference import clean_pass, signal_rows
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.wiring import open_signals_store, open_store, upgrade_schema
 from tests.integration._store_db import fresh_database
 from tests.support.pipeline import urls

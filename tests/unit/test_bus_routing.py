@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from market_data_core.config import AppConfig, BusConfig
 from market_data_core.errors import BusError, ConfigError
 from market_data_core.protocols import BusRecord, murmur2, partition_key, routing_key, shard_for
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import (
     key_for_shard,

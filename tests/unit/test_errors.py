@@ -14,8 +14,8 @@ import pytest
 import market_data_core.errors as errors_module
 from market_data_core.config import AppConfig, BusConfig
 from market_data_core.errors import BusError, ConfigError
-from market_data_pipeline.embedded import ServerUrls
 from market_data_pipeline.inference.expr import ExprError, parse_condition
+from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.streaming import open_bus
 
 PACKAGES = ("market_data_core", "market_data_pipeline", "market_data_store")

@@ -102,3 +102,36 @@ def test_the_cli_checker_catches_an_import_into_the_cli(tmp_path: Path) -> None:
     )
     found = {m for m in imported_modules(bad) if m == CLI or m.startswith(CLI + ".")}
     assert {"market_data_pipeline.cli.cmd_produce", "market_data_pipeline.cli"} <= found
+
+
+SERVERS = "market_data_pipeline.servers"
+
+
+def pipeline_imports_of(path: Path) -> set[str]:
+    """The ``market_data_pipeline`` modules outside ``servers`` that ``path`` imports."""
+    return {
+        m
+        for m in imported_modules(path)
+        if (m == "market_data_pipeline" or m.startswith("market_data_pipeline."))
+        and not (m == SERVERS or m.startswith(SERVERS + "."))
+    }
+
+
+def test_the_servers_stand_on_core_alone() -> None:
+    """``servers/`` (embedded and ``mdp up`` servers) starts processes and resolves URLs;
+    it needs nothing of the pipeline above it, so every command and the API can use it."""
+    found = {
+        f"{path.relative_to(ROOT)} imports {m}"
+        for path in sorted((ROOT / "market_data_pipeline" / "servers").rglob("*.py"))
+        for m in pipeline_imports_of(path)
+    }
+    assert found == set()
+
+
+def test_the_servers_checker_catches_an_import_of_the_pipeline(tmp_path: Path) -> None:
+    bad = tmp_path / "m.py"
+    bad.write_text(
+        "from market_data_pipeline import telemetry\n"
+        "from market_data_pipeline.servers.process import Server\n"
+    )
+    assert pipeline_imports_of(bad) == {"market_data_pipeline", "market_data_pipeline.telemetry"}

@@ -11,7 +11,7 @@ import pytest
 
 from market_data_core.redaction import SecretUrl
 from market_data_pipeline.cli.common import DEFAULT_CONFIG, load_app_config
-from market_data_pipeline.local_servers import LocalServers, state_dir_for
+from market_data_pipeline.servers import LocalServers, state_dir_for
 
 
 def test_state_dir_is_beside_configs_or_mdp_home(tmp_path: Path) -> None:

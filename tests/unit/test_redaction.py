@@ -11,7 +11,7 @@ import pytest
 from market_data_core.config import AppConfig, config_hash, parse_config
 from market_data_core.errors import ConfigError
 from market_data_core.redaction import SecretUrl, redact_url
-from market_data_pipeline.embedded import ServerUrls
+from market_data_pipeline.servers import ServerUrls
 
 REDIS_PW = "rEdisPw-71"
 PG_PW = "pgPw-93"

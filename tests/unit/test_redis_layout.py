@@ -147,7 +147,7 @@ def test_config_accepts_the_cluster_switches() -> None:
 
 async def test_cluster_without_a_url_is_a_config_error() -> None:
     from market_data_core.config import AppConfig
-    from market_data_pipeline.embedded import ServerUrls
+    from market_data_pipeline.servers import ServerUrls
 
     cfg = AppConfig(bus=BusConfig(redis=RedisConfig(cluster=True)))
     with pytest.raises(ConfigError, match="no cluster is configured"):

@@ -1,6 +1,6 @@
 """Local servers that stay up between commands: ``mdp up`` / ``mdp down`` / ``mdp up --status``.
 
-The embedded Valkey and PostgreSQL of :mod:`market_data_pipeline.embedded`, started in the
+The embedded Valkey and PostgreSQL of :mod:`market_data_pipeline.servers`, started in the
 background (a session of their own, no parent-death signal) with their data in the project's
 state folder, so separate commands (produce, micro-batch, infer, tail, report) share one bus
 and one database, and the data survives ``mdp down`` / ``mdp up`` and a reboot.
@@ -43,13 +43,9 @@ from typing import Literal
 
 import psutil
 
-from market_data_pipeline.embedded import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    EmbeddedServerError,
-    _world_traversable,
-    free_port,
-)
+from market_data_pipeline.servers.postgres import EmbeddedPostgres, world_traversable
+from market_data_pipeline.servers.process import EmbeddedServerError, free_port
+from market_data_pipeline.servers.valkey import EmbeddedRedis
 
 __all__ = [
     "SERVER_NAMES",
@@ -247,7 +243,7 @@ class LocalServers:
                 port=port, data_dir=self.state_dir / "valkey", durable=True, detached=True
             )
         else:
-            if os.geteuid() == 0 and not _world_traversable(self.state_dir):
+            if os.geteuid() == 0 and not world_traversable(self.state_dir):
                 raise EmbeddedServerError(
                     f"PostgreSQL runs as an unprivileged user when mdp runs as root and cannot "
                     f"reach {self.state_dir}: make its folders world-readable or set MDP_HOME "
