@@ -485,8 +485,10 @@ class InferenceConsumer:
         ``_MAX_STORE_ATTEMPTS_NON_TRANSIENT`` times (then it propagates)."""
 
         def report(exc: BaseException, delay_s: float | None) -> None:
-            reason = "store_unavailable" if isinstance(exc, StoreUnavailableError) else "store"
-            telemetry.ERRORS.labels(component=_COMPONENT, reason=reason).inc()
+            if isinstance(exc, StoreUnavailableError):
+                telemetry.ERRORS.labels(component=_COMPONENT, reason="store_unavailable").inc()
+            else:
+                telemetry.ERRORS.labels(component=_COMPONENT, reason="store").inc()
             if delay_s is not None:
                 log.warning("store call failed (%s); retrying in %.1fs", exc, delay_s)
                 telemetry.RETRIES.labels(component=_COMPONENT).inc()
