@@ -20,7 +20,9 @@ behind the retry:
 Delays start at 0.1 s (the publisher: 0.05 s; the feeds: 0.5 s and 1 s) and double up to
 the cap, each scaled by a random factor in ``[0.5, 1]`` ("equal jitter"). The consumers'
 loops doubled without jitter before this module; the jitter is deliberate: workers that lost
-the same server do not all come back in the same millisecond.
+the same server do not all come back in the same millisecond. Likewise unified: the
+inference stage counted outage retries toward its 3 store attempts; like the micro-batcher,
+it now counts only the failures that are not an outage.
 
 :func:`retry` runs on tenacity's ``AsyncRetrying``: its retry predicate, stop conditions and
 before-sleep hook; this module adds what tenacity does not have, the stop event. A stop event
