@@ -26,9 +26,11 @@ from pydantic import ValidationError
 from market_data_core.contracts import (
     Bar,
     EventKind,
+    QuoteBar,
     Signal,
     StreamEvent,
     TradeSide,
+    WindowBar,
     validate_event_fast,
     validate_typed_event_fast,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "decode_bar",
     "decode_events",
     "decode_signal",
+    "decode_window",
     "encode_bar",
     "encode_event",
     "encode_events",
@@ -392,38 +395,159 @@ _BAR_FIELDS = (
     "revision",
     "change_seq",
 )
+_QUOTE_BAR_FIELDS = (
+    "provider",
+    "symbol",
+    "interval",
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "mid",
+    "quote_count",
+    "spread_bps",
+    "spread_bps_min",
+    "spread_bps_max",
+    "spread_bps_mean",
+    "imbalance",
+    "imbalance_close",
+    "revision",
+    "change_seq",
+)
+# a quote bar nested in its window's bar: the window's key and change_seq are the bar's
+_NESTED_QUOTE_FIELDS = tuple(
+    n for n in _QUOTE_BAR_FIELDS if n not in ("provider", "symbol", "interval", "change_seq")
+)
+_QUOTE_PRICES = ("bid", "ask", "mid", "spread_bps")
+_QUOTE_OPTIONAL = (
+    "bid_size",
+    "ask_size",
+    "spread_bps_min",
+    "spread_bps_max",
+    "spread_bps_mean",
+    "imbalance",
+    "imbalance_close",
+)
 
 
-def encode_bar(bar: Bar, codec: CodecName = "msgpack") -> bytes:
-    """A closed bar for the ``mdp.bars`` stream (``ts`` = window start)."""
-    d: dict[str, Any] = {"ver": 1, "type": "bar"}
+def _wire_ts(ts: datetime, codec: CodecName) -> int | str:
+    return to_epoch_us(ts) if codec == "msgpack" else isoformat_us(ts)
+
+
+def encode_bar(bar: WindowBar, codec: CodecName = "msgpack") -> bytes:
+    """One window for the ``mdp.bars`` stream (``ts`` = window start): a trade bar
+    (``type: bar``, with ``spread_bps``/``imbalance`` of the window, null without a book, and
+    the window's whole quote bar under ``quote``), or a window's quote bar alone
+    (``type: quote_bar``)."""
+    d: dict[str, Any] = {"ver": 1}
+    if isinstance(bar, QuoteBar):
+        d["type"] = "quote_bar"
+        d.update({name: getattr(bar, name) for name in _QUOTE_BAR_FIELDS})
+        d["ts"] = _wire_ts(bar.ts, codec)
+        return _dumps(d, codec)
+    d["type"] = "bar"
     d.update({name: getattr(bar, name) for name in _BAR_FIELDS})
-    d["ts"] = to_epoch_us(bar.ts) if codec == "msgpack" else isoformat_us(bar.ts)
+    d["ts"] = _wire_ts(bar.ts, codec)
+    q = bar.quote
+    d["spread_bps"] = None if q is None else q.spread_bps
+    d["imbalance"] = None if q is None else q.imbalance
+    d["quote"] = None if q is None else {n: getattr(q, n) for n in _NESTED_QUOTE_FIELDS}
     return _dumps(d, codec)
 
 
+def _number(name: str, value: Any, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _when(obj: dict[str, Any]) -> datetime:
+    ts = obj["ts"]
+    return from_epoch_us(ts) if isinstance(ts, int) else parse_timestamp(str(ts))
+
+
+def _change_seq(obj: dict[str, Any]) -> int | None:
+    seq = obj.get("change_seq")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
+        raise ValueError(f"change_seq must be a positive integer, got {seq!r}")
+    return seq
+
+
+def _quote_bar(
+    fields: dict[str, Any], provider: Any, symbol: Any, interval: Any, ts: datetime
+) -> QuoteBar:
+    for name in _QUOTE_PRICES:
+        _number(name, fields.get(name), optional=False)
+    for name in _QUOTE_OPTIONAL:
+        _number(name, fields.get(name), optional=True)
+    count = fields.get("quote_count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"quote_count must be a non-negative integer, got {count!r}")
+    values: dict[str, Any] = {n: fields.get(n) for n in _NESTED_QUOTE_FIELDS}
+    values["revision"] = values["revision"] or 0
+    return QuoteBar(
+        provider=provider,
+        symbol=symbol,
+        interval=interval,
+        ts=ts,
+        change_seq=fields.get("change_seq"),
+        **values,
+    )
+
+
+def decode_window(payload: bytes) -> WindowBar:
+    """Inverse of :func:`encode_bar`: a :class:`Bar` (with its ``quote``) or a
+    :class:`QuoteBar`. Raises ``ContractError`` (only) when it cannot."""
+    obj = _loads(payload)
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind not in ("bar", "quote_bar"):
+        raise ContractError(
+            "decode", "expected a bar map (type=bar or quote_bar)", bytes(payload)
+        )
+    try:
+        when = _when(obj)
+        seq = _change_seq(obj)
+        if not isinstance(obj.get("provider"), str) or not isinstance(obj.get("symbol"), str):
+            raise ValueError("provider and symbol must be strings")
+        if kind == "quote_bar":
+            fields = dict(obj)
+            fields["change_seq"] = seq
+            return _quote_bar(fields, obj["provider"], obj["symbol"], obj.get("interval"), when)
+        return _bar(obj, when)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ContractError("validation", f"bad bar: {exc}", bytes(payload)) from exc
+
+
+def _bar(obj: dict[str, Any], when: datetime) -> Bar:
+    fields: dict[str, Any] = {name: obj.get(name) for name in _BAR_FIELDS}
+    fields["revision"] = fields["revision"] or 0
+    fields["change_seq"] = _change_seq(obj)
+    nested = obj.get("quote")
+    quote = None
+    if nested is not None:
+        if not isinstance(nested, dict):
+            raise ValueError(f"quote must be a map, got {type(nested).__name__}")
+        quote = _quote_bar(nested, obj["provider"], obj["symbol"], obj.get("interval"), when)
+    bar = Bar(ts=when, quote=quote, **fields)
+    for name in ("o", "h", "l", "c", "v"):
+        value = getattr(bar, name)
+        if value is None and name == "v":
+            continue  # a provider bar without volume
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return bar
+
+
 def decode_bar(payload: bytes) -> Bar:
-    """Inverse of :func:`encode_bar`; raises ``ContractError`` (only) when it cannot."""
+    """A trade bar from :func:`encode_bar` (``type: bar``); a quote bar or anything else is a
+    ``ContractError`` (see :func:`decode_window` for both)."""
     obj = _loads(payload)
     if not isinstance(obj, dict) or obj.get("type") != "bar":
         raise ContractError("decode", "expected a bar map (type=bar)", bytes(payload))
     try:
-        ts = obj["ts"]
-        when = from_epoch_us(ts) if isinstance(ts, int) else parse_timestamp(str(ts))
-        fields: dict[str, Any] = {name: obj.get(name) for name in _BAR_FIELDS}
-        fields["revision"] = fields["revision"] or 0
-        seq = fields["change_seq"]
-        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
-            raise ValueError(f"change_seq must be a positive integer, got {seq!r}")
-        bar = Bar(ts=when, **fields)
-        for name in ("o", "h", "l", "c", "v"):
-            value = getattr(bar, name)
-            if value is None and name == "v":
-                continue  # a provider bar without volume
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if not isinstance(bar.provider, str) or not isinstance(bar.symbol, str):
+        if not isinstance(obj.get("provider"), str) or not isinstance(obj.get("symbol"), str):
             raise ValueError("provider and symbol must be strings")
-        return bar
+        return _bar(obj, _when(obj))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ContractError("validation", f"bad bar: {exc}", bytes(payload)) from exc

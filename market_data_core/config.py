@@ -40,6 +40,7 @@ from market_data_core.redaction import SecretUrl, redact_url
 from market_data_core.timeutil import parse_duration_ms
 
 __all__ = [
+    "DEFAULT_QUOTE_CARRY_MS",
     "AppConfig",
     "BusConfig",
     "ConfigPath",
@@ -64,6 +65,11 @@ __all__ = [
     "override_config",
     "parse_config",
 ]
+
+
+DEFAULT_QUOTE_CARRY_MS = 60_000
+"""``micro_batch.quote_carry_ms`` unless configured: a book set more than a minute before a
+window starts is not carried into it."""
 
 
 class _Model(BaseModel):
@@ -237,6 +243,9 @@ class MicroBatchConfig(_Model):
     allow_late_ms: int = Field(default=500, ge=0)
     flush_timeout_ms: int = Field(default=1000, ge=0)
     correction_horizon_ms: int = Field(default=300_000, ge=0)
+    # how old the last quote before a window may be for its book to be carried into the
+    # window (the book at the window's start; a window with trades and no quote keeps it)
+    quote_carry_ms: int = Field(default=DEFAULT_QUOTE_CARRY_MS, ge=0)
 
 
 FeatureKind = Literal[

@@ -20,9 +20,11 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "Bar",
     "EventKind",
+    "QuoteBar",
     "Signal",
     "StreamEvent",
     "TradeSide",
+    "WindowBar",
     "make_event_id",
     "make_signal_id",
     "validate_event_fast",
@@ -608,6 +610,59 @@ class Signal(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class QuoteBar:
+    """The top of book over one window ``[ts, ts + interval)`` (key: provider, symbol,
+    interval, ts), as the store keeps it in ``quote_bars``.
+
+    The book is a step function of event time: a quote sets it at its ``src_ts``, and of the
+    quotes at one instant the last by ``(src_ts, seq)`` is the book at that instant. The
+    window starts with the book *carried* from the last quote before ``ts``, if that quote is
+    at most ``micro_batch.quote_carry_ms`` older than ``ts`` (else the window's book starts at
+    its first quote). A window has a quote bar when it holds quotes, or trades and a carried
+    book.
+
+    - ``bid``, ``ask``, ``bid_size``, ``ask_size``: the book at the window's close; ``mid`` =
+      ``(bid + ask) / 2`` of it.
+    - ``quote_count``: the quotes in the window (0: only trades, the book carried).
+    - ``spread_bps_min``/``_max``/``_mean``: over the window's quotes (each quote's
+      ``(ask - bid) / ((ask + bid) / 2) * 1e4``; ``None`` when ``quote_count`` is 0).
+    - ``spread_bps``: the time-weighted mean spread: each book state weighted by how long it
+      stood inside the window (from its instant, or from ``ts`` for the carried one, to the
+      next instant or the window end). The window's spread, ``None`` never.
+    - ``imbalance``: the time-weighted top-of-book imbalance
+      ``(bid_size - ask_size) / (bid_size + ask_size)`` over the time it is defined (both
+      sizes known, not both 0); ``imbalance_close`` that of the closing book; ``None`` where
+      undefined.
+
+    ``revision`` counts changes after the first write (late quotes, or a carried book that a
+    late quote changed); ``change_seq`` as for :class:`Bar` (``None`` off the change log).
+    """
+
+    provider: str
+    symbol: str
+    interval: str
+    ts: datetime
+    bid: float
+    ask: float
+    bid_size: float | None
+    ask_size: float | None
+    mid: float
+    quote_count: int
+    spread_bps: float
+    spread_bps_min: float | None
+    spread_bps_max: float | None
+    spread_bps_mean: float | None
+    imbalance: float | None
+    imbalance_close: float | None
+    revision: int = 0
+    change_seq: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, datetime]:
+        return (self.provider, self.symbol, self.interval, self.ts)
+
+
+@dataclass(frozen=True, slots=True)
 class Bar:
     """One OHLCV row as the store keeps it (key: provider, symbol, interval, ts).
 
@@ -616,7 +671,9 @@ class Bar:
     do not carry them. ``revision`` counts corrections by late data (0 = never corrected).
     ``change_seq`` is this revision's position in its series' change log (the store's
     ``bar_series``/``bar_changes``: 1, 2, ... per (provider, symbol, interval), one per
-    committed revision); ``None`` for a bar that did not come from the log.
+    committed change of the window); ``None`` for a bar that did not come from the log.
+    ``quote`` is the same window's :class:`QuoteBar` where one exists and was read with the
+    bar (the change log and the store's reads attach it), else ``None``.
     """
 
     provider: str
@@ -632,7 +689,24 @@ class Bar:
     trade_count: int | None = None
     revision: int = 0
     change_seq: int | None = None
+    quote: QuoteBar | None = None
 
     @property
     def key(self) -> tuple[str, str, str, datetime]:
         return (self.provider, self.symbol, self.interval, self.ts)
+
+    @property
+    def spread_bps(self) -> float | None:
+        """The window's time-weighted spread in bps (``None``: no book in the window)."""
+        return None if self.quote is None else self.quote.spread_bps
+
+    @property
+    def imbalance(self) -> float | None:
+        """The window's time-weighted top-of-book imbalance (``None``: undefined)."""
+        return None if self.quote is None else self.quote.imbalance
+
+
+WindowBar = Bar | QuoteBar
+"""What one window of a series is on the change log (``mdp.bars``) and to inference: its
+trade :class:`Bar` (with the window's quote bar as ``Bar.quote``), or, for a window without a
+trade bar, its :class:`QuoteBar`."""

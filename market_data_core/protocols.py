@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
-from market_data_core.contracts import Bar, Signal, StreamEvent
+from market_data_core.contracts import Bar, QuoteBar, Signal, StreamEvent, WindowBar
 
 __all__ = [
     "ABANDON_AFTER_HEARTBEATS",
@@ -286,15 +286,21 @@ class UpsertResult:
 
 @dataclass(frozen=True, slots=True)
 class TickIngestResult:
-    """What :meth:`StoreClient.ingest_ticks` did.
+    """What :meth:`StoreClient.ingest_events` (or ``ingest_ticks``) did.
 
-    ``ticks_inserted`` counts new raw ticks (duplicates by ``event_id`` are not counted);
-    ``bars`` are the bars that were inserted or changed (revision already incremented).
+    ``ticks_inserted``/``quotes_inserted`` count new raw ticks and quotes (duplicates by
+    ``event_id`` are not counted); ``bars`` are the trade bars that were inserted or changed
+    (revision already incremented), ``quote_bars`` likewise the quote bars; each carries its
+    window's ``change_seq``. ``bars_result``/``quote_bars_result`` count the windows
+    recomputed.
     """
 
     ticks_inserted: int
     bars: list[Bar] = field(default_factory=list)
     bars_result: UpsertResult = UpsertResult()
+    quotes_inserted: int = 0
+    quote_bars: list[QuoteBar] = field(default_factory=list)
+    quote_bars_result: UpsertResult = UpsertResult()
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +329,27 @@ class StoreClient(Protocol):
     async def ingest_ticks(
         self, ticks: Sequence[StreamEvent], *, interval: str
     ) -> TickIngestResult:
-        """Store raw trade ticks (idempotent by ``event_id``) and, in the same transaction,
-        recompute the ``interval`` bars of every window they touch from all stored ticks of
-        that window, serialised per (provider, symbol). A changed existing bar gets
-        ``revision + 1``."""
+        """:meth:`ingest_events` of trade ticks only, with the default quote carry."""
+        ...
+
+    async def ingest_events(
+        self, events: Sequence[StreamEvent], *, interval: str, quote_carry_ms: int
+    ) -> TickIngestResult:
+        """Store raw trade ticks and quotes (idempotent by ``event_id``) and, in the same
+        transaction, serialised per (provider, symbol), recompute from all stored ticks and
+        quotes the ``interval`` trade bars of every window the ticks touch and the quote bars
+        (see :class:`~market_data_core.contracts.QuoteBar`; a book is carried into a window
+        from a quote at most ``quote_carry_ms`` before it) of every window the events touch
+        or whose carried book a new quote may change. A changed existing bar gets
+        ``revision + 1``; every window whose trade or quote bar changed is one change on the
+        change log, with both as they are now. Raises ``StoreError`` for a provider bar."""
+        ...
+
+    async def windows_range(
+        self, provider: str, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[WindowBar]:
+        """Every window of the series with ``start <= ts < end`` that has a trade bar (with
+        its quote bar attached) or a quote bar alone, oldest first: what inference scores."""
         ...
 
     async def bars_range(
@@ -340,11 +363,12 @@ class StoreClient(Protocol):
         ...
 
     async def relay_bar_changes(
-        self, publish: Callable[[Sequence[Bar]], Awaitable[None]], *, limit: int = 1000
+        self, publish: Callable[[Sequence[WindowBar]], Awaitable[None]], *, limit: int = 1000
     ) -> RelayResult:
-        """The transactional outbox's relay: every bar revision ``upsert_bars`` and
-        ``ingest_ticks`` commit is recorded in the same transaction (with its series'
-        ``change_seq``). One call takes the relay (one relay at a time across processes;
+        """The transactional outbox's relay: every window change ``upsert_bars`` and
+        ``ingest_events`` commit is recorded in the same transaction (with its series'
+        ``change_seq``, as the window's trade bar with its quote bar, or its quote bar
+        alone). One call takes the relay (one relay at a time across processes;
         ``busy`` if another holds it), reads the oldest ``limit`` unrelayed changes, awaits
         ``publish(bars)`` (oldest first, so each series' changes in ``change_seq`` order) and
         marks them relayed only after it returned. If ``publish`` raises, nothing is marked
@@ -387,7 +411,7 @@ class SeriesResume:
     in checkpoint + bars)."""
 
     checkpoint: FeatureCheckpoint | None
-    bars: list[Bar]
+    bars: list[WindowBar]
     seq: int
 
 

@@ -21,6 +21,10 @@ CREATE TEMP TABLE IF NOT EXISTS mdp_stage_ticks (
     provider text, symbol text, ts timestamptz, seq bigint, event_id text,
     price text, size text, side text, trade_id text, ingest_ts timestamptz
 );
+CREATE TEMP TABLE IF NOT EXISTS mdp_stage_quotes (
+    provider text, symbol text, ts timestamptz, seq bigint,
+    bid float8, ask float8, bid_size float8, ask_size float8, ingest_ts timestamptz
+);
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_bars (
     provider text, symbol text, interval text, ts timestamptz,
     o float8, h float8, l float8, c float8, v float8, vwap float8, trade_count integer

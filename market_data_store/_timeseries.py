@@ -46,11 +46,15 @@ SEGMENT_BY: dict[str, str] = {
     "bars_ohlcv": 'provider, symbol, "interval"',
     "ticks": "provider, symbol",
     "signals": "symbol",
+    "quotes": "provider, symbol",
+    "quote_bars": 'provider, symbol, "interval"',
 }
 ORDER_BY: dict[str, str] = {
     "bars_ohlcv": "ts DESC",
     "ticks": "ts DESC, seq DESC",
     "signals": "ts DESC, signal_id",
+    "quotes": "ts DESC, seq DESC",
+    "quote_bars": "ts DESC",
 }
 
 

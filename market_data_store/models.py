@@ -54,6 +54,8 @@ __all__ = [
     "Base",
     "FeatureCheckpointRow",
     "JobRunRow",
+    "QuoteBarRow",
+    "QuoteRow",
     "SignalRow",
     "TickRow",
 ]
@@ -74,7 +76,7 @@ stored decimals), so the quotient, which is >= that price, keeps at least this m
 digits (PostgreSQL's own division keeps 16 to 20, too few to round to float8 correctly).
 """
 
-TIMESERIES_TABLES = ("bars_ohlcv", "ticks", "signals")
+TIMESERIES_TABLES = ("bars_ohlcv", "ticks", "signals", "quotes", "quote_bars")
 """Tables partitioned by ``ts`` (hypertables on TimescaleDB, daily range partitions otherwise)."""
 
 _TSTZ = DateTime(timezone=True)
@@ -122,7 +124,9 @@ class BarSeriesRow(Base):
 
 
 class BarChangeRow(Base):
-    """``bar_changes``: the outbox and change log, one row per committed bar revision."""
+    """``bar_changes``: the outbox and change log, one row per committed change of a window:
+    its trade bar (o..revision; null for a window with quotes only) and its quote bar
+    (bid..quote_revision; null for a window without a book), both as committed."""
 
     __tablename__ = "bar_changes"
     __table_args__ = (
@@ -136,14 +140,27 @@ class BarChangeRow(Base):
     interval: Mapped[str] = mapped_column(Text)
     seq: Mapped[int] = mapped_column(BigInteger)
     ts: Mapped[datetime] = mapped_column(_TSTZ)
-    o: Mapped[float] = mapped_column(Double)
-    h: Mapped[float] = mapped_column(Double)
-    l: Mapped[float] = mapped_column(Double)  # noqa: E741
-    c: Mapped[float] = mapped_column(Double)
+    o: Mapped[float | None] = mapped_column(Double, nullable=True)
+    h: Mapped[float | None] = mapped_column(Double, nullable=True)
+    l: Mapped[float | None] = mapped_column(Double, nullable=True)  # noqa: E741
+    c: Mapped[float | None] = mapped_column(Double, nullable=True)
     v: Mapped[float | None] = mapped_column(Double, nullable=True)
     vwap: Mapped[float | None] = mapped_column(Double, nullable=True)
     trade_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    revision: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    bid: Mapped[float | None] = mapped_column(Double, nullable=True)
+    ask: Mapped[float | None] = mapped_column(Double, nullable=True)
+    bid_size: Mapped[float | None] = mapped_column(Double, nullable=True)
+    ask_size: Mapped[float | None] = mapped_column(Double, nullable=True)
+    mid: Mapped[float | None] = mapped_column(Double, nullable=True)
+    quote_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    spread_bps: Mapped[float | None] = mapped_column(Double, nullable=True)
+    spread_bps_min: Mapped[float | None] = mapped_column(Double, nullable=True)
+    spread_bps_max: Mapped[float | None] = mapped_column(Double, nullable=True)
+    spread_bps_mean: Mapped[float | None] = mapped_column(Double, nullable=True)
+    imbalance: Mapped[float | None] = mapped_column(Double, nullable=True)
+    imbalance_close: Mapped[float | None] = mapped_column(Double, nullable=True)
+    quote_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
     committed_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
     relayed_at: Mapped[datetime | None] = mapped_column(_TSTZ, nullable=True)
 
@@ -242,3 +259,59 @@ class TickRow(Base):
     side: Mapped[str | None] = mapped_column(Text, nullable=True)
     trade_id: Mapped[str | None] = mapped_column(Text, nullable=True)
     ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+
+
+class QuoteRow(Base):
+    """``quotes``: raw top-of-book quotes, the source of the quote bars.
+
+    Keyed like ``ticks`` by ``(provider, symbol, ts, seq)``, what ``event_id`` encodes (so a
+    quote is stored once however often it is delivered). Prices and sizes are the events'
+    floats as ``double precision``: quote bars compute spreads and imbalances in float8 from
+    them exactly as pandas does from the same floats. Sizes are null when the source has none.
+    """
+
+    __tablename__ = "quotes"
+    __table_args__ = (
+        PrimaryKeyConstraint("provider", "symbol", "ts", "seq"),
+        {"postgresql_partition_by": "RANGE (ts)"},
+    )
+
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(_TSTZ)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    bid: Mapped[float] = mapped_column(Double)
+    ask: Mapped[float] = mapped_column(Double)
+    bid_size: Mapped[float | None] = mapped_column(Double, nullable=True)
+    ask_size: Mapped[float | None] = mapped_column(Double, nullable=True)
+    ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+
+
+class QuoteBarRow(Base):
+    """``quote_bars``: the top of book per (provider, symbol, interval, window start ``ts``);
+    the columns are those of :class:`market_data_core.contracts.QuoteBar`."""
+
+    __tablename__ = "quote_bars"
+    __table_args__ = (
+        PrimaryKeyConstraint("provider", "symbol", "interval", "ts"),
+        {"postgresql_partition_by": "RANGE (ts)"},
+    )
+
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    interval: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(_TSTZ)
+    bid: Mapped[float] = mapped_column(Double)
+    ask: Mapped[float] = mapped_column(Double)
+    bid_size: Mapped[float | None] = mapped_column(Double, nullable=True)
+    ask_size: Mapped[float | None] = mapped_column(Double, nullable=True)
+    mid: Mapped[float] = mapped_column(Double)
+    quote_count: Mapped[int] = mapped_column(Integer)
+    spread_bps: Mapped[float] = mapped_column(Double)
+    spread_bps_min: Mapped[float | None] = mapped_column(Double, nullable=True)
+    spread_bps_max: Mapped[float | None] = mapped_column(Double, nullable=True)
+    spread_bps_mean: Mapped[float | None] = mapped_column(Double, nullable=True)
+    imbalance: Mapped[float | None] = mapped_column(Double, nullable=True)
+    imbalance_close: Mapped[float | None] = mapped_column(Double, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))

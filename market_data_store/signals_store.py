@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Signal
 from market_data_core.protocols import FeatureCheckpoint, SeriesResume, UpsertResult
 from market_data_store._base import PgClientBase
 from market_data_store._errors import translate_errors
+from market_data_store.store_client import WINDOWS_SQL, window_from_row
 
 __all__ = ["PgSignalsStore"]
 
@@ -96,13 +97,6 @@ ORDER BY c.ts DESC
 LIMIT 1
 """
 
-_BARS_AFTER_SQL = """
-SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, revision
-FROM bars_ohlcv
-WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts > $4
-ORDER BY ts
-"""
-
 _SAVE_CHECKPOINTS_SQL = """
 INSERT INTO feature_checkpoints AS c (engine_key, provider, symbol, interval, ts, as_of_seq,
                                       progress_seq, bars, state, created_at)
@@ -138,6 +132,8 @@ WHERE b.interval = $2
 """
 
 _MIN_TS = datetime(1, 1, 1, tzinfo=UTC)
+_MAX_TS = datetime(9999, 12, 31, tzinfo=UTC)
+_AFTER = timedelta(microseconds=1)  # windows after a checkpoint's: ts >= its ts + 1 µs
 
 
 class PgSignalsStore(PgClientBase):
@@ -217,8 +213,9 @@ class PgSignalsStore(PgClientBase):
     async def resume_series(
         self, engine_key: str, provider: str, symbol: str, interval: str
     ) -> SeriesResume:
-        """The newest valid checkpoint of the series (see the core protocol) and its bars
-        after it, read in one REPEATABLE READ snapshot together with the series' head."""
+        """The newest valid checkpoint of the series (see the core protocol) and its windows
+        after it (trade bars with their quote bars, quote bars alone), read in one
+        REPEATABLE READ snapshot together with the series' head."""
         with translate_errors("resume_series"):
             async with (
                 self._pool.acquire() as conn,
@@ -229,8 +226,8 @@ class PgSignalsStore(PgClientBase):
                 cp = await conn.fetchrow(
                     _VALID_CHECKPOINT_SQL, engine_key, provider, symbol, interval, pruned, seq
                 )
-                since = _MIN_TS if cp is None else cp["ts"]
-                rows = await conn.fetch(_BARS_AFTER_SQL, provider, symbol, interval, since)
+                since = _MIN_TS if cp is None else cp["ts"] + _AFTER
+                rows = await conn.fetch(WINDOWS_SQL, provider, symbol, interval, since, _MAX_TS)
         checkpoint = (
             None
             if cp is None
@@ -245,7 +242,9 @@ class PgSignalsStore(PgClientBase):
                 state=bytes(cp["state"]),
             )
         )
-        return SeriesResume(checkpoint=checkpoint, bars=[_bar(r) for r in rows], seq=seq)
+        return SeriesResume(
+            checkpoint=checkpoint, bars=[window_from_row(r) for r in rows], seq=seq
+        )
 
     async def save_checkpoints(
         self, engine_key: str, checkpoints: Sequence[FeatureCheckpoint], *, keep: int = 4
@@ -301,21 +300,4 @@ def _signal_from_row(r: Any) -> Signal:
         adapter=r["adapter"],
         signal_id=r["signal_id"],
         state=r["state"],
-    )
-
-
-def _bar(r: Any) -> Bar:
-    return Bar(
-        provider=r["provider"],
-        symbol=r["symbol"],
-        interval=r["interval"],
-        ts=r["ts"],
-        o=r["o"],
-        h=r["h"],
-        l=r["l"],
-        c=r["c"],
-        v=r["v"],
-        vwap=r["vwap"],
-        trade_count=r["trade_count"],
-        revision=r["revision"],
     )

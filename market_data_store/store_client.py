@@ -24,14 +24,14 @@ commit order, and the relay publishes a series' changes in ``seq`` order.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from operator import itemgetter
 from typing import Any
 
 import asyncpg
 
-from market_data_core.contracts import Bar, StreamEvent
+from market_data_core.config import DEFAULT_QUOTE_CARRY_MS
+from market_data_core.contracts import Bar, QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import StoreError
 from market_data_core.protocols import RelayResult, TickIngestResult, UpsertResult
 from market_data_core.timeutil import (
@@ -44,7 +44,7 @@ from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBas
 from market_data_store._errors import translate_errors
 from market_data_store.models import VWAP_GUARD_DIGITS
 
-__all__ = ["PgStoreClient"]
+__all__ = ["WINDOWS_SQL", "PgStoreClient", "quote_bar_from_row", "window_from_row"]
 
 _BAR_COLS = ("o", "h", "l", "c", "v", "vwap", "trade_count")
 _BAR_DISTINCT = (
@@ -69,27 +69,94 @@ _BAR_RETURNING = (
     "b.trade_count, b.revision, (b.revision = 0) AS inserted"
 )
 
-# Appended to a statement whose CTE ``up`` returns the bars it inserted or changed: their
-# change records, numbered per series after its log head. Every writer holds the series'
-# advisory lock, so nobody else moves the head meanwhile.
-_LOG_CHANGES_CTES = """
-, heads AS (
+_QUOTE_COLS = (
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "mid",
+    "quote_count",
+    "spread_bps",
+    "spread_bps_min",
+    "spread_bps_max",
+    "spread_bps_mean",
+    "imbalance",
+    "imbalance_close",
+)
+_TRADE_PART = "o, h, l, c, v, vwap, trade_count, revision"
+_QUOTE_PART = ", ".join(_QUOTE_COLS) + ", revision"
+
+
+def _lookup(table: str, cols: str, skip: str | None) -> str:
+    """The current row of ``table`` for each changed window (not among ``skip``'s rows): one
+    primary-key probe per window (the ``LIMIT 1`` keeps the planner from turning the probes
+    into a join over every partition)."""
+    keep = (
+        ""
+        if skip is None
+        else f"""
+    WHERE NOT EXISTS (SELECT 1 FROM {skip} u
+                      WHERE (u.provider, u.symbol, u.interval, u.ts)
+                          = (k.provider, k.symbol, k.interval, k.ts))"""
+    )
+    return f"""
+    SELECT k.provider, k.symbol, k.interval, k.ts, x.*
+    FROM changed k
+    CROSS JOIN LATERAL (
+        SELECT {cols} FROM {table} y
+        WHERE (y.provider, y.symbol, y.interval, y.ts) = (k.provider, k.symbol, k.interval, k.ts)
+        LIMIT 1
+    ) x{keep}"""
+
+
+def _log_changes_ctes(*, quotes_changed: bool) -> str:
+    """CTEs appended to a statement whose CTE ``up`` returns the trade bars it inserted or
+    changed (and, with ``quotes_changed``, whose CTE ``up_q`` returns the quote bars it
+    inserted or changed): one change record per window whose trade or quote bar changed,
+    carrying both as they are now (the statement's own writes from ``up``/``up_q``, the rest
+    read from the tables, where the statement changed nothing), numbered per series after
+    its log head. Every writer holds the series' advisory lock, so nobody else moves the head
+    meanwhile."""
+    changed = "SELECT provider, symbol, interval, ts FROM up"
+    trade_part = f"SELECT provider, symbol, interval, ts, {_TRADE_PART} FROM up"
+    quote_part = _lookup("quote_bars", _QUOTE_PART, None)
+    if quotes_changed:
+        changed += " UNION SELECT provider, symbol, interval, ts FROM up_q"
+        trade_part += "\n    UNION ALL" + _lookup("bars_ohlcv", _TRADE_PART, "up")
+        quote_part = (
+            f"SELECT provider, symbol, interval, ts, {_QUOTE_PART} FROM up_q\n    UNION ALL"
+            + _lookup("quote_bars", _QUOTE_PART, "up_q")
+        )
+    return f"""
+, changed AS (
+    {changed}
+), tpart AS (
+    {trade_part}
+), qpart AS (
+    {quote_part}
+), heads AS (
     INSERT INTO bar_series AS s (provider, symbol, interval, seq)
-    SELECT provider, symbol, interval, count(*) FROM up GROUP BY provider, symbol, interval
+    SELECT provider, symbol, interval, count(*) FROM changed GROUP BY provider, symbol, interval
     ON CONFLICT (provider, symbol, interval) DO UPDATE SET seq = s.seq + EXCLUDED.seq
     RETURNING s.provider, s.symbol, s.interval, s.seq AS head
 ), ch AS (
-    INSERT INTO bar_changes (provider, symbol, interval, seq, ts, o, h, l, c, v, vwap,
-                             trade_count, revision)
-    SELECT u.provider, u.symbol, u.interval,
-           h.head - count(*) OVER w + row_number() OVER (w ORDER BY u.ts),
-           u.ts, u.o, u.h, u.l, u.c, u.v, u.vwap, u.trade_count, u.revision
-    FROM up u
-    JOIN heads h ON (h.provider, h.symbol, h.interval) = (u.provider, u.symbol, u.interval)
-    WINDOW w AS (PARTITION BY u.provider, u.symbol, u.interval)
-    ORDER BY u.provider, u.symbol, u.interval, u.ts
+    INSERT INTO bar_changes (provider, symbol, interval, seq, ts, {_TRADE_PART},
+                             {", ".join(_QUOTE_COLS)}, quote_revision)
+    SELECT k.provider, k.symbol, k.interval,
+           h.head - count(*) OVER w + row_number() OVER (w ORDER BY k.ts),
+           k.ts, t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision,
+           {", ".join("q." + c for c in _QUOTE_COLS)}, q.revision
+    FROM changed k
+    JOIN heads h ON (h.provider, h.symbol, h.interval) = (k.provider, k.symbol, k.interval)
+    LEFT JOIN tpart t
+           ON (t.provider, t.symbol, t.interval, t.ts) = (k.provider, k.symbol, k.interval, k.ts)
+    LEFT JOIN qpart q
+           ON (q.provider, q.symbol, q.interval, q.ts) = (k.provider, k.symbol, k.interval, k.ts)
+    WINDOW w AS (PARTITION BY k.provider, k.symbol, k.interval)
+    ORDER BY k.provider, k.symbol, k.interval, k.ts
     RETURNING provider, symbol, interval, ts, seq
 )"""
+
 
 _UPSERT_BARS_SQL = f"""
 WITH up AS (
@@ -98,7 +165,7 @@ WITH up AS (
     FROM mdp_stage_bars
     {_BAR_ON_CONFLICT}
     {_BAR_RETURNING}
-){_LOG_CHANGES_CTES}
+){_log_changes_ctes(quotes_changed=False)}
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated
 FROM up
@@ -111,7 +178,7 @@ WITH up AS (
     SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, 0, now()
     FROM mdp_stage_bars
     {_BAR_RETURNING}
-){_LOG_CHANGES_CTES}
+){_log_changes_ctes(quotes_changed=False)}
 SELECT count(*) AS inserted, 0 AS updated FROM up
 """
 
@@ -167,14 +234,71 @@ SELECT provider, symbol, ts, seq, event_id, price::numeric, size::numeric, side,
 FROM mdp_stage_ticks
 """
 
-# Recompute the bars of every window the batch touched from ALL stored ticks of the window.
-# The LATERAL aggregate cannot be flattened, so each window is one index range scan on
-# ticks' primary key (provider, symbol, ts, seq), whatever the size of the table; open and
-# close are two more probes of that index (first/last by (ts, seq)), cheaper than sorting
-# the window's prices in ordered aggregates. $3 and $4 bound all the windows (the client's
-# estimate, widened by a window each side): redundant, but with them the planner prunes the
-# partitions of ``ticks`` at plan time, instead of planning scans of every partition.
-_RECOMPUTE_BARS_SQL = f"""
+_STAGE_QUOTE_COLUMNS = (
+    "provider",
+    "symbol",
+    "ts",
+    "seq",
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "ingest_ts",
+)
+_ANY_QUOTE_EXISTS_SQL = """
+SELECT EXISTS (SELECT 1 FROM quotes WHERE (provider, symbol, ts, seq) = ($1, $2, $3, $4))
+    OR EXISTS (SELECT 1 FROM quotes WHERE (provider, symbol, ts, seq) = ($5, $6, $7, $8))
+"""
+_QUOTES_INSERT = """
+INSERT INTO quotes (provider, symbol, ts, seq, bid, ask, bid_size, ask_size, ingest_ts)
+SELECT provider, symbol, ts, seq, bid, ask, bid_size, ask_size, coalesce(ingest_ts, now())
+FROM mdp_stage_quotes
+"""
+_INSERT_QUOTES_SQL = _QUOTES_INSERT + "ORDER BY provider, symbol, ts, seq\nON CONFLICT DO NOTHING"
+_INSERT_NEW_QUOTES_SQL = _QUOTES_INSERT
+
+
+def _spread(t: str) -> str:
+    """A book's spread in bps, in float8 from the stored floats (pandas' formula)."""
+    return f"({t}.ask - {t}.bid) / (({t}.ask + {t}.bid) / 2) * 10000"
+
+
+def _imbalance(t: str) -> str:
+    """A book's imbalance; null when a size is unknown or both are 0."""
+    return (
+        f"CASE WHEN {t}.bid_size + {t}.ask_size > 0 "
+        f"THEN ({t}.bid_size - {t}.ask_size) / ({t}.bid_size + {t}.ask_size) END"
+    )
+
+
+# The quotes of window w (inside the batch's pruning bounds $3 - $5 .. $4 + $5).
+_IN_WINDOW = """{t}.provider = w.provider AND {t}.symbol = w.symbol
+                AND {t}.ts >= w.bucket AND {t}.ts < w.bucket + $1::interval
+                AND {t}.ts >= $3::timestamptz - $5::interval
+                AND {t}.ts < $4::timestamptz + $5::interval"""
+
+# One statement recomputes, from ALL stored ticks and quotes, the trade bars of the windows
+# the batch's ticks touch, the quote bars of the windows its ticks or quotes touch or whose
+# carried book its quotes may change, and records one change per window that changed.
+#
+# Trade bars: the LATERAL aggregate cannot be flattened, so each window is one index range
+# scan on ticks' primary key (provider, symbol, ts, seq), whatever the size of the table;
+# open and close are two more probes of that index (first/last by (ts, seq)), cheaper than
+# sorting the window's prices in ordered aggregates. $3 and $4 bound all the windows (the
+# client's estimate, widened by a window each side; by the carry $5 for quotes): redundant,
+# but with them the planner prunes the partitions at plan time instead of planning scans of
+# every partition.
+#
+# Quote bars: a quote at t can change the book carried into the windows starting in
+# (t, t + carry], up to the first later quote (after which the book no longer comes from
+# it): those windows, where they exist (a trade or quote bar), are recomputed too. Per
+# window: the quotes' count and spread min/max/sum (sum in (ts, seq) order: float8 addition
+# in one fixed order, so the same quotes give the same bits), the carried book (the last
+# quote before the window, at most $5 older than its start), the closing book (the last
+# quote by (ts, seq), else the carried one), and the time-weighted sums over the book's
+# states: the carried book from the window start, then the last quote of each instant,
+# each standing until the next state (or the window end), durations in microseconds.
+_RECOMPUTE_SQL = f"""
 WITH win AS (
     SELECT DISTINCT provider, symbol,
            date_bin($1::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket
@@ -214,17 +338,134 @@ WITH win AS (
     ORDER BY provider, symbol, bucket
     {_BAR_ON_CONFLICT}
     {_BAR_RETURNING}
-){_LOG_CHANGES_CTES}
-SELECT n.windows, up.*, ch.seq AS change_seq
-FROM (SELECT count(*) AS windows FROM agg) n
-LEFT JOIN (up JOIN ch USING (provider, symbol, interval, ts)) ON true
+), qspan AS (
+    SELECT provider, symbol, min(ts) AS t_min, max(ts) AS t_max
+    FROM mdp_stage_quotes
+    GROUP BY provider, symbol
+), qwin AS (
+    SELECT provider, symbol,
+           date_bin($1::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket
+    FROM mdp_stage_quotes
+    UNION
+    SELECT provider, symbol, bucket FROM win
+    UNION
+    SELECT s.provider, s.symbol, f.ts
+    FROM qspan s
+    CROSS JOIN LATERAL (
+        SELECT least(
+            s.t_max + $5::interval,
+            (SELECT n.ts FROM quotes n
+             WHERE n.provider = s.provider AND n.symbol = s.symbol
+               AND n.ts > s.t_max AND n.ts <= s.t_max + $5::interval
+               AND n.ts >= $3::timestamptz - $5::interval
+               AND n.ts < $4::timestamptz + $5::interval
+             ORDER BY n.ts LIMIT 1)
+        ) AS reach
+    ) r
+    CROSS JOIN LATERAL (
+        SELECT b.ts FROM bars_ohlcv b
+        WHERE b.provider = s.provider AND b.symbol = s.symbol AND b.interval = $2
+          AND b.ts > s.t_min AND b.ts <= r.reach
+          AND b.ts >= $3 AND b.ts < $4::timestamptz + $5::interval
+        UNION
+        SELECT b.ts FROM quote_bars b
+        WHERE b.provider = s.provider AND b.symbol = s.symbol AND b.interval = $2
+          AND b.ts > s.t_min AND b.ts <= r.reach
+          AND b.ts >= $3 AND b.ts < $4::timestamptz + $5::interval
+    ) f
+), qagg AS (
+    SELECT w.provider, w.symbol, w.bucket, a.n, a.smin, a.smax, a.ssum,
+           CASE WHEN a.n > 0 THEN cl.bid ELSE ci.bid END AS bid,
+           CASE WHEN a.n > 0 THEN cl.ask ELSE ci.ask END AS ask,
+           CASE WHEN a.n > 0 THEN cl.bid_size ELSE ci.bid_size END AS bid_size,
+           CASE WHEN a.n > 0 THEN cl.ask_size ELSE ci.ask_size END AS ask_size,
+           tw.sp_w, tw.d_all, tw.imb_w, tw.d_imb
+    FROM qwin w
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, min(z.sp) AS smin, max(z.sp) AS smax,
+               sum(z.sp ORDER BY z.ts, z.seq) AS ssum
+        FROM (SELECT {_spread("q")} AS sp, q.ts, q.seq FROM quotes q
+              WHERE {_IN_WINDOW.format(t="q")}) z
+    ) a
+    LEFT JOIN LATERAL (
+        SELECT c.bid, c.ask, c.bid_size, c.ask_size FROM quotes c
+        WHERE c.provider = w.provider AND c.symbol = w.symbol
+          AND c.ts < w.bucket AND c.ts >= w.bucket - $5::interval
+          AND c.ts >= $3::timestamptz - $5::interval
+          AND c.ts < $4::timestamptz + $5::interval
+        ORDER BY c.ts DESC, c.seq DESC LIMIT 1
+    ) ci ON true
+    LEFT JOIN LATERAL (
+        SELECT l.bid, l.ask, l.bid_size, l.ask_size FROM quotes l
+        WHERE {_IN_WINDOW.format(t="l")}
+        ORDER BY l.ts DESC, l.seq DESC LIMIT 1
+    ) cl ON true
+    CROSS JOIN LATERAL (
+        SELECT sum(x.sp * x.d ORDER BY x.ts, x.k) AS sp_w,
+               sum(x.d) AS d_all,
+               sum(x.imb * x.d ORDER BY x.ts, x.k) FILTER (WHERE x.imb IS NOT NULL) AS imb_w,
+               sum(x.d) FILTER (WHERE x.imb IS NOT NULL) AS d_imb
+        FROM (
+            SELECT y.ts, y.k, y.sp, y.imb,
+                   (extract(epoch FROM coalesce(lead(y.ts) OVER (ORDER BY y.ts, y.k),
+                                                w.bucket + $1::interval) - y.ts)
+                    * 1000000)::float8 AS d
+            FROM (
+                SELECT w.bucket AS ts, 0 AS k, {_spread("ci")} AS sp, {_imbalance("ci")} AS imb
+                WHERE ci.bid IS NOT NULL
+                UNION ALL
+                (SELECT DISTINCT ON (s.ts) s.ts, 1, {_spread("s")}, {_imbalance("s")}
+                 FROM quotes s
+                 WHERE {_IN_WINDOW.format(t="s")}
+                 ORDER BY s.ts, s.seq DESC)
+            ) y
+        ) x
+    ) tw
+    WHERE a.n > 0
+       OR (ci.bid IS NOT NULL
+           AND EXISTS (SELECT 1 FROM ticks t
+                       WHERE t.provider = w.provider AND t.symbol = w.symbol
+                         AND t.ts >= w.bucket AND t.ts < w.bucket + $1::interval
+                         AND t.ts >= $3 AND t.ts < $4::timestamptz + $5::interval))
+), up_q AS (
+    INSERT INTO quote_bars AS b (provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)},
+                                 revision, updated_at)
+    SELECT provider, symbol, $2::text, bucket, bid, ask, bid_size, ask_size, (bid + ask) / 2,
+           n::int, sp_w / d_all, smin, smax, CASE WHEN n > 0 THEN ssum / n END,
+           imb_w / nullif(d_imb, 0),
+           CASE WHEN bid_size + ask_size > 0
+                THEN (bid_size - ask_size) / (bid_size + ask_size) END,
+           0, now()
+    FROM qagg
+    ORDER BY provider, symbol, bucket
+    ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in _QUOTE_COLS)},
+        revision = b.revision + 1, updated_at = EXCLUDED.updated_at
+    WHERE ({", ".join("b." + c for c in _QUOTE_COLS)})
+          IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _QUOTE_COLS)})
+    RETURNING b.provider, b.symbol, b.interval, b.ts, {", ".join("b." + c for c in _QUOTE_COLS)},
+              b.revision, (b.revision = 0) AS inserted
+){_log_changes_ctes(quotes_changed=True)}
+SELECT n.windows, n.quote_windows, x.*
+FROM (SELECT (SELECT count(*) FROM agg) AS windows,
+             (SELECT count(*) FROM qagg) AS quote_windows) n
+LEFT JOIN (
+    SELECT ch.seq AS change_seq, ch.provider, ch.symbol, ch.ts,
+           t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.inserted,
+           {", ".join("q." + c for c in _QUOTE_COLS)}, q.revision AS quote_revision,
+           q.inserted AS quote_inserted
+    FROM ch
+    LEFT JOIN up t USING (provider, symbol, interval, ts)
+    LEFT JOIN up_q q USING (provider, symbol, interval, ts)
+) x ON true
 """
 
 # One relay at a time, across processes: a transaction-scoped advisory lock of its own.
 _RELAY_LOCK_NAMESPACE = 0x6D6472
 _RELAY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock($1::int4, 0)"
-_RELAY_READ_SQL = """
-SELECT id, provider, symbol, interval, seq, ts, o, h, l, c, v, vwap, trade_count, revision
+_RELAY_READ_SQL = f"""
+SELECT id, provider, symbol, interval, seq, ts, o, h, l, c, v, vwap, trade_count, revision,
+       {", ".join(_QUOTE_COLS)}, quote_revision
 FROM bar_changes WHERE relayed_at IS NULL ORDER BY id LIMIT $1
 """
 _RELAY_MARK_SQL = "UPDATE bar_changes SET relayed_at = now() WHERE id = ANY($1::bigint[])"
@@ -244,16 +485,25 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(provider, sym
 WHERE (s.provider, s.symbol, s.interval) = (x.provider, x.symbol, x.interval)
 """
 
-_BAR_SELECT = (
-    "SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, revision "
-    "FROM bars_ohlcv "
-)
-
-_BARS_RANGE_SQL = (
-    _BAR_SELECT
-    + "WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts < $5 "
-    + "ORDER BY ts"
-)
+# Every window of a series in a range: trade bars with their quote bar, and quote bars alone.
+WINDOWS_SQL = f"""
+SELECT coalesce(b.provider, q.provider) AS provider, coalesce(b.symbol, q.symbol) AS symbol,
+       coalesce(b.interval, q.interval) AS interval, coalesce(b.ts, q.ts) AS ts,
+       b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count, b.revision,
+       {", ".join("q." + c for c in _QUOTE_COLS)}, q.revision AS quote_revision
+FROM (SELECT * FROM bars_ohlcv
+      WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts < $5) b
+FULL JOIN (SELECT * FROM quote_bars
+           WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts < $5) q
+       USING (provider, symbol, interval, ts)
+ORDER BY 4
+"""
+_QUOTE_BARS_RANGE_SQL = f"""
+SELECT provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)}, revision AS quote_revision
+FROM quote_bars
+WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts < $5
+ORDER BY ts
+"""
 
 # Loose index scan over the distinct (provider, symbol) pairs, then the newest `limit` bars
 # of each through the primary key (backwards), instead of scanning the whole table.
@@ -294,7 +544,12 @@ def _interval_ms(interval: str) -> int:
     return ms
 
 
-def _bar_from_row(row: Any, interval: str | None = None, change_seq: int | None = None) -> Bar:
+def _bar_from_row(
+    row: Any,
+    interval: str | None = None,
+    change_seq: int | None = None,
+    quote: QuoteBar | None = None,
+) -> Bar:
     return Bar(
         provider=row["provider"],
         symbol=row["symbol"],
@@ -309,7 +564,45 @@ def _bar_from_row(row: Any, interval: str | None = None, change_seq: int | None 
         trade_count=row["trade_count"],
         revision=row["revision"],
         change_seq=change_seq,
+        quote=quote,
     )
+
+
+def quote_bar_from_row(
+    row: Any, interval: str | None = None, change_seq: int | None = None
+) -> QuoteBar:
+    """A :class:`QuoteBar` from a row with the quote bar columns (its revision as
+    ``quote_revision``)."""
+    return QuoteBar(
+        provider=row["provider"],
+        symbol=row["symbol"],
+        interval=interval if interval is not None else row["interval"],
+        ts=row["ts"],
+        bid=row["bid"],
+        ask=row["ask"],
+        bid_size=row["bid_size"],
+        ask_size=row["ask_size"],
+        mid=row["mid"],
+        quote_count=row["quote_count"],
+        spread_bps=row["spread_bps"],
+        spread_bps_min=row["spread_bps_min"],
+        spread_bps_max=row["spread_bps_max"],
+        spread_bps_mean=row["spread_bps_mean"],
+        imbalance=row["imbalance"],
+        imbalance_close=row["imbalance_close"],
+        revision=row["quote_revision"],
+        change_seq=change_seq,
+    )
+
+
+def window_from_row(row: Any, change_seq: int | None = None) -> WindowBar:
+    """A window from a row with the trade bar and the quote bar columns (either part null):
+    its :class:`Bar` with the quote bar attached, or its :class:`QuoteBar` alone."""
+    quote = None if row["bid"] is None else quote_bar_from_row(row)
+    if row["o"] is None:
+        assert quote is not None, "a window change without a trade or a quote bar"
+        return quote_bar_from_row(row, change_seq=change_seq)
+    return _bar_from_row(row, change_seq=change_seq, quote=quote)
 
 
 def _bar_days(tick_days: set[date], window_ms: int) -> set[date]:
@@ -341,6 +634,35 @@ async def _all_stored_unchanged(conn: Any, rows: list[tuple[Any, ...]]) -> bool:
         for rec in await conn.fetch(_BARS_SPAN_SQL, provider, symbol, interval, lo, hi):
             stored[(rec[0], rec[1], rec[2], rec[3])] = tuple(rec[4:11])
     return all(stored.get(r[:4]) == r[4:11] for r in rows)
+
+
+async def _insert_raw(
+    conn: Any,
+    stage: str,
+    records: list[tuple[Any, ...]],
+    columns: tuple[str, ...],
+    any_exists_sql: str,
+    insert_new_sql: str,
+    insert_sql: str,
+) -> int:
+    """COPY raw events into their staging table and insert them into their table; returns
+    how many were new. Fast path: a batch of all-new events (live data) is a plain INSERT,
+    much cheaper than the speculative insertion of ON CONFLICT. Two index probes (the first
+    and last key) send replays to ON CONFLICT at once; an existing key in the middle aborts
+    the INSERT, and the savepoint rollback leaves the staged rows to ON CONFLICT. Writers of
+    one series are serialised by their advisory locks, so the INSERT never waits on another
+    writer's keys."""
+    await conn.copy_records_to_table(stage, records=records, columns=columns)
+    ends = (records[0][:4], records[-1][:4])
+    if not await conn.fetchval(any_exists_sql, *ends[0], *ends[1]):
+        try:
+            async with conn.transaction():
+                await conn.execute(insert_new_sql)
+            return len(records)
+        except asyncpg.UniqueViolationError:
+            pass  # an already stored event in the middle
+    status = await conn.execute(insert_sql)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class PgStoreClient(PgClientBase):
@@ -428,25 +750,50 @@ class PgStoreClient(PgClientBase):
         )
 
     async def ingest_ticks(
-        self, ticks: Sequence[StreamEvent], *, interval: str
+        self,
+        ticks: Sequence[StreamEvent],
+        *,
+        interval: str,
+        quote_carry_ms: int = DEFAULT_QUOTE_CARRY_MS,
     ) -> TickIngestResult:
-        """Store trade ticks (idempotent by ``event_id``) and recompute, in the same
-        transaction, the ``interval`` bars of every epoch-aligned window ``[k*w, (k+1)*w)``
-        the batch touches from all stored ticks of that window (open/close = first/last by
-        ``(ts, seq)``). Windows of duplicate-only ticks are recomputed too (unchanged unless
-        the stored bar was wrong), so a replay at a new interval still produces its bars.
-        Returns new ticks and the bars inserted or changed (with their new ``revision``).
-        Raises ``StoreError`` for a non-tick event."""
-        window_ms = _interval_ms(interval)
-        if not ticks:
-            return TickIngestResult(ticks_inserted=0)
-        # Comprehensions rather than one loop doing everything: this runs for every tick of
-        # the pipeline, and their per-item cost is a fraction of a statement loop's.
-        bad = next((e for e in ticks if e.kind != "tick" or e.c is None or e.v is None), None)
+        """:meth:`ingest_events` for trade ticks only (a quote or a bar is a ``StoreError``)."""
+        bad = next((e for e in ticks if e.kind != "tick"), None)
         if bad is not None:
             raise StoreError(f"ingest_ticks got a {bad.kind} event ({bad.event_id})")
-        unique = {e.event_id: e for e in ticks}
-        records = [
+        return await self.ingest_events(ticks, interval=interval, quote_carry_ms=quote_carry_ms)
+
+    async def ingest_events(
+        self,
+        events: Sequence[StreamEvent],
+        *,
+        interval: str,
+        quote_carry_ms: int = DEFAULT_QUOTE_CARRY_MS,
+    ) -> TickIngestResult:
+        """Store trade ticks and quotes (idempotent by ``event_id``) and recompute, in the
+        same transaction, the ``interval`` trade bars of every epoch-aligned window
+        ``[k*w, (k+1)*w)`` the ticks touch from all stored ticks of that window (open/close =
+        first/last by ``(ts, seq)``), and the quote bars (see
+        :class:`~market_data_core.contracts.QuoteBar`) of every window the events touch or
+        whose carried book the quotes may change (windows starting within ``quote_carry_ms``
+        after a quote, up to the next stored quote) from all stored quotes. Windows of
+        duplicate-only events are recomputed too (unchanged unless the stored bar was wrong),
+        so a replay at a new interval still produces its bars. Returns the new ticks and
+        quotes and the bars and quote bars inserted or changed (with their new ``revision``
+        and their window's ``change_seq``). Raises ``StoreError`` for a provider bar."""
+        window_ms = _interval_ms(interval)
+        if quote_carry_ms < 0:
+            raise StoreError(f"quote_carry_ms must be >= 0, got {quote_carry_ms}")
+        if not events:
+            return TickIngestResult(ticks_inserted=0)
+        # Comprehensions rather than one loop doing everything: this runs for every event of
+        # the pipeline, and their per-item cost is a fraction of a statement loop's.
+        bad = next((e for e in events if e.kind == "bar"), None)
+        if bad is not None:
+            raise StoreError(f"ingest_events got a bar event ({bad.event_id})")
+        unique = {e.event_id: e for e in events}
+        ticks = [e for e in unique.values() if e.kind == "tick"]
+        quotes = [e for e in unique.values() if e.kind == "quote"]
+        tick_records = [
             (
                 e.provider,
                 e.symbol,
@@ -459,78 +806,149 @@ class PgStoreClient(PgClientBase):
                 e.trade_id,
                 e.ingest_ts,
             )
-            for e in unique.values()
+            for e in ticks
         ]
-        stamps = [r[2] for r in records]
+        quote_records = [
+            (
+                e.provider,
+                e.symbol,
+                e.src_ts,
+                e.seq,
+                e.bid,
+                e.ask,
+                e.bid_size,
+                e.ask_size,
+                e.ingest_ts,
+            )
+            for e in quotes
+        ]
+        stamps = [e.src_ts for e in unique.values()]
         first_ts, last_ts = min(stamps), max(stamps)
         first_day, last_day = first_ts.date(), last_ts.date()  # src_ts is UTC (validated)
-        tick_days = {first_day} if first_day == last_day else {ts.date() for ts in stamps}
-        locks = series_lock_keys(set(map(itemgetter(0, 1), records)))
+        if first_day == last_day:
+            tick_days = {first_day} if tick_records else set()
+            quote_days = {first_day} if quote_records else set()
+        else:
+            tick_days = {r[2].date() for r in tick_records}
+            quote_days = {r[2].date() for r in quote_records}
+        event_days = tick_days | quote_days
+        carry = timedelta(milliseconds=quote_carry_ms)
+        # quote bars: the events' windows and those their quotes' carried book reaches
+        reach_day = (last_ts + carry).date()
+        quote_bar_days = _bar_days(event_days, window_ms) | {
+            first_day + timedelta(days=k) for k in range((reach_day - first_day).days + 1)
+        }
+        locks = series_lock_keys({(e.provider, e.symbol) for e in unique.values()})
         stride = timedelta(milliseconds=window_ms)
         lo = from_epoch_us(window_start_us(to_epoch_us(first_ts), window_ms)) - stride
         hi = from_epoch_us(window_start_us(to_epoch_us(last_ts), window_ms)) + 2 * stride
-        ends = (records[0][:4], records[-1][:4])
-        truncate = len(records) >= _TRUNCATE_STAGE_MIN_ROWS
+        truncate = len(tick_records) >= _TRUNCATE_STAGE_MIN_ROWS
 
-        async def write() -> tuple[int, list[Any]]:
+        async def write() -> tuple[int, int, list[Any]]:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
-                    await conn.copy_records_to_table(
-                        "mdp_stage_ticks", records=records, columns=_STAGE_TICK_COLUMNS
-                    )
-                    inserted: int | None = None
-                    # Fast path: a batch of all-new ticks (live data) is a plain INSERT, much
-                    # cheaper than the speculative insertion of ON CONFLICT. Two index probes
-                    # (the first and last key) send replays to ON CONFLICT at once; an
-                    # existing key in the middle aborts the INSERT, and the savepoint rollback
-                    # leaves the staged rows to ON CONFLICT. Writers of one series are
-                    # serialised by the advisory locks above, so the INSERT never waits on
-                    # another writer's keys.
-                    if not await conn.fetchval(_ANY_TICK_EXISTS_SQL, *ends[0], *ends[1]):
-                        try:
-                            async with conn.transaction():
-                                await conn.execute(_INSERT_NEW_TICKS_SQL)
-                            inserted = len(records)
-                        except asyncpg.UniqueViolationError:
-                            pass  # an already stored tick in the middle
-                    if inserted is None:
-                        status = await conn.execute(_INSERT_TICKS_SQL)
-                        inserted = int(status.rsplit(" ", 1)[-1])
-                    rows = await conn.fetch(_RECOMPUTE_BARS_SQL, stride, interval, lo, hi)
-                    if truncate:
-                        await conn.execute("TRUNCATE mdp_stage_ticks")
-                    else:
-                        await conn.execute("DELETE FROM mdp_stage_ticks")
-                if not truncate:
-                    await self._janitor.used(conn, "mdp_stage_ticks", len(records))
-            return inserted, rows
+                    ticks_in = quotes_in = 0
+                    if tick_records:
+                        ticks_in = await _insert_raw(
+                            conn,
+                            "mdp_stage_ticks",
+                            tick_records,
+                            _STAGE_TICK_COLUMNS,
+                            _ANY_TICK_EXISTS_SQL,
+                            _INSERT_NEW_TICKS_SQL,
+                            _INSERT_TICKS_SQL,
+                        )
+                    if quote_records:
+                        quotes_in = await _insert_raw(
+                            conn,
+                            "mdp_stage_quotes",
+                            quote_records,
+                            _STAGE_QUOTE_COLUMNS,
+                            _ANY_QUOTE_EXISTS_SQL,
+                            _INSERT_NEW_QUOTES_SQL,
+                            _INSERT_QUOTES_SQL,
+                        )
+                    rows = await conn.fetch(_RECOMPUTE_SQL, stride, interval, lo, hi, carry)
+                    if tick_records:
+                        if truncate:
+                            await conn.execute("TRUNCATE mdp_stage_ticks")
+                        else:
+                            await conn.execute("DELETE FROM mdp_stage_ticks")
+                    if quote_records:
+                        await conn.execute("DELETE FROM mdp_stage_quotes")
+                if tick_records and not truncate:
+                    await self._janitor.used(conn, "mdp_stage_ticks", len(tick_records))
+                if quote_records:
+                    await self._janitor.used(conn, "mdp_stage_quotes", len(quote_records))
+            return ticks_in, quotes_in, rows
 
-        with translate_errors("ingest_ticks"):
-            ticks_inserted, rows = await self._write(
-                [("ticks", tick_days), ("bars_ohlcv", _bar_days(tick_days, window_ms))], write
-            )
+        partitions: list[tuple[str, Iterable[date]]] = [
+            ("bars_ohlcv", _bar_days(tick_days, window_ms)),
+            ("quote_bars", quote_bar_days),
+        ]
+        if tick_days:
+            partitions.append(("ticks", tick_days))
+        if quote_days:
+            partitions.append(("quotes", quote_days))
+        with translate_errors("ingest_events"):
+            ticks_inserted, quotes_inserted, rows = await self._write(partitions, write)
         n_windows = int(rows[0]["windows"]) if rows else 0
-        changed = [r for r in rows if r["provider"] is not None]
-        inserted = sum(1 for r in changed if r["inserted"])
-        bars = [_bar_from_row(r, interval, r["change_seq"]) for r in changed]
+        n_quote_windows = int(rows[0]["quote_windows"]) if rows else 0
+        changes = [r for r in rows if r["provider"] is not None]
+        trade = [r for r in changes if r["inserted"] is not None]
+        quote = [r for r in changes if r["quote_inserted"] is not None]
+        inserted = sum(1 for r in trade if r["inserted"])
+        quote_new = sum(1 for r in quote if r["quote_inserted"])
         return TickIngestResult(
             ticks_inserted=ticks_inserted,
-            bars=bars,
+            bars=[_bar_from_row(r, interval, r["change_seq"]) for r in trade],
             bars_result=UpsertResult(
                 inserted=inserted,
-                updated=len(changed) - inserted,
-                unchanged=n_windows - len(changed),
+                updated=len(trade) - inserted,
+                unchanged=n_windows - len(trade),
+            ),
+            quotes_inserted=quotes_inserted,
+            quote_bars=[quote_bar_from_row(r, interval, r["change_seq"]) for r in quote],
+            quote_bars_result=UpsertResult(
+                inserted=quote_new,
+                updated=len(quote) - quote_new,
+                unchanged=n_quote_windows - len(quote),
             ),
         )
 
     async def bars_range(
         self, provider: str, symbol: str, interval: str, start: datetime, end: datetime
     ) -> list[Bar]:
-        """Bars with ``start <= ts < end``, oldest first."""
+        """Trade bars with ``start <= ts < end``, oldest first, each with its window's quote
+        bar attached (``Bar.quote``) where there is one."""
         with translate_errors("bars_range"):
-            rows = await self._pool.fetch(_BARS_RANGE_SQL, provider, symbol, interval, start, end)
-        return [_bar_from_row(r) for r in rows]
+            rows = await self._pool.fetch(WINDOWS_SQL, provider, symbol, interval, start, end)
+        out: list[Bar] = []
+        for r in rows:
+            window = window_from_row(r)
+            if isinstance(window, Bar):
+                out.append(window)
+        return out
+
+    async def windows_range(
+        self, provider: str, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[WindowBar]:
+        """Every window with ``start <= ts < end`` that has a trade bar (with its quote bar
+        attached) or a quote bar alone, oldest first: what inference scores."""
+        with translate_errors("windows_range"):
+            rows = await self._pool.fetch(WINDOWS_SQL, provider, symbol, interval, start, end)
+        return [window_from_row(r) for r in rows]
+
+    async def quote_bars_range(
+        self, provider: str, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[QuoteBar]:
+        """Quote bars with ``start <= ts < end``, oldest first."""
+        with translate_errors("quote_bars_range"):
+            rows = await self._pool.fetch(
+                _QUOTE_BARS_RANGE_SQL, provider, symbol, interval, start, end
+            )
+        return [quote_bar_from_row(r) for r in rows]
 
     async def latest_bars(self, interval: str, limit: int) -> dict[tuple[str, str], list[Bar]]:
         """The newest ``limit`` bars of ``interval`` per (provider, symbol), oldest first."""
@@ -544,12 +962,12 @@ class PgStoreClient(PgClientBase):
         return out
 
     async def relay_bar_changes(
-        self, publish: Callable[[Sequence[Bar]], Awaitable[None]], *, limit: int = 1000
+        self, publish: Callable[[Sequence[WindowBar]], Awaitable[None]], *, limit: int = 1000
     ) -> RelayResult:
         """Publish the oldest unrelayed bar changes, then mark them relayed; see the core
         ``StoreClient`` protocol. The transaction (and the relay lock) stays open while
         ``publish`` runs: a relay that dies mid-way leaves its changes unmarked for the next.
-        Each bar carries its ``change_seq``."""
+        Each window carries its ``change_seq``."""
         with translate_errors("relay_bar_changes"):
             async with self._pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(_RELAY_LOCK_SQL, _RELAY_LOCK_NAMESPACE):
@@ -557,8 +975,7 @@ class PgStoreClient(PgClientBase):
                 rows = await conn.fetch(_RELAY_READ_SQL, limit)
                 if not rows:
                     return RelayResult()
-                bars = [_bar_from_row(r, change_seq=r["seq"]) for r in rows]
-                await publish(bars)
+                await publish([window_from_row(r, change_seq=r["seq"]) for r in rows])
                 await conn.execute(_RELAY_MARK_SQL, [r["id"] for r in rows])
         return RelayResult(relayed=len(rows), more=len(rows) >= limit)
 
@@ -597,7 +1014,15 @@ class PgStoreClient(PgClientBase):
 
     async def count_rows(self, table: str) -> int:
         """Rows in one of mdp's tables (for tests, benchmarks and ``mdp stream status``)."""
-        if table not in ("bars_ohlcv", "ticks", "signals", "job_runs", "bar_changes"):
+        if table not in (
+            "bars_ohlcv",
+            "ticks",
+            "signals",
+            "job_runs",
+            "bar_changes",
+            "quotes",
+            "quote_bars",
+        ):
             raise StoreError(f"unknown table {table!r}")
         with translate_errors("count_rows"):
             return int(await self._pool.fetchval(f"SELECT count(*) FROM {table}"))
