@@ -35,10 +35,12 @@ event per ``signal_id`` is the row). How:
   the bus, e.g. by a Redis restart that lost acknowledged writes, or made while no engine
   ran) is resumed from the store.
 
-Bars of other intervals than ``features.interval`` (default: the micro-batch window) are
-acknowledged untouched (``skipped``); undecodable bars and bars with a non-positive price go
-to the dead-letter stream. Quotes (``spread_bps``/``imbalance``) are not read by this stage
-yet: those features stay ``nan`` here; :meth:`FeatureEngine.update_quote` is ready. A batch
+A change is a *window*: its trade bar with the window's quote bar (top of book, from which the
+``spread_bps``/``imbalance`` features take the window's time-weighted spread and imbalance), or
+a window's quote bar alone (a window with quotes and no trades: bar features stay as they were,
+quote features move, rules are evaluated). Bars of other intervals than ``features.interval``
+(default: the micro-batch window) are acknowledged untouched (``skipped``); undecodable bars and
+bars with a non-positive price go to the dead-letter stream. A batch
 left unacknowledged by a clean stop (the store was down) is handed back with
 :meth:`BusConsumer.release`, so the next start's re-read does not count toward
 ``bus.max_deliveries``.
@@ -53,9 +55,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from market_data_core.codec import decode_bar, encode_signal
+from market_data_core.codec import decode_window, encode_signal
 from market_data_core.config import AppConfig
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Bar, Signal, WindowBar
 from market_data_core.errors import (
     BusError,
     ContractError,
@@ -257,12 +259,12 @@ class InferenceConsumer:
 
     async def _handle_batch(self, records: Sequence[BusRecord], stop: asyncio.Event) -> bool:
         to_ack: list[BusRecord] = []
-        changes: dict[Key, list[Bar]] = {}
-        last_bar: Bar | None = None
+        changes: dict[Key, list[WindowBar]] = {}
+        last_bar: WindowBar | None = None
         interval = self.engine.interval
         for rec in records:
             try:
-                bar = _checked(decode_bar(rec.payload), rec.payload)
+                bar = _checked(decode_window(rec.payload), rec.payload)
             except ContractError as exc:
                 await self._dead_letter(rec, exc)
                 continue
@@ -286,7 +288,7 @@ class InferenceConsumer:
             await self._ack(to_ack)
         return True
 
-    async def _apply(self, key: Key, bars: list[Bar], stop: asyncio.Event) -> None:
+    async def _apply(self, key: Key, bars: list[WindowBar], stop: asyncio.Event) -> None:
         """Offer a series' changes of this batch to its timeline (resumed from the store on
         first sight, and again when memory cannot apply one)."""
         timeline = self._timelines.get(key)
@@ -530,9 +532,18 @@ class InferenceConsumer:
         self._count_letters()
 
 
-def _checked(bar: Bar, payload: bytes) -> Bar:
+def _checked(bar: WindowBar, payload: bytes) -> WindowBar:
     """The bar codec checks types and finiteness; features also need positive prices."""
-    if min(bar.o, bar.h, bar.l, bar.c) <= 0 or (bar.v is not None and bar.v < 0) or bar.h < bar.l:
+    quote = bar if not isinstance(bar, Bar) else bar.quote
+    if quote is not None and (min(quote.bid, quote.ask) <= 0 or quote.bid > quote.ask):
+        raise ContractError(
+            "validation",
+            f"bad quote bar for features: bid={quote.bid} ask={quote.ask}",
+            payload,
+        )
+    if isinstance(bar, Bar) and (
+        min(bar.o, bar.h, bar.l, bar.c) <= 0 or (bar.v is not None and bar.v < 0) or bar.h < bar.l
+    ):
         raise ContractError(
             "validation",
             f"bad bar for features: o={bar.o} h={bar.h} l={bar.l} c={bar.c} v={bar.v}",

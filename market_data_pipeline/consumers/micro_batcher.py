@@ -1,22 +1,26 @@
 """The micro-batcher: events from the bus -> exact event-time bars in the store.
 
-Per poll it decodes entries (bad ones -> dead letters), assigns trade ticks to epoch-aligned
-windows per shard (see :mod:`.windowing` for when a window closes and what is late), and flushes
-closed windows through :meth:`StoreClient.ingest_ticks`, which stores the raw ticks (idempotent by
-``event_id``) and recomputes every touched bar from all stored ticks of its window in the same
-transaction. Provider bars are upserted as they are. Quotes are not this stage's business: they are
-counted (``quotes_skipped``) and acknowledged in this stage's group; other groups on the events
-stream still receive them.
+Per poll it decodes entries (bad ones -> dead letters), assigns trade ticks and quotes to
+epoch-aligned windows per (provider, symbol) (see :mod:`.windowing` for when a window closes and
+what is late), and flushes closed windows through :meth:`StoreClient.ingest_events`, which stores
+the raw ticks and quotes (idempotent by ``event_id``) and recomputes, in the same transaction,
+every touched trade bar from all stored ticks of its window and every touched quote bar (top of
+book: bid/ask at close, spread and imbalance, time-weighted; see
+:class:`~market_data_core.contracts.QuoteBar`) from all stored quotes, the book carried into a
+window from a quote at most ``micro_batch.quote_carry_ms`` before it. Provider bars are upserted
+as they are.
 
 Guarantees:
 
 * **Ack only after commit.** An entry is acknowledged once every event it carried is committed.
   On a crash, unacknowledged entries are delivered again (to this consumer after a restart, or to
   another one) and re-flushed; the store's idempotency makes that exact.
-* **Exact whatever the order.** Because bars are recomputed from the stored raw ticks,
-  duplicates, replays, shuffles, late events inside the correction horizon, crashes and several
-  workers at once all converge to the same rows. A bar that changes after it was first written
-  gets ``revision + 1``.
+* **Exact whatever the order.** Because bars and quote bars are recomputed from the stored raw
+  ticks and quotes, duplicates, replays, shuffles, late events inside the correction horizon,
+  crashes and several workers at once all converge to the same rows. A bar that changes after it
+  was first written gets ``revision + 1``. Windows of one series that hold quotes commit in
+  window order (a window's carried book comes from the windows before it), so that a backlog
+  flushed in several chunks writes each quote bar once.
 * **Store down -> no ack, retry** with capped exponential backoff; buffers are kept; nothing is
   lost. A non-transient store error stops the worker after a few attempts (entries stay pending).
 * **Open windows are not flushed on shutdown**: their entries stay pending and are re-read on
@@ -37,7 +41,8 @@ Guarantees:
   ``--drain`` exits only once the outbox is empty.
 
 The counts in :class:`MicroBatchStats` are what the store and the DLQ show: ``late_corrections``
-are bars whose ``revision`` the store bumped, ``duplicates`` the committed ticks it already had,
+are bars and quote bars whose ``revision`` the store bumped, ``duplicates`` the committed ticks
+and quotes it already had,
 ``dead_letters`` every letter written for this worker's entries, including those the bus layer
 wrote (``max_deliveries``, ``trimmed``).
 """
@@ -55,7 +60,7 @@ from datetime import datetime
 
 from market_data_core.codec import decode_events, encode_bar, encode_event
 from market_data_core.config import AppConfig
-from market_data_core.contracts import Bar, StreamEvent
+from market_data_core.contracts import Bar, StreamEvent, WindowBar
 from market_data_core.errors import BusError, StoppedError, StoreError, StoreUnavailableError
 from market_data_core.protocols import (
     Bus,
@@ -118,14 +123,16 @@ class _Buffered:
 
 @dataclass(slots=True)
 class _Window:
-    """The ticks of one open (provider, symbol, window), one per event_id, and the entries
-    holding them: ``(entry, n)`` means n of the entry's events are here (duplicates count,
-    so the entry is acked only once all of them are committed)."""
+    """The ticks and quotes of one open (provider, symbol, window), one per event_id, and the
+    entries holding them: ``(entry, n)`` means n of the entry's events are here (duplicates
+    count, so the entry is acked only once all of them are committed)."""
 
     end_us: int
+    series: tuple[str, str]
     events: dict[str, StreamEvent] = field(default_factory=dict)
     holds: list[tuple[RecordKey, int]] = field(default_factory=list)
-    received: int = 0  # ticks added, duplicates included
+    received: int = 0  # events added, duplicates included
+    quotes: bool = False  # holds a quote: later windows' carried book depends on it
 
 
 @dataclass(slots=True)
@@ -138,23 +145,26 @@ class _FlushJob:
 class MicroBatchStats:
     """What one run did (also the ``job_runs`` counts).
 
-    ``ticks_inserted`` new raw ticks; ``duplicates`` committed ticks the store (or the same
-    batch) already had; ``bars_written`` bars inserted or changed; ``late_corrections`` bars
-    that already existed and changed (``revision + 1``, from the store's answer, not from how
-    late an event looked); ``dead_letters`` every letter written for this worker's entries,
+    ``ticks_inserted``/``quotes_inserted`` new raw ticks and quotes; ``duplicates`` committed
+    ticks and quotes the store (or the same batch) already had; ``bars_written`` trade bars
+    inserted or changed, ``quote_bars_written`` quote bars; ``late_corrections`` bars and
+    quote bars that already existed and changed (``revision + 1``, from the store's answer, not
+    from how late an event looked); ``dead_letters`` every letter written for this worker's
+    entries,
     by reason in ``dead_letter_reasons`` (``decode``, ``validation``, ``late`` from this stage;
     ``max_deliveries``, ``trimmed`` from the bus layer)."""
 
     events_in: int = 0
     ticks_inserted: int = 0
+    quotes_inserted: int = 0
     duplicates: int = 0
     bars_written: int = 0
+    quote_bars_written: int = 0
     provider_bars: int = 0
     dead_letters: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     late_corrections: int = 0
     too_late: int = 0
-    quotes_skipped: int = 0
     flushes: int = 0
     store_retries: int = 0
     bars_relayed: int = 0
@@ -165,7 +175,9 @@ class MicroBatchStats:
 
     @property
     def rows_written(self) -> int:
-        return self.ticks_inserted + self.bars_written
+        return (
+            self.ticks_inserted + self.quotes_inserted + self.bars_written + self.quote_bars_written
+        )
 
 
 class MicroBatcher:
@@ -193,6 +205,7 @@ class MicroBatcher:
         self._wall = wall_clock_us
         self._max_batch = mb.max_batch_size
         self._window_label = str(self.window_ms)
+        self._quote_carry_ms = mb.quote_carry_ms
         self._clock_args = (
             self.window_ms,
             mb.allow_late_ms,
@@ -419,9 +432,6 @@ class MicroBatcher:
                 ingest = ev.ingest_ts
                 if ingest is not None and (newest_ingest is None or ingest > newest_ingest):
                     newest_ingest = ingest
-                if ev.kind == "quote":
-                    self.stats.quotes_skipped += 1
-                    continue
                 ts_us = to_epoch_us(ev.src_ts)
                 ps = (ev.provider, ev.symbol)
                 if ps != last_ps or clock is None:  # packed entries hold one symbol: look up once
@@ -469,10 +479,12 @@ class MicroBatcher:
                 held_in[wkey] = held_in.get(wkey, 0) + 1
                 window = windows.get(wkey)
                 if window is None:
-                    window = windows[wkey] = _Window(start + clock.window_us)
+                    window = windows[wkey] = _Window(start + clock.window_us, ps)
                 # a duplicate is written once; its entry is acked with the first's window
                 window.events.setdefault(ev.event_id, ev)
                 window.received += 1
+                if ev.kind == "quote":
+                    window.quotes = True
                 held += 1
             for wkey, n in held_in.items():
                 self._windows[wkey].holds.append((key, n))
@@ -569,6 +581,7 @@ class MicroBatcher:
         """Commit everything; True once committed. Retries transient failures with capped
         backoff until committed (or until ``stop`` during a retry, returning False)."""
         chunks = list(_chunks(units, self._max_batch))
+        after = _quote_order(chunks)
         pending_chunks = list(range(len(chunks)))
         bars_pending = bool(bars)
 
@@ -577,9 +590,14 @@ class MicroBatcher:
             if pending_chunks:
                 # Chunks hold whole (symbol, window) units and every store call locks its
                 # series, so they commit independently: run a few at once (window ends
-                # arrive in bursts) and retry only the ones that failed.
+                # arrive in bursts), a chunk after the earlier ones holding quotes of its
+                # series (see _quote_order), and retry only the ones that failed.
+                finished = {i: asyncio.Event() for i in pending_chunks}
                 results = await asyncio.gather(
-                    *(self._write_ticks_bounded(chunks[i]) for i in pending_chunks),
+                    *(
+                        self._write_chunk_after(chunks[i], after[i], finished, i)
+                        for i in pending_chunks
+                    ),
                     return_exceptions=True,
                 )
                 failed: list[BaseException] = []
@@ -625,26 +643,45 @@ class MicroBatcher:
         self.stats.flushes += 1
         return True
 
-    async def _write_ticks_bounded(self, chunk: list[_Window]) -> None:
-        async with self._store_slots:
-            await self._write_ticks(chunk)
+    async def _write_chunk_after(
+        self, chunk: list[_Window], after: list[int], finished: dict[int, asyncio.Event], i: int
+    ) -> None:
+        """Write a chunk once the chunks it comes after (see :func:`_quote_order`) are done
+        (committed or failed: a failed one is retried later, and the store's recompute makes
+        either order exact)."""
+        try:
+            for j in after:
+                if j in finished:
+                    await finished[j].wait()
+            async with self._store_slots:
+                await self._write_ticks(chunk)
+        finally:
+            finished[i].set()
 
     async def _write_ticks(self, chunk: list[_Window]) -> None:
-        ticks = [ev for window in chunk for ev in window.events.values()]
+        events = [ev for window in chunk for ev in window.events.values()]
         t0 = time.perf_counter()
-        result = await self._store.ingest_ticks(ticks, interval=self.interval)
-        telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
-        telemetry.MICROBATCH_BATCH_SIZE.observe(len(ticks))
-        self.stats.ticks_inserted += result.ticks_inserted
-        self.stats.duplicates += sum(w.received for w in chunk) - result.ticks_inserted
-        self.stats.bars_written += len(result.bars)
-        self.stats.late_corrections += result.bars_result.updated
-        telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
-        _count_upsert("bars_ohlcv", result.bars_result)
-        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(
-            result.ticks_inserted + len(result.bars)
+        result = await self._store.ingest_events(
+            events, interval=self.interval, quote_carry_ms=self._quote_carry_ms
         )
-        for symbol in {t.symbol for t in ticks}:
+        telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
+        telemetry.MICROBATCH_BATCH_SIZE.observe(len(events))
+        stats = self.stats
+        new = result.ticks_inserted + result.quotes_inserted
+        stats.ticks_inserted += result.ticks_inserted
+        stats.quotes_inserted += result.quotes_inserted
+        stats.duplicates += sum(w.received for w in chunk) - new
+        stats.bars_written += len(result.bars)
+        stats.quote_bars_written += len(result.quote_bars)
+        stats.late_corrections += result.bars_result.updated + result.quote_bars_result.updated
+        telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
+        telemetry.STORE_ROWS.labels(table="quotes", op="inserted").inc(result.quotes_inserted)
+        _count_upsert("bars_ohlcv", result.bars_result)
+        _count_upsert("quote_bars", result.quote_bars_result)
+        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(
+            new + len(result.bars) + len(result.quote_bars)
+        )
+        for symbol in {w.series[1] for w in chunk}:
             telemetry.MICROBATCH_FLUSH_TOTAL.labels(
                 window_ms=self._window_label, symbol=symbol
             ).inc()
@@ -748,7 +785,7 @@ class MicroBatcher:
                 on_failure=report,
             )
 
-    async def _publish_bars(self, bars: Sequence[Bar]) -> None:
+    async def _publish_bars(self, bars: Sequence[WindowBar]) -> None:
         codec = self.config.bus.codec
         items = [(routing_key(b.provider, b.symbol), encode_bar(b, codec)) for b in bars]
         await self._bus.publish(self.config.bus.bars_topic, items)
@@ -779,6 +816,23 @@ def _chunks(units: dict[tuple[str, str, int], _Window], max_events: int) -> Iter
         size += len(unit.events)
     if chunk:
         yield chunk
+
+
+def _quote_order(chunks: list[list[_Window]]) -> list[list[int]]:
+    """For each chunk, the earlier chunks it must commit after: those holding quotes of a
+    series it holds (a window's carried book comes from the quotes before it). Chunks list a
+    series' windows in window order (see :func:`_chunks`), so this keeps a backlog's quote
+    bars from being written before the quotes they carry are stored (which the store would
+    correct with a second revision); chunks without a common series still run at once."""
+    last_with_quotes: dict[tuple[str, str], int] = {}
+    after: list[list[int]] = []
+    for i, chunk in enumerate(chunks):
+        series = {w.series for w in chunk}
+        after.append(sorted({last_with_quotes[s] for s in series if s in last_with_quotes}))
+        for w in chunk:
+            if w.quotes:
+                last_with_quotes[w.series] = i
+    return after
 
 
 def _count_upsert(table: str, result: UpsertResult) -> None:

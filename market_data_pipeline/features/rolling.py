@@ -27,8 +27,11 @@ Definitions (each checked against TA-Lib or pandas on real bars in ``tests/unit`
   closes ending there; signal = EMA(``signal_periods``) of the line; no value before bar
   ``periods + signal_periods - 2``, TA-Lib's lookback): recursive, so they need ``periods``
   and depend on the whole series from its first bar.
-- ``spread_bps`` (10^4 (ask-bid)/mid) and ``imbalance`` ((bid_size-ask_size)/(sum)): window means
-  over quotes.
+- ``spread_bps`` ((ask-bid)/mid * 10^4) and ``imbalance`` ((bid_size-ask_size)/(sum)): window
+  means of one sample per window, the window's time-weighted value from its quote bar (the
+  live path, :meth:`FeatureEngine.update_bar`), or of one sample per instant from raw quotes
+  (:meth:`FeatureEngine.update_quote`: of quotes sharing a timestamp the last one is the book,
+  as pandas' ``drop_duplicates(keep="last")``).
 
 Windows: a ``horizon`` window at event time t holds the samples with ts in (t - horizon, t]
 (pandas' ``rolling("60s")``); a ``periods`` window the last ``periods`` samples, and is ``nan``
@@ -39,12 +42,13 @@ from the store reproduces the same features bit for bit (and therefore the same 
 where a condition is an exact tie such as close == vwap). Variance is E[x^2] - E[x]^2 of those
 exact sums: for prices its relative error is about 1e-16 * mean^2 / variance.
 
-Event time only moves forward per symbol: a bar whose ``ts`` is not after the symbol's last bar
-(a redelivery, a late correction) leaves the state alone and :meth:`FeatureEngine.update_bar`
-returns ``None``. Re-scoring a corrected bar is the caller's business: it restores the state
-from before that bar (:meth:`FeatureEngine.export_state` / :meth:`FeatureEngine.import_state`,
-plain lists of ints and floats, exact: a float survives msgpack bit for bit) and feeds the bars
-from there again, which gives exactly what an uninterrupted engine gives.
+Event time only moves forward per symbol: a window whose ``ts`` is not after the symbol's last
+one (a redelivery, a late correction) leaves the state alone and
+:meth:`FeatureEngine.update_bar` returns ``None``. Re-scoring a corrected bar is the caller's
+business: it restores the state from before that bar (:meth:`FeatureEngine.export_state` /
+:meth:`FeatureEngine.import_state`, plain lists of ints and floats, exact: a float survives
+msgpack bit for bit) and feeds the bars from there again, which gives exactly what an
+uninterrupted engine gives.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from datetime import datetime
 from typing import Any, Final, get_args
 
 from market_data_core.config import FeatureKind, FeaturePluginConfig, FeatureWindowConfig
-from market_data_core.contracts import Bar
+from market_data_core.contracts import Bar, QuoteBar, WindowBar
 from market_data_core.errors import ConfigError, InferenceError
 from market_data_core.plugins import FEATURES_GROUP, FeaturePlugin
 from market_data_core.protocols import FeatureSnapshot
@@ -295,18 +299,41 @@ class _Moments:
         self.p3: list[float] = []
         self.p4: list[float] = []
 
-    def push(self, ts_us: int, x: float) -> None:
+    def push(self, ts_us: int, x: float) -> list[tuple[int, float]]:
+        """Add a sample; returns the samples a ``periods`` window evicted for it (a horizon
+        window's evictions depend on the time alone: see :meth:`advance`)."""
         xs = self.xs
         xs.append((ts_us, x))
         self._add(x, False)
+        evicted: list[tuple[int, float]] = []
         if self.periods is not None:
             while len(xs) > self.periods:
-                self._add(xs.popleft()[1], True)
+                old = xs.popleft()
+                self._add(old[1], True)
+                evicted.append(old)
         else:
-            assert self.horizon_us is not None
-            cutoff = ts_us - self.horizon_us
-            while xs[0][0] <= cutoff:
-                self._add(xs.popleft()[1], True)
+            self.advance(ts_us)
+        return evicted
+
+    def advance(self, ts_us: int) -> None:
+        """Evict, by time, the samples a horizon window no longer holds at ``ts_us`` (none
+        for a ``periods`` window)."""
+        if self.horizon_us is None:
+            return
+        xs = self.xs
+        cutoff = ts_us - self.horizon_us
+        while xs and xs[0][0] <= cutoff:
+            self._add(xs.popleft()[1], True)
+
+    def pop_last(self) -> None:
+        """Remove the newest sample (exactly: the sums are as if it was never added)."""
+        self._add(self.xs.pop()[1], True)
+
+    def restore(self, evicted: Sequence[tuple[int, float]]) -> None:
+        """Put back, oldest first, samples a push evicted (undoing that push's evictions)."""
+        for item in reversed(evicted):
+            self.xs.appendleft(item)
+            self._add(item[1], False)
 
     def _add(self, x: float, evict: bool) -> None:
         order = self.order
@@ -423,7 +450,8 @@ class _Ema:
 
 
 class _Feature:
-    """One window's state. ``on_bar``/``on_quote`` update it; ``values`` yields its outputs."""
+    """One window's state. ``on_bar``/``on_quote``/``on_quote_bar`` update it; ``values``
+    yields its outputs."""
 
     __slots__ = ("outputs", "spec")
 
@@ -435,8 +463,17 @@ class _Feature:
         return
 
     def on_quote(
-        self, ts_us: int, bid: float, ask: float, bid_size: float | None, ask_size: float | None
+        self,
+        ts_us: int,
+        bid: float,
+        ask: float,
+        bid_size: float | None,
+        ask_size: float | None,
+        same_instant: bool,
     ) -> None:
+        return
+
+    def on_quote_bar(self, ts_us: int, quote: QuoteBar | None) -> None:
         return
 
     def values(self) -> tuple[float, ...]:
@@ -773,30 +810,77 @@ class _Rsi(_Feature):
 
 
 class _QuoteMean(_Feature):
-    """``spread_bps`` / ``imbalance``: window means over quotes."""
+    """``spread_bps`` / ``imbalance``: window means of the book's spread (bps) or top-of-book
+    imbalance, one sample per instant.
 
-    __slots__ = ("m",)
+    Fed two ways. Live (:meth:`FeatureEngine.update_bar`), one sample per window from its
+    quote bar: the window's time-weighted spread / imbalance (none when the window has no
+    book, or an undefined imbalance); a horizon window evicts by the window's time whether
+    or not it brings a sample. From raw quotes (:meth:`FeatureEngine.update_quote`), one
+    sample per instant: the book at that instant, i.e. of several quotes at one timestamp
+    the last one (a later quote at the same instant *replaces* the instant's sample, and
+    whatever that sample's push evicted from a ``periods`` window comes back).
+    """
+
+    __slots__ = ("evicted", "m", "pushed")
 
     def __init__(self, spec: WindowSpec) -> None:
         super().__init__(spec)
         self.m = _Moments(1, spec.horizon_us, spec.periods)
+        # what the last raw quote's sample did, to undo it for a quote at the same instant
+        self.pushed = False
+        self.evicted: list[tuple[int, float]] = []
+
+    def _sample(self, ts_us: int, x: float | None) -> None:
+        if x is None:
+            self.pushed, self.evicted = False, []
+            self.m.advance(ts_us)
+        else:
+            self.pushed, self.evicted = True, self.m.push(ts_us, x)
 
     def on_quote(
-        self, ts_us: int, bid: float, ask: float, bid_size: float | None, ask_size: float | None
+        self,
+        ts_us: int,
+        bid: float,
+        ask: float,
+        bid_size: float | None,
+        ask_size: float | None,
+        same_instant: bool,
     ) -> None:
+        if same_instant and self.pushed:
+            self.m.pop_last()
+            self.m.restore(self.evicted)
         if self.spec.kind == "spread_bps":
-            self.m.push(ts_us, (ask - bid) / ((ask + bid) / 2.0) * 1e4)
+            x: float | None = (ask - bid) / ((ask + bid) / 2.0) * 1e4
         elif bid_size is not None and ask_size is not None and bid_size + ask_size > 0:
-            self.m.push(ts_us, (bid_size - ask_size) / (bid_size + ask_size))
+            x = (bid_size - ask_size) / (bid_size + ask_size)
+        else:
+            x = None
+        self._sample(ts_us, x)
+
+    def on_quote_bar(self, ts_us: int, quote: QuoteBar | None) -> None:
+        if quote is None:
+            x = None
+        else:
+            x = quote.spread_bps if self.spec.kind == "spread_bps" else quote.imbalance
+        self._sample(ts_us, x)
 
     def values(self) -> tuple[float, ...]:
         return (self.m.mean(),) if self.m.ready(1) else (NAN,)
 
     def state(self) -> list[Any]:
-        return self.m.state()
+        return [
+            self.m.state(),
+            self.pushed,
+            [t for t, _ in self.evicted],
+            [x for _, x in self.evicted],
+        ]
 
     def load(self, state: Sequence[Any]) -> None:
-        self.m.load(state)
+        moments, pushed, ev_ts, ev_x = state
+        self.m.load(moments)
+        self.pushed = bool(pushed)
+        self.evicted = list(zip(ev_ts, ev_x, strict=True))
 
 
 class _PluginFeature:
@@ -821,11 +905,6 @@ class _PluginFeature:
             self.plugin.on_bar(bar)
         except Exception as exc:  # user code
             raise self._failed(f"on_bar of {bar.provider}|{bar.symbol} {bar.ts}", exc) from exc
-
-    def on_quote(
-        self, ts_us: int, bid: float, ask: float, bid_size: float | None, ask_size: float | None
-    ) -> None:
-        return
 
     def values(self) -> tuple[float, ...]:
         try:
@@ -876,6 +955,7 @@ class _SymbolState:
         "features",
         "last_bar_us",
         "last_quote_us",
+        "quote_features",
         "timers",
         "volume",
         "warned_no_volume",
@@ -888,7 +968,9 @@ class _SymbolState:
         symbol: str,
         timed: bool,
     ) -> None:
-        self.features: list[_Feature | _PluginFeature] = [_FACTORIES[s.kind](s) for s in specs]
+        built_in = [_FACTORIES[s.kind](s) for s in specs]
+        self.quote_features = [f for f in built_in if f.spec.kind in _QUOTE_KINDS]
+        self.features: list[_Feature | _PluginFeature] = [*built_in]
         self.features += [_PluginFeature(p) for p in plugins]
         # the histogram children, looked up once (a labels() call costs about a microsecond)
         self.timers = (
@@ -1004,14 +1086,24 @@ class FeatureEngine:
         if self._state.pop((provider, symbol), None) is not None:
             telemetry.FEATURES_ACTIVE_WINDOWS.set(self.active_windows)
 
-    def update_bar(self, bar: Bar) -> FeatureSnapshot | None:
-        """Apply a closed bar; the snapshot after it, or ``None`` if it is not newer than the
-        symbol's last bar (the state is then unchanged)."""
+    def update_bar(self, bar: WindowBar) -> FeatureSnapshot | None:
+        """Apply a closed window: a trade bar (with its window's quote bar, ``bar.quote``, if
+        any) or, for a window without trades, its quote bar alone; the snapshot after it, or
+        ``None`` if it is not newer than the symbol's last window (the state is then
+        unchanged). Bar features move with trade bars only (a quote bar alone leaves them,
+        ``close`` and ``volume`` as they were); ``spread_bps``/``imbalance`` features take
+        the window's time-weighted spread/imbalance (see :class:`_QuoteMean`)."""
         ts_us = to_epoch_us(bar.ts)
         state = self._symbol(bar.provider, bar.symbol)
         if state.last_bar_us is not None and ts_us <= state.last_bar_us:
             return None
         state.last_bar_us = ts_us
+        if isinstance(bar, QuoteBar):
+            for q in state.quote_features:
+                q.on_quote_bar(ts_us, bar)
+            return self._snapshot(bar.provider, bar.symbol, bar.ts, state)
+        for q in state.quote_features:
+            q.on_quote_bar(ts_us, bar.quote)
         prev = state.close
         log_ret = math.log(bar.c / prev) if prev == prev else None
         state.close = bar.c
@@ -1049,14 +1141,19 @@ class FeatureEngine:
         bid_size: float | None = None,
         ask_size: float | None = None,
     ) -> FeatureSnapshot | None:
-        """Apply a top-of-book quote (spread_bps, imbalance); ``None`` if not newer."""
+        """Apply a top-of-book quote (spread_bps, imbalance features), in (src_ts, seq)
+        order. A quote at the same instant as the previous one replaces it: the book at an
+        instant is its last quote, so the state after two quotes at one timestamp is that of
+        the second alone. ``None`` (state unchanged) for a quote older than the previous."""
         ts_us = to_epoch_us(ts)
         state = self._symbol(provider, symbol)
-        if state.last_quote_us is not None and ts_us <= state.last_quote_us:
+        last = state.last_quote_us
+        if last is not None and ts_us < last:
             return None
         state.last_quote_us = ts_us
-        for f in state.features:
-            f.on_quote(ts_us, bid, ask, bid_size, ask_size)
+        same_instant = ts_us == last
+        for f in state.quote_features:
+            f.on_quote(ts_us, bid, ask, bid_size, ask_size, same_instant)
         return self._snapshot(provider, symbol, ts, state)
 
     def _snapshot(

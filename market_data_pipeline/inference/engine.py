@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import msgpack
 
 from market_data_core.config import AppConfig
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Signal, WindowBar
 from market_data_core.errors import ConfigError
 from market_data_core.protocols import FeatureSnapshot, InferenceAdapter
 from market_data_core.timeutil import parse_duration_ms
@@ -46,7 +46,7 @@ AdapterKind = Literal["rules", "sklearn", "plugin"]
 
 # Bumped whenever the layout of an exported state changes: older checkpoints then no longer
 # match any engine's state_key and are ignored.
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: quote features keep their last sample's undo (issue 15)
 
 
 class WarmableAdapter(InferenceAdapter, Protocol):
@@ -144,19 +144,20 @@ class InferenceEngine:
         self.features.forget(provider, symbol)
         self.adapter.forget((provider, symbol))
 
-    def warm(self, bar: Bar) -> None:
+    def warm(self, bar: WindowBar) -> None:
         """Advance features and the adapter's state without emitting (store warm-up)."""
         snapshot = self.features.update_bar(bar)
         if snapshot is not None:
             self.adapter.observe(snapshot)
 
-    async def on_bar(self, bar: Bar) -> list[Signal] | None:
-        """Signals for a closed bar; ``None`` if the bar is not newer than the symbol's last
-        one (the state is then unchanged)."""
+    async def on_bar(self, bar: WindowBar) -> list[Signal] | None:
+        """Signals for a closed window (a trade bar with its quote bar, or a quote bar
+        alone); ``None`` if it is not newer than the symbol's last one (the state is then
+        unchanged)."""
         scored = await self.score_bar(bar)
         return None if scored is None else scored[1]
 
-    async def score_bar(self, bar: Bar) -> tuple[FeatureSnapshot, list[Signal]] | None:
+    async def score_bar(self, bar: WindowBar) -> tuple[FeatureSnapshot, list[Signal]] | None:
         """The features after a closed bar and its signals (``meta.interval`` added);
         ``None`` if the bar is not newer than the symbol's last one."""
         snapshot = self.features.update_bar(bar)
@@ -169,7 +170,7 @@ class InferenceEngine:
             s.model_copy(update={"meta": {**s.meta, "interval": bar.interval}}) for s in signals
         ]
 
-    def bar_end(self, bar: Bar) -> float:
+    def bar_end(self, bar: WindowBar) -> float:
         """Epoch seconds at which ``bar`` closed (event time)."""
         return (bar.ts + timedelta(microseconds=self.interval_us)).timestamp()
 

@@ -3,7 +3,8 @@
 "Features and signals are a pure function of the final bars": whatever happened on the way
 (crashes, outages, takeovers, corrections, restarts, replays), the active rows of the
 ``signals`` table must equal what :func:`clean_pass` of a fresh engine over the store's final
-``bars_ohlcv`` rows gives. ``mdp bench`` checks it after its run; the integration tests check
+windows gives (``bars_ohlcv`` rows with their ``quote_bars``, and quote bars alone:
+``StoreClient.windows_range``). ``mdp bench`` checks it after its run; the integration tests check
 it after each fault (``tests/support/signals_reference.py``).
 """
 
@@ -13,7 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Signal, WindowBar
 from market_data_core.protocols import FeatureSnapshot
 from market_data_pipeline.inference.engine import InferenceEngine
 
@@ -28,7 +29,7 @@ class CleanPass:
     snapshots: list[FeatureSnapshot]
 
 
-async def clean_pass(engine: InferenceEngine, bars: Iterable[Bar]) -> CleanPass:
+async def clean_pass(engine: InferenceEngine, bars: Iterable[WindowBar]) -> CleanPass:
     """Feed ``bars`` (any series, each in event-time order) to ``engine`` from an empty
     state, as an uninterrupted run would, and collect what it emits. ``engine`` must be
     fresh (no state for these series)."""

@@ -10,6 +10,9 @@ A :class:`SeriesTimeline` holds, for one (provider, symbol) at the engine's inte
 - the bars after the base, in event-time order, and an exact engine state every
   :data:`SNAP_EVERY` bars along them.
 
+A "bar" here is a window of the series (:data:`~market_data_core.contracts.WindowBar`): its
+trade bar with the window's quote bar, or its quote bar alone; a change replaces the window.
+
 A change is *offered* in ``change_seq`` order (:meth:`SeriesTimeline.offer`): a new bar is
 appended, a changed or inserted one marks the timeline dirty from its ``ts``. Scoring
 (:meth:`SeriesTimeline.score`) then restores the newest state before the earliest change,
@@ -32,7 +35,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import datetime
 
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Signal, WindowBar
 from market_data_core.protocols import FeatureCheckpoint, SeriesResume
 from market_data_core.timeutil import from_epoch_us, to_epoch_us
 from market_data_pipeline.inference.engine import InferenceEngine
@@ -83,7 +86,7 @@ class SeriesTimeline:
         symbol: str,
         *,
         base: _Snap,
-        bars: list[Bar],
+        bars: list[WindowBar],
         seq: int,
         persisted: FeatureCheckpoint | None = None,
     ) -> None:
@@ -141,8 +144,10 @@ class SeriesTimeline:
             or self._ts[-1] > self._live_us
         )
 
-    def offer(self, bar: Bar) -> Offer:
-        """Apply one committed bar revision of this series (in ``change_seq`` order)."""
+    def offer(self, bar: WindowBar) -> Offer:
+        """Apply one committed change of a window of this series (in ``change_seq`` order):
+        its trade bar with its quote bar, or its quote bar alone, replaces what the
+        timeline held for the window."""
         seq = bar.change_seq
         if seq is None or seq > self.applied_seq + 1:
             return Offer.RESYNC

@@ -4,7 +4,8 @@ database, its features checked against TA-Lib on the same bar sequence.
 :func:`assert_signals_equal_reference` is what every fault scenario ends with:
 
 1. the final ``bars_ohlcv`` rows of the scenario's series are copied into a new, empty
-   database (``upsert_bars``) and read back from it;
+   database (``upsert_bars``) and read back from it (with the scenario's quote bars: the
+   final windows, ``StoreClient.windows_range``);
 2. a fresh engine of the scenario's config runs once over them, in order
    (:func:`market_data_pipeline.inference.reference.clean_pass`), and its signals are written
    to that database's ``signals`` table and read back (the same jsonb round trip as the
@@ -21,15 +22,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import talib
 
 from market_data_core.codec import decode_signal
 from market_data_core.config import AppConfig
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Bar, Signal, WindowBar
 from market_data_core.protocols import Bus, FeatureSnapshot
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
@@ -49,12 +52,15 @@ def urls_of(cfg: AppConfig, database_url: str | None = None) -> ServerUrls:
     return ServerUrls(named.redis_url, database_url or named.database_url, None)
 
 
-async def final_bars(cfg: AppConfig, series: Sequence[tuple[str, str]], interval: str) -> list[Bar]:
+async def final_bars(
+    cfg: AppConfig, series: Sequence[tuple[str, str]], interval: str
+) -> list[WindowBar]:
+    """The series' final windows: trade bars with their quote bars, quote bars alone."""
     store = await open_store(cfg, urls_of(cfg))
     try:
-        out: list[Bar] = []
+        out: list[WindowBar] = []
         for provider, symbol in series:
-            out += await store.bars_range(provider, symbol, interval, T_MIN, T_MAX)
+            out += await store.windows_range(provider, symbol, interval, T_MIN, T_MAX)
         return out
     finally:
         await store.aclose()
@@ -78,24 +84,30 @@ def fresh_engine(cfg: AppConfig, interval: str) -> InferenceEngine:
 
 
 async def reference_signals(
-    cfg: AppConfig, server_url: str, bars: list[Bar], interval: str
-) -> tuple[list[Signal], list[FeatureSnapshot], list[Bar]]:
+    cfg: AppConfig, server_url: str, windows: list[WindowBar], interval: str
+) -> tuple[list[Signal], list[FeatureSnapshot], list[WindowBar]]:
     """Steps 1-2 of the module docstring: the reference rows, the pass's feature snapshots
-    and the bars as the fresh database gave them back."""
+    and the windows it ran over (trade bars as the fresh database gave them back, with the
+    scenario's quote bars attached; quote bars alone as the scenario stored them)."""
+    bars = [b for b in windows if isinstance(b, Bar)]
     async with fresh_database(server_url, prefix="mdp_reference") as url:
         upgrade_schema(url)
         store = await open_store(cfg, urls_of(cfg, url))
         signals_store = await open_signals_store(cfg, urls_of(cfg, url))
         try:
-            await store.upsert_bars(bars)
+            if bars:
+                await store.upsert_bars(bars)
             series = sorted({(b.provider, b.symbol) for b in bars})
-            stored: list[Bar] = []
+            copied: list[Bar] = []
             for provider, symbol in series:
-                stored += await store.bars_range(provider, symbol, interval, T_MIN, T_MAX)
-            assert [(b.key, b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count) for b in stored] == [
+                copied += await store.bars_range(provider, symbol, interval, T_MIN, T_MAX)
+            assert [(b.key, b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count) for b in copied] == [
                 (b.key, b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count)
                 for b in sorted(bars, key=lambda b: (b.provider, b.symbol, b.ts))
             ]
+            quotes = {b.key: b.quote for b in bars}
+            back = {b.key: replace(b, quote=quotes[b.key]) for b in copied}
+            stored = [back[w.key] if isinstance(w, Bar) else w for w in windows]
             result = await clean_pass(fresh_engine(cfg, interval), stored)
             if result.signals:
                 await signals_store.upsert_signals(result.signals)
@@ -117,14 +129,20 @@ def _check(ours: np.ndarray, ref: np.ndarray, what: str, atol: float = 0.0) -> N
 
 
 def assert_features_match_talib(
-    cfg: AppConfig, snapshots: Sequence[FeatureSnapshot], bars: Sequence[Bar]
+    cfg: AppConfig, snapshots: Sequence[FeatureSnapshot], windows: Sequence[WindowBar]
 ) -> int:
-    """Step 4; returns how many (feature, series) pairs were checked."""
+    """Step 4, over each series' trade bars (a window with quotes only leaves bar features
+    alone); returns how many (feature, series) pairs were checked."""
     engine = FeatureEngine(cfg.features.windows, timed=False)
     checked = 0
-    for key in sorted({(b.provider, b.symbol) for b in bars}):
-        idx = [i for i, b in enumerate(bars) if (b.provider, b.symbol) == key]
-        close = np.array([bars[i].c for i in idx], dtype=float)
+    bars = windows
+    for key in sorted({(b.provider, b.symbol) for b in windows if isinstance(b, Bar)}):
+        idx = [
+            i
+            for i, b in enumerate(windows)
+            if (b.provider, b.symbol) == key and isinstance(b, Bar)
+        ]
+        close = np.array([cast(Bar, bars[i]).c for i in idx], dtype=float)
         snaps = [snapshots[i] for i in idx]
 
         def col(name: str, snaps: Sequence[FeatureSnapshot] = snaps) -> np.ndarray:
