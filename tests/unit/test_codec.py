@@ -169,3 +169,38 @@ def test_bar_round_trip_and_rejection() -> None:
         decode_bar(b'{"ver": 1}')
     with pytest.raises(ContractError, match="bad bar"):
         decode_bar(b'{"type": "bar", "ts": 0, "o": "x"}')
+
+
+def test_quote_bars_on_the_bar_stream_round_trip() -> None:
+    """A window's trade bar carries its quote bar (and the seed's ``spread_bps`` and
+    ``imbalance`` at the top level); a window with quotes only is a ``quote_bar``."""
+    from dataclasses import replace
+
+    from market_data_core.codec import decode_bar, decode_window, encode_bar
+    from market_data_core.contracts import Bar, QuoteBar
+
+    ts = EPOCH + timedelta(seconds=2)
+    quote = QuoteBar("p", "S", "2s", ts, 1.0, 1.5, None, None, 1.25, 0, 40.0, None, None, None,
+                     None, None, 2, 9)  # fmt: skip
+    sized = replace(quote, bid_size=3.0, ask_size=1.0, imbalance=0.5, imbalance_close=0.5,
+                    quote_count=4, spread_bps_min=38.0, spread_bps_max=41.0,
+                    spread_bps_mean=39.5, change_seq=None)  # fmt: skip
+    bar = Bar("p", "S", "2s", ts, 1.0, 2.0, 0.5, 1.5, 10.25, 1.2, 7, 1, 5, quote=sized)
+    for codec in ("msgpack", "json"):
+        assert decode_window(encode_bar(quote, codec)) == quote  # type: ignore[arg-type]
+        assert decode_window(encode_bar(bar, codec)) == bar  # type: ignore[arg-type]
+        assert decode_bar(encode_bar(bar, codec)) == bar  # type: ignore[arg-type]
+        wire = json.loads(encode_bar(bar, "json"))
+        assert (wire["spread_bps"], wire["imbalance"]) == (40.0, 0.5)
+        plain = json.loads(encode_bar(replace(bar, quote=None), "json"))
+        assert (plain["spread_bps"], plain["imbalance"], plain["quote"]) == (None, None, None)
+        with pytest.raises(ContractError, match="expected a bar map"):
+            decode_bar(encode_bar(quote, codec))  # type: ignore[arg-type]
+    bad = json.loads(encode_bar(quote, "json"))
+    bad["bid"] = float("nan")
+    with pytest.raises(ContractError, match="bid must be a finite number"):
+        decode_window(json.dumps(bad).encode())
+    bad = json.loads(encode_bar(quote, "json"))
+    bad["quote_count"] = -1
+    with pytest.raises(ContractError, match="quote_count"):
+        decode_window(json.dumps(bad).encode())

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from market_data_core.config import FeatureWindowConfig
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Bar, QuoteBar, Signal, WindowBar
 from market_data_core.protocols import SeriesResume
 from market_data_pipeline.features import FeatureEngine
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, parse_rules
@@ -222,3 +222,61 @@ async def test_a_weekend_hole_changes_nothing() -> None:
     log, eng, t = Log(), engine(), fresh_timeline()
     await run_batches(t, eng, [log.commit(b) for b in shifted])
     assert signal_rows(list(t.table.values())) == await reference(log.final())  # type: ignore[attr-defined]
+
+
+QUOTE_WINDOWS = [
+    *WINDOWS,
+    FeatureWindowConfig(name="spread_bps", periods=1),
+    FeatureWindowConfig(name="spread_30m", feature="spread_bps", horizon="30m"),
+]
+QUOTE_RULES = [
+    *RULES,
+    {"name": "wide", "condition": "spread_bps > 1.5 * spread_30m", "signal": 0, "score": 0.9},
+]
+
+
+def quote_engine() -> InferenceEngine:
+    features = FeatureEngine(QUOTE_WINDOWS, timed=False)
+    return InferenceEngine(
+        features, RulesAdapter(parse_rules(QUOTE_RULES, features.feature_names)), interval="1m"
+    )
+
+
+def quote_bar(bar: Bar, spread: float) -> QuoteBar:
+    mid = bar.c
+    return QuoteBar(
+        bar.provider, bar.symbol, bar.interval, bar.ts, mid - 0.5, mid + 0.5, 2.0, 1.0, mid,
+        4, spread, spread / 2, spread * 2, spread, 1 / 3, 1 / 3,
+    )  # fmt: skip
+
+
+def windows_with_quotes(n: int) -> list[WindowBar]:
+    """Real bars with a quote bar each (a spike every 37th window); every 9th window has
+    quotes and no trades."""
+    out: list[WindowBar] = []
+    for i, bar in enumerate(real_bars(n)):
+        q = quote_bar(bar, 4.0 if i % 37 == 36 else 1.0 + (i * 7 % 13) / 26)
+        out.append(q if i % 9 == 4 else dataclasses.replace(bar, quote=q))
+    return out
+
+
+async def test_windows_with_quotes_and_a_late_quote_equal_the_clean_pass() -> None:
+    """Trade bars with their quote bars and quote bars alone: the wide-spread rule fires in
+    event time; a late quote that changes a window's quote bar (the window's next change on
+    the log) re-scores from it, and the signals equal a clean pass over the final windows."""
+    log, eng, t = Log(), quote_engine(), fresh_timeline()
+    windows = windows_with_quotes(900)
+    await run_batches(t, eng, [log.commit(w) for w in windows])  # type: ignore[arg-type]
+    fired = [s for s in t.table.values() if s.name == "wide"]  # type: ignore[attr-defined]
+    assert len(fired) >= 10
+    ref = signal_rows((await clean_pass(quote_engine(), log.final())).signals)
+    assert signal_rows(list(t.table.values())) == ref  # type: ignore[attr-defined]
+    # a late quote widens the spread of the third window from the end: its next change
+    target = next(w for w in windows[-4:] if isinstance(w, Bar))
+    assert target.quote is not None
+    late = dataclasses.replace(target, quote=dataclasses.replace(target.quote, spread_bps=9.0))
+    await run_batches(t, eng, [log.commit(late)])  # type: ignore[arg-type]
+    assert t.last.since == target.ts  # type: ignore[attr-defined]
+    ref = signal_rows((await clean_pass(quote_engine(), log.final())).signals)
+    assert signal_rows(list(t.table.values())) == ref  # type: ignore[attr-defined]
+    assert any(s.name == "wide" and s.ts == target.ts for s in t.table.values())  # type: ignore[attr-defined]
