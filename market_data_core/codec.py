@@ -502,9 +502,7 @@ def decode_window(payload: bytes) -> WindowBar:
     obj = _loads(payload)
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind not in ("bar", "quote_bar"):
-        raise ContractError(
-            "decode", "expected a bar map (type=bar or quote_bar)", bytes(payload)
-        )
+        raise ContractError("decode", "expected a bar map (type=bar or quote_bar)", bytes(payload))
     try:
         when = _when(obj)
         seq = _change_seq(obj)

@@ -242,9 +242,7 @@ class PgSignalsStore(PgClientBase):
                 state=bytes(cp["state"]),
             )
         )
-        return SeriesResume(
-            checkpoint=checkpoint, bars=[window_from_row(r) for r in rows], seq=seq
-        )
+        return SeriesResume(checkpoint=checkpoint, bars=[window_from_row(r) for r in rows], seq=seq)
 
     async def save_checkpoints(
         self, engine_key: str, checkpoints: Sequence[FeatureCheckpoint], *, keep: int = 4

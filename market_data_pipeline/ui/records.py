@@ -1,4 +1,5 @@
-"""What ``mdp stream tail``, ``dlq list`` and ``status`` show: decoded events, bars, signals,
+"""What ``mdp stream tail``, ``dlq list`` and ``status`` show: decoded events (quotes with bid /
+ask and sizes), bars and quote bars, signals,
 dead letters, stream status and job runs as table rows (:mod:`market_data_pipeline.ui.tables`)
 and as JSON.
 
@@ -13,14 +14,21 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from market_data_core.codec import decode_bar, decode_events, decode_signal, event_to_dict
+from market_data_core.codec import (
+    decode_events,
+    decode_signal,
+    decode_window,
+    encode_bar,
+    event_to_dict,
+)
 from market_data_core.config import AppConfig
-from market_data_core.contracts import StreamEvent
+from market_data_core.contracts import QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import ContractError
 from market_data_core.protocols import BusRecord, DeadLetter, JobRun, StreamStatus
 from market_data_core.timeutil import isoformat_us
 
 __all__ = [
+    "BAR_HEADER",
     "JOB_RUN_HEADER",
     "LETTER_HEADER",
     "STATUS_HEADER",
@@ -36,6 +44,7 @@ __all__ = [
     "short_number",
     "status_json",
     "status_row",
+    "window_row",
 ]
 
 Rendered = tuple[list[str], list[list[str]], list[str]]
@@ -96,6 +105,52 @@ def event_row(ev: StreamEvent) -> list[str]:
     return [isoformat_us(ev.src_ts), ev.symbol, kind, prices, volume, ev.event_id]
 
 
+BAR_HEADER = [
+    "time",
+    "symbol",
+    "interval",
+    "kind",
+    "prices",
+    "volume",
+    "spread bps",
+    "imbalance",
+    "revision",
+]
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def window_row(window: WindowBar) -> list[str]:
+    """A row under :data:`BAR_HEADER`: a trade bar (its window's time-weighted spread and
+    imbalance beside it, empty without a book) or a quote bar alone (bid/ask at close, the
+    quote count)."""
+    s = short_number
+    quote = window if isinstance(window, QuoteBar) else window.quote
+    spread = "" if quote is None else _fixed(quote.spread_bps, 3)
+    imbalance = "" if quote is None else _fixed(quote.imbalance, 3)
+    if isinstance(window, QuoteBar):
+        kind, revision = "quote bar", str(window.revision)
+        prices = f"bid {s(window.bid)} ask {s(window.ask)}"
+        volume = f"{window.quote_count} quotes"
+    else:
+        kind, revision = "bar", str(window.revision)
+        prices = f"o {s(window.o)} h {s(window.h)} l {s(window.l)} c {s(window.c)}"
+        volume = s(window.v)
+    return [
+        isoformat_us(window.ts),
+        f"{window.provider}|{window.symbol}",
+        window.interval,
+        kind,
+        prices,
+        volume,
+        spread,
+        imbalance,
+        revision,
+    ]
+
+
 def _problem(rec: BusRecord, reason: str, detail: str) -> tuple[str, dict[str, Any]]:
     """The cell and the JSON object of an entry that cannot be shown decoded."""
     out: dict[str, Any] = {"entry_id": rec.entry_id, "error": f"{reason}: {detail}"}
@@ -137,44 +192,17 @@ def render_records(cfg: AppConfig, topic: str, records: Sequence[BusRecord]) -> 
             out_json.append(json.dumps(d))
         return header, rows, out_json
     if topic == cfg.bus.bars_topic:
-        header = ["time", "symbol", "interval", "prices", "volume", "revision"]
-        s = short_number
+        header = BAR_HEADER
         for rec in records:
             try:
-                bar = decode_bar(rec.payload)
+                window = decode_window(rec.payload)
             except ContractError as exc:
                 cell, obj = _problem(rec, exc.reason, exc.detail)
-                rows.append(["?", "?", cell, "", "", rec.entry_id])
+                rows.append(["?", "?", "?", "?", cell, "", "", "", rec.entry_id])
                 out_json.append(json.dumps(obj))
                 continue
-            rows.append(
-                [
-                    isoformat_us(bar.ts),
-                    f"{bar.provider}|{bar.symbol}",
-                    bar.interval,
-                    f"o {s(bar.o)} h {s(bar.h)} l {s(bar.l)} c {s(bar.c)}",
-                    s(bar.v),
-                    str(bar.revision),
-                ]
-            )
-            out_json.append(
-                json.dumps(
-                    {
-                        "provider": bar.provider,
-                        "symbol": bar.symbol,
-                        "interval": bar.interval,
-                        "ts": isoformat_us(bar.ts),
-                        "o": bar.o,
-                        "h": bar.h,
-                        "l": bar.l,
-                        "c": bar.c,
-                        "v": bar.v,
-                        "vwap": bar.vwap,
-                        "trade_count": bar.trade_count,
-                        "revision": bar.revision,
-                    }
-                )
-            )
+            rows.append(window_row(window))
+            out_json.append(json.dumps(json.loads(encode_bar(window, "json"))))
         return header, rows, out_json
     header = ["time", "symbol", "kind", "prices", "volume", "id"]
     for rec in records:

@@ -11,7 +11,6 @@ stands inside the window (microseconds).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -100,11 +99,6 @@ def _imbalance(bid_size: np.ndarray, ask_size: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class RefQuoteBar:
-    values: dict[str, float | int | None]
-
-
 def reference_quote_bars(
     events: list[StreamEvent],
     window_ms: int,
@@ -152,7 +146,7 @@ def reference_quote_bars(
             continue  # a trade window without a book: no quote bar
         begins = ([start] if carried else []) + list(s_ts[i0:i1])
         idx = ([i0 - 1] if carried else []) + list(range(i0, i1))
-        ends = begins[1:] + [end]
+        ends = [*begins[1:], end]
         dur = np.array([b - a for a, b in zip(begins, ends, strict=True)], dtype=float)
         sp = s_spread[idx]
         imb = s_imb[idx]

@@ -138,9 +138,7 @@ def assert_features_match_talib(
     bars = windows
     for key in sorted({(b.provider, b.symbol) for b in windows if isinstance(b, Bar)}):
         idx = [
-            i
-            for i, b in enumerate(windows)
-            if (b.provider, b.symbol) == key and isinstance(b, Bar)
+            i for i, b in enumerate(windows) if (b.provider, b.symbol) == key and isinstance(b, Bar)
         ]
         close = np.array([cast(Bar, bars[i]).c for i in idx], dtype=float)
         snaps = [snapshots[i] for i in idx]

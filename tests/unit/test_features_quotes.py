@@ -62,7 +62,9 @@ def test_a_replaced_quote_gives_back_what_it_evicted() -> None:
     engine, clean = _engine(imb), _engine(imb)
     for k, (b, a) in enumerate([(1.0, 3.0), (2.0, 2.0)]):
         for e in (engine, clean):
-            e.update_quote("p", "S", T0 + timedelta(seconds=k), bid=1, ask=2, bid_size=b, ask_size=a)
+            e.update_quote(
+                "p", "S", T0 + timedelta(seconds=k), bid=1, ask=2, bid_size=b, ask_size=a
+            )
     t = T0 + timedelta(seconds=5)
     evicting = engine.update_quote("p", "S", t, bid=1, ask=2, bid_size=4.0, ask_size=0.0)
     assert evicting is not None and evicting.values["imb_2"] == 0.5  # mean(0, 1)
@@ -140,9 +142,7 @@ def test_quote_bars_feed_window_means_equal_to_pandas_rolling(window_ms: int) ->
         assert math.isnan(snap.values["close"])  # no trade yet: bar features stay empty
     ours = pd.DataFrame(rows, index=pd.DatetimeIndex([q.ts for q in qbars]))
     series = pd.Series([q.spread_bps for q in qbars], index=ours.index)
-    np.testing.assert_allclose(
-        ours["spread_5m"], series.rolling("300s").mean(), rtol=1e-12, atol=0
-    )
+    np.testing.assert_allclose(ours["spread_5m"], series.rolling("300s").mean(), rtol=1e-12, atol=0)
     assert (ours["spread_bps"] == series).all()
     imb = pd.Series([q.imbalance for q in qbars], index=ours.index, dtype=float)
     assert imb.notna().all()
@@ -208,10 +208,8 @@ def test_restart_from_an_exported_state_is_exact_with_quotes(cut: int) -> None:
         if later.quote_count % 2:
             windows_seq.append(later)
         else:
-            windows_seq.append(
-                Bar("fx", "EUR/USD", "1s", later.ts, later.bid, later.ask, later.bid, later.mid,
-                    1.0, quote=later)  # fmt: skip
-            )
+            b, a, m = later.bid, later.ask, later.mid
+            windows_seq.append(Bar("fx", "EUR/USD", "1s", later.ts, b, a, b, m, 1.0, quote=later))
     k = min(cut, len(windows_seq) - 1)
     for w in windows_seq[:k]:
         full.update_bar(w)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,7 @@ def test_tail_renders_signals_bars_and_bad_entries() -> None:
 
     from market_data_core.codec import encode_bar, encode_signal
     from market_data_core.config import AppConfig
-    from market_data_core.contracts import Bar, Signal
+    from market_data_core.contracts import Bar, QuoteBar, Signal
     from market_data_core.protocols import BusRecord
     from market_data_pipeline.ui.records import render_records
 
@@ -128,8 +130,25 @@ def test_tail_renders_signals_bars_and_bad_entries() -> None:
     _h, rows, lines = render_records(
         cfg, "mdp.bars", [BusRecord("mdp.bars", 0, "1-0", encode_bar(bar))]
     )
-    assert rows[0][1:] == ["p|SPY", "2s", "o 10 h 11 l 9.5 c 10.5", "300", "1"]
+    assert rows[0][1:] == ["p|SPY", "2s", "bar", "o 10 h 11 l 9.5 c 10.5", "300", "", "", "1"]
     assert '"revision": 1' in lines[0]
+    # a quote bar alone, and a bar with its window's quote bar: the book's spread and imbalance
+    quote = QuoteBar("p", "SPY", "2s", ts, 10.0, 10.02, 300.0, 100.0, 10.01, 12, 19.98, 9.99,
+                     29.97, 18.1, 0.41234, 0.5)  # fmt: skip
+    _h, rows, lines = render_records(
+        cfg,
+        "mdp.bars",
+        [
+            BusRecord("mdp.bars", 0, "2-0", encode_bar(quote)),
+            BusRecord("mdp.bars", 0, "3-0", encode_bar(replace(bar, quote=quote))),
+        ],
+    )
+    assert rows[0][1:] == [
+        "p|SPY", "2s", "quote bar", "bid 10 ask 10.02", "12 quotes", "19.980", "0.412", "0",
+    ]  # fmt: skip
+    assert rows[1][3:] == ["bar", "o 10 h 11 l 9.5 c 10.5", "300", "19.980", "0.412", "1"]
+    assert json.loads(lines[0])["type"] == "quote_bar"
+    assert json.loads(lines[1])["quote"]["quote_count"] == 12
     _h, rows, lines = render_records(
         cfg, "mdp.events", [BusRecord("mdp.events", 0, "7-0", b"\xc1garbage")]
     )

@@ -94,9 +94,7 @@ def _create_quote_bars(partitioned: bool) -> None:
         *(sa.Column(n, sa.Double(), nullable=null) for n, null in _SPREAD_COLUMNS),
         sa.Column("revision", sa.Integer(), nullable=False, server_default=sa.text("0")),
         sa.Column("updated_at", _TSTZ, nullable=False, server_default=sa.text("now()")),
-        sa.PrimaryKeyConstraint(
-            "provider", "symbol", "interval", "ts", name=op.f("pk_quote_bars")
-        ),
+        sa.PrimaryKeyConstraint("provider", "symbol", "interval", "ts", name=op.f("pk_quote_bars")),
         **_partition_kw(partitioned),
     )
 
