@@ -191,6 +191,9 @@ class SyntheticProducerConfig(_Model):
     price_volatility: float = Field(default=0.02, ge=0)
     start_price: float = Field(default=100.0, gt=0)
     kind: Literal["tick", "quote", "bar"] = "tick"
+    # with kind tick: this share of the events are quotes (top of book around the same
+    # price path), the rest trades
+    quote_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     max_msgs_per_s: float | None = Field(default=None, gt=0)
 
 

@@ -27,7 +27,7 @@ import yaml
 
 from market_data_core.codec import encode_event, encode_events
 from market_data_core.config import AppConfig
-from market_data_core.contracts import Bar, StreamEvent
+from market_data_core.contracts import Bar, QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import MDPError
 from market_data_core.protocols import Bus, SignalsStoreClient, StoreClient
 from market_data_core.timeutil import format_duration_ms
@@ -71,8 +71,11 @@ class FullPath:
     published: int = 0
     events_in: int = 0
     ticks_inserted: int = 0
+    quotes_inserted: int = 0
     bars_written: int = 0
+    quote_bars_written: int = 0
     bars_trade_count: int = 0
+    quote_bars_quote_count: int = 0
     dead_letters: int = 0
     sustained_per_s: float = 0.0
     latency_p50_ms: float | None = None
@@ -225,16 +228,34 @@ async def _ceiling(urls: ServerUrls, n: int, symbols: int, pack: int) -> Ceiling
 
 
 def _producer_config(
-    cfg: AppConfig, urls: ServerUrls, k: int, symbols: list[str], path: Path
+    cfg: AppConfig,
+    urls: ServerUrls,
+    k: int,
+    symbols: list[str],
+    path: Path,
+    quote_ratio: float = 0.0,
+    run_tag: str = "",
 ) -> Path:
     data = cfg.model_dump(mode="json")
     data["bus"]["redis"]["uri"] = urls.redis_url
     data["store"]["dsn"] = urls.database_url
-    data["producers"]["synthetic"].update(provider=f"bench{k}", symbols=symbols, enabled=True)
+    data["producers"]["synthetic"].update(
+        provider=_provider(k, run_tag),
+        symbols=symbols,
+        enabled=True,
+        kind="tick",
+        quote_ratio=quote_ratio,
+    )
     data["telemetry"]["metrics_port"] = 0
     out = path / f"producer-{k}.yaml"
     out.write_text(yaml.safe_dump(data))
     return out
+
+
+def _provider(k: int, run_tag: str) -> str:
+    """The provider name of benchmark producer ``k`` (``bench0-<tag>``): a run's series are
+    its own, also on servers that keep earlier runs' rows."""
+    return f"bench{k}-{run_tag}" if run_tag else f"bench{k}"
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
@@ -279,6 +300,8 @@ async def _full_path(
     workers: int,
     workdir: Path,
     progress: ProgressLine | None = None,
+    quote_ratio: float = 0.0,
+    run_tag: str = "",
 ) -> FullPath:
     """Producers and micro-batch workers as processes (``mdp stream produce`` /
     ``mdp stream micro-batch``), inference in this process; samples every second (shown on
@@ -354,7 +377,9 @@ async def _full_path_on(
             )
         await asyncio.sleep(1.5)  # workers join the group and take their shards first
         for k in range(producers):
-            conf = _producer_config(cfg, urls, k, names[k::producers], workdir)
+            conf = _producer_config(
+                cfg, urls, k, names[k::producers], workdir, quote_ratio, run_tag
+            )
             procs.append(
                 _spawn(
                     [
@@ -435,7 +460,9 @@ async def _full_path_on(
     latencies = [x for st in final for x in st.get("window_latencies_ms", [])]
     result.events_in = sum(st.get("events_in", 0) for st in final)
     result.ticks_inserted = sum(st.get("ticks_inserted", 0) for st in final)
+    result.quotes_inserted = sum(st.get("quotes_inserted", 0) for st in final)
     result.bars_written = sum(st.get("bars_written", 0) for st in final)
+    result.quote_bars_written = sum(st.get("quote_bars_written", 0) for st in final)
     result.dead_letters = sum(st.get("dead_letters", 0) for st in final)
     result.latency_p50_ms = percentile(latencies, 50)
     result.latency_p95_ms = percentile(latencies, 95)
@@ -451,16 +478,25 @@ async def _full_path_on(
     result.relay_s = round(sum(st.get("relay_s", 0.0) for st in final), 3)
     interval = format_duration_ms(cfg.micro_batch.window_ms)
     end = datetime.now(UTC) + timedelta(minutes=1)
-    final_bars: list[Bar] = []
+    final_bars: list[WindowBar] = []
     for k in range(producers):
         for name in names[k::producers]:
-            bars = await store.bars_range(
-                f"bench{k}", name, interval, started_at - timedelta(1), end
+            windows = await store.windows_range(
+                _provider(k, run_tag), name, interval, started_at - timedelta(1), end
             )
-            result.bars_trade_count += sum(b.trade_count or 0 for b in bars)
-            final_bars += bars
+            for window in windows:
+                quote = window if isinstance(window, QuoteBar) else window.quote
+                if isinstance(window, Bar):
+                    result.bars_trade_count += window.trade_count or 0
+                if quote is not None:
+                    result.quote_bars_quote_count += quote.quote_count
+            final_bars += windows
     result.exact = (
-        result.published == result.events_in == result.ticks_inserted == result.bars_trade_count
+        result.published
+        == result.events_in
+        == result.ticks_inserted + result.quotes_inserted
+        == result.bars_trade_count + result.quote_bars_quote_count
+        and result.ticks_inserted == result.bars_trade_count
         and result.dead_letters == 0
     )
     await _check_signals(cfg, result, final_bars, signals_store, started_at - timedelta(1), end)
@@ -470,7 +506,7 @@ async def _full_path_on(
 async def _check_signals(
     cfg: AppConfig,
     result: FullPath,
-    bars: list[Bar],
+    bars: list[WindowBar],
     signals_store: SignalsStoreClient,
     start: datetime,
     end: datetime,
@@ -520,7 +556,13 @@ def _per_event(seconds: float, events: int) -> str:
 
 
 def _rows(
-    c: Ceiling | None, f: FullPath, window_ms: int, rate: float, pack: int, procs: str
+    c: Ceiling | None,
+    f: FullPath,
+    window_ms: int,
+    rate: float,
+    pack: int,
+    procs: str,
+    quote_ratio: float = 0.0,
 ) -> list[tuple[str, str]]:
     def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:,.0f} ms"
@@ -530,7 +572,8 @@ def _rows(
         (
             "mode",
             f"{'packed ' + str(pack) + ' events/entry' if pack > 1 else '1 event/entry'}, "
-            f"window {window_ms} ms, requested {rate:,.0f} ev/s, {procs}",
+            f"window {window_ms} ms, requested {rate:,.0f} ev/s "
+            f"({f'{quote_ratio:.0%} quotes' if quote_ratio else 'trades only'}), {procs}",
         ),
         (
             "full path: sustained",
@@ -558,11 +601,16 @@ def _rows(
         (
             "exact",
             f"{f.published:,} published = {f.events_in:,} consumed = {f.ticks_inserted:,} "
-            f"stored = {f.bars_trade_count:,} in bars, {f.dead_letters} dead letters: "
+            f"ticks + {f.quotes_inserted:,} quotes stored = {f.bars_trade_count:,} in bars + "
+            f"{f.quote_bars_quote_count:,} in quote bars, {f.dead_letters} dead letters: "
             f"{_ok(f.exact)}; signals = reference ({f.reference_signals:,} signals over "
             f"{f.reference_bars:,} final bars): {_ok(f.signals_reference)}",
         ),
-        ("bars -> features -> inference", f"{f.bars_scored:,} bars scored, {f.signals:,} signals"),
+        (
+            "bars -> features -> inference",
+            f"{f.bars_written:,} bars and {f.quote_bars_written:,} quote bars written; "
+            f"{f.bars_scored:,} windows scored, {f.signals:,} signals",
+        ),
         (
             "outbox relay (workers)",
             f"{f.bars_relayed:,} bar changes in {f.relay_calls:,} relay calls, "
@@ -633,6 +681,16 @@ def bench(
             min=1, max=16, metavar="N", help="Micro-batch worker processes (shards = 2 x this)."
         ),
     ] = 2,
+    quote_ratio: Annotated[
+        float,
+        typer.Option(
+            "--quote-ratio",
+            min=0.0,
+            max=1.0,
+            metavar="R",
+            help="Share of the synthetic events that are quotes (the rest trades).",
+        ),
+    ] = 0.0,
     ceiling: Annotated[bool, typer.Option(help="Measure the bare ceiling too.")] = True,
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the JSON results.")] = Path(
         "benchmarks/results"
@@ -696,10 +754,12 @@ def bench(
                     workers=workers,
                     workdir=Path(tmp),
                     progress=progress,
+                    quote_ratio=quote_ratio,
+                    run_tag=tag,
                 )
         procs = f"{producers} producer + {workers} micro-batch processes"
         typer.echo(f"\nmdp bench ({run_id}):")
-        print_fields(_rows(c, f, window_ms, rate, pack, procs))
+        print_fields(_rows(c, f, window_ms, rate, pack, procs, quote_ratio))
         record = {
             "run": run_id,
             "machine": _machine(),
@@ -709,6 +769,7 @@ def bench(
                 "symbols": symbols,
                 "window_ms": window_ms,
                 "pack": pack,
+                "quote_ratio": quote_ratio,
                 "producers": producers,
                 "workers": workers,
             },

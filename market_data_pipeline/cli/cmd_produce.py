@@ -98,7 +98,12 @@ def _server_context(
 
 
 def _synthetic_provider(
-    cfg: AppConfig, seed: int | None, kind: KindName | None, rate: float | None, count: int | None
+    cfg: AppConfig,
+    seed: int | None,
+    kind: KindName | None,
+    rate: float | None,
+    count: int | None,
+    quote_ratio: float | None = None,
 ) -> Provider:
     from market_data_pipeline.producers.synthetic import SyntheticProvider
 
@@ -109,6 +114,7 @@ def _synthetic_provider(
             kind=kind.value if kind is not None else None,
             rate_per_s=rate,
             count=count,
+            quote_ratio=quote_ratio,
         )
     except ValueError as exc:
         raise ConfigError(str(exc), source="producers.synthetic") from None
@@ -245,6 +251,17 @@ def produce(
             help="synthetic: what to make (bar: 1 s bars; default producers.synthetic.kind).",
         ),
     ] = None,
+    quote_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--quote-ratio",
+            min=0.0,
+            max=1.0,
+            metavar="R",
+            help="synthetic ticks: this share of the events are quotes (default "
+            "producers.synthetic.quote_ratio).",
+        ),
+    ] = None,
     dataset: Annotated[
         str | None,
         typer.Option(
@@ -264,6 +281,7 @@ def produce(
     \b
       mdp stream produce --provider synthetic --seed 7 --rate 2000 --count 10000
       mdp stream produce --kind quote --rate 500 --duration 5s
+      mdp stream produce --quote-ratio 0.5 --rate 2000 --duration 10s
     """
     overrides: dict[str, object] = {}
     if metrics_port is not None:
@@ -278,9 +296,12 @@ def produce(
         return
     built: tuple[Provider, float | None]
     if provider is ProviderName.synthetic:
-        src = _synthetic_provider(cfg, seed, kind, rate, count)
+        src = _synthetic_provider(cfg, seed, kind, rate, count, quote_ratio)
         built = (src, cfg.producers.synthetic.max_msgs_per_s)
         what = f"synthetic {src.kind}" if hasattr(src, "kind") else "synthetic"
+        mixed = getattr(src, "quote_ratio", 0.0) if getattr(src, "kind", "") == "tick" else 0.0
+        if mixed:
+            what += f" + quote ({mixed:.0%} quotes)"
     else:
         # Build before starting servers: a missing extra is one line and exit 2.
         built = _live_provider(cfg, provider)

@@ -6,6 +6,12 @@ about 2 % a day) and ``dt`` the event-time step of one symbol. Events go round-r
 symbols; event ``i`` has ``src_ts = start + i / rate`` (ticks, quotes) or, for 1 s bars,
 ``start + round`` seconds, so event time never depends on how fast the bus accepts them.
 
+``quote_ratio`` (kind ``tick`` only) mixes quotes with the trades: in each round of the symbols
+(one event per symbol) all events are quotes or all are trades, round ``r`` being a quote round
+when ``floor((r + 1) * ratio) > floor(r * ratio)``, so every symbol gets that share of quotes,
+spread evenly; quotes and trades follow one price path per symbol. A ratio of 0 makes exactly
+the trades-only stream.
+
 With a ``seed`` the output is a pure function of (config, seed, kind, rate): the same events,
 timestamps and ids on every run (``start`` is a fixed instant, ``ingest_ts`` is left unset).
 Without one, ``start`` is the wall clock and ``ingest_ts`` is stamped when an event is made
@@ -112,6 +118,7 @@ class _Walk:
         cfg = source._config
         self.codec: CodecName = codec
         self.kind = source.kind
+        self.quote_ratio = source.quote_ratio if source.kind == "tick" else 0.0
         self.provider = cfg.provider
         self.symbols = list(cfg.symbols)
         self.keys = [routing_key(cfg.provider, s) for s in self.symbols]
@@ -150,7 +157,7 @@ class _Walk:
         if n <= 0:
             return [], []
         if self.kind == "tick":
-            rows = self._ticks(n, ingest)
+            rows = self._mixed(n, ingest) if self.quote_ratio else self._ticks(n, ingest)
         elif self.kind == "quote":
             rows = self._quotes(n, ingest)
         else:
@@ -159,6 +166,21 @@ class _Walk:
         first = (self.i - n) % n_symbols
         keys = self.keys[first:] + self.keys[:first]
         return (keys * (n // n_symbols + 1))[:n], rows
+
+    def _mixed(self, n: int, ingest: int | str | None) -> list[WireRow]:
+        """Trades and quotes, a whole round of the symbols at a time (see the module doc)."""
+        rows: list[WireRow] = []
+        n_symbols = len(self.symbols)
+        ratio = self.quote_ratio
+        end = self.i + n
+        while self.i < end:
+            r = self.i // n_symbols
+            k = min(end, (r + 1) * n_symbols) - self.i
+            if math.floor((r + 1) * ratio) > math.floor(r * ratio):
+                rows += self._quotes(k, ingest)
+            else:
+                rows += self._ticks(k, ingest)
+        return rows
 
     def _ticks(self, n: int, ingest: int | str | None) -> list[WireRow]:
         # The hot loop of the synthetic producer: locals only, and Random.gauss and
@@ -370,6 +392,7 @@ class SyntheticProvider:
 
     ``rate_per_s`` is the aggregate target (events/s over all symbols); default
     ``tick_rate * len(symbols)``. ``count`` ends the stream after that many events.
+    ``quote_ratio`` (default ``config.quote_ratio``): the share of quotes among ticks.
     """
 
     def __init__(
@@ -381,11 +404,15 @@ class SyntheticProvider:
         rate_per_s: float | None = None,
         count: int | None = None,
         start: datetime | None = None,
+        quote_ratio: float | None = None,
     ) -> None:
         if not config.symbols:
             raise ValueError("producers.synthetic.symbols is empty")
         self._config = config
         self.kind: EventKind = kind or config.kind
+        self.quote_ratio = config.quote_ratio if quote_ratio is None else quote_ratio
+        if not 0.0 <= self.quote_ratio <= 1.0:
+            raise ValueError(f"quote_ratio must be between 0 and 1, got {self.quote_ratio}")
         self.seed = seed
         self.rate_per_s = rate_per_s or config.tick_rate * len(config.symbols)
         if self.rate_per_s <= 0:

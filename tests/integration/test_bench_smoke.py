@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.parametrize("quote_ratio", [0.0, 0.5])
 def test_bench_runs_the_full_path_exactly(
-    redis_url: str, database_url: str, tmp_path: Path
+    redis_url: str, database_url: str, tmp_path: Path, quote_ratio: float
 ) -> None:
     env = {**os.environ, "REDIS_URI": redis_url, "DATABASE_URL": database_url}
     proc = subprocess.run(
@@ -37,6 +40,8 @@ def test_bench_runs_the_full_path_exactly(
             "--producers",
             "1",
             "--no-ceiling",
+            "--quote-ratio",
+            str(quote_ratio),
             "--out",
             str(tmp_path),
         ],
@@ -51,11 +56,19 @@ def test_bench_runs_the_full_path_exactly(
     (result,) = tmp_path.glob("bench-*.json")
     record = json.loads(result.read_text())
     full = record["full_path"]
-    assert full["exact"] is True
+    assert full["exact"] is True, proc.stdout
     assert full["published"] > 6000
     assert (
-        full["published"] == full["events_in"] == full["ticks_inserted"] == full["bars_trade_count"]
+        full["published"]
+        == full["events_in"]
+        == full["ticks_inserted"] + full["quotes_inserted"]
+        == full["bars_trade_count"] + full["quote_bars_quote_count"]
     )
+    assert full["ticks_inserted"] == full["bars_trade_count"]
+    # issue 15: --quote-ratio puts that share of quotes in the mix, each stored and in a bar
+    assert full["quotes_inserted"] == pytest.approx(quote_ratio * full["published"], abs=6 * 2)
+    assert (full["quote_bars_written"] > 0) == (quote_ratio > 0)
+    assert record["params"]["quote_ratio"] == quote_ratio
     assert full["bars_scored"] > 0
     # signals = reference: the run's signal rows equal a clean pass over its final bars
     assert full["signals_reference"] is True and full["reference_bars"] > 6 * 3

@@ -391,3 +391,26 @@ def test_event_times_and_ids_are_right_across_the_epoch(
     got = list(provider.generate())
     assert got == want
     assert encode_events(got, "json") == encode_events(want, "json")
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_quote_ratio_mixes_quotes_with_trades(ratio: float, codec: CodecName) -> None:
+    """issue 15: ``quote_ratio`` makes that share of each symbol's events quotes, in whole
+    rounds of the symbols, on one price path; the wire rows are the events' own dicts
+    whatever the block sizes, and a ratio of 0 is the trades-only stream."""
+    n = 4000
+    evs = list(SyntheticProvider(REF_CFG, seed=3, rate_per_s=2000.0, count=n,
+                                 quote_ratio=ratio).generate())  # fmt: skip
+    for symbol in REF_CFG.symbols:
+        mine = [e for e in evs if e.symbol == symbol]
+        assert sum(e.kind == "quote" for e in mine) == int(len(mine) * ratio)
+        assert [e.seq for e in mine] == list(range(len(mine)))
+    assert all(e.bid is not None and e.ask is not None and e.bid < e.ask
+               for e in evs if e.kind == "quote")  # fmt: skip
+    _keys, rows = _wire(REF_CFG, codec, seed=3, rate_per_s=2000.0, count=n, quote_ratio=ratio)
+    assert rows == [event_to_dict(e, codec=codec) for e in evs]
+    plain = list(SyntheticProvider(REF_CFG, seed=3, count=500).generate())
+    assert list(SyntheticProvider(REF_CFG, seed=3, count=500, quote_ratio=0.0).generate()) == plain
+    with pytest.raises(ValueError, match="quote_ratio"):
+        SyntheticProvider(REF_CFG, quote_ratio=1.5)
