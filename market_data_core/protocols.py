@@ -362,6 +362,18 @@ class StoreClient(Protocol):
         """The latest ``limit`` bars per (provider, symbol), oldest first."""
         ...
 
+    async def quote_bars_range(
+        self, provider: str, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[QuoteBar]:
+        """Quote bars with ``start <= ts < end``, oldest first."""
+        ...
+
+    async def latest_quote_bars(
+        self, interval: str, limit: int
+    ) -> dict[tuple[str, str], list[QuoteBar]]:
+        """The latest ``limit`` quote bars per (provider, symbol), oldest first."""
+        ...
+
     async def relay_bar_changes(
         self, publish: Callable[[Sequence[WindowBar]], Awaitable[None]], *, limit: int = 1000
     ) -> RelayResult:

@@ -117,11 +117,14 @@ class Dataset:
 class Synthetic:
     """The synthetic producer of ``producers.synthetic`` (GBM ticks): ``rate_per_s`` events/s
     over all its symbols (default ``tick_rate`` per symbol) for ``duration_s`` seconds or
-    ``count`` events (neither: until the pipeline stops)."""
+    ``count`` events (neither: until the pipeline stops). ``quote_ratio`` (0 to 1, default
+    ``producers.synthetic.quote_ratio``): the share of those events that are top-of-book
+    quotes on the same price path, the rest trades."""
 
     rate_per_s: float | None = None
     duration_s: float | None = None
     count: int | None = None
+    quote_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,11 @@ def _build_source(config: AppConfig, bus: Bus, spec: SourceSpec) -> Source:
         from market_data_pipeline.producers.synthetic import SyntheticProvider
 
         try:
-            synthetic = SyntheticProvider(config.producers.synthetic, rate_per_s=spec.rate_per_s)
+            synthetic = SyntheticProvider(
+                config.producers.synthetic,
+                rate_per_s=spec.rate_per_s,
+                quote_ratio=spec.quote_ratio,
+            )
         except ValueError as exc:
             raise ConfigError(str(exc), source="producers.synthetic") from None
         return Source(

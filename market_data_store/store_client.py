@@ -531,6 +531,31 @@ CROSS JOIN LATERAL (
 ORDER BY x.provider, x.symbol, x.ts
 """
 
+# As _LATEST_BARS_SQL, over quote_bars.
+_LATEST_QUOTE_BARS_SQL = f"""
+WITH RECURSIVE series AS (
+    (SELECT provider, symbol FROM quote_bars ORDER BY provider, symbol LIMIT 1)
+    UNION ALL
+    SELECT n.provider, n.symbol
+    FROM series s
+    CROSS JOIN LATERAL (
+        SELECT b.provider, b.symbol FROM quote_bars b
+        WHERE (b.provider, b.symbol) > (s.provider, s.symbol)
+        ORDER BY b.provider, b.symbol LIMIT 1
+    ) n
+)
+SELECT x.*
+FROM series s
+CROSS JOIN LATERAL (
+    SELECT provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)}, revision AS quote_revision
+    FROM quote_bars b
+    WHERE b.provider = s.provider AND b.symbol = s.symbol AND b.interval = $1
+    ORDER BY b.ts DESC
+    LIMIT $2
+) x
+ORDER BY x.provider, x.symbol, x.ts
+"""
+
 _DAY_US = 86_400_000_000
 
 
@@ -959,6 +984,20 @@ class PgStoreClient(PgClientBase):
         out: dict[tuple[str, str], list[Bar]] = {}
         for r in rows:
             out.setdefault((r["provider"], r["symbol"]), []).append(_bar_from_row(r))
+        return out
+
+    async def latest_quote_bars(
+        self, interval: str, limit: int
+    ) -> dict[tuple[str, str], list[QuoteBar]]:
+        """The newest ``limit`` quote bars of ``interval`` per (provider, symbol), oldest
+        first."""
+        if limit <= 0:
+            return {}
+        with translate_errors("latest_quote_bars"):
+            rows = await self._pool.fetch(_LATEST_QUOTE_BARS_SQL, interval, limit)
+        out: dict[tuple[str, str], list[QuoteBar]] = {}
+        for r in rows:
+            out.setdefault((r["provider"], r["symbol"]), []).append(quote_bar_from_row(r))
         return out
 
     async def relay_bar_changes(

@@ -1,5 +1,5 @@
-"""``mdp run`` (every stage in one process) and ``mdp demo`` (embedded servers, real trades plus
-a minute of synthetic data, live progress, a summary, nothing left running)."""
+"""``mdp run`` (every stage in one process) and ``mdp demo`` (embedded servers, real trades and
+quotes plus a minute of synthetic data, live progress, a summary, nothing left running)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields
 
-DEMO_DATASET = "binance_btcusdt_trades"
+# the real trades and the real EUR/USD quotes (the wide_spread rule fires on them)
+DEMO_DATASETS = ("binance_btcusdt_trades", "eurusd_quotes")
+DEMO_QUOTE_RATIO = 0.5
 
 RunConsumerOpt = Annotated[
     str | None,
@@ -73,14 +75,16 @@ def _summary_rows(s: RunSummary, cfg: AppConfig) -> list[tuple[str, str]]:
         ("events published", f"{s.published:,}"),
         ("events processed", f"{mb.events_in:,}"),
         ("raw ticks stored", f"{mb.ticks_inserted:,}"),
-        ("duplicate ticks", f"{mb.duplicates:,} (already stored)"),
+        ("raw quotes stored", f"{mb.quotes_inserted:,}"),
+        ("duplicates", f"{mb.duplicates:,} (ticks and quotes already stored)"),
         (
             "bars written",
             f"{mb.bars_written:,} ({cfg.micro_batch.window_ms} ms windows"
             f"{f', {mb.provider_bars:,} provider bars' if mb.provider_bars else ''})",
         ),
-        ("late corrections", f"{mb.late_corrections:,} (bars revised)"),
-        ("bars scored", f"{inf.bars_scored:,}"),
+        ("quote bars written", f"{mb.quote_bars_written:,} (top of book per window)"),
+        ("late corrections", f"{mb.late_corrections:,} (bars and quote bars revised)"),
+        ("windows scored", f"{inf.bars_scored:,}"),
         (
             "signals emitted",
             f"{inf.signals:,}"
@@ -118,6 +122,14 @@ async def _sample(p: Pipeline, interval: str) -> str:
             f"  bar    {provider}/{symbol} {b.ts:%Y-%m-%d %H:%M:%S} o={b.o:g} h={b.h:g} "
             f"l={b.l:g} c={b.c:g} v={'-' if b.v is None else format(b.v, 'g')} "
             f"n={b.trade_count}"
+        )
+    quotes = await p.store.latest_quote_bars(interval, 1)
+    for (provider, symbol), qbars in sorted(quotes.items())[:6]:
+        q = qbars[-1]
+        imbalance = "-" if q.imbalance is None else f"{q.imbalance:+.3f}"
+        lines.append(
+            f"  quote  {provider}/{symbol} {q.ts:%Y-%m-%d %H:%M:%S} bid={q.bid:g} ask={q.ask:g} "
+            f"spread={q.spread_bps:.3f} bps imbalance={imbalance} n={q.quote_count}"
         )
     now = datetime.now(UTC)
     signals = await p.signals_store.signals_range(
@@ -333,6 +345,16 @@ def demo(
         float,
         typer.Option(min=1, metavar="EVENTS_PER_S", help="Synthetic events/s over all symbols."),
     ] = 300,
+    quote_ratio: Annotated[
+        float,
+        typer.Option(
+            "--quote-ratio",
+            min=0.0,
+            max=1.0,
+            metavar="R",
+            help="Share of the synthetic events that are quotes (the rest trades).",
+        ),
+    ] = DEMO_QUOTE_RATIO,
     datasets: DatasetsOpt = None,
     consumer: RunConsumerOpt = None,
     metrics_port: MetricsPortOpt = None,
@@ -346,8 +368,9 @@ def demo(
     ] = False,
 ) -> None:
     """The whole pipeline on embedded servers: replays the shipped real trades (9,999 Binance
-    BTCUSDT trades) and a minute of live synthetic ticks, shows progress, prints a summary,
-    and leaves nothing running (with --keep, or while `mdp up` runs: its data stays).
+    BTCUSDT trades) and quotes (9,500 EUR/USD top-of-book quotes) and a minute of live
+    synthetic trades and quotes, shows progress, prints a summary, and leaves nothing
+    running (with --keep, or while `mdp up` runs: its data stays).
 
     On shared servers (REDIS_URI set, or --keep) the consumer name defaults to demo-<host>,
     like `mdp run`'s. Without options it takes about a minute and a half.
@@ -369,9 +392,9 @@ def demo(
         start_local_servers(local, load_app_config(config, overrides, local_servers=False))
     cfg = load_app_config(config, overrides)
 
-    sources: list[SourceSpec] = [Dataset(DEMO_DATASET, registry=datasets)]
+    sources: list[SourceSpec] = [Dataset(name, registry=datasets) for name in DEMO_DATASETS]
     if synthetic_s > 0:
-        sources.append(Synthetic(rate_per_s=rate, duration_s=synthetic_s))
+        sources.append(Synthetic(rate_per_s=rate, duration_s=synthetic_s, quote_ratio=quote_ratio))
 
     async def main(stop: asyncio.Event) -> None:
         t0 = time.monotonic()

@@ -50,8 +50,13 @@ def test_demo_runs_and_leaves_nothing_running() -> None:
     published = int(re.search(r"events published\s+([\d,]+)", out).group(1).replace(",", ""))
     processed = int(re.search(r"events processed\s+([\d,]+)", out).group(1).replace(",", ""))
     ticks = int(re.search(r"raw ticks stored\s+([\d,]+)", out).group(1).replace(",", ""))
-    assert published >= 9999 + 400  # the real trades plus ~4 s of synthetic ticks
-    assert processed == published == ticks
+    quotes = int(re.search(r"raw quotes stored\s+([\d,]+)", out).group(1).replace(",", ""))
+    # the real trades and quotes plus ~4 s of synthetic trades and quotes (half and half)
+    assert published >= 9999 + 9500 + 400
+    assert processed == published == ticks + quotes
+    assert quotes >= 9500 + 300 and ticks >= 9999 + 300
+    assert int(re.search(r"quote bars written\s+([\d,]+)", out).group(1).replace(",", "")) > 0
+    assert re.search(r"quote  fx-sample/EUR/USD .* spread=[\d.]+ bps", out), out
     assert int(re.search(r"signals emitted\s+([\d,]+)", out).group(1).replace(",", "")) > 0
     assert re.search(r"dead letters\s+0 this run; 0 in mdp\.dlq", out)
     assert "binance-futures/BTCUSDT" in out
