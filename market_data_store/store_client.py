@@ -109,32 +109,38 @@ def _lookup(table: str, cols: str, skip: str | None) -> str:
     ) x{keep}"""
 
 
-def _log_changes_ctes(*, quotes_changed: bool) -> str:
+def _log_changes_ctes(*, trades: bool, quotes: bool, quote_part: bool) -> str:
     """CTEs appended to a statement whose CTE ``up`` returns the trade bars it inserted or
-    changed (and, with ``quotes_changed``, whose CTE ``up_q`` returns the quote bars it
-    inserted or changed): one change record per window whose trade or quote bar changed,
+    changed (``trades``) and/or whose CTE ``up_q`` returns the quote bars it inserted or
+    changed (``quotes``): one change record per window whose trade or quote bar changed,
     carrying both as they are now (the statement's own writes from ``up``/``up_q``, the rest
     read from the tables, where the statement changed nothing), numbered per series after
     its log head. Every writer holds the series' advisory lock, so nobody else moves the head
-    meanwhile."""
-    changed = "SELECT provider, symbol, interval, ts FROM up"
-    trade_part = f"SELECT provider, symbol, interval, ts, {_TRADE_PART} FROM up"
-    quote_part = _lookup("quote_bars", _QUOTE_PART, None)
-    if quotes_changed:
-        changed += " UNION SELECT provider, symbol, interval, ts FROM up_q"
-        trade_part += "\n    UNION ALL" + _lookup("bars_ohlcv", _TRADE_PART, "up")
-        quote_part = (
-            f"SELECT provider, symbol, interval, ts, {_QUOTE_PART} FROM up_q\n    UNION ALL"
-            + _lookup("quote_bars", _QUOTE_PART, "up_q")
-        )
+    meanwhile. Without ``quote_part`` the windows are known to have no quote bar (no quote
+    within reach of them), and the record's quote columns are null."""
+    sources = [n for n, on in (("up", trades), ("up_q", quotes)) if on]
+    changed = " UNION ".join(f"SELECT provider, symbol, interval, ts FROM {n}" for n in sources)
+    parts = []
+    if trades:
+        parts.append(f"SELECT provider, symbol, interval, ts, {_TRADE_PART} FROM up")
+    if quotes:
+        parts.append(_lookup("bars_ohlcv", _TRADE_PART, "up" if trades else None))
+    ctes = [f"changed AS (\n    {changed}\n)", f"tpart AS (\n    {' UNION ALL '.join(parts)}\n)"]
+    if quote_part:
+        parts = []
+        if quotes:
+            parts.append(f"SELECT provider, symbol, interval, ts, {_QUOTE_PART} FROM up_q")
+        parts.append(_lookup("quote_bars", _QUOTE_PART, "up_q" if quotes else None))
+        ctes.append(f"qpart AS (\n    {' UNION ALL '.join(parts)}\n)")
+        quote_values = ", ".join("q." + c for c in _QUOTE_COLS) + ", q.revision"
+        quote_join = """
+    LEFT JOIN qpart q
+           ON (q.provider, q.symbol, q.interval, q.ts) = (k.provider, k.symbol, k.interval, k.ts)"""
+    else:
+        quote_values = ", ".join(["NULL"] * (len(_QUOTE_COLS) + 1))
+        quote_join = ""
     return f"""
-, changed AS (
-    {changed}
-), tpart AS (
-    {trade_part}
-), qpart AS (
-    {quote_part}
-), heads AS (
+, {", ".join(ctes)}, heads AS (
     INSERT INTO bar_series AS s (provider, symbol, interval, seq)
     SELECT provider, symbol, interval, count(*) FROM changed GROUP BY provider, symbol, interval
     ON CONFLICT (provider, symbol, interval) DO UPDATE SET seq = s.seq + EXCLUDED.seq
@@ -144,14 +150,12 @@ def _log_changes_ctes(*, quotes_changed: bool) -> str:
                              {", ".join(_QUOTE_COLS)}, quote_revision)
     SELECT k.provider, k.symbol, k.interval,
            h.head - count(*) OVER w + row_number() OVER (w ORDER BY k.ts),
-           k.ts, t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision,
-           {", ".join("q." + c for c in _QUOTE_COLS)}, q.revision
+           k.ts, t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, {quote_values}
     FROM changed k
     JOIN heads h ON (h.provider, h.symbol, h.interval) = (k.provider, k.symbol, k.interval)
     LEFT JOIN tpart t
            ON (t.provider, t.symbol, t.interval, t.ts) = (k.provider, k.symbol, k.interval, k.ts)
-    LEFT JOIN qpart q
-           ON (q.provider, q.symbol, q.interval, q.ts) = (k.provider, k.symbol, k.interval, k.ts)
+    {quote_join}
     WINDOW w AS (PARTITION BY k.provider, k.symbol, k.interval)
     ORDER BY k.provider, k.symbol, k.interval, k.ts
     RETURNING provider, symbol, interval, ts, seq
@@ -165,7 +169,7 @@ WITH up AS (
     FROM mdp_stage_bars
     {_BAR_ON_CONFLICT}
     {_BAR_RETURNING}
-){_log_changes_ctes(quotes_changed=False)}
+){_log_changes_ctes(trades=True, quotes=False, quote_part=True)}
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated
 FROM up
@@ -178,7 +182,7 @@ WITH up AS (
     SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, 0, now()
     FROM mdp_stage_bars
     {_BAR_RETURNING}
-){_log_changes_ctes(quotes_changed=False)}
+){_log_changes_ctes(trades=True, quotes=False, quote_part=True)}
 SELECT count(*) AS inserted, 0 AS updated FROM up
 """
 
@@ -271,37 +275,18 @@ def _imbalance(t: str) -> str:
     )
 
 
-# The quotes of window w (inside the batch's pruning bounds $3 - $5 .. $4 + $5).
-_IN_WINDOW = """{t}.provider = w.provider AND {t}.symbol = w.symbol
-                AND {t}.ts >= w.bucket AND {t}.ts < w.bucket + $1::interval
-                AND {t}.ts >= $3::timestamptz - $5::interval
-                AND {t}.ts < $4::timestamptz + $5::interval"""
+_EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 
-# One statement recomputes, from ALL stored ticks and quotes, the trade bars of the windows
-# the batch's ticks touch, the quote bars of the windows its ticks or quotes touch or whose
-# carried book its quotes may change, and records one change per window that changed.
-#
-# Trade bars: the LATERAL aggregate cannot be flattened, so each window is one index range
-# scan on ticks' primary key (provider, symbol, ts, seq), whatever the size of the table;
-# open and close are two more probes of that index (first/last by (ts, seq)), cheaper than
-# sorting the window's prices in ordered aggregates. $3 and $4 bound all the windows (the
-# client's estimate, widened by a window each side; by the carry $5 for quotes): redundant,
-# but with them the planner prunes the partitions at plan time instead of planning scans of
-# every partition.
-#
-# Quote bars: a quote at t can change the book carried into the windows starting in
-# (t, t + carry], up to the first later quote (after which the book no longer comes from
-# it): those windows, where they exist (a trade or quote bar), are recomputed too. Per
-# window: the quotes' count and spread min/max/sum (sum in (ts, seq) order: float8 addition
-# in one fixed order, so the same quotes give the same bits), the carried book (the last
-# quote before the window, at most $5 older than its start), the closing book (the last
-# quote by (ts, seq), else the carried one), and the time-weighted sums over the book's
-# states: the carried book from the window start, then the last quote of each instant,
-# each standing until the next state (or the window end), durations in microseconds.
-_RECOMPUTE_SQL = f"""
-WITH win AS (
-    SELECT DISTINCT provider, symbol,
-           date_bin($1::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket
+# Trade bars of the windows the staged ticks touch. The LATERAL aggregate cannot be flattened,
+# so each window is one index range scan on ticks' primary key (provider, symbol, ts, seq),
+# whatever the size of the table; open and close are two more probes of that index (first/last
+# by (ts, seq)), cheaper than sorting the window's prices in ordered aggregates. $3 and $4
+# bound all the windows (the client's estimate, widened by a window each side): redundant, but
+# with them the planner prunes the partitions at plan time instead of planning scans of every
+# partition.
+_TRADE_CTES = f"""
+win AS (
+    SELECT DISTINCT provider, symbol, date_bin($1::interval, ts, {_EPOCH}) AS bucket
     FROM mdp_stage_ticks
 ), agg AS (
     SELECT w.provider, w.symbol, w.bucket, a.o, a.h, a.l, a.c, a.v, a.pv, a.n
@@ -338,16 +323,21 @@ WITH win AS (
     ORDER BY provider, symbol, bucket
     {_BAR_ON_CONFLICT}
     {_BAR_RETURNING}
-), qspan AS (
+)"""
+
+# The windows whose quote bar to recompute: those of the staged quotes and ticks, and those
+# whose carried book the staged quotes may change. A quote at t can be the book carried into
+# the windows starting in (t, t + carry], up to the first later quote (after which the book no
+# longer comes from it): of those, the windows that exist (with a trade or a quote bar).
+_QUOTE_WINDOWS_STAGED = f"""
+qspan AS (
     SELECT provider, symbol, min(ts) AS t_min, max(ts) AS t_max
     FROM mdp_stage_quotes
     GROUP BY provider, symbol
 ), qwin AS (
-    SELECT provider, symbol,
-           date_bin($1::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket
+    SELECT provider, symbol, date_bin($1::interval, ts, {_EPOCH}) AS bucket
     FROM mdp_stage_quotes
-    UNION
-    SELECT provider, symbol, bucket FROM win
+    {{ticks}}
     UNION
     SELECT s.provider, s.symbol, f.ts
     FROM qspan s
@@ -373,56 +363,64 @@ WITH win AS (
           AND b.ts > s.t_min AND b.ts <= r.reach
           AND b.ts >= $3 AND b.ts < $4::timestamptz + $5::interval
     ) f
-), qagg AS (
-    SELECT w.provider, w.symbol, w.bucket, a.n, a.smin, a.smax, a.ssum,
-           CASE WHEN a.n > 0 THEN cl.bid ELSE ci.bid END AS bid,
-           CASE WHEN a.n > 0 THEN cl.ask ELSE ci.ask END AS ask,
-           CASE WHEN a.n > 0 THEN cl.bid_size ELSE ci.bid_size END AS bid_size,
-           CASE WHEN a.n > 0 THEN cl.ask_size ELSE ci.ask_size END AS ask_size,
-           tw.sp_w, tw.d_all, tw.imb_w, tw.d_imb
+)"""
+_QUOTE_WINDOWS_OF_TICKS = "qwin AS (SELECT provider, symbol, bucket FROM win)"
+
+# Per window, in one pass over its book: the carried book (the last quote before the window,
+# at most $5 older than its start, as a state at the start: k = 0) and the window's quotes
+# (k = 1), ordered by (ts, k, seq). A row is the book of its instant when the next row is at a
+# later instant; it stands until that instant (or the window end): d, in microseconds (0 for
+# the other rows, which the book did not hold for any time). Sums in that fixed order, so the
+# same quotes give the same bits; the row with no next row is the closing book.
+_QUOTE_BAR_CTES = f"""
+qagg AS (
+    SELECT w.provider, w.symbol, w.bucket, a.*
     FROM qwin w
     CROSS JOIN LATERAL (
-        SELECT count(*) AS n, min(z.sp) AS smin, max(z.sp) AS smax,
-               sum(z.sp ORDER BY z.ts, z.seq) AS ssum
-        FROM (SELECT {_spread("q")} AS sp, q.ts, q.seq FROM quotes q
-              WHERE {_IN_WINDOW.format(t="q")}) z
-    ) a
-    LEFT JOIN LATERAL (
-        SELECT c.bid, c.ask, c.bid_size, c.ask_size FROM quotes c
-        WHERE c.provider = w.provider AND c.symbol = w.symbol
-          AND c.ts < w.bucket AND c.ts >= w.bucket - $5::interval
-          AND c.ts >= $3::timestamptz - $5::interval
-          AND c.ts < $4::timestamptz + $5::interval
-        ORDER BY c.ts DESC, c.seq DESC LIMIT 1
-    ) ci ON true
-    LEFT JOIN LATERAL (
-        SELECT l.bid, l.ask, l.bid_size, l.ask_size FROM quotes l
-        WHERE {_IN_WINDOW.format(t="l")}
-        ORDER BY l.ts DESC, l.seq DESC LIMIT 1
-    ) cl ON true
-    CROSS JOIN LATERAL (
-        SELECT sum(x.sp * x.d ORDER BY x.ts, x.k) AS sp_w,
+        SELECT count(*) FILTER (WHERE x.k = 1) AS n,
+               count(*) FILTER (WHERE x.k = 0) AS carried,
+               min(x.sp) FILTER (WHERE x.k = 1) AS smin,
+               max(x.sp) FILTER (WHERE x.k = 1) AS smax,
+               sum(x.sp ORDER BY x.ts, x.k, x.seq) FILTER (WHERE x.k = 1) AS ssum,
+               sum(x.sp * x.d ORDER BY x.ts, x.k, x.seq) AS sp_w,
                sum(x.d) AS d_all,
-               sum(x.imb * x.d ORDER BY x.ts, x.k) FILTER (WHERE x.imb IS NOT NULL) AS imb_w,
-               sum(x.d) FILTER (WHERE x.imb IS NOT NULL) AS d_imb
+               sum(x.imb * x.d ORDER BY x.ts, x.k, x.seq) FILTER (WHERE x.imb IS NOT NULL)
+                   AS imb_w,
+               sum(x.d) FILTER (WHERE x.imb IS NOT NULL) AS d_imb,
+               max(x.bid) FILTER (WHERE x.next_ts IS NULL) AS bid,
+               max(x.ask) FILTER (WHERE x.next_ts IS NULL) AS ask,
+               max(x.bid_size) FILTER (WHERE x.next_ts IS NULL) AS bid_size,
+               max(x.ask_size) FILTER (WHERE x.next_ts IS NULL) AS ask_size
         FROM (
-            SELECT y.ts, y.k, y.sp, y.imb,
-                   (extract(epoch FROM coalesce(lead(y.ts) OVER (ORDER BY y.ts, y.k),
-                                                w.bucket + $1::interval) - y.ts)
-                    * 1000000)::float8 AS d
+            SELECT y.*,
+                   CASE WHEN y.next_ts IS NULL OR y.next_ts > y.ts
+                        THEN (extract(epoch FROM coalesce(y.next_ts, w.bucket + $1::interval)
+                                                 - y.ts) * 1000000)::float8
+                        ELSE 0 END AS d
             FROM (
-                SELECT w.bucket AS ts, 0 AS k, {_spread("ci")} AS sp, {_imbalance("ci")} AS imb
-                WHERE ci.bid IS NOT NULL
-                UNION ALL
-                (SELECT DISTINCT ON (s.ts) s.ts, 1, {_spread("s")}, {_imbalance("s")}
-                 FROM quotes s
-                 WHERE {_IN_WINDOW.format(t="s")}
-                 ORDER BY s.ts, s.seq DESC)
+                SELECT z.*, {_spread("z")} AS sp, {_imbalance("z")} AS imb,
+                       lead(z.ts) OVER (ORDER BY z.ts, z.k, z.seq) AS next_ts
+                FROM (
+                    (SELECT w.bucket AS ts, 0 AS k, c.seq, c.bid, c.ask, c.bid_size, c.ask_size
+                     FROM quotes c
+                     WHERE c.provider = w.provider AND c.symbol = w.symbol
+                       AND c.ts < w.bucket AND c.ts >= w.bucket - $5::interval
+                       AND c.ts >= $3::timestamptz - $5::interval
+                       AND c.ts < $4::timestamptz + $5::interval
+                     ORDER BY c.ts DESC, c.seq DESC LIMIT 1)
+                    UNION ALL
+                    SELECT q.ts, 1, q.seq, q.bid, q.ask, q.bid_size, q.ask_size
+                    FROM quotes q
+                    WHERE q.provider = w.provider AND q.symbol = w.symbol
+                      AND q.ts >= w.bucket AND q.ts < w.bucket + $1::interval
+                      AND q.ts >= $3::timestamptz - $5::interval
+                      AND q.ts < $4::timestamptz + $5::interval
+                ) z
             ) y
         ) x
-    ) tw
+    ) a
     WHERE a.n > 0
-       OR (ci.bid IS NOT NULL
+       OR (a.carried > 0
            AND EXISTS (SELECT 1 FROM ticks t
                        WHERE t.provider = w.provider AND t.symbol = w.symbol
                          AND t.ts >= w.bucket AND t.ts < w.bucket + $1::interval
@@ -445,19 +443,83 @@ WITH win AS (
           IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _QUOTE_COLS)})
     RETURNING b.provider, b.symbol, b.interval, b.ts, {", ".join("b." + c for c in _QUOTE_COLS)},
               b.revision, (b.revision = 0) AS inserted
-){_log_changes_ctes(quotes_changed=True)}
+)"""
+
+
+def _recompute_sql(*, ticks: bool, quotes: bool, book: bool) -> str:
+    """The one statement that recomputes, from ALL stored ticks and quotes, the trade bars of
+    the windows the staged ticks touch (``ticks``), the quote bars of the windows the staged
+    ticks or quotes touch or whose carried book the staged quotes may change (``book``:
+    there are quotes within reach; ``quotes``: the batch has some), and records one change
+    per window that changed. Parameters: $1 the window, $2 its name, $3/$4 the batch's
+    bounds, $5 the quote carry. Rows: the counts, and each change (the trade and quote bar
+    columns of what this statement wrote, null for a part it did not change)."""
+    ctes = []
+    if ticks:
+        ctes.append(_TRADE_CTES)
+    if quotes:
+        extra = "UNION\n    SELECT provider, symbol, bucket FROM win" if ticks else ""
+        ctes.append(_QUOTE_WINDOWS_STAGED.format(ticks=extra))
+    elif book:
+        ctes.append(_QUOTE_WINDOWS_OF_TICKS)
+    if book:
+        ctes.append(_QUOTE_BAR_CTES)
+    trade_cols = "t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.inserted"
+    quote_cols = ", ".join("q." + c for c in _QUOTE_COLS)
+    quote_cols += ", q.revision AS quote_revision, q.inserted AS quote_inserted"
+    null_trade = ", ".join(f"NULL::{t} AS {c}" for c, t in _TRADE_TYPES) + ", NULL AS inserted"
+    null_quote = ", ".join(f"NULL::float8 AS {c}" for c in _QUOTE_COLS if c != "quote_count")
+    null_quote += ", NULL::int AS quote_count, NULL::int AS quote_revision"
+    null_quote += ", NULL AS quote_inserted"
+    joins = ""
+    if ticks:
+        joins += "\n    LEFT JOIN up t USING (provider, symbol, interval, ts)"
+    if book:
+        joins += "\n    LEFT JOIN up_q q USING (provider, symbol, interval, ts)"
+    return f"""
+WITH {", ".join(c.strip() for c in ctes)}
+{_log_changes_ctes(trades=ticks, quotes=book, quote_part=book)}
 SELECT n.windows, n.quote_windows, x.*
-FROM (SELECT (SELECT count(*) FROM agg) AS windows,
-             (SELECT count(*) FROM qagg) AS quote_windows) n
+FROM (SELECT {"(SELECT count(*) FROM agg)" if ticks else "0"} AS windows,
+             {"(SELECT count(*) FROM qagg)" if book else "0"} AS quote_windows) n
 LEFT JOIN (
     SELECT ch.seq AS change_seq, ch.provider, ch.symbol, ch.ts,
-           t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.inserted,
-           {", ".join("q." + c for c in _QUOTE_COLS)}, q.revision AS quote_revision,
-           q.inserted AS quote_inserted
-    FROM ch
-    LEFT JOIN up t USING (provider, symbol, interval, ts)
-    LEFT JOIN up_q q USING (provider, symbol, interval, ts)
+           {trade_cols if ticks else null_trade},
+           {quote_cols if book else null_quote}
+    FROM ch{joins}
 ) x ON true
+"""
+
+
+_TRADE_TYPES = (
+    ("o", "float8"),
+    ("h", "float8"),
+    ("l", "float8"),
+    ("c", "float8"),
+    ("v", "float8"),
+    ("vwap", "float8"),
+    ("trade_count", "int"),
+    ("revision", "int"),
+)
+# by (ticks staged, quotes staged, quotes within reach)
+_RECOMPUTE_SQL = {
+    (True, False, False): _recompute_sql(ticks=True, quotes=False, book=False),
+    (True, False, True): _recompute_sql(ticks=True, quotes=False, book=True),
+    (False, True, True): _recompute_sql(ticks=False, quotes=True, book=True),
+    (True, True, True): _recompute_sql(ticks=True, quotes=True, book=True),
+}
+# Is there any quote of the batch's series that could be the book of its windows? (Inside
+# the writer's transaction, after its series locks: nobody else writes their quotes.)
+_BOOK_IN_REACH_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM unnest($1::text[], $2::text[]) AS s(provider, symbol)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM quotes q
+        WHERE q.provider = s.provider AND q.symbol = s.symbol
+          AND q.ts >= $3::timestamptz - $5::interval AND q.ts < $4
+        LIMIT 1
+    ) x
+)
 """
 
 # One relay at a time, across processes: a transaction-scoped advisory lock of its own.
@@ -863,7 +925,10 @@ class PgStoreClient(PgClientBase):
         quote_bar_days = _bar_days(event_days, window_ms) | {
             first_day + timedelta(days=k) for k in range((reach_day - first_day).days + 1)
         }
-        locks = series_lock_keys({(e.provider, e.symbol) for e in unique.values()})
+        series = {(e.provider, e.symbol) for e in unique.values()}
+        locks = series_lock_keys(series)
+        providers = [p for p, _ in series]
+        symbols = [s for _, s in series]
         stride = timedelta(milliseconds=window_ms)
         lo = from_epoch_us(window_start_us(to_epoch_us(first_ts), window_ms)) - stride
         hi = from_epoch_us(window_start_us(to_epoch_us(last_ts), window_ms)) + 2 * stride
@@ -894,7 +959,14 @@ class PgStoreClient(PgClientBase):
                             _INSERT_NEW_QUOTES_SQL,
                             _INSERT_QUOTES_SQL,
                         )
-                    rows = await conn.fetch(_RECOMPUTE_SQL, stride, interval, lo, hi, carry)
+                    book = bool(quote_records) or await conn.fetchval(
+                        _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry
+                    )
+                    sql = _RECOMPUTE_SQL[(bool(tick_records), bool(quote_records), book)]
+                    if book:
+                        rows = await conn.fetch(sql, stride, interval, lo, hi, carry)
+                    else:  # no quote anywhere near: the trade bars alone
+                        rows = await conn.fetch(sql, stride, interval, lo, hi)
                     if tick_records:
                         if truncate:
                             await conn.execute("TRUNCATE mdp_stage_ticks")

@@ -14,6 +14,7 @@ import pytest
 
 from market_data_core.contracts import Bar, QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import StoreError
+from market_data_core.protocols import TickIngestResult
 from market_data_core.timeutil import format_duration_ms
 from market_data_store import PgSignalsStore, PgStoreClient
 from tests.support.quotes import (
@@ -230,3 +231,73 @@ async def test_a_provider_bar_is_refused(store: PgStoreClient) -> None:
     )
     with pytest.raises(StoreError, match="quote event"):
         await store.ingest_ticks([quote], interval="1s")
+
+
+async def test_trade_only_batches_with_and_without_a_book_in_reach(
+    store: PgStoreClient, store_url: str, unique: str
+) -> None:
+    """A batch of trades alone: with a stored quote within the carry of its windows, its
+    windows get the carried book (and a window that already has a quote bar keeps it on its
+    change record); with no quote within reach (the statement that skips the quote-bar
+    lookups), its windows get a trade bar alone and a change record with no quote part."""
+    p = f"tq{unique}"
+    t0 = datetime(2021, 3, 2, 12, tzinfo=UTC)
+
+    def quote(s: float, bid: float, seq: int) -> StreamEvent:
+        return StreamEvent.create(
+            provider=p, symbol="X", kind="quote", src_ts=t0 + timedelta(seconds=s), seq=seq,
+            bid=bid, ask=bid + 0.02, bid_size=3.0, ask_size=1.0,
+        )  # fmt: skip
+
+    def tick(s: float, seq: int) -> StreamEvent:
+        return StreamEvent.create(
+            provider=p, symbol="X", kind="tick", src_ts=t0 + timedelta(seconds=s), c=10.0,
+            v=1.0, seq=seq,
+        )  # fmt: skip
+
+    async def put(events: list[StreamEvent]) -> TickIngestResult:
+        return await store.ingest_events(events, interval="1s", quote_carry_ms=2000)
+
+    first = await put([quote(0.5, 10.0, 1)])
+    assert [(b.ts - t0).seconds for b in first.quote_bars] == [0]
+    # trades in window 0 (its quote bar stays) and window 1 (the 0.5 s book carried in)
+    near = await put([tick(0.7, 1), tick(1.5, 2)])
+    assert [(b.ts - t0).seconds for b in near.bars] == [0, 1]
+    assert [((b.ts - t0).seconds, b.quote_count, b.bid) for b in near.quote_bars] == [(1, 0, 10.0)]
+    # a trade alone in window 2: the 0.5 s quote is before the batch's span, 1.5 s before the
+    # window, within the carry
+    edge = await put([tick(2.3, 5)])
+    assert [((b.ts - t0).seconds, b.quote_count, b.bid) for b in edge.quote_bars] == [(2, 0, 10.0)]
+    # trades 10 s later: the last quote is 9.5 s old, beyond the 2 s carry
+    far = await put([tick(10.5, 3), tick(11.2, 4)])
+    assert [(b.ts - t0).seconds for b in far.bars] == [10, 11]
+    assert far.quote_bars == [] and far.quotes_inserted == 0
+    assert far.quote_bars_result.inserted == far.quote_bars_result.updated == 0
+    published: list[WindowBar] = []
+
+    async def publish(windows: Sequence[WindowBar]) -> None:
+        published.extend(w for w in windows if w.provider == p)
+
+    while (await store.relay_bar_changes(publish, limit=1000)).relayed:
+        pass
+    seen = [
+        (
+            type(w).__name__,
+            (w.ts - t0).seconds,
+            None if isinstance(w, QuoteBar) or w.quote is None else w.quote.quote_count,
+        )
+        for w in published
+    ]
+    assert seen == [
+        ("QuoteBar", 0, None),
+        ("Bar", 0, 1),  # the trade bar's change carries the window's unchanged quote bar
+        ("Bar", 1, 0),  # carried book
+        ("Bar", 2, 0),
+        ("Bar", 10, None),
+        ("Bar", 11, None),
+    ]
+    # the same rows as one batch of everything recomputed from scratch
+    again = await put([quote(0.5, 10.0, 1), tick(0.7, 1), tick(1.5, 2), tick(10.5, 3)])
+    assert (again.bars, again.quote_bars) == ([], [])
+    windows = await store.windows_range(p, "X", "1s", t0, t0 + timedelta(minutes=1))
+    assert [(w.ts - t0).seconds for w in windows] == [0, 1, 2, 10, 11]
