@@ -143,8 +143,9 @@ class Trades:
 class Quotes:
     """Top-of-book quotes given in code (columns ``ts``, ``bid``, ``ask``, optional
     ``bid_size``, ``ask_size``, ``symbol``, ``seq``); like :class:`Trades` otherwise. They take
-    the live path of quotes: today the micro-batcher counts them (``quotes_skipped``) and
-    stores nothing (README, Known limits)."""
+    the live path of quotes: stored in ``quotes``, and a quote bar per window (book at close,
+    spread and imbalance, :class:`~market_data_core.contracts.QuoteBar`) beside the trade
+    bars."""
 
     data: Any
     provider: str = "user"

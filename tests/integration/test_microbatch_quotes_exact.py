@@ -20,9 +20,9 @@ from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, QuoteBar, StreamEvent
 from market_data_core.protocols import routing_key, shard_for
 from market_data_core.timeutil import format_duration_ms
-from market_data_pipeline.cli.wiring import open_store, upgrade_schema
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.streaming.bus import open_bus
+from market_data_pipeline.wiring import open_store, upgrade_schema
 from tests.support.cli import MDP, mdp_env
 from tests.support.pipeline import make_config, publish, urls, write_config
 from tests.support.quotes import (

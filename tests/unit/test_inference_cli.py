@@ -51,7 +51,9 @@ def test_unknown_feature_lists_the_known_ones(
     )
     code, err = _run(["--config", str(_config(tmp_path, rules__file=str(rules)))], capsys)
     assert code == 2
-    assert "unknown feature 'rsi14' (known: close, imbalance, momentum, ret_30s, rsi, sma_fast" in err
+    assert (
+        "unknown feature 'rsi14' (known: close, imbalance, momentum, ret_30s, rsi, sma_fast" in err
+    )
 
 
 def test_model_hash_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
