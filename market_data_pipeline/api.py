@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from market_data_core.config import AppConfig, load_config, override_config
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Bar, QuoteBar, Signal, WindowBar
 from market_data_core.errors import ConfigError
 from market_data_core.protocols import (
     Bus,
@@ -55,7 +55,7 @@ from market_data_pipeline.consumer_lock import hold_consumers
 from market_data_pipeline.consumers.inference_consumer import features_interval, inference_group
 from market_data_pipeline.inference.engine import AdapterKind, InferenceEngine, build_engine
 from market_data_pipeline.producers.datasets import RowError
-from market_data_pipeline.producers.records import RecordsProvider
+from market_data_pipeline.producers.records import MergedRecords, RecordsProvider
 from market_data_pipeline.producers.replay_run import dead_letterer
 from market_data_pipeline.project import DEFAULT_CONFIG_FILE, dataset_registries
 from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
@@ -210,6 +210,19 @@ def _build_source(config: AppConfig, bus: Bus, spec: SourceSpec) -> Source:
     from market_data_pipeline.producers.ibkr import IbkrProvider
 
     return Source(IbkrProvider(config.producers.ibkr), config.producers.ibkr.max_msgs_per_s)
+
+
+def _build_sources(config: AppConfig, bus: Bus, specs: Sequence[SourceSpec]) -> list[Source]:
+    """The sources of ``specs``; all :class:`Trades` and :class:`Quotes` together are one
+    source, their events interleaved by event time (:class:`~market_data_pipeline.producers.
+    records.MergedRecords`), where the first of them was."""
+    sources = [_build_source(config, bus, s) for s in specs]
+    records = [s.provider for s in sources if isinstance(s.provider, RecordsProvider)]
+    if len(records) < 2:
+        return sources
+    first = next(i for i, s in enumerate(sources) if isinstance(s.provider, RecordsProvider))
+    rest = [s for s in sources if not isinstance(s.provider, RecordsProvider)]
+    return [*rest[:first], Source(MergedRecords(records)), *rest[first:]]
 
 
 def _row_letters(sources: Sequence[Source]) -> dict[str, int]:
@@ -388,7 +401,7 @@ class Pipeline:
         if stop_after_s is not None:
             timer = asyncio.get_running_loop().call_later(stop_after_s, stop_event.set)
         state = self._run = _RunState()
-        state.sources = [_build_source(self.config, c.bus, s) for s in self._specs]
+        state.sources = _build_sources(self.config, c.bus, self._specs)
 
         def progress(p: Progress) -> None:
             state.last = p
@@ -439,9 +452,51 @@ class Pipeline:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[Bar]:
-        """Stored bars of one series with ``start <= ts < end`` (default: all), oldest first;
-        ``interval`` defaults to the micro-batch window (``2s`` in the shipped config)."""
+        """Stored bars of one series with ``start <= ts < end`` (default: all), oldest first,
+        each with its window's quote bar attached (``Bar.quote``, ``None`` where the window
+        has no book); ``interval`` defaults to the micro-batch window (``2s`` in the shipped
+        config)."""
         return await self.store.bars_range(
+            provider,
+            symbol,
+            interval or format_duration_ms(self.config.micro_batch.window_ms),
+            start or EPOCH,
+            end or _FAR_FUTURE,
+        )
+
+    async def quote_bars(
+        self,
+        provider: str,
+        symbol: str,
+        *,
+        interval: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[QuoteBar]:
+        """Stored quote bars of one series (top of book per window: bid/ask at close, spread
+        in bps, imbalance; :class:`~market_data_core.contracts.QuoteBar`), like :meth:`bars`
+        otherwise."""
+        return await self.store.quote_bars_range(
+            provider,
+            symbol,
+            interval or format_duration_ms(self.config.micro_batch.window_ms),
+            start or EPOCH,
+            end or _FAR_FUTURE,
+        )
+
+    async def windows(
+        self,
+        provider: str,
+        symbol: str,
+        *,
+        interval: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[WindowBar]:
+        """Every stored window of one series, oldest first: a trade bar (with its quote bar
+        attached) or, for a window with quotes and no trade, its quote bar alone -- what the
+        inference stage scores. Arguments as :meth:`bars`."""
+        return await self.store.windows_range(
             provider,
             symbol,
             interval or format_duration_ms(self.config.micro_batch.window_ms),

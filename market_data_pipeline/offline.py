@@ -10,18 +10,22 @@ says: research never writes into a configured database), started for the call an
 after it. Start-up (both servers, initdb, the migration, the clients) took 0.7 to 2.8 s on the
 shared 2-core machine of the README (:attr:`OfflineResult.startup_s` measures it each call).
 
-What comes back: the final bars from the store; the features after each bar, from a fresh
-engine's clean pass over those bars (:func:`~market_data_pipeline.inference.reference.
-clean_pass`, the same :class:`~market_data_pipeline.features.FeatureEngine` the inference stage
-runs; features are not stored); the active signals from the ``signals`` table, which the
-signals guarantee says equal that clean pass's signals -- checked on every call, a difference
-raises :class:`~market_data_core.errors.InferenceError`; every dead letter (bad rows, events
-too late for the correction horizon) with its reason; and the run's
-:class:`~market_data_pipeline.runner.RunSummary`.
+What comes back: the final bars and quote bars from the store; the features after each window
+(a trade bar with its quote bar, or a quote bar alone), from a fresh engine's clean pass over
+those windows (:func:`~market_data_pipeline.inference.reference.clean_pass`, the same
+:class:`~market_data_pipeline.features.FeatureEngine` the inference stage runs; features are
+not stored); the active signals from the ``signals`` table, which the signals guarantee says
+equal that clean pass's signals -- checked on every call, a difference raises
+:class:`~market_data_core.errors.InferenceError`; every dead letter (bad rows, events too late
+for the correction horizon) with its reason; and the run's
+:class:`~market_data_pipeline.runner.RunSummary`. Trades and quotes are published as one
+stream interleaved by event time (:class:`~market_data_pipeline.producers.records.
+MergedRecords`), so quotes of a symbol are not late behind its trades or the other way round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from market_data_core.config import AppConfig, override_config
-from market_data_core.contracts import Bar, Signal
+from market_data_core.contracts import Bar, QuoteBar, Signal, WindowBar
 from market_data_core.errors import ConfigError, InferenceError
 from market_data_core.protocols import DeadLetter, FeatureSnapshot
 from market_data_core.timeutil import format_duration_ms
@@ -37,7 +41,7 @@ from market_data_pipeline.api import Pipeline, Quotes, SourceSpec, Trades, defau
 from market_data_pipeline.consumers.inference_consumer import features_interval
 from market_data_pipeline.inference.engine import AdapterKind, build_engine
 from market_data_pipeline.inference.reference import clean_pass, signal_rows
-from market_data_pipeline.producers.records import RecordsProvider
+from market_data_pipeline.producers.records import MergedRecords, RecordsProvider
 from market_data_pipeline.runner import RunSummary
 from market_data_pipeline.wiring import run_blocking
 
@@ -57,13 +61,18 @@ _NO_SERVERS = {
 class OfflineResult:
     """What :func:`run_offline` computed (see the module docstring).
 
-    ``bars``: every final bar of the input's series at the micro-batch window, per series
-    oldest first. ``features``: the feature snapshot after each bar of the features interval
-    (``features.interval``, default the window), in the same order. ``signals``: the active
-    signals, oldest first. ``startup_s``/``run_s``: seconds to start the servers, migrate and
-    connect / to run the pipeline and read the results back."""
+    ``bars``: every final trade bar of the input's series at the micro-batch window, per
+    series oldest first, each with its window's quote bar attached (``Bar.quote``).
+    ``quote_bars``: every final quote bar (top of book per window, from the quotes; a window
+    with trades and no quote carries the last book at most ``micro_batch.quote_carry_ms``
+    old), in the same order. ``features``: the feature snapshot after each window of the
+    features interval (``features.interval``, default the window): a window with a trade bar
+    or a quote bar, per series oldest first. ``signals``: the active signals, oldest first.
+    ``startup_s``/``run_s``: seconds to start the servers, migrate and connect / to run the
+    pipeline and read the results back."""
 
     bars: list[Bar]
+    quote_bars: list[QuoteBar]
     features: list[FeatureSnapshot]
     signals: list[Signal]
     dead_letters: list[DeadLetter]
@@ -72,9 +81,11 @@ class OfflineResult:
     run_s: float
 
     def frames(self) -> dict[str, Any]:
-        """``{"bars", "features", "signals", "dead_letters"}`` as pandas DataFrames (needs
-        pandas: ``pip install 'mdp-streaming[ml]'``). Feature columns are the feature names;
-        a value not ready yet is NaN."""
+        """``{"bars", "quote_bars", "features", "signals", "dead_letters"}`` as pandas
+        DataFrames (needs pandas: ``pip install 'mdp-streaming[ml]'``). Feature columns are
+        the feature names; a value not ready yet is NaN; quote bar columns are the
+        :class:`~market_data_core.contracts.QuoteBar` fields (a value that does not exist,
+        such as the imbalance of a book without sizes, is None)."""
         import pandas as pd  # type: ignore[import-untyped]
 
         bars = pd.DataFrame(
@@ -95,6 +106,11 @@ class OfflineResult:
                 }
                 for b in self.bars
             ]
+        )
+        quote_columns = [f.name for f in dataclasses.fields(QuoteBar) if f.name != "change_seq"]
+        quote_bars = pd.DataFrame(
+            [{n: getattr(q, n) for n in quote_columns} for q in self.quote_bars],
+            columns=quote_columns,
         )
         features = pd.DataFrame(
             [
@@ -127,7 +143,13 @@ class OfflineResult:
                 for d in self.dead_letters
             ]
         )
-        return {"bars": bars, "features": features, "signals": signals, "dead_letters": letters}
+        return {
+            "bars": bars,
+            "quote_bars": quote_bars,
+            "features": features,
+            "signals": signals,
+            "dead_letters": letters,
+        }
 
 
 def offline_config(config: AppConfig | None) -> AppConfig:
@@ -179,22 +201,22 @@ async def run_offline_async(
             {
                 key
                 for source in pipe.sources
-                if isinstance(source.provider, RecordsProvider)
+                if isinstance(source.provider, RecordsProvider | MergedRecords)
                 for key in source.provider.series
             }
         )
         window = format_duration_ms(cfg.micro_batch.window_ms)
         scored_interval = features_interval(cfg)
         bars: list[Bar] = []
-        other: list[Bar] = []
+        quote_bars: list[QuoteBar] = []
+        scored: list[WindowBar] = []
         for p, s in series:
             bars += await pipe.bars(p, s, interval=window)
-            if scored_interval != window:
-                other += await pipe.bars(p, s, interval=scored_interval)
+            quote_bars += await pipe.quote_bars(p, s, interval=window)
+            scored += await pipe.windows(p, s, interval=scored_interval)
         signals = await pipe.signals()
         letters = await pipe.dead_letters()
         run_s = time.monotonic() - t1
-    scored = bars if scored_interval == window else other
     engine = build_engine(cfg, pipe.adapter_kind, interval=scored_interval, base_dir=base_dir)
     try:
         reference = await clean_pass(engine, scored)
@@ -203,6 +225,7 @@ async def run_offline_async(
     _check_agree(signals, reference.signals)
     return OfflineResult(
         bars=bars,
+        quote_bars=quote_bars,
         features=reference.snapshots,
         signals=signals,
         dead_letters=letters,

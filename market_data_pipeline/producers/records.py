@@ -28,16 +28,22 @@ columns are an error of the row. The same input yields the same ``event_id`` on 
 
 A row that is not a valid event is not dropped: it becomes a
 :class:`~market_data_pipeline.producers.datasets.RowError` (reason ``parse`` or
-``validation``), kept in :attr:`RecordsProvider.errors` and handed to ``on_error`` -- the API
-dead-letters it, as a dataset replay does with a bad line.
+``validation``; its path ``<trades>`` or ``<quotes>``), kept in :attr:`RecordsProvider.errors`
+and handed to ``on_error`` -- the API dead-letters it, as a dataset replay does with a bad line.
+
+Trades and quotes of one symbol given as two inputs: :class:`MergedRecords` publishes them as
+one stream interleaved by event time (each input in its own order), as a venue's feed would;
+one input published whole before the other would put the other's rows behind the correction
+horizon of their symbol, and they would be dead-lettered as late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -47,7 +53,7 @@ from market_data_core.codec import validation_reason
 from market_data_core.contracts import StreamEvent
 from market_data_pipeline.producers.datasets import RowError
 
-__all__ = ["RecordKind", "RecordsProvider", "iter_records"]
+__all__ = ["MergedRecords", "RecordKind", "RecordsProvider", "iter_records"]
 
 RecordKind = Literal["tick", "quote"]
 
@@ -173,7 +179,7 @@ class RecordsProvider:
     ) -> None:
         raw = json.dumps(dict(row) if isinstance(row, Mapping) else str(row), default=str)
         error = RowError(
-            path="<records>",
+            path="<trades>" if self.kind == "tick" else "<quotes>",
             line=position,
             reason=reason,  # type: ignore[arg-type]
             detail=f"row {position}: {detail}",
@@ -186,3 +192,48 @@ class RecordsProvider:
 
     async def aclose(self) -> None:
         self._closed = True
+
+
+class MergedRecords:
+    """Several :class:`RecordsProvider` as one provider: their events interleaved by event
+    time -- the input whose next event is earliest goes next (ties: the input given first) --
+    each input's own order kept, so an input's unsorted rows stay as late as they were.
+    ``errors`` and ``series`` are those of all inputs."""
+
+    def __init__(self, parts: Sequence[RecordsProvider]) -> None:
+        if not parts:
+            raise ValueError("MergedRecords needs at least one input")
+        self.parts = list(parts)
+
+    @property
+    def name(self) -> str:
+        return self.parts[0].name
+
+    @property
+    def errors(self) -> list[RowError]:
+        return [e for p in self.parts for e in p.errors]
+
+    @property
+    def series(self) -> set[tuple[str, str]]:
+        return set().union(*(p.series for p in self.parts))
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        inputs = [p.events() for p in self.parts]
+        heads: list[tuple[datetime, int, StreamEvent]] = []
+        for i, it in enumerate(inputs):
+            first = await anext(it, None)
+            if first is not None:
+                heads.append((first.src_ts, i, first))
+        heapq.heapify(heads)
+        while heads:
+            _, i, event = heads[0]
+            yield event
+            following = await anext(inputs[i], None)
+            if following is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (following.src_ts, i, following))
+
+    async def aclose(self) -> None:
+        for p in self.parts:
+            await p.aclose()

@@ -3,6 +3,9 @@
 - research and live agree: :func:`mdp.run_offline` of a DataFrame of the shipped trades gives
   the bars of the pandas decimal reference, features that match TA-Lib, and exactly the bars and
   signals a :class:`mdp.Pipeline` makes of the same trades replayed from the dataset registry;
+- quotes offline: the shipped EUR/USD quotes with trades of the same symbol between them give
+  the quote bars of the pandas reference (trade windows with the carried book), one feature
+  snapshot per window, spread features from the quote bars, and the wide-spread rule's signals;
 - bad records are dead-lettered with their reason, good ones still make bars;
 - a live run stops on request, and a second live process under the same consumer name is
   refused with nothing left open.
@@ -19,8 +22,13 @@ import pytest
 import market_data_pipeline as mdp
 from market_data_core.errors import ConfigError
 from market_data_pipeline.inference.reference import signal_rows
+from tests.support.quotes import (
+    assert_quote_bars_equal_reference,
+    quote_events,
+    reference_quote_bars,
+)
 from tests.support.signals_reference import assert_features_match_talib
-from tests.support.trades import SYMBOL, TRADES_CSV, assert_bars_equal_reference
+from tests.support.trades import DATA, SYMBOL, TRADES_CSV, assert_bars_equal_reference
 
 PROVIDER = "binance-futures"
 
@@ -37,6 +45,23 @@ def shipped_trades() -> pd.DataFrame:
             "seq": raw["id"],
             "trade_id": raw["id"].astype(str),
             "side": raw["side"],
+        }
+    )
+
+
+def shipped_quotes() -> pd.DataFrame:
+    """The shipped EUR/USD quotes as a researcher would load them (the file: no header,
+    ``YYYYMMDD HHMMSSmmm,bid,ask,0``); ``seq`` is the line number, as the registry's replay
+    numbers them."""
+    raw = pd.read_csv(
+        DATA / "eurusd-quotes-2020-01-01.csv", header=None, names=["time", "bid", "ask", "x"]
+    )
+    return pd.DataFrame(
+        {
+            "ts": pd.to_datetime(raw["time"], format="%Y%m%d %H%M%S%f", utc=True),
+            "bid": raw["bid"],
+            "ask": raw["ask"],
+            "seq": raw.index + 1,
         }
     )
 
@@ -81,6 +106,49 @@ async def test_offline_bars_features_and_signals_are_the_live_ones() -> None:
     assert list(frames["bars"]["close"]) == [b.c for b in research.bars]
     assert len(frames["signals"]) == len(research.signals)
     assert research.startup_s > 0
+
+
+async def test_offline_quotes_give_the_reference_quote_bars_and_spread_signals() -> None:
+    """Quotes and trades of one symbol, given as two DataFrames: both are stored (none is late
+    behind the other), every quote bar equals the pandas reference (the book carried into
+    trade windows without a quote), the features are one snapshot per window with the
+    window's time-weighted spread, and the shipped wide_spread rule fires."""
+    config = mdp.default_config()
+    window_ms = config.micro_batch.window_ms
+    quotes = shipped_quotes()
+    events = quote_events("fx")
+    assert [e.src_ts for e in events] == list(quotes["ts"].dt.to_pydatetime())
+    # a trade every 7.3 s of the quotes' six hours, at the then mid
+    times = pd.date_range(quotes["ts"].iloc[0], quotes["ts"].iloc[-1], freq="7300ms")
+    mids = pd.merge_asof(pd.DataFrame({"ts": times}), quotes, on="ts")
+    trades = pd.DataFrame(
+        {"ts": times, "price": ((mids["bid"] + mids["ask"]) / 2).round(6), "size": 1.0}
+    )
+    result = await mdp.run_offline_async(
+        trades, quotes=quotes, config=config, provider="fx", symbol="EUR/USD"
+    )
+    mb = result.summary.microbatch
+    assert result.dead_letters == []
+    assert (mb.ticks_inserted, mb.quotes_inserted) == (len(trades), len(quotes))
+    reference = reference_quote_bars(
+        events, window_ms, config.micro_batch.quote_carry_ms, list(times.to_pydatetime())
+    )
+    assert_quote_bars_equal_reference(result.quote_bars, reference)
+    assert sum(q.quote_count for q in result.quote_bars) == len(quotes)
+    # trade bars carry their window's quote bar (the carried book where it has no quote)
+    by_ts = {q.ts: q for q in result.quote_bars}
+    assert len(result.bars) == len(set(times.floor(f"{window_ms}ms")))
+    assert all(b.quote == by_ts.get(b.ts) for b in result.bars)
+    assert sum(b.quote is not None and b.quote.quote_count == 0 for b in result.bars) > 100
+    # one snapshot per window (trade bars and quote bars alone), in event time
+    windows = sorted({b.ts for b in result.bars} | set(by_ts))
+    assert [f.ts for f in result.features] == windows
+    with_book = [f for f in result.features if f.ts in by_ts]
+    assert all(f.values["spread_bps"] == by_ts[f.ts].spread_bps for f in with_book)
+    wide = [s for s in result.signals if s.name == "wide_spread"]
+    assert wide and all(s.ts in by_ts for s in wide)
+    frames = result.frames()
+    assert list(frames["quote_bars"]["spread_bps"]) == [q.spread_bps for q in result.quote_bars]
 
 
 async def test_bad_records_are_dead_lettered_with_a_reason() -> None:
