@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from market_data_core.config import AppConfig, load_config, override_config
-    from market_data_core.contracts import Bar, Signal, StreamEvent
+    from market_data_core.contracts import Bar, QuoteBar, Signal, StreamEvent, WindowBar
     from market_data_core.errors import (
         BackpressureError,
         BusError,
@@ -74,6 +74,7 @@ __all__ = [
     "OfflineResult",
     "Pipeline",
     "Progress",
+    "QuoteBar",
     "Quotes",
     "RunSummary",
     "Signal",
@@ -84,6 +85,7 @@ __all__ = [
     "StreamEvent",
     "Synthetic",
     "Trades",
+    "WindowBar",
     "build_engine",
     "default_adapter",
     "default_config",
@@ -95,7 +97,9 @@ __all__ = [
 
 _WHERE: dict[str, str] = {
     **dict.fromkeys(("AppConfig", "load_config", "override_config"), "market_data_core.config"),
-    **dict.fromkeys(("Bar", "Signal", "StreamEvent"), "market_data_core.contracts"),
+    **dict.fromkeys(
+        ("Bar", "QuoteBar", "Signal", "StreamEvent", "WindowBar"), "market_data_core.contracts"
+    ),
     **dict.fromkeys(
         (
             "BackpressureError",

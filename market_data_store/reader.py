@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from market_data_core.contracts import Bar
-from market_data_core.reads import BarGap, LatencyBucket, RunRecord, SeriesSummary
+from market_data_core.reads import BarGap, LatencyBucket, RunRecord, SeriesSummary, SpreadPoint
 from market_data_core.timeutil import format_duration_ms, parse_duration_ms
 from market_data_store._base import PgClientBase
 from market_data_store._errors import translate_errors
@@ -70,6 +70,19 @@ GROUP BY bucket
 ORDER BY bucket
 """
 
+# Every stored quote's spread, (ask - bid) / mid * 1e4 as the quote bars compute it, per
+# bucket: one index range scan of the series on quotes' primary key.
+_SPREADS_SQL = f"""
+SELECT date_bin($5::interval, ts, {_EPOCH}) AS bucket,
+       avg((ask - bid) / ((ask + bid) / 2) * 10000) AS mean_bps,
+       max((ask - bid) / ((ask + bid) / 2) * 10000) AS max_bps,
+       count(*) AS quotes
+FROM quotes
+WHERE provider = $1 AND symbol = $2 AND ts >= $3 AND ts < $4
+GROUP BY bucket
+ORDER BY bucket
+"""
+
 _RUNS_SQL = """
 SELECT id, job, status, started_at, finished_at, events_in, rows_written, errors
 FROM job_runs ORDER BY id DESC LIMIT $1
@@ -77,7 +90,22 @@ FROM job_runs ORDER BY id DESC LIMIT $1
 
 
 class PgStoreReader(PgClientBase):
-    """Reads for ``mdp report`` (see :class:`market_data_core.reads.StoreReader`)."""
+    """Reads for ``mdp report`` (see :class:`market_data_core.reads.StoreReader`; also a
+    :class:`market_data_core.reads.QuoteSpreadReader`: the store keeps quotes)."""
+
+    async def quote_spreads(
+        self, provider: str, symbol: str, start: datetime, end: datetime, bucket_ms: int
+    ) -> list[SpreadPoint]:
+        """Per bucket of ``bucket_ms`` (aligned to the epoch) with stored quotes of the series
+        in ``[start, end)``: the mean and maximum of the quotes' spreads in bps
+        (``(ask - bid) / ((ask + bid) / 2) * 1e4``) and their count, oldest first."""
+        with translate_errors("quote_spreads"):
+            rows = await self._pool.fetch(
+                _SPREADS_SQL, provider, symbol, start, end, timedelta(milliseconds=bucket_ms)
+            )
+        return [
+            SpreadPoint(r["bucket"], r["mean_bps"], r["max_bps"], int(r["quotes"])) for r in rows
+        ]
 
     async def series(self) -> list[SeriesSummary]:
         with translate_errors("series"):

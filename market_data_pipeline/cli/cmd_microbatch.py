@@ -154,8 +154,9 @@ def micro_batch(
         p95 = percentile(stats.window_latencies_ms, 95)
         typer.echo(
             f"micro-batch {name}: {stats.events_in} events in, {stats.ticks_inserted} new ticks, "
-            f"{stats.duplicates} duplicates, "
+            f"{stats.quotes_inserted} new quotes, {stats.duplicates} duplicates, "
             f"{stats.bars_written} bars written ({stats.provider_bars} provider bars), "
+            f"{stats.quote_bars_written} quote bars written, "
             f"{stats.late_corrections} late corrections, {stats.too_late} too late, "
             f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}, "
             f"{stats.flushes} flushes"

@@ -56,8 +56,9 @@ T0 = datetime(2020, 2, 22, tzinfo=UTC)
 T1 = datetime(2020, 2, 23, tzinfo=UTC)
 SUMMARY = re.compile(
     r"micro-batch \S+: (?P<events_in>\d+) events in, (?P<new_ticks>\d+) new ticks, "
-    r"(?P<duplicates>\d+) duplicates, (?P<bars>\d+) bars written \((?P<provider_bars>\d+) "
-    r"provider bars\), (?P<corrections>\d+) late corrections, (?P<too_late>\d+) too late, "
+    r"(?P<new_quotes>\d+) new quotes, (?P<duplicates>\d+) duplicates, (?P<bars>\d+) bars "
+    r"written \((?P<provider_bars>\d+) provider bars\), (?P<quote_bars>\d+) quote bars "
+    r"written, (?P<corrections>\d+) late corrections, (?P<too_late>\d+) too late, "
     r"(?P<letters>\d+) dead letters?(?: \((?P<reasons>[^)]*)\))?, (?P<flushes>\d+) flushes"
 )
 

@@ -267,6 +267,7 @@ def stage_config(
                 "symbols": symbols,
                 "tick_rate": 20.0,
                 "price_volatility": 0.02,
+                "quote_ratio": 0.5,  # quotes too: the Market dashboard's spread panels
             }
         },
         "micro_batch": {

@@ -22,7 +22,7 @@ import redis
 
 from market_data_core.reads import StoreReader
 from market_data_store import PgStoreClient, PgStoreReader
-from tests.conftest import ROOT, SHIPPED_CONFIG
+from tests.conftest import DATA, ROOT, SHIPPED_CONFIG
 from tests.support.chromium import chromium_binary, render
 
 MDP = [sys.executable, "-m", "market_data_pipeline.cli.app"]
@@ -113,7 +113,10 @@ def test_the_report_holds_every_panel(report_file: Path) -> None:
         "Window latency",
     ):
         assert heading in page, heading
-    assert "spread: no quotes stored" in page  # quotes are not stored yet (issue 15)
+    # the store keeps quotes; the two series drawn have none (the EUR/USD quotes have no
+    # trade bars, and the report draws series of trade bars)
+    assert "quotes stored" in page and "quotes not stored" not in page
+    assert page.count("spread: no quotes in this range") == 2
     assert "2 dead letters" in page
     assert "micro-batch" in page and "infer-rules" in page  # runs from job_runs
     # self-contained: plotly.js inlined, no script or stylesheet from elsewhere
@@ -197,6 +200,23 @@ async def test_store_aggregations_equal_pandas(stored: tuple[dict[str, str], Pat
         assert [g.missing_windows for g in gaps] == [
             (b - a) // timedelta(seconds=2) for a, b in expected
         ]
+
+        # the stored EUR/USD quotes' spreads per minute, as pandas computes them
+        q = pd.read_csv(
+            DATA / "eurusd-quotes-2020-01-01.csv", header=None, names=["ts", "bid", "ask", "x"]
+        )
+        q.index = pd.to_datetime(q.ts, format="%Y%m%d %H%M%S%f", utc=True)
+        q["bps"] = (q.ask - q.bid) / ((q.ask + q.bid) / 2) * 1e4
+        spread = q.bps.resample("1min", origin="epoch").agg(["mean", "max", "count"])
+        spread = spread[spread["count"] > 0]
+        day = datetime(2020, 1, 1, tzinfo=UTC)
+        points = await reader.quote_spreads(
+            "fx-sample", "EUR/USD", day, day + timedelta(days=1), 60_000
+        )
+        assert [p.ts for p in points] == list(spread.index.to_pydatetime())
+        assert [p.quotes for p in points] == list(spread["count"])
+        assert [p.max_bps for p in points] == list(spread["max"])  # the same float formula
+        assert [p.mean_bps for p in points] == pytest.approx(list(spread["mean"]), rel=1e-12)
 
         runs = await reader.job_runs(10)
         assert [r.job for r in runs][-2:] == ["micro-batch", "infer-rules"]
