@@ -363,7 +363,10 @@ class Pipeline:
 
     @property
     def sources(self) -> list[Source]:
-        """The sources of the current or last :meth:`run`, as built (with their counts)."""
+        """The sources of the current or last :meth:`run`, as built (with their counts); all
+        :class:`Trades` and :class:`Quotes` are one of them, a
+        :class:`~market_data_pipeline.producers.records.MergedRecords`, when there are
+        several."""
         return list(self._run.sources)
 
     def stop(self) -> None:
