@@ -72,8 +72,10 @@ async def test_rows_land_in_their_day_and_new_days_appear(store_url: str) -> Non
         assert (await partitions_of(store_url, "bars_ohlcv"))["bars_ohlcv_p20191231"] == 1
 
         far = today + timedelta(days=10)
-        assert await client.ensure_partitions(days_ahead=10) == 3 * 8  # 3 tables x new days
-        assert f"ticks_p{far:%Y%m%d}" in await partitions_of(store_url, "ticks")
+        # 5 tables (bars_ohlcv, ticks, signals, quotes, quote_bars) x the new days
+        assert await client.ensure_partitions(days_ahead=10) == 5 * 8
+        for table in ("ticks", "quotes", "quote_bars"):
+            assert f"{table}_p{far:%Y%m%d}" in await partitions_of(store_url, table)
         assert await client.ensure_partitions(days_ahead=10) == 0
     finally:
         await client.aclose()
