@@ -692,6 +692,16 @@ def window_from_row(row: Any, change_seq: int | None = None) -> WindowBar:
     return _bar_from_row(row, change_seq=change_seq, quote=quote)
 
 
+def _latest_per_day(events: Iterable[StreamEvent]) -> dict[date, datetime]:
+    """The latest ``src_ts`` of the events of each UTC day."""
+    latest: dict[date, datetime] = {}
+    for e in events:
+        day = e.src_ts.date()
+        if day not in latest or e.src_ts > latest[day]:
+            latest[day] = e.src_ts
+    return latest
+
+
 def _bar_days(tick_days: set[date], window_ms: int) -> set[date]:
     """UTC days of the window starts of ticks on ``tick_days`` (a window that starts before
     midnight holds ticks of the next day when the interval does not divide a day)."""
@@ -920,11 +930,17 @@ class PgStoreClient(PgClientBase):
             quote_days = {r[2].date() for r in quote_records}
         event_days = tick_days | quote_days
         carry = timedelta(milliseconds=quote_carry_ms)
-        # quote bars: the events' windows and those their quotes' carried book reaches
-        reach_day = (last_ts + carry).date()
-        quote_bar_days = _bar_days(event_days, window_ms) | {
-            first_day + timedelta(days=k) for k in range((reach_day - first_day).days + 1)
-        }
+        # quote bars: the events' windows and those their quotes' carried book reaches (from
+        # each quote's day to the day of its time + carry; per day, not over the whole batch,
+        # whose series may lie years apart: a replay beside a live source)
+        quote_bar_days = _bar_days(event_days, window_ms)
+        if quote_records:
+            latest = {first_day: last_ts} if first_day == last_day else _latest_per_day(quotes)
+            for day, ts in latest.items():
+                reach_day = (ts + carry).date()
+                quote_bar_days |= {
+                    day + timedelta(days=k) for k in range((reach_day - day).days + 1)
+                }
         series = {(e.provider, e.symbol) for e in unique.values()}
         locks = series_lock_keys(series)
         providers = [p for p, _ in series]

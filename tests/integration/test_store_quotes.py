@@ -301,3 +301,36 @@ async def test_trade_only_batches_with_and_without_a_book_in_reach(
     assert (again.bars, again.quote_bars) == ([], [])
     windows = await store.windows_range(p, "X", "1s", t0, t0 + timedelta(minutes=1))
     assert [(w.ts - t0).seconds for w in windows] == [0, 1, 2, 10, 11]
+
+
+async def test_a_batch_spanning_months_creates_only_the_days_it_writes(
+    store: PgStoreClient, store_url: str, unique: str
+) -> None:
+    """A batch of old quotes of one series and live trades of another (a replay beside a live
+    source, as `mdp demo` runs): quote_bars gets the partitions of the days its bars can be
+    on (the events' days, and the days a quote's carry reaches), not one per day between the
+    batch's oldest and newest event (which once made thousands of empty partitions, and a
+    later `mdp db downgrade` ran out of lock memory dropping them)."""
+    old = datetime(2019, 6, 3, 23, 59, 30, tzinfo=UTC)
+    live = datetime(2019, 9, 1, 12, tzinfo=UTC)
+    quote = StreamEvent.create(
+        provider=f"sp{unique}", symbol="Q", kind="quote", src_ts=old, bid=1.0, ask=1.1, seq=0
+    )
+    trade = StreamEvent.create(
+        provider=f"sp{unique}", symbol="T", kind="tick", src_ts=live, c=1.0, v=1.0, seq=0
+    )
+    result = await store.ingest_events([quote, trade], interval="1s", quote_carry_ms=CARRY_MS)
+    assert (result.quotes_inserted, result.ticks_inserted) == (1, 1)
+    conn = await asyncpg.connect(store_url)
+    try:
+        days = {
+            r["relname"].rsplit("_p", 1)[1]
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'quote_bars'::regclass AND c.relname LIKE 'quote_bars_p2019%'"
+            )
+        }
+    finally:
+        await conn.close()
+    # the quote's day, the next day (its 60 s carry crosses midnight) and the trade's day
+    assert days == {"20190603", "20190604", "20190901"}
