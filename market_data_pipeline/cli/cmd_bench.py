@@ -322,6 +322,8 @@ async def _full_path(
             workers=workers,
             workdir=workdir,
             progress=progress,
+            quote_ratio=quote_ratio,
+            run_tag=run_tag,
         )
 
 
@@ -339,6 +341,8 @@ async def _full_path_on(
     workers: int,
     workdir: Path,
     progress: ProgressLine | None,
+    quote_ratio: float,
+    run_tag: str,
 ) -> FullPath:
     from market_data_pipeline.consumers.inference_consumer import InferenceConsumer
 
