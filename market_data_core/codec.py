@@ -394,6 +394,7 @@ _BAR_FIELDS = (
     "trade_count",
     "revision",
     "change_seq",
+    "in_session",
 )
 _QUOTE_BAR_FIELDS = (
     "provider",
@@ -527,6 +528,8 @@ def _bar(obj: dict[str, Any], when: datetime) -> Bar:
         if not isinstance(nested, dict):
             raise ValueError(f"quote must be a map, got {type(nested).__name__}")
         quote = _quote_bar(nested, obj["provider"], obj["symbol"], obj.get("interval"), when)
+    if fields["in_session"] is not None and not isinstance(fields["in_session"], bool):
+        raise ValueError(f"in_session must be a boolean, got {fields['in_session']!r}")
     bar = Bar(ts=when, quote=quote, **fields)
     for name in ("o", "h", "l", "c", "v"):
         value = getattr(bar, name)

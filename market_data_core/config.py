@@ -37,13 +37,14 @@ from pydantic import (
 
 from market_data_core.errors import ConfigError
 from market_data_core.redaction import SecretUrl, redact_url
-from market_data_core.timeutil import parse_duration_ms
+from market_data_core.timeutil import format_duration_ms, parse_duration_ms
 
 __all__ = [
     "DEFAULT_QUOTE_CARRY_MS",
     "AppConfig",
     "BusConfig",
     "ConfigPath",
+    "EmptyIntervals",
     "FeatureKind",
     "FeaturePluginConfig",
     "FeatureWindowConfig",
@@ -54,6 +55,7 @@ __all__ = [
     "PluginAdapterConfig",
     "ProducersConfig",
     "RedisConfig",
+    "RollupsConfig",
     "RulesAdapterConfig",
     "SklearnAdapterConfig",
     "StoreConfig",
@@ -238,6 +240,71 @@ class ProducersConfig(_Model):
     pack_events: int = Field(default=1, ge=1, le=10_000)
 
 
+EmptyIntervals = Literal["none", "flat"]
+
+
+class RollupsConfig(_Model):
+    """``micro_batch.rollups``: the coarser bar intervals built from the micro-bars.
+
+    - ``intervals``: e.g. ``["1m", "5m", "1h", "1d"]``; each a multiple of the micro-batch
+      window, at most ``1d``, and dividing a day (so every level nests in the day). Sorted and
+      de-duplicated on validation. Each level is built from the coarsest lower level whose
+      buckets nest in its own (the micro-bars at worst), exactly: see
+      ``market_data_store.store_client``.
+    - ``calendars``: a trading calendar (an ``exchange_calendars`` name such as ``XNYS``) ->
+      the symbols that trade on it. The ``1d`` bars of those symbols are its sessions
+      (``[open, close)``, early closes and daylight saving included) and the stretches between
+      them (flagged ``in_session = false``); every rollup bar of them says whether it lies
+      inside a session. Other symbols trade ``24/7``: UTC days.
+    - ``empty_intervals``: ``none`` (an interval without a trade has no bar) or ``flat`` (a
+      bar carrying the last close, ``v = 0``, ``trade_count = 0``, no vwap), the same at every
+      level: a micro window with no trade gets one when it lies between two windows with
+      trades (inside a session for a symbol with a calendar), and a rollup bucket of such
+      windows only is flat.
+    """
+
+    intervals: list[str] = []
+    calendars: dict[str, list[str]] = {}
+    empty_intervals: EmptyIntervals = "none"
+
+    @field_validator("intervals")
+    @classmethod
+    def _intervals_ok(cls, v: list[str]) -> list[str]:
+        by_ms: dict[int, str] = {}
+        for interval in v:
+            ms = parse_duration_ms(interval)
+            if ms <= 0 or ms > 86_400_000 or 86_400_000 % ms:
+                raise ValueError(
+                    f"rollup interval {interval!r} must divide a day (e.g. 1m, 5m, 15m, 1h, 4h, 1d)"
+                )
+            if ms in by_ms:
+                raise ValueError(f"rollup intervals {by_ms[ms]!r} and {interval!r} are the same")
+            by_ms[ms] = interval
+        return [format_duration_ms(ms) for ms in sorted(by_ms)]
+
+    @field_validator("calendars")
+    @classmethod
+    def _one_calendar_per_symbol(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for name, symbols in v.items():
+            if name == "24/7":
+                raise ValueError("24/7 is every symbol's calendar unless another is given")
+            for symbol in symbols:
+                if symbol in seen:
+                    raise ValueError(
+                        f"symbol {symbol!r} is on two calendars ({seen[symbol]}, {name})"
+                    )
+                seen[symbol] = name
+        return v
+
+    def calendar_of(self, symbol: str) -> str | None:
+        """The symbol's calendar name, ``None`` for 24/7 (UTC days)."""
+        for name, symbols in self.calendars.items():
+            if symbol in symbols:
+                return name
+        return None
+
+
 class MicroBatchConfig(_Model):
     """Tumbling event-time windows (0.5 s to 5 s) and when they close."""
 
@@ -249,6 +316,24 @@ class MicroBatchConfig(_Model):
     # how old the last quote before a window may be for its book to be carried into the
     # window (the book at the window's start; a window with trades and no quote keeps it)
     quote_carry_ms: int = Field(default=DEFAULT_QUOTE_CARRY_MS, ge=0)
+    # coarser bars built from the micro-bars in the same transaction (see RollupsConfig)
+    rollups: RollupsConfig = RollupsConfig()
+
+    @model_validator(mode="after")
+    def _rollups_nest(self) -> MicroBatchConfig:
+        for interval in self.rollups.intervals:
+            ms = parse_duration_ms(interval)
+            if ms <= self.window_ms or ms % self.window_ms:
+                raise ValueError(
+                    f"rollups.intervals: {interval} is not a multiple of the micro-batch window "
+                    f"({format_duration_ms(self.window_ms)}) greater than it"
+                )
+        if self.rollups.calendars and 60_000 % self.window_ms:
+            raise ValueError(
+                "rollups.calendars need a micro-batch window that divides a minute (trading "
+                f"sessions open and close on the minute); window_ms is {self.window_ms}"
+            )
+        return self
 
 
 FeatureKind = Literal[

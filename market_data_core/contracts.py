@@ -673,7 +673,10 @@ class Bar:
     ``bar_series``/``bar_changes``: 1, 2, ... per (provider, symbol, interval), one per
     committed change of the window); ``None`` for a bar that did not come from the log.
     ``quote`` is the same window's :class:`QuoteBar` where one exists and was read with the
-    bar (the change log and the store's reads attach it), else ``None``.
+    bar (the change log and the store's reads attach it), else ``None``. ``in_session`` is set
+    on rollup bars (``micro_batch.rollups``): whether the window lies inside a trading session
+    of the symbol's calendar (a ``1d`` bar: whether it is a session, else the stretch between
+    two); ``True`` for 24/7 symbols; ``None`` for micro-bars and provider bars.
     """
 
     provider: str
@@ -690,6 +693,7 @@ class Bar:
     revision: int = 0
     change_seq: int | None = None
     quote: QuoteBar | None = None
+    in_session: bool | None = None
 
     @property
     def key(self) -> tuple[str, str, str, datetime]:

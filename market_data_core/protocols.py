@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal, Protocol, runtime_checkable
 
 from market_data_core.contracts import Bar, QuoteBar, Signal, StreamEvent, WindowBar
@@ -26,11 +26,13 @@ __all__ = [
     "JobRunTracker",
     "Provider",
     "RelayResult",
+    "RollupPlan",
     "SeriesResume",
     "SignalsStoreClient",
     "StoreClient",
     "StreamStatus",
     "TickIngestResult",
+    "TradingSession",
     "UpsertResult",
     "murmur2",
     "partition_key",
@@ -301,6 +303,49 @@ class TickIngestResult:
     quotes_inserted: int = 0
     quote_bars: list[QuoteBar] = field(default_factory=list)
     quote_bars_result: UpsertResult = UpsertResult()
+    # the rollup bars (every level of the RollupPlan, and flat micro-bars of the empty-interval
+    # policy) inserted or changed, and the rollup windows recomputed
+    rollup_bars: list[Bar] = field(default_factory=list)
+    rollups_result: UpsertResult = UpsertResult()
+
+
+@dataclass(frozen=True, slots=True)
+class TradingSession:
+    """One session of a trading calendar: ``[open, close)`` in UTC, labelled by its date."""
+
+    session: date
+    open: datetime
+    close: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RollupPlan:
+    """What :meth:`StoreClient.ingest_events` builds beyond the micro-bars, in the same
+    transaction (``micro_batch.rollups``; built by ``market_data_pipeline.sessions``).
+
+    - ``intervals``: the rollup levels, ascending (e.g. ``("1m", "5m", "1h", "1d")``).
+    - ``calendars``: symbol -> trading calendar name; a symbol not in it trades 24/7 (its
+      ``1d`` buckets are UTC days). The calendar's sessions must be in the store
+      (:meth:`StoreClient.sync_sessions`).
+    - ``sources``: ``(calendar or None, level) -> interval`` of the bars the level is built
+      from: the coarsest lower level whose buckets nest in the level's (the micro-bars at
+      worst).
+    - ``empty_intervals``: ``none`` or ``flat`` (see ``RollupsConfig``).
+    """
+
+    intervals: tuple[str, ...] = ()
+    calendars: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[tuple[str | None, str], str] = field(default_factory=dict)
+    empty_intervals: Literal["none", "flat"] = "none"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.intervals) or self.empty_intervals == "flat"
+
+    def source_of(self, calendar: str | None, level: str) -> str:
+        """The interval ``level`` is built from for a series on ``calendar``."""
+        source = self.sources.get((calendar, level))
+        return source if source is not None else self.sources[(None, level)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +378,12 @@ class StoreClient(Protocol):
         ...
 
     async def ingest_events(
-        self, events: Sequence[StreamEvent], *, interval: str, quote_carry_ms: int
+        self,
+        events: Sequence[StreamEvent],
+        *,
+        interval: str,
+        quote_carry_ms: int,
+        rollups: RollupPlan | None = None,
     ) -> TickIngestResult:
         """Store raw trade ticks and quotes (idempotent by ``event_id``) and, in the same
         transaction, serialised per (provider, symbol), recompute from all stored ticks and
@@ -342,7 +392,19 @@ class StoreClient(Protocol):
         from a quote at most ``quote_carry_ms`` before it) of every window the events touch
         or whose carried book a new quote may change. A changed existing bar gets
         ``revision + 1``; every window whose trade or quote bar changed is one change on the
-        change log, with both as they are now. Raises ``StoreError`` for a provider bar."""
+        change log, with both as they are now. Raises ``StoreError`` for a provider bar.
+
+        With ``rollups``, in the same transaction: the empty-interval policy's flat bars
+        around the windows touched, then each rollup level's bucket of every window touched,
+        recomputed exactly from the level below (open/close of its first/last bar with trades,
+        high/low, exact sums of volume and ``price * size``, trade counts; the quote-bar
+        columns composed from the quote bars below), each changed one with its revision and
+        its change on the change log like any bar."""
+        ...
+
+    async def sync_sessions(self, calendar: str, sessions: Sequence[TradingSession]) -> int:
+        """Make the store's sessions of ``calendar`` these (upserted by session date); returns
+        how many rows were inserted or changed."""
         ...
 
     async def windows_range(

@@ -22,13 +22,15 @@ Column types and exactness:
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Double,
     Index,
@@ -58,6 +60,7 @@ __all__ = [
     "QuoteRow",
     "SignalRow",
     "TickRow",
+    "TradingSessionRow",
 ]
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -108,6 +111,28 @@ class BarRow(Base):
     trade_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    # exact sums behind a tick-derived bar (micro-bar or rollup): what rollups compose
+    sum_pv: Mapped[Decimal | None] = mapped_column(Numeric, nullable=True)
+    sum_v: Mapped[Decimal | None] = mapped_column(Numeric, nullable=True)
+    # rollups: inside a trading session (a 1d bar of a calendar: is a session); else null
+    in_session: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class TradingSessionRow(Base):
+    """``trading_sessions``: one session ``[open, close)`` of a trading calendar (from
+    ``exchange_calendars``); the ``1d`` rollup buckets of the calendar's symbols."""
+
+    __tablename__ = "trading_sessions"
+    __table_args__ = (
+        PrimaryKeyConstraint("calendar", "session"),
+        CheckConstraint("open < close", name="open_before_close"),
+        Index(None, "calendar", "open", unique=True),
+    )
+
+    calendar: Mapped[str] = mapped_column(Text)
+    session: Mapped[date] = mapped_column(Date)
+    open: Mapped[datetime] = mapped_column(_TSTZ)
+    close: Mapped[datetime] = mapped_column(_TSTZ)
 
 
 class BarSeriesRow(Base):
@@ -161,6 +186,7 @@ class BarChangeRow(Base):
     imbalance: Mapped[float | None] = mapped_column(Double, nullable=True)
     imbalance_close: Mapped[float | None] = mapped_column(Double, nullable=True)
     quote_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    in_session: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     committed_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
     relayed_at: Mapped[datetime | None] = mapped_column(_TSTZ, nullable=True)
 
@@ -315,3 +341,6 @@ class QuoteBarRow(Base):
     imbalance_close: Mapped[float | None] = mapped_column(Double, nullable=True)
     revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    # microseconds the book (a defined imbalance) stood in the window: the time weights
+    book_us: Mapped[float | None] = mapped_column(Double, nullable=True)
+    imbalance_us: Mapped[float | None] = mapped_column(Double, nullable=True)

@@ -33,7 +33,13 @@ import asyncpg
 from market_data_core.config import DEFAULT_QUOTE_CARRY_MS
 from market_data_core.contracts import Bar, QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import StoreError
-from market_data_core.protocols import RelayResult, TickIngestResult, UpsertResult
+from market_data_core.protocols import (
+    RelayResult,
+    RollupPlan,
+    TickIngestResult,
+    TradingSession,
+    UpsertResult,
+)
 from market_data_core.timeutil import (
     from_epoch_us,
     parse_duration_ms,
@@ -66,7 +72,7 @@ _BAR_INSERT = (
 
 _BAR_RETURNING = (
     "RETURNING b.provider, b.symbol, b.interval, b.ts, b.o, b.h, b.l, b.c, b.v, b.vwap, "
-    "b.trade_count, b.revision, (b.revision = 0) AS inserted"
+    "b.trade_count, b.revision, b.in_session, (b.revision = 0) AS inserted"
 )
 
 _QUOTE_COLS = (
@@ -83,7 +89,7 @@ _QUOTE_COLS = (
     "imbalance",
     "imbalance_close",
 )
-_TRADE_PART = "o, h, l, c, v, vwap, trade_count, revision"
+_TRADE_PART = "o, h, l, c, v, vwap, trade_count, revision, in_session"
 _QUOTE_PART = ", ".join(_QUOTE_COLS) + ", revision"
 
 
@@ -150,7 +156,8 @@ def _log_changes_ctes(*, trades: bool, quotes: bool, quote_part: bool) -> str:
                              {", ".join(_QUOTE_COLS)}, quote_revision)
     SELECT k.provider, k.symbol, k.interval,
            h.head - count(*) OVER w + row_number() OVER (w ORDER BY k.ts),
-           k.ts, t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, {quote_values}
+           k.ts, t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.in_session,
+           {quote_values}
     FROM changed k
     JOIN heads h ON (h.provider, h.symbol, h.interval) = (k.provider, k.symbol, k.interval)
     LEFT JOIN tpart t
@@ -314,14 +321,18 @@ win AS (
     ) a
     WHERE a.n > 0
 ), up AS (
-    {_BAR_INSERT}
+    INSERT INTO bars_ohlcv AS b (provider, symbol, interval, ts, o, h, l, c, v, vwap,
+                                 trade_count, revision, updated_at, sum_pv, sum_v)
     SELECT provider, symbol, $2::text, bucket, o::float8, h::float8, l::float8, c::float8,
            v::float8,
            CASE WHEN v > 0 THEN (round(pv, scale(pv) + {VWAP_GUARD_DIGITS}) / v)::float8 END,
-           n::int, 0, now()
+           n::int, 0, now(), pv, v
     FROM agg
     ORDER BY provider, symbol, bucket
-    {_BAR_ON_CONFLICT}
+    ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET {_BAR_SET},
+        sum_pv = EXCLUDED.sum_pv, sum_v = EXCLUDED.sum_v,
+        revision = b.revision + 1, updated_at = EXCLUDED.updated_at
+    WHERE {_BAR_DISTINCT} OR (b.sum_pv IS NULL AND EXCLUDED.sum_pv IS NOT NULL)
     {_BAR_RETURNING}
 )"""
 
@@ -427,17 +438,18 @@ qagg AS (
                          AND t.ts >= $3 AND t.ts < $4::timestamptz + $5::interval))
 ), up_q AS (
     INSERT INTO quote_bars AS b (provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)},
-                                 revision, updated_at)
+                                 revision, updated_at, book_us, imbalance_us)
     SELECT provider, symbol, $2::text, bucket, bid, ask, bid_size, ask_size, (bid + ask) / 2,
            n::int, sp_w / d_all, smin, smax, CASE WHEN n > 0 THEN ssum / n END,
            imb_w / nullif(d_imb, 0),
            CASE WHEN bid_size + ask_size > 0
                 THEN (bid_size - ask_size) / (bid_size + ask_size) END,
-           0, now()
+           0, now(), d_all, d_imb
     FROM qagg
     ORDER BY provider, symbol, bucket
     ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET
         {", ".join(f"{c} = EXCLUDED.{c}" for c in _QUOTE_COLS)},
+        book_us = EXCLUDED.book_us, imbalance_us = EXCLUDED.imbalance_us,
         revision = b.revision + 1, updated_at = EXCLUDED.updated_at
     WHERE ({", ".join("b." + c for c in _QUOTE_COLS)})
           IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _QUOTE_COLS)})
@@ -464,7 +476,9 @@ def _recompute_sql(*, ticks: bool, quotes: bool, book: bool) -> str:
         ctes.append(_QUOTE_WINDOWS_OF_TICKS)
     if book:
         ctes.append(_QUOTE_BAR_CTES)
-    trade_cols = "t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.inserted"
+    trade_cols = (
+        "t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.in_session, t.inserted"
+    )
     quote_cols = ", ".join("q." + c for c in _QUOTE_COLS)
     quote_cols += ", q.revision AS quote_revision, q.inserted AS quote_inserted"
     null_trade = ", ".join(f"NULL::{t} AS {c}" for c, t in _TRADE_TYPES) + ", NULL AS inserted"
@@ -500,6 +514,7 @@ _TRADE_TYPES = (
     ("vwap", "float8"),
     ("trade_count", "int"),
     ("revision", "int"),
+    ("in_session", "bool"),
 )
 # by (ticks staged, quotes staged, quotes within reach)
 _RECOMPUTE_SQL = {
@@ -522,12 +537,240 @@ SELECT EXISTS (
 )
 """
 
+_MS = "$2::bigint * interval '1 millisecond'"
+
+# Flat bars (micro_batch.rollups.empty_intervals: flat) around the windows a batch touched:
+# for each series, from its last window with trades before the first touched window to its
+# first window with trades after the last one, every window without trades between two
+# windows with trades (inside a session of the series' calendar, if it has one) gets a bar
+# carrying the close of the window with trades before it, v = 0, trade_count = 0. A pure
+# function of the stored ticks: a window that gets trades later is overwritten by its real
+# bar (revision + 1), and the flat bars after it then carry its close (revision + 1 too).
+_FILL_SQL = f"""
+WITH s AS (
+    SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
+        AS s(provider, symbol, calendar, lo, hi)
+), r AS (
+    SELECT s.provider, s.symbol, s.calendar,
+           coalesce((SELECT b.ts FROM bars_ohlcv b
+                     WHERE (b.provider, b.symbol, b.interval) = (s.provider, s.symbol, $1)
+                       AND b.ts < s.lo AND b.trade_count > 0
+                     ORDER BY b.ts DESC LIMIT 1), s.lo) AS t0,
+           coalesce((SELECT b.ts FROM bars_ohlcv b
+                     WHERE (b.provider, b.symbol, b.interval) = (s.provider, s.symbol, $1)
+                       AND b.ts > s.hi AND b.trade_count > 0
+                     ORDER BY b.ts LIMIT 1), s.hi) AS t1
+    FROM s
+), real AS (
+    SELECT r.provider, r.symbol, r.calendar, b.ts, b.c,
+           lead(b.ts) OVER (PARTITION BY r.provider, r.symbol ORDER BY b.ts) AS next_ts
+    FROM r
+    JOIN bars_ohlcv b
+      ON (b.provider, b.symbol, b.interval) = (r.provider, r.symbol, $1)
+     AND b.ts >= r.t0 AND b.ts <= r.t1 AND b.trade_count > 0
+), flat AS (
+    SELECT x.provider, x.symbol, g.ts, x.c
+    FROM real x
+    CROSS JOIN LATERAL generate_series(x.ts + {_MS}, x.next_ts - {_MS}, {_MS}) AS g(ts)
+    WHERE x.next_ts IS NOT NULL
+      AND (x.calendar IS NULL
+           OR EXISTS (SELECT 1 FROM (SELECT t.close FROM trading_sessions t
+                                     WHERE t.calendar = x.calendar AND t.open <= g.ts
+                                     ORDER BY t.open DESC LIMIT 1) p
+                      WHERE g.ts + {_MS} <= p.close))
+), up AS (
+    INSERT INTO bars_ohlcv AS b (provider, symbol, interval, ts, o, h, l, c, v, vwap,
+                                 trade_count, revision, updated_at, sum_pv, sum_v)
+    SELECT provider, symbol, $1::text, ts, c, c, c, c, 0, NULL, 0, 0, now(), 0, 0
+    FROM flat
+    ORDER BY provider, symbol, ts
+    ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET {_BAR_SET},
+        sum_pv = EXCLUDED.sum_pv, sum_v = EXCLUDED.sum_v,
+        revision = b.revision + 1, updated_at = EXCLUDED.updated_at
+    WHERE {_BAR_DISTINCT}
+    {_BAR_RETURNING}
+){_log_changes_ctes(trades=True, quotes=False, quote_part=True)}
+SELECT n.windows, 0::bigint AS quote_windows, x.*
+FROM (SELECT (SELECT count(*) FROM flat) AS windows) n
+LEFT JOIN (
+    SELECT ch.seq AS change_seq, ch.provider, ch.symbol, ch.ts,
+           t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.in_session, t.inserted
+    FROM ch JOIN up t USING (provider, symbol, interval, ts)
+) x ON true
+"""
+
+# One rollup level ($1, $2 ms; $3: its buckets are the sessions of the series' calendar, the
+# 1d level) recomputed for the bucket of every window ($4..$6) the transaction touched, from
+# the bars of the level below ($8, $9 ms: the coarsest lower level whose buckets nest in
+# this level's, chosen per calendar). Exact: open/close are those of the first/last bar with
+# trades (of a flat bar when the bucket has none), high/low their max/min (floats, exact),
+# volume and vwap from the exact numeric sums, converted once like the micro-bars', so a
+# rollup bar equals the bar computed directly from all its ticks, bit for bit. The quote-bar
+# columns compose the quote bars below: the close book of the last one, the quote count, the
+# min/max spread, the mean spread over all quotes (count-weighted), and the time-weighted
+# spread and imbalance weighted by how long the book (a defined imbalance) stood in each.
+#
+# A calendar's 1d bucket of a window is its session [open, close), or the stretch between
+# two sessions [close, next open) (in_session false); outside the stored sessions, UTC days
+# clipped to them. An intraday bucket is epoch-aligned; in_session: it lies inside a session.
+# Series without a calendar trade 24/7: UTC days, always in session.
+_ROLLUP_SQL = f"""
+WITH w AS (
+    SELECT DISTINCT *
+    FROM unnest($4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[],
+                $9::bigint[]) AS w(provider, symbol, ts, calendar, src, src_ms)
+), k AS (
+    SELECT DISTINCT w.provider, w.symbol, w.src, w.src_ms, z.bucket, z.bucket_end, z.in_session
+    FROM w
+    CROSS JOIN LATERAL (
+        SELECT date_bin({_MS}, w.ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS e
+    ) d
+    LEFT JOIN LATERAL (
+        SELECT t.open, t.close FROM trading_sessions t
+        WHERE t.calendar = w.calendar AND t.open <= w.ts
+        ORDER BY t.open DESC LIMIT 1
+    ) p ON true
+    LEFT JOIN LATERAL (
+        SELECT t.open FROM trading_sessions t
+        WHERE $3 AND t.calendar = w.calendar AND t.open > w.ts
+        ORDER BY t.open LIMIT 1
+    ) n ON true
+    CROSS JOIN LATERAL (
+        SELECT
+            CASE WHEN w.calendar IS NULL OR NOT $3 THEN d.e
+                 WHEN w.ts < p.close THEN p.open
+                 WHEN p.close IS NOT NULL AND n.open IS NOT NULL THEN p.close
+                 WHEN p.close IS NOT NULL THEN greatest(p.close, d.e)
+                 ELSE d.e END AS bucket,
+            CASE WHEN w.calendar IS NULL OR NOT $3 THEN d.e + {_MS}
+                 WHEN w.ts < p.close THEN p.close
+                 WHEN n.open IS NOT NULL AND p.close IS NOT NULL THEN n.open
+                 WHEN n.open IS NOT NULL THEN least(n.open, d.e + {_MS})
+                 ELSE d.e + {_MS} END AS bucket_end,
+            CASE WHEN w.calendar IS NULL THEN true
+                 WHEN $3 THEN coalesce(w.ts < p.close, false)
+                 ELSE coalesce(p.open <= d.e AND d.e + {_MS} <= p.close, false) END AS in_session
+    ) z
+), agg AS (
+    SELECT k.provider, k.symbol, k.bucket, k.in_session, a.h, a.l, a.sv, a.spv, a.vf, a.n,
+           a.inexact, fo.o, fc.c
+    FROM k
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS bars,
+               coalesce(max(t.h) FILTER (WHERE t.trade_count > 0), max(t.h)) AS h,
+               coalesce(min(t.l) FILTER (WHERE t.trade_count > 0), min(t.l)) AS l,
+               sum(t.sum_v) AS sv, sum(t.sum_pv) AS spv, sum(t.v) AS vf,
+               sum(t.trade_count) AS n, count(*) FILTER (WHERE t.sum_pv IS NULL) AS inexact
+        FROM bars_ohlcv t
+        WHERE (t.provider, t.symbol, t.interval) = (k.provider, k.symbol, k.src)
+          AND t.ts >= k.bucket AND t.ts < k.bucket_end
+    ) a
+    CROSS JOIN LATERAL (
+        SELECT f.o FROM bars_ohlcv f
+        WHERE (f.provider, f.symbol, f.interval) = (k.provider, k.symbol, k.src)
+          AND f.ts >= k.bucket AND f.ts < k.bucket_end
+        ORDER BY f.trade_count > 0 DESC, f.ts LIMIT 1
+    ) fo
+    CROSS JOIN LATERAL (
+        SELECT f.c FROM bars_ohlcv f
+        WHERE (f.provider, f.symbol, f.interval) = (k.provider, k.symbol, k.src)
+          AND f.ts >= k.bucket AND f.ts < k.bucket_end
+        ORDER BY f.trade_count > 0 DESC, f.ts DESC LIMIT 1
+    ) fc
+    WHERE a.bars > 0
+), up AS (
+    INSERT INTO bars_ohlcv AS b (provider, symbol, interval, ts, o, h, l, c, v, vwap,
+                                 trade_count, revision, updated_at, sum_pv, sum_v, in_session)
+    SELECT provider, symbol, $1::text, bucket, o, h, l, c,
+           CASE WHEN inexact = 0 THEN sv::float8 ELSE vf END,
+           CASE WHEN inexact = 0 AND sv > 0
+                THEN (round(spv, scale(spv) + {VWAP_GUARD_DIGITS}) / sv)::float8 END,
+           n::int, 0, now(),
+           CASE WHEN inexact = 0 THEN spv END, CASE WHEN inexact = 0 THEN sv END, in_session
+    FROM agg
+    ORDER BY provider, symbol, bucket
+    ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET {_BAR_SET},
+        sum_pv = EXCLUDED.sum_pv, sum_v = EXCLUDED.sum_v, in_session = EXCLUDED.in_session,
+        revision = b.revision + 1, updated_at = EXCLUDED.updated_at
+    WHERE {_BAR_DISTINCT} OR b.in_session IS DISTINCT FROM EXCLUDED.in_session
+    {_BAR_RETURNING}
+), qagg AS (
+    SELECT k.provider, k.symbol, k.bucket, a.n, a.smin, a.smax, a.ssum, a.sp_w, a.d_all,
+           a.imb_w, a.d_imb, cl.bid, cl.ask, cl.bid_size, cl.ask_size, cl.mid,
+           cl.imbalance_close
+    FROM k
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS bars, sum(q.quote_count) AS n,
+               min(q.spread_bps_min) AS smin, max(q.spread_bps_max) AS smax,
+               sum(q.spread_bps_mean * q.quote_count ORDER BY q.ts)
+                   FILTER (WHERE q.quote_count > 0) AS ssum,
+               sum(q.spread_bps * coalesce(q.book_us, k.src_ms * 1000.0) ORDER BY q.ts) AS sp_w,
+               sum(coalesce(q.book_us, k.src_ms * 1000.0)) AS d_all,
+               sum(q.imbalance * coalesce(q.imbalance_us, k.src_ms * 1000.0) ORDER BY q.ts)
+                   FILTER (WHERE q.imbalance IS NOT NULL) AS imb_w,
+               sum(coalesce(q.imbalance_us, k.src_ms * 1000.0))
+                   FILTER (WHERE q.imbalance IS NOT NULL) AS d_imb
+        FROM quote_bars q
+        WHERE (q.provider, q.symbol, q.interval) = (k.provider, k.symbol, k.src)
+          AND q.ts >= k.bucket AND q.ts < k.bucket_end
+    ) a
+    CROSS JOIN LATERAL (
+        SELECT l.bid, l.ask, l.bid_size, l.ask_size, l.mid, l.imbalance_close
+        FROM quote_bars l
+        WHERE (l.provider, l.symbol, l.interval) = (k.provider, k.symbol, k.src)
+          AND l.ts >= k.bucket AND l.ts < k.bucket_end
+        ORDER BY l.ts DESC LIMIT 1
+    ) cl
+    WHERE a.bars > 0
+), up_q AS (
+    INSERT INTO quote_bars AS b (provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)},
+                                 revision, updated_at, book_us, imbalance_us)
+    SELECT provider, symbol, $1::text, bucket, bid, ask, bid_size, ask_size, mid, n::int,
+           sp_w / d_all, smin, smax, CASE WHEN n > 0 THEN ssum / n END,
+           imb_w / nullif(d_imb, 0), imbalance_close, 0, now(), d_all, d_imb
+    FROM qagg
+    ORDER BY provider, symbol, bucket
+    ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in _QUOTE_COLS)},
+        book_us = EXCLUDED.book_us, imbalance_us = EXCLUDED.imbalance_us,
+        revision = b.revision + 1, updated_at = EXCLUDED.updated_at
+    WHERE ({", ".join("b." + c for c in _QUOTE_COLS)})
+          IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _QUOTE_COLS)})
+    RETURNING b.provider, b.symbol, b.interval, b.ts, {", ".join("b." + c for c in _QUOTE_COLS)},
+              b.revision, (b.revision = 0) AS inserted
+){_log_changes_ctes(trades=True, quotes=True, quote_part=True)}
+SELECT n.windows, n.quote_windows, x.*
+FROM (SELECT (SELECT count(*) FROM agg) AS windows,
+             (SELECT count(*) FROM qagg) AS quote_windows) n
+LEFT JOIN (
+    SELECT ch.seq AS change_seq, ch.provider, ch.symbol, ch.ts,
+           t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.in_session, t.inserted,
+           {", ".join("q." + c for c in _QUOTE_COLS)}, q.revision AS quote_revision,
+           q.inserted AS quote_inserted
+    FROM ch
+    LEFT JOIN up t USING (provider, symbol, interval, ts)
+    LEFT JOIN up_q q USING (provider, symbol, interval, ts)
+) x ON true
+"""
+
+_SYNC_SESSIONS_SQL = """
+WITH up AS (
+    INSERT INTO trading_sessions AS t (calendar, session, open, close)
+    SELECT $1::text, s, o, c
+    FROM unnest($2::date[], $3::timestamptz[], $4::timestamptz[]) AS x(s, o, c)
+    ON CONFLICT (calendar, session) DO UPDATE SET open = EXCLUDED.open, close = EXCLUDED.close
+    WHERE (t.open, t.close) IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.close)
+    RETURNING 1
+)
+SELECT count(*) FROM up
+"""
+
 # One relay at a time, across processes: a transaction-scoped advisory lock of its own.
 _RELAY_LOCK_NAMESPACE = 0x6D6472
 _RELAY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock($1::int4, 0)"
 _RELAY_READ_SQL = f"""
 SELECT id, provider, symbol, interval, seq, ts, o, h, l, c, v, vwap, trade_count, revision,
-       {", ".join(_QUOTE_COLS)}, quote_revision
+       in_session, {", ".join(_QUOTE_COLS)}, quote_revision
 FROM bar_changes WHERE relayed_at IS NULL ORDER BY id LIMIT $1
 """
 _RELAY_MARK_SQL = "UPDATE bar_changes SET relayed_at = now() WHERE id = ANY($1::bigint[])"
@@ -551,7 +794,7 @@ WHERE (s.provider, s.symbol, s.interval) = (x.provider, x.symbol, x.interval)
 WINDOWS_SQL = f"""
 SELECT coalesce(b.provider, q.provider) AS provider, coalesce(b.symbol, q.symbol) AS symbol,
        coalesce(b.interval, q.interval) AS interval, coalesce(b.ts, q.ts) AS ts,
-       b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count, b.revision,
+       b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count, b.revision, b.in_session,
        {", ".join("q." + c for c in _QUOTE_COLS)}, q.revision AS quote_revision
 FROM (SELECT * FROM bars_ohlcv
       WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts < $5) b
@@ -584,7 +827,7 @@ WITH RECURSIVE series AS (
 SELECT x.*
 FROM series s
 CROSS JOIN LATERAL (
-    SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, revision
+    SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count, revision, in_session
     FROM bars_ohlcv b
     WHERE b.provider = s.provider AND b.symbol = s.symbol AND b.interval = $1
     ORDER BY b.ts DESC
@@ -652,6 +895,7 @@ def _bar_from_row(
         revision=row["revision"],
         change_seq=change_seq,
         quote=quote,
+        in_session=row.get("in_session"),
     )
 
 
@@ -762,6 +1006,93 @@ async def _insert_raw(
     return int(status.rsplit(" ", 1)[-1])
 
 
+# the longest stretch between two sessions of a calendar (a 1d bucket's start before its ticks)
+_CALENDAR_GAP_DAYS = 14
+_DAY_MS = 86_400_000
+_LAST_TRADED_SQL = """
+SELECT min(x.ts) FROM unnest($1::text[], $2::text[]) AS s(provider, symbol)
+CROSS JOIN LATERAL (
+    SELECT b.ts FROM bars_ohlcv b
+    WHERE (b.provider, b.symbol, b.interval) = (s.provider, s.symbol, $3) AND b.ts < $4
+      AND b.trade_count > 0
+    ORDER BY b.ts DESC LIMIT 1
+) x
+"""
+
+
+async def _roll_up(
+    conn: Any,
+    plan: RollupPlan,
+    interval: str,
+    window_ms: int,
+    touched: set[tuple[str, str, int]],
+) -> list[tuple[str, Any]]:
+    """The flat bars and every rollup level of the windows ``touched`` ((provider, symbol,
+    window start in µs)), in this transaction; returns ``(interval, row)`` of each statement's
+    rows (changes, and the counts of windows recomputed)."""
+    out: list[tuple[str, Any]] = []
+    if plan.empty_intervals == "flat":
+        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        for p, s, us in touched:
+            lo, hi = spans.get((p, s), (us, us))
+            spans[(p, s)] = (min(lo, us), max(hi, us))
+        rows = await conn.fetch(
+            _FILL_SQL,
+            interval,
+            window_ms,
+            [k[0] for k in spans],
+            [k[1] for k in spans],
+            [plan.calendars.get(k[1]) for k in spans],
+            [from_epoch_us(v[0]) for v in spans.values()],
+            [from_epoch_us(v[1]) for v in spans.values()],
+        )
+        out += [(interval, r) for r in rows]
+        touched = touched | {
+            (r["provider"], r["symbol"], to_epoch_us(r["ts"]))
+            for r in rows
+            if r["provider"] is not None
+        }
+    windows = sorted(touched)
+    providers = [w[0] for w in windows]
+    symbols = [w[1] for w in windows]
+    starts = [from_epoch_us(w[2]) for w in windows]
+    calendars = [plan.calendars.get(s) for s in symbols]
+    for level in plan.intervals:
+        level_ms = _interval_ms(level)
+        sources = [plan.source_of(c, level) for c in calendars]
+        rows = await conn.fetch(
+            _ROLLUP_SQL,
+            level,
+            level_ms,
+            level_ms == _DAY_MS,
+            providers,
+            symbols,
+            starts,
+            calendars,
+            sources,
+            [_interval_ms(src) for src in sources],
+        )
+        out += [(level, r) for r in rows]
+    return out
+
+
+def _rollup_counts(rolled: list[tuple[str, Any]]) -> UpsertResult:
+    """What the rollup statements did: windows whose trade or quote bar is new (inserted) or
+    changed (updated), and the rest of the buckets they recomputed (unchanged)."""
+    buckets: dict[str, int] = {}
+    inserted = updated = 0
+    for level, r in rolled:
+        buckets[level] = max(int(r["windows"]), int(r["quote_windows"]))
+        if r["provider"] is None:
+            continue
+        if r["inserted"] or (r["inserted"] is None and r.get("quote_inserted")):
+            inserted += 1
+        else:
+            updated += 1
+    unchanged = max(0, sum(buckets.values()) - inserted - updated)
+    return UpsertResult(inserted=inserted, updated=updated, unchanged=unchanged)
+
+
 class PgStoreClient(PgClientBase):
     """asyncpg implementation of ``StoreClient``. Create with ``await PgStoreClient.connect``.
 
@@ -865,6 +1196,7 @@ class PgStoreClient(PgClientBase):
         *,
         interval: str,
         quote_carry_ms: int = DEFAULT_QUOTE_CARRY_MS,
+        rollups: RollupPlan | None = None,
     ) -> TickIngestResult:
         """Store trade ticks and quotes (idempotent by ``event_id``) and recompute, in the
         same transaction, the ``interval`` trade bars of every epoch-aligned window
@@ -876,7 +1208,15 @@ class PgStoreClient(PgClientBase):
         duplicate-only events are recomputed too (unchanged unless the stored bar was wrong),
         so a replay at a new interval still produces its bars. Returns the new ticks and
         quotes and the bars and quote bars inserted or changed (with their new ``revision``
-        and their window's ``change_seq``). Raises ``StoreError`` for a provider bar."""
+        and their window's ``change_seq``). Raises ``StoreError`` for a provider bar.
+
+        With ``rollups`` (see the core ``StoreClient``): then, in the same transaction, the
+        flat bars of the empty-interval policy around the windows touched (``_FILL_SQL``),
+        then one statement per level, ascending, recomputing the level's bucket of every
+        window touched from the level below (``_ROLLUP_SQL``): each sees the rows the
+        statements before it wrote. Windows touched are those of the events (duplicates
+        included: a replay re-derives rollups that are missing, and changes nothing else) and
+        those whose bars changed."""
         window_ms = _interval_ms(interval)
         if quote_carry_ms < 0:
             raise StoreError(f"quote_carry_ms must be >= 0, got {quote_carry_ms}")
@@ -949,6 +1289,8 @@ class PgStoreClient(PgClientBase):
         lo = from_epoch_us(window_start_us(to_epoch_us(first_ts), window_ms)) - stride
         hi = from_epoch_us(window_start_us(to_epoch_us(last_ts), window_ms)) + 2 * stride
         truncate = len(tick_records) >= _TRUNCATE_STAGE_MIN_ROWS
+        plan = rollups if rollups is not None and rollups.active else None
+        rolled: list[tuple[str, Any]] = []
 
         async def write() -> tuple[int, int, list[Any]]:
             async with self._pool.acquire() as conn:
@@ -983,6 +1325,21 @@ class PgStoreClient(PgClientBase):
                         rows = await conn.fetch(sql, stride, interval, lo, hi, carry)
                     else:  # no quote anywhere near: the trade bars alone
                         rows = await conn.fetch(sql, stride, interval, lo, hi)
+                    if plan is not None:
+                        touched = {
+                            (
+                                e.provider,
+                                e.symbol,
+                                window_start_us(to_epoch_us(e.src_ts), window_ms),
+                            )
+                            for e in unique.values()
+                        }
+                        touched.update(
+                            (r["provider"], r["symbol"], to_epoch_us(r["ts"]))
+                            for r in rows
+                            if r["provider"] is not None
+                        )
+                        rolled.extend(await _roll_up(conn, plan, interval, window_ms, touched))
                     if tick_records:
                         if truncate:
                             await conn.execute("TRUNCATE mdp_stage_ticks")
@@ -1005,6 +1362,9 @@ class PgStoreClient(PgClientBase):
         if quote_days:
             partitions.append(("quotes", quote_days))
         with translate_errors("ingest_events"):
+            if plan is not None:
+                days = await self._rollup_days(plan, unique.values(), interval, first_ts)
+                partitions += [("bars_ohlcv", days), ("quote_bars", days)]
             ticks_inserted, quotes_inserted, rows = await self._write(partitions, write)
         n_windows = int(rows[0]["windows"]) if rows else 0
         n_quote_windows = int(rows[0]["quote_windows"]) if rows else 0
@@ -1028,7 +1388,53 @@ class PgStoreClient(PgClientBase):
                 updated=len(quote) - quote_new,
                 unchanged=n_quote_windows - len(quote),
             ),
+            rollup_bars=[
+                _bar_from_row(r, level, r["change_seq"])
+                for level, r in rolled
+                if r["provider"] is not None and r["inserted"] is not None
+            ],
+            rollups_result=_rollup_counts(rolled),
         )
+
+    async def _rollup_days(
+        self, plan: RollupPlan, events: Iterable[StreamEvent], interval: str, first_ts: datetime
+    ) -> set[date]:
+        """UTC days the rollup and flat bars of a batch may start on: a calendar's 1d bucket
+        (the stretch between two sessions) can start days before its ticks, and flat bars
+        reach back to the series' last window with trades (read here, before the write:
+        only later windows can get trades meanwhile, so it can only be too early)."""
+        start = first_ts - timedelta(days=_CALENDAR_GAP_DAYS)
+        if plan.empty_intervals == "flat":
+            series = {(e.provider, e.symbol) for e in events}
+            earliest = await self._pool.fetchval(
+                _LAST_TRADED_SQL,
+                [p for p, _ in series],
+                [s for _, s in series],
+                interval,
+                first_ts,
+            )
+            if earliest is not None:
+                start = min(start, earliest)
+        return {
+            start.date() + timedelta(days=k)
+            for k in range((first_ts.date() - start.date()).days + 1)
+        }
+
+    async def sync_sessions(self, calendar: str, sessions: Sequence[TradingSession]) -> int:
+        """Upsert ``calendar``'s sessions into ``trading_sessions`` (by session date); returns
+        how many rows were inserted or changed."""
+        if not sessions:
+            return 0
+        with translate_errors("sync_sessions"):
+            return int(
+                await self._pool.fetchval(
+                    _SYNC_SESSIONS_SQL,
+                    calendar,
+                    [s.session for s in sessions],
+                    [s.open for s in sessions],
+                    [s.close for s in sessions],
+                )
+            )
 
     async def bars_range(
         self, provider: str, symbol: str, interval: str, start: datetime, end: datetime

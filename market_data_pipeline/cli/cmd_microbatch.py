@@ -158,7 +158,13 @@ def micro_batch(
             f"{stats.bars_written} bars written ({stats.provider_bars} provider bars), "
             f"{stats.quote_bars_written} quote bars written, "
             f"{stats.late_corrections} late corrections, {stats.too_late} too late, "
-            f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}, "
+            + (
+                f"{stats.rollup_bars_written} rollup bars written "
+                f"({stats.rollup_revisions} revised), "
+                if batcher.rollup_intervals
+                else ""
+            )
+            + f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}, "
             f"{stats.flushes} flushes"
             + (f", p95 window latency {p95:.0f} ms" if p95 is not None else "")
         )

@@ -84,6 +84,17 @@ def _summary_rows(s: RunSummary, cfg: AppConfig) -> list[tuple[str, str]]:
         ),
         ("quote bars written", f"{mb.quote_bars_written:,} (top of book per window)"),
         ("late corrections", f"{mb.late_corrections:,} (bars and quote bars revised)"),
+        *(
+            [
+                (
+                    "rollup bars written",
+                    f"{mb.rollup_bars_written:,} ({', '.join(cfg.micro_batch.rollups.intervals)}; "
+                    f"{mb.rollup_revisions:,} revised)",
+                )
+            ]
+            if cfg.micro_batch.rollups.intervals
+            else []
+        ),
         ("windows scored", f"{inf.bars_scored:,}"),
         (
             "signals emitted",

@@ -80,6 +80,7 @@ from market_data_core.timeutil import (
 from market_data_pipeline import telemetry
 from market_data_pipeline.consumers.windowing import EventClock, Lateness
 from market_data_pipeline.retry import Backoff, retry, sleep_or_stop
+from market_data_pipeline.sessions import load_sessions, rollup_plan
 from market_data_pipeline.streaming.dlq import letter_from_record
 
 __all__ = ["MicroBatchStats", "MicroBatcher"]
@@ -149,8 +150,10 @@ class MicroBatchStats:
     ticks and quotes the store (or the same batch) already had; ``bars_written`` trade bars
     inserted or changed, ``quote_bars_written`` quote bars; ``late_corrections`` bars and
     quote bars that already existed and changed (``revision + 1``, from the store's answer, not
-    from how late an event looked); ``dead_letters`` every letter written for this worker's
-    entries,
+    from how late an event looked); ``rollup_bars_written`` rollup windows (and flat
+    micro-bars of the empty-interval policy) inserted or changed, ``rollup_revisions`` those
+    of them that existed (``revision + 1``); ``dead_letters`` every letter written for this
+    worker's entries,
     by reason in ``dead_letter_reasons`` (``decode``, ``validation``, ``late`` from this stage;
     ``max_deliveries``, ``trimmed`` from the bus layer)."""
 
@@ -164,6 +167,8 @@ class MicroBatchStats:
     dead_letters: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     late_corrections: int = 0
+    rollup_bars_written: int = 0
+    rollup_revisions: int = 0
     too_late: int = 0
     flushes: int = 0
     store_retries: int = 0
@@ -176,7 +181,11 @@ class MicroBatchStats:
     @property
     def rows_written(self) -> int:
         return (
-            self.ticks_inserted + self.quotes_inserted + self.bars_written + self.quote_bars_written
+            self.ticks_inserted
+            + self.quotes_inserted
+            + self.bars_written
+            + self.quote_bars_written
+            + self.rollup_bars_written
         )
 
 
@@ -206,6 +215,8 @@ class MicroBatcher:
         self._max_batch = mb.max_batch_size
         self._window_label = str(self.window_ms)
         self._quote_carry_ms = mb.quote_carry_ms
+        self._rollups = rollup_plan(mb, window_ms=self.window_ms)
+        self._sessions_synced = self._rollups is None or not self._rollups.calendars
         self._clock_args = (
             self.window_ms,
             mb.allow_late_ms,
@@ -232,6 +243,10 @@ class MicroBatcher:
         self._renew_every_s = config.bus.claim_idle_ms / 4000
         self._next_renew = 0.0
         self.stats = MicroBatchStats()
+
+    @property
+    def rollup_intervals(self) -> tuple[str, ...]:
+        return () if self._rollups is None else self._rollups.intervals
 
     @property
     def consumer_name(self) -> str:
@@ -658,11 +673,24 @@ class MicroBatcher:
         finally:
             finished[i].set()
 
+    async def _sync_sessions(self) -> None:
+        """Put the calendars' sessions in the store before the first write that needs them
+        (retried by the caller's store retry like any write)."""
+        if self._sessions_synced or self._rollups is None:
+            return
+        for name in sorted(set(self._rollups.calendars.values())):
+            await self._store.sync_sessions(name, load_sessions(name))
+        self._sessions_synced = True
+
     async def _write_ticks(self, chunk: list[_Window]) -> None:
         events = [ev for window in chunk for ev in window.events.values()]
+        await self._sync_sessions()
         t0 = time.perf_counter()
         result = await self._store.ingest_events(
-            events, interval=self.interval, quote_carry_ms=self._quote_carry_ms
+            events,
+            interval=self.interval,
+            quote_carry_ms=self._quote_carry_ms,
+            rollups=self._rollups,
         )
         telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
         telemetry.MICROBATCH_BATCH_SIZE.observe(len(events))
@@ -674,6 +702,9 @@ class MicroBatcher:
         stats.bars_written += len(result.bars)
         stats.quote_bars_written += len(result.quote_bars)
         stats.late_corrections += result.bars_result.updated + result.quote_bars_result.updated
+        stats.rollup_bars_written += result.rollups_result.changed
+        stats.rollup_revisions += result.rollups_result.updated
+        _count_upsert("bars_ohlcv", result.rollups_result)
         telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
         telemetry.STORE_ROWS.labels(table="quotes", op="inserted").inc(result.quotes_inserted)
         _count_upsert("bars_ohlcv", result.bars_result)

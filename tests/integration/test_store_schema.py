@@ -81,8 +81,8 @@ async def test_constraint_names_follow_the_convention(empty_db: str) -> None:
 
 
 async def test_unknown_revision_is_a_config_error(empty_db: str) -> None:
-    with pytest.raises(ConfigError, match="0009"):
-        await upgrade_schema(empty_db, "0009")
+    with pytest.raises(ConfigError, match="0099"):
+        await upgrade_schema(empty_db, "0099")
 
 
 def test_mdp_db_cli_upgrade_and_downgrade(
