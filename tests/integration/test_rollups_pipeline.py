@@ -1,0 +1,124 @@
+"""Rollups through the micro-batcher (issue 20): the shipped Binance trades published on the
+bus, a late tick inside the correction horizon, a second replay; every level against the
+pandas resample, the late tick's bars revised once at 2 s, 1 m and 1 h and relayed to
+``mdp.bars`` like any bar, and nothing at all from the replay."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from market_data_core.codec import decode_window
+from market_data_core.config import AppConfig
+from market_data_core.contracts import Bar
+from market_data_core.timeutil import parse_duration_ms
+from market_data_pipeline.cli.wiring import open_store, upgrade_schema
+from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
+from market_data_pipeline.streaming.bus import open_bus
+from tests.support.pipeline import make_config, publish, urls
+from tests.support.trades import SYMBOL, assert_bars_equal_reference, trade_events
+
+T0 = datetime(2020, 2, 22, tzinfo=UTC)
+T1 = T0 + timedelta(days=1)
+LEVELS = ["1m", "1h"]
+
+
+@pytest.fixture(scope="module")
+def migrated(database_url: str) -> str:
+    upgrade_schema(database_url)
+    return database_url
+
+
+async def drain(cfg: AppConfig) -> MicroBatchStats:
+    bus = await open_bus(cfg, urls(cfg))
+    store = await open_store(cfg, urls(cfg))
+    try:
+        return await MicroBatcher(cfg, bus, store, consumer_name="mb-r").run(
+            asyncio.Event(), drain=True, idle_s=0.5
+        )
+    finally:
+        await store.aclose()
+        await bus.aclose()
+
+
+async def stored(cfg: AppConfig, provider: str, interval: str) -> list[Bar]:
+    store = await open_store(cfg, urls(cfg))
+    try:
+        return await store.bars_range(provider, SYMBOL, interval, T0, T1)
+    finally:
+        await store.aclose()
+
+
+def bucket(ts: datetime, interval: str) -> datetime:
+    unit = parse_duration_ms(interval) * 1000
+    us = (ts - T0) // timedelta(microseconds=1)
+    return T0 + timedelta(microseconds=us - us % unit)
+
+
+async def test_a_late_tick_revises_2s_1m_and_1h_and_a_replay_changes_nothing(
+    redis_url: str, migrated: str, unique: str
+) -> None:
+    cfg = make_config(redis_url, migrated, unique, 2000, rollups={"intervals": LEVELS})
+    provider = f"rp{unique}"
+    events = trade_events(provider)
+    late = events[6000]
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, events[:6000] + events[6001:])
+        first = await drain(cfg)
+        assert first.ticks_inserted == 9998 and first.rollup_bars_written > 0
+        before: dict[tuple[str, datetime], Bar] = {}
+        for interval in ["2s", *LEVELS]:
+            before.update({(interval, b.ts): b for b in await stored(cfg, provider, interval)})
+        relayed_before = len(await bus.tail(cfg.bus.bars_topic, 100_000))
+
+        await publish(bus, cfg, [late])
+        second = await drain(cfg)
+        assert second.ticks_inserted == 1 and second.late_corrections == 1
+        assert (second.rollup_bars_written, second.rollup_revisions) == (2, 2)
+        for interval in ["2s", *LEVELS]:
+            bars = await stored(cfg, provider, interval)
+            assert_bars_equal_reference(bars, parse_duration_ms(interval))
+            key = (interval, bucket(late.src_ts, interval))
+            now = {b.ts: b for b in bars}[key[1]]
+            assert now.revision == before[key].revision + 1, interval
+            assert now.trade_count == (before[key].trade_count or 0) + 1
+            others = [b for b in bars if b.ts != key[1]]
+            assert all(b.revision == before[(interval, b.ts)].revision for b in others)
+        # the three revisions were relayed to mdp.bars, with their change_seq
+        entries = await bus.tail(cfg.bus.bars_topic, 100_000)
+        new = [decode_window(e.payload) for e in entries[relayed_before:]]
+        assert sorted((b.interval, b.ts) for b in new) == sorted(
+            (i, bucket(late.src_ts, i)) for i in ["2s", *LEVELS]
+        )
+        assert all(isinstance(b, Bar) and b.change_seq for b in new)
+        assert {b.interval: b.in_session for b in new if isinstance(b, Bar)} == {
+            "2s": None,
+            "1m": True,
+            "1h": True,
+        }
+
+        # a second replay of everything: nothing written, nothing relayed
+        await publish(bus, cfg, events)
+        third = await drain(cfg)
+        assert (third.ticks_inserted, third.bars_written, third.rollup_bars_written) == (0, 0, 0)
+        assert len(await bus.tail(cfg.bus.bars_topic, 100_000)) == len(entries)
+        for interval in LEVELS:
+            assert_bars_equal_reference(
+                await stored(cfg, provider, interval), parse_duration_ms(interval)
+            )
+    finally:
+        await bus.aclose()
+
+
+def test_a_rollup_that_is_not_a_multiple_of_the_window_is_a_config_error(
+    redis_url: str, unique: str
+) -> None:
+    from market_data_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a multiple of the micro-batch window"):
+        make_config(
+            redis_url, "postgresql://x@127.0.0.1/x", unique, 1500, rollups={"intervals": ["5s"]}
+        )
