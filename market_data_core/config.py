@@ -351,7 +351,11 @@ FeatureKind = Literal[
     "realized_vol",
     "spread_bps",
     "imbalance",
+    "session_vwap",
 ]
+
+# a session VWAP has no extent of its own: it runs from the session's open
+_SESSION_FEATURE_NAMES = ("session_vwap", "svwap")
 
 
 class FeatureWindowConfig(_Model):
@@ -389,6 +393,16 @@ class FeatureWindowConfig(_Model):
 
     @model_validator(mode="after")
     def _one_of(self) -> FeatureWindowConfig:
+        session = self.feature == "session_vwap" or (
+            self.feature is None and self.name.lower().startswith(_SESSION_FEATURE_NAMES)
+        )
+        if session:
+            if self.horizon is not None or self.periods is not None:
+                raise ValueError(
+                    "a session VWAP runs from the session's open: give neither 'horizon' nor "
+                    "'periods'"
+                )
+            return self
         if (self.horizon is None) == (self.periods is None):
             raise ValueError("give exactly one of 'horizon' (e.g. '60s') or 'periods' (e.g. 14)")
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 
@@ -37,6 +38,7 @@ SESSIONS_FROM = date(1990, 1, 1)
 
 _CALENDARS_KEY = "micro_batch.rollups.calendars"
 _DAY_MS = 86_400_000
+_PANDAS_VALUES_WARNING = "Series.values returning an ndarray that drops timezone"
 
 
 @functools.cache
@@ -50,14 +52,18 @@ def _sessions(name: str) -> tuple[TradingSession, ...]:
             key_path=_CALENDARS_KEY,
         ) from None
     try:
-        calendar = xcals.get_calendar(name, start=SESSIONS_FROM.isoformat())
+        with warnings.catch_warnings():
+            # exchange_calendars 4.13 reads Series.values of tz-aware columns, which pandas
+            # 3.1 deprecates (the values it reads are the same)
+            warnings.filterwarnings("ignore", message=_PANDAS_VALUES_WARNING)
+            calendar = xcals.get_calendar(name, start=SESSIONS_FROM.isoformat())
+            schedule = calendar.schedule
     except xcals.errors.InvalidCalendarName:
         raise ConfigError(
             f"unknown trading calendar {name!r} (exchange_calendars names such as XNYS, XLON, "
             "XTKS; every symbol not listed trades 24/7)",
             key_path=_CALENDARS_KEY,
         ) from None
-    schedule = calendar.schedule
     return tuple(
         TradingSession(
             session=label.date(),

@@ -1363,7 +1363,7 @@ class PgStoreClient(PgClientBase):
             partitions.append(("quotes", quote_days))
         with translate_errors("ingest_events"):
             if plan is not None:
-                days = await self._rollup_days(plan, unique.values(), interval, first_ts)
+                days = await self._rollup_days(plan, unique.values(), interval, first_ts, last_ts)
                 partitions += [("bars_ohlcv", days), ("quote_bars", days)]
             ticks_inserted, quotes_inserted, rows = await self._write(partitions, write)
         n_windows = int(rows[0]["windows"]) if rows else 0
@@ -1397,12 +1397,18 @@ class PgStoreClient(PgClientBase):
         )
 
     async def _rollup_days(
-        self, plan: RollupPlan, events: Iterable[StreamEvent], interval: str, first_ts: datetime
+        self,
+        plan: RollupPlan,
+        events: Iterable[StreamEvent],
+        interval: str,
+        first_ts: datetime,
+        last_ts: datetime,
     ) -> set[date]:
-        """UTC days the rollup and flat bars of a batch may start on: a calendar's 1d bucket
-        (the stretch between two sessions) can start days before its ticks, and flat bars
-        reach back to the series' last window with trades (read here, before the write:
-        only later windows can get trades meanwhile, so it can only be too early)."""
+        """UTC days the rollup and flat bars of a batch may start on: every day of its span,
+        and before it, as a calendar's 1d bucket (the stretch between two sessions) can start
+        days before its ticks and flat bars reach back to the series' last window with trades
+        (read here, before the write: only later windows can get trades meanwhile, so it can
+        only be too early)."""
         start = first_ts - timedelta(days=_CALENDAR_GAP_DAYS)
         if plan.empty_intervals == "flat":
             series = {(e.provider, e.symbol) for e in events}
@@ -1415,10 +1421,8 @@ class PgStoreClient(PgClientBase):
             )
             if earliest is not None:
                 start = min(start, earliest)
-        return {
-            start.date() + timedelta(days=k)
-            for k in range((first_ts.date() - start.date()).days + 1)
-        }
+        first = start.date()
+        return {first + timedelta(days=k) for k in range((last_ts.date() - first).days + 1)}
 
     async def sync_sessions(self, calendar: str, sessions: Sequence[TradingSession]) -> int:
         """Upsert ``calendar``'s sessions into ``trading_sessions`` (by session date); returns

@@ -27,6 +27,9 @@ Definitions (each checked against TA-Lib or pandas on real bars in ``tests/unit`
   closes ending there; signal = EMA(``signal_periods``) of the line; no value before bar
   ``periods + signal_periods - 2``, TA-Lib's lookback): recursive, so they need ``periods``
   and depend on the whole series from its first bar.
+- ``session_vwap``: sum(p*v)/sum(v) of the bars since the open of the trading session that
+  holds the bar (the symbol's calendar, ``micro_batch.rollups.calendars``; 24/7 symbols: the
+  UTC day), p as for ``vwap``; reset at each session's first bar, ``nan`` outside a session.
 - ``spread_bps`` ((ask-bid)/mid * 10^4) and ``imbalance`` ((bid_size-ask_size)/(sum)): window
   means of one sample per window, the window's time-weighted value from its quote bar (the
   live path, :meth:`FeatureEngine.update_bar`), or of one sample per instant from raw quotes
@@ -58,9 +61,9 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final, get_args
 
 from market_data_core.config import FeatureKind, FeaturePluginConfig, FeatureWindowConfig
@@ -114,11 +117,13 @@ NAME_PREFIXES: Final[dict[str, FeatureKind]] = {
     "spread": "spread_bps",
     "imbalance": "imbalance",
     "imb": "imbalance",
+    "session": "session_vwap",
+    "svwap": "session_vwap",
 }
 _RECURSIVE: Final = frozenset({"rsi", "ema", "macd"})
 _QUOTE_KINDS: Final = frozenset({"spread_bps", "imbalance"})
 _RETURN_KINDS: Final = frozenset({"volatility", "skewness", "kurtosis", "realized_vol"})
-_VOLUME_KINDS: Final = frozenset({"vwap"})
+_VOLUME_KINDS: Final = frozenset({"vwap", "session_vwap"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,12 @@ def resolve_windows(windows: Iterable[FeatureWindowConfig]) -> list[WindowSpec]:
             raise ConfigError(
                 f"window {w.name!r} ({kind}) is recursive: give 'periods' (a bar count), "
                 "not 'horizon'",
+                key_path="features.windows",
+            )
+        if kind == "session_vwap" and (w.periods is not None or w.horizon is not None):
+            raise ConfigError(
+                f"window {w.name!r} (session_vwap) runs from the session's open: give neither "
+                "'horizon' nor 'periods'",
                 key_path="features.windows",
             )
         if kind == "macd" and w.fast_periods >= (w.periods or 0):
@@ -555,6 +566,57 @@ class _Vwap(_Feature):
         ts, pvs, vs, pv, v, unknown = state
         self.xs = deque(zip(ts, pvs, vs, strict=True))
         self.pv, self.v, self.unknown = list(pv), list(v), int(unknown)
+
+
+SessionOf = Callable[[str, datetime], date | None]
+"""(symbol, bar start) -> the label of the trading session holding it, ``None`` outside."""
+
+
+def _utc_day(symbol: str, ts: datetime) -> date | None:
+    return ts.astimezone(UTC).date()
+
+
+class _SessionVwap(_Feature):
+    """sum(p*v)/sum(v) of the bars since the session's open (p as for ``vwap``): the sums
+    reset at the first bar of each session; ``nan`` for a bar outside every session (pre- and
+    after-market bars of a calendar) and while the session holds a bar without volume."""
+
+    __slots__ = ("pv", "session", "session_of", "unknown", "v")
+
+    def __init__(self, spec: WindowSpec, session_of: SessionOf = _utc_day) -> None:
+        super().__init__(spec)
+        self.session_of = session_of
+        self.session: str | None = None  # ISO date of the current session
+        self.pv: list[float] = []
+        self.v: list[float] = []
+        self.unknown = 0
+
+    def on_bar(self, ts_us: int, bar: Bar, log_ret: float | None) -> None:
+        label = self.session_of(bar.symbol, bar.ts)
+        session = None if label is None else label.isoformat()
+        if session != self.session:
+            self.session, self.pv, self.v, self.unknown = session, [], [], 0
+        if session is None:
+            return
+        if bar.v is None:
+            self.unknown += 1
+            return
+        price = bar.vwap if bar.vwap is not None else (bar.h + bar.l + bar.c) / 3.0
+        _add_exact(self.pv, price * bar.v)
+        _add_exact(self.v, bar.v)
+
+    def values(self) -> tuple[float, ...]:
+        if self.session is None or self.unknown:
+            return (NAN,)
+        v = math.fsum(self.v)
+        return (math.fsum(self.pv) / v,) if v > 0.0 else (NAN,)
+
+    def state(self) -> list[Any]:
+        return [self.session, self.pv[:], self.v[:], self.unknown]
+
+    def load(self, state: Sequence[Any]) -> None:
+        session, pv, v, unknown = state
+        self.session, self.pv, self.v, self.unknown = session, list(pv), list(v), int(unknown)
 
 
 class _AsOfChange(_Feature):
@@ -946,6 +1008,7 @@ _FACTORIES: Final[dict[str, type[_Feature]]] = {
     "rsi": _Rsi,
     "spread_bps": _QuoteMean,
     "imbalance": _QuoteMean,
+    "session_vwap": _SessionVwap,
 }
 
 
@@ -967,8 +1030,12 @@ class _SymbolState:
         plugins: Sequence[PluginSpec],
         symbol: str,
         timed: bool,
+        session_of: SessionOf,
     ) -> None:
-        built_in = [_FACTORIES[s.kind](s) for s in specs]
+        built_in = [
+            _SessionVwap(s, session_of) if s.kind == "session_vwap" else _FACTORIES[s.kind](s)
+            for s in specs
+        ]
         self.quote_features = [f for f in built_in if f.spec.kind in _QUOTE_KINDS]
         self.features: list[_Feature | _PluginFeature] = [*built_in]
         self.features += [_PluginFeature(p) for p in plugins]
@@ -1004,8 +1071,14 @@ class FeatureEngine:
         *,
         plugins: Iterable[FeaturePluginConfig] = (),
         timed: bool = True,
+        session_of: SessionOf | None = None,
+        sessions_identity: Sequence[Any] = (),
     ) -> None:
         self.specs = resolve_windows(windows)
+        # session_vwap: which session a bar is in (default: UTC days, 24/7); what it is
+        # (the symbols' calendars) is part of an engine's identity
+        self._session_of: SessionOf = session_of or _utc_day
+        self.sessions_identity = list(sessions_identity)
         window_names = BASE_FEATURES + tuple(name for s in self.specs for name in s.outputs)
         self.plugins = resolve_plugins(plugins, window_names)
         self.feature_names: tuple[str, ...] = window_names + tuple(
@@ -1042,7 +1115,7 @@ class FeatureEngine:
         state = self._state.get((provider, symbol))
         if state is None:
             state = self._state[(provider, symbol)] = _SymbolState(
-                self.specs, self.plugins, symbol, self._timed
+                self.specs, self.plugins, symbol, self._timed, self._session_of
             )
             telemetry.FEATURES_ACTIVE_WINDOWS.set(self.active_windows)
         return state

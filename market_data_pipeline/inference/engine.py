@@ -29,8 +29,10 @@ from market_data_core.protocols import FeatureSnapshot, InferenceAdapter
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline import telemetry
 from market_data_pipeline.features import FeatureEngine
+from market_data_pipeline.features.rolling import resolve_windows
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
 from market_data_pipeline.project import rules_file
+from market_data_pipeline.sessions import SessionCalendar, session_calendars
 
 __all__ = [
     "STATE_FORMAT",
@@ -39,6 +41,7 @@ __all__ = [
     "WarmableAdapter",
     "build_adapter",
     "build_engine",
+    "feature_engine",
 ]
 
 AdapterKind = Literal["rules", "sklearn", "plugin"]
@@ -113,6 +116,8 @@ class InferenceEngine:
             "plugins": [list(p.identity) for p in features.plugins],
             "adapter": [adapter.name, adapter.identity()],
         }
+        if features.sessions_identity:
+            identity["sessions"] = features.sessions_identity
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         #: what an exported state is valid for: the same features, adapter, rules or model,
         #: and interval (a checkpoint of another engine is never loaded)
@@ -178,6 +183,25 @@ class InferenceEngine:
         await self.adapter.aclose()
 
 
+def feature_engine(config: AppConfig, *, timed: bool = True) -> FeatureEngine:
+    """The feature engine of ``features.windows``; with a ``session_vwap`` window, its
+    sessions are those of ``micro_batch.rollups.calendars`` (loaded here: a ``ConfigError``
+    for an unknown calendar)."""
+    windows = config.features.windows
+    plugins = config.features.plugins
+    if not any(s.kind == "session_vwap" for s in resolve_windows(windows)):
+        return FeatureEngine(windows, plugins=plugins, timed=timed)
+    calendars = config.micro_batch.rollups.calendars
+    sessions = SessionCalendar(session_calendars(calendars))
+    return FeatureEngine(
+        windows,
+        plugins=plugins,
+        timed=timed,
+        session_of=sessions.session_of,
+        sessions_identity=sorted([name, sorted(symbols)] for name, symbols in calendars.items()),
+    )
+
+
 def build_engine(
     config: AppConfig, kind: AdapterKind, *, interval: str, base_dir: Path | None = None
 ) -> InferenceEngine:
@@ -185,6 +209,6 @@ def build_engine(
     (:func:`build_adapter`) for bars of ``interval``
     (``consumers.inference_consumer.features_interval(config)``). Raises ``ConfigError`` before
     any server is needed (bad rules file, model hash, features, a plugin)."""
-    features = FeatureEngine(config.features.windows, plugins=config.features.plugins)
+    features = feature_engine(config)
     adapter = build_adapter(config, kind, features.feature_names, base_dir=base_dir)
     return InferenceEngine(features, adapter, interval=interval)

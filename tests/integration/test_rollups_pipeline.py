@@ -14,9 +14,9 @@ from market_data_core.codec import decode_window
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar
 from market_data_core.timeutil import parse_duration_ms
-from market_data_pipeline.cli.wiring import open_store, upgrade_schema
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.streaming.bus import open_bus
+from market_data_pipeline.wiring import open_store, upgrade_schema
 from tests.support.pipeline import make_config, publish, urls
 from tests.support.trades import SYMBOL, assert_bars_equal_reference, trade_events
 
