@@ -52,11 +52,13 @@ def infer(
         ),
     ] = "rules",
     interval: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             metavar="DURATION",
             help="Bar interval to run on (overrides features.interval; default: the "
-            "micro-batch window). Bars of other intervals are acknowledged and skipped.",
+            "micro-batch window), e.g. a rollup level (5m). Repeat it to score several "
+            "intervals in this process, each with its own feature state and consumer group. "
+            "Bars of other intervals are acknowledged and skipped.",
         ),
     ] = None,
     drain: Annotated[
@@ -78,69 +80,93 @@ def infer(
       mdp stream infer --adapter rules --drain --idle-s 1
       mdp stream infer --adapter sklearn --drain --idle-s 1
       mdp stream infer --interval 1m --drain --idle-s 1
+      mdp stream infer --interval 2s --interval 5m --drain --idle-s 1
     """
     overrides: dict[str, object] = {}
-    if interval is not None:
-        duration_ms(interval, "--interval")
-        overrides["features.interval"] = interval
     if metrics_port is not None:
         overrides["telemetry.metrics_port"] = metrics_port
-    cfg = load_app_config(config, overrides)
+    intervals = list(dict.fromkeys(interval or [None]))  # type: ignore[list-item]
+    configs = []
+    for each in intervals:
+        if each is not None:
+            duration_ms(each, "--interval")
+        configs.append(
+            load_app_config(config, overrides | ({"features.interval": each} if each else {}))
+        )
+    cfg = configs[0]
     if adapter == "sklearn" and not cfg.inference.adapters.sklearn.model_path:
         raise ConfigError(
             "--adapter sklearn needs inference.adapters.sklearn.model_path and sha256 "
             "(the shipped configs/streaming.yaml has an example; mdp init writes a copy)",
             source=str(config_file(config)),
         )
-    # loaded before any server starts: a bad rules file, model hash or plugin fails fast (exit 2)
-    engine = build_engine(cfg, adapter, interval=features_interval(cfg), base_dir=Path.cwd())
+    # loaded before any server starts: a bad rules file, model hash or plugin fails fast
+    # (exit 2); one engine per interval: each its own feature state, checkpoints and group
+    engines = [
+        build_engine(c, adapter, interval=features_interval(c), base_dir=Path.cwd())
+        for c in configs
+    ]
     name = consumer_name(consumer, "infer")
-    group = inference_group(cfg, engine.adapter.name, engine.interval)
+    groups = [inference_group(cfg, e.adapter.name, e.interval) for e in engines]
 
     async def main(stop: asyncio.Event) -> None:
         from market_data_pipeline.wiring import open_clients
 
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(engine.aclose)
+            for engine in engines:
+                stack.push_async_callback(engine.aclose)
             urls = stack.enter_context(resolve_servers(cfg, environment()))
             # a given name may be reused across restarts, never by two live processes
             stack.enter_context(
-                hold_consumers(cfg.bus.type, urls.redis_url, [(group, name)] if consumer else [])
+                hold_consumers(
+                    cfg.bus.type, urls.redis_url, [(g, name) for g in groups] if consumer else []
+                )
             )
             stack.enter_context(stage_services(cfg, urls, "infer"))
             c = await stack.enter_async_context(
                 open_clients(cfg, urls, store=True, signals=True, tracker=True)
             )
-            worker = InferenceConsumer(
-                cfg, c.bus, c.store, c.signals, engine, consumer_name=name, group=group
-            )
+            workers = [
+                InferenceConsumer(
+                    each, c.bus, c.store, c.signals, engine, consumer_name=name, group=group
+                )
+                for each, engine, group in zip(configs, engines, groups, strict=True)
+            ]
+
+            def total(field: str) -> int:
+                return sum(int(getattr(w.stats, field)) for w in workers)
 
             def counts() -> RunCounts:
-                s = worker.stats
-                return RunCounts(s.bars_in, s.signals, s.dead_letters)
+                return RunCounts(total("bars_in"), total("signals"), total("dead_letters"))
 
             def detail() -> str:
-                s = worker.stats
                 return (
-                    f"{s.bars_scored:,} scored  {s.signals:,} signals  "
-                    f"{s.dead_letters:,} dead letters"
+                    f"{total('bars_scored'):,} scored  {total('signals'):,} signals  "
+                    f"{total('dead_letters'):,} dead letters"
                 )
 
             async with tracked_run(c.tracker, f"infer-{adapter}", cfg, counts) as run:
                 label = f"infer {adapter}" + (" (drain)" if drain else "")
                 with ProgressLine(
-                    label, unit="bars", count=lambda: worker.stats.bars_in, detail=detail
+                    label, unit="bars", count=lambda: total("bars_in"), detail=detail
                 ):
-                    stats = await worker.run(stop, drain=drain, idle_s=idle_s)
+                    # a worker that fails stops the others (TaskGroup cancels them)
+                    async with asyncio.TaskGroup() as group_tasks:
+                        tasks = [
+                            group_tasks.create_task(w.run(stop, drain=drain, idle_s=idle_s))
+                            for w in workers
+                        ]
+                    all_stats = [t.result() for t in tasks]
                 run.status = "stopped" if stop.is_set() else "success"
-        typer.echo(
-            f"infer {name} ({adapter}, {engine.interval} bars): {stats.bars_in} bar changes "
-            f"in, {stats.bars_stale} already applied, {stats.skipped} other intervals; "
-            f"{stats.resumes} series resumed from the store ({stats.bars_loaded} bars read), "
-            f"{stats.bars_scored} bars scored, {stats.bars_replayed} replayed; "
-            f"{stats.signals} signal rows written ({stats.retracted} retractions), all on "
-            f"{cfg.bus.signals_topic}; {stats.checkpoints} checkpoints, "
-            f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}"
-        )
+        for engine, stats in zip(engines, all_stats, strict=True):
+            typer.echo(
+                f"infer {name} ({adapter}, {engine.interval} bars): {stats.bars_in} bar changes "
+                f"in, {stats.bars_stale} already applied, {stats.skipped} other intervals; "
+                f"{stats.resumes} series resumed from the store ({stats.bars_loaded} bars read), "
+                f"{stats.bars_scored} bars scored, {stats.bars_replayed} replayed; "
+                f"{stats.signals} signal rows written ({stats.retracted} retractions), all on "
+                f"{cfg.bus.signals_topic}; {stats.checkpoints} checkpoints, "
+                f"{dead_letters_text(stats.dead_letters, stats.dead_letter_reasons)}"
+            )
 
     run_async(main)

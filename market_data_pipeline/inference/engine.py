@@ -103,8 +103,18 @@ def build_adapter(
 class InferenceEngine:
     """Features plus one adapter, for bars of one ``interval``."""
 
-    def __init__(self, features: FeatureEngine, adapter: WarmableAdapter, *, interval: str) -> None:
+    def __init__(
+        self,
+        features: FeatureEngine,
+        adapter: WarmableAdapter,
+        *,
+        interval: str,
+        name_suffix: str = "",
+    ) -> None:
         self.features = features
+        # signals of a rollup level are named <rule>@<interval>: their ids (provider, symbol,
+        # ts, name, adapter) never meet those of another level scored at the same instant
+        self.name_suffix = name_suffix
         self.adapter = adapter
         self.interval = interval
         self.interval_us = parse_duration_ms(interval) * 1000
@@ -116,6 +126,8 @@ class InferenceEngine:
             "plugins": [list(p.identity) for p in features.plugins],
             "adapter": [adapter.name, adapter.identity()],
         }
+        if name_suffix:
+            identity["name_suffix"] = name_suffix
         if features.sessions_identity:
             identity["sessions"] = features.sessions_identity
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -171,6 +183,18 @@ class InferenceEngine:
         t0 = time.perf_counter()
         signals = await self.adapter.evaluate(snapshot)
         self._eval_hist.observe(time.perf_counter() - t0)
+        if self.name_suffix:
+            return snapshot, [
+                Signal.model_validate(
+                    {
+                        **s.model_dump(),
+                        "name": s.name + self.name_suffix,
+                        "signal_id": "",
+                        "meta": {**s.meta, "interval": bar.interval},
+                    }
+                )
+                for s in signals
+            ]
         return snapshot, [
             s.model_copy(update={"meta": {**s.meta, "interval": bar.interval}}) for s in signals
         ]
@@ -211,4 +235,7 @@ def build_engine(
     any server is needed (bad rules file, model hash, features, a plugin)."""
     features = feature_engine(config)
     adapter = build_adapter(config, kind, features.feature_names, base_dir=base_dir)
-    return InferenceEngine(features, adapter, interval=interval)
+    rollup = interval in config.micro_batch.rollups.intervals
+    return InferenceEngine(
+        features, adapter, interval=interval, name_suffix=f"@{interval}" if rollup else ""
+    )

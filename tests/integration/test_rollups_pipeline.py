@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 
 from market_data_core.codec import decode_window
-from market_data_core.config import AppConfig
+from market_data_core.config import AppConfig, parse_config
 from market_data_core.contracts import Bar
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
-from tests.support.pipeline import make_config, publish, urls
+from tests.support.cli import mdp_env, run_mdp
+from tests.support.pipeline import make_config, publish, urls, write_config
+from tests.support.signals_reference import assert_signals_equal_reference, table_signals
 from tests.support.trades import SYMBOL, assert_bars_equal_reference, trade_events
 
 T0 = datetime(2020, 2, 22, tzinfo=UTC)
@@ -122,3 +126,56 @@ def test_a_rollup_that_is_not_a_multiple_of_the_window_is_a_config_error(
         make_config(
             redis_url, "postgresql://x@127.0.0.1/x", unique, 1500, rollups={"intervals": ["5s"]}
         )
+
+
+async def test_one_infer_process_scores_1m_and_5m_rollups_each_with_its_own_state(
+    redis_url: str, migrated: str, unique: str, tmp_path: Path
+) -> None:
+    """``mdp stream infer --interval 1m --interval 5m --drain``: the signals of each level
+    equal a fresh engine's clean pass over that level's final bars (named ``<rule>@<level>``),
+    features against TA-Lib, every row on mdp.signals."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            [
+                {"name": "above_sma", "condition": "close > sma_3", "signal": 1.0, "score": 0.5},
+                {"name": "below_svwap", "condition": "close < svwap", "signal": -1.0, "score": 0.5},
+            ]
+        )
+    )
+    cfg = make_config(redis_url, migrated, unique, 2000, rollups={"intervals": ["1m", "5m"]})
+    cfg = parse_config(
+        {
+            **cfg.model_dump(mode="json"),
+            "features": {"windows": [{"name": "sma_3", "periods": 3}, {"name": "svwap"}]},
+            "inference": {"adapters": {"rules": {"file": str(rules)}}},
+        }
+    )
+    provider = f"ri{unique}"
+    bus = await open_bus(cfg, urls(cfg))
+    try:
+        await publish(bus, cfg, trade_events(provider))
+        await drain(cfg)
+        config_file = write_config(tmp_path, cfg)
+        out = run_mdp(
+            "stream", "infer", "-c", str(config_file), "--interval", "1m", "--interval", "5m",
+            "--drain", "--idle-s", "1", "--metrics-port", "0", env=mdp_env(),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        lines = [x for x in out.stdout.splitlines() if x.startswith("infer ")]
+        assert len(lines) == 2 and "1m bars" in lines[0] and "5m bars" in lines[1]
+        for level, n_bars in (("1m", 126), ("5m", 26)):
+            counts = await assert_signals_equal_reference(
+                cfg,
+                bus,
+                [(provider, SYMBOL)],
+                server_url=migrated,
+                interval=level,
+                only_interval=True,
+            )
+            assert counts["bars"] == n_bars
+            rows = await table_signals(cfg, [(provider, SYMBOL)])
+            assert all(r.name.endswith(("@1m", "@5m")) for r in rows)
+            assert {r.meta["interval"] for r in rows} == {"1m", "5m"}
+    finally:
+        await bus.aclose()

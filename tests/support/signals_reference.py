@@ -35,7 +35,7 @@ from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, Signal, WindowBar
 from market_data_core.protocols import Bus, FeatureSnapshot
 from market_data_pipeline.features import FeatureEngine
-from market_data_pipeline.inference.engine import InferenceEngine, build_adapter
+from market_data_pipeline.inference.engine import InferenceEngine, build_adapter, feature_engine
 from market_data_pipeline.inference.reference import clean_pass, signal_rows
 from market_data_pipeline.servers import ServerUrls
 from market_data_pipeline.wiring import open_signals_store, open_store, upgrade_schema
@@ -78,9 +78,10 @@ async def table_signals(cfg: AppConfig, series: Sequence[tuple[str, str]]) -> li
 
 
 def fresh_engine(cfg: AppConfig, interval: str) -> InferenceEngine:
-    features = FeatureEngine(cfg.features.windows, timed=False)
+    features = feature_engine(cfg, timed=False)
     adapter = build_adapter(cfg, "rules", features.feature_names, base_dir=Path.cwd())
-    return InferenceEngine(features, adapter, interval=interval)
+    suffix = f"@{interval}" if interval in cfg.micro_batch.rollups.intervals else ""
+    return InferenceEngine(features, adapter, interval=interval, name_suffix=suffix)
 
 
 async def reference_signals(
@@ -192,12 +193,17 @@ async def assert_signals_equal_reference(
     server_url: str,
     interval: str,
     min_signals: int = 1,
+    only_interval: bool = False,
 ) -> dict[str, int]:
-    """The whole check of the module docstring; returns counts for the test's own asserts."""
+    """The whole check of the module docstring; returns counts for the test's own asserts.
+    ``only_interval``: the table's rows of this interval only (``meta.interval``), when the
+    series is scored at several."""
     bars = await final_bars(cfg, series, interval)
     assert bars, "the scenario stored no bars"
     ref_rows, snapshots, stored = await reference_signals(cfg, server_url, bars, interval)
     rows = await table_signals(cfg, series)
+    if only_interval:
+        rows = [s for s in rows if s.meta.get("interval") == interval]
     active = [s for s in rows if s.state == "active"]
     assert len(ref_rows) >= min_signals
     got, want = signal_rows(active), signal_rows(ref_rows)
