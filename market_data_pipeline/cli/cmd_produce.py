@@ -20,9 +20,11 @@ from typing import Annotated
 
 import typer
 
+from market_data_core.codec import decode_signal, decode_window
 from market_data_core.config import AppConfig
-from market_data_core.errors import ConfigError, MDPError
-from market_data_core.protocols import Bus, Provider
+from market_data_core.errors import ConfigError, ContractError, MDPError
+from market_data_core.protocols import Bus, BusRecord, Provider
+from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.cli.apps import stream_app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -428,6 +430,20 @@ async def _known_topic(cfg: AppConfig, bus: Bus, topic: str) -> str:
     )
 
 
+def _at(record: BusRecord, level: str) -> bool:
+    """Is a bus entry a bar of ``level`` (``mdp.bars``) or a signal scored at it
+    (``mdp.signals``: ``meta.interval``)? Entries that decode as neither are kept."""
+    try:
+        window = decode_window(record.payload)
+    except ContractError:
+        try:
+            signal = decode_signal(record.payload)
+        except ContractError:
+            return True
+        return bool(signal.meta.get("interval", level) == level)
+    return window.interval == level
+
+
 @stream_app.command("tail")
 def tail(
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -448,6 +464,14 @@ def tail(
         float,
         typer.Option("--poll-s", min=0.05, metavar="SECONDS", help="With --follow: poll interval."),
     ] = 0.5,
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="With mdp.bars: only bars of this interval (a micro-batch window or a rollup "
+            "level such as 1m); with mdp.signals: only signals scored at it.",
+        ),
+    ] = None,
 ) -> None:
     """Print the last entries of a stream, decoded (events, signals, bars or dead letters).
 
@@ -459,8 +483,10 @@ def tail(
     \b
       mdp stream tail --topic mdp.events --limit 20
       mdp stream tail --topic mdp.signals --json
+      mdp stream tail --topic mdp.bars --interval 1m --limit 10
     """
     cfg = load_app_config(config)
+    level = None if interval is None else format_duration_ms(duration_ms(interval, "--interval"))
     if cfg.bus.type == "redis" and not configured_redis_url(cfg, environment()):
         raise ConfigError(
             "tail reads an existing bus: set REDIS_URI (or bus.redis.uri), or start `mdp up`; "
@@ -491,7 +517,12 @@ def tail(
                     if not letters and not as_json:
                         typer.echo(f"{name}: empty")
                     return
-                records = await bus.tail(name, limit)
+                if level is not None:
+                    # the newest `limit` entries of the level among the newest 100,000
+                    found = [r for r in await bus.tail(name, 100_000) if _at(r, level)]
+                    records = found[-limit:]
+                else:
+                    records = await bus.tail(name, limit)
                 h, rows, lines = render_records(cfg, name, records)
                 if not records and not as_json:
                     typer.echo(f"{name}: no entries")
@@ -510,6 +541,8 @@ def tail(
                     ]
                     for rec in fresh:
                         last[rec.shard] = max(last.get(rec.shard, ()), entry_key(rec.entry_id))
+                    if level is not None:
+                        fresh = [r for r in fresh if _at(r, level)]
                     h, rows, lines = render_records(cfg, name, fresh)
                     emit(h, rows, lines, False)
 

@@ -6,6 +6,7 @@ pandas resample, the late tick's bars revised once at 2 s, 1 m and 1 h and relay
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def bucket(ts: datetime, interval: str) -> datetime:
 
 
 async def test_a_late_tick_revises_2s_1m_and_1h_and_a_replay_changes_nothing(
-    redis_url: str, migrated: str, unique: str
+    redis_url: str, migrated: str, unique: str, tmp_path: Path
 ) -> None:
     cfg = make_config(redis_url, migrated, unique, 2000, rollups={"intervals": LEVELS})
     provider = f"rp{unique}"
@@ -113,6 +114,16 @@ async def test_a_late_tick_revises_2s_1m_and_1h_and_a_replay_changes_nothing(
             assert_bars_equal_reference(
                 await stored(cfg, provider, interval), parse_duration_ms(interval)
             )
+        # mdp stream tail shows one level of mdp.bars
+        out = run_mdp(
+            "stream", "tail", "-c", str(write_config(tmp_path, cfg)), "--topic", "mdp.bars",
+            "--interval", "1h", "--limit", "1000", "--json", env=mdp_env(),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        shown = [json.loads(line) for line in out.stdout.splitlines()]
+        hourly = [b for b in (decode_window(e.payload) for e in entries) if b.interval == "1h"]
+        assert len(shown) == len(hourly) > 0
+        assert {b["interval"] for b in shown} == {"1h"}
     finally:
         await bus.aclose()
 
