@@ -87,6 +87,10 @@ class FullPath:
     peak_rss_mb: float = 0.0
     bars_scored: int = 0
     signals: int = 0
+    # micro_batch.rollups (--rollups): rollup windows written by the workers, and per level
+    # the trades its bars hold (sum of trade_count), which must be every stored tick
+    rollup_bars_written: int = 0
+    rollup_trade_counts: dict[str, int] = field(default_factory=dict)
     exact: bool = False
     # signals = reference: the active signal rows of the run's series equal one clean pass of
     # a fresh engine over their final bars (inference/reference.py)
@@ -467,6 +471,7 @@ async def _full_path_on(
     result.quotes_inserted = sum(st.get("quotes_inserted", 0) for st in final)
     result.bars_written = sum(st.get("bars_written", 0) for st in final)
     result.quote_bars_written = sum(st.get("quote_bars_written", 0) for st in final)
+    result.rollup_bars_written = sum(st.get("rollup_bars_written", 0) for st in final)
     result.dead_letters = sum(st.get("dead_letters", 0) for st in final)
     result.latency_p50_ms = percentile(latencies, 50)
     result.latency_p95_ms = percentile(latencies, 95)
@@ -495,8 +500,18 @@ async def _full_path_on(
                 if quote is not None:
                     result.quote_bars_quote_count += quote.quote_count
             final_bars += windows
+    for level in cfg.micro_batch.rollups.intervals:
+        n = 0
+        for k in range(producers):
+            for name in names[k::producers]:
+                bars = await store.bars_range(
+                    _provider(k, run_tag), name, level, started_at - timedelta(1), end
+                )
+                n += sum(b.trade_count or 0 for b in bars)
+        result.rollup_trade_counts[level] = n
     result.exact = (
-        result.published
+        all(n == result.ticks_inserted for n in result.rollup_trade_counts.values())
+        and result.published
         == result.events_in
         == result.ticks_inserted + result.quotes_inserted
         == result.bars_trade_count + result.quote_bars_quote_count
@@ -610,6 +625,19 @@ def _rows(
             f"{_ok(f.exact)}; signals = reference ({f.reference_signals:,} signals over "
             f"{f.reference_bars:,} final bars): {_ok(f.signals_reference)}",
         ),
+        *(
+            [
+                (
+                    "rollups",
+                    f"{f.rollup_bars_written:,} rollup windows written; trades in the bars of "
+                    + ", ".join(f"{k}: {v:,}" for k, v in f.rollup_trade_counts.items())
+                    + f" (= {f.ticks_inserted:,} ticks: "
+                    f"{_ok(all(v == f.ticks_inserted for v in f.rollup_trade_counts.values()))})",
+                )
+            ]
+            if f.rollup_trade_counts
+            else []
+        ),
         (
             "bars -> features -> inference",
             f"{f.bars_written:,} bars and {f.quote_bars_written:,} quote bars written; "
@@ -695,6 +723,14 @@ def bench(
             help="Share of the synthetic events that are quotes (the rest trades).",
         ),
     ] = 0.0,
+    rollups: Annotated[
+        str,
+        typer.Option(
+            metavar="LEVELS",
+            help="Rollup levels the workers build in the same transaction, comma-separated "
+            "(e.g. 1m,5m,1h; micro_batch.rollups.intervals); empty: the config's.",
+        ),
+    ] = "",
     ceiling: Annotated[bool, typer.Option(help="Measure the bare ceiling too.")] = True,
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the JSON results.")] = Path(
         "benchmarks/results"
@@ -712,6 +748,7 @@ def bench(
     \b
       mdp bench --duration 5s --rate 2000 --no-ceiling
       mdp bench --duration 5s --rate 5000 --pack 50 --window 1s --no-ceiling
+      mdp bench --duration 5s --rate 2000 --rollups 1m,5m,1h --no-ceiling
     """
     window_ms = parse_window(window)
     duration_s = duration_ms(duration, "--duration") / 1000
@@ -729,7 +766,12 @@ def bench(
             "bus.redis.dlq_stream": f"mdp.bench.{tag}.dlq",
             "bus.redis.consumer_group": f"bench-{tag}",
             "telemetry.metrics_port": 0,
-        },
+        }
+        | (
+            {"micro_batch.rollups.intervals": [x.strip() for x in rollups.split(",") if x.strip()]}
+            if rollups
+            else {}
+        ),
     )
 
     async def main(stop: asyncio.Event) -> None:
@@ -774,6 +816,7 @@ def bench(
                 "window_ms": window_ms,
                 "pack": pack,
                 "quote_ratio": quote_ratio,
+                "rollups": cfg.micro_batch.rollups.intervals,
                 "producers": producers,
                 "workers": workers,
             },
