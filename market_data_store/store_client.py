@@ -664,17 +664,20 @@ WITH w AS (
         FROM bars_ohlcv t
         WHERE (t.provider, t.symbol, t.interval) = (k.provider, k.symbol, k.src)
           AND t.ts >= k.bucket AND t.ts < k.bucket_end
+          AND t.ts >= $10 AND t.ts < $11
     ) a
     CROSS JOIN LATERAL (
         SELECT f.o FROM bars_ohlcv f
         WHERE (f.provider, f.symbol, f.interval) = (k.provider, k.symbol, k.src)
           AND f.ts >= k.bucket AND f.ts < k.bucket_end
+          AND f.ts >= $10 AND f.ts < $11
         ORDER BY f.trade_count > 0 DESC, f.ts LIMIT 1
     ) fo
     CROSS JOIN LATERAL (
         SELECT f.c FROM bars_ohlcv f
         WHERE (f.provider, f.symbol, f.interval) = (k.provider, k.symbol, k.src)
           AND f.ts >= k.bucket AND f.ts < k.bucket_end
+          AND f.ts >= $10 AND f.ts < $11
         ORDER BY f.trade_count > 0 DESC, f.ts DESC LIMIT 1
     ) fc
     WHERE a.bars > 0
@@ -713,12 +716,14 @@ WITH w AS (
         FROM quote_bars q
         WHERE (q.provider, q.symbol, q.interval) = (k.provider, k.symbol, k.src)
           AND q.ts >= k.bucket AND q.ts < k.bucket_end
+          AND q.ts >= $10 AND q.ts < $11
     ) a
     CROSS JOIN LATERAL (
         SELECT l.bid, l.ask, l.bid_size, l.ask_size, l.mid, l.imbalance_close
         FROM quote_bars l
         WHERE (l.provider, l.symbol, l.interval) = (k.provider, k.symbol, k.src)
           AND l.ts >= k.bucket AND l.ts < k.bucket_end
+          AND l.ts >= $10 AND l.ts < $11
         ORDER BY l.ts DESC LIMIT 1
     ) cl
     WHERE a.bars > 0
@@ -1057,9 +1062,20 @@ async def _roll_up(
     symbols = [w[1] for w in windows]
     starts = [from_epoch_us(w[2]) for w in windows]
     calendars = [plan.calendars.get(s) for s in symbols]
+    if not windows:
+        return out
+    first, last = min(starts), max(starts)
     for level in plan.intervals:
         level_ms = _interval_ms(level)
         sources = [plan.source_of(c, level) for c in calendars]
+        # a bucket starts at most a level (a calendar's 1d: the longest stretch between two
+        # sessions) before its windows and ends as far after them
+        pad = timedelta(
+            days=_CALENDAR_GAP_DAYS
+            if level_ms == _DAY_MS and any(c is not None for c in calendars)
+            else 0,
+            milliseconds=level_ms,
+        )
         rows = await conn.fetch(
             _ROLLUP_SQL,
             level,
@@ -1071,6 +1087,8 @@ async def _roll_up(
             calendars,
             sources,
             [_interval_ms(src) for src in sources],
+            first - pad,
+            last + pad,
         )
         out += [(level, r) for r in rows]
     return out
