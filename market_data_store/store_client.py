@@ -1422,12 +1422,15 @@ class PgStoreClient(PgClientBase):
         first_ts: datetime,
         last_ts: datetime,
     ) -> set[date]:
-        """UTC days the rollup and flat bars of a batch may start on: every day of its span,
-        and before it, as a calendar's 1d bucket (the stretch between two sessions) can start
-        days before its ticks and flat bars reach back to the series' last window with trades
+        """UTC days the rollup and flat bars of a batch may start on: its events' days, the
+        days before them that a calendar's 1d bucket (the stretch between two sessions) may
+        start on, and the days back to each series' last window with trades for flat bars
         (read here, before the write: only later windows can get trades meanwhile, so it can
-        only be too early)."""
-        start = first_ts - timedelta(days=_CALENDAR_GAP_DAYS)
+        only be too early). Only days near the events: a batch mixing years creates no
+        partitions for the years between."""
+        days = {e.src_ts.date() for e in events}
+        back = _CALENDAR_GAP_DAYS if plan.calendars else 1
+        out = {d - timedelta(days=k) for d in days for k in range(back + 1)}
         if plan.empty_intervals == "flat":
             series = {(e.provider, e.symbol) for e in events}
             earliest = await self._pool.fetchval(
@@ -1438,9 +1441,9 @@ class PgStoreClient(PgClientBase):
                 first_ts,
             )
             if earliest is not None:
-                start = min(start, earliest)
-        first = start.date()
-        return {first + timedelta(days=k) for k in range((last_ts.date() - first).days + 1)}
+                start = earliest.date()
+                out |= {start + timedelta(days=k) for k in range((last_ts.date() - start).days + 1)}
+        return out
 
     async def sync_sessions(self, calendar: str, sessions: Sequence[TradingSession]) -> int:
         """Upsert ``calendar``'s sessions into ``trading_sessions`` (by session date); returns
