@@ -46,6 +46,7 @@ from market_data_pipeline.consumers.inference_consumer import features_interval
 from market_data_pipeline.inference.engine import build_engine
 from market_data_pipeline.runner import group_lag
 from market_data_pipeline.servers import ServerUrls, resolve_servers
+from market_data_pipeline.servers.process import die_with_parent
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields
@@ -265,13 +266,22 @@ def _provider(k: int, run_tag: str) -> str:
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
     """Start an ``mdp`` subcommand; its stderr (logs, and the one-line error it exits with)
     goes to ``log`` so that a failure can say why."""
+    return _popen([sys.executable, "-m", "market_data_pipeline.cli.app", *args], env, log)
+
+
+def _popen(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """Start a child of the benchmark that gets SIGTERM when the benchmark dies, however it
+    dies (``PR_SET_PDEATHSIG``): a ``kill -9`` of ``mdp bench`` leaves no producer or worker
+    retrying against servers that are gone. The child has a process group of its own, so a
+    Ctrl-C reaches the benchmark alone, which stops its children in order."""
     with log.open("w") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "market_data_pipeline.cli.app", *args],
+            argv,
             env=env,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
 
 
