@@ -28,8 +28,7 @@ from market_data_core.errors import ConfigError
 from market_data_core.protocols import FeatureSnapshot, InferenceAdapter
 from market_data_core.timeutil import parse_duration_ms
 from market_data_pipeline import telemetry
-from market_data_pipeline.features import FeatureEngine
-from market_data_pipeline.features.rolling import resolve_windows
+from market_data_pipeline.features import FeatureEngine, resolve_windows
 from market_data_pipeline.inference.adapters.rules import RulesAdapter, load_rules
 from market_data_pipeline.project import rules_file
 from market_data_pipeline.sessions import SessionCalendar, session_calendars

@@ -465,7 +465,7 @@ def test_bars_without_volume_leave_volume_features_empty(caplog: pytest.LogCaptu
         FeatureWindowConfig(name="sma_5", periods=5),
         FeatureWindowConfig(name="rsi_14", periods=14),
     ]
-    with caplog.at_level(logging.INFO, logger="market_data_pipeline.features.rolling"):
+    with caplog.at_level(logging.INFO, logger="market_data_pipeline.features.engine"):
         engine = FeatureEngine(windows, timed=False)
     assert engine.volume_features == ("volume", "vwap_5", "vwap_10m")
     assert "features volume, vwap_5, vwap_10m need bar volume" in caplog.text
@@ -479,7 +479,7 @@ def test_bars_without_volume_leave_volume_features_empty(caplog: pytest.LogCaptu
     assert all(b.v is None for b in fx)
     assert decode_bar(encode_bar(fx[0])) == fx[0]  # the bars stream carries v = None
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="market_data_pipeline.features.rolling"):
+    with caplog.at_level(logging.WARNING, logger="market_data_pipeline.features.engine"):
         snaps = [engine.update_bar(b) for b in fx]
     assert caplog.text.count("bars without volume") == 1  # once per series
     assert "fx-sample|EUR/USD" in caplog.text

@@ -135,3 +135,48 @@ def test_the_servers_checker_catches_an_import_of_the_pipeline(tmp_path: Path) -
         "from market_data_pipeline.servers.process import Server\n"
     )
     assert pipeline_imports_of(bad) == {"market_data_pipeline", "market_data_pipeline.telemetry"}
+
+
+FEATURES = "market_data_pipeline.features"
+# top to bottom; a module imports only modules of the layers below its own (issue 17: the
+# feature engine split by concern stays split)
+FEATURE_LAYERS = [{"engine"}, {"indicators", "quotes"}, {"base"}, {"spec", "exact"}]
+
+
+def feature_layer_violations(module: str, path: Path) -> set[str]:
+    """The ``features`` modules ``path`` (the module ``features.<module>``) imports that are
+    not in a layer below its own."""
+    layer = next(i for i, mods in enumerate(FEATURE_LAYERS) if module in mods)
+    below = set().union(*FEATURE_LAYERS[layer + 1 :])
+    return {
+        m
+        for m in imported_modules(path)
+        if m.startswith(FEATURES + ".") and m.split(".")[2] not in below
+    }
+
+
+def test_the_feature_modules_import_only_the_layers_below() -> None:
+    features = ROOT / "market_data_pipeline" / "features"
+    modules = {p.stem for p in features.glob("*.py")} - {"__init__"}
+    assert modules == set().union(*FEATURE_LAYERS), "a features module missing from the layers"
+    found = {
+        f"{m} imports {bad}"
+        for m in sorted(modules)
+        for bad in feature_layer_violations(m, features / f"{m}.py")
+    }
+    assert found == set()
+
+
+def test_the_feature_layers_checker_catches_an_import_upwards(tmp_path: Path) -> None:
+    bad = tmp_path / "m.py"
+    bad.write_text(
+        "from market_data_pipeline.features.engine import FeatureEngine\n"
+        "from market_data_pipeline.features.quotes import QuoteMean\n"
+        "from market_data_pipeline.features.spec import WindowSpec\n"
+    )
+    assert feature_layer_violations("indicators", bad) == {
+        "market_data_pipeline.features.engine",
+        "market_data_pipeline.features.engine.FeatureEngine",
+        "market_data_pipeline.features.quotes",
+        "market_data_pipeline.features.quotes.QuoteMean",
+    }

@@ -342,7 +342,7 @@ def test_series_per_symbol_from_a_scrape_with_the_shipped_feature_windows(
     spread_5m and imbalance are not timed); first_n caps the values at n + 1."""
     from market_data_core.config import load_config
     from market_data_core.contracts import Bar
-    from market_data_pipeline.features.rolling import FeatureEngine
+    from market_data_pipeline.features import FeatureEngine
 
     windows = load_config(SHIPPED_CONFIG, env={}).features.windows
     symbols = [f"S{i:03d}" for i in range(40)]
