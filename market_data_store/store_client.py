@@ -378,15 +378,34 @@ qspan AS (
 _QUOTE_WINDOWS_OF_TICKS = "qwin AS (SELECT provider, symbol, bucket FROM win)"
 
 # Per window, in one pass over its book: the carried book (the last quote before the window,
-# at most $5 older than its start, as a state at the start: k = 0) and the window's quotes
-# (k = 1), ordered by (ts, k, seq). A row is the book of its instant when the next row is at a
-# later instant; it stands until that instant (or the window end): d, in microseconds (0 for
-# the other rows, which the book did not hold for any time). Sums in that fixed order, so the
-# same quotes give the same bits; the row with no next row is the closing book.
-_QUOTE_BAR_CTES = f"""
+# at most the carry older than its start, as a state at the start: k = 0) and the window's
+# quotes (k = 1), ordered by (ts, k, seq). A row is the book of its instant when the next row
+# is at a later instant; it stands until that instant (or the window end): d, in microseconds
+# (0 for the other rows, which the book did not hold for any time). Sums in that fixed order,
+# so the same quotes give the same bits; the row with no next row is the closing book.
+def _quote_bar_ctes(
+    *,
+    win: str,
+    end: str,
+    name: str,
+    carry: str,
+    quotes_lo: str,
+    quotes_hi: str,
+    ticks_lo: str,
+    ticks_hi: str,
+) -> str:
+    """The CTEs ``qagg`` (the quote bar of every window ``w`` of the CTE ``win``: columns
+    provider, symbol, bucket, with ``w.bucket`` its start and the SQL expression ``end`` its
+    end) and ``up_q`` (their upsert as interval ``name``, returning what changed). The micro
+    quote bars and every rollup level's quote bars are this one computation at their own
+    bounds, so a rollup quote bar is the quote bar of all its bucket's quotes, bit for bit.
+    ``carry``: the quote carry (an interval); ``quotes_lo``/``quotes_hi`` and
+    ``ticks_lo``/``ticks_hi`` bound every quote and tick read (redundant, for plan-time
+    partition pruning)."""
+    return f"""
 qagg AS (
     SELECT w.provider, w.symbol, w.bucket, a.*
-    FROM qwin w
+    FROM {win} w
     CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE x.k = 1) AS n,
                count(*) FILTER (WHERE x.k = 0) AS carried,
@@ -405,7 +424,7 @@ qagg AS (
         FROM (
             SELECT y.*,
                    CASE WHEN y.next_ts IS NULL OR y.next_ts > y.ts
-                        THEN (extract(epoch FROM coalesce(y.next_ts, w.bucket + $1::interval)
+                        THEN (extract(epoch FROM coalesce(y.next_ts, {end})
                                                  - y.ts) * 1000000)::float8
                         ELSE 0 END AS d
             FROM (
@@ -415,17 +434,17 @@ qagg AS (
                     (SELECT w.bucket AS ts, 0 AS k, c.seq, c.bid, c.ask, c.bid_size, c.ask_size
                      FROM quotes c
                      WHERE c.provider = w.provider AND c.symbol = w.symbol
-                       AND c.ts < w.bucket AND c.ts >= w.bucket - $5::interval
-                       AND c.ts >= $3::timestamptz - $5::interval
-                       AND c.ts < $4::timestamptz + $5::interval
+                       AND c.ts < w.bucket AND c.ts >= w.bucket - {carry}
+                       AND c.ts >= {quotes_lo}
+                       AND c.ts < {quotes_hi}
                      ORDER BY c.ts DESC, c.seq DESC LIMIT 1)
                     UNION ALL
                     SELECT q.ts, 1, q.seq, q.bid, q.ask, q.bid_size, q.ask_size
                     FROM quotes q
                     WHERE q.provider = w.provider AND q.symbol = w.symbol
-                      AND q.ts >= w.bucket AND q.ts < w.bucket + $1::interval
-                      AND q.ts >= $3::timestamptz - $5::interval
-                      AND q.ts < $4::timestamptz + $5::interval
+                      AND q.ts >= w.bucket AND q.ts < {end}
+                      AND q.ts >= {quotes_lo}
+                      AND q.ts < {quotes_hi}
                 ) z
             ) y
         ) x
@@ -434,12 +453,12 @@ qagg AS (
        OR (a.carried > 0
            AND EXISTS (SELECT 1 FROM ticks t
                        WHERE t.provider = w.provider AND t.symbol = w.symbol
-                         AND t.ts >= w.bucket AND t.ts < w.bucket + $1::interval
-                         AND t.ts >= $3 AND t.ts < $4::timestamptz + $5::interval))
+                         AND t.ts >= w.bucket AND t.ts < {end}
+                         AND t.ts >= {ticks_lo} AND t.ts < {ticks_hi}))
 ), up_q AS (
     INSERT INTO quote_bars AS b (provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)},
                                  revision, updated_at, book_us, imbalance_us)
-    SELECT provider, symbol, $2::text, bucket, bid, ask, bid_size, ask_size, (bid + ask) / 2,
+    SELECT provider, symbol, {name}, bucket, bid, ask, bid_size, ask_size, (bid + ask) / 2,
            n::int, sp_w / d_all, smin, smax, CASE WHEN n > 0 THEN ssum / n END,
            imb_w / nullif(d_imb, 0),
            CASE WHEN bid_size + ask_size > 0
@@ -456,6 +475,18 @@ qagg AS (
     RETURNING b.provider, b.symbol, b.interval, b.ts, {", ".join("b." + c for c in _QUOTE_COLS)},
               b.revision, (b.revision = 0) AS inserted
 )"""
+
+
+_QUOTE_BAR_CTES = _quote_bar_ctes(
+    win="qwin",
+    end="w.bucket + $1::interval",
+    name="$2::text",
+    carry="$5::interval",
+    quotes_lo="$3::timestamptz - $5::interval",
+    quotes_hi="$4::timestamptz + $5::interval",
+    ticks_lo="$3",
+    ticks_hi="$4::timestamptz + $5::interval",
+)
 
 
 def _recompute_sql(*, ticks: bool, quotes: bool, book: bool) -> str:
