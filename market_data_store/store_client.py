@@ -569,6 +569,8 @@ SELECT EXISTS (
 """
 
 _MS = "$2::bigint * interval '1 millisecond'"
+# the longest stretch between two sessions of a calendar (a 1d bucket's start before its ticks)
+_CALENDAR_GAP_DAYS = 14
 
 # Flat bars (micro_batch.rollups.empty_intervals: flat) around the windows a batch touched:
 # for each series, from its last window with trades before the first touched window to its
@@ -630,26 +632,74 @@ LEFT JOIN (
 ) x ON true
 """
 
+_ROLLUP_QUOTE_CTES = _quote_bar_ctes(
+    win="qk",
+    end="w.bucket_end",
+    name="$1::text",
+    carry="$12::interval",
+    quotes_lo="$10::timestamptz - $12::interval",
+    quotes_hi="$11::timestamptz",
+    ticks_lo="$10",
+    ticks_hi="$11",
+)
+
 # One rollup level ($1, $2 ms; $3: its buckets are the sessions of the series' calendar, the
 # 1d level) recomputed for the bucket of every window ($4..$6) the transaction touched, from
 # the bars of the level below ($8, $9 ms: the coarsest lower level whose buckets nest in
 # this level's, chosen per calendar). Exact: open/close are those of the first/last bar with
 # trades (of a flat bar when the bucket has none), high/low their max/min (floats, exact),
 # volume and vwap from the exact numeric sums, converted once like the micro-bars', so a
-# rollup bar equals the bar computed directly from all its ticks, bit for bit. The quote-bar
-# columns compose the quote bars below: the close book of the last one, the quote count, the
-# min/max spread, the mean spread over all quotes (count-weighted), and the time-weighted
-# spread and imbalance weighted by how long the book (a defined imbalance) stood in each.
+# rollup bar equals the bar computed directly from all its ticks, bit for bit.
+#
+# The quote-bar columns are not composed: float sums of partial sums would not be the bits of
+# one ordered sum, and a book stands across windows below that have no quote bar. They are
+# the micro quote-bar computation (``_quote_bar_ctes``) run over the bucket's own quotes and
+# the book carried into it ($12, the quote carry), bit for bit the quote bar of a window that
+# long. Only the buckets a batch's quotes ($13..$16: per series, its first and last quote)
+# can change are recomputed (those holding one of them, and those starting after them within
+# the carry, up to the next stored quote: ``qs``), plus buckets touched that have no quote bar
+# yet (trades there may give them the carried book). Others keep theirs: a quote bar depends
+# on quotes alone, and only its existence on trades.
 #
 # A calendar's 1d bucket of a window is its session [open, close), or the stretch between
 # two sessions [close, next open) (in_session false); outside the stored sessions, UTC days
 # clipped to them. An intraday bucket is epoch-aligned; in_session: it lies inside a session.
 # Series without a calendar trade 24/7: UTC days, always in session.
 _ROLLUP_SQL = f"""
-WITH w AS (
+WITH qs AS (
+    SELECT s.*,
+           least(s.t_max + $12::interval,
+                 (SELECT n.ts FROM quotes n
+                  WHERE n.provider = s.provider AND n.symbol = s.symbol
+                    AND n.ts > s.t_max AND n.ts <= s.t_max + $12::interval
+                    AND n.ts >= $10 AND n.ts < $11
+                  ORDER BY n.ts LIMIT 1)) AS reach
+    FROM unnest($13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], $17::text[],
+                $18::text[], $19::bigint[])
+        AS s(provider, symbol, t_min, t_max, calendar, src, src_ms)
+), w AS (
     SELECT DISTINCT *
     FROM unnest($4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[],
                 $9::bigint[]) AS w(provider, symbol, ts, calendar, src, src_ms)
+    UNION
+    -- a point in every bucket a batch's quotes may change: their first, and every bucket
+    -- start after it up to their reach (the epoch grid; a calendar's opens and closes)
+    SELECT s.provider, s.symbol, p.ts, s.calendar, s.src, s.src_ms
+    FROM qs s
+    CROSS JOIN LATERAL (
+        SELECT s.t_min AS ts
+        UNION ALL
+        SELECT g.ts
+        FROM generate_series(date_bin({_MS}, s.t_min, {_EPOCH}) + {_MS}, s.reach, {_MS})
+            AS g(ts)
+        UNION ALL
+        SELECT b.ts
+        FROM trading_sessions t
+        CROSS JOIN LATERAL (VALUES (t.open), (t.close)) AS b(ts)
+        WHERE $3 AND t.calendar = s.calendar
+          AND t.open > s.t_min - interval '{_CALENDAR_GAP_DAYS} days' AND t.open <= s.reach
+          AND b.ts > s.t_min AND b.ts <= s.reach
+    ) p
 ), k AS (
     SELECT DISTINCT w.provider, w.symbol, w.src, w.src_ms, z.bucket, z.bucket_end, z.in_session
     FROM w
@@ -728,53 +778,16 @@ WITH w AS (
         revision = b.revision + 1, updated_at = EXCLUDED.updated_at
     WHERE {_BAR_DISTINCT} OR b.in_session IS DISTINCT FROM EXCLUDED.in_session
     {_BAR_RETURNING}
-), qagg AS (
-    SELECT k.provider, k.symbol, k.bucket, a.n, a.smin, a.smax, a.ssum, a.sp_w, a.d_all,
-           a.imb_w, a.d_imb, cl.bid, cl.ask, cl.bid_size, cl.ask_size, cl.mid,
-           cl.imbalance_close
+), qk AS (
+    SELECT k.provider, k.symbol, k.bucket, k.bucket_end
     FROM k
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS bars, sum(q.quote_count) AS n,
-               min(q.spread_bps_min) AS smin, max(q.spread_bps_max) AS smax,
-               sum(q.spread_bps_mean * q.quote_count ORDER BY q.ts)
-                   FILTER (WHERE q.quote_count > 0) AS ssum,
-               sum(q.spread_bps * coalesce(q.book_us, k.src_ms * 1000.0) ORDER BY q.ts) AS sp_w,
-               sum(coalesce(q.book_us, k.src_ms * 1000.0)) AS d_all,
-               sum(q.imbalance * coalesce(q.imbalance_us, k.src_ms * 1000.0) ORDER BY q.ts)
-                   FILTER (WHERE q.imbalance IS NOT NULL) AS imb_w,
-               sum(coalesce(q.imbalance_us, k.src_ms * 1000.0))
-                   FILTER (WHERE q.imbalance IS NOT NULL) AS d_imb
-        FROM quote_bars q
-        WHERE (q.provider, q.symbol, q.interval) = (k.provider, k.symbol, k.src)
-          AND q.ts >= k.bucket AND q.ts < k.bucket_end
-          AND q.ts >= $10 AND q.ts < $11
-    ) a
-    CROSS JOIN LATERAL (
-        SELECT l.bid, l.ask, l.bid_size, l.ask_size, l.mid, l.imbalance_close
-        FROM quote_bars l
-        WHERE (l.provider, l.symbol, l.interval) = (k.provider, k.symbol, k.src)
-          AND l.ts >= k.bucket AND l.ts < k.bucket_end
-          AND l.ts >= $10 AND l.ts < $11
-        ORDER BY l.ts DESC LIMIT 1
-    ) cl
-    WHERE a.bars > 0
-), up_q AS (
-    INSERT INTO quote_bars AS b (provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)},
-                                 revision, updated_at, book_us, imbalance_us)
-    SELECT provider, symbol, $1::text, bucket, bid, ask, bid_size, ask_size, mid, n::int,
-           sp_w / d_all, smin, smax, CASE WHEN n > 0 THEN ssum / n END,
-           imb_w / nullif(d_imb, 0), imbalance_close, 0, now(), d_all, d_imb
-    FROM qagg
-    ORDER BY provider, symbol, bucket
-    ON CONFLICT (provider, symbol, interval, ts) DO UPDATE SET
-        {", ".join(f"{c} = EXCLUDED.{c}" for c in _QUOTE_COLS)},
-        book_us = EXCLUDED.book_us, imbalance_us = EXCLUDED.imbalance_us,
-        revision = b.revision + 1, updated_at = EXCLUDED.updated_at
-    WHERE ({", ".join("b." + c for c in _QUOTE_COLS)})
-          IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _QUOTE_COLS)})
-    RETURNING b.provider, b.symbol, b.interval, b.ts, {", ".join("b." + c for c in _QUOTE_COLS)},
-              b.revision, (b.revision = 0) AS inserted
-){_log_changes_ctes(trades=True, quotes=True, quote_part=True)}
+    WHERE EXISTS (SELECT 1 FROM qs
+                  WHERE (qs.provider, qs.symbol) = (k.provider, k.symbol)
+                    AND qs.t_min < k.bucket_end AND qs.reach >= k.bucket)
+       OR NOT EXISTS (SELECT 1 FROM quote_bars e
+                      WHERE (e.provider, e.symbol, e.interval, e.ts)
+                          = (k.provider, k.symbol, $1, k.bucket))
+), {_ROLLUP_QUOTE_CTES.strip()}{_log_changes_ctes(trades=True, quotes=True, quote_part=True)}
 SELECT n.windows, n.quote_windows, x.*
 FROM (SELECT (SELECT count(*) FROM agg) AS windows,
              (SELECT count(*) FROM qagg) AS quote_windows) n
@@ -1042,8 +1055,6 @@ async def _insert_raw(
     return int(status.rsplit(" ", 1)[-1])
 
 
-# the longest stretch between two sessions of a calendar (a 1d bucket's start before its ticks)
-_CALENDAR_GAP_DAYS = 14
 _DAY_MS = 86_400_000
 _LAST_TRADED_SQL = """
 SELECT min(x.ts) FROM unnest($1::text[], $2::text[]) AS s(provider, symbol)
@@ -1062,10 +1073,14 @@ async def _roll_up(
     interval: str,
     window_ms: int,
     touched: set[tuple[str, str, int]],
+    carry: timedelta,
+    quote_spans: dict[tuple[str, str], tuple[datetime, datetime]],
 ) -> list[tuple[str, Any]]:
     """The flat bars and every rollup level of the windows ``touched`` ((provider, symbol,
     window start in µs)), in this transaction; returns ``(interval, row)`` of each statement's
-    rows (changes, and the counts of windows recomputed)."""
+    rows (changes, and the counts of windows recomputed). ``quote_spans``: the batch's first
+    and last quote time per (provider, symbol) (its quotes' buckets, and those their book is
+    carried into within ``carry``, get their quote bars recomputed at every level)."""
     out: list[tuple[str, Any]] = []
     if plan.empty_intervals == "flat":
         spans: dict[tuple[str, str], tuple[int, int]] = {}
@@ -1096,6 +1111,8 @@ async def _roll_up(
     if not windows:
         return out
     first, last = min(starts), max(starts)
+    span_keys = list(quote_spans)
+    span_calendars = [plan.calendars.get(k[1]) for k in span_keys]
     for level in plan.intervals:
         level_ms = _interval_ms(level)
         sources = [plan.source_of(c, level) for c in calendars]
@@ -1107,6 +1124,7 @@ async def _roll_up(
             else 0,
             milliseconds=level_ms,
         )
+        span_sources = [plan.source_of(c, level) for c in span_calendars]
         rows = await conn.fetch(
             _ROLLUP_SQL,
             level,
@@ -1119,7 +1137,16 @@ async def _roll_up(
             sources,
             [_interval_ms(src) for src in sources],
             first - pad,
-            last + pad,
+            # the buckets a carried book reaches start up to the carry after the last quote
+            last + pad + carry + timedelta(milliseconds=window_ms),
+            carry,
+            [k[0] for k in span_keys],
+            [k[1] for k in span_keys],
+            [v[0] for v in quote_spans.values()],
+            [v[1] for v in quote_spans.values()],
+            span_calendars,
+            span_sources,
+            [_interval_ms(src) for src in span_sources],
         )
         out += [(level, r) for r in rows]
     return out
@@ -1339,6 +1366,15 @@ class PgStoreClient(PgClientBase):
         hi = from_epoch_us(window_start_us(to_epoch_us(last_ts), window_ms)) + 2 * stride
         truncate = len(tick_records) >= _TRUNCATE_STAGE_MIN_ROWS
         plan = rollups if rollups is not None and rollups.active else None
+        quote_spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        if plan is not None:
+            for e in quotes:
+                key = (e.provider, e.symbol)
+                lo_hi = quote_spans.get(key)
+                if lo_hi is None:
+                    quote_spans[key] = (e.src_ts, e.src_ts)
+                elif not lo_hi[0] <= e.src_ts <= lo_hi[1]:
+                    quote_spans[key] = (min(lo_hi[0], e.src_ts), max(lo_hi[1], e.src_ts))
         rolled: list[tuple[str, Any]] = []
 
         async def write() -> tuple[int, int, list[Any]]:
@@ -1388,7 +1424,11 @@ class PgStoreClient(PgClientBase):
                             for r in rows
                             if r["provider"] is not None
                         )
-                        rolled.extend(await _roll_up(conn, plan, interval, window_ms, touched))
+                        rolled.extend(
+                            await _roll_up(
+                                conn, plan, interval, window_ms, touched, carry, quote_spans
+                            )
+                        )
                     if tick_records:
                         if truncate:
                             await conn.execute("TRUNCATE mdp_stage_ticks")
