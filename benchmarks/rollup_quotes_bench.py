@@ -26,13 +26,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+import market_data_store
 from market_data_core.config import MicroBatchConfig, RollupsConfig
 from market_data_core.contracts import StreamEvent
 from market_data_pipeline.producers.datasets import load_registry, read_dataset
 from market_data_pipeline.project import SHIPPED_DATASETS_FILE
 from market_data_pipeline.servers import EmbeddedPostgres
 from market_data_pipeline.sessions import rollup_plan
-import market_data_store
 from market_data_store import PgStoreClient, upgrade_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,9 +45,14 @@ def events(provider: str) -> list[StreamEvent]:
     spec = load_registry(SHIPPED_DATASETS_FILE)["eurusd_quotes"]
     quotes = [
         StreamEvent.create(
-            provider=provider, symbol="EUR/USD", kind="quote", src_ts=e.src_ts, seq=e.seq,
-            bid=e.bid, ask=e.ask,
-        )  # fmt: skip
+            provider=provider,
+            symbol="EUR/USD",
+            kind="quote",
+            src_ts=e.src_ts,
+            seq=e.seq,
+            bid=e.bid,
+            ask=e.ask,
+        )
         for e in read_dataset(spec)
         if isinstance(e, StreamEvent)
     ]
@@ -85,9 +90,7 @@ async def measure(dsn: str, levels: list[str], batch: int) -> dict[str, Any]:
             backend = conn.get_server_pid()
         cpu0, wall0 = _proc_cpu_s(backend), time.perf_counter()
         for chunk in chunks:
-            await store.ingest_events(
-                chunk, interval="1s", quote_carry_ms=CARRY_MS, rollups=plan
-            )
+            await store.ingest_events(chunk, interval="1s", quote_carry_ms=CARRY_MS, rollups=plan)
         cpu1, wall1 = _proc_cpu_s(backend), time.perf_counter()
     finally:
         await store.aclose()

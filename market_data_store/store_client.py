@@ -377,6 +377,7 @@ qspan AS (
 )"""
 _QUOTE_WINDOWS_OF_TICKS = "qwin AS (SELECT provider, symbol, bucket FROM win)"
 
+
 # Per window, in one pass over its book: the carried book (the last quote before the window,
 # at most the carry older than its start, as a state at the start: k = 0) and the window's
 # quotes (k = 1), ordered by (ts, k, seq). A row is the book of its instant when the next row
