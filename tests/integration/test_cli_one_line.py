@@ -70,12 +70,12 @@ def test_a_store_write_failing_for_good_in_mdp_run_is_one_line(
     assert proc.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr and "ExceptionGroup" not in stderr, stderr[-3000:]
     assert _error_lines(stderr) == [
-        'mdp: error: ingest_ticks: relation "ticks" does not exist '
+        'mdp: error: ingest_events: relation "ticks" does not exist '
         "(is the schema migrated? run `mdp db upgrade`)"
     ]
     assert stderr.rstrip("\n").splitlines()[-1] == _error_lines(stderr)[0]
     status, detail = asyncio.run(_last_run(db))
-    assert status == "failed" and detail.startswith('ingest_ticks: relation "ticks" does not exist')
+    assert status == "failed" and detail.startswith('ingest_events: relation "ticks" does not exist')
 
 
 async def _last_run(url: str) -> tuple[str, str]:

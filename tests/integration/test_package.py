@@ -243,7 +243,8 @@ def test_init_writes_a_project_whose_files_are_used_from_any_folder(
         timeout_s=DEMO_TIMEOUT_S,
     )
     out = demo.stdout
-    assert re.search(r"events processed\s+300\n", out), out
+    # the project's own trades (its registry's quotes, the shipped EUR/USD sample, ride along)
+    assert re.search(r"raw ticks stored\s+300\n", out), out
     assert "project-venue/MINE" in out and "binance-futures" not in out
     signals = [line for line in out.splitlines() if line.strip().startswith("signal ")]
     assert signals and all("project_rule" in line for line in signals)
