@@ -75,7 +75,9 @@ def test_a_store_write_failing_for_good_in_mdp_run_is_one_line(
     ]
     assert stderr.rstrip("\n").splitlines()[-1] == _error_lines(stderr)[0]
     status, detail = asyncio.run(_last_run(db))
-    assert status == "failed" and detail.startswith('ingest_events: relation "ticks" does not exist')
+    assert status == "failed" and detail.startswith(
+        'ingest_events: relation "ticks" does not exist'
+    )
 
 
 async def _last_run(url: str) -> tuple[str, str]:
