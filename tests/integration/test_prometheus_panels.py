@@ -46,6 +46,7 @@ import typer
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline import alert_rules, telemetry
 from market_data_pipeline.cli.app import app
 from market_data_pipeline.servers import EmbeddedPostgres, free_port
@@ -95,6 +96,7 @@ RUNS: list[tuple[str, str, dict[str, Any]]] = [
 # microbatch_flush_total.
 SERIES_PER_SYMBOL = 8 * 19 + 1
 WINDOW_S = 1  # the run's micro_batch.window_ms / 1000
+WINDOW_MS = WINDOW_S * 1000
 
 
 @dataclass
@@ -206,7 +208,9 @@ def expand_sql(sql: str, start: datetime, end: datetime, symbols: list[str]) -> 
         lambda m: f"{m.group(1)} BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'",
         sql,
     )
-    return substitute(sql, {"${symbol:regex}": "|".join(symbols)})
+    return substitute(
+        sql, {"${symbol:regex}": "|".join(symbols), "${interval}": format_duration_ms(WINDOW_MS)}
+    )
 
 
 RULES = [
@@ -677,7 +681,11 @@ async def test_every_panel_has_data_and_every_error_panel_moves(
         for dash, name, uid, query in variable_queries():
             if uid == "mdp-timescaledb":
                 rows = await conn.fetch(query)
-                assert {r[0] for r in rows} >= set(config["symbols"]), (dash, name, query)
+                # the bar level a Market panel shows: the run's micro-bars are one of them
+                wanted = (
+                    [format_duration_ms(WINDOW_MS)] if name == "interval" else config["symbols"]
+                )
+                assert {r[0] for r in rows} >= set(wanted), (dash, name, query)
         assert not no_rows, "SQL panels without rows:\n" + "\n".join(no_rows)
     finally:
         await conn.close()
