@@ -444,11 +444,19 @@ async def test_kill_9_of_mdp_stream_infer_three_times(
     try:
         mb_task = asyncio.create_task(batcher.run(mb_stop, drain_on=mb_drain, idle_s=1.0))
         producer = asyncio.create_task(paced_publish(bus, cfg, events, rate=500))
+        series = [(p, "BTC-PERP") for p in providers]
         for _ in range(3):
+            before = len(await table_signals(cfg, series))
             proc = subprocess.Popen(
                 cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            await asyncio.sleep(rng.uniform(2.0, 3.5))  # start-up ~1 s, then mid-run
+            # killed mid-run: once this process has written signals (its start-up takes ~1 s
+            # on a quiet machine, much longer on a loaded one), at a random moment after
+            deadline = time.monotonic() + 120
+            while len(await table_signals(cfg, series)) == before and proc.poll() is None:
+                assert time.monotonic() < deadline, "mdp stream infer wrote no signal in 120 s"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(rng.uniform(0.0, 1.5))
             proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(proc.wait, 10)
         await asyncio.wait_for(producer, 120)
