@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from market_data_core.timeutil import isoformat_us
 
 __all__ = [
+    "QUOTE_BAR_COLUMNS",
     "SUPPORTED_VERSIONS",
     "Bar",
     "EventKind",
@@ -660,6 +661,24 @@ class QuoteBar:
     @property
     def key(self) -> tuple[str, str, str, datetime]:
         return (self.provider, self.symbol, self.interval, self.ts)
+
+
+QUOTE_BAR_COLUMNS = (
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "mid",
+    "quote_count",
+    "spread_bps",
+    "spread_bps_min",
+    "spread_bps_max",
+    "spread_bps_mean",
+    "imbalance",
+    "imbalance_close",
+)
+"""The value columns of a :class:`QuoteBar` (the store's ``quote_bars`` columns beside the
+key and ``revision``), in the order the store and the references use."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from market_data_core.config import DEFAULT_QUOTE_CARRY_MS
-from market_data_core.contracts import Bar, QuoteBar, StreamEvent, WindowBar
+from market_data_core.contracts import QUOTE_BAR_COLUMNS, Bar, QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import StoreError
 from market_data_core.protocols import (
     RelayResult,
@@ -75,20 +75,7 @@ _BAR_RETURNING = (
     "b.trade_count, b.revision, b.in_session, (b.revision = 0) AS inserted"
 )
 
-_QUOTE_COLS = (
-    "bid",
-    "ask",
-    "bid_size",
-    "ask_size",
-    "mid",
-    "quote_count",
-    "spread_bps",
-    "spread_bps_min",
-    "spread_bps_max",
-    "spread_bps_mean",
-    "imbalance",
-    "imbalance_close",
-)
+_QUOTE_COLS = QUOTE_BAR_COLUMNS
 _TRADE_PART = "o, h, l, c, v, vwap, trade_count, revision, in_session"
 _QUOTE_PART = ", ".join(_QUOTE_COLS) + ", revision"
 

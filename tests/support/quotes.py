@@ -16,24 +16,11 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from market_data_core.contracts import QuoteBar, StreamEvent
+from market_data_core.contracts import QUOTE_BAR_COLUMNS, QuoteBar, StreamEvent
 from market_data_core.timeutil import to_epoch_us
 from tests.conftest import SHIPPED_REGISTRY
 
-QUOTE_COLUMNS = (
-    "bid",
-    "ask",
-    "bid_size",
-    "ask_size",
-    "mid",
-    "quote_count",
-    "spread_bps",
-    "spread_bps_min",
-    "spread_bps_max",
-    "spread_bps_mean",
-    "imbalance",
-    "imbalance_close",
-)
+QUOTE_COLUMNS = QUOTE_BAR_COLUMNS
 # columns computed with a division of sums: equal within this relative error; the others
 # are the same floats computed the same way, hence exactly equal
 DIVIDED = frozenset({"spread_bps", "spread_bps_mean", "imbalance"})
