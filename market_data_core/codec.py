@@ -24,6 +24,7 @@ from msgspec import UNSET, Meta, UnsetType
 from pydantic import ValidationError
 
 from market_data_core.contracts import (
+    QUOTE_BAR_COLUMNS,
     Bar,
     EventKind,
     QuoteBar,
@@ -396,25 +397,7 @@ _BAR_FIELDS = (
     "change_seq",
     "in_session",
 )
-_QUOTE_BAR_FIELDS = (
-    "provider",
-    "symbol",
-    "interval",
-    "bid",
-    "ask",
-    "bid_size",
-    "ask_size",
-    "mid",
-    "quote_count",
-    "spread_bps",
-    "spread_bps_min",
-    "spread_bps_max",
-    "spread_bps_mean",
-    "imbalance",
-    "imbalance_close",
-    "revision",
-    "change_seq",
-)
+_QUOTE_BAR_FIELDS = ("provider", "symbol", "interval", *QUOTE_BAR_COLUMNS, "revision", "change_seq")
 # a quote bar nested in its window's bar: the window's key and change_seq are the bar's
 _NESTED_QUOTE_FIELDS = tuple(
     n for n in _QUOTE_BAR_FIELDS if n not in ("provider", "symbol", "interval", "change_seq")
