@@ -1,4 +1,5 @@
-"""Wire codecs for events and signals: msgpack (default) and JSON.
+"""Wire codecs for events and signals: msgpack (default) and JSON (and, for events, the
+column blocks of :mod:`market_data_core.columnar`).
 
 Both round-trip every field exactly. msgpack carries timestamps as integer microseconds since the
 epoch; JSON carries them as ISO-8601 strings with ``Z`` (the seed's format). A payload may hold one
@@ -23,6 +24,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 from pydantic import ValidationError
 
+from market_data_core.columnar import BLOCK_MAGIC, decode_blocks
 from market_data_core.contracts import (
     QUOTE_BAR_COLUMNS,
     Bar,
@@ -306,12 +308,21 @@ def _validated_event(item: Any, payload: bytes) -> StreamEvent:
         raise ContractError("validation", str(exc), payload) from exc
 
 
+def _decode_block(payload: bytes) -> DecodedBatch:
+    decoded = decode_blocks([payload])
+    return DecodedBatch(decoded.columns.to_events(), [exc for _p, exc in decoded.errors])
+
+
 def decode_events(payload: bytes) -> DecodedBatch:
-    """Decode a payload holding one event or a packed array of events.
+    """Decode a payload holding one event, a packed array of events, or a column block
+    (:mod:`market_data_core.columnar`).
 
     Never raises: an undecodable payload gives one error carrying the original bytes; in a packed
-    payload each invalid item gives its own error carrying that item (as JSON) as payload.
+    payload or a block each invalid item gives its own error carrying that item (as JSON) as
+    payload.
     """
+    if type(payload) is bytes and payload[:1] == BLOCK_MAGIC[:1]:
+        return _decode_block(payload)
     if (
         type(payload) is bytes
         and 0 < len(payload) <= _MAX_PAYLOAD_BYTES

@@ -1,0 +1,800 @@
+"""Events as columns: the block wire format and its vectorised decode and validation.
+
+A *block* is a second wire encoding of a packed entry beside the msgpack and JSON arrays of
+:mod:`market_data_core.codec`: the events of one ``(provider, symbol)`` as column arrays, so a
+consumer decodes and validates a whole poll with a few NumPy operations instead of building one
+object per event. A block payload is::
+
+    b"\\xc1"  b"\\x01"  <MessagePack map>
+
+``0xc1`` is the one byte MessagePack never uses and no JSON text starts with, so a block can
+never be mistaken for either (and an older consumer dead-letters it as undecodable rather than
+misreading it); ``0x01`` is the block format's version. The map (:class:`_WireBlock`) holds
+
+=============  ==================================================================================
+``n``          rows (1 .. :data:`MAX_BLOCK_ROWS`)
+``ver``        the StreamEvent version of every row
+``provider``,  the row's ``provider`` and ``symbol`` (one series per block, as the producers pack)
+``symbol``
+``interval``   every row's ``interval`` (nil: none)
+``kind``       bin, n x uint8: 0 tick, 1 bar, 2 quote
+``src_ts``     bin, n x int64 LE: event time, µs since the epoch (UTC)
+``seq``        bin, n x int64 LE
+``present``    bin, n x uint16 LE: bit ``OPTIONAL_BITS[name]`` set = the row has that field
+``o`` .. ``ask_size``  bin, n x float64 LE each (optional column; a cell whose bit is clear is
+               ignored); absent column = no row has the field
+``ingest_ts``  bin, n x int64 LE µs (optional column, as the floats)
+``side``       bin, n x uint8: 0 none, 1 ``buy``, 2 ``sell`` (optional column: absent = none)
+``trade_id``   bin: the rows' trade ids, UTF-8, one after the other (optional column), and
+``trade_id_end``  bin, n x uint32 LE: where each row's id ends in ``trade_id`` (a row without
+               one has an empty slice)
+=============  ==================================================================================
+
+``event_id`` is not carried: it is what the row's fields imply (``provider|symbol|src_ts|seq``,
+see :func:`~market_data_core.contracts.make_event_id`), so the rule "event_id matches its fields"
+holds by construction. A payload that is not a well-formed block (bad MessagePack, a missing or
+unknown key, a column of the wrong length) is one ``ContractError("decode", ...)``.
+
+**Validation.** Each row means the StreamEvent dict :func:`row_dict` gives; the reference for
+it is the pydantic path (``codec._validated_event``). :func:`decode_blocks` tests every rule of
+:func:`~market_data_core.contracts._inconsistency` and the field validators as array
+operations; a row that passes them all is accepted as is (the rules are those of the reference,
+so it accepts it too, with the same values), and every other row is handed to the reference,
+which accepts it or gives the reason, the same reason a packed msgpack item with those values
+gets. The vectorised rules only decide which rows skip the reference; they never word a
+reason. ``tests/unit/test_columnar.py`` checks that both agree on random valid and invalid
+blocks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from market_data_core.contracts import (
+    _INTERVAL,
+    SUPPORTED_VERSIONS,
+    StreamEvent,
+    _is_provider,
+    _is_symbol,
+    make_event_id,
+)
+from market_data_core.errors import ContractError
+from market_data_core.timeutil import MAX_EPOCH_US, MIN_EPOCH_US, from_epoch_us, to_epoch_us
+
+__all__ = [
+    "BLOCK_MAGIC",
+    "FLOAT_FIELDS",
+    "KIND_CODES",
+    "MAX_BLOCK_ROWS",
+    "OPTIONAL_BITS",
+    "SIDE_CODES",
+    "BlocksDecoded",
+    "EventColumns",
+    "columns_from_events",
+    "decode_blocks",
+    "encode_block",
+    "is_block",
+    "row_dict",
+]
+
+BLOCK_MAGIC: Final = b"\xc1\x01"
+MAX_BLOCK_ROWS: Final = 100_000
+KIND_CODES: Final = {"tick": 0, "bar": 1, "quote": 2}
+KIND_NAMES: Final = ("tick", "bar", "quote")
+SIDE_CODES: Final = {"buy": 1, "sell": 2}
+SIDE_NAMES: Final = (None, "buy", "sell")
+FLOAT_FIELDS: Final = ("o", "h", "l", "c", "v", "bid", "ask", "bid_size", "ask_size")
+OPTIONAL_BITS: Final = {
+    **{name: 1 << i for i, name in enumerate(FLOAT_FIELDS)},
+    "ingest_ts": 1 << 9,
+    "trade_id": 1 << 10,
+}
+_ALL_BITS: Final = sum(OPTIONAL_BITS.values())
+_TICK, _BAR, _QUOTE = 0, 1, 2
+
+Int64s = npt.NDArray[np.int64]
+Float64s = npt.NDArray[np.float64]
+UInt8s = npt.NDArray[np.uint8]
+UInt16s = npt.NDArray[np.uint16]
+Int32s = npt.NDArray[np.int32]
+Bools = npt.NDArray[np.bool_]
+
+
+class _WireBlock(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The map after the block header (see the module docstring)."""
+
+    n: int
+    ver: int
+    provider: str
+    symbol: str
+    kind: bytes
+    src_ts: bytes
+    seq: bytes
+    present: bytes
+    interval: str | None = None
+    o: bytes | None = None
+    h: bytes | None = None
+    l: bytes | None = None  # noqa: E741 - the contract's field name
+    c: bytes | None = None
+    v: bytes | None = None
+    bid: bytes | None = None
+    ask: bytes | None = None
+    bid_size: bytes | None = None
+    ask_size: bytes | None = None
+    ingest_ts: bytes | None = None
+    side: bytes | None = None
+    trade_id: bytes | None = None
+    trade_id_end: bytes | None = None
+
+
+_BLOCK_DECODER = msgspec.msgpack.Decoder(_WireBlock)
+_BLOCK_ENCODER = msgspec.msgpack.Encoder()
+# column -> (dtype, bytes per row)
+_COLUMN_TYPES: Final[dict[str, tuple[str, int]]] = {
+    "kind": ("<u1", 1),
+    "src_ts": ("<i8", 8),
+    "seq": ("<i8", 8),
+    "present": ("<u2", 2),
+    **{name: ("<f8", 8) for name in FLOAT_FIELDS},
+    "ingest_ts": ("<i8", 8),
+    "side": ("<u1", 1),
+    "trade_id_end": ("<u4", 4),
+}
+_OPTIONAL_COLUMNS: Final = (*FLOAT_FIELDS, "ingest_ts", "side")
+
+
+def is_block(payload: bytes) -> bool:
+    """Whether ``payload`` is a column block (by its header; not whether it is well-formed)."""
+    return payload[:1] == BLOCK_MAGIC[:1]
+
+
+@dataclass(slots=True)
+class EventColumns:
+    """Events as column arrays (all of length ``n``), in the order they were read.
+
+    ``series`` lists the distinct ``(provider, symbol)`` pairs and ``series_idx`` each row's
+    index in it; ``intervals`` likewise (index 0 is ``None``, no interval). Times are µs since
+    the epoch (UTC). A float or ``ingest_ts`` cell counts only when the row's ``present`` bit
+    (:data:`OPTIONAL_BITS`) is set; ``side`` is 0 (none), 1 (buy) or 2 (sell); the row's trade
+    id is ``trade_id[trade_id_end[i-1]:trade_id_end[i]]`` (UTF-8, when its bit is set).
+    ``event_id`` is not kept: it is ``make_event_id`` of the row's fields.
+    """
+
+    series: tuple[tuple[str, str], ...]
+    series_idx: Int32s
+    intervals: tuple[str | None, ...]
+    interval_idx: Int32s
+    ver: Int64s
+    kind: UInt8s
+    src_ts: Int64s
+    seq: Int64s
+    present: UInt16s
+    floats: dict[str, Float64s]
+    ingest_ts: Int64s
+    side: UInt8s
+    trade_id: bytes
+    trade_id_end: Int64s
+
+    @property
+    def n(self) -> int:
+        return len(self.src_ts)
+
+    def has(self, name: str) -> Bools:
+        """Rows that have the optional field ``name``."""
+        has: Bools = (self.present & OPTIONAL_BITS[name]) != 0
+        return has
+
+    def trade_id_at(self, i: int) -> str | None:
+        """Row ``i``'s trade id (``None`` when it has none)."""
+        if not self.present[i] & OPTIONAL_BITS["trade_id"]:
+            return None
+        start = int(self.trade_id_end[i - 1]) if i else 0
+        return self.trade_id[start : int(self.trade_id_end[i])].decode()
+
+    def take(self, rows: npt.NDArray[np.intp] | Bools) -> EventColumns:
+        """The rows selected by an index array or a mask, in that order."""
+        idx = np.flatnonzero(rows) if rows.dtype == np.bool_ else np.asarray(rows, np.intp)
+        blob, ends = _take_slices(self.trade_id, self.trade_id_end, idx)
+        return EventColumns(
+            series=self.series,
+            series_idx=self.series_idx[idx],
+            intervals=self.intervals,
+            interval_idx=self.interval_idx[idx],
+            ver=self.ver[idx],
+            kind=self.kind[idx],
+            src_ts=self.src_ts[idx],
+            seq=self.seq[idx],
+            present=self.present[idx],
+            floats={k: a[idx] for k, a in self.floats.items()},
+            ingest_ts=self.ingest_ts[idx],
+            side=self.side[idx],
+            trade_id=blob,
+            trade_id_end=ends,
+        )
+
+    def to_events(self) -> list[StreamEvent]:
+        """One StreamEvent per row, equal in every way to what ``StreamEvent.model_validate``
+        builds from :func:`row_dict` of the row (values, fields set). Rows must be valid
+        (as every row :func:`decode_blocks` returns is); nothing is checked here."""
+        out = []
+        fields_template: dict[str, Any] = dict.fromkeys(StreamEvent.model_fields)
+        floats = {k: a.tolist() for k, a in self.floats.items()}
+        present = self.present.tolist()
+        ingest = self.ingest_ts.tolist()
+        sides = self.side.tolist()
+        for i, (s, iv, ver, kind, ts, seq) in enumerate(
+            zip(
+                self.series_idx.tolist(),
+                self.interval_idx.tolist(),
+                self.ver.tolist(),
+                self.kind.tolist(),
+                self.src_ts.tolist(),
+                self.seq.tolist(),
+                strict=True,
+            )
+        ):
+            provider, symbol = self.series[s]
+            src_ts = from_epoch_us(ts)
+            fields = dict(fields_template)
+            given = {"ver", "provider", "symbol", "kind", "src_ts", "seq", "event_id"}
+            fields.update(
+                ver=ver,
+                provider=provider,
+                symbol=symbol,
+                kind=KIND_NAMES[kind],
+                src_ts=src_ts,
+                seq=seq,
+                event_id=make_event_id(provider, symbol, src_ts, seq),
+            )
+            interval = self.intervals[iv]
+            if interval is not None:
+                fields["interval"] = interval
+                given.add("interval")
+            bits = present[i]
+            for name in FLOAT_FIELDS:
+                if bits & OPTIONAL_BITS[name]:
+                    fields[name] = floats[name][i]
+                    given.add(name)
+            if bits & OPTIONAL_BITS["ingest_ts"]:
+                fields["ingest_ts"] = from_epoch_us(ingest[i])
+                given.add("ingest_ts")
+            if sides[i]:
+                fields["side"] = SIDE_NAMES[sides[i]]
+                given.add("side")
+            if bits & OPTIONAL_BITS["trade_id"]:
+                fields["trade_id"] = self.trade_id_at(i)
+                given.add("trade_id")
+            event = object.__new__(StreamEvent)
+            object.__setattr__(event, "__dict__", fields)
+            object.__setattr__(event, "__pydantic_fields_set__", given)
+            object.__setattr__(event, "__pydantic_extra__", None)
+            object.__setattr__(event, "__pydantic_private__", None)
+            out.append(event)
+        return out
+
+    @staticmethod
+    def concat(parts: Sequence[EventColumns]) -> EventColumns:
+        """The rows of ``parts`` one after the other (series and intervals re-coded)."""
+        if len(parts) == 1:
+            return parts[0]
+        series: dict[tuple[str, str], int] = {}
+        intervals: dict[str | None, int] = {None: 0}
+        series_idx = []
+        interval_idx = []
+        blobs = []
+        ends = []
+        offset = 0
+        for p in parts:
+            s_map = np.array([series.setdefault(s, len(series)) for s in p.series], np.int32)
+            i_map = np.array(
+                [intervals.setdefault(iv, len(intervals)) for iv in p.intervals], np.int32
+            )
+            series_idx.append(s_map[p.series_idx] if p.n else p.series_idx)
+            interval_idx.append(i_map[p.interval_idx] if p.n else p.interval_idx)
+            blobs.append(p.trade_id)
+            ends.append(p.trade_id_end + offset)
+            offset += len(p.trade_id)
+        names = parts[0].floats.keys() if parts else FLOAT_FIELDS
+        return EventColumns(
+            series=tuple(series),
+            series_idx=np.concatenate(series_idx) if parts else np.zeros(0, np.int32),
+            intervals=tuple(intervals),
+            interval_idx=np.concatenate(interval_idx) if parts else np.zeros(0, np.int32),
+            ver=_cat([p.ver for p in parts], np.int64),
+            kind=_cat([p.kind for p in parts], np.uint8),
+            src_ts=_cat([p.src_ts for p in parts], np.int64),
+            seq=_cat([p.seq for p in parts], np.int64),
+            present=_cat([p.present for p in parts], np.uint16),
+            floats={k: _cat([p.floats[k] for p in parts], np.float64) for k in names},
+            ingest_ts=_cat([p.ingest_ts for p in parts], np.int64),
+            side=_cat([p.side for p in parts], np.uint8),
+            trade_id=b"".join(blobs),
+            trade_id_end=_cat(ends, np.int64),
+        )
+
+
+def _cat(arrays: list[Any], dtype: Any) -> Any:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+
+def _take_slices(blob: bytes, ends: Int64s, idx: npt.NDArray[np.intp]) -> tuple[bytes, Int64s]:
+    """The slices ``idx`` of a blob of consecutive slices ending at ``ends``, packed again."""
+    if not blob:
+        return b"", np.zeros(len(idx), np.int64)
+    starts = np.concatenate(([0], ends[:-1]))[idx]
+    lengths = ends[idx] - starts
+    new_ends = np.cumsum(lengths)
+    total = int(new_ends[-1]) if len(new_ends) else 0
+    if total == 0:
+        return b"", new_ends
+    # each output byte's source: its slice's start plus its position within the slice
+    src = np.repeat(starts - (new_ends - lengths), lengths) + np.arange(total)
+    return np.frombuffer(blob, np.uint8)[src].tobytes(), new_ends
+
+
+@dataclass(slots=True)
+class BlocksDecoded:
+    """What :func:`decode_blocks` made of some payloads: the valid rows as columns (in
+    payload order), the payload each row came from (``row_payload``, an index into the
+    payloads), and ``(payload index, error)`` per bad row or undecodable payload."""
+
+    columns: EventColumns
+    row_payload: Int32s
+    errors: list[tuple[int, ContractError]]
+
+
+def _empty_columns() -> EventColumns:
+    z64 = np.zeros(0, np.int64)
+    return EventColumns(
+        series=(),
+        series_idx=np.zeros(0, np.int32),
+        intervals=(None,),
+        interval_idx=np.zeros(0, np.int32),
+        ver=z64,
+        kind=np.zeros(0, np.uint8),
+        src_ts=z64,
+        seq=z64,
+        present=np.zeros(0, np.uint16),
+        floats={k: np.zeros(0, np.float64) for k in FLOAT_FIELDS},
+        ingest_ts=z64,
+        side=np.zeros(0, np.uint8),
+        trade_id=b"",
+        trade_id_end=z64,
+    )
+
+
+def _parse(payload: bytes) -> _WireBlock:
+    """The block's map, its columns' sizes checked; ``ContractError("decode")`` otherwise."""
+    if payload[:2] != BLOCK_MAGIC:
+        raise ContractError(
+            "decode", f"unknown column block version {payload[1:2].hex() or 'none'}", payload
+        )
+    try:
+        block = _BLOCK_DECODER.decode(memoryview(payload)[2:])
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ContractError("decode", f"not a valid column block: {exc}", payload) from exc
+    n = block.n
+    if not 1 <= n <= MAX_BLOCK_ROWS:
+        raise ContractError(
+            "decode", f"column block: n must be 1..{MAX_BLOCK_ROWS}, got {n}", payload
+        )
+    for name, (_dtype, size) in _COLUMN_TYPES.items():
+        col = getattr(block, name)
+        if col is not None and len(col) != n * size:
+            raise ContractError(
+                "decode",
+                f"column block: {name} holds {len(col)} bytes, expected {n} x {size}",
+                payload,
+            )
+    if (block.trade_id is None) != (block.trade_id_end is None):
+        raise ContractError(
+            "decode", "column block: trade_id and trade_id_end go together", payload
+        )
+    if block.trade_id is not None:
+        assert block.trade_id_end is not None
+        ends = np.frombuffer(block.trade_id_end, "<u4")
+        if np.any(np.diff(ends.astype(np.int64), prepend=0) < 0) or int(ends[-1]) != len(
+            block.trade_id
+        ):
+            raise ContractError(
+                "decode",
+                "column block: trade_id_end must rise to the length of trade_id",
+                payload,
+            )
+    return block
+
+
+def _block_columns(block: _WireBlock) -> EventColumns:
+    """The block's rows as columns (not validated)."""
+    n = block.n
+    floats = {
+        name: (
+            np.frombuffer(col, "<f8").astype(np.float64)
+            if (col := getattr(block, name)) is not None
+            else np.zeros(n, np.float64)
+        )
+        for name in FLOAT_FIELDS
+    }
+    if block.trade_id is not None and block.trade_id_end is not None:
+        trade_blob = block.trade_id
+        trade_ends = np.frombuffer(block.trade_id_end, "<u4").astype(np.int64)
+    else:
+        trade_blob, trade_ends = b"", np.zeros(n, np.int64)
+    return EventColumns(
+        series=((block.provider, block.symbol),),
+        series_idx=np.zeros(n, np.int32),
+        intervals=(None,) if block.interval is None else (None, block.interval),
+        interval_idx=np.full(n, 0 if block.interval is None else 1, np.int32),
+        ver=np.full(n, block.ver, np.int64),
+        kind=np.frombuffer(block.kind, np.uint8).copy(),
+        src_ts=np.frombuffer(block.src_ts, "<i8").astype(np.int64),
+        seq=np.frombuffer(block.seq, "<i8").astype(np.int64),
+        present=np.frombuffer(block.present, "<u2").astype(np.uint16),
+        floats=floats,
+        ingest_ts=(
+            np.frombuffer(block.ingest_ts, "<i8").astype(np.int64)
+            if block.ingest_ts is not None
+            else np.zeros(n, np.int64)
+        ),
+        side=(
+            np.frombuffer(block.side, np.uint8).copy()
+            if block.side is not None
+            else np.zeros(n, np.uint8)
+        ),
+        trade_id=trade_blob,
+        trade_id_end=trade_ends,
+    )
+
+
+def _missing_columns(block: _WireBlock) -> int:
+    """The optional-field bits whose column the block leaves out."""
+    missing = 0
+    for name in FLOAT_FIELDS:
+        if getattr(block, name) is None:
+            missing |= OPTIONAL_BITS[name]
+    if block.ingest_ts is None:
+        missing |= OPTIONAL_BITS["ingest_ts"]
+    if block.trade_id is None:
+        missing |= OPTIONAL_BITS["trade_id"]
+    return missing
+
+
+def _series_ok(provider: str, symbol: str, ver: int, interval: str | None) -> bool:
+    return (
+        ver in SUPPORTED_VERSIONS
+        and _is_provider(provider)
+        and _is_symbol(symbol)
+        and (interval is None or _INTERVAL.match(interval) is not None)
+    )
+
+
+def _trade_ids_ok(cols: EventColumns, has_id: Bools) -> Bools:
+    """Rows whose trade id (if any) is valid UTF-8 (every row passes when all are)."""
+    blob = cols.trade_id
+    if not blob:
+        return np.ones(cols.n, np.bool_)
+    try:
+        blob.decode()
+    except UnicodeDecodeError:
+        each: Bools = np.ones(cols.n, np.bool_)
+        starts = np.concatenate(([0], cols.trade_id_end[:-1]))
+        for i in np.flatnonzero(has_id).tolist():
+            try:
+                blob[int(starts[i]) : int(cols.trade_id_end[i])].decode()
+            except UnicodeDecodeError:
+                each[i] = False
+        return each
+    # The whole blob is UTF-8: a slice is too unless it starts or ends inside a character,
+    # i.e. unless its first byte, or the byte after it, is a continuation byte (0b10xxxxxx).
+    ends = cols.trade_id_end
+    starts = np.concatenate(([0], ends[:-1]))
+    nonempty = starts < ends
+    inside = (np.frombuffer(blob, np.uint8) & 0xC0) == 0x80
+    inside = np.concatenate((inside, [False]))  # the end of the blob is a boundary
+    ok: Bools = ~(nonempty & (inside[starts] | inside[ends]))
+    return ok
+
+
+def valid_rows(cols: EventColumns) -> Bools:
+    """Rows that pass every StreamEvent rule (see the module docstring), as a mask; a row
+    outside it may still be valid (the reference decides)."""
+    f = cols.floats
+    bits = cols.present
+    kind = cols.kind
+
+    def has(name: str) -> Bools:
+        mask: Bools = (bits & OPTIONAL_BITS[name]) != 0
+        return mask
+
+    ok: Bools = (bits & ~np.uint16(_ALL_BITS)) == 0
+    ok &= kind <= _QUOTE
+    ok &= (cols.src_ts >= MIN_EPOCH_US) & (cols.src_ts <= MAX_EPOCH_US)
+    has_ingest = has("ingest_ts")
+    ok &= ~has_ingest | ((cols.ingest_ts >= MIN_EPOCH_US) & (cols.ingest_ts <= MAX_EPOCH_US))
+    ok &= cols.seq >= 0
+    ok &= cols.side <= 2
+    series_ok = np.array(
+        [
+            _is_provider(p) and _is_symbol(s)
+            for p, s in cols.series  # few per poll
+        ],
+        np.bool_,
+    )
+    if len(series_ok):
+        ok &= series_ok[cols.series_idx]
+    ok &= np.isin(cols.ver, SUPPORTED_VERSIONS)
+    interval_ok = np.array(
+        [iv is None or _INTERVAL.match(iv) is not None for iv in cols.intervals], np.bool_
+    )
+    ok &= interval_ok[cols.interval_idx]
+    has_o, has_h, has_l, has_c, has_v = (has(n) for n in ("o", "h", "l", "c", "v"))
+    is_tick, is_bar, is_quote = kind == _TICK, kind == _BAR, kind == _QUOTE
+    ok &= ~is_tick | (has_c & has_v)
+    ok &= ~is_bar | (has_o & has_h & has_l & has_c & (cols.interval_idx != 0))
+    has_bid, has_ask = has("bid"), has("ask")
+    ok &= ~is_quote | (has_bid & has_ask)
+    with np.errstate(invalid="ignore"):
+        for name, present in (("o", has_o), ("h", has_h), ("l", has_l), ("c", has_c)):
+            x = f[name]
+            ok &= ~present | ((x > 0) & (x < np.inf))
+        v = f["v"]
+        ok &= ~has_v | ((v >= 0) & (v < np.inf))
+        bid, ask = f["bid"], f["ask"]
+        quote_ok = (bid > 0) & (bid < np.inf) & (ask > 0) & (ask < np.inf) & (bid <= ask)
+        for name in ("bid_size", "ask_size"):
+            x = f[name]
+            quote_ok &= ~has(name) | ((x >= 0) & (x < np.inf))
+        ok &= ~is_quote | quote_ok
+        o, h, lo, c = f["o"], f["h"], f["l"], f["c"]
+        oc = has_o & has_c
+        ok &= ~(oc & has_h) | (h >= np.maximum(o, c))
+        ok &= ~(oc & has_l) | (lo <= np.minimum(o, c))
+        ok &= ~(has_h & has_l) | (h >= lo)
+    has_id = has("trade_id")
+    ok &= ~has_id | _trade_ids_ok(cols, has_id)
+    return ok
+
+
+def row_dict(cols: EventColumns, i: int) -> dict[str, Any]:
+    """Row ``i`` as the StreamEvent dict it stands for (timestamps as epoch µs, as msgpack
+    carries them): the reference path's input for the row, and its dead letter's payload."""
+    provider, symbol = cols.series[int(cols.series_idx[i])]
+    kind = int(cols.kind[i])
+    ts = int(cols.src_ts[i])
+    seq = int(cols.seq[i])
+    row: dict[str, Any] = {
+        "ver": int(cols.ver[i]),
+        "provider": provider,
+        "symbol": symbol,
+        "kind": KIND_NAMES[kind] if kind < len(KIND_NAMES) else kind,
+    }
+    interval = cols.intervals[int(cols.interval_idx[i])]
+    if interval is not None:
+        row["interval"] = interval
+    row["src_ts"] = ts
+    bits = int(cols.present[i])
+    if bits & OPTIONAL_BITS["ingest_ts"]:
+        row["ingest_ts"] = int(cols.ingest_ts[i])
+    for name in FLOAT_FIELDS:
+        if bits & OPTIONAL_BITS[name]:
+            row[name] = float(cols.floats[name][i])
+    row["seq"] = seq
+    # implied by the fields; with an out-of-range src_ts the reference stops before it
+    row["event_id"] = (
+        make_event_id(provider, symbol, from_epoch_us(ts), seq)
+        if MIN_EPOCH_US <= ts <= MAX_EPOCH_US
+        else ""
+    )
+    side = int(cols.side[i])
+    if side:
+        row["side"] = SIDE_NAMES[side] if side < len(SIDE_NAMES) else side
+    if bits & OPTIONAL_BITS["trade_id"]:
+        start = int(cols.trade_id_end[i - 1]) if i else 0
+        raw = cols.trade_id[start : int(cols.trade_id_end[i])]
+        try:
+            row["trade_id"] = raw.decode()
+        except UnicodeDecodeError:
+            row["trade_id"] = raw  # the reference gives the reason
+    unknown = bits & ~_ALL_BITS
+    if unknown:
+        row[f"present_bits_{unknown:#06x}"] = True  # no such field: the reference says so
+    return row
+
+
+def _row_payload(row: dict[str, Any]) -> bytes:
+    return json.dumps(row, default=repr, allow_nan=True).encode()
+
+
+def decode_blocks(payloads: Sequence[bytes]) -> BlocksDecoded:
+    """Decode and validate column-block payloads (see the module docstring) into one
+    :class:`EventColumns` of their valid rows, in order.
+
+    Never raises: an undecodable payload gives one ``ContractError("decode")`` carrying its
+    bytes; each invalid row gives the reference path's ``ContractError("validation")`` (its
+    reason) carrying the row's dict as JSON. Rows of one payload stay together and in order.
+    """
+    parts: list[EventColumns] = []
+    owners: list[int] = []
+    sizes: list[int] = []
+    errors: list[tuple[int, ContractError]] = []
+    for p, payload in enumerate(payloads):
+        try:
+            block = _parse(payload)
+        except ContractError as exc:
+            errors.append((p, exc))
+            continue
+        cols = _block_columns(block)
+        missing = _missing_columns(block)
+        if np.any(cols.present & np.uint16(missing)):
+            errors.append(
+                (
+                    p,
+                    ContractError(
+                        "decode",
+                        "column block: a row has a field whose column is not in the block",
+                        payload,
+                    ),
+                )
+            )
+            continue
+        if block.trade_id is not None:
+            starts = np.concatenate(([0], cols.trade_id_end[:-1]))
+            empty_without = (cols.trade_id_end == starts) | cols.has("trade_id")
+            if not np.all(empty_without):
+                errors.append(
+                    (
+                        p,
+                        ContractError(
+                            "decode",
+                            "column block: a row without a trade_id has one in trade_id",
+                            payload,
+                        ),
+                    )
+                )
+                continue
+        parts.append(cols)
+        owners.append(p)
+        sizes.append(block.n)
+    if not parts:
+        return BlocksDecoded(_empty_columns(), np.zeros(0, np.int32), _sorted(errors))
+    cols = EventColumns.concat(parts)
+    row_payload = np.repeat(np.array(owners, np.int32), sizes)
+    ok = valid_rows(cols)
+    if not ok.all():
+        for i in np.flatnonzero(~ok).tolist():
+            if _reference_accepts(cols, i, errors, int(row_payload[i])):
+                ok[i] = True
+        cols = cols.take(ok)
+        row_payload = row_payload[ok]
+    return BlocksDecoded(cols, row_payload, _sorted(errors))
+
+
+def _sorted(errors: list[tuple[int, ContractError]]) -> list[tuple[int, ContractError]]:
+    return sorted(errors, key=lambda e: e[0])  # stable: rows of a payload keep their order
+
+
+def _reference_accepts(
+    cols: EventColumns, i: int, errors: list[tuple[int, ContractError]], owner: int
+) -> bool:
+    """Run the reference (pydantic) path on row ``i``: True if it accepts the row, else its
+    error (the reason, the row as JSON) is appended to ``errors``."""
+    from market_data_core.codec import _validated_event  # the codec imports this module
+
+    row = row_dict(cols, i)
+    payload = _row_payload(row)
+    try:
+        _validated_event(dict(row), payload)
+    except ContractError as exc:
+        errors.append((owner, exc))
+        return False
+    return True
+
+
+def encode_block(events: Sequence[StreamEvent]) -> bytes:
+    """Events of one ``(provider, symbol)``, ``ver`` and ``interval`` as one block payload.
+
+    Raises ``ValueError`` for no events, more than :data:`MAX_BLOCK_ROWS`, events of
+    several series, versions or intervals, or a ``seq`` beyond int64.
+    """
+    if not events:
+        raise ValueError("a column block needs at least one event")
+    if len(events) > MAX_BLOCK_ROWS:
+        raise ValueError(f"a column block holds at most {MAX_BLOCK_ROWS} events")
+    first = events[0]
+    keys = {(e.provider, e.symbol, e.ver, e.interval) for e in events}
+    if len(keys) > 1:
+        raise ValueError("a column block holds events of one provider, symbol, ver, interval")
+    return encode_columns(columns_from_events(events), interval=first.interval, ver=first.ver)
+
+
+def encode_columns(cols: EventColumns, *, interval: str | None = None, ver: int = 1) -> bytes:
+    """:class:`EventColumns` of one series as one block payload (see :func:`encode_block`)."""
+    n = cols.n
+    if not 1 <= n <= MAX_BLOCK_ROWS or len(cols.series) != 1:
+        raise ValueError("a column block holds 1..MAX_BLOCK_ROWS events of one series")
+    provider, symbol = cols.series[0]
+    bits = cols.present
+    fields: dict[str, Any] = {
+        "n": n,
+        "ver": ver,
+        "provider": provider,
+        "symbol": symbol,
+        "interval": interval,
+        "kind": cols.kind.astype("<u1").tobytes(),
+        "src_ts": cols.src_ts.astype("<i8").tobytes(),
+        "seq": cols.seq.astype("<i8").tobytes(),
+        "present": bits.astype("<u2").tobytes(),
+    }
+    union = int(np.bitwise_or.reduce(bits)) if n else 0
+    for name in FLOAT_FIELDS:
+        if union & OPTIONAL_BITS[name]:
+            fields[name] = np.where(cols.has(name), cols.floats[name], 0.0).astype("<f8").tobytes()
+    if union & OPTIONAL_BITS["ingest_ts"]:
+        fields["ingest_ts"] = (
+            np.where(cols.has("ingest_ts"), cols.ingest_ts, 0).astype("<i8").tobytes()
+        )
+    if np.any(cols.side):
+        fields["side"] = cols.side.astype("<u1").tobytes()
+    if union & OPTIONAL_BITS["trade_id"]:
+        fields["trade_id"] = cols.trade_id
+        fields["trade_id_end"] = cols.trade_id_end.astype("<u4").tobytes()
+    if interval is None:
+        del fields["interval"]
+    return BLOCK_MAGIC + _BLOCK_ENCODER.encode(fields)
+
+
+def columns_from_events(
+    events: Iterable[StreamEvent], *, seq_limit: int = 2**63 - 1
+) -> EventColumns:
+    """Validated events as :class:`EventColumns` (``event_id`` dropped: it is implied).
+    Raises ``ValueError`` for a ``seq`` above ``seq_limit`` (int64)."""
+    evs = list(events)
+    n = len(evs)
+    series: dict[tuple[str, str], int] = {}
+    intervals: dict[str | None, int] = {None: 0}
+    s_idx = np.fromiter(
+        (series.setdefault((e.provider, e.symbol), len(series)) for e in evs), np.int32, n
+    )
+    i_idx = np.fromiter(
+        (intervals.setdefault(e.interval, len(intervals)) for e in evs), np.int32, n
+    )
+    seqs = [e.seq for e in evs]
+    if seqs and max(seqs) > seq_limit:
+        raise ValueError(f"seq above {seq_limit} does not fit a column")
+    present = np.zeros(n, np.uint16)
+    floats = {}
+    for name in FLOAT_FIELDS:
+        vals = [getattr(e, name) for e in evs]
+        mask = np.fromiter((x is not None for x in vals), np.bool_, n)
+        present |= np.where(mask, np.uint16(OPTIONAL_BITS[name]), np.uint16(0))
+        floats[name] = np.fromiter((0.0 if x is None else x for x in vals), np.float64, n)
+    ingest = [e.ingest_ts for e in evs]
+    ingest_mask = np.fromiter((x is not None for x in ingest), np.bool_, n)
+    present |= np.where(ingest_mask, np.uint16(OPTIONAL_BITS["ingest_ts"]), np.uint16(0))
+    ids = [e.trade_id for e in evs]
+    id_mask = np.fromiter((x is not None for x in ids), np.bool_, n)
+    present |= np.where(id_mask, np.uint16(OPTIONAL_BITS["trade_id"]), np.uint16(0))
+    encoded = [b"" if x is None else x.encode() for x in ids]
+    return EventColumns(
+        series=tuple(series),
+        series_idx=s_idx,
+        intervals=tuple(intervals),
+        interval_idx=i_idx,
+        ver=np.fromiter((e.ver for e in evs), np.int64, n),
+        kind=np.fromiter((KIND_CODES[e.kind] for e in evs), np.uint8, n),
+        src_ts=np.fromiter((to_epoch_us(e.src_ts) for e in evs), np.int64, n),
+        seq=np.array(seqs, np.int64) if n else np.zeros(0, np.int64),
+        present=present,
+        floats=floats,
+        ingest_ts=np.fromiter((0 if x is None else to_epoch_us(x) for x in ingest), np.int64, n),
+        side=np.fromiter((SIDE_CODES.get(e.side or "", 0) for e in evs), np.uint8, n),
+        trade_id=b"".join(encoded),
+        trade_id_end=np.cumsum(np.fromiter(map(len, encoded), np.int64, n)),
+    )

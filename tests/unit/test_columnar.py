@@ -1,0 +1,417 @@
+"""Column blocks: the vectorised decode agrees with the pydantic reference, row for row.
+
+The reference for every row of a block is ``codec._validated_event`` (pydantic) of the
+StreamEvent dict the row stands for, built here by the test from the values it drew, not by
+the module under test. The columnar path must accept exactly the rows the reference accepts,
+with equal events (values, types, fields set), and give every other row the reference's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from market_data_core import codec
+from market_data_core.codec import decode_events, encode_events
+from market_data_core.columnar import (
+    BLOCK_MAGIC,
+    FLOAT_FIELDS,
+    OPTIONAL_BITS,
+    EventColumns,
+    columns_from_events,
+    decode_blocks,
+    encode_block,
+)
+from market_data_core.contracts import StreamEvent, make_event_id
+from market_data_core.errors import ContractError
+from market_data_core.timeutil import MAX_EPOCH_US, MIN_EPOCH_US, from_epoch_us
+
+from .test_codec import events as any_events
+
+KINDS = ("tick", "bar", "quote")
+SIDES = (None, "buy", "sell")
+T0 = 1_767_364_200_000_000  # 2026-01-02T14:30:00Z
+
+good_prices = st.sampled_from([0.01, 1.1612, 100.0, 227.53, 1e-07, 65000.5]) | st.floats(
+    min_value=1e-6, max_value=1e9, allow_nan=False, allow_infinity=False
+)
+bad_numbers = st.sampled_from([0.0, -0.0, -1.5, math.nan, math.inf, -math.inf, 5e-324])
+sizes = st.sampled_from([0.0, -0.0, 1.0, 0.0005, 2e6]) | st.floats(
+    min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False
+)
+
+
+@st.composite
+def rows(draw: st.DrawFn, interval: str | None) -> dict[str, Any]:
+    """One row's wire values: mostly a valid event, sometimes with a rule broken."""
+    kind = draw(st.sampled_from([0, 0, 1, 2, 2, 3]))
+    row: dict[str, Any] = {
+        "kind": kind,
+        "src_ts": draw(
+            st.integers(T0, T0 + 10**9)
+            | st.sampled_from([MIN_EPOCH_US, MAX_EPOCH_US, MIN_EPOCH_US - 1, MAX_EPOCH_US + 1])
+        ),
+        "seq": draw(st.integers(0, 2**63 - 1) | st.sampled_from([0, -1, -(2**63)])),
+        "side": draw(st.sampled_from([0, 0, 1, 2, 7])),
+    }
+    floats: dict[str, float] = {}
+    if kind == 0 or (kind == 3 and draw(st.booleans())):
+        floats = {"c": draw(good_prices), "v": draw(sizes)}
+    elif kind == 1:
+        ps = sorted(draw(st.lists(good_prices, min_size=4, max_size=4)))
+        o, c = draw(st.permutations([ps[1], ps[2]]))
+        floats = {"o": o, "h": ps[3], "l": ps[0], "c": c}
+        if draw(st.booleans()):
+            floats["v"] = draw(sizes)
+    elif kind == 2:
+        bid, ask = sorted(draw(st.lists(good_prices, min_size=2, max_size=2)))
+        floats = {"bid": bid, "ask": ask}
+        for name in ("bid_size", "ask_size"):
+            if draw(st.booleans()):
+                floats[name] = draw(sizes)
+    # break things now and then: drop a field, add one, change a value
+    for _ in range(draw(st.integers(0, 2))):
+        action = draw(st.sampled_from(["drop", "add", "bad", "swap", "high_low"]))
+        if action == "drop" and floats:
+            del floats[draw(st.sampled_from(sorted(floats)))]
+        elif action == "add":
+            floats[draw(st.sampled_from(FLOAT_FIELDS))] = draw(good_prices | bad_numbers)
+        elif action == "bad" and floats:
+            floats[draw(st.sampled_from(sorted(floats)))] = draw(bad_numbers)
+        elif action == "swap" and "bid" in floats and "ask" in floats:
+            floats["bid"], floats["ask"] = floats["ask"] * 1.5, floats["bid"]
+        elif action == "high_low":  # h and l, maybe crossed, maybe without o or c
+            floats.update(h=draw(good_prices), l=draw(good_prices))
+            if draw(st.booleans()):
+                floats.pop(draw(st.sampled_from(["o", "c"])), None)
+    row["floats"] = floats
+    if draw(st.booleans()):
+        row["ingest_ts"] = draw(
+            st.integers(T0, T0 + 10**9) | st.sampled_from([MAX_EPOCH_US + 5, MIN_EPOCH_US - 5])
+        )
+    trade_id = draw(
+        st.none()
+        | st.text(max_size=6)
+        | st.binary(max_size=4)  # often not UTF-8
+        | st.sampled_from(["é", "€x", "\x00"])
+        # halves of "é": valid UTF-8 only when a row's id ends where the next one's starts
+        | st.sampled_from([b"\xc3", b"\xa9", b"a\xc3", b"\xa9b"])
+    )
+    if isinstance(trade_id, str):
+        trade_id = trade_id.encode("utf-8", "surrogatepass")
+    row["trade_id"] = trade_id
+    return row
+
+
+@st.composite
+def blocks(draw: st.DrawFn) -> dict[str, Any]:
+    interval = draw(st.sampled_from([None, None, "1m", "2s", "1 m"]))
+    return {
+        "provider": draw(st.sampled_from(["bench", "coinbase", "bad|provider", ""])),
+        "symbol": draw(st.sampled_from(["AAPL", "EUR/USD", "BTC-USD", "bad symbol", "S|X"])),
+        "ver": draw(st.sampled_from([1, 1, 1, 2])),
+        "interval": interval,
+        "rows": draw(st.lists(rows(interval), min_size=1, max_size=8)),
+    }
+
+
+def wire(block: dict[str, Any]) -> bytes:
+    """The block payload of drawn values, written field by field from the format's spec."""
+    rs = block["rows"]
+    n = len(rs)
+    present = np.zeros(n, "<u2")
+    fields: dict[str, Any] = {
+        "n": n,
+        "ver": block["ver"],
+        "provider": block["provider"],
+        "symbol": block["symbol"],
+        "kind": np.array([r["kind"] for r in rs], "<u1").tobytes(),
+        "src_ts": np.array([r["src_ts"] for r in rs], "<i8").tobytes(),
+        "seq": np.array([r["seq"] for r in rs], "<i8").tobytes(),
+    }
+    if block["interval"] is not None:
+        fields["interval"] = block["interval"]
+    for name in FLOAT_FIELDS:
+        if any(name in r["floats"] for r in rs):
+            fields[name] = np.array([r["floats"].get(name, 0.0) for r in rs], "<f8").tobytes()
+            present |= np.array(
+                [OPTIONAL_BITS[name] if name in r["floats"] else 0 for r in rs], "<u2"
+            )
+    if any("ingest_ts" in r for r in rs):
+        fields["ingest_ts"] = np.array([r.get("ingest_ts", 0) for r in rs], "<i8").tobytes()
+        present |= np.array(
+            [OPTIONAL_BITS["ingest_ts"] if "ingest_ts" in r else 0 for r in rs], "<u2"
+        )
+    if any(r["side"] for r in rs):
+        fields["side"] = np.array([r["side"] for r in rs], "<u1").tobytes()
+    if any(r["trade_id"] is not None for r in rs):
+        ids = [r["trade_id"] or b"" for r in rs]
+        fields["trade_id"] = b"".join(ids)
+        fields["trade_id_end"] = np.cumsum([len(x) for x in ids]).astype("<u4").tobytes()
+        present |= np.array(
+            [OPTIONAL_BITS["trade_id"] if r["trade_id"] is not None else 0 for r in rs], "<u2"
+        )
+    fields["present"] = present.tobytes()
+    return BLOCK_MAGIC + msgspec.msgpack.encode(fields)
+
+
+def reference_dict(block: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+    """The StreamEvent dict a drawn row stands for (timestamps as epoch µs, as in msgpack)."""
+    kinds = {0: "tick", 1: "bar", 2: "quote"}
+    d: dict[str, Any] = {
+        "ver": block["ver"],
+        "provider": block["provider"],
+        "symbol": block["symbol"],
+        "kind": kinds.get(r["kind"], r["kind"]),
+        "src_ts": r["src_ts"],
+        "seq": r["seq"],
+    }
+    if block["interval"] is not None:
+        d["interval"] = block["interval"]
+    d.update(r["floats"])
+    if "ingest_ts" in r:
+        d["ingest_ts"] = r["ingest_ts"]
+    if r["side"]:
+        d["side"] = {1: "buy", 2: "sell"}.get(r["side"], r["side"])
+    if r["trade_id"] is not None:
+        try:
+            d["trade_id"] = r["trade_id"].decode()
+        except UnicodeDecodeError:
+            d["trade_id"] = r["trade_id"]
+    if MIN_EPOCH_US <= r["src_ts"] <= MAX_EPOCH_US:
+        d["event_id"] = make_event_id(
+            block["provider"], block["symbol"], from_epoch_us(r["src_ts"]), r["seq"]
+        )
+    else:
+        d["event_id"] = ""
+    return d
+
+
+def reference(block: dict[str, Any]) -> list[StreamEvent | str]:
+    out: list[StreamEvent | str] = []
+    for r in block["rows"]:
+        try:
+            out.append(codec._validated_event(reference_dict(block, r), b""))
+        except ContractError as exc:
+            out.append(f"{exc.reason}: {exc.detail}")
+    return out
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    if type(x) is float and type(y) is float:
+        return struct.pack("<d", x) == struct.pack("<d", y)  # NaN, -0.0: the very bits
+    return type(x) is type(y) and bool(x == y)
+
+
+def same_values(a: StreamEvent, b: StreamEvent) -> bool:
+    return list(a.__dict__) == list(b.__dict__) and all(
+        _same_value(a.__dict__[k], b.__dict__[k]) for k in a.__dict__
+    )
+
+
+def same_event(a: StreamEvent, b: StreamEvent) -> bool:
+    """Equal in every way: field order, values (bit for bit), types, fields set."""
+    return (
+        list(a.__dict__) == list(b.__dict__)
+        and all(_same_value(a.__dict__[k], b.__dict__[k]) for k in a.__dict__)
+        and a.model_fields_set == b.model_fields_set
+    )
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks())
+def test_block_rows_agree_with_the_pydantic_reference(block: dict[str, Any]) -> None:
+    expected = reference(block)
+    decoded = decode_blocks([wire(block)])
+    got_events = decoded.columns.to_events()
+    want_events = [e for e in expected if isinstance(e, StreamEvent)]
+    assert len(got_events) == len(want_events)
+    for got, want in zip(got_events, want_events, strict=True):
+        assert same_event(got, want), (got, want)
+    assert [f"{e.reason}: {e.detail}" for _p, e in decoded.errors] == [
+        e for e in expected if isinstance(e, str)
+    ]
+    assert all(p == 0 for p, _e in decoded.errors)
+    assert decoded.row_payload.tolist() == [0] * len(want_events)
+    # the row path of decode_events says the same
+    batch = decode_events(wire(block))
+    assert [f"{e.reason}: {e.detail}" for e in batch.errors] == [
+        e for e in expected if isinstance(e, str)
+    ]
+    assert all(same_event(a, b) for a, b in zip(batch.events, want_events, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(blocks(), min_size=1, max_size=4))
+def test_several_blocks_decode_in_payload_order(bs: list[dict[str, Any]]) -> None:
+    decoded = decode_blocks([wire(b) for b in bs])
+    want: list[StreamEvent] = []
+    owners: list[int] = []
+    reasons: list[tuple[int, str]] = []
+    for p, b in enumerate(bs):
+        for e in reference(b):
+            if isinstance(e, StreamEvent):
+                want.append(e)
+                owners.append(p)
+            else:
+                reasons.append((p, e))
+    got = decoded.columns.to_events()
+    assert len(got) == len(want)
+    assert all(same_event(a, b) for a, b in zip(got, want, strict=True))
+    assert decoded.row_payload.tolist() == owners
+    assert [(p, f"{e.reason}: {e.detail}") for p, e in decoded.errors] == reasons
+
+
+@st.composite
+def same_series_events(draw: st.DrawFn) -> list[StreamEvent]:
+    evs = draw(st.lists(any_events(), min_size=1, max_size=20))
+    first = evs[0]
+    return [
+        StreamEvent.create(
+            **{
+                **e.model_dump(exclude_unset=True, exclude={"event_id"}),
+                "provider": first.provider,
+                "symbol": first.symbol,
+                "interval": first.interval,
+            }
+        )
+        for e in evs
+        if e.kind != "bar" or first.interval is not None
+    ] or [first]
+
+
+@settings(max_examples=500, deadline=None)
+@given(same_series_events())
+def test_a_block_decodes_to_the_events_of_the_packed_msgpack_entry(
+    evs: list[StreamEvent],
+) -> None:
+    from_block = decode_events(encode_block(evs))
+    from_rows = decode_events(encode_events(evs))
+    assert not from_block.errors and not from_rows.errors
+    assert len(from_block.events) == len(evs)
+    for a, b, c in zip(from_block.events, from_rows.events, evs, strict=True):
+        # the wire keeps no explicit None (neither does msgpack): the fields set are the wire's
+        assert same_event(a, b) and a.__dict__ == c.__dict__
+
+
+def test_columns_from_events_round_trip_through_take_and_concat() -> None:
+    t0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
+    evs = [
+        StreamEvent.create(
+            provider="p",
+            symbol=f"S{i % 3}",
+            kind="tick",
+            src_ts=t0 + timedelta(microseconds=i),
+            c=1.5 + i,
+            v=2.0,
+            seq=i,
+            trade_id="é" * (i % 3) if i % 4 else None,
+            side=("buy", "sell", None)[i % 3],
+        )
+        for i in range(30)
+    ]
+    cols = columns_from_events(evs)  # (created with explicit Nones: compare the values)
+    assert all(same_values(a, b) for a, b in zip(cols.to_events(), evs, strict=True))
+    picked = cols.take(np.array([5, 1, 29, 1]))
+    assert all(
+        same_values(a, b)
+        for a, b in zip(picked.to_events(), [evs[5], evs[1], evs[29], evs[1]], strict=True)
+    )
+    joined = EventColumns.concat([cols.take(np.arange(10, 30)), cols.take(np.arange(10))])
+    assert all(
+        same_values(a, b) for a, b in zip(joined.to_events(), evs[10:] + evs[:10], strict=True)
+    )
+
+
+def _good_block() -> dict[str, Any]:
+    return {
+        "provider": "p",
+        "symbol": "S",
+        "ver": 1,
+        "interval": None,
+        "rows": [
+            {
+                "kind": 0,
+                "src_ts": T0 + i,
+                "seq": i,
+                "side": 1,
+                "floats": {"c": 1.5, "v": 2.0},
+                "trade_id": b"t%d" % i,
+            }
+            for i in range(3)
+        ],
+    }
+
+
+def _map(payload: bytes) -> dict[str, Any]:
+    decoded: dict[str, Any] = msgspec.msgpack.decode(payload[2:])
+    return decoded
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        (lambda m: m.update(kind=m["kind"][:-1]), "kind holds 2 bytes, expected 3 x 1"),
+        (lambda m: m.update(extra=1), "Object contains unknown field `extra`"),
+        (lambda m: m.pop("seq"), "Object missing required field `seq`"),
+        (lambda m: m.update(n=0), "n must be 1..100000, got 0"),
+        (lambda m: m.pop("c"), "a row has a field whose column is not in the block"),
+        (lambda m: m.pop("trade_id_end"), "trade_id and trade_id_end go together"),
+        (
+            lambda m: m.update(trade_id_end=np.array([2, 1, 6], "<u4").tobytes()),
+            "trade_id_end must rise to the length of trade_id",
+        ),
+        (lambda m: m.update(ver="1"), "Expected `int`, got `str`"),
+    ],
+)
+def test_a_malformed_block_is_one_decode_error_with_its_bytes(change: Any, detail: str) -> None:
+    m = _map(wire(_good_block()))
+    change(m)
+    payload = BLOCK_MAGIC + msgspec.msgpack.encode(m)
+    decoded = decode_blocks([payload])
+    assert decoded.columns.n == 0
+    [(p, err)] = decoded.errors
+    assert (p, err.reason, err.payload) == (0, "decode", payload)
+    assert detail in err.detail
+    batch = decode_events(payload)
+    assert not batch.events and [e.detail for e in batch.errors] == [err.detail]
+
+
+@pytest.mark.parametrize("payload", [b"\xc1", b"\xc1\x02\x80", b"\xc1\x01", b"\xc1\x01\xc1"])
+def test_a_truncated_or_unknown_block_is_a_decode_error(payload: bytes) -> None:
+    decoded = decode_blocks([payload])
+    [(_p, err)] = decoded.errors
+    assert err.reason == "decode" and err.payload == payload
+
+
+def test_a_trade_id_split_inside_a_character_is_rejected_though_the_blob_is_utf8() -> None:
+    block = _good_block()
+    block["rows"][0]["trade_id"] = b"x\xc3"
+    block["rows"][1]["trade_id"] = b"\xa9"  # the blob reads "xé..."
+    decoded = decode_blocks([wire(block)])
+    assert decoded.columns.seq.tolist() == [2]
+    assert [e.detail for _p, e in decoded.errors] == [
+        "trade_id: Input should be a valid string, unable to parse raw data as a unicode string"
+    ] * 2
+
+
+def test_a_bad_row_dead_letters_alone_with_its_own_dict() -> None:
+    block = _good_block()
+    block["rows"][1]["floats"]["c"] = -3.0
+    decoded = decode_blocks([wire(block)])
+    assert decoded.columns.seq.tolist() == [0, 2]
+    [(p, err)] = decoded.errors
+    assert (p, err.reason, err.detail) == (0, "validation", "c must be > 0, got -3.0")
+    assert err.payload is not None
+    letter = json.loads(err.payload)
+    assert letter["c"] == -3.0 and letter["seq"] == 1 and letter["trade_id"] == "t1"
+    assert letter["event_id"] == f"p|S|{from_epoch_us(T0 + 1).isoformat()[:26]}Z|1"
