@@ -371,86 +371,52 @@ def _empty_columns() -> EventColumns:
 
 
 def _parse(payload: bytes) -> _WireBlock:
-    """The block's map, its columns' sizes checked; ``ContractError("decode")`` otherwise."""
+    """The block's map, its columns' sizes checked; ``ContractError("decode")`` otherwise.
+    (What needs the rows' values is checked for all blocks at once: :func:`_assemble`.)"""
     if payload[:2] != BLOCK_MAGIC:
         raise ContractError(
-            "decode", f"unknown column block version {payload[1:2].hex() or 'none'}", payload
+            _DECODE, f"unknown column block version {payload[1:2].hex() or 'none'}", payload
         )
     try:
         block = _BLOCK_DECODER.decode(memoryview(payload)[2:])
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ContractError("decode", f"not a valid column block: {exc}", payload) from exc
+        raise ContractError(_DECODE, f"not a valid column block: {exc}", payload) from exc
     n = block.n
     if not 1 <= n <= MAX_BLOCK_ROWS:
         raise ContractError(
-            "decode", f"column block: n must be 1..{MAX_BLOCK_ROWS}, got {n}", payload
+            _DECODE, f"column block: n must be 1..{MAX_BLOCK_ROWS}, got {n}", payload
         )
     for name, (_dtype, size) in _COLUMN_TYPES.items():
         col = getattr(block, name)
         if col is not None and len(col) != n * size:
             raise ContractError(
-                "decode",
+                _DECODE,
                 f"column block: {name} holds {len(col)} bytes, expected {n} x {size}",
                 payload,
             )
     if (block.trade_id is None) != (block.trade_id_end is None):
-        raise ContractError(
-            "decode", "column block: trade_id and trade_id_end go together", payload
-        )
-    if block.trade_id is not None:
-        assert block.trade_id_end is not None
-        ends = np.frombuffer(block.trade_id_end, "<u4")
-        if np.any(np.diff(ends.astype(np.int64), prepend=0) < 0) or int(ends[-1]) != len(
-            block.trade_id
-        ):
-            raise ContractError(
-                "decode",
-                "column block: trade_id_end must rise to the length of trade_id",
-                payload,
-            )
+        raise ContractError(_DECODE, "column block: trade_id and trade_id_end go together", payload)
+    if block.trade_id_end is not None and (
+        int.from_bytes(block.trade_id_end[-4:], "little") != len(block.trade_id or b"")
+    ):
+        raise ContractError(_DECODE, _BAD_ENDS, payload)
     return block
 
 
-def _block_columns(block: _WireBlock) -> EventColumns:
-    """The block's rows as columns (not validated)."""
-    n = block.n
-    floats = {
-        name: (
-            np.frombuffer(col, "<f8").astype(np.float64)
-            if (col := getattr(block, name)) is not None
-            else np.zeros(n, np.float64)
-        )
-        for name in FLOAT_FIELDS
-    }
-    if block.trade_id is not None and block.trade_id_end is not None:
-        trade_blob = block.trade_id
-        trade_ends = np.frombuffer(block.trade_id_end, "<u4").astype(np.int64)
-    else:
-        trade_blob, trade_ends = b"", np.zeros(n, np.int64)
-    return EventColumns(
-        series=((block.provider, block.symbol),),
-        series_idx=np.zeros(n, np.int32),
-        intervals=(None,) if block.interval is None else (None, block.interval),
-        interval_idx=np.full(n, 0 if block.interval is None else 1, np.int32),
-        ver=np.full(n, block.ver, np.int64),
-        kind=np.frombuffer(block.kind, np.uint8).copy(),
-        src_ts=np.frombuffer(block.src_ts, "<i8").astype(np.int64),
-        seq=np.frombuffer(block.seq, "<i8").astype(np.int64),
-        present=np.frombuffer(block.present, "<u2").astype(np.uint16),
-        floats=floats,
-        ingest_ts=(
-            np.frombuffer(block.ingest_ts, "<i8").astype(np.int64)
-            if block.ingest_ts is not None
-            else np.zeros(n, np.int64)
-        ),
-        side=(
-            np.frombuffer(block.side, np.uint8).copy()
-            if block.side is not None
-            else np.zeros(n, np.uint8)
-        ),
-        trade_id=trade_blob,
-        trade_id_end=trade_ends,
-    )
+_DECODE = "decode"
+_BAD_ENDS = "column block: trade_id_end must rise to the length of trade_id"
+_MISSING_COLUMN = "column block: a row has a field whose column is not in the block"
+_STRAY_TRADE_ID = "column block: a row without a trade_id has one in trade_id"
+
+
+def _joined(blocks: list[_WireBlock], name: str, size: int) -> bytes | None:
+    """Column ``name`` of all blocks, one after the other (zeros for a block without it);
+    ``None`` when no block has it."""
+    cols = [getattr(b, name) for b in blocks]
+    if all(c is None for c in cols):
+        return None
+    zero = b"\0" * size
+    return b"".join(zero * b.n if c is None else c for b, c in zip(blocks, cols, strict=True))
 
 
 def _missing_columns(block: _WireBlock) -> int:
@@ -466,13 +432,76 @@ def _missing_columns(block: _WireBlock) -> int:
     return missing
 
 
-def _series_ok(provider: str, symbol: str, ver: int, interval: str | None) -> bool:
-    return (
-        ver in SUPPORTED_VERSIONS
-        and _is_provider(provider)
-        and _is_symbol(symbol)
-        and (interval is None or _INTERVAL.match(interval) is not None)
+def _assemble(blocks: list[_WireBlock]) -> tuple[EventColumns, npt.NDArray[np.intp], Bools]:
+    """The rows of ``blocks`` as one :class:`EventColumns` (not validated), each row's block,
+    and the blocks that break a rule needing the rows' values (a row carrying a field whose
+    column the block lacks, trade id ends that fall, a trade id in a row without one)."""
+    nb = len(blocks)
+    sizes = np.fromiter((b.n for b in blocks), np.intp, nb)
+    total = int(sizes.sum())
+    row_block = np.repeat(np.arange(nb), sizes)
+    series: dict[tuple[str, str], int] = {}
+    intervals: dict[str | None, int] = {None: 0}
+    s_codes = np.fromiter(
+        (series.setdefault((b.provider, b.symbol), len(series)) for b in blocks), np.int32, nb
     )
+    i_codes = np.fromiter(
+        (intervals.setdefault(b.interval, len(intervals)) for b in blocks), np.int32, nb
+    )
+
+    def column(name: str, dtype: Any) -> Any:
+        raw = _joined(blocks, name, np.dtype(dtype).itemsize)
+        return np.zeros(total, dtype) if raw is None else np.frombuffer(raw, dtype)
+
+    present = column("present", "<u2")
+    missing = np.fromiter((_missing_columns(b) for b in blocks), np.uint16, nb)
+    stray = (present & missing[row_block]) != 0
+    trade_blob = b""
+    trade_ends = np.zeros(total, np.int64)
+    if any(b.trade_id is not None for b in blocks):
+        blob_sizes = np.fromiter((len(b.trade_id or b"") for b in blocks), np.int64, nb)
+        trade_blob = b"".join(b.trade_id or b"" for b in blocks)
+        block_start = np.repeat(np.cumsum(blob_sizes) - blob_sizes, sizes)
+        trade_ends = column("trade_id_end", "<u4").astype(np.int64) + block_start
+        starts = np.concatenate(([0], trade_ends[:-1]))
+        first_rows = np.cumsum(sizes) - sizes
+        starts[first_rows] = block_start[first_rows]
+        falls = trade_ends < starts
+        has_id = (present & OPTIONAL_BITS["trade_id"]) != 0
+        stray |= falls | ((trade_ends > starts) & ~has_id)
+        if falls.any():  # those blocks are refused; keep the slices well-formed meanwhile
+            trade_ends = np.maximum.accumulate(trade_ends)
+    bad_block = np.zeros(nb, np.bool_)
+    if stray.any():
+        bad_block[row_block[stray]] = True
+    cols = EventColumns(
+        series=tuple(series),
+        series_idx=s_codes[row_block],
+        intervals=tuple(intervals),
+        interval_idx=i_codes[row_block],
+        ver=np.repeat(np.fromiter((b.ver for b in blocks), np.int64, nb), sizes),
+        kind=column("kind", np.uint8),
+        src_ts=column("src_ts", "<i8"),
+        seq=column("seq", "<i8"),
+        present=present,
+        floats={name: column(name, "<f8") for name in FLOAT_FIELDS},
+        ingest_ts=column("ingest_ts", "<i8"),
+        side=column("side", np.uint8),
+        trade_id=trade_blob,
+        trade_id_end=trade_ends,
+    )
+    return cols, row_block, bad_block
+
+
+def _block_error(block: _WireBlock, payload: bytes) -> ContractError:
+    """Why :func:`_assemble` refused a block."""
+    present = np.frombuffer(block.present, "<u2")
+    if np.any(present & np.uint16(_missing_columns(block))):
+        return ContractError(_DECODE, _MISSING_COLUMN, payload)
+    ends = np.frombuffer(block.trade_id_end or b"", "<u4").astype(np.int64)
+    if np.any(np.diff(ends, prepend=0) < 0):
+        return ContractError(_DECODE, _BAD_ENDS, payload)
+    return ContractError(_DECODE, _STRAY_TRADE_ID, payload)
 
 
 def _trade_ids_ok(cols: EventColumns, has_id: Bools) -> Bools:
@@ -620,57 +649,32 @@ def decode_blocks(payloads: Sequence[bytes]) -> BlocksDecoded:
     bytes; each invalid row gives the reference path's ``ContractError("validation")`` (its
     reason) carrying the row's dict as JSON. Rows of one payload stay together and in order.
     """
-    parts: list[EventColumns] = []
+    blocks: list[_WireBlock] = []
     owners: list[int] = []
-    sizes: list[int] = []
     errors: list[tuple[int, ContractError]] = []
     for p, payload in enumerate(payloads):
         try:
-            block = _parse(payload)
+            blocks.append(_parse(payload))
         except ContractError as exc:
             errors.append((p, exc))
             continue
-        cols = _block_columns(block)
-        missing = _missing_columns(block)
-        if np.any(cols.present & np.uint16(missing)):
-            errors.append(
-                (
-                    p,
-                    ContractError(
-                        "decode",
-                        "column block: a row has a field whose column is not in the block",
-                        payload,
-                    ),
-                )
-            )
-            continue
-        if block.trade_id is not None:
-            starts = np.concatenate(([0], cols.trade_id_end[:-1]))
-            empty_without = (cols.trade_id_end == starts) | cols.has("trade_id")
-            if not np.all(empty_without):
-                errors.append(
-                    (
-                        p,
-                        ContractError(
-                            "decode",
-                            "column block: a row without a trade_id has one in trade_id",
-                            payload,
-                        ),
-                    )
-                )
-                continue
-        parts.append(cols)
         owners.append(p)
-        sizes.append(block.n)
-    if not parts:
+    if not blocks:
         return BlocksDecoded(_empty_columns(), np.zeros(0, np.int32), _sorted(errors))
-    cols = EventColumns.concat(parts)
-    row_payload = np.repeat(np.array(owners, np.int32), sizes)
+    cols, row_block, bad_block = _assemble(blocks)
+    row_payload = np.array(owners, np.int32)[row_block]
     ok = valid_rows(cols)
+    suspects = ~ok
+    if bad_block.any():
+        for b in np.flatnonzero(bad_block).tolist():
+            errors.append((owners[b], _block_error(blocks[b], payloads[owners[b]])))
+        refused = bad_block[row_block]
+        ok &= ~refused
+        suspects &= ~refused
+    for i in np.flatnonzero(suspects).tolist():
+        if _reference_accepts(cols, i, errors, int(row_payload[i])):
+            ok[i] = True
     if not ok.all():
-        for i in np.flatnonzero(~ok).tolist():
-            if _reference_accepts(cols, i, errors, int(row_payload[i])):
-                ok[i] = True
         cols = cols.take(ok)
         row_payload = row_payload[ok]
     return BlocksDecoded(cols, row_payload, _sorted(errors))
