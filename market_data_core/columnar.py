@@ -77,10 +77,13 @@ __all__ = [
     "SIDE_CODES",
     "BlocksDecoded",
     "EventColumns",
+    "coded_rows",
     "columns_from_events",
     "decode_blocks",
     "encode_block",
+    "event_ids",
     "is_block",
+    "join_rows",
     "row_dict",
 ]
 
@@ -318,6 +321,67 @@ class EventColumns:
             trade_id=b"".join(blobs),
             trade_id_end=_cat(ends, np.int64),
         )
+
+
+def join_rows(parts: Sequence[tuple[bytes, Int64s]]) -> tuple[bytes, Int64s]:
+    """Row-wise concatenation of byte columns, each a blob of consecutive slices with their
+    end offsets: row i of the result is part 0's slice i, then part 1's, and so on."""
+    n = len(parts[0][1])
+    lengths = [np.diff(ends, prepend=0) for _blob, ends in parts]
+    row_len = np.sum(lengths, axis=0)
+    out_ends = np.cumsum(row_len)
+    total = int(out_ends[-1]) if n else 0
+    out = np.empty(total, np.uint8)
+    offset = out_ends - row_len  # where the next part starts in each row
+    for (blob, ends), size in zip(parts, lengths, strict=True):
+        part_total = int(ends[-1]) if n else 0
+        if part_total:
+            ramp = np.arange(part_total) - np.repeat(ends - size, size)
+            out[np.repeat(offset, size) + ramp] = np.frombuffer(blob, np.uint8)
+        offset = offset + size
+    return out.tobytes(), out_ends
+
+
+def _digits(values: Int64s) -> tuple[bytes, Int64s]:
+    """Non-negative integers as their decimal text (ASCII), as a blob and end offsets."""
+    n = len(values)
+    width = 19  # int64 has at most 19 digits
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    matrix = ((values[:, None] // powers) % 10 + 48).astype(np.uint8)
+    lengths = np.maximum(1, width - (matrix == 48).argmin(axis=1))
+    lengths[values == 0] = 1
+    # the last `lengths` columns of each row
+    keep = np.arange(width) >= (width - lengths)[:, None]
+    return matrix[keep].tobytes(), np.cumsum(lengths) if n else np.zeros(0, np.int64)
+
+
+def coded_rows(values: Sequence[bytes], codes: npt.NDArray[np.integer]) -> tuple[bytes, Int64s]:
+    """Row i is ``values[codes[i]]``: a blob and end offsets (a dictionary-coded column)."""
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    starts = np.cumsum(lengths) - lengths
+    row_len = lengths[codes]
+    ends = np.cumsum(row_len)
+    total = int(ends[-1]) if len(ends) else 0
+    if total == 0:
+        return b"", ends
+    ramp = np.arange(total) - np.repeat(ends - row_len, row_len)
+    src = np.repeat(starts[codes], row_len) + ramp
+    return np.frombuffer(b"".join(values), np.uint8)[src].tobytes(), ends
+
+
+def event_ids(cols: EventColumns) -> tuple[bytes, Int64s]:
+    """Every row's ``event_id`` (``provider|symbol|src_ts|seq``, as
+    :func:`~market_data_core.contracts.make_event_id` writes it) as UTF-8: a blob and the end
+    offset of each row's id in it. Rows must be valid (``src_ts`` in range, ``seq >= 0``)."""
+    n = cols.n
+    prefixes = coded_rows([f"{p}|{s}|".encode() for p, s in cols.series], cols.series_idx)
+    iso = np.datetime_as_string(cols.src_ts.astype("datetime64[us]"), unit="us").astype("S26")
+    stamp = np.empty((n, 28), np.uint8)
+    stamp[:, :26] = iso.view(np.uint8).reshape(n, 26)
+    stamp[:, 26] = ord("Z")
+    stamp[:, 27] = ord("|")
+    stamps = (stamp.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 28)
+    return join_rows([prefixes, stamps, _digits(cols.seq)])
 
 
 def _cat(arrays: list[Any], dtype: Any) -> Any:
