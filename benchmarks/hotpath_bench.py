@@ -40,12 +40,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from market_data_core.codec import decode_events, encode_events
+from market_data_core.columnar import EventColumns, decode_blocks, encode_block, event_ids
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import BusRecord, routing_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("decode", "window", "rows", "copy", "redis")
+# the columnar path's stages (column blocks, array operations, binary COPY from the arrays)
+COLUMN_STAGES = ("decode_cols", "window_cols", "rows_cols", "copy_cols")
 PROVIDER = "hbench"
 
 
@@ -64,7 +69,7 @@ def make_events(n: int, symbols: int, quotes: float) -> list[StreamEvent]:
             "ingest_ts": ts + timedelta(milliseconds=3),
             "seq": i,
         }
-        price = 100.0 + i * 7919 % 1000 / 100
+        price = round(100.0 + i * 7919 % 1000 / 100, 2)  # a price as a feed writes it
         if quote_every and i % quote_every == 0:
             out.append(
                 StreamEvent.create(
@@ -135,6 +140,136 @@ def _records(entries: list[tuple[str, bytes]]) -> list[BusRecord]:
         BusRecord(topic="mdp.events", shard=0, entry_id=f"{i + 1}-0", payload=payload)
         for i, (_key, payload) in enumerate(entries)
     ]
+
+
+def pack_blocks(events: list[StreamEvent], per_entry: int) -> list[bytes]:
+    """Column-block payloads: ``per_entry`` events of one symbol each."""
+    by_key: dict[str, list[StreamEvent]] = {}
+    out: list[bytes] = []
+    for ev in events:
+        buf = by_key.setdefault(ev.symbol, [])
+        buf.append(ev)
+        if len(buf) == per_entry:
+            out.append(encode_block(buf))
+            buf.clear()
+    out += [encode_block(buf) for buf in by_key.values() if buf]
+    return out
+
+
+POLL_ENTRIES = 100  # entries per poll at 50 events per entry: micro_batch.max_batch_size 5000
+
+
+def stage_decode_cols(blocks: list[bytes], n: int, repeats: int) -> float:
+    polls = [blocks[i : i + POLL_ENTRIES] for i in range(0, len(blocks), POLL_ENTRIES)]
+
+    def run() -> None:
+        for poll in polls:
+            decode_blocks(poll)
+
+    return best_us_per_event(run, n, repeats)
+
+
+def stage_window_cols(blocks: list[bytes], n: int, repeats: int) -> float:
+    """What the columnar ingest does per poll after decoding: each row's watermark, window
+    and lateness, rows grouped by window, rows held per entry and window; per closed window
+    the first arrival of each (ts, seq)."""
+    from market_data_pipeline.consumers.windowing import (
+        EventClock,
+        classify_rows,
+        first_occurrences,
+        running_max_before,
+    )
+
+    polls = [
+        decode_blocks(blocks[i : i + POLL_ENTRIES]) for i in range(0, len(blocks), POLL_ENTRIES)
+    ]
+    clock = EventClock.from_ms(2000, 500, 1000, 60_000)
+
+    def run() -> None:
+        maxima: dict[int, int] = {}
+        windows: dict[tuple[int, int], list[Any]] = {}
+        for decoded in polls:
+            cols = decoded.columns
+            before = running_max_before(cols.series_idx, cols.src_ts, maxima)
+            starts, _codes = classify_rows(cols.src_ts, before, clock)
+            key = cols.series_idx.astype(np.int64) * (1 << 40) + starts // clock.window_us
+            uniq, inverse = np.unique(key, return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+            for k, rows in zip(uniq.tolist(), np.split(order, bounds), strict=True):
+                windows.setdefault((k >> 40, k), []).append(cols.take(rows))
+            holds = np.unique(inverse.astype(np.int64) * (1 << 32) + decoded.row_payload)
+            del holds
+            for s in range(len(cols.series)):
+                rows_s = cols.series_idx == s
+                if rows_s.any():
+                    maxima[s] = max(maxima.get(s, -(2**63)), int(cols.src_ts[rows_s].max()))
+        for parts in windows.values():
+            joined = EventColumns.concat(parts)
+            joined.take(first_occurrences(joined.src_ts, joined.seq))
+
+    return best_us_per_event(run, n, repeats)
+
+
+def tick_copy_stream(cols: EventColumns) -> bytes:
+    """The ticks staging rows as binary COPY (price and size as numeric)."""
+    from market_data_store.binary_copy import (
+        Int8Column,
+        NumericColumn,
+        TextColumn,
+        TimestamptzColumn,
+        encode_copy,
+    )
+
+    n = cols.n
+    ids_blob, ids_ends = event_ids(cols)
+    has_id = cols.has("trade_id")
+    return encode_copy(
+        [
+            TimestamptzColumn(cols.src_ts),
+            Int8Column(cols.seq),
+            NumericColumn(cols.floats["c"]),
+            NumericColumn(cols.floats["v"]),
+            TimestamptzColumn(cols.ingest_ts, ~cols.has("ingest_ts")),
+            TextColumn.coded([p for p, _s in cols.series], cols.series_idx),
+            TextColumn.coded([s for _p, s in cols.series], cols.series_idx),
+            TextColumn(ids_blob, ids_ends),
+            TextColumn.coded([None, "buy", "sell"], cols.side),
+            TextColumn(cols.trade_id, cols.trade_id_end, ~has_id),
+        ],
+        n,
+    )
+
+
+# fixed-width columns first: they are laid out as one matrix
+TICK_COPY_COLUMNS = (
+    "ts",
+    "seq",
+    "price",
+    "size",
+    "ingest_ts",
+    "provider",
+    "symbol",
+    "event_id",
+    "side",
+    "trade_id",
+)
+
+
+def _tick_chunks(blocks: list[bytes]) -> list[EventColumns]:
+    cols = decode_blocks(blocks).columns
+    ticks = cols.take(cols.kind == 0)
+    return [ticks.take(np.arange(i, min(i + 5000, ticks.n))) for i in range(0, ticks.n, 5000)]
+
+
+def stage_rows_cols(blocks: list[bytes], repeats: int) -> float:
+    chunks = _tick_chunks(blocks)
+
+    def run() -> None:
+        for chunk in chunks:
+            tick_copy_stream(chunk)
+
+    return best_us_per_event(run, sum(c.n for c in chunks), repeats)
 
 
 def stage_decode(entries: list[tuple[str, bytes]], n: int, repeats: int) -> float:
@@ -253,6 +388,31 @@ async def _servers_stages(
                         await conn.execute("TRUNCATE mdp_stage_ticks")
 
                 out["copy"] = await best_us_per_event_async(copy, len(ticks), args.repeats)
+            if "copy_cols" in stages:
+                import io
+
+                streams = [tick_copy_stream(c) for c in _tick_chunks(pack_blocks(events, 50))]
+                n_ticks = sum(1 for e in events if e.kind == "tick")
+                pool = store._pool  # type: ignore[attr-defined]
+                ddl = (
+                    "CREATE TEMP TABLE IF NOT EXISTS hb_stage_ticks (provider text, symbol text, "
+                    "ts timestamptz, seq bigint, event_id text, price numeric, size numeric, "
+                    "side text, trade_id text, ingest_ts timestamptz)"
+                )
+
+                async def copy_cols() -> None:
+                    async with pool.acquire() as conn:
+                        await conn.execute(ddl)
+                        for stream in streams:
+                            await conn.copy_to_table(
+                                "hb_stage_ticks",
+                                source=io.BytesIO(stream),
+                                columns=TICK_COPY_COLUMNS,
+                                format="binary",
+                            )
+                        await conn.execute("TRUNCATE hb_stage_ticks")
+
+                out["copy_cols"] = await best_us_per_event_async(copy_cols, n_ticks, args.repeats)
         finally:
             await store.aclose()
             await bus.aclose()
@@ -266,7 +426,7 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--quotes", type=float, default=0.0, help="fraction of quotes")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--stages", default=",".join(STAGES + COLUMN_STAGES))
     parser.add_argument("--redis-port", type=int, default=None)
     parser.add_argument("--pg-port", type=int, default=None)
     parser.add_argument("--save", action="store_true")
@@ -281,11 +441,19 @@ def main() -> None:
         figures["decode"] = stage_decode(entries, len(events), args.repeats)
     if "rows" in stages:
         figures["rows"] = stage_rows(events, args.repeats)
-    if stages & {"window", "copy", "redis"}:
+    if stages & set(COLUMN_STAGES):
+        blocks = pack_blocks(events, args.pack)
+        if "decode_cols" in stages:
+            figures["decode_cols"] = stage_decode_cols(blocks, len(events), args.repeats)
+        if "window_cols" in stages:
+            figures["window_cols"] = stage_window_cols(blocks, len(events), args.repeats)
+        if "rows_cols" in stages:
+            figures["rows_cols"] = stage_rows_cols(blocks, args.repeats)
+    if stages & {"window", "copy", "redis", "copy_cols"}:
         figures.update(asyncio.run(_servers_stages(args, entries, events, stages)))
     if "window+decode" in figures:
         figures["window"] = figures.pop("window+decode") - figures["decode"]
-    for name in STAGES:
+    for name in STAGES + COLUMN_STAGES:
         if name in figures:
             print(f"  {name:<8} {figures[name]:7.3f} µs/event")
     if args.save:

@@ -66,7 +66,13 @@ from market_data_core.contracts import (
     make_event_id,
 )
 from market_data_core.errors import ContractError
-from market_data_core.timeutil import MAX_EPOCH_US, MIN_EPOCH_US, from_epoch_us, to_epoch_us
+from market_data_core.timeutil import (
+    MAX_EPOCH_US,
+    MIN_EPOCH_US,
+    from_epoch_us,
+    isoformat_epoch_us,
+    to_epoch_us,
+)
 
 __all__ = [
     "BLOCK_MAGIC",
@@ -342,17 +348,32 @@ def join_rows(parts: Sequence[tuple[bytes, Int64s]]) -> tuple[bytes, Int64s]:
     return out.tobytes(), out_ends
 
 
-def _digits(values: Int64s) -> tuple[bytes, Int64s]:
-    """Non-negative integers as their decimal text (ASCII), as a blob and end offsets."""
+def _digits(values: Int64s, width: int | None = None) -> npt.NDArray[np.uint8]:
+    """Non-negative integers as ASCII digits, right-aligned and zero-padded to ``width``
+    (default: the widest value's): an (n, width) matrix."""
+    if width is None:
+        top = int(values.max()) if len(values) else 0
+        width = len(str(top))
+    out = np.empty((len(values), width), np.uint8)
+    rest = values
+    for col in range(width - 1, -1, -1):
+        rest, digit = np.divmod(rest, 10)
+        out[:, col] = digit + 48
+    return out
+
+
+def _decimal_text(values: Int64s) -> tuple[bytes, Int64s]:
+    """Non-negative integers as their decimal text (ASCII): a blob and end offsets."""
     n = len(values)
-    width = 19  # int64 has at most 19 digits
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    matrix = ((values[:, None] // powers) % 10 + 48).astype(np.uint8)
-    lengths = np.maximum(1, width - (matrix == 48).argmin(axis=1))
-    lengths[values == 0] = 1
-    # the last `lengths` columns of each row
+    if n == 0:
+        return b"", np.zeros(0, np.int64)
+    matrix = _digits(values)
+    width = matrix.shape[1]
+    lengths = np.ones(n, np.int64)
+    for d in range(1, width):
+        lengths += values >= 10**d
     keep = np.arange(width) >= (width - lengths)[:, None]
-    return matrix[keep].tobytes(), np.cumsum(lengths) if n else np.zeros(0, np.int64)
+    return matrix[keep].tobytes(), np.cumsum(lengths)
 
 
 def coded_rows(values: Sequence[bytes], codes: npt.NDArray[np.integer]) -> tuple[bytes, Int64s]:
@@ -375,13 +396,17 @@ def event_ids(cols: EventColumns) -> tuple[bytes, Int64s]:
     offset of each row's id in it. Rows must be valid (``src_ts`` in range, ``seq >= 0``)."""
     n = cols.n
     prefixes = coded_rows([f"{p}|{s}|".encode() for p, s in cols.series], cols.series_idx)
-    iso = np.datetime_as_string(cols.src_ts.astype("datetime64[us]"), unit="us").astype("S26")
-    stamp = np.empty((n, 28), np.uint8)
-    stamp[:, :26] = iso.view(np.uint8).reshape(n, 26)
-    stamp[:, 26] = ord("Z")
-    stamp[:, 27] = ord("|")
-    stamps = (stamp.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 28)
-    return join_rows([prefixes, stamps, _digits(cols.seq)])
+    # "YYYY-MM-DDTHH:MM:SS." of each distinct second (a stream has few), then "ffffffZ|"
+    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
+    distinct, which = np.unique(seconds, return_inverse=True)
+    second_text = [isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct]
+    head = coded_rows(second_text, which)
+    tail = np.empty((n, 8), np.uint8)
+    tail[:, :6] = _digits(fraction, 6)
+    tail[:, 6] = ord("Z")
+    tail[:, 7] = ord("|")
+    stamps = (tail.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 8)
+    return join_rows([prefixes, head, stamps, _decimal_text(cols.seq)])
 
 
 def _cat(arrays: list[Any], dtype: Any) -> Any:

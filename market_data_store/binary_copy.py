@@ -136,15 +136,12 @@ class TextColumn:
 
 
 # numeric: int16 ndigits, int16 weight, uint16 sign, uint16 dscale, ndigits x int16 digits in
-# base 10000. The fast layout: 4 integer groups (weight 3: up to 10**16) and 4 fractional groups
-# (16 decimals); the server strips the zero groups (numeric_recv -> make_result), so the stored
-# value is canonical whatever the padding.
+# base 10000. The fast layout gives every value of a column the same groups (up to 4 integer
+# ones, weight 3: below 10**16; up to 4 fractional: 16 decimals), zeros included: the server
+# strips zero groups (numeric_recv -> make_result), so the stored value is canonical anyway.
 _NUMERIC_POS: Final = 0x0000
 _NUMERIC_NEG: Final = 0x4000
 _INT_GROUPS: Final = 4
-_FRAC_GROUPS: Final = 4
-_NDIGITS: Final = _INT_GROUPS + _FRAC_GROUPS
-_NUMERIC_WIDTH: Final = 8 + 2 * _NDIGITS
 # Candidates m / 10**k with m below this are exact in float64 and unique for their float: x*10**k
 # is within 1/8 of m, and at most one k-decimal number rounds to x (see _shortest_decimals).
 _MAX_MANTISSA: Final = 2**50
@@ -231,94 +228,149 @@ class NumericColumn:
         x = np.asarray(self.values, np.float64)
         n = len(x)
         m, k, ok = _shortest_decimals(x)
-        if self.null is not None:
-            ok |= self.null
+        fast = ok if self.null is None else ok & ~self.null
+        # as few base-10000 groups as the column's values need (the server strips zero groups)
         pow10 = _POW10[k]
-        ip = m // pow10
-        fp = (m % pow10) * _POW10[_MAX_DECIMALS - k]
-        groups = np.empty((n, _NDIGITS), np.int64)
-        for g in range(_INT_GROUPS):
-            groups[:, g] = (ip // 10_000 ** (_INT_GROUPS - 1 - g)) % 10_000
-        for g in range(_FRAC_GROUPS):
-            groups[:, _INT_GROUPS + g] = (fp // 10_000 ** (_FRAC_GROUPS - 1 - g)) % 10_000
-        head = np.empty((n, 4), np.int64)
-        head[:, 0] = _NDIGITS
-        head[:, 1] = _INT_GROUPS - 1
-        negative = np.signbit(x) & (m != 0)
-        head[:, 2] = np.where(negative, _NUMERIC_NEG, _NUMERIC_POS)
-        head[:, 3] = np.maximum(k, 1)  # repr writes "100.0": one decimal at least
-        rows = np.concatenate((head, groups), axis=1).astype(">i2").view(np.uint8)
-        rows = rows.reshape(n, _NUMERIC_WIDTH)
-        if ok.all():
-            ends = np.arange(1, n + 1, dtype=np.int64) * _NUMERIC_WIDTH
-            if self.null is not None and self.null.any():
-                keep = ~self.null
-                lengths = np.where(keep, _NUMERIC_WIDTH, 0)
-                return _Variable(rows[keep].tobytes(), np.cumsum(lengths), self.null)
-            return _Variable(rows.tobytes(), ends, None)
-        # the few values that need repr: one at a time
+        ip = np.where(fast, m // pow10, 0)
+        frac_digits = int(k[fast].max()) if fast.any() else 0
+        frac_groups = -(-frac_digits // 4)
+        int_groups = 1
+        while int_groups < _INT_GROUPS and np.any(ip >= 10_000**int_groups):
+            int_groups += 1
+        fp = np.where(fast, (m % pow10) * _POW10[frac_groups * 4 - np.minimum(k, frac_digits)], 0)
+        ndigits = int_groups + frac_groups
+        width = 8 + 2 * ndigits
+        cells = np.empty((n, 4 + ndigits), np.int64)
+        cells[:, 0] = ndigits
+        cells[:, 1] = int_groups - 1
+        cells[:, 2] = np.where(np.signbit(x) & (m != 0), _NUMERIC_NEG, _NUMERIC_POS)
+        cells[:, 3] = np.maximum(k, 1)  # repr writes "100.0": one decimal at least
+        for g in range(int_groups - 1, -1, -1):
+            ip, cells[:, 4 + g] = np.divmod(ip, 10_000)
+        for g in range(frac_groups - 1, -1, -1):
+            fp, cells[:, 4 + int_groups + g] = np.divmod(fp, 10_000)
+        rows = cells.astype(">i2").view(np.uint8).reshape(n, width)
+        if fast.all():
+            return _Variable(rows.tobytes(), np.arange(1, n + 1, dtype=np.int64) * width, None)
+        # NULLs (empty), and the few values that need repr (one at a time)
         null = self.null if self.null is not None else np.zeros(n, np.bool_)
-        parts: list[bytes] = []
-        for i in range(n):
-            if null[i]:
-                parts.append(b"")
-            elif ok[i]:
-                parts.append(rows[i].tobytes())
-            else:
-                parts.append(numeric_send(Decimal(repr(float(x[i])))))
-        lengths = np.fromiter(map(len, parts), np.int64, n)
-        return _Variable(b"".join(parts), np.cumsum(lengths), self.null)
+        slow = np.flatnonzero(~fast & ~null)
+        slow_parts = [numeric_send(Decimal(repr(float(x[i])))) for i in slow.tolist()]
+        lengths = np.where(fast, width, 0)
+        lengths[slow] = np.fromiter(map(len, slow_parts), np.int64, len(slow_parts))
+        ends = np.cumsum(lengths)
+        out = np.empty(int(ends[-1]) if n else 0, np.uint8)
+        starts = ends - lengths
+        fast_rows = np.flatnonzero(fast)
+        out[starts[fast_rows, None] + np.arange(width)] = rows[fast_rows]
+        for i, part in zip(slow.tolist(), slow_parts, strict=True):
+            out[int(starts[i]) : int(ends[i])] = np.frombuffer(part, np.uint8)
+        return _Variable(out.tobytes(), ends, self.null)
 
 
 Column = Int8Column | Int4Column | Float8Column | TimestamptzColumn | TextColumn | NumericColumn
 
 
-def encode_copy(columns: Sequence[Column], n: int) -> bytes:
-    """The whole COPY stream (header, ``n`` rows of ``columns`` in order, trailer)."""
+def _field_parts(e: _Fixed | _Variable, n: int) -> list[npt.NDArray[np.uint8] | _Variable]:
+    """One field of every row as parts: fixed-width byte matrices (n, w), and the slices of a
+    blob for values of varying width. A field is its int32 length (-1: NULL), then its bytes."""
+    if isinstance(e, _Fixed):
+        if len(e.data) != n:
+            raise ValueError("every column needs n rows")
+        width = e.data.shape[1]
+        if e.null is None or not e.null.any():
+            head = np.broadcast_to(
+                np.frombuffer(np.array(width, ">i4").tobytes(), np.uint8), (n, 4)
+            )
+            return [np.hstack((head, e.data))]
+        size = np.where(e.null, 0, width)
+        starts = np.arange(n, dtype=np.int64) * width
+        e = _Variable(e.data.tobytes(), starts + width, e.null)  # NULL rows are skipped below
+    if len(e.ends) != n:
+        raise ValueError("every column needs n rows")
+    size = np.diff(e.ends, prepend=0)
+    lengths = size.copy()
+    if e.null is not None:
+        size = np.where(e.null, 0, size)
+        lengths[e.null] = -1
+    if n and np.all(size == size[0]) and e.null is None:
+        width = int(size[0])
+        data = np.frombuffer(e.blob, np.uint8, n * width).reshape(n, width)
+        return [np.hstack((lengths.astype(">i4").view(np.uint8).reshape(n, 4), data))]
+    head = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
+    return [head, _Variable(e.blob, e.ends, e.null)]
+
+
+def _gather(part: _Variable, rows: npt.NDArray[np.intp], width: int) -> npt.NDArray[np.uint8]:
+    """The slices of ``rows`` (all ``width`` bytes long) as an (len(rows), width) matrix."""
+    if width == 0:
+        return np.zeros((len(rows), 0), np.uint8)
+    blob = np.frombuffer(part.blob, np.uint8)
+    starts = part.ends[rows] - width
+    if len(rows) == len(part.ends) and len(blob) == len(rows) * width:
+        return blob.reshape(len(rows), width)  # every row, one after the other: as stored
+    taken: npt.NDArray[np.uint8] = blob[starts[:, None] + np.arange(width)]
+    return taken
+
+
+def _recode(layout: Int64s, widths: Int64s) -> Int64s:
+    """A code per distinct pair (layout, width)."""
+    _values, codes = np.unique(np.stack((layout, widths), axis=1), axis=0, return_inverse=True)
+    recoded: Int64s = codes.ravel().astype(np.int64)
+    return recoded
+
+
+def encode_copy(columns: Sequence[Column], n: int, *, keep_order: bool = False) -> bytes:
+    """The whole COPY stream (header, ``n`` rows of ``columns``, trailer).
+
+    Rows whose fields have the same widths are laid out together as one byte matrix (a
+    fixed-width column without NULLs is the same width in every row; the others are grouped
+    by their widths). With ``keep_order=False`` rows are written group by group (the order
+    within a group kept): what a staging table needs, and the cheapest; ``keep_order=True``
+    writes them in the given order (one group per run of equal layouts)."""
     if not columns:
         raise ValueError("a COPY row needs at least one column")
-    encoded = [c.encode() for c in columns]
-    sizes = []
-    for e in encoded:
-        if isinstance(e, _Fixed):
-            width = e.data.shape[1] if e.data.ndim == 2 else 0
-            if len(e.data) != n:
-                raise ValueError("every column needs n rows")
-            size = np.full(n, width, np.int64)
-        else:
-            if len(e.ends) != n:
-                raise ValueError("every column needs n rows")
-            size = np.diff(e.ends, prepend=0)
-        if e.null is not None:
-            size = np.where(e.null, 0, size)
-        sizes.append(size)
-    row_len = 2 + sum(4 + s for s in sizes)
-    row_end = np.cumsum(row_len)
-    total = len(COPY_HEADER) + (int(row_end[-1]) if n else 0) + len(_TRAILER)
-    out = np.zeros(total, np.uint8)
-    out[: len(COPY_HEADER)] = np.frombuffer(COPY_HEADER, np.uint8)
-    out[total - 2 :] = 0xFF
-    pos = row_end - row_len + len(COPY_HEADER)
-    count = np.frombuffer(np.array(len(columns), ">i2").tobytes(), np.uint8)
-    out[pos[:, None] + np.arange(2)] = count
-    pos = pos + 2
-    for e, size in zip(encoded, sizes, strict=True):
-        lengths = size.copy()
-        if e.null is not None:
-            lengths[e.null] = -1
-        out[pos[:, None] + np.arange(4)] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
-        pos = pos + 4
-        if isinstance(e, _Fixed):
-            width = e.data.shape[1]
-            rows = np.arange(n) if e.null is None else np.flatnonzero(~e.null)
-            if len(rows):
-                out[pos[rows, None] + np.arange(width)] = e.data[rows]
-        else:
-            total_bytes = int(size.sum())
-            if total_bytes:
-                starts = e.ends - np.diff(e.ends, prepend=0)
-                ramp = np.arange(total_bytes) - np.repeat(np.cumsum(size) - size, size)
-                src = np.repeat(starts, size) + ramp
-                out[np.repeat(pos, size) + ramp] = np.frombuffer(e.blob, np.uint8)[src]
-        pos = pos + size
-    return out.tobytes()
+    count = np.broadcast_to(
+        np.frombuffer(np.array(len(columns), ">i2").tobytes(), np.uint8), (n, 2)
+    )
+    parts: list[npt.NDArray[np.uint8] | _Variable] = [count]
+    for c in columns:
+        for part in _field_parts(c.encode(), n):
+            if isinstance(part, np.ndarray) and isinstance(parts[-1], np.ndarray):
+                parts[-1] = np.hstack((parts[-1], part))
+            else:
+                parts.append(part)
+    variable = [p for p in parts if isinstance(p, _Variable)]
+    if n == 0:
+        return COPY_HEADER + _TRAILER
+    widths = [
+        np.where(p.null, 0, np.diff(p.ends, prepend=0))
+        if p.null is not None
+        else np.diff(p.ends, prepend=0)
+        for p in variable
+    ]
+    # one int64 per row that tells layouts apart
+    layout = np.zeros(n, np.int64)
+    small = len(widths) <= 3 and all(int(w.max()) < 1 << 20 for w in widths)
+    for w in widths:
+        layout = layout * (1 << 20) + w if small else _recode(layout, w)
+    if keep_order:
+        change = np.flatnonzero(np.diff(layout)) + 1
+        groups = np.split(np.arange(n), change)
+    else:
+        order = np.argsort(layout, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(layout[order])) + 1)
+    chunks = [COPY_HEADER]
+    for rows in groups:
+        first = int(rows[0])
+        matrices = []
+        v = 0
+        for p in parts:
+            if isinstance(p, np.ndarray):
+                matrices.append(p if len(rows) == n else p[rows])
+            else:
+                matrices.append(_gather(p, rows, int(widths[v][first])))
+                v += 1
+        chunks.append(np.hstack(matrices).tobytes())
+    chunks.append(_TRAILER)
+    return b"".join(chunks)
