@@ -88,6 +88,7 @@ __all__ = [
     "decode_blocks",
     "encode_block",
     "event_ids",
+    "first_occurrences",
     "is_block",
     "join_rows",
     "row_dict",
@@ -407,6 +408,22 @@ def event_ids(cols: EventColumns) -> tuple[bytes, Int64s]:
     tail[:, 7] = ord("|")
     stamps = (tail.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 8)
     return join_rows([prefixes, head, stamps, _decimal_text(cols.seq)])
+
+
+def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """Indices of the rows whose key (the tuple of ``keys`` at the row) has not occurred in an
+    earlier row, in row order: de-duplication where the first arrival wins."""
+    n = len(keys[0])
+    if n == 0:
+        return np.zeros(0, np.intp)
+    order = np.lexsort(keys[::-1])  # by keys[0], then keys[1], ...; stable: arrival order
+    stacked = [k[order] for k in keys]
+    new = np.ones(n, np.bool_)
+    same = np.ones(n - 1, np.bool_)
+    for k in stacked:
+        same &= k[1:] == k[:-1]
+    new[1:] = ~same
+    return np.sort(order[new])
 
 
 def _cat(arrays: list[Any], dtype: Any) -> Any:

@@ -19,7 +19,7 @@ SERVER_SETTINGS = {"timezone": "UTC", "application_name": "mdp-store"}
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_ticks (
     provider text, symbol text, ts timestamptz, seq bigint, event_id text,
-    price text, size text, side text, trade_id text, ingest_ts timestamptz
+    price numeric, size numeric, side text, trade_id text, ingest_ts timestamptz
 );
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_quotes (
     provider text, symbol text, ts timestamptz, seq bigint,

@@ -24,12 +24,21 @@ commit order, and the relay publishes a series' changes in ``seq`` order.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
+from market_data_core.columnar import (
+    KIND_CODES,
+    EventColumns,
+    columns_from_events,
+    first_occurrences,
+)
 from market_data_core.config import DEFAULT_QUOTE_CARRY_MS
 from market_data_core.contracts import QUOTE_BAR_COLUMNS, Bar, QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import StoreError
@@ -48,6 +57,7 @@ from market_data_core.timeutil import (
 )
 from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
 from market_data_store._errors import translate_errors
+from market_data_store._event_copy import MARK_COLUMNS, QUOTES, TICKS, RawTable, window_marks
 from market_data_store.models import VWAP_GUARD_DIGITS
 
 __all__ = ["WINDOWS_SQL", "PgStoreClient", "quote_bar_from_row", "window_from_row"]
@@ -192,18 +202,6 @@ SELECT EXISTS (SELECT 1 FROM bars_ohlcv WHERE (provider, symbol, interval, ts) =
     OR EXISTS (SELECT 1 FROM bars_ohlcv WHERE (provider, symbol, interval, ts) = ($5, $6, $7, $8))
 """
 
-_STAGE_TICK_COLUMNS = (
-    "provider",
-    "symbol",
-    "ts",
-    "seq",
-    "event_id",
-    "price",
-    "size",
-    "side",
-    "trade_id",
-    "ingest_ts",
-)
 _ANY_TICK_EXISTS_SQL = """
 SELECT EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($1, $2, $3, $4))
     OR EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($5, $6, $7, $8))
@@ -214,46 +212,28 @@ SELECT EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($1, $2, 
 _TRUNCATE_STAGE_MIN_ROWS = 400
 _STAGE_BAR_COLUMNS = ("provider", "symbol", "interval", "ts", *_BAR_COLS)
 
+# Batches holding already stored ticks (replays, redeliveries): staged, then ON CONFLICT.
+# (All-new batches are COPYed straight into the table: see _insert_raw.)
 _INSERT_TICKS_SQL = """
 INSERT INTO ticks (provider, symbol, ts, seq, event_id, price, size, side, trade_id, ingest_ts)
-SELECT provider, symbol, ts, seq, event_id, price::numeric, size::numeric, side, trade_id,
+SELECT provider, symbol, ts, seq, event_id, price, size, side, trade_id,
        coalesce(ingest_ts, now())
 FROM mdp_stage_ticks
 ORDER BY provider, symbol, ts, seq
 ON CONFLICT DO NOTHING
 """
 
-# All-new ticks: no ON CONFLICT (speculative insertion costs twice a plain insert) and no
-# sort (the batch arrives in event-time order; the key order only matters to ON CONFLICT).
-_INSERT_NEW_TICKS_SQL = """
-INSERT INTO ticks (provider, symbol, ts, seq, event_id, price, size, side, trade_id, ingest_ts)
-SELECT provider, symbol, ts, seq, event_id, price::numeric, size::numeric, side, trade_id,
-       coalesce(ingest_ts, now())
-FROM mdp_stage_ticks
-"""
-
-_STAGE_QUOTE_COLUMNS = (
-    "provider",
-    "symbol",
-    "ts",
-    "seq",
-    "bid",
-    "ask",
-    "bid_size",
-    "ask_size",
-    "ingest_ts",
-)
 _ANY_QUOTE_EXISTS_SQL = """
 SELECT EXISTS (SELECT 1 FROM quotes WHERE (provider, symbol, ts, seq) = ($1, $2, $3, $4))
     OR EXISTS (SELECT 1 FROM quotes WHERE (provider, symbol, ts, seq) = ($5, $6, $7, $8))
 """
-_QUOTES_INSERT = """
+_INSERT_QUOTES_SQL = """
 INSERT INTO quotes (provider, symbol, ts, seq, bid, ask, bid_size, ask_size, ingest_ts)
 SELECT provider, symbol, ts, seq, bid, ask, bid_size, ask_size, coalesce(ingest_ts, now())
 FROM mdp_stage_quotes
+ORDER BY provider, symbol, ts, seq
+ON CONFLICT DO NOTHING
 """
-_INSERT_QUOTES_SQL = _QUOTES_INSERT + "ORDER BY provider, symbol, ts, seq\nON CONFLICT DO NOTHING"
-_INSERT_NEW_QUOTES_SQL = _QUOTES_INSERT
 
 
 def _spread(t: str) -> str:
@@ -973,14 +953,40 @@ def window_from_row(row: Any, change_seq: int | None = None) -> WindowBar:
     return _bar_from_row(row, change_seq=change_seq, quote=quote)
 
 
-def _latest_per_day(events: Iterable[StreamEvent]) -> dict[date, datetime]:
-    """The latest ``src_ts`` of the events of each UTC day."""
-    latest: dict[date, datetime] = {}
-    for e in events:
-        day = e.src_ts.date()
-        if day not in latest or e.src_ts > latest[day]:
-            latest[day] = e.src_ts
-    return latest
+def _days(epoch_us: npt.NDArray[np.int64]) -> set[date]:
+    """The UTC days of some event times."""
+    return {from_epoch_us(int(day) * _DAY_US).date() for day in np.unique(epoch_us // _DAY_US)}
+
+
+def _latest_per_day(epoch_us: npt.NDArray[np.int64]) -> dict[date, datetime]:
+    """The latest of some event times on each UTC day."""
+    days = epoch_us // _DAY_US
+    order = np.argsort(days, kind="stable")
+    distinct, first = np.unique(days[order], return_index=True)
+    latest = np.maximum.reduceat(epoch_us[order], first)
+    return {
+        from_epoch_us(int(d) * _DAY_US).date(): from_epoch_us(int(t))
+        for d, t in zip(distinct.tolist(), latest.tolist(), strict=True)
+    }
+
+
+def _windows_of(cols: EventColumns, window_us: int) -> set[tuple[str, str, int]]:
+    """``(provider, symbol, window start in µs)`` of every window the rows fall in."""
+    starts = cols.src_ts - cols.src_ts % window_us
+    pairs = np.unique(np.stack((cols.series_idx.astype(np.int64), starts)), axis=1)
+    return {
+        (*cols.series[s], start)
+        for s, start in zip(pairs[0].tolist(), pairs[1].tolist(), strict=True)
+    }
+
+
+def _spans(cols: EventColumns) -> dict[tuple[str, str], tuple[datetime, datetime]]:
+    """The first and last event time of each series of ``cols``."""
+    out: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+    for s in np.unique(cols.series_idx).tolist():
+        times = cols.src_ts[cols.series_idx == s]
+        out[cols.series[s]] = (from_epoch_us(int(times.min())), from_epoch_us(int(times.max())))
+    return out
 
 
 def _bar_days(tick_days: set[date], window_ms: int) -> set[date]:
@@ -1016,31 +1022,63 @@ async def _all_stored_unchanged(conn: Any, rows: list[tuple[Any, ...]]) -> bool:
 
 async def _insert_raw(
     conn: Any,
-    stage: str,
-    records: list[tuple[Any, ...]],
-    columns: tuple[str, ...],
+    raw: RawTable,
+    cols: EventColumns,
     any_exists_sql: str,
-    insert_new_sql: str,
     insert_sql: str,
-) -> int:
-    """COPY raw events into their staging table and insert them into their table; returns
-    how many were new. Fast path: a batch of all-new events (live data) is a plain INSERT,
-    much cheaper than the speculative insertion of ON CONFLICT. Two index probes (the first
-    and last key) send replays to ON CONFLICT at once; an existing key in the middle aborts
-    the INSERT, and the savepoint rollback leaves the staged rows to ON CONFLICT. Writers of
-    one series are serialised by their advisory locks, so the INSERT never waits on another
-    writer's keys."""
-    await conn.copy_records_to_table(stage, records=records, columns=columns)
-    ends = (records[0][:4], records[-1][:4])
+    window_us: int,
+) -> tuple[int, int]:
+    """Insert raw events (one kind, unique keys) into their table; returns how many were new
+    and how many rows were staged (for the recompute, and to empty the staging table).
+
+    Fast path, a batch of all-new events (live data): COPY straight into the table, and
+    into staging only the :func:`window_marks` rows the recompute reads. Two index probes
+    (the first and last key) send replays to the slow path at once; an already stored key
+    in the middle aborts the COPY, and the savepoint rollback leaves the batch to the slow
+    path: every row staged, then ``INSERT ... ON CONFLICT DO NOTHING``. Writers of one series
+    are serialised by their advisory locks, so the COPY never waits on another writer's
+    keys. Rows without ``ingest_ts`` get the table's default, ``now()``, as the INSERT's
+    ``coalesce(ingest_ts, now())`` gives them."""
+    ends = [
+        (
+            *cols.series[int(cols.series_idx[i])],
+            from_epoch_us(int(cols.src_ts[i])),
+            int(cols.seq[i]),
+        )
+        for i in (0, cols.n - 1)
+    ]
     if not await conn.fetchval(any_exists_sql, *ends[0], *ends[1]):
+        marks = cols.take(window_marks(cols, window_us))
+        has_ingest = cols.has("ingest_ts")
         try:
             async with conn.transaction():
-                await conn.execute(insert_new_sql)
-            return len(records)
+                for part, stamped in ((has_ingest, True), (~has_ingest, False)):
+                    if part.all():
+                        rows = cols
+                    elif part.any():
+                        rows = cols.take(part)
+                    else:
+                        continue
+                    await conn.copy_to_table(
+                        raw.table,
+                        source=io.BytesIO(raw.copy(rows, ingest_ts=stamped)),
+                        columns=raw.column_names(ingest_ts=stamped),
+                        format="binary",
+                    )
+                await conn.copy_to_table(
+                    raw.stage,
+                    source=io.BytesIO(raw.marks_copy(marks)),
+                    columns=MARK_COLUMNS,
+                    format="binary",
+                )
+            return cols.n, marks.n
         except asyncpg.UniqueViolationError:
             pass  # an already stored event in the middle
+    await conn.copy_to_table(
+        raw.stage, source=io.BytesIO(raw.copy(cols)), columns=raw.columns, format="binary"
+    )
     status = await conn.execute(insert_sql)
-    return int(status.rsplit(" ", 1)[-1])
+    return int(status.rsplit(" ", 1)[-1]), cols.n
 
 
 _DAY_MS = 86_400_000
@@ -1262,7 +1300,32 @@ class PgStoreClient(PgClientBase):
         quote_carry_ms: int = DEFAULT_QUOTE_CARRY_MS,
         rollups: RollupPlan | None = None,
     ) -> TickIngestResult:
-        """Store trade ticks and quotes (idempotent by ``event_id``) and recompute, in the
+        """Store trade ticks and quotes (idempotent by ``event_id``; of duplicates in the
+        batch the last one counts) and recompute their bars: :meth:`ingest_columns` of the
+        events. Raises ``StoreError`` for a provider bar."""
+        bad = next((e for e in events if e.kind == "bar"), None)
+        if bad is not None:
+            raise StoreError(f"ingest_events got a bar event ({bad.event_id})")
+        unique = {e.event_id: e for e in events}
+        try:
+            cols = columns_from_events(unique.values())
+        except ValueError as exc:  # a seq beyond bigint: the table cannot hold it
+            raise StoreError(f"ingest_events: {exc}") from None
+        return await self.ingest_columns(
+            cols, interval=interval, quote_carry_ms=quote_carry_ms, rollups=rollups
+        )
+
+    async def ingest_columns(
+        self,
+        events: EventColumns,
+        *,
+        interval: str,
+        quote_carry_ms: int = DEFAULT_QUOTE_CARRY_MS,
+        rollups: RollupPlan | None = None,
+    ) -> TickIngestResult:
+        """Store trade ticks and quotes given as columns (valid rows, as
+        :func:`~market_data_core.columnar.decode_blocks` returns them; idempotent by
+        ``event_id``: of rows with the same key the first one counts) and recompute, in the
         same transaction, the ``interval`` trade bars of every epoch-aligned window
         ``[k*w, (k+1)*w)`` the ticks touch from all stored ticks of that window (open/close =
         first/last by ``(ts, seq)``), and the quote bars (see
@@ -1284,129 +1347,71 @@ class PgStoreClient(PgClientBase):
         window_ms = _interval_ms(interval)
         if quote_carry_ms < 0:
             raise StoreError(f"quote_carry_ms must be >= 0, got {quote_carry_ms}")
-        if not events:
+        if events.n == 0:
             return TickIngestResult(ticks_inserted=0)
-        # Comprehensions rather than one loop doing everything: this runs for every event of
-        # the pipeline, and their per-item cost is a fraction of a statement loop's.
-        bad = next((e for e in events if e.kind == "bar"), None)
-        if bad is not None:
-            raise StoreError(f"ingest_events got a bar event ({bad.event_id})")
-        unique = {e.event_id: e for e in events}
-        ticks = [e for e in unique.values() if e.kind == "tick"]
-        quotes = [e for e in unique.values() if e.kind == "quote"]
-        tick_records = [
-            (
-                e.provider,
-                e.symbol,
-                e.src_ts,
-                e.seq,
-                e.event_id,
-                repr(e.c),  # the shortest decimal that round-trips the float -> numeric
-                repr(e.v),
-                e.side,
-                e.trade_id,
-                e.ingest_ts,
-            )
-            for e in ticks
-        ]
-        quote_records = [
-            (
-                e.provider,
-                e.symbol,
-                e.src_ts,
-                e.seq,
-                e.bid,
-                e.ask,
-                e.bid_size,
-                e.ask_size,
-                e.ingest_ts,
-            )
-            for e in quotes
-        ]
-        stamps = [e.src_ts for e in unique.values()]
-        first_ts, last_ts = min(stamps), max(stamps)
-        first_day, last_day = first_ts.date(), last_ts.date()  # src_ts is UTC (validated)
-        if first_day == last_day:
-            tick_days = {first_day} if tick_records else set()
-            quote_days = {first_day} if quote_records else set()
-        else:
-            tick_days = {r[2].date() for r in tick_records}
-            quote_days = {r[2].date() for r in quote_records}
+        if np.any(events.kind == KIND_CODES["bar"]):
+            raise StoreError("ingest_columns got a bar event")
+        unique = events.take(
+            first_occurrences(events.series_idx.astype(np.int64), events.src_ts, events.seq)
+        )
+        ticks = unique.take(unique.kind == KIND_CODES["tick"])
+        quotes = unique.take(unique.kind == KIND_CODES["quote"])
+        first_us, last_us = int(unique.src_ts.min()), int(unique.src_ts.max())
+        tick_days, quote_days = _days(ticks.src_ts), _days(quotes.src_ts)
         event_days = tick_days | quote_days
         carry = timedelta(milliseconds=quote_carry_ms)
         # quote bars: the events' windows and those their quotes' carried book reaches (from
         # each quote's day to the day of its time + carry; per day, not over the whole batch,
         # whose series may lie years apart: a replay beside a live source)
         quote_bar_days = _bar_days(event_days, window_ms)
-        if quote_records:
-            latest = {first_day: last_ts} if first_day == last_day else _latest_per_day(quotes)
-            for day, ts in latest.items():
+        if quotes.n:
+            for day, ts in _latest_per_day(quotes.src_ts).items():
                 reach_day = (ts + carry).date()
                 quote_bar_days |= {
                     day + timedelta(days=k) for k in range((reach_day - day).days + 1)
                 }
-        series = {(e.provider, e.symbol) for e in unique.values()}
+        present = np.unique(unique.series_idx)
+        series = [unique.series[int(i)] for i in present]
         locks = series_lock_keys(series)
         providers = [p for p, _ in series]
         symbols = [s for _, s in series]
         stride = timedelta(milliseconds=window_ms)
-        lo = from_epoch_us(window_start_us(to_epoch_us(first_ts), window_ms)) - stride
-        hi = from_epoch_us(window_start_us(to_epoch_us(last_ts), window_ms)) + 2 * stride
-        truncate = len(tick_records) >= _TRUNCATE_STAGE_MIN_ROWS
+        lo = from_epoch_us(window_start_us(first_us, window_ms)) - stride
+        hi = from_epoch_us(window_start_us(last_us, window_ms)) + 2 * stride
+        window_us = window_ms * 1000
         plan = rollups if rollups is not None and rollups.active else None
-        quote_spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
-        if plan is not None:
-            for e in quotes:
-                key = (e.provider, e.symbol)
-                lo_hi = quote_spans.get(key)
-                if lo_hi is None:
-                    quote_spans[key] = (e.src_ts, e.src_ts)
-                elif not lo_hi[0] <= e.src_ts <= lo_hi[1]:
-                    quote_spans[key] = (min(lo_hi[0], e.src_ts), max(lo_hi[1], e.src_ts))
+        quote_spans = _spans(quotes) if plan is not None else {}
         rolled: list[tuple[str, Any]] = []
 
         async def write() -> tuple[int, int, list[Any]]:
             async with self._pool.acquire() as conn:
+                staged = {"mdp_stage_ticks": 0, "mdp_stage_quotes": 0}
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
                     ticks_in = quotes_in = 0
-                    if tick_records:
-                        ticks_in = await _insert_raw(
-                            conn,
-                            "mdp_stage_ticks",
-                            tick_records,
-                            _STAGE_TICK_COLUMNS,
-                            _ANY_TICK_EXISTS_SQL,
-                            _INSERT_NEW_TICKS_SQL,
-                            _INSERT_TICKS_SQL,
+                    if ticks.n:
+                        ticks_in, staged[TICKS.stage] = await _insert_raw(
+                            conn, TICKS, ticks, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, window_us
                         )
-                    if quote_records:
-                        quotes_in = await _insert_raw(
+                    if quotes.n:
+                        quotes_in, staged[QUOTES.stage] = await _insert_raw(
                             conn,
-                            "mdp_stage_quotes",
-                            quote_records,
-                            _STAGE_QUOTE_COLUMNS,
+                            QUOTES,
+                            quotes,
                             _ANY_QUOTE_EXISTS_SQL,
-                            _INSERT_NEW_QUOTES_SQL,
                             _INSERT_QUOTES_SQL,
+                            window_us,
                         )
-                    book = bool(quote_records) or await conn.fetchval(
+                    book = bool(quotes.n) or await conn.fetchval(
                         _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry
                     )
-                    sql = _RECOMPUTE_SQL[(bool(tick_records), bool(quote_records), book)]
+                    sql = _RECOMPUTE_SQL[(bool(ticks.n), bool(quotes.n), book)]
                     if book:
                         rows = await conn.fetch(sql, stride, interval, lo, hi, carry)
                     else:  # no quote anywhere near: the trade bars alone
                         rows = await conn.fetch(sql, stride, interval, lo, hi)
                     if plan is not None:
-                        touched = {
-                            (
-                                e.provider,
-                                e.symbol,
-                                window_start_us(to_epoch_us(e.src_ts), window_ms),
-                            )
-                            for e in unique.values()
-                        }
+                        touched = _windows_of(unique, window_us)
                         touched.update(
                             (r["provider"], r["symbol"], to_epoch_us(r["ts"]))
                             for r in rows
@@ -1417,17 +1422,14 @@ class PgStoreClient(PgClientBase):
                                 conn, plan, interval, window_ms, touched, carry, quote_spans
                             )
                         )
-                    if tick_records:
-                        if truncate:
-                            await conn.execute("TRUNCATE mdp_stage_ticks")
-                        else:
-                            await conn.execute("DELETE FROM mdp_stage_ticks")
-                    if quote_records:
-                        await conn.execute("DELETE FROM mdp_stage_quotes")
-                if tick_records and not truncate:
-                    await self._janitor.used(conn, "mdp_stage_ticks", len(tick_records))
-                if quote_records:
-                    await self._janitor.used(conn, "mdp_stage_quotes", len(quote_records))
+                    for stage, n in staged.items():
+                        if n >= _TRUNCATE_STAGE_MIN_ROWS:
+                            await conn.execute(f"TRUNCATE {stage}")
+                        elif n:
+                            await conn.execute(f"DELETE FROM {stage}")
+                for stage, n in staged.items():
+                    if 0 < n < _TRUNCATE_STAGE_MIN_ROWS:
+                        await self._janitor.used(conn, stage, n)
             return ticks_in, quotes_in, rows
 
         partitions: list[tuple[str, Iterable[date]]] = [
@@ -1438,9 +1440,11 @@ class PgStoreClient(PgClientBase):
             partitions.append(("ticks", tick_days))
         if quote_days:
             partitions.append(("quotes", quote_days))
-        with translate_errors("ingest_events"):
+        with translate_errors("ingest_columns"):
             if plan is not None:
-                days = await self._rollup_days(plan, unique.values(), interval, first_ts, last_ts)
+                days = await self._rollup_days(
+                    plan, event_days, set(series), interval, first_us, last_us
+                )
                 partitions += [("bars_ohlcv", days), ("quote_bars", days)]
             ticks_inserted, quotes_inserted, rows = await self._write(partitions, write)
         n_windows = int(rows[0]["windows"]) if rows else 0
@@ -1476,10 +1480,11 @@ class PgStoreClient(PgClientBase):
     async def _rollup_days(
         self,
         plan: RollupPlan,
-        events: Iterable[StreamEvent],
+        event_days: set[date],
+        series: set[tuple[str, str]],
         interval: str,
-        first_ts: datetime,
-        last_ts: datetime,
+        first_us: int,
+        last_us: int,
     ) -> set[date]:
         """UTC days the rollup and flat bars of a batch may start on: its events' days, the
         days before them that a calendar's 1d bucket (the stretch between two sessions) may
@@ -1487,21 +1492,20 @@ class PgStoreClient(PgClientBase):
         (read here, before the write: only later windows can get trades meanwhile, so it can
         only be too early). Only days near the events: a batch mixing years creates no
         partitions for the years between."""
-        days = {e.src_ts.date() for e in events}
         back = _CALENDAR_GAP_DAYS if plan.calendars else 1
-        out = {d - timedelta(days=k) for d in days for k in range(back + 1)}
+        out = {d - timedelta(days=k) for d in event_days for k in range(back + 1)}
         if plan.empty_intervals == "flat":
-            series = {(e.provider, e.symbol) for e in events}
             earliest = await self._pool.fetchval(
                 _LAST_TRADED_SQL,
                 [p for p, _ in series],
                 [s for _, s in series],
                 interval,
-                first_ts,
+                from_epoch_us(first_us),
             )
             if earliest is not None:
                 start = earliest.date()
-                out |= {start + timedelta(days=k) for k in range((last_ts.date() - start).days + 1)}
+                last_day = from_epoch_us(last_us).date()
+                out |= {start + timedelta(days=k) for k in range((last_day - start).days + 1)}
         return out
 
     async def sync_sessions(self, calendar: str, sessions: Sequence[TradingSession]) -> int:

@@ -38,7 +38,6 @@ __all__ = [
     "EventClock",
     "Lateness",
     "classify_rows",
-    "first_occurrences",
     "running_max_before",
 ]
 
@@ -145,19 +144,3 @@ def classify_rows(
     code[behind] = LATE_CODE
     code[behind & (end <= watermark - clock.horizon_us)] = TOO_LATE_CODE
     return start, code
-
-
-def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
-    """Indices of the rows whose key (the tuple of ``keys`` at the row) has not occurred in an
-    earlier row, in row order: de-duplication where the first arrival wins."""
-    n = len(keys[0])
-    if n == 0:
-        return np.zeros(0, np.intp)
-    order = np.lexsort(keys[::-1])  # by keys[0], then keys[1], ...; stable: arrival order
-    stacked = [k[order] for k in keys]
-    new = np.ones(n, np.bool_)
-    same = np.ones(n - 1, np.bool_)
-    for k in stacked:
-        same &= k[1:] == k[:-1]
-    new[1:] = ~same
-    return np.sort(order[new])

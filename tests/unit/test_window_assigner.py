@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from market_data_core.columnar import first_occurrences
 from market_data_pipeline.consumers.windowing import (
     LATE_CODE,
     NO_EVENT_US,
@@ -12,7 +13,6 @@ from market_data_pipeline.consumers.windowing import (
     EventClock,
     Lateness,
     classify_rows,
-    first_occurrences,
     running_max_before,
 )
 

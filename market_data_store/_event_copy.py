@@ -1,0 +1,132 @@
+"""Binary COPY streams of raw ticks and quotes, built from :class:`EventColumns`.
+
+The rows are exactly what the record path wrote: ``price``/``size`` the numeric of
+``Decimal(repr(x))`` (see :class:`~market_data_store.binary_copy.NumericColumn`), ``event_id``
+as :func:`~market_data_core.contracts.make_event_id` writes it, quotes' prices and sizes the
+float8 values themselves. Fixed-width columns come first (cheapest to lay out); every column
+list names the table's columns, so the order on the wire is ours to choose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from market_data_core.columnar import EventColumns, event_ids
+from market_data_store.binary_copy import (
+    Column,
+    Float8Column,
+    Int8Column,
+    NumericColumn,
+    TextColumn,
+    TimestamptzColumn,
+    encode_copy,
+)
+
+__all__ = ["MARK_COLUMNS", "QUOTES", "TICKS", "RawTable", "window_marks"]
+
+_SIDES = (None, "buy", "sell")
+
+
+@dataclass(frozen=True, slots=True)
+class RawTable:
+    """How one raw event table is written: its name, its staging table, and its columns."""
+
+    table: str
+    stage: str
+    columns: tuple[str, ...]
+
+    def copy(self, cols: EventColumns, *, ingest_ts: bool = True) -> bytes:
+        """All rows of ``cols`` (one kind) as a COPY stream of :attr:`columns`, or of all
+        but ``ingest_ts`` (rows the table's default ``now()`` stamps)."""
+        columns = self._columns(cols)
+        if not ingest_ts:
+            del columns["ingest_ts"]
+        return encode_copy(list(columns.values()), cols.n)
+
+    def column_names(self, *, ingest_ts: bool = True) -> tuple[str, ...]:
+        return self.columns if ingest_ts else tuple(c for c in self.columns if c != "ingest_ts")
+
+    def _columns(self, cols: EventColumns) -> dict[str, Column]:
+        has_ingest = cols.has("ingest_ts")
+        out: dict[str, Column] = {
+            "ts": TimestamptzColumn(cols.src_ts),
+            "seq": Int8Column(cols.seq),
+        }
+        if self.table == "ticks":
+            out["price"] = NumericColumn(cols.floats["c"])
+            out["size"] = NumericColumn(cols.floats["v"])
+        else:
+            out["bid"] = Float8Column(cols.floats["bid"])
+            out["ask"] = Float8Column(cols.floats["ask"])
+            out["bid_size"] = Float8Column(cols.floats["bid_size"], ~cols.has("bid_size"))
+            out["ask_size"] = Float8Column(cols.floats["ask_size"], ~cols.has("ask_size"))
+        out["ingest_ts"] = TimestamptzColumn(
+            cols.ingest_ts, None if has_ingest.all() else ~has_ingest
+        )
+        out["provider"] = TextColumn.coded([p for p, _s in cols.series], cols.series_idx)
+        out["symbol"] = TextColumn.coded([s for _p, s in cols.series], cols.series_idx)
+        if self.table == "ticks":
+            blob, ends = event_ids(cols)
+            out["event_id"] = TextColumn(blob, ends)
+            out["side"] = TextColumn.coded(_SIDES, cols.side)
+            out["trade_id"] = TextColumn(cols.trade_id, cols.trade_id_end, ~cols.has("trade_id"))
+        assert tuple(out) == self.columns
+        return out
+
+    def marks_copy(self, cols: EventColumns) -> bytes:
+        """``(provider, symbol, ts)`` of ``cols``: what the bar recompute reads of a staging
+        table (see :func:`window_marks`)."""
+        return encode_copy(
+            [
+                TextColumn.coded([p for p, _s in cols.series], cols.series_idx),
+                TextColumn.coded([s for _p, s in cols.series], cols.series_idx),
+                TimestamptzColumn(cols.src_ts),
+            ],
+            cols.n,
+        )
+
+
+MARK_COLUMNS = ("provider", "symbol", "ts")
+
+TICKS = RawTable(
+    "ticks",
+    "mdp_stage_ticks",
+    (
+        "ts",
+        "seq",
+        "price",
+        "size",
+        "ingest_ts",
+        "provider",
+        "symbol",
+        "event_id",
+        "side",
+        "trade_id",
+    ),
+)
+QUOTES = RawTable(
+    "quotes",
+    "mdp_stage_quotes",
+    ("ts", "seq", "bid", "ask", "bid_size", "ask_size", "ingest_ts", "provider", "symbol"),
+)
+
+
+def window_marks(cols: EventColumns, window_us: int) -> npt.NDArray[np.intp]:
+    """The rows with the earliest and the latest ``src_ts`` of every ``(series, window)``:
+    the same windows, and per series the same first and last event time, as all the rows.
+    That is everything the recompute statement reads of the staged rows (which windows to
+    recompute, and how far a series' quotes reach), so the rows stored straight into the
+    table need only these in staging."""
+    ts = cols.src_ts
+    window = ts - ts % window_us
+    order = np.lexsort((ts, window, cols.series_idx))
+    s, w = cols.series_idx[order], window[order]
+    new = np.ones(len(order), np.bool_)
+    new[1:] = (s[1:] != s[:-1]) | (w[1:] != w[:-1])
+    last = np.ones(len(order), np.bool_)
+    last[:-1] = new[1:]
+    marks: npt.NDArray[np.intp] = np.unique(order[new | last])
+    return marks
