@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal, Protocol, runtime_checkable
 
+from market_data_core.columnar import EventColumns
 from market_data_core.contracts import Bar, QuoteBar, Signal, StreamEvent, WindowBar
 
 __all__ = [
@@ -405,6 +406,19 @@ class StoreClient(Protocol):
     async def sync_sessions(self, calendar: str, sessions: Sequence[TradingSession]) -> int:
         """Make the store's sessions of ``calendar`` these (upserted by session date); returns
         how many rows were inserted or changed."""
+        ...
+
+    async def ingest_columns(
+        self,
+        events: EventColumns,
+        *,
+        interval: str,
+        quote_carry_ms: int,
+        rollups: RollupPlan | None = None,
+    ) -> TickIngestResult:
+        """:meth:`ingest_events` of events given as columns (valid rows, as
+        :func:`~market_data_core.columnar.decode_blocks` returns them); of rows with the same
+        ``event_id`` the first one counts. Raises ``StoreError`` for a provider bar."""
         ...
 
     async def windows_range(

@@ -58,7 +58,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+import numpy.typing as npt
+
 from market_data_core.codec import decode_events, encode_bar, encode_event
+from market_data_core.columnar import (
+    KIND_CODES,
+    EventColumns,
+    columns_from_events,
+    decode_blocks,
+    is_block,
+)
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, StreamEvent, WindowBar
 from market_data_core.errors import BusError, StoppedError, StoreError, StoreUnavailableError
@@ -75,10 +85,16 @@ from market_data_core.timeutil import (
     from_epoch_us,
     isoformat_us,
     parse_duration_ms,
-    to_epoch_us,
 )
 from market_data_pipeline import telemetry
-from market_data_pipeline.consumers.windowing import EventClock, Lateness
+from market_data_pipeline.consumers.windowing import (
+    LATE_CODE,
+    ON_TIME_CODE,
+    TOO_LATE_CODE,
+    EventClock,
+    classify_rows,
+    running_max_before,
+)
 from market_data_pipeline.retry import Backoff, retry, sleep_or_stop
 from market_data_pipeline.sessions import load_sessions, rollup_plan
 from market_data_pipeline.streaming.dlq import letter_from_record
@@ -101,6 +117,8 @@ _RELAY_POLL_S = 1.0
 _RELAY_BATCH = 1000
 _RELAY_FINAL_S = 10.0
 _PRUNE_EVERY_S = 600.0
+# ticks.seq and quotes.seq are bigint
+_MAX_SEQ = 2**63 - 1
 
 
 def _wall_us() -> int:
@@ -124,13 +142,14 @@ class _Buffered:
 
 @dataclass(slots=True)
 class _Window:
-    """The ticks and quotes of one open (provider, symbol, window), one per event_id, and the
-    entries holding them: ``(entry, n)`` means n of the entry's events are here (duplicates
-    count, so the entry is acked only once all of them are committed)."""
+    """The ticks and quotes of one open (provider, symbol, window) as column blocks in
+    arrival order (duplicates included: the store keeps the first of each ``event_id``), and
+    the entries holding them: ``(entry, n)`` means n of the entry's events are here
+    (duplicates count, so the entry is acked only once all of them are committed)."""
 
     end_us: int
     series: tuple[str, str]
-    events: dict[str, StreamEvent] = field(default_factory=dict)
+    parts: list[EventColumns] = field(default_factory=list)
     holds: list[tuple[RecordKey, int]] = field(default_factory=list)
     received: int = 0  # events added, duplicates included
     quotes: bool = False  # holds a quote: later windows' carried book depends on it
@@ -260,7 +279,7 @@ class MicroBatcher:
 
     @property
     def buffered_events(self) -> int:
-        return sum(len(w.events) for w in self._windows.values()) + len(self._bars)
+        return sum(w.received for w in self._windows.values()) + len(self._bars)
 
     async def run(
         self,
@@ -424,106 +443,200 @@ class MicroBatcher:
                 return False
         return True
 
-    async def _ingest(self, records: list[BusRecord]) -> None:
-        now = self._wall()
-        ack_now: list[BusRecord] = []
-        newest_ingest: datetime | None = None
-        consumed = 0
-        last_ps: tuple[str, str] | None = None
-        clock: EventClock | None = None
-        windows = self._windows
-        for rec in records:
-            key: RecordKey = (rec.shard, rec.entry_id)
-            if key in self._outstanding:
-                continue  # re-delivered while we still hold it (e.g. self-claim): already counted
-            batch = decode_events(rec.payload)
-            for err in batch.errors:
+    async def _decode(self, records: list[BusRecord]) -> tuple[EventColumns, npt.NDArray[np.intp]]:
+        """The valid events of ``records`` as columns in entry order, and each row's index in
+        ``records``; every bad item or payload is dead-lettered (with its entry) on the way.
+        Column blocks are decoded all at once (:func:`decode_blocks`), the other payloads one
+        by one (:func:`decode_events`) and turned into columns."""
+        block_at = [i for i, rec in enumerate(records) if is_block(rec.payload)]
+        row_at = [i for i, rec in enumerate(records) if not is_block(rec.payload)]
+        parts: list[EventColumns] = []
+        owners: list[npt.NDArray[np.intp]] = []
+        if block_at:
+            decoded = decode_blocks([records[i].payload for i in block_at])
+            for p, err in decoded.errors:
+                rec = records[block_at[p]]
                 await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
-            held = 0
-            consumed += len(batch.events)
-            # events this entry puts in each window (packed entries mostly fill one)
-            held_in: dict[tuple[str, str, int], int] = {}
-            for ev in batch.events:
-                ingest = ev.ingest_ts
-                if ingest is not None and (newest_ingest is None or ingest > newest_ingest):
-                    newest_ingest = ingest
-                ts_us = to_epoch_us(ev.src_ts)
-                ps = (ev.provider, ev.symbol)
-                if ps != last_ps or clock is None:  # packed entries hold one symbol: look up once
-                    clock = self._clock(*ps)
-                    last_ps = ps
-                if ev.kind == "bar":
-                    clock.observe(ts_us, now)
-                    assert ev.interval is not None
-                    bkey = (ev.provider, ev.symbol, ev.interval, ev.src_ts)
-                    buf = self._bars.get(bkey)
-                    if buf is None or (buf.event.src_ts, buf.event.seq) <= (ev.src_ts, ev.seq):
-                        keys = buf.keys if buf else []
-                        self._bars[bkey] = buf = _Buffered(ev, keys)
-                    buf.keys.append(key)
-                    held += 1
-                    continue
-                start = ts_us - ts_us % clock.window_us
-                newest_us = clock.max_event_us
-                if newest_us is None or start + clock.window_us > newest_us - clock.allow_late_us:
-                    lateness = Lateness.ON_TIME  # the common case, without a call
-                else:
-                    lateness = clock.classify(ts_us)
-                if lateness is Lateness.TOO_LATE and rec.deliveries > 1:
-                    # A redelivery (a crashed or rebalanced worker's entry) is not a new
-                    # arrival: its lateness is an artefact of processing, so it corrects the
-                    # bar instead of being dead-lettered.
-                    lateness = Lateness.LATE
-                if lateness is Lateness.TOO_LATE:
-                    self.stats.too_late += 1
-                    wm = clock.watermark_us or 0
-                    await self._dead_letter(
-                        rec,
-                        "late",
-                        f"event {ev.event_id} at {isoformat_us(ev.src_ts)} is "
-                        f"{(wm - ts_us) / 1e6:.3f}s behind the watermark "
-                        f"{isoformat_us(from_epoch_us(wm))}, beyond correction_horizon_ms="
-                        f"{self.config.micro_batch.correction_horizon_ms}",
-                        _single_payload(ev),
-                    )
-                    continue
-                if newest_us is None or ts_us > newest_us:
-                    clock.max_event_us = ts_us  # EventClock.observe, inlined (hot path)
-                clock.last_arrival_wall_us = now
-                wkey = (ps[0], ps[1], start)
-                held_in[wkey] = held_in.get(wkey, 0) + 1
-                window = windows.get(wkey)
-                if window is None:
-                    window = windows[wkey] = _Window(start + clock.window_us, ps)
-                # a duplicate is written once; its entry is acked with the first's window
-                window.events.setdefault(ev.event_id, ev)
-                window.received += 1
-                if ev.kind == "quote":
-                    window.quotes = True
-                held += 1
-            for wkey, n in held_in.items():
-                self._windows[wkey].holds.append((key, n))
-            if held:
+            parts.append(decoded.columns)
+            owners.append(np.asarray(block_at, np.intp)[decoded.row_payload])
+        if row_at:
+            events: list[StreamEvent] = []
+            owner: list[int] = []
+            for i in row_at:
+                rec = records[i]
+                batch = decode_events(rec.payload)
+                for err in batch.errors:
+                    await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
+                for ev in batch.events:
+                    if ev.seq > _MAX_SEQ:
+                        await self._dead_letter(
+                            rec,
+                            "validation",
+                            f"seq {ev.seq} of {ev.event_id} is beyond the store's range "
+                            f"(bigint: at most {_MAX_SEQ})",
+                            _single_payload(ev),
+                        )
+                        continue
+                    events.append(ev)
+                    owner.append(i)
+            parts.append(columns_from_events(events))
+            owners.append(np.asarray(owner, np.intp))
+        cols = EventColumns.concat(parts)
+        rec_of_row = np.concatenate(owners) if owners else np.zeros(0, np.intp)
+        if len(parts) > 1:  # blocks and other payloads in one poll: back to entry order
+            order = np.argsort(rec_of_row, kind="stable")
+            cols, rec_of_row = cols.take(order), rec_of_row[order]
+        return cols, rec_of_row
+
+    async def _ingest(self, records: list[BusRecord]) -> None:
+        """Decode a poll's entries, assign their events to windows (lateness decided row by
+        row as :class:`EventClock` does, on arrays: see :func:`classify_rows`), buffer them
+        and account which entry holds what; dead-letter what is bad or too late."""
+        now = self._wall()
+        fresh = [
+            rec for rec in records if (rec.shard, rec.entry_id) not in self._outstanding
+        ]  # a re-delivery of an entry we still hold (e.g. self-claim) is already counted
+        cols, rec_of_row = await self._decode(fresh)
+        n = cols.n
+        held = np.zeros(len(fresh), np.int64)
+        if n:
+            clocks = [self._clock(p, s) for p, s in cols.series]
+            template = clocks[0]
+            before = running_max_before(
+                cols.series_idx,
+                cols.src_ts,
+                {i: c.max_event_us for i, c in enumerate(clocks) if c.max_event_us is not None},
+            )
+            starts, codes = classify_rows(cols.src_ts, before, template)
+            is_bar = cols.kind == KIND_CODES["bar"]
+            codes[is_bar] = ON_TIME_CODE  # provider bars are upserted as they come
+            redelivered = np.fromiter((r.deliveries > 1 for r in fresh), np.bool_, len(fresh))
+            # A redelivery (a crashed or rebalanced worker's entry) is not a new arrival: its
+            # lateness is an artefact of processing, so it corrects the bar instead of being
+            # dead-lettered.
+            codes[(codes == TOO_LATE_CODE) & redelivered[rec_of_row]] = LATE_CODE
+            too_late = codes == TOO_LATE_CODE
+            if too_late.any():
+                await self._too_late(fresh, cols, rec_of_row, before, np.flatnonzero(too_late))
+            # the clocks: every event moves its series' maximum (a too-late one is below it)
+            # and, unless too late, its last arrival
+            for i, clock in enumerate(clocks):
+                mine = cols.series_idx == i
+                newest = int(cols.src_ts[mine].max())
+                if clock.max_event_us is None or newest > clock.max_event_us:
+                    clock.max_event_us = newest
+                if np.any(mine & ~too_late):
+                    clock.last_arrival_wall_us = now
+            if is_bar.any():
+                for i in np.flatnonzero(is_bar).tolist():
+                    self._buffer_bar(cols, i, fresh[int(rec_of_row[i])])
+                held += np.bincount(rec_of_row[is_bar], minlength=len(fresh))
+            keep = ~too_late & ~is_bar
+            if keep.any():
+                held += self._buffer_windows(cols, keep, starts, rec_of_row, fresh, clocks)
+            newest_ingest = cols.ingest_ts[cols.has("ingest_ts")]
+            if len(newest_ingest):
+                self._set_lag(max(0.0, (now - int(newest_ingest.max())) / 1000))
+        ack_now: list[BusRecord] = []
+        for rec, count in zip(fresh, held.tolist(), strict=True):
+            key: RecordKey = (rec.shard, rec.entry_id)
+            if count:
                 state = self._outstanding.get(key)
                 if state is None:
-                    self._outstanding[key] = _RecordState(rec, held)
+                    self._outstanding[key] = _RecordState(rec, count)
                 else:
-                    state.remaining += held
+                    state.remaining += count
             else:
                 ack_now.append(rec)
-        self.stats.events_in += consumed
-        self._consumed.inc(consumed)
+        self.stats.events_in += n
+        self._consumed.inc(n)
         if records:
-            measured = max(1.0, consumed / len(records))
+            measured = max(1.0, n / len(records))
             previous = self._events_per_entry
             self._events_per_entry = (
                 measured if previous is None else 0.8 * previous + 0.2 * measured
             )
-        max_ingest_us = 0 if newest_ingest is None else to_epoch_us(newest_ingest)
-        if max_ingest_us:
-            self._set_lag(max(0.0, (now - max_ingest_us) / 1000))
         if ack_now:
             await _retry_bus(lambda: self._consumer.ack(ack_now), "ack")
+
+    def _buffer_windows(
+        self,
+        cols: EventColumns,
+        keep: npt.NDArray[np.bool_],
+        starts: npt.NDArray[np.int64],
+        rec_of_row: npt.NDArray[np.intp],
+        records: list[BusRecord],
+        clocks: list[EventClock],
+    ) -> npt.NDArray[np.int64]:
+        """Add the ``keep`` rows to their open windows (one block per window and poll) and
+        record which entries hold how many of each; returns the rows held per entry."""
+        rows = np.flatnonzero(keep)
+        window_us = clocks[0].window_us
+        # one int64 per (series, window): series below 2**21, windows within +-2**40
+        key = cols.series_idx[rows].astype(np.int64) * (1 << 42) + (
+            starts[rows] // window_us + (1 << 41)
+        )
+        group = np.unique(key, return_inverse=True)[1].ravel()
+        order = np.argsort(group, kind="stable")
+        bounds = np.flatnonzero(np.diff(group[order])) + 1
+        windows = self._windows
+        is_quote = cols.kind == KIND_CODES["quote"]
+        for members in np.split(order, bounds):
+            taken = rows[members]
+            first = int(taken[0])
+            series = cols.series[int(cols.series_idx[first])]
+            start = int(starts[first])
+            wkey = (series[0], series[1], start)
+            window = windows.get(wkey)
+            if window is None:
+                window = windows[wkey] = _Window(start + window_us, series)
+            window.parts.append(cols.take(taken))
+            window.received += len(taken)
+            if not window.quotes and is_quote[taken].any():
+                window.quotes = True
+            entries, counts = np.unique(rec_of_row[taken], return_counts=True)
+            window.holds += [
+                ((records[e].shard, records[e].entry_id), c)
+                for e, c in zip(entries.tolist(), counts.tolist(), strict=True)
+            ]
+        held: npt.NDArray[np.int64] = np.bincount(rec_of_row[rows], minlength=len(records))
+        return held
+
+    def _buffer_bar(self, cols: EventColumns, i: int, rec: BusRecord) -> None:
+        """A provider bar: kept until the next flush; of two with one key the later by
+        ``(src_ts, seq)`` wins."""
+        [ev] = cols.take(np.array([i])).to_events()
+        assert ev.interval is not None
+        bkey = (ev.provider, ev.symbol, ev.interval, ev.src_ts)
+        buf = self._bars.get(bkey)
+        if buf is None or (buf.event.src_ts, buf.event.seq) <= (ev.src_ts, ev.seq):
+            keys = buf.keys if buf else []
+            self._bars[bkey] = buf = _Buffered(ev, keys)
+        buf.keys.append((rec.shard, rec.entry_id))
+
+    async def _too_late(
+        self,
+        records: list[BusRecord],
+        cols: EventColumns,
+        rec_of_row: npt.NDArray[np.intp],
+        max_before_us: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.intp],
+    ) -> None:
+        """Dead-letter events beyond the correction horizon, each with its entry."""
+        allow_late_us = self.config.micro_batch.allow_late_ms * 1000
+        for i, ev in zip(rows.tolist(), cols.take(rows).to_events(), strict=True):
+            self.stats.too_late += 1
+            wm = int(max_before_us[i]) - allow_late_us
+            ts_us = int(cols.src_ts[i])
+            await self._dead_letter(
+                records[int(rec_of_row[i])],
+                "late",
+                f"event {ev.event_id} at {isoformat_us(ev.src_ts)} is "
+                f"{(wm - ts_us) / 1e6:.3f}s behind the watermark "
+                f"{isoformat_us(from_epoch_us(wm))}, beyond correction_horizon_ms="
+                f"{self.config.micro_batch.correction_horizon_ms}",
+                _single_payload(ev),
+            )
 
     def _set_lag(self, lag_ms: float) -> None:
         self.last_lag_ms = lag_ms
@@ -556,7 +669,7 @@ class MicroBatcher:
         ]
 
     def _closed_events(self, force: bool) -> int:
-        return sum(len(self._windows[key].events) for key in self._closed_windows(force))
+        return sum(self._windows[key].received for key in self._closed_windows(force))
 
     def _take_closed(self, force: bool) -> _FlushJob | None:
         """Move closed windows (and buffered provider bars) out of the buffers into a job."""
@@ -683,17 +796,17 @@ class MicroBatcher:
         self._sessions_synced = True
 
     async def _write_ticks(self, chunk: list[_Window]) -> None:
-        events = [ev for window in chunk for ev in window.events.values()]
+        events = EventColumns.concat([part for window in chunk for part in window.parts])
         await self._sync_sessions()
         t0 = time.perf_counter()
-        result = await self._store.ingest_events(
+        result = await self._store.ingest_columns(
             events,
             interval=self.interval,
             quote_carry_ms=self._quote_carry_ms,
             rollups=self._rollups,
         )
         telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
-        telemetry.MICROBATCH_BATCH_SIZE.observe(len(events))
+        telemetry.MICROBATCH_BATCH_SIZE.observe(events.n)
         stats = self.stats
         new = result.ticks_inserted + result.quotes_inserted
         stats.ticks_inserted += result.ticks_inserted
@@ -840,11 +953,11 @@ def _chunks(units: dict[tuple[str, str, int], _Window], max_events: int) -> Iter
     chunk: list[_Window] = []
     size = 0
     for unit in order:
-        if chunk and size + len(unit.events) > max_events:
+        if chunk and size + unit.received > max_events:
             yield chunk
             chunk, size = [], 0
         chunk.append(unit)
-        size += len(unit.events)
+        size += unit.received
     if chunk:
         yield chunk
 

@@ -1,6 +1,7 @@
 """The micro-batcher's bars equal the offline reference exactly (SPEC §6, issue 6), on the real
 trades, at 0.5 s, 1 s, 2 s and 5 s, whatever happens: replays, shuffles, duplicates, kill -9,
-several workers, PostgreSQL down."""
+several workers, PostgreSQL down; with one event per entry and with column blocks (the columnar
+path, ``wire="blocks"``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
 from tests.support.cli import MDP, mdp_env
 from tests.support.pipeline import (
+    WIRES,
+    Wire,
     make_config,
     publish,
     urls,
@@ -76,17 +79,20 @@ async def env(redis_url: str, migrated: str, unique: str) -> AsyncIterator[dict[
     }
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_replay_once_then_twice_changes_nothing(env: dict[str, Any], window_ms: int) -> None:
+async def test_replay_once_then_twice_changes_nothing(
+    env: dict[str, Any], window_ms: int, wire: Wire
+) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
     events = trade_events(env["provider"])
     bus = await open_bus(cfg, urls(cfg))
     try:
-        await publish(bus, cfg, events)
+        await publish(bus, cfg, events, wire)
         first = await drain(cfg)
         assert first.events_in == 9999 and first.ticks_inserted == 9999
         assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
-        await publish(bus, cfg, events)
+        await publish(bus, cfg, events, wire)
         second = await drain(cfg)
         assert second.events_in == 9999
         assert (second.ticks_inserted, second.bars_written) == (0, 0)
@@ -98,8 +104,11 @@ async def test_replay_once_then_twice_changes_nothing(env: dict[str, Any], windo
         await bus.aclose()
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_shuffled_within_allowed_lateness(env: dict[str, Any], window_ms: int) -> None:
+async def test_shuffled_within_allowed_lateness(
+    env: dict[str, Any], window_ms: int, wire: Wire
+) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
     events = trade_events(env["provider"])
     rng = random.Random(window_ms)
@@ -108,7 +117,7 @@ async def test_shuffled_within_allowed_lateness(env: dict[str, Any], window_ms: 
     assert shuffled != events
     bus = await open_bus(cfg, urls(cfg))
     try:
-        await publish(bus, cfg, shuffled)
+        await publish(bus, cfg, shuffled, wire)
     finally:
         await bus.aclose()
     stats = await drain(cfg)
@@ -116,8 +125,9 @@ async def test_shuffled_within_allowed_lateness(env: dict[str, Any], window_ms: 
     assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> None:
+async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int, wire: Wire) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
     events = trade_events(env["provider"])
     rng = random.Random(7)
@@ -127,7 +137,7 @@ async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> No
         stream.insert(min(len(stream), i + rng.randint(1, 50)), events[i])
     bus = await open_bus(cfg, urls(cfg))
     try:
-        await publish(bus, cfg, stream)
+        await publish(bus, cfg, stream, wire)
     finally:
         await bus.aclose()
     stats = await drain(cfg)
@@ -135,8 +145,11 @@ async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> No
     assert_bars_equal_reference(await stored(cfg, env["provider"], window_ms), window_ms)
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_three_micro_batchers_at_once(env: dict[str, Any], window_ms: int) -> None:
+async def test_three_micro_batchers_at_once(
+    env: dict[str, Any], window_ms: int, wire: Wire
+) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms, partitions=4)
     # the same real trades as six series; a shard is decided by the symbol, and these six
     # symbols cover all 4 shards
@@ -145,7 +158,7 @@ async def test_three_micro_batchers_at_once(env: dict[str, Any], window_ms: int)
     bus = await open_bus(cfg, urls(cfg))
     try:
         for p, s in series:
-            await publish(bus, cfg, trade_events(p, symbol=s))
+            await publish(bus, cfg, trade_events(p, symbol=s), wire)
     finally:
         await bus.aclose()
     results = await asyncio.gather(*(drain(cfg, name=f"mb-{i}", idle_s=1.5) for i in range(3)))
@@ -158,16 +171,17 @@ async def test_three_micro_batchers_at_once(env: dict[str, Any], window_ms: int)
         assert_bars_equal_reference(await stored(cfg, p, window_ms, s), window_ms)
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", [500, 2000])
 async def test_kill_9_three_times_then_restart(
-    env: dict[str, Any], window_ms: int, tmp_path: Path
+    env: dict[str, Any], window_ms: int, tmp_path: Path, wire: Wire
 ) -> None:
     cfg = make_config(
         env["redis_url"], env["database_url"], env["unique"], window_ms, max_batch_size=100
     )
     bus = await open_bus(cfg, urls(cfg))
     try:
-        await publish(bus, cfg, trade_events(env["provider"]))
+        await publish(bus, cfg, trade_events(env["provider"]), wire)
     finally:
         await bus.aclose()
     path = write_config(tmp_path, cfg)
@@ -233,7 +247,8 @@ async def test_postgres_down_for_10s_loses_nothing(
     assert_bars_equal_reference(await stored(cfg, provider, window_ms), window_ms)
 
 
-async def test_late_beyond_horizon_goes_to_dlq_with_reason(env: dict[str, Any]) -> None:
+@pytest.mark.parametrize("wire", WIRES)
+async def test_late_beyond_horizon_goes_to_dlq_with_reason(env: dict[str, Any], wire: Wire) -> None:
     cfg = make_config(
         env["redis_url"], env["database_url"], env["unique"], 1000, correction_horizon_ms=10_000
     )
@@ -258,11 +273,11 @@ async def test_late_beyond_horizon_goes_to_dlq_with_reason(env: dict[str, Any]) 
     store = await open_store(cfg, urls(cfg))
     batcher = MicroBatcher(cfg, bus, store, consumer_name="mb-late")
     try:
-        await publish(bus, cfg, on_time)
+        await publish(bus, cfg, on_time, wire)
         task = asyncio.create_task(batcher.run(asyncio.Event(), drain=True, idle_s=1.0))
         while batcher.stats.ticks_inserted < 59:  # all but the windows inside allow_late
             await asyncio.sleep(0.05)
-        await publish(bus, cfg, [late_ok, too_late])
+        await publish(bus, cfg, [late_ok, too_late], wire)
         stats = await asyncio.wait_for(task, 30)
         assert stats.too_late == 1 and stats.late_corrections == 1
         letters = await bus.dlq_list(100)
@@ -326,7 +341,8 @@ async def test_quiet_symbol_closes_by_wall_clock(env: dict[str, Any]) -> None:
         await bus.aclose()
 
 
-async def test_provider_bars_land_unchanged(env: dict[str, Any]) -> None:
+@pytest.mark.parametrize("wire", WIRES)
+async def test_provider_bars_land_unchanged(env: dict[str, Any], wire: Wire) -> None:
     import csv
 
     from tests.conftest import DATA
@@ -353,7 +369,7 @@ async def test_provider_bars_land_unchanged(env: dict[str, Any]) -> None:
     ]
     bus = await open_bus(cfg, urls(cfg))
     try:
-        await publish(bus, cfg, events)
+        await publish(bus, cfg, events, wire)
     finally:
         await bus.aclose()
     stats = await drain(cfg)
@@ -370,7 +386,7 @@ async def test_provider_bars_land_unchanged(env: dict[str, Any]) -> None:
     ]
     bus = await open_bus(cfg, urls(cfg))
     try:
-        await publish(bus, cfg, events)  # replayed: the upsert changes nothing
+        await publish(bus, cfg, events, wire)  # replayed: the upsert changes nothing
     finally:
         await bus.aclose()
     again = await drain(cfg)

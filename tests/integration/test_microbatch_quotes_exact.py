@@ -24,7 +24,7 @@ from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatc
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
 from tests.support.cli import MDP, mdp_env
-from tests.support.pipeline import make_config, publish, urls, write_config
+from tests.support.pipeline import WIRES, Wire, make_config, publish, urls, write_config
 from tests.support.quotes import (
     assert_quote_bars_equal_reference,
     quote_events,
@@ -104,21 +104,24 @@ async def assert_exact(
     assert sum(b.quote is not None for b in bars) > len(bars) // 2
 
 
-async def publish_all(cfg: AppConfig, events: list[StreamEvent]) -> None:
+async def publish_all(cfg: AppConfig, events: list[StreamEvent], wire: Wire = "rows") -> None:
     bus = await open_bus(cfg, urls(cfg))
     try:
-        await publish(bus, cfg, events)
+        await publish(bus, cfg, events, wire)
     finally:
         await bus.aclose()
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_replay_once_then_twice_changes_nothing(env: dict[str, Any], window_ms: int) -> None:
+async def test_replay_once_then_twice_changes_nothing(
+    env: dict[str, Any], window_ms: int, wire: Wire
+) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
     p = f"fx{env['unique']}"
     quotes, trades = mixed(p)
     events = in_time_order(quotes + trades)
-    await publish_all(cfg, events)
+    await publish_all(cfg, events, wire)
     first = await drain(cfg)
     assert (first.events_in, first.quotes_inserted, first.ticks_inserted) == (
         len(events),
@@ -129,7 +132,7 @@ async def test_replay_once_then_twice_changes_nothing(env: dict[str, Any], windo
     # in order, each quote bar is written once: no correction of its own making
     assert first.late_corrections == 0
     await assert_exact(cfg, p, window_ms, quotes, trades)
-    await publish_all(cfg, events)
+    await publish_all(cfg, events, wire)
     second = await drain(cfg)
     assert second.events_in == len(events)
     assert (
@@ -149,8 +152,11 @@ async def test_replay_once_then_twice_changes_nothing(env: dict[str, Any], windo
     assert kinds == {Bar, QuoteBar}
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_shuffled_within_allowed_lateness(env: dict[str, Any], window_ms: int) -> None:
+async def test_shuffled_within_allowed_lateness(
+    env: dict[str, Any], window_ms: int, wire: Wire
+) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
     p = f"sh{env['unique']}"
     quotes, trades = mixed(p)
@@ -160,14 +166,15 @@ async def test_shuffled_within_allowed_lateness(env: dict[str, Any], window_ms: 
         quotes + trades, key=lambda e: e.src_ts + timedelta(milliseconds=rng.uniform(0, 400))
     )
     assert shuffled != in_time_order(quotes + trades)
-    await publish_all(cfg, shuffled)
+    await publish_all(cfg, shuffled, wire)
     stats = await drain(cfg)
     assert stats.too_late == 0 and stats.dead_letters == 0
     await assert_exact(cfg, p, window_ms, quotes, trades)
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> None:
+async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int, wire: Wire) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
     p = f"du{env['unique']}"
     quotes, trades = mixed(p)
@@ -176,7 +183,7 @@ async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> No
     stream = list(events)
     for i in rng.sample(range(len(events)), len(events) // 100):
         stream.insert(min(len(stream), i + rng.randint(1, 50)), events[i])
-    await publish_all(cfg, stream)
+    await publish_all(cfg, stream, wire)
     stats = await drain(cfg)
     assert stats.events_in == len(stream)
     assert (stats.quotes_inserted, stats.ticks_inserted) == (len(quotes), len(trades))
@@ -184,30 +191,34 @@ async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int) -> No
     await assert_exact(cfg, p, window_ms, quotes, trades)
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
-async def test_three_micro_batchers_at_once(env: dict[str, Any], window_ms: int) -> None:
+async def test_three_micro_batchers_at_once(
+    env: dict[str, Any], window_ms: int, wire: Wire
+) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms, partitions=4)
     # the same quotes and trades as six series over all 4 shards
     series = [(f"tw{env['unique']}{k}", f"EURUSD.{k}") for k in "abcdef"]
     assert {shard_for(routing_key(p, s), 4) for p, s in series} == {0, 1, 2, 3}
     data = {ps: mixed(*ps) for ps in series}
-    await publish_all(cfg, [e for q, t in data.values() for e in in_time_order(q + t)])
+    await publish_all(cfg, [e for q, t in data.values() for e in in_time_order(q + t)], wire)
     results = await asyncio.gather(*(drain(cfg, name=f"mb-{i}", idle_s=1.5) for i in range(3)))
     assert sum(r.quotes_inserted for r in results) == sum(len(q) for q, _ in data.values())
     for (p, s), (quotes, trades) in data.items():
         await assert_exact(cfg, p, window_ms, quotes, trades, symbol=s)
 
 
+@pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", [500, 2000])
 async def test_kill_9_three_times_then_restart(
-    env: dict[str, Any], window_ms: int, tmp_path: Path
+    env: dict[str, Any], window_ms: int, tmp_path: Path, wire: Wire
 ) -> None:
     cfg = make_config(
         env["redis_url"], env["database_url"], env["unique"], window_ms, max_batch_size=100
     )
     p = f"k9{env['unique']}"
     quotes, trades = mixed(p)
-    await publish_all(cfg, in_time_order(quotes + trades))
+    await publish_all(cfg, in_time_order(quotes + trades), wire)
     path = write_config(tmp_path, cfg)
     options = ["--drain", "--idle-s", "1", "--consumer", "mb-crashy"]
     cmd = [*MDP, "stream", "micro-batch", "--config", str(path), *options]

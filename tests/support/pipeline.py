@@ -5,11 +5,12 @@ separate process (``tests/support/cli.py``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from market_data_core.codec import encode_event
+from market_data_core.columnar import encode_block
 from market_data_core.config import AppConfig, parse_config
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import Bus, routing_key
@@ -60,8 +61,30 @@ def urls(cfg: AppConfig) -> ServerUrls:
     return ServerUrls(cfg.bus.redis.uri.get_secret_value(), cfg.store.dsn.get_secret_value(), None)
 
 
-async def publish(bus: Bus, cfg: AppConfig, events: list[StreamEvent]) -> None:
-    items = [(routing_key(e.provider, e.symbol), encode_event(e, cfg.bus.codec)) for e in events]
+Wire = Literal["rows", "blocks"]
+WIRES: tuple[Wire, ...] = ("rows", "blocks")
+
+
+async def publish(
+    bus: Bus, cfg: AppConfig, events: list[StreamEvent], wire: Wire = "rows", pack: int = 50
+) -> None:
+    """One entry per event (``rows``: msgpack or JSON, the bus codec), or column blocks of up
+    to ``pack`` events of one series (``blocks``), as a producer packs them: runs of 1000
+    events, each series' events in order."""
+    if wire == "rows":
+        items = [
+            (routing_key(e.provider, e.symbol), encode_event(e, cfg.bus.codec)) for e in events
+        ]
+    else:
+        items = []
+        for i in range(0, len(events), 1000):
+            by_key: dict[str, list[StreamEvent]] = {}
+            for e in events[i : i + 1000]:
+                by_key.setdefault(routing_key(e.provider, e.symbol), []).append(e)
+            for key, group in by_key.items():
+                items += [
+                    (key, encode_block(group[j : j + pack])) for j in range(0, len(group), pack)
+                ]
     for i in range(0, len(items), 1000):
         await bus.publish(cfg.bus.events_topic, items[i : i + 1000])
 
