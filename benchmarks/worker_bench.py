@@ -5,6 +5,7 @@ Unlike ``mdp bench`` no producer runs at the same time, so the figures are the w
 the store's own, not shared with the load generator.
 
     .venv/bin/python benchmarks/worker_bench.py [--events 400000] [--pack 50] [--symbols 20]
+        [--wire rows|blocks]
 
 Starts an embedded Valkey and PostgreSQL (``REDIS_URI``/``DATABASE_URL`` are ignored: the
 server CPU is read from our own children). Prints a table and writes
@@ -26,6 +27,7 @@ from typing import Any
 import psutil
 
 from market_data_core.codec import encode_events
+from market_data_core.columnar import encode_block
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key
 from market_data_pipeline.cli.common import DEFAULT_CONFIG, load_app_config
@@ -51,9 +53,11 @@ def _tree_cpu_s(pid: int) -> float:
     return total
 
 
-def _entries(n: int, symbols: int, pack: int) -> list[tuple[str, bytes]]:
+def _entries(n: int, symbols: int, pack: int, wire: str = "rows") -> list[tuple[str, bytes]]:
     """``n`` ticks, one every 50 µs of event time round robin over ``symbols``, packed
-    ``pack`` per entry per symbol (as the synthetic producer packs them)."""
+    ``pack`` per entry per symbol (as the synthetic producer packs them): msgpack arrays
+    (``rows``) or column blocks (``blocks``)."""
+    encode = encode_block if wire == "blocks" else encode_events
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     per_symbol: dict[str, list[StreamEvent]] = {}
     out: list[tuple[str, bytes]] = []
@@ -73,11 +77,11 @@ def _entries(n: int, symbols: int, pack: int) -> list[tuple[str, bytes]]:
         buf = per_symbol.setdefault(symbol, [])
         buf.append(ev)
         if len(buf) == pack:
-            out.append((routing_key("wbench", symbol), encode_events(buf)))
+            out.append((routing_key("wbench", symbol), encode(buf)))
             buf.clear()
     for symbol, buf in per_symbol.items():
         if buf:
-            out.append((routing_key("wbench", symbol), encode_events(buf)))
+            out.append((routing_key("wbench", symbol), encode(buf)))
     return out
 
 
@@ -102,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bus = await open_bus(cfg, urls)
         store = await open_store(cfg, urls)
         try:
-            entries = _entries(args.events, args.symbols, args.pack)
+            entries = _entries(args.events, args.symbols, args.pack, args.wire)
             for i in range(0, len(entries), 500):
                 await bus.publish(cfg.bus.events_topic, entries[i : i + 500])
             worker = MicroBatcher(cfg, bus, store, consumer_name="wbench")
@@ -148,6 +152,7 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--window-ms", type=int, default=2000)
+    parser.add_argument("--wire", choices=["rows", "blocks"], default="rows")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     for key in (

@@ -476,35 +476,45 @@ def _empty_columns() -> EventColumns:
     )
 
 
-def _parse(payload: bytes) -> _WireBlock:
-    """The block's map, its columns' sizes checked; ``ContractError("decode")`` otherwise.
-    (What needs the rows' values is checked for all blocks at once: :func:`_assemble`.)"""
+_FIELD_AT: Final = {name: i for i, name in enumerate(_WireBlock.__struct_fields__)}
+# (position, name, bytes per row) of the columns whose length _parse checks
+_SIZED: Final = tuple((_FIELD_AT[name], name, size) for name, (_d, size) in _COLUMN_TYPES.items())
+_N, _VER, _PROVIDER, _SYMBOL = (_FIELD_AT[k] for k in ("n", "ver", "provider", "symbol"))
+_INTERVAL_AT, _TRADE_ID, _TRADE_ID_END = (
+    _FIELD_AT[k] for k in ("interval", "trade_id", "trade_id_end")
+)
+_astuple = msgspec.structs.astuple
+
+
+def _parse(payload: bytes) -> tuple[Any, ...]:
+    """The block's map as a tuple (:class:`_WireBlock`'s fields in order), its columns'
+    sizes checked; ``ContractError("decode")`` otherwise. (What needs the rows' values is
+    checked for all blocks at once: :func:`_assemble`.)"""
     if payload[:2] != BLOCK_MAGIC:
         raise ContractError(
             _DECODE, f"unknown column block version {payload[1:2].hex() or 'none'}", payload
         )
     try:
-        block = _BLOCK_DECODER.decode(memoryview(payload)[2:])
+        block = _astuple(_BLOCK_DECODER.decode(memoryview(payload)[2:]))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ContractError(_DECODE, f"not a valid column block: {exc}", payload) from exc
-    n = block.n
+    n = block[_N]
     if not 1 <= n <= MAX_BLOCK_ROWS:
         raise ContractError(
             _DECODE, f"column block: n must be 1..{MAX_BLOCK_ROWS}, got {n}", payload
         )
-    for name, (_dtype, size) in _COLUMN_TYPES.items():
-        col = getattr(block, name)
+    for at, name, size in _SIZED:
+        col = block[at]
         if col is not None and len(col) != n * size:
             raise ContractError(
                 _DECODE,
                 f"column block: {name} holds {len(col)} bytes, expected {n} x {size}",
                 payload,
             )
-    if (block.trade_id is None) != (block.trade_id_end is None):
+    trade_id, ends = block[_TRADE_ID], block[_TRADE_ID_END]
+    if (trade_id is None) != (ends is None):
         raise ContractError(_DECODE, "column block: trade_id and trade_id_end go together", payload)
-    if block.trade_id_end is not None and (
-        int.from_bytes(block.trade_id_end[-4:], "little") != len(block.trade_id or b"")
-    ):
+    if ends is not None and int.from_bytes(ends[-4:], "little") != len(trade_id):
         raise ContractError(_DECODE, _BAD_ENDS, payload)
     return block
 
@@ -515,58 +525,64 @@ _MISSING_COLUMN = "column block: a row has a field whose column is not in the bl
 _STRAY_TRADE_ID = "column block: a row without a trade_id has one in trade_id"
 
 
-def _joined(blocks: list[_WireBlock], name: str, size: int) -> bytes | None:
-    """Column ``name`` of all blocks, one after the other (zeros for a block without it);
-    ``None`` when no block has it."""
-    cols = [getattr(b, name) for b in blocks]
-    if all(c is None for c in cols):
-        return None
-    zero = b"\0" * size
-    return b"".join(zero * b.n if c is None else c for b, c in zip(blocks, cols, strict=True))
-
-
-def _missing_columns(block: _WireBlock) -> int:
+def _missing_columns(block: tuple[Any, ...]) -> int:
     """The optional-field bits whose column the block leaves out."""
     missing = 0
-    for name in FLOAT_FIELDS:
-        if getattr(block, name) is None:
+    for name in (*FLOAT_FIELDS, "ingest_ts", "trade_id"):
+        if block[_FIELD_AT[name]] is None:
             missing |= OPTIONAL_BITS[name]
-    if block.ingest_ts is None:
-        missing |= OPTIONAL_BITS["ingest_ts"]
-    if block.trade_id is None:
-        missing |= OPTIONAL_BITS["trade_id"]
     return missing
 
 
-def _assemble(blocks: list[_WireBlock]) -> tuple[EventColumns, npt.NDArray[np.intp], Bools]:
+def _assemble(
+    blocks: list[tuple[Any, ...]],
+) -> tuple[EventColumns, npt.NDArray[np.intp], Bools]:
     """The rows of ``blocks`` as one :class:`EventColumns` (not validated), each row's block,
     and the blocks that break a rule needing the rows' values (a row carrying a field whose
-    column the block lacks, trade id ends that fall, a trade id in a row without one)."""
+    column the block lacks, trade id ends that fall, a trade id in a row without one).
+    Each column of all blocks is joined into one buffer and read with one ``frombuffer``."""
     nb = len(blocks)
-    sizes = np.fromiter((b.n for b in blocks), np.intp, nb)
+    sizes = np.fromiter((b[_N] for b in blocks), np.intp, nb)
     total = int(sizes.sum())
     row_block = np.repeat(np.arange(nb), sizes)
     series: dict[tuple[str, str], int] = {}
     intervals: dict[str | None, int] = {None: 0}
     s_codes = np.fromiter(
-        (series.setdefault((b.provider, b.symbol), len(series)) for b in blocks), np.int32, nb
+        (series.setdefault((b[_PROVIDER], b[_SYMBOL]), len(series)) for b in blocks),
+        np.int32,
+        nb,
     )
     i_codes = np.fromiter(
-        (intervals.setdefault(b.interval, len(intervals)) for b in blocks), np.int32, nb
+        (intervals.setdefault(b[_INTERVAL_AT], len(intervals)) for b in blocks), np.int32, nb
     )
+    missing = np.zeros(nb, np.uint16)
 
     def column(name: str, dtype: Any) -> Any:
-        raw = _joined(blocks, name, np.dtype(dtype).itemsize)
-        return np.zeros(total, dtype) if raw is None else np.frombuffer(raw, dtype)
+        at = _FIELD_AT[name]
+        parts = [b[at] for b in blocks]
+        absent = [p is None for p in parts]
+        if name in OPTIONAL_BITS and any(absent):
+            missing[np.array(absent)] |= np.uint16(OPTIONAL_BITS[name])
+        if all(absent):
+            return np.zeros(total, dtype)
+        if any(absent):
+            zero = b"\0" * np.dtype(dtype).itemsize
+            parts = [zero * b[_N] if p is None else p for b, p in zip(blocks, parts, strict=True)]
+        return np.frombuffer(b"".join(parts), dtype)
 
     present = column("present", "<u2")
-    missing = np.fromiter((_missing_columns(b) for b in blocks), np.uint16, nb)
-    stray = (present & missing[row_block]) != 0
+    floats = {name: column(name, "<f8") for name in FLOAT_FIELDS}
+    ingest_ts = column("ingest_ts", "<i8")
     trade_blob = b""
     trade_ends = np.zeros(total, np.int64)
-    if any(b.trade_id is not None for b in blocks):
-        blob_sizes = np.fromiter((len(b.trade_id or b"") for b in blocks), np.int64, nb)
-        trade_blob = b"".join(b.trade_id or b"" for b in blocks)
+    falls = np.zeros(total, np.bool_)
+    has_blob = [b[_TRADE_ID] is not None for b in blocks]
+    if not all(has_blob):
+        missing[~np.array(has_blob)] |= np.uint16(OPTIONAL_BITS["trade_id"])
+    if any(has_blob):
+        blobs = [b[_TRADE_ID] or b"" for b in blocks]
+        blob_sizes = np.fromiter(map(len, blobs), np.int64, nb)
+        trade_blob = b"".join(blobs)
         block_start = np.repeat(np.cumsum(blob_sizes) - blob_sizes, sizes)
         trade_ends = column("trade_id_end", "<u4").astype(np.int64) + block_start
         starts = np.concatenate(([0], trade_ends[:-1]))
@@ -574,9 +590,10 @@ def _assemble(blocks: list[_WireBlock]) -> tuple[EventColumns, npt.NDArray[np.in
         starts[first_rows] = block_start[first_rows]
         falls = trade_ends < starts
         has_id = (present & OPTIONAL_BITS["trade_id"]) != 0
-        stray |= falls | ((trade_ends > starts) & ~has_id)
-        if falls.any():  # those blocks are refused; keep the slices well-formed meanwhile
+        falls |= (trade_ends > starts) & ~has_id
+        if np.any(trade_ends < starts):  # those blocks are refused; keep slices well-formed
             trade_ends = np.maximum.accumulate(trade_ends)
+    stray = falls | ((present & missing[row_block]) != 0)
     bad_block = np.zeros(nb, np.bool_)
     if stray.any():
         bad_block[row_block[stray]] = True
@@ -585,13 +602,13 @@ def _assemble(blocks: list[_WireBlock]) -> tuple[EventColumns, npt.NDArray[np.in
         series_idx=s_codes[row_block],
         intervals=tuple(intervals),
         interval_idx=i_codes[row_block],
-        ver=np.repeat(np.fromiter((b.ver for b in blocks), np.int64, nb), sizes),
+        ver=np.repeat(np.fromiter((b[_VER] for b in blocks), np.int64, nb), sizes),
         kind=column("kind", np.uint8),
         src_ts=column("src_ts", "<i8"),
         seq=column("seq", "<i8"),
         present=present,
-        floats={name: column(name, "<f8") for name in FLOAT_FIELDS},
-        ingest_ts=column("ingest_ts", "<i8"),
+        floats=floats,
+        ingest_ts=ingest_ts,
         side=column("side", np.uint8),
         trade_id=trade_blob,
         trade_id_end=trade_ends,
@@ -599,12 +616,12 @@ def _assemble(blocks: list[_WireBlock]) -> tuple[EventColumns, npt.NDArray[np.in
     return cols, row_block, bad_block
 
 
-def _block_error(block: _WireBlock, payload: bytes) -> ContractError:
+def _block_error(block: tuple[Any, ...], payload: bytes) -> ContractError:
     """Why :func:`_assemble` refused a block."""
-    present = np.frombuffer(block.present, "<u2")
+    present = np.frombuffer(block[_FIELD_AT["present"]], "<u2")
     if np.any(present & np.uint16(_missing_columns(block))):
         return ContractError(_DECODE, _MISSING_COLUMN, payload)
-    ends = np.frombuffer(block.trade_id_end or b"", "<u4").astype(np.int64)
+    ends = np.frombuffer(block[_TRADE_ID_END] or b"", "<u4").astype(np.int64)
     if np.any(np.diff(ends, prepend=0) < 0):
         return ContractError(_DECODE, _BAD_ENDS, payload)
     return ContractError(_DECODE, _STRAY_TRADE_ID, payload)
@@ -755,7 +772,7 @@ def decode_blocks(payloads: Sequence[bytes]) -> BlocksDecoded:
     bytes; each invalid row gives the reference path's ``ContractError("validation")`` (its
     reason) carrying the row's dict as JSON. Rows of one payload stay together and in order.
     """
-    blocks: list[_WireBlock] = []
+    blocks: list[tuple[Any, ...]] = []
     owners: list[int] = []
     errors: list[tuple[int, ContractError]] = []
     for p, payload in enumerate(payloads):
