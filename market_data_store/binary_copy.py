@@ -187,7 +187,21 @@ def numeric_send(value: Decimal) -> bytes:
     sign, digits, exponent = value.as_tuple()
     if not isinstance(exponent, int):
         raise ValueError(f"numeric_send takes finite values, got {value}")
-    whole = int("".join(map(str, digits)) or "0")
+    return _numeric(bool(sign), int("".join(map(str, digits)) or "0"), exponent)
+
+
+def _numeric_of_repr(x: float) -> bytes:
+    """``numeric_send(Decimal(repr(x)))`` without the Decimal: the digits of the text."""
+    text = repr(x)
+    mantissa, _e, power = text.partition("e")
+    negative = mantissa.startswith("-")
+    whole, _dot, fraction = mantissa.lstrip("-").partition(".")
+    return _numeric(negative, int(whole + fraction), (int(power) if power else 0) - len(fraction))
+
+
+def _numeric(negative: bool, whole: int, exponent: int) -> bytes:
+    """The send format of ``(-1)**negative * whole * 10**exponent`` (display scale
+    ``max(0, -exponent)``)."""
     if exponent >= 0:
         int_part, frac_part, frac_digits = whole * 10**exponent, 0, 0
     else:
@@ -198,19 +212,25 @@ def numeric_send(value: Decimal) -> bytes:
     groups: list[int] = []
     while int_part:
         int_part, digit = divmod(int_part, 10_000)
-        groups.insert(0, digit)
+        groups.append(digit)
+    groups.reverse()
     weight = len(groups) - 1
-    groups += [
-        (frac_scaled // 10_000 ** (frac_groups - 1 - g)) % 10_000 for g in range(frac_groups)
-    ]
-    while groups and groups[0] == 0:
-        groups.pop(0)
-        weight -= 1
-    while groups and groups[-1] == 0:
-        groups.pop()
+    tail: list[int] = []
+    for _ in range(frac_groups):
+        frac_scaled, digit = divmod(frac_scaled, 10_000)
+        tail.append(digit)
+    groups += reversed(tail)
+    lead = 0
+    while lead < len(groups) and groups[lead] == 0:
+        lead += 1
+    end = len(groups)
+    while end > lead and groups[end - 1] == 0:
+        end -= 1
+    groups = groups[lead:end]
+    weight -= lead
     if not groups:
-        weight, sign = 0, 0
-    flag = _NUMERIC_NEG if sign else _NUMERIC_POS
+        weight, negative = 0, False
+    flag = _NUMERIC_NEG if negative else _NUMERIC_POS
     return struct.pack(
         f">hhHH{len(groups)}h", len(groups), weight, flag, max(0, -exponent), *groups
     )
@@ -255,7 +275,7 @@ class NumericColumn:
         # NULLs (empty), and the few values that need repr (one at a time)
         null = self.null if self.null is not None else np.zeros(n, np.bool_)
         slow = np.flatnonzero(~fast & ~null)
-        slow_parts = [numeric_send(Decimal(repr(float(x[i])))) for i in slow.tolist()]
+        slow_parts = [_numeric_of_repr(v) for v in x[slow].tolist()]
         lengths = np.where(fast, width, 0)
         lengths[slow] = np.fromiter(map(len, slow_parts), np.int64, len(slow_parts))
         ends = np.cumsum(lengths)

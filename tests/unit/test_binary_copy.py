@@ -20,6 +20,7 @@ from market_data_store.binary_copy import (
     NumericColumn,
     TextColumn,
     TimestamptzColumn,
+    _numeric_of_repr,
     encode_copy,
     numeric_send,
 )
@@ -128,3 +129,9 @@ def test_rows_of_one_layout_keep_their_order_when_grouped() -> None:
     stream = encode_copy([Int8Column(ids), TextColumn.coded(words, codes)], 10)
     got = [struct.unpack(">q", r[0])[0] for r in parse(stream)]  # type: ignore[arg-type]
     assert got == [0, 2, 5, 6, 8, 9, 1, 3, 4, 7]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_numeric_of_repr_is_numeric_send_of_the_decimal(x: float) -> None:
+    assert _numeric_of_repr(x) == numeric_send(Decimal(repr(x)))
