@@ -54,7 +54,9 @@ async def producer_run(
             partitions=args.partitions,
             redis=RedisConfig(stream=stream),
         ),
-        producers=ProducersConfig(publish_batch_size=args.batch, pack_events=args.pack),
+        producers=ProducersConfig(
+            publish_batch_size=args.batch, pack_events=args.pack, pack_as=args.pack_as
+        ),
     )
     bus = await open_bus(app, ServerUrls(url, None, None))
     synth = SyntheticProducerConfig(symbols=SYMBOLS)
@@ -164,6 +166,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "codec": args.codec,
         "batch": args.batch,
         "pack": args.pack,
+        "pack_as": args.pack_as,
         "partitions": args.partitions,
         "seeded": args.seed is not None,
         "symbols": len(SYMBOLS),
@@ -181,6 +184,7 @@ def main() -> None:
     parser.add_argument("--codec", choices=["msgpack", "json"], default="msgpack")
     parser.add_argument("--pack", type=int, default=50, help="events per entry (mdp bench: 50)")
     parser.add_argument("--partitions", type=int, default=4, help="shards of the stream")
+    parser.add_argument("--pack-as", choices=["rows", "columns"], default="rows")
     parser.add_argument("--seed", type=int, default=None, help="seeded: no ingest_ts stamps")
     parser.add_argument("--xadd-events", type=int, default=100_000)
     args = parser.parse_args()

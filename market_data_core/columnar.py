@@ -76,15 +76,21 @@ from market_data_core.timeutil import (
 
 __all__ = [
     "BLOCK_MAGIC",
+    "COLUMN_ROW_FIELDS",
     "FLOAT_FIELDS",
     "KIND_CODES",
+    "KIND_NAMES",
     "MAX_BLOCK_ROWS",
     "OPTIONAL_BITS",
     "SIDE_CODES",
+    "SIDE_NAMES",
     "BlocksDecoded",
+    "ColumnRow",
     "EventColumns",
     "coded_rows",
     "columns_from_events",
+    "columns_from_rows",
+    "columns_from_wire_rows",
     "decode_blocks",
     "encode_block",
     "event_ids",
@@ -207,6 +213,28 @@ class EventColumns:
             return None
         start = int(self.trade_id_end[i - 1]) if i else 0
         return self.trade_id[start : int(self.trade_id_end[i])].decode()
+
+    def slice(self, start: int, stop: int) -> EventColumns:
+        """Rows ``start`` to ``stop`` (views of the arrays, no copy)."""
+        first = int(self.trade_id_end[start - 1]) if start else 0
+        ends = self.trade_id_end[start:stop]
+        last = int(ends[-1]) if len(ends) else first
+        return EventColumns(
+            series=self.series,
+            series_idx=self.series_idx[start:stop],
+            intervals=self.intervals,
+            interval_idx=self.interval_idx[start:stop],
+            ver=self.ver[start:stop],
+            kind=self.kind[start:stop],
+            src_ts=self.src_ts[start:stop],
+            seq=self.seq[start:stop],
+            present=self.present[start:stop],
+            floats={k: a[start:stop] for k, a in self.floats.items()},
+            ingest_ts=self.ingest_ts[start:stop],
+            side=self.side[start:stop],
+            trade_id=self.trade_id[first:last],
+            trade_id_end=ends - first,
+        )
 
     def take(self, rows: npt.NDArray[np.intp] | Bools) -> EventColumns:
         """The rows selected by an index array or a mask, in that order."""
@@ -924,4 +952,147 @@ def columns_from_events(
         side=np.fromiter((SIDE_CODES.get(e.side or "", 0) for e in evs), np.uint8, n),
         trade_id=b"".join(encoded),
         trade_id_end=np.cumsum(np.fromiter(map(len, encoded), np.int64, n)),
+    )
+
+
+def columns_from_wire_rows(rows: Sequence[Any]) -> EventColumns:
+    """Events in msgpack wire form (what ``codec.event_to_dict(event, codec="msgpack")``
+    gives, or a ``msgspec.Struct`` that encodes as that dict) as :class:`EventColumns`, for
+    a producer that makes wire rows without building events. The rows are trusted to be
+    valid events (``event_id`` is dropped: the block implies it; ``src_ts``/``ingest_ts`` are
+    epoch µs); a consumer validates the block anyway."""
+    dicts: list[dict[str, Any]] = msgspec.to_builtins(list(rows))
+    n = len(dicts)
+    series: dict[tuple[str, str], int] = {}
+    intervals: dict[str | None, int] = {None: 0}
+    present = np.zeros(n, np.uint16)
+    floats = {}
+    for name in FLOAT_FIELDS:
+        vals = [d.get(name) for d in dicts]
+        given = np.fromiter((x is not None for x in vals), np.bool_, n)
+        if given.any():
+            present |= np.where(given, np.uint16(OPTIONAL_BITS[name]), np.uint16(0))
+            floats[name] = np.fromiter((0.0 if x is None else x for x in vals), np.float64, n)
+        else:
+            floats[name] = np.zeros(n, np.float64)
+    ingest = [d.get("ingest_ts") for d in dicts]
+    has_ingest = np.fromiter((x is not None for x in ingest), np.bool_, n)
+    present |= np.where(has_ingest, np.uint16(OPTIONAL_BITS["ingest_ts"]), np.uint16(0))
+    ids = [d.get("trade_id") for d in dicts]
+    has_id = np.fromiter((x is not None for x in ids), np.bool_, n)
+    present |= np.where(has_id, np.uint16(OPTIONAL_BITS["trade_id"]), np.uint16(0))
+    encoded = [b"" if x is None else x.encode() for x in ids]
+    series_idx = np.fromiter(
+        (series.setdefault((d["provider"], d["symbol"]), len(series)) for d in dicts),
+        np.int32,
+        n,
+    )
+    interval_idx = np.fromiter(
+        (intervals.setdefault(d.get("interval"), len(intervals)) for d in dicts), np.int32, n
+    )
+    return EventColumns(
+        series=tuple(series),
+        series_idx=series_idx,
+        intervals=tuple(intervals),
+        interval_idx=interval_idx,
+        ver=np.fromiter((d.get("ver", 1) for d in dicts), np.int64, n),
+        kind=np.fromiter((KIND_CODES[d["kind"]] for d in dicts), np.uint8, n),
+        src_ts=np.fromiter((d["src_ts"] for d in dicts), np.int64, n),
+        seq=np.fromiter((d["seq"] for d in dicts), np.int64, n),
+        present=present,
+        floats=floats,
+        ingest_ts=np.fromiter((0 if x is None else x for x in ingest), np.int64, n),
+        side=np.fromiter((SIDE_CODES.get(d.get("side") or "", 0) for d in dicts), np.uint8, n),
+        trade_id=b"".join(encoded),
+        trade_id_end=np.cumsum(np.fromiter(map(len, encoded), np.int64, n)),
+    )
+
+
+COLUMN_ROW_FIELDS: Final = (
+    "provider",
+    "symbol",
+    "kind",
+    "src_ts",
+    "seq",
+    "present",
+    "c",
+    "v",
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "side",
+    "trade_id",
+    "ingest_ts",
+)
+"""A *column row*: one trade or quote as a plain tuple of these values, for producers that
+make events in bulk: ``kind`` and ``side`` are codes (:data:`KIND_CODES`, :data:`SIDE_CODES`,
+0: none), ``present`` the row's :data:`OPTIONAL_BITS` (a float or ``ingest_ts`` whose bit is
+clear is ignored, 0.0 / 0 by convention), ``trade_id`` a str ("" when its bit is clear),
+times epoch µs. Tuples of one shape transpose at C speed (:func:`columns_from_rows`)."""
+
+ColumnRow = tuple[
+    str, str, int, int, int, int, float, float, float, float, float, float, int, str, int
+]
+
+
+def columns_from_rows(rows: Sequence[ColumnRow]) -> EventColumns:
+    """Column rows (see :data:`COLUMN_ROW_FIELDS`; trusted to be valid trades and quotes)
+    as :class:`EventColumns`."""
+    n = len(rows)
+    if n == 0:
+        return _empty_columns()
+    (
+        providers,
+        symbols,
+        kind,
+        src_ts,
+        seq,
+        present,
+        c,
+        v,
+        bid,
+        ask,
+        bid_size,
+        ask_size,
+        side,
+        trade_ids,
+        ingest_ts,
+    ) = zip(*rows, strict=True)
+    series: dict[tuple[str, str], int] = {}
+    series_idx = np.fromiter(
+        (series.setdefault(ps, len(series)) for ps in zip(providers, symbols, strict=True)),
+        np.int32,
+        n,
+    )
+    lengths = np.fromiter(map(len, trade_ids), np.int64, n)
+    blob = "".join(trade_ids).encode()
+    if len(blob) != int(lengths.sum()):  # not all ASCII: the lengths in bytes
+        parts = [t.encode() for t in trade_ids]
+        lengths = np.fromiter(map(len, parts), np.int64, n)
+    return EventColumns(
+        series=tuple(series),
+        series_idx=series_idx,
+        intervals=(None,),
+        interval_idx=np.zeros(n, np.int32),
+        ver=np.ones(n, np.int64),
+        kind=np.array(kind, np.uint8),
+        src_ts=np.array(src_ts, np.int64),
+        seq=np.array(seq, np.int64),
+        present=np.array(present, np.uint16),
+        floats={
+            "o": np.zeros(n),
+            "h": np.zeros(n),
+            "l": np.zeros(n),
+            "c": np.array(c, np.float64),
+            "v": np.array(v, np.float64),
+            "bid": np.array(bid, np.float64),
+            "ask": np.array(ask, np.float64),
+            "bid_size": np.array(bid_size, np.float64),
+            "ask_size": np.array(ask_size, np.float64),
+        },
+        ingest_ts=np.array(ingest_ts, np.int64),
+        side=np.array(side, np.uint8),
+        trade_id=blob,
+        trade_id_end=np.cumsum(lengths),
     )

@@ -52,6 +52,7 @@ __all__ = [
     "InferenceConfig",
     "KafkaConfig",
     "MicroBatchConfig",
+    "PackAs",
     "PluginAdapterConfig",
     "ProducersConfig",
     "RedisConfig",
@@ -230,6 +231,9 @@ class IbkrProducerConfig(_Model):
     max_msgs_per_s: float | None = Field(default=50.0, gt=0)
 
 
+PackAs = Literal["rows", "columns"]
+
+
 class ProducersConfig(_Model):
     synthetic: SyntheticProducerConfig = SyntheticProducerConfig()
     replay: ReplayProducerConfig = ReplayProducerConfig()
@@ -238,6 +242,10 @@ class ProducersConfig(_Model):
     publish_batch_size: int = Field(default=500, ge=1, le=100_000)
     buffer_max_events: int = Field(default=100_000, ge=100)
     pack_events: int = Field(default=1, ge=1, le=10_000)
+    # how a pack of events goes on the bus: an array of maps in bus.codec ("rows", what any
+    # consumer reads), or a column block (market_data_core.columnar: a consumer decodes and
+    # validates it with array operations; mdp consumers of issue 21 on read it)
+    pack_as: PackAs = "rows"
 
 
 EmptyIntervals = Literal["none", "flat"]

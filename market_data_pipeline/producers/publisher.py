@@ -28,11 +28,24 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
+import numpy as np
 
 from market_data_core.codec import CodecName, encode_event, encode_events, event_to_dict
+from market_data_core.columnar import (
+    COLUMN_ROW_FIELDS,
+    FLOAT_FIELDS,
+    KIND_NAMES,
+    OPTIONAL_BITS,
+    SIDE_NAMES,
+    ColumnRow,
+    columns_from_rows,
+    columns_from_wire_rows,
+    encode_columns,
+)
+from market_data_core.config import PackAs
 from market_data_core.contracts import StreamEvent
 from market_data_core.errors import BackpressureError, BusError
 from market_data_core.protocols import Bus, routing_key
@@ -40,13 +53,17 @@ from market_data_pipeline import telemetry
 from market_data_pipeline.producers.pacing import TokenBucket
 from market_data_pipeline.retry import Backoff, retry
 
-__all__ = ["Publisher", "WireBlock", "WireSource", "encode_batch"]
+__all__ = ["Publisher", "WireBlock", "WireForm", "WireSource", "encode_batch"]
 
 log = logging.getLogger(__name__)
 
 # What event_to_dict(event, codec=...) gives, or (msgpack only) a msgspec Struct that encodes
-# as exactly that dict (the synthetic provider's ticks: cheaper to build than a dict).
+# as exactly that dict (the synthetic provider's ticks: cheaper to build than a dict), or (form
+# "columns") a column row (market_data_core.columnar.COLUMN_ROW_FIELDS) or a msgpack-form dict.
 WireRow = Any
+WireForm = Literal["msgpack", "json", "columns"]
+"""How the rows of a :class:`WireBlock` are written: as ``event_to_dict`` in that codec, or
+(``columns``, for a publisher that packs column blocks) as column rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +76,7 @@ class WireBlock:
     ``routing_key(event_i.provider, event_i.symbol)``. The publisher trusts both.
     """
 
-    codec: CodecName
+    codec: WireForm
     keys: list[str]
     rows: list[WireRow]
 
@@ -76,7 +93,7 @@ class WireSource(Protocol):
     """A provider that can hand over its events as :class:`WireBlock` s (cheaper than
     ``events()``: no ``StreamEvent`` per event, no per-event ``put``)."""
 
-    def wire_blocks(self, codec: CodecName) -> AsyncGenerator[WireBlock, None]:
+    def wire_blocks(self, codec: WireForm) -> AsyncGenerator[WireBlock, None]:
         """The same events as ``events()``, in the same order, paced the same way."""
         ...
 
@@ -96,10 +113,19 @@ def _dumps(obj: Any, codec: CodecName) -> bytes:
 
 
 def encode_rows(
-    rows: Sequence[tuple[str, WireRow]], codec: CodecName, pack_events: int
+    rows: Sequence[tuple[str, WireRow]],
+    codec: CodecName,
+    pack_events: int,
+    pack_as: PackAs = "rows",
 ) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
     """:func:`encode_batch` for ``(routing key, wire row)`` pairs, plus the event count per
-    provider. The items are byte-identical to ``encode_batch`` of the same events."""
+    provider. The items are byte-identical to ``encode_batch`` of the same events; with
+    ``pack_as="columns"`` (rows in msgpack form) each entry is a column block of up to
+    ``pack_events`` events of one series (:mod:`market_data_core.columnar`)."""
+    if pack_as == "columns":
+        row_list = [row for _key, row in rows]
+        if set(map(type, row_list)) == {tuple}:
+            return _blocks_of_column_rows(row_list, pack_events)
     by_key: dict[str, list[WireRow]] = {}
     for key, row in rows:
         group = by_key.get(key)
@@ -112,6 +138,8 @@ def encode_rows(
         # a routing key is "provider|symbol" and a provider name holds no "|"
         provider = key.partition("|")[0]
         per_provider[provider] = per_provider.get(provider, 0) + len(group)
+    if pack_as == "columns":
+        return _column_blocks(by_key, pack_events), per_provider
     if pack_events <= 1:
         return [(key, _dumps(row, codec)) for key, row in rows], per_provider
     items: list[tuple[str, bytes]] = []
@@ -123,6 +151,74 @@ def encode_rows(
             chunk = group[i : i + pack_events]
             items.append((key, _dumps(chunk[0] if len(chunk) == 1 else chunk, codec)))
     return items, per_provider
+
+
+def _column_blocks(by_key: dict[str, list[WireRow]], pack_events: int) -> list[tuple[str, bytes]]:
+    """Up to ``pack_events`` events of one key per block (one interval per block: provider
+    bars of several intervals are split). Column rows transpose at C speed; msgpack-form
+    rows (events put one by one, provider bars) go field by field."""
+    items: list[tuple[str, bytes]] = []
+    for key, group in by_key.items():
+        tuples = [type(row) is tuple for row in group]
+        if all(tuples):
+            cols = columns_from_rows(group)
+        elif any(tuples):  # one source per publisher: only if a caller mixes put and blocks
+            cols = columns_from_wire_rows(
+                [_row_as_dict(row) if t else row for row, t in zip(group, tuples, strict=True)]
+            )
+        else:
+            cols = columns_from_wire_rows(group)
+        by_interval = (
+            [np.arange(cols.n)]
+            if len(cols.intervals) <= 2
+            else [np.flatnonzero(cols.interval_idx == i) for i in range(len(cols.intervals))]
+        )
+        for rows in by_interval:
+            for start in range(0, len(rows), pack_events):
+                part = rows[start : start + pack_events]
+                if not len(part):
+                    continue
+                block = cols if len(part) == cols.n else cols.take(part)
+                interval = cols.intervals[int(block.interval_idx[0])]
+                items.append((key, encode_columns(block, interval=interval)))
+    return items
+
+
+def _blocks_of_column_rows(
+    rows: list[ColumnRow], pack_events: int
+) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+    """:func:`encode_rows` of column rows: one transposition for the whole batch, then the
+    rows of each series (in order) cut into blocks of ``pack_events``."""
+    cols = columns_from_rows(rows)
+    order = np.argsort(cols.series_idx, kind="stable")
+    cols = cols.take(order)
+    counts = np.bincount(cols.series_idx, minlength=len(cols.series)).tolist()
+    items: list[tuple[str, bytes]] = []
+    per_provider: dict[str, int] = {}
+    start = 0
+    for (provider, symbol), count in zip(cols.series, counts, strict=True):
+        key = routing_key(provider, symbol)
+        per_provider[provider] = per_provider.get(provider, 0) + count
+        for first in range(start, start + count, pack_events):
+            block = cols.slice(first, min(first + pack_events, start + count))
+            block.series = ((provider, symbol),)
+            block.series_idx = np.zeros(block.n, np.int32)
+            items.append((key, encode_columns(block)))
+        start += count
+    return items, per_provider
+
+
+def _row_as_dict(row: ColumnRow) -> dict[str, Any]:
+    """A column row as the msgpack-form dict of its event (``event_id`` left out)."""
+    out: dict[str, Any] = dict(zip(COLUMN_ROW_FIELDS, row, strict=True))
+    bits = out.pop("present")
+    out["kind"] = KIND_NAMES[out["kind"]]
+    out["side"] = SIDE_NAMES[out["side"]]
+    for name in (*FLOAT_FIELDS, "ingest_ts", "trade_id"):
+        if name in out and not bits & OPTIONAL_BITS[name]:
+            del out[name]
+    out["ver"] = 1
+    return out
 
 
 def encode_batch(
@@ -158,6 +254,7 @@ class Publisher:
         batch_size: int = 500,
         buffer_max_events: int = 100_000,
         pack_events: int = 1,
+        pack_as: PackAs = "rows",
         max_msgs_per_s: float | None = None,
         linger_ms: int = 50,
         retry_timeout_s: float = 30.0,
@@ -167,7 +264,9 @@ class Publisher:
             raise ValueError("batch_size, buffer_max_events and pack_events must be >= 1")
         self._bus = bus
         self.topic = topic
-        self._codec: CodecName = codec
+        # column blocks are built from column rows, whatever the bus codec
+        self._codec: WireForm = "columns" if pack_as == "columns" else codec
+        self._pack_as: PackAs = pack_as
         self._batch_size = batch_size
         self._buffer_max = max(buffer_max_events, batch_size)
         self._pack = pack_events
@@ -196,7 +295,8 @@ class Publisher:
         return len(self._buffer)
 
     @property
-    def codec(self) -> CodecName:
+    def codec(self) -> WireForm:
+        """The form of the rows this publisher takes in :meth:`put_block`."""
         return self._codec
 
     async def __aenter__(self) -> Publisher:
@@ -272,8 +372,9 @@ class Publisher:
             self._wake.set()
 
     def _append(self, event: StreamEvent) -> None:
+        codec: CodecName = "msgpack" if self._codec == "columns" else self._codec
         self._buffer.append(
-            (routing_key(event.provider, event.symbol), event_to_dict(event, codec=self._codec))
+            (routing_key(event.provider, event.symbol), event_to_dict(event, codec=codec))
         )
         self._idle.clear()
         if len(self._buffer) >= self._batch_size:
@@ -348,7 +449,8 @@ class Publisher:
                 raise
 
     async def _publish_with_retry(self, rows: list[tuple[str, WireRow]]) -> None:
-        items, per_provider = encode_rows(rows, self._codec, self._pack)
+        codec: CodecName = "msgpack" if self._codec == "columns" else self._codec
+        items, per_provider = encode_rows(rows, codec, self._pack, self._pack_as)
 
         def report(exc: BaseException, delay_s: float | None) -> None:
             if delay_s is not None:

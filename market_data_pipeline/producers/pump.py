@@ -39,6 +39,7 @@ def make_publisher(config: AppConfig, bus: Bus, max_msgs_per_s: float | None) ->
         batch_size=p.publish_batch_size,
         buffer_max_events=p.buffer_max_events,
         pack_events=p.pack_events,
+        pack_as=p.pack_as,
         max_msgs_per_s=max_msgs_per_s,
     )
 

@@ -35,12 +35,12 @@ from typing import Any
 
 import msgspec
 
-from market_data_core.codec import CodecName
+from market_data_core.columnar import OPTIONAL_BITS
 from market_data_core.config import SyntheticProducerConfig
 from market_data_core.contracts import EventKind, StreamEvent
 from market_data_core.protocols import routing_key
 from market_data_core.timeutil import from_epoch_us, isoformat_us, to_epoch_us
-from market_data_pipeline.producers.publisher import WireBlock, WireRow
+from market_data_pipeline.producers.publisher import WireBlock, WireForm, WireRow
 
 __all__ = ["SEEDED_START", "SyntheticProvider"]
 
@@ -59,6 +59,14 @@ _MAX_BLOCK_EVENTS = 2000
 _TRADE_SIZES = tuple(float(k + 1) for k in range(100))
 # generate() makes its rows in blocks of this many events (ingest_ts stamped per block).
 _GENERATE_BLOCK_EVENTS = 64
+# the optional fields of a column row (market_data_core.columnar) of a tick and of a quote
+_TICK_BITS = OPTIONAL_BITS["c"] | OPTIONAL_BITS["v"] | OPTIONAL_BITS["trade_id"]
+_QUOTE_BITS = (
+    OPTIONAL_BITS["bid"]
+    | OPTIONAL_BITS["ask"]
+    | OPTIONAL_BITS["bid_size"]
+    | OPTIONAL_BITS["ask_size"]
+)
 
 
 class _SeededTickRow(msgspec.Struct, gc=False):
@@ -114,9 +122,9 @@ class _Walk:
     as they always have, so a seed gives the same events as before this fast path existed.
     """
 
-    def __init__(self, source: SyntheticProvider, codec: CodecName) -> None:
+    def __init__(self, source: SyntheticProvider, codec: WireForm) -> None:
         cfg = source._config
-        self.codec: CodecName = codec
+        self.codec: WireForm = codec
         self.kind = source.kind
         self.quote_ratio = source.quote_ratio if source.kind == "tick" else 0.0
         self.provider = cfg.provider
@@ -199,7 +207,9 @@ class _Walk:
         provider = self.provider
         start_us, step_us = self.start_us, self.step_us
         as_text = self.codec == "json"
+        as_columns = self.codec == "columns"
         ingest_us = ingest if isinstance(ingest, int) else None
+        tick_bits = _TICK_BITS if ingest_us is None else _TICK_BITS | OPTIONAL_BITS["ingest_ts"]
         trade_sizes = _TRADE_SIZES
         # i * step is exact when the step is a whole number of µs (round() of it is a no-op)
         step_whole_us = int(step_us) if step_us.is_integer() else 0
@@ -224,12 +234,15 @@ class _Walk:
             p = prices[j] * exp(drift + shock * z)
             prices[j] = p
             ts_us = start_us + (i * step_whole_us if step_whole_us else round(i * step_us))
-            if ts_us >= next_second_us:
-                second = ts_us // 1_000_000
-                prefix = self._iso_second(second)
-                next_second_us = (second + 1) * 1_000_000
-            # six zero-padded digits: cheaper than a :06d format spec
-            iso = f"{prefix}{str(ts_us - next_second_us + 2_000_000)[1:]}Z"
+            if as_columns:  # a column block implies the event id: no text to make
+                iso = ""
+            else:
+                if ts_us >= next_second_us:
+                    second = ts_us // 1_000_000
+                    prefix = self._iso_second(second)
+                    next_second_us = (second + 1) * 1_000_000
+                # six zero-padded digits: cheaper than a :06d format spec
+                iso = f"{prefix}{str(ts_us - next_second_us + 2_000_000)[1:]}Z"
             seq_text = str(seq)
             size = bits(7)
             while size >= 100:
@@ -244,8 +257,27 @@ class _Walk:
             if c < 0.01:  # max(c, 0.01), without the call
                 c = 0.01
             side = "buy" if uniform() < 0.5 else "sell"
-            if as_text:
-                row: WireRow = {
+            row: WireRow
+            if as_columns:
+                row = (
+                    provider,
+                    symbols[j],
+                    0,
+                    ts_us,
+                    seq,
+                    tick_bits,
+                    c,
+                    trade_sizes[size],
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    1 if side == "buy" else 2,
+                    seq_text,
+                    ingest_us or 0,
+                )
+            elif as_text:
+                row = {
                     "ingest_ts": ingest,
                     "c": c,
                     "v": trade_sizes[size],
@@ -319,15 +351,39 @@ class _Walk:
         symbols, prices, seqs = self.symbols, self.prices, self.seqs
         n_symbols = len(symbols)
         rows: list[WireRow] = []
+        quote_bits = _QUOTE_BITS | (OPTIONAL_BITS["ingest_ts"] if isinstance(ingest, int) else 0)
         for i in range(self.i, self.i + n):
             j = i % n_symbols
             seq = seqs[j]
             seqs[j] = seq + 1
             p = prices[j] * math.exp(self.drift + self.shock * gauss(0.0, 1.0))
             prices[j] = p
-            src_ts, iso = self._ts(self.start_us + round(i * self.step_us))
+            ts_us = self.start_us + round(i * self.step_us)
             bid = max(round(p - 0.01 * randint(0, 2), 2), 0.01)
             ask = round(bid + 0.01 * randint(1, 3), 2)
+            if self.codec == "columns":
+                bid_size = float(randint(1, 20) * 100)
+                rows.append(
+                    (
+                        self.provider,
+                        symbols[j],
+                        2,
+                        ts_us,
+                        seq,
+                        quote_bits,
+                        0.0,
+                        0.0,
+                        bid,
+                        ask,
+                        bid_size,
+                        float(randint(1, 20) * 100),
+                        0,
+                        "",
+                        ingest if isinstance(ingest, int) else 0,
+                    )
+                )
+                continue
+            src_ts, iso = self._ts(ts_us)
             row = {
                 "ingest_ts": ingest,
                 "bid": bid,
@@ -445,12 +501,12 @@ class SyntheticProvider:
     def name(self) -> str:
         return self._config.provider
 
-    def _ingest(self, codec: CodecName) -> int | str | None:
+    def _ingest(self, codec: WireForm) -> int | str | None:
         """``ingest_ts`` of events made now, in wire form (None when seeded)."""
         if self.seed is not None:
             return None
         now_us = time.time_ns() // 1000
-        return now_us if codec == "msgpack" else isoformat_us(from_epoch_us(now_us))
+        return isoformat_us(from_epoch_us(now_us)) if codec == "json" else now_us
 
     @staticmethod
     def _event(row: WireRow) -> StreamEvent:
@@ -472,7 +528,7 @@ class SyntheticProvider:
             for row in rows:
                 yield self._event(row)
 
-    async def wire_blocks(self, codec: CodecName = "msgpack") -> AsyncGenerator[WireBlock, None]:
+    async def wire_blocks(self, codec: WireForm = "msgpack") -> AsyncGenerator[WireBlock, None]:
         """The events of :meth:`generate` in wire form, paced at ``rate_per_s``: each wakeup
         (at most every ``_TICK_S``) makes every event due by then as one block (at most
         ``_MAX_BLOCK_EVENTS``). Ends after ``count`` events, or once :meth:`aclose` is

@@ -20,6 +20,7 @@ from market_data_core.codec import (
     encode_events,
     event_to_dict,
 )
+from market_data_core.columnar import is_block
 from market_data_core.config import SyntheticProducerConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key
@@ -414,3 +415,41 @@ def test_quote_ratio_mixes_quotes_with_trades(ratio: float, codec: CodecName) ->
     assert list(SyntheticProvider(REF_CFG, seed=3, count=500, quote_ratio=0.0).generate()) == plain
     with pytest.raises(ValueError, match="quote_ratio"):
         SyntheticProvider(REF_CFG, quote_ratio=1.5)
+
+
+@pytest.mark.parametrize("kind", ["tick", "quote", "bar", "mixed"])
+@pytest.mark.parametrize("ingest", [False, True])
+def test_column_blocks_carry_the_events_of_the_rows(kind: str, ingest: bool) -> None:
+    """``pack_as="columns"``: each entry a block of up to ``pack`` events of its key, and the
+    blocks decode (through the consumer's validation) to exactly the events of the rows, be
+    they msgpack-form rows or the column rows a columnar publisher takes from the walk (the
+    same draws: the same events)."""
+    stamp = 1_767_000_000_000_000 if ingest else None
+    options: dict[str, Any] = (
+        {"kind": "tick", "quote_ratio": 0.5} if kind == "mixed" else {"kind": kind}
+    )
+    for seed in range(3):
+
+        def provider(seed: int = seed) -> SyntheticProvider:
+            return SyntheticProvider(REF_CFG, seed=seed, rate_per_s=2000.0, count=1000, **options)
+
+        keys, raw_rows = _Walk(provider(), "msgpack").make(1000, stamp)
+        want = [SyntheticProvider._event(r) for r in raw_rows]
+        column_keys, column_rows = _Walk(provider(), "columns").make(1000, stamp)
+        assert column_keys == keys
+        assert kind == "bar" or all(type(r) is tuple for r in column_rows)
+        for rows in (raw_rows, column_rows):
+            pairs = list(zip(keys, rows, strict=True))
+            for pack in (1, 7, 50):
+                items, per_provider = encode_rows(pairs, "msgpack", pack, "columns")
+                assert per_provider == {"ref_p": 1000}
+                assert all(is_block(payload) for _key, payload in items)
+                got: dict[str, list[StreamEvent]] = {}
+                for key, payload in items:
+                    batch = decode_events(payload)
+                    assert not batch.errors and 1 <= len(batch.events) <= pack
+                    assert {routing_key(e.provider, e.symbol) for e in batch.events} == {key}
+                    got.setdefault(key, []).extend(batch.events)
+                for key in set(keys):
+                    mine = [e for k, e in zip(keys, want, strict=True) if k == key]
+                    assert [e.__dict__ for e in got[key]] == [e.__dict__ for e in mine]
