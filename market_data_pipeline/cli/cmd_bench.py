@@ -26,7 +26,7 @@ import typer
 import yaml
 
 from market_data_core.codec import encode_event, encode_events
-from market_data_core.config import AppConfig
+from market_data_core.config import AppConfig, PackAs
 from market_data_core.contracts import Bar, QuoteBar, StreamEvent, WindowBar
 from market_data_core.errors import MDPError
 from market_data_core.protocols import Bus, SignalsStoreClient, StoreClient
@@ -51,10 +51,17 @@ from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields
 
-# Targets from the issues, printed beside the figures.
-TARGET_EVENTS_PER_S = 40_000
+# Targets from the issues (21: packed, columnar), printed beside the figures.
+TARGET_EVENTS_PER_S = 200_000
 TARGET_P95_OVER_WINDOW = 1.2
 TARGET_LAG_OVER_WINDOW = 2.0
+TARGET_CPU_US_PER_EVENT = 9.0
+TARGET_PEAK_RSS_MIB = 600.0
+# "flat": over the last RSS_FLAT_S of the run (the last 80 % of a shorter one), the mean of
+# the last 30 samples is at most this much above the mean of the first 30 (5 %, +20 MiB)
+RSS_FLAT_S = 240.0
+RSS_FLAT_GROWTH = 0.05
+RSS_FLAT_SLACK_MIB = 20.0
 
 
 @dataclass
@@ -86,6 +93,8 @@ class FullPath:
     lag_ms_p95: float = 0.0
     pending_samples: list[int] = field(default_factory=list)
     peak_rss_mb: float = 0.0
+    # (seconds into the run, RSS MiB of bench + producers + workers), one per second
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)
     bars_scored: int = 0
     signals: int = 0
     # micro_batch.rollups (--rollups): rollup windows written by the workers, and per level
@@ -441,6 +450,7 @@ async def _full_path_on(
                 with contextlib.suppress(psutil.Error):
                     rss += psutil.Process(p.pid).memory_info().rss
             result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
+            result.rss_samples.append((round(samples[-1][0], 1), round(rss / 2**20, 1)))
             if time.monotonic() - t0 > duration_s + 60:
                 break
         for k, p in enumerate(procs):
@@ -576,6 +586,30 @@ def _cpu_split(
     return used, per_event
 
 
+def rss_flat(samples: list[tuple[float, float]]) -> tuple[bool, float, float]:
+    """Whether RSS stayed flat over the last ``RSS_FLAT_S`` of the run (its last 80 % when
+    shorter): ``(flat, mean of the first 30 samples of that span, of the last 30)``."""
+    if len(samples) < 10:
+        return False, 0.0, 0.0
+    end = samples[-1][0]
+    span = min(RSS_FLAT_S, 0.8 * end)
+    tail = [mb for t, mb in samples if t >= end - span]
+    k = max(1, min(30, len(tail) // 3))
+    first, last = sum(tail[:k]) / k, sum(tail[-k:]) / k
+    return last <= first * (1 + RSS_FLAT_GROWTH) + RSS_FLAT_SLACK_MIB, first, last
+
+
+def _rss_row(f: FullPath) -> tuple[str, str]:
+    flat, first, last = rss_flat(f.rss_samples)
+    span = min(RSS_FLAT_S, 0.8 * (f.rss_samples[-1][0] if f.rss_samples else 0.0))
+    return (
+        "peak RSS (bench + producers + workers)",
+        f"{f.peak_rss_mb:,.0f} MiB (target <= {TARGET_PEAK_RSS_MIB:,.0f}: "
+        f"{_ok(f.peak_rss_mb <= TARGET_PEAK_RSS_MIB)}); over the last {span:,.0f} s "
+        f"{first:,.0f} -> {last:,.0f} MiB (flat: {_ok(flat)})",
+    )
+
+
 def _ok(flag: bool) -> str:
     return "ok" if flag else "MISSED"
 
@@ -592,6 +626,7 @@ def _rows(
     pack: int,
     procs: str,
     quote_ratio: float = 0.0,
+    pack_as: str = "rows",
 ) -> list[tuple[str, str]]:
     def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:,.0f} ms"
@@ -600,7 +635,8 @@ def _rows(
     rows = [
         (
             "mode",
-            f"{'packed ' + str(pack) + ' events/entry' if pack > 1 else '1 event/entry'}, "
+            f"{'packed ' + str(pack) + ' events/entry' if pack > 1 else '1 event/entry'} "
+            f"({'column blocks' if pack_as == 'columns' else 'msgpack arrays'}), "
             f"window {window_ms} ms, requested {rate:,.0f} ev/s "
             f"({f'{quote_ratio:.0%} quotes' if quote_ratio else 'trades only'}), {procs}",
         ),
@@ -626,7 +662,7 @@ def _rows(
             f"{(f.pending_samples or [0])[0]:,} / {max(f.pending_samples, default=0):,} / "
             f"{(f.pending_samples or [0])[-1]:,}",
         ),
-        ("peak RSS (bench + producers + workers)", f"{f.peak_rss_mb:,.0f} MiB"),
+        _rss_row(f),
         (
             "exact",
             f"{f.published:,} published = {f.events_in:,} consumed = {f.ticks_inserted:,} "
@@ -673,7 +709,9 @@ def _rows(
             (
                 "CPU per event (steady part)",
                 ", ".join(f"{role} {us:.1f}" for role, us in f.cpu_us_per_event.items())
-                + f" = {total:.1f} µs ({total * f.sustained_per_s / 1e6:.2f} cores busy)",
+                + f" = {total:.1f} µs ({total * f.sustained_per_s / 1e6:.2f} cores busy)  "
+                f"(target <= {TARGET_CPU_US_PER_EVENT:g} µs: "
+                f"{_ok(total <= TARGET_CPU_US_PER_EVENT)})",
             )
         )
     if c is not None:
@@ -714,6 +752,14 @@ def bench(
     pack: Annotated[
         int, typer.Option(min=1, max=1000, metavar="N", help="Events per stream entry.")
     ] = 1,
+    pack_as: Annotated[
+        PackAs,
+        typer.Option(
+            "--pack-as",
+            help="An entry as a column block (columns: the columnar hot path) or an array of "
+            "maps (rows); sets producers.pack_as.",
+        ),
+    ] = "columns",
     producers: Annotated[
         int, typer.Option(min=1, max=16, metavar="N", help="Producer processes.")
     ] = 2,
@@ -769,6 +815,7 @@ def bench(
         {
             "micro_batch.window_ms": window_ms,
             "producers.pack_events": pack,
+            "producers.pack_as": pack_as,
             "bus.partitions": 2 * workers,
             "bus.redis.stream": f"mdp.bench.{tag}.events",
             "bus.redis.bars_stream": f"mdp.bench.{tag}.bars",
@@ -815,7 +862,7 @@ def bench(
                 )
         procs = f"{producers} producer + {workers} micro-batch processes"
         typer.echo(f"\nmdp bench ({run_id}):")
-        print_fields(_rows(c, f, window_ms, rate, pack, procs, quote_ratio))
+        print_fields(_rows(c, f, window_ms, rate, pack, procs, quote_ratio, pack_as))
         record = {
             "run": run_id,
             "machine": _machine(),
@@ -825,6 +872,7 @@ def bench(
                 "symbols": symbols,
                 "window_ms": window_ms,
                 "pack": pack,
+                "pack_as": pack_as,
                 "quote_ratio": quote_ratio,
                 "rollups": cfg.micro_batch.rollups.intervals,
                 "producers": producers,
@@ -832,6 +880,8 @@ def bench(
             },
             "targets": {
                 "events_per_s": TARGET_EVENTS_PER_S,
+                "cpu_us_per_event": TARGET_CPU_US_PER_EVENT,
+                "peak_rss_mib": TARGET_PEAK_RSS_MIB,
                 "p95_latency_ms": TARGET_P95_OVER_WINDOW * window_ms,
                 "lag_ms": TARGET_LAG_OVER_WINDOW * window_ms,
             },
