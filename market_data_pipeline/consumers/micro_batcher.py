@@ -568,38 +568,45 @@ class MicroBatcher:
         records: list[BusRecord],
         clocks: list[EventClock],
     ) -> npt.NDArray[np.int64]:
-        """Add the ``keep`` rows to their open windows (one block per window and poll) and
-        record which entries hold how many of each; returns the rows held per entry."""
+        """Add the ``keep`` rows to their open windows (one block per window and poll: the
+        rows sorted by window once, each window's rows a slice of them) and record which
+        entries hold how many of each; returns the rows held per entry."""
         rows = np.flatnonzero(keep)
         window_us = clocks[0].window_us
         # one int64 per (series, window): series below 2**21, windows within +-2**40
         key = cols.series_idx[rows].astype(np.int64) * (1 << 42) + (
             starts[rows] // window_us + (1 << 41)
         )
-        group = np.unique(key, return_inverse=True)[1].ravel()
-        order = np.argsort(group, kind="stable")
-        bounds = np.flatnonzero(np.diff(group[order])) + 1
+        order = np.argsort(key, kind="stable")  # arrival order within a window
+        rows = rows[order]
+        key = key[order]
+        bounds = np.flatnonzero(key[1:] != key[:-1]) + 1
+        firsts = np.concatenate(([0], bounds))
+        lasts = np.concatenate((bounds, [len(rows)]))
+        by_window = cols.take(rows)
+        owners = rec_of_row[rows]
+        is_quote = by_window.kind == KIND_CODES["quote"]
+        # (window, entry) pairs and how many rows each: the holds
+        group = np.repeat(np.arange(len(firsts)), lasts - firsts)
+        pairs, counts = np.unique(group * len(records) + owners, return_counts=True)
+        holds: list[list[tuple[RecordKey, int]]] = [[] for _ in firsts]
+        for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+            g, e = divmod(pair, len(records))
+            holds[g].append(((records[e].shard, records[e].entry_id), count))
         windows = self._windows
-        is_quote = cols.kind == KIND_CODES["quote"]
-        for members in np.split(order, bounds):
-            taken = rows[members]
-            first = int(taken[0])
-            series = cols.series[int(cols.series_idx[first])]
-            start = int(starts[first])
+        for g, (first, last) in enumerate(zip(firsts.tolist(), lasts.tolist(), strict=True)):
+            series = cols.series[int(by_window.series_idx[first])]
+            start = int(starts[rows[first]])
             wkey = (series[0], series[1], start)
             window = windows.get(wkey)
             if window is None:
                 window = windows[wkey] = _Window(start + window_us, series)
-            window.parts.append(cols.take(taken))
-            window.received += len(taken)
-            if not window.quotes and is_quote[taken].any():
+            window.parts.append(by_window.slice(first, last))
+            window.received += last - first
+            if not window.quotes and is_quote[first:last].any():
                 window.quotes = True
-            entries, counts = np.unique(rec_of_row[taken], return_counts=True)
-            window.holds += [
-                ((records[e].shard, records[e].entry_id), c)
-                for e, c in zip(entries.tolist(), counts.tolist(), strict=True)
-            ]
-        held: npt.NDArray[np.int64] = np.bincount(rec_of_row[rows], minlength=len(records))
+            window.holds += holds[g]
+        held: npt.NDArray[np.int64] = np.bincount(owners, minlength=len(records))
         return held
 
     def _buffer_bar(self, cols: EventColumns, i: int, rec: BusRecord) -> None:
