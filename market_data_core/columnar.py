@@ -166,6 +166,30 @@ _COLUMN_TYPES: Final[dict[str, tuple[str, int]]] = {
 _OPTIONAL_COLUMNS: Final = (*FLOAT_FIELDS, "ingest_ts", "side")
 
 
+# A column no row has (a tick's bid, a quote's c...) is a view of this read-only zero buffer
+# rather than an array of its own: windows buffer a lot of rows, mostly of one kind.
+_ZERO_BYTES = np.zeros(1 << 21, np.uint8)
+_ZERO_BYTES.flags.writeable = False
+
+
+def _absent(n: int, dtype: Any) -> Any:
+    """A read-only column of ``n`` zeros sharing :data:`_ZERO_BYTES` (a new array when
+    longer than it)."""
+    size = np.dtype(dtype).itemsize
+    if n * size > len(_ZERO_BYTES):
+        return np.zeros(n, dtype)
+    return _ZERO_BYTES[: n * size].view(dtype)
+
+
+def _is_absent(a: Any) -> bool:
+    return a.base is _ZERO_BYTES
+
+
+def _pick(a: Any, idx: Any) -> Any:
+    """``a[idx]``, an absent column staying absent."""
+    return _absent(len(idx), a.dtype) if _is_absent(a) else a[idx]
+
+
 def is_block(payload: bytes) -> bool:
     """Whether ``payload`` is a column block (by its header; not whether it is well-formed)."""
     return payload[:1] == BLOCK_MAGIC[:1]
@@ -250,9 +274,9 @@ class EventColumns:
             src_ts=self.src_ts[idx],
             seq=self.seq[idx],
             present=self.present[idx],
-            floats={k: a[idx] for k, a in self.floats.items()},
-            ingest_ts=self.ingest_ts[idx],
-            side=self.side[idx],
+            floats={k: _pick(a, idx) for k, a in self.floats.items()},
+            ingest_ts=_pick(self.ingest_ts, idx),
+            side=_pick(self.side, idx),
             trade_id=blob,
             trade_id_end=ends,
         )
@@ -455,6 +479,8 @@ def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
 
 
 def _cat(arrays: list[Any], dtype: Any) -> Any:
+    if all(_is_absent(a) for a in arrays):
+        return _absent(sum(map(len, arrays)), dtype)
     return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
 
 
@@ -592,7 +618,7 @@ def _assemble(
         if name in OPTIONAL_BITS and any(absent):
             missing[np.array(absent)] |= np.uint16(OPTIONAL_BITS[name])
         if all(absent):
-            return np.zeros(total, dtype)
+            return _absent(total, dtype)
         if any(absent):
             zero = b"\0" * np.dtype(dtype).itemsize
             parts = [zero * b[_N] if p is None else p for b, p in zip(blocks, parts, strict=True)]
@@ -974,7 +1000,7 @@ def columns_from_wire_rows(rows: Sequence[Any]) -> EventColumns:
             present |= np.where(given, np.uint16(OPTIONAL_BITS[name]), np.uint16(0))
             floats[name] = np.fromiter((0.0 if x is None else x for x in vals), np.float64, n)
         else:
-            floats[name] = np.zeros(n, np.float64)
+            floats[name] = _absent(n, np.float64)
     ingest = [d.get("ingest_ts") for d in dicts]
     has_ingest = np.fromiter((x is not None for x in ingest), np.bool_, n)
     present |= np.where(has_ingest, np.uint16(OPTIONAL_BITS["ingest_ts"]), np.uint16(0))
@@ -1081,9 +1107,9 @@ def columns_from_rows(rows: Sequence[ColumnRow]) -> EventColumns:
         seq=np.array(seq, np.int64),
         present=np.array(present, np.uint16),
         floats={
-            "o": np.zeros(n),
-            "h": np.zeros(n),
-            "l": np.zeros(n),
+            "o": _absent(n, np.float64),
+            "h": _absent(n, np.float64),
+            "l": _absent(n, np.float64),
             "c": np.array(c, np.float64),
             "v": np.array(v, np.float64),
             "bid": np.array(bid, np.float64),
