@@ -321,7 +321,7 @@ async def _servers_stages(
 ) -> dict[str, float]:
     from market_data_pipeline.cli.common import DEFAULT_CONFIG, load_app_config
     from market_data_pipeline.consumers.micro_batcher import MicroBatcher
-    from market_data_pipeline.embedded import EmbeddedPostgres, EmbeddedRedis, ServerUrls
+    from market_data_pipeline.servers import EmbeddedPostgres, EmbeddedRedis, ServerUrls
     from market_data_pipeline.streaming.bus import open_bus
     from market_data_pipeline.wiring import open_store, upgrade_schema
 
