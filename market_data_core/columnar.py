@@ -546,34 +546,35 @@ def _parse(payload: bytes) -> tuple[Any, ...]:
     checked for all blocks at once: :func:`_assemble`.)"""
     if payload[:2] != BLOCK_MAGIC:
         raise ContractError(
-            _DECODE, f"unknown column block version {payload[1:2].hex() or 'none'}", payload
+            "decode", f"unknown column block version {payload[1:2].hex() or 'none'}", payload
         )
     try:
         block = _astuple(_BLOCK_DECODER.decode(memoryview(payload)[2:]))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ContractError(_DECODE, f"not a valid column block: {exc}", payload) from exc
+        raise ContractError("decode", f"not a valid column block: {exc}", payload) from exc
     n = block[_N]
     if not 1 <= n <= MAX_BLOCK_ROWS:
         raise ContractError(
-            _DECODE, f"column block: n must be 1..{MAX_BLOCK_ROWS}, got {n}", payload
+            "decode", f"column block: n must be 1..{MAX_BLOCK_ROWS}, got {n}", payload
         )
     for at, name, size in _SIZED:
         col = block[at]
         if col is not None and len(col) != n * size:
             raise ContractError(
-                _DECODE,
+                "decode",
                 f"column block: {name} holds {len(col)} bytes, expected {n} x {size}",
                 payload,
             )
     trade_id, ends = block[_TRADE_ID], block[_TRADE_ID_END]
     if (trade_id is None) != (ends is None):
-        raise ContractError(_DECODE, "column block: trade_id and trade_id_end go together", payload)
+        raise ContractError(
+            "decode", "column block: trade_id and trade_id_end go together", payload
+        )
     if ends is not None and int.from_bytes(ends[-4:], "little") != len(trade_id):
-        raise ContractError(_DECODE, _BAD_ENDS, payload)
+        raise ContractError("decode", _BAD_ENDS, payload)
     return block
 
 
-_DECODE = "decode"
 _BAD_ENDS = "column block: trade_id_end must rise to the length of trade_id"
 _MISSING_COLUMN = "column block: a row has a field whose column is not in the block"
 _STRAY_TRADE_ID = "column block: a row without a trade_id has one in trade_id"
@@ -674,11 +675,11 @@ def _block_error(block: tuple[Any, ...], payload: bytes) -> ContractError:
     """Why :func:`_assemble` refused a block."""
     present = np.frombuffer(block[_FIELD_AT["present"]], "<u2")
     if np.any(present & np.uint16(_missing_columns(block))):
-        return ContractError(_DECODE, _MISSING_COLUMN, payload)
+        return ContractError("decode", _MISSING_COLUMN, payload)
     ends = np.frombuffer(block[_TRADE_ID_END] or b"", "<u4").astype(np.int64)
     if np.any(np.diff(ends, prepend=0) < 0):
-        return ContractError(_DECODE, _BAD_ENDS, payload)
-    return ContractError(_DECODE, _STRAY_TRADE_ID, payload)
+        return ContractError("decode", _BAD_ENDS, payload)
+    return ContractError("decode", _STRAY_TRADE_ID, payload)
 
 
 def _trade_ids_ok(cols: EventColumns, has_id: Bools) -> Bools:

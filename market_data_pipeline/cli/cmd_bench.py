@@ -756,8 +756,9 @@ def bench(
         PackAs,
         typer.Option(
             "--pack-as",
-            help="An entry as a column block (columns: the columnar hot path) or an array of "
-            "maps (rows); sets producers.pack_as.",
+            metavar="[columns|rows]",
+            help="An entry as a column block (the columnar hot path) or an array of maps; "
+            "sets producers.pack_as.",
         ),
     ] = "columns",
     producers: Annotated[
