@@ -91,6 +91,7 @@ __all__ = [
     "columns_from_events",
     "columns_from_rows",
     "columns_from_wire_rows",
+    "decimal_text",
     "decode_blocks",
     "encode_block",
     "event_ids",
@@ -415,7 +416,7 @@ def _digits(values: Int64s, width: int | None = None) -> npt.NDArray[np.uint8]:
     return out
 
 
-def _decimal_text(values: Int64s) -> tuple[bytes, Int64s]:
+def decimal_text(values: Int64s) -> tuple[bytes, Int64s]:
     """Non-negative integers as their decimal text (ASCII): a blob and end offsets."""
     n = len(values)
     if n == 0:
@@ -459,7 +460,7 @@ def event_ids(cols: EventColumns) -> tuple[bytes, Int64s]:
     tail[:, 6] = ord("Z")
     tail[:, 7] = ord("|")
     stamps = (tail.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 8)
-    return join_rows([prefixes, head, stamps, _decimal_text(cols.seq)])
+    return join_rows([prefixes, head, stamps, decimal_text(cols.seq)])
 
 
 def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:

@@ -41,6 +41,7 @@ from market_data_core.columnar import (
     OPTIONAL_BITS,
     SIDE_NAMES,
     ColumnRow,
+    EventColumns,
     columns_from_rows,
     columns_from_wire_rows,
     encode_columns,
@@ -74,17 +75,22 @@ class WireBlock:
     (the encoded bytes follow it), or for msgpack be a ``msgspec.Struct`` that encodes as
     that dict; ``keys[i]`` must be
     ``routing_key(event_i.provider, event_i.symbol)``. The publisher trusts both.
+    With ``codec="columns"`` the events may come as ``columns`` instead (valid trades and
+    quotes, in order; ``keys`` and ``rows`` empty).
     """
 
     codec: WireForm
     keys: list[str]
     rows: list[WireRow]
+    columns: EventColumns | None = None
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) if self.columns is None else self.columns.n
 
     def head(self, n: int) -> WireBlock:
         """The first ``n`` events."""
+        if self.columns is not None:
+            return WireBlock(self.codec, [], [], self.columns.slice(0, min(n, self.columns.n)))
         return WireBlock(self.codec, self.keys[:n], self.rows[:n])
 
 
@@ -189,7 +195,14 @@ def _blocks_of_column_rows(
 ) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
     """:func:`encode_rows` of column rows: one transposition for the whole batch, then the
     rows of each series (in order) cut into blocks of ``pack_events``."""
-    cols = columns_from_rows(rows)
+    return _blocks_of_columns(columns_from_rows(rows), pack_events)
+
+
+def _blocks_of_columns(
+    cols: EventColumns, pack_events: int
+) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+    """Blocks of up to ``pack_events`` events of one series (each series' events in order),
+    and the events per provider."""
     order = np.argsort(cols.series_idx, kind="stable")
     cols = cols.take(order)
     counts = np.bincount(cols.series_idx, minlength=len(cols.series)).tolist()
@@ -274,8 +287,10 @@ class Publisher:
         self._linger_s = linger_ms / 1000
         self._retry_timeout_s = retry_timeout_s
         self._retry_max_delay_s = retry_max_delay_s
-        # (routing key, wire row) per event: encoded on put, packed and dumped per batch
-        self._buffer: deque[tuple[str, WireRow]] = deque()
+        # (routing key, wire row) per event, or a block of events as columns: encoded on put,
+        # packed and dumped per batch; _count is the events in it
+        self._buffer: deque[tuple[str, WireRow] | EventColumns] = deque()
+        self._count = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -292,7 +307,7 @@ class Publisher:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._count
 
     @property
     def codec(self) -> WireForm:
@@ -326,7 +341,7 @@ class Publisher:
     async def put(self, event: StreamEvent) -> None:
         """Buffer one event, waiting while the buffer is full. Raises ``BusError`` once the
         publisher has given up on the bus."""
-        while len(self._buffer) >= self._buffer_max:
+        while self._count >= self._buffer_max:
             self._raise_if_failed()
             self._room.clear()
             await self._room.wait()
@@ -336,7 +351,7 @@ class Publisher:
     def put_nowait(self, event: StreamEvent) -> None:
         """Buffer one event or raise ``BackpressureError`` (with a retry hint) when full."""
         self._raise_if_failed()
-        if len(self._buffer) >= self._buffer_max:
+        if self._count >= self._buffer_max:
             rate = self._bucket.rate_per_s or 10_000.0
             raise BackpressureError(
                 f"publish buffer full ({self._buffer_max} events)",
@@ -355,7 +370,7 @@ class Publisher:
         if block.codec != self._codec:
             raise ValueError(f"block is in {block.codec}, this publisher writes {self._codec}")
         try:
-            while len(self._buffer) >= self._buffer_max:
+            while self._count >= self._buffer_max:
                 self._raise_if_failed()
                 self._room.clear()
                 await self._room.wait()
@@ -366,9 +381,14 @@ class Publisher:
         self._extend(block)
 
     def _extend(self, block: WireBlock) -> None:
-        self._buffer.extend(zip(block.keys, block.rows, strict=True))
+        if block.columns is not None:
+            if block.columns.n:
+                self._buffer.append(block.columns)
+        else:
+            self._buffer.extend(zip(block.keys, block.rows, strict=True))
+        self._count += len(block)
         self._idle.clear()
-        if len(self._buffer) >= self._batch_size:
+        if self._count >= self._batch_size:
             self._wake.set()
 
     def _append(self, event: StreamEvent) -> None:
@@ -376,8 +396,9 @@ class Publisher:
         self._buffer.append(
             (routing_key(event.provider, event.symbol), event_to_dict(event, codec=codec))
         )
+        self._count += 1
         self._idle.clear()
-        if len(self._buffer) >= self._batch_size:
+        if self._count >= self._batch_size:
             self._wake.set()
 
     async def flush(self) -> None:
@@ -386,7 +407,7 @@ class Publisher:
         self._flush_waiters += 1
         self._wake.set()
         try:
-            while self._buffer and self._error is None:
+            while self._count and self._error is None:
                 await self._idle.wait()
         finally:
             self._flush_waiters -= 1
@@ -422,23 +443,32 @@ class Publisher:
     async def _run(self) -> None:
         try:
             while True:
-                if not self._buffer:
+                if not self._count:
                     self._idle.set()
                     if self._closing:
                         return
                     await self._wait_for_wake()
                     continue
                 urgent = self._closing or self._flush_waiters > 0
-                if len(self._buffer) < self._batch_size and not urgent:
+                if self._count < self._batch_size and not urgent:
                     # Give a partial batch a moment to fill (linger), unless told to flush.
                     await self._wait_for_wake()
-                n = min(self._batch_size, len(self._buffer))
-                rows = list(islice(self._buffer, n))
+                n = min(self._batch_size, self._count)
+                if isinstance(self._buffer[0], EventColumns):
+                    await self._publish_columns(n)
+                    continue
+                rows: list[tuple[str, WireRow]] = []
+                for item in islice(self._buffer, n):
+                    if isinstance(item, EventColumns):
+                        break  # a row batch ends where a column block begins
+                    rows.append(item)
+                n = len(rows)
                 await self._bucket.acquire(n)
                 await self._publish_with_retry(rows)
                 popleft = self._buffer.popleft
                 for _ in range(n):
                     popleft()
+                self._count -= n
                 self._room.set()
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
@@ -448,9 +478,38 @@ class Publisher:
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
+    async def _publish_columns(self, n: int) -> None:
+        """Publish up to ``n`` events from the column blocks at the head of the buffer (a
+        block is cut when needed), then drop them from the buffer."""
+        parts: list[EventColumns] = []
+        taken = 0
+        for item in self._buffer:
+            if not isinstance(item, EventColumns) or taken >= n:
+                break
+            part = item if taken + item.n <= n else item.slice(0, n - taken)
+            parts.append(part)
+            taken += part.n
+        await self._bucket.acquire(taken)
+        cols = EventColumns.concat(parts)
+        await self._publish_items(*_blocks_of_columns(cols, self._pack), taken)
+        for part in parts:
+            head = self._buffer[0]
+            assert isinstance(head, EventColumns)
+            if part.n == head.n:
+                self._buffer.popleft()
+            else:
+                self._buffer[0] = head.slice(part.n, head.n)
+        self._count -= taken
+        self._room.set()
+
     async def _publish_with_retry(self, rows: list[tuple[str, WireRow]]) -> None:
         codec: CodecName = "msgpack" if self._codec == "columns" else self._codec
         items, per_provider = encode_rows(rows, codec, self._pack, self._pack_as)
+        await self._publish_items(items, per_provider, len(rows))
+
+    async def _publish_items(
+        self, items: list[tuple[str, bytes]], per_provider: dict[str, int], events: int
+    ) -> None:
 
         def report(exc: BaseException, delay_s: float | None) -> None:
             if delay_s is not None:
@@ -468,7 +527,7 @@ class Publisher:
             on_failure=report,
         )
         self.entries += appended
-        self.published += len(rows)
+        self.published += events
         for provider, count in per_provider.items():
             telemetry.EVENTS_INGESTED.labels(
                 bus=self._bus.backend, topic=self.topic, provider=provider

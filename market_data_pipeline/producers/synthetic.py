@@ -34,8 +34,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import numpy as np
 
-from market_data_core.columnar import OPTIONAL_BITS
+from market_data_core.columnar import OPTIONAL_BITS, EventColumns, decimal_text
 from market_data_core.config import SyntheticProducerConfig
 from market_data_core.contracts import EventKind, StreamEvent
 from market_data_core.protocols import routing_key
@@ -148,6 +149,13 @@ class _Walk:
         self.i = 0
         self._second: int | None = None  # the epoch second _second_prefix is for
         self._second_prefix = ""
+        # Unseeded trades and quotes for a columnar publisher are drawn with NumPy, a block at
+        # a time (see make_columns); seeded ones keep the draws of the loop below, whatever
+        # the form, so a seed gives the same events as ever.
+        self.vectorised = (
+            codec == "columns" and source.seed is None and self.kind in ("tick", "quote")
+        )
+        self.np_rng = np.random.default_rng() if self.vectorised else None
 
     def _iso_second(self, second: int) -> str:
         """``YYYY-MM-DDTHH:MM:SS.`` of an epoch second, as ``isoformat_us`` writes it."""
@@ -174,6 +182,83 @@ class _Walk:
         first = (self.i - n) % n_symbols
         keys = self.keys[first:] + self.keys[:first]
         return (keys * (n // n_symbols + 1))[:n], rows
+
+    def make_columns(self, n: int, ingest_us: int | None) -> EventColumns | None:
+        """The next ``min(n, remaining)`` events as columns (None when there are none), for
+        a columnar publisher of an unseeded source (:attr:`vectorised`): the same process as
+        the loop (a GBM step per event and symbol, trades at cents, quotes a cent or two around
+        the path, the same sizes, sides, times, sequence numbers and quote rounds), drawn with
+        NumPy for the whole block."""
+        assert self.np_rng is not None
+        if self.remaining is not None:
+            n = min(n, self.remaining)
+            self.remaining -= n
+        if n <= 0:
+            return None
+        rng = self.np_rng
+        n_symbols = len(self.symbols)
+        i = np.arange(self.i, self.i + n, dtype=np.int64)
+        j = (i % n_symbols).astype(np.int32)
+        if self.kind == "quote":
+            is_quote = np.ones(n, np.bool_)
+        elif self.quote_ratio:
+            r = i // n_symbols
+            ratio = self.quote_ratio
+            is_quote = np.floor((r + 1) * ratio) > np.floor(r * ratio)
+        else:
+            is_quote = np.zeros(n, np.bool_)
+        steps = self.drift + self.shock * rng.standard_normal(n)
+        path = np.empty(n)
+        seq = np.empty(n, np.int64)
+        for k in range(min(n, n_symbols)):
+            mine = slice(k, n, n_symbols)  # round robin: every n_symbols-th event
+            s = int(j[k])
+            walk = self.prices[s] * np.exp(np.cumsum(steps[mine]))
+            path[mine] = walk
+            self.prices[s] = float(walk[-1])
+            count = len(walk)
+            seq[mine] = np.arange(self.seqs[s], self.seqs[s] + count)
+            self.seqs[s] += count
+        self.i += n
+        step_whole = int(self.step_us) if self.step_us.is_integer() else 0
+        ts = self.start_us + (i * step_whole if step_whole else np.rint(i * self.step_us))
+        cents = np.maximum(np.rint(path * 100.0), 1.0)
+        is_tick = ~is_quote
+        bid_cents = np.maximum(cents - rng.integers(0, 3, n), 1.0)
+        ask_cents = bid_cents + rng.integers(1, 4, n)
+        zeros = np.zeros(n)
+        ids, id_ends = decimal_text(seq[is_tick])
+        id_len = np.zeros(n, np.int64)
+        id_len[is_tick] = np.diff(id_ends, prepend=0)
+        bits = np.where(is_tick, _TICK_BITS, _QUOTE_BITS).astype(np.uint16)
+        if ingest_us is not None:
+            bits |= np.uint16(OPTIONAL_BITS["ingest_ts"])
+        return EventColumns(
+            series=tuple((self.provider, sym) for sym in self.symbols),
+            series_idx=j,
+            intervals=(None,),
+            interval_idx=np.zeros(n, np.int32),
+            ver=np.ones(n, np.int64),
+            kind=np.where(is_tick, 0, 2).astype(np.uint8),
+            src_ts=ts.astype(np.int64),
+            seq=seq,
+            present=bits,
+            floats={
+                "o": zeros,
+                "h": zeros,
+                "l": zeros,
+                "c": np.where(is_tick, cents / 100.0, 0.0),
+                "v": np.where(is_tick, rng.integers(1, 101, n).astype(np.float64), 0.0),
+                "bid": np.where(is_quote, bid_cents / 100.0, 0.0),
+                "ask": np.where(is_quote, ask_cents / 100.0, 0.0),
+                "bid_size": np.where(is_quote, rng.integers(1, 21, n) * 100.0, 0.0),
+                "ask_size": np.where(is_quote, rng.integers(1, 21, n) * 100.0, 0.0),
+            },
+            ingest_ts=np.full(n, ingest_us or 0, np.int64),
+            side=np.where(is_tick, np.where(rng.random(n) < 0.5, 1, 2), 0).astype(np.uint8),
+            trade_id=ids,
+            trade_id_end=np.cumsum(id_len),
+        )
 
     def _mixed(self, n: int, ingest: int | str | None) -> list[WireRow]:
         """Trades and quotes, a whole round of the symbols at a time (see the module doc)."""
@@ -553,12 +638,20 @@ class SyntheticProvider:
             last = now
             due = min(int(tokens), _MAX_BLOCK_EVENTS)
             if due > 0:
-                keys, rows = walk.make(due, self._ingest(codec))
-                if not rows:
-                    return
-                tokens -= len(rows)
-                self.made += len(rows)
-                yield WireBlock(codec, keys, rows)
+                if walk.vectorised:
+                    stamp = self._ingest(codec)
+                    cols = walk.make_columns(due, stamp if isinstance(stamp, int) else None)
+                    if cols is None:
+                        return
+                    block = WireBlock(codec, [], [], cols)
+                else:
+                    keys, rows = walk.make(due, self._ingest(codec))
+                    if not rows:
+                        return
+                    block = WireBlock(codec, keys, rows)
+                tokens -= len(block)
+                self.made += len(block)
+                yield block
             if closing or walk.remaining == 0:
                 return
             if tokens >= _MAX_BLOCK_EVENTS:

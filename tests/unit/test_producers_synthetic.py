@@ -20,12 +20,12 @@ from market_data_core.codec import (
     encode_events,
     event_to_dict,
 )
-from market_data_core.columnar import is_block
+from market_data_core.columnar import EventColumns, is_block
 from market_data_core.config import SyntheticProducerConfig
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key
 from market_data_core.timeutil import from_epoch_us, to_epoch_us
-from market_data_pipeline.producers.publisher import encode_batch, encode_rows
+from market_data_pipeline.producers.publisher import _blocks_of_columns, encode_batch, encode_rows
 from market_data_pipeline.producers.synthetic import (
     SEEDED_START,
     SyntheticProvider,
@@ -453,3 +453,53 @@ def test_column_blocks_carry_the_events_of_the_rows(kind: str, ingest: bool) -> 
                 for key in set(keys):
                     mine = [e for k, e in zip(keys, want, strict=True) if k == key]
                     assert [e.__dict__ for e in got[key]] == [e.__dict__ for e in mine]
+
+
+@pytest.mark.parametrize(
+    "options", [{"kind": "tick"}, {"kind": "quote"}, {"kind": "tick", "quote_ratio": 0.5}]
+)
+def test_unseeded_columns_are_valid_events_of_the_same_process(options: dict[str, Any]) -> None:
+    """An unseeded columnar walk draws a block at a time with NumPy: every event valid
+    (through the consumer's decode), trades at cents, quotes a cent or two apart, times
+    ``start + i * step``, per-symbol sequence numbers from 0, quote rounds as the loop's."""
+    provider = SyntheticProvider(REF_CFG, rate_per_s=2000.0, count=2410, **options)
+    walk = _Walk(provider, "columns")
+    assert walk.vectorised
+    stamp = 1_767_000_000_000_000
+    parts = []
+    for size in (1, 7, 64, 333, 2000, 5):
+        cols = walk.make_columns(size, stamp)
+        assert cols is not None
+        parts.append(cols)
+    assert walk.make_columns(10, stamp) is None  # count reached
+    events: list[StreamEvent] = []
+    items, _ = _blocks_of_columns(EventColumns.concat(parts), 50)
+    for _key, payload in items:
+        batch = decode_events(payload)
+        assert not batch.errors
+        events += batch.events
+    assert len(events) == 2410
+    by_symbol: dict[str, list[StreamEvent]] = {}
+    for e in events:
+        by_symbol.setdefault(e.symbol, []).append(e)
+    n_symbols = len(REF_CFG.symbols)
+    for k, symbol in enumerate(REF_CFG.symbols):
+        mine = by_symbol[symbol]
+        assert [e.seq for e in mine] == list(range(len(mine)))
+        for r, e in enumerate(mine):
+            i = r * n_symbols + k
+            assert e.src_ts == provider.start + timedelta(microseconds=round(i * 500))
+            assert e.ingest_ts == from_epoch_us(stamp)
+            quote_round = options.get("kind") == "quote" or (
+                "quote_ratio" in options
+                and math.floor((i // n_symbols + 1) * 0.5) > math.floor((i // n_symbols) * 0.5)
+            )
+            assert e.kind == ("quote" if quote_round else "tick")
+            if e.kind == "tick":
+                assert e.c is not None and round(e.c, 2) == e.c and e.c >= 0.01
+                assert e.v in {float(x) for x in range(1, 101)} and e.trade_id == str(e.seq)
+                assert e.side in ("buy", "sell")
+            else:
+                assert e.bid is not None and e.ask is not None
+                assert 1 <= round((e.ask - e.bid) * 100) <= 3 and e.bid >= 0.01
+                assert e.bid_size in {100.0 * x for x in range(1, 21)}
