@@ -95,6 +95,8 @@ class FullPath:
     peak_rss_mb: float = 0.0
     # (seconds into the run, RSS MiB of bench + producers + workers), one per second
     rss_samples: list[tuple[float, float]] = field(default_factory=list)
+    # the peak of each role's RSS (all its processes), MiB
+    peak_rss_mb_by_role: dict[str, float] = field(default_factory=dict)
     bars_scored: int = 0
     signals: int = 0
     # micro_batch.rollups (--rollups): rollup windows written by the workers, and per level
@@ -445,10 +447,17 @@ async def _full_path_on(
                     detail=f"{consumed:,} events consumed  {consumed / max(elapsed, 1e-9):,.0f} "
                     "ev/s",
                 )
-            rss = me.memory_info().rss
-            for p in [*procs, *workers_p]:
-                with contextlib.suppress(psutil.Error):
-                    rss += psutil.Process(p.pid).memory_info().rss
+            by_role = {"bench+inference": me.memory_info().rss / 2**20}
+            for role, group in (("producers", procs), ("workers", workers_p)):
+                for p in group:
+                    with contextlib.suppress(psutil.Error):
+                        mb = psutil.Process(p.pid).memory_info().rss / 2**20
+                        by_role[role] = by_role.get(role, 0.0) + mb
+            for role, mb in by_role.items():
+                result.peak_rss_mb_by_role[role] = round(
+                    max(result.peak_rss_mb_by_role.get(role, 0.0), mb), 1
+                )
+            rss = sum(by_role.values()) * 2**20
             result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
             result.rss_samples.append((round(samples[-1][0], 1), round(rss / 2**20, 1)))
             if time.monotonic() - t0 > duration_s + 60:
@@ -605,8 +614,9 @@ def _rss_row(f: FullPath) -> tuple[str, str]:
     return (
         "peak RSS (bench + producers + workers)",
         f"{f.peak_rss_mb:,.0f} MiB (target <= {TARGET_PEAK_RSS_MIB:,.0f}: "
-        f"{_ok(f.peak_rss_mb <= TARGET_PEAK_RSS_MIB)}); over the last {span:,.0f} s "
-        f"{first:,.0f} -> {last:,.0f} MiB (flat: {_ok(flat)})",
+        f"{_ok(f.peak_rss_mb <= TARGET_PEAK_RSS_MIB)}; peaks "
+        + ", ".join(f"{role} {mb:,.0f}" for role, mb in f.peak_rss_mb_by_role.items())
+        + f"); over the last {span:,.0f} s {first:,.0f} -> {last:,.0f} MiB (flat: {_ok(flat)})",
     )
 
 
