@@ -28,12 +28,6 @@ from market_data_store import (
     PgStoreClient,
     PgStoreReader,
 )
-from market_data_store import (
-    downgrade_schema as _downgrade_schema,
-)
-from market_data_store import (
-    upgrade_schema as _upgrade_schema,
-)
 from market_data_store.bench import bare_copy_ticks_per_s
 
 T = TypeVar("T")
@@ -214,6 +208,8 @@ def upgrade_schema(
     (defaults when ``config`` is None); returns the revision the database is at.
     Raises ``StoreUnavailableError`` (unreachable), ``ConfigError`` (unknown revision),
     ``StoreError`` (the migration failed; rolled back)."""
+    from market_data_store import upgrade_schema as _upgrade_schema  # SQLAlchemy: only here
+
     config = config or AppConfig()
     return run_blocking(
         _upgrade_schema(
@@ -227,4 +223,6 @@ def upgrade_schema(
 
 def downgrade_schema(dsn: str, revision: str) -> str | None:
     """Migrate ``dsn`` down to ``revision`` (blocking; ``base`` = no mdp tables)."""
+    from market_data_store import downgrade_schema as _downgrade_schema
+
     return run_blocking(_downgrade_schema(dsn, revision))

@@ -16,13 +16,14 @@ physical layout differs:
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from market_data_core.errors import StoreError
+from market_data_store._schema_names import partition_ddl, partition_name
 
 __all__ = [
     "ORDER_BY",
@@ -56,19 +57,6 @@ ORDER_BY: dict[str, str] = {
     "quotes": "ts DESC, seq DESC",
     "quote_bars": "ts DESC",
 }
-
-
-def partition_name(table: str, day: date) -> str:
-    return f"{table}_p{day:%Y%m%d}"
-
-
-def partition_ddl(table: str, day: date) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for the partition of ``table`` holding UTC ``day``."""
-    nxt = day + timedelta(days=1)
-    return (
-        f'CREATE TABLE IF NOT EXISTS "{partition_name(table, day)}" PARTITION OF "{table}" '
-        f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') TO ('{nxt.isoformat()} 00:00:00+00')"
-    )
 
 
 def _scalar(conn: Connection, sql: str, **params: Any) -> Any:

@@ -46,6 +46,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from market_data_store._schema_names import TIMESERIES_TABLES, VWAP_GUARD_DIGITS
+
 __all__ = [
     "NAMING_CONVENTION",
     "TIMESERIES_TABLES",
@@ -70,17 +72,6 @@ NAMING_CONVENTION: dict[str, str] = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-VWAP_GUARD_DIGITS = 25
-"""Decimal places added to ``sum(price*size)``'s own scale before dividing by ``sum(size)``.
-
-The dividend's scale is at least that of the window's lowest price (a sum of products of the
-stored decimals), so the quotient, which is >= that price, keeps at least this many significant
-digits (PostgreSQL's own division keeps 16 to 20, too few to round to float8 correctly).
-"""
-
-TIMESERIES_TABLES = ("bars_ohlcv", "ticks", "signals", "quotes", "quote_bars")
-"""Tables partitioned by ``ts`` (hypertables on TimescaleDB, daily range partitions otherwise)."""
 
 _TSTZ = DateTime(timezone=True)
 

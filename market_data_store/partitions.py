@@ -14,8 +14,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from market_data_store._timeseries import partition_ddl, partition_name
-from market_data_store.models import TIMESERIES_TABLES
+from market_data_store._schema_names import TIMESERIES_TABLES, partition_ddl, partition_name
 
 __all__ = ["PARTITION_LOCK_KEY", "PartitionManager"]
 

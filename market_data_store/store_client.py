@@ -58,7 +58,7 @@ from market_data_core.timeutil import (
 from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
 from market_data_store._errors import translate_errors
 from market_data_store._event_copy import MARK_COLUMNS, QUOTES, TICKS, RawTable, window_marks
-from market_data_store.models import VWAP_GUARD_DIGITS
+from market_data_store._schema_names import VWAP_GUARD_DIGITS
 
 __all__ = ["WINDOWS_SQL", "PgStoreClient", "quote_bar_from_row", "window_from_row"]
 
