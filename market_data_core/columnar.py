@@ -99,6 +99,7 @@ __all__ = [
     "is_block",
     "join_rows",
     "row_dict",
+    "window_marks",
 ]
 
 BLOCK_MAGIC: Final = b"\xc1\x01"
@@ -477,6 +478,24 @@ def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
         same &= k[1:] == k[:-1]
     new[1:] = ~same
     return np.sort(order[new])
+
+
+def window_marks(cols: EventColumns, window_us: int) -> npt.NDArray[np.intp]:
+    """The rows with the earliest and the latest ``src_ts`` of every ``(series, kind,
+    window)`` of ``window_us``: of each kind, the same windows, and per series the same first
+    and last event time, as all the rows (all a store's bar recompute needs to know of rows
+    it already holds: trade bars follow the windows of the ticks, quote bars those of the
+    quotes, so a window's marks hold a tick when it holds one)."""
+    ts = cols.src_ts
+    window = ts - ts % window_us
+    order = np.lexsort((ts, window, cols.kind, cols.series_idx))
+    s, k, w = cols.series_idx[order], cols.kind[order], window[order]
+    new = np.ones(len(order), np.bool_)
+    new[1:] = (s[1:] != s[:-1]) | (k[1:] != k[:-1]) | (w[1:] != w[:-1])
+    last = np.ones(len(order), np.bool_)
+    last[:-1] = new[1:]
+    marks: npt.NDArray[np.intp] = np.unique(order[new | last])
+    return marks
 
 
 def _cat(arrays: list[Any], dtype: Any) -> Any:

@@ -415,10 +415,20 @@ class StoreClient(Protocol):
         interval: str,
         quote_carry_ms: int,
         rollups: RollupPlan | None = None,
+        stored: EventColumns | None = None,
     ) -> TickIngestResult:
         """:meth:`ingest_events` of events given as columns (valid rows, as
         :func:`~market_data_core.columnar.decode_blocks` returns them); of rows with the same
-        ``event_id`` the first one counts. Raises ``StoreError`` for a provider bar."""
+        ``event_id`` the first one counts. ``stored``: rows :meth:`store_raw` already stored,
+        whose windows are recomputed as if they were in ``events``. Raises ``StoreError`` for
+        a provider bar."""
+        ...
+
+    async def store_raw(self, events: EventColumns) -> TickIngestResult:
+        """Store raw ticks and quotes (idempotent by ``event_id``) without recomputing any
+        bar, in one transaction serialised per series: for the events of a window still open,
+        whose bars :meth:`ingest_columns` (with them as ``stored``) recomputes once it closes.
+        Returns the new ticks and quotes. Raises ``StoreError`` for a provider bar."""
         ...
 
     async def windows_range(

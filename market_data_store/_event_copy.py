@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
 from market_data_core.columnar import EventColumns, event_ids
 from market_data_store.binary_copy import (
     Column,
@@ -25,7 +22,7 @@ from market_data_store.binary_copy import (
     encode_copy,
 )
 
-__all__ = ["MARK_COLUMNS", "QUOTES", "TICKS", "RawTable", "window_marks"]
+__all__ = ["MARK_COLUMNS", "QUOTES", "TICKS", "RawTable"]
 
 _SIDES = (None, "buy", "sell")
 
@@ -112,21 +109,3 @@ QUOTES = RawTable(
     "mdp_stage_quotes",
     ("ts", "seq", "bid", "ask", "bid_size", "ask_size", "ingest_ts", "provider", "symbol"),
 )
-
-
-def window_marks(cols: EventColumns, window_us: int) -> npt.NDArray[np.intp]:
-    """The rows with the earliest and the latest ``src_ts`` of every ``(series, window)``:
-    the same windows, and per series the same first and last event time, as all the rows.
-    That is everything the recompute statement reads of the staged rows (which windows to
-    recompute, and how far a series' quotes reach), so the rows stored straight into the
-    table need only these in staging."""
-    ts = cols.src_ts
-    window = ts - ts % window_us
-    order = np.lexsort((ts, window, cols.series_idx))
-    s, w = cols.series_idx[order], window[order]
-    new = np.ones(len(order), np.bool_)
-    new[1:] = (s[1:] != s[:-1]) | (w[1:] != w[:-1])
-    last = np.ones(len(order), np.bool_)
-    last[:-1] = new[1:]
-    marks: npt.NDArray[np.intp] = np.unique(order[new | last])
-    return marks

@@ -38,6 +38,7 @@ from market_data_core.columnar import (
     EventColumns,
     columns_from_events,
     first_occurrences,
+    window_marks,
 )
 from market_data_core.config import DEFAULT_QUOTE_CARRY_MS
 from market_data_core.contracts import QUOTE_BAR_COLUMNS, Bar, QuoteBar, StreamEvent, WindowBar
@@ -57,7 +58,7 @@ from market_data_core.timeutil import (
 )
 from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
 from market_data_store._errors import translate_errors
-from market_data_store._event_copy import MARK_COLUMNS, QUOTES, TICKS, RawTable, window_marks
+from market_data_store._event_copy import MARK_COLUMNS, QUOTES, TICKS, RawTable
 from market_data_store._schema_names import VWAP_GUARD_DIGITS
 
 __all__ = ["WINDOWS_SQL", "PgStoreClient", "quote_bar_from_row", "window_from_row"]
@@ -1026,10 +1027,11 @@ async def _insert_raw(
     cols: EventColumns,
     any_exists_sql: str,
     insert_sql: str,
-    window_us: int,
+    window_us: int | None,
 ) -> tuple[int, int]:
     """Insert raw events (one kind, unique keys) into their table; returns how many were new
     and how many rows were staged (for the recompute, and to empty the staging table).
+    ``window_us`` None: no recompute follows, no marks are staged.
 
     Fast path, a batch of all-new events (live data): COPY straight into the table, and
     into staging only the :func:`window_marks` rows the recompute reads. Two index probes
@@ -1048,7 +1050,7 @@ async def _insert_raw(
         for i in (0, cols.n - 1)
     ]
     if not await conn.fetchval(any_exists_sql, *ends[0], *ends[1]):
-        marks = cols.take(window_marks(cols, window_us))
+        marks = None if window_us is None else cols.take(window_marks(cols, window_us))
         has_ingest = cols.has("ingest_ts")
         try:
             async with conn.transaction():
@@ -1065,13 +1067,9 @@ async def _insert_raw(
                         columns=raw.column_names(ingest_ts=stamped),
                         format="binary",
                     )
-                await conn.copy_to_table(
-                    raw.stage,
-                    source=io.BytesIO(raw.marks_copy(marks)),
-                    columns=MARK_COLUMNS,
-                    format="binary",
-                )
-            return cols.n, marks.n
+                if marks is not None:
+                    await _stage_marks(conn, raw, marks)
+            return cols.n, 0 if marks is None else marks.n
         except asyncpg.UniqueViolationError:
             pass  # an already stored event in the middle
     await conn.copy_to_table(
@@ -1195,6 +1193,21 @@ def _rollup_counts(rolled: list[tuple[str, Any]]) -> UpsertResult:
     return UpsertResult(inserted=inserted, updated=updated, unchanged=unchanged)
 
 
+async def _stage_marks(conn: Any, raw: RawTable, marks: EventColumns) -> None:
+    """Stage ``(provider, symbol, ts)`` rows: the windows (and quote spans) to recompute."""
+    await conn.copy_to_table(
+        raw.stage, source=io.BytesIO(raw.marks_copy(marks)), columns=MARK_COLUMNS, format="binary"
+    )
+
+
+async def _empty_stages(conn: Any, staged: dict[str, int]) -> None:
+    for stage, n in staged.items():
+        if n >= _TRUNCATE_STAGE_MIN_ROWS:
+            await conn.execute(f"TRUNCATE {stage}")
+        elif n:
+            await conn.execute(f"DELETE FROM {stage}")
+
+
 class PgStoreClient(PgClientBase):
     """asyncpg implementation of ``StoreClient``. Create with ``await PgStoreClient.connect``.
 
@@ -1315,6 +1328,51 @@ class PgStoreClient(PgClientBase):
             cols, interval=interval, quote_carry_ms=quote_carry_ms, rollups=rollups
         )
 
+    async def store_raw(self, events: EventColumns) -> TickIngestResult:
+        """Store raw ticks and quotes given as columns (as :meth:`ingest_columns` does,
+        idempotent by ``event_id``, the first of rows with one key counting) WITHOUT
+        recomputing a bar: for a writer that stores the events of a window while it is still
+        open, and recomputes its bars once it closes (``ingest_columns(..., stored=...)``).
+        One transaction, serialised per series. Returns the new ticks and quotes (no bars).
+        Raises ``StoreError`` for a provider bar."""
+        if events.n == 0:
+            return TickIngestResult(ticks_inserted=0)
+        if np.any(events.kind == KIND_CODES["bar"]):
+            raise StoreError("store_raw got a bar event")
+        unique = events.take(
+            first_occurrences(events.series_idx.astype(np.int64), events.src_ts, events.seq)
+        )
+        ticks = unique.take(unique.kind == KIND_CODES["tick"])
+        quotes = unique.take(unique.kind == KIND_CODES["quote"])
+        present = np.unique(unique.series_idx)
+        locks = series_lock_keys([unique.series[int(i)] for i in present])
+
+        async def write() -> tuple[int, int]:
+            async with self._pool.acquire() as conn:
+                staged = {TICKS.stage: 0, QUOTES.stage: 0}
+                async with conn.transaction():
+                    await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                    ticks_in = quotes_in = 0
+                    if ticks.n:
+                        ticks_in, staged[TICKS.stage] = await _insert_raw(
+                            conn, TICKS, ticks, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, None
+                        )
+                    if quotes.n:
+                        quotes_in, staged[QUOTES.stage] = await _insert_raw(
+                            conn, QUOTES, quotes, _ANY_QUOTE_EXISTS_SQL, _INSERT_QUOTES_SQL, None
+                        )
+                    await _empty_stages(conn, staged)
+            return ticks_in, quotes_in
+
+        partitions: list[tuple[str, Iterable[date]]] = []
+        if ticks.n:
+            partitions.append(("ticks", _days(ticks.src_ts)))
+        if quotes.n:
+            partitions.append(("quotes", _days(quotes.src_ts)))
+        with translate_errors("store_raw"):
+            ticks_inserted, quotes_inserted = await self._write(partitions, write)
+        return TickIngestResult(ticks_inserted=ticks_inserted, quotes_inserted=quotes_inserted)
+
     async def ingest_columns(
         self,
         events: EventColumns,
@@ -1322,6 +1380,7 @@ class PgStoreClient(PgClientBase):
         interval: str,
         quote_carry_ms: int = DEFAULT_QUOTE_CARRY_MS,
         rollups: RollupPlan | None = None,
+        stored: EventColumns | None = None,
     ) -> TickIngestResult:
         """Store trade ticks and quotes given as columns (valid rows, as
         :func:`~market_data_core.columnar.decode_blocks` returns them; idempotent by
@@ -1335,52 +1394,71 @@ class PgStoreClient(PgClientBase):
         duplicate-only events are recomputed too (unchanged unless the stored bar was wrong),
         so a replay at a new interval still produces its bars. Returns the new ticks and
         quotes and the bars and quote bars inserted or changed (with their new ``revision``
-        and their window's ``change_seq``). Raises ``StoreError`` for a provider bar.
+        and their window's ``change_seq``). ``stored``: rows a :meth:`store_raw` call already
+        stored (only their windows matter): their windows are recomputed too, as if they were
+        in ``events``. Raises ``StoreError`` for a provider bar.
 
         With ``rollups`` (see the core ``StoreClient``): then, in the same transaction, the
         flat bars of the empty-interval policy around the windows touched (``_FILL_SQL``),
         then one statement per level, ascending, recomputing the level's bucket of every
         window touched from the level below (``_ROLLUP_SQL``): each sees the rows the
         statements before it wrote. Windows touched are those of the events (duplicates
-        included: a replay re-derives rollups that are missing, and changes nothing else) and
-        those whose bars changed."""
+        included: a replay re-derives rollups that are missing, and changes nothing else),
+        those of ``stored``, and those whose bars changed."""
         window_ms = _interval_ms(interval)
         if quote_carry_ms < 0:
             raise StoreError(f"quote_carry_ms must be >= 0, got {quote_carry_ms}")
-        if events.n == 0:
+        if stored is not None and stored.n:
+            # every row of a window the store has seen, for the ranges, days and locks below
+            every = EventColumns.concat([events, stored]) if events.n else stored
+        else:
+            stored, every = None, events
+        if every.n == 0:
             return TickIngestResult(ticks_inserted=0)
-        if np.any(events.kind == KIND_CODES["bar"]):
+        if np.any(every.kind == KIND_CODES["bar"]):
             raise StoreError("ingest_columns got a bar event")
         unique = events.take(
             first_occurrences(events.series_idx.astype(np.int64), events.src_ts, events.seq)
         )
         ticks = unique.take(unique.kind == KIND_CODES["tick"])
         quotes = unique.take(unique.kind == KIND_CODES["quote"])
-        first_us, last_us = int(unique.src_ts.min()), int(unique.src_ts.max())
-        tick_days, quote_days = _days(ticks.src_ts), _days(quotes.src_ts)
+        window_us = window_ms * 1000
+        if stored is not None:
+            kept_ticks = stored.take(stored.kind == KIND_CODES["tick"])
+            kept_quotes = stored.take(stored.kind == KIND_CODES["quote"])
+            kept_ticks = kept_ticks.take(window_marks(kept_ticks, window_us))
+            kept_quotes = kept_quotes.take(window_marks(kept_quotes, window_us))
+        else:
+            kept_ticks = kept_quotes = every.take(np.zeros(0, np.intp))
+        first_us, last_us = int(every.src_ts.min()), int(every.src_ts.max())
+        tick_days = _days(ticks.src_ts) | _days(kept_ticks.src_ts)
+        quote_days = _days(quotes.src_ts) | _days(kept_quotes.src_ts)
         event_days = tick_days | quote_days
         carry = timedelta(milliseconds=quote_carry_ms)
         # quote bars: the events' windows and those their quotes' carried book reaches (from
         # each quote's day to the day of its time + carry; per day, not over the whole batch,
         # whose series may lie years apart: a replay beside a live source)
         quote_bar_days = _bar_days(event_days, window_ms)
-        if quotes.n:
-            for day, ts in _latest_per_day(quotes.src_ts).items():
+        if quotes.n or kept_quotes.n:
+            quote_times = np.concatenate((quotes.src_ts, kept_quotes.src_ts))
+            for day, ts in _latest_per_day(quote_times).items():
                 reach_day = (ts + carry).date()
                 quote_bar_days |= {
                     day + timedelta(days=k) for k in range((reach_day - day).days + 1)
                 }
-        present = np.unique(unique.series_idx)
-        series = [unique.series[int(i)] for i in present]
+        present = np.unique(every.series_idx)
+        series = [every.series[int(i)] for i in present]
         locks = series_lock_keys(series)
         providers = [p for p, _ in series]
         symbols = [s for _, s in series]
         stride = timedelta(milliseconds=window_ms)
         lo = from_epoch_us(window_start_us(first_us, window_ms)) - stride
         hi = from_epoch_us(window_start_us(last_us, window_ms)) + 2 * stride
-        window_us = window_ms * 1000
+        has_ticks = bool(ticks.n or kept_ticks.n)
+        has_quotes = bool(quotes.n or kept_quotes.n)
         plan = rollups if rollups is not None and rollups.active else None
-        quote_spans = _spans(quotes) if plan is not None else {}
+        seen = EventColumns.concat([unique, kept_ticks, kept_quotes])
+        quote_spans = _spans(seen.take(seen.kind == KIND_CODES["quote"])) if plan else {}
         rolled: list[tuple[str, Any]] = []
 
         async def write() -> tuple[int, int, list[Any]]:
@@ -1402,16 +1480,20 @@ class PgStoreClient(PgClientBase):
                             _INSERT_QUOTES_SQL,
                             window_us,
                         )
-                    book = bool(quotes.n) or await conn.fetchval(
+                    for raw, kept in ((TICKS, kept_ticks), (QUOTES, kept_quotes)):
+                        if kept.n:  # windows of rows stored before: recomputed the same
+                            await _stage_marks(conn, raw, kept)
+                            staged[raw.stage] += kept.n
+                    book = has_quotes or await conn.fetchval(
                         _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry
                     )
-                    sql = _RECOMPUTE_SQL[(bool(ticks.n), bool(quotes.n), book)]
+                    sql = _RECOMPUTE_SQL[(has_ticks, has_quotes, book)]
                     if book:
                         rows = await conn.fetch(sql, stride, interval, lo, hi, carry)
                     else:  # no quote anywhere near: the trade bars alone
                         rows = await conn.fetch(sql, stride, interval, lo, hi)
                     if plan is not None:
-                        touched = _windows_of(unique, window_us)
+                        touched = _windows_of(seen, window_us)
                         touched.update(
                             (r["provider"], r["symbol"], to_epoch_us(r["ts"]))
                             for r in rows
@@ -1422,11 +1504,7 @@ class PgStoreClient(PgClientBase):
                                 conn, plan, interval, window_ms, touched, carry, quote_spans
                             )
                         )
-                    for stage, n in staged.items():
-                        if n >= _TRUNCATE_STAGE_MIN_ROWS:
-                            await conn.execute(f"TRUNCATE {stage}")
-                        elif n:
-                            await conn.execute(f"DELETE FROM {stage}")
+                    await _empty_stages(conn, staged)
                 for stage, n in staged.items():
                     if 0 < n < _TRUNCATE_STAGE_MIN_ROWS:
                         await self._janitor.used(conn, stage, n)

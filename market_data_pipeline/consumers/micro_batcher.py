@@ -68,6 +68,7 @@ from market_data_core.columnar import (
     columns_from_events,
     decode_blocks,
     is_block,
+    window_marks,
 )
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, StreamEvent, WindowBar
@@ -152,20 +153,28 @@ class _Window:
     parts: list[EventColumns] = field(default_factory=list)
     holds: list[tuple[RecordKey, int]] = field(default_factory=list)
     received: int = 0  # events added, duplicates included
+    pending: int = 0  # events in ``parts`` (not yet stored)
     quotes: bool = False  # holds a quote: later windows' carried book depends on it
+    # events stored while the window was open (``store_raw``): the first and last of each
+    # store call (all the close needs of them), and how many of them were new
+    stored: list[EventColumns] = field(default_factory=list)
+    stored_new: int = 0
 
 
 @dataclass(slots=True)
 class _FlushJob:
     units: dict[tuple[str, str, int], _Window]
     bars: list[_Buffered]
+    # events of open windows to store now (their bars are recomputed when they close)
+    early: list[tuple[_Window, EventColumns]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class MicroBatchStats:
     """What one run did (also the ``job_runs`` counts).
 
-    ``ticks_inserted``/``quotes_inserted`` new raw ticks and quotes; ``duplicates`` committed
+    ``ticks_inserted``/``quotes_inserted`` new raw ticks and quotes (``stored_early`` of the
+    events: stored while their window was still open); ``duplicates`` committed
     ticks and quotes the store (or the same batch) already had; ``bars_written`` trade bars
     inserted or changed, ``quote_bars_written`` quote bars; ``late_corrections`` bars and
     quote bars that already existed and changed (``revision + 1``, from the store's answer, not
@@ -190,6 +199,7 @@ class MicroBatchStats:
     rollup_revisions: int = 0
     too_late: int = 0
     flushes: int = 0
+    stored_early: int = 0
     store_retries: int = 0
     bars_relayed: int = 0
     relay_calls: int = 0
@@ -279,7 +289,13 @@ class MicroBatcher:
 
     @property
     def buffered_events(self) -> int:
+        """Events held in open windows (stored early or not) and provider bars."""
         return sum(w.received for w in self._windows.values()) + len(self._bars)
+
+    @property
+    def _unstored_events(self) -> int:
+        """Events in memory: of open windows, those not stored yet; and provider bars."""
+        return sum(w.pending for w in self._windows.values()) + len(self._bars)
 
     async def run(
         self,
@@ -343,7 +359,7 @@ class MicroBatcher:
             # Stopping: finish the commit in flight, then commit what is already closed; open
             # windows stay pending for a restart.
             await self._await_inflight()
-            job = self._take_closed(force=False)
+            job = self._take_closed(force=False, early=False)
             if job is not None:
                 await self._commit(stop, job)
             relay_stop.set()
@@ -407,7 +423,7 @@ class MicroBatcher:
         a backlog: at 30k events/s a 2 s window holds 60k of them."""
         if self._inflight is not None:
             if not self._inflight.done():
-                buffered = self.buffered_events
+                buffered = self._unstored_events
                 if buffered < 4 * self._max_batch:
                     return
                 if buffered < _BUFFER_CAP_BATCHES * self._max_batch and (
@@ -603,6 +619,7 @@ class MicroBatcher:
                 window = windows[wkey] = _Window(start + window_us, series)
             window.parts.append(by_window.slice(first, last))
             window.received += last - first
+            window.pending += last - first
             if not window.quotes and is_quote[first:last].any():
                 window.quotes = True
             window.holds += holds[g]
@@ -676,22 +693,32 @@ class MicroBatcher:
         ]
 
     def _closed_events(self, force: bool) -> int:
-        return sum(self._windows[key].received for key in self._closed_windows(force))
+        return sum(self._windows[key].pending for key in self._closed_windows(force))
 
-    def _take_closed(self, force: bool) -> _FlushJob | None:
-        """Move closed windows (and buffered provider bars) out of the buffers into a job."""
+    def _take_closed(self, force: bool, *, early: bool = True) -> _FlushJob | None:
+        """Move closed windows (and buffered provider bars) out of the buffers into a job,
+        and the events of open windows holding ``max_batch_size`` or more not yet stored:
+        storing them while the window is open spreads the store's work over the window
+        instead of bunching it at its end (lower latency, less memory); their bar is
+        recomputed when the window closes, from all its stored events."""
         closed = self._closed_windows(force)
-        if not closed and not self._bars:
+        closed_set = set(closed)
+        to_store = []
+        for key, window in self._windows.items() if early else ():
+            if window.pending >= self._max_batch and key not in closed_set:
+                to_store.append((window, EventColumns.concat(window.parts)))
+                window.parts, window.pending = [], 0
+        if not closed and not self._bars and not to_store:
             return None
         units = {key: self._windows.pop(key) for key in closed}
         bars = list(self._bars.values())
         self._bars = {}
-        return _FlushJob(units, bars)
+        return _FlushJob(units, bars, to_store)
 
     async def _commit(self, stop: asyncio.Event, job: _FlushJob) -> None:
         """Write a job, then ack every entry whose events are all committed. If ``stop`` is
         set while the store is unavailable, give up: the entries stay pending (nothing lost)."""
-        if not await self._write(stop, job.units, job.bars):
+        if not await self._write(stop, job.units, job.bars, job.early):
             return
         done: list[BusRecord] = []
         holds = [(k, 1) for buf in job.bars for k in buf.keys]
@@ -712,6 +739,7 @@ class MicroBatcher:
         stop: asyncio.Event,
         units: dict[tuple[str, str, int], _Window],
         bars: list[_Buffered],
+        early: list[tuple[_Window, EventColumns]] | None = None,
     ) -> bool:
         """Commit everything; True once committed. Retries transient failures with capped
         backoff until committed (or until ``stop`` during a retry, returning False)."""
@@ -719,9 +747,27 @@ class MicroBatcher:
         after = _quote_order(chunks)
         pending_chunks = list(range(len(chunks)))
         bars_pending = bool(bars)
+        pending_early = list(early or [])
 
         async def attempt() -> None:
-            nonlocal pending_chunks, bars_pending
+            nonlocal pending_chunks, bars_pending, pending_early
+            if pending_early:
+                # before the closed windows: a window closing in this job may have some
+                results = await asyncio.gather(
+                    *(self._store_early(w, cols) for w, cols in pending_early),
+                    return_exceptions=True,
+                )
+                failed_early = [r for r in results if isinstance(r, BaseException)]
+                pending_early = [
+                    job
+                    for job, r in zip(pending_early, results, strict=True)
+                    if isinstance(r, BaseException)
+                ]
+                for exc in failed_early:
+                    if not isinstance(exc, Exception):
+                        raise exc
+                if failed_early:
+                    raise failed_early[0]
             if pending_chunks:
                 # Chunks hold whole (symbol, window) units and every store call locks its
                 # series, so they commit independently: run a few at once (window ends
@@ -802,8 +848,26 @@ class MicroBatcher:
             await self._store.sync_sessions(name, load_sessions(name))
         self._sessions_synced = True
 
+    async def _store_early(self, window: _Window, events: EventColumns) -> None:
+        """Store the events of an open window (no bar yet); remember the first and last of
+        them for the window's close."""
+        async with self._store_slots:
+            t0 = time.perf_counter()
+            result = await self._store.store_raw(events)
+            telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
+        new = result.ticks_inserted + result.quotes_inserted
+        window.stored.append(events.take(window_marks(events, self.window_ms * 1000)))
+        window.stored_new += new
+        self.stats.stored_early += events.n
+        self.stats.ticks_inserted += result.ticks_inserted
+        self.stats.quotes_inserted += result.quotes_inserted
+        telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
+        telemetry.STORE_ROWS.labels(table="quotes", op="inserted").inc(result.quotes_inserted)
+        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(new)
+
     async def _write_ticks(self, chunk: list[_Window]) -> None:
         events = EventColumns.concat([part for window in chunk for part in window.parts])
+        marks = [m for window in chunk for m in window.stored]
         await self._sync_sessions()
         t0 = time.perf_counter()
         result = await self._store.ingest_columns(
@@ -811,6 +875,7 @@ class MicroBatcher:
             interval=self.interval,
             quote_carry_ms=self._quote_carry_ms,
             rollups=self._rollups,
+            stored=EventColumns.concat(marks) if marks else None,
         )
         telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
         telemetry.MICROBATCH_BATCH_SIZE.observe(events.n)
@@ -818,7 +883,7 @@ class MicroBatcher:
         new = result.ticks_inserted + result.quotes_inserted
         stats.ticks_inserted += result.ticks_inserted
         stats.quotes_inserted += result.quotes_inserted
-        stats.duplicates += sum(w.received for w in chunk) - new
+        stats.duplicates += sum(w.received - w.stored_new for w in chunk) - new
         stats.bars_written += len(result.bars)
         stats.quote_bars_written += len(result.quote_bars)
         stats.late_corrections += result.bars_result.updated + result.quote_bars_result.updated
@@ -960,11 +1025,11 @@ def _chunks(units: dict[tuple[str, str, int], _Window], max_events: int) -> Iter
     chunk: list[_Window] = []
     size = 0
     for unit in order:
-        if chunk and size + unit.received > max_events:
+        if chunk and size + unit.pending > max_events:
             yield chunk
             chunk, size = [], 0
         chunk.append(unit)
-        size += unit.received
+        size += unit.pending
     if chunk:
         yield chunk
 

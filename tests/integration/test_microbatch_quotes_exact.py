@@ -24,7 +24,15 @@ from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatc
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
 from tests.support.cli import MDP, mdp_env
-from tests.support.pipeline import WIRES, Wire, make_config, publish, urls, write_config
+from tests.support.pipeline import (
+    WIRES,
+    Wire,
+    make_config,
+    publish,
+    urls,
+    wire_options,
+    write_config,
+)
 from tests.support.quotes import (
     assert_quote_bars_equal_reference,
     quote_events,
@@ -117,7 +125,9 @@ async def publish_all(cfg: AppConfig, events: list[StreamEvent], wire: Wire = "r
 async def test_replay_once_then_twice_changes_nothing(
     env: dict[str, Any], window_ms: int, wire: Wire
 ) -> None:
-    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
+    cfg = make_config(
+        env["redis_url"], env["database_url"], env["unique"], window_ms, **wire_options(wire)
+    )
     p = f"fx{env['unique']}"
     quotes, trades = mixed(p)
     events = in_time_order(quotes + trades)
@@ -129,6 +139,9 @@ async def test_replay_once_then_twice_changes_nothing(
         len(trades),
     )
     assert first.dead_letters == 0 and first.quote_bars_written > 0
+    # in small batches, events of open windows are stored before they close (windows of
+    # 2 s and more hold more than 16 events here)
+    assert (first.stored_early > 0) == (wire == "blocks" and window_ms >= 2000)
     # in order, each quote bar is written once: no correction of its own making
     assert first.late_corrections == 0
     await assert_exact(cfg, p, window_ms, quotes, trades)
@@ -157,7 +170,9 @@ async def test_replay_once_then_twice_changes_nothing(
 async def test_shuffled_within_allowed_lateness(
     env: dict[str, Any], window_ms: int, wire: Wire
 ) -> None:
-    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
+    cfg = make_config(
+        env["redis_url"], env["database_url"], env["unique"], window_ms, **wire_options(wire)
+    )
     p = f"sh{env['unique']}"
     quotes, trades = mixed(p)
     rng = random.Random(window_ms)
@@ -175,7 +190,9 @@ async def test_shuffled_within_allowed_lateness(
 @pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
 async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int, wire: Wire) -> None:
-    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms)
+    cfg = make_config(
+        env["redis_url"], env["database_url"], env["unique"], window_ms, **wire_options(wire)
+    )
     p = f"du{env['unique']}"
     quotes, trades = mixed(p)
     events = in_time_order(quotes + trades)
@@ -196,7 +213,14 @@ async def test_one_percent_duplicates(env: dict[str, Any], window_ms: int, wire:
 async def test_three_micro_batchers_at_once(
     env: dict[str, Any], window_ms: int, wire: Wire
 ) -> None:
-    cfg = make_config(env["redis_url"], env["database_url"], env["unique"], window_ms, partitions=4)
+    cfg = make_config(
+        env["redis_url"],
+        env["database_url"],
+        env["unique"],
+        window_ms,
+        partitions=4,
+        **wire_options(wire),
+    )
     # the same quotes and trades as six series over all 4 shards
     series = [(f"tw{env['unique']}{k}", f"EURUSD.{k}") for k in "abcdef"]
     assert {shard_for(routing_key(p, s), 4) for p, s in series} == {0, 1, 2, 3}

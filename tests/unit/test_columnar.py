@@ -31,6 +31,7 @@ from market_data_core.columnar import (
     decode_blocks,
     encode_block,
     event_ids,
+    window_marks,
 )
 from market_data_core.contracts import StreamEvent, make_event_id
 from market_data_core.errors import ContractError
@@ -453,3 +454,52 @@ def test_event_ids_are_make_event_id_of_every_row(rows: list[tuple[Any, int, int
     starts = np.concatenate(([0], ends[:-1]))
     got = [blob[a:b].decode() for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
     assert got == [make_event_id(p, s, from_epoch_us(t), q) for (p, s), t, q in rows]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from([0, 2]), st.integers(0, 10_000_000)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([500_000, 2_000_000]),
+)
+def test_window_marks_keep_every_window_of_every_kind_and_series_span(
+    rows: list[tuple[int, int, int]], window_us: int
+) -> None:
+    n = len(rows)
+    cols = EventColumns(
+        series=(("p", "A"), ("p", "B"), ("p", "C")),
+        series_idx=np.array([s for s, _k, _t in rows], np.int32),
+        intervals=(None,),
+        interval_idx=np.zeros(n, np.int32),
+        ver=np.ones(n, np.int64),
+        kind=np.array([k for _s, k, _t in rows], np.uint8),
+        src_ts=np.array([t for _s, _k, t in rows], np.int64),
+        seq=np.arange(n, dtype=np.int64),
+        present=np.zeros(n, np.uint16),
+        floats={k: np.zeros(n) for k in FLOAT_FIELDS},
+        ingest_ts=np.zeros(n, np.int64),
+        side=np.zeros(n, np.uint8),
+        trade_id=b"",
+        trade_id_end=np.zeros(n, np.int64),
+    )
+    marks = cols.take(window_marks(cols, window_us))
+
+    def windows(c: EventColumns) -> set[tuple[int, int, int]]:
+        return {
+            (int(s), int(k), int(t) // window_us)
+            for s, k, t in zip(c.series_idx, c.kind, c.src_ts, strict=True)
+        }
+
+    def spans(c: EventColumns) -> dict[tuple[int, int], tuple[int, int]]:
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        for s, k, t in zip(c.series_idx.tolist(), c.kind.tolist(), c.src_ts.tolist(), strict=True):
+            lo, hi = out.get((s, k), (t, t))
+            out[(s, k)] = (min(lo, t), max(hi, t))
+        return out
+
+    assert windows(marks) == windows(cols)
+    assert spans(marks) == spans(cols)
+    assert marks.n <= 2 * len(windows(cols))
