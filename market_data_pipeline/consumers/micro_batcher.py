@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -559,7 +560,10 @@ class MicroBatcher:
             if count:
                 state = self._outstanding.get(key)
                 if state is None:
-                    self._outstanding[key] = _RecordState(rec, count)
+                    # held until its windows commit, then acked, renewed or handed back:
+                    # none of which needs its payload (decoded already), so it is dropped
+                    held_rec = dataclasses.replace(rec, payload=b"", extra_fields=())
+                    self._outstanding[key] = _RecordState(held_rec, count)
                 else:
                     state.remaining += count
             else:
