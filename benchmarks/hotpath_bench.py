@@ -16,6 +16,13 @@ machine slow it down little), as the best of ``--repeats`` runs over the same ev
 * ``redis``: ``XREADGROUP`` of the entries and ``XACK`` of them through the bus consumer
   (reply parsing and ``BusRecord`` building).
 
+and the same stages of the columnar path (column blocks): ``decode_cols`` (``decode_blocks``
+of a poll's blocks), ``window_cols`` (``MicroBatcher._ingest`` of block entries less
+``decode_cols``), ``rows_cols`` (the binary COPY stream of the tick rows built from the
+arrays), ``copy_cols`` (sending it with ``copy_to_table``). ``window`` times the micro-batcher
+as it is: before the columnar path it was the per-event loop; now it is the array code fed by
+msgpack rows turned into columns.
+
 Events: ``--events`` trades (and, with ``--quotes F``, that fraction replaced by quotes),
 over ``--symbols`` symbols, one every 50 µs of event time, packed ``--pack`` per entry per
 symbol as the producers pack them. Servers: ``--redis-port``/``--pg-port`` start an
@@ -169,48 +176,6 @@ def stage_decode_cols(blocks: list[bytes], n: int, repeats: int) -> float:
     return best_us_per_event(run, n, repeats)
 
 
-def stage_window_cols(blocks: list[bytes], n: int, repeats: int) -> float:
-    """What the columnar ingest does per poll after decoding: each row's watermark, window
-    and lateness, rows grouped by window, rows held per entry and window; per closed window
-    the first arrival of each (ts, seq)."""
-    from market_data_pipeline.consumers.windowing import (
-        EventClock,
-        classify_rows,
-        first_occurrences,
-        running_max_before,
-    )
-
-    polls = [
-        decode_blocks(blocks[i : i + POLL_ENTRIES]) for i in range(0, len(blocks), POLL_ENTRIES)
-    ]
-    clock = EventClock.from_ms(2000, 500, 1000, 60_000)
-
-    def run() -> None:
-        maxima: dict[int, int] = {}
-        windows: dict[tuple[int, int], list[Any]] = {}
-        for decoded in polls:
-            cols = decoded.columns
-            before = running_max_before(cols.series_idx, cols.src_ts, maxima)
-            starts, _codes = classify_rows(cols.src_ts, before, clock)
-            key = cols.series_idx.astype(np.int64) * (1 << 40) + starts // clock.window_us
-            uniq, inverse = np.unique(key, return_inverse=True)
-            order = np.argsort(inverse, kind="stable")
-            bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-            for k, rows in zip(uniq.tolist(), np.split(order, bounds), strict=True):
-                windows.setdefault((k >> 40, k), []).append(cols.take(rows))
-            holds = np.unique(inverse.astype(np.int64) * (1 << 32) + decoded.row_payload)
-            del holds
-            for s in range(len(cols.series)):
-                rows_s = cols.series_idx == s
-                if rows_s.any():
-                    maxima[s] = max(maxima.get(s, -(2**63)), int(cols.src_ts[rows_s].max()))
-        for parts in windows.values():
-            joined = EventColumns.concat(parts)
-            joined.take(first_occurrences(joined.src_ts, joined.seq))
-
-    return best_us_per_event(run, n, repeats)
-
-
 def tick_copy_stream(cols: EventColumns) -> bytes:
     """The ticks staging rows as binary COPY (price and size as numeric)."""
     from market_data_store.binary_copy import (
@@ -354,6 +319,20 @@ async def _servers_stages(
                         await worker._ingest(records[i : i + 100])
 
                 out["window+decode"] = await best_us_per_event_async(ingest, n, args.repeats)
+            if "window_cols" in stages:
+                block_records = [
+                    BusRecord(topic="mdp.events", shard=0, entry_id=f"{i + 1}-0", payload=p)
+                    for i, p in enumerate(pack_blocks(events, args.pack))
+                ]
+
+                async def ingest_blocks() -> None:
+                    worker = MicroBatcher(cfg, bus, store, consumer_name=f"w{uuid.uuid4().hex}")
+                    for i in range(0, len(block_records), 100):
+                        await worker._ingest(block_records[i : i + 100])
+
+                out["window_cols+decode"] = await best_us_per_event_async(
+                    ingest_blocks, n, args.repeats
+                )
             if "redis" in stages:
                 total = 0.0
                 best = float("inf")
@@ -375,17 +354,34 @@ async def _servers_stages(
             if "copy" in stages:
                 ticks = [e for e in events if e.kind == "tick"]
                 chunks = [tick_records(ticks[i : i + 5000]) for i in range(0, len(ticks), 5000)]
-                from market_data_store.store_client import _STAGE_TICK_COLUMNS
-
                 pool = store._pool  # type: ignore[attr-defined]
+                # the staging table of the record path (prices as text, cast to numeric later)
+                text_ddl = (
+                    "CREATE TEMP TABLE IF NOT EXISTS hb_stage_text (provider text, symbol text, "
+                    "ts timestamptz, seq bigint, event_id text, price text, size text, "
+                    "side text, trade_id text, ingest_ts timestamptz)"
+                )
+                text_columns = (
+                    "provider",
+                    "symbol",
+                    "ts",
+                    "seq",
+                    "event_id",
+                    "price",
+                    "size",
+                    "side",
+                    "trade_id",
+                    "ingest_ts",
+                )
 
                 async def copy() -> None:
                     async with pool.acquire() as conn:
+                        await conn.execute(text_ddl)
                         for recs in chunks:
                             await conn.copy_records_to_table(
-                                "mdp_stage_ticks", records=recs, columns=_STAGE_TICK_COLUMNS
+                                "hb_stage_text", records=recs, columns=text_columns
                             )
-                        await conn.execute("TRUNCATE mdp_stage_ticks")
+                        await conn.execute("TRUNCATE hb_stage_text")
 
                 out["copy"] = await best_us_per_event_async(copy, len(ticks), args.repeats)
             if "copy_cols" in stages:
@@ -443,16 +439,16 @@ def main() -> None:
         figures["rows"] = stage_rows(events, args.repeats)
     if stages & set(COLUMN_STAGES):
         blocks = pack_blocks(events, args.pack)
-        if "decode_cols" in stages:
+        if "decode_cols" in stages or "window_cols" in stages:
             figures["decode_cols"] = stage_decode_cols(blocks, len(events), args.repeats)
-        if "window_cols" in stages:
-            figures["window_cols"] = stage_window_cols(blocks, len(events), args.repeats)
         if "rows_cols" in stages:
             figures["rows_cols"] = stage_rows_cols(blocks, args.repeats)
-    if stages & {"window", "copy", "redis", "copy_cols"}:
+    if stages & {"window", "copy", "redis", "copy_cols", "window_cols"}:
         figures.update(asyncio.run(_servers_stages(args, entries, events, stages)))
     if "window+decode" in figures:
         figures["window"] = figures.pop("window+decode") - figures["decode"]
+    if "window_cols+decode" in figures:
+        figures["window_cols"] = figures.pop("window_cols+decode") - figures["decode_cols"]
     for name in STAGES + COLUMN_STAGES:
         if name in figures:
             print(f"  {name:<8} {figures[name]:7.3f} µs/event")

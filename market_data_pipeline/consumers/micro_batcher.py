@@ -1,14 +1,19 @@
 """The micro-batcher: events from the bus -> exact event-time bars in the store.
 
-Per poll it decodes entries (bad ones -> dead letters), assigns trade ticks and quotes to
-epoch-aligned windows per (provider, symbol) (see :mod:`.windowing` for when a window closes and
-what is late), and flushes closed windows through :meth:`StoreClient.ingest_events`, which stores
-the raw ticks and quotes (idempotent by ``event_id``) and recomputes, in the same transaction,
+Per poll it decodes entries (bad ones -> dead letters; a poll's column blocks at once, other
+payloads one by one, all of them then as columns: :mod:`market_data_core.columnar`), assigns
+trade ticks and quotes to epoch-aligned windows per (provider, symbol) on arrays (see
+:mod:`.windowing` for when a window closes and what is late), and flushes closed windows through
+:meth:`StoreClient.ingest_columns`, which stores the raw ticks and quotes (idempotent by
+``event_id``) and recomputes, in the same transaction,
 every touched trade bar from all stored ticks of its window and every touched quote bar (top of
 book: bid/ask at close, spread and imbalance, time-weighted; see
 :class:`~market_data_core.contracts.QuoteBar`) from all stored quotes, the book carried into a
 window from a quote at most ``micro_batch.quote_carry_ms`` before it. Provider bars are upserted
-as they are.
+as they are. An open window holding ``max_batch_size`` events not yet stored has them stored at
+once (:meth:`StoreClient.store_raw`: raw rows, no bar), so the store's work is spread over the
+window rather than bunched at its end; its bars are recomputed from all its stored events when
+it closes (``ingest_columns(..., stored=...)``), and its entries are acknowledged only then.
 
 Guarantees:
 
@@ -24,10 +29,11 @@ Guarantees:
 * **Store down -> no ack, retry** with capped exponential backoff; buffers are kept; nothing is
   lost. A non-transient store error stops the worker after a few attempts (entries stay pending).
 * **Open windows are not flushed on shutdown**: their entries stay pending and are re-read on
-  restart, so a restart never splits a bar into revisions. On a clean stop they are handed back
-  with :meth:`BusConsumer.release`, so that re-read does not count toward
-  ``bus.max_deliveries``; after a failure (a crash, a store error that stops the worker) it
-  does, so a poison entry still ends in the dead-letter stream.
+  restart, so a restart never splits a bar into revisions (raw events of an open window stored
+  early are stored again as duplicates, a no-op; no bar is written before the window closes).
+  On a clean stop they are handed back with :meth:`BusConsumer.release`, so that re-read does
+  not count toward ``bus.max_deliveries``; after a failure (a crash, a store error that stops
+  the worker) it does, so a poison entry still ends in the dead-letter stream.
 * **Held entries are renewed.** Entries buffered in open windows or waiting for the store are
   renewed with :meth:`BusConsumer.in_progress` before each poll (at most every
   ``claim_idle_ms / 4``), so they are never delivered again nor counted while held, however
