@@ -1518,7 +1518,7 @@ class PgStoreClient(PgClientBase):
             partitions.append(("ticks", tick_days))
         if quote_days:
             partitions.append(("quotes", quote_days))
-        with translate_errors("ingest_columns"):
+        with translate_errors("ingest_events"):
             if plan is not None:
                 days = await self._rollup_days(
                     plan, event_days, set(series), interval, first_us, last_us
