@@ -244,7 +244,8 @@ class ProducersConfig(_Model):
     pack_events: int = Field(default=1, ge=1, le=10_000)
     # how a pack of events goes on the bus: an array of maps in bus.codec ("rows", what any
     # consumer reads), or a column block (market_data_core.columnar: a consumer decodes and
-    # validates it with array operations; mdp consumers of issue 21 on read it)
+    # validates it with array operations; mdp consumers of issue 21 on read it). With
+    # pack_events 1 an entry is one map either way (a block's fixed cost per event is higher).
     pack_as: PackAs = "rows"
 
 

@@ -277,6 +277,10 @@ class Publisher:
             raise ValueError("batch_size, buffer_max_events and pack_events must be >= 1")
         self._bus = bus
         self.topic = topic
+        # A block of one event costs more than its map (a block's fixed cost, on both sides,
+        # is paid per event): column blocks are for packs only.
+        if pack_events == 1:
+            pack_as = "rows"
         # column blocks are built from column rows, whatever the bus codec
         self._codec: WireForm = "columns" if pack_as == "columns" else codec
         self._pack_as: PackAs = pack_as
