@@ -47,7 +47,7 @@ import tenacity.stop
 
 from market_data_core.errors import StoppedError
 
-__all__ = ["Backoff", "retry", "sleep_or_stop"]
+__all__ = ["Backoff", "next_step", "retry", "sleep_or_stop"]
 
 T = TypeVar("T")
 ErrorTypes = type[BaseException] | tuple[type[BaseException], ...]
@@ -184,3 +184,9 @@ async def retry(
         if give_up.stopped:
             raise StoppedError("stopped while retrying") from exc
         raise
+
+
+def next_step(delay_s: float | None) -> str:
+    """What follows a failure reported to ``on_failure``, for a log line: ``"giving up"``
+    (``delay_s`` is ``None``) or ``"retrying in 1.6s"``."""
+    return "giving up" if delay_s is None else f"retrying in {delay_s:.1f}s"

@@ -15,6 +15,11 @@ once (:meth:`StoreClient.store_raw`: raw rows, no bar), so the store's work is s
 window rather than bunched at its end; its bars are recomputed from all its stored events when
 it closes (``ingest_columns(..., stored=...)``), and its entries are acknowledged only then.
 
+This module is the poll -> decode -> buffer -> ack side; the commit path (a flush job to the
+store, retries, what the store did) is :class:`~.commit.WindowCommitter`, the outbox relay
+:class:`~.relay.BarRelay`, and the state they share (open windows, held entries, the counts)
+:mod:`.batch_state`.
+
 Guarantees:
 
 * **Ack only after commit.** An entry is acknowledged once every event it carried is committed.
@@ -56,45 +61,48 @@ wrote (``max_deliveries``, ``trimmed``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
 
-from market_data_core.codec import decode_events, encode_bar, encode_event
+from market_data_core.codec import decode_events, encode_event
 from market_data_core.columnar import (
     KIND_CODES,
     EventColumns,
     columns_from_events,
     decode_blocks,
     is_block,
-    window_marks,
 )
 from market_data_core.config import AppConfig
-from market_data_core.contracts import Bar, StreamEvent, WindowBar
-from market_data_core.errors import BusError, StoppedError, StoreError, StoreUnavailableError
+from market_data_core.contracts import StreamEvent
+from market_data_core.errors import BusError
 from market_data_core.protocols import (
     Bus,
     BusConsumer,
     BusRecord,
     StoreClient,
-    UpsertResult,
-    routing_key,
 )
 from market_data_core.timeutil import (
     format_duration_ms,
     from_epoch_us,
     isoformat_us,
-    parse_duration_ms,
 )
 from market_data_pipeline import telemetry
+from market_data_pipeline.consumers.batch_state import (
+    BufferedBar,
+    FlushJob,
+    MicroBatchStats,
+    OpenWindow,
+    RecordKey,
+    RecordState,
+)
+from market_data_pipeline.consumers.commit import WindowCommitter
+from market_data_pipeline.consumers.relay import BarRelay
 from market_data_pipeline.consumers.windowing import (
     LATE_CODE,
     ON_TIME_CODE,
@@ -104,7 +112,6 @@ from market_data_pipeline.consumers.windowing import (
     running_max_before,
 )
 from market_data_pipeline.retry import Backoff, retry, sleep_or_stop
-from market_data_pipeline.sessions import load_sessions, rollup_plan
 from market_data_pipeline.streaming.dlq import letter_from_record
 
 __all__ = ["MicroBatchStats", "MicroBatcher"]
@@ -112,117 +119,17 @@ __all__ = ["MicroBatchStats", "MicroBatcher"]
 log = logging.getLogger(__name__)
 
 _COMPONENT = "microbatch"
-_LIVE_LATENCY_WINDOW_US = 3600 * 1_000_000  # latency is only meaningful for live data
-_MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
 _HEARTBEAT_MAX_AGE_S = 30.0
 # Buffered events (open windows included) beyond which ingestion waits for the commit in
 # flight, in units of max_batch_size: 40 x 5,000 = 200k events, ~250 MB of Python objects.
 _BUFFER_CAP_BATCHES = 40
 _BUS_RETRY_S = 30.0
-# The relay also runs this often without a commit of its own (changes of a dead worker, or
-# of a publish that failed), and prunes relayed changes every _PRUNE_EVERY_S.
-_RELAY_POLL_S = 1.0
-_RELAY_BATCH = 1000
-_RELAY_FINAL_S = 10.0
-_PRUNE_EVERY_S = 600.0
 # ticks.seq and quotes.seq are bigint
 _MAX_SEQ = 2**63 - 1
 
 
 def _wall_us() -> int:
     return time.time_ns() // 1000
-
-
-RecordKey = tuple[int, str]
-
-
-@dataclass(slots=True)
-class _RecordState:
-    record: BusRecord
-    remaining: int
-
-
-@dataclass(slots=True)
-class _Buffered:
-    event: StreamEvent
-    keys: list[RecordKey]
-
-
-@dataclass(slots=True)
-class _Window:
-    """The ticks and quotes of one open (provider, symbol, window) as column blocks in
-    arrival order (duplicates included: the store keeps the first of each ``event_id``), and
-    the entries holding them: ``(entry, n)`` means n of the entry's events are here
-    (duplicates count, so the entry is acked only once all of them are committed)."""
-
-    end_us: int
-    series: tuple[str, str]
-    parts: list[EventColumns] = field(default_factory=list)
-    holds: list[tuple[RecordKey, int]] = field(default_factory=list)
-    received: int = 0  # events added, duplicates included
-    pending: int = 0  # events in ``parts`` (not yet stored)
-    quotes: bool = False  # holds a quote: later windows' carried book depends on it
-    # events stored while the window was open (``store_raw``): the first and last of each
-    # store call (all the close needs of them), and how many of them were new
-    stored: list[EventColumns] = field(default_factory=list)
-    stored_new: int = 0
-
-
-@dataclass(slots=True)
-class _FlushJob:
-    units: dict[tuple[str, str, int], _Window]
-    bars: list[_Buffered]
-    # events of open windows to store now (their bars are recomputed when they close)
-    early: list[tuple[_Window, EventColumns]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class MicroBatchStats:
-    """What one run did (also the ``job_runs`` counts).
-
-    ``ticks_inserted``/``quotes_inserted`` new raw ticks and quotes (``stored_early`` of the
-    events: stored while their window was still open); ``duplicates`` committed
-    ticks and quotes the store (or the same batch) already had; ``bars_written`` trade bars
-    inserted or changed, ``quote_bars_written`` quote bars; ``late_corrections`` bars and
-    quote bars that already existed and changed (``revision + 1``, from the store's answer, not
-    from how late an event looked); ``rollup_bars_written`` rollup windows (and flat
-    micro-bars of the empty-interval policy) inserted or changed, ``rollup_revisions`` those
-    of them that existed (``revision + 1``); ``dead_letters`` every letter written for this
-    worker's entries,
-    by reason in ``dead_letter_reasons`` (``decode``, ``validation``, ``late`` from this stage;
-    ``max_deliveries``, ``trimmed`` from the bus layer)."""
-
-    events_in: int = 0
-    ticks_inserted: int = 0
-    quotes_inserted: int = 0
-    duplicates: int = 0
-    bars_written: int = 0
-    quote_bars_written: int = 0
-    provider_bars: int = 0
-    dead_letters: int = 0
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
-    late_corrections: int = 0
-    rollup_bars_written: int = 0
-    rollup_revisions: int = 0
-    too_late: int = 0
-    flushes: int = 0
-    stored_early: int = 0
-    store_retries: int = 0
-    bars_relayed: int = 0
-    relay_calls: int = 0
-    relay_s: float = 0.0
-    relay_retries: int = 0
-    window_latencies_ms: list[float] = field(default_factory=list)
-
-    @property
-    def rows_written(self) -> int:
-        return (
-            self.ticks_inserted
-            + self.quotes_inserted
-            + self.bars_written
-            + self.quote_bars_written
-            + self.rollup_bars_written
-        )
 
 
 class MicroBatcher:
@@ -249,10 +156,6 @@ class MicroBatcher:
         )
         self._wall = wall_clock_us
         self._max_batch = mb.max_batch_size
-        self._window_label = str(self.window_ms)
-        self._quote_carry_ms = mb.quote_carry_ms
-        self._rollups = rollup_plan(mb, window_ms=self.window_ms)
-        self._sessions_synced = self._rollups is None or not self._rollups.calendars
         self._clock_args = (
             self.window_ms,
             mb.allow_late_ms,
@@ -260,15 +163,11 @@ class MicroBatcher:
             mb.correction_horizon_ms,
         )
         self._clocks: dict[tuple[str, str], EventClock] = {}
-        self._windows: dict[tuple[str, str, int], _Window] = {}
-        self._bars: dict[tuple[str, str, str, datetime], _Buffered] = {}
-        self._outstanding: dict[RecordKey, _RecordState] = {}
+        self._windows: dict[tuple[str, str, int], OpenWindow] = {}
+        self._bars: dict[tuple[str, str, str, datetime], BufferedBar] = {}
+        self._outstanding: dict[RecordKey, RecordState] = {}
         self._inflight: asyncio.Task[None] | None = None
-        # concurrent store calls per commit: the pool's size less one for everything else
-        self._store_slots = asyncio.Semaphore(max(1, config.store.pool_max - 1))
         self.last_lag_ms = 0.0
-        self._relay_wake = asyncio.Event()
-        self._retention_ms = parse_duration_ms(config.store.changes_retention)
         self._events_per_entry: float | None = None
         self._consumed = telemetry.EVENTS_CONSUMED.labels(
             topic=config.bus.events_topic, group=config.bus.group
@@ -279,10 +178,19 @@ class MicroBatcher:
         self._renew_every_s = config.bus.claim_idle_ms / 4000
         self._next_renew = 0.0
         self.stats = MicroBatchStats()
+        self._relay = BarRelay(config, bus, store, self.stats)
+        self._committer = WindowCommitter(
+            config,
+            store,
+            self.stats,
+            window_ms=self.window_ms,
+            on_commit=self._relay.wake,
+            wall_clock_us=wall_clock_us,
+        )
 
     @property
     def rollup_intervals(self) -> tuple[str, ...]:
-        return () if self._rollups is None else self._rollups.intervals
+        return self._committer.rollup_intervals
 
     @property
     def consumer_name(self) -> str:
@@ -325,7 +233,7 @@ class MicroBatcher:
         telemetry.register_health_check(check_name, heartbeat)
         clean = False
         relay_stop = asyncio.Event()
-        relay = asyncio.create_task(self._relay_loop(relay_stop))
+        relay = asyncio.create_task(self._relay.run(relay_stop))
         try:
             while not stop.is_set():
                 heartbeat.beat()
@@ -360,7 +268,7 @@ class MicroBatcher:
                     and self.buffered_events == 0
                     and time.monotonic() - idle_since >= idle_s
                 ):
-                    if await self._group_drained() and await self._outbox_empty():
+                    if await self._group_drained() and await self._relay.outbox_empty():
                         break
                     idle_since = time.monotonic() - idle_s / 2  # look again a little later
             # Stopping: finish the commit in flight, then commit what is already closed; open
@@ -370,9 +278,9 @@ class MicroBatcher:
             if job is not None:
                 await self._commit(stop, job)
             relay_stop.set()
-            self._relay_wake.set()
+            self._relay.wake()
             await relay
-            await self._final_relay()
+            await self._relay.final()
             clean = True
         finally:
             telemetry.unregister_health_check(check_name)
@@ -569,7 +477,7 @@ class MicroBatcher:
                     # held until its windows commit, then acked, renewed or handed back:
                     # none of which needs its payload (decoded already), so it is dropped
                     held_rec = dataclasses.replace(rec, payload=b"", extra_fields=())
-                    self._outstanding[key] = _RecordState(held_rec, count)
+                    self._outstanding[key] = RecordState(held_rec, count)
                 else:
                     state.remaining += count
             else:
@@ -626,7 +534,7 @@ class MicroBatcher:
             wkey = (series[0], series[1], start)
             window = windows.get(wkey)
             if window is None:
-                window = windows[wkey] = _Window(start + window_us, series)
+                window = windows[wkey] = OpenWindow(start + window_us, series)
             window.parts.append(by_window.slice(first, last))
             window.received += last - first
             window.pending += last - first
@@ -645,7 +553,7 @@ class MicroBatcher:
         buf = self._bars.get(bkey)
         if buf is None or (buf.event.src_ts, buf.event.seq) <= (ev.src_ts, ev.seq):
             keys = buf.keys if buf else []
-            self._bars[bkey] = buf = _Buffered(ev, keys)
+            self._bars[bkey] = buf = BufferedBar(ev, keys)
         buf.keys.append((rec.shard, rec.entry_id))
 
     async def _too_late(
@@ -705,7 +613,7 @@ class MicroBatcher:
     def _closed_events(self, force: bool) -> int:
         return sum(self._windows[key].pending for key in self._closed_windows(force))
 
-    def _take_closed(self, force: bool, *, early: bool = True) -> _FlushJob | None:
+    def _take_closed(self, force: bool, *, early: bool = True) -> FlushJob | None:
         """Move closed windows (and buffered provider bars) out of the buffers into a job,
         and the events of open windows holding ``max_batch_size`` or more not yet stored:
         storing them while the window is open spreads the store's work over the window
@@ -723,12 +631,12 @@ class MicroBatcher:
         units = {key: self._windows.pop(key) for key in closed}
         bars = list(self._bars.values())
         self._bars = {}
-        return _FlushJob(units, bars, to_store)
+        return FlushJob(units, bars, to_store)
 
-    async def _commit(self, stop: asyncio.Event, job: _FlushJob) -> None:
+    async def _commit(self, stop: asyncio.Event, job: FlushJob) -> None:
         """Write a job, then ack every entry whose events are all committed. If ``stop`` is
         set while the store is unavailable, give up: the entries stay pending (nothing lost)."""
-        if not await self._write(stop, job.units, job.bars, job.early):
+        if not await self._committer.write(stop, job):
             return
         done: list[BusRecord] = []
         holds = [(k, 1) for buf in job.bars for k in buf.keys]
@@ -743,339 +651,6 @@ class MicroBatcher:
                 del self._outstanding[k]
         if done:
             await _retry_bus(lambda: self._consumer.ack(done), "ack")
-
-    async def _write(
-        self,
-        stop: asyncio.Event,
-        units: dict[tuple[str, str, int], _Window],
-        bars: list[_Buffered],
-        early: list[tuple[_Window, EventColumns]] | None = None,
-    ) -> bool:
-        """Commit everything; True once committed. Retries transient failures with capped
-        backoff until committed (or until ``stop`` during a retry, returning False)."""
-        chunks = list(_chunks(units, self._max_batch))
-        after = _quote_order(chunks)
-        pending_chunks = list(range(len(chunks)))
-        bars_pending = bool(bars)
-        pending_early = list(early or [])
-
-        async def attempt() -> None:
-            nonlocal pending_chunks, bars_pending, pending_early
-            if pending_early:
-                # before the closed windows: a window closing in this job may have some
-                results = await asyncio.gather(
-                    *(self._store_early(w, cols) for w, cols in pending_early),
-                    return_exceptions=True,
-                )
-                failed_early = [r for r in results if isinstance(r, BaseException)]
-                pending_early = [
-                    job
-                    for job, r in zip(pending_early, results, strict=True)
-                    if isinstance(r, BaseException)
-                ]
-                for exc in failed_early:
-                    if not isinstance(exc, Exception):
-                        raise exc
-                if failed_early:
-                    raise failed_early[0]
-            if pending_chunks:
-                # Chunks hold whole (symbol, window) units and every store call locks its
-                # series, so they commit independently: run a few at once (window ends
-                # arrive in bursts), a chunk after the earlier ones holding quotes of its
-                # series (see _quote_order), and retry only the ones that failed.
-                finished = {i: asyncio.Event() for i in pending_chunks}
-                results = await asyncio.gather(
-                    *(
-                        self._write_chunk_after(chunks[i], after[i], finished, i)
-                        for i in pending_chunks
-                    ),
-                    return_exceptions=True,
-                )
-                failed: list[BaseException] = []
-                still: list[int] = []
-                for i, res in zip(pending_chunks, results, strict=True):
-                    if isinstance(res, BaseException):
-                        failed.append(res)
-                        still.append(i)
-                pending_chunks = still
-                for exc in failed:
-                    if not isinstance(exc, Exception):
-                        raise exc  # cancellation and the like: never swallowed
-                if failed:
-                    raise failed[0]
-            if bars_pending:
-                await self._write_bars(bars)
-                bars_pending = False
-
-        def report(exc: BaseException, delay_s: float | None) -> None:
-            if isinstance(exc, StoreUnavailableError):
-                self.stats.store_retries += 1
-                telemetry.RETRIES.labels(component=_COMPONENT).inc()
-                telemetry.ERRORS.labels(component=_COMPONENT, reason="store_unavailable").inc()
-                log.warning("store unavailable (%s); %s, nothing acked", exc, _next(delay_s))
-            else:
-                telemetry.ERRORS.labels(component=_COMPONENT, reason="store_error").inc()
-                log.error("store write failed (%s); %s", exc, _next(delay_s))
-
-        try:
-            await retry(
-                attempt,
-                retry_on=StoreError,
-                backoff=Backoff(0.1, 5.0),
-                stop=stop,
-                max_failures=_MAX_STORE_ATTEMPTS_NON_TRANSIENT,
-                transient=StoreUnavailableError,
-                on_failure=report,
-            )
-        except StoppedError:
-            return False
-        # what changed is in the store's outbox, committed with it: the relay publishes it
-        self._relay_wake.set()
-        self.stats.flushes += 1
-        return True
-
-    async def _write_chunk_after(
-        self, chunk: list[_Window], after: list[int], finished: dict[int, asyncio.Event], i: int
-    ) -> None:
-        """Write a chunk once the chunks it comes after (see :func:`_quote_order`) are done
-        (committed or failed: a failed one is retried later, and the store's recompute makes
-        either order exact)."""
-        try:
-            for j in after:
-                if j in finished:
-                    await finished[j].wait()
-            async with self._store_slots:
-                await self._write_ticks(chunk)
-        finally:
-            finished[i].set()
-
-    async def _sync_sessions(self) -> None:
-        """Put the calendars' sessions in the store before the first write that needs them
-        (retried by the caller's store retry like any write)."""
-        if self._sessions_synced or self._rollups is None:
-            return
-        for name in sorted(set(self._rollups.calendars.values())):
-            await self._store.sync_sessions(name, load_sessions(name))
-        self._sessions_synced = True
-
-    async def _store_early(self, window: _Window, events: EventColumns) -> None:
-        """Store the events of an open window (no bar yet); remember the first and last of
-        them for the window's close."""
-        async with self._store_slots:
-            t0 = time.perf_counter()
-            result = await self._store.store_raw(events)
-            telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
-        new = result.ticks_inserted + result.quotes_inserted
-        window.stored.append(events.take(window_marks(events, self.window_ms * 1000)))
-        window.stored_new += new
-        self.stats.stored_early += events.n
-        self.stats.ticks_inserted += result.ticks_inserted
-        self.stats.quotes_inserted += result.quotes_inserted
-        telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
-        telemetry.STORE_ROWS.labels(table="quotes", op="inserted").inc(result.quotes_inserted)
-        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(new)
-
-    async def _write_ticks(self, chunk: list[_Window]) -> None:
-        events = EventColumns.concat([part for window in chunk for part in window.parts])
-        marks = [m for window in chunk for m in window.stored]
-        await self._sync_sessions()
-        t0 = time.perf_counter()
-        result = await self._store.ingest_columns(
-            events,
-            interval=self.interval,
-            quote_carry_ms=self._quote_carry_ms,
-            rollups=self._rollups,
-            stored=EventColumns.concat(marks) if marks else None,
-        )
-        telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
-        telemetry.MICROBATCH_BATCH_SIZE.observe(events.n)
-        stats = self.stats
-        new = result.ticks_inserted + result.quotes_inserted
-        stats.ticks_inserted += result.ticks_inserted
-        stats.quotes_inserted += result.quotes_inserted
-        stats.duplicates += sum(w.received - w.stored_new for w in chunk) - new
-        stats.bars_written += len(result.bars)
-        stats.quote_bars_written += len(result.quote_bars)
-        stats.late_corrections += result.bars_result.updated + result.quote_bars_result.updated
-        stats.rollup_bars_written += result.rollups_result.changed
-        stats.rollup_revisions += result.rollups_result.updated
-        _count_upsert("bars_ohlcv", result.rollups_result)
-        telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
-        telemetry.STORE_ROWS.labels(table="quotes", op="inserted").inc(result.quotes_inserted)
-        _count_upsert("bars_ohlcv", result.bars_result)
-        _count_upsert("quote_bars", result.quote_bars_result)
-        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(
-            new + len(result.bars) + len(result.quote_bars)
-        )
-        for symbol in {w.series[1] for w in chunk}:
-            telemetry.MICROBATCH_FLUSH_TOTAL.labels(
-                window_ms=self._window_label, symbol=symbol
-            ).inc()
-        # window latency = window end -> its bar committed (this chunk's transaction)
-        now = self._wall()
-        for window in chunk:
-            if 0 <= now - window.end_us <= _LIVE_LATENCY_WINDOW_US:
-                latency_ms = (now - window.end_us) / 1000
-                telemetry.MICROBATCH_WINDOW_LATENCY.observe(latency_ms)
-                self.stats.window_latencies_ms.append(latency_ms)
-
-    async def _write_bars(self, bars: list[_Buffered]) -> None:
-        rows = [_provider_bar(b.event) for b in bars]
-        t0 = time.perf_counter()
-        result = await self._store.upsert_bars(rows)
-        telemetry.STORE_WRITE_DURATION.labels(table="bars_ohlcv").observe(time.perf_counter() - t0)
-        self.stats.provider_bars += len(rows)
-        self.stats.bars_written += result.changed
-        self.stats.late_corrections += result.updated
-        _count_upsert("bars_ohlcv", result)
-        telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(result.changed)
-
-    async def _relay_loop(self, stop: asyncio.Event) -> None:
-        """Relay the outbox after each commit (``_relay_wake``) and every ``_RELAY_POLL_S``;
-        prune relayed changes every ``_PRUNE_EVERY_S``. Errors are retried with capped
-        backoff: the changes stay in the outbox until a publish succeeded."""
-        backoff = Backoff(0.1, 5.0)
-        wait_s = _RELAY_POLL_S
-        next_prune = time.monotonic() + _PRUNE_EVERY_S
-        while not stop.is_set():
-            # a commit wakes the relay at once, also while it backs off after a failure:
-            # a commit that went through means the store is back
-            await sleep_or_stop(self._relay_wake, wait_s)
-            self._relay_wake.clear()
-            if stop.is_set():
-                return
-            try:
-                await self._relay_pending(confirm=False)
-                if time.monotonic() >= next_prune:
-                    await self._store.prune_bar_changes(self._retention_ms)
-                    next_prune = time.monotonic() + _PRUNE_EVERY_S
-                backoff.reset()
-                wait_s = _RELAY_POLL_S
-            except (BusError, StoreError) as exc:
-                wait_s = backoff.next_delay_s()
-                self._relay_failed(exc, wait_s)
-
-    def _relay_failed(self, exc: BaseException, delay_s: float | None) -> None:
-        self.stats.relay_retries += 1
-        telemetry.ERRORS.labels(component=_COMPONENT, reason="relay").inc()
-        telemetry.RETRIES.labels(component=_COMPONENT).inc()
-        log.warning(
-            "relaying bar changes to %s failed (%s); they stay in the outbox, %s",
-            self.config.bus.bars_topic,
-            exc,
-            _next(delay_s),
-        )
-
-    async def _relay_pending(self, *, confirm: bool) -> bool:
-        """Relay batches until a batch is not full (``confirm``: until one finds the outbox
-        empty); False if another relay holds the outbox (it relays them). Raises
-        ``BusError``/``StoreError``; nothing is lost then."""
-        while True:
-            t0 = time.perf_counter()
-            result = await self._store.relay_bar_changes(self._publish_bars, limit=_RELAY_BATCH)
-            self.stats.relay_calls += 1
-            self.stats.relay_s += time.perf_counter() - t0
-            self.stats.bars_relayed += result.relayed
-            if result.busy:
-                return False
-            if result.relayed == 0 or not (confirm or result.more):
-                return True
-
-    async def _outbox_empty(self) -> bool:
-        """``--drain``: is everything committed also published? (Relays what is left.)"""
-        try:
-            return await self._relay_pending(confirm=True)
-        except (BusError, StoreError) as exc:
-            self._relay_failed(exc, None)
-            return False
-
-    async def _final_relay(self) -> None:
-        """Stopping: relay what is left for up to ``_RELAY_FINAL_S``; whatever is not
-        relayed then stays in the outbox for the next relay of any worker (another worker
-        relaying meanwhile counts as a failure here: it is retried like one)."""
-
-        async def relay_all() -> None:
-            if not await self._relay_pending(confirm=True):
-                raise _RelayBusy
-
-        def report(exc: BaseException, delay_s: float | None) -> None:
-            if not isinstance(exc, _RelayBusy):
-                self._relay_failed(exc, delay_s)
-
-        with contextlib.suppress(BusError, StoreError, _RelayBusy):
-            await retry(
-                relay_all,
-                retry_on=(BusError, StoreError, _RelayBusy),
-                backoff=Backoff(0.1, 2.0),
-                give_up_after_s=_RELAY_FINAL_S,
-                on_failure=report,
-            )
-
-    async def _publish_bars(self, bars: Sequence[WindowBar]) -> None:
-        codec = self.config.bus.codec
-        items = [(routing_key(b.provider, b.symbol), encode_bar(b, codec)) for b in bars]
-        await self._bus.publish(self.config.bus.bars_topic, items)
-
-
-class _RelayBusy(Exception):
-    """Another worker's relay holds the outbox: the final relay waits for it as for a failure."""
-
-
-def _chunks(units: dict[tuple[str, str, int], _Window], max_events: int) -> Iterable[list[_Window]]:
-    """Pack whole (symbol, window) units into chunks of at most ``max_events`` (a larger unit
-    stands alone), interleaving symbols so a hot symbol cannot starve the others."""
-    by_symbol: dict[tuple[str, str], list[_Window]] = defaultdict(list)
-    for (provider, symbol, _start), window in sorted(units.items(), key=lambda kv: kv[0]):
-        by_symbol[(provider, symbol)].append(window)
-    order: list[_Window] = []
-    queues = list(by_symbol.values())
-    while queues:
-        order += [q.pop(0) for q in queues]
-        queues = [q for q in queues if q]
-    chunk: list[_Window] = []
-    size = 0
-    for unit in order:
-        if chunk and size + unit.pending > max_events:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(unit)
-        size += unit.pending
-    if chunk:
-        yield chunk
-
-
-def _quote_order(chunks: list[list[_Window]]) -> list[list[int]]:
-    """For each chunk, the earlier chunks it must commit after: those holding quotes of a
-    series it holds (a window's carried book comes from the quotes before it). Chunks list a
-    series' windows in window order (see :func:`_chunks`), so this keeps a backlog's quote
-    bars from being written before the quotes they carry are stored (which the store would
-    correct with a second revision); chunks without a common series still run at once."""
-    last_with_quotes: dict[tuple[str, str], int] = {}
-    after: list[list[int]] = []
-    for i, chunk in enumerate(chunks):
-        series = {w.series for w in chunk}
-        after.append(sorted({last_with_quotes[s] for s in series if s in last_with_quotes}))
-        for w in chunk:
-            if w.quotes:
-                last_with_quotes[w.series] = i
-    return after
-
-
-def _count_upsert(table: str, result: UpsertResult) -> None:
-    for op, n in (
-        ("inserted", result.inserted),
-        ("updated", result.updated),
-        ("unchanged", result.unchanged),
-    ):
-        if n:
-            telemetry.STORE_ROWS.labels(table=table, op=op).inc(n)
-
-
-def _provider_bar(ev: StreamEvent) -> Bar:
-    assert ev.interval is not None
-    assert ev.o is not None and ev.h is not None and ev.l is not None
-    assert ev.c is not None
-    return Bar(ev.provider, ev.symbol, ev.interval, ev.src_ts, ev.o, ev.h, ev.l, ev.c, ev.v)
 
 
 def _single_payload(ev: StreamEvent) -> bytes:
@@ -1098,8 +673,3 @@ async def _retry_bus(op: Callable[[], Awaitable[None]], what: str) -> None:
         give_up_after_s=_BUS_RETRY_S,
         on_failure=report,
     )
-
-
-def _next(delay_s: float | None) -> str:
-    """What happens after a failure, for a log line."""
-    return "giving up" if delay_s is None else f"retrying in {delay_s:.1f}s"
