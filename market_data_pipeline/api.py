@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from market_data_core.config import AppConfig, load_config, override_config
 from market_data_core.contracts import Bar, QuoteBar, Signal, WindowBar
@@ -46,7 +46,6 @@ from market_data_core.errors import ConfigError
 from market_data_core.protocols import (
     Bus,
     DeadLetter,
-    JobRunTracker,
     SignalsStoreClient,
     StoreClient,
 )
@@ -61,6 +60,9 @@ from market_data_pipeline.project import DEFAULT_CONFIG_FILE, dataset_registries
 from market_data_pipeline.runner import Progress, RunSummary, Source, run_pipeline
 from market_data_pipeline.servers import ServerUrls, resolve_servers
 from market_data_pipeline.tracking import RunCounts, tracked_run
+
+if TYPE_CHECKING:
+    from market_data_pipeline.wiring import Clients
 
 __all__ = [
     "Dataset",
@@ -236,14 +238,6 @@ def _row_letters(sources: Sequence[Source]) -> dict[str, int]:
 
 
 @dataclass
-class _Clients:
-    bus: Bus
-    store: StoreClient
-    signals: SignalsStoreClient
-    tracker: JobRunTracker
-
-
-@dataclass
 class _RunState:
     last: Progress | None = None
     summary: RunSummary | None = None
@@ -292,7 +286,7 @@ class Pipeline:
         self._env = dict(env or {})
         self._stop = asyncio.Event()
         self._stack: contextlib.AsyncExitStack | None = None
-        self._clients: _Clients | None = None
+        self._clients: Clients | None = None
         self._urls: ServerUrls | None = None
         self._run = _RunState()
         #: the ``job_runs`` status of the last :meth:`run`: success, stopped or failed
@@ -318,7 +312,7 @@ class Pipeline:
             )
             stack.push_async_callback(self.engine.aclose)
             self._urls = urls
-            self._clients = _Clients(c.bus, c.store, c.signals, c.tracker)
+            self._clients = c
             self._stack = stack.pop_all()
         return self
 
@@ -337,7 +331,7 @@ class Pipeline:
         if stack is not None:
             await stack.aclose()
 
-    def _open(self) -> _Clients:
+    def _open(self) -> Clients:
         if self._clients is None:
             raise RuntimeError("the pipeline is not open: use `async with Pipeline(...) as p`")
         return self._clients
