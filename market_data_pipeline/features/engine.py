@@ -146,8 +146,6 @@ class FeatureEngine:
         self.feature_names: tuple[str, ...] = window_names + tuple(
             name for p in self.plugins for name in p.outputs
         )
-        self._bar_specs = [s for s in self.specs if s.kind not in QUOTE_KINDS]
-        self._quote_specs = [s for s in self.specs if s.kind in QUOTE_KINDS]
         self._state: dict[tuple[str, str], _SymbolState] = {}
         self._timed = timed
         self.volume_features: tuple[str, ...] = (
