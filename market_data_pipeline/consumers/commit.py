@@ -93,23 +93,6 @@ class WindowCommitter:
 
         async def attempt() -> None:
             nonlocal pending_chunks, bars_pending, pending_early
-            if pending_early:
-                # before the closed windows: a window closing in this job may have some
-                results = await asyncio.gather(
-                    *(self._store_early(w, cols) for w, cols in pending_early),
-                    return_exceptions=True,
-                )
-                failed_early = [r for r in results if isinstance(r, BaseException)]
-                pending_early = [
-                    job
-                    for job, r in zip(pending_early, results, strict=True)
-                    if isinstance(r, BaseException)
-                ]
-                for exc in failed_early:
-                    if not isinstance(exc, Exception):
-                        raise exc
-                if failed_early:
-                    raise failed_early[0]
             if pending_chunks:
                 # Chunks hold whole (symbol, window) units and every store call locks its
                 # series, so they commit independently: run a few at once (window ends
@@ -138,6 +121,24 @@ class WindowCommitter:
             if bars_pending:
                 await self._write_bars(bars)
                 bars_pending = False
+            if pending_early:
+                # after the closed windows, whose latency they would otherwise add to (a job's
+                # early windows are open ones: none of them closes in this job)
+                results = await asyncio.gather(
+                    *(self._store_early(w, cols) for w, cols in pending_early),
+                    return_exceptions=True,
+                )
+                failed_early = [r for r in results if isinstance(r, BaseException)]
+                pending_early = [
+                    job
+                    for job, r in zip(pending_early, results, strict=True)
+                    if isinstance(r, BaseException)
+                ]
+                for exc in failed_early:
+                    if not isinstance(exc, Exception):
+                        raise exc
+                if failed_early:
+                    raise failed_early[0]
 
         def report(exc: BaseException, delay_s: float | None) -> None:
             if isinstance(exc, StoreUnavailableError):
