@@ -62,6 +62,7 @@ class OpenWindow:
     # store call (all the close needs of them), and how many of them were new
     stored: list[EventColumns] = field(default_factory=list)
     stored_new: int = 0
+    taken_us: int = 0  # wall clock when it was taken into a flush job (closed)
 
 
 @dataclass(slots=True)
@@ -111,6 +112,9 @@ class MicroBatchStats:
     relay_s: float = 0.0
     relay_retries: int = 0
     window_latencies_ms: list[float] = field(default_factory=list)
+    # of the same windows: window end -> taken into a flush job (the close: watermark or
+    # flush timeout, then any commit in flight); the rest of the latency is its commit
+    window_close_ms: list[float] = field(default_factory=list)
 
     @property
     def rows_written(self) -> int:

@@ -251,6 +251,7 @@ class WindowCommitter:
                 latency_ms = (now - window.end_us) / 1000
                 telemetry.MICROBATCH_WINDOW_LATENCY.observe(latency_ms)
                 self.stats.window_latencies_ms.append(latency_ms)
+                self.stats.window_close_ms.append((window.taken_us - window.end_us) / 1000)
 
     async def _write_bars(self, bars: list[BufferedBar]) -> None:
         rows = [_provider_bar(b.event) for b in bars]

@@ -629,6 +629,9 @@ class MicroBatcher:
         if not closed and not self._bars and not to_store:
             return None
         units = {key: self._windows.pop(key) for key in closed}
+        now = self._wall()
+        for window in units.values():
+            window.taken_us = now
         bars = list(self._bars.values())
         self._bars = {}
         return FlushJob(units, bars, to_store)
