@@ -161,6 +161,12 @@ class WindowCommitter:
                 on_failure=report,
             )
         except StoppedError:
+            # Early stores that did not go through go back to their (open) windows, ahead of
+            # what arrived since (arrival order: the store keeps the first of each event_id):
+            # a window's entries are acked with its close, which must then store them too.
+            for window, cols in pending_early:
+                window.parts.insert(0, cols)
+                window.pending += cols.n
             return False
         # what changed is in the store's outbox, committed with it: the relay publishes it
         self._on_commit()
