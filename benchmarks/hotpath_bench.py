@@ -50,9 +50,10 @@ from typing import Any
 import numpy as np
 
 from market_data_core.codec import decode_events, encode_events
-from market_data_core.columnar import EventColumns, decode_blocks, encode_block, event_ids
+from market_data_core.columnar import EventColumns, decode_blocks, encode_block
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import BusRecord, routing_key
+from market_data_store._event_copy import TICKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("decode", "window", "rows", "copy", "redis")
@@ -177,48 +178,8 @@ def stage_decode_cols(blocks: list[bytes], n: int, repeats: int) -> float:
 
 
 def tick_copy_stream(cols: EventColumns) -> bytes:
-    """The ticks staging rows as binary COPY (price and size as numeric)."""
-    from market_data_store.binary_copy import (
-        Int8Column,
-        NumericColumn,
-        TextColumn,
-        TimestamptzColumn,
-        encode_copy,
-    )
-
-    n = cols.n
-    ids_blob, ids_ends = event_ids(cols)
-    has_id = cols.has("trade_id")
-    return encode_copy(
-        [
-            TimestamptzColumn(cols.src_ts),
-            Int8Column(cols.seq),
-            NumericColumn(cols.floats["c"]),
-            NumericColumn(cols.floats["v"]),
-            TimestamptzColumn(cols.ingest_ts, ~cols.has("ingest_ts")),
-            TextColumn.coded([p for p, _s in cols.series], cols.series_idx),
-            TextColumn.coded([s for _p, s in cols.series], cols.series_idx),
-            TextColumn(ids_blob, ids_ends),
-            TextColumn.coded([None, "buy", "sell"], cols.side),
-            TextColumn(cols.trade_id, cols.trade_id_end, ~has_id),
-        ],
-        n,
-    )
-
-
-# fixed-width columns first: they are laid out as one matrix
-TICK_COPY_COLUMNS = (
-    "ts",
-    "seq",
-    "price",
-    "size",
-    "ingest_ts",
-    "provider",
-    "symbol",
-    "event_id",
-    "side",
-    "trade_id",
-)
+    """The ticks rows as the store COPYs them (binary, price and size as numeric)."""
+    return TICKS.copy(cols)
 
 
 def _tick_chunks(blocks: list[bytes]) -> list[EventColumns]:
@@ -392,7 +353,7 @@ async def _servers_stages(
                 pool = store._pool  # type: ignore[attr-defined]
                 ddl = (
                     "CREATE TEMP TABLE IF NOT EXISTS hb_stage_ticks (provider text, symbol text, "
-                    "ts timestamptz, seq bigint, event_id text, price numeric, size numeric, "
+                    "ts timestamptz, seq bigint, price numeric, size numeric, "
                     "side text, trade_id text, ingest_ts timestamptz)"
                 )
 
@@ -403,7 +364,7 @@ async def _servers_stages(
                             await conn.copy_to_table(
                                 "hb_stage_ticks",
                                 source=io.BytesIO(stream),
-                                columns=TICK_COPY_COLUMNS,
+                                columns=TICKS.columns,
                                 format="binary",
                             )
                         await conn.execute("TRUNCATE hb_stage_ticks")

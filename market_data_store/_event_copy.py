@@ -1,17 +1,17 @@
 """Binary COPY streams of raw ticks and quotes, built from :class:`EventColumns`.
 
 The rows are exactly what the record path wrote: ``price``/``size`` the numeric of
-``Decimal(repr(x))`` (see :class:`~market_data_store.binary_copy.NumericColumn`), ``event_id``
-as :func:`~market_data_core.contracts.make_event_id` writes it, quotes' prices and sizes the
-float8 values themselves. Fixed-width columns come first (cheapest to lay out); every column
-list names the table's columns, so the order on the wire is ours to choose.
+``Decimal(repr(x))`` (see :class:`~market_data_store.binary_copy.NumericColumn`), quotes'
+prices and sizes the float8 values themselves; no ``event_id`` (the key's text: not stored).
+Fixed-width columns come first (cheapest to lay out); every column list names the table's
+columns, so the order on the wire is ours to choose.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from market_data_core.columnar import EventColumns, event_ids
+from market_data_core.columnar import EventColumns
 from market_data_store.binary_copy import (
     Column,
     Float8Column,
@@ -66,8 +66,6 @@ class RawTable:
         out["provider"] = TextColumn.coded([p for p, _s in cols.series], cols.series_idx)
         out["symbol"] = TextColumn.coded([s for _p, s in cols.series], cols.series_idx)
         if self.table == "ticks":
-            blob, ends = event_ids(cols)
-            out["event_id"] = TextColumn(blob, ends)
             out["side"] = TextColumn.coded(_SIDES, cols.side)
             out["trade_id"] = TextColumn(cols.trade_id, cols.trade_id_end, ~cols.has("trade_id"))
         assert tuple(out) == self.columns
@@ -99,7 +97,6 @@ TICKS = RawTable(
         "ingest_ts",
         "provider",
         "symbol",
-        "event_id",
         "side",
         "trade_id",
     ),

@@ -18,7 +18,7 @@ SERVER_SETTINGS = {"timezone": "UTC", "application_name": "mdp-store"}
 # :class:`StagingJanitor` vacuums the dead rows away now and then.
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_ticks (
-    provider text, symbol text, ts timestamptz, seq bigint, event_id text,
+    provider text, symbol text, ts timestamptz, seq bigint,
     price numeric, size numeric, side text, trade_id text, ingest_ts timestamptz
 );
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_quotes (

@@ -21,7 +21,7 @@ async def bare_copy_ticks_per_s(dsn: str, rows: int, batch: int = 5000) -> float
         try:
             await conn.execute(
                 "CREATE TEMP TABLE bench_ticks (provider text, symbol text, ts timestamptz, "
-                "seq bigint, event_id text, price numeric, size numeric)"
+                "seq bigint, price numeric, size numeric)"
             )
             t0 = datetime(2026, 1, 1, tzinfo=UTC)
             records = [
@@ -30,7 +30,6 @@ async def bare_copy_ticks_per_s(dsn: str, rows: int, batch: int = 5000) -> float
                     f"S{i % 20}",
                     t0 + timedelta(microseconds=i),
                     i,
-                    f"bench|S|{i}",
                     Decimal("100.25"),
                     Decimal("1.5"),
                 )

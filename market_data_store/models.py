@@ -257,7 +257,8 @@ class TickRow(Base):
     """``ticks``: raw trades, the micro-batcher's source of truth.
 
     The key ``(provider, symbol, ts, seq)`` is exactly what ``event_id`` encodes, so it makes
-    ticks idempotent by ``event_id`` while containing the partition column ``ts``.
+    ticks idempotent by ``event_id`` while containing the partition column ``ts``; the id
+    itself is not stored (migration ``0010``): it is the key's text.
     """
 
     __tablename__ = "ticks"
@@ -270,7 +271,6 @@ class TickRow(Base):
     symbol: Mapped[str] = mapped_column(Text)
     ts: Mapped[datetime] = mapped_column(_TSTZ)
     seq: Mapped[int] = mapped_column(BigInteger)
-    event_id: Mapped[str] = mapped_column(Text)
     price: Mapped[Decimal] = mapped_column(Numeric)
     size: Mapped[Decimal] = mapped_column(Numeric)
     side: Mapped[str | None] = mapped_column(Text, nullable=True)

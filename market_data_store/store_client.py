@@ -216,8 +216,8 @@ _STAGE_BAR_COLUMNS = ("provider", "symbol", "interval", "ts", *_BAR_COLS)
 # Batches holding already stored ticks (replays, redeliveries): staged, then ON CONFLICT.
 # (All-new batches are COPYed straight into the table: see _insert_raw.)
 _INSERT_TICKS_SQL = """
-INSERT INTO ticks (provider, symbol, ts, seq, event_id, price, size, side, trade_id, ingest_ts)
-SELECT provider, symbol, ts, seq, event_id, price, size, side, trade_id,
+INSERT INTO ticks (provider, symbol, ts, seq, price, size, side, trade_id, ingest_ts)
+SELECT provider, symbol, ts, seq, price, size, side, trade_id,
        coalesce(ingest_ts, now())
 FROM mdp_stage_ticks
 ORDER BY provider, symbol, ts, seq

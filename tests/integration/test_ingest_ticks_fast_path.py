@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from market_data_core.contracts import StreamEvent
+from market_data_core.contracts import StreamEvent, make_event_id
 from market_data_store import PgStoreClient
 from tests.support.trades import decimal_ohlcv
 
@@ -68,7 +68,7 @@ async def stored_ticks(url: str, provider: str) -> list[Any]:
     try:
         return list(
             await conn.fetch(
-                "SELECT symbol, ts, seq, event_id, price, size, price::text AS price_text, "
+                "SELECT symbol, ts, seq, price, size, price::text AS price_text, "
                 "size::text AS size_text, ingest_ts FROM ticks WHERE provider = $1 "
                 "ORDER BY symbol, ts, seq",
                 provider,
@@ -151,7 +151,10 @@ async def test_stored_tick_in_the_middle_falls_back_exactly_and_idempotently(
 
     rows = await stored_ticks(store_url, "mid")
     assert len(rows) == len(batch)
-    assert {r["event_id"] for r in rows} == {e.event_id for e in batch}
+    # the stored key is what event_id encodes
+    assert {make_event_id("mid", r["symbol"], r["ts"], r["seq"]) for r in rows} == {
+        e.event_id for e in batch
+    }
 
     again = await store.ingest_ticks(batch, interval="2s")
     assert again.ticks_inserted == 0 and again.bars == []

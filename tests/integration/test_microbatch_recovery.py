@@ -274,10 +274,17 @@ async def test_redis_restarted_from_aof_mid_run_then_drain_exits(
     # Every event the restarted server kept is stored (the store may also hold the few the
     # server lost: appendfsync everysec forgets up to a second of writes on kill -9), and
     # nothing was dead-lettered.
-    ids = list({e.event_id for r in kept for e in decode_events(r.payload).events})
-    assert len(ids) >= 10_000
-    stored = await scalar(store_url, "SELECT count(*) FROM ticks WHERE event_id = ANY($1)", ids)
-    assert stored == len(ids)
+    kept_events = {e.event_id: e for r in kept for e in decode_events(r.payload).events}
+    assert len(kept_events) >= 10_000
+    # the stored key is what event_id encodes: (provider, symbol, ts, seq)
+    keys = [(e.provider, e.symbol, e.src_ts, e.seq) for e in kept_events.values()]
+    stored = await scalar(
+        store_url,
+        "SELECT count(*) FROM ticks t JOIN unnest($1::text[], $2::text[], $3::timestamptz[], "
+        "$4::bigint[]) AS k(provider, symbol, ts, seq) USING (provider, symbol, ts, seq)",
+        *(list(column) for column in zip(*keys, strict=True)),
+    )
+    assert stored == len(keys)
     assert await letters_by_reason(cfg) == Counter()
 
 

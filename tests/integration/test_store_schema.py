@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
+from market_data_core.contracts import make_event_id
 from market_data_core.errors import ConfigError
 from market_data_pipeline.cli.app import main as mdp_main
 from market_data_store import (
@@ -182,6 +184,40 @@ async def test_0006_job_runs_heartbeat_up_and_down(empty_db: str) -> None:
         assert not columns & {"heartbeat_at", "heartbeat_interval_ms"}
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE job_runs SET status = 'abandoned' WHERE job = 'dead'")
+        assert await upgrade_schema(empty_db) == head_revision()
+    finally:
+        await conn.close()
+
+
+async def test_0010_ticks_without_event_id_up_and_down(empty_db: str) -> None:
+    """Ticks stored with their event_id lose the column (the key is the id); a downgrade
+    writes it back from the key exactly as make_event_id does (µs, Z, UTC)."""
+    before = "0009_rollups"
+    assert await upgrade_schema(empty_db, before) == before
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # partitioned
+    rows = [
+        ("prov", "AAPL", day.replace(hour=14, minute=30, microsecond=5), 7),
+        ("prov", "MSFT", day.replace(hour=9, second=1, microsecond=999_999), 2**40),
+        ("p|x", "S Y", day, 0),
+    ]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.executemany(
+            "INSERT INTO ticks (provider, symbol, ts, seq, event_id, price, size) "
+            "VALUES ($1, $2, $3, $4, $5, 1, 1)",
+            [(*r, make_event_id(*r)) for r in rows],
+        )
+        assert await upgrade_schema(empty_db) == head_revision()
+        columns = {
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'ticks'"
+            )
+        }
+        assert "event_id" not in columns and await conn.fetchval("SELECT count(*) FROM ticks") == 3
+        assert await downgrade_schema(empty_db, before) == before
+        back = await conn.fetch("SELECT provider, symbol, ts, seq, event_id FROM ticks")
+        assert {r["event_id"] for r in back} == {make_event_id(*r) for r in rows}
         assert await upgrade_schema(empty_db) == head_revision()
     finally:
         await conn.close()
