@@ -70,7 +70,6 @@ from market_data_core.timeutil import (
     MAX_EPOCH_US,
     MIN_EPOCH_US,
     from_epoch_us,
-    isoformat_epoch_us,
     to_epoch_us,
 )
 
@@ -94,10 +93,8 @@ __all__ = [
     "decimal_text",
     "decode_blocks",
     "encode_block",
-    "event_ids",
     "first_occurrences",
     "is_block",
-    "join_rows",
     "row_dict",
     "window_marks",
 ]
@@ -384,25 +381,6 @@ class EventColumns:
         )
 
 
-def join_rows(parts: Sequence[tuple[bytes, Int64s]]) -> tuple[bytes, Int64s]:
-    """Row-wise concatenation of byte columns, each a blob of consecutive slices with their
-    end offsets: row i of the result is part 0's slice i, then part 1's, and so on."""
-    n = len(parts[0][1])
-    lengths = [np.diff(ends, prepend=0) for _blob, ends in parts]
-    row_len = np.sum(lengths, axis=0)
-    out_ends = np.cumsum(row_len)
-    total = int(out_ends[-1]) if n else 0
-    out = np.empty(total, np.uint8)
-    offset = out_ends - row_len  # where the next part starts in each row
-    for (blob, ends), size in zip(parts, lengths, strict=True):
-        part_total = int(ends[-1]) if n else 0
-        if part_total:
-            ramp = np.arange(part_total) - np.repeat(ends - size, size)
-            out[np.repeat(offset, size) + ramp] = np.frombuffer(blob, np.uint8)
-        offset = offset + size
-    return out.tobytes(), out_ends
-
-
 def _digits(values: Int64s, width: int | None = None) -> npt.NDArray[np.uint8]:
     """Non-negative integers as ASCII digits, right-aligned and zero-padded to ``width``
     (default: the widest value's): an (n, width) matrix."""
@@ -443,25 +421,6 @@ def coded_rows(values: Sequence[bytes], codes: npt.NDArray[np.integer]) -> tuple
     ramp = np.arange(total) - np.repeat(ends - row_len, row_len)
     src = np.repeat(starts[codes], row_len) + ramp
     return np.frombuffer(b"".join(values), np.uint8)[src].tobytes(), ends
-
-
-def event_ids(cols: EventColumns) -> tuple[bytes, Int64s]:
-    """Every row's ``event_id`` (``provider|symbol|src_ts|seq``, as
-    :func:`~market_data_core.contracts.make_event_id` writes it) as UTF-8: a blob and the end
-    offset of each row's id in it. Rows must be valid (``src_ts`` in range, ``seq >= 0``)."""
-    n = cols.n
-    prefixes = coded_rows([f"{p}|{s}|".encode() for p, s in cols.series], cols.series_idx)
-    # "YYYY-MM-DDTHH:MM:SS." of each distinct second (a stream has few), then "ffffffZ|"
-    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
-    distinct, which = np.unique(seconds, return_inverse=True)
-    second_text = [isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct]
-    head = coded_rows(second_text, which)
-    tail = np.empty((n, 8), np.uint8)
-    tail[:, :6] = _digits(fraction, 6)
-    tail[:, 6] = ord("Z")
-    tail[:, 7] = ord("|")
-    stamps = (tail.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 8)
-    return join_rows([prefixes, head, stamps, decimal_text(cols.seq)])
 
 
 def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
