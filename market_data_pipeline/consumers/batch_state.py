@@ -8,6 +8,7 @@ counts.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from market_data_core.columnar import EventColumns
@@ -63,6 +64,8 @@ class OpenWindow:
     stored: list[EventColumns] = field(default_factory=list)
     stored_new: int = 0
     taken_us: int = 0  # wall clock when it was taken into a flush job (closed)
+    # the early store in flight holding some of its events: its close waits for it
+    storing: asyncio.Future[None] | None = None
 
 
 @dataclass(slots=True)

@@ -83,7 +83,15 @@ class WindowCommitter:
 
     async def write(self, stop: asyncio.Event, job: FlushJob) -> bool:
         """Commit ``job``; True once committed. Retries transient failures with capped
-        backoff until committed (or until ``stop`` during a retry, returning False)."""
+        backoff until committed (or until ``stop`` during a retry, returning False).
+
+        A closed window first waits for an early store of its own still in flight (another
+        job's): the close reads what it stored, or stores its events itself if it failed.
+        Events of early stores that did not go through (given up on ``stop``, or failed for
+        good) go back to their windows, whose entries are acked only with their close."""
+        storing = {w.storing for w in job.units.values() if w.storing is not None}
+        if storing:
+            await asyncio.wait(storing)
         bars = job.bars
         chunks = list(_chunks(job.units, self._max_batch))
         after = _quote_order(chunks)
@@ -161,13 +169,11 @@ class WindowCommitter:
                 on_failure=report,
             )
         except StoppedError:
-            # Early stores that did not go through go back to their (open) windows, ahead of
-            # what arrived since (arrival order: the store keeps the first of each event_id):
-            # a window's entries are acked with its close, which must then store them too.
-            for window, cols in pending_early:
-                window.parts.insert(0, cols)
-                window.pending += cols.n
+            _give_back(pending_early)
             return False
+        except BaseException:
+            _give_back(pending_early)
+            raise
         # what changed is in the store's outbox, committed with it: the relay publishes it
         self._on_commit()
         self.stats.flushes += 1
@@ -269,6 +275,15 @@ class WindowCommitter:
         self.stats.late_corrections += result.updated
         _count_upsert("bars_ohlcv", result)
         telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(result.changed)
+
+
+def _give_back(early: list[tuple[OpenWindow, EventColumns]]) -> None:
+    """Early stores that did not go through go back to their windows, ahead of what arrived
+    since (arrival order: the store keeps the first of each ``event_id``): a window's entries
+    are acked with its close, which must then store them too."""
+    for window, cols in early:
+        window.parts.insert(0, cols)
+        window.pending += cols.n
 
 
 def _chunks(

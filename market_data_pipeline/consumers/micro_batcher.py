@@ -166,7 +166,11 @@ class MicroBatcher:
         self._windows: dict[tuple[str, str, int], OpenWindow] = {}
         self._bars: dict[tuple[str, str, str, datetime], BufferedBar] = {}
         self._outstanding: dict[RecordKey, RecordState] = {}
+        # the two commit lanes: closed windows (one commit at a time, in order) and early
+        # stores of open windows (one at a time), so that a close never waits for an
+        # early store of other windows
         self._inflight: asyncio.Task[None] | None = None
+        self._early_inflight: asyncio.Task[None] | None = None
         self.last_lag_ms = 0.0
         self._events_per_entry: float | None = None
         self._consumed = telemetry.EVENTS_CONSUMED.labels(
@@ -264,6 +268,7 @@ class MicroBatcher:
                     drain
                     and idle_since is not None
                     and self._inflight is None
+                    and self._early_inflight is None
                     and not self._outstanding
                     and self.buffered_events == 0
                     and time.monotonic() - idle_since >= idle_s
@@ -274,7 +279,8 @@ class MicroBatcher:
             # Stopping: finish the commit in flight, then commit what is already closed; open
             # windows stay pending for a restart.
             await self._await_inflight()
-            job = self._take_closed(force=False, early=False)
+            await self._await_early()
+            job = self._take_closed(force=False)
             if job is not None:
                 await self._commit(stop, job)
             relay_stop.set()
@@ -287,8 +293,9 @@ class MicroBatcher:
             relay_stop.set()
             if not relay.done():
                 relay.cancel()
-            if self._inflight is not None:
-                self._inflight.cancel()
+            for task in (self._inflight, self._early_inflight):
+                if task is not None:
+                    task.cancel()
             if clean:
                 await self._release_held()
             await self._consumer.aclose()
@@ -331,11 +338,22 @@ class MicroBatcher:
 
     async def _schedule_flush(self, stop: asyncio.Event, *, force: bool) -> None:
         """Start committing closed windows in the background, one commit at a time, so that
-        decoding the next entries overlaps the store's work. Backpressure: wait for the commit
+        decoding the next entries overlaps the store's work; beside it, store the events of
+        open windows holding ``max_batch_size`` or more not yet stored (the early lane, one
+        store job at a time: see :meth:`_take_early`). Backpressure: wait for the commit
         in flight when ``4 * max_batch_size`` events of closed windows wait behind it (the
         store is falling behind), or when everything buffered, open windows included,
         reaches ``_BUFFER_CAP_BATCHES * max_batch_size`` events. Open windows alone are not
         a backlog: at 30k events/s a 2 s window holds 60k of them."""
+        if self._early_inflight is not None and self._early_inflight.done():
+            await self._await_early()  # re-raises a non-transient store failure
+        if self._early_inflight is None:
+            early = self._take_early(force)
+            if early:
+                task = asyncio.create_task(self._commit(stop, FlushJob({}, [], early)))
+                for window, _cols in early:
+                    window.storing = task
+                self._early_inflight = task
         if self._inflight is not None:
             if not self._inflight.done():
                 buffered = self._unstored_events
@@ -346,7 +364,7 @@ class MicroBatcher:
                 ):
                     return
             await self._await_inflight()
-        job = self._take_closed(force=force)
+        job = self._take_closed(force)
         if job is not None:
             self._inflight = asyncio.create_task(self._commit(stop, job))
 
@@ -354,6 +372,11 @@ class MicroBatcher:
         task, self._inflight = self._inflight, None
         if task is not None:
             await task  # re-raises a non-transient store failure
+
+    async def _await_early(self) -> None:
+        task, self._early_inflight = self._early_inflight, None
+        if task is not None:
+            await task
 
     async def _group_drained(self) -> bool:
         """With several workers, one being idle does not mean the group is done: a shard it
@@ -613,20 +636,10 @@ class MicroBatcher:
     def _closed_events(self, force: bool) -> int:
         return sum(self._windows[key].pending for key in self._closed_windows(force))
 
-    def _take_closed(self, force: bool, *, early: bool = True) -> FlushJob | None:
-        """Move closed windows (and buffered provider bars) out of the buffers into a job,
-        and the events of open windows holding ``max_batch_size`` or more not yet stored:
-        storing them while the window is open spreads the store's work over the window
-        instead of bunching it at its end (lower latency, less memory); their bar is
-        recomputed when the window closes, from all its stored events."""
+    def _take_closed(self, force: bool) -> FlushJob | None:
+        """Move closed windows (and buffered provider bars) out of the buffers into a job."""
         closed = self._closed_windows(force)
-        closed_set = set(closed)
-        to_store = []
-        for key, window in self._windows.items() if early else ():
-            if window.pending >= self._max_batch and key not in closed_set:
-                to_store.append((window, EventColumns.concat(window.parts)))
-                window.parts, window.pending = [], 0
-        if not closed and not self._bars and not to_store:
+        if not closed and not self._bars:
             return None
         units = {key: self._windows.pop(key) for key in closed}
         now = self._wall()
@@ -634,7 +647,28 @@ class MicroBatcher:
             window.taken_us = now
         bars = list(self._bars.values())
         self._bars = {}
-        return FlushJob(units, bars, to_store)
+        return FlushJob(units, bars)
+
+    def _take_early(self, force: bool) -> list[tuple[OpenWindow, EventColumns]]:
+        """The events of open windows (not closable now) holding ``max_batch_size`` or more
+        not yet stored, taken out of them: storing them while the window is open spreads the
+        store's work over the window instead of bunching it at its end (lower latency, less
+        memory); their bar is recomputed when the window closes, from all its stored events
+        (the close waits for a store of its window still in flight)."""
+        big = [
+            (key, window)
+            for key, window in self._windows.items()
+            if window.pending >= self._max_batch
+        ]
+        if not big:
+            return []
+        closed = set(self._closed_windows(force))
+        to_store = []
+        for key, window in big:
+            if key not in closed:
+                to_store.append((window, EventColumns.concat(window.parts)))
+                window.parts, window.pending = [], 0
+        return to_store
 
     async def _commit(self, stop: asyncio.Event, job: FlushJob) -> None:
         """Write a job, then ack every entry whose events are all committed. If ``stop`` is
