@@ -650,15 +650,18 @@ class MicroBatcher:
         return FlushJob(units, bars)
 
     def _take_early(self, force: bool) -> list[tuple[OpenWindow, EventColumns]]:
-        """The events of open windows (not closable now) holding ``max_batch_size`` or more
-        not yet stored, taken out of them: storing them while the window is open spreads the
-        store's work over the window instead of bunching it at its end (lower latency, less
-        memory); their bar is recomputed when the window closes, from all its stored events
-        (the close waits for a store of its window still in flight)."""
+        """The events of open windows holding ``max_batch_size`` or more not yet stored, taken
+        out of them: storing them while the window is open spreads the store's work over the
+        window instead of bunching it at its end (lower latency, less memory); their bar is
+        recomputed when the window closes, from all its stored events (the close waits for a
+        store of its window still in flight). Only current windows: one its series' events
+        have passed (its end at or before the newest event time) waits for its close, which
+        is at most ``allow_late_ms`` of event time away and would wait for that store."""
         big = [
             (key, window)
             for key, window in self._windows.items()
             if window.pending >= self._max_batch
+            and window.end_us > (self._clocks[window.series].max_event_us or window.end_us - 1)
         ]
         if not big:
             return []
