@@ -45,9 +45,16 @@ from typing import TypeVar, cast
 import tenacity
 import tenacity.stop
 
-from market_data_core.errors import StoppedError
+from market_data_core.errors import StoppedError, StoreError, StoreUnavailableError
 
-__all__ = ["Backoff", "next_step", "retry", "sleep_or_stop"]
+__all__ = [
+    "STORE_ATTEMPTS_NON_TRANSIENT",
+    "Backoff",
+    "next_step",
+    "retry",
+    "retry_store",
+    "sleep_or_stop",
+]
 
 T = TypeVar("T")
 ErrorTypes = type[BaseException] | tuple[type[BaseException], ...]
@@ -190,3 +197,28 @@ def next_step(delay_s: float | None) -> str:
     """What follows a failure reported to ``on_failure``, for a log line: ``"giving up"``
     (``delay_s`` is ``None``) or ``"retrying in 1.6s"``."""
     return "giving up" if delay_s is None else f"retrying in {delay_s:.1f}s"
+
+
+STORE_ATTEMPTS_NON_TRANSIENT = 3
+"""Attempts a store write gets when it fails for another reason than an outage."""
+
+
+async def retry_store(
+    call: Callable[[], Awaitable[T]],
+    *,
+    stop: asyncio.Event | None,
+    on_failure: Callable[[BaseException, float | None], None] | None = None,
+) -> T:
+    """:func:`retry` as the streaming stages retry a store write: an outage
+    (``StoreUnavailableError``) for as long as it lasts, any other ``StoreError``
+    :data:`STORE_ATTEMPTS_NON_TRANSIENT` times, with backoff from 0.1 s doubling to 5 s; ends
+    with ``StoppedError`` when ``stop`` is set."""
+    return await retry(
+        call,
+        retry_on=StoreError,
+        backoff=Backoff(0.1, 5.0),
+        stop=stop,
+        max_failures=STORE_ATTEMPTS_NON_TRANSIENT,
+        transient=StoreUnavailableError,
+        on_failure=on_failure,
+    )

@@ -1208,6 +1208,17 @@ async def _empty_stages(conn: Any, staged: dict[str, int]) -> None:
             await conn.execute(f"DELETE FROM {stage}")
 
 
+def _first_of_each_key(events: EventColumns) -> tuple[EventColumns, EventColumns, EventColumns]:
+    """The first row of each key ``(series, src_ts, seq)`` (what ``event_id`` encodes) in row
+    order, and of them the ticks and the quotes."""
+    unique = events.take(
+        first_occurrences(events.series_idx.astype(np.int64), events.src_ts, events.seq)
+    )
+    ticks = unique.take(unique.kind == KIND_CODES["tick"])
+    quotes = unique.take(unique.kind == KIND_CODES["quote"])
+    return unique, ticks, quotes
+
+
 class PgStoreClient(PgClientBase):
     """asyncpg implementation of ``StoreClient``. Create with ``await PgStoreClient.connect``.
 
@@ -1339,11 +1350,7 @@ class PgStoreClient(PgClientBase):
             return TickIngestResult(ticks_inserted=0)
         if np.any(events.kind == KIND_CODES["bar"]):
             raise StoreError("store_raw got a bar event")
-        unique = events.take(
-            first_occurrences(events.series_idx.astype(np.int64), events.src_ts, events.seq)
-        )
-        ticks = unique.take(unique.kind == KIND_CODES["tick"])
-        quotes = unique.take(unique.kind == KIND_CODES["quote"])
+        unique, ticks, quotes = _first_of_each_key(events)
         present = np.unique(unique.series_idx)
         locks = series_lock_keys([unique.series[int(i)] for i in present])
 
@@ -1417,11 +1424,7 @@ class PgStoreClient(PgClientBase):
             return TickIngestResult(ticks_inserted=0)
         if np.any(every.kind == KIND_CODES["bar"]):
             raise StoreError("ingest_columns got a bar event")
-        unique = events.take(
-            first_occurrences(events.series_idx.astype(np.int64), events.src_ts, events.seq)
-        )
-        ticks = unique.take(unique.kind == KIND_CODES["tick"])
-        quotes = unique.take(unique.kind == KIND_CODES["quote"])
+        unique, ticks, quotes = _first_of_each_key(events)
         window_us = window_ms * 1000
         if stored is not None:
             kept_ticks = stored.take(stored.kind == KIND_CODES["tick"])

@@ -9,7 +9,7 @@ transaction per chunk), then the provider bars (:meth:`StoreClient.upsert_bars`)
 a series' quotes commits after the earlier chunks holding quotes of that series (the carried
 book). Transient store failures (:class:`StoreUnavailableError`) are retried with capped
 backoff for as long as they last, only the parts that failed; any other
-:class:`StoreError` after ``_MAX_STORE_ATTEMPTS_NON_TRANSIENT`` attempts propagates. Acking the
+:class:`StoreError` after ``STORE_ATTEMPTS_NON_TRANSIENT`` attempts propagates. Acking the
 entries is the caller's: :meth:`WindowCommitter.write` says whether the job is committed.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from market_data_core.columnar import EventColumns, window_marks
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, StreamEvent
-from market_data_core.errors import StoppedError, StoreError, StoreUnavailableError
+from market_data_core.errors import StoppedError, StoreUnavailableError
 from market_data_core.protocols import StoreClient, UpsertResult
 from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline import telemetry
@@ -34,7 +34,7 @@ from market_data_pipeline.consumers.batch_state import (
     MicroBatchStats,
     OpenWindow,
 )
-from market_data_pipeline.retry import Backoff, next_step, retry
+from market_data_pipeline.retry import next_step, retry_store
 from market_data_pipeline.sessions import load_sessions, rollup_plan
 
 __all__ = ["WindowCommitter"]
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 _COMPONENT = "microbatch"
 _LIVE_LATENCY_WINDOW_US = 3600 * 1_000_000  # latency is only meaningful for live data
-_MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
 
 
 class WindowCommitter:
@@ -159,15 +158,7 @@ class WindowCommitter:
                 log.error("store write failed (%s); %s", exc, next_step(delay_s))
 
         try:
-            await retry(
-                attempt,
-                retry_on=StoreError,
-                backoff=Backoff(0.1, 5.0),
-                stop=stop,
-                max_failures=_MAX_STORE_ATTEMPTS_NON_TRANSIENT,
-                transient=StoreUnavailableError,
-                on_failure=report,
-            )
+            await retry_store(attempt, stop=stop, on_failure=report)
         except StoppedError:
             _give_back(pending_early)
             return False

@@ -62,7 +62,6 @@ from market_data_core.errors import (
     BusError,
     ContractError,
     StoppedError,
-    StoreError,
     StoreUnavailableError,
 )
 from market_data_core.protocols import (
@@ -77,14 +76,13 @@ from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline import telemetry
 from market_data_pipeline.inference.engine import InferenceEngine
 from market_data_pipeline.inference.timeline import Offer, Scored, SeriesTimeline
-from market_data_pipeline.retry import Backoff, retry, sleep_or_stop
+from market_data_pipeline.retry import Backoff, retry, retry_store, sleep_or_stop
 
 __all__ = ["InferenceConsumer", "InferenceStats", "features_interval", "inference_group"]
 
 log = logging.getLogger(__name__)
 _COMPONENT = "inference"
 _MAX_BATCH = 500
-_MAX_STORE_ATTEMPTS_NON_TRANSIENT = 3
 _LIVE_WINDOW_S = 3600.0
 _RECONCILE_S = 5.0
 T = TypeVar("T")
@@ -484,7 +482,7 @@ class InferenceConsumer:
     ) -> T:
         """Run a store call, retrying an outage with capped backoff until ``stop`` (raises
         ``StoppedError`` then) and any other store error up to
-        ``_MAX_STORE_ATTEMPTS_NON_TRANSIENT`` times (then it propagates)."""
+        ``STORE_ATTEMPTS_NON_TRANSIENT`` times (then it propagates): :func:`retry_store`."""
 
         def report(exc: BaseException, delay_s: float | None) -> None:
             if isinstance(exc, StoreUnavailableError):
@@ -496,15 +494,7 @@ class InferenceConsumer:
                 telemetry.RETRIES.labels(component=_COMPONENT).inc()
                 self.stats.store_retries += 1
 
-        return await retry(
-            call,
-            retry_on=StoreError,
-            backoff=Backoff(0.1, 5.0),
-            stop=stop,
-            max_failures=_MAX_STORE_ATTEMPTS_NON_TRANSIENT,
-            transient=StoreUnavailableError,
-            on_failure=report,
-        )
+        return await retry_store(call, stop=stop, on_failure=report)
 
     async def _ack(self, records: Sequence[BusRecord]) -> None:
         try:
