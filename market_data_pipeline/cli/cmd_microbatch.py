@@ -26,13 +26,13 @@ from market_data_pipeline.cli.common import (
     environment,
     load_app_config,
     parse_window,
-    percentile,
     run_async,
     stage_services,
 )
 from market_data_pipeline.consumer_lock import hold_consumers
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher
 from market_data_pipeline.servers import resolve_servers
+from market_data_pipeline.stats import percentile
 from market_data_pipeline.tracking import RunCounts, tracked_run
 from market_data_pipeline.ui.progress import ProgressLine
 

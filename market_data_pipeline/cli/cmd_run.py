@@ -33,13 +33,13 @@ from market_data_pipeline.cli.common import (
     environment,
     load_app_config,
     parse_window,
-    percentile,
     run_async,
     stage_services,
 )
 from market_data_pipeline.inference.engine import AdapterKind
 from market_data_pipeline.runner import Progress, RunSummary
 from market_data_pipeline.servers import ServerUrls
+from market_data_pipeline.stats import percentile
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
 from market_data_pipeline.ui.tables import print_fields

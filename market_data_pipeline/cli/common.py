@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -238,15 +237,6 @@ def dead_letters_text(total: int, reasons: Mapping[str, int]) -> str:
     noun = "dead letter" if total == 1 else "dead letters"
     parts = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()) if n)
     return f"{total} {noun}" + (f" ({parts})" if parts else "")
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 @contextlib.contextmanager

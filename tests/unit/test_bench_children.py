@@ -15,8 +15,8 @@ import psutil
 _PARENT = """
 import os, sys, time
 from pathlib import Path
-from market_data_pipeline.cli.cmd_bench import _popen
-child = _popen([sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ),
+from market_data_pipeline.bench.full_path import popen_child
+child = popen_child([sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ),
                Path(sys.argv[1]))
 print(child.pid, flush=True)
 time.sleep(120)
