@@ -1021,6 +1021,24 @@ async def _all_stored_unchanged(conn: Any, rows: list[tuple[Any, ...]]) -> bool:
     return all(stored.get(r[:4]) == r[4:11] for r in rows)
 
 
+async def _insert_ticks_and_quotes(
+    conn: Any, ticks: EventColumns, quotes: EventColumns, window_us: int | None
+) -> tuple[int, int, dict[str, int]]:
+    """Insert the raw ticks and quotes (see :func:`_insert_raw`); returns the new ticks, the
+    new quotes, and the rows left in each staging table (for :func:`_empty_stages`)."""
+    staged = {TICKS.stage: 0, QUOTES.stage: 0}
+    ticks_in = quotes_in = 0
+    if ticks.n:
+        ticks_in, staged[TICKS.stage] = await _insert_raw(
+            conn, TICKS, ticks, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, window_us
+        )
+    if quotes.n:
+        quotes_in, staged[QUOTES.stage] = await _insert_raw(
+            conn, QUOTES, quotes, _ANY_QUOTE_EXISTS_SQL, _INSERT_QUOTES_SQL, window_us
+        )
+    return ticks_in, quotes_in, staged
+
+
 async def _insert_raw(
     conn: Any,
     raw: RawTable,
@@ -1355,20 +1373,12 @@ class PgStoreClient(PgClientBase):
         locks = series_lock_keys([unique.series[int(i)] for i in present])
 
         async def write() -> tuple[int, int]:
-            async with self._pool.acquire() as conn:
-                staged = {TICKS.stage: 0, QUOTES.stage: 0}
-                async with conn.transaction():
-                    await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
-                    ticks_in = quotes_in = 0
-                    if ticks.n:
-                        ticks_in, staged[TICKS.stage] = await _insert_raw(
-                            conn, TICKS, ticks, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, None
-                        )
-                    if quotes.n:
-                        quotes_in, staged[QUOTES.stage] = await _insert_raw(
-                            conn, QUOTES, quotes, _ANY_QUOTE_EXISTS_SQL, _INSERT_QUOTES_SQL, None
-                        )
-                    await _empty_stages(conn, staged)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
+                    conn, ticks, quotes, None
+                )
+                await _empty_stages(conn, staged)
             return ticks_in, quotes_in
 
         partitions: list[tuple[str, Iterable[date]]] = []
@@ -1466,23 +1476,11 @@ class PgStoreClient(PgClientBase):
 
         async def write() -> tuple[int, int, list[Any]]:
             async with self._pool.acquire() as conn:
-                staged = {"mdp_stage_ticks": 0, "mdp_stage_quotes": 0}
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
-                    ticks_in = quotes_in = 0
-                    if ticks.n:
-                        ticks_in, staged[TICKS.stage] = await _insert_raw(
-                            conn, TICKS, ticks, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, window_us
-                        )
-                    if quotes.n:
-                        quotes_in, staged[QUOTES.stage] = await _insert_raw(
-                            conn,
-                            QUOTES,
-                            quotes,
-                            _ANY_QUOTE_EXISTS_SQL,
-                            _INSERT_QUOTES_SQL,
-                            window_us,
-                        )
+                    ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
+                        conn, ticks, quotes, window_us
+                    )
                     for raw, kept in ((TICKS, kept_ticks), (QUOTES, kept_quotes)):
                         if kept.n:  # windows of rows stored before: recomputed the same
                             await _stage_marks(conn, raw, kept)
