@@ -442,6 +442,37 @@ async def test_foreign_redis_client_entry_is_accepted(
     assert _decoded(got) == [event]
 
 
+async def test_redis_publish_survives_an_emptied_script_cache_exactly_once_in_order(
+    backend: tuple[str, ServerUrls], make_bus: MakeBus
+) -> None:
+    """Redis appends a batch with one script call per stream (chunks of ``_PUBLISH_CHUNK``):
+    a batch larger than a chunk keeps each stream's order, and after the server's script
+    cache is emptied (a restart, a failover) the next publish loads the script again and
+    appends every item exactly once (a NOSCRIPT call appended nothing; only it is resent)."""
+    name, _ = backend
+    if name == "kafka":
+        pytest.skip("the publish script is Redis-only")
+    bus = await make_bus(partitions=2)
+    topic = bus_topic(bus)
+    first = _events(["A", "B", "C"], 900, provider="one")  # 2,700: several chunks per stream
+    await bus.publish(topic, _items(first))
+    client: Any = bus.client  # type: ignore[attr-defined]
+    await client.script_flush()
+    second = _events(["A", "B", "C"], 10, provider="two")
+    await bus.publish(topic, _items(second))
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
+    try:
+        got = _decoded(await _drain(consumer, len(first) + len(second)))
+    finally:
+        await consumer.aclose()
+    assert sorted(e.event_id for e in got) == sorted(e.event_id for e in first + second)
+    for provider, sent in (("one", first), ("two", second)):
+        for symbol in ("A", "B", "C"):
+            seqs = [e.seq for e in got if (e.provider, e.symbol) == (provider, symbol)]
+            want = [e.seq for e in sent if e.symbol == symbol]
+            assert seqs == want, f"{provider}/{symbol} out of order"
+
+
 async def test_unreachable_server_is_a_bus_error(backend: tuple[str, ServerUrls]) -> None:
     name, _ = backend
     port = free_port()
