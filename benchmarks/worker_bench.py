@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from market_data_core.codec import encode_events
+from market_data_core.codec import encode_event, encode_events
 from market_data_core.columnar import encode_block
 from market_data_core.contracts import StreamEvent
 from market_data_core.protocols import routing_key
@@ -56,8 +56,14 @@ def _tree_cpu_s(pid: int) -> float:
 def _entries(n: int, symbols: int, pack: int, wire: str = "rows") -> list[tuple[str, bytes]]:
     """``n`` ticks, one every 50 µs of event time round robin over ``symbols``, packed
     ``pack`` per entry per symbol (as the synthetic producer packs them): msgpack arrays
-    (``rows``) or column blocks (``blocks``)."""
-    encode = encode_block if wire == "blocks" else encode_events
+    (``rows``; one event: a map) or column blocks (``blocks``)."""
+
+    def encode(events: list[StreamEvent]) -> bytes:
+        if wire == "blocks":
+            return encode_block(events)
+        # one event: a map, as the producers write it (market_data_pipeline.producers.publisher)
+        return encode_event(events[0]) if len(events) == 1 else encode_events(events)
+
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     per_symbol: dict[str, list[StreamEvent]] = {}
     out: list[tuple[str, bytes]] = []

@@ -51,16 +51,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
+from msgspec import Meta
 
 from market_data_core.contracts import (
     _INTERVAL,
     SUPPORTED_VERSIONS,
+    EventKind,
     StreamEvent,
+    TradeSide,
     _is_provider,
     _is_symbol,
     make_event_id,
@@ -70,6 +73,7 @@ from market_data_core.timeutil import (
     MAX_EPOCH_US,
     MIN_EPOCH_US,
     from_epoch_us,
+    isoformat_epoch_us,
     to_epoch_us,
 )
 
@@ -86,15 +90,19 @@ __all__ = [
     "BlocksDecoded",
     "ColumnRow",
     "EventColumns",
+    "MapsDecoded",
     "coded_rows",
     "columns_from_events",
     "columns_from_rows",
     "columns_from_wire_rows",
     "decimal_text",
     "decode_blocks",
+    "decode_maps",
     "encode_block",
+    "event_ids",
     "first_occurrences",
     "is_block",
+    "join_rows",
     "row_dict",
     "window_marks",
 ]
@@ -381,6 +389,25 @@ class EventColumns:
         )
 
 
+def join_rows(parts: Sequence[tuple[bytes, Int64s]]) -> tuple[bytes, Int64s]:
+    """Row-wise concatenation of byte columns, each a blob of consecutive slices with their
+    end offsets: row i of the result is part 0's slice i, then part 1's, and so on."""
+    n = len(parts[0][1])
+    lengths = [np.diff(ends, prepend=0) for _blob, ends in parts]
+    row_len = np.sum(lengths, axis=0)
+    out_ends = np.cumsum(row_len)
+    total = int(out_ends[-1]) if n else 0
+    out = np.empty(total, np.uint8)
+    offset = out_ends - row_len  # where the next part starts in each row
+    for (blob, ends), size in zip(parts, lengths, strict=True):
+        part_total = int(ends[-1]) if n else 0
+        if part_total:
+            ramp = np.arange(part_total) - np.repeat(ends - size, size)
+            out[np.repeat(offset, size) + ramp] = np.frombuffer(blob, np.uint8)
+        offset = offset + size
+    return out.tobytes(), out_ends
+
+
 def _digits(values: Int64s, width: int | None = None) -> npt.NDArray[np.uint8]:
     """Non-negative integers as ASCII digits, right-aligned and zero-padded to ``width``
     (default: the widest value's): an (n, width) matrix."""
@@ -421,6 +448,26 @@ def coded_rows(values: Sequence[bytes], codes: npt.NDArray[np.integer]) -> tuple
     ramp = np.arange(total) - np.repeat(ends - row_len, row_len)
     src = np.repeat(starts[codes], row_len) + ramp
     return np.frombuffer(b"".join(values), np.uint8)[src].tobytes(), ends
+
+
+def event_ids(cols: EventColumns) -> tuple[bytes, Int64s]:
+    """Every row's ``event_id`` (``provider|symbol|src_ts|seq``, as
+    :func:`~market_data_core.contracts.make_event_id` writes it) as UTF-8: a blob and the end
+    offset of each row's id in it. Rows must be valid (``src_ts`` in range, ``seq >= 0``).
+    :func:`decode_maps` checks the ids a producer wrote against them."""
+    n = cols.n
+    prefixes = coded_rows([f"{p}|{s}|".encode() for p, s in cols.series], cols.series_idx)
+    # "YYYY-MM-DDTHH:MM:SS." of each distinct second (a stream has few), then "ffffffZ|"
+    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
+    distinct, which = np.unique(seconds, return_inverse=True)
+    second_text = [isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct]
+    head = coded_rows(second_text, which)
+    tail = np.empty((n, 8), np.uint8)
+    tail[:, :6] = _digits(fraction, 6)
+    tail[:, 6] = ord("Z")
+    tail[:, 7] = ord("|")
+    stamps = (tail.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 8)
+    return join_rows([prefixes, head, stamps, decimal_text(cols.seq)])
 
 
 def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
@@ -1101,4 +1148,288 @@ def columns_from_rows(rows: Sequence[ColumnRow]) -> EventColumns:
         side=np.array(side, np.uint8),
         trade_id=blob,
         trade_id_end=np.cumsum(lengths),
+    )
+
+
+# --- one event per payload: msgpack maps decoded straight into columns ------------------------
+#
+# The wire types of a StreamEvent map (market_data_core.codec's typed first stage uses the same
+# ones): ints (never bools, floats or nil) for ver/seq/timestamps, timestamps within the
+# datetime range, msgpack str for text, floats or exactly-representable ints for prices and
+# sizes (NaN and infinities fail the bounds). Whatever they do not admit is left to the
+# reference path, which accepts it or gives the reason.
+WireEpochUs = Annotated[int, Meta(ge=MIN_EPOCH_US, le=MAX_EPOCH_US)]
+WireFloat = Annotated[float, Meta(gt=-(2**53), lt=2**53)]
+
+
+class _WireMap(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    """One StreamEvent map as msgpack carries it (the fields in StreamEvent's order). An
+    absent optional field reads as ``None``, as an explicit nil does: a column tells neither
+    from the other (the row's ``present`` bit is clear), as :func:`columns_from_events`."""
+
+    ver: int
+    provider: str
+    symbol: str
+    kind: EventKind
+    interval: str | None = None
+    src_ts: WireEpochUs
+    ingest_ts: WireEpochUs | None = None
+    o: WireFloat | None = None
+    h: WireFloat | None = None
+    l: WireFloat | None = None  # noqa: E741 - the contract's field name
+    c: WireFloat | None = None
+    v: WireFloat | None = None
+    seq: Annotated[int, Meta(ge=0)]
+    event_id: str
+    bid: WireFloat | None = None
+    ask: WireFloat | None = None
+    bid_size: WireFloat | None = None
+    ask_size: WireFloat | None = None
+    trade_id: str | None = None
+    side: TradeSide | None = None
+
+
+_MAP_DECODER = msgspec.msgpack.Decoder(_WireMap)
+_MAPS_DECODER = msgspec.msgpack.Decoder(list[_WireMap])
+_RAW_LIST_DECODER = msgspec.msgpack.Decoder(list[msgspec.Raw])
+# first byte of a msgpack map: fixmap, map 16, map 32
+_MAP_FIRST: Final = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+# what the codec decodes at most (a larger payload is its error to report)
+_MAX_MAP_PAYLOAD: Final = 16 * 1024 * 1024
+_MAX_INT64: Final = 2**63 - 1
+
+
+@dataclass(slots=True)
+class MapsDecoded:
+    """What :func:`decode_maps` made of some payloads: the valid events of those it vouches
+    for as columns (in payload order, one row per payload), the payload each row came from
+    (``row_payload``, an index into the payloads), and the payloads it does not vouch for
+    (``others``, ascending): to be decoded one by one with ``codec.decode_events``, which
+    accepts them or gives the reason."""
+
+    columns: EventColumns
+    row_payload: Int32s
+    others: list[int]
+
+
+def _wire_maps(payloads: list[bytes | memoryview]) -> list[_WireMap | None]:
+    """Each payload as a :class:`_WireMap`, ``None`` where it is not exactly one map of the
+    wire types. All at once when they are (one decode of them joined as a msgpack array,
+    after checking that the array's items are exactly the payloads), else one by one."""
+    k = len(payloads)
+    joined = b"\xdd" + k.to_bytes(4, "big") + b"".join(payloads)
+    try:
+        raws = _RAW_LIST_DECODER.decode(joined)
+        aligned = len(raws) == k and all(
+            len(raw) == len(p) for raw, p in zip(raws, payloads, strict=True)
+        )
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        aligned = False
+    if aligned:
+        try:
+            decoded: list[_WireMap | None] = list(_MAPS_DECODER.decode(joined))
+            return decoded
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            pass  # one of them is not of the wire types: find which
+    out: list[_WireMap | None] = []
+    for payload in payloads:
+        try:
+            out.append(_MAP_DECODER.decode(payload))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            out.append(None)
+    return out
+
+
+def _float_column(values: tuple[float | None, ...]) -> tuple[Float64s, Bools | None]:
+    """A float column and where it is given (``None``: everywhere). The wire floats are
+    never NaN (the bounds refuse it), so NaN marks an absent cell."""
+    col = np.array(values, np.float64)
+    given = ~np.isnan(col)
+    if given.all():
+        return col, None
+    col[~given] = 0.0
+    return col, given
+
+
+def _coded(values: tuple[Any, ...], codes: dict[Any, int]) -> UInt8s:
+    """Each value's code (all the values are keys of ``codes``)."""
+    first = values[0]
+    if values.count(first) == len(values):
+        return np.full(len(values), codes[first], np.uint8)
+    return np.array([codes[v] for v in values], np.uint8)
+
+
+def _int64_or_flag(values: tuple[int, ...], bad: Bools) -> Int64s:
+    """``values`` as int64; one beyond int64 is 0 and flagged in ``bad``."""
+    try:
+        return np.array(values, np.int64)
+    except OverflowError:
+        big = np.fromiter((v > _MAX_INT64 for v in values), np.bool_, len(values))
+        bad |= big
+        return np.fromiter((0 if v > _MAX_INT64 else v for v in values), np.int64, len(values))
+
+
+_SIDE_OR_NONE: Final[dict[str | None, int]] = {None: 0}
+_SIDE_OR_NONE.update(SIDE_CODES)
+
+
+def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
+    """Decode and validate payloads of one event each (a msgpack map, or an array of one)
+    straight into
+    :class:`EventColumns`, without an object per event: the maps of a poll are decoded at
+    once with typed msgspec, their values checked by :func:`valid_rows` (the StreamEvent
+    rules as array operations) and their ``event_id`` against the one their fields imply
+    (:func:`event_ids`).
+
+    A payload that is not a map, is not one of the wire types, breaks a rule, has an
+    ``event_id`` of other fields or a ``seq`` beyond int64 is not vouched for: it is listed
+    in ``others`` for the reference path, which accepts it or gives the reason (the vectorised
+    rules only decide which payloads skip it; they never word a reason). Every row accepted
+    here is one the reference accepts, with the same values: what
+    ``columns_from_events(decode_events(payload).events)`` gives
+    (``tests/unit/test_columnar_maps.py`` checks both agree on random valid and invalid maps).
+    Never raises.
+    """
+    candidates: list[int] = []
+    maps: list[bytes | memoryview] = []
+    others: list[int] = []
+    for i, p in enumerate(payloads):
+        if type(p) is not bytes or not 0 < len(p) <= _MAX_MAP_PAYLOAD:
+            others.append(i)
+        elif p[0] in _MAP_FIRST:
+            candidates.append(i)
+            maps.append(p)
+        elif p[0] == 0x91 and len(p) > 1 and p[1] in _MAP_FIRST:  # an array of one map
+            candidates.append(i)
+            maps.append(memoryview(p)[1:])
+        else:
+            others.append(i)
+    if not candidates:
+        return MapsDecoded(_empty_columns(), np.zeros(0, np.int32), others)
+    wire = _wire_maps(maps)
+    rows = [w for w in wire if w is not None]
+    if len(rows) < len(wire):
+        others += [i for i, w in zip(candidates, wire, strict=True) if w is None]
+        candidates = [i for i, w in zip(candidates, wire, strict=True) if w is not None]
+    n = len(rows)
+    if n == 0:
+        return MapsDecoded(_empty_columns(), np.zeros(0, np.int32), sorted(others))
+    (
+        ver,
+        provider,
+        symbol,
+        kind,
+        interval,
+        src_ts,
+        ingest_ts,
+        o,
+        h,
+        lo,
+        c,
+        v,
+        seq,
+        event_id,
+        bid,
+        ask,
+        bid_size,
+        ask_size,
+        trade_id,
+        side,
+    ) = zip(*map(_astuple, rows), strict=True)
+    bad = np.zeros(n, np.bool_)
+    present = np.zeros(n, np.uint16)
+    floats: dict[str, Float64s] = {}
+    for name, values in zip(
+        FLOAT_FIELDS, (o, h, lo, c, v, bid, ask, bid_size, ask_size), strict=True
+    ):
+        if values.count(None) == n:
+            floats[name] = _absent(n, np.float64)
+            continue
+        col, given = _float_column(values)
+        floats[name] = col
+        bit = np.uint16(OPTIONAL_BITS[name])
+        if given is None:
+            present |= bit
+        else:
+            present[given] |= bit
+    ingest_bit = np.uint16(OPTIONAL_BITS["ingest_ts"])
+    if None not in ingest_ts:
+        ingest = np.array(ingest_ts, np.int64)
+        present |= ingest_bit
+    elif ingest_ts.count(None) == n:
+        ingest = _absent(n, np.int64)
+    else:
+        has_ingest = np.fromiter((x is not None for x in ingest_ts), np.bool_, n)
+        ingest = np.fromiter((x or 0 for x in ingest_ts), np.int64, n)
+        present[has_ingest] |= ingest_bit
+    id_bit = np.uint16(OPTIONAL_BITS["trade_id"])
+    if None in trade_id:
+        has_id = np.fromiter((x is not None for x in trade_id), np.bool_, n)
+        present[has_id] |= id_bit
+        ids: Sequence[str] = [x or "" for x in trade_id]
+    else:
+        present |= id_bit
+        ids = trade_id
+    id_lengths = np.fromiter(map(len, ids), np.int64, n)
+    id_blob = "".join(ids).encode()
+    if len(id_blob) != int(id_lengths.sum()):  # not all ASCII: the lengths in bytes
+        id_lengths = np.fromiter((len(x.encode()) for x in ids), np.int64, n)
+    series: dict[tuple[str, str], int] = {}
+    pairs = list(zip(provider, symbol, strict=True))
+    series_idx = np.fromiter((series.setdefault(p, len(series)) for p in pairs), np.int32, n)
+    intervals: dict[str | None, int] = {None: 0}
+    if interval.count(None) == n:
+        interval_idx = np.zeros(n, np.int32)
+    else:
+        interval_idx = np.fromiter(
+            (intervals.setdefault(x, len(intervals)) for x in interval), np.int32, n
+        )
+    if set(ver) <= set(SUPPORTED_VERSIONS):
+        vers = np.array(ver, np.int64)
+    else:  # an unknown version, maybe beyond int64: the reference words it
+        unknown = np.fromiter((x not in SUPPORTED_VERSIONS for x in ver), np.bool_, n)
+        bad |= unknown
+        vers = np.fromiter((1 if u else x for u, x in zip(unknown, ver, strict=True)), np.int64, n)
+    cols = EventColumns(
+        series=tuple(series),
+        series_idx=series_idx,
+        intervals=tuple(intervals),
+        interval_idx=interval_idx,
+        ver=vers,
+        kind=_coded(kind, KIND_CODES),
+        src_ts=np.array(src_ts, np.int64),
+        seq=_int64_or_flag(seq, bad),
+        present=present,
+        floats=floats,
+        ingest_ts=ingest,
+        side=_coded(side, _SIDE_OR_NONE),
+        trade_id=id_blob,
+        trade_id_end=np.cumsum(id_lengths),
+    )
+    ok = valid_rows(cols) & ~bad
+    ok &= _event_ids_match(cols, event_id)
+    row_payload = np.array(candidates, np.int32)
+    if not ok.all():
+        others += [candidates[i] for i in np.flatnonzero(~ok).tolist()]
+        cols = cols.take(ok)
+        row_payload = row_payload[ok]
+    return MapsDecoded(cols, row_payload, sorted(others))
+
+
+def _event_ids_match(cols: EventColumns, wire_ids: tuple[str, ...]) -> Bools:
+    """Rows whose wire ``event_id`` is the one their fields imply (:func:`event_ids`)."""
+    n = cols.n
+    blob, ends = event_ids(cols)
+    implied_lengths = np.diff(ends, prepend=0)
+    lengths = np.fromiter(map(len, wire_ids), np.int64, n)
+    if np.array_equal(lengths, implied_lengths) and "".join(wire_ids).encode() == blob:
+        return np.ones(n, np.bool_)  # the implied ids are ASCII: equal bytes, equal lengths
+    starts = (ends - implied_lengths).tolist()
+    return np.fromiter(
+        (
+            wire == blob[start:end].decode()
+            for wire, start, end in zip(wire_ids, starts, ends.tolist(), strict=True)
+        ),
+        np.bool_,
+        n,
     )

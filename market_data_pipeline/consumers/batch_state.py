@@ -9,7 +9,11 @@ counts.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from market_data_core.columnar import EventColumns
 from market_data_core.contracts import StreamEvent
@@ -18,44 +22,152 @@ from market_data_core.protocols import BusRecord
 __all__ = [
     "BufferedBar",
     "FlushJob",
+    "HeldEntries",
+    "Hold",
     "MicroBatchStats",
     "OpenWindow",
-    "RecordKey",
-    "RecordState",
+    "PolledEntries",
 ]
 
-RecordKey = tuple[int, str]
-"""A bus entry: ``(shard, entry_id)``."""
+
+@dataclass(slots=True, eq=False)
+class PolledEntries:
+    """The entries of one poll, for as long as any of them is held: what acking, renewing or
+    handing an entry back needs (its id, shard and deliveries; not its payload, decoded
+    already), per entry the events not committed yet (``remaining``), and which are done
+    (acknowledged, or never held). One object per poll, numbers in arrays: no object per
+    entry (with one event per entry a worker holds ~100k entries)."""
+
+    topic: str
+    ids: list[str]
+    shards: list[int]
+    deliveries: list[int]
+    remaining: npt.NDArray[np.int64]
+    done: npt.NDArray[np.bool_]
+    held: int = 0  # entries not done
+
+    def record(self, i: int) -> BusRecord:
+        """Entry ``i`` as a record without its payload."""
+        return BusRecord(self.topic, self.shards[i], self.ids[i], b"", self.deliveries[i])
 
 
-@dataclass(slots=True)
-class RecordState:
-    """An entry held until its events are committed: ``remaining`` events still to commit
-    (its payload is dropped once decoded: acking, renewing or handing it back needs none)."""
+Hold = tuple[PolledEntries, npt.NDArray[np.intp], npt.NDArray[np.int64]]
+"""``(poll, entries, counts)``: ``counts[k]`` events of the poll's entry ``entries[k]`` are
+here (each entry at most once)."""
 
-    record: BusRecord
-    remaining: int
+
+class HeldEntries:
+    """Every entry held until all the events it carried are committed (then acknowledged),
+    renewed meanwhile, handed back on a clean stop; and, per shard, which entry ids are held
+    (a redelivery of one is not a new arrival)."""
+
+    def __init__(self) -> None:
+        self._polls: dict[int, PolledEntries] = {}  # id() -> poll, while it holds an entry
+        self._ids: dict[int, dict[str, PolledEntries]] = {}  # shard -> entry id -> poll
+        self._held = 0
+
+    def __len__(self) -> int:
+        """Entries held."""
+        return self._held
+
+    def fresh(self, records: list[BusRecord]) -> list[BusRecord]:
+        """The records that are not held already (a redelivery of a held entry, e.g. claimed
+        again after a missed renewal, is already counted)."""
+        by_shard = self._ids
+        if not by_shard:
+            return records
+        return [r for r in records if r.entry_id not in by_shard.get(r.shard, ())]
+
+    @staticmethod
+    def poll(records: list[BusRecord]) -> PolledEntries:
+        """The entries of a poll, none held yet (see :meth:`hold`)."""
+        n = len(records)
+        return PolledEntries(
+            records[0].topic if records else "",
+            [r.entry_id for r in records],
+            [r.shard for r in records],
+            [r.deliveries for r in records],
+            np.zeros(n, np.int64),
+            np.ones(n, np.bool_),
+        )
+
+    def hold(self, poll: PolledEntries, counts: npt.NDArray[np.int64]) -> None:
+        """Hold each entry of ``poll`` with a positive count (that many of its events wait);
+        the others stay done."""
+        poll.remaining[:] = counts
+        held = counts > 0
+        poll.done[:] = ~held
+        poll.held = int(held.sum())
+        if not poll.held:
+            return
+        self._polls[id(poll)] = poll
+        self._held += poll.held
+        ids, shards = poll.ids, poll.shards
+        for i in np.flatnonzero(held).tolist():
+            by_id = self._ids.get(shards[i])
+            if by_id is None:
+                by_id = self._ids[shards[i]] = {}
+            by_id[ids[i]] = poll
+
+    def commit(self, holds: Iterable[Hold]) -> list[BusRecord]:
+        """Count the events of ``holds`` as committed; returns the entries all of whose events
+        now are (to acknowledge), which are no longer held."""
+        touched: dict[int, tuple[PolledEntries, list[npt.NDArray[np.intp]]]] = {}
+        for poll, entries, counts in holds:
+            live = ~poll.done[entries]
+            poll.remaining[entries[live]] -= counts[live]
+            slot = touched.get(id(poll))
+            if slot is None:
+                touched[id(poll)] = (poll, [entries])
+            else:
+                slot[1].append(entries)
+        out: list[BusRecord] = []
+        for poll, parts in touched.values():
+            entries = np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+            finished = entries[(poll.remaining[entries] <= 0) & ~poll.done[entries]]
+            if not len(finished):
+                continue
+            poll.done[finished] = True
+            poll.held -= len(finished)
+            self._held -= len(finished)
+            if poll.held == 0:
+                del self._polls[id(poll)]
+            ids, shards = poll.ids, poll.shards
+            for i in finished.tolist():
+                self._ids[shards[i]].pop(ids[i], None)
+                out.append(poll.record(i))
+        return out
+
+    def records(self) -> list[BusRecord]:
+        """Every entry held (without payloads), to renew or hand back."""
+        return [
+            poll.record(i)
+            for poll in self._polls.values()
+            for i in np.flatnonzero(~poll.done).tolist()
+        ]
 
 
 @dataclass(slots=True)
 class BufferedBar:
-    """A provider bar waiting for the next flush, and the entries that carried it."""
+    """A provider bar waiting for the next flush, and the entries that carried it (one event
+    each)."""
 
     event: StreamEvent
-    keys: list[RecordKey]
+    keys: list[tuple[PolledEntries, int]]
 
 
 @dataclass(slots=True)
 class OpenWindow:
     """The ticks and quotes of one open (provider, symbol, window) as column blocks in
     arrival order (duplicates included: the store keeps the first of each ``event_id``), and
-    the entries holding them: ``(entry, n)`` means n of the entry's events are here
-    (duplicates count, so the entry is acked only once all of them are committed)."""
+    the entries holding them (:data:`Hold`: per poll, which of its entries have how many
+    events here; duplicates count, so an entry is acked only once all of them are
+    committed)."""
 
     end_us: int
     series: tuple[str, str]
     parts: list[EventColumns] = field(default_factory=list)
-    holds: list[tuple[RecordKey, int]] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)
     received: int = 0  # events added, duplicates included
     pending: int = 0  # events in ``parts`` (not yet stored)
     quotes: bool = False  # holds a quote: later windows' carried book depends on it

@@ -61,7 +61,7 @@ wrote (``max_deliveries``, ``trimmed``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -76,6 +76,7 @@ from market_data_core.columnar import (
     EventColumns,
     columns_from_events,
     decode_blocks,
+    decode_maps,
     is_block,
 )
 from market_data_core.config import AppConfig
@@ -96,10 +97,11 @@ from market_data_pipeline import telemetry
 from market_data_pipeline.consumers.batch_state import (
     BufferedBar,
     FlushJob,
+    HeldEntries,
+    Hold,
     MicroBatchStats,
     OpenWindow,
-    RecordKey,
-    RecordState,
+    PolledEntries,
 )
 from market_data_pipeline.consumers.commit import WindowCommitter
 from market_data_pipeline.consumers.relay import BarRelay
@@ -165,7 +167,7 @@ class MicroBatcher:
         self._clocks: dict[tuple[str, str], EventClock] = {}
         self._windows: dict[tuple[str, str, int], OpenWindow] = {}
         self._bars: dict[tuple[str, str, str, datetime], BufferedBar] = {}
-        self._outstanding: dict[RecordKey, RecordState] = {}
+        self._held = HeldEntries()
         # the two commit lanes: closed windows (one commit at a time, in order) and early
         # stores of open windows (one at a time), so that a close never waits for an
         # early store of other windows
@@ -269,7 +271,7 @@ class MicroBatcher:
                     and idle_since is not None
                     and self._inflight is None
                     and self._early_inflight is None
-                    and not self._outstanding
+                    and not self._held
                     and self.buffered_events == 0
                     and time.monotonic() - idle_since >= idle_s
                 ):
@@ -307,19 +309,19 @@ class MicroBatcher:
         docstring), at most every ``claim_idle_ms / 4`` and always before a poll that comes
         after a longer pause (a commit waited for, a store outage)."""
         now = time.monotonic()
-        if self._outstanding and now >= self._next_renew:
-            await self._consumer.in_progress([s.record for s in self._outstanding.values()])
+        if self._held and now >= self._next_renew:
+            await self._consumer.in_progress(self._held.records())
             self._next_renew = now + self._renew_every_s
 
     async def _release_held(self) -> None:
         """On a clean stop, hand the entries of open windows back uncounted."""
-        if not self._outstanding:
+        if not self._held:
             return
         try:
-            await self._consumer.release([s.record for s in self._outstanding.values()])
+            await self._consumer.release(self._held.records())
         except BusError as exc:
             # They stay pending all the same; only their next delivery counts as a redelivery.
-            log.warning("could not hand back %d pending entries (%s)", len(self._outstanding), exc)
+            log.warning("could not hand back %d pending entries (%s)", len(self._held), exc)
 
     def _count_letters(self) -> None:
         """Dead letters of this run: this stage's and those the bus layer wrote."""
@@ -400,10 +402,11 @@ class MicroBatcher:
     async def _decode(self, records: list[BusRecord]) -> tuple[EventColumns, npt.NDArray[np.intp]]:
         """The valid events of ``records`` as columns in entry order, and each row's index in
         ``records``; every bad item or payload is dead-lettered (with its entry) on the way.
-        Column blocks are decoded all at once (:func:`decode_blocks`), the other payloads one
-        by one (:func:`decode_events`) and turned into columns."""
+        Column blocks are decoded all at once (:func:`decode_blocks`), so are entries of one
+        event each (:func:`decode_maps`); the other payloads, and those two do not vouch for,
+        one by one (:func:`decode_events`, the reference) and turned into columns."""
         block_at = [i for i, rec in enumerate(records) if is_block(rec.payload)]
-        row_at = [i for i, rec in enumerate(records) if not is_block(rec.payload)]
+        map_at = [i for i, rec in enumerate(records) if not is_block(rec.payload)]
         parts: list[EventColumns] = []
         owners: list[npt.NDArray[np.intp]] = []
         if block_at:
@@ -413,6 +416,13 @@ class MicroBatcher:
                 await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
             parts.append(decoded.columns)
             owners.append(np.asarray(block_at, np.intp)[decoded.row_payload])
+        row_at: list[int] = []
+        if map_at:
+            maps = decode_maps([records[i].payload for i in map_at])
+            if maps.columns.n:
+                parts.append(maps.columns)
+                owners.append(np.asarray(map_at, np.intp)[maps.row_payload])
+            row_at = [map_at[i] for i in maps.others]
         if row_at:
             events: list[StreamEvent] = []
             owner: list[int] = []
@@ -437,7 +447,7 @@ class MicroBatcher:
             owners.append(np.asarray(owner, np.intp))
         cols = EventColumns.concat(parts)
         rec_of_row = np.concatenate(owners) if owners else np.zeros(0, np.intp)
-        if len(parts) > 1:  # blocks and other payloads in one poll: back to entry order
+        if len(parts) > 1:  # several kinds of payload in one poll: back to entry order
             order = np.argsort(rec_of_row, kind="stable")
             cols, rec_of_row = cols.take(order), rec_of_row[order]
         return cols, rec_of_row
@@ -447,11 +457,10 @@ class MicroBatcher:
         row as :class:`EventClock` does, on arrays: see :func:`classify_rows`), buffer them
         and account which entry holds what; dead-letter what is bad or too late."""
         now = self._wall()
-        fresh = [
-            rec for rec in records if (rec.shard, rec.entry_id) not in self._outstanding
-        ]  # a re-delivery of an entry we still hold (e.g. self-claim) is already counted
+        fresh = self._held.fresh(records)
         cols, rec_of_row = await self._decode(fresh)
         n = cols.n
+        poll = HeldEntries.poll(fresh)
         held = np.zeros(len(fresh), np.int64)
         if n:
             clocks = [self._clock(p, s) for p, s in cols.series]
@@ -483,28 +492,18 @@ class MicroBatcher:
                     clock.last_arrival_wall_us = now
             if is_bar.any():
                 for i in np.flatnonzero(is_bar).tolist():
-                    self._buffer_bar(cols, i, fresh[int(rec_of_row[i])])
+                    self._buffer_bar(cols, i, poll, int(rec_of_row[i]))
                 held += np.bincount(rec_of_row[is_bar], minlength=len(fresh))
             keep = ~too_late & ~is_bar
             if keep.any():
-                held += self._buffer_windows(cols, keep, starts, rec_of_row, fresh, clocks)
+                held += self._buffer_windows(cols, keep, starts, rec_of_row, poll, clocks)
             newest_ingest = cols.ingest_ts[cols.has("ingest_ts")]
             if len(newest_ingest):
                 self._set_lag(max(0.0, (now - int(newest_ingest.max())) / 1000))
-        ack_now: list[BusRecord] = []
-        for rec, count in zip(fresh, held.tolist(), strict=True):
-            key: RecordKey = (rec.shard, rec.entry_id)
-            if count:
-                state = self._outstanding.get(key)
-                if state is None:
-                    # held until its windows commit, then acked, renewed or handed back:
-                    # none of which needs its payload (decoded already), so it is dropped
-                    held_rec = dataclasses.replace(rec, payload=b"", extra_fields=())
-                    self._outstanding[key] = RecordState(held_rec, count)
-                else:
-                    state.remaining += count
-            else:
-                ack_now.append(rec)
+        # held until their windows commit, then acked (or renewed, or handed back); the rest
+        # (dead-lettered, too late, nothing valid) are done now
+        self._held.hold(poll, held)
+        ack_now = [fresh[i] for i in np.flatnonzero(held == 0).tolist()]
         self.stats.events_in += n
         self._consumed.inc(n)
         if records:
@@ -522,7 +521,7 @@ class MicroBatcher:
         keep: npt.NDArray[np.bool_],
         starts: npt.NDArray[np.int64],
         rec_of_row: npt.NDArray[np.intp],
-        records: list[BusRecord],
+        poll: PolledEntries,
         clocks: list[EventClock],
     ) -> npt.NDArray[np.int64]:
         """Add the ``keep`` rows to their open windows (one block per window and poll: the
@@ -543,13 +542,15 @@ class MicroBatcher:
         by_window = cols.take(rows)
         owners = rec_of_row[rows]
         is_quote = by_window.kind == KIND_CODES["quote"]
-        # (window, entry) pairs and how many rows each: the holds
+        # (window, entry) pairs and how many rows each: the holds, one per window
+        n_entries = len(poll.ids)
         group = np.repeat(np.arange(len(firsts)), lasts - firsts)
-        pairs, counts = np.unique(group * len(records) + owners, return_counts=True)
-        holds: list[list[tuple[RecordKey, int]]] = [[] for _ in firsts]
-        for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
-            g, e = divmod(pair, len(records))
-            holds[g].append(((records[e].shard, records[e].entry_id), count))
+        pairs, counts = np.unique(group * n_entries + owners, return_counts=True)
+        pair_group, pair_entry = np.divmod(pairs, n_entries)
+        cuts = np.searchsorted(pair_group, np.arange(len(firsts) + 1)).tolist()
+        holds: list[Hold] = [
+            (poll, pair_entry[a:b], counts[a:b]) for a, b in itertools.pairwise(cuts)
+        ]
         windows = self._windows
         for g, (first, last) in enumerate(zip(firsts.tolist(), lasts.tolist(), strict=True)):
             series = cols.series[int(by_window.series_idx[first])]
@@ -563,11 +564,11 @@ class MicroBatcher:
             window.pending += last - first
             if not window.quotes and is_quote[first:last].any():
                 window.quotes = True
-            window.holds += holds[g]
-        held: npt.NDArray[np.int64] = np.bincount(owners, minlength=len(records))
+            window.holds.append(holds[g])
+        held: npt.NDArray[np.int64] = np.bincount(owners, minlength=n_entries)
         return held
 
-    def _buffer_bar(self, cols: EventColumns, i: int, rec: BusRecord) -> None:
+    def _buffer_bar(self, cols: EventColumns, i: int, poll: PolledEntries, entry: int) -> None:
         """A provider bar: kept until the next flush; of two with one key the later by
         ``(src_ts, seq)`` wins."""
         [ev] = cols.take(np.array([i])).to_events()
@@ -577,7 +578,7 @@ class MicroBatcher:
         if buf is None or (buf.event.src_ts, buf.event.seq) <= (ev.src_ts, ev.seq):
             keys = buf.keys if buf else []
             self._bars[bkey] = buf = BufferedBar(ev, keys)
-        buf.keys.append((rec.shard, rec.entry_id))
+        buf.keys.append((poll, entry))
 
     async def _too_late(
         self,
@@ -678,17 +679,12 @@ class MicroBatcher:
         set while the store is unavailable, give up: the entries stay pending (nothing lost)."""
         if not await self._committer.write(stop, job):
             return
-        done: list[BusRecord] = []
-        holds = [(k, 1) for buf in job.bars for k in buf.keys]
+        one = np.ones(1, np.int64)
+        holds: list[Hold] = [
+            (poll, np.array([entry], np.intp), one) for buf in job.bars for poll, entry in buf.keys
+        ]
         holds += [h for w in job.units.values() for h in w.holds]
-        for k, n in holds:
-            state = self._outstanding.get(k)
-            if state is None:
-                continue
-            state.remaining -= n
-            if state.remaining <= 0:
-                done.append(state.record)
-                del self._outstanding[k]
+        done = self._held.commit(holds)
         if done:
             await _retry_bus(lambda: self._consumer.ack(done), "ack")
 

@@ -322,12 +322,15 @@ async def test_quiet_symbol_closes_by_wall_clock(env: dict[str, Any]) -> None:
     cfg = make_config(env["redis_url"], env["database_url"], env["unique"], 500)
     p = env["provider"]
     now = datetime.now(UTC)
+    # all three in one 500 ms window (20 ms after an arbitrary instant straddle two 4 % of
+    # the time): 100 ms into the current one
+    start = now.replace(microsecond=now.microsecond // 500_000 * 500_000)
     ticks = [
         StreamEvent.create(
             provider=p,
             symbol="QUIET",
             kind="tick",
-            src_ts=now + timedelta(milliseconds=10 * i),
+            src_ts=start + timedelta(milliseconds=100 + 10 * i),
             ingest_ts=now,
             c=5.0,
             v=1.0,
