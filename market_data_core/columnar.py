@@ -99,10 +99,8 @@ __all__ = [
     "decode_blocks",
     "decode_maps",
     "encode_block",
-    "event_ids",
     "first_occurrences",
     "is_block",
-    "join_rows",
     "row_dict",
     "window_marks",
 ]
@@ -360,21 +358,29 @@ class EventColumns:
         blobs = []
         ends = []
         offset = 0
+        # parts coded alike (a window's parts: one series each) keep their codes
+        alike = bool(parts) and all(
+            p.series == parts[0].series and p.intervals == parts[0].intervals for p in parts
+        )
         for p in parts:
-            s_map = np.array([series.setdefault(s, len(series)) for s in p.series], np.int32)
-            i_map = np.array(
-                [intervals.setdefault(iv, len(intervals)) for iv in p.intervals], np.int32
-            )
-            series_idx.append(s_map[p.series_idx] if p.n else p.series_idx)
-            interval_idx.append(i_map[p.interval_idx] if p.n else p.interval_idx)
+            if alike:
+                series_idx.append(p.series_idx)
+                interval_idx.append(p.interval_idx)
+            else:
+                s_map = np.array([series.setdefault(s, len(series)) for s in p.series], np.int32)
+                i_map = np.array(
+                    [intervals.setdefault(iv, len(intervals)) for iv in p.intervals], np.int32
+                )
+                series_idx.append(s_map[p.series_idx] if p.n else p.series_idx)
+                interval_idx.append(i_map[p.interval_idx] if p.n else p.interval_idx)
             blobs.append(p.trade_id)
             ends.append(p.trade_id_end + offset)
             offset += len(p.trade_id)
         names = parts[0].floats.keys() if parts else FLOAT_FIELDS
         return EventColumns(
-            series=tuple(series),
+            series=parts[0].series if alike else tuple(series),
             series_idx=np.concatenate(series_idx) if parts else np.zeros(0, np.int32),
-            intervals=tuple(intervals),
+            intervals=parts[0].intervals if alike else tuple(intervals),
             interval_idx=np.concatenate(interval_idx) if parts else np.zeros(0, np.int32),
             ver=_cat([p.ver for p in parts], np.int64),
             kind=_cat([p.kind for p in parts], np.uint8),
@@ -387,25 +393,6 @@ class EventColumns:
             trade_id=b"".join(blobs),
             trade_id_end=_cat(ends, np.int64),
         )
-
-
-def join_rows(parts: Sequence[tuple[bytes, Int64s]]) -> tuple[bytes, Int64s]:
-    """Row-wise concatenation of byte columns, each a blob of consecutive slices with their
-    end offsets: row i of the result is part 0's slice i, then part 1's, and so on."""
-    n = len(parts[0][1])
-    lengths = [np.diff(ends, prepend=0) for _blob, ends in parts]
-    row_len = np.sum(lengths, axis=0)
-    out_ends = np.cumsum(row_len)
-    total = int(out_ends[-1]) if n else 0
-    out = np.empty(total, np.uint8)
-    offset = out_ends - row_len  # where the next part starts in each row
-    for (blob, ends), size in zip(parts, lengths, strict=True):
-        part_total = int(ends[-1]) if n else 0
-        if part_total:
-            ramp = np.arange(part_total) - np.repeat(ends - size, size)
-            out[np.repeat(offset, size) + ramp] = np.frombuffer(blob, np.uint8)
-        offset = offset + size
-    return out.tobytes(), out_ends
 
 
 def _digits(values: Int64s, width: int | None = None) -> npt.NDArray[np.uint8]:
@@ -448,26 +435,6 @@ def coded_rows(values: Sequence[bytes], codes: npt.NDArray[np.integer]) -> tuple
     ramp = np.arange(total) - np.repeat(ends - row_len, row_len)
     src = np.repeat(starts[codes], row_len) + ramp
     return np.frombuffer(b"".join(values), np.uint8)[src].tobytes(), ends
-
-
-def event_ids(cols: EventColumns) -> tuple[bytes, Int64s]:
-    """Every row's ``event_id`` (``provider|symbol|src_ts|seq``, as
-    :func:`~market_data_core.contracts.make_event_id` writes it) as UTF-8: a blob and the end
-    offset of each row's id in it. Rows must be valid (``src_ts`` in range, ``seq >= 0``).
-    :func:`decode_maps` checks the ids a producer wrote against them."""
-    n = cols.n
-    prefixes = coded_rows([f"{p}|{s}|".encode() for p, s in cols.series], cols.series_idx)
-    # "YYYY-MM-DDTHH:MM:SS." of each distinct second (a stream has few), then "ffffffZ|"
-    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
-    distinct, which = np.unique(seconds, return_inverse=True)
-    second_text = [isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct]
-    head = coded_rows(second_text, which)
-    tail = np.empty((n, 8), np.uint8)
-    tail[:, :6] = _digits(fraction, 6)
-    tail[:, 6] = ord("Z")
-    tail[:, 7] = ord("|")
-    stamps = (tail.tobytes(), np.arange(1, n + 1, dtype=np.int64) * 8)
-    return join_rows([prefixes, head, stamps, decimal_text(cols.seq)])
 
 
 def first_occurrences(*keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
@@ -1259,6 +1226,14 @@ def _coded(values: tuple[Any, ...], codes: dict[Any, int]) -> UInt8s:
     return np.array([codes[v] for v in values], np.uint8)
 
 
+def _int64s_or_none(values: tuple[int | None, ...]) -> Int64s | None:
+    """``values`` as int64 when none is ``None``, else ``None``."""
+    try:
+        return np.array(values, np.int64)
+    except TypeError:
+        return None
+
+
 def _int64_or_flag(values: tuple[int, ...], bad: Bools) -> Int64s:
     """``values`` as int64; one beyond int64 is 0 and flagged in ``bad``."""
     try:
@@ -1278,8 +1253,7 @@ def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
     straight into
     :class:`EventColumns`, without an object per event: the maps of a poll are decoded at
     once with typed msgspec, their values checked by :func:`valid_rows` (the StreamEvent
-    rules as array operations) and their ``event_id`` against the one their fields imply
-    (:func:`event_ids`).
+    rules as array operations) and their ``event_id`` against the one their fields imply.
 
     A payload that is not a map, is not one of the wire types, breaks a rule, has an
     ``event_id`` of other fields or a ``seq`` beyond int64 is not vouched for: it is listed
@@ -1342,7 +1316,7 @@ def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
     for name, values in zip(
         FLOAT_FIELDS, (o, h, lo, c, v, bid, ask, bid_size, ask_size), strict=True
     ):
-        if values.count(None) == n:
+        if values[0] is None and values.count(None) == n:  # None: an identity test each
             floats[name] = _absent(n, np.float64)
             continue
         col, given = _float_column(values)
@@ -1353,25 +1327,26 @@ def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
         else:
             present[given] |= bit
     ingest_bit = np.uint16(OPTIONAL_BITS["ingest_ts"])
-    if None not in ingest_ts:
-        ingest = np.array(ingest_ts, np.int64)
-        present |= ingest_bit
-    elif ingest_ts.count(None) == n:
+    if ingest_ts[0] is None and ingest_ts.count(None) == n:
         ingest = _absent(n, np.int64)
+    elif (ingest := _int64s_or_none(ingest_ts)) is not None:
+        present |= ingest_bit
     else:
         has_ingest = np.fromiter((x is not None for x in ingest_ts), np.bool_, n)
         ingest = np.fromiter((x or 0 for x in ingest_ts), np.int64, n)
         present[has_ingest] |= ingest_bit
     id_bit = np.uint16(OPTIONAL_BITS["trade_id"])
-    if None in trade_id:
+    ids: Sequence[str] = trade_id
+    try:
+        id_text = "".join(trade_id)  # a TypeError when a row has none
+        present |= id_bit
+    except TypeError:
         has_id = np.fromiter((x is not None for x in trade_id), np.bool_, n)
         present[has_id] |= id_bit
-        ids: Sequence[str] = [x or "" for x in trade_id]
-    else:
-        present |= id_bit
-        ids = trade_id
+        ids = [x or "" for x in trade_id]
+        id_text = "".join(ids)
     id_lengths = np.fromiter(map(len, ids), np.int64, n)
-    id_blob = "".join(ids).encode()
+    id_blob = id_text.encode()
     if len(id_blob) != int(id_lengths.sum()):  # not all ASCII: the lengths in bytes
         id_lengths = np.fromiter((len(x.encode()) for x in ids), np.int64, n)
     series: dict[tuple[str, str], int] = {}
@@ -1416,20 +1391,66 @@ def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
     return MapsDecoded(cols, row_payload, sorted(others))
 
 
-def _event_ids_match(cols: EventColumns, wire_ids: tuple[str, ...]) -> Bools:
-    """Rows whose wire ``event_id`` is the one their fields imply (:func:`event_ids`)."""
+def _event_ids_match(cols: EventColumns, wire_ids: Sequence[str]) -> Bools:
+    """Rows whose wire ``event_id`` is the one their fields imply
+    (``provider|symbol|src_ts|seq``, :func:`~market_data_core.contracts.make_event_id`),
+    compared as byte matrices rather than built as text row by row: the wire ids left-aligned
+    in one fixed-width array, the implied ones assembled from the series' prefix, the
+    timestamp's text (one per distinct second) and the ``seq`` digits. Rows must have
+    ``src_ts`` in range and ``seq >= 0``."""
     n = cols.n
-    blob, ends = event_ids(cols)
-    implied_lengths = np.diff(ends, prepend=0)
+    if n == 0:
+        return np.ones(0, np.bool_)
+    seq = cols.seq
+    width = len(str(int(seq.max())))
+    digit_counts = np.ones(n, np.int64)
+    for d in range(1, width):
+        digit_counts += seq >= 10**d
+    prefixes = [f"{p}|{s}|".encode() for p, s in cols.series]
+    prefix_lengths = np.fromiter(map(len, prefixes), np.int64, len(prefixes))
+    # "YYYY-MM-DDTHH:MM:SS.ffffffZ|" is 28 characters for every year datetime holds
     lengths = np.fromiter(map(len, wire_ids), np.int64, n)
-    if np.array_equal(lengths, implied_lengths) and "".join(wire_ids).encode() == blob:
-        return np.ones(n, np.bool_)  # the implied ids are ASCII: equal bytes, equal lengths
-    starts = (ends - implied_lengths).tolist()
-    return np.fromiter(
-        (
-            wire == blob[start:end].decode()
-            for wire, start, end in zip(wire_ids, starts, ends.tolist(), strict=True)
-        ),
-        np.bool_,
-        n,
+    ok: Bools = lengths == prefix_lengths[cols.series_idx] + 28 + digit_counts
+    size = int(lengths.max())
+    try:  # left-aligned, zero-padded (the implied ids are ASCII: another id is not them)
+        wire = np.array(wire_ids, dtype=f"S{max(size, 1)}").view(np.uint8).reshape(n, -1)
+    except UnicodeEncodeError:
+        ascii_ids = [w if w.isascii() else "" for w in wire_ids]
+        ok &= np.fromiter(map(str.isascii, wire_ids), np.bool_, n)
+        wire = np.array(ascii_ids, dtype=f"S{max(size, 1)}").view(np.uint8).reshape(n, -1)
+    # what follows the prefix, left-aligned: the timestamp's text, "|", the seq digits
+    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
+    distinct, which = np.unique(seconds, return_inverse=True)
+    heads = np.frombuffer(
+        b"".join(isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct),
+        np.uint8,
+    ).reshape(len(distinct), 20)
+    tail = np.zeros((n, 28 + width), np.uint8)
+    tail[:, :20] = heads[which]
+    tail[:, 20:26] = _digits(fraction, 6)
+    tail[:, 26] = ord("Z")
+    tail[:, 27] = ord("|")
+    digits = _digits(seq, width)  # right-aligned: shift each row left by its zero padding
+    column = np.arange(width)
+    shifted = np.take_along_axis(
+        digits, np.minimum((width - digit_counts)[:, None] + column, width - 1), axis=1
     )
+    shifted[column >= digit_counts[:, None]] = 0
+    tail[:, 28:] = shifted
+    # the prefixes ("provider|symbol|") where each row's wire id starts, then what follows
+    # them: taken from each row's own offset (the prefix lengths differ between series)
+    prefix_width = int(prefix_lengths.max())
+    table = np.zeros((len(prefixes), prefix_width), np.uint8)
+    for s, prefix in enumerate(prefixes):
+        table[s, : len(prefix)] = np.frombuffer(prefix, np.uint8)
+    if wire.shape[1] < prefix_width + tail.shape[1]:
+        wire = np.pad(wire, ((0, 0), (0, prefix_width + tail.shape[1] - wire.shape[1])))
+    row_prefix_lengths = prefix_lengths[cols.series_idx]
+    # a prefix's padding is zero in the table: compare it with the bytes the row has there
+    # only where the row's prefix is (the rest is checked as the row's tail)
+    head = wire[:, :prefix_width]
+    inside = np.arange(prefix_width) < row_prefix_lengths[:, None]
+    ok &= ((head == table[cols.series_idx]) | ~inside).all(axis=1)
+    at = row_prefix_lengths[:, None] + np.arange(tail.shape[1])
+    ok &= (np.take_along_axis(wire, at, axis=1) == tail).all(axis=1)
+    return ok

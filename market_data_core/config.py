@@ -322,6 +322,11 @@ class MicroBatchConfig(_Model):
     allow_late_ms: int = Field(default=500, ge=0)
     flush_timeout_ms: int = Field(default=1000, ge=0)
     correction_horizon_ms: int = Field(default=300_000, ge=0)
+    # after a poll that brought fewer than a quarter of the entries asked for, wait this long
+    # before the next one: a worker that keeps up would otherwise poll a few hundred entries
+    # at a time, each poll's fixed cost shared by few events (one event per entry: 10.5-11.3
+    # µs/event in polls of 300 entries, 6.4-6.7 in polls of 5,000)
+    poll_linger_ms: int = Field(default=50, ge=0, le=1000)
     # how old the last quote before a window may be for its book to be carried into the
     # window (the book at the window's start; a window with trades and no quote keeps it)
     quote_carry_ms: int = Field(default=DEFAULT_QUOTE_CARRY_MS, ge=0)

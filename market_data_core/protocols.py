@@ -201,6 +201,11 @@ class BusConsumer(Protocol):
         """Mark entries done (the store transaction that used them has committed)."""
         ...
 
+    async def ack_ids(self, entry_ids: Mapping[int, Sequence[str]]) -> None:
+        """:meth:`ack` of entries given as ``{shard: [entry_id, ...]}``: for a caller that
+        keeps the ids of many held entries rather than their records."""
+        ...
+
     async def in_progress(self, records: Sequence[BusRecord]) -> None:
         """Renew the hold on entries still being worked on (buffered, or waiting for the
         store): they do not time out for another ``claim_idle_ms``. Entries not held (acked,

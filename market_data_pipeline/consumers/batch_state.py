@@ -40,7 +40,7 @@ class PolledEntries:
 
     topic: str
     ids: list[str]
-    shards: list[int]
+    shards: npt.NDArray[np.int32]
     deliveries: list[int]
     remaining: npt.NDArray[np.int64]
     done: npt.NDArray[np.bool_]
@@ -48,7 +48,21 @@ class PolledEntries:
 
     def record(self, i: int) -> BusRecord:
         """Entry ``i`` as a record without its payload."""
-        return BusRecord(self.topic, self.shards[i], self.ids[i], b"", self.deliveries[i])
+        return BusRecord(self.topic, int(self.shards[i]), self.ids[i], b"", self.deliveries[i])
+
+    def ids_by_shard(self, entries: npt.NDArray[np.intp]) -> dict[int, list[str]]:
+        """The ids of ``entries``, by shard."""
+        ids = self.ids
+        shards = self.shards[entries]
+        if not len(entries):
+            return {}
+        first = int(shards[0])
+        if (shards == first).all():
+            return {first: [ids[i] for i in entries.tolist()]}
+        return {
+            shard: [ids[i] for i in entries[shards == shard].tolist()]
+            for shard in np.unique(shards).tolist()
+        }
 
 
 Hold = tuple[PolledEntries, npt.NDArray[np.intp], npt.NDArray[np.int64]]
@@ -73,9 +87,13 @@ class HeldEntries:
     def fresh(self, records: list[BusRecord]) -> list[BusRecord]:
         """The records that are not held already (a redelivery of a held entry, e.g. claimed
         again after a missed renewal, is already counted)."""
-        by_shard = self._ids
-        if not by_shard:
+        held = [by_id for by_id in self._ids.values() if by_id]
+        if not held:
             return records
+        ids = [r.entry_id for r in records]
+        if all(by_id.keys().isdisjoint(ids) for by_id in held):  # the usual case, in C
+            return records
+        by_shard = self._ids
         return [r for r in records if r.entry_id not in by_shard.get(r.shard, ())]
 
     @staticmethod
@@ -85,7 +103,7 @@ class HeldEntries:
         return PolledEntries(
             records[0].topic if records else "",
             [r.entry_id for r in records],
-            [r.shard for r in records],
+            np.fromiter((r.shard for r in records), np.int32, n),
             [r.deliveries for r in records],
             np.zeros(n, np.int64),
             np.ones(n, np.bool_),
@@ -102,16 +120,16 @@ class HeldEntries:
             return
         self._polls[id(poll)] = poll
         self._held += poll.held
-        ids, shards = poll.ids, poll.shards
-        for i in np.flatnonzero(held).tolist():
-            by_id = self._ids.get(shards[i])
+        for shard, ids in poll.ids_by_shard(np.flatnonzero(held)).items():
+            by_id = self._ids.get(shard)
             if by_id is None:
-                by_id = self._ids[shards[i]] = {}
-            by_id[ids[i]] = poll
+                self._ids[shard] = dict.fromkeys(ids, poll)
+            else:
+                by_id.update(dict.fromkeys(ids, poll))
 
-    def commit(self, holds: Iterable[Hold]) -> list[BusRecord]:
+    def commit(self, holds: Iterable[Hold]) -> dict[int, list[str]]:
         """Count the events of ``holds`` as committed; returns the entries all of whose events
-        now are (to acknowledge), which are no longer held."""
+        now are, by shard (to acknowledge), which are no longer held."""
         touched: dict[int, tuple[PolledEntries, list[npt.NDArray[np.intp]]]] = {}
         for poll, entries, counts in holds:
             live = ~poll.done[entries]
@@ -121,7 +139,7 @@ class HeldEntries:
                 touched[id(poll)] = (poll, [entries])
             else:
                 slot[1].append(entries)
-        out: list[BusRecord] = []
+        out: dict[int, list[str]] = {}
         for poll, parts in touched.values():
             entries = np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
             finished = entries[(poll.remaining[entries] <= 0) & ~poll.done[entries]]
@@ -132,10 +150,15 @@ class HeldEntries:
             self._held -= len(finished)
             if poll.held == 0:
                 del self._polls[id(poll)]
-            ids, shards = poll.ids, poll.shards
-            for i in finished.tolist():
-                self._ids[shards[i]].pop(ids[i], None)
-                out.append(poll.record(i))
+            for shard, ids in poll.ids_by_shard(finished).items():
+                pop = self._ids[shard].pop
+                for entry_id in ids:
+                    pop(entry_id, None)
+                mine = out.get(shard)
+                if mine is None:
+                    out[shard] = ids
+                else:
+                    mine += ids
         return out
 
     def records(self) -> list[BusRecord]:

@@ -158,6 +158,7 @@ class MicroBatcher:
         )
         self._wall = wall_clock_us
         self._max_batch = mb.max_batch_size
+        self._linger_s = mb.poll_linger_ms / 1000
         self._clock_args = (
             self.window_ms,
             mb.allow_late_ms,
@@ -248,9 +249,8 @@ class MicroBatcher:
                 drain = live_drain or (drain_on is not None and drain_on.is_set())
                 try:
                     await self._renew_held()
-                    records = await self._consumer.poll(
-                        self._poll_entries(), self.config.bus.block_ms
-                    )
+                    asked = self._poll_entries()
+                    records = await self._consumer.poll(asked, self.config.bus.block_ms)
                     self._count_letters()
                     bus_backoff.reset()
                 except BusError as exc:
@@ -266,6 +266,9 @@ class MicroBatcher:
                     idle_since = idle_since if idle_since is not None else time.monotonic()
                     self._set_lag(0.0)
                 await self._schedule_flush(stop, force=drain and not records)
+                if records and len(records) * 4 < asked and self._linger_s:
+                    # a short poll: let entries gather before the next one
+                    await sleep_or_stop(stop, self._linger_s)
                 if (
                     drain
                     and idle_since is not None
@@ -559,7 +562,11 @@ class MicroBatcher:
             window = windows.get(wkey)
             if window is None:
                 window = windows[wkey] = OpenWindow(start + window_us, series)
-            window.parts.append(by_window.slice(first, last))
+            part = by_window.slice(first, last)
+            # one series: coded as such, so that the window's parts concatenate as they are
+            part.series = (series,)
+            part.series_idx = np.zeros(last - first, np.int32)
+            window.parts.append(part)
             window.received += last - first
             window.pending += last - first
             if not window.quotes and is_quote[first:last].any():
@@ -686,7 +693,7 @@ class MicroBatcher:
         holds += [h for w in job.units.values() for h in w.holds]
         done = self._held.commit(holds)
         if done:
-            await _retry_bus(lambda: self._consumer.ack(done), "ack")
+            await _retry_bus(lambda: self._consumer.ack_ids(done), "ack")
 
 
 def _single_payload(ev: StreamEvent) -> bytes:

@@ -625,6 +625,16 @@ class KafkaConsumer:
             async with _translated("commit", f"commit on {self._topic}"):
                 await self._commit(touched)
 
+    async def ack_ids(self, entry_ids: Mapping[int, Sequence[str]]) -> None:
+        """:meth:`ack` by ``{partition: offsets as text}``."""
+        await self.ack(
+            [
+                BusRecord(self._topic, shard, entry_id, b"")
+                for shard, ids in entry_ids.items()
+                for entry_id in ids
+            ]
+        )
+
     async def _commit(self, partitions: set[int]) -> None:
         assigned = {tp.partition for tp in self._consumer.assignment()}
         offsets = {}

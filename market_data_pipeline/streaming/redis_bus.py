@@ -1237,6 +1237,13 @@ class RedisConsumer:
                 by_shard[record.shard] = [record.entry_id]
             else:
                 ids.append(record.entry_id)
+        await self.ack_ids(by_shard)
+
+    async def ack_ids(self, entry_ids: Mapping[int, Sequence[str]]) -> None:
+        """:meth:`ack` by ``{shard: entry ids}``."""
+        by_shard = {shard: ids for shard, ids in entry_ids.items() if ids}
+        if not by_shard:
+            return
         async with _translated("ack", f"ack on {self._topic}"):
             if self._cluster:
                 pipe = self._client.pipeline(transaction=False)

@@ -30,7 +30,6 @@ from market_data_core.columnar import (
     columns_from_events,
     decode_blocks,
     encode_block,
-    event_ids,
     window_marks,
 )
 from market_data_core.contracts import StreamEvent, make_event_id
@@ -417,43 +416,6 @@ def test_a_bad_row_dead_letters_alone_with_its_own_dict() -> None:
     letter = json.loads(err.payload)
     assert letter["c"] == -3.0 and letter["seq"] == 1 and letter["trade_id"] == "t1"
     assert letter["event_id"] == f"p|S|{from_epoch_us(T0 + 1).isoformat()[:26]}Z|1"
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from([("p", "AAPL"), ("coinbase", "BTC-USD"), ("x.y-z", "^GSPC:=é")]),
-            st.integers(MIN_EPOCH_US, MAX_EPOCH_US)
-            | st.sampled_from([MIN_EPOCH_US, MAX_EPOCH_US, 0, -1]),
-            st.integers(0, 2**63 - 1) | st.sampled_from([0, 9, 10, 99, 10**18, 2**63 - 1]),
-        ),
-        min_size=1,
-        max_size=30,
-    )
-)
-def test_event_ids_are_make_event_id_of_every_row(rows: list[tuple[Any, int, int]]) -> None:
-    series = sorted({s for s, _ts, _seq in rows})
-    cols = EventColumns(
-        series=tuple(series),
-        series_idx=np.array([series.index(s) for s, _t, _q in rows], np.int32),
-        intervals=(None,),
-        interval_idx=np.zeros(len(rows), np.int32),
-        ver=np.ones(len(rows), np.int64),
-        kind=np.zeros(len(rows), np.uint8),
-        src_ts=np.array([t for _s, t, _q in rows], np.int64),
-        seq=np.array([q for _s, _t, q in rows], np.int64),
-        present=np.zeros(len(rows), np.uint16),
-        floats={k: np.zeros(len(rows)) for k in FLOAT_FIELDS},
-        ingest_ts=np.zeros(len(rows), np.int64),
-        side=np.zeros(len(rows), np.uint8),
-        trade_id=b"",
-        trade_id_end=np.zeros(len(rows), np.int64),
-    )
-    blob, ends = event_ids(cols)
-    starts = np.concatenate(([0], ends[:-1]))
-    got = [blob[a:b].decode() for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-    assert got == [make_event_id(p, s, from_epoch_us(t), q) for (p, s), t, q in rows]
 
 
 @settings(max_examples=300, deadline=None)

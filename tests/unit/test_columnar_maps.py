@@ -25,11 +25,14 @@ from hypothesis import strategies as st
 
 from market_data_core.codec import decode_events, encode_event, event_to_dict
 from market_data_core.columnar import (
+    FLOAT_FIELDS,
     EventColumns,
+    _event_ids_match,
     columns_from_events,
     decode_maps,
 )
-from market_data_core.contracts import StreamEvent
+from market_data_core.contracts import StreamEvent, make_event_id
+from market_data_core.timeutil import MAX_EPOCH_US, MIN_EPOCH_US, from_epoch_us
 
 from .test_codec import events as any_events
 
@@ -273,3 +276,57 @@ def test_non_ascii_trade_ids_mixed_kinds_and_sides_in_one_poll() -> None:
     assert np.array_equal(cols.trade_id_end, want.trade_id_end)
     assert np.array_equal(cols.present, want.present)
     assert cols.series == want.series
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([("p", "AAPL"), ("coinbase", "BTC-USD"), ("x.y-z", "^GSPC:=")]),
+            st.integers(MIN_EPOCH_US, MAX_EPOCH_US)
+            | st.sampled_from([MIN_EPOCH_US, MAX_EPOCH_US, 0, -1]),
+            st.integers(0, 2**63 - 1) | st.sampled_from([0, 9, 10, 99, 10**18, 2**63 - 1]),
+            st.sampled_from(["same", "same", "same", "x", "cut", "é", "nul", "other_seq"]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_event_ids_match_is_make_event_id_of_every_row(
+    rows: list[tuple[tuple[str, str], int, int, str]],
+) -> None:
+    """The byte-matrix comparison says exactly where the wire id is ``make_event_id`` of the
+    row's fields (series of different prefix lengths, any year, seqs of any width)."""
+    series = sorted({s for s, *_ in rows})
+    wire: list[str] = []
+    want: list[bool] = []
+    for (p, s), ts, seq, how in rows:
+        implied = make_event_id(p, s, from_epoch_us(ts), seq)
+        other = {
+            "same": implied,
+            "x": implied + "x",
+            "cut": implied[:-1],
+            "é": implied[:-1] + "é",
+            "nul": implied[:-1] + "\x00",
+            "other_seq": make_event_id(p, s, from_epoch_us(ts), seq + 1 if seq < 2**62 else 1),
+        }[how]
+        wire.append(other)
+        want.append(other == implied)
+    n = len(rows)
+    cols = EventColumns(
+        series=tuple(series),
+        series_idx=np.array([series.index(s) for s, *_ in rows], np.int32),
+        intervals=(None,),
+        interval_idx=np.zeros(n, np.int32),
+        ver=np.ones(n, np.int64),
+        kind=np.zeros(n, np.uint8),
+        src_ts=np.array([ts for _s, ts, _q, _h in rows], np.int64),
+        seq=np.array([q for _s, _t, q, _h in rows], np.int64),
+        present=np.zeros(n, np.uint16),
+        floats={k: np.zeros(n) for k in FLOAT_FIELDS},
+        ingest_ts=np.zeros(n, np.int64),
+        side=np.zeros(n, np.uint8),
+        trade_id=b"",
+        trade_id_end=np.zeros(n, np.int64),
+    )
+    assert _event_ids_match(cols, wire).tolist() == want
