@@ -145,6 +145,32 @@ async def test_publish_consume_ack(make_bus: MakeBus) -> None:
     assert sum(s.length for s in statuses) >= len(sent)
 
 
+async def test_ack_ids_acks_like_ack(make_bus: MakeBus) -> None:
+    """``ack_ids({shard: [entry_id, ...]})`` (the micro-batcher's way: it keeps ids, not
+    records) acknowledges exactly those entries: they are not delivered again, the others
+    are."""
+    bus = await make_bus(partitions=2, claim_idle_ms=300)
+    topic = bus_topic(bus)
+    sent = _events(["SPY", "AAPL", "MSFT"], 10)
+    await bus.publish(topic, _items(sent))
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
+    try:
+        got = await _drain(consumer, len(sent), ack=False)
+        assert len(got) == len(sent)
+        done = got[::2]
+        by_shard: dict[int, list[str]] = {}
+        for r in done:
+            by_shard.setdefault(r.shard, []).append(r.entry_id)
+        await consumer.ack_ids(by_shard)
+        # the rest time out (not renewed) and come back; the acked ones do not
+        again = await _drain(consumer, len(sent) - len(done), timeout_s=20.0)
+    finally:
+        await consumer.aclose()
+    assert sorted((r.shard, r.entry_id) for r in again) == sorted(
+        (r.shard, r.entry_id) for r in got[1::2]
+    )
+
+
 def bus_topic(bus: Bus) -> str:
     """The events topic of a bus made by ``make_bus`` (its config is on the backend object)."""
     config: BusConfig = bus.config  # type: ignore[attr-defined]
