@@ -1,7 +1,9 @@
 """The micro-batcher: events from the bus -> exact event-time bars in the store.
 
-Per poll it decodes entries (bad ones -> dead letters; a poll's column blocks at once, other
-payloads one by one, all of them then as columns: :mod:`market_data_core.columnar`), assigns
+Per poll (after a short one, ``micro_batch.poll_linger_ms`` later, so that entries are read in
+batches) it decodes entries (bad ones -> dead letters; a poll's column blocks at once, so are
+its entries of one event each, other payloads and what those two do not vouch for one by one,
+all of them then as columns: :mod:`market_data_core.columnar`), assigns
 trade ticks and quotes to epoch-aligned windows per (provider, symbol) on arrays (see
 :mod:`.windowing` for when a window closes and what is late), and flushes closed windows through
 :meth:`StoreClient.ingest_columns`, which stores the raw ticks and quotes (idempotent by
