@@ -80,11 +80,19 @@ def result_rows(
         return "n/a" if v is None else f"{v:,.0f} ms"
 
     p95_target = TARGET_P95_OVER_WINDOW * window_ms
+    # one event per entry is a msgpack map whatever producers.pack_as says (it applies to packs)
+    wire = (
+        "msgpack maps"
+        if pack == 1
+        else "column blocks"
+        if pack_as == "columns"
+        else "msgpack arrays"
+    )
     rows = [
         (
             "mode",
             f"{'packed ' + str(pack) + ' events/entry' if pack > 1 else '1 event/entry'} "
-            f"({'column blocks' if pack_as == 'columns' else 'msgpack arrays'}), "
+            f"({wire}), "
             f"window {window_ms} ms, requested {rate:,.0f} ev/s "
             f"({f'{quote_ratio:.0%} quotes' if quote_ratio else 'trades only'}), {procs}",
         ),
