@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,23 +32,11 @@ from market_data_core.columnar import (
 )
 from market_data_core.contracts import StreamEvent, make_event_id
 from market_data_core.timeutil import MAX_EPOCH_US, MIN_EPOCH_US, from_epoch_us
+from tests.unit.test_columnar import same_values
 
 from .test_codec import events as any_events
 
 MAX_SEQ = 2**63 - 1
-
-
-def _same_value(x: Any, y: Any) -> bool:
-    if type(x) is float and type(y) is float:
-        return struct.pack("<d", x) == struct.pack("<d", y)  # NaN, -0.0: the very bits
-    return type(x) is type(y) and bool(x == y)
-
-
-def same_values(a: StreamEvent, b: StreamEvent) -> bool:
-    """The same fields in the same order with the same values (bit for bit) and types."""
-    return list(a.__dict__) == list(b.__dict__) and all(
-        _same_value(a.__dict__[k], b.__dict__[k]) for k in a.__dict__
-    )
 
 
 def reference(payloads: list[bytes]) -> list[tuple[int, StreamEvent]]:
