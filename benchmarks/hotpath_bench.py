@@ -346,8 +346,6 @@ async def _servers_stages(
 
                 out["copy"] = await best_us_per_event_async(copy, len(ticks), args.repeats)
             if "copy_cols" in stages:
-                import io
-
                 streams = [tick_copy_stream(c) for c in _tick_chunks(pack_blocks(events, 50))]
                 n_ticks = sum(1 for e in events if e.kind == "tick")
                 pool = store._pool  # type: ignore[attr-defined]
@@ -363,7 +361,7 @@ async def _servers_stages(
                         for stream in streams:
                             await conn.copy_to_table(
                                 "hb_stage_ticks",
-                                source=io.BytesIO(stream),
+                                source=memoryview(stream),  # as the store sends it
                                 columns=TICKS.columns,
                                 format="binary",
                             )
