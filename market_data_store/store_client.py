@@ -345,6 +345,15 @@ qspan AS (
 _QUOTE_WINDOWS_OF_TICKS = "qwin AS (SELECT provider, symbol, bucket FROM win)"
 
 
+def whole_us(interval: str) -> str:
+    """SQL: the whole microseconds of the (non-negative) SQL interval ``interval``, as float8,
+    exactly: the float8 ``date_part('epoch', ...)`` rounded back to whole microseconds (an
+    interval is whole microseconds and the float error stays far below 0.5 µs under 30 years),
+    without ``extract``'s numeric arithmetic (PostgreSQL 14+ returns numeric), which was ~40 %
+    of the quote bar statement's time."""
+    return f"round(date_part('epoch', {interval}) * 1000000)"
+
+
 # Per window, in one pass over its book: the carried book (the last quote before the window,
 # at most the carry older than its start, as a state at the start: k = 0) and the window's
 # quotes (k = 1), ordered by (ts, k, seq). A row is the book of its instant when the next row
@@ -392,8 +401,7 @@ qagg AS (
         FROM (
             SELECT y.*,
                    CASE WHEN y.next_ts IS NULL OR y.next_ts > y.ts
-                        THEN (extract(epoch FROM coalesce(y.next_ts, {end})
-                                                 - y.ts) * 1000000)::float8
+                        THEN {whole_us(f"coalesce(y.next_ts, {end}) - y.ts")}
                         ELSE 0 END AS d
             FROM (
                 SELECT z.*, {_spread("z")} AS sp, {_imbalance("z")} AS imb,

@@ -17,6 +17,7 @@ from market_data_core.errors import StoreError
 from market_data_core.protocols import TickIngestResult
 from market_data_core.timeutil import format_duration_ms
 from market_data_store import PgSignalsStore, PgStoreClient
+from market_data_store.store_client import whole_us
 from tests.support.quotes import (
     assert_quote_bars_equal_reference,
     quote_events,
@@ -334,3 +335,26 @@ async def test_a_batch_spanning_months_creates_only_the_days_it_writes(
         await conn.close()
     # the quote's day, the next day (its 60 s carry crosses midnight) and the trade's day
     assert days == {"20190603", "20190604", "20190901"}
+
+
+async def test_a_books_duration_is_its_exact_whole_microseconds(store_url: str) -> None:
+    """The quote bar's time weights (``d``, ``book_us``) are whole microseconds, computed in
+    float8 without numeric arithmetic: exact from 1 µs to 30 years (a plain ``date_part``
+    times 10^6 is off by a fraction for many of these; past 30 years the float error grows)."""
+    rnd = random.Random(7)
+    thirty_years = 30 * 365 * 86_400_000_000
+    spans = [1, 266, 999_999, 86_400_000_000, 86_400_000_001, 10 * 366 * 86_400_000_000 + 7]
+    spans += [
+        rnd.randrange(1, min(10**k, thirty_years)) for k in range(2, 17) for _ in range(2_000)
+    ]
+    conn = await asyncpg.connect(store_url)
+    try:
+        got = await conn.fetch(
+            f"""SELECT us, {whole_us("(t0 + us * interval '1 microsecond') - t0")} AS d
+            FROM unnest($1::bigint[]) AS us,
+                 (SELECT TIMESTAMPTZ '2021-03-04 05:06:07.891011+00' AS t0) c""",
+            spans,
+        )
+    finally:
+        await conn.close()
+    assert [(r["us"], r["d"]) for r in got] == [(us, float(us)) for us in spans]
