@@ -94,7 +94,10 @@ class EmbeddedPostgres(Server):
 
     Throwaway by default (``fsync``, synchronous commit and full-page writes off).
     ``durable``: all on, and no Unix socket (a project path may exceed the socket path limit),
-    for data kept across restarts and crashes; ``detached``: the server outlives this process.
+    for data kept across restarts and crashes; ``detached``: the server outlives this process;
+    ``bin_dir``: another PostgreSQL install's ``bin`` folder (``initdb``, ``postgres``,
+    ``pg_isready``, ``psql``, ``createdb``), e.g. ``/usr/lib/postgresql/15/bin``, instead of the
+    wheel's.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class EmbeddedPostgres(Server):
         database: str = "mdp",
         durable: bool = False,
         detached: bool = False,
+        bin_dir: Path | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -117,7 +121,7 @@ class EmbeddedPostgres(Server):
         self.data_dir = data_dir
         self._uid: int | None = None
         self._gid: int | None = None
-        self._bin = _pg_bin_dir()
+        self._bin = bin_dir or _pg_bin_dir()
 
     @property
     def url(self) -> str:

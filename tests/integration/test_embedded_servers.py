@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from market_data_core.config import AppConfig
-from market_data_pipeline.servers import resolve_servers
+from market_data_pipeline.servers import EmbeddedPostgres, resolve_servers
 
 CHILD = """
 import os, signal, sys, time
@@ -70,3 +71,35 @@ def test_servers_die_with_mdp(sig: int) -> None:
     proc.wait(timeout=30)
     proc.stdout.close()
     assert _wait_dead(pids) == []
+
+
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def test_postgres_from_another_install_runs_that_release() -> None:
+    """``bin_dir``: the throwaway server from another install (Debian's PostgreSQL 15, as the
+    peer benchmarks run it), fsync off as for the wheel's, stopped and removed by cleanup()."""
+    if not (PG15_BIN / "postgres").exists():
+        pytest.skip("PostgreSQL 15 is not installed: apt-get install postgresql-15")
+    pg = EmbeddedPostgres(database="postgres", bin_dir=PG15_BIN)
+    pg.start()
+    try:
+        assert pg.proc is not None
+        pid = pg.proc.pid
+        psql = [str(PG15_BIN / "psql"), "-h", pg.host, "-p", str(pg.port), "-U", "postgres"]
+        out = subprocess.run(
+            [
+                *psql,
+                "-tAc",
+                "SELECT current_setting('server_version_num'), current_setting('fsync')",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        version, fsync = out.split("|")
+        assert version.startswith("15") and fsync == "off"
+    finally:
+        pg.cleanup()
+    assert _wait_dead([pid]) == []
+    assert not pg.data_dir.exists()
