@@ -337,24 +337,10 @@ def run_quix(ctx: Context, run: int, check: bool, logs: Path) -> dict[str, Any]:
         assert broker.proc is not None
         common = ["--bootstrap", broker.bootstrap]
         t0 = time.perf_counter()
-        produced = [
-            steps.run(
-                f"quix produce {k}",
-                [
-                    py,
-                    script,
-                    "produce",
-                    *common,
-                    "--topic",
-                    topic,
-                    "--n",
-                    str(ctx.n),
-                    "--shard",
-                    f"{k}/{m}",
-                ],
-            )
-            for k, topic in enumerate(topics)
-        ]
+        produced = []
+        for k, topic in enumerate(topics):
+            cmd = [py, script, "produce", *common, "--topic", topic, "--n", str(ctx.n)]
+            produced.append(steps.run(f"quix produce {k}", [*cmd, "--shard", f"{k}/{m}"]))
         produce_s = time.perf_counter() - t0
         broker0 = cpu_s(broker.proc.pid)
         consumers = []
@@ -402,13 +388,13 @@ def pinned(venv: str) -> dict[str, str]:
 
 
 def ensure_venv(venvs: Path, venv: str, timeout_s: float) -> float | None:
-    """Build ``venvs/<venv>`` from its pins unless it holds exactly them already (a copy of
-    the pins file in the venv says so). Returns the seconds the build took, None if none was
+    """Build ``venvs/<venv>`` from its pins unless it holds exactly them already (the pins
+    it was built from are kept in it). Returns the seconds the build took, None if none was
     needed. A failed build leaves no venv behind and raises ``PeerError``."""
     pins = PINS / f"{venv}.txt"
-    want = pins.read_text()
+    want = json.dumps(pinned(venv), sort_keys=True)
     path = venvs / venv
-    stamp = path / "mdp-peer-pins.txt"
+    stamp = path / "mdp-peer-pins.json"
     if stamp.exists() and stamp.read_text() == want and (path / "bin" / "python").exists():
         return None
     shutil.rmtree(path, ignore_errors=True)
@@ -585,7 +571,8 @@ def report(record: dict[str, Any]) -> None:
     for r in record["runs"]:
         load = f"{r['load_start'][0]:.1f} → {r['load_end'][0]:.1f}"
         if "error" in r:
-            rows.append([r["peer"], str(r["run"]), load, "failed", "", r["error"][:200], "", ""])
+            last = r["error"].strip().splitlines()[-1][:200]  # the whole of it is in the JSON
+            rows.append([r["peer"], str(r["run"]), load, "failed", "", last, "", ""])
             continue
         rows.append(
             [
