@@ -1,6 +1,8 @@
 """The bare ceiling of ``mdp bench``: what the servers do with no mdp logic in the way, in the
-same run as the full path (SPEC §12): redis-py ``XADD`` (one event per entry, and packed),
-``XREADGROUP`` + msgpack unpack + ``XACK``, and PostgreSQL ``COPY`` of tick-shaped rows."""
+same run as the full path (SPEC §12): publishing (one event per entry, and packed) with the
+client method the producers ship (:meth:`RedisBus.publish`: the publish script per stream,
+``XADD ... MAXLEN ~`` per entry), ``XREADGROUP`` + msgpack unpack + ``XACK``, and PostgreSQL
+``COPY`` of tick-shaped rows."""
 
 from __future__ import annotations
 
@@ -11,22 +13,34 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import msgpack
-import redis.asyncio as aredis
 
 from market_data_core.codec import encode_event, encode_events
+from market_data_core.config import BusConfig
 from market_data_core.contracts import StreamEvent
+from market_data_core.errors import BusError
 from market_data_pipeline.servers import ServerUrls
+from market_data_pipeline.streaming.redis_bus import RedisBus
 
 __all__ = ["Ceiling", "measure_ceiling"]
+
+# entries per publish (one round trip), as the ceiling has always batched them
+_BATCH = 1000
 
 
 @dataclass
 class Ceiling:
+    """The bare ceiling of one run: ``events`` measured; publish (``xadd_per_s``, one event per
+    entry; ``packed_xadd_per_s`` with ``--pack`` events per entry, ``None`` for ``--pack 1``),
+    ``XREADGROUP`` + ``XACK`` and ``COPY`` in events (rows) per second; ``path_per_s`` the
+    three one after the other for one event per entry; ``publish_method`` how both publishes
+    were sent (:attr:`RedisBus.publish_method`)."""
+
     events: int
     xadd_per_s: float
     read_ack_per_s: float
     copy_per_s: float
     path_per_s: float
+    publish_method: str
     packed_xadd_per_s: float | None = None
 
 
@@ -46,22 +60,33 @@ def _bench_events(n: int, symbols: int) -> list[StreamEvent]:
     ]
 
 
-async def measure_ceiling(urls: ServerUrls, n: int, symbols: int, pack: int) -> Ceiling:
-    """Bare redis-py XADD -> XREADGROUP+XACK (msgpack unpack, no validation) -> COPY."""
+async def measure_ceiling(
+    urls: ServerUrls, n: int, symbols: int, pack: int, bus: BusConfig | None = None
+) -> Ceiling:
+    """Bare publish -> XREADGROUP+XACK (msgpack unpack, no validation) -> COPY of ``n`` events
+    over ``symbols`` symbols (and a packed publish of ``pack`` events per entry when
+    ``pack > 1``); rates in events (rows) per second.
+
+    The publishes go through :meth:`RedisBus.publish` built from ``bus`` (the run's bus config:
+    its ``maxlen``, raised to ``n`` so that nothing is trimmed before it is read, and
+    ``wait_replicas``; the defaults when ``None``), ``_BATCH`` entries per call into one stream
+    of the ceiling's own: the script and packing the producers use, without their event
+    building, encoding, rate limiting or retries. Raises ``BusError`` when Redis fails or fewer
+    entries are read back than were published, ``StoreError`` when PostgreSQL fails."""
     from market_data_pipeline.wiring import bare_copy_ticks_per_s
 
     assert urls.redis_url is not None and urls.database_url is not None
+    base = bus or BusConfig()
+    config = base.model_copy(update={"maxlen": max(base.maxlen, n)})
     events = _bench_events(n, symbols)
-    payloads = [encode_event(e) for e in events]
+    items = [(e.symbol, encode_event(e)) for e in events]
     stream = f"mdp.bench.ceiling.{uuid.uuid4().hex[:8]}"
-    client = aredis.Redis.from_url(urls.redis_url)
+    publisher = await RedisBus.connect(urls.redis_url, config)
+    client = publisher.client
     try:
         t = time.perf_counter()
-        for i in range(0, n, 1000):
-            pipe = client.pipeline(transaction=False)
-            for p in payloads[i : i + 1000]:
-                pipe.xadd(stream, {"data": p})
-            await pipe.execute()
+        for i in range(0, n, _BATCH):
+            await publisher.publish(stream, items[i : i + _BATCH])
         xadd_s = time.perf_counter() - t
         await client.xgroup_create(stream, "g", id="0")
         t = time.perf_counter()
@@ -79,19 +104,24 @@ async def measure_ceiling(urls: ServerUrls, n: int, symbols: int, pack: int) -> 
             await client.xack(stream, "g", *[eid for eid, _ in entries])
             read += len(entries)
         read_s = time.perf_counter() - t
+        if read < n:  # a rate over fewer entries than published would be no figure at all
+            raise BusError(
+                f"bare ceiling: read back {read:,} of the {n:,} entries published",
+                backend="redis",
+                operation="read",
+            )
         packed_rate = None
         if pack > 1:
-            packed = [encode_events(events[i : i + pack]) for i in range(0, n, pack)]
+            packed = [
+                (events[i].symbol, encode_events(events[i : i + pack])) for i in range(0, n, pack)
+            ]
             t = time.perf_counter()
-            for i in range(0, len(packed), 1000):
-                pipe = client.pipeline(transaction=False)
-                for p in packed[i : i + 1000]:
-                    pipe.xadd(stream + ".packed", {"data": p})
-                await pipe.execute()
+            for i in range(0, len(packed), _BATCH):
+                await publisher.publish(stream + ".packed", packed[i : i + _BATCH])
             packed_rate = n / (time.perf_counter() - t)
         await client.delete(stream, stream + ".packed")
     finally:
-        await client.aclose()
+        await publisher.aclose()
     copy_rate = await bare_copy_ticks_per_s(urls.database_url, n)
     return Ceiling(
         events=n,
@@ -99,5 +129,6 @@ async def measure_ceiling(urls: ServerUrls, n: int, symbols: int, pack: int) -> 
         read_ack_per_s=n / read_s,
         copy_per_s=copy_rate,
         path_per_s=n / (xadd_s + read_s + n / copy_rate),
+        publish_method=publisher.publish_method,
         packed_xadd_per_s=packed_rate,
     )

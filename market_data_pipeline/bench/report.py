@@ -180,13 +180,14 @@ def result_rows(
             (
                 "bare ceiling: XADD",
                 f"{c.xadd_per_s:,.0f} ev/s (1 event/entry)"
-                + (f", {c.packed_xadd_per_s:,.0f} ev/s packed" if c.packed_xadd_per_s else ""),
+                + (f", {c.packed_xadd_per_s:,.0f} ev/s packed" if c.packed_xadd_per_s else "")
+                + f"  ({c.publish_method}, as the producers publish)",
             ),
             ("bare ceiling: XREADGROUP+XACK", f"{c.read_ack_per_s:,.0f} ev/s"),
             ("bare ceiling: COPY", f"{c.copy_per_s:,.0f} rows/s"),
             (
                 "bare ceiling: whole path",
-                f"{c.path_per_s:,.0f} ev/s, 1 event/entry  (full path = "
+                f"{c.path_per_s:,.0f} ev/s, 1 event/entry, publish as above  (full path = "
                 f"{f.sustained_per_s / c.path_per_s:.0%} of it; goal past it: "
                 f"{_ok(f.sustained_per_s > c.path_per_s)})",
             ),

@@ -334,6 +334,14 @@ class RedisBus:
         return self._layout
 
     @property
+    def publish_method(self) -> str:
+        """How :meth:`publish` sends entries, in words (``mdp bench`` prints it beside the bare
+        ceiling, which publishes through this bus): the publish script per stream, packed by
+        hiredis on one pooled connection (one server) or in a redis-py cluster pipeline."""
+        how = "redis-py cluster pipeline" if self._cluster else "packed by hiredis"
+        return f"EVALSHA publish script (XADD MAXLEN ~ per entry), {how}"
+
+    @property
     def lost_writes(self) -> Mapping[str, int]:
         """Per stream, entries this bus published that a failover lost (cluster only; see the
         module docstring)."""
