@@ -5,8 +5,9 @@ For each requested aggregate rate, run ``SyntheticProvider -> Publisher -> Redis
 ``mdp stream produce`` path: ``pump``, packs of ``--pack`` events per entry, unseeded like
 ``mdp bench``'s producers) for ``--duration-s`` and report the achieved events/s and the CPU
 this process spent per event (``time.process_time``; the server is another process). Then run
-it unpaced (the producer's own ceiling) and finally pipelined bare ``XADD`` of pre-encoded
-payloads of the same size and batch size (the server/client ceiling).
+it unpaced (the producer's own ceiling) and finally a bare publish of pre-encoded payloads of
+the same size and batch size with the producers' client method (the publish script, as
+``RedisBus.publish`` sends it: the server/client ceiling).
 
     .venv/bin/python benchmarks/producer_bench.py --rates 1000,5000,20000,40000 --duration-s 5
 
@@ -40,6 +41,7 @@ from market_data_pipeline.producers.pump import make_publisher, pump
 from market_data_pipeline.producers.synthetic import SyntheticProvider
 from market_data_pipeline.servers import EmbeddedRedis, ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
+from market_data_pipeline.streaming.redis_bus import RedisBus
 
 RESULTS = Path(__file__).parent / "results"
 SYMBOLS = ["SPY", "AAPL", "MSFT", "QQQ", "NVDA", "TSLA", "AMZN", "META", "GOOG", "IWM"]
@@ -87,29 +89,29 @@ async def producer_run(
 async def xadd_ceiling(
     url: str, stream: str, n: int, batch: int, codec: str, maxlen: int
 ) -> dict[str, Any]:
-    """Pipelined bare XADD of pre-encoded synthetic payloads (no event building, no encoding)."""
+    """Bare publish of pre-encoded synthetic payloads (no event building, no encoding), ``batch``
+    entries per call, with the producers' client method (``RedisBus.publish``: the publish
+    script per stream, ``XADD ... MAXLEN ~`` per entry)."""
     synth = SyntheticProducerConfig(symbols=SYMBOLS)
-    payloads = [
-        encode_event(e, codec)  # type: ignore[arg-type]
+    items = [
+        (e.symbol, encode_event(e, codec))  # type: ignore[arg-type]
         for e in SyntheticProvider(synth, seed=1, rate_per_s=1e6, count=n).generate()
     ]
-    client = aredis.Redis.from_url(url)
+    bus = await RedisBus.connect(url, BusConfig(maxlen=maxlen))
     try:
         started = time.perf_counter()
         for i in range(0, n, batch):
-            pipe = client.pipeline(transaction=False)
-            for payload in payloads[i : i + batch]:
-                pipe.execute_command("XADD", stream, "MAXLEN", "~", maxlen, "*", "data", payload)
-            await pipe.execute()
+            await bus.publish(stream, items[i : i + batch])
         elapsed = time.perf_counter() - started
-        await client.delete(stream)
+        await bus.client.delete(stream)
     finally:
-        await client.aclose()
+        await bus.aclose()
     return {
         "events": n,
         "elapsed_s": round(elapsed, 3),
         "xadd_per_s": round(n / elapsed, 1),
-        "payload_bytes": round(sum(map(len, payloads)) / n, 1),
+        "payload_bytes": round(sum(len(p) for _, p in items) / n, 1),
+        "method": bus.publish_method,
     }
 
 
@@ -150,8 +152,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             url, f"bench.xadd.{tag}", args.xadd_events, args.batch, args.codec, 1_000_000
         )
         print(
-            f"bare XADD ceiling (pipelined, batch {args.batch}, "
-            f"{ceiling['payload_bytes']:.0f} B payloads) {ceiling['xadd_per_s']:>10,.0f}/s"
+            f"bare XADD ceiling (batch {args.batch}, {ceiling['payload_bytes']:.0f} B payloads, "
+            f"{ceiling['method']}) {ceiling['xadd_per_s']:>10,.0f}/s"
         )
         await client.aclose()
     finally:
