@@ -1,0 +1,87 @@
+"""A COPY payload over PostgreSQL's 1 GiB message limit is still stored.
+
+asyncpg sends a buffer given to ``copy_to_table`` as ONE CopyData message; PostgreSQL refuses
+a message longer than ``PQ_LARGE_MESSAGE_LIMIT`` (1 GiB - 2 bytes, length word included:
+"invalid message length", then "terminating connection because protocol synchronization was
+lost"). asyncpg reports that as a lost connection, which the store calls an outage
+(``StoreUnavailableError``): the commit path would retry the same batch forever. Measured on
+PostgreSQL 18.6: a payload of 1,073,741,818 bytes goes through as one message, one more byte
+does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import numpy as np
+import pytest
+
+from market_data_core.columnar import columns_from_events
+from market_data_core.contracts import StreamEvent
+from market_data_store import PgStoreClient
+from market_data_store._errors import translate_errors
+from market_data_store._event_copy import TICKS
+from market_data_store.store_client import _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, _insert_raw
+
+pytestmark = pytest.mark.slow
+
+# the longest payload PostgreSQL takes in one CopyData message
+PG_MAX_COPY_DATA = 0x3FFFFFFE - 4
+T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[PgStoreClient]:
+    client = await PgStoreClient.connect(store_url, pool_min=1, pool_max=1)
+    yield client
+    await client.aclose()
+
+
+async def test_a_tick_payload_over_a_gigabyte_is_stored(
+    store: PgStoreClient, store_url: str
+) -> None:
+    """Three ticks whose trade ids (360 MB each) make a 1.08 GB COPY payload, COPYed straight
+    into ``ticks`` (the all-new fast path): all stored, trade ids intact. (``_insert_raw``
+    itself: ``ingest_columns`` would also copy the trade ids a few times, 24 bytes of index
+    per byte, in ``EventColumns.take``.)"""
+    id_len = 360_000_000
+    events = [
+        StreamEvent.create(
+            provider="huge",
+            symbol="X",
+            kind="tick",
+            src_ts=T0 + timedelta(milliseconds=i),
+            c=100.0 + i,
+            v=1.0,
+            seq=i,
+            trade_id=str(i),
+        )
+        for i in range(3)
+    ]
+    cols = dataclasses.replace(
+        columns_from_events(events),
+        trade_id=b"".join(str(i).encode() * id_len for i in range(3)),
+        trade_id_end=np.arange(1, 4, dtype=np.int64) * id_len,
+    )
+    assert len(TICKS.copy(cols)) > PG_MAX_COPY_DATA  # one message this long is refused
+    with translate_errors("store_raw"):
+        async with store._pool.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+            inserted, staged = await _insert_raw(
+                conn, TICKS, cols, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, None
+            )
+    assert (inserted, staged) == (3, 0)
+    del cols
+    conn = await asyncpg.connect(store_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT seq, length(trade_id) AS n, left(trade_id, 3) AS head, "
+            "right(trade_id, 3) AS tail FROM ticks WHERE provider = 'huge' ORDER BY seq"
+        )
+    finally:
+        await conn.close()
+    assert [(r["seq"], r["n"], r["head"], r["tail"]) for r in rows] == [
+        (i, id_len, str(i) * 3, str(i) * 3) for i in range(3)
+    ]
