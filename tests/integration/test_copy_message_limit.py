@@ -67,11 +67,15 @@ async def test_a_tick_payload_over_a_gigabyte_is_stored(
         trade_id_end=np.arange(1, 4, dtype=np.int64) * id_len,
     )
     assert len(TICKS.copy(cols)) > PG_MAX_COPY_DATA  # one message this long is refused
-    with translate_errors("store_raw"):
+
+    async def write() -> tuple[int, int]:  # store_raw's write, for the ticks alone
         async with store._pool.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
-            inserted, staged = await _insert_raw(
+            return await _insert_raw(
                 conn, TICKS, cols, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, None
             )
+
+    with translate_errors("store_raw"):
+        inserted, staged = await store._write([("ticks", [T0.date()])], write)
     assert (inserted, staged) == (3, 0)
     del cols
     conn = await asyncpg.connect(store_url)
