@@ -24,7 +24,7 @@ commit order, and the relay publishes a series' changes in ``seq`` order.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -1067,8 +1067,8 @@ async def _insert_raw(
     keys. Rows without ``ingest_ts`` get the table's default, ``now()``, as the INSERT's
     ``coalesce(ingest_ts, now())`` gives them.
 
-    Every ``COPY`` payload goes to asyncpg as a ``memoryview`` (``bytes`` would be taken for
-    a path), never a file object: for a file object asyncpg defines a reader class per call,
+    Every ``COPY`` payload goes to asyncpg as a ``memoryview`` (see :func:`_copy_binary`),
+    never a file object: for a file object asyncpg defines a reader class per call,
     a reference cycle holding the file, so each payload (megabytes per commit) stayed alive
     until the next full garbage collection (under the streaming stages' paced collector, up
     to a minute: a worker's RSS rose ~1 MiB/s between them), and was read back in 512 KiB
@@ -1093,25 +1093,42 @@ async def _insert_raw(
                         rows = cols.take(part)
                     else:
                         continue
-                    await conn.copy_to_table(
+                    await _copy_binary(
+                        conn,
                         raw.table,
-                        source=memoryview(raw.copy(rows, ingest_ts=stamped)),
-                        columns=raw.column_names(ingest_ts=stamped),
-                        format="binary",
+                        raw.copy(rows, ingest_ts=stamped),
+                        raw.column_names(ingest_ts=stamped),
                     )
                 if marks is not None:
                     await _stage_marks(conn, raw, marks)
             return cols.n, 0 if marks is None else marks.n
         except asyncpg.UniqueViolationError:
             pass  # an already stored event in the middle
-    await conn.copy_to_table(
-        raw.stage,
-        source=memoryview(raw.copy(cols)),
-        columns=raw.columns,
-        format="binary",
-    )
+    await _copy_binary(conn, raw.stage, raw.copy(cols), raw.columns)
     status = await conn.execute(insert_sql)
     return int(status.rsplit(" ", 1)[-1]), cols.n
+
+
+# The longest CopyData message the store sends. PostgreSQL refuses a message over 1 GiB
+# (PQ_LARGE_MESSAGE_LIMIT: "invalid message length", then the connection is closed, which the
+# store would take for an outage and retry for ever), and asyncpg sends a buffer given to
+# ``copy_to_table`` as one message.
+_COPY_MESSAGE_BYTES = 16 << 20
+
+
+async def _copy_binary(conn: Any, table: str, payload: bytes, columns: Sequence[str]) -> None:
+    """``COPY table (columns) FROM STDIN (FORMAT binary)`` of ``payload``: as one
+    ``memoryview`` (``bytes`` would be taken for a path), or, over ``_COPY_MESSAGE_BYTES``,
+    as consecutive slices of it, one CopyData message each (so any length goes through, and
+    asyncpg's copy of a message and the socket's buffer stay that small)."""
+    view = memoryview(payload)
+    source = view if len(view) <= _COPY_MESSAGE_BYTES else _slices(view, _COPY_MESSAGE_BYTES)
+    await conn.copy_to_table(table, source=source, columns=columns, format="binary")
+
+
+async def _slices(view: memoryview, size: int) -> AsyncIterator[memoryview]:
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
 
 
 _DAY_MS = 86_400_000
@@ -1230,9 +1247,7 @@ def _rollup_counts(rolled: list[tuple[str, Any]]) -> UpsertResult:
 
 async def _stage_marks(conn: Any, raw: RawTable, marks: EventColumns) -> None:
     """Stage ``(provider, symbol, ts)`` rows: the windows (and quote spans) to recompute."""
-    await conn.copy_to_table(
-        raw.stage, source=memoryview(raw.marks_copy(marks)), columns=MARK_COLUMNS, format="binary"
-    )
+    await _copy_binary(conn, raw.stage, raw.marks_copy(marks), MARK_COLUMNS)
 
 
 async def _empty_stages(conn: Any, staged: dict[str, int]) -> None:
