@@ -24,7 +24,8 @@ commit order, and the relay publishes a series' changes in ``seq`` order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -1067,7 +1068,7 @@ async def _insert_raw(
     keys. Rows without ``ingest_ts`` get the table's default, ``now()``, as the INSERT's
     ``coalesce(ingest_ts, now())`` gives them.
 
-    Every ``COPY`` payload goes to asyncpg as a ``memoryview`` (see :func:`_copy_binary`),
+    Every ``COPY`` payload goes to asyncpg as a ``memoryview`` (see :func:`_copy_rows`),
     never a file object: for a file object asyncpg defines a reader class per call,
     a reference cycle holding the file, so each payload (megabytes per commit) stayed alive
     until the next full garbage collection (under the streaming stages' paced collector, up
@@ -1093,10 +1094,11 @@ async def _insert_raw(
                         rows = cols.take(part)
                     else:
                         continue
-                    await _copy_binary(
+                    await _copy_rows(
                         conn,
                         raw.table,
-                        raw.copy(rows, ingest_ts=stamped),
+                        functools.partial(raw.copy, ingest_ts=stamped),
+                        rows,
                         raw.column_names(ingest_ts=stamped),
                     )
                 if marks is not None:
@@ -1104,31 +1106,41 @@ async def _insert_raw(
             return cols.n, 0 if marks is None else marks.n
         except asyncpg.UniqueViolationError:
             pass  # an already stored event in the middle
-    await _copy_binary(conn, raw.stage, raw.copy(cols), raw.columns)
+    await _copy_rows(conn, raw.stage, raw.copy, cols, raw.columns)
     status = await conn.execute(insert_sql)
     return int(status.rsplit(" ", 1)[-1]), cols.n
 
 
-# The longest CopyData message the store sends. PostgreSQL refuses a message over 1 GiB
-# (PQ_LARGE_MESSAGE_LIMIT: "invalid message length", then the connection is closed, which the
-# store would take for an outage and retry for ever), and asyncpg sends a buffer given to
-# ``copy_to_table`` as one message.
+# The longest COPY payload the store sends in one statement. asyncpg sends a buffer given to
+# ``copy_to_table`` as ONE CopyData message, and PostgreSQL refuses a message over 1 GiB
+# (PQ_LARGE_MESSAGE_LIMIT: "invalid message length", then it closes the connection, which the
+# store would take for an outage and retry for ever). Not a stream of smaller messages (an
+# async iterable or a file object): asyncpg then waits for the socket to drain before each
+# one, and a connection lost during that wait leaves the COPY waiting for ever.
 _COPY_MESSAGE_BYTES = 16 << 20
 
 
-async def _copy_binary(conn: Any, table: str, payload: bytes, columns: Sequence[str]) -> None:
-    """``COPY table (columns) FROM STDIN (FORMAT binary)`` of ``payload``: as one
-    ``memoryview`` (``bytes`` would be taken for a path), or, over ``_COPY_MESSAGE_BYTES``,
-    as consecutive slices of it, one CopyData message each (so any length goes through, and
-    asyncpg's copy of a message and the socket's buffer stay that small)."""
-    view = memoryview(payload)
-    source = view if len(view) <= _COPY_MESSAGE_BYTES else _slices(view, _COPY_MESSAGE_BYTES)
-    await conn.copy_to_table(table, source=source, columns=columns, format="binary")
-
-
-async def _slices(view: memoryview, size: int) -> AsyncIterator[memoryview]:
-    for start in range(0, len(view), size):
-        yield view[start : start + size]
+async def _copy_rows(
+    conn: Any,
+    table: str,
+    encode: Callable[[EventColumns], bytes],
+    cols: EventColumns,
+    columns: Sequence[str],
+) -> None:
+    """``COPY table (columns) FROM STDIN (FORMAT binary)`` of the rows of ``cols`` as
+    ``encode`` writes them: one statement if the payload is at most ``_COPY_MESSAGE_BYTES``,
+    else one per run of consecutive rows that fits (a longer single row alone), each payload
+    sent as one ``memoryview`` (``bytes`` would be taken for a path)."""
+    payload = encode(cols)
+    if len(payload) <= _COPY_MESSAGE_BYTES or cols.n == 1:
+        await conn.copy_to_table(
+            table, source=memoryview(payload), columns=columns, format="binary"
+        )
+        return
+    step = -(-cols.n // (len(payload) // _COPY_MESSAGE_BYTES + 1))
+    del payload
+    for start in range(0, cols.n, step):  # a run still too long (longer rows) is split again
+        await _copy_rows(conn, table, encode, cols.slice(start, start + step), columns)
 
 
 _DAY_MS = 86_400_000
@@ -1247,7 +1259,7 @@ def _rollup_counts(rolled: list[tuple[str, Any]]) -> UpsertResult:
 
 async def _stage_marks(conn: Any, raw: RawTable, marks: EventColumns) -> None:
     """Stage ``(provider, symbol, ts)`` rows: the windows (and quote spans) to recompute."""
-    await _copy_binary(conn, raw.stage, raw.marks_copy(marks), MARK_COLUMNS)
+    await _copy_rows(conn, raw.stage, raw.marks_copy, marks, MARK_COLUMNS)
 
 
 async def _empty_stages(conn: Any, staged: dict[str, int]) -> None:

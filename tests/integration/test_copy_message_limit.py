@@ -1,4 +1,4 @@
-"""A COPY payload over PostgreSQL's 1 GiB message limit is still stored.
+"""COPY payloads of any length are stored, and a COPY cut off by a lost connection is an outage.
 
 asyncpg sends a buffer given to ``copy_to_table`` as ONE CopyData message; PostgreSQL refuses
 a message longer than ``PQ_LARGE_MESSAGE_LIMIT`` (1 GiB - 2 bytes, length word included:
@@ -6,22 +6,30 @@ a message longer than ``PQ_LARGE_MESSAGE_LIMIT`` (1 GiB - 2 bytes, length word i
 lost"). asyncpg reports that as a lost connection, which the store calls an outage
 (``StoreUnavailableError``): the commit path would retry the same batch forever. Measured on
 PostgreSQL 18.6: a payload of 1,073,741,818 bytes goes through as one message, one more byte
-does not.
+does not. So the store sends a payload over ``_COPY_MESSAGE_BYTES`` as several COPYs of
+consecutive rows, each one memoryview; not as a stream of messages, which asyncpg sends
+waiting for the socket to drain before each (a wait that outlives a lost connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import numpy as np
+import numpy.typing as npt
 import pytest
 
-from market_data_core.columnar import columns_from_events
+from market_data_core.columnar import EventColumns, columns_from_events
 from market_data_core.contracts import StreamEvent
+from market_data_core.errors import StoreUnavailableError
+from market_data_core.timeutil import from_epoch_us
 from market_data_store import PgStoreClient, store_client
 from market_data_store._errors import translate_errors
 from market_data_store._event_copy import TICKS
@@ -100,25 +108,24 @@ CARRY_MS = 60_000
 
 
 @pytest.mark.parametrize("path", ["all new", "stored in the middle"])
-async def test_payloads_sent_in_many_messages_store_the_same_rows_and_bars(
+async def test_payloads_over_the_limit_go_as_several_copies_of_the_same_rows(
     store: PgStoreClient, path: str, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every COPY of an ingest (ticks and quotes straight into their tables with their
-    windows' marks, or, behind a stored key, into staging) split into 997-byte CopyData
-    messages, cutting fields anywhere: the real trades' bars and the real quotes' quote bars
-    equal the pandas references; and nothing is left for the cycle collector."""
-    sent: list[tuple[int, int]] = []  # (payload bytes, messages) per split COPY
-    slices = store_client._slices
+    windows' marks, or, behind a stored key, into staging) over a 4,000-byte limit, as
+    several COPYs of consecutive rows: the real trades' bars and the real quotes' quote bars
+    equal the pandas references; each COPY one memoryview within the limit; nothing left
+    for the cycle collector."""
+    sent: list[tuple[str, int]] = []  # (table, payload bytes) per COPY statement
+    copy_to_table = asyncpg.Connection.copy_to_table
 
-    async def counted(view: memoryview, size: int) -> AsyncIterator[memoryview]:
-        n = 0
-        async for part in slices(view, size):
-            n += 1
-            yield part
-        sent.append((len(view), n))
+    async def spy(self: asyncpg.Connection, table: str, **kw: Any) -> str:
+        assert type(kw["source"]) is memoryview
+        sent.append((table, len(kw["source"])))
+        return await copy_to_table(self, table, **kw)
 
-    monkeypatch.setattr(store_client, "_COPY_MESSAGE_BYTES", 997)
-    monkeypatch.setattr(store_client, "_slices", counted)
+    monkeypatch.setattr(store_client, "_COPY_MESSAGE_BYTES", 4000)
+    monkeypatch.setattr(asyncpg.Connection, "copy_to_table", spy)
     provider = f"split{unique}"
     trades = trade_events(provider)
     quotes = quote_events(provider, sizes=True)
@@ -146,14 +153,96 @@ async def test_payloads_sent_in_many_messages_store_the_same_rows_and_bars(
         len(trades) - stored,
         len(quotes) - stored,
     )
-    # per kind, the COPY into its table, then its marks (all new), or the COPY into its
-    # table aborted by the stored key (the server's error arrives while messages are still
-    # being sent), then staging: each in many messages
-    assert len(sent) == 4
-    assert all(n == -(-size // 997) and n > 1 for size, n in sent)
+    assert all(size <= 4000 for _table, size in sent)
+    per_table = Counter(table for table, _size in sent)
+    # all new: each kind COPYed into its table, its marks into staging; behind a stored key,
+    # COPYs into the table until the one holding it fails (rolled back), then all into staging
+    assert set(per_table) == {"ticks", "quotes", "mdp_stage_ticks", "mdp_stage_quotes"}
+    assert min(per_table.values()) > 1
     day = trades[0].src_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     bars = await store.bars_range(provider, SYMBOL, "1s", day, day + timedelta(days=1))
     assert_bars_equal_reference(bars, 1000)
     qday = quotes[0].src_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     qbars = await store.quote_bars_range(provider, "EUR/USD", "1s", qday, qday + timedelta(days=2))
     assert_quote_bars_equal_reference(qbars, reference_quote_bars(quotes, 1000, CARRY_MS))
+
+
+def tiled_trades(provider: str, n: int) -> EventColumns:
+    """``n`` ticks: the real trades again and again, each pass an hour after the one before
+    (keys unique, in order)."""
+    base = columns_from_events(trade_events(provider))
+    reps = -(-n // base.n)
+
+    def tile(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return np.tile(a, reps)[:n]
+
+    shift = np.repeat(np.arange(reps, dtype=np.int64) * 3_600_000_000, base.n)[:n]
+    lengths = tile(np.diff(base.trade_id_end, prepend=0))
+    ends = np.cumsum(lengths)
+    return dataclasses.replace(
+        base,
+        series_idx=tile(base.series_idx),
+        interval_idx=tile(base.interval_idx),
+        ver=tile(base.ver),
+        kind=tile(base.kind),
+        src_ts=tile(base.src_ts) + shift,
+        seq=np.arange(n, dtype=np.int64),
+        present=tile(base.present),
+        floats={k: tile(a) for k, a in base.floats.items()},
+        ingest_ts=tile(base.ingest_ts),
+        side=tile(base.side),
+        trade_id=(base.trade_id * reps)[: int(ends[-1])],
+        trade_id_end=ends,
+    )
+
+
+@pytest.mark.slow
+async def test_a_connection_lost_in_the_middle_of_a_copy_is_an_outage_not_a_hang(
+    store: PgStoreClient, store_url: str
+) -> None:
+    """600,000 ticks (60 MB, COPYed in 16 MiB statements): another transaction holds the
+    1,000th tick's key, so the first COPY waits on it with most of its payload unread, and
+    the server ends the session. The ingest raises ``StoreUnavailableError`` (given the
+    payload as a stream of messages, a file object or an async iterable, asyncpg waits for
+    the socket to drain before each, and that wait outlives the connection: the ingest would
+    hang for ever); once the other transaction is gone, the retry stores every tick once."""
+    cols = tiled_trades("lost", 600_000)
+    assert len(TICKS.copy(cols)) > 3 * store_client._COPY_MESSAGE_BYTES
+    # the days' partitions first: creating one would wait for the blocker, not the COPY
+    days = store_client._days(cols.src_ts)
+    await store._partitions.ensure(store._pool, "ticks", days)  # type: ignore[attr-defined]
+    admin = await asyncpg.connect(store_url)
+    blocker = await asyncpg.connect(store_url)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute(
+            "INSERT INTO ticks (provider, symbol, ts, seq, price, size) VALUES ($1, $2, $3, $4, 1, 1)",
+            *cols.series[0],
+            from_epoch_us(int(cols.src_ts[999])),
+            int(cols.seq[999]),
+        )
+        task = asyncio.create_task(store.ingest_columns(cols, interval="1s"))
+        pid = None
+        while pid is None:  # the store's COPY, waiting for the blocker's transaction
+            if task.done():
+                pytest.fail(f"the ingest ended before its COPY waited: {task.exception()!r}")
+            await asyncio.sleep(0.01)
+            pid = await admin.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'COPY \"ticks\"%' AND wait_event_type = 'Lock'"
+            )
+        await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(StoreUnavailableError):
+            await task
+        await held.rollback()
+    finally:
+        await blocker.close()
+        await admin.close()
+    result = await store.ingest_columns(cols, interval="1s")
+    assert result.ticks_inserted == cols.n
+    conn = await asyncpg.connect(store_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ticks WHERE provider = 'lost'") == cols.n
+    finally:
+        await conn.close()
