@@ -1187,9 +1187,8 @@ def _wire_maps(payloads: list[bytes | memoryview]) -> list[_WireMap | None]:
     joined = b"\xdd" + k.to_bytes(4, "big") + b"".join(payloads)
     try:
         raws = _RAW_LIST_DECODER.decode(joined)
-        aligned = len(raws) == k and all(
-            len(raw) == len(p) for raw, p in zip(raws, payloads, strict=True)
-        )
+        # item by item the same lengths as the payloads: the items are the payloads (in C)
+        aligned = list(map(len, raws)) == list(map(len, payloads))
     except (msgspec.DecodeError, UnicodeDecodeError):
         aligned = False
     if aligned:

@@ -9,7 +9,7 @@ counts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from market_data_core.columnar import EventColumns
 from market_data_core.contracts import StreamEvent
-from market_data_core.protocols import BusRecord
+from market_data_core.protocols import BusRecord, RecordBatch
 
 __all__ = [
     "BufferedBar",
@@ -41,14 +41,15 @@ class PolledEntries:
     topic: str
     ids: list[str]
     shards: npt.NDArray[np.int32]
-    deliveries: list[int]
+    deliveries: list[int] | None  # None: every entry on its first delivery
     remaining: npt.NDArray[np.int64]
     done: npt.NDArray[np.bool_]
     held: int = 0  # entries not done
 
     def record(self, i: int) -> BusRecord:
         """Entry ``i`` as a record without its payload."""
-        return BusRecord(self.topic, int(self.shards[i]), self.ids[i], b"", self.deliveries[i])
+        deliveries = 1 if self.deliveries is None else self.deliveries[i]
+        return BusRecord(self.topic, int(self.shards[i]), self.ids[i], b"", deliveries)
 
     def ids_by_shard(self, entries: npt.NDArray[np.intp]) -> dict[int, list[str]]:
         """The ids of ``entries``, by shard."""
@@ -84,27 +85,35 @@ class HeldEntries:
         """Entries held."""
         return self._held
 
-    def fresh(self, records: list[BusRecord]) -> list[BusRecord]:
-        """The records that are not held already (a redelivery of a held entry, e.g. claimed
-        again after a missed renewal, is already counted)."""
+    def fresh(self, records: Sequence[BusRecord]) -> RecordBatch:
+        """The entries of ``records`` that are not held already (a redelivery of a held
+        entry, e.g. claimed again after a missed renewal, is already counted)."""
+        batch = RecordBatch.of(records)
         held = [by_id for by_id in self._ids.values() if by_id]
         if not held:
-            return records
-        ids = [r.entry_id for r in records]
+            return batch
+        ids = batch.ids
         if all(by_id.keys().isdisjoint(ids) for by_id in held):  # the usual case, in C
-            return records
+            return batch
         by_shard = self._ids
-        return [r for r in records if r.entry_id not in by_shard.get(r.shard, ())]
+        return batch.take(
+            [
+                i
+                for i, (shard, entry_id) in enumerate(zip(batch.shards, ids, strict=True))
+                if entry_id not in by_shard.get(shard, ())
+            ]
+        )
 
     @staticmethod
-    def poll(records: list[BusRecord]) -> PolledEntries:
+    def poll(records: Sequence[BusRecord]) -> PolledEntries:
         """The entries of a poll, none held yet (see :meth:`hold`)."""
-        n = len(records)
+        batch = RecordBatch.of(records)
+        n = len(batch)
         return PolledEntries(
-            records[0].topic if records else "",
-            [r.entry_id for r in records],
-            np.fromiter((r.shard for r in records), np.int32, n),
-            [r.deliveries for r in records],
+            batch.topic,
+            batch.ids,
+            np.array(batch.shards, np.int32),
+            batch.deliveries,
             np.zeros(n, np.int64),
             np.ones(n, np.bool_),
         )
@@ -161,13 +170,21 @@ class HeldEntries:
                     mine += ids
         return out
 
-    def records(self) -> list[BusRecord]:
+    def records(self) -> RecordBatch:
         """Every entry held (without payloads), to renew or hand back."""
-        return [
-            poll.record(i)
-            for poll in self._polls.values()
-            for i in np.flatnonzero(~poll.done).tolist()
-        ]
+        shards: list[int] = []
+        ids: list[str] = []
+        deliveries: list[int] = []
+        for poll in self._polls.values():
+            held = np.flatnonzero(~poll.done)
+            shards += poll.shards[held].tolist()
+            ids += [poll.ids[i] for i in held.tolist()]
+            if poll.deliveries is None:
+                deliveries += [1] * len(held)
+            else:
+                deliveries += [poll.deliveries[i] for i in held.tolist()]
+        topic = next(iter(self._polls.values())).topic if self._polls else ""
+        return RecordBatch(topic, shards, ids, [b""] * len(ids), deliveries)
 
 
 @dataclass(slots=True)

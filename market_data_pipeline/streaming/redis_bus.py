@@ -77,6 +77,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, cast
@@ -89,7 +90,13 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from market_data_core.config import BusConfig
 from market_data_core.errors import BusError, ConfigError
-from market_data_core.protocols import BusRecord, DeadLetter, StreamStatus, shard_for
+from market_data_core.protocols import (
+    BusRecord,
+    DeadLetter,
+    RecordBatch,
+    StreamStatus,
+    shard_for,
+)
 from market_data_core.redaction import redact_url
 from market_data_pipeline import telemetry
 from market_data_pipeline.streaming import leases
@@ -101,6 +108,8 @@ __all__ = ["RedisBus", "RedisConsumer", "cluster_seeds"]
 log = logging.getLogger(__name__)
 
 _DATA = b"data"
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 _Entries = list[tuple[bytes, dict[bytes, bytes] | None]]
 _LAG_COUNT_CAP = 1000  # about 1 ms per shard at 167-byte entries (Redis 7.0, measured)
 _RELEASE_CHUNK = 1000
@@ -836,7 +845,7 @@ class RedisConsumer:
         self._owned = now_owned
         self._next_maintain = time.monotonic() + self._renew_every_s
 
-    async def poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
+    async def poll(self, max_count: int, block_ms: int) -> Sequence[BusRecord]:
         """Up to ``max_count`` entries (see the module docstring for the order); ``[]`` after at
         most ``block_ms``. Raises ``BusError`` (nothing is lost: unacked entries come back)."""
         if self._closed:
@@ -858,7 +867,7 @@ class RedisConsumer:
                 self._groups_ready = False
                 return []
 
-    async def _poll(self, max_count: int, block_ms: int) -> list[BusRecord]:
+    async def _poll(self, max_count: int, block_ms: int) -> Sequence[BusRecord]:
         now = time.monotonic()
         if now >= self._next_maintain:
             await self._refresh_leases()
@@ -882,7 +891,9 @@ class RedisConsumer:
             return []
         return await self._read_new(readable, max_count, block_ms)
 
-    async def _read_new(self, shards: list[int], max_count: int, block_ms: int) -> list[BusRecord]:
+    async def _read_new(
+        self, shards: list[int], max_count: int, block_ms: int
+    ) -> Sequence[BusRecord]:
         per_stream = max(1, max_count // len(shards))
         block = max(1, min(block_ms, int(self._renew_every_s * 1000)))
         reply: Any
@@ -914,30 +925,41 @@ class RedisConsumer:
             return []
         if isinstance(reply, dict):  # RESP3: {stream: entries}
             reply = list(reply.items())
-        topic = self._topic
-        shard_of = self._shard_of
-        out: list[BusRecord] = []
-        append = out.append
+        shards_out: list[int] = []
+        ids_out: list[str] = []
+        payloads_out: list[bytes] = []
+        records: list[BusRecord] | None = None  # once an entry is not [b"data", payload]
         stamp = (1, time.monotonic())  # (deliveries, since): one tuple for the whole poll
         for raw_stream, entries in reply:
-            shard = shard_of[raw_stream]
-            held = self._held[shard]
-            for raw_id, fields in entries:
-                entry_id = raw_id.decode()
-                held[entry_id] = stamp
-                # the raw reply: [b"data", payload]; redis-py's parsed one (cluster): a dict
-                if type(fields) is list:
-                    if len(fields) == 2 and fields[0] == _DATA:
-                        append(BusRecord(topic, shard, entry_id, fields[1]))
-                    else:
-                        append(_record(topic, shard, entry_id, _field_map(fields)))
-                    continue
-                payload = fields.get(_DATA)
-                if payload is None or len(fields) != 1:
-                    append(_record(topic, shard, entry_id, fields))
-                else:
-                    append(BusRecord(topic, shard, entry_id, payload))
-        return out
+            if not entries:
+                continue
+            shard = self._shard_of[raw_stream]
+            n = len(entries)
+            # the ids decoded at once (stream ids are ASCII: ms-seq)
+            ids = b" ".join(map(_FIRST, entries)).decode().split(" ")
+            self._held[shard].update(dict.fromkeys(ids, stamp))
+            fields = list(map(_SECOND, entries))
+            # the raw reply: [b"data", payload] per entry (mdp's own); redis-py's parsed one
+            # (cluster): a dict per entry
+            if (
+                records is None
+                and list(map(type, fields)).count(list) == n
+                and list(map(len, fields)).count(2) == n
+                and list(map(_FIRST, fields)).count(_DATA) == n
+            ):
+                shards_out += [shard] * n
+                ids_out += ids
+                payloads_out += map(_SECOND, fields)
+                continue
+            if records is None:
+                records = list(RecordBatch(self._topic, shards_out, ids_out, payloads_out))
+            for entry_id, entry_fields in zip(ids, fields, strict=True):
+                if type(entry_fields) is list:
+                    entry_fields = _field_map(entry_fields)
+                records.append(_record(self._topic, shard, entry_id, entry_fields))
+        if records is not None:
+            return RecordBatch.of(records)
+        return RecordBatch(self._topic, shards_out, ids_out, payloads_out)
 
     async def _read_new_per_stream(
         self, shards: list[int], per_stream: int, block: int
@@ -1275,11 +1297,12 @@ class RedisConsumer:
         """Renew the hold on ``records`` for another ``claim_idle_ms`` (bookkeeping in this
         process: only this consumer claims entries of the shards it holds)."""
         now = time.monotonic()
-        for record in records:
-            held = self._held[record.shard]
-            entry = held.get(record.entry_id)
+        batch = RecordBatch.of(records)  # no record object per entry
+        for shard, entry_id in zip(batch.shards, batch.ids, strict=True):
+            held = self._held[shard]
+            entry = held.get(entry_id)
             if entry is not None:
-                held[record.entry_id] = (entry[0], now)
+                held[entry_id] = (entry[0], now)
 
     async def release(self, records: Sequence[BusRecord]) -> None:
         """Hand held entries back on a clean stop: each one still pending to this consumer
