@@ -21,6 +21,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from collections import deque
@@ -132,6 +133,19 @@ def encode_rows(
         row_list = [row for _key, row in rows]
         if set(map(type, row_list)) == {tuple}:
             return _blocks_of_column_rows(row_list, pack_events)
+    if pack_events <= 1 and pack_as != "columns":  # one entry per event, in order
+        keys = [key for key, _row in rows]
+        providers: dict[str, int] = {}
+        for key, count in collections.Counter(keys).items():
+            # a routing key is "provider|symbol" and a provider name holds no "|"
+            provider = key.partition("|")[0]
+            providers[provider] = providers.get(provider, 0) + count
+        row_list = [row for _key, row in rows]
+        if codec == "msgpack":
+            payloads = list(map(_MSGPACK_ENCODER.encode, row_list))
+        else:
+            payloads = [_dumps(row, codec) for row in row_list]
+        return list(zip(keys, payloads, strict=True)), providers
     by_key: dict[str, list[WireRow]] = {}
     for key, row in rows:
         group = by_key.get(key)
@@ -146,8 +160,6 @@ def encode_rows(
         per_provider[provider] = per_provider.get(provider, 0) + len(group)
     if pack_as == "columns":
         return _column_blocks(by_key, pack_events), per_provider
-    if pack_events <= 1:
-        return [(key, _dumps(row, codec)) for key, row in rows], per_provider
     items: list[tuple[str, bytes]] = []
     for key, group in by_key.items():
         if len(group) <= pack_events:
