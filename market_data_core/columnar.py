@@ -1450,6 +1450,11 @@ def _event_ids_match(cols: EventColumns, wire_ids: Sequence[str]) -> Bools:
     head = wire[:, :prefix_width]
     inside = np.arange(prefix_width) < row_prefix_lengths[:, None]
     ok &= ((head == table[cols.series_idx]) | ~inside).all(axis=1)
-    at = row_prefix_lengths[:, None] + np.arange(tail.shape[1])
-    ok &= (np.take_along_axis(wire, at, axis=1) == tail).all(axis=1)
+    first_length = int(prefix_lengths[0])
+    if (prefix_lengths == first_length).all():  # one prefix length (symbols alike): a slice
+        after = wire[:, first_length : first_length + tail.shape[1]]
+    else:
+        at = row_prefix_lengths[:, None] + np.arange(tail.shape[1])
+        after = np.take_along_axis(wire, at, axis=1)
+    ok &= (after == tail).all(axis=1)
     return ok

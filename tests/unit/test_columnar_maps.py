@@ -19,6 +19,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -317,3 +318,33 @@ def test_event_ids_match_is_make_event_id_of_every_row(
         trade_id_end=np.zeros(n, np.int64),
     )
     assert _event_ids_match(cols, wire).tolist() == want
+
+
+@pytest.mark.parametrize("symbols", [["S0", "S1", "S2"], ["S0", "EUR/USD", "BTC-USDT"]])
+def test_an_event_id_wrong_after_its_prefix_is_refused_whatever_the_prefix_lengths(
+    symbols: list[str],
+) -> None:
+    """The text after ``provider|symbol|`` (time, seq) is compared at each row's own offset:
+    a slice when every prefix has one length, a gather when they differ; a wrong digit in the
+    time or the seq of one row sends that row (only) to the reference."""
+    evs = [
+        StreamEvent.create(
+            provider="p",
+            symbol=symbols[i % len(symbols)],
+            kind="tick",
+            src_ts=T0 + timedelta(microseconds=37 * i),
+            c=100.0,
+            v=1.0,
+            seq=i,
+        )
+        for i in range(12)
+    ]
+    ds = [event_to_dict(e, codec="msgpack") for e in evs]
+    eid = ds[4]["event_id"]
+    z = eid.index("Z")
+    ds[4]["event_id"] = eid[: z - 1] + str((int(eid[z - 1]) + 1) % 10) + eid[z:]  # µs off
+    ds[7]["event_id"] = ds[7]["event_id"][:-1] + "8"  # seq 7 claimed as 8
+    ps = [msgpack.packb(d) for d in ds]
+    decoded = decode_maps(ps)
+    assert decoded.others == [4, 7]
+    assert agree(ps) == [4, 7]
