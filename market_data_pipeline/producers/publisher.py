@@ -473,11 +473,10 @@ class Publisher:
                 if isinstance(self._buffer[0], EventColumns):
                     await self._publish_columns(n)
                     continue
-                rows: list[tuple[str, WireRow]] = []
-                for item in islice(self._buffer, n):
-                    if isinstance(item, EventColumns):
-                        break  # a row batch ends where a column block begins
-                    rows.append(item)
+                rows: list[tuple[str, WireRow]] = list(islice(self._buffer, n))  # type: ignore[arg-type]
+                kinds = list(map(type, rows))  # in C: no test per row in Python
+                if EventColumns in kinds:  # a row batch ends where a column block begins
+                    rows = rows[: kinds.index(EventColumns)]
                 n = len(rows)
                 await self._bucket.acquire(n)
                 await self._publish_with_retry(rows)

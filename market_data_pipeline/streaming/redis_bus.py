@@ -115,6 +115,8 @@ _LAG_COUNT_CAP = 1000  # about 1 ms per shard at 167-byte entries (Redis 7.0, me
 _RELEASE_CHUNK = 1000
 # entries per publish script call (bounds one call's arguments and the time it holds the server)
 _PUBLISH_CHUNK = 1000
+# routing keys whose stream a bus remembers per topic before it starts over
+_KEYS_REMEMBERED = 1 << 16
 _LETTER_CHUNK = 200  # letters per script call (each one 18 arguments)
 # ids of recent publishes kept per stream on a cluster, to find writes a failover lost
 _RECENT_IDS_BUDGET = 200_000
@@ -272,6 +274,8 @@ class RedisBus:
         self._letters_and_ack = client.register_script(_LETTERS_AND_ACK_LUA)
         self._missing = client.register_script(_MISSING_LUA)
         self._publish_sha = client.register_script(_PUBLISH_LUA).sha
+        # per topic, the stream each routing key publishes to (keys are few: symbols)
+        self._stream_of_key: dict[str, dict[str, str]] = {}
         self._publish_loaded = False
         # cluster only: per stream, the master it was last published to and the ids it gave
         self._master_of: dict[str, str] = {}
@@ -390,8 +394,14 @@ class RedisBus:
         if n == 1:
             targets = [topic] * len(items)
         else:
-            names = self.streams(topic)
-            targets = [names[shard_for(key, n)] for key, _ in items]
+            stream_of = self._stream_of_key.get(topic)
+            if stream_of is None or len(stream_of) > _KEYS_REMEMBERED:
+                stream_of = self._stream_of_key[topic] = {}
+            keys = [key for key, _ in items]
+            if not stream_of.keys() >= set(keys):
+                names = self.streams(topic)
+                stream_of.update({key: names[shard_for(key, n)] for key in set(keys)})
+            targets = list(map(stream_of.__getitem__, keys))
         by_stream: dict[str, list[bytes]] = {}
         for stream, (_key, payload) in zip(targets, items, strict=True):
             group = by_stream.get(stream)
