@@ -5,7 +5,7 @@ Unlike ``mdp bench`` no producer runs at the same time, so the figures are the w
 the store's own, not shared with the load generator.
 
     .venv/bin/python benchmarks/worker_bench.py [--events 400000] [--pack 50] [--symbols 20]
-        [--wire rows|blocks]
+        [--wire rows|blocks] [--quote-ratio 0.5] [--days 60]
 
 Starts an embedded Valkey and PostgreSQL (``REDIS_URI``/``DATABASE_URL`` are ignored: the
 server CPU is read from our own children). Prints a table and writes
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import platform
 import time
 import uuid
@@ -53,10 +54,15 @@ def _tree_cpu_s(pid: int) -> float:
     return total
 
 
-def _entries(n: int, symbols: int, pack: int, wire: str = "rows") -> list[tuple[str, bytes]]:
+def _entries(
+    n: int, symbols: int, pack: int, wire: str = "rows", quote_ratio: float = 0.0
+) -> list[tuple[str, bytes]]:
     """``n`` ticks, one every 50 µs of event time round robin over ``symbols``, packed
     ``pack`` per entry per symbol (as the synthetic producer packs them): msgpack arrays
-    (``rows``; one event: a map) or column blocks (``blocks``)."""
+    (``rows``; one event: a map) or column blocks (``blocks``). ``quote_ratio``: that share
+    of the rounds of the symbols are top-of-book quotes instead of trades, spread evenly as
+    the synthetic producer spreads them (round ``r`` is a quote round when
+    ``floor((r + 1) * ratio) > floor(r * ratio)``)."""
 
     def encode(events: list[StreamEvent]) -> bytes:
         if wire == "blocks":
@@ -70,16 +76,32 @@ def _entries(n: int, symbols: int, pack: int, wire: str = "rows") -> list[tuple[
     for i in range(n):
         symbol = f"S{i % symbols:03d}"
         ts = t0 + timedelta(microseconds=50 * i)
-        ev = StreamEvent.create(
-            provider="wbench",
-            symbol=symbol,
-            kind="tick",
-            src_ts=ts,
-            ingest_ts=ts,
-            c=100.0 + i * 7919 % 1000 / 100,
-            v=(i % 9 + 1) / 1000,
-            seq=i,
-        )
+        r = i // symbols
+        if math.floor((r + 1) * quote_ratio) > math.floor(r * quote_ratio):
+            bid = 100.0 + i * 7919 % 1000 / 100
+            ev = StreamEvent.create(
+                provider="wbench",
+                symbol=symbol,
+                kind="quote",
+                src_ts=ts,
+                ingest_ts=ts,
+                bid=bid,
+                ask=bid + (i % 3 + 1) / 100,
+                bid_size=float(i % 20 + 1) * 100,
+                ask_size=float(i * 7 % 20 + 1) * 100,
+                seq=i,
+            )
+        else:
+            ev = StreamEvent.create(
+                provider="wbench",
+                symbol=symbol,
+                kind="tick",
+                src_ts=ts,
+                ingest_ts=ts,
+                c=100.0 + i * 7919 % 1000 / 100,
+                v=(i % 9 + 1) / 1000,
+                seq=i,
+            )
         buf = per_symbol.setdefault(symbol, [])
         buf.append(ev)
         if len(buf) == pack:
@@ -112,7 +134,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bus = await open_bus(cfg, urls)
         store = await open_store(cfg, urls)
         try:
-            entries = _entries(args.events, args.symbols, args.pack, args.wire)
+            t0 = datetime.now(UTC) - timedelta(hours=2)
+            for day in range(1, args.days + 1):
+                old = [
+                    StreamEvent.create(
+                        provider="old",
+                        symbol="S",
+                        kind="tick",
+                        src_ts=t0 - timedelta(days=day),
+                        c=1.0,
+                        v=1.0,
+                        seq=0,
+                    ),
+                    StreamEvent.create(
+                        provider="old",
+                        symbol="S",
+                        kind="quote",
+                        src_ts=t0 - timedelta(days=day),
+                        bid=1.0,
+                        ask=1.01,
+                        seq=1,
+                    ),
+                ]
+                await store.ingest_events(old, interval=f"{args.window_ms}ms")
+            entries = _entries(args.events, args.symbols, args.pack, args.wire, args.quote_ratio)
             for i in range(0, len(entries), 500):
                 await bus.publish(cfg.bus.events_topic, entries[i : i + 500])
             worker = MicroBatcher(cfg, bus, store, consumer_name="wbench")
@@ -133,7 +178,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await store.aclose()
             await bus.aclose()
     n = stats.events_in
-    assert n == args.events == stats.ticks_inserted, (n, stats.ticks_inserted)
+    stored = stats.ticks_inserted + stats.quotes_inserted
+    assert n == args.events == stored, (n, stats.ticks_inserted, stats.quotes_inserted)
     return {
         "run": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
         "machine": {
@@ -159,6 +205,16 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--wire", choices=["rows", "blocks"], default="rows")
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=0,
+        help="first store a tick and a quote on each of that many earlier days (as many "
+        "more daily partitions, like a database holding weeks of data)",
+    )
+    parser.add_argument(
+        "--quote-ratio", type=float, default=0.0, help="share of the events that are quotes"
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     for key in (
