@@ -45,6 +45,7 @@ from market_data_core.columnar import (
     EventColumns,
     columns_from_rows,
     columns_from_wire_rows,
+    encode_blocks,
     encode_columns,
 )
 from market_data_core.config import PackAs
@@ -218,19 +219,18 @@ def _blocks_of_columns(
     order = np.argsort(cols.series_idx, kind="stable")
     cols = cols.take(order)
     counts = np.bincount(cols.series_idx, minlength=len(cols.series)).tolist()
-    items: list[tuple[str, bytes]] = []
+    keys: list[str] = []
+    bounds: list[tuple[int, int]] = []
     per_provider: dict[str, int] = {}
     start = 0
     for (provider, symbol), count in zip(cols.series, counts, strict=True):
         key = routing_key(provider, symbol)
         per_provider[provider] = per_provider.get(provider, 0) + count
         for first in range(start, start + count, pack_events):
-            block = cols.slice(first, min(first + pack_events, start + count))
-            block.series = ((provider, symbol),)
-            block.series_idx = np.zeros(block.n, np.int32)
-            items.append((key, encode_columns(block)))
+            keys.append(key)
+            bounds.append((first, min(first + pack_events, start + count)))
         start += count
-    return items, per_provider
+    return list(zip(keys, encode_blocks(cols, bounds), strict=True)), per_provider
 
 
 def _row_as_dict(row: ColumnRow) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from market_data_core.columnar import (
     columns_from_events,
     decode_blocks,
     encode_block,
+    encode_blocks,
+    encode_columns,
     window_marks,
 )
 from market_data_core.contracts import StreamEvent, make_event_id
@@ -302,6 +304,78 @@ def test_a_block_decodes_to_the_events_of_the_packed_msgpack_entry(
     for a, b, c in zip(from_block.events, from_rows.events, evs, strict=True):
         # the wire keeps no explicit None (neither does msgpack): the fields set are the wire's
         assert same_event(a, b) and a.__dict__ == c.__dict__
+
+
+@st.composite
+def series_runs(draw: st.DrawFn) -> tuple[EventColumns, list[tuple[int, int]]]:
+    """Trades and quotes of up to three series, each series' rows together (as a publisher
+    orders them), cut into runs of up to ``pack`` rows of one series; the float and
+    ``ingest_ts`` cells of fields a row does not have hold garbage (a reader ignores them)."""
+    evs = [
+        StreamEvent.create(
+            **{
+                **e.model_dump(exclude_unset=True, exclude={"event_id"}),
+                "provider": "p",
+                "symbol": draw(st.sampled_from(["A", "B", "C"])),
+            }
+        )
+        for e in draw(st.lists(any_events(), min_size=1, max_size=40))
+        if e.kind != "bar"
+    ]
+    if not evs:
+        evs = [
+            StreamEvent.create(
+                provider="p",
+                symbol="A",
+                kind="quote",
+                src_ts=from_epoch_us(T0),
+                bid=1.0,
+                ask=1.5,
+                seq=0,
+            )
+        ]
+    cols = columns_from_events(evs)
+    cols = cols.take(np.argsort(cols.series_idx, kind="stable"))
+    noise = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    for name in FLOAT_FIELDS:
+        cols.floats[name] = np.where(cols.has(name), cols.floats[name], noise.normal(size=cols.n))
+    cols.ingest_ts = np.where(cols.has("ingest_ts"), cols.ingest_ts, noise.integers(1, 9, cols.n))
+    pack = draw(st.integers(1, 12))
+    bounds = []
+    for s in range(len(cols.series)):
+        rows = np.flatnonzero(cols.series_idx == s)
+        for a in range(0, len(rows), pack):
+            bounds.append((int(rows[a]), int(rows[min(a + pack, len(rows)) - 1]) + 1))
+    return cols, bounds
+
+
+@settings(max_examples=300, deadline=None)
+@given(series_runs())
+def test_encode_blocks_is_encode_columns_of_each_run(
+    runs: tuple[EventColumns, list[tuple[int, int]]],
+) -> None:
+    cols, bounds = runs
+    want = []
+    for a, b in bounds:
+        block = cols.slice(a, b)
+        block.series = (cols.series[int(cols.series_idx[a])],)
+        block.series_idx = np.zeros(block.n, np.int32)
+        want.append(encode_columns(block))
+    assert encode_blocks(cols, bounds) == want
+
+
+def test_encode_blocks_refuses_runs_that_are_not_blocks() -> None:
+    evs = [
+        StreamEvent.create(
+            provider="p", symbol=s, kind="tick", src_ts=from_epoch_us(T0 + i), c=1.0, v=1.0, seq=i
+        )
+        for i, s in enumerate("AABB")
+    ]
+    cols = columns_from_events(evs)
+    assert len(encode_blocks(cols, [(0, 2), (2, 3), (3, 4)])) == 3
+    for bounds in ([(0, 3), (3, 4)], [(0, 2), (3, 4)], [(0, 2), (2, 2), (2, 4)], [(0, 2)]):
+        with pytest.raises(ValueError, match="consecutive runs"):
+            encode_blocks(cols, bounds)
 
 
 def test_columns_from_events_round_trip_through_take_and_concat() -> None:
