@@ -155,7 +155,11 @@ class _Walk:
         self.vectorised = (
             codec == "columns" and source.seed is None and self.kind in ("tick", "quote")
         )
-        self.np_rng = np.random.default_rng() if self.vectorised else None
+        # unseeded trades in msgpack form: drawn as those columns, then written as rows
+        self.vectorised_rows = (
+            codec == "msgpack" and source.seed is None and self.kind == "tick"
+        ) and not self.quote_ratio
+        self.np_rng = np.random.default_rng() if self.vectorised or self.vectorised_rows else None
 
     def _iso_second(self, second: int) -> str:
         """``YYYY-MM-DDTHH:MM:SS.`` of an epoch second, as ``isoformat_us`` writes it."""
@@ -172,7 +176,10 @@ class _Walk:
             self.remaining -= n
         if n <= 0:
             return [], []
-        if self.kind == "tick":
+        if self.vectorised_rows:
+            ingest_us = ingest if isinstance(ingest, int) else None
+            rows = self._tick_rows(self._draw(n, ingest_us), ingest_us)
+        elif self.kind == "tick":
             rows = self._mixed(n, ingest) if self.quote_ratio else self._ticks(n, ingest)
         elif self.kind == "quote":
             rows = self._quotes(n, ingest)
@@ -189,12 +196,16 @@ class _Walk:
         the loop (a GBM step per event and symbol, trades at cents, quotes a cent or two around
         the path, the same sizes, sides, times, sequence numbers and quote rounds), drawn with
         NumPy for the whole block."""
-        assert self.np_rng is not None
         if self.remaining is not None:
             n = min(n, self.remaining)
             self.remaining -= n
         if n <= 0:
             return None
+        return self._draw(n, ingest_us)
+
+    def _draw(self, n: int, ingest_us: int | None) -> EventColumns:
+        """:meth:`make_columns` of exactly ``n`` events (``remaining`` already counted)."""
+        assert self.np_rng is not None
         rng = self.np_rng
         n_symbols = len(self.symbols)
         i = np.arange(self.i, self.i + n, dtype=np.int64)
@@ -259,6 +270,67 @@ class _Walk:
             trade_id=ids,
             trade_id_end=np.cumsum(id_len),
         )
+
+    def _tick_rows(self, cols: EventColumns, ingest_us: int | None) -> list[WireRow]:
+        """Trades drawn as columns (:meth:`_draw`) as msgpack wire rows: what :meth:`_ticks`
+        makes of the same values (the event id from the time's text and the sequence number,
+        the trade id the sequence number, one second's text prefix reused)."""
+        provider, symbols, id_prefixes = self.provider, self.symbols, self.id_prefixes
+        prefix = self._second_prefix
+        next_second_us = -(2**63) if self._second is None else (self._second + 1) * 1_000_000
+        rows: list[WireRow] = []
+        append = rows.append
+        sides = ("", "buy", "sell")
+        for j, ts_us, seq, c, v, side in zip(
+            cols.series_idx.tolist(),
+            cols.src_ts.tolist(),
+            cols.seq.tolist(),
+            cols.floats["c"].tolist(),
+            cols.floats["v"].tolist(),
+            cols.side.tolist(),
+            strict=True,
+        ):
+            if ts_us >= next_second_us:
+                second = ts_us // 1_000_000
+                prefix = self._iso_second(second)
+                next_second_us = (second + 1) * 1_000_000
+            iso = f"{prefix}{str(ts_us - next_second_us + 2_000_000)[1:]}Z"
+            seq_text = str(seq)
+            event_id = f"{id_prefixes[j]}{iso}|{seq_text}"
+            if ingest_us is None:
+                append(
+                    _SeededTickRow(
+                        c,
+                        v,
+                        seq_text,
+                        sides[side],
+                        provider,
+                        symbols[j],
+                        "tick",
+                        ts_us,
+                        seq,
+                        1,
+                        event_id,
+                    )
+                )
+            else:
+                append(
+                    _TickRow(
+                        ingest_us,
+                        c,
+                        v,
+                        seq_text,
+                        sides[side],
+                        provider,
+                        symbols[j],
+                        "tick",
+                        ts_us,
+                        seq,
+                        1,
+                        event_id,
+                    )
+                )
+        return rows
 
     def _mixed(self, n: int, ingest: int | str | None) -> list[WireRow]:
         """Trades and quotes, a whole round of the symbols at a time (see the module doc)."""

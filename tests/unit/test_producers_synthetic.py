@@ -503,3 +503,44 @@ def test_unseeded_columns_are_valid_events_of_the_same_process(options: dict[str
                 assert e.bid is not None and e.ask is not None
                 assert 1 <= round((e.ask - e.bid) * 100) <= 3 and e.bid >= 0.01
                 assert e.bid_size in {100.0 * x for x in range(1, 21)}
+
+
+def test_unseeded_msgpack_trades_are_drawn_as_columns_and_written_as_the_loops_rows() -> None:
+    """Unseeded trades in msgpack form are drawn a block at a time with NumPy and written as
+    the loop's wire rows: each row is exactly ``event_to_dict`` of its event (keys in order),
+    every event valid through the consumer's decode, per-symbol sequence numbers from 0, times
+    ``start + i * step``, trades at cents, the trade id the sequence number."""
+    provider = SyntheticProvider(REF_CFG, rate_per_s=2000.0, count=2410)
+    walk = _Walk(provider, "msgpack")
+    assert walk.vectorised_rows and not walk.vectorised
+    stamp = 1_767_000_000_000_000
+    keys: list[str] = []
+    rows: list[Any] = []
+    for size in (1, 7, 64, 333, 2000, 5):
+        k, r = walk.make(size, stamp)
+        keys += k
+        rows += r
+    assert walk.make(10, stamp) == ([], [])  # count reached
+    assert len(rows) == 2410
+    events = [SyntheticProvider._event(row_dict(r)) for r in rows]
+    for key, row, ev in zip(keys, rows, events, strict=True):
+        assert list(event_to_dict(ev, codec="msgpack").items()) == list(row_dict(row).items())
+        assert key == routing_key(ev.provider, ev.symbol)
+    items, _ = encode_rows(list(zip(keys, rows, strict=True)), "msgpack", 1)
+    decoded = [decode_events(payload) for _key, payload in items]
+    assert all(not b.errors for b in decoded)
+    assert [b.events[0] for b in decoded] == events
+    n_symbols = len(REF_CFG.symbols)
+    for k, symbol in enumerate(REF_CFG.symbols):
+        mine = [e for e in events if e.symbol == symbol]
+        assert [e.seq for e in mine] == list(range(len(mine)))
+        for r, e in enumerate(mine):
+            i = r * n_symbols + k
+            assert e.src_ts == provider.start + timedelta(microseconds=round(i * 500))
+            assert e.ingest_ts == from_epoch_us(stamp) and e.kind == "tick"
+            assert e.c is not None and round(e.c, 2) == e.c and e.c >= 0.01
+            assert e.v in {float(x) for x in range(1, 101)} and e.trade_id == str(e.seq)
+            assert e.side in ("buy", "sell")
+    # a seed keeps the loop's draws; quotes in the mix keep the loop too
+    assert not _Walk(SyntheticProvider(REF_CFG, seed=1), "msgpack").vectorised_rows
+    assert not _Walk(SyntheticProvider(REF_CFG, quote_ratio=0.5), "msgpack").vectorised_rows
