@@ -359,8 +359,11 @@ def whole_us(interval: str) -> str:
 # at most the carry older than its start, as a state at the start: k = 0) and the window's
 # quotes (k = 1), ordered by (ts, k, seq). A row is the book of its instant when the next row
 # is at a later instant; it stands until that instant (or the window end): d, in microseconds
-# (0 for the other rows, which the book did not hold for any time). Sums in that fixed order,
-# so the same quotes give the same bits; the row with no next row is the closing book.
+# (0 for the other rows, whose next row is at their instant: the book did not hold for any
+# time). Sums in that fixed order, so the same quotes give the same bits; the row with no next
+# row is the closing book. The ordered sums take no FILTER (a null term is skipped, as a
+# filtered row is): with one, PostgreSQL sorts that aggregate's rows again per window instead
+# of reading the window function's order (~10 % of the statement's time).
 def _quote_bar_ctes(
     *,
     win: str,
@@ -389,11 +392,10 @@ qagg AS (
                count(*) FILTER (WHERE x.k = 0) AS carried,
                min(x.sp) FILTER (WHERE x.k = 1) AS smin,
                max(x.sp) FILTER (WHERE x.k = 1) AS smax,
-               sum(x.sp ORDER BY x.ts, x.k, x.seq) FILTER (WHERE x.k = 1) AS ssum,
+               sum(CASE WHEN x.k = 1 THEN x.sp END ORDER BY x.ts, x.k, x.seq) AS ssum,
                sum(x.sp * x.d ORDER BY x.ts, x.k, x.seq) AS sp_w,
                sum(x.d) AS d_all,
-               sum(x.imb * x.d ORDER BY x.ts, x.k, x.seq) FILTER (WHERE x.imb IS NOT NULL)
-                   AS imb_w,
+               sum(x.imb * x.d ORDER BY x.ts, x.k, x.seq) AS imb_w,
                sum(x.d) FILTER (WHERE x.imb IS NOT NULL) AS d_imb,
                max(x.bid) FILTER (WHERE x.next_ts IS NULL) AS bid,
                max(x.ask) FILTER (WHERE x.next_ts IS NULL) AS ask,
@@ -401,9 +403,7 @@ qagg AS (
                max(x.ask_size) FILTER (WHERE x.next_ts IS NULL) AS ask_size
         FROM (
             SELECT y.*,
-                   CASE WHEN y.next_ts IS NULL OR y.next_ts > y.ts
-                        THEN {whole_us(f"coalesce(y.next_ts, {end}) - y.ts")}
-                        ELSE 0 END AS d
+                   {whole_us(f"coalesce(y.next_ts, {end}) - y.ts")} AS d
             FROM (
                 SELECT z.*, {_spread("z")} AS sp, {_imbalance("z")} AS imb,
                        lead(z.ts) OVER (ORDER BY z.ts, z.k, z.seq) AS next_ts

@@ -358,3 +358,78 @@ async def test_a_books_duration_is_its_exact_whole_microseconds(store_url: str) 
     finally:
         await conn.close()
     assert [(r["us"], r["d"]) for r in got] == [(us, float(us)) for us in spans]
+
+
+async def test_a_cached_plan_sees_the_partitions_created_and_dropped_after_it(
+    store_url: str, unique: str
+) -> None:
+    """The bar recompute runs on its prepared statement's generic plan, cached on the
+    connection: windows on a day whose partitions did not exist when it was planned, and on
+    a day whose partition a retention job dropped and the store created again, are computed
+    from the rows there are, not from the partitions the plan was made with."""
+    store = await PgStoreClient.connect(store_url, pool_min=1, pool_max=1)
+    p = f"gp{unique}"
+
+    def events(t0: datetime, n: int, seq0: int) -> list[StreamEvent]:
+        out = []
+        for i in range(n):
+            ts = t0 + timedelta(milliseconds=100 * i)
+            out.append(
+                StreamEvent.create(
+                    provider=p,
+                    symbol="X",
+                    kind="tick",
+                    src_ts=ts,
+                    c=10.0 + i,
+                    v=1.0,
+                    seq=seq0 + 2 * i,
+                )
+            )
+            out.append(
+                StreamEvent.create(
+                    provider=p,
+                    symbol="X",
+                    kind="quote",
+                    src_ts=ts,
+                    bid=9.0 + i,
+                    ask=11.0 + i,
+                    bid_size=1.0,
+                    ask_size=3.0,
+                    seq=seq0 + 2 * i + 1,
+                )
+            )
+        return out
+
+    async def window(t0: datetime) -> Bar:
+        (bar,) = await store.windows_range(p, "X", "1s", t0, t0 + timedelta(seconds=1))
+        assert isinstance(bar, Bar) and bar.quote is not None
+        return bar
+
+    try:
+        for day in (datetime(2016, 3, 1, tzinfo=UTC), datetime(2016, 5, 9, tzinfo=UTC)):
+            await store.ingest_events(events(day, 3, 0), interval="1s", quote_carry_ms=CARRY_MS)
+            bar = await window(day)
+            assert (bar.trade_count, bar.c, bar.quote.quote_count, bar.quote.bid) == (
+                3,
+                12.0,
+                3,
+                11.0,
+            )
+        conn = await asyncpg.connect(store_url)
+        try:
+            await conn.execute('DROP TABLE "ticks_p20160509"')
+            await conn.execute('DROP TABLE "quotes_p20160509"')
+        finally:
+            await conn.close()
+        later = datetime(2016, 5, 9, 0, 0, 0, 500_000, tzinfo=UTC)
+        await store.ingest_events(events(later, 2, 100), interval="1s", quote_carry_ms=CARRY_MS)
+        bar = await window(datetime(2016, 5, 9, tzinfo=UTC))
+        assert (bar.trade_count, bar.o, bar.c, bar.quote.quote_count, bar.quote.bid) == (
+            2,
+            10.0,
+            11.0,
+            2,
+            10.0,
+        )
+    finally:
+        await store.aclose()
