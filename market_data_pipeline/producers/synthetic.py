@@ -297,39 +297,12 @@ class _Walk:
             iso = f"{prefix}{str(ts_us - next_second_us + 2_000_000)[1:]}Z"
             seq_text = str(seq)
             event_id = f"{id_prefixes[j]}{iso}|{seq_text}"
-            if ingest_us is None:
-                append(
-                    _SeededTickRow(
-                        c,
-                        v,
-                        seq_text,
-                        sides[side],
-                        provider,
-                        symbols[j],
-                        "tick",
-                        ts_us,
-                        seq,
-                        1,
-                        event_id,
-                    )
-                )
-            else:
-                append(
-                    _TickRow(
-                        ingest_us,
-                        c,
-                        v,
-                        seq_text,
-                        sides[side],
-                        provider,
-                        symbols[j],
-                        "tick",
-                        ts_us,
-                        seq,
-                        1,
-                        event_id,
-                    )
-                )
+            fields = (c, v, seq_text, sides[side], provider, symbols[j], "tick", ts_us, seq, 1)
+            append(
+                _SeededTickRow(*fields, event_id)
+                if ingest_us is None
+                else _TickRow(ingest_us, *fields, event_id)
+            )
         return rows
 
     def _mixed(self, n: int, ingest: int | str | None) -> list[WireRow]:
