@@ -91,7 +91,7 @@ async def xadd_ceiling(
 ) -> dict[str, Any]:
     """Bare publish of pre-encoded synthetic payloads (no event building, no encoding), ``batch``
     entries per call, with the producers' client method (``RedisBus.publish``: the publish
-    script per stream, ``XADD ... MAXLEN ~`` per entry)."""
+    script per stream: ``XADD`` per entry, one ``XTRIM ... MAXLEN ~`` per call)."""
     synth = SyntheticProducerConfig(symbols=SYMBOLS)
     items = [
         (e.symbol, encode_event(e, codec))  # type: ignore[arg-type]

@@ -1,8 +1,8 @@
 """The bare ceiling of ``mdp bench``: what the servers do with no mdp logic in the way, in the
 same run as the full path (SPEC §12): publishing (one event per entry, and packed) with the
 client method the producers ship (:meth:`RedisBus.publish`: the publish script per stream,
-``XADD ... MAXLEN ~`` per entry), ``XREADGROUP`` + msgpack unpack + ``XACK``, and PostgreSQL
-``COPY`` of tick-shaped rows."""
+``XADD`` per entry and one ``XTRIM ... MAXLEN ~`` per call), ``XREADGROUP`` + msgpack unpack +
+``XACK``, and PostgreSQL ``COPY`` of tick-shaped rows."""
 
 from __future__ import annotations
 

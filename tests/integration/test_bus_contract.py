@@ -499,6 +499,29 @@ async def test_redis_publish_survives_an_emptied_script_cache_exactly_once_in_or
             assert seqs == want, f"{provider}/{symbol} out of order"
 
 
+async def test_redis_publish_trims_each_stream_to_about_maxlen(
+    backend: tuple[str, ServerUrls], make_bus: MakeBus
+) -> None:
+    """The publish script trims a stream once per call (``XTRIM ... MAXLEN ~``) to what a
+    pipeline of ``XADD ... MAXLEN ~`` leaves: at least ``maxlen`` entries, the newest, and less
+    than one stream node (100 entries) more; on a cluster too (where the script also returns
+    the new ids the bus tracks)."""
+    name, _ = backend
+    if name == "kafka":
+        pytest.skip("MAXLEN is Redis-only")
+    bus = await make_bus(partitions=1, maxlen=1000)
+    topic = bus_topic(bus)
+    sent = _events(["A"], 2500)
+    for i in range(0, len(sent), 700):  # calls that straddle the bound
+        await bus.publish(topic, _items(sent[i : i + 700]))
+    client: Any = bus.client  # type: ignore[attr-defined]
+    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
+    length = await client.xlen(stream)
+    assert 1000 <= length < 1100
+    newest = await client.xrevrange(stream, count=1)
+    assert decode_events(newest[0][1][b"data"]).events[0].seq == sent[-1].seq
+
+
 async def test_unreachable_server_is_a_bus_error(backend: tuple[str, ServerUrls]) -> None:
     name, _ = backend
     port = free_port()
