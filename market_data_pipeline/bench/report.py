@@ -187,7 +187,14 @@ def result_rows(
             ("bare ceiling: COPY", f"{c.copy_per_s:,.0f} rows/s"),
             (
                 "bare ceiling: whole path",
-                f"{c.path_per_s:,.0f} ev/s, 1 event/entry, publish as above  (full path = "
+                f"{c.path_per_s:,.0f} ev/s, 1 event/entry, publish as above"
+                + (
+                    f", median of {c.repeats} rounds ({min(c.path_samples):,.0f}-"
+                    f"{max(c.path_samples):,.0f})"
+                    if c.repeats > 1 and c.path_samples
+                    else ""
+                )
+                + f"  (full path = "
                 f"{f.sustained_per_s / c.path_per_s:.0%} of it; goal past it: "
                 f"{_ok(f.sustained_per_s > c.path_per_s)})",
             ),

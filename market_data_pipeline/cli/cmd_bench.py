@@ -142,7 +142,7 @@ def bench(
             c = None
             if ceiling:
                 console.note("measuring the bare ceiling ...")
-                with ProgressLine("bare ceiling (200,000 events)", unit=""):
+                with ProgressLine("bare ceiling (3 rounds of 200,000 events)", unit=""):
                     c = await measure_ceiling(urls, 200_000, symbols, pack, cfg.bus)
             console.note(f"running the full path for {duration_s:g}s at {rate:,.0f} ev/s ...")
             with ProgressLine("full path", total=duration_s, unit="") as progress:

@@ -39,7 +39,12 @@ async def test_the_ceiling_publishes_with_the_producers_script(
     try:
         before = await redis_client.info("commandstats")
         ceiling = await measure_ceiling(
-            ServerUrls(own_valkey, database_url, None), events, 4, pack, BusConfig(maxlen=1000)
+            ServerUrls(own_valkey, database_url, None),
+            events,
+            4,
+            pack,
+            BusConfig(maxlen=1000),
+            repeats=1,
         )
         after = await redis_client.info("commandstats")
     finally:
@@ -69,3 +74,28 @@ async def test_the_ceiling_publishes_with_the_producers_script(
     assert "publish as above" in rows["bare ceiling: whole path"]
     record = result_record("run", {}, 2000, ceiling, full)
     assert record["ceiling"]["publish_method"] == ceiling.publish_method
+
+
+async def test_the_ceiling_is_the_median_of_its_rounds(own_valkey: str, database_url: str) -> None:
+    """Each round publishes and reads its own streams; the figures are the rounds' medians."""
+    events = 2_000
+    redis_client = aredis.Redis.from_url(own_valkey)
+    try:
+        before = await redis_client.info("commandstats")
+        ceiling = await measure_ceiling(
+            ServerUrls(own_valkey, database_url, None), events, 4, 1, repeats=3
+        )
+        after = await redis_client.info("commandstats")
+        leftover = [key async for key in redis_client.scan_iter("mdp.bench.ceiling.*")]
+    finally:
+        await redis_client.aclose()
+    assert _calls(after, "xadd") - _calls(before, "xadd") == 3 * events
+    assert ceiling.repeats == 3 and len(ceiling.path_samples) == 3
+    assert ceiling.path_per_s == sorted(ceiling.path_samples)[1]
+    assert ceiling.packed_xadd_per_s is None
+    assert leftover == []  # every round's streams are deleted
+    full = FullPath(sustained_per_s=1.0)
+    rows = dict(result_rows(ceiling, full, 2000, 1000.0, 1, "1 producer"))
+    assert "median of 3 rounds" in rows["bare ceiling: whole path"]
+    with pytest.raises(ValueError, match="repeats"):
+        await measure_ceiling(ServerUrls(own_valkey, database_url, None), events, 4, 1, repeats=0)
