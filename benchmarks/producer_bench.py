@@ -190,6 +190,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="seeded: no ingest_ts stamps")
     parser.add_argument("--xadd-events", type=int, default=100_000)
     args = parser.parse_args()
+    try:
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        parser.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
+    if any(not r > 0 for r in rates):  # the unpaced run always comes after the paced ones
+        parser.error(f"--rates: every rate must be > 0 (events/s), got {args.rates!r}")
     result = asyncio.run(run(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"producer-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
