@@ -11,6 +11,9 @@ the same size and batch size with the producers' client method (the publish scri
 
     .venv/bin/python benchmarks/producer_bench.py --rates 1000,5000,20000,40000 --duration-s 5
 
+``--quote-ratio 0.5``: that share of the synthetic events are quotes (as ``mdp bench
+--quote-ratio``); the bare ceiling publishes trades either way.
+
 Uses ``REDIS_URI`` when set, else an embedded Valkey. Appends its figures to
 ``benchmarks/results/producer-<utc time>.json``.
 """
@@ -61,7 +64,7 @@ async def producer_run(
         ),
     )
     bus = await open_bus(app, ServerUrls(url, None, None))
-    synth = SyntheticProducerConfig(symbols=SYMBOLS)
+    synth = SyntheticProducerConfig(symbols=SYMBOLS, quote_ratio=args.quote_ratio)
     # Unpaced = a rate far above anything reachable, so the bucket never waits.
     provider = SyntheticProvider(synth, seed=args.seed, rate_per_s=rate or 1e9)
     publisher = make_publisher(app, bus, None)
@@ -169,6 +172,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "pack": args.pack,
         "pack_as": args.pack_as,
+        "quote_ratio": args.quote_ratio,
         "partitions": args.partitions,
         "seeded": args.seed is not None,
         "symbols": len(SYMBOLS),
@@ -187,6 +191,12 @@ def main() -> None:
     parser.add_argument("--pack", type=int, default=50, help="events per entry (mdp bench: 50)")
     parser.add_argument("--partitions", type=int, default=4, help="shards of the stream")
     parser.add_argument("--pack-as", choices=["rows", "columns"], default="rows")
+    parser.add_argument(
+        "--quote-ratio",
+        type=float,
+        default=0.0,
+        help="share of the events that are quotes (synthetic quote_ratio; mdp bench --quote-ratio)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seeded: no ingest_ts stamps")
     parser.add_argument("--xadd-events", type=int, default=100_000)
     args = parser.parse_args()
