@@ -390,8 +390,9 @@ RETRIES = _counter("retries", "Retries after transient failures (retries)", ["co
 ERROR_REASONS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
         # streaming/redis_bus.py, kafka_bus.py: entries lost to trimming; poison pills;
-        # published entries a Redis Cluster failover lost (redis_bus.py)
-        "bus": ("trimmed", "max_deliveries", "lost_writes"),
+        # published entries a Redis Cluster failover lost, entries a publish trimmed before a
+        # consumer group read them (redis_bus.py)
+        "bus": ("trimmed", "trimmed_unread", "max_deliveries", "lost_writes"),
         # consumers/micro_batcher.py (dead-letter reasons: decode, validation, late)
         "microbatch": (
             "bus",

@@ -51,6 +51,9 @@ class FullPath:
     bars_trade_count: int = 0
     quote_bars_quote_count: int = 0
     dead_letters: int = 0
+    # entries the producers' trims removed before the group read them (bus.maxlen too short
+    # for the backlog): gone, so published != consumed
+    trimmed_unread: int = 0
     sustained_per_s: float = 0.0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
@@ -365,6 +368,9 @@ async def _full_path_with(
                 why = _last_error(workdir / f"producer-{k}.log")
                 raise MDPError(f"a benchmark producer failed (exit {p.returncode}): {why}")
             result.published += int(found.group(1).replace(",", ""))
+            trimmed = re.search(r"; ([\d,]+) entries trimmed before", out)
+            if trimmed is not None:
+                result.trimmed_unread += int(trimmed.group(1).replace(",", ""))
         if progress is not None:
             progress.label = "draining the workers and inference"
         for w in workers_p:

@@ -129,7 +129,14 @@ def result_rows(
             f"{f.published:,} published = {f.events_in:,} consumed = {f.ticks_inserted:,} "
             f"ticks + {f.quotes_inserted:,} quotes stored = {f.bars_trade_count:,} in bars + "
             f"{f.quote_bars_quote_count:,} in quote bars, {f.dead_letters} dead letters: "
-            f"{_ok(f.exact)}; signals = reference ({f.reference_signals:,} signals over "
+            f"{_ok(f.exact)}"
+            + (
+                f" ({f.trimmed_unread:,} entries trimmed before the group read them: "
+                "bus.maxlen is shorter than the backlog)"
+                if f.trimmed_unread
+                else ""
+            )
+            + f"; signals = reference ({f.reference_signals:,} signals over "
             f"{f.reference_bars:,} final bars): {_ok(f.signals_reference)}",
         ),
         *(

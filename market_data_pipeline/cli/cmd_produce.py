@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -326,8 +326,17 @@ def produce(
                         count=count,
                         progress=progress,
                     )
+                trimmed: Mapping[str, int] = getattr(c.bus, "trimmed_unread", {})
             elapsed = time.monotonic() - started
-            typer.echo(_summary("published", what, publisher.published, publisher.topic, elapsed))
+            extra = ""
+            if sum(trimmed.values()):
+                extra = (
+                    f"; {sum(trimmed.values()):,} entries trimmed before a consumer group read "
+                    f"them (bus.maxlen {cfg.bus.maxlen:,} is shorter than the backlog)"
+                )
+            typer.echo(
+                _summary("published", what, publisher.published, publisher.topic, elapsed, extra)
+            )
 
     run_async(main)
 

@@ -77,6 +77,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import operator
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -118,6 +119,8 @@ _PUBLISH_CHUNK = 1000
 # routing keys whose stream a bus remembers per topic before it starts over
 _KEYS_REMEMBERED = 1 << 16
 _LETTER_CHUNK = 200  # letters per script call (each one 18 arguments)
+# a stream's trimmed-unread error line is logged at most this often (the count always)
+_TRIM_REPORT_EVERY_S = 60.0
 # ids of recent publishes kept per stream on a cluster, to find writes a failover lost
 _RECENT_IDS_BUDGET = 200_000
 _RECENT_IDS_MIN = 1_000
@@ -163,26 +166,69 @@ return redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, #ARGV))
 
 # Append ARGV[3..] to stream KEYS[1] in order, one entry each (field "data"), then trim it to
 # about ARGV[1] entries once (XTRIM MAXLEN ~: what a pipeline of XADD ... MAXLEN ~ leaves, with
-# no trim check and three arguments fewer per entry); returns the new entry ids when ARGV[2] is
-# "ids" (a cluster tracks them), else how many were appended (building and sending 1,000 ids
-# costs the server ~0.2 µs per entry). Valkey 9, 1,000 entries per call: 1.44-1.55 -> 1.08-1.10
-# µs per entry of server time.
+# no trim check and three arguments fewer per entry). Returns {new ids when ARGV[2] is "ids"
+# (a cluster tracks them), else how many were appended; entries the trim removed before a
+# consumer group had read them, summed over the groups; groups that lost entries Redis could
+# not count}. Per group, with ld its last delivered id: a trim removes entries from the head,
+# so if the head was after ld every entry removed was unread; if the head was at or before ld
+# (no unread entry was ever removed) and is after it now, the unread ones removed are those
+# removed less the read ones there were, the stream's length less the group's XINFO lag (nil
+# when Redis cannot tell it: an XDEL among its unread entries, Redis before 7.0). The groups
+# are looked at only when the stream is longer than ARGV[1] (a trim may remove something).
+# Valkey 9, 1,000 entries per call: 1.44-1.55 -> 1.08-1.10 µs per entry of server time
+# against the XADD ... MAXLEN ~ per entry it replaced (no groups to look at).
 _PUBLISH_LUA = """
 local key = KEYS[1]
 local n = #ARGV - 2
+local out
 if ARGV[2] == 'ids' then
-  local ids = {}
+  out = {}
   for i = 1, n do
-    ids[i] = redis.call('XADD', key, '*', 'data', ARGV[i + 2])
+    out[i] = redis.call('XADD', key, '*', 'data', ARGV[i + 2])
   end
+else
+  for i = 3, #ARGV do
+    redis.call('XADD', key, '*', 'data', ARGV[i])
+  end
+  out = n
+end
+local length = redis.call('XLEN', key)
+if length <= tonumber(ARGV[1]) then
+  return {out, 0, 0}
+end
+local groups = redis.call('XINFO', 'GROUPS', key)
+if #groups == 0 then
   redis.call('XTRIM', key, 'MAXLEN', '~', ARGV[1])
-  return ids
+  return {out, 0, 0}
 end
-for i = 3, #ARGV do
-  redis.call('XADD', key, '*', 'data', ARGV[i])
+local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1][1]
+local deleted = redis.call('XTRIM', key, 'MAXLEN', '~', ARGV[1])
+if deleted == 0 then
+  return {out, 0, 0}
 end
-redis.call('XTRIM', key, 'MAXLEN', '~', ARGV[1])
-return n
+local function after(a, b)  -- stream id a > stream id b
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+local lost, uncounted = 0, 0
+for _, g in ipairs(groups) do
+  local f = {}
+  for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
+  local ld = f['last-delivered-id']
+  if after(first, ld) then
+    lost = lost + deleted
+  elseif head == nil or after(head[1], ld) then
+    if type(f['lag']) == 'number' then
+      lost = lost + math.max(0, deleted - (length - f['lag']))
+    else
+      uncounted = uncounted + 1
+    end
+  end
+end
+return {out, lost, uncounted}
 """
 
 # Which of the ids ARGV (ascending) are not in stream KEYS[1]; also its first id, so that
@@ -295,8 +341,12 @@ class RedisBus:
         self._master_of: dict[str, str] = {}
         self._recent: dict[str, collections.deque[bytes]] = {}
         self._lost: dict[str, int] = {}
-        if cluster:  # a publisher's process reports lost_writes too: its series from 0
-            telemetry.init_error_series("bus")
+        # per stream: entries this bus's trims removed before a group read them, and when
+        # that was last logged
+        self._trimmed_unread: dict[str, int] = {}
+        self._trim_reported: dict[str, float] = {}
+        # a publisher's process reports trimmed_unread (and lost_writes) too: its series from 0
+        telemetry.init_error_series("bus")
 
     @classmethod
     async def connect(cls, url: str, config: BusConfig) -> RedisBus:
@@ -374,6 +424,12 @@ class RedisBus:
         module docstring)."""
         return dict(self._lost)
 
+    @property
+    def trimmed_unread(self) -> Mapping[str, int]:
+        """Per stream, entries this bus's publishes trimmed (``bus.maxlen``) before a consumer
+        group had read them: gone (see ``_PUBLISH_LUA``)."""
+        return dict(self._trimmed_unread)
+
     def shard_count(self, topic: str) -> int:
         """Shards of ``topic``: ``partitions`` for the events topic, 1 for every other one."""
         return self._layout.shard_count(topic)
@@ -432,28 +488,29 @@ class RedisBus:
             if not self._publish_loaded:
                 await self._client.script_load(_PUBLISH_LUA)  # every master, on a cluster
                 self._publish_loaded = True
-            ids = await self._append(topic, calls)
-            retry = [call for call, reply in zip(calls, ids, strict=True) if reply is None]
+            replies = await self._append(topic, calls)
+            retry = [call for call, reply in zip(calls, replies, strict=True) if reply is None]
             if retry:
                 # the script cache was emptied (a restart, a failover): those calls did not
                 # run at all, so they alone are sent again
                 await self._client.script_load(_PUBLISH_LUA)
                 again = iter(await self._append(topic, retry))
-                ids = [next(again) if reply is None else reply for reply in ids]
+                replies = [next(again) if reply is None else reply for reply in replies]
+            done = [reply for reply in replies if reply is not None]
+            if any(reply[1] or reply[2] for reply in done):
+                self._report_trimmed_unread(calls, done)
             if self._cluster:
                 streams = [stream for stream, chunk in calls for _ in chunk]
-                await self._track(
-                    streams, [i for reply in ids if isinstance(reply, list) for i in reply]
-                )
+                await self._track(streams, [i for reply in done for i in reply[0]])
         return len(items)
 
     async def _append(
         self, topic: str, calls: list[tuple[str, list[bytes]]]
-    ) -> list[list[bytes] | int | None]:
-        """One pipeline of publish script calls (and the ``WAIT`` s): each call's reply (its
-        new ids on a cluster, how many it appended on one server), or ``None`` for a call the
-        server did not know the script of (``NOSCRIPT``: nothing appended). Raises the first
-        other error."""
+    ) -> list[list[Any] | None]:
+        """One pipeline of publish script calls (and the ``WAIT`` s): each call's reply
+        (``[new ids on a cluster or how many it appended on one server, entries trimmed
+        unread, groups trimmed uncounted]``), or ``None`` for a call the server did not know
+        the script of (``NOSCRIPT``: nothing appended). Raises the first other error."""
         sha, maxlen = self._publish_sha, self._maxlen
         written = [stream for stream, chunk in calls for _ in chunk]
         if self._cluster:
@@ -471,7 +528,7 @@ class RedisBus:
                 commands.append(("WAIT", self._wait_replicas, self._wait_timeout_ms))
                 waits = [("server", len(written))]
             replies = await _raw_round_trip(self._client, commands)
-        out: list[list[bytes] | int | None] = []
+        out: list[list[Any] | None] = []
         for reply in replies[: len(calls)]:
             if isinstance(reply, NoScriptError):
                 out.append(None)
@@ -568,6 +625,34 @@ class RedisBus:
             lost[-1],
             len(ids),
         )
+
+    def _report_trimmed_unread(
+        self, calls: list[tuple[str, list[bytes]]], replies: list[list[Any]]
+    ) -> None:
+        """Count and report what the publish script's trims removed before a consumer group
+        had read it (see ``_PUBLISH_LUA``): ``errors_total{component="bus",
+        reason="trimmed_unread"}``, :attr:`trimmed_unread`, and an error log line per stream
+        at most every ``_TRIM_REPORT_EVERY_S``."""
+        now = time.monotonic()
+        for (stream, _chunk), (_out, lost, uncounted) in zip(calls, replies, strict=True):
+            lost, uncounted = int(lost), int(uncounted)
+            if not (lost or uncounted):
+                continue
+            self._trimmed_unread[stream] = self._trimmed_unread.get(stream, 0) + lost
+            telemetry.ERRORS.labels(component="bus", reason="trimmed_unread").inc(lost)
+            if now < self._trim_reported.get(stream, -math.inf) + _TRIM_REPORT_EVERY_S:
+                continue
+            self._trim_reported[stream] = now
+            log.error(
+                "redis bus: publishing to %s trimmed entries a consumer group had not read "
+                "yet (%s so far from this process%s): the group's backlog is longer than "
+                "bus.maxlen (%d); those entries are gone. Raise bus.maxlen above the largest "
+                "backlog, or add consumers",
+                stream,
+                f"{self._trimmed_unread[stream]:,}",
+                f"; and in {uncounted} group(s) Redis could not count them" if uncounted else "",
+                self._maxlen,
+            )
 
     def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
         return RedisConsumer(self, topic, group, name)

@@ -522,6 +522,79 @@ async def test_redis_publish_trims_each_stream_to_about_maxlen(
     assert decode_events(newest[0][1][b"data"]).events[0].seq == sent[-1].seq
 
 
+async def test_redis_publish_counts_entries_it_trims_before_a_group_read_them(
+    backend: tuple[str, ServerUrls], make_bus: MakeBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trim never passes silently over a group's unread entries: while the group keeps up,
+    trims remove read entries only and nothing is counted; once its backlog outgrows
+    ``maxlen``, every entry trimmed unread is counted (``trimmed_unread``,
+    ``errors_total{component="bus",reason="trimmed_unread"}``, an error line), and what the
+    group then reads plus what was counted is exactly what it had not read."""
+    name, _ = backend
+    if name == "kafka":
+        pytest.skip("MAXLEN is Redis-only")
+    bus = await make_bus(partitions=1, maxlen=1000)
+    topic = bus_topic(bus)
+    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
+    counter = telemetry.ERRORS.labels(component="bus", reason="trimmed_unread")
+    before = counter._value.get()
+    try:
+        kept_up = _events(["A"], 3000, provider="read")
+        for i in range(0, len(kept_up), 500):  # trims while the group keeps up
+            await bus.publish(topic, _items(kept_up[i : i + 500]))
+            assert len(await _drain(consumer, 500)) == 500
+        assert bus.trimmed_unread == {}  # type: ignore[attr-defined]
+        unread = _events(["A"], 2500, provider="unread")
+        with caplog.at_level("ERROR"):
+            for i in range(0, len(unread), 700):
+                await bus.publish(topic, _items(unread[i : i + 700]))
+        client: Any = bus.client  # type: ignore[attr-defined]
+        length = await client.xlen(stream)
+        lost = bus.trimmed_unread.get(stream, 0)  # type: ignore[attr-defined]
+        assert lost == len(unread) - length > 0
+        assert counter._value.get() - before == lost
+        assert sum("had not read" in r.getMessage() for r in caplog.records) == 1  # rate-limited
+        got = _decoded(await _drain(consumer, length))
+        assert len(got) == length
+        # the newest entries survive, in order: the group lost exactly the oldest `lost`
+        assert [e.seq for e in got] == [e.seq for e in unread[lost:]]
+    finally:
+        await consumer.aclose()
+
+
+async def test_redis_publish_reports_a_trim_over_unread_entries_redis_cannot_count(
+    backend: tuple[str, ServerUrls], make_bus: MakeBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An XDEL among a group's unread entries leaves Redis unable to tell the group's lag: a
+    trim that then reaches its unread entries is still reported (an error line saying Redis
+    could not count them), and the next trims, which remove unread entries only, are counted
+    again."""
+    name, _ = backend
+    if name != "valkey":
+        pytest.skip("one Redis is enough: the script is the same on every one")
+    bus = await make_bus(partitions=1, maxlen=1000)
+    topic = bus_topic(bus)
+    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
+    consumer = bus.consumer(topic, f"grp.{topic}", "c1")
+    client: Any = bus.client  # type: ignore[attr-defined]
+    try:
+        await bus.publish(topic, _items(_events(["A"], 500, provider="first")))
+        read = await consumer.poll(100, 100)  # the group reads 100 of them
+        assert len(read) == 100
+        await consumer.ack(read)
+        entries = await client.xrange(stream, "-", "+", count=500)
+        await client.xdel(stream, entries[-1][0])  # an unread one: the lag is unknown now
+        with caplog.at_level("ERROR"):
+            await bus.publish(topic, _items(_events(["A"], 1500, provider="second")))
+        assert any("could not count" in r.getMessage() for r in caplog.records)
+        counted = bus.trimmed_unread.get(stream, 0)  # type: ignore[attr-defined]
+        await bus.publish(topic, _items(_events(["A"], 700, provider="third")))
+        assert bus.trimmed_unread[stream] > counted  # type: ignore[attr-defined]
+    finally:
+        await consumer.aclose()
+
+
 async def test_unreachable_server_is_a_bus_error(backend: tuple[str, ServerUrls]) -> None:
     name, _ = backend
     port = free_port()
