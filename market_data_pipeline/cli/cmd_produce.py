@@ -332,7 +332,8 @@ def produce(
             if sum(trimmed.values()):
                 extra = (
                     f"; {sum(trimmed.values()):,} entries trimmed before a consumer group read "
-                    f"them (bus.maxlen {cfg.bus.maxlen:,} is shorter than the backlog)"
+                    f"them (once per group that had not; bus.maxlen {cfg.bus.maxlen:,} is "
+                    "shorter than the backlog)"
                 )
             typer.echo(
                 _summary("published", what, publisher.published, publisher.topic, elapsed, extra)

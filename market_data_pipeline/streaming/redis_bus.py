@@ -517,6 +517,14 @@ class RedisBus:
                 again = iter(await self._append(topic, retry))
                 replies = [next(again) if reply is None else reply for reply in replies]
             done = [reply for reply in replies if reply is not None]
+            if len(done) < len(replies):  # NOSCRIPT again: those calls appended nothing
+                raise BusError(
+                    f"redis bus: publish to {topic}: the server lost the publish script "
+                    f"again right after it was loaded ({len(replies) - len(done)} of "
+                    f"{len(replies)} calls not run); nothing of them was appended",
+                    backend="redis",
+                    operation="publish",
+                )
             if any(reply[1] or reply[2] for reply in done):
                 self._report_trimmed_unread(calls, done)
             if self._cluster:

@@ -673,6 +673,39 @@ async def test_redis_publish_counts_a_trim_over_unread_entries_after_an_xdel(
         await consumer.aclose()
 
 
+async def test_redis_publish_that_meets_noscript_twice_raises_and_appends_nothing(
+    backend: tuple[str, ServerUrls], make_bus: MakeBus
+) -> None:
+    """When the script cache is emptied again right after the publish loaded the script
+    anew, the calls that got NOSCRIPT twice appended nothing: the publish raises ``BusError``
+    (the publisher retries) instead of counting them as published."""
+    name, _ = backend
+    if name != "valkey":
+        pytest.skip("one Redis is enough: the retry path is the client's")
+    bus = await make_bus(partitions=1)
+    topic = bus_topic(bus)
+    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
+    client: Any = bus.client  # type: ignore[attr-defined]
+    await bus.publish(topic, _items(_events(["A"], 5)))
+    load = client.script_load
+
+    async def load_then_lose(script: str) -> Any:
+        sha = await load(script)
+        await client.script_flush()  # a restart right after the load
+        return sha
+
+    await client.script_flush()
+    client.script_load = load_then_lose
+    try:
+        with pytest.raises(BusError, match="lost the publish script again"):
+            await bus.publish(topic, _items(_events(["A"], 5, provider="lost")))
+    finally:
+        client.script_load = load
+    assert await client.xlen(stream) == 5
+    await bus.publish(topic, _items(_events(["A"], 5, provider="again")))  # and it recovers
+    assert await client.xlen(stream) == 10
+
+
 async def test_unreachable_server_is_a_bus_error(backend: tuple[str, ServerUrls]) -> None:
     name, _ = backend
     port = free_port()
