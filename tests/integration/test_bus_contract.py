@@ -499,6 +499,16 @@ async def test_redis_publish_survives_an_emptied_script_cache_exactly_once_in_or
             assert seqs == want, f"{provider}/{symbol} out of order"
 
 
+async def _one_stream_bus(make_bus: MakeBus, **overrides: Any) -> tuple[Bus, str, str, Any]:
+    """A Redis bus of one shard (``make_bus(partitions=1, **overrides)``): the bus, its events
+    topic, that topic's one stream and the raw client (for what the bus does not expose)."""
+    bus = await make_bus(partitions=1, **overrides)
+    topic = bus_topic(bus)
+    stream: str = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
+    client: Any = bus.client  # type: ignore[attr-defined]
+    return bus, topic, stream, client
+
+
 async def test_redis_publish_trims_each_stream_to_about_maxlen(
     backend: tuple[str, ServerUrls], make_bus: MakeBus
 ) -> None:
@@ -509,13 +519,10 @@ async def test_redis_publish_trims_each_stream_to_about_maxlen(
     name, _ = backend
     if name == "kafka":
         pytest.skip("MAXLEN is Redis-only")
-    bus = await make_bus(partitions=1, maxlen=1000)
-    topic = bus_topic(bus)
+    bus, topic, stream, client = await _one_stream_bus(make_bus, maxlen=1000)
     sent = _events(["A"], 2500)
     for i in range(0, len(sent), 700):  # calls that straddle the bound
         await bus.publish(topic, _items(sent[i : i + 700]))
-    client: Any = bus.client  # type: ignore[attr-defined]
-    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
     length = await client.xlen(stream)
     assert 1000 <= length < 1100
     newest = await client.xrevrange(stream, count=1)
@@ -533,9 +540,7 @@ async def test_redis_publish_counts_entries_it_trims_before_a_group_read_them(
     name, _ = backend
     if name == "kafka":
         pytest.skip("MAXLEN is Redis-only")
-    bus = await make_bus(partitions=1, maxlen=1000)
-    topic = bus_topic(bus)
-    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
+    bus, topic, stream, client = await _one_stream_bus(make_bus, maxlen=1000)
     consumer = bus.consumer(topic, f"grp.{topic}", "c1")
     counter = telemetry.ERRORS.labels(component="bus", reason="trimmed_unread")
     before = counter._value.get()
@@ -549,7 +554,6 @@ async def test_redis_publish_counts_entries_it_trims_before_a_group_read_them(
         with caplog.at_level("ERROR"):
             for i in range(0, len(unread), 700):
                 await bus.publish(topic, _items(unread[i : i + 700]))
-        client: Any = bus.client  # type: ignore[attr-defined]
         length = await client.xlen(stream)
         lost = bus.trimmed_unread.get(stream, 0)  # type: ignore[attr-defined]
         assert lost == len(unread) - length > 0
@@ -582,10 +586,7 @@ async def test_redis_publish_counts_trimmed_unread_exactly_whatever_the_groups_l
     name, _ = backend
     if name == "kafka":
         pytest.skip("MAXLEN is Redis-only")
-    bus = await make_bus(partitions=1, maxlen=1000)
-    topic = bus_topic(bus)
-    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
-    client: Any = bus.client  # type: ignore[attr-defined]
+    bus, topic, stream, client = await _one_stream_bus(make_bus, maxlen=1000)
     await bus.publish(topic, _items(_events(["A"], 500, provider="fill")))
     for group in ("caught", "never", "slow", "behind"):
         await client.xgroup_create(stream, group, id="0")
@@ -638,11 +639,8 @@ async def test_redis_publish_counts_a_trim_over_unread_entries_after_an_xdel(
     name, _ = backend
     if name != "valkey":
         pytest.skip("one Redis is enough: the script is the same on every one")
-    bus = await make_bus(partitions=1, maxlen=1000)
-    topic = bus_topic(bus)
-    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
+    bus, topic, stream, client = await _one_stream_bus(make_bus, maxlen=1000)
     consumer = bus.consumer(topic, f"grp.{topic}", "c1")
-    client: Any = bus.client  # type: ignore[attr-defined]
     try:
         await bus.publish(topic, _items(_events(["A"], 500, provider="first")))
         read = await consumer.poll(100, 100)  # the group reads 100 of them
@@ -682,10 +680,7 @@ async def test_redis_publish_that_meets_noscript_twice_raises_and_appends_nothin
     name, _ = backend
     if name != "valkey":
         pytest.skip("one Redis is enough: the retry path is the client's")
-    bus = await make_bus(partitions=1)
-    topic = bus_topic(bus)
-    stream = bus.stream_name(topic, 0)  # type: ignore[attr-defined]
-    client: Any = bus.client  # type: ignore[attr-defined]
+    bus, topic, stream, client = await _one_stream_bus(make_bus)
     await bus.publish(topic, _items(_events(["A"], 5)))
     load = client.script_load
 
