@@ -103,3 +103,28 @@ def test_postgres_from_another_install_runs_that_release() -> None:
         pg.cleanup()
     assert _wait_dead([pid]) == []
     assert not pg.data_dir.exists()
+
+
+async def test_postgres_compares_text_in_code_point_order_whatever_the_host_locale() -> None:
+    """The wheel's PostgreSQL 18 is initialised with the builtin ``C.UTF-8`` locale: text keys
+    compare byte by byte (no libc ``strcoll``), in Python's order, on every host."""
+    import asyncpg
+
+    pg = EmbeddedPostgres(database="postgres")
+    pg.start()
+    try:
+        conn = await asyncpg.connect(pg.url)
+        try:
+            provider = await conn.fetchval(
+                "SELECT datlocprovider FROM pg_database WHERE datname = current_database()"
+            )
+            words = ["b", "B", "a", "é", "Z", "ß", "aa", "A-1", "a_1"]
+            ordered = await conn.fetchval(
+                "SELECT array_agg(w ORDER BY w) FROM unnest($1::text[]) AS w", words
+            )
+        finally:
+            await conn.close()
+    finally:
+        pg.cleanup()
+    assert provider == b"b"
+    assert ordered == sorted(words)
