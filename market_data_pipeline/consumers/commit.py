@@ -1,14 +1,14 @@
 """The micro-batcher's commit path: a :class:`FlushJob` -> the store, exactly once in effect.
 
-:class:`WindowCommitter` writes a job's events of open windows first
-(:meth:`StoreClient.store_raw`: raw rows, no bar), then its closed windows in chunks of whole
-(provider, symbol, window) units of at most ``max_batch_size`` events, a few chunks at once
+:class:`WindowCommitter` writes a job's closed windows in chunks of whole (provider, symbol,
+window) units of at most ``max_batch_size`` events, a few chunks at once
 (:meth:`StoreClient.ingest_columns`: raw ticks and quotes stored idempotently by ``event_id``,
 every touched bar, quote bar and rollup recomputed from all stored events of its window, in one
-transaction per chunk), then the provider bars (:meth:`StoreClient.upsert_bars`). A chunk holding
-a series' quotes commits after the earlier chunks holding quotes of that series (the carried
-book). Transient store failures (:class:`StoreUnavailableError`) are retried with capped
-backoff for as long as they last, only the parts that failed; any other
+transaction per chunk), then the provider bars (:meth:`StoreClient.upsert_bars`), then the
+events of its open windows, all in one call (:meth:`StoreClient.store_raw`: raw rows, no
+bar). A chunk holding a series' quotes commits after the earlier chunks holding quotes of that
+series (the carried book). Transient store failures (:class:`StoreUnavailableError`) are
+retried with capped backoff for as long as they last, only the parts that failed; any other
 :class:`StoreError` after ``STORE_ATTEMPTS_NON_TRANSIENT`` attempts propagates. Acking the
 entries is the caller's: :meth:`WindowCommitter.write` says whether the job is committed.
 """
