@@ -212,10 +212,9 @@ class OpenWindow:
     pending: int = 0  # events in ``parts`` (not yet stored)
     quotes: bool = False  # holds a quote: later windows' carried book depends on it
     # events stored while the window was open (``store_raw``): the first and last of each
-    # store call (all the close needs of them), and how many there were (duplicates included;
-    # the early store counted its duplicates)
+    # store call (all the close needs of them), and how many of them were new
     stored: list[EventColumns] = field(default_factory=list)
-    stored_n: int = 0
+    stored_new: int = 0
     taken_us: int = 0  # wall clock when it was taken into a flush job (closed)
     # the early store in flight holding some of its events: its close waits for it
     storing: asyncio.Future[None] | None = None

@@ -5,7 +5,7 @@ window) units of at most ``max_batch_size`` events, a few chunks at once
 (:meth:`StoreClient.ingest_columns`: raw ticks and quotes stored idempotently by ``event_id``,
 every touched bar, quote bar and rollup recomputed from all stored events of its window, in one
 transaction per chunk), then the provider bars (:meth:`StoreClient.upsert_bars`), then the
-events of its open windows, all in one call (:meth:`StoreClient.store_raw`: raw rows, no
+events of its open windows, a call per window (:meth:`StoreClient.store_raw`: raw rows, no
 bar). A chunk holding a series' quotes commits after the earlier chunks holding quotes of that
 series (the carried book). Transient store failures (:class:`StoreUnavailableError`) are
 retried with capped backoff for as long as they last, only the parts that failed; any other
@@ -130,12 +130,22 @@ class WindowCommitter:
                 bars_pending = False
             if pending_early:
                 # after the closed windows, whose latency they would otherwise add to (a job's
-                # early windows are open ones: none of them closes in this job); all in one
-                # store call: PostgreSQL's COPY sets up its insert buffers per call (~1,000
-                # tuple slots each, a resource-owner entry apiece), so per-window calls of a
-                # few thousand rows paid that setup per few rows
-                await self._store_early(pending_early)
-                pending_early = []
+                # early windows are open ones: none of them closes in this job)
+                results = await asyncio.gather(
+                    *(self._store_early(w, cols) for w, cols in pending_early),
+                    return_exceptions=True,
+                )
+                failed_early = [r for r in results if isinstance(r, BaseException)]
+                pending_early = [
+                    job
+                    for job, r in zip(pending_early, results, strict=True)
+                    if isinstance(r, BaseException)
+                ]
+                for exc in failed_early:
+                    if not isinstance(exc, Exception):
+                        raise exc
+                if failed_early:
+                    raise failed_early[0]
 
         def report(exc: BaseException, delay_s: float | None) -> None:
             if isinstance(exc, StoreUnavailableError):
@@ -184,22 +194,17 @@ class WindowCommitter:
             await self._store.sync_sessions(name, load_sessions(name))
         self._sessions_synced = True
 
-    async def _store_early(self, early: list[tuple[OpenWindow, EventColumns]]) -> None:
-        """Store the events of open windows (no bar yet) in one store call; remember, per
-        window, the first and last of them for the window's close. Their duplicates are
-        counted now (the close counts those of the rest)."""
-        events = EventColumns.concat([cols for _window, cols in early])
+    async def _store_early(self, window: OpenWindow, events: EventColumns) -> None:
+        """Store the events of an open window (no bar yet); remember the first and last of
+        them for the window's close."""
         async with self._store_slots:
             t0 = time.perf_counter()
             result = await self._store.store_raw(events)
             telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
         new = result.ticks_inserted + result.quotes_inserted
-        window_us = self.window_ms * 1000
-        for window, cols in early:
-            window.stored.append(cols.take(window_marks(cols, window_us)))
-            window.stored_n += cols.n
+        window.stored.append(events.take(window_marks(events, self.window_ms * 1000)))
+        window.stored_new += new
         self.stats.stored_early += events.n
-        self.stats.duplicates += events.n - new
         self.stats.ticks_inserted += result.ticks_inserted
         self.stats.quotes_inserted += result.quotes_inserted
         telemetry.STORE_ROWS.labels(table="ticks", op="inserted").inc(result.ticks_inserted)
@@ -224,7 +229,7 @@ class WindowCommitter:
         new = result.ticks_inserted + result.quotes_inserted
         stats.ticks_inserted += result.ticks_inserted
         stats.quotes_inserted += result.quotes_inserted
-        stats.duplicates += sum(w.received - w.stored_n for w in chunk) - new
+        stats.duplicates += sum(w.received - w.stored_new for w in chunk) - new
         stats.bars_written += len(result.bars)
         stats.quote_bars_written += len(result.quote_bars)
         stats.late_corrections += result.bars_result.updated + result.quote_bars_result.updated
