@@ -106,8 +106,7 @@ def _locale_args(bin_dir: Path) -> list[str]:
     the host's libc locale, whose ``strcoll`` the text comparisons of the ``(provider,
     symbol, ...)`` keys went through (~1 % of the server's CPU in ``perf`` at 150k events/s
     with libc ``C.UTF-8``, more with ``en_US.UTF-8``; and an order that changed with the
-    host).
-    Older servers keep the host's locale."""
+    host). Older servers keep the host's locale."""
     if _initdb_major(bin_dir) < 17:
         return []
     return ["--locale-provider=builtin", "--builtin-locale=C.UTF-8"]

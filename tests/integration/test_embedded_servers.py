@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 import redis
 
@@ -108,8 +109,6 @@ def test_postgres_from_another_install_runs_that_release() -> None:
 async def test_postgres_compares_text_in_code_point_order_whatever_the_host_locale() -> None:
     """The wheel's PostgreSQL 18 is initialised with the builtin ``C.UTF-8`` locale: text keys
     compare byte by byte (no libc ``strcoll``), in Python's order, on every host."""
-    import asyncpg
-
     pg = EmbeddedPostgres(database="postgres")
     pg.start()
     try:
