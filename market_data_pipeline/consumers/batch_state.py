@@ -212,9 +212,10 @@ class OpenWindow:
     pending: int = 0  # events in ``parts`` (not yet stored)
     quotes: bool = False  # holds a quote: later windows' carried book depends on it
     # events stored while the window was open (``store_raw``): the first and last of each
-    # store call (all the close needs of them), and how many of them were new
+    # store call (all the close needs of them), and how many there were (duplicates included:
+    # the early store counted its duplicates)
     stored: list[EventColumns] = field(default_factory=list)
-    stored_new: int = 0
+    stored_n: int = 0
     taken_us: int = 0  # wall clock when it was taken into a flush job (closed)
     # the early store in flight holding some of its events: its close waits for it
     storing: asyncio.Future[None] | None = None
@@ -223,11 +224,12 @@ class OpenWindow:
 @dataclass(slots=True)
 class FlushJob:
     """One commit: closed windows by ``(provider, symbol, window start µs)``, provider bars,
-    and events of open windows to store now (their bars are recomputed when they close)."""
+    and events of open windows to store now, as each window's parts (their bars are
+    recomputed when they close)."""
 
     units: dict[tuple[str, str, int], OpenWindow]
     bars: list[BufferedBar]
-    early: list[tuple[OpenWindow, EventColumns]] = field(default_factory=list)
+    early: list[tuple[OpenWindow, list[EventColumns]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

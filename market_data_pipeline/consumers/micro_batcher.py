@@ -359,7 +359,7 @@ class MicroBatcher:
             early = self._take_early(force)
             if early:
                 task = asyncio.create_task(self._commit(stop, FlushJob({}, [], early)))
-                for window, _cols in early:
+                for window, _parts in early:
                     window.storing = task
                 self._early_inflight = task
         if self._inflight is not None:
@@ -669,7 +669,7 @@ class MicroBatcher:
         self._bars = {}
         return FlushJob(units, bars)
 
-    def _take_early(self, force: bool) -> list[tuple[OpenWindow, EventColumns]]:
+    def _take_early(self, force: bool) -> list[tuple[OpenWindow, list[EventColumns]]]:
         """The events of open windows holding ``max_batch_size`` or more not yet stored, taken
         out of them: storing them while the window is open spreads the store's work over the
         window instead of bunching it at its end (lower latency, less memory); their bar is
@@ -689,7 +689,7 @@ class MicroBatcher:
         to_store = []
         for key, window in big:
             if key not in closed:
-                to_store.append((window, EventColumns.concat(window.parts)))
+                to_store.append((window, window.parts))
                 window.parts, window.pending = [], 0
         return to_store
 
