@@ -28,13 +28,19 @@ from market_data_store import (
     PgStoreClient,
     PgStoreReader,
 )
-from market_data_store.bench import bare_copy_ticks_per_s
+from market_data_store.bench import (
+    StatementStat,
+    bare_copy_ticks_per_s,
+    reset_statement_stats,
+    top_statements,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Clients",
+    "StatementStat",
     "bare_copy_ticks_per_s",
     "compress_after_ms",
     "downgrade_schema",
@@ -43,7 +49,9 @@ __all__ = [
     "open_signals_store",
     "open_store",
     "open_store_reader",
+    "reset_statement_stats",
     "run_blocking",
+    "top_statements",
     "upgrade_schema",
 ]
 

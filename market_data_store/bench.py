@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 
+from market_data_core.errors import StoreError
 from market_data_store._errors import translate_errors
 
-__all__ = ["bare_copy_ticks_per_s"]
+__all__ = ["StatementStat", "bare_copy_ticks_per_s", "reset_statement_stats", "top_statements"]
 
 
 async def bare_copy_ticks_per_s(dsn: str, rows: int, batch: int = 5000) -> float:
@@ -42,3 +44,70 @@ async def bare_copy_ticks_per_s(dsn: str, rows: int, batch: int = 5000) -> float
             return rows / (time.perf_counter() - started)
         finally:
             await conn.close()
+
+
+@dataclass(frozen=True)
+class StatementStat:
+    """One normalised statement of ``pg_stat_statements`` since the last reset: ``calls``,
+    ``rows`` (returned or affected), ``total_ms`` of execution (wall time in the server:
+    waiting for locks and for a COPY's data included, planning not), ``query`` as the
+    server normalised it (constants as ``$n``)."""
+
+    query: str
+    calls: int
+    rows: int
+    total_ms: float
+
+
+_NOT_LOADED = (
+    "this PostgreSQL does not load pg_stat_statements: add it to shared_preload_libraries "
+    "and restart it, or let mdp bench start a server of its own, which loads it (neither "
+    "DATABASE_URL nor store.dsn set)"
+)
+
+
+async def reset_statement_stats(dsn: str) -> None:
+    """Create the ``pg_stat_statements`` extension if missing and empty its counters (the
+    start of a measured run). Raises ``StoreError`` when the server does not load the library
+    (``shared_preload_libraries``) or the role may not create the extension or reset."""
+    with translate_errors("reset pg_stat_statements"):
+        conn = await asyncpg.connect(dsn)
+        try:
+            loaded = await conn.fetchval(
+                "SELECT 'pg_stat_statements' = ANY(string_to_array("
+                "replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
+            )
+            if not loaded:
+                raise StoreError(_NOT_LOADED)
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+        finally:
+            await conn.close()
+
+
+async def top_statements(dsn: str, limit: int) -> list[StatementStat]:
+    """The ``limit`` statements of this database with the most execution time since
+    :func:`reset_statement_stats` (``pg_stat_statements``: ``total_exec_time``, ``calls``,
+    ``rows``), most first; the extension's own statements left out. Raises ``StoreError``
+    when the extension is missing."""
+    with translate_errors("read pg_stat_statements"):
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND query NOT LIKE '%pg_stat_statements%' "
+                "ORDER BY total_exec_time DESC LIMIT $1",
+                limit,
+            )
+        finally:
+            await conn.close()
+    return [
+        StatementStat(
+            query=" ".join(r["query"].split()),
+            calls=r["calls"],
+            rows=r["rows"],
+            total_ms=float(r["total_exec_time"]),
+        )
+        for r in rows
+    ]

@@ -5,13 +5,19 @@ same run, and the goal lines it is judged by.
 
 :func:`run_full_path` -> :class:`FullPath` (throughput, latency, lag, RSS and CPU per role,
 exactness); :func:`measure_ceiling` -> :class:`Ceiling`; :func:`result_rows` the printed lines,
-:func:`result_record` the JSON. The CLI command (``cli/cmd_bench.py``) parses flags and calls
+:func:`result_record` the JSON, :func:`statement_rows` PostgreSQL's top statements
+(``--pg-stats``). The CLI command (``cli/cmd_bench.py``) parses flags and calls
 these.
 """
 
 from market_data_pipeline.bench.ceiling import Ceiling, measure_ceiling
 from market_data_pipeline.bench.full_path import FullPath, machine_facts, run_full_path
-from market_data_pipeline.bench.report import result_record, result_rows, rss_flat
+from market_data_pipeline.bench.report import (
+    result_record,
+    result_rows,
+    rss_flat,
+    statement_rows,
+)
 
 __all__ = [
     "Ceiling",
@@ -22,4 +28,5 @@ __all__ = [
     "result_rows",
     "rss_flat",
     "run_full_path",
+    "statement_rows",
 ]

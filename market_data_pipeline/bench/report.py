@@ -3,11 +3,15 @@ beside the figures and the bare ceilings of the same run, and the JSON record.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from market_data_pipeline.bench.ceiling import Ceiling
 from market_data_pipeline.bench.full_path import FullPath, machine_facts
+
+if TYPE_CHECKING:
+    from market_data_pipeline.wiring import StatementStat
 
 __all__ = [
     "TARGET_CPU_US_PER_EVENT",
@@ -18,6 +22,7 @@ __all__ = [
     "result_record",
     "result_rows",
     "rss_flat",
+    "statement_rows",
 ]
 
 # Targets from the issues (21: packed, columnar), printed beside the figures.
@@ -227,3 +232,30 @@ def result_record(
         "full_path": asdict(f),
         "ceiling": None if c is None else asdict(c),
     }
+
+
+_QUERY_CHARS = 120
+
+
+def statement_rows(
+    stats: Sequence[StatementStat], events: int
+) -> tuple[list[str], list[list[str]]]:
+    """``mdp bench --pg-stats``: a header and a row per statement (``pg_stat_statements``,
+    most execution time first): calls, rows, total ms, µs per event (``total_ms`` over
+    ``events``, the events consumed in the run), ms per call and the normalised query cut to
+    ``_QUERY_CHARS`` characters."""
+    header = ["calls", "rows", "total ms", "µs/event", "ms/call", "statement"]
+    rows = []
+    for st in stats:
+        query = st.query if len(st.query) <= _QUERY_CHARS else st.query[: _QUERY_CHARS - 3] + "..."
+        rows.append(
+            [
+                f"{st.calls:,}",
+                f"{st.rows:,}",
+                f"{st.total_ms:,.0f}",
+                f"{st.total_ms * 1000 / events:.2f}" if events else "n/a",
+                f"{st.total_ms / st.calls:.2f}" if st.calls else "n/a",
+                query,
+            ]
+        )
+    return header, rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,13 @@ from typing import Annotated
 import typer
 
 from market_data_core.config import PackAs
-from market_data_pipeline.bench import measure_ceiling, result_record, result_rows, run_full_path
+from market_data_pipeline.bench import (
+    measure_ceiling,
+    result_record,
+    result_rows,
+    run_full_path,
+    statement_rows,
+)
 from market_data_pipeline.cli.apps import app
 from market_data_pipeline.cli.common import (
     DEFAULT_CONFIG,
@@ -28,7 +35,7 @@ from market_data_pipeline.cli.common import (
 from market_data_pipeline.servers import resolve_servers
 from market_data_pipeline.ui import console
 from market_data_pipeline.ui.progress import ProgressLine
-from market_data_pipeline.ui.tables import print_fields
+from market_data_pipeline.ui.tables import print_fields, print_table
 
 
 @app.command("bench")
@@ -87,6 +94,19 @@ def bench(
         ),
     ] = "",
     ceiling: Annotated[bool, typer.Option(help="Measure the bare ceiling too.")] = True,
+    pg_stats: Annotated[
+        int,
+        typer.Option(
+            "--pg-stats",
+            min=0,
+            max=100,
+            metavar="N",
+            help="Also print PostgreSQL's N statements with the most execution time over the "
+            "full path (pg_stat_statements: the bench then starts its own servers, not those "
+            "of mdp up; a server of DATABASE_URL or store.dsn must have it in "
+            "shared_preload_libraries). 0: off.",
+        ),
+    ] = 0,
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the JSON results.")] = Path(
         "benchmarks/results"
     ),
@@ -104,6 +124,7 @@ def bench(
       mdp bench --duration 5s --rate 2000 --no-ceiling
       mdp bench --duration 5s --rate 5000 --pack 50 --window 1s --no-ceiling
       mdp bench --duration 5s --rate 2000 --rollups 1m,5m,1h --no-ceiling
+      mdp bench --duration 5s --rate 5000 --pack 50 --no-ceiling --pg-stats 5
     """
     window_ms = parse_window(window)
     duration_s = duration_ms(duration, "--duration") / 1000
@@ -128,22 +149,38 @@ def bench(
             if rollups
             else {}
         ),
+        # --pg-stats: the servers of `mdp up` do not load pg_stat_statements, throwaway ones do
+        local_servers=not pg_stats,
     )
 
     async def main(stop: asyncio.Event) -> None:
         import tempfile
 
-        from market_data_pipeline.wiring import upgrade_schema
+        from market_data_pipeline.wiring import (
+            StatementStat,
+            reset_statement_stats,
+            top_statements,
+            upgrade_schema,
+        )
 
-        with resolve_servers(cfg, environment()) as urls, tempfile.TemporaryDirectory() as tmp:
+        preload = ("pg_stat_statements",) if pg_stats else ()
+        statements: list[StatementStat] = []
+        with (
+            resolve_servers(cfg, environment(), pg_preload=preload) as urls,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             assert urls.database_url is not None
             await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)
             console.note(f"mdp bench: servers {urls.describe()}")
+            if pg_stats:  # fails before anything is measured when the server lacks it
+                await reset_statement_stats(urls.database_url)
             c = None
             if ceiling:
                 console.note("measuring the bare ceiling ...")
                 with ProgressLine("bare ceiling (3 rounds of 200,000 events)", unit=""):
                     c = await measure_ceiling(urls, 200_000, symbols, pack, cfg.bus)
+            if pg_stats:
+                await reset_statement_stats(urls.database_url)  # the full path only
             console.note(f"running the full path for {duration_s:g}s at {rate:,.0f} ev/s ...")
             with ProgressLine("full path", total=duration_s, unit="") as progress:
                 f = await run_full_path(
@@ -159,9 +196,19 @@ def bench(
                     quote_ratio=quote_ratio,
                     run_tag=tag,
                 )
+            if pg_stats:
+                statements = await top_statements(urls.database_url, pg_stats)
         procs = f"{producers} producer + {workers} micro-batch processes"
         typer.echo(f"\nmdp bench ({run_id}):")
         print_fields(result_rows(c, f, window_ms, rate, pack, procs, quote_ratio, pack_as))
+        if pg_stats:
+            typer.echo(
+                f"\nPostgreSQL statements with the most execution time over the full path "
+                f"(pg_stat_statements, top {pg_stats}; µs per event = over all "
+                f"{f.events_in:,} events consumed):"
+            )
+            header, rows = statement_rows(statements, f.events_in)
+            print_table(header, rows, indent=2)
         params = {
             "duration_s": duration_s,
             "rate": rate,
@@ -175,6 +222,8 @@ def bench(
             "workers": workers,
         }
         record = result_record(run_id, params, window_ms, c, f)
+        if pg_stats:
+            record["pg_statements"] = [asdict(st) for st in statements]
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"bench-{run_id}.json"
         path.write_text(json.dumps(record, indent=2))

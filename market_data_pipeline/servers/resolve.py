@@ -71,11 +71,14 @@ def resolve_servers(
     postgres: bool = True,
     kafka: bool | None = None,
     data_dir: Path | None = None,
+    pg_preload: tuple[str, ...] = (),
 ) -> Iterator[ServerUrls]:
     """Yield server URLs, starting embedded servers for what is configured nowhere.
 
     ``kafka=None`` means "when ``bus.type`` is kafka"; the embedded broker keeps its data in
-    memory only.
+    memory only. ``pg_preload``: libraries an embedded PostgreSQL loads
+    (``shared_preload_libraries``, e.g. ``pg_stat_statements``); servers configured elsewhere
+    are used as they are.
 
     Embedded servers stop when the block exits (normally, on an exception, or on
     KeyboardInterrupt) and die with this process otherwise.
@@ -94,7 +97,9 @@ def resolve_servers(
         if db_url and not db_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("DATABASE_URL must be a postgresql:// DSN", source="environment")
         if postgres and not db_url:
-            pg = EmbeddedPostgres(data_dir=None if data_dir is None else data_dir / "pgdata")
+            pg = EmbeddedPostgres(
+                data_dir=None if data_dir is None else data_dir / "pgdata", preload=pg_preload
+            )
             pg.start()
             started.append(pg)
             names.append("postgres")

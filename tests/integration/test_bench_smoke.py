@@ -75,3 +75,71 @@ def test_bench_runs_the_full_path_exactly(
     assert full["bars_relayed"] >= full["reference_bars"]
     assert "signals = reference" in proc.stdout and "outbox relay" in proc.stdout
     assert record["params"]["workers"] == 2 and record["machine"]["cpus"]
+
+
+def _bench(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "market_data_pipeline.cli.app",
+            "bench",
+            "--duration",
+            "3s",
+            "--rate",
+            "3000",
+            "--symbols",
+            "4",
+            "--window",
+            "1s",
+            "--pack",
+            "10",
+            "--workers",
+            "1",
+            "--producers",
+            "1",
+            "--no-ceiling",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_bench_pg_stats_lists_the_statements_of_the_full_path(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # no DATABASE_URL (and a state folder of its own): the bench starts an embedded
+    # PostgreSQL, which loads pg_stat_statements for --pg-stats
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {"REDIS_URI": redis_url, "MDP_HOME": str(tmp_path / "home")}
+    proc = _bench(env, tmp_path / "out", "--pg-stats", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PostgreSQL statements with the most execution time" in proc.stdout
+    (result,) = (tmp_path / "out").glob("bench-*.json")
+    record = json.loads(result.read_text())
+    statements = record["pg_statements"]
+    assert 1 <= len(statements) <= 4
+    totals = [st["total_ms"] for st in statements]
+    assert totals == sorted(totals, reverse=True) and all(st["calls"] > 0 for st in statements)
+    # the raw ticks go in by COPY: among the top statements, with every event as a row
+    (copy,) = [st for st in statements if st["query"].startswith('COPY "ticks"')]
+    assert copy["rows"] == record["full_path"]["ticks_inserted"] > 0
+    assert not any("pg_stat_statements" in st["query"] for st in statements)
+
+
+def test_bench_pg_stats_on_a_server_without_the_library_fails_before_measuring(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "REDIS_URI": redis_url, "DATABASE_URL": database_url}
+    proc = _bench(env, tmp_path / "out", "--pg-stats", "4")
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mdp: error:")]
+    assert len(errors) == 1 and "shared_preload_libraries" in errors[0], proc.stderr
+    assert proc.stderr.strip().endswith(errors[0])  # one line, the last, no traceback
+    assert not (tmp_path / "out").exists()
