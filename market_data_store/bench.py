@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,35 +17,42 @@ from market_data_store._errors import translate_errors
 __all__ = ["StatementStat", "bare_copy_ticks_per_s", "reset_statement_stats", "top_statements"]
 
 
+@asynccontextmanager
+async def _connection(dsn: str, what: str) -> AsyncIterator[asyncpg.Connection]:
+    """One connection of its own for ``what``, its errors as ``StoreError``."""
+    with translate_errors(what):
+        conn = await asyncpg.connect(dsn)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
 async def bare_copy_ticks_per_s(dsn: str, rows: int, batch: int = 5000) -> float:
     """COPY ``rows`` tick-shaped rows into a temporary table, ``batch`` rows per COPY, one
     transaction per batch (as the micro-batcher commits); returns rows/s."""
-    with translate_errors("bare COPY benchmark"):
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(
-                "CREATE TEMP TABLE bench_ticks (provider text, symbol text, ts timestamptz, "
-                "seq bigint, price numeric, size numeric)"
+    async with _connection(dsn, "bare COPY benchmark") as conn:
+        await conn.execute(
+            "CREATE TEMP TABLE bench_ticks (provider text, symbol text, ts timestamptz, "
+            "seq bigint, price numeric, size numeric)"
+        )
+        t0 = datetime(2026, 1, 1, tzinfo=UTC)
+        records = [
+            (
+                "bench",
+                f"S{i % 20}",
+                t0 + timedelta(microseconds=i),
+                i,
+                Decimal("100.25"),
+                Decimal("1.5"),
             )
-            t0 = datetime(2026, 1, 1, tzinfo=UTC)
-            records = [
-                (
-                    "bench",
-                    f"S{i % 20}",
-                    t0 + timedelta(microseconds=i),
-                    i,
-                    Decimal("100.25"),
-                    Decimal("1.5"),
-                )
-                for i in range(rows)
-            ]
-            started = time.perf_counter()
-            for i in range(0, rows, batch):
-                async with conn.transaction():
-                    await conn.copy_records_to_table("bench_ticks", records=records[i : i + batch])
-            return rows / (time.perf_counter() - started)
-        finally:
-            await conn.close()
+            for i in range(rows)
+        ]
+        started = time.perf_counter()
+        for i in range(0, rows, batch):
+            async with conn.transaction():
+                await conn.copy_records_to_table("bench_ticks", records=records[i : i + batch])
+        return rows / (time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -70,19 +79,15 @@ async def reset_statement_stats(dsn: str) -> None:
     """Create the ``pg_stat_statements`` extension if missing and empty its counters (the
     start of a measured run). Raises ``StoreError`` when the server does not load the library
     (``shared_preload_libraries``) or the role may not create the extension or reset."""
-    with translate_errors("reset pg_stat_statements"):
-        conn = await asyncpg.connect(dsn)
-        try:
-            loaded = await conn.fetchval(
-                "SELECT 'pg_stat_statements' = ANY(string_to_array("
-                "replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
-            )
-            if not loaded:
-                raise StoreError(_NOT_LOADED)
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            await conn.execute("SELECT pg_stat_statements_reset()")
-        finally:
-            await conn.close()
+    async with _connection(dsn, "reset pg_stat_statements") as conn:
+        loaded = await conn.fetchval(
+            "SELECT 'pg_stat_statements' = ANY(string_to_array("
+            "replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
+        )
+        if not loaded:
+            raise StoreError(_NOT_LOADED)
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SELECT pg_stat_statements_reset()")
 
 
 async def top_statements(dsn: str, limit: int) -> list[StatementStat]:
@@ -90,18 +95,14 @@ async def top_statements(dsn: str, limit: int) -> list[StatementStat]:
     :func:`reset_statement_stats` (``pg_stat_statements``: ``total_exec_time``, ``calls``,
     ``rows``), most first; the extension's own statements left out. Raises ``StoreError``
     when the extension is missing."""
-    with translate_errors("read pg_stat_statements"):
-        conn = await asyncpg.connect(dsn)
-        try:
-            rows = await conn.fetch(
-                "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements "
-                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND query NOT LIKE '%pg_stat_statements%' "
-                "ORDER BY total_exec_time DESC LIMIT $1",
-                limit,
-            )
-        finally:
-            await conn.close()
+    async with _connection(dsn, "read pg_stat_statements") as conn:
+        rows = await conn.fetch(
+            "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND query NOT LIKE '%pg_stat_statements%' "
+            "ORDER BY total_exec_time DESC LIMIT $1",
+            limit,
+        )
     return [
         StatementStat(
             query=" ".join(r["query"].split()),

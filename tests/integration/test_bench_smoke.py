@@ -14,42 +14,58 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("quote_ratio", [0.0, 0.5])
-def test_bench_runs_the_full_path_exactly(
-    redis_url: str, database_url: str, tmp_path: Path, quote_ratio: float
-) -> None:
-    env = {**os.environ, "REDIS_URI": redis_url, "DATABASE_URL": database_url}
-    proc = subprocess.run(
+def _bench(env: dict[str, str], out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A short ``mdp bench`` (no ceiling, 3,000 ev/s in 10-event entries, 1 s windows, one
+    producer) writing its JSON to ``out``; ``args`` come last (a later flag wins)."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "market_data_pipeline.cli.app",
             "bench",
             "--duration",
-            "4s",
+            "3s",
             "--rate",
             "3000",
             "--symbols",
-            "6",
+            "4",
             "--window",
             "1s",
             "--pack",
             "10",
             "--workers",
-            "2",
+            "1",
             "--producers",
             "1",
             "--no-ceiling",
-            "--quote-ratio",
-            str(quote_ratio),
             "--out",
-            str(tmp_path),
+            str(out),
+            *args,
         ],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=240,
+    )
+
+
+@pytest.mark.parametrize("quote_ratio", [0.0, 0.5])
+def test_bench_runs_the_full_path_exactly(
+    redis_url: str, database_url: str, tmp_path: Path, quote_ratio: float
+) -> None:
+    env = {**os.environ, "REDIS_URI": redis_url, "DATABASE_URL": database_url}
+    proc = _bench(
+        env,
+        tmp_path,
+        "--duration",
+        "4s",
+        "--symbols",
+        "6",
+        "--workers",
+        "2",
+        "--quote-ratio",
+        str(quote_ratio),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "full path: sustained" in proc.stdout
@@ -75,40 +91,6 @@ def test_bench_runs_the_full_path_exactly(
     assert full["bars_relayed"] >= full["reference_bars"]
     assert "signals = reference" in proc.stdout and "outbox relay" in proc.stdout
     assert record["params"]["workers"] == 2 and record["machine"]["cpus"]
-
-
-def _bench(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "market_data_pipeline.cli.app",
-            "bench",
-            "--duration",
-            "3s",
-            "--rate",
-            "3000",
-            "--symbols",
-            "4",
-            "--window",
-            "1s",
-            "--pack",
-            "10",
-            "--workers",
-            "1",
-            "--producers",
-            "1",
-            "--no-ceiling",
-            "--out",
-            str(out),
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
 
 
 def test_bench_pg_stats_lists_the_statements_of_the_full_path(
