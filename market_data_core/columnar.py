@@ -48,7 +48,9 @@ blocks.
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
@@ -95,11 +97,13 @@ __all__ = [
     "columns_from_events",
     "columns_from_rows",
     "columns_from_wire_rows",
+    "decimal_strs",
     "decimal_text",
     "decode_blocks",
     "decode_maps",
     "encode_block",
     "encode_blocks",
+    "event_id_strs",
     "first_occurrences",
     "is_block",
     "row_dict",
@@ -410,6 +414,14 @@ def _digits(values: Int64s, width: int | None = None) -> npt.NDArray[np.uint8]:
     return out
 
 
+def _digit_counts(values: Int64s, width: int) -> Int64s:
+    """How many decimal digits each non-negative value of at most ``width`` digits has."""
+    counts = np.ones(len(values), np.int64)
+    for d in range(1, width):
+        counts += values >= 10**d
+    return counts
+
+
 def decimal_text(values: Int64s) -> tuple[bytes, Int64s]:
     """Non-negative integers as their decimal text (ASCII): a blob and end offsets."""
     n = len(values)
@@ -417,11 +429,81 @@ def decimal_text(values: Int64s) -> tuple[bytes, Int64s]:
         return b"", np.zeros(0, np.int64)
     matrix = _digits(values)
     width = matrix.shape[1]
-    lengths = np.ones(n, np.int64)
-    for d in range(1, width):
-        lengths += values >= 10**d
+    lengths = _digit_counts(values, width)
     keep = np.arange(width) >= (width - lengths)[:, None]
     return matrix[keep].tobytes(), np.cumsum(lengths)
+
+
+def _lines(matrix: npt.NDArray[np.uint8]) -> list[str]:
+    """The rows of an ASCII matrix as text, NUL bytes (padding) left out: each row ends in
+    ``\\n`` in its last column, so the rows are one blob split at C speed, with no loop per
+    row (``bytes.replace`` drops the padding wherever a row has it)."""
+    lines = matrix.tobytes().replace(b"\0", b"").decode("ascii").split("\n")
+    lines.pop()  # what follows the last row's newline
+    return lines
+
+
+def _unpadded_digits(values: Int64s) -> tuple[npt.NDArray[np.uint8], int]:
+    """``values`` (non-negative) as right-aligned ASCII digits whose leading zeros are NUL
+    (padding for :func:`_lines`), and the matrix's width."""
+    width = len(str(int(values.max()))) if len(values) else 1
+    digits = _digits(values, width)
+    digits[np.arange(width) < (width - _digit_counts(values, width))[:, None]] = 0
+    return digits, width
+
+
+def decimal_strs(values: Int64s) -> list[str]:
+    """Non-negative integers as their decimal text, one ``str`` per value: ``str(v)`` for
+    each, made from a digit matrix rather than value by value."""
+    if not len(values):
+        return []
+    digits, width = _unpadded_digits(values)
+    matrix = np.empty((len(values), width + 1), np.uint8)
+    matrix[:, :width] = digits
+    matrix[:, width] = ord("\n")
+    return _lines(matrix)
+
+
+def event_id_strs(cols: EventColumns) -> list[str]:
+    """Each row's ``event_id`` as its fields imply it, ``provider|symbol|src_ts|seq`` with the
+    time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``
+    (:func:`~market_data_core.contracts.make_event_id`), built as one ASCII matrix (the
+    series' prefixes, one text per distinct second, the microsecond and ``seq`` digits)
+    rather than row by row. Rows must have ``src_ts`` within the datetime range and
+    ``seq >= 0``."""
+    n = cols.n
+    if n == 0:
+        return []
+    texts = [f"{p}|{s}|" for p, s in cols.series]
+    if not all(t.isascii() and "\n" not in t and "\0" not in t for t in texts):
+        # not the matrix's alphabet (the contract's symbols are, providers need not be)
+        return [
+            f"{texts[j]}{isoformat_epoch_us(ts)}|{seq}"
+            for j, ts, seq in zip(
+                cols.series_idx.tolist(), cols.src_ts.tolist(), cols.seq.tolist(), strict=True
+            )
+        ]
+    prefixes = [t.encode("ascii") for t in texts]
+    width = max(map(len, prefixes))
+    table = np.zeros((len(prefixes), width), np.uint8)  # NUL-padded: dropped by _lines
+    for s, prefix in enumerate(prefixes):
+        table[s, : len(prefix)] = np.frombuffer(prefix, np.uint8)
+    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
+    distinct, which = np.unique(seconds, return_inverse=True)
+    heads = np.frombuffer(
+        b"".join(isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct),
+        np.uint8,
+    ).reshape(len(distinct), 20)
+    digits, seq_width = _unpadded_digits(cols.seq)
+    matrix = np.empty((n, width + 28 + seq_width + 1), np.uint8)
+    matrix[:, :width] = table[cols.series_idx]
+    matrix[:, width : width + 20] = heads[which]
+    matrix[:, width + 20 : width + 26] = _digits(fraction, 6)
+    matrix[:, width + 26] = ord("Z")
+    matrix[:, width + 27] = ord("|")
+    matrix[:, width + 28 : width + 28 + seq_width] = digits
+    matrix[:, -1] = ord("\n")
+    return _lines(matrix)
 
 
 def coded_rows(values: Sequence[bytes], codes: npt.NDArray[np.integer]) -> tuple[bytes, Int64s]:
@@ -1154,19 +1236,14 @@ def columns_from_rows(rows: Sequence[ColumnRow]) -> EventColumns:
         trade_ids,
         ingest_ts,
     ) = zip(*rows, strict=True)
-    series: dict[tuple[str, str], int] = {}
-    series_idx = np.fromiter(
-        (series.setdefault(ps, len(series)) for ps in zip(providers, symbols, strict=True)),
-        np.int32,
-        n,
-    )
+    series, series_idx = _first_seen_codes(list(zip(providers, symbols, strict=True)), n)
     lengths = np.fromiter(map(len, trade_ids), np.int64, n)
     blob = "".join(trade_ids).encode()
     if len(blob) != int(lengths.sum()):  # not all ASCII: the lengths in bytes
         parts = [t.encode() for t in trade_ids]
         lengths = np.fromiter(map(len, parts), np.int64, n)
     return EventColumns(
-        series=tuple(series),
+        series=series,
         series_idx=series_idx,
         intervals=(None,),
         interval_idx=np.zeros(n, np.int32),
@@ -1236,6 +1313,7 @@ _MAPS_DECODER = msgspec.msgpack.Decoder(list[_WireMap])
 _RAW_LIST_DECODER = msgspec.msgpack.Decoder(list[msgspec.Raw])
 # first byte of a msgpack map: fixmap, map 16, map 32
 _MAP_FIRST: Final = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+_MAP_FIRST_BYTES: Final = bytes(sorted(_MAP_FIRST))
 # what the codec decodes at most (a larger payload is its error to report)
 _MAX_MAP_PAYLOAD: Final = 16 * 1024 * 1024
 _MAX_INT64: Final = 2**63 - 1
@@ -1297,7 +1375,16 @@ def _coded(values: tuple[Any, ...], codes: dict[Any, int]) -> UInt8s:
     first = values[0]
     if values.count(first) == len(values):
         return np.full(len(values), codes[first], np.uint8)
-    return np.array([codes[v] for v in values], np.uint8)
+    return np.fromiter(map(codes.__getitem__, values), np.uint8, len(values))
+
+
+def _first_seen_codes(values: Iterable[Any], n: int, *, first: Any = ()) -> tuple[Any, Int32s]:
+    """The distinct ``values`` in order of first appearance (after ``first``, the values
+    coded before any: ``(None,)`` puts ``None`` at 0) and each value's code, as int32; the
+    loops run in C (``dict.fromkeys``, ``map``). ``values`` is iterated twice."""
+    distinct = tuple(dict.fromkeys(itertools.chain(first, values)))
+    codes = {v: i for i, v in enumerate(distinct)}
+    return distinct, np.fromiter(map(codes.__getitem__, values), np.int32, n)
 
 
 def _int64s_or_none(values: tuple[int | None, ...]) -> Int64s | None:
@@ -1322,6 +1409,22 @@ _SIDE_OR_NONE: Final[dict[str | None, int]] = {None: 0}
 _SIDE_OR_NONE.update(SIDE_CODES)
 
 
+_first_byte = operator.itemgetter(0)
+
+
+def _all_maps(payloads: Sequence[bytes]) -> bool:
+    """Whether every payload is ``bytes`` of at most ``_MAX_MAP_PAYLOAD`` starting as a
+    msgpack map does, tested without a Python loop per payload."""
+    k = len(payloads)
+    if list(map(type, payloads)).count(bytes) != k:
+        return False
+    lengths = list(map(len, payloads))
+    if min(lengths) == 0 or max(lengths) > _MAX_MAP_PAYLOAD:
+        return False
+    firsts = bytes(map(_first_byte, payloads))
+    return not firsts.translate(None, _MAP_FIRST_BYTES)
+
+
 def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
     """Decode and validate payloads of one event each (a msgpack map, or an array of one)
     straight into
@@ -1341,17 +1444,22 @@ def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
     candidates: list[int] = []
     maps: list[bytes | memoryview] = []
     others: list[int] = []
-    for i, p in enumerate(payloads):
-        if type(p) is not bytes or not 0 < len(p) <= _MAX_MAP_PAYLOAD:
-            others.append(i)
-        elif p[0] in _MAP_FIRST:
-            candidates.append(i)
-            maps.append(p)
-        elif p[0] == 0x91 and len(p) > 1 and p[1] in _MAP_FIRST:  # an array of one map
-            candidates.append(i)
-            maps.append(memoryview(p)[1:])
-        else:
-            others.append(i)
+    k = len(payloads)
+    if k and _all_maps(payloads):  # the usual poll: every payload a map (tested in C)
+        candidates = list(range(k))
+        maps = list(payloads)
+    else:
+        for i, p in enumerate(payloads):
+            if type(p) is not bytes or not 0 < len(p) <= _MAX_MAP_PAYLOAD:
+                others.append(i)
+            elif p[0] in _MAP_FIRST:
+                candidates.append(i)
+                maps.append(p)
+            elif p[0] == 0x91 and len(p) > 1 and p[1] in _MAP_FIRST:  # an array of one map
+                candidates.append(i)
+                maps.append(memoryview(p)[1:])
+            else:
+                others.append(i)
     if not candidates:
         return MapsDecoded(_empty_columns(), np.zeros(0, np.int32), others)
     wire = _wire_maps(maps)
@@ -1423,16 +1531,16 @@ def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
     id_blob = id_text.encode()
     if len(id_blob) != int(id_lengths.sum()):  # not all ASCII: the lengths in bytes
         id_lengths = np.fromiter((len(x.encode()) for x in ids), np.int64, n)
-    series: dict[tuple[str, str], int] = {}
-    pairs = list(zip(provider, symbol, strict=True))
-    series_idx = np.fromiter((series.setdefault(p, len(series)) for p in pairs), np.int32, n)
-    intervals: dict[str | None, int] = {None: 0}
+    if provider.count(provider[0]) == n:  # one provider (the usual poll): code the symbols
+        symbols, series_idx = _first_seen_codes(symbol, n)
+        series = tuple((provider[0], s) for s in symbols)
+    else:
+        series, series_idx = _first_seen_codes(list(zip(provider, symbol, strict=True)), n)
     if interval.count(None) == n:
+        intervals: tuple[str | None, ...] = (None,)
         interval_idx = np.zeros(n, np.int32)
     else:
-        interval_idx = np.fromiter(
-            (intervals.setdefault(x, len(intervals)) for x in interval), np.int32, n
-        )
+        intervals, interval_idx = _first_seen_codes(interval, n, first=(None,))
     if set(ver) <= set(SUPPORTED_VERSIONS):
         vers = np.array(ver, np.int64)
     else:  # an unknown version, maybe beyond int64: the reference words it
@@ -1440,9 +1548,9 @@ def decode_maps(payloads: Sequence[bytes]) -> MapsDecoded:
         bad |= unknown
         vers = np.fromiter((1 if u else x for u, x in zip(unknown, ver, strict=True)), np.int64, n)
     cols = EventColumns(
-        series=tuple(series),
+        series=series,
         series_idx=series_idx,
-        intervals=tuple(intervals),
+        intervals=intervals,
         interval_idx=interval_idx,
         ver=vers,
         kind=_coded(kind, KIND_CODES),
@@ -1477,9 +1585,7 @@ def _event_ids_match(cols: EventColumns, wire_ids: Sequence[str]) -> Bools:
         return np.ones(0, np.bool_)
     seq = cols.seq
     width = len(str(int(seq.max())))
-    digit_counts = np.ones(n, np.int64)
-    for d in range(1, width):
-        digit_counts += seq >= 10**d
+    digit_counts = _digit_counts(seq, width)
     prefixes = [f"{p}|{s}|".encode() for p, s in cols.series]
     prefix_lengths = np.fromiter(map(len, prefixes), np.int64, len(prefixes))
     # "YYYY-MM-DDTHH:MM:SS.ffffffZ|" is 28 characters for every year datetime holds

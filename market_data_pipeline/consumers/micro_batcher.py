@@ -412,17 +412,17 @@ class MicroBatcher:
         event each (:func:`decode_maps`); the other payloads, and those two do not vouch for,
         one by one (:func:`decode_events`, the reference) and turned into columns."""
         payloads = records.payloads
-        magic = BLOCK_MAGIC[:1]  # is_block(), inlined: one test per entry
-        block_at = [i for i, p in enumerate(payloads) if p[:1] == magic]
-        if not block_at:
-            map_at: Sequence[int] = range(len(payloads))
-            map_payloads = payloads
-        else:
-            blocks = set(block_at)
-            map_at = [i for i in range(len(payloads)) if i not in blocks]
-            map_payloads = [payloads[i] for i in map_at]
         parts: list[EventColumns] = []
         owners: list[npt.NDArray[np.intp]] = []
+        # one-event maps first: that decode classifies every payload at C speed, the rest
+        # (column blocks, and what it does not vouch for) comes back in ``others``
+        maps = decode_maps(payloads)
+        if maps.columns.n:
+            parts.append(maps.columns)
+            owners.append(maps.row_payload.astype(np.intp))
+        magic = BLOCK_MAGIC[:1]  # is_block(), inlined
+        block_at = [i for i in maps.others if payloads[i][:1] == magic]
+        row_at = [i for i in maps.others if payloads[i][:1] != magic] if block_at else maps.others
         if block_at:
             decoded = decode_blocks([payloads[i] for i in block_at])
             for p, err in decoded.errors:
@@ -430,13 +430,6 @@ class MicroBatcher:
                 await self._dead_letter(rec, err.reason, err.detail, err.payload or rec.payload)
             parts.append(decoded.columns)
             owners.append(np.asarray(block_at, np.intp)[decoded.row_payload])
-        row_at: list[int] = []
-        if map_at:
-            maps = decode_maps(map_payloads)
-            if maps.columns.n:
-                parts.append(maps.columns)
-                owners.append(np.asarray(map_at, np.intp)[maps.row_payload])
-            row_at = [map_at[i] for i in maps.others]
         if row_at:
             events: list[StreamEvent] = []
             owner: list[int] = []

@@ -31,12 +31,20 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from market_data_core.columnar import OPTIONAL_BITS, EventColumns, decimal_text
+from market_data_core.columnar import (
+    OPTIONAL_BITS,
+    SIDE_NAMES,
+    EventColumns,
+    decimal_strs,
+    decimal_text,
+    event_id_strs,
+)
 from market_data_core.config import SyntheticProducerConfig
 from market_data_core.contracts import EventKind, StreamEvent
 from market_data_core.protocols import routing_key
@@ -132,6 +140,9 @@ class _Walk:
         self.symbols = list(cfg.symbols)
         self.keys = [routing_key(cfg.provider, s) for s in self.symbols]
         self.id_prefixes = [f"{cfg.provider}|{s}|" for s in self.symbols]
+        # by series index and side code, for a whole block at once (fancy indexing in C)
+        self._symbol_names = np.array(self.symbols, dtype=object)
+        self._side_names = np.array(["" if x is None else x for x in SIDE_NAMES], dtype=object)
         self.prices = [cfg.start_price] * len(self.symbols)
         self.seqs = [0] * len(self.symbols)
         self.rng = source._rng
@@ -274,36 +285,27 @@ class _Walk:
     def _tick_rows(self, cols: EventColumns, ingest_us: int | None) -> list[WireRow]:
         """Trades drawn as columns (:meth:`_draw`) as msgpack wire rows: what :meth:`_ticks`
         makes of the same values (the event id from the time's text and the sequence number,
-        the trade id the sequence number, one second's text prefix reused)."""
-        provider, symbols, id_prefixes = self.provider, self.symbols, self.id_prefixes
-        prefix = self._second_prefix
-        next_second_us = -(2**63) if self._second is None else (self._second + 1) * 1_000_000
-        rows: list[WireRow] = []
-        append = rows.append
-        sides = ("", "buy", "sell")
-        for j, ts_us, seq, c, v, side in zip(
-            cols.series_idx.tolist(),
-            cols.src_ts.tolist(),
-            cols.seq.tolist(),
+        the trade id the sequence number). The texts are made for the whole block
+        (:func:`event_id_strs`, :func:`decimal_strs`) and the rows by ``map`` over the
+        columns' lists: no Python code runs per row."""
+        n = cols.n
+        seq_texts = decimal_strs(cols.seq)
+        fields = (
             cols.floats["c"].tolist(),
             cols.floats["v"].tolist(),
-            cols.side.tolist(),
-            strict=True,
-        ):
-            if ts_us >= next_second_us:
-                second = ts_us // 1_000_000
-                prefix = self._iso_second(second)
-                next_second_us = (second + 1) * 1_000_000
-            iso = f"{prefix}{str(ts_us - next_second_us + 2_000_000)[1:]}Z"
-            seq_text = str(seq)
-            event_id = f"{id_prefixes[j]}{iso}|{seq_text}"
-            fields = (c, v, seq_text, sides[side], provider, symbols[j], "tick", ts_us, seq, 1)
-            append(
-                _SeededTickRow(*fields, event_id)
-                if ingest_us is None
-                else _TickRow(ingest_us, *fields, event_id)
-            )
-        return rows
+            seq_texts,
+            self._side_names[cols.side].tolist(),
+            repeat(self.provider, n),
+            self._symbol_names[cols.series_idx].tolist(),
+            repeat("tick", n),
+            cols.src_ts.tolist(),
+            cols.seq.tolist(),
+            repeat(1, n),
+            event_id_strs(cols),
+        )
+        if ingest_us is None:
+            return list(map(_SeededTickRow, *fields))
+        return list(map(_TickRow, repeat(ingest_us, n), *fields))
 
     def _mixed(self, n: int, ingest: int | str | None) -> list[WireRow]:
         """Trades and quotes, a whole round of the symbols at a time (see the module doc)."""

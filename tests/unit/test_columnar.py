@@ -8,6 +8,7 @@ with equal events (values, types, fields set), and give every other row the refe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -28,15 +29,17 @@ from market_data_core.columnar import (
     OPTIONAL_BITS,
     EventColumns,
     columns_from_events,
+    decimal_strs,
     decode_blocks,
     encode_block,
     encode_blocks,
     encode_columns,
+    event_id_strs,
     window_marks,
 )
 from market_data_core.contracts import StreamEvent, make_event_id
 from market_data_core.errors import ContractError
-from market_data_core.timeutil import MAX_EPOCH_US, MIN_EPOCH_US, from_epoch_us
+from market_data_core.timeutil import MAX_EPOCH_US, MIN_EPOCH_US, from_epoch_us, isoformat_us
 
 from .test_codec import events as any_events
 
@@ -539,3 +542,38 @@ def test_window_marks_keep_every_window_of_every_kind_and_series_span(
     assert windows(marks) == windows(cols)
     assert spans(marks) == spans(cols)
     assert marks.n <= 2 * len(windows(cols))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([("synthetic", "AAPL"), ("binance", "BTC-USDT"), ("p", "X")]),
+            st.integers(MIN_EPOCH_US, MAX_EPOCH_US),
+            st.integers(0, 2**63 - 1) | st.integers(0, 120),
+        ),
+        max_size=40,
+    )
+)
+def test_event_id_and_decimal_texts_are_make_event_id_and_str_of_each_row(
+    rows: list[tuple[tuple[str, str], int, int]],
+) -> None:
+    """The block-at-once texts equal ``make_event_id`` and ``str`` row by row: seq of one digit
+    and of nineteen side by side, any second datetime holds, series prefixes of different
+    lengths; and a series text the matrix cannot carry (outside ASCII: row by row)."""
+    events = [
+        StreamEvent.create(
+            provider=p, symbol=s, kind="tick", src_ts=from_epoch_us(ts), c=1.0, v=1.0, seq=seq
+        )
+        for (p, s), ts, seq in rows
+    ]
+    cols = columns_from_events(events)
+    assert event_id_strs(cols) == [
+        make_event_id(e.provider, e.symbol, e.src_ts, e.seq) for e in events
+    ]
+    assert decimal_strs(cols.seq) == [str(e.seq) for e in events]
+    if events:
+        odd = dataclasses.replace(cols, series=tuple((f"é{p}", f"{s}\n") for p, s in cols.series))
+        assert event_id_strs(odd) == [
+            f"é{e.provider}|{e.symbol}\n|{isoformat_us(e.src_ts)}|{e.seq}" for e in events
+        ]
