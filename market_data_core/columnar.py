@@ -1378,10 +1378,10 @@ def _coded(values: tuple[Any, ...], codes: dict[Any, int]) -> UInt8s:
     return np.fromiter(map(codes.__getitem__, values), np.uint8, len(values))
 
 
-def _first_seen_codes(values: Iterable[Any], n: int, *, first: Any = ()) -> tuple[Any, Int32s]:
+def _first_seen_codes(values: Sequence[Any], n: int, *, first: Any = ()) -> tuple[Any, Int32s]:
     """The distinct ``values`` in order of first appearance (after ``first``, the values
     coded before any: ``(None,)`` puts ``None`` at 0) and each value's code, as int32; the
-    loops run in C (``dict.fromkeys``, ``map``). ``values`` is iterated twice."""
+    loops run in C (``dict.fromkeys``, ``map``)."""
     distinct = tuple(dict.fromkeys(itertools.chain(first, values)))
     codes = {v: i for i, v in enumerate(distinct)}
     return distinct, np.fromiter(map(codes.__getitem__, values), np.int32, n)

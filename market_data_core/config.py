@@ -239,7 +239,9 @@ class ProducersConfig(_Model):
     replay: ReplayProducerConfig = ReplayProducerConfig()
     coinbase: CoinbaseProducerConfig = CoinbaseProducerConfig()
     ibkr: IbkrProducerConfig = IbkrProducerConfig()
-    publish_batch_size: int = Field(default=500, ge=1, le=100_000)
+    # events per publish call; None: 500 entries' worth (500 x pack_events, at most 100,000:
+    # market_data_pipeline.producers.publisher.default_batch_size)
+    publish_batch_size: int | None = Field(default=None, ge=1, le=100_000)
     buffer_max_events: int = Field(default=100_000, ge=100)
     pack_events: int = Field(default=1, ge=1, le=10_000)
     # how a pack of events goes on the bus: an array of maps in bus.codec ("rows", what any

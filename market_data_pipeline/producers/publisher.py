@@ -8,7 +8,8 @@ Contract:
   :meth:`Publisher.put_block` appends a :class:`WireBlock`: many events already in wire form
   (a :class:`WireSource` such as the synthetic provider makes them without building
   ``StreamEvent`` objects); the bytes published are the same as for the equivalent events.
-* A background task takes up to ``batch_size`` events at a time, pays for them on the token
+* A background task takes up to ``batch_size`` events at a time (by default 500 entries'
+  worth: :func:`default_batch_size`), pays for them on the token
   bucket (``max_msgs_per_s``), encodes them (``pack_events > 1``: that many events of one
   routing key per entry, per-key order kept) and publishes them in one call.
 * A failed publish (``BusError``) is retried with capped exponential backoff for
@@ -56,7 +57,7 @@ from market_data_pipeline import telemetry
 from market_data_pipeline.producers.pacing import TokenBucket
 from market_data_pipeline.retry import Backoff, retry
 
-__all__ = ["Publisher", "WireBlock", "WireForm", "WireSource", "encode_batch"]
+__all__ = ["Publisher", "WireBlock", "WireForm", "WireSource", "default_batch_size", "encode_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +268,25 @@ def encode_batch(
     return items
 
 
+# A publish call's default size, in entries: each call has a fixed cost on both sides (the
+# retry wrapper, the script call and its round trip, the encoding set-up), so a call of packed
+# entries carries as many entries as one of single events would (10 entries per call, 500
+# events at 50 per entry, cost the producers 2.0-2.1 µs of CPU per event at 200,000 ev/s,
+# 100-500 entries 0.8-1.0), up to MAX_BATCH_EVENTS events.
+DEFAULT_BATCH_ENTRIES = 500
+MAX_BATCH_EVENTS = 100_000
+
+
+def default_batch_size(pack_events: int) -> int:
+    """Events per publish call when none is configured: :data:`DEFAULT_BATCH_ENTRIES`
+    entries of ``pack_events`` events, at most :data:`MAX_BATCH_EVENTS`."""
+    return min(MAX_BATCH_EVENTS, DEFAULT_BATCH_ENTRIES * max(1, pack_events))
+
+
 class Publisher:
-    """Buffers events and publishes them to ``topic`` in paced batches (see module doc)."""
+    """Buffers events and publishes them to ``topic`` in paced batches (see module doc);
+    ``batch_size`` events per call (``None``: :func:`default_batch_size` of
+    ``pack_events``)."""
 
     def __init__(
         self,
@@ -276,7 +294,7 @@ class Publisher:
         *,
         topic: str,
         codec: CodecName = "msgpack",
-        batch_size: int = 500,
+        batch_size: int | None = None,
         buffer_max_events: int = 100_000,
         pack_events: int = 1,
         pack_as: PackAs = "rows",
@@ -285,6 +303,10 @@ class Publisher:
         retry_timeout_s: float = 30.0,
         retry_max_delay_s: float = 2.0,
     ) -> None:
+        # pacing keeps the burst it always had (the old default batch) when none is given
+        burst = float(batch_size or DEFAULT_BATCH_ENTRIES)
+        if batch_size is None:
+            batch_size = default_batch_size(pack_events)
         if batch_size < 1 or buffer_max_events < 1 or pack_events < 1:
             raise ValueError("batch_size, buffer_max_events and pack_events must be >= 1")
         self._bus = bus
@@ -299,7 +321,7 @@ class Publisher:
         self._batch_size = batch_size
         self._buffer_max = max(buffer_max_events, batch_size)
         self._pack = pack_events
-        self._bucket = TokenBucket(max_msgs_per_s, burst=max(1.0, float(batch_size)))
+        self._bucket = TokenBucket(max_msgs_per_s, burst=max(1.0, burst))
         self._linger_s = linger_ms / 1000
         self._retry_timeout_s = retry_timeout_s
         self._retry_max_delay_s = retry_max_delay_s

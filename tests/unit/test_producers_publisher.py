@@ -30,6 +30,7 @@ from market_data_pipeline import telemetry
 from market_data_pipeline.producers.publisher import (
     Publisher,
     WireBlock,
+    default_batch_size,
     encode_batch,
     encode_rows,
 )
@@ -343,3 +344,19 @@ def test_rows_encode_to_the_codecs_bytes_for_any_events(
     items, per_provider = encode_rows(pairs, codec, pack)
     assert items == encode_batch(evs, codec, pack)
     assert sum(per_provider.values()) == len(evs)
+
+
+async def test_a_call_carries_500_entries_by_default_single_or_packed() -> None:
+    """Unset, a publish call takes 500 entries' worth of events: 500 single events, or 500
+    packs (5,000 events at 10 per entry), at most 100,000 events."""
+    assert default_batch_size(1) == 500
+    assert default_batch_size(50) == 25_000
+    assert default_batch_size(1000) == 100_000
+    for pack, n in ((1, 1_234), (10, 12_345)):
+        bus = MemoryBus()
+        evs = ticks(n)
+        async with Publisher(bus, topic="t", pack_events=pack, linger_ms=10_000) as pub:
+            for ev in evs:
+                await pub.put(ev)
+        assert max(bus.calls) == 500  # full calls of 500 entries, then the rest
+        assert sorted(bus.events("t"), key=lambda e: e.seq) == evs and pub.published == n
