@@ -23,7 +23,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from market_data_core.errors import StoreError
-from market_data_store._schema_names import partition_ddl, partition_name
+from market_data_store._schema_names import (
+    APPEND_ONLY_RELOPTIONS,
+    APPEND_ONLY_TABLES,
+    partition_ddl,
+    partition_name,
+)
 
 __all__ = [
     "ORDER_BY",
@@ -147,6 +152,8 @@ def make_timeseries(
             ),
             {"t": table, "secs": compress_after_ms / 1000.0},
         )
+        if table in APPEND_ONLY_TABLES:  # the hypertable's, copied to each new chunk
+            conn.execute(text(f'ALTER TABLE "{table}" SET ({APPEND_ONLY_RELOPTIONS})'))
         return
     today = datetime.now(UTC).date()
     for offset in range(-1, precreate_days + 1):

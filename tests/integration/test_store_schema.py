@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 import pytest
@@ -19,6 +19,7 @@ from market_data_store import (
     head_revision,
     upgrade_schema,
 )
+from market_data_store.partitions import PartitionManager
 from tests.integration._store_db import create_database, drop_database, fresh_database
 
 TABLES = {"bars_ohlcv", "job_runs", "signals", "ticks"}
@@ -218,6 +219,44 @@ async def test_0010_ticks_without_event_id_up_and_down(empty_db: str) -> None:
         assert await downgrade_schema(empty_db, before) == before
         back = await conn.fetch("SELECT provider, symbol, ts, seq, event_id FROM ticks")
         assert {r["event_id"] for r in back} == {make_event_id(*r) for r in rows}
+        assert await upgrade_schema(empty_db) == head_revision()
+    finally:
+        await conn.close()
+
+
+async def _insert_vacuum_off(conn: asyncpg.Connection) -> dict[str, bool]:
+    """Each partition of the time-series tables: whether inserts alone trigger no vacuum."""
+    rows = await conn.fetch(
+        "SELECT c.relname, coalesce(c.reloptions, '{}') AS options FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+        "WHERE p.relname IN ('ticks', 'quotes', 'bars_ohlcv', 'quote_bars', 'signals')"
+    )
+    return {r["relname"]: "autovacuum_vacuum_insert_threshold=-1" in r["options"] for r in rows}
+
+
+async def test_0011_raw_partitions_are_not_vacuumed_for_inserts(empty_db: str) -> None:
+    """The raw tables' partitions, those that exist at the upgrade (made by an older mdp)
+    and those made later, carry ``autovacuum_vacuum_insert_threshold = -1``; no other
+    table's do; a downgrade resets it."""
+    before = "0010_ticks_without_event_id"
+    assert await upgrade_schema(empty_db, before) == before
+    conn = await asyncpg.connect(empty_db)
+    try:
+        for name in await _insert_vacuum_off(conn):  # as an mdp before 0011 made them
+            await conn.execute(f'ALTER TABLE "{name}" RESET (autovacuum_vacuum_insert_threshold)')
+        assert not any((await _insert_vacuum_off(conn)).values())
+        assert await upgrade_schema(empty_db) == head_revision()
+        flags = await _insert_vacuum_off(conn)
+        raw = {name for name in flags if name.startswith(("ticks_p", "quotes_p"))}
+        assert raw and {name for name, off in flags.items() if off} == raw
+        pool = await asyncpg.create_pool(empty_db, min_size=1, max_size=1)
+        try:  # a day no partition holds yet: made as a client makes it before writing
+            assert await PartitionManager().ensure(pool, "ticks", [date(2031, 5, 6)]) == 1
+        finally:
+            await pool.close()
+        assert (await _insert_vacuum_off(conn))["ticks_p20310506"]
+        assert await downgrade_schema(empty_db, before) == before
+        assert not any((await _insert_vacuum_off(conn)).values())
         assert await upgrade_schema(empty_db) == head_revision()
     finally:
         await conn.close()
