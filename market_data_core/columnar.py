@@ -464,6 +464,23 @@ def decimal_strs(values: Int64s) -> list[str]:
     return _lines(matrix)
 
 
+def _iso_us_texts(src_ts: Int64s) -> npt.NDArray[np.uint8]:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ|`` of each µs timestamp (within the datetime range), as
+    an (n, 28) ASCII matrix: one text per distinct second, the microseconds as digits."""
+    seconds, fraction = np.divmod(src_ts, 1_000_000)
+    distinct, which = np.unique(seconds, return_inverse=True)
+    heads = np.frombuffer(
+        b"".join(isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct),
+        np.uint8,
+    ).reshape(len(distinct), 20)
+    out = np.empty((len(src_ts), 28), np.uint8)
+    out[:, :20] = heads[which]
+    out[:, 20:26] = _digits(fraction, 6)
+    out[:, 26] = ord("Z")
+    out[:, 27] = ord("|")
+    return out
+
+
 def event_id_strs(cols: EventColumns) -> list[str]:
     """Each row's ``event_id`` as its fields imply it, ``provider|symbol|src_ts|seq`` with the
     time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``
@@ -488,19 +505,10 @@ def event_id_strs(cols: EventColumns) -> list[str]:
     table = np.zeros((len(prefixes), width), np.uint8)  # NUL-padded: dropped by _lines
     for s, prefix in enumerate(prefixes):
         table[s, : len(prefix)] = np.frombuffer(prefix, np.uint8)
-    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
-    distinct, which = np.unique(seconds, return_inverse=True)
-    heads = np.frombuffer(
-        b"".join(isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct),
-        np.uint8,
-    ).reshape(len(distinct), 20)
     digits, seq_width = _unpadded_digits(cols.seq)
     matrix = np.empty((n, width + 28 + seq_width + 1), np.uint8)
     matrix[:, :width] = table[cols.series_idx]
-    matrix[:, width : width + 20] = heads[which]
-    matrix[:, width + 20 : width + 26] = _digits(fraction, 6)
-    matrix[:, width + 26] = ord("Z")
-    matrix[:, width + 27] = ord("|")
+    matrix[:, width : width + 28] = _iso_us_texts(cols.src_ts)
     matrix[:, width + 28 : width + 28 + seq_width] = digits
     matrix[:, -1] = ord("\n")
     return _lines(matrix)
@@ -1599,17 +1607,8 @@ def _event_ids_match(cols: EventColumns, wire_ids: Sequence[str]) -> Bools:
         ok &= np.fromiter(map(str.isascii, wire_ids), np.bool_, n)
         wire = np.array(ascii_ids, dtype=f"S{max(size, 1)}").view(np.uint8).reshape(n, -1)
     # what follows the prefix, left-aligned: the timestamp's text, "|", the seq digits
-    seconds, fraction = np.divmod(cols.src_ts, 1_000_000)
-    distinct, which = np.unique(seconds, return_inverse=True)
-    heads = np.frombuffer(
-        b"".join(isoformat_epoch_us(int(sec) * 1_000_000)[:20].encode() for sec in distinct),
-        np.uint8,
-    ).reshape(len(distinct), 20)
     tail = np.zeros((n, 28 + width), np.uint8)
-    tail[:, :20] = heads[which]
-    tail[:, 20:26] = _digits(fraction, 6)
-    tail[:, 26] = ord("Z")
-    tail[:, 27] = ord("|")
+    tail[:, :28] = _iso_us_texts(cols.src_ts)
     digits = _digits(seq, width)  # right-aligned: shift each row left by its zero padding
     column = np.arange(width)
     shifted = np.take_along_axis(
