@@ -16,6 +16,7 @@ import typer
 
 from market_data_core.config import PackAs
 from market_data_pipeline.bench import (
+    in_child,
     measure_ceiling,
     result_record,
     result_rows,
@@ -170,7 +171,9 @@ def bench(
             tempfile.TemporaryDirectory() as tmp,
         ):
             assert urls.database_url is not None
-            await asyncio.to_thread(upgrade_schema, urls.database_url, config=cfg)
+            # the migration and the bare ceiling in processes of their own: their memory
+            # (SQLAlchemy, 200,000 event objects) is no streaming process's (see bench.child)
+            await in_child(upgrade_schema, urls.database_url, config=cfg)
             console.note(f"mdp bench: servers {urls.describe()}")
             if pg_stats:  # fails before anything is measured when the server lacks it
                 await reset_statement_stats(urls.database_url)
@@ -178,7 +181,7 @@ def bench(
             if ceiling:
                 console.note("measuring the bare ceiling ...")
                 with ProgressLine("bare ceiling (3 rounds of 200,000 events)", unit=""):
-                    c = await measure_ceiling(urls, 200_000, symbols, pack, cfg.bus)
+                    c = await in_child(measure_ceiling, urls, 200_000, symbols, pack, cfg.bus)
             if pg_stats:
                 await reset_statement_stats(urls.database_url)  # the full path only
             console.note(f"running the full path for {duration_s:g}s at {rate:,.0f} ev/s ...")

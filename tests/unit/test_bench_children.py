@@ -1,8 +1,11 @@
 """The benchmark's children die with it: a ``kill -9`` of ``mdp bench`` (a test timeout, an
-OOM kill) once left two micro-batch workers retrying for 40 minutes against stopped servers."""
+OOM kill) once left two micro-batch workers retrying for 40 minutes against stopped servers.
+Its set-up work in a process of its own (:func:`in_child`) returns what the call returned and
+raises what it raised."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +14,10 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
+
+from market_data_core.errors import MDPError, StoreError
+from market_data_pipeline.bench import in_child
 
 _PARENT = """
 import os, sys, time
@@ -46,4 +53,65 @@ def test_a_benchmark_child_gets_sigterm_when_the_benchmark_is_killed(tmp_path: P
     deadline = time.monotonic() + 10
     while not _gone(child_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert _gone(child_pid)
+
+
+async def _async_pid(offset: int) -> int:
+    await asyncio.sleep(0)
+    return os.getpid() + offset
+
+
+def _raise_store_error(message: str) -> None:
+    raise StoreError(message)
+
+
+class _TwoArgError(Exception):
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} and {b}")
+
+
+def _raise_unpicklable() -> None:
+    raise _TwoArgError("this", "that")
+
+
+def _exit_3() -> None:
+    os._exit(3)
+
+
+def _sleep_after_pid(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+async def test_in_child_returns_the_result_of_a_call_in_another_process() -> None:
+    assert await in_child(os.getpid) != os.getpid()
+    pid = await in_child(_async_pid, 1_000_000)  # a coroutine function is run to completion
+    assert pid - 1_000_000 not in (os.getpid(), 0)
+    assert await in_child(int, "ff", base=16) == 255  # keyword arguments
+
+
+async def test_in_child_raises_the_childs_exception_or_says_how_it_died() -> None:
+    with pytest.raises(StoreError, match="^boom$"):
+        await in_child(_raise_store_error, "boom")
+    # an exception the parent could not rebuild comes as an MDPError naming it
+    with pytest.raises(MDPError, match=r"_raise_unpicklable failed: _TwoArgError: this and that"):
+        await in_child(_raise_unpicklable)
+    with pytest.raises(MDPError, match="_exit_3 exited with code 3"):
+        await in_child(_exit_3)
+
+
+async def test_in_child_stops_its_child_when_cancelled(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    task = asyncio.create_task(in_child(_sleep_after_pid, str(pid_file)))
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 10
+    while not _gone(child_pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert _gone(child_pid)
