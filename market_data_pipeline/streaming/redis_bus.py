@@ -396,7 +396,9 @@ class RedisBus:
                     socket_connect_timeout=2.0,
                 )
             else:
-                client = aredis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+                # TCP keepalive for TCP only: a unix:// socket's connection class refuses it
+                keepalive = {} if url.startswith("unix:") else {"socket_keepalive": True}
+                client = aredis.Redis.from_url(url, health_check_interval=30, **keepalive)
         except (ValueError, RedisError, RedisClusterException) as exc:
             raise ConfigError(
                 f"cannot use Redis URL {redact_url(url)}: {exc}", key_path="bus.redis.uri"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -93,6 +95,31 @@ def redis7_url() -> Iterator[str]:
     server.start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_unix_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded Valkey listening on a Unix socket only (``unix://<path>?db=0``): the URL
+    form of a server on the same host without TCP."""
+    folder = tmp_path_factory.mktemp("valkey-unix")
+    sock = folder / "valkey.sock"
+    proc = subprocess.Popen(
+        [
+            str(EmbeddedRedis.binary()),
+            *("--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"),
+            *("--dir", str(folder), "--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while not sock.exists():
+        assert proc.poll() is None, "valkey-server on a Unix socket exited"
+        assert time.monotonic() < deadline, "valkey-server made no Unix socket in 15 s"
+        time.sleep(0.02)
+    yield f"unix://{sock}?db=0"
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(scope="session")

