@@ -302,7 +302,7 @@ def _field_parts(e: _Fixed | _Variable, n: int) -> list[npt.NDArray[np.uint8] | 
             head = np.broadcast_to(
                 np.frombuffer(np.array(width, ">i4").tobytes(), np.uint8), (n, 4)
             )
-            return [np.hstack((head, e.data))]
+            return [head, e.data]
         size = np.where(e.null, 0, width)
         starts = np.arange(n, dtype=np.int64) * width
         e = _Variable(e.data.tobytes(), starts + width, e.null)  # NULL rows are skipped below
@@ -316,7 +316,7 @@ def _field_parts(e: _Fixed | _Variable, n: int) -> list[npt.NDArray[np.uint8] | 
     if n and np.all(size == size[0]) and e.null is None:
         width = int(size[0])
         data = np.frombuffer(e.blob, np.uint8, n * width).reshape(n, width)
-        return [np.hstack((lengths.astype(">i4").view(np.uint8).reshape(n, 4), data))]
+        return [lengths.astype(">i4").view(np.uint8).reshape(n, 4), data]
     head = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
     return [head, _Variable(e.blob, e.ends, e.null)]
 
@@ -355,11 +355,7 @@ def encode_copy(columns: Sequence[Column], n: int, *, keep_order: bool = False) 
     )
     parts: list[npt.NDArray[np.uint8] | _Variable] = [count]
     for c in columns:
-        for part in _field_parts(c.encode(), n):
-            if isinstance(part, np.ndarray) and isinstance(parts[-1], np.ndarray):
-                parts[-1] = np.hstack((parts[-1], part))
-            else:
-                parts.append(part)
+        parts += _field_parts(c.encode(), n)
     variable = [p for p in parts if isinstance(p, _Variable)]
     if n == 0:
         return COPY_HEADER + _TRAILER
@@ -380,6 +376,8 @@ def encode_copy(columns: Sequence[Column], n: int, *, keep_order: bool = False) 
     else:
         order = np.argsort(layout, kind="stable")
         groups = np.split(order, np.flatnonzero(np.diff(layout[order])) + 1)
+    if len(groups) > 1:  # each group takes its rows of every part: fewer, wider parts
+        parts = _merge_fixed(parts)
     chunks = [COPY_HEADER]
     for rows in groups:
         first = int(rows[0])
@@ -391,6 +389,25 @@ def encode_copy(columns: Sequence[Column], n: int, *, keep_order: bool = False) 
             else:
                 matrices.append(_gather(p, rows, int(widths[v][first])))
                 v += 1
-        chunks.append(np.hstack(matrices).tobytes())
+        chunks.append(np.concatenate(matrices, axis=1).tobytes())
     chunks.append(_TRAILER)
     return b"".join(chunks)
+
+
+def _merge_fixed(
+    parts: list[npt.NDArray[np.uint8] | _Variable],
+) -> list[npt.NDArray[np.uint8] | _Variable]:
+    """``parts`` with every run of adjacent byte matrices joined into one (one copy each)."""
+    out: list[npt.NDArray[np.uint8] | _Variable] = []
+    run: list[npt.NDArray[np.uint8]] = []
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            run.append(part)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else np.concatenate(run, axis=1))
+            run = []
+        out.append(part)
+    if run:
+        out.append(run[0] if len(run) == 1 else np.concatenate(run, axis=1))
+    return out
