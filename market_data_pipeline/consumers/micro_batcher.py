@@ -160,6 +160,9 @@ class MicroBatcher:
             config.bus.events_topic, config.bus.group, consumer_name
         )
         self._wall = wall_clock_us
+        # the wall time of the last poll that came back short (read all there was): a
+        # symbol's quiet for the flush timeout is judged as of then (see windowing)
+        self._read_wall_us = 0
         self._max_batch = mb.max_batch_size
         self._linger_s = mb.poll_linger_ms / 1000
         self._clock_args = (
@@ -254,6 +257,8 @@ class MicroBatcher:
                     await self._renew_held()
                     asked = self._poll_entries()
                     records = await self._consumer.poll(asked, self.config.bus.block_ms)
+                    if len(records) < asked:  # nothing left behind it: quiet is seen now
+                        self._read_wall_us = self._wall()
                     self._count_letters()
                     bus_backoff.reset()
                 except BusError as exc:
@@ -643,7 +648,7 @@ class MicroBatcher:
         return [
             key
             for key in self._windows
-            if force or self._clocks[(key[0], key[1])].closable(key[2], now)
+            if force or self._clocks[(key[0], key[1])].closable(key[2], now, self._read_wall_us)
         ]
 
     def _closed_events(self, force: bool) -> int:

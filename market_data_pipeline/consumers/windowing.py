@@ -12,6 +12,11 @@ the largest event time seen for the symbol minus ``allow_late_ms``. A window clo
   quiet (no new events) for ``flush_timeout_ms``: quiet markets and idle symbols still close
   their windows, while a busy symbol — including a replay of old data, whose event times are far
   behind the wall clock — closes windows by its watermark alone and so writes each bar once.
+  Quiet is judged as of the consumer's last poll that left nothing behind it (``read_wall_us``
+  of :meth:`EventClock.closable`): a worker behind a backlog, or waiting for the store, has
+  not seen the symbol's next events yet, and closing its windows then would write each of
+  them again with every later part (measured: 711 bar writes for 620 windows in a 60 s run
+  with 6 s of lag).
 
 An event whose window has already closed is *late*. Inside ``correction_horizon_ms`` (measured in
 event time, behind the watermark) it corrects the stored bar; beyond it, it is *too late* and goes
@@ -89,12 +94,17 @@ class EventClock:
             self.max_event_us = event_us
         self.last_arrival_wall_us = wall_us
 
-    def closable(self, window_start: int, wall_us: int) -> bool:
+    def closable(self, window_start: int, wall_us: int, read_wall_us: int | None = None) -> bool:
+        """Whether the window starting at ``window_start`` (µs) is closed at wall time
+        ``wall_us``: by the watermark, or by the flush timeout when the symbol has had no
+        arrival for ``flush_timeout`` before ``read_wall_us`` (the wall time of the last
+        poll that read everything there was; default ``wall_us``) — see the module docstring."""
         end = window_start + self.window_us
         wm = self.watermark_us
         if wm is not None and end <= wm:
             return True
-        quiet = wall_us - self.last_arrival_wall_us >= self.flush_timeout_us
+        seen_up_to = wall_us if read_wall_us is None else min(read_wall_us, wall_us)
+        quiet = seen_up_to - self.last_arrival_wall_us >= self.flush_timeout_us
         return quiet and wall_us >= end + self.allow_late_us + self.flush_timeout_us
 
 

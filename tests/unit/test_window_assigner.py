@@ -70,6 +70,20 @@ def test_wall_clock_fallback_needs_a_quiet_symbol() -> None:
     assert c.closable(0, wall_us=4_400_000)
 
 
+def test_quiet_is_judged_as_of_the_last_poll_that_read_everything() -> None:
+    c = clock()
+    c.observe(1 * S, wall_us=1 * S)  # the last arrival
+    # the worker has not read all there was since 1.5 s (full polls, or a wait for the
+    # store): at 10 s of wall time the symbol has been quiet for only 0.5 s as far as it
+    # knows, and its window stays open
+    assert not c.closable(0, wall_us=10 * S, read_wall_us=1_500_000)
+    assert c.closable(0, wall_us=10 * S, read_wall_us=2 * S)  # read up to 1 s later: quiet
+    # the window's own wall-clock bound still counts: end + late + flush = 3.5 s
+    assert not c.closable(0, wall_us=3_400_000, read_wall_us=3_400_000)
+    # a read time past the wall time (another clock) cannot make it quiet sooner
+    assert not c.closable(0, wall_us=1_500_000, read_wall_us=9 * S)
+
+
 # --- the vectorised decisions agree with EventClock, event by event ---------------------------
 
 batches = st.lists(
