@@ -91,7 +91,7 @@ async def test_in_child_returns_the_result_of_a_call_in_another_process() -> Non
 
 
 async def test_in_child_raises_the_childs_exception_or_says_how_it_died() -> None:
-    with pytest.raises(StoreError, match="^boom$"):
+    with pytest.raises(StoreError, match=r"^boom$"):
         await in_child(_raise_store_error, "boom")
     # an exception the parent could not rebuild comes as an MDPError naming it
     with pytest.raises(MDPError, match=r"_raise_unpicklable failed: _TwoArgError: this and that"):
