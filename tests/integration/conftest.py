@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -20,6 +21,7 @@ from market_data_pipeline.servers import (
     EmbeddedRedis,
     EmbeddedServerError,
 )
+from market_data_pipeline.servers.process import die_with_parent
 from tests.support.redis_cluster import LocalRedisCluster
 
 
@@ -111,6 +113,7 @@ def valkey_unix_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(signal.SIGKILL),  # as the embedded servers: no orphan
     )
     deadline = time.monotonic() + 15
     while not sock.exists():
