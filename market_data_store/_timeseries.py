@@ -36,6 +36,9 @@ __all__ = [
     "Backend",
     "choose_backend",
     "create_timeseries_table",
+    "disable_compression",
+    "enable_compression",
+    "is_hypertable",
     "make_timeseries",
     "partition_ddl",
     "partition_name",
@@ -50,9 +53,9 @@ Backend = Literal["timescale", "native"]
 # otherwise, and the unique check on compressed chunks needs them); ``interval`` is a keyword.
 SEGMENT_BY: dict[str, str] = {
     "bars_ohlcv": 'provider, symbol, "interval"',
-    "ticks": "provider, symbol",
+    "ticks": "series_key, provider, symbol",
     "signals": "symbol",
-    "quotes": "provider, symbol",
+    "quotes": "series_key, provider, symbol",
     "quote_bars": 'provider, symbol, "interval"',
 }
 ORDER_BY: dict[str, str] = {
@@ -138,26 +141,63 @@ def make_timeseries(
             ),
             {"t": table},
         )
-        conn.execute(
-            text(
-                f'ALTER TABLE "{table}" SET (timescaledb.compress, '
-                f"timescaledb.compress_segmentby = '{SEGMENT_BY[table]}', "
-                f"timescaledb.compress_orderby = '{ORDER_BY[table]}')"
-            )
-        )
-        conn.execute(
-            text(
-                "SELECT add_compression_policy(CAST(:t AS regclass), "
-                "compress_after => make_interval(secs => :secs), if_not_exists => TRUE)"
-            ),
-            {"t": table, "secs": compress_after_ms / 1000.0},
-        )
+        enable_compression(conn, table, compress_after_ms=compress_after_ms)
         if table in APPEND_ONLY_TABLES:  # the hypertable's, copied to each new chunk
             conn.execute(text(f'ALTER TABLE "{table}" SET ({APPEND_ONLY_RELOPTIONS})'))
         return
     today = datetime.now(UTC).date()
     for offset in range(-1, precreate_days + 1):
         conn.execute(text(partition_ddl(table, today + timedelta(days=offset))))
+
+
+def enable_compression(
+    conn: Connection, table: str, *, compress_after_ms: int, segment_by: str | None = None
+) -> None:
+    """TimescaleDB: compress the hypertable ``table``'s chunks by :data:`SEGMENT_BY` (or
+    ``segment_by``) and :data:`ORDER_BY`, older than ``compress_after_ms`` (a background
+    policy)."""
+    conn.execute(
+        text(
+            f'ALTER TABLE "{table}" SET (timescaledb.compress, '
+            f"timescaledb.compress_segmentby = '{segment_by or SEGMENT_BY[table]}', "
+            f"timescaledb.compress_orderby = '{ORDER_BY[table]}')"
+        )
+    )
+    conn.execute(
+        text(
+            "SELECT add_compression_policy(CAST(:t AS regclass), "
+            "compress_after => make_interval(secs => :secs), if_not_exists => TRUE)"
+        ),
+        {"t": table, "secs": compress_after_ms / 1000.0},
+    )
+
+
+def disable_compression(conn: Connection, table: str) -> None:
+    """TimescaleDB: decompress every chunk of the hypertable ``table``, drop its compression
+    policy and setting (a compressed hypertable's key and columns cannot be altered)."""
+    conn.execute(
+        text(
+            "SELECT decompress_chunk(c, if_compressed => TRUE) "
+            "FROM show_chunks(CAST(:t AS regclass)) c"
+        ),
+        {"t": table},
+    )
+    conn.execute(
+        text("SELECT remove_compression_policy(CAST(:t AS regclass), if_exists => TRUE)"),
+        {"t": table},
+    )
+    conn.execute(text(f'ALTER TABLE "{table}" SET (timescaledb.compress = false)'))
+
+
+def is_hypertable(conn: Connection, table: str) -> bool:
+    """Is ``table`` a TimescaleDB hypertable (False without the extension)?"""
+    return _timescale_installed(conn) and bool(
+        _scalar(
+            conn,
+            "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = :t",
+            t=table,
+        )
+    )
 
 
 def settings_from(attributes: dict[str, Any]) -> tuple[str, int]:

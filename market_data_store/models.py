@@ -30,6 +30,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     Date,
     DateTime,
     Double,
@@ -46,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from market_data_store._schema_names import TIMESERIES_TABLES, VWAP_GUARD_DIGITS
+from market_data_store._schema_names import TIMESERIES_TABLES, VWAP_GUARD_DIGITS, series_key
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -74,6 +75,8 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 _TSTZ = DateTime(timezone=True)
+# the raw tables' leading key column (migration 0012)
+_SERIES_KEY = Computed(series_key("provider", "symbol"), persisted=True)
 
 
 class Base(DeclarativeBase):
@@ -256,14 +259,16 @@ class SignalRow(Base):
 class TickRow(Base):
     """``ticks``: raw trades, the micro-batcher's source of truth.
 
-    The key ``(provider, symbol, ts, seq)`` is exactly what ``event_id`` encodes, so it makes
+    The key ``(series_key, ts, seq, provider, symbol)`` holds exactly what ``event_id`` encodes
+    (``series_key`` is generated from ``provider`` and ``symbol``: see
+    :func:`~market_data_store._schema_names.series_key`, migration ``0012``), so it makes
     ticks idempotent by ``event_id`` while containing the partition column ``ts``; the id
     itself is not stored (migration ``0010``): it is the key's text.
     """
 
     __tablename__ = "ticks"
     __table_args__ = (
-        PrimaryKeyConstraint("provider", "symbol", "ts", "seq"),
+        PrimaryKeyConstraint("series_key", "ts", "seq", "provider", "symbol"),
         {"postgresql_partition_by": "RANGE (ts)"},
     )
 
@@ -276,20 +281,22 @@ class TickRow(Base):
     side: Mapped[str | None] = mapped_column(Text, nullable=True)
     trade_id: Mapped[str | None] = mapped_column(Text, nullable=True)
     ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    series_key: Mapped[int] = mapped_column(BigInteger, _SERIES_KEY)
 
 
 class QuoteRow(Base):
     """``quotes``: raw top-of-book quotes, the source of the quote bars.
 
-    Keyed like ``ticks`` by ``(provider, symbol, ts, seq)``, what ``event_id`` encodes (so a
-    quote is stored once however often it is delivered). Prices and sizes are the events'
-    floats as ``double precision``: quote bars compute spreads and imbalances in float8 from
-    them exactly as pandas does from the same floats. Sizes are null when the source has none.
+    Keyed like ``ticks`` by ``(series_key, ts, seq, provider, symbol)``, what ``event_id``
+    encodes (so a quote is stored once however often it is delivered). Prices and sizes are
+    the events' floats as ``double precision``: quote bars compute spreads and imbalances in
+    float8 from them exactly as pandas does from the same floats. Sizes are null when the
+    source has none.
     """
 
     __tablename__ = "quotes"
     __table_args__ = (
-        PrimaryKeyConstraint("provider", "symbol", "ts", "seq"),
+        PrimaryKeyConstraint("series_key", "ts", "seq", "provider", "symbol"),
         {"postgresql_partition_by": "RANGE (ts)"},
     )
 
@@ -302,6 +309,7 @@ class QuoteRow(Base):
     bid_size: Mapped[float | None] = mapped_column(Double, nullable=True)
     ask_size: Mapped[float | None] = mapped_column(Double, nullable=True)
     ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
+    series_key: Mapped[int] = mapped_column(BigInteger, _SERIES_KEY)
 
 
 class QuoteBarRow(Base):

@@ -13,6 +13,7 @@ from market_data_core.reads import BarGap, LatencyBucket, RunRecord, SeriesSumma
 from market_data_core.timeutil import format_duration_ms, parse_duration_ms
 from market_data_store._base import PgClientBase
 from market_data_store._errors import translate_errors
+from market_data_store._schema_names import series_key
 
 __all__ = ["LIVE_LATENCY_MAX_MS", "PgStoreReader"]
 
@@ -71,14 +72,15 @@ ORDER BY bucket
 """
 
 # Every stored quote's spread, (ask - bid) / mid * 1e4 as the quote bars compute it, per
-# bucket: one index range scan of the series on quotes' primary key.
+# bucket: one index range scan of the series on quotes' primary key (led by series_key).
 _SPREADS_SQL = f"""
 SELECT date_bin($5::interval, ts, {_EPOCH}) AS bucket,
        avg((ask - bid) / ((ask + bid) / 2) * 10000) AS mean_bps,
        max((ask - bid) / ((ask + bid) / 2) * 10000) AS max_bps,
        count(*) AS quotes
 FROM quotes
-WHERE provider = $1 AND symbol = $2 AND ts >= $3 AND ts < $4
+WHERE series_key = {series_key("$1::text", "$2::text")}
+  AND provider = $1 AND symbol = $2 AND ts >= $3 AND ts < $4
 GROUP BY bucket
 ORDER BY bucket
 """

@@ -59,7 +59,7 @@ from market_data_core.timeutil import (
 from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
 from market_data_store._errors import translate_errors
 from market_data_store._event_copy import MARK_COLUMNS, QUOTES, TICKS, RawTable
-from market_data_store._schema_names import VWAP_GUARD_DIGITS
+from market_data_store._schema_names import SERIES_KEY_COLUMN, VWAP_GUARD_DIGITS, series_key
 
 __all__ = ["WINDOWS_SQL", "PgStoreClient", "quote_bar_from_row", "window_from_row"]
 
@@ -191,6 +191,23 @@ WITH up AS (
 SELECT count(*) AS inserted, 0 AS updated FROM up
 """
 
+
+def _of_series(t: str, w: str) -> str:
+    """SQL: the rows of raw table alias ``t`` (ticks, quotes) of the series ``w.provider``,
+    ``w.symbol``: its key's ``series_key`` (the index's leading column) and the text columns
+    (so that a hash shared by two series never mixes them)."""
+    key = series_key(f"{w}.provider", f"{w}.symbol")
+    return (
+        f"{t}.{SERIES_KEY_COLUMN} = {key} AND {t}.provider = {w}.provider "
+        f"AND {t}.symbol = {w}.symbol"
+    )
+
+
+# the series key of parameters ($1, $2) and ($5, $6): provider, symbol
+_KEY_1 = f"{SERIES_KEY_COLUMN} = {series_key('$1::text', '$2::text')}"
+_KEY_5 = f"{SERIES_KEY_COLUMN} = {series_key('$5::text', '$6::text')}"
+
+
 _BARS_SPAN_SQL = (
     "SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count FROM bars_ohlcv "
     "WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts <= $5"
@@ -203,9 +220,11 @@ SELECT EXISTS (SELECT 1 FROM bars_ohlcv WHERE (provider, symbol, interval, ts) =
     OR EXISTS (SELECT 1 FROM bars_ohlcv WHERE (provider, symbol, interval, ts) = ($5, $6, $7, $8))
 """
 
-_ANY_TICK_EXISTS_SQL = """
-SELECT EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($1, $2, $3, $4))
-    OR EXISTS (SELECT 1 FROM ticks WHERE (provider, symbol, ts, seq) = ($5, $6, $7, $8))
+_ANY_TICK_EXISTS_SQL = f"""
+SELECT EXISTS (SELECT 1 FROM ticks
+               WHERE {_KEY_1} AND (provider, symbol, ts, seq) = ($1, $2, $3, $4))
+    OR EXISTS (SELECT 1 FROM ticks
+               WHERE {_KEY_5} AND (provider, symbol, ts, seq) = ($5, $6, $7, $8))
 """
 # Emptying the staging table: DELETE costs per row (and the dead rows slow every later scan
 # of the table until the janitor's VACUUM); TRUNCATE costs ~1 ms per call (a new file, and
@@ -215,24 +234,26 @@ _STAGE_BAR_COLUMNS = ("provider", "symbol", "interval", "ts", *_BAR_COLS)
 
 # Batches holding already stored ticks (replays, redeliveries): staged, then ON CONFLICT.
 # (All-new batches are COPYed straight into the table: see _insert_raw.)
-_INSERT_TICKS_SQL = """
+_INSERT_TICKS_SQL = f"""
 INSERT INTO ticks (provider, symbol, ts, seq, price, size, side, trade_id, ingest_ts)
 SELECT provider, symbol, ts, seq, price, size, side, trade_id,
        coalesce(ingest_ts, now())
 FROM mdp_stage_ticks
-ORDER BY provider, symbol, ts, seq
+ORDER BY {series_key("provider", "symbol")}, ts, seq
 ON CONFLICT DO NOTHING
 """
 
-_ANY_QUOTE_EXISTS_SQL = """
-SELECT EXISTS (SELECT 1 FROM quotes WHERE (provider, symbol, ts, seq) = ($1, $2, $3, $4))
-    OR EXISTS (SELECT 1 FROM quotes WHERE (provider, symbol, ts, seq) = ($5, $6, $7, $8))
+_ANY_QUOTE_EXISTS_SQL = f"""
+SELECT EXISTS (SELECT 1 FROM quotes
+               WHERE {_KEY_1} AND (provider, symbol, ts, seq) = ($1, $2, $3, $4))
+    OR EXISTS (SELECT 1 FROM quotes
+               WHERE {_KEY_5} AND (provider, symbol, ts, seq) = ($5, $6, $7, $8))
 """
-_INSERT_QUOTES_SQL = """
+_INSERT_QUOTES_SQL = f"""
 INSERT INTO quotes (provider, symbol, ts, seq, bid, ask, bid_size, ask_size, ingest_ts)
 SELECT provider, symbol, ts, seq, bid, ask, bid_size, ask_size, coalesce(ingest_ts, now())
 FROM mdp_stage_quotes
-ORDER BY provider, symbol, ts, seq
+ORDER BY {series_key("provider", "symbol")}, ts, seq
 ON CONFLICT DO NOTHING
 """
 
@@ -268,14 +289,14 @@ win AS (
     FROM win w
     CROSS JOIN LATERAL (
         SELECT (SELECT f.price FROM ticks f
-                WHERE f.provider = w.provider AND f.symbol = w.symbol
+                WHERE {_of_series("f", "w")}
                   AND f.ts >= w.bucket AND f.ts < w.bucket + $1::interval
                   AND f.ts >= $3 AND f.ts < $4
                 ORDER BY f.ts, f.seq LIMIT 1) AS o,
                max(t.price) AS h,
                min(t.price) AS l,
                (SELECT f.price FROM ticks f
-                WHERE f.provider = w.provider AND f.symbol = w.symbol
+                WHERE {_of_series("f", "w")}
                   AND f.ts >= w.bucket AND f.ts < w.bucket + $1::interval
                   AND f.ts >= $3 AND f.ts < $4
                 ORDER BY f.ts DESC, f.seq DESC LIMIT 1) AS c,
@@ -283,7 +304,7 @@ win AS (
                sum(t.price * t.size) AS pv,
                count(*) AS n
         FROM ticks t
-        WHERE t.provider = w.provider AND t.symbol = w.symbol
+        WHERE {_of_series("t", "w")}
           AND t.ts >= w.bucket AND t.ts < w.bucket + $1::interval
           AND t.ts >= $3 AND t.ts < $4
     ) a
@@ -324,7 +345,7 @@ qspan AS (
         SELECT least(
             s.t_max + $5::interval,
             (SELECT n.ts FROM quotes n
-             WHERE n.provider = s.provider AND n.symbol = s.symbol
+             WHERE {_of_series("n", "s")}
                AND n.ts > s.t_max AND n.ts <= s.t_max + $5::interval
                AND n.ts >= $3::timestamptz - $5::interval
                AND n.ts < $4::timestamptz + $5::interval
@@ -410,7 +431,7 @@ qagg AS (
                 FROM (
                     (SELECT w.bucket AS ts, 0 AS k, c.seq, c.bid, c.ask, c.bid_size, c.ask_size
                      FROM quotes c
-                     WHERE c.provider = w.provider AND c.symbol = w.symbol
+                     WHERE {_of_series("c", "w")}
                        AND c.ts < w.bucket AND c.ts >= w.bucket - {carry}
                        AND c.ts >= {quotes_lo}
                        AND c.ts < {quotes_hi}
@@ -418,7 +439,7 @@ qagg AS (
                     UNION ALL
                     SELECT q.ts, 1, q.seq, q.bid, q.ask, q.bid_size, q.ask_size
                     FROM quotes q
-                    WHERE q.provider = w.provider AND q.symbol = w.symbol
+                    WHERE {_of_series("q", "w")}
                       AND q.ts >= w.bucket AND q.ts < {end}
                       AND q.ts >= {quotes_lo}
                       AND q.ts < {quotes_hi}
@@ -429,7 +450,7 @@ qagg AS (
     WHERE a.n > 0
        OR (a.carried > 0
            AND EXISTS (SELECT 1 FROM ticks t
-                       WHERE t.provider = w.provider AND t.symbol = w.symbol
+                       WHERE {_of_series("t", "w")}
                          AND t.ts >= w.bucket AND t.ts < {end}
                          AND t.ts >= {ticks_lo} AND t.ts < {ticks_hi}))
 ), up_q AS (
@@ -543,12 +564,12 @@ _GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 _DEFAULT_PLANS_SQL = "SET LOCAL plan_cache_mode TO DEFAULT"
 # Is there any quote of the batch's series that could be the book of its windows? (Inside
 # the writer's transaction, after its series locks: nobody else writes their quotes.)
-_BOOK_IN_REACH_SQL = """
+_BOOK_IN_REACH_SQL = f"""
 SELECT EXISTS (
     SELECT 1 FROM unnest($1::text[], $2::text[]) AS s(provider, symbol)
     CROSS JOIN LATERAL (
         SELECT 1 FROM quotes q
-        WHERE q.provider = s.provider AND q.symbol = s.symbol
+        WHERE {_of_series("q", "s")}
           AND q.ts >= $3::timestamptz - $5::interval AND q.ts < $4
         LIMIT 1
     ) x
@@ -657,7 +678,7 @@ WITH qs AS (
     SELECT s.*,
            least(s.t_max + $12::interval,
                  (SELECT n.ts FROM quotes n
-                  WHERE n.provider = s.provider AND n.symbol = s.symbol
+                  WHERE {_of_series("n", "s")}
                     AND n.ts > s.t_max AND n.ts <= s.t_max + $12::interval
                     AND n.ts >= $10 AND n.ts < $11
                   ORDER BY n.ts LIMIT 1)) AS reach
