@@ -14,6 +14,7 @@ import asyncpg
 from market_data_core.redaction import redact_url
 from market_data_store._errors import translate_errors
 from market_data_store._pool import StagingJanitor, create_pool
+from market_data_store._series import SeriesRegistry
 from market_data_store.partitions import PartitionManager
 
 __all__ = ["PgClientBase", "series_lock_keys"]
@@ -41,6 +42,7 @@ class PgClientBase:
         self._pool = pool
         self._dsn_redacted = redact_url(dsn)
         self._partitions = PartitionManager()
+        self._series = SeriesRegistry()
         self._janitor = StagingJanitor()
         self._closed = False
 
@@ -54,10 +56,17 @@ class PgClientBase:
         return f"{type(self).__name__}(dsn={self._dsn_redacted!r})"
 
     async def _write(
-        self, partitions: Iterable[tuple[str, Iterable[date]]], write: Callable[[], Awaitable[T]]
+        self,
+        partitions: Iterable[tuple[str, Iterable[date]]],
+        write: Callable[[], Awaitable[T]],
+        *,
+        series: Iterable[tuple[str, str]] = (),
     ) -> T:
-        """Ensure the partitions a write needs, then run it. If a partition vanished under
-        us (dropped by retention while cached), forget the cache and try once more."""
+        """Ensure the partitions a write needs and the registration of the ``series`` it
+        writes raw rows of (:class:`~market_data_store._series.SeriesRegistry`), then run it.
+        If a partition vanished under us (dropped by retention while cached), forget the
+        cache and try once more."""
+        await self._series.ensure(self._pool, series)
         wanted = [(table, list(days)) for table, days in partitions]
         for attempt in (1, 2):
             for table, days in wanted:

@@ -61,6 +61,7 @@ __all__ = [
     "JobRunRow",
     "QuoteBarRow",
     "QuoteRow",
+    "RawSeriesRow",
     "SignalRow",
     "TickRow",
     "TradingSessionRow",
@@ -310,6 +311,23 @@ class QuoteRow(Base):
     ask_size: Mapped[float | None] = mapped_column(Double, nullable=True)
     ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
     series_key: Mapped[int] = mapped_column(BigInteger, _SERIES_KEY)
+
+
+class RawSeriesRow(Base):
+    """``raw_series``: the one series (provider, symbol) of each ``series_key`` of the raw
+    tables (both unique). Writers register a series before its first raw row
+    (:class:`~market_data_store._series.SeriesRegistry`), so reads of a series by its key
+    alone never see another series' rows."""
+
+    __tablename__ = "raw_series"
+    __table_args__ = (
+        PrimaryKeyConstraint("series_key"),
+        UniqueConstraint("provider", "symbol"),
+    )
+
+    series_key: Mapped[int] = mapped_column(BigInteger)
+    provider: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
 
 
 class QuoteBarRow(Base):

@@ -194,13 +194,10 @@ SELECT count(*) AS inserted, 0 AS updated FROM up
 
 def _of_series(t: str, w: str) -> str:
     """SQL: the rows of raw table alias ``t`` (ticks, quotes) of the series ``w.provider``,
-    ``w.symbol``: its key's ``series_key`` (the index's leading column) and the text columns
-    (so that a hash shared by two series never mixes them)."""
-    key = series_key(f"{w}.provider", f"{w}.symbol")
-    return (
-        f"{t}.{SERIES_KEY_COLUMN} = {key} AND {t}.provider = {w}.provider "
-        f"AND {t}.symbol = {w}.symbol"
-    )
+    ``w.symbol``: those of its ``series_key`` (the index's leading column), which no other
+    series has (the writers register every series first: see
+    :class:`~market_data_store._series.SeriesRegistry`)."""
+    return f"{t}.{SERIES_KEY_COLUMN} = {series_key(f'{w}.provider', f'{w}.symbol')}"
 
 
 # the series key of parameters ($1, $2) and ($5, $6): provider, symbol
@@ -1462,7 +1459,9 @@ class PgStoreClient(PgClientBase):
         if quotes.n:
             partitions.append(("quotes", _days(quotes.src_ts)))
         with translate_errors("store_raw"):
-            ticks_inserted, quotes_inserted = await self._write(partitions, write)
+            ticks_inserted, quotes_inserted = await self._write(
+                partitions, write, series=[unique.series[int(i)] for i in present]
+            )
         return TickIngestResult(ticks_inserted=ticks_inserted, quotes_inserted=quotes_inserted)
 
     async def ingest_columns(
@@ -1602,7 +1601,9 @@ class PgStoreClient(PgClientBase):
                     plan, event_days, set(series), interval, first_us, last_us
                 )
                 partitions += [("bars_ohlcv", days), ("quote_bars", days)]
-            ticks_inserted, quotes_inserted, rows = await self._write(partitions, write)
+            ticks_inserted, quotes_inserted, rows = await self._write(
+                partitions, write, series=series
+            )
         n_windows = int(rows[0]["windows"]) if rows else 0
         n_quote_windows = int(rows[0]["quote_windows"]) if rows else 0
         changes = [r for r in rows if r["provider"] is not None]

@@ -324,6 +324,9 @@ async def test_raw_tables_are_keyed_by_the_series_key_first(empty_db: str) -> No
         assert await _primary_key(conn, "ticks") == ["provider", "symbol", "ts", "seq"]
         assert await conn.fetchval("SELECT count(*) FROM ticks") == 2
         assert await upgrade_schema(empty_db) == head_revision()
+        # the upgrade registers the stored series (the rows above bypassed the writers)
+        registered = await conn.fetch("SELECT provider, symbol FROM raw_series ORDER BY symbol")
+        assert [tuple(r) for r in registered] == [("polygon", "AAPL"), ("polygon", "MSFT")]
         assert (
             await conn.fetchval(
                 f"SELECT count(*) FROM ticks WHERE series_key = {key}", "polygon", "MSFT"

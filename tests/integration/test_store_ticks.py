@@ -270,3 +270,54 @@ async def test_vwap_relative_error_at_every_magnitude(store: PgStoreClient) -> N
             elif bar.vwap != float(exact):
                 bad.append(("not the nearest float", decade, size_decade, bar.vwap, exact))
     assert not bad, f"{len(bad)} bars wrong, first: {bad[:2]}"
+
+
+def _tick(provider: str, symbol: str, seq: int) -> StreamEvent:
+    return StreamEvent.create(
+        provider=provider,
+        symbol=symbol,
+        kind="tick",
+        src_ts=DAY0 + timedelta(seconds=seq),
+        c=100.0 + seq,
+        v=1.0,
+        seq=seq,
+    )
+
+
+async def test_writers_register_each_series_and_refuse_a_series_key_collision(
+    store: PgStoreClient, store_url: str
+) -> None:
+    """Reads match a series by ``series_key`` alone, so no two series may share one:
+    writers register every series in ``raw_series`` first. A series whose key another series
+    holds (a 64-bit hash collision: made here by registering a name under another's key) is
+    refused with a StoreError naming both, and nothing of it is stored."""
+    import asyncpg
+
+    from market_data_store._schema_names import series_key
+
+    await store.ingest_ticks(
+        [_tick("regtest", "AAA", 1), _tick("regtest", "AAA", 2)], interval="1s"
+    )
+    conn = await asyncpg.connect(store_url)
+    try:
+        registered = await conn.fetch(
+            f"SELECT provider, symbol, series_key = {series_key('provider', 'symbol')} AS ok "
+            "FROM raw_series WHERE provider = 'regtest'"
+        )
+        assert [tuple(r) for r in registered] == [("regtest", "AAA", True)]
+        # "regtest/CLASH" registered under the key of "regtest/BBB" (as a collision would be)
+        await conn.execute(
+            "INSERT INTO raw_series (series_key, provider, symbol) "
+            f"VALUES ({series_key('$1::text', '$2::text')}, 'regtest', 'CLASH')",
+            "regtest",
+            "BBB",
+        )
+        with pytest.raises(StoreError, match="regtest/BBB has the series key of regtest/CLASH"):
+            await store.ingest_ticks([_tick("regtest", "BBB", 3)], interval="1s")
+        assert await conn.fetchval("SELECT count(*) FROM ticks WHERE symbol = 'BBB'") == 0
+        bars = await conn.fetchval(
+            "SELECT count(*) FROM bars_ohlcv WHERE provider = 'regtest' AND symbol = 'AAA'"
+        )
+        assert bars == 2
+    finally:
+        await conn.close()
