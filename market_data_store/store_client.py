@@ -271,7 +271,7 @@ def _imbalance(t: str) -> str:
 _EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 
 # Trade bars of the windows the staged ticks touch. The LATERAL aggregate cannot be flattened,
-# so each window is one index range scan on ticks' primary key (provider, symbol, ts, seq),
+# so each window is one index range scan on ticks' primary key (series_key, ts, seq, ...),
 # whatever the size of the table; open and close are two more probes of that index (first/last
 # by (ts, seq)), cheaper than sorting the window's prices in ordered aggregates. $3 and $4
 # bound all the windows (the client's estimate, widened by a window each side): redundant, but
