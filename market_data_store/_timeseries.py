@@ -86,14 +86,8 @@ def choose_backend(conn: Connection, partitioning: str) -> Backend:
     )
     if existing == "p":
         return "native"
-    if existing is not None and _timescale_installed(conn):
-        is_hyper = _scalar(
-            conn,
-            "SELECT count(*) FROM timescaledb_information.hypertables "
-            "WHERE hypertable_name = 'bars_ohlcv'",
-        )
-        if is_hyper:
-            return "timescale"
+    if existing is not None and is_hypertable(conn, "bars_ohlcv"):
+        return "timescale"
     if partitioning == "native":
         return "native"
     if _timescale_installed(conn):
