@@ -1,0 +1,178 @@
+"""PostgreSQL's CPU per event for trades against quotes: the store's write of closed windows
+(``ingest_events``: the raw rows' ``COPY`` and the bar or quote bar recompute of each window,
+one transaction per window close, as the micro-batcher commits a closed window) of synthetic
+trades, then of as many synthetic quotes, each kind in a fresh database, alternating for
+``--rounds`` rounds. The figure is the backend's own CPU time (``/proc/<pid>/stat``, user +
+system) per event, so neither the Python side nor another process on the machine counts.
+
+    .venv/bin/python benchmarks/store_quotes_bench.py [--symbols 10] [--per-window 1000]
+        [--windows 20] [--rounds 3]
+
+Uses DATABASE_URL if set (a scratch database is created and dropped on that server per run),
+otherwise an embedded PostgreSQL. Prints one JSON object (every run, and per kind the best
+and the median of the rounds) and writes it to
+``benchmarks/results/store-quotes-<UTC timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+import market_data_store
+from market_data_core.contracts import StreamEvent
+from market_data_pipeline.servers import EmbeddedPostgres
+from market_data_store import PgStoreClient, upgrade_schema
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WINDOW_MS = 2000
+CARRY_MS = 60_000
+
+
+def windows(kind: str, symbols: int, per_window: int, count: int) -> list[list[StreamEvent]]:
+    """``count`` windows of ``per_window`` events per symbol, evenly spaced in event time
+    (symbols offset by a microsecond each), all ``kind`` (``tick`` or ``quote``)."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    step_us = WINDOW_MS * 1000 // per_window
+    out = []
+    i = 0
+    for w in range(count):
+        batch = []
+        for k in range(per_window):
+            for s in range(symbols):
+                ts = t0 + timedelta(milliseconds=w * WINDOW_MS, microseconds=k * step_us + s)
+                price = 100.0 + i * 7919 % 1000 / 100
+                if kind == "quote":
+                    ev = StreamEvent.create(
+                        provider="qbench",
+                        symbol=f"S{s:03d}",
+                        kind="quote",
+                        src_ts=ts,
+                        seq=i,
+                        bid=price,
+                        ask=price + (i % 3 + 1) / 100,
+                        bid_size=float(i % 20 + 1) * 100,
+                        ask_size=float(i * 7 % 20 + 1) * 100,
+                    )
+                else:
+                    ev = StreamEvent.create(
+                        provider="qbench",
+                        symbol=f"S{s:03d}",
+                        kind="tick",
+                        src_ts=ts,
+                        seq=i,
+                        c=price,
+                        v=(i % 9 + 1) / 1000,
+                    )
+                batch.append(ev)
+                i += 1
+        out.append(batch)
+    return out
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(dsn: str, kind: str, batches: list[list[StreamEvent]]) -> dict[str, Any]:
+    """Ingest ``batches`` (one window close each) through one connection; the backend's CPU."""
+    await upgrade_schema(dsn)
+    store = await PgStoreClient.connect(dsn, pool_min=1, pool_max=1)
+    try:
+        async with store._pool.acquire() as conn:
+            backend = conn.get_server_pid()
+        # the first window outside the figures (partitions, catalog caches, prepared plans)
+        await store.ingest_events(batches[0], interval="2s", quote_carry_ms=CARRY_MS)
+        cpu0, wall0 = _proc_cpu_s(backend), time.perf_counter()
+        for batch in batches[1:]:
+            await store.ingest_events(batch, interval="2s", quote_carry_ms=CARRY_MS)
+        cpu1, wall1 = _proc_cpu_s(backend), time.perf_counter()
+    finally:
+        await store.aclose()
+    n = sum(len(b) for b in batches[1:])
+    return {
+        "kind": kind,
+        "events": n,
+        "pg_backend_us_per_event": round((cpu1 - cpu0) * 1e6 / n, 3),
+        "wall_us_per_event": round((wall1 - wall0) * 1e6 / n, 3),
+    }
+
+
+def with_db(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    server_url = os.environ.get("DATABASE_URL")
+    pg: EmbeddedPostgres | None = None
+    if not server_url:
+        pg = EmbeddedPostgres(database="postgres")
+        pg.start()
+        server_url = pg.url
+    data = {
+        kind: windows(kind, args.symbols, args.per_window, args.windows)
+        for kind in ("tick", "quote")
+    }
+    admin = await asyncpg.connect(with_db(server_url, "postgres"))
+    runs = []
+    try:
+        for _ in range(args.rounds):
+            for kind, batches in data.items():
+                name = f"mdp_bench_{uuid.uuid4().hex[:8]}"
+                await admin.execute(f'CREATE DATABASE "{name}"')
+                try:
+                    runs.append(await measure(with_db(server_url, name), kind, batches))
+                finally:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        summary = {}
+        for kind in data:
+            figures = [r["pg_backend_us_per_event"] for r in runs if r["kind"] == kind]
+            summary[kind] = {"best": min(figures), "median": statistics.median(figures)}
+        return {
+            "at": datetime.now(UTC).isoformat(),
+            "server": "embedded" if pg else "DATABASE_URL",
+            "server_version": await admin.fetchval("SHOW server_version"),
+            "store_module": market_data_store.__file__,
+            "params": vars(args),
+            "cpus": os.cpu_count(),
+            "loadavg_1m": os.getloadavg()[0],
+            "pg_backend_us_per_event": summary,
+            "quote_over_trade_best": round(summary["quote"]["best"] / summary["tick"]["best"], 3),
+            "runs": runs,
+        }
+    finally:
+        await admin.close()
+        if pg is not None:
+            pg.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--symbols", type=int, default=10, help="series per kind")
+    parser.add_argument(
+        "--per-window", type=int, default=1000, help="events per symbol per 2 s window"
+    )
+    parser.add_argument("--windows", type=int, default=20, help="window closes per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating trade/quote runs")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"store-quotes-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
