@@ -22,16 +22,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+from _scratch_pg import proc_cpu_s, scratch_database, scratch_server
 
 import market_data_store
 from market_data_core.config import MicroBatchConfig, RollupsConfig
 from market_data_core.contracts import StreamEvent
 from market_data_pipeline.producers.datasets import load_registry, read_dataset
 from market_data_pipeline.project import SHIPPED_DATASETS_FILE
-from market_data_pipeline.servers import EmbeddedPostgres
 from market_data_pipeline.sessions import rollup_plan
 from market_data_store import PgStoreClient, upgrade_schema
 
@@ -69,11 +67,6 @@ def events(provider: str) -> list[StreamEvent]:
     return sorted(quotes + trades, key=lambda e: (e.src_ts, e.kind, e.seq))
 
 
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(dsn: str, levels: list[str], batch: int) -> dict[str, Any]:
     await upgrade_schema(dsn)
     store = await PgStoreClient.connect(dsn, pool_min=1, pool_max=1)
@@ -88,10 +81,10 @@ async def measure(dsn: str, levels: list[str], batch: int) -> dict[str, Any]:
         chunks = [evs[i : i + batch] for i in range(0, len(evs), batch)]
         async with store._pool.acquire() as conn:
             backend = conn.get_server_pid()
-        cpu0, wall0 = _proc_cpu_s(backend), time.perf_counter()
+        cpu0, wall0 = proc_cpu_s(backend), time.perf_counter()
         for chunk in chunks:
             await store.ingest_events(chunk, interval="1s", quote_carry_ms=CARRY_MS, rollups=plan)
-        cpu1, wall1 = _proc_cpu_s(backend), time.perf_counter()
+        cpu1, wall1 = proc_cpu_s(backend), time.perf_counter()
     finally:
         await store.aclose()
     return {
@@ -104,28 +97,13 @@ async def measure(dsn: str, levels: list[str], batch: int) -> dict[str, Any]:
     }
 
 
-def with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    server_url = os.environ.get("DATABASE_URL")
-    pg: EmbeddedPostgres | None = None
-    if not server_url:
-        pg = EmbeddedPostgres(database="postgres")
-        pg.start()
-        server_url = pg.url
-    admin = await asyncpg.connect(with_db(server_url, "postgres"))
-    runs = []
-    try:
+    async with scratch_server() as (server_url, admin, pg):
+        runs = []
         for _ in range(args.rounds):
             for levels in ([], [x for x in args.levels.split(",") if x]):
-                name = f"mdp_bench_{uuid.uuid4().hex[:8]}"
-                await admin.execute(f'CREATE DATABASE "{name}"')
-                try:
-                    runs.append(await measure(with_db(server_url, name), levels, args.batch))
-                finally:
-                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                async with scratch_database(server_url, admin) as dsn:
+                    runs.append(await measure(dsn, levels, args.batch))
         return {
             "at": datetime.now(UTC).isoformat(),
             "server": "embedded" if pg else "DATABASE_URL",
@@ -135,10 +113,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_1m": os.getloadavg()[0],
             "runs": runs,
         }
-    finally:
-        await admin.close()
-        if pg is not None:
-            pg.cleanup()
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from _scratch_pg import proc_cpu_s, with_db
 
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_pipeline.servers import EmbeddedPostgres
@@ -101,12 +101,6 @@ def live_chunks(n: int, provider: str, window_ms: int, max_batch: int) -> list[l
     return chunks
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """On-CPU seconds of one process's main thread (Linux schedstat: ns resolution, unlike
-    the 10 ms ticks of /proc/<pid>/stat)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-
-
 def _tree_cpu_s(root_pid: int) -> float:
     """CPU seconds of a process and all its children, living ones (the backends and the
     background workers of a PostgreSQL server)."""
@@ -115,7 +109,7 @@ def _tree_cpu_s(root_pid: int) -> float:
     while pids:
         pid = pids.pop()
         try:
-            total += _proc_cpu_s(pid)
+            total += proc_cpu_s(pid)
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except OSError:
             continue
@@ -158,12 +152,12 @@ async def tick_cpu(
 
         async def measure(name: str, batches_: list[list[StreamEvent]]) -> None:
             ticks = sum(len(b) for b in batches_)
-            b0, s0 = _proc_cpu_s(backend_pid), _tree_cpu_s(server_pid) if server_pid else 0.0
+            b0, s0 = proc_cpu_s(backend_pid), _tree_cpu_s(server_pid) if server_pid else 0.0
             c0, w0 = time.process_time(), time.perf_counter()
             for b in batches_:
                 await store.ingest_ticks(b, interval=window)
             c1, w1 = time.process_time(), time.perf_counter()
-            b1, s1 = _proc_cpu_s(backend_pid), _tree_cpu_s(server_pid) if server_pid else 0.0
+            b1, s1 = proc_cpu_s(backend_pid), _tree_cpu_s(server_pid) if server_pid else 0.0
             out[f"{name}_pg_backend_us_per_tick"] = (b1 - b0) / ticks * 1e6
             if server_pid:
                 out[f"{name}_pg_server_us_per_tick"] = (s1 - s0) / ticks * 1e6
@@ -296,10 +290,6 @@ async def run(
     finally:
         await store.aclose()
     return out
-
-
-def with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 (``ingest_events``: the raw rows' ``COPY`` and the bar or quote bar recompute of each window,
 one transaction per window close, as the micro-batcher commits a closed window) of synthetic
 trades, then of as many synthetic quotes, each kind in a fresh database, alternating for
-``--rounds`` rounds. The figure is the backend's own CPU time (``/proc/<pid>/stat``, user +
-system) per event, so neither the Python side nor another process on the machine counts.
+``--rounds`` rounds. The figure is the backend's own CPU time per event
+(``/proc/<pid>/schedstat``), so neither the Python side nor another process on the machine counts.
 
     .venv/bin/python benchmarks/store_quotes_bench.py [--symbols 10] [--per-window 1000]
         [--windows 20] [--rounds 3]
@@ -22,17 +22,14 @@ import json
 import os
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+from _scratch_pg import proc_cpu_s, scratch_database, scratch_server
 
 import market_data_store
 from market_data_core.contracts import StreamEvent
-from market_data_pipeline.servers import EmbeddedPostgres
 from market_data_store import PgStoreClient, upgrade_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,11 +78,6 @@ def windows(kind: str, symbols: int, per_window: int, count: int) -> list[list[S
     return out
 
 
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(dsn: str, kind: str, batches: list[list[StreamEvent]]) -> dict[str, Any]:
     """Ingest ``batches`` (one window close each) through one connection; the backend's CPU."""
     await upgrade_schema(dsn)
@@ -95,10 +87,10 @@ async def measure(dsn: str, kind: str, batches: list[list[StreamEvent]]) -> dict
             backend = conn.get_server_pid()
         # the first window outside the figures (partitions, catalog caches, prepared plans)
         await store.ingest_events(batches[0], interval="2s", quote_carry_ms=CARRY_MS)
-        cpu0, wall0 = _proc_cpu_s(backend), time.perf_counter()
+        cpu0, wall0 = proc_cpu_s(backend), time.perf_counter()
         for batch in batches[1:]:
             await store.ingest_events(batch, interval="2s", quote_carry_ms=CARRY_MS)
-        cpu1, wall1 = _proc_cpu_s(backend), time.perf_counter()
+        cpu1, wall1 = proc_cpu_s(backend), time.perf_counter()
     finally:
         await store.aclose()
     n = sum(len(b) for b in batches[1:])
@@ -110,32 +102,17 @@ async def measure(dsn: str, kind: str, batches: list[list[StreamEvent]]) -> dict
     }
 
 
-def with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    server_url = os.environ.get("DATABASE_URL")
-    pg: EmbeddedPostgres | None = None
-    if not server_url:
-        pg = EmbeddedPostgres(database="postgres")
-        pg.start()
-        server_url = pg.url
     data = {
         kind: windows(kind, args.symbols, args.per_window, args.windows)
         for kind in ("tick", "quote")
     }
-    admin = await asyncpg.connect(with_db(server_url, "postgres"))
-    runs = []
-    try:
+    async with scratch_server() as (server_url, admin, pg):
+        runs = []
         for _ in range(args.rounds):
             for kind, batches in data.items():
-                name = f"mdp_bench_{uuid.uuid4().hex[:8]}"
-                await admin.execute(f'CREATE DATABASE "{name}"')
-                try:
-                    runs.append(await measure(with_db(server_url, name), kind, batches))
-                finally:
-                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                async with scratch_database(server_url, admin) as dsn:
+                    runs.append(await measure(dsn, kind, batches))
         summary = {}
         for kind in data:
             figures = [r["pg_backend_us_per_event"] for r in runs if r["kind"] == kind]
@@ -152,10 +129,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "quote_over_trade_best": round(summary["quote"]["best"] / summary["tick"]["best"], 3),
             "runs": runs,
         }
-    finally:
-        await admin.close()
-        if pg is not None:
-            pg.cleanup()
 
 
 def main() -> None:
