@@ -17,16 +17,14 @@ import os
 import platform
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from _scratch_pg import proc_cpu_s, with_db
+from _scratch_pg import proc_cpu_s, scratch_database, scratch_server
 
 from market_data_core.contracts import Bar, StreamEvent
-from market_data_pipeline.servers import EmbeddedPostgres
 from market_data_store import PgStoreClient, upgrade_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -293,41 +291,23 @@ async def run(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    server_url = os.environ.get("DATABASE_URL")
-    pg: EmbeddedPostgres | None = None
-    if not server_url:
-        pg = EmbeddedPostgres(database="postgres")
-        pg.start()
-        server_url = pg.url
-    name = f"mdp_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(with_db(server_url, "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    async with (
+        scratch_server() as (server_url, admin, pg),
+        scratch_database(server_url, admin) as dsn,
+    ):
         if args.cpu_only:
             result = await tick_cpu(
-                with_db(server_url, name),
+                dsn,
                 args.cpu_ticks,
                 args.cpu_window,
                 pg.proc.pid if pg is not None and pg.proc is not None else None,
                 args.cpu_days,
             )
         else:
-            result = await run(
-                with_db(server_url, name),
-                args.rows,
-                args.batch,
-                args.ticks,
-                args.window,
-                args.rounds,
-            )
+            result = await run(dsn, args.rows, args.batch, args.ticks, args.window, args.rounds)
         result["server"] = "embedded" if pg else "DATABASE_URL"
         result["server_version"] = await admin.fetchval("SHOW server_version")
         return result
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if pg is not None:
-            pg.cleanup()
 
 
 def main() -> None:
