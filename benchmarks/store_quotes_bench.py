@@ -1,12 +1,15 @@
 """PostgreSQL's CPU per event for trades against quotes: the store's write of closed windows
-(``ingest_events``: the raw rows' ``COPY`` and the bar or quote bar recompute of each window,
+(``ingest_columns``: the raw rows' ``COPY`` and the bar or quote bar recompute of each window,
 one transaction per window close, as the micro-batcher commits a closed window) of synthetic
 trades, then of as many synthetic quotes, each kind in a fresh database, alternating for
 ``--rounds`` rounds. The figure is the backend's own CPU time per event
 (``/proc/<pid>/schedstat``), so neither the Python side nor another process on the machine counts.
 
     .venv/bin/python benchmarks/store_quotes_bench.py [--symbols 10] [--per-window 1000]
-        [--windows 20] [--rounds 3]
+        [--windows 20] [--rounds 3] [--no-bars]
+
+``--no-bars``: ``store_raw`` instead, the rows' ``COPY`` alone (what the micro-batcher does
+for an open window's events), to split the two.
 
 Uses DATABASE_URL if set (a scratch database is created and dropped on that server per run),
 otherwise an embedded PostgreSQL. Prints one JSON object (every run, and per kind the best
@@ -29,6 +32,7 @@ from typing import Any
 from _scratch_pg import proc_cpu_s, scratch_database, scratch_server
 
 import market_data_store
+from market_data_core.columnar import columns_from_events
 from market_data_core.contracts import StreamEvent
 from market_data_store import PgStoreClient, upgrade_schema
 
@@ -78,18 +82,28 @@ def windows(kind: str, symbols: int, per_window: int, count: int) -> list[list[S
     return out
 
 
-async def measure(dsn: str, kind: str, batches: list[list[StreamEvent]]) -> dict[str, Any]:
-    """Ingest ``batches`` (one window close each) through one connection; the backend's CPU."""
+async def measure(
+    dsn: str, kind: str, batches: list[list[StreamEvent]], bars: bool
+) -> dict[str, Any]:
+    """Ingest ``batches`` (one window close each) through one connection; the backend's CPU.
+    ``bars`` False: ``store_raw`` of the rows only (the ``COPY``), no bar recompute."""
     await upgrade_schema(dsn)
     store = await PgStoreClient.connect(dsn, pool_min=1, pool_max=1)
+    cols = [columns_from_events(batch) for batch in batches]
     try:
         async with store._pool.acquire() as conn:
             backend = conn.get_server_pid()
-        # the first window outside the figures (partitions, catalog caches, prepared plans)
-        await store.ingest_events(batches[0], interval="2s", quote_carry_ms=CARRY_MS)
+
+        async def write(i: int) -> None:
+            if bars:
+                await store.ingest_columns(cols[i], interval="2s", quote_carry_ms=CARRY_MS)
+            else:
+                await store.store_raw(cols[i])
+
+        await write(0)  # outside the figures (partitions, catalog caches, prepared plans)
         cpu0, wall0 = proc_cpu_s(backend), time.perf_counter()
-        for batch in batches[1:]:
-            await store.ingest_events(batch, interval="2s", quote_carry_ms=CARRY_MS)
+        for i in range(1, len(cols)):
+            await write(i)
         cpu1, wall1 = proc_cpu_s(backend), time.perf_counter()
     finally:
         await store.aclose()
@@ -112,7 +126,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             for kind, batches in data.items():
                 async with scratch_database(server_url, admin) as dsn:
-                    runs.append(await measure(dsn, kind, batches))
+                    runs.append(await measure(dsn, kind, batches, not args.no_bars))
         summary = {}
         for kind in data:
             figures = [r["pg_backend_us_per_event"] for r in runs if r["kind"] == kind]
@@ -139,6 +153,9 @@ def main() -> None:
     )
     parser.add_argument("--windows", type=int, default=20, help="window closes per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating trade/quote runs")
+    parser.add_argument(
+        "--no-bars", action="store_true", help="store_raw: the rows' COPY only, no recompute"
+    )
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     RESULTS.mkdir(exist_ok=True)
