@@ -60,12 +60,18 @@ class StatementStat:
     """One normalised statement of ``pg_stat_statements`` since the last reset: ``calls``,
     ``rows`` (returned or affected), ``total_ms`` of execution (wall time in the server:
     waiting for locks and for a COPY's data included, planning not), ``query`` as the
-    server normalised it (constants as ``$n``)."""
+    server normalised it (constants as ``$n``). ``plans`` and ``plan_ms``: how many times the
+    planner ran for it and its total planning time in ms (a prepared statement on a generic
+    plan is planned once per connection and again after a change to a table it reads), or
+    None when the server does not count planning (``pg_stat_statements.track_planning``
+    off, its default; the embedded server of ``mdp bench --pg-stats`` turns it on)."""
 
     query: str
     calls: int
     rows: int
     total_ms: float
+    plans: int | None = None
+    plan_ms: float | None = None
 
 
 _NOT_LOADED = (
@@ -96,8 +102,12 @@ async def top_statements(dsn: str, limit: int) -> list[StatementStat]:
     ``rows``), most first; the extension's own statements left out. Raises ``StoreError``
     when the extension is missing."""
     async with _connection(dsn, "read pg_stat_statements") as conn:
+        planning = await conn.fetchval(
+            "SELECT current_setting('pg_stat_statements.track_planning', true) = 'on'"
+        )
         rows = await conn.fetch(
-            "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements "
+            "SELECT query, calls, rows, total_exec_time, plans, total_plan_time "
+            "FROM pg_stat_statements "
             "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND query NOT LIKE '%pg_stat_statements%' "
             "ORDER BY total_exec_time DESC LIMIT $1",
@@ -109,6 +119,8 @@ async def top_statements(dsn: str, limit: int) -> list[StatementStat]:
             calls=r["calls"],
             rows=r["rows"],
             total_ms=float(r["total_exec_time"]),
+            plans=r["plans"] if planning else None,
+            plan_ms=float(r["total_plan_time"]) if planning else None,
         )
         for r in rows
     ]

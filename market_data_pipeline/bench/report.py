@@ -241,10 +241,11 @@ def statement_rows(
     stats: Sequence[StatementStat], events: int
 ) -> tuple[list[str], list[list[str]]]:
     """``mdp bench --pg-stats``: a header and a row per statement (``pg_stat_statements``,
-    most execution time first): calls, rows, total ms, µs per event (``total_ms`` over
-    ``events``, the events consumed in the run), ms per call and the normalised query cut to
-    ``_QUERY_CHARS`` characters."""
-    header = ["calls", "rows", "total ms", "µs/event", "ms/call", "statement"]
+    most execution time first): calls, rows, total ms of execution, µs per event
+    (``total_ms`` over ``events``, the events consumed in the run), ms per call, how many
+    times it was planned and the ms that took ("off" when the server does not count
+    planning), and the normalised query cut to ``_QUERY_CHARS`` characters."""
+    header = ["calls", "rows", "total ms", "µs/event", "ms/call", "plans", "plan ms", "statement"]
     rows = []
     for st in stats:
         query = st.query if len(st.query) <= _QUERY_CHARS else st.query[: _QUERY_CHARS - 3] + "..."
@@ -255,6 +256,8 @@ def statement_rows(
                 f"{st.total_ms:,.0f}",
                 f"{st.total_ms * 1000 / events:.2f}" if events else "n/a",
                 f"{st.total_ms / st.calls:.2f}" if st.calls else "n/a",
+                "off" if st.plans is None else f"{st.plans:,}",
+                "off" if st.plan_ms is None else f"{st.plan_ms:,.0f}",
                 query,
             ]
         )

@@ -213,6 +213,10 @@ class EmbeddedPostgres(Server):
         settings = ["max_connections=200", "shared_buffers=256MB"]
         if self.preload:
             settings.append("shared_preload_libraries=" + ",".join(self.preload))
+        if "pg_stat_statements" in self.preload:
+            # planning counted too: a generic plan over many partitions is planned once per
+            # connection and again after every change to a table it reads, at up to tens of ms
+            settings.append("pg_stat_statements.track_planning=on")
         if self.durable:
             settings.append("unix_socket_directories=")
         else:

@@ -113,6 +113,12 @@ def test_bench_pg_stats_lists_the_statements_of_the_full_path(
     (copy,) = [st for st in statements if st["query"].startswith('COPY "ticks"')]
     assert copy["rows"] == record["full_path"]["ticks_inserted"] > 0
     assert not any("pg_stat_statements" in st["query"] for st in statements)
+    # planning counted too (the embedded server tracks it): a COPY is never planned, a
+    # query at least once (per connection)
+    assert copy["plans"] == 0 and copy["plan_ms"] == 0
+    queries = [st for st in statements if st["query"].startswith(("SELECT", "WITH"))]
+    assert all(1 <= st["plans"] <= st["calls"] and st["plan_ms"] > 0 for st in queries)
+    assert "plan ms" in proc.stdout
 
 
 def test_bench_pg_stats_on_a_server_without_the_library_fails_before_measuring(
