@@ -423,26 +423,26 @@ qagg AS (
                max(x.bid_size) FILTER (WHERE x.next_ts IS NULL) AS bid_size,
                max(x.ask_size) FILTER (WHERE x.next_ts IS NULL) AS ask_size
         FROM (
-                SELECT z.*, {_spread("z")} AS sp, {_imbalance("z")} AS imb,
-                       lead(z.ts) OVER w AS next_ts,
-                       {whole_us(f"coalesce(lead(z.ts) OVER w, {end}) - z.ts")} AS d
-                FROM (
-                    (SELECT w.bucket AS ts, 0 AS k, c.seq, c.bid, c.ask, c.bid_size, c.ask_size
-                     FROM quotes c
-                     WHERE {_of_series("c", "w")}
-                       AND c.ts < w.bucket AND c.ts >= w.bucket - {carry}
-                       AND c.ts >= {quotes_lo}
-                       AND c.ts < {quotes_hi}
-                     ORDER BY c.ts DESC, c.seq DESC LIMIT 1)
-                    UNION ALL
-                    SELECT q.ts, 1, q.seq, q.bid, q.ask, q.bid_size, q.ask_size
-                    FROM quotes q
-                    WHERE {_of_series("q", "w")}
-                      AND q.ts >= w.bucket AND q.ts < {end}
-                      AND q.ts >= {quotes_lo}
-                      AND q.ts < {quotes_hi}
-                ) z
-                WINDOW w AS (ORDER BY z.ts, z.k, z.seq)
+            SELECT z.*, {_spread("z")} AS sp, {_imbalance("z")} AS imb,
+                   lead(z.ts) OVER book AS next_ts,
+                   {whole_us(f"coalesce(lead(z.ts) OVER book, {end}) - z.ts")} AS d
+            FROM (
+                (SELECT w.bucket AS ts, 0 AS k, c.seq, c.bid, c.ask, c.bid_size, c.ask_size
+                 FROM quotes c
+                 WHERE {_of_series("c", "w")}
+                   AND c.ts < w.bucket AND c.ts >= w.bucket - {carry}
+                   AND c.ts >= {quotes_lo}
+                   AND c.ts < {quotes_hi}
+                 ORDER BY c.ts DESC, c.seq DESC LIMIT 1)
+                UNION ALL
+                SELECT q.ts, 1, q.seq, q.bid, q.ask, q.bid_size, q.ask_size
+                FROM quotes q
+                WHERE {_of_series("q", "w")}
+                  AND q.ts >= w.bucket AND q.ts < {end}
+                  AND q.ts >= {quotes_lo}
+                  AND q.ts < {quotes_hi}
+            ) z
+            WINDOW book AS (ORDER BY z.ts, z.k, z.seq)
         ) x
     ) a
     WHERE a.n > 0
