@@ -210,7 +210,10 @@ def main() -> None:
         type=int,
         default=0,
         help="first store a tick and a quote on each of that many earlier days (as many "
-        "more daily partitions, like a database holding weeks of data)",
+        "more daily partitions, like a database holding weeks of data). Each store "
+        "connection plans the bar recompute once over all of them, ~70 ms at 60 days: "
+        "in a short drain that one-off planning is a large part of PostgreSQL's CPU "
+        "(400,000 events: 5.5-5.7 µs per event at 0 days, 6.8-8.3 at 60)",
     )
     parser.add_argument(
         "--quote-ratio", type=float, default=0.0, help="share of the events that are quotes"
