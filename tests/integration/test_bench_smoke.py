@@ -114,10 +114,11 @@ def test_bench_pg_stats_lists_the_statements_of_the_full_path(
     assert copy["rows"] == record["full_path"]["ticks_inserted"] > 0
     assert not any("pg_stat_statements" in st["query"] for st in statements)
     # planning counted too (the embedded server tracks it): a COPY is never planned, a
-    # query at least once (per connection)
+    # query at least once per connection (and may be planned more often than it ran: at
+    # its sixth run PostgreSQL plans a statement generically, then maybe custom again)
     assert copy["plans"] == 0 and copy["plan_ms"] == 0
     queries = [st for st in statements if st["query"].startswith(("SELECT", "WITH"))]
-    assert all(1 <= st["plans"] <= st["calls"] and st["plan_ms"] > 0 for st in queries)
+    assert all(st["plans"] >= 1 and st["plan_ms"] > 0 for st in queries)
     assert "plan ms" in proc.stdout
 
 
