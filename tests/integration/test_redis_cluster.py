@@ -195,7 +195,9 @@ async def test_twelve_shards_spread_over_the_masters_each_in_one_slot(
     env: dict[str, Any], client: RedisCluster
 ) -> None:
     cluster: LocalRedisCluster = env["cluster"]
-    cfg = cluster_config(env)
+    # the checks below run ~70 redis-cli processes without a poll, so without a lease
+    # renewal: a 1 s lease could expire before its check on a slow machine
+    cfg = cluster_config(env, lease_ttl_ms=60_000)
     bus = await open_bus(cfg, urls(cfg))
     assert isinstance(bus, RedisBus) and bus.cluster
     topic, group = cfg.bus.events_topic, cfg.bus.group

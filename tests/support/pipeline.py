@@ -21,12 +21,14 @@ def make_config(
     redis_url: str, database_url: str, unique: str, window_ms: int, **mb: Any
 ) -> AppConfig:
     """Fresh stream and group names (``unique``), short bus timings; ``partitions``,
-    ``claim_idle_ms`` and ``max_deliveries`` go to ``bus``, the rest to ``micro_batch``."""
+    ``claim_idle_ms`` and ``max_deliveries`` go to ``bus``, ``lease_ttl_ms`` to
+    ``bus.redis``, the rest to ``micro_batch``."""
     bus = {
         "partitions": mb.pop("partitions", 1),
         "claim_idle_ms": mb.pop("claim_idle_ms", 1000),
         "max_deliveries": mb.pop("max_deliveries", 5),
     }
+    lease_ttl_ms = mb.pop("lease_ttl_ms", 1000)
     return parse_config(
         {
             "bus": {
@@ -39,7 +41,7 @@ def make_config(
                     "dlq_stream": f"t.{unique}.dlq",
                     "signals_stream": f"t.{unique}.signals",
                     "consumer_group": f"g.{unique}",
-                    "lease_ttl_ms": 1000,
+                    "lease_ttl_ms": lease_ttl_ms,
                 },
             },
             "micro_batch": {
