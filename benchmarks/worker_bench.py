@@ -5,7 +5,7 @@ Unlike ``mdp bench`` no producer runs at the same time, so the figures are the w
 the store's own, not shared with the load generator.
 
     .venv/bin/python benchmarks/worker_bench.py [--events 400000] [--pack 50] [--symbols 20]
-        [--wire rows|blocks] [--quote-ratio 0.5] [--days 60]
+        [--wire rows|blocks] [--quote-ratio 0.5] [--days 60] [--pg-stats 12]
 
 Starts an embedded Valkey and PostgreSQL (``REDIS_URI``/``DATABASE_URL`` are ignored: the
 server CPU is read from our own children). Prints a table and writes
@@ -37,6 +37,7 @@ from market_data_pipeline.gc_pacing import paced_gc
 from market_data_pipeline.servers import EmbeddedPostgres, EmbeddedRedis, ServerUrls
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
+from market_data_store.bench import reset_statement_stats, top_statements
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -115,7 +116,8 @@ def _entries(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
-    redis, pg = EmbeddedRedis(), EmbeddedPostgres()
+    redis = EmbeddedRedis()
+    pg = EmbeddedPostgres(preload=("pg_stat_statements",) if args.pg_stats else ())
     with redis, pg:
         assert redis.proc is not None and pg.proc is not None
         urls = ServerUrls(redis_url=redis.url, database_url=pg.url, kafka_bootstrap=None)
@@ -161,6 +163,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(0, len(entries), 500):
                 await bus.publish(cfg.bus.events_topic, entries[i : i + 500])
             worker = MicroBatcher(cfg, bus, store, consumer_name="wbench")
+            if args.pg_stats:
+                await reset_statement_stats(pg.url)
             me = psutil.Process()
             # as every mdp command runs (cli.common.run_async); its start-up collection is
             # left out of the figures
@@ -174,6 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             worker_s = cpu1.user + cpu1.system - cpu0.user - cpu0.system
             pg_s = _tree_cpu_s(pg.proc.pid) - pg0
             redis_s = _tree_cpu_s(redis.proc.pid) - redis0
+            statements = await top_statements(pg.url, args.pg_stats) if args.pg_stats else []
         finally:
             await store.aclose()
             await bus.aclose()
@@ -194,6 +199,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "worker_us_per_event": round(worker_s * 1e6 / n, 2),
         "postgres_us_per_event": round(pg_s * 1e6 / n, 2),
         "redis_us_per_event": round(redis_s * 1e6 / n, 2),
+        "pg_statements": [
+            {
+                "query": st.query,
+                "calls": st.calls,
+                "rows": st.rows,
+                "exec_ms": round(st.total_ms, 1),
+                "exec_us_per_event": round(st.total_ms * 1e3 / n, 3),
+                "plans": st.plans,
+                "plan_ms": None if st.plan_ms is None else round(st.plan_ms, 1),
+            }
+            for st in statements
+        ],
     }
 
 
@@ -218,6 +235,14 @@ def main() -> None:
     parser.add_argument(
         "--quote-ratio", type=float, default=0.0, help="share of the events that are quotes"
     )
+    parser.add_argument(
+        "--pg-stats",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the N statements with the most execution time (pg_stat_statements, "
+        "planning counted too): calls, exec ms and µs per drained event, plans, plan ms",
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     for key in (
@@ -229,6 +254,11 @@ def main() -> None:
         "redis_us_per_event",
     ):
         print(f"  {key:<24} {result[key]:,}")
+    for st in result["pg_statements"]:
+        print(
+            f"  {st['calls']:>6} calls {st['exec_ms']:>9,.1f} ms {st['exec_us_per_event']:>7.3f} "
+            f"µs/ev  plans {st['plans']} ({st['plan_ms']} ms)  {st['query'][:110]}"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"worker-{result['run']}.json"
     out.write_text(json.dumps(result, indent=2))
