@@ -316,7 +316,7 @@ def run_bytewax(ctx: Context, run: int, check: bool, logs: Path) -> dict[str, An
         t0 = time.perf_counter()
         filled = steps.run("bytewax fill", [py, script, "fill", "--n", n])
         fill_s = time.perf_counter() - t0
-        cmd = [py, script, "run", "--n", n, "--redis-pid", logs / "redis.pid"]
+        cmd: list[str | Path] = [py, script, "run", "--n", n, "--redis-pid", logs / "redis.pid"]
         cmd += ["--pg-pid", logs / "pg.pid", *(["--check"] if check else [])]
         out = steps.run("bytewax run", cmd)
     figures = bytewax_figures(out)
@@ -335,11 +335,12 @@ def run_quix(ctx: Context, run: int, check: bool, logs: Path) -> dict[str, Any]:
     topics = [f"peers-r{run}-s{k}" for k in range(m)]
     with started(broker), Steps(logs, ctx.timeout_s) as steps:
         assert broker.proc is not None
-        common = ["--bootstrap", broker.bootstrap]
+        common: list[str | Path] = ["--bootstrap", broker.bootstrap]
         t0 = time.perf_counter()
         produced = []
         for k, topic in enumerate(topics):
-            cmd = [py, script, "produce", *common, "--topic", topic, "--n", str(ctx.n)]
+            cmd: list[str | Path] = [py, script, "produce", *common]
+            cmd += ["--topic", topic, "--n", str(ctx.n)]
             produced.append(steps.run(f"quix produce {k}", [*cmd, "--shard", f"{k}/{m}"]))
         produce_s = time.perf_counter() - t0
         broker0 = cpu_s(broker.proc.pid)

@@ -158,7 +158,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         seq=1,
                     ),
                 ]
-                await store.ingest_events(old, interval=f"{args.window_ms}ms")
+                await store.ingest_events(
+                    old,
+                    interval=f"{args.window_ms}ms",
+                    quote_carry_ms=cfg.micro_batch.quote_carry_ms,
+                )
             entries = _entries(args.events, args.symbols, args.pack, args.wire, args.quote_ratio)
             for i in range(0, len(entries), 500):
                 await bus.publish(cfg.bus.events_topic, entries[i : i + 500])
@@ -171,9 +175,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with paced_gc():
                 cpu0 = me.cpu_times()
                 pg0, redis0 = _tree_cpu_s(pg.proc.pid), _tree_cpu_s(redis.proc.pid)
-                t0 = time.perf_counter()
+                started = time.perf_counter()
                 stats = await worker.run(asyncio.Event(), drain=True, idle_s=0.5)
-                wall_s = time.perf_counter() - t0 - 0.5  # less the idle wait ending the drain
+                wall_s = time.perf_counter() - started - 0.5  # less the idle wait ending the drain
                 cpu1 = me.cpu_times()
             worker_s = cpu1.user + cpu1.system - cpu0.user - cpu0.system
             pg_s = _tree_cpu_s(pg.proc.pid) - pg0
@@ -214,6 +218,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _non_negative(text: str) -> int:
+    """An argparse type: a whole number >= 0 (argparse prints the error and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=400_000)
@@ -237,7 +252,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--pg-stats",
-        type=int,
+        type=_non_negative,
         default=0,
         metavar="N",
         help="also print the N statements with the most execution time (pg_stat_statements, "
