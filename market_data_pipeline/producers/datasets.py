@@ -693,6 +693,12 @@ def read_dataset(
                 yield item
                 continue
             src_ts = item.src_ts
+            # a row at another time ends the run of rows at one time, in the window or not:
+            # else the window's last run would wait for the end of the file
+            if same_ts and same_ts[0].src_ts != src_ts:
+                same_ts.sort(key=lambda e: e.seq)
+                yield from same_ts
+                same_ts.clear()
             if (start is not None and src_ts < start) or (end is not None and src_ts >= end):
                 continue
             try:
@@ -700,10 +706,6 @@ def read_dataset(
             except (_RowParse, ValidationError) as exc:
                 yield _row_error(item.line, item.raw, where, exc)
                 continue
-            if same_ts and same_ts[0].src_ts != ev.src_ts:
-                same_ts.sort(key=lambda e: e.seq)
-                yield from same_ts
-                same_ts.clear()
             same_ts.append(ev)
     same_ts.sort(key=lambda e: e.seq)
     yield from same_ts

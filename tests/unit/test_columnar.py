@@ -127,6 +127,9 @@ def blocks(draw: st.DrawFn) -> dict[str, Any]:
         "ver": draw(st.sampled_from([1, 1, 1, 2])),
         "interval": interval,
         "rows": draw(st.lists(rows(interval), min_size=1, max_size=8)),
+        # optional columns written compact (a cell per row with the field), the others
+        # dense (a cell per row, as encoders before compact columns wrote)
+        "compact": draw(st.sets(st.sampled_from([*FLOAT_FIELDS, "ingest_ts"]))),
     }
 
 
@@ -146,14 +149,21 @@ def wire(block: dict[str, Any]) -> bytes:
     }
     if block["interval"] is not None:
         fields["interval"] = block["interval"]
+    compact = block.get("compact", set())
     for name in FLOAT_FIELDS:
         if any(name in r["floats"] for r in rs):
-            fields[name] = np.array([r["floats"].get(name, 0.0) for r in rs], "<f8").tobytes()
+            cells = [
+                r["floats"].get(name, 0.0) for r in rs if name not in compact or name in r["floats"]
+            ]
+            fields[name] = np.array(cells, "<f8").tobytes()
             present |= np.array(
                 [OPTIONAL_BITS[name] if name in r["floats"] else 0 for r in rs], "<u2"
             )
     if any("ingest_ts" in r for r in rs):
-        fields["ingest_ts"] = np.array([r.get("ingest_ts", 0) for r in rs], "<i8").tobytes()
+        stamps = [
+            r.get("ingest_ts", 0) for r in rs if "ingest_ts" not in compact or "ingest_ts" in r
+        ]
+        fields["ingest_ts"] = np.array(stamps, "<i8").tobytes()
         present |= np.array(
             [OPTIONAL_BITS["ingest_ts"] if "ingest_ts" in r else 0 for r in rs], "<u2"
         )
@@ -443,6 +453,13 @@ def _map(payload: bytes) -> dict[str, Any]:
         (lambda m: m.pop("seq"), "Object missing required field `seq`"),
         (lambda m: m.update(n=0), "n must be 1..100000, got 0"),
         (lambda m: m.pop("c"), "a row has a field whose column is not in the block"),
+        (
+            lambda m: m.update(c=m["c"][:-8]),
+            "c holds 16 bytes, expected 3 x 8 (a cell per row that has the field) or 3 x 8",
+        ),
+        (lambda m: m.update(v=b""), "v holds 0 bytes, expected 3 x 8"),
+        (lambda m: m.update(v=m["v"] + b"\0" * 8), "v holds 32 bytes, expected 3 x 8"),
+        (lambda m: m.update(v=m["v"][:-3]), "v holds 21 bytes, expected 3 x 8"),
         (lambda m: m.pop("trade_id_end"), "trade_id and trade_id_end go together"),
         (
             lambda m: m.update(trade_id_end=np.array([2, 1, 6], "<u4").tobytes()),
@@ -462,6 +479,52 @@ def test_a_malformed_block_is_one_decode_error_with_its_bytes(change: Any, detai
     assert detail in err.detail
     batch = decode_events(payload)
     assert not batch.events and [e.detail for e in batch.errors] == [err.detail]
+
+
+def _mixed_block(*, compact: bool) -> dict[str, Any]:
+    """A trade, a quote, a trade: the trades have c and v, the quote bid..ask_size."""
+    block = _good_block()
+    quote = {"bid": 1.25, "ask": 1.5, "bid_size": 300.0, "ask_size": 100.0}
+    block["rows"][1].update(kind=2, side=0, floats=quote, trade_id=None)
+    block["compact"] = {*FLOAT_FIELDS, "ingest_ts"} if compact else set()
+    return block
+
+
+def test_encoders_write_a_mixed_block_with_only_the_cells_its_rows_have() -> None:
+    events = [e for e in reference(_mixed_block(compact=False)) if isinstance(e, StreamEvent)]
+    assert len(events) == 3
+    for payload in (encode_block(events), *encode_blocks(columns_from_events(events), [(0, 3)])):
+        m = _map(payload)
+        cells = {k: len(m[k]) // 8 for k in ("c", "v", "bid", "ask", "bid_size", "ask_size")}
+        assert cells == {"c": 2, "v": 2, "bid": 1, "ask": 1, "bid_size": 1, "ask_size": 1}
+        got = decode_blocks([payload]).columns.to_events()
+        assert all(same_event(a, b) for a, b in zip(got, events, strict=True))
+
+
+def test_a_dense_mixed_block_decodes_as_its_compact_twin() -> None:
+    """Blocks written before compact columns (a cell per row) still decode, the same events,
+    alone or beside compact ones."""
+    dense, compact = wire(_mixed_block(compact=False)), wire(_mixed_block(compact=True))
+    assert len(dense) > len(compact)
+    want = [e for e in reference(_mixed_block(compact=True)) if isinstance(e, StreamEvent)]
+    assert len(want) == 3
+    for payloads in ([dense], [compact], [dense, compact], [compact, dense]):
+        decoded = decode_blocks(payloads)
+        assert not decoded.errors
+        got = decoded.columns.to_events()
+        assert all(same_event(a, b) for a, b in zip(got, want * len(payloads), strict=True))
+
+
+def test_a_short_compact_column_refuses_its_block_alone() -> None:
+    good = wire(_mixed_block(compact=True))
+    m = _map(good)
+    m["bid"] = b""
+    bad = BLOCK_MAGIC + msgspec.msgpack.encode(m)
+    decoded = decode_blocks([good, bad, good])
+    assert decoded.row_payload.tolist() == [0, 0, 0, 2, 2, 2]
+    [(p, err)] = decoded.errors
+    assert (p, err.reason, err.payload) == (1, "decode", bad)
+    assert "bid holds 0 bytes, expected 1 x 8" in err.detail
 
 
 @pytest.mark.parametrize("payload", [b"\xc1", b"\xc1\x02\x80", b"\xc1\x01", b"\xc1\x01\xc1"])
