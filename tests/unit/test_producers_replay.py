@@ -13,7 +13,7 @@ import pytest
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.protocols import TickIngestResult, UpsertResult
 from market_data_pipeline.producers import datasets
-from market_data_pipeline.producers.datasets import RowError, load_registry
+from market_data_pipeline.producers.datasets import DatasetSpec, RowError, load_registry
 from market_data_pipeline.producers.replay import (
     DatasetReplayProvider,
     StoreBarsReplayProvider,
@@ -40,13 +40,18 @@ async def test_speed_replays_event_time_faster_than_wall_time() -> None:
     assert all(e.ingest_ts is not None for e in got)
 
 
-async def test_bad_rows_reach_the_callback_and_the_replay_goes_on(tmp_path: Path) -> None:
-    (tmp_path / "t.csv").write_text("t,p,q\n1,10,1\n2,x,1\n3,11,-1\n4,12,1\n")
-    (tmp_path / "d.yaml").write_text(
+def _csv_trades(folder: Path, text: str) -> DatasetSpec:
+    """A dataset of trades (columns t in epoch seconds, price p, size q) in ``folder``."""
+    (folder / "t.csv").write_text(text)
+    (folder / "d.yaml").write_text(
         "datasets:\n  t:\n    path: t.csv\n    provider: p\n    symbol: S\n    kind: tick\n"
         "    timestamp: {column: t, format: epoch_s}\n    columns: {c: p, v: q}\n"
     )
-    spec = load_registry(tmp_path / "d.yaml")["t"]
+    return load_registry(folder / "d.yaml")["t"]
+
+
+async def test_bad_rows_reach_the_callback_and_the_replay_goes_on(tmp_path: Path) -> None:
+    spec = _csv_trades(tmp_path, "t,p,q\n1,10,1\n2,x,1\n3,11,-1\n4,12,1\n")
     seen: list[RowError] = []
 
     async def on_error(err: RowError) -> None:
@@ -66,12 +71,7 @@ def test_the_windows_last_events_come_without_reading_the_rest_of_the_file(
     """The run of rows at the window's last time ends at the first row past it, not at the
     end of the file (a short replay of a large file waited for the whole file to be parsed:
     ~1 s for ``ftx_btc_perp_1m`` on a slow machine)."""
-    (tmp_path / "t.csv").write_text("t,p,q\n1,10,1\n2,11,1\n2,12,1\n3,13,1\n4,14,1\n5,15,1\n")
-    (tmp_path / "d.yaml").write_text(
-        "datasets:\n  t:\n    path: t.csv\n    provider: p\n    symbol: S\n    kind: tick\n"
-        "    timestamp: {column: t, format: epoch_s}\n    columns: {c: p, v: q}\n"
-    )
-    spec = load_registry(tmp_path / "d.yaml")["t"]
+    spec = _csv_trades(tmp_path, "t,p,q\n1,10,1\n2,11,1\n2,12,1\n3,13,1\n4,14,1\n5,15,1\n")
     read: list[int] = []
     csv_rows = datasets._csv_rows
 
