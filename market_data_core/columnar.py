@@ -5,11 +5,12 @@ A *block* is a second wire encoding of a packed entry beside the msgpack and JSO
 consumer decodes and validates a whole poll with a few NumPy operations instead of building one
 object per event. A block payload is::
 
-    b"\\xc1"  b"\\x01"  <MessagePack map>
+    b"\\xc1"  <version>  <MessagePack map>
 
 ``0xc1`` is the one byte MessagePack never uses and no JSON text starts with, so a block can
 never be mistaken for either (and an older consumer dead-letters it as undecodable rather than
-misreading it); ``0x01`` is the block format's version. The map (:class:`_WireBlock`) holds
+misreading it); the version byte says how the optional columns are laid out (below). The map
+(:class:`_WireBlock`) holds
 
 =============  ==================================================================================
 ``n``          rows (1 .. :data:`MAX_BLOCK_ROWS`)
@@ -21,10 +22,9 @@ misreading it); ``0x01`` is the block format's version. The map (:class:`_WireBl
 ``src_ts``     bin, n x int64 LE: event time, µs since the epoch (UTC)
 ``seq``        bin, n x int64 LE
 ``present``    bin, n x uint16 LE: bit ``OPTIONAL_BITS[name]`` set = the row has that field
-``o`` .. ``ask_size``  bin, float64 LE each (optional column): one cell per row that has the
-               field, in row order (*compact*); absent column = no row has the field. A
-               column of n cells is read as one cell per row, a cell whose bit is clear
-               ignored (*dense*: what encoders before compact columns wrote, still read)
+``o`` .. ``ask_size``  bin, float64 LE each (optional column; absent column = no row has the
+               field): version ``0x01``, n cells, one per row (a cell whose bit is clear is
+               ignored); version ``0x02``, one cell per row that has the field, in row order
 ``ingest_ts``  bin, int64 LE µs (optional column, as the floats)
 ``side``       bin, n x uint8: 0 none, 1 ``buy``, 2 ``sell`` (optional column: absent = none)
 ``trade_id``   bin: the rows' trade ids, UTF-8, one after the other (optional column), and
@@ -32,17 +32,20 @@ misreading it); ``0x01`` is the block format's version. The map (:class:`_WireBl
                one has an empty slice)
 =============  ==================================================================================
 
-Compact columns keep a block of mixed kinds as small as its rows: a trade carries no
-``bid``..``ask_size`` cells, a quote no ``c``/``v`` cells (a block of half trades, half quotes
-took 85.3 bytes per event dense, 61.2 compact). A block whose rows all have a field is the same
-bytes either way; a consumer older than compact columns dead-letters a compact column of a
-mixed block as "a column of the wrong length" (upgrade consumers before producers).
+Version ``0x02`` (*compact* columns) keeps a block of mixed kinds as small as its rows: a trade
+carries no ``bid``..``ask_size`` cells, a quote no ``c``/``v`` cells (a block of half trades,
+half quotes: 85.3 bytes per event in version 1, 61.2 in version 2). The encoders write version
+2 only for a block where some column covers some rows but not all, so a block of one kind is
+the same bytes as ever (version 1); consumers read both, and one older than version 2
+dead-letters such a block as an unknown version (upgrade consumers before producers). The
+version, not the length, tells the layout: a column of the wrong length for its block's
+version refuses the block.
 
 ``event_id`` is not carried: it is what the row's fields imply (``provider|symbol|src_ts|seq``,
 see :func:`~market_data_core.contracts.make_event_id`), so the rule "event_id matches its fields"
 holds by construction. A payload that is not a well-formed block (bad MessagePack, a missing or
-unknown key, a column of the wrong length: a compact column must hold a cell for each row
-that has its field) is one ``ContractError("decode", ...)``.
+unknown key, a column of the wrong length for the block's version) is one
+``ContractError("decode", ...)``.
 
 **Validation.** Each row means the StreamEvent dict :func:`row_dict` gives; the reference for
 it is the pydantic path (``codec._validated_event``). :func:`decode_blocks` tests every rule of
@@ -120,6 +123,8 @@ __all__ = [
 ]
 
 BLOCK_MAGIC: Final = b"\xc1\x01"
+# a block whose optional columns are compact (module docstring): version 2
+_MAGIC_COMPACT: Final = b"\xc1\x02"
 MAX_BLOCK_ROWS: Final = 100_000
 KIND_CODES: Final = {"tick": 0, "bar": 1, "quote": 2}
 KIND_NAMES: Final = ("tick", "bar", "quote")
@@ -632,9 +637,11 @@ _SIZED: Final = tuple(
     for name, (_d, size) in _COLUMN_TYPES.items()
     if name not in _COMPACT
 )
-# (position, name, bytes per cell) of the optional columns, compact or dense (see the module
-# docstring), whose sizes _assemble checks for all blocks at once
+# (position, name, bytes per cell) of the optional columns, a cell per row (version 1) or
+# per row that has the field (version 2), whose sizes _assemble checks for all blocks at once
 _COMPACT_SIZED: Final = tuple((_FIELD_AT[name], name, _COLUMN_TYPES[name][1]) for name in _COMPACT)
+# where _parse appends the block's layout (True: version 2) to its fields
+_IS_COMPACT: Final = len(_WireBlock.__struct_fields__)
 _N, _VER, _PROVIDER, _SYMBOL = (_FIELD_AT[k] for k in ("n", "ver", "provider", "symbol"))
 _INTERVAL_AT, _TRADE_ID, _TRADE_ID_END = (
     _FIELD_AT[k] for k in ("interval", "trade_id", "trade_id_end")
@@ -643,15 +650,20 @@ _astuple = msgspec.structs.astuple
 
 
 def _parse(payload: bytes) -> tuple[Any, ...]:
-    """The block's map as a tuple (:class:`_WireBlock`'s fields in order), its columns'
-    sizes checked; ``ContractError("decode")`` otherwise. (What needs the rows' values is
-    checked for all blocks at once: :func:`_assemble`.)"""
-    if payload[:2] != BLOCK_MAGIC:
+    """The block's map as a tuple (:class:`_WireBlock`'s fields in order, then whether its
+    optional columns are compact), its columns' sizes checked; ``ContractError("decode")``
+    otherwise. (What needs the rows' values is checked for all blocks at once:
+    :func:`_assemble`.)"""
+    magic = payload[:2]
+    if magic != BLOCK_MAGIC and magic != _MAGIC_COMPACT:
         raise ContractError(
             "decode", f"unknown column block version {payload[1:2].hex() or 'none'}", payload
         )
     try:
-        block = _astuple(_BLOCK_DECODER.decode(memoryview(payload)[2:]))
+        block = (
+            *_astuple(_BLOCK_DECODER.decode(memoryview(payload)[2:])),
+            magic == _MAGIC_COMPACT,
+        )
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ContractError("decode", f"not a valid column block: {exc}", payload) from exc
     n = block[_N]
@@ -713,7 +725,9 @@ def _assemble(
         (intervals.setdefault(b[_INTERVAL_AT], len(intervals)) for b in blocks), np.int32, nb
     )
     missing = np.zeros(nb, np.uint16)
-    short = np.zeros(nb, np.bool_)  # a compact column without a cell per flagged row
+    short = np.zeros(nb, np.bool_)  # an optional column of the wrong length for its version
+    is_compact = np.fromiter((b[_IS_COMPACT] for b in blocks), np.bool_, nb)
+    any_compact = bool(is_compact.any())
 
     def column(name: str, dtype: Any) -> Any:
         at = _FIELD_AT[name]
@@ -731,7 +745,7 @@ def _assemble(
             dense = sizes * size
             if gaps:
                 dense[np.array(absent)] = 0
-            if not np.array_equal(lengths, dense):
+            if any_compact or not np.array_equal(lengths, dense):
                 return compact(name, dtype, have, lengths, absent)
             if not gaps:  # every block dense: the common case
                 return np.frombuffer(b"".join(have), dtype)
@@ -743,26 +757,39 @@ def _assemble(
     def compact(
         name: str, dtype: Any, parts: list[bytes], lengths: npt.NDArray[np.intp], absent: list[bool]
     ) -> Any:
-        """The rows' column from ``parts`` (of ``lengths`` bytes), each compact (a cell per
-        row that has the field), dense (a cell per row) or absent (``b""`` where ``absent``).
-        A block whose part is neither gets none of its cells and is refused."""
+        """The rows' column from ``parts`` (of ``lengths`` bytes): a cell per row of a
+        version-1 block, per row that has the field of a version-2 block, none where
+        ``absent``. A block whose part has another length gets none and is refused."""
         size = np.dtype(dtype).itemsize
         flagged = (present & OPTIONAL_BITS[name]) != 0
-        cells = np.add.reduceat(flagged.astype(np.intp), first_rows)
+        cells = sizes
+        if any_compact:
+            counted = np.add.reduceat(flagged.astype(np.intp), first_rows)
+            cells = np.where(is_compact, counted, sizes)
         none = np.array(absent)
-        dense = (lengths == sizes * size) & (cells < sizes)  # else compact, the same cells
-        wrong = ~none & ~dense & (lengths != cells * size)
+        wrong = ~none & (lengths != cells * size)
         if wrong.any():  # refused below; read as absent meanwhile, keeping the rows aligned
             short[wrong] = True
             parts = [b"" if w else p for p, w in zip(parts, wrong.tolist(), strict=True)]
             none |= wrong
-            dense &= ~wrong
-        takes = np.where(dense[row_block], True, flagged) if dense.any() else flagged
+        # every row of a version-1 block has a cell
+        takes = np.where(compact_rows(), flagged, True) if any_compact else np.ones(total, np.bool_)
         if none.any():
             takes &= ~none[row_block]
+        cells_in = np.frombuffer(b"".join(parts), dtype)
+        if len(cells_in) == total:  # a cell for every row (e.g. ingest_ts)
+            return cells_in
         out = np.zeros(total, dtype)
-        out[takes] = np.frombuffer(b"".join(parts), dtype)
+        out[takes] = cells_in
         return out
+
+    compact_rows_of: list[Bools] = []
+
+    def compact_rows() -> Bools:
+        """The rows of version-2 blocks (computed once)."""
+        if not compact_rows_of:
+            compact_rows_of.append(is_compact[row_block])
+        return compact_rows_of[0]
 
     first_rows = np.cumsum(sizes) - sizes
     present = column("present", "<u2")
@@ -815,16 +842,17 @@ def _block_error(block: tuple[Any, ...], payload: bytes) -> ContractError:
     present = np.frombuffer(block[_FIELD_AT["present"]], "<u2")
     if np.any(present & np.uint16(_missing_columns(block))):
         return ContractError("decode", _MISSING_COLUMN, payload)
-    n = block[_N]
     for at, name, size in _COMPACT_SIZED:
         col = block[at]
-        flagged = int(np.count_nonzero(present & np.uint16(OPTIONAL_BITS[name])))
-        if col is not None and len(col) not in (n * size, flagged * size):
+        if block[_IS_COMPACT]:
+            cells = int(np.count_nonzero(present & np.uint16(OPTIONAL_BITS[name])))
+            what = f"{cells} x {size} (a cell per row that has the field)"
+        else:
+            cells = block[_N]
+            what = f"{cells} x {size}"
+        if col is not None and len(col) != cells * size:
             return ContractError(
-                "decode",
-                f"column block: {name} holds {len(col)} bytes, expected {flagged} x {size} "
-                f"(a cell per row that has the field) or {n} x {size}",
-                payload,
+                "decode", f"column block: {name} holds {len(col)} bytes, expected {what}", payload
             )
     ends = np.frombuffer(block[_TRADE_ID_END] or b"", "<u4").astype(np.int64)
     if np.any(np.diff(ends, prepend=0) < 0):
@@ -1065,11 +1093,16 @@ def encode_columns(cols: EventColumns, *, interval: str | None = None, ver: int 
         "present": bits.astype("<u2").tobytes(),
     }
     union = int(np.bitwise_or.reduce(bits)) if n else 0
+    partial = False  # some column covers some rows but not all: version 2 (compact)
     for name in FLOAT_FIELDS:
         if union & OPTIONAL_BITS[name]:
-            fields[name] = cols.floats[name][cols.has(name)].astype("<f8").tobytes()
+            has = cols.has(name)
+            partial |= not has.all()
+            fields[name] = cols.floats[name][has].astype("<f8").tobytes()
     if union & OPTIONAL_BITS["ingest_ts"]:
-        fields["ingest_ts"] = cols.ingest_ts[cols.has("ingest_ts")].astype("<i8").tobytes()
+        has = cols.has("ingest_ts")
+        partial |= not has.all()
+        fields["ingest_ts"] = cols.ingest_ts[has].astype("<i8").tobytes()
     if np.any(cols.side):
         fields["side"] = cols.side.astype("<u1").tobytes()
     if union & OPTIONAL_BITS["trade_id"]:
@@ -1077,7 +1110,7 @@ def encode_columns(cols: EventColumns, *, interval: str | None = None, ver: int 
         fields["trade_id_end"] = cols.trade_id_end.astype("<u4").tobytes()
     if interval is None:
         del fields["interval"]
-    return BLOCK_MAGIC + _BLOCK_ENCODER.encode(fields)
+    return (_MAGIC_COMPACT if partial else BLOCK_MAGIC) + _BLOCK_ENCODER.encode(fields)
 
 
 def encode_blocks(
@@ -1118,18 +1151,22 @@ def encode_blocks(
     # each optional column's cells of the rows that have it (compact), and where each
     # block's cells start in it
     compact: list[tuple[str, int, Any, list[int]]] = []
+    partial = np.zeros(len(bounds), np.bool_)  # the blocks of version 2 (see encode_columns)
     for name in _COMPACT:
         bit = OPTIONAL_BITS[name]
         if union_all & bit:
             has = (bits & bit) != 0
-            values = cols.floats.get(name, cols.ingest_ts)
-            dtype = "<f8" if name in cols.floats else "<i8"
+            values = cols.ingest_ts if name == "ingest_ts" else cols.floats[name]
+            dtype = "<i8" if name == "ingest_ts" else "<f8"
             if has.all():  # a cell per row either way
                 at = [*starts.tolist(), cols.n]
                 compact.append((name, bit, values.astype(dtype, copy=False), at))
                 continue
-            at = np.concatenate(([0], np.cumsum(has)))[np.append(starts, cols.n)].tolist()
-            compact.append((name, bit, values[has].astype(dtype, copy=False), at))
+            ends = np.concatenate(([0], np.cumsum(has)))[np.append(starts, cols.n)]
+            counts = np.diff(ends)
+            partial |= (counts > 0) & (counts < sizes)
+            compact.append((name, bit, values[has].astype(dtype, copy=False), ends.tolist()))
+    magics = [_MAGIC_COMPACT if p else BLOCK_MAGIC for p in partial.tolist()]
     id_bit = OPTIONAL_BITS["trade_id"]
     id_ends = cols.trade_id_end
     id_firsts = np.concatenate(([0], id_ends[:-1]))[starts].tolist() if union_all & id_bit else []
@@ -1157,7 +1194,7 @@ def encode_blocks(
             first = id_firsts[i]
             fields["trade_id"] = cols.trade_id[first : int(id_ends[b - 1])]
             fields["trade_id_end"] = (id_ends[a:b] - first).astype("<u4").tobytes()
-        out.append(BLOCK_MAGIC + _BLOCK_ENCODER.encode(fields))
+        out.append(magics[i] + _BLOCK_ENCODER.encode(fields))
     return out
 
 

@@ -127,9 +127,9 @@ def blocks(draw: st.DrawFn) -> dict[str, Any]:
         "ver": draw(st.sampled_from([1, 1, 1, 2])),
         "interval": interval,
         "rows": draw(st.lists(rows(interval), min_size=1, max_size=8)),
-        # optional columns written compact (a cell per row with the field), the others
-        # dense (a cell per row, as encoders before compact columns wrote)
-        "compact": draw(st.sets(st.sampled_from([*FLOAT_FIELDS, "ingest_ts"]))),
+        # version 2: optional columns compact (a cell per row with the field); else
+        # version 1, a cell per row
+        "compact": draw(st.booleans()),
     }
 
 
@@ -149,20 +149,16 @@ def wire(block: dict[str, Any]) -> bytes:
     }
     if block["interval"] is not None:
         fields["interval"] = block["interval"]
-    compact = block.get("compact", set())
+    compact = block.get("compact", False)
     for name in FLOAT_FIELDS:
         if any(name in r["floats"] for r in rs):
-            cells = [
-                r["floats"].get(name, 0.0) for r in rs if name not in compact or name in r["floats"]
-            ]
+            cells = [r["floats"].get(name, 0.0) for r in rs if not compact or name in r["floats"]]
             fields[name] = np.array(cells, "<f8").tobytes()
             present |= np.array(
                 [OPTIONAL_BITS[name] if name in r["floats"] else 0 for r in rs], "<u2"
             )
     if any("ingest_ts" in r for r in rs):
-        stamps = [
-            r.get("ingest_ts", 0) for r in rs if "ingest_ts" not in compact or "ingest_ts" in r
-        ]
+        stamps = [r.get("ingest_ts", 0) for r in rs if not compact or "ingest_ts" in r]
         fields["ingest_ts"] = np.array(stamps, "<i8").tobytes()
         present |= np.array(
             [OPTIONAL_BITS["ingest_ts"] if "ingest_ts" in r else 0 for r in rs], "<u2"
@@ -177,7 +173,7 @@ def wire(block: dict[str, Any]) -> bytes:
             [OPTIONAL_BITS["trade_id"] if r["trade_id"] is not None else 0 for r in rs], "<u2"
         )
     fields["present"] = present.tobytes()
-    return BLOCK_MAGIC + msgspec.msgpack.encode(fields)
+    return (COMPACT_MAGIC if compact else BLOCK_MAGIC) + msgspec.msgpack.encode(fields)
 
 
 def reference_dict(block: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
@@ -440,6 +436,9 @@ def _good_block() -> dict[str, Any]:
     }
 
 
+COMPACT_MAGIC = b"\xc1\x02"  # a block of version 2: compact optional columns
+
+
 def _map(payload: bytes) -> dict[str, Any]:
     decoded: dict[str, Any] = msgspec.msgpack.decode(payload[2:])
     return decoded
@@ -453,10 +452,7 @@ def _map(payload: bytes) -> dict[str, Any]:
         (lambda m: m.pop("seq"), "Object missing required field `seq`"),
         (lambda m: m.update(n=0), "n must be 1..100000, got 0"),
         (lambda m: m.pop("c"), "a row has a field whose column is not in the block"),
-        (
-            lambda m: m.update(c=m["c"][:-8]),
-            "c holds 16 bytes, expected 3 x 8 (a cell per row that has the field) or 3 x 8",
-        ),
+        (lambda m: m.update(c=m["c"][:-8]), "c holds 16 bytes, expected 3 x 8"),
         (lambda m: m.update(v=b""), "v holds 0 bytes, expected 3 x 8"),
         (lambda m: m.update(v=m["v"] + b"\0" * 8), "v holds 32 bytes, expected 3 x 8"),
         (lambda m: m.update(v=m["v"][:-3]), "v holds 21 bytes, expected 3 x 8"),
@@ -486,7 +482,7 @@ def _mixed_block(*, compact: bool) -> dict[str, Any]:
     block = _good_block()
     quote = {"bid": 1.25, "ask": 1.5, "bid_size": 300.0, "ask_size": 100.0}
     block["rows"][1].update(kind=2, side=0, floats=quote, trade_id=None)
-    block["compact"] = {*FLOAT_FIELDS, "ingest_ts"} if compact else set()
+    block["compact"] = compact
     return block
 
 
@@ -497,8 +493,13 @@ def test_encoders_write_a_mixed_block_with_only_the_cells_its_rows_have() -> Non
         m = _map(payload)
         cells = {k: len(m[k]) // 8 for k in ("c", "v", "bid", "ask", "bid_size", "ask_size")}
         assert cells == {"c": 2, "v": 2, "bid": 1, "ask": 1, "bid_size": 1, "ask_size": 1}
+        assert payload[:2] == COMPACT_MAGIC
         got = decode_blocks([payload]).columns.to_events()
         assert all(same_event(a, b) for a, b in zip(got, events, strict=True))
+    # a block of one kind: every column covers every row, version 1 as ever
+    trades = events[::2]
+    assert encode_block(trades)[:2] == BLOCK_MAGIC
+    assert encode_blocks(columns_from_events(trades), [(0, 2)])[0] == encode_block(trades)
 
 
 def test_a_dense_mixed_block_decodes_as_its_compact_twin() -> None:
@@ -519,15 +520,29 @@ def test_a_short_compact_column_refuses_its_block_alone() -> None:
     good = wire(_mixed_block(compact=True))
     m = _map(good)
     m["bid"] = b""
-    bad = BLOCK_MAGIC + msgspec.msgpack.encode(m)
+    bad = COMPACT_MAGIC + msgspec.msgpack.encode(m)
     decoded = decode_blocks([good, bad, good])
     assert decoded.row_payload.tolist() == [0, 0, 0, 2, 2, 2]
     [(p, err)] = decoded.errors
     assert (p, err.reason, err.payload) == (1, "decode", bad)
-    assert "bid holds 0 bytes, expected 1 x 8" in err.detail
+    assert "bid holds 0 bytes, expected 1 x 8 (a cell per row that has the field)" in err.detail
 
 
-@pytest.mark.parametrize("payload", [b"\xc1", b"\xc1\x02\x80", b"\xc1\x01", b"\xc1\x01\xc1"])
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_version_not_the_length_tells_the_layout(compact: bool) -> None:
+    """A block's cells in the other version's layout refuse the block (one cell too many or
+    too few would otherwise shift a column by a row unnoticed)."""
+    payload = wire(_mixed_block(compact=compact))
+    swapped = (BLOCK_MAGIC if compact else COMPACT_MAGIC) + payload[2:]
+    decoded = decode_blocks([swapped])
+    assert decoded.columns.n == 0
+    [(_p, err)] = decoded.errors
+    assert err.reason == "decode"
+    want = "c holds 16 bytes, expected 3 x 8" if compact else "c holds 24 bytes, expected 2 x 8"
+    assert want in err.detail
+
+
+@pytest.mark.parametrize("payload", [b"\xc1", b"\xc1\x03\x80", b"\xc1\x01", b"\xc1\x01\xc1"])
 def test_a_truncated_or_unknown_block_is_a_decode_error(payload: bytes) -> None:
     decoded = decode_blocks([payload])
     [(_p, err)] = decoded.errors
