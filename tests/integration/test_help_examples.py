@@ -85,6 +85,9 @@ def _env() -> dict[str, str]:
     return env
 
 
+# The examples run one after another, each bounded by BOUND_S: the suite's 300 s per test is
+# for one of them, not their sum (310 s on a slow 2-core machine with a CI run beside).
+@pytest.mark.timeout(3 * BOUND_S)
 def test_every_help_example_runs_and_ends(project: Path) -> None:
     found = _all_examples()
     assert sorted(found) == sorted(ORDER), "a command's examples are not run here"
