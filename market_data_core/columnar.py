@@ -728,6 +728,7 @@ def _assemble(
     short = np.zeros(nb, np.bool_)  # an optional column of the wrong length for its version
     is_compact = np.fromiter((b[_IS_COMPACT] for b in blocks), np.bool_, nb)
     any_compact = bool(is_compact.any())
+    compact_rows = is_compact[row_block] if any_compact else is_compact  # rows of version 2
 
     def column(name: str, dtype: Any) -> Any:
         at = _FIELD_AT[name]
@@ -773,7 +774,7 @@ def _assemble(
             parts = [b"" if w else p for p, w in zip(parts, wrong.tolist(), strict=True)]
             none |= wrong
         # every row of a version-1 block has a cell
-        takes = np.where(compact_rows(), flagged, True) if any_compact else np.ones(total, np.bool_)
+        takes = np.where(compact_rows, flagged, True) if any_compact else np.ones(total, np.bool_)
         if none.any():
             takes &= ~none[row_block]
         cells_in = np.frombuffer(b"".join(parts), dtype)
@@ -782,14 +783,6 @@ def _assemble(
         out = np.zeros(total, dtype)
         out[takes] = cells_in
         return out
-
-    compact_rows_of: list[Bools] = []
-
-    def compact_rows() -> Bools:
-        """The rows of version-2 blocks (computed once)."""
-        if not compact_rows_of:
-            compact_rows_of.append(is_compact[row_block])
-        return compact_rows_of[0]
 
     first_rows = np.cumsum(sizes) - sizes
     present = column("present", "<u2")
