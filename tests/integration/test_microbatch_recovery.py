@@ -210,6 +210,13 @@ async def test_redis_restarted_from_aof_mid_run_then_drain_exits(
     aof_redis: EmbeddedRedis, store_url: str, unique: str, tmp_path: Path
 ) -> None:
     cfg = make_config(aof_redis.url, store_url, unique, 1000, partitions=4)
+    # A provider of this run's own: the store is the module's, and the other server's run
+    # of this test (same seed, same events) left its ticks there. Counted across providers,
+    # the waits below passed at once and the kill landed before this producer had connected.
+    provider = f"aof{unique}"
+    synthetic = cfg.producers.synthetic.model_copy(update={"provider": provider})
+    producers = cfg.producers.model_copy(update={"synthetic": synthetic})
+    cfg = cfg.model_copy(update={"producers": producers})
     path = write_config(tmp_path, cfg)
     env = mdp_env()
     produce = ["--provider", "synthetic", "--seed", "7", "--rate", "5000", "--duration", "12s"]
@@ -231,7 +238,8 @@ async def test_redis_restarted_from_aof_mid_run_then_drain_exits(
     try:
 
         async def ticks_stored(n: int) -> bool:
-            return bool(await scalar(store_url, "SELECT count(*) FROM ticks") >= n)
+            query = "SELECT count(*) FROM ticks WHERE provider = $1"
+            return bool(await scalar(store_url, query, provider) >= n)
 
         rewrites = int((await raw.info("persistence"))["aof_rewrites"])
 
@@ -261,7 +269,7 @@ async def test_redis_restarted_from_aof_mid_run_then_drain_exits(
         for proc in (producer, worker):
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.communicate(timeout=30)  # reaps it and closes its pipes
     assert worker.returncode == 0, err[-3000:]
     print(f"drained in {drain_s:.1f} s after the producer ended")
     bus = await open_bus(cfg, urls(cfg))
