@@ -1,7 +1,8 @@
 """PostgreSQL's CPU per event for trades against quotes: the store's write of closed windows
 (``ingest_columns``: the raw rows' ``COPY`` and the bar or quote bar recompute of each window,
 one transaction per window close, as the micro-batcher commits a closed window) of synthetic
-trades, then of as many synthetic quotes, each kind in a fresh database, alternating for
+trades, then of as many synthetic quotes (twice with bars: their quote bars folded by the store
+client, then recomputed by the statement alone), each in a fresh database, alternating for
 ``--rounds`` rounds. The figure is the backend's own CPU time per event
 (``/proc/<pid>/schedstat``), so neither the Python side nor another process on the machine counts.
 
@@ -83,12 +84,15 @@ def windows(kind: str, symbols: int, per_window: int, count: int) -> list[list[S
 
 
 async def measure(
-    dsn: str, kind: str, batches: list[list[StreamEvent]], bars: bool
+    dsn: str, kind: str, batches: list[list[StreamEvent]], bars: bool, *, fold: bool = True
 ) -> dict[str, Any]:
-    """Ingest ``batches`` (one window close each) through one connection; the backend's CPU.
-    ``bars`` False: ``store_raw`` of the rows only (the ``COPY``), no bar recompute."""
+    """Ingest ``batches`` (one window close each) through one connection; the backend's CPU
+    and the client's (this process: building the COPY, folding quote bars). ``bars`` False:
+    ``store_raw`` of the rows only (the ``COPY``), no bar recompute; ``fold`` False: every
+    quote bar recomputed by the statement (``PgStoreClient.fold_quotes``)."""
     await upgrade_schema(dsn)
     store = await PgStoreClient.connect(dsn, pool_min=1, pool_max=1)
+    store.fold_quotes = fold
     cols = [columns_from_events(batch) for batch in batches]
     try:
         async with store._pool.acquire() as conn:
@@ -101,10 +105,10 @@ async def measure(
                 await store.store_raw(cols[i])
 
         await write(0)  # outside the figures (partitions, catalog caches, prepared plans)
-        cpu0, wall0 = proc_cpu_s(backend), time.perf_counter()
+        cpu0, wall0, own0 = proc_cpu_s(backend), time.perf_counter(), time.process_time()
         for i in range(1, len(cols)):
             await write(i)
-        cpu1, wall1 = proc_cpu_s(backend), time.perf_counter()
+        cpu1, wall1, own1 = proc_cpu_s(backend), time.perf_counter(), time.process_time()
     finally:
         await store.aclose()
     n = sum(len(b) for b in batches[1:])
@@ -112,6 +116,7 @@ async def measure(
         "kind": kind,
         "events": n,
         "pg_backend_us_per_event": round((cpu1 - cpu0) * 1e6 / n, 3),
+        "client_us_per_event": round((own1 - own0) * 1e6 / n, 3),
         "wall_us_per_event": round((wall1 - wall0) * 1e6 / n, 3),
     }
 
@@ -121,16 +126,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         kind: windows(kind, args.symbols, args.per_window, args.windows)
         for kind in ("tick", "quote")
     }
+    # quotes twice with bars: folded by the client (the default) and by the statement alone
+    plan = [("tick", "tick", True), ("quote", "quote", True)]
+    if not args.no_bars:
+        plan.append(("quote_statement", "quote", False))
     async with scratch_server() as (server_url, admin, pg):
         runs = []
         for _ in range(args.rounds):
-            for kind, batches in data.items():
+            for name, kind, fold in plan:
                 async with scratch_database(server_url, admin) as dsn:
-                    runs.append(await measure(dsn, kind, batches, not args.no_bars))
+                    runs.append(await measure(dsn, name, data[kind], not args.no_bars, fold=fold))
         summary = {}
-        for kind in data:
-            figures = [r["pg_backend_us_per_event"] for r in runs if r["kind"] == kind]
-            summary[kind] = {"best": min(figures), "median": statistics.median(figures)}
+        for name, _kind, _fold in plan:
+            figures = [r["pg_backend_us_per_event"] for r in runs if r["kind"] == name]
+            client = [r["client_us_per_event"] for r in runs if r["kind"] == name]
+            summary[name] = {
+                "best": min(figures),
+                "median": statistics.median(figures),
+                "client_median": statistics.median(client),
+            }
         return {
             "at": datetime.now(UTC).isoformat(),
             "server": "embedded" if pg else "DATABASE_URL",

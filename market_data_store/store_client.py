@@ -59,6 +59,13 @@ from market_data_core.timeutil import (
 from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
 from market_data_store._errors import translate_errors
 from market_data_store._event_copy import MARK_COLUMNS, QUOTES, TICKS, RawTable
+from market_data_store._quote_fold import (
+    FOLD_COLUMNS,
+    QuoteWindows,
+    StoredBook,
+    fold_windows,
+    quote_windows,
+)
 from market_data_store._schema_names import SERIES_KEY_COLUMN, VWAP_GUARD_DIGITS, series_key
 
 __all__ = ["WINDOWS_SQL", "PgStoreClient", "quote_bar_from_row", "window_from_row"]
@@ -408,6 +415,7 @@ def _quote_bar_ctes(
     quotes_hi: str,
     ticks_lo: str,
     ticks_hi: str,
+    folded: str | None = None,
 ) -> str:
     """The CTEs ``qagg`` (the quote bar of every window ``w`` of the CTE ``win``: columns
     provider, symbol, bucket, with ``w.bucket`` its start and the SQL expression ``end`` its
@@ -416,7 +424,14 @@ def _quote_bar_ctes(
     bounds, so a rollup quote bar is the quote bar of all its bucket's quotes, bit for bit.
     ``carry``: the quote carry (an interval); ``quotes_lo``/``quotes_hi`` and
     ``ticks_lo``/``ticks_hi`` bound every quote and tick read (redundant, for plan-time
-    partition pruning)."""
+    partition pruning). ``folded``: a CTE of windows whose aggregates the client folded from
+    the batch (see :mod:`market_data_store._quote_fold`; columns provider, symbol, bucket and
+    ``FOLD_COLUMNS``), taken as they are beside those aggregated here (``win`` must not
+    hold them)."""
+    fold_part = ""
+    if folded is not None:
+        columns = ", ".join(FOLD_COLUMNS)
+        fold_part = f"\n    UNION ALL\n    SELECT provider, symbol, bucket, {columns} FROM {folded}"
     return f"""
 qagg AS (
     SELECT w.provider, w.symbol, w.bucket, a.*
@@ -463,7 +478,7 @@ qagg AS (
            AND EXISTS (SELECT 1 FROM ticks t
                        WHERE {_of_series("t", "w")}
                          AND t.ts >= w.bucket AND t.ts < {end}
-                         AND t.ts >= {ticks_lo} AND t.ts < {ticks_hi}))
+                         AND t.ts >= {ticks_lo} AND t.ts < {ticks_hi})){fold_part}
 ), up_q AS (
     INSERT INTO quote_bars AS b (provider, symbol, interval, ts, {", ".join(_QUOTE_COLS)},
                                  revision, updated_at, book_us, imbalance_us)
@@ -486,26 +501,41 @@ qagg AS (
 )"""
 
 
-_QUOTE_BAR_CTES = _quote_bar_ctes(
-    win="qwin",
-    end="w.bucket + $1::interval",
-    name="$2::text",
-    carry="$5::interval",
-    quotes_lo="$3::timestamptz - $5::interval",
-    quotes_hi="$4::timestamptz + $5::interval",
-    ticks_lo="$3",
-    ticks_hi="$4::timestamptz + $5::interval",
-)
+_QUOTE_BAR_BOUNDS = {
+    "end": "w.bucket + $1::interval",
+    "name": "$2::text",
+    "carry": "$5::interval",
+    "quotes_lo": "$3::timestamptz - $5::interval",
+    "quotes_hi": "$4::timestamptz + $5::interval",
+    "ticks_lo": "$3",
+    "ticks_hi": "$4::timestamptz + $5::interval",
+}
+_QUOTE_BAR_CTES = _quote_bar_ctes(win="qwin", **_QUOTE_BAR_BOUNDS)
+# The windows the client folded (parameters $6...: one array per column) and the others.
+_FOLD_TYPES = ("text", "text", "timestamptz", "bigint", "bigint", *["float8"] * 11)
+_FOLD_NAMES = ("provider", "symbol", "bucket", *FOLD_COLUMNS)
+_FOLDED_WINDOWS = f"""
+qfold AS (
+    SELECT * FROM unnest({", ".join(f"${6 + i}::{t}[]" for i, t in enumerate(_FOLD_TYPES))})
+        AS f({", ".join(_FOLD_NAMES)})
+), qwin_rest AS (
+    SELECT provider, symbol, bucket FROM qwin
+    EXCEPT
+    SELECT provider, symbol, bucket FROM qfold
+)"""
+_QUOTE_BAR_CTES_FOLDED = _quote_bar_ctes(win="qwin_rest", folded="qfold", **_QUOTE_BAR_BOUNDS)
 
 
-def _recompute_sql(*, ticks: bool, quotes: bool, book: bool) -> str:
+def _recompute_sql(*, ticks: bool, quotes: bool, book: bool, folded: bool = False) -> str:
     """The one statement that recomputes, from ALL stored ticks and quotes, the trade bars of
     the windows the staged ticks touch (``ticks``), the quote bars of the windows the staged
     ticks or quotes touch or whose carried book the staged quotes may change (``book``:
     there are quotes within reach; ``quotes``: the batch has some), and records one change
     per window that changed. Parameters: $1 the window, $2 its name, $3/$4 the batch's
-    bounds, $5 the quote carry. Rows: the counts, and each change (the trade and quote bar
-    columns of what this statement wrote, null for a part it did not change)."""
+    bounds, $5 the quote carry; ``folded`` (with ``quotes``): $6... the quote bar aggregates
+    of the windows the client folded (:data:`_FOLDED_WINDOWS`), taken instead of computed.
+    Rows: the counts, and each change (the trade and quote bar columns of what this
+    statement wrote, null for a part it did not change)."""
     ctes = []
     if ticks:
         ctes.append(_TRADE_CTES)
@@ -514,7 +544,11 @@ def _recompute_sql(*, ticks: bool, quotes: bool, book: bool) -> str:
         ctes.append(_QUOTE_WINDOWS_STAGED.format(ticks=extra))
     elif book:
         ctes.append(_QUOTE_WINDOWS_OF_TICKS)
-    if book:
+    if folded:
+        assert quotes and book, "only quotes are folded"
+        ctes.append(_FOLDED_WINDOWS)
+        ctes.append(_QUOTE_BAR_CTES_FOLDED)
+    elif book:
         ctes.append(_QUOTE_BAR_CTES)
     trade_cols = (
         "t.o, t.h, t.l, t.c, t.v, t.vwap, t.trade_count, t.revision, t.in_session, t.inserted"
@@ -563,6 +597,11 @@ _RECOMPUTE_SQL = {
     (False, True, True): _recompute_sql(ticks=False, quotes=True, book=True),
     (True, True, True): _recompute_sql(ticks=True, quotes=True, book=True),
 }
+# by ticks staged: a batch of quotes, some of whose windows the client folded
+_RECOMPUTE_FOLDED_SQL = {
+    ticks: _recompute_sql(ticks=ticks, quotes=True, book=True, folded=True)
+    for ticks in (False, True)
+}
 # The recompute statements (and the book probe) run on the connection's generic plan of
 # their prepared statement, not on a custom plan per call: planning one with the batch's
 # bounds as constants prunes every partitioned table reference at plan time, which cost more
@@ -575,6 +614,27 @@ _GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 _DEFAULT_PLANS_SQL = "SET LOCAL plan_cache_mode TO DEFAULT"
 # Is there any quote of the batch's series that could be the book of its windows? (Inside
 # the writer's transaction, after its series locks: nobody else writes their quotes.)
+# Before a batch of quotes goes in (inside the writer's transaction, after its series locks):
+# per window of the batch's quotes, whether the store holds any quote of it, and the last
+# stored quote at most the carry before its start (the book it carries in). $1-$3 the
+# windows, $4 the window, $5/$6 bounds of the windows, $7 the carry.
+_QUOTE_WINDOWS_PROBE_SQL = f"""
+SELECT EXISTS (SELECT 1 FROM quotes q
+               WHERE {_of_series("q", "w")}
+                 AND q.ts >= w.bucket AND q.ts < w.bucket + $4::interval
+                 AND q.ts >= $5 AND q.ts < $6) AS stored,
+       c.ts, c.seq, c.bid, c.ask, c.bid_size, c.ask_size
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY
+    AS w(provider, symbol, bucket, i)
+LEFT JOIN LATERAL (
+    SELECT c.ts, c.seq, c.bid, c.ask, c.bid_size, c.ask_size FROM quotes c
+    WHERE {_of_series("c", "w")}
+      AND c.ts < w.bucket AND c.ts >= w.bucket - $7::interval
+      AND c.ts >= $5::timestamptz - $7::interval AND c.ts < $6
+    ORDER BY c.ts DESC, c.seq DESC LIMIT 1
+) c ON true
+ORDER BY w.i
+"""
 _BOOK_IN_REACH_SQL = f"""
 SELECT EXISTS (
     SELECT 1 FROM unnest($1::text[], $2::text[]) AS s(provider, symbol)
@@ -1051,6 +1111,26 @@ def _bar_days(tick_days: set[date], window_ms: int) -> set[date]:
     return days
 
 
+def _fold(
+    windows: QuoteWindows | None, probe: list[Any], window_us: int, carry_us: int
+) -> list[list[Any]] | None:
+    """The parameters of :data:`_FOLDED_WINDOWS` (one list per column) for the windows of
+    ``windows`` the probe found no stored quote in (None: no such window)."""
+    assert windows is not None
+    fresh = [i for i, r in enumerate(probe) if not r["stored"]]
+    if not fresh:
+        return None
+    books: list[StoredBook | None] = [
+        None
+        if r["ts"] is None
+        else (to_epoch_us(r["ts"]), r["seq"], r["bid"], r["ask"], r["bid_size"], r["ask_size"])
+        for r in probe
+    ]
+    columns = fold_windows(windows, window_us, carry_us, fresh, books)
+    columns[2] = [from_epoch_us(b) for b in columns[2]]
+    return columns
+
+
 async def _all_stored_unchanged(conn: Any, rows: list[tuple[Any, ...]]) -> bool:
     """True when every row is already stored with identical values (the same test as the
     upsert's ``IS DISTINCT FROM`` guard), read with one index range scan per series."""
@@ -1331,6 +1411,11 @@ class PgStoreClient(PgClientBase):
     back, reconnects by itself; everything else raises ``StoreError``.
     """
 
+    #: Fold the quote bars of fresh windows from the batch (:mod:`market_data_store.
+    #: _quote_fold`: the same bits as the recompute, at a fraction of its cost); False: every
+    #: quote bar recomputed by the statement (the reference the fold is tested against).
+    fold_quotes: bool = True
+
     async def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
         """Upsert bars by (provider, symbol, interval, ts); the last of duplicate keys in the
         batch wins. A changed existing bar gets ``revision + 1`` (the ``revision`` given in
@@ -1561,11 +1646,24 @@ class PgStoreClient(PgClientBase):
         seen = EventColumns.concat([unique, kept_ticks, kept_quotes])
         quote_spans = _spans(seen.take(seen.kind == KIND_CODES["quote"])) if plan else {}
         rolled: list[tuple[str, Any]] = []
+        windows = quote_windows(quotes, window_us) if quotes.n and self.fold_quotes else None
+        probe_args: tuple[list[str], list[str], list[datetime]] = ([], [], [])
+        if windows is not None:
+            probe_args = (
+                [windows.series[int(i)][0] for i in windows.series_idx],
+                [windows.series[int(i)][1] for i in windows.series_idx],
+                [from_epoch_us(int(b)) for b in windows.bucket_us],
+            )
 
         async def write() -> tuple[int, int, list[Any]]:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                    probe = None
+                    if quotes.n and self.fold_quotes:
+                        probe = await conn.fetch(
+                            _QUOTE_WINDOWS_PROBE_SQL, *probe_args, stride, lo, hi, carry
+                        )
                     ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
                         conn, ticks, quotes, window_us
                     )
@@ -1577,10 +1675,19 @@ class PgStoreClient(PgClientBase):
                     book = has_quotes or await conn.fetchval(
                         _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry
                     )
-                    sql = _RECOMPUTE_SQL[(has_ticks, has_quotes, book)]
-                    if book:
+                    # every quote went in as new: the windows none were stored in before
+                    # hold the batch's quotes alone, and their bars are folded here
+                    folded = None
+                    if probe is not None and quotes_in == quotes.n:
+                        folded = _fold(windows, probe, window_us, quote_carry_ms * 1000)
+                    if folded:
+                        sql = _RECOMPUTE_FOLDED_SQL[has_ticks]
+                        rows = await conn.fetch(sql, stride, interval, lo, hi, carry, *folded)
+                    elif book:
+                        sql = _RECOMPUTE_SQL[(has_ticks, has_quotes, book)]
                         rows = await conn.fetch(sql, stride, interval, lo, hi, carry)
                     else:  # no quote anywhere near: the trade bars alone
+                        sql = _RECOMPUTE_SQL[(has_ticks, has_quotes, book)]
                         rows = await conn.fetch(sql, stride, interval, lo, hi)
                     await conn.execute(_DEFAULT_PLANS_SQL)
                     if plan is not None:
