@@ -1112,20 +1112,30 @@ def _bar_days(tick_days: set[date], window_ms: int) -> set[date]:
 
 
 def _fold(
-    windows: QuoteWindows | None, probe: list[Any], window_us: int, carry_us: int
+    windows: QuoteWindows | None,
+    candidates: list[int],
+    probe: list[Any],
+    window_us: int,
+    carry_us: int,
 ) -> list[list[Any]] | None:
     """The parameters of :data:`_FOLDED_WINDOWS` (one list per column) for the windows of
-    ``windows`` the probe found no stored quote in (None: no such window)."""
+    ``windows`` the probe (one row per window of ``candidates``) found no stored quote in
+    (None: no such window)."""
     assert windows is not None
-    fresh = [i for i, r in enumerate(probe) if not r["stored"]]
+    fresh = [i for i, r in zip(candidates, probe, strict=True) if not r["stored"]]
     if not fresh:
         return None
-    books: list[StoredBook | None] = [
-        None
-        if r["ts"] is None
-        else (to_epoch_us(r["ts"]), r["seq"], r["bid"], r["ask"], r["bid_size"], r["ask_size"])
-        for r in probe
-    ]
+    books: list[StoredBook | None] = [None] * windows.n
+    for i, r in zip(candidates, probe, strict=True):
+        if r["ts"] is not None:
+            books[i] = (
+                to_epoch_us(r["ts"]),
+                r["seq"],
+                r["bid"],
+                r["ask"],
+                r["bid_size"],
+                r["ask_size"],
+            )
     columns = fold_windows(windows, window_us, carry_us, fresh, books)
     columns[2] = [from_epoch_us(b) for b in columns[2]]
     return columns
@@ -1646,13 +1656,25 @@ class PgStoreClient(PgClientBase):
         seen = EventColumns.concat([unique, kept_ticks, kept_quotes])
         quote_spans = _spans(seen.take(seen.kind == KIND_CODES["quote"])) if plan else {}
         rolled: list[tuple[str, Any]] = []
+        # quote windows that may be fresh: those of the batch's quotes none of whose quotes
+        # were stored early (``stored``: those hold stored quotes, no need to ask)
         windows = quote_windows(quotes, window_us) if quotes.n and self.fold_quotes else None
+        candidates: list[int] = []
         probe_args: tuple[list[str], list[str], list[datetime]] = ([], [], [])
         if windows is not None:
+            early = {
+                (kept_quotes.series[s], t - t % window_us)
+                for s, t in zip(
+                    kept_quotes.series_idx.tolist(), kept_quotes.src_ts.tolist(), strict=True
+                )
+            }
+            names = [windows.series[s] for s in windows.series_idx.tolist()]
+            buckets = windows.bucket_us.tolist()
+            candidates = [i for i, b in enumerate(buckets) if (names[i], b) not in early]
             probe_args = (
-                [windows.series[int(i)][0] for i in windows.series_idx],
-                [windows.series[int(i)][1] for i in windows.series_idx],
-                [from_epoch_us(int(b)) for b in windows.bucket_us],
+                [names[i][0] for i in candidates],
+                [names[i][1] for i in candidates],
+                [from_epoch_us(buckets[i]) for i in candidates],
             )
 
         async def write() -> tuple[int, int, list[Any]]:
@@ -1660,7 +1682,7 @@ class PgStoreClient(PgClientBase):
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
                     probe = None
-                    if quotes.n and self.fold_quotes:
+                    if candidates:
                         probe = await conn.fetch(
                             _QUOTE_WINDOWS_PROBE_SQL, *probe_args, stride, lo, hi, carry
                         )
@@ -1679,7 +1701,7 @@ class PgStoreClient(PgClientBase):
                     # hold the batch's quotes alone, and their bars are folded here
                     folded = None
                     if probe is not None and quotes_in == quotes.n:
-                        folded = _fold(windows, probe, window_us, quote_carry_ms * 1000)
+                        folded = _fold(windows, candidates, probe, window_us, quote_carry_ms * 1000)
                     if folded:
                         sql = _RECOMPUTE_FOLDED_SQL[has_ticks]
                         rows = await conn.fetch(sql, stride, interval, lo, hi, carry, *folded)
