@@ -612,8 +612,6 @@ _RECOMPUTE_FOLDED_SQL = {
 # Only for those statements: the rollups keep the server's choice.
 _GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 _DEFAULT_PLANS_SQL = "SET LOCAL plan_cache_mode TO DEFAULT"
-# Is there any quote of the batch's series that could be the book of its windows? (Inside
-# the writer's transaction, after its series locks: nobody else writes their quotes.)
 # Before a batch of quotes goes in (inside the writer's transaction, after its series locks):
 # per window of the batch's quotes, whether the store holds any quote of it, and the last
 # stored quote at most the carry before its start (the book it carries in). $1-$3 the
@@ -635,6 +633,8 @@ LEFT JOIN LATERAL (
 ) c ON true
 ORDER BY w.i
 """
+# Is there any quote of the batch's series that could be the book of its windows? (Inside
+# the writer's transaction, after its series locks: nobody else writes their quotes.)
 _BOOK_IN_REACH_SQL = f"""
 SELECT EXISTS (
     SELECT 1 FROM unnest($1::text[], $2::text[]) AS s(provider, symbol)
