@@ -520,12 +520,17 @@ class StoreClient(Protocol):
         quote_carry_ms: int,
         rollups: RollupPlan | None = None,
         stored: EventColumns | None = None,
+        early_quotes: EventColumns | None = None,
     ) -> TickIngestResult:
         """:meth:`ingest_events` of events given as columns (valid rows, as
         :func:`~market_data_core.columnar.decode_blocks` returns them); of rows with the same
         ``event_id`` the first one counts. ``stored``: rows :meth:`store_raw` already stored,
-        whose windows are recomputed as if they were in ``events``. Raises ``StoreError`` for
-        a provider bar."""
+        whose windows are recomputed as if they were in ``events``. ``early_quotes``: every
+        quote of some of those windows that :meth:`store_raw` stored, from calls that inserted
+        all the quotes they were given (their ``quotes_inserted``): a hint the store may use to
+        compute those windows' quote bars without reading them back (the bars are the same
+        either way; a window holding other stored quotes is recomputed). Raises
+        ``StoreError`` for a provider bar."""
         ...
 
     async def store_raw(self, events: EventColumns) -> TickIngestResult:

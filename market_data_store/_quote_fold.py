@@ -63,7 +63,8 @@ FOLD_COLUMNS = (
 class QuoteWindows:
     """The quotes of a batch (one kind: quotes, unique keys) sorted by ``(series, ts, seq)``
     and cut into windows: window ``i`` holds sorted rows ``starts[i]:ends[i]`` of series
-    ``series[series_idx[i]]`` and starts at ``bucket_us[i]`` (µs since the epoch)."""
+    ``series[series_idx[i]]``, starts at ``bucket_us[i]`` (µs since the epoch) and has
+    ``n_early[i]`` of the rows given as stored early."""
 
     series: tuple[tuple[str, str], ...]
     series_idx: npt.NDArray[np.int32]
@@ -79,6 +80,7 @@ class QuoteWindows:
     ask_size: npt.NDArray[np.float64]
     has_bid_size: npt.NDArray[np.bool_]
     has_ask_size: npt.NDArray[np.bool_]
+    n_early: npt.NDArray[np.int64]
 
     @property
     def n(self) -> int:
@@ -86,9 +88,10 @@ class QuoteWindows:
         return len(self.starts)
 
 
-def quote_windows(quotes: EventColumns, window_us: int) -> QuoteWindows:
-    """Sort ``quotes`` (rows of kind quote with unique ``(series, ts, seq)``) and cut them
-    into the epoch-aligned windows ``[k * window_us, (k + 1) * window_us)`` they fall in."""
+def quote_windows(quotes: EventColumns, window_us: int, n_early: int = 0) -> QuoteWindows:
+    """Sort ``quotes`` (rows of kind quote with unique ``(series, ts, seq)``; the first
+    ``n_early`` of them stored early, the others the batch's) and cut them into the
+    epoch-aligned windows ``[k * window_us, (k + 1) * window_us)`` they fall in."""
     order = np.lexsort((quotes.seq, quotes.src_ts, quotes.series_idx))
     s = quotes.series_idx[order]
     t = quotes.src_ts[order]
@@ -112,6 +115,9 @@ def quote_windows(quotes: EventColumns, window_us: int) -> QuoteWindows:
         ask_size=quotes.floats["ask_size"][order],
         has_bid_size=quotes.has("bid_size")[order],
         has_ask_size=quotes.has("ask_size")[order],
+        n_early=np.add.reduceat(order < n_early, starts).astype(np.int64)
+        if len(starts)
+        else np.zeros(0, np.int64),
     )
 
 

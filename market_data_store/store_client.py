@@ -613,22 +613,26 @@ _RECOMPUTE_FOLDED_SQL = {
 _GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 _DEFAULT_PLANS_SQL = "SET LOCAL plan_cache_mode TO DEFAULT"
 # Before a batch of quotes goes in (inside the writer's transaction, after its series locks):
-# per window of the batch's quotes, whether the store holds any quote of it, and the last
-# stored quote at most the carry before its start (the book it carries in). $1-$3 the
-# windows, $4 the window, $5/$6 bounds of the windows, $7 the carry.
+# per window of the batch's quotes, how many quotes of it the store holds, counted up to one
+# more than the client expects ($4: the quotes it stored early there, 0 for the others; a
+# window holding more is not counted to its end), and the last stored quote at most the carry
+# before its start (the book it carries in). $1-$4 the windows, $5 the window, $6/$7 bounds of
+# the windows, $8 the carry.
 _QUOTE_WINDOWS_PROBE_SQL = f"""
-SELECT EXISTS (SELECT 1 FROM quotes q
-               WHERE {_of_series("q", "w")}
-                 AND q.ts >= w.bucket AND q.ts < w.bucket + $4::interval
-                 AND q.ts >= $5 AND q.ts < $6) AS stored,
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM quotes q
+            WHERE {_of_series("q", "w")}
+              AND q.ts >= w.bucket AND q.ts < w.bucket + $5::interval
+              AND q.ts >= $6 AND q.ts < $7
+            LIMIT w.expect + 1) x) AS stored,
        c.ts, c.seq, c.bid, c.ask, c.bid_size, c.ask_size
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY
-    AS w(provider, symbol, bucket, i)
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) WITH ORDINALITY
+    AS w(provider, symbol, bucket, expect, i)
 LEFT JOIN LATERAL (
     SELECT c.ts, c.seq, c.bid, c.ask, c.bid_size, c.ask_size FROM quotes c
     WHERE {_of_series("c", "w")}
-      AND c.ts < w.bucket AND c.ts >= w.bucket - $7::interval
-      AND c.ts >= $5::timestamptz - $7::interval AND c.ts < $6
+      AND c.ts < w.bucket AND c.ts >= w.bucket - $8::interval
+      AND c.ts >= $6::timestamptz - $8::interval AND c.ts < $7
     ORDER BY c.ts DESC, c.seq DESC LIMIT 1
 ) c ON true
 ORDER BY w.i
@@ -1119,10 +1123,12 @@ def _fold(
     carry_us: int,
 ) -> list[list[Any]] | None:
     """The parameters of :data:`_FOLDED_WINDOWS` (one list per column) for the windows of
-    ``windows`` the probe (one row per window of ``candidates``) found no stored quote in
-    (None: no such window)."""
+    ``windows`` whose stored quotes the probe (one row per window of ``candidates``) found to
+    be exactly the early ones of ``windows`` (none, for most), or None when there is none."""
     assert windows is not None
-    fresh = [i for i, r in zip(candidates, probe, strict=True) if not r["stored"]]
+    fresh = [
+        i for i, r in zip(candidates, probe, strict=True) if r["stored"] == int(windows.n_early[i])
+    ]
     if not fresh:
         return None
     books: list[StoredBook | None] = [None] * windows.n
@@ -1581,6 +1587,7 @@ class PgStoreClient(PgClientBase):
         quote_carry_ms: int = DEFAULT_QUOTE_CARRY_MS,
         rollups: RollupPlan | None = None,
         stored: EventColumns | None = None,
+        early_quotes: EventColumns | None = None,
     ) -> TickIngestResult:
         """Store trade ticks and quotes given as columns (valid rows, as
         :func:`~market_data_core.columnar.decode_blocks` returns them; idempotent by
@@ -1596,7 +1603,12 @@ class PgStoreClient(PgClientBase):
         quotes and the bars and quote bars inserted or changed (with their new ``revision``
         and their window's ``change_seq``). ``stored``: rows a :meth:`store_raw` call already
         stored (only their windows matter): their windows are recomputed too, as if they were
-        in ``events``. Raises ``StoreError`` for a provider bar.
+        in ``events``. ``early_quotes``: quotes :meth:`store_raw` stored in calls that inserted
+        every quote they were given (``quotes_inserted`` equal to their quotes), for windows of
+        this batch (they count as ``stored`` too): a window whose stored quotes are, under the
+        series lock, exactly as many as its early quotes here holds just those and the batch's,
+        and its quote bar is folded from them (see :mod:`market_data_store._quote_fold`); any
+        other window is recomputed by the statement. Raises ``StoreError`` for a provider bar.
 
         With ``rollups`` (see the core ``StoreClient``): then, in the same transaction, the
         flat bars of the empty-interval policy around the windows touched (``_FILL_SQL``),
@@ -1608,6 +1620,11 @@ class PgStoreClient(PgClientBase):
         window_ms = _interval_ms(interval)
         if quote_carry_ms < 0:
             raise StoreError(f"quote_carry_ms must be >= 0, got {quote_carry_ms}")
+        if early_quotes is not None and early_quotes.n:
+            early_quotes = early_quotes.take(early_quotes.kind == KIND_CODES["quote"])
+            stored = early_quotes if stored is None else EventColumns.concat([stored, early_quotes])
+        else:
+            early_quotes = None
         if stored is not None and stored.n:
             # every row of a window the store has seen, for the ranges, days and locks below
             every = EventColumns.concat([events, stored]) if events.n else stored
@@ -1656,11 +1673,17 @@ class PgStoreClient(PgClientBase):
         seen = EventColumns.concat([unique, kept_ticks, kept_quotes])
         quote_spans = _spans(seen.take(seen.kind == KIND_CODES["quote"])) if plan else {}
         rolled: list[tuple[str, Any]] = []
-        # quote windows that may be fresh: those of the batch's quotes none of whose quotes
-        # were stored early (``stored``: those hold stored quotes, no need to ask)
-        windows = quote_windows(quotes, window_us) if quotes.n and self.fold_quotes else None
+        # quote windows whose bar may be folded: those of the batch's quotes and the early ones
+        # given, unless they hold quotes stored early and not given (``stored``: no need to ask)
+        fold_in = quotes
+        if early_quotes is not None:
+            fold_in = EventColumns.concat([early_quotes, quotes]) if quotes.n else early_quotes
+        windows = None
+        if fold_in.n and self.fold_quotes:
+            n_early = early_quotes.n if early_quotes is not None else 0
+            windows = quote_windows(fold_in, window_us, n_early)
         candidates: list[int] = []
-        probe_args: tuple[list[str], list[str], list[datetime]] = ([], [], [])
+        probe_args: tuple[list[str], list[str], list[datetime], list[int]] = ([], [], [], [])
         if windows is not None:
             early = {
                 (kept_quotes.series[s], t - t % window_us)
@@ -1670,11 +1693,15 @@ class PgStoreClient(PgClientBase):
             }
             names = [windows.series[s] for s in windows.series_idx.tolist()]
             buckets = windows.bucket_us.tolist()
-            candidates = [i for i, b in enumerate(buckets) if (names[i], b) not in early]
+            expect = windows.n_early.tolist()
+            candidates = [
+                i for i, b in enumerate(buckets) if expect[i] or (names[i], b) not in early
+            ]
             probe_args = (
                 [names[i][0] for i in candidates],
                 [names[i][1] for i in candidates],
                 [from_epoch_us(buckets[i]) for i in candidates],
+                [expect[i] for i in candidates],
             )
 
         async def write() -> tuple[int, int, list[Any]]:
@@ -1697,8 +1724,8 @@ class PgStoreClient(PgClientBase):
                     book = has_quotes or await conn.fetchval(
                         _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry
                     )
-                    # every quote went in as new: the windows none were stored in before
-                    # hold the batch's quotes alone, and their bars are folded here
+                    # every quote went in as new: the windows that held no quote before but
+                    # the early ones given hold those and the batch's, and are folded here
                     folded = None
                     if probe is not None and quotes_in == quotes.n:
                         folded = _fold(windows, candidates, probe, window_us, quote_carry_ms * 1000)

@@ -216,6 +216,10 @@ class OpenWindow:
     # the early store counted its duplicates)
     stored: list[EventColumns] = field(default_factory=list)
     stored_n: int = 0
+    # the quotes stored while it was open, every one of them new (the store may fold the
+    # window's quote bar from them and the rest: ``ingest_columns(early_quotes=...)``); None
+    # once a store call holding some of them inserted fewer quotes than it was given
+    early_quotes: list[EventColumns] | None = field(default_factory=list)
     taken_us: int = 0  # wall clock when it was taken into a flush job (closed)
     # the early store in flight holding some of its events: its close waits for it
     storing: asyncio.Future[None] | None = None

@@ -22,7 +22,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from market_data_core.columnar import EventColumns, window_marks
+import numpy as np
+
+from market_data_core.columnar import KIND_CODES, EventColumns, window_marks
 from market_data_core.config import AppConfig
 from market_data_core.contracts import Bar, StreamEvent
 from market_data_core.errors import StoppedError, StoreUnavailableError
@@ -218,9 +220,19 @@ class WindowCommitter:
             telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
         new = result.ticks_inserted + result.quotes_inserted
         marks = window_marks(events, self.window_ms * 1000)
+        quote_rows = np.flatnonzero(events.kind == KIND_CODES["quote"])
+        # every quote went in as new: each window's are kept for its close (see OpenWindow)
+        all_new = result.quotes_inserted == len(quote_rows)
         for (window, _parts), (lo, hi) in zip(early, runs, strict=True):
             window.stored.append(events.take(marks[(marks >= lo) & (marks < hi)]))
             window.stored_n += hi - lo
+            mine = quote_rows[(quote_rows >= lo) & (quote_rows < hi)]
+            if window.early_quotes is None or not len(mine):
+                continue
+            if all_new:
+                window.early_quotes.append(events.take(mine))
+            else:
+                window.early_quotes = None
         self.stats.stored_early += events.n
         self.stats.duplicates += events.n - new
         self.stats.ticks_inserted += result.ticks_inserted
@@ -232,6 +244,7 @@ class WindowCommitter:
     async def _write_ticks(self, chunk: list[OpenWindow]) -> None:
         events = EventColumns.concat([part for window in chunk for part in window.parts])
         marks = [m for window in chunk for m in window.stored]
+        early_quotes = [q for window in chunk if window.early_quotes for q in window.early_quotes]
         await self._sync_sessions()
         t0 = time.perf_counter()
         result = await self._store.ingest_columns(
@@ -240,6 +253,7 @@ class WindowCommitter:
             quote_carry_ms=self._quote_carry_ms,
             rollups=self._rollups,
             stored=EventColumns.concat(marks) if marks else None,
+            early_quotes=EventColumns.concat(early_quotes) if early_quotes else None,
         )
         telemetry.STORE_WRITE_DURATION.labels(table="ticks").observe(time.perf_counter() - t0)
         telemetry.MICROBATCH_BATCH_SIZE.observe(events.n)

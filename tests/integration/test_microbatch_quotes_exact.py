@@ -23,6 +23,7 @@ from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
+from market_data_store import store_client
 from tests.support.cli import MDP, mdp_env
 from tests.support.pipeline import (
     WIRES,
@@ -123,7 +124,7 @@ async def publish_all(cfg: AppConfig, events: list[StreamEvent], wire: Wire = "r
 @pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("window_ms", WINDOWS)
 async def test_replay_once_then_twice_changes_nothing(
-    env: dict[str, Any], window_ms: int, wire: Wire
+    env: dict[str, Any], window_ms: int, wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config(
         env["redis_url"], env["database_url"], env["unique"], window_ms, **wire_options(wire)
@@ -132,6 +133,17 @@ async def test_replay_once_then_twice_changes_nothing(
     quotes, trades = mixed(p)
     events = in_time_order(quotes + trades)
     await publish_all(cfg, events, wire)
+    # the quote bars the store folds (market_data_store._quote_fold): those of windows with
+    # quotes stored early among them
+    folded_early = []
+    real_fold = store_client.fold_windows
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        windows, fresh = args[0], args[3]
+        folded_early.extend(i for i in fresh if windows.n_early[i])
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(store_client, "fold_windows", counting)
     first = await drain(cfg)
     assert (first.events_in, first.quotes_inserted, first.ticks_inserted) == (
         len(events),
@@ -142,6 +154,8 @@ async def test_replay_once_then_twice_changes_nothing(
     # in small batches, events of open windows are stored before they close (windows of
     # 2 s and more hold more than 16 events here)
     assert (first.stored_early > 0) == (wire == "blocks" and window_ms >= 2000)
+    # ... and their quote bars folded at the close from the quotes the worker kept
+    assert (len(folded_early) > 0) == (first.stored_early > 0)
     # in order, each quote bar is written once: no correction of its own making
     assert first.late_corrections == 0
     await assert_exact(cfg, p, window_ms, quotes, trades)
