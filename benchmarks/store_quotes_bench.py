@@ -7,10 +7,14 @@ client, then recomputed by the statement alone), each in a fresh database, alter
 (``/proc/<pid>/schedstat``), so neither the Python side nor another process on the machine counts.
 
     .venv/bin/python benchmarks/store_quotes_bench.py [--symbols 10] [--per-window 1000]
-        [--windows 20] [--rounds 3] [--no-bars]
+        [--windows 20] [--rounds 3] [--no-bars] [--early K]
 
 ``--no-bars``: ``store_raw`` instead, the rows' ``COPY`` alone (what the micro-batcher does
-for an open window's events), to split the two.
+for an open window's events), to split the two. ``--early K``: each window's events in K + 1
+parts by time, the first K stored while the window is open (``store_raw``), the last at its
+close with the bars (``ingest_columns(stored=..., early_quotes=...)``), as the micro-batcher
+does when a window holds more than ``max_batch_size`` events (at 200,000 events/s a series' 2 s
+window holds ~20,000, stored in chunks of 5,000).
 
 Uses DATABASE_URL if set (a scratch database is created and dropped on that server per run),
 otherwise an embedded PostgreSQL. Prints one JSON object (every run, and per kind the best
@@ -33,7 +37,7 @@ from typing import Any
 from _scratch_pg import proc_cpu_s, scratch_database, scratch_server
 
 import market_data_store
-from market_data_core.columnar import columns_from_events
+from market_data_core.columnar import KIND_CODES, EventColumns, columns_from_events
 from market_data_core.contracts import StreamEvent
 from market_data_store import PgStoreClient, upgrade_schema
 
@@ -84,29 +88,59 @@ def windows(kind: str, symbols: int, per_window: int, count: int) -> list[list[S
 
 
 async def measure(
-    dsn: str, kind: str, batches: list[list[StreamEvent]], bars: bool, *, fold: bool = True
+    dsn: str,
+    kind: str,
+    batches: list[list[StreamEvent]],
+    bars: bool,
+    *,
+    fold: bool = True,
+    early: int = 0,
 ) -> dict[str, Any]:
     """Ingest ``batches`` (one window close each) through one connection; the backend's CPU
     and the client's (this process: building the COPY, folding quote bars). ``bars`` False:
     ``store_raw`` of the rows only (the ``COPY``), no bar recompute; ``fold`` False: every
-    quote bar recomputed by the statement (``PgStoreClient.fold_quotes``)."""
+    quote bar recomputed by the statement (``PgStoreClient.fold_quotes``); ``early``: parts of
+    each window stored before its close (``store_raw``)."""
     await upgrade_schema(dsn)
     store = await PgStoreClient.connect(dsn, pool_min=1, pool_max=1)
     store.fold_quotes = fold
-    cols = [columns_from_events(batch) for batch in batches]
+    parts = [
+        [
+            columns_from_events(
+                batch[k * len(batch) // (early + 1) : (k + 1) * len(batch) // (early + 1)]
+            )
+            for k in range(early + 1)
+        ]
+        for batch in batches
+    ]
     try:
         async with store._pool.acquire() as conn:
             backend = conn.get_server_pid()
 
         async def write(i: int) -> None:
-            if bars:
-                await store.ingest_columns(cols[i], interval="2s", quote_carry_ms=CARRY_MS)
-            else:
-                await store.store_raw(cols[i])
+            *opened, last = parts[i]
+            if not bars:
+                for cols in parts[i]:
+                    await store.store_raw(cols)
+                return
+            # as the micro-batcher: the quotes of early calls that inserted all theirs kept
+            kept = []
+            for cols in opened:
+                result = await store.store_raw(cols)
+                quotes = cols.take(cols.kind == KIND_CODES["quote"])
+                if result.quotes_inserted == quotes.n and quotes.n:
+                    kept.append(quotes)
+            await store.ingest_columns(
+                last,
+                interval="2s",
+                quote_carry_ms=CARRY_MS,
+                stored=EventColumns.concat(opened) if opened else None,
+                early_quotes=EventColumns.concat(kept) if kept else None,
+            )
 
         await write(0)  # outside the figures (partitions, catalog caches, prepared plans)
         cpu0, wall0, own0 = proc_cpu_s(backend), time.perf_counter(), time.process_time()
-        for i in range(1, len(cols)):
+        for i in range(1, len(parts)):
             await write(i)
         cpu1, wall1, own1 = proc_cpu_s(backend), time.perf_counter(), time.process_time()
     finally:
@@ -135,7 +169,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             for name, kind, fold in plan:
                 async with scratch_database(server_url, admin) as dsn:
-                    runs.append(await measure(dsn, name, data[kind], not args.no_bars, fold=fold))
+                    runs.append(
+                        await measure(
+                            dsn, name, data[kind], not args.no_bars, fold=fold, early=args.early
+                        )
+                    )
         summary = {}
         for name, _kind, _fold in plan:
             figures = [r["pg_backend_us_per_event"] for r in runs if r["kind"] == name]
@@ -170,7 +208,16 @@ def main() -> None:
     parser.add_argument(
         "--no-bars", action="store_true", help="store_raw: the rows' COPY only, no recompute"
     )
+    parser.add_argument(
+        "--early",
+        type=int,
+        default=0,
+        metavar="K",
+        help="store each window in K parts while open, the rest at its close",
+    )
     args = parser.parse_args()
+    if args.early < 0:
+        parser.error("--early must be >= 0")
     result = asyncio.run(main_async(args))
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -201,8 +201,9 @@ def fold_windows(
     (None: none)."""
     t, bid, ask = w.ts_us, w.bid, w.ask
     starts, ends, bucket = w.starts, w.ends, w.bucket_us
-    total = w.bid_size + w.ask_size
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    with np.errstate(over="ignore"):
+        total = w.bid_size + w.ask_size
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
         ok = w.has_bid_size & w.has_ask_size & (total > 0)
         sp = (ask - bid) / ((ask + bid) / 2) * 10000
         imb = (w.bid_size - w.ask_size) / total
@@ -233,11 +234,12 @@ def fold_windows(
         c_imbd = (c_bs - c_as) / c_total * d0
 
     no_first = np.zeros(len(starts), np.bool_)
-    ssum, _ = _seq_sums(sp, starts, ends, np.zeros(len(starts)), no_first)
-    sp_w, _ = _seq_sums(sp * d, starts, ends, c_spd, carried)
-    # the imbalance terms of the rows that have one, in order; windows in those coordinates
-    at = np.concatenate(([0], np.cumsum(ok)))
-    imb_w, has_imb = _seq_sums((imb * d)[ok], at[starts], at[ends], c_imbd, c_ok)
+    with np.errstate(invalid="ignore", over="ignore"):  # such windows are not folded (below)
+        ssum, _ = _seq_sums(sp, starts, ends, np.zeros(len(starts)), no_first)
+        sp_w, _ = _seq_sums(sp * d, starts, ends, c_spd, carried)
+        # the imbalance terms of the rows that have one, in order; windows in those coordinates
+        at = np.concatenate(([0], np.cumsum(ok)))
+        imb_w, has_imb = _seq_sums((imb * d)[ok], at[starts], at[ends], c_imbd, c_ok)
     d_ok = np.concatenate(([0], np.cumsum(np.where(ok, d_us, 0))))
     d_imb = d_ok[ends] - d_ok[starts] + np.where(c_ok, d0_us, 0)
     d_all = bucket + window_us - np.where(carried, bucket, t[starts])
@@ -245,7 +247,14 @@ def fold_windows(
     smax = np.maximum.reduceat(sp, starts)
     last = ends - 1
 
+    # a window where PostgreSQL would raise (an overflow, an underflow to 0: see _raises) is
+    # left to the statement, which raises as it always did
+    raises = _raises(bid, ask, w.bid_size, w.ask_size, w.has_bid_size & w.has_ask_size, d)
+    c_raises = _raises(c_bid, c_ask, c_bs, c_as, c_has, d0) & carried
+    sums_overflow = ~np.isfinite(ssum) | ~np.isfinite(sp_w) | (has_imb & ~np.isfinite(imb_w))
+    bad = np.logical_or.reduceat(raises, starts) | c_raises | sums_overflow
     pick = np.asarray(fresh, np.intp)
+    pick = pick[~bad[pick]]
     names = [w.series[i] for i in w.series_idx[pick].tolist()]
     return [
         [p for p, _ in names],
@@ -265,6 +274,47 @@ def fold_windows(
         _nullable(w.bid_size[last[pick]], w.has_bid_size[last[pick]]),
         _nullable(w.ask_size[last[pick]], w.has_ask_size[last[pick]]),
     ]
+
+
+def _raises(
+    bid: npt.NDArray[np.float64],
+    ask: npt.NDArray[np.float64],
+    bid_size: npt.NDArray[np.float64],
+    ask_size: npt.NDArray[np.float64],
+    has_sizes: npt.NDArray[np.bool_],
+    d: npt.NDArray[np.float64],
+) -> npt.NDArray[np.bool_]:
+    """Per row: would one of the statement's float8 operations on it raise? PostgreSQL's
+    ``float8pl``/``float8mi``/``float8mul``/``float8div`` raise on a result that overflows to
+    infinity from finite operands, on a product or quotient that underflows to 0 from nonzero
+    operands, and on a division by 0 (``src/include/utils/float.h``); NumPy gives inf, 0 or nan
+    instead. The rows' floats are finite (validated)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        diff = ask - bid
+        total = ask + bid
+        half = total / 2
+        ratio = diff / half
+        sp = ratio * 10000
+        sp_d = sp * d
+        size_total = bid_size + ask_size
+        imb_num = bid_size - ask_size
+        imb = imb_num / size_total
+        imb_d = imb * d
+        ok = has_sizes & (size_total > 0)
+        bad: npt.NDArray[np.bool_] = (
+            ~np.isfinite(diff)
+            | ~np.isfinite(total)
+            | (half == 0)
+            | ~np.isfinite(ratio)
+            | ((ratio == 0) & (diff != 0))
+            | ~np.isfinite(sp)
+            | ~np.isfinite(sp_d)
+            | ((sp_d == 0) & (sp != 0) & (d != 0))
+            | (has_sizes & ~np.isfinite(size_total))
+            | (ok & (~np.isfinite(imb_num) | ((imb == 0) & (imb_num != 0))))
+            | (ok & (~np.isfinite(imb_d) | ((imb_d == 0) & (imb != 0) & (d != 0))))
+        )
+    return bad
 
 
 def _nullable(values: npt.NDArray[np.float64], has: npt.NDArray[np.bool_]) -> list[float | None]:

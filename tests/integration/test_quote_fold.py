@@ -17,6 +17,7 @@ import pytest
 
 from market_data_core.columnar import EventColumns, columns_from_events
 from market_data_core.contracts import StreamEvent
+from market_data_core.errors import StoreError
 from market_data_store import PgStoreClient
 from market_data_store import _quote_fold as quote_fold
 from market_data_store import store_client as sc
@@ -209,3 +210,38 @@ async def test_folded_quote_bars_are_the_statements_bits(
     assert sum(folded) > 100
     assert sum(folded_early) > 5
     assert len(folded) < len(runs)
+
+
+# books the contract accepts (finite floats) where a float8 operation of the quote bar
+# overflows: PostgreSQL raises; the folding client must not store a bar instead
+OVERFLOWS = {
+    "bid + ask": {"bid": 1e308, "ask": 1e308},
+    "bid_size + ask_size": {"bid_size": 1e308, "ask_size": 1e308},
+}
+
+
+@pytest.mark.parametrize("case", list(OVERFLOWS))
+async def test_a_book_postgres_cannot_aggregate_raises_alike(
+    stores: tuple[PgStoreClient, PgStoreClient], unique: str, case: str
+) -> None:
+    outcomes = []
+    for store, provider in zip(stores, (f"oa{unique}", f"ob{unique}"), strict=True):
+        fields = {"bid": 100.0, "ask": 100.5, "bid_size": 10.0, "ask_size": 5.0}
+        events = [
+            StreamEvent.create(
+                provider=provider,
+                symbol="AAA",
+                kind="quote",
+                src_ts=T0 + timedelta(milliseconds=100 * k),
+                seq=k,
+                **{**fields, **(OVERFLOWS[case] if k == 1 else {})},
+            )
+            for k in range(3)  # the odd book in the middle: not the window's closing book
+        ]
+        try:
+            await store.ingest_events(events, interval=WINDOW, quote_carry_ms=CARRY_MS)
+            outcomes.append("stored")
+        except StoreError as exc:
+            outcomes.append(str(exc).rsplit(":", 1)[-1].strip())
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1] != "stored"

@@ -73,3 +73,28 @@ def test_a_negative_zero_first_term_stays_negative_zero(way: str) -> None:
     sums, started = _seq_sums(terms, starts, ends, first, has_first, **WAYS[way])
     assert [_bits(x) for x in sums.tolist()] == [_bits(-0.0)] * 3
     assert started.tolist() == [True, True, True]
+
+
+def test_rows_postgres_would_raise_on_are_found() -> None:
+    """``_raises``: the rows whose float8 operations overflow (or divide by 0) in PostgreSQL."""
+    from market_data_store._quote_fold import _raises
+
+    rows = [  # bid, ask, bid_size, ask_size, both sizes known, d, raises
+        (100.0, 100.5, 10.0, 5.0, True, 1000.0, False),
+        (100.0, 100.5, 0.0, 0.0, True, 1000.0, False),  # imbalance null, no division
+        (100.0, 100.5, 1e308, 1e308, False, 1000.0, False),  # sizes not both known: not added
+        (1e308, 1e308, 10.0, 5.0, True, 1000.0, True),  # bid + ask
+        (100.0, 100.5, 1e308, 1e308, True, 1000.0, True),  # bid_size + ask_size
+        (0.0, 0.0, 10.0, 5.0, True, 1000.0, True),  # (ask + bid) / 2 = 0: division by zero
+        (1e-300, 1e300, 10.0, 5.0, True, 1e305, True),  # spread * d
+    ]
+    cols = list(zip(*rows, strict=True))
+    got = _raises(
+        np.array(cols[0]),
+        np.array(cols[1]),
+        np.array(cols[2]),
+        np.array(cols[3]),
+        np.array(cols[4]),
+        np.array(cols[5]),
+    )
+    assert got.tolist() == list(cols[6])
