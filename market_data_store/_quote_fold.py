@@ -3,10 +3,13 @@
 A quote bar is recomputed by one SQL statement from every stored quote of its window and the
 carried book (``_quote_bar_ctes`` in :mod:`market_data_store.store_client`): about twice a
 trade bar's cost per row in PostgreSQL (a sort per window for ``lead``, a window function,
-thirteen aggregates). A window is *fresh* when the store held none of its quotes before the
-batch and every quote of the batch went in as new: its stored quotes are then exactly the
-batch's, and its bar can be computed here, from the batch's columns and the carried book the
-store held, with the same IEEE-754 double operations in the same order as the statement:
+thirteen aggregates). A window is *fresh* when the quotes the store held of it before the
+batch are exactly the ones its writer stored early (none, for most: ``early_quotes`` of
+``ingest_columns``, counted under the series lock) and every quote of the batch went in as new:
+its stored quotes are then exactly those and the batch's, and its bar can be computed here,
+from their columns and the carried book the store held, with the same IEEE-754 double
+operations in the same order as the statement (a window where one of them would raise in
+PostgreSQL, an overflow or a division by zero, is left to the statement):
 
 - rows: the carried book (the last quote by ``(ts, seq)`` at most ``carry`` before the
   window, as a state at the window's start), then the window's quotes by ``(ts, seq)``;
