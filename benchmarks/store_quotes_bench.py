@@ -48,8 +48,11 @@ CARRY_MS = 60_000
 
 def windows(kind: str, symbols: int, per_window: int, count: int) -> list[list[StreamEvent]]:
     """``count`` windows of ``per_window`` events per symbol, evenly spaced in event time
-    (symbols offset by a microsecond each), all ``kind`` (``tick`` or ``quote``)."""
-    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    (symbols offset by a microsecond each), all ``kind`` (``tick`` or ``quote``); each list
+    one 2 s window an hour ago, aligned as the micro-batcher's windows are (a list straddling
+    two windows would recompute the earlier one from what the list before it stored)."""
+    hour_ago_ms = int((time.time() - 3600) * 1000)
+    t0 = datetime.fromtimestamp(hour_ago_ms // WINDOW_MS * WINDOW_MS / 1000, UTC)
     step_us = WINDOW_MS * 1000 // per_window
     out = []
     i = 0
