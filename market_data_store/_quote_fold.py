@@ -84,6 +84,7 @@ class QuoteWindows:
     has_bid_size: npt.NDArray[np.bool_]
     has_ask_size: npt.NDArray[np.bool_]
     n_early: npt.NDArray[np.int64]
+    unique: bool  # no two rows with one (series, ts, seq): else nothing may be folded
 
     @property
     def n(self) -> int:
@@ -92,13 +93,16 @@ class QuoteWindows:
 
 
 def quote_windows(quotes: EventColumns, window_us: int, n_early: int = 0) -> QuoteWindows:
-    """Sort ``quotes`` (rows of kind quote with unique ``(series, ts, seq)``; the first
-    ``n_early`` of them stored early, the others the batch's) and cut them into the
-    epoch-aligned windows ``[k * window_us, (k + 1) * window_us)`` they fall in."""
+    """Sort ``quotes`` (rows of kind quote, the first ``n_early`` of them stored early, the
+    others the batch's) and cut them into the epoch-aligned windows
+    ``[k * window_us, (k + 1) * window_us)`` they fall in; ``unique``: whether their keys
+    ``(series, ts, seq)`` are (a fold counts on it)."""
     order = np.lexsort((quotes.seq, quotes.src_ts, quotes.series_idx))
     s = quotes.series_idx[order]
     t = quotes.src_ts[order]
     bucket = t - np.mod(t, window_us)  # floor, before the epoch too
+    q = quotes.seq[order]
+    same_key = (s[1:] == s[:-1]) & (t[1:] == t[:-1]) & (q[1:] == q[:-1])
     new = np.ones(len(t), np.bool_)
     new[1:] = (s[1:] != s[:-1]) | (bucket[1:] != bucket[:-1])
     starts = np.flatnonzero(new)
@@ -110,7 +114,7 @@ def quote_windows(quotes: EventColumns, window_us: int, n_early: int = 0) -> Quo
         starts=starts,
         ends=ends,
         ts_us=t,
-        seq=quotes.seq[order],
+        seq=q,
         row_series=s,
         bid=quotes.floats["bid"][order],
         ask=quotes.floats["ask"][order],
@@ -121,6 +125,7 @@ def quote_windows(quotes: EventColumns, window_us: int, n_early: int = 0) -> Quo
         n_early=np.add.reduceat(order < n_early, starts).astype(np.int64)
         if len(starts)
         else np.zeros(0, np.int64),
+        unique=not same_key.any(),
     )
 
 

@@ -1621,8 +1621,12 @@ class PgStoreClient(PgClientBase):
         if quote_carry_ms < 0:
             raise StoreError(f"quote_carry_ms must be >= 0, got {quote_carry_ms}")
         if early_quotes is not None and early_quotes.n:
-            early_quotes = early_quotes.take(early_quotes.kind == KIND_CODES["quote"])
-            stored = early_quotes if stored is None else EventColumns.concat([stored, early_quotes])
+            is_quote = early_quotes.kind == KIND_CODES["quote"]
+            if not is_quote.all():
+                early_quotes = early_quotes.take(is_quote)
+            # their windows are recomputed as ``stored``'s (the first and last of each suffice)
+            marks = early_quotes.take(window_marks(early_quotes, window_ms * 1000))
+            stored = marks if stored is None else EventColumns.concat([stored, marks])
         else:
             early_quotes = None
         if stored is not None and stored.n:
@@ -1682,6 +1686,8 @@ class PgStoreClient(PgClientBase):
         if fold_in.n and self.fold_quotes:
             n_early = early_quotes.n if early_quotes is not None else 0
             windows = quote_windows(fold_in, window_us, n_early)
+            if not windows.unique:  # an early quote given twice, or also in the batch
+                windows = None
         candidates: list[int] = []
         probe_args: tuple[list[str], list[str], list[datetime], list[int]] = ([], [], [], [])
         if windows is not None:

@@ -21,10 +21,8 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from market_data_core.columnar import KIND_CODES, EventColumns, window_marks
 from market_data_core.config import AppConfig
@@ -232,7 +230,7 @@ class WindowCommitter:
             if window.early_quotes is None or not len(mine):
                 continue
             if all_new:
-                window.early_quotes.append(_quote_books(events, mine))
+                window.early_quotes.append(events.quote_books(mine))
             else:
                 window.early_quotes = None
         self.stats.stored_early += events.n
@@ -300,41 +298,6 @@ class WindowCommitter:
         self.stats.late_corrections += result.updated
         _count_upsert("bars_ohlcv", result)
         telemetry.MICROBATCH_FLUSH_ROWS.labels(window_ms=self._window_label).inc(result.changed)
-
-
-# what a quote bar is folded from (``market_data_store._quote_fold``): the rest of a kept
-# quote is a zero-length broadcast, ~54 of the 124 bytes a quote row holds
-_BOOK_FLOATS = ("bid", "ask", "bid_size", "ask_size")
-
-
-def _quote_books(events: EventColumns, rows: npt.NDArray[np.intp]) -> EventColumns:
-    """The quotes ``rows`` of ``events`` for :attr:`OpenWindow.early_quotes`: series, time,
-    seq, presence bits and the book's four floats copied; every other column (trade fields,
-    version, ingest time, side, interval) a read-only broadcast of zeros (kind: quote)."""
-    n = len(rows)
-
-    def zeros(dtype: type[np.generic], value: int = 0) -> Any:
-        return np.broadcast_to(np.array(value, dtype), (n,))
-
-    return EventColumns(
-        series=events.series,
-        series_idx=events.series_idx[rows],
-        intervals=events.intervals,
-        interval_idx=zeros(np.int32),
-        ver=zeros(np.int64),
-        kind=zeros(np.uint8, KIND_CODES["quote"]),
-        src_ts=events.src_ts[rows],
-        seq=events.seq[rows],
-        present=events.present[rows],
-        floats={
-            k: events.floats[k][rows] if k in _BOOK_FLOATS else zeros(np.float64)
-            for k in events.floats
-        },
-        ingest_ts=zeros(np.int64),
-        side=zeros(np.uint8),
-        trade_id=b"",
-        trade_id_end=zeros(np.int64),
-    )
 
 
 def _give_back(early: list[tuple[OpenWindow, list[EventColumns]]]) -> None:

@@ -245,3 +245,62 @@ async def test_a_book_postgres_cannot_aggregate_raises_alike(
             outcomes.append(str(exc).rsplit(":", 1)[-1].strip())
     assert outcomes[0] == outcomes[1]
     assert outcomes[1] != "stored"
+
+
+@pytest.mark.parametrize("given", ["exact", "one twice", "one missing", "one foreign stored"])
+async def test_early_quotes_that_are_not_the_windows_stored_quotes_are_not_folded(
+    stores: tuple[PgStoreClient, PgStoreClient],
+    store_url: str,
+    unique: str,
+    given: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A window is folded from the early quotes given only when the store holds exactly
+    those: a quote given twice, left out, or one someone else stored in the window between
+    the early store and the close sends it to the statement (the same bits either way)."""
+    folded_early: list[int] = []
+    real_fold = sc.fold_windows
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        windows, fresh = args[0], args[3]
+        folded_early.extend(i for i in fresh if windows.n_early[i])
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(sc, "fold_windows", counting)
+    for store, provider in zip(stores, (f"ea{unique}", f"eb{unique}"), strict=True):
+
+        def quote(k: int, provider: str = provider) -> StreamEvent:
+            return StreamEvent.create(
+                provider=provider,
+                symbol="AAA",
+                kind="quote",
+                src_ts=T0 + timedelta(milliseconds=90 * k),
+                seq=k,
+                bid=100.0 + k / 7,
+                ask=100.5 + k / 3,
+                bid_size=10.0 + k,
+                ask_size=5.0,
+            )
+
+        early = [quote(1), quote(5)]
+        await store.store_raw(columns_from_events(early))
+        if given in ("one foreign stored", "one twice"):
+            # another writer (with "one twice": as many stored quotes as kept ones given)
+            await store.store_raw(columns_from_events([quote(2)]))
+        kept = {
+            "exact": early,
+            "one twice": [quote(1), quote(1), quote(5)],
+            "one missing": [quote(5)],
+            "one foreign stored": early,
+        }[given]
+        await store.ingest_columns(
+            columns_from_events([quote(6)]),
+            interval=WINDOW,
+            quote_carry_ms=CARRY_MS,
+            stored=columns_from_events(early),
+            early_quotes=columns_from_events(kept),
+        )
+    got = await stored(store_url, f"ea{unique}")
+    want = await stored(store_url, f"eb{unique}")
+    assert got == want and len(want[0]) == 1
+    assert len(folded_early) == (1 if given == "exact" else 0)

@@ -26,6 +26,7 @@ from market_data_core.codec import decode_events, encode_events
 from market_data_core.columnar import (
     BLOCK_MAGIC,
     FLOAT_FIELDS,
+    KIND_CODES,
     OPTIONAL_BITS,
     EventColumns,
     columns_from_events,
@@ -655,3 +656,47 @@ def test_event_id_and_decimal_texts_are_make_event_id_and_str_of_each_row(
         assert event_id_strs(odd) == [
             f"é{e.provider}|{e.symbol}\n|{isoformat_us(e.src_ts)}|{e.seq}" for e in events
         ]
+
+
+def test_quote_books_keep_the_book_and_nothing_else() -> None:
+    """``EventColumns.quote_books``: a quote's series, time, seq, bid/ask and sizes (with their
+    present bits) as ``take`` gives them; every other column absent zeros, ~55 bytes a row."""
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    events = [
+        StreamEvent.create(
+            provider="p",
+            symbol=f"S{k % 3}",
+            kind="quote" if k % 4 else "tick",
+            src_ts=t0 + timedelta(microseconds=k),
+            seq=k,
+            ingest_ts=t0,
+            **(
+                {"bid": 1.0 + k, "ask": 2.0 + k, "bid_size": None if k % 5 == 0 else 3.0}
+                if k % 4
+                else {"c": 1.5, "v": 2.0, "trade_id": f"t{k}"}
+            ),
+        )
+        for k in range(2000)
+    ]
+    cols = columns_from_events(events)
+    rows = np.flatnonzero(cols.kind == KIND_CODES["quote"])
+    books, full = cols.quote_books(rows), cols.take(rows)
+    assert books.n == full.n == 1500
+    assert [books.series[i] for i in books.series_idx] == [full.series[i] for i in full.series_idx]
+    for name in ("src_ts", "seq", "kind"):
+        assert np.array_equal(getattr(books, name), getattr(full, name))
+    for name in ("bid", "ask", "bid_size", "ask_size"):
+        assert np.array_equal(books.has(name), full.has(name))
+        has = full.has(name)
+        assert np.array_equal(books.floats[name][has], full.floats[name][has])
+    assert not books.has("ingest_ts").any() and not books.has("trade_id").any()
+    kept = books.series_idx.nbytes + books.src_ts.nbytes + books.seq.nbytes
+    kept += books.present.nbytes + books.kind.nbytes
+    kept += sum(books.floats[k].nbytes for k in ("bid", "ask", "bid_size", "ask_size"))
+    assert kept / books.n == 55
+    # the rest shares one read-only buffer of zeros, and stays so through take and concat
+    for a in (books.ver, books.ingest_ts, books.floats["c"], books.side):
+        assert not a.flags.writeable and not a.any()
+    again = EventColumns.concat([books.take(np.arange(10)), books.take(np.arange(10, 20))])
+    assert np.array_equal(again.src_ts, full.src_ts[:20])
+    assert not again.floats["c"].flags.writeable
