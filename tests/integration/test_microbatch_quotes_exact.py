@@ -23,7 +23,6 @@ from market_data_core.timeutil import format_duration_ms
 from market_data_pipeline.consumers.micro_batcher import MicroBatcher, MicroBatchStats
 from market_data_pipeline.streaming.bus import open_bus
 from market_data_pipeline.wiring import open_store, upgrade_schema
-from market_data_store import store_client
 from tests.support.cli import MDP, mdp_env
 from tests.support.pipeline import (
     WIRES,
@@ -38,6 +37,7 @@ from tests.support.quotes import (
     assert_quote_bars_equal_reference,
     quote_events,
     reference_quote_bars,
+    spy_on_folds,
 )
 
 WINDOWS = [500, 1000, 2000, 5000]
@@ -133,17 +133,7 @@ async def test_replay_once_then_twice_changes_nothing(
     quotes, trades = mixed(p)
     events = in_time_order(quotes + trades)
     await publish_all(cfg, events, wire)
-    # the quote bars the store folds (market_data_store._quote_fold): those of windows with
-    # quotes stored early among them
-    folded_early = []
-    real_fold = store_client.fold_windows
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        windows, fresh = args[0], args[3]
-        folded_early.extend(i for i in fresh if windows.n_early[i])
-        return real_fold(*args, **kwargs)
-
-    monkeypatch.setattr(store_client, "fold_windows", counting)
+    folds = spy_on_folds(monkeypatch)
     first = await drain(cfg)
     assert (first.events_in, first.quotes_inserted, first.ticks_inserted) == (
         len(events),
@@ -155,7 +145,7 @@ async def test_replay_once_then_twice_changes_nothing(
     # 2 s and more hold more than 16 events here)
     assert (first.stored_early > 0) == (wire == "blocks" and window_ms >= 2000)
     # ... and their quote bars folded at the close from the quotes the worker kept
-    assert (len(folded_early) > 0) == (first.stored_early > 0)
+    assert (sum(folds.early) > 0) == (first.stored_early > 0)
     # in order, each quote bar is written once: no correction of its own making
     assert first.late_corrections == 0
     await assert_exact(cfg, p, window_ms, quotes, trades)

@@ -20,7 +20,7 @@ from market_data_core.contracts import StreamEvent
 from market_data_core.errors import StoreError
 from market_data_store import PgStoreClient
 from market_data_store import _quote_fold as quote_fold
-from market_data_store import store_client as sc
+from tests.support.quotes import spy_on_folds
 
 T0 = datetime(2021, 3, 1, 14, 0, tzinfo=UTC)
 WINDOW = "1s"
@@ -157,18 +157,7 @@ async def test_folded_quote_bars_are_the_statements_bits(
     folding, reference = stores
     for name, cost in WAYS[way].items():
         monkeypatch.setattr(quote_fold, name, cost)
-    folded: list[int] = []  # windows folded, per batch that folded any
-    folded_early: list[int] = []  # of them, windows with quotes stored early
-    real_fold = sc.fold_windows
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        rows = real_fold(*args, **kwargs)
-        folded.append(len(rows[0]))
-        windows, fresh = args[0], args[3]
-        folded_early.append(sum(1 for i in fresh if windows.n_early[i]))
-        return rows
-
-    monkeypatch.setattr(sc, "fold_windows", counting)
+    folds = spy_on_folds(monkeypatch)
     for store, provider in ((folding, f"fa{unique}"), (reference, f"fb{unique}")):
         rng = random.Random(seed)  # the same events and runs for both
         runs = batches(rng, book_events(rng, provider, 600))
@@ -207,9 +196,9 @@ async def test_folded_quote_bars_are_the_statements_bits(
     assert got[0] == want[0]
     assert got[1] == want[1]
     # both paths ran: windows folded, and batches the statement recomputed alone
-    assert sum(folded) > 100
-    assert sum(folded_early) > 5
-    assert len(folded) < len(runs)
+    assert sum(folds.folded) > 100
+    assert sum(folds.early) > 5
+    assert len(folds.folded) < len(runs)
 
 
 # books the contract accepts (finite floats) where a float8 operation of the quote bar
@@ -258,15 +247,7 @@ async def test_early_quotes_that_are_not_the_windows_stored_quotes_are_not_folde
     """A window is folded from the early quotes given only when the store holds exactly
     those: a quote given twice, left out, or one someone else stored in the window between
     the early store and the close sends it to the statement (the same bits either way)."""
-    folded_early: list[int] = []
-    real_fold = sc.fold_windows
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        windows, fresh = args[0], args[3]
-        folded_early.extend(i for i in fresh if windows.n_early[i])
-        return real_fold(*args, **kwargs)
-
-    monkeypatch.setattr(sc, "fold_windows", counting)
+    folds = spy_on_folds(monkeypatch)
     for store, provider in zip(stores, (f"ea{unique}", f"eb{unique}"), strict=True):
 
         def quote(k: int, provider: str = provider) -> StreamEvent:
@@ -303,4 +284,4 @@ async def test_early_quotes_that_are_not_the_windows_stored_quotes_are_not_folde
     got = await stored(store_url, f"ea{unique}")
     want = await stored(store_url, f"eb{unique}")
     assert got == want and len(want[0]) == 1
-    assert len(folded_early) == (1 if given == "exact" else 0)
+    assert sum(folds.early) == (1 if given == "exact" else 0)

@@ -11,13 +11,17 @@ stands inside the window (microseconds).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from market_data_core.contracts import QUOTE_BAR_COLUMNS, QuoteBar, StreamEvent
 from market_data_core.timeutil import to_epoch_us
+from market_data_store import store_client
 from tests.conftest import SHIPPED_REGISTRY
 
 QUOTE_COLUMNS = QUOTE_BAR_COLUMNS
@@ -186,3 +190,28 @@ def assert_quote_bars_equal_reference(
             if not ok:
                 bad.append((ts, name, want, have))
     assert not bad, f"{len(bad)} values differ, first: {bad[:5]}"
+
+
+@dataclass
+class FoldSpy:
+    """What the store client folded (``market_data_store._quote_fold``), per fold call: the
+    windows folded, and of the windows it was asked to fold those with quotes stored early."""
+
+    folded: list[int] = field(default_factory=list)
+    early: list[int] = field(default_factory=list)
+
+
+def spy_on_folds(monkeypatch: pytest.MonkeyPatch) -> FoldSpy:
+    """Count the store client's folds (its ``fold_windows`` calls) for the rest of a test."""
+    spy = FoldSpy()
+    real = store_client.fold_windows
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        rows = real(*args, **kwargs)
+        windows, fresh = args[0], args[3]
+        spy.folded.append(len(rows[0]))
+        spy.early.append(sum(1 for i in fresh if windows.n_early[i]))
+        return rows
+
+    monkeypatch.setattr(store_client, "fold_windows", counting)
+    return spy
