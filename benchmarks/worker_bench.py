@@ -5,7 +5,8 @@ Unlike ``mdp bench`` no producer runs at the same time, so the figures are the w
 the store's own, not shared with the load generator.
 
     .venv/bin/python benchmarks/worker_bench.py [--events 400000] [--pack 50] [--symbols 20]
-        [--wire rows|blocks] [--quote-ratio 0.5] [--days 60] [--pg-stats 12]
+        [--wire rows|blocks] [--quote-ratio 0.5] [--max-batch-size 5000] [--days 60]
+        [--pg-stats 12]
 
 Starts an embedded Valkey and PostgreSQL (``REDIS_URI``/``DATABASE_URL`` are ignored: the
 server CPU is read from our own children). Prints a table and writes
@@ -130,6 +131,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "bus.redis.dlq_stream": f"mdp.wbench.{tag}.dlq",
                 "bus.redis.consumer_group": f"wbench-{tag}",
                 "micro_batch.window_ms": args.window_ms,
+                "micro_batch.max_batch_size": args.max_batch_size,
             },
         )
         await asyncio.to_thread(upgrade_schema, pg.url, config=cfg)
@@ -237,6 +239,13 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--wire", choices=["rows", "blocks"], default="rows")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=5000,
+        help="micro_batch.max_batch_size: an open window holding more unstored events is "
+        "stored early in parts (default 5000, the shipped config's)",
+    )
     parser.add_argument(
         "--days",
         type=int,

@@ -220,11 +220,6 @@ def _of_series(t: str, w: str) -> str:
     return f"{t}.{SERIES_KEY_COLUMN} = {series_key(f'{w}.provider', f'{w}.symbol')}"
 
 
-# the series key of parameters ($1, $2) and ($5, $6): provider, symbol
-_KEY_1 = f"{SERIES_KEY_COLUMN} = {series_key('$1::text', '$2::text')}"
-_KEY_5 = f"{SERIES_KEY_COLUMN} = {series_key('$5::text', '$6::text')}"
-
-
 _BARS_SPAN_SQL = (
     "SELECT provider, symbol, interval, ts, o, h, l, c, v, vwap, trade_count FROM bars_ohlcv "
     "WHERE provider = $1 AND symbol = $2 AND interval = $3 AND ts >= $4 AND ts <= $5"
@@ -237,12 +232,29 @@ SELECT EXISTS (SELECT 1 FROM bars_ohlcv WHERE (provider, symbol, interval, ts) =
     OR EXISTS (SELECT 1 FROM bars_ohlcv WHERE (provider, symbol, interval, ts) = ($5, $6, $7, $8))
 """
 
-_ANY_TICK_EXISTS_SQL = f"""
-SELECT EXISTS (SELECT 1 FROM ticks
-               WHERE {_KEY_1} AND (provider, symbol, ts, seq) = ($1, $2, $3, $4))
-    OR EXISTS (SELECT 1 FROM ticks
-               WHERE {_KEY_5} AND (provider, symbol, ts, seq) = ($5, $6, $7, $8))
-"""
+
+def _any_exists(table: str, first: int) -> str:
+    """SQL: whether ``table`` (ticks, quotes) holds the key of parameters ``$first`` ..
+    ``$first+3`` or of the four after them (a batch's first and last key: provider, symbol,
+    ts, seq)."""
+
+    def key(at: int) -> str:
+        params = ", ".join(f"${at + k}" for k in range(4))
+        return (
+            f"EXISTS (SELECT 1 FROM {table} "
+            f"WHERE {SERIES_KEY_COLUMN} = {series_key(f'${at}::text', f'${at + 1}::text')} "
+            f"AND (provider, symbol, ts, seq) = ({params}))"
+        )
+
+    return f"{key(first)} OR {key(first + 4)}"
+
+
+_ANY_TICK_EXISTS_SQL = f"SELECT {_any_exists('ticks', 1)}"
+_ANY_QUOTE_EXISTS_SQL = f"SELECT {_any_exists('quotes', 1)}"
+# a batch of both kinds: one round trip for the two probes
+_ANY_TICK_OR_QUOTE_EXISTS_SQL = (
+    f"SELECT {_any_exists('ticks', 1)} AS ticks, {_any_exists('quotes', 9)} AS quotes"
+)
 # Emptying the staging table: DELETE costs per row (and the dead rows slow every later scan
 # of the table until the janitor's VACUUM); TRUNCATE costs ~1 ms per call (a new file, and
 # the statements reading the table are planned again). Measured crossover: 200-500 ticks.
@@ -260,12 +272,6 @@ ORDER BY {series_key("provider", "symbol")}, ts, seq
 ON CONFLICT DO NOTHING
 """
 
-_ANY_QUOTE_EXISTS_SQL = f"""
-SELECT EXISTS (SELECT 1 FROM quotes
-               WHERE {_KEY_1} AND (provider, symbol, ts, seq) = ($1, $2, $3, $4))
-    OR EXISTS (SELECT 1 FROM quotes
-               WHERE {_KEY_5} AND (provider, symbol, ts, seq) = ($5, $6, $7, $8))
-"""
 _INSERT_QUOTES_SQL = f"""
 INSERT INTO quotes (provider, symbol, ts, seq, bid, ask, bid_size, ask_size, ingest_ts)
 SELECT provider, symbol, ts, seq, bid, ask, bid_size, ask_size, coalesce(ingest_ts, now())
@@ -1167,44 +1173,50 @@ async def _all_stored_unchanged(conn: Any, rows: list[tuple[Any, ...]]) -> bool:
     return all(stored.get(r[:4]) == r[4:11] for r in rows)
 
 
+class _StoredKeyInBatch(Exception):
+    """A fast-path COPY met an already stored key inside its batch (the batch's first and
+    last keys were new): the writer rolls its transaction back and runs it again with
+    ``careful`` (see :func:`_insert_ticks_and_quotes`)."""
+
+
+def _end_keys(cols: EventColumns) -> list[Any]:
+    """The first and last row's key, flat: provider, symbol, ts, seq, twice."""
+    ends: list[Any] = []
+    for i in (0, cols.n - 1):
+        ends += [
+            *cols.series[int(cols.series_idx[i])],
+            from_epoch_us(int(cols.src_ts[i])),
+            int(cols.seq[i]),
+        ]
+    return ends
+
+
 async def _insert_ticks_and_quotes(
-    conn: Any, ticks: EventColumns, quotes: EventColumns, window_us: int | None
-) -> tuple[int, int, dict[str, int]]:
-    """Insert the raw ticks and quotes (see :func:`_insert_raw`); returns the new ticks, the
-    new quotes, and the rows left in each staging table (for :func:`_empty_stages`)."""
-    staged = {TICKS.stage: 0, QUOTES.stage: 0}
-    ticks_in = quotes_in = 0
-    if ticks.n:
-        ticks_in, staged[TICKS.stage] = await _insert_raw(
-            conn, TICKS, ticks, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, window_us
-        )
-    if quotes.n:
-        quotes_in, staged[QUOTES.stage] = await _insert_raw(
-            conn, QUOTES, quotes, _ANY_QUOTE_EXISTS_SQL, _INSERT_QUOTES_SQL, window_us
-        )
-    return ticks_in, quotes_in, staged
-
-
-async def _insert_raw(
     conn: Any,
-    raw: RawTable,
-    cols: EventColumns,
-    any_exists_sql: str,
-    insert_sql: str,
+    ticks: EventColumns,
+    quotes: EventColumns,
     window_us: int | None,
-) -> tuple[int, int]:
-    """Insert raw events (one kind, unique keys) into their table; returns how many were new
-    and how many rows were staged (for the recompute, and to empty the staging table).
-    ``window_us`` None: no recompute follows, no marks are staged.
+    *,
+    kept: tuple[EventColumns | None, EventColumns | None] = (None, None),
+    careful: bool = False,
+) -> tuple[int, int, dict[str, int]]:
+    """Insert raw ticks and quotes (unique keys) into their tables; returns the new ticks,
+    the new quotes, and the rows left in each staging table (for :func:`_empty_stages`).
+    ``window_us`` not None: a recompute follows, and each kind's rows and ``kept`` (the
+    ticks' and the quotes' window marks of rows stored before) are staged for it; None: no
+    marks are staged.
 
-    Fast path, a batch of all-new events (live data): COPY straight into the table, and
-    into staging only the :func:`window_marks` rows the recompute reads. Two index probes
-    (the first and last key) send replays to the slow path at once; an already stored key
-    in the middle aborts the COPY, and the savepoint rollback leaves the batch to the slow
-    path: every row staged, then ``INSERT ... ON CONFLICT DO NOTHING``. Writers of one series
-    are serialised by their advisory locks, so the COPY never waits on another writer's
-    keys. Rows without ``ingest_ts`` get the table's default, ``now()``, as the INSERT's
-    ``coalesce(ingest_ts, now())`` gives them.
+    Fast path, a kind whose rows are all new (live data): COPY straight into the table, and
+    into staging only the :func:`window_marks` rows the recompute reads, with the kind's
+    ``kept`` in the same COPY. One statement probes each kind's first and last key, so
+    replays take the slow path at once: every row staged, then ``INSERT ... ON CONFLICT DO
+    NOTHING``. An already stored key in the middle aborts a fast COPY: this raises
+    :class:`_StoredKeyInBatch`, and the writer runs its transaction again with ``careful``
+    (every kind the slow path). No savepoint around the COPYs: two round trips less per
+    call for a batch that is rare (its ends new, a key between them stored). Writers of one
+    series are serialised by their advisory locks, so the COPY never waits on another
+    writer's keys. Rows without ``ingest_ts`` get the table's default, ``now()``, as the
+    INSERT's ``coalesce(ingest_ts, now())`` gives them.
 
     Every ``COPY`` payload goes to asyncpg as a ``memoryview`` (see :func:`_copy_rows`),
     never a file object: for a file object asyncpg defines a reader class per call,
@@ -1212,41 +1224,66 @@ async def _insert_raw(
     until the next full garbage collection (under the streaming stages' paced collector, up
     to a minute: a worker's RSS rose ~1 MiB/s between them), and was read back in 512 KiB
     chunks on a thread."""
-    ends = [
-        (
-            *cols.series[int(cols.series_idx[i])],
-            from_epoch_us(int(cols.src_ts[i])),
-            int(cols.seq[i]),
-        )
-        for i in (0, cols.n - 1)
+    kinds = [
+        (TICKS, ticks, kept[0], _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL),
+        (QUOTES, quotes, kept[1], _ANY_QUOTE_EXISTS_SQL, _INSERT_QUOTES_SQL),
     ]
-    if not await conn.fetchval(any_exists_sql, *ends[0], *ends[1]):
-        marks = None if window_us is None else cols.take(window_marks(cols, window_us))
-        has_ingest = cols.has("ingest_ts")
-        try:
-            async with conn.transaction():
-                for part, stamped in ((has_ingest, True), (~has_ingest, False)):
-                    if part.all():
-                        rows = cols
-                    elif part.any():
-                        rows = cols.take(part)
-                    else:
-                        continue
-                    await _copy_rows(
-                        conn,
-                        raw.table,
-                        functools.partial(raw.copy, ingest_ts=stamped),
-                        rows,
-                        raw.column_names(ingest_ts=stamped),
-                    )
-                if marks is not None:
-                    await _stage_marks(conn, raw, marks)
-            return cols.n, 0 if marks is None else marks.n
-        except asyncpg.UniqueViolationError:
-            pass  # an already stored event in the middle
-    await _copy_rows(conn, raw.stage, raw.copy, cols, raw.columns)
-    status = await conn.execute(insert_sql)
-    return int(status.rsplit(" ", 1)[-1]), cols.n
+    with_rows = [k for k in kinds if k[1].n]
+    if careful or not with_rows:
+        known = [True] * len(with_rows)
+    elif len(with_rows) == 2:
+        row = await conn.fetchrow(
+            _ANY_TICK_OR_QUOTE_EXISTS_SQL, *_end_keys(ticks), *_end_keys(quotes)
+        )
+        known = [bool(row[0]), bool(row[1])]
+    else:
+        raw_cols = with_rows[0][1]
+        known = [bool(await conn.fetchval(with_rows[0][3], *_end_keys(raw_cols)))]
+    inserted = {TICKS.table: 0, QUOTES.table: 0}
+    staged = {TICKS.stage: 0, QUOTES.stage: 0}
+    fresh = {raw.table for (raw, *_), k in zip(with_rows, known, strict=True) if not k}
+    for raw, cols, _kept, _, insert_sql in with_rows:
+        if raw.table in fresh:
+            try:
+                await _copy_new(conn, raw, cols)
+            except asyncpg.UniqueViolationError as exc:  # a stored key in the middle
+                raise _StoredKeyInBatch from exc
+            inserted[raw.table] = cols.n
+        else:
+            await _copy_rows(conn, raw.stage, raw.copy, cols, raw.columns)
+            status = await conn.execute(insert_sql)
+            inserted[raw.table] = int(status.rsplit(" ", 1)[-1])
+            staged[raw.stage] = cols.n
+    if window_us is not None:
+        for raw, cols, kept_marks, _, _ in kinds:
+            parts = [cols.take(window_marks(cols, window_us))] if raw.table in fresh else []
+            if kept_marks is not None and kept_marks.n:
+                parts.append(kept_marks)
+            if parts:
+                marks = EventColumns.concat(parts)
+                await _stage_marks(conn, raw, marks)
+                staged[raw.stage] += marks.n
+    return inserted[TICKS.table], inserted[QUOTES.table], staged
+
+
+async def _copy_new(conn: Any, raw: RawTable, cols: EventColumns) -> None:
+    """COPY rows of new keys straight into their table: those with an ``ingest_ts`` with
+    it, the others without it (the table's default stamps them)."""
+    has_ingest = cols.has("ingest_ts")
+    for part, stamped in ((has_ingest, True), (~has_ingest, False)):
+        if part.all():
+            rows = cols
+        elif part.any():
+            rows = cols.take(part)
+        else:
+            continue
+        await _copy_rows(
+            conn,
+            raw.table,
+            functools.partial(raw.copy, ingest_ts=stamped),
+            rows,
+            raw.column_names(ingest_ts=stamped),
+        )
 
 
 # The longest COPY payload the store sends in one statement. asyncpg sends a buffer given to
@@ -1401,11 +1438,15 @@ async def _stage_marks(conn: Any, raw: RawTable, marks: EventColumns) -> None:
 
 
 async def _empty_stages(conn: Any, staged: dict[str, int]) -> None:
-    for stage, n in staged.items():
-        if n >= _TRUNCATE_STAGE_MIN_ROWS:
-            await conn.execute(f"TRUNCATE {stage}")
-        elif n:
-            await conn.execute(f"DELETE FROM {stage}")
+    """Empty the staging tables that hold rows, in one round trip (simple query protocol:
+    the statements separated by ``;``)."""
+    statements = [
+        f"TRUNCATE {stage}" if n >= _TRUNCATE_STAGE_MIN_ROWS else f"DELETE FROM {stage}"
+        for stage, n in staged.items()
+        if n
+    ]
+    if statements:
+        await conn.execute("; ".join(statements))
 
 
 def _first_of_each_key(events: EventColumns) -> tuple[EventColumns, EventColumns, EventColumns]:
@@ -1559,14 +1600,20 @@ class PgStoreClient(PgClientBase):
         present = np.unique(unique.series_idx)
         locks = series_lock_keys([unique.series[int(i)] for i in present])
 
-        async def write() -> tuple[int, int]:
+        async def attempt(careful: bool) -> tuple[int, int]:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
                 ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
-                    conn, ticks, quotes, None
+                    conn, ticks, quotes, None, careful=careful
                 )
                 await _empty_stages(conn, staged)
             return ticks_in, quotes_in
+
+        async def write() -> tuple[int, int]:
+            try:
+                return await attempt(careful=False)
+            except _StoredKeyInBatch:
+                return await attempt(careful=True)
 
         partitions: list[tuple[str, Iterable[date]]] = []
         if ticks.n:
@@ -1710,7 +1757,8 @@ class PgStoreClient(PgClientBase):
                 [expect[i] for i in candidates],
             )
 
-        async def write() -> tuple[int, int, list[Any]]:
+        async def attempt(careful: bool) -> tuple[int, int, list[Any]]:
+            rolled.clear()
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
@@ -1719,13 +1767,15 @@ class PgStoreClient(PgClientBase):
                         probe = await conn.fetch(
                             _QUOTE_WINDOWS_PROBE_SQL, *probe_args, stride, lo, hi, carry
                         )
+                    # with the windows of rows stored before (recomputed the same)
                     ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
-                        conn, ticks, quotes, window_us
+                        conn,
+                        ticks,
+                        quotes,
+                        window_us,
+                        kept=(kept_ticks, kept_quotes),
+                        careful=careful,
                     )
-                    for raw, kept in ((TICKS, kept_ticks), (QUOTES, kept_quotes)):
-                        if kept.n:  # windows of rows stored before: recomputed the same
-                            await _stage_marks(conn, raw, kept)
-                            staged[raw.stage] += kept.n
                     await conn.execute(_GENERIC_PLANS_SQL)
                     book = has_quotes or await conn.fetchval(
                         _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry
@@ -1744,8 +1794,8 @@ class PgStoreClient(PgClientBase):
                     else:  # no quote anywhere near: the trade bars alone
                         sql = _RECOMPUTE_SQL[(has_ticks, has_quotes, book)]
                         rows = await conn.fetch(sql, stride, interval, lo, hi)
-                    await conn.execute(_DEFAULT_PLANS_SQL)
                     if plan is not None:
+                        await conn.execute(_DEFAULT_PLANS_SQL)  # (else the COMMIT resets it)
                         touched = _windows_of(seen, window_us)
                         touched.update(
                             (r["provider"], r["symbol"], to_epoch_us(r["ts"]))
@@ -1762,6 +1812,12 @@ class PgStoreClient(PgClientBase):
                     if 0 < n < _TRUNCATE_STAGE_MIN_ROWS:
                         await self._janitor.used(conn, stage, n)
             return ticks_in, quotes_in, rows
+
+        async def write() -> tuple[int, int, list[Any]]:
+            try:
+                return await attempt(careful=False)
+            except _StoredKeyInBatch:
+                return await attempt(careful=True)
 
         partitions: list[tuple[str, Iterable[date]]] = [
             ("bars_ohlcv", _bar_days(tick_days, window_ms)),

@@ -33,7 +33,7 @@ from market_data_core.timeutil import from_epoch_us
 from market_data_store import PgStoreClient, store_client
 from market_data_store._errors import translate_errors
 from market_data_store._event_copy import TICKS
-from market_data_store.store_client import _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, _insert_raw
+from market_data_store.store_client import _insert_ticks_and_quotes
 from tests.support.quotes import (
     assert_quote_bars_equal_reference,
     quote_events,
@@ -58,7 +58,7 @@ async def test_a_tick_payload_over_a_gigabyte_is_stored(
     store: PgStoreClient, store_url: str
 ) -> None:
     """Three ticks whose trade ids (360 MB each) make a 1.08 GB COPY payload, COPYed straight
-    into ``ticks`` (the all-new fast path): all stored, trade ids intact. (``_insert_raw``
+    into ``ticks`` (the all-new fast path): all stored, trade ids intact. (``_insert_ticks_and_quotes``
     itself: ``ingest_columns`` would also copy the trade ids a few times, 24 bytes of index
     per byte, in ``EventColumns.take``.)"""
     id_len = 360_000_000
@@ -82,15 +82,15 @@ async def test_a_tick_payload_over_a_gigabyte_is_stored(
     )
     assert len(TICKS.copy(cols)) > PG_MAX_COPY_DATA  # one message this long is refused
 
-    async def write() -> tuple[int, int]:  # store_raw's write, for the ticks alone
+    no_quotes = cols.take(np.zeros(0, np.intp))
+
+    async def write() -> tuple[int, int, dict[str, int]]:  # store_raw's write, ticks alone
         async with store._pool.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
-            return await _insert_raw(
-                conn, TICKS, cols, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL, None
-            )
+            return await _insert_ticks_and_quotes(conn, cols, no_quotes, None)
 
     with translate_errors("store_raw"):
-        inserted, staged = await store._write([("ticks", [T0.date()])], write)
-    assert (inserted, staged) == (3, 0)
+        inserted, quotes_in, staged = await store._write([("ticks", [T0.date()])], write)
+    assert (inserted, quotes_in, sum(staged.values())) == (3, 0, 0)
     conn = await asyncpg.connect(store_url)
     try:
         rows = await conn.fetch(
@@ -156,8 +156,10 @@ async def test_payloads_over_the_limit_go_as_several_copies_of_the_same_rows(
     assert all(size <= 4000 for _table, size in sent)
     per_table = Counter(table for table, _size in sent)
     # all new: each kind COPYed into its table, its marks into staging; behind a stored key,
-    # COPYs into the table until the one holding it fails (rolled back), then all into staging
-    assert set(per_table) == {"ticks", "quotes", "mdp_stage_ticks", "mdp_stage_quotes"}
+    # the ticks' COPYs into their table until the one holding it fails (the transaction
+    # rolled back; the quotes' never start), then every row of both kinds into staging
+    tables = {"ticks", "mdp_stage_ticks", "mdp_stage_quotes"}
+    assert set(per_table) == (tables if stored else tables | {"quotes"})
     assert min(per_table.values()) > 1
     day = trades[0].src_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     bars = await store.bars_range(provider, SYMBOL, "1s", day, day + timedelta(days=1))

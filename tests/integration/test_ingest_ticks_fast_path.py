@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from market_data_core.columnar import columns_from_events
-from market_data_core.contracts import StreamEvent, make_event_id
-from market_data_store import PgStoreClient
+from market_data_core.contracts import QUOTE_BAR_COLUMNS, StreamEvent, make_event_id
+from market_data_store import PgStoreClient, store_client
 from tests.support.trades import decimal_ohlcv
 
 T0 = datetime(2022, 3, 4, 10, 0, 0, tzinfo=UTC)
@@ -260,3 +260,118 @@ async def test_an_ingest_leaves_no_garbage_cycle_holding_its_copy_payload(
         gc.garbage.clear()
         gc.enable()
     assert held == []
+
+
+def mixed_batch(provider: str, n: int) -> list[StreamEvent]:
+    """``live_batch``'s trades with every third event a quote instead (bid below the trade
+    price, a spread of 1-3 cents), in (src_ts, seq) order."""
+    out = []
+    for e in live_batch(provider, n):
+        if e.seq % 3:
+            out.append(e)
+            continue
+        out.append(
+            StreamEvent.create(
+                provider=provider,
+                symbol=e.symbol,
+                kind="quote",
+                src_ts=e.src_ts,
+                bid=e.c,
+                ask=round(e.c + (e.seq % 3 + 1) / 100, 2),
+                bid_size=float(e.seq % 7 + 1),
+                ask_size=float(e.seq % 5 + 1),
+                seq=e.seq,
+            )
+        )
+    return out
+
+
+async def stored_state(store: PgStoreClient, url: str, provider: str) -> dict[str, Any]:
+    """What the store holds of ``provider`` (ticks, quotes, bars, quote bars: their values,
+    not ``ingest_ts`` or revisions) and the staging tables' rows."""
+    conn = await asyncpg.connect(url)
+    try:
+        raw = {
+            table: [
+                tuple(r)
+                for r in await conn.fetch(
+                    f"SELECT symbol, ts, seq, {values} FROM {table} WHERE provider = $1 "
+                    "ORDER BY symbol, ts, seq",
+                    provider,
+                )
+            ]
+            for table, values in (
+                ("ticks", "price, size, side, trade_id"),
+                ("quotes", "bid, ask, bid_size, ask_size"),
+            )
+        }
+    finally:
+        await conn.close()
+    async with store._pool.acquire() as c:  # type: ignore[attr-defined]
+        staged = [await c.fetchval(f"SELECT count(*) FROM {t}") for t in _STAGES]
+    end = T0 + timedelta(hours=1)
+    return {
+        **raw,
+        "bars": [
+            (s, b.ts, b.o, b.h, b.l, b.c, b.v, b.vwap, b.trade_count)
+            for s in ("S0", "S1")
+            for b in await store.bars_range(provider, s, "2s", T0, end)
+        ],
+        "quote_bars": [
+            (s, b.ts, b.quote_count, *(getattr(b, c) for c in QUOTE_BAR_COLUMNS))
+            for s in ("S0", "S1")
+            for b in await store.quote_bars_range(provider, s, "2s", T0, end)
+        ],
+        "staged": staged,
+    }
+
+
+_STAGES = ("mdp_stage_ticks", "mdp_stage_quotes")
+
+
+@pytest.mark.parametrize("kind", ["tick", "quote"])
+@pytest.mark.parametrize("call", ["ingest_columns", "store_raw"])
+async def test_a_stored_key_in_the_middle_of_a_mixed_batch_reruns_it_carefully(
+    store: PgStoreClient, store_url: str, monkeypatch: pytest.MonkeyPatch, kind: str, call: str
+) -> None:
+    """A batch of trades and quotes whose first and last keys are new but with one stored
+    ``kind`` in the middle: its COPY straight into the table fails, the transaction is rolled
+    back and run again on the slow path (staged, ``ON CONFLICT DO NOTHING``), and the store
+    then holds exactly what the same batch gives where nothing was stored before: every row
+    once, the same bars and quote bars, staging left empty."""
+    tries: list[bool] = []
+    insert = store_client._insert_ticks_and_quotes
+
+    async def spy(*args: Any, careful: bool = False, **kwargs: Any) -> Any:
+        tries.append(careful)
+        return await insert(*args, careful=careful, **kwargs)
+
+    monkeypatch.setattr(store_client, "_insert_ticks_and_quotes", spy)
+    results = {}
+    for provider, middle_stored in ((f"mix-{kind}-{call}", True), (f"ref-{kind}-{call}", False)):
+        batch = mixed_batch(provider, 3000)
+        middle = next(e for e in batch[1500:] if e.kind == kind)
+        if middle_stored:
+            await store.ingest_events([middle], interval="2s")
+        tries.clear()
+        cols = columns_from_events(batch)
+        res = await getattr(store, call)(
+            cols, **({"interval": "2s"} if call != "store_raw" else {})
+        )
+        first_tries = list(tries)
+        if call == "store_raw":  # then the bars, as a replay of the batch
+            await store.ingest_columns(cols, interval="2s")
+        n_ticks = sum(e.kind == "tick" for e in batch)
+        n_quotes = len(batch) - n_ticks
+        stored_before = (kind == "tick", kind == "quote") if middle_stored else (False, False)
+        assert (res.ticks_inserted, res.quotes_inserted) == (
+            n_ticks - stored_before[0],
+            n_quotes - stored_before[1],
+        )
+        # the careful rerun only when a stored key sat inside a fast COPY
+        assert first_tries == ([False, True] if middle_stored else [False])
+        results[middle_stored] = await stored_state(store, store_url, provider)
+    assert results[True] == results[False]
+    assert len(results[True]["ticks"]) > 1000 and len(results[True]["quotes"]) > 500
+    assert results[True]["bars"] and results[True]["quote_bars"]
+    assert results[True]["staged"] == [0, 0]
