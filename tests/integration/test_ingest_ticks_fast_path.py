@@ -1,4 +1,4 @@
-"""``ingest_ticks``'s fast path (all-new batches: a plain INSERT in a savepoint) and its
+"""``ingest_ticks``'s fast path (all-new batches: COPY straight into the table) and its
 fallback to ``ON CONFLICT`` must give exactly what the staged upsert alone gives: the same
 stored ticks, the same bars, the same figures, revisions bumped only on change."""
 
