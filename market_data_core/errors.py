@@ -30,8 +30,10 @@ Private signals, each raised and caught inside one module (none leaves a public 
     │                             (market_data_core.contracts)
     ├── _RowParse                 a dataset row that cannot be parsed -> a RowError and a
     │                             dead letter (market_data_pipeline.producers.datasets)
-    └── _RelayBusy                another worker's relay holds the outbox; the final relay
-                                  waits (market_data_pipeline.consumers.micro_batcher)
+    ├── _RelayBusy                another worker's relay holds the outbox; the final relay
+    │                             waits (market_data_pipeline.consumers.micro_batcher)
+    └── _StoredKeyInBatch         a fast COPY met a stored key inside its batch; the write
+                                  reruns carefully (market_data_store.store_client)
 
 Third-party exceptions are translated at the boundary (``raise BusError(...) from exc``);
 nothing above core ever sees a ``redis`` or ``asyncpg`` exception type.
