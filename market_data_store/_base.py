@@ -35,6 +35,17 @@ def series_lock_keys(series: Iterable[tuple[str, str]]) -> list[int]:
 LOCK_SQL = "SELECT pg_advisory_xact_lock($1::int4, k) FROM unnest($2::int4[]) AS k"
 
 
+def lock_sql_literal(keys: Iterable[int]) -> str:
+    """:data:`LOCK_SQL` for ``keys`` (from :func:`series_lock_keys`) as a statement with no
+    parameters (their ints written out), to go in one simple-protocol round trip with the
+    statements after it."""
+    listed = ",".join(str(int(k)) for k in keys)
+    return (
+        f"SELECT pg_advisory_xact_lock({SERIES_LOCK_NAMESPACE}, k) "
+        f"FROM unnest('{{{listed}}}'::int4[]) AS k"
+    )
+
+
 class PgClientBase:
     """A pool plus the partition cache; ``repr`` shows the DSN without its password."""
 

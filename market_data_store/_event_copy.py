@@ -22,7 +22,7 @@ from market_data_store.binary_copy import (
     encode_copy,
 )
 
-__all__ = ["MARK_COLUMNS", "QUOTES", "TICKS", "RawTable"]
+__all__ = ["QUOTES", "TICKS", "RawTable"]
 
 _SIDES = (None, "buy", "sell")
 
@@ -71,20 +71,6 @@ class RawTable:
         assert tuple(out) == self.columns
         return out
 
-    def marks_copy(self, cols: EventColumns) -> bytes:
-        """``(provider, symbol, ts)`` of ``cols``: what the bar recompute reads of a staging
-        table (see :func:`window_marks`)."""
-        return encode_copy(
-            [
-                TextColumn.coded([p for p, _s in cols.series], cols.series_idx),
-                TextColumn.coded([s for _p, s in cols.series], cols.series_idx),
-                TimestamptzColumn(cols.src_ts),
-            ],
-            cols.n,
-        )
-
-
-MARK_COLUMNS = ("provider", "symbol", "ts")
 
 TICKS = RawTable(
     "ticks",

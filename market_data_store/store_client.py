@@ -56,9 +56,15 @@ from market_data_core.timeutil import (
     to_epoch_us,
     window_start_us,
 )
-from market_data_store._base import LOCK_SQL, SERIES_LOCK_NAMESPACE, PgClientBase, series_lock_keys
+from market_data_store._base import (
+    LOCK_SQL,
+    SERIES_LOCK_NAMESPACE,
+    PgClientBase,
+    lock_sql_literal,
+    series_lock_keys,
+)
 from market_data_store._errors import translate_errors
-from market_data_store._event_copy import MARK_COLUMNS, QUOTES, TICKS, RawTable
+from market_data_store._event_copy import QUOTES, TICKS, RawTable
 from market_data_store._quote_fold import (
     FOLD_COLUMNS,
     QuoteWindows,
@@ -296,17 +302,18 @@ def _imbalance(t: str) -> str:
 
 _EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 
-# Trade bars of the windows the staged ticks touch. The LATERAL aggregate cannot be flattened,
-# so each window is one index range scan on ticks' primary key (series_key, ts, seq, ...),
-# whatever the size of the table; open and close are two more probes of that index (first/last
-# by (ts, seq)), cheaper than sorting the window's prices in ordered aggregates. $3 and $4
+# Trade bars of the windows the marked ticks touch (mark_t: see _marks_cte). The LATERAL
+# aggregate cannot be flattened, so each window is one index range scan on ticks' primary key
+# (series_key, ts, seq, ...), whatever the size of the table; open and close are two more
+# probes of that index (first/last by (ts, seq)), cheaper than sorting the window's prices in
+# ordered aggregates. $3 and $4
 # bound all the windows (the client's estimate, widened by a window each side): redundant, but
 # with them the planner prunes the partitions at plan time instead of planning scans of every
 # partition.
 _TRADE_CTES = f"""
 win AS (
     SELECT DISTINCT provider, symbol, date_bin($1::interval, ts, {_EPOCH}) AS bucket
-    FROM mdp_stage_ticks
+    FROM mark_t
 ), agg AS (
     SELECT w.provider, w.symbol, w.bucket, a.o, a.h, a.l, a.c, a.v, a.pv, a.n
     FROM win w
@@ -348,18 +355,19 @@ win AS (
     {_BAR_RETURNING}
 )"""
 
-# The windows whose quote bar to recompute: those of the staged quotes and ticks, and those
-# whose carried book the staged quotes may change. A quote at t can be the book carried into
-# the windows starting in (t, t + carry], up to the first later quote (after which the book no
-# longer comes from it): of those, the windows that exist (with a trade or a quote bar).
+# The windows whose quote bar to recompute: those of the marked quotes and ticks, and those
+# whose carried book the marked quotes may change (mark_q: see _marks_cte). A quote at t can
+# be the book carried into the windows starting in (t, t + carry], up to the first later quote
+# (after which the book no longer comes from it): of those, the windows that exist (with a
+# trade or a quote bar).
 _QUOTE_WINDOWS_STAGED = f"""
 qspan AS (
     SELECT provider, symbol, min(ts) AS t_min, max(ts) AS t_max
-    FROM mdp_stage_quotes
+    FROM mark_q
     GROUP BY provider, symbol
 ), qwin AS (
     SELECT provider, symbol, date_bin($1::interval, ts, {_EPOCH}) AS bucket
-    FROM mdp_stage_quotes
+    FROM mark_q
     {{ticks}}
     UNION
     SELECT s.provider, s.symbol, f.ts
@@ -532,17 +540,46 @@ qfold AS (
 _QUOTE_BAR_CTES_FOLDED = _quote_bar_ctes(win="qwin_rest", folded="qfold", **_QUOTE_BAR_BOUNDS)
 
 
+def _marks_cte(name: str, first: int) -> str:
+    """A CTE ``name (provider, symbol, ts)`` of window marks (see :func:`_marks_params`)
+    given as parameters ``$first`` (provider text[]), ``$first+1`` (symbol text[]),
+    ``$first+2`` (bigint[] µs since the Unix epoch: exact, as float8 below 2**53, which
+    ``interval * float8`` is)."""
+    return f"""
+{name} AS (
+    SELECT provider, symbol, {_EPOCH} + us * interval '1 microsecond' AS ts
+    FROM unnest(${first}::text[], ${first + 1}::text[], ${first + 2}::bigint[])
+        AS m(provider, symbol, us)
+)"""
+
+
+def _marks_params(marks: EventColumns) -> list[list[Any]]:
+    """The three parameters of a :func:`_marks_cte`: the rows' provider, symbol and
+    ``src_ts`` (µs)."""
+    names = [marks.series[i] for i in marks.series_idx.tolist()]
+    return [[p for p, _s in names], [s for _p, s in names], marks.src_ts.tolist()]
+
+
 def _recompute_sql(*, ticks: bool, quotes: bool, book: bool, folded: bool = False) -> str:
     """The one statement that recomputes, from ALL stored ticks and quotes, the trade bars of
-    the windows the staged ticks touch (``ticks``), the quote bars of the windows the staged
-    ticks or quotes touch or whose carried book the staged quotes may change (``book``:
+    the windows the marked ticks touch (``ticks``), the quote bars of the windows the marked
+    ticks or quotes touch or whose carried book the marked quotes may change (``book``:
     there are quotes within reach; ``quotes``: the batch has some), and records one change
     per window that changed. Parameters: $1 the window, $2 its name, $3/$4 the batch's
-    bounds, $5 the quote carry; ``folded`` (with ``quotes``): $6... the quote bar aggregates
-    of the windows the client folded (:data:`_FOLDED_WINDOWS`), taken instead of computed.
+    bounds, $5 the quote carry (with ``book``); ``folded`` (with ``quotes``): then the quote
+    bar aggregates of the windows the client folded (:data:`_FOLD_TYPES`, one array per
+    column), taken instead of computed; then the ticks' window marks (with ``ticks``) and
+    the quotes' (with ``quotes``), three arrays each (:func:`_marks_params`; their
+    :func:`~market_data_core.columnar.window_marks` are all a recompute needs of its rows).
     Rows: the counts, and each change (the trade and quote bar columns of what this
     statement wrote, null for a part it did not change)."""
+    at = (5 if book else 4) + (len(_FOLD_TYPES) if folded else 0) + 1
     ctes = []
+    if ticks:
+        ctes.append(_marks_cte("mark_t", at))
+        at += 3
+    if quotes:
+        ctes.append(_marks_cte("mark_q", at))
     if ticks:
         ctes.append(_TRADE_CTES)
     if quotes:
@@ -596,26 +633,28 @@ _TRADE_TYPES = (
     ("revision", "int"),
     ("in_session", "bool"),
 )
-# by (ticks staged, quotes staged, quotes within reach)
+# by (ticks marked, quotes marked, quotes within reach)
 _RECOMPUTE_SQL = {
     (True, False, False): _recompute_sql(ticks=True, quotes=False, book=False),
     (True, False, True): _recompute_sql(ticks=True, quotes=False, book=True),
     (False, True, True): _recompute_sql(ticks=False, quotes=True, book=True),
     (True, True, True): _recompute_sql(ticks=True, quotes=True, book=True),
 }
-# by ticks staged: a batch of quotes, some of whose windows the client folded
+# by ticks marked: a batch of quotes, some of whose windows the client folded
 _RECOMPUTE_FOLDED_SQL = {
     ticks: _recompute_sql(ticks=ticks, quotes=True, book=True, folded=True)
     for ticks in (False, True)
 }
-# The recompute statements (and the book probe) run on the connection's generic plan of
-# their prepared statement, not on a custom plan per call: planning one with the batch's
-# bounds as constants prunes every partitioned table reference at plan time, which cost more
-# than executing it (a recompute with quotes, 9 partitioned references: ~3.8 ms planning per
-# call over one day of partitions, ~18 ms over 60 days; the generic plan prunes the same
-# partitions when the executor starts, and is planned again only when a table changes).
-# Plans never change the stored values: every float sum is ordered or of whole numbers.
-# Only for those statements: the rollups keep the server's choice.
+# The recompute statements and the probes before them (the quote windows', the end keys', the
+# book's) run on the connection's generic plan of their prepared statement, not on a custom
+# plan per call: planning one with the batch's bounds as constants prunes every partitioned
+# table reference at plan time, which cost more than executing it (a recompute with quotes,
+# 9 partitioned references: ~3.8 ms planning per call over one day of partitions, ~18 ms over
+# 60 days; the quote windows' probe was planned again on 193 of 189 calls; the generic plan
+# prunes the same partitions when the executor starts, and is planned again only when a
+# table changes). Set with the series locks, in their round trip. Plans never change the
+# stored values: every float sum is ordered or of whole numbers. Only for those statements:
+# the rollups keep the server's choice.
 _GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 _DEFAULT_PLANS_SQL = "SET LOCAL plan_cache_mode TO DEFAULT"
 # Before a batch of quotes goes in (inside the writer's transaction, after its series locks):
@@ -1195,28 +1234,24 @@ async def _insert_ticks_and_quotes(
     conn: Any,
     ticks: EventColumns,
     quotes: EventColumns,
-    window_us: int | None,
     *,
-    kept: tuple[EventColumns | None, EventColumns | None] = (None, None),
     careful: bool = False,
 ) -> tuple[int, int, dict[str, int]]:
     """Insert raw ticks and quotes (unique keys) into their tables; returns the new ticks,
     the new quotes, and the rows left in each staging table (for :func:`_empty_stages`).
-    ``window_us`` not None: a recompute follows, and each kind's rows and ``kept`` (the
-    ticks' and the quotes' window marks of rows stored before) are staged for it; None: no
-    marks are staged.
 
-    Fast path, a kind whose rows are all new (live data): COPY straight into the table, and
-    into staging only the :func:`window_marks` rows the recompute reads, with the kind's
-    ``kept`` in the same COPY. One statement probes each kind's first and last key, so
-    replays take the slow path at once: every row staged, then ``INSERT ... ON CONFLICT DO
+    Fast path, a kind whose rows are all new (live data): COPY straight into the table,
+    nothing staged. One statement probes each kind's first and last key, so replays take
+    the slow path at once: the kind's rows staged, then ``INSERT ... ON CONFLICT DO
     NOTHING``. An already stored key in the middle aborts a fast COPY: this raises
     :class:`_StoredKeyInBatch`, and the writer runs its transaction again with ``careful``
     (every kind the slow path). No savepoint around the COPYs: two round trips less per
     call for a batch that is rare (its ends new, a key between them stored). Writers of one
     series are serialised by their advisory locks, so the COPY never waits on another
     writer's keys. Rows without ``ingest_ts`` get the table's default, ``now()``, as the
-    INSERT's ``coalesce(ingest_ts, now())`` gives them.
+    INSERT's ``coalesce(ingest_ts, now())`` gives them. (The bar recompute after it reads
+    the rows' window marks from its parameters, not from a staging table: see
+    :func:`_recompute_sql`.)
 
     Every ``COPY`` payload goes to asyncpg as a ``memoryview`` (see :func:`_copy_rows`),
     never a file object: for a file object asyncpg defines a reader class per call,
@@ -1225,8 +1260,8 @@ async def _insert_ticks_and_quotes(
     to a minute: a worker's RSS rose ~1 MiB/s between them), and was read back in 512 KiB
     chunks on a thread."""
     kinds = [
-        (TICKS, ticks, kept[0], _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL),
-        (QUOTES, quotes, kept[1], _ANY_QUOTE_EXISTS_SQL, _INSERT_QUOTES_SQL),
+        (TICKS, ticks, _ANY_TICK_EXISTS_SQL, _INSERT_TICKS_SQL),
+        (QUOTES, quotes, _ANY_QUOTE_EXISTS_SQL, _INSERT_QUOTES_SQL),
     ]
     with_rows = [k for k in kinds if k[1].n]
     if careful or not with_rows:
@@ -1238,12 +1273,11 @@ async def _insert_ticks_and_quotes(
         known = [bool(row[0]), bool(row[1])]
     else:
         raw_cols = with_rows[0][1]
-        known = [bool(await conn.fetchval(with_rows[0][3], *_end_keys(raw_cols)))]
+        known = [bool(await conn.fetchval(with_rows[0][2], *_end_keys(raw_cols)))]
     inserted = {TICKS.table: 0, QUOTES.table: 0}
     staged = {TICKS.stage: 0, QUOTES.stage: 0}
-    fresh = {raw.table for (raw, *_), k in zip(with_rows, known, strict=True) if not k}
-    for raw, cols, _kept, _, insert_sql in with_rows:
-        if raw.table in fresh:
+    for (raw, cols, _, insert_sql), stored_end in zip(with_rows, known, strict=True):
+        if not stored_end:
             try:
                 await _copy_new(conn, raw, cols)
             except asyncpg.UniqueViolationError as exc:  # a stored key in the middle
@@ -1254,15 +1288,6 @@ async def _insert_ticks_and_quotes(
             status = await conn.execute(insert_sql)
             inserted[raw.table] = int(status.rsplit(" ", 1)[-1])
             staged[raw.stage] = cols.n
-    if window_us is not None:
-        for raw, cols, kept_marks, _, _ in kinds:
-            parts = [cols.take(window_marks(cols, window_us))] if raw.table in fresh else []
-            if kept_marks is not None and kept_marks.n:
-                parts.append(kept_marks)
-            if parts:
-                marks = EventColumns.concat(parts)
-                await _stage_marks(conn, raw, marks)
-                staged[raw.stage] += marks.n
     return inserted[TICKS.table], inserted[QUOTES.table], staged
 
 
@@ -1432,11 +1457,6 @@ def _rollup_counts(rolled: list[tuple[str, Any]]) -> UpsertResult:
     return UpsertResult(inserted=inserted, updated=updated, unchanged=unchanged)
 
 
-async def _stage_marks(conn: Any, raw: RawTable, marks: EventColumns) -> None:
-    """Stage ``(provider, symbol, ts)`` rows: the windows (and quote spans) to recompute."""
-    await _copy_rows(conn, raw.stage, raw.marks_copy, marks, MARK_COLUMNS)
-
-
 async def _empty_stages(conn: Any, staged: dict[str, int]) -> None:
     """Empty the staging tables that hold rows, in one round trip (simple query protocol:
     the statements separated by ``;``)."""
@@ -1604,7 +1624,7 @@ class PgStoreClient(PgClientBase):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
                 ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
-                    conn, ticks, quotes, None, careful=careful
+                    conn, ticks, quotes, careful=careful
                 )
                 await _empty_stages(conn, staged)
             return ticks_in, quotes_in
@@ -1720,6 +1740,16 @@ class PgStoreClient(PgClientBase):
         hi = from_epoch_us(window_start_us(last_us, window_ms)) + 2 * stride
         has_ticks = bool(ticks.n or kept_ticks.n)
         has_quotes = bool(quotes.n or kept_quotes.n)
+        # the recompute's parameters: each kind's window marks, the batch's and those of rows
+        # stored before (whose windows are recomputed the same)
+        mark_args: list[list[Any]] = []
+        for present_kind, batch, kept in (
+            (has_ticks, ticks, kept_ticks),
+            (has_quotes, quotes, kept_quotes),
+        ):
+            if present_kind:
+                own = batch.take(window_marks(batch, window_us)) if batch.n else batch
+                mark_args += _marks_params(EventColumns.concat([own, kept]) if kept.n else own)
         plan = rollups if rollups is not None and rollups.active else None
         seen = EventColumns.concat([unique, kept_ticks, kept_quotes])
         quote_spans = _spans(seen.take(seen.kind == KIND_CODES["quote"])) if plan else {}
@@ -1761,22 +1791,17 @@ class PgStoreClient(PgClientBase):
             rolled.clear()
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
-                    await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
+                    # the series locks, and every statement after them on generic plans (see
+                    # _GENERIC_PLANS_SQL), in one round trip
+                    await conn.execute(f"{lock_sql_literal(locks)}; {_GENERIC_PLANS_SQL}")
                     probe = None
                     if candidates:
                         probe = await conn.fetch(
                             _QUOTE_WINDOWS_PROBE_SQL, *probe_args, stride, lo, hi, carry
                         )
-                    # with the windows of rows stored before (recomputed the same)
                     ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
-                        conn,
-                        ticks,
-                        quotes,
-                        window_us,
-                        kept=(kept_ticks, kept_quotes),
-                        careful=careful,
+                        conn, ticks, quotes, careful=careful
                     )
-                    await conn.execute(_GENERIC_PLANS_SQL)
                     book = has_quotes or await conn.fetchval(
                         _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry
                     )
@@ -1787,13 +1812,14 @@ class PgStoreClient(PgClientBase):
                         folded = _fold(windows, candidates, probe, window_us, quote_carry_ms * 1000)
                     if folded:
                         sql = _RECOMPUTE_FOLDED_SQL[has_ticks]
-                        rows = await conn.fetch(sql, stride, interval, lo, hi, carry, *folded)
+                        args = [stride, interval, lo, hi, carry, *folded, *mark_args]
                     elif book:
                         sql = _RECOMPUTE_SQL[(has_ticks, has_quotes, book)]
-                        rows = await conn.fetch(sql, stride, interval, lo, hi, carry)
+                        args = [stride, interval, lo, hi, carry, *mark_args]
                     else:  # no quote anywhere near: the trade bars alone
                         sql = _RECOMPUTE_SQL[(has_ticks, has_quotes, book)]
-                        rows = await conn.fetch(sql, stride, interval, lo, hi)
+                        args = [stride, interval, lo, hi, *mark_args]
+                    rows = await conn.fetch(sql, *args)
                     if plan is not None:
                         await conn.execute(_DEFAULT_PLANS_SQL)  # (else the COMMIT resets it)
                         touched = _windows_of(seen, window_us)

@@ -86,7 +86,7 @@ async def test_a_tick_payload_over_a_gigabyte_is_stored(
 
     async def write() -> tuple[int, int, dict[str, int]]:  # store_raw's write, ticks alone
         async with store._pool.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
-            return await _insert_ticks_and_quotes(conn, cols, no_quotes, None)
+            return await _insert_ticks_and_quotes(conn, cols, no_quotes)
 
     with translate_errors("store_raw"):
         inserted, quotes_in, staged = await store._write([("ticks", [T0.date()])], write)
@@ -155,11 +155,12 @@ async def test_payloads_over_the_limit_go_as_several_copies_of_the_same_rows(
     )
     assert all(size <= 4000 for _table, size in sent)
     per_table = Counter(table for table, _size in sent)
-    # all new: each kind COPYed into its table, its marks into staging; behind a stored key,
-    # the ticks' COPYs into their table until the one holding it fails (the transaction
-    # rolled back; the quotes' never start), then every row of both kinds into staging
-    tables = {"ticks", "mdp_stage_ticks", "mdp_stage_quotes"}
-    assert set(per_table) == (tables if stored else tables | {"quotes"})
+    # all new: each kind COPYed into its table alone (the recompute takes the window marks as
+    # parameters); behind a stored key, the ticks' COPYs into their table until the one
+    # holding it fails (the transaction rolled back; the quotes' never start), then every row
+    # of both kinds into staging
+    staging = {"mdp_stage_ticks", "mdp_stage_quotes"}
+    assert set(per_table) == ({"ticks"} | staging if stored else {"ticks", "quotes"})
     assert min(per_table.values()) > 1
     day = trades[0].src_ts.replace(hour=0, minute=0, second=0, microsecond=0)
     bars = await store.bars_range(provider, SYMBOL, "1s", day, day + timedelta(days=1))

@@ -12,10 +12,12 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 
 from market_data_core.columnar import columns_from_events
 from market_data_core.contracts import QUOTE_BAR_COLUMNS, StreamEvent, make_event_id
+from market_data_core.timeutil import from_epoch_us, to_epoch_us
 from market_data_store import PgStoreClient, store_client
 from tests.support.trades import decimal_ohlcv
 
@@ -375,3 +377,36 @@ async def test_a_stored_key_in_the_middle_of_a_mixed_batch_reruns_it_carefully(
     assert len(results[True]["ticks"]) > 1000 and len(results[True]["quotes"]) > 500
     assert results[True]["bars"] and results[True]["quote_bars"]
     assert results[True]["staged"] == [0, 0]
+
+
+async def test_window_marks_reach_the_recompute_as_exact_timestamps(store_url: str) -> None:
+    """The recompute takes each kind's window marks as parameters (µs as bigint, turned into
+    timestamptz by ``epoch + us * interval '1 microsecond'``): every instant comes out as the
+    timestamptz the client means, to the microsecond, from 1900 to 2200 (float8 holds those
+    µs exactly), in row order and with its provider and symbol."""
+    rng = np.random.default_rng(7)
+    lo = to_epoch_us(datetime(1900, 1, 1, tzinfo=UTC))
+    hi = to_epoch_us(datetime(2200, 1, 1, tzinfo=UTC))
+    us = np.concatenate(([lo, -1, 0, 1, hi - 1], rng.integers(lo, hi, 2000))).astype(np.int64)
+    events = [
+        StreamEvent.create(
+            provider="p",
+            symbol=f"S{i % 3}",
+            kind="tick",
+            src_ts=from_epoch_us(int(u)),
+            c=1.0,
+            v=1.0,
+            seq=i,
+        )
+        for i, u in enumerate(us.tolist())
+    ]
+    cols = columns_from_events(events)
+    conn = await asyncpg.connect(store_url)
+    try:
+        sql = f"WITH {store_client._marks_cte('m', 1).strip()} SELECT provider, symbol, ts FROM m"
+        rows = await conn.fetch(sql, *store_client._marks_params(cols))
+    finally:
+        await conn.close()
+    assert [(r[0], r[1], to_epoch_us(r[2])) for r in rows] == [
+        ("p", f"S{i % 3}", u) for i, u in enumerate(us.tolist())
+    ]
