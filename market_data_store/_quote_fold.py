@@ -209,17 +209,13 @@ def fold_windows(
     (None: none)."""
     t, bid, ask = w.ts_us, w.bid, w.ask
     starts, ends, bucket = w.starts, w.ends, w.bucket_us
-    with np.errstate(over="ignore"):
-        total = w.bid_size + w.ask_size
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
-        ok = w.has_bid_size & w.has_ask_size & (total > 0)
-        sp = (ask - bid) / ((ask + bid) / 2) * 10000
-        imb = (w.bid_size - w.ask_size) / total
     # whole microseconds to the next row of the window, or to its end for its last row
     d_us = np.empty(len(t), np.int64)
     d_us[:-1] = t[1:] - t[:-1]
     d_us[ends - 1] = bucket + window_us - t[ends - 1]
     d = d_us.astype(np.float64)
+    rows = _book_terms(bid, ask, w.bid_size, w.ask_size, w.has_bid_size & w.has_ask_size, d)
+    ok = rows.ok
 
     # the carried book: the batch's quote before the window (same series, within the carry)
     # or the store's, whichever is later by (ts, seq)
@@ -235,32 +231,27 @@ def fold_windows(
     c_has = np.where(theirs, st["has_sizes"], w.has_bid_size[j] & w.has_ask_size[j])
     d0_us = t[starts] - bucket
     d0 = d0_us.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        c_total = c_bs + c_as
-        c_ok = carried & c_has & (c_total > 0)
-        c_spd = (c_ask - c_bid) / ((c_ask + c_bid) / 2) * 10000 * d0
-        c_imbd = (c_bs - c_as) / c_total * d0
+    book = _book_terms(c_bid, c_ask, c_bs, c_as, c_has, d0)
+    c_ok = carried & book.ok
 
     no_first = np.zeros(len(starts), np.bool_)
     with np.errstate(invalid="ignore", over="ignore"):  # such windows are not folded (below)
-        ssum, _ = _seq_sums(sp, starts, ends, np.zeros(len(starts)), no_first)
-        sp_w, _ = _seq_sums(sp * d, starts, ends, c_spd, carried)
+        ssum, _ = _seq_sums(rows.sp, starts, ends, np.zeros(len(starts)), no_first)
+        sp_w, _ = _seq_sums(rows.sp_d, starts, ends, book.sp_d, carried)
         # the imbalance terms of the rows that have one, in order; windows in those coordinates
         at = np.concatenate(([0], np.cumsum(ok)))
-        imb_w, has_imb = _seq_sums((imb * d)[ok], at[starts], at[ends], c_imbd, c_ok)
+        imb_w, has_imb = _seq_sums(rows.imb_d[ok], at[starts], at[ends], book.imb_d, c_ok)
     d_ok = np.concatenate(([0], np.cumsum(np.where(ok, d_us, 0))))
     d_imb = d_ok[ends] - d_ok[starts] + np.where(c_ok, d0_us, 0)
     d_all = bucket + window_us - np.where(carried, bucket, t[starts])
-    smin = np.minimum.reduceat(sp, starts)
-    smax = np.maximum.reduceat(sp, starts)
+    smin = np.minimum.reduceat(rows.sp, starts)
+    smax = np.maximum.reduceat(rows.sp, starts)
     last = ends - 1
 
-    # a window where PostgreSQL would raise (an overflow, an underflow to 0: see _raises) is
-    # left to the statement, which raises as it always did
-    raises = _raises(bid, ask, w.bid_size, w.ask_size, w.has_bid_size & w.has_ask_size, d)
-    c_raises = _raises(c_bid, c_ask, c_bs, c_as, c_has, d0) & carried
+    # a window where PostgreSQL would raise (an overflow, an underflow to 0: see _book_terms)
+    # is left to the statement, which raises as it always did
     sums_overflow = ~np.isfinite(ssum) | ~np.isfinite(sp_w) | (has_imb & ~np.isfinite(imb_w))
-    bad = np.logical_or.reduceat(raises, starts) | c_raises | sums_overflow
+    bad = np.logical_or.reduceat(rows.raises, starts) | (book.raises & carried) | sums_overflow
     pick = np.asarray(fresh, np.intp)
     pick = pick[~bad[pick]]
     names = [w.series[i] for i in w.series_idx[pick].tolist()]
@@ -284,19 +275,34 @@ def fold_windows(
     ]
 
 
-def _raises(
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """What the statement computes of each book (a row, or a window's carried book), with
+    the same float8 operations in the same order: ``sp`` the spread in bps, ``sp_d`` it times
+    ``d``, ``imb_d`` the imbalance times ``d`` (meaningful where ``ok``: both sizes known,
+    their sum > 0), and ``raises``: would one of those operations raise in PostgreSQL?"""
+
+    sp: npt.NDArray[np.float64]
+    sp_d: npt.NDArray[np.float64]
+    imb_d: npt.NDArray[np.float64]
+    ok: npt.NDArray[np.bool_]
+    raises: npt.NDArray[np.bool_]
+
+
+def _book_terms(
     bid: npt.NDArray[np.float64],
     ask: npt.NDArray[np.float64],
     bid_size: npt.NDArray[np.float64],
     ask_size: npt.NDArray[np.float64],
     has_sizes: npt.NDArray[np.bool_],
     d: npt.NDArray[np.float64],
-) -> npt.NDArray[np.bool_]:
-    """Per row: would one of the statement's float8 operations on it raise? PostgreSQL's
-    ``float8pl``/``float8mi``/``float8mul``/``float8div`` raise on a result that overflows to
-    infinity from finite operands, on a product or quotient that underflows to 0 from nonzero
-    operands, and on a division by 0 (``src/include/utils/float.h``); NumPy gives inf, 0 or nan
-    instead. The rows' floats are finite (validated)."""
+) -> _Terms:
+    """Each book's terms (see :class:`_Terms`), ``d`` the microseconds it stands, as float.
+    PostgreSQL's ``float8pl``/``float8mi``/``float8mul``/``float8div`` raise on a result that
+    overflows to infinity from finite operands, on a product or quotient that underflows to
+    0 from nonzero operands, and on a division by 0 (``src/include/utils/float.h``); NumPy
+    gives inf, 0 or nan instead, and ``raises`` marks those books. The floats are finite
+    (validated)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
         diff = ask - bid
         total = ask + bid
@@ -309,7 +315,7 @@ def _raises(
         imb = imb_num / size_total
         imb_d = imb * d
         ok = has_sizes & (size_total > 0)
-        bad: npt.NDArray[np.bool_] = (
+        raises: npt.NDArray[np.bool_] = (
             ~np.isfinite(diff)
             | ~np.isfinite(total)
             | (half == 0)
@@ -322,7 +328,7 @@ def _raises(
             | (ok & (~np.isfinite(imb_num) | ((imb == 0) & (imb_num != 0))))
             | (ok & (~np.isfinite(imb_d) | ((imb_d == 0) & (imb != 0) & (d != 0))))
         )
-    return bad
+    return _Terms(sp=sp, sp_d=sp_d, imb_d=imb_d, ok=ok, raises=raises)
 
 
 def _nullable(values: npt.NDArray[np.float64], has: npt.NDArray[np.bool_]) -> list[float | None]:

@@ -76,8 +76,9 @@ def test_a_negative_zero_first_term_stays_negative_zero(way: str) -> None:
 
 
 def test_rows_postgres_would_raise_on_are_found() -> None:
-    """``_raises``: the rows whose float8 operations overflow (or divide by 0) in PostgreSQL."""
-    from market_data_store._quote_fold import _raises
+    """``_book_terms(...).raises``: the rows whose float8 operations overflow (or divide by
+    0) in PostgreSQL."""
+    from market_data_store._quote_fold import _book_terms
 
     rows = [  # bid, ask, bid_size, ask_size, both sizes known, d, raises
         (100.0, 100.5, 10.0, 5.0, True, 1000.0, False),
@@ -89,12 +90,12 @@ def test_rows_postgres_would_raise_on_are_found() -> None:
         (1e-300, 1e300, 10.0, 5.0, True, 1e305, True),  # spread * d
     ]
     cols = list(zip(*rows, strict=True))
-    got = _raises(
+    got = _book_terms(
         np.array(cols[0]),
         np.array(cols[1]),
         np.array(cols[2]),
         np.array(cols[3]),
         np.array(cols[4]),
         np.array(cols[5]),
-    )
+    ).raises
     assert got.tolist() == list(cols[6])
