@@ -1748,10 +1748,12 @@ class PgStoreClient(PgClientBase):
             (has_quotes, quotes, kept_quotes),
         ):
             if present_kind:
-                own = batch.take(window_marks(batch, window_us)) if batch.n else batch
-                mark_args += _marks_params(EventColumns.concat([own, kept]) if kept.n else own)
+                own = _marks_params(batch.take(window_marks(batch, window_us)))
+                more = _marks_params(kept)
+                mark_args += [a + b for a, b in zip(own, more, strict=True)]
         plan = rollups if rollups is not None and rollups.active else None
-        seen = EventColumns.concat([unique, kept_ticks, kept_quotes])
+        # the rows the roll-ups start from (the batch's and those stored before)
+        seen = EventColumns.concat([unique, kept_ticks, kept_quotes]) if plan else unique
         quote_spans = _spans(seen.take(seen.kind == KIND_CODES["quote"])) if plan else {}
         rolled: list[tuple[str, Any]] = []
         # quote windows whose bar may be folded: those of the batch's quotes and the early ones
