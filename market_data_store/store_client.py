@@ -306,10 +306,9 @@ _EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 # aggregate cannot be flattened, so each window is one index range scan on ticks' primary key
 # (series_key, ts, seq, ...), whatever the size of the table; open and close are two more
 # probes of that index (first/last by (ts, seq)), cheaper than sorting the window's prices in
-# ordered aggregates. $3 and $4
-# bound all the windows (the client's estimate, widened by a window each side): redundant, but
-# with them the planner prunes the partitions at plan time instead of planning scans of every
-# partition.
+# ordered aggregates. $3 and $4 bound all the windows (the client's estimate, widened by a
+# window each side): redundant, but with them the planner prunes the partitions at plan time
+# instead of planning scans of every partition.
 _TRADE_CTES = f"""
 win AS (
     SELECT DISTINCT provider, symbol, date_bin($1::interval, ts, {_EPOCH}) AS bucket
@@ -360,7 +359,7 @@ win AS (
 # be the book carried into the windows starting in (t, t + carry], up to the first later quote
 # (after which the book no longer comes from it): of those, the windows that exist (with a
 # trade or a quote bar).
-_QUOTE_WINDOWS_STAGED = f"""
+_QUOTE_WINDOWS_MARKED = f"""
 qspan AS (
     SELECT provider, symbol, min(ts) AS t_min, max(ts) AS t_max
     FROM mark_q
@@ -584,7 +583,7 @@ def _recompute_sql(*, ticks: bool, quotes: bool, book: bool, folded: bool = Fals
         ctes.append(_TRADE_CTES)
     if quotes:
         extra = "UNION\n    SELECT provider, symbol, bucket FROM win" if ticks else ""
-        ctes.append(_QUOTE_WINDOWS_STAGED.format(ticks=extra))
+        ctes.append(_QUOTE_WINDOWS_MARKED.format(ticks=extra))
     elif book:
         ctes.append(_QUOTE_WINDOWS_OF_TICKS)
     if folded:
