@@ -552,11 +552,14 @@ def _marks_cte(name: str, first: int) -> str:
 )"""
 
 
-def _marks_params(marks: EventColumns) -> list[list[Any]]:
-    """The three parameters of a :func:`_marks_cte`: the rows' provider, symbol and
-    ``src_ts`` (µs)."""
-    names = [marks.series[i] for i in marks.series_idx.tolist()]
-    return [[p for p, _s in names], [s for _p, s in names], marks.src_ts.tolist()]
+def _marks_params(cols: EventColumns, rows: npt.NDArray[np.intp] | None = None) -> list[list[Any]]:
+    """The three parameters of a :func:`_marks_cte`: provider, symbol and ``src_ts`` (µs) of
+    ``rows`` of ``cols`` (all of them when None)."""
+    series_idx, src_ts = cols.series_idx, cols.src_ts
+    if rows is not None:
+        series_idx, src_ts = series_idx[rows], src_ts[rows]
+    names = [cols.series[i] for i in series_idx.tolist()]
+    return [[p for p, _s in names], [s for _p, s in names], src_ts.tolist()]
 
 
 def _recompute_sql(*, ticks: bool, quotes: bool, book: bool, folded: bool = False) -> str:
@@ -1747,7 +1750,7 @@ class PgStoreClient(PgClientBase):
             (has_quotes, quotes, kept_quotes),
         ):
             if present_kind:
-                own = _marks_params(batch.take(window_marks(batch, window_us)))
+                own = _marks_params(batch, window_marks(batch, window_us))
                 more = _marks_params(kept)
                 mark_args += [a + b for a, b in zip(own, more, strict=True)]
         plan = rollups if rollups is not None and rollups.active else None
