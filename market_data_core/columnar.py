@@ -760,63 +760,79 @@ def _assemble(
     compact_rows = is_compact[row_block] if any_compact else is_compact  # rows of version 2
 
     def column(name: str, dtype: Any) -> Any:
+        """A column every block of which has a cell per row (or none: zeros)."""
         at = _FIELD_AT[name]
         parts = [b[at] for b in blocks]
         absent = [p is None for p in parts]
-        gaps = any(absent)
-        if name in OPTIONAL_BITS and gaps:
-            missing[np.array(absent)] |= np.uint16(OPTIONAL_BITS[name])
         if all(absent):
             return _absent(total, dtype)
-        size = np.dtype(dtype).itemsize
-        if name in _COMPACT:
-            have = [b"" if p is None else p for p in parts] if gaps else parts
-            lengths = np.fromiter(map(len, have), np.intp, nb)
-            dense = sizes * size
-            if gaps:
-                dense[np.array(absent)] = 0
-            if any_compact or not np.array_equal(lengths, dense):
-                return compact(name, dtype, have, lengths, absent)
-            if not gaps:  # every block dense: the common case
-                return np.frombuffer(b"".join(have), dtype)
-        if gaps:
-            zero = b"\0" * size
+        if any(absent):
+            zero = b"\0" * np.dtype(dtype).itemsize
             parts = [zero * b[_N] if p is None else p for b, p in zip(blocks, parts, strict=True)]
         return np.frombuffer(b"".join(parts), dtype)
 
-    def compact(
-        name: str, dtype: Any, parts: list[bytes], lengths: npt.NDArray[np.intp], absent: list[bool]
-    ) -> Any:
-        """The rows' column from ``parts`` (of ``lengths`` bytes): a cell per row of a
-        version-1 block, per row that has the field of a version-2 block, none where
-        ``absent``. A block whose part has another length gets none and is refused."""
-        size = np.dtype(dtype).itemsize
-        flagged = (present & OPTIONAL_BITS[name]) != 0
-        cells = sizes
-        if any_compact:
-            counted = np.add.reduceat(flagged.astype(np.intp), first_rows)
-            cells = np.where(is_compact, counted, sizes)
-        none = np.array(absent)
-        wrong = ~none & (lengths != cells * size)
-        if wrong.any():  # refused below; read as absent meanwhile, keeping the rows aligned
-            short[wrong] = True
-            parts = [b"" if w else p for p, w in zip(parts, wrong.tolist(), strict=True)]
-            none |= wrong
-        # every row of a version-1 block has a cell
-        takes = np.where(compact_rows, flagged, True) if any_compact else np.ones(total, np.bool_)
-        if none.any():
-            takes &= ~none[row_block]
-        cells_in = np.frombuffer(b"".join(parts), dtype)
-        if len(cells_in) == total:  # a cell for every row (e.g. ingest_ts)
-            return cells_in
-        out = np.zeros(total, dtype)
-        out[takes] = cells_in
+    def compact_columns() -> dict[str, Any]:
+        """The optional columns with a presence bit (:data:`_COMPACT`), by name: a cell per
+        row of a version-1 block, per row that has the field of a version-2 block, none
+        where a block leaves the column out. A block whose part has another length gets
+        none and is refused. The columns that need spreading out over their rows are
+        spread all at once: one scatter into a (columns, rows) array."""
+        spread: list[tuple[str, list[bytes], npt.NDArray[np.intp], list[bool]]] = []
+        out: dict[str, Any] = {}
+        for name in _COMPACT:
+            at = _FIELD_AT[name]
+            dtype = _COLUMN_TYPES[name][0]
+            parts = [b[at] for b in blocks]
+            absent = [p is None for p in parts]
+            gaps = any(absent)
+            if gaps:
+                missing[np.array(absent)] |= np.uint16(OPTIONAL_BITS[name])
+                if all(absent):
+                    out[name] = _absent(total, dtype)
+                    continue
+                parts = [b"" if p is None else p for p in parts]
+            lengths = np.fromiter(map(len, parts), np.intp, nb)
+            if not any_compact and not gaps and np.array_equal(lengths, sizes * 8):
+                out[name] = np.frombuffer(b"".join(parts), dtype)  # every block dense
+                continue
+            spread.append((name, parts, lengths, absent))
+        if spread:
+            k = len(spread)
+            bits = np.array([OPTIONAL_BITS[name] for name, *_ in spread], np.uint16)
+            cells = np.broadcast_to(sizes, (k, nb))
+            if any_compact:
+                flagged = (present & bits[:, None]) != 0  # (columns, rows)
+                counted = np.add.reduceat(flagged, first_rows, axis=1, dtype=np.intp)
+                cells = np.where(is_compact, counted, sizes)
+                # every row of a version-1 block has a cell
+                takes = flagged if all_compact else flagged | ~compact_rows
+            else:
+                takes = np.ones((k, total), np.bool_)
+            none = np.array([absent for *_, absent in spread], np.bool_)
+            lengths = np.stack([lengths for _, _, lengths, _ in spread])
+            wrong = ~none & (lengths != cells * 8)
+            if wrong.any():  # refused below; read as absent meanwhile, keeping the rows aligned
+                short[wrong.any(axis=0)] = True
+                for j, w in zip(*np.nonzero(wrong), strict=True):
+                    spread[j][1][w] = b""
+                none |= wrong
+            if none.any():
+                takes = takes & ~none[:, row_block]
+            cells_in = np.frombuffer(
+                b"".join([p for _, parts, _, _ in spread for p in parts]), "<i8"
+            )
+            rows = np.zeros((k, total), np.int64)
+            rows.reshape(-1)[np.flatnonzero(takes)] = cells_in
+            for j, (name, *_) in enumerate(spread):
+                out[name] = rows[j].view(_COLUMN_TYPES[name][0])
         return out
 
     first_rows = np.cumsum(sizes) - sizes
+    all_compact = bool(is_compact.all())
     present = column("present", "<u2")
-    floats = {name: column(name, "<f8") for name in FLOAT_FIELDS}
-    ingest_ts = column("ingest_ts", "<i8")
+    compacted = compact_columns()
+    floats = {name: compacted[name] for name in FLOAT_FIELDS}
+    ingest_ts = compacted["ingest_ts"]
     trade_blob = b""
     trade_ends = np.zeros(total, np.int64)
     falls = np.zeros(total, np.bool_)
