@@ -776,7 +776,8 @@ def _assemble(
         row of a version-1 block, per row that has the field of a version-2 block, none
         where a block leaves the column out. A block whose part has another length gets
         none and is refused. The columns that need spreading out over their rows are
-        spread all at once: one scatter into a (columns, rows) array."""
+        spread all at once: one scatter into a (columns, rows) array. (Every such column
+        is 8 bytes a cell, float64 or int64: the scatter moves them as int64, bit for bit.)"""
         spread: list[tuple[str, list[bytes], npt.NDArray[np.intp], list[bool]]] = []
         out: dict[str, Any] = {}
         for name in _COMPACT:
