@@ -191,6 +191,8 @@ _COLUMN_TYPES: Final[dict[str, tuple[str, int]]] = {
 _OPTIONAL_COLUMNS: Final = (*FLOAT_FIELDS, "ingest_ts", "side")
 # the optional columns with a presence bit per row: compact on the wire (module docstring)
 _COMPACT: Final = (*FLOAT_FIELDS, "ingest_ts")
+# every compact column is 8 bytes a cell (float64 or int64): decode spreads them as int64 at once
+assert all(_COLUMN_TYPES[name][1] == 8 for name in _COMPACT)
 
 
 # A column no row has (a tick's bid, a quote's c...) is a view of this read-only zero buffer
@@ -778,7 +780,12 @@ def _assemble(
         none and is refused. The columns that need spreading out over their rows are
         spread all at once: one scatter into a (columns, rows) array. (Every such column
         is 8 bytes a cell, float64 or int64: the scatter moves them as int64, bit for bit.)"""
-        spread: list[tuple[str, list[bytes], npt.NDArray[np.intp], list[bool]]] = []
+        # the columns to spread: their names, and per block their part, its length, whether
+        # the block leaves the column out
+        names: list[str] = []
+        parts_of: list[list[bytes]] = []
+        lengths_of: list[npt.NDArray[np.intp]] = []
+        absent_of: list[list[bool]] = []
         out: dict[str, Any] = {}
         for name in _COMPACT:
             at = _FIELD_AT[name]
@@ -796,36 +803,37 @@ def _assemble(
             if not any_compact and not gaps and np.array_equal(lengths, sizes * 8):
                 out[name] = np.frombuffer(b"".join(parts), dtype)  # every block dense
                 continue
-            spread.append((name, parts, lengths, absent))
-        if spread:
-            k = len(spread)
-            bits = np.array([OPTIONAL_BITS[name] for name, *_ in spread], np.uint16)
-            cells = np.broadcast_to(sizes, (k, nb))
-            if any_compact:
-                flagged = (present & bits[:, None]) != 0  # (columns, rows)
-                counted = np.add.reduceat(flagged, first_rows, axis=1, dtype=np.intp)
-                cells = np.where(is_compact, counted, sizes)
-                # every row of a version-1 block has a cell
-                takes = flagged if all_compact else flagged | ~compact_rows
-            else:
-                takes = np.ones((k, total), np.bool_)
-            none = np.array([absent for *_, absent in spread], np.bool_)
-            lengths = np.stack([lengths for _, _, lengths, _ in spread])
-            wrong = ~none & (lengths != cells * 8)
-            if wrong.any():  # refused below; read as absent meanwhile, keeping the rows aligned
-                short[wrong.any(axis=0)] = True
-                for j, w in zip(*np.nonzero(wrong), strict=True):
-                    spread[j][1][w] = b""
-                none |= wrong
-            if none.any():
-                takes = takes & ~none[:, row_block]
-            cells_in = np.frombuffer(
-                b"".join([p for _, parts, _, _ in spread for p in parts]), "<i8"
-            )
-            rows = np.zeros((k, total), np.int64)
-            rows.reshape(-1)[np.flatnonzero(takes)] = cells_in
-            for j, (name, *_) in enumerate(spread):
-                out[name] = rows[j].view(_COLUMN_TYPES[name][0])
+            names.append(name)
+            parts_of.append(parts)
+            lengths_of.append(lengths)
+            absent_of.append(absent)
+        if not names:
+            return out
+        k = len(names)
+        cells = np.broadcast_to(sizes, (k, nb))  # (columns, blocks)
+        if any_compact:
+            bit_of = np.array([OPTIONAL_BITS[name] for name in names], np.uint16)
+            flagged = (present & bit_of[:, None]) != 0  # (columns, rows)
+            counted = np.add.reduceat(flagged, first_rows, axis=1, dtype=np.intp)
+            cells = np.where(is_compact, counted, sizes)
+            # every row of a version-1 block has a cell
+            takes = flagged if all_compact else flagged | ~compact_rows
+        else:
+            takes = np.ones((k, total), np.bool_)
+        none = np.array(absent_of, np.bool_)
+        wrong = ~none & (np.stack(lengths_of) != cells * 8)
+        if wrong.any():  # refused below; read as absent meanwhile, keeping the rows aligned
+            short[wrong.any(axis=0)] = True
+            for j, block in zip(*np.nonzero(wrong), strict=True):
+                parts_of[j][block] = b""
+            none |= wrong
+        if none.any():
+            takes = takes & ~none[:, row_block]
+        cells_in = np.frombuffer(b"".join([p for parts in parts_of for p in parts]), "<i8")
+        rows = np.zeros((k, total), np.int64)
+        rows.reshape(-1)[np.flatnonzero(takes)] = cells_in
+        for j, name in enumerate(names):
+            out[name] = rows[j].view(_COLUMN_TYPES[name][0])
         return out
 
     first_rows = np.cumsum(sizes) - sizes
@@ -1152,6 +1160,9 @@ def encode_columns(cols: EventColumns, *, interval: str | None = None, ver: int 
     return (_MAGIC_COMPACT if partial else BLOCK_MAGIC) + _BLOCK_ENCODER.encode(fields)
 
 
+_NOT_BLOCK_RUNS = "blocks are consecutive runs of 1..MAX_BLOCK_ROWS rows of one series"
+
+
 def encode_blocks(
     cols: EventColumns, bounds: Sequence[tuple[int, int]], *, ver: int = 1
 ) -> list[bytes]:
@@ -1165,32 +1176,35 @@ def encode_blocks(
     if not bounds:
         return []
     nb = len(bounds)
-    a1 = [a for a, _ in bounds]
-    b1 = [b for _, b in bounds]
+    first = [a for a, _ in bounds]  # each block's first row and the row after its last
+    after = [b for _, b in bounds]
     n = cols.n
     series_idx = cols.series_idx
     if (
-        a1[0] != 0
-        or b1[-1] != n
-        or a1[1:] != b1[:-1]
+        first[0] != 0
+        or after[-1] != n
+        or first[1:] != after[:-1]
         or not all(1 <= b - a <= MAX_BLOCK_ROWS for a, b in bounds)
         or cols.interval_idx.any()
     ):
-        raise ValueError("blocks are consecutive runs of 1..MAX_BLOCK_ROWS rows of one series")
-    starts = np.array(a1, np.int64)
-    stops = np.array(b1, np.int64)
+        raise ValueError(_NOT_BLOCK_RUNS)
+    starts = np.array(first, np.int64)
+    stops = np.array(after, np.int64)
     sizes = stops - starts
     is_start = np.zeros(n, np.bool_)
     is_start[starts] = True
     if not is_start[1:][series_idx[1:] != series_idx[:-1]].all():
-        raise ValueError("blocks are consecutive runs of 1..MAX_BLOCK_ROWS rows of one series")
+        raise ValueError(_NOT_BLOCK_RUNS)
     bits = cols.present
     unions = np.bitwise_or.reduceat(bits, starts).tolist()
     union_all = int(np.bitwise_or.reduce(bits))
     sided = (np.maximum.reduceat(cols.side, starts) > 0).tolist()
     # Every column is laid out once as bytes; a block takes a bytes slice of each (slicing
     # bytes costs a fraction of a NumPy slice and its tobytes, times a dozen columns a block).
+    # each block's byte range in a column of 1, 2, 4 and 8 bytes a row (Python ints)
+    a1, b1 = starts.tolist(), stops.tolist()
     a2, b2 = (starts * 2).tolist(), (stops * 2).tolist()
+    a4, b4 = (starts * 4).tolist(), (stops * 4).tolist()
     a8, b8 = (starts * 8).tolist(), (stops * 8).tolist()
     kind = cols.kind.astype("<u1", copy=False).tobytes()
     src_ts = cols.src_ts.astype("<i8", copy=False).tobytes()
@@ -1223,14 +1237,13 @@ def encode_blocks(
     id_blob = cols.trade_id
     id_firsts: list[int] = []
     id_lasts: list[int] = []
-    id_ends = b""
+    id_ends_bytes = b""
     if union_all & id_bit:
         ends_of = cols.trade_id_end
         firsts = np.concatenate(([0], ends_of[:-1]))[starts]
         id_firsts, id_lasts = firsts.tolist(), ends_of[stops - 1].tolist()
         # each row's end from its block's first byte in the blob
-        id_ends = (ends_of - np.repeat(firsts, sizes)).astype("<u4").tobytes()
-    a4, b4 = (starts * 4).tolist(), (stops * 4).tolist()
+        id_ends_bytes = (ends_of - np.repeat(firsts, sizes)).astype("<u4").tobytes()
     owners = series_idx[starts].tolist()
     out = []
     for i in range(nb):
@@ -1253,7 +1266,7 @@ def encode_blocks(
             fields["side"] = side[a1[i] : b1[i]]
         if union & id_bit:
             fields["trade_id"] = id_blob[id_firsts[i] : id_lasts[i]]
-            fields["trade_id_end"] = id_ends[a4[i] : b4[i]]
+            fields["trade_id_end"] = id_ends_bytes[a4[i] : b4[i]]
         out.append(magics[i] + _BLOCK_ENCODER.encode(fields))
     return out
 

@@ -13,6 +13,7 @@ import json
 import math
 import struct
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import msgspec
@@ -383,6 +384,11 @@ def test_encode_blocks_refuses_runs_that_are_not_blocks() -> None:
     ]
     cols = columns_from_events(evs)
     assert len(encode_blocks(cols, [(0, 2), (2, 3), (3, 4)])) == 3
+    # bounds read off NumPy arrays encode as the same blocks
+    cuts = np.array([0, 2, 3, 4])
+    assert encode_blocks(cols, list(pairwise(cuts))) == encode_blocks(
+        cols, [(0, 2), (2, 3), (3, 4)]
+    )
     for bounds in ([(0, 3), (3, 4)], [(0, 2), (3, 4)], [(0, 2), (2, 2), (2, 4)], [(0, 2)]):
         with pytest.raises(ValueError, match="consecutive runs"):
             encode_blocks(cols, bounds)
