@@ -178,8 +178,9 @@ def stage_decode_cols(blocks: list[bytes], n: int, repeats: int) -> float:
 
 
 def tick_copy_stream(cols: EventColumns) -> bytes:
-    """The ticks rows as the store COPYs them (binary, price and size as numeric)."""
-    return TICKS.copy(cols)
+    """The ticks rows as the store COPYs them (binary, price and size as numeric; each
+    series' ``series_key`` a stand-in: the bench's staging table has no ``CHECK``)."""
+    return TICKS.copy(cols, {s: i for i, s in enumerate(cols.series)})
 
 
 def _tick_chunks(blocks: list[bytes]) -> list[EventColumns]:
@@ -351,7 +352,7 @@ async def _servers_stages(
                 pool = store._pool  # type: ignore[attr-defined]
                 ddl = (
                     "CREATE TEMP TABLE IF NOT EXISTS hb_stage_ticks (provider text, symbol text, "
-                    "ts timestamptz, seq bigint, price numeric, size numeric, "
+                    "ts timestamptz, seq bigint, series_key bigint, price numeric, size numeric, "
                     "side text, trade_id text, ingest_ts timestamptz)"
                 )
 

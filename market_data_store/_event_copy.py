@@ -2,14 +2,19 @@
 
 The rows are exactly what the record path wrote: ``price``/``size`` the numeric of
 ``Decimal(repr(x))`` (see :class:`~market_data_store.binary_copy.NumericColumn`), quotes'
-prices and sizes the float8 values themselves; no ``event_id`` (the key's text: not stored).
+prices and sizes the float8 values themselves; no ``event_id`` (the key's text: not stored);
+``series_key`` each row's series' key as :class:`~market_data_store._series.SeriesRegistry`
+learnt it from PostgreSQL (the tables' ``CHECK`` refuses any other).
 Fixed-width columns come first (cheapest to lay out); every column list names the table's
 columns, so the order on the wire is ours to choose.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from market_data_core.columnar import EventColumns
 from market_data_store.binary_copy import (
@@ -35,10 +40,14 @@ class RawTable:
     stage: str
     columns: tuple[str, ...]
 
-    def copy(self, cols: EventColumns, *, ingest_ts: bool = True) -> bytes:
+    def copy(
+        self, cols: EventColumns, keys: Mapping[tuple[str, str], int], *, ingest_ts: bool = True
+    ) -> bytes:
         """All rows of ``cols`` (one kind) as a COPY stream of :attr:`columns`, or of all
-        but ``ingest_ts`` (rows the table's default ``now()`` stamps)."""
-        columns = self._columns(cols)
+        but ``ingest_ts`` (rows the table's default ``now()`` stamps). ``keys``: the
+        ``series_key`` of each series with rows in ``cols`` (a series without rows may be
+        missing)."""
+        columns = self._columns(cols, keys)
         if not ingest_ts:
             del columns["ingest_ts"]
         return encode_copy(list(columns.values()), cols.n)
@@ -46,11 +55,16 @@ class RawTable:
     def column_names(self, *, ingest_ts: bool = True) -> tuple[str, ...]:
         return self.columns if ingest_ts else tuple(c for c in self.columns if c != "ingest_ts")
 
-    def _columns(self, cols: EventColumns) -> dict[str, Column]:
+    def _columns(
+        self, cols: EventColumns, keys: Mapping[tuple[str, str], int]
+    ) -> dict[str, Column]:
         has_ingest = cols.has("ingest_ts")
+        # a series without rows here may be unregistered: 0 is never written for it
+        of_series = np.fromiter((keys.get(s, 0) for s in cols.series), np.int64, len(cols.series))
         out: dict[str, Column] = {
             "ts": TimestamptzColumn(cols.src_ts),
             "seq": Int8Column(cols.seq),
+            "series_key": Int8Column(of_series[cols.series_idx]),
         }
         if self.table == "ticks":
             out["price"] = NumericColumn(cols.floats["c"])
@@ -78,6 +92,7 @@ TICKS = RawTable(
     (
         "ts",
         "seq",
+        "series_key",
         "price",
         "size",
         "ingest_ts",
@@ -90,5 +105,16 @@ TICKS = RawTable(
 QUOTES = RawTable(
     "quotes",
     "mdp_stage_quotes",
-    ("ts", "seq", "bid", "ask", "bid_size", "ask_size", "ingest_ts", "provider", "symbol"),
+    (
+        "ts",
+        "seq",
+        "series_key",
+        "bid",
+        "ask",
+        "bid_size",
+        "ask_size",
+        "ingest_ts",
+        "provider",
+        "symbol",
+    ),
 )

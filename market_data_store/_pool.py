@@ -18,11 +18,11 @@ SERVER_SETTINGS = {"timezone": "UTC", "application_name": "mdp-store"}
 # :class:`StagingJanitor` vacuums the dead rows away now and then.
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_ticks (
-    provider text, symbol text, ts timestamptz, seq bigint,
+    provider text, symbol text, ts timestamptz, seq bigint, series_key bigint,
     price numeric, size numeric, side text, trade_id text, ingest_ts timestamptz
 );
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_quotes (
-    provider text, symbol text, ts timestamptz, seq bigint,
+    provider text, symbol text, ts timestamptz, seq bigint, series_key bigint,
     bid float8, ask float8, bid_size float8, ask_size float8, ingest_ts timestamptz
 );
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_bars (

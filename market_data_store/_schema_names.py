@@ -47,8 +47,9 @@ index-only scans, so an unset visibility map costs it nothing."""
 
 
 SERIES_KEY_COLUMN = "series_key"
-"""The raw tables' leading key column: ``int8``, generated from ``(provider, symbol)`` by
-:func:`series_key`. Their primary key is ``(series_key, ts, seq, provider, symbol)``."""
+"""The raw tables' leading key column: ``int8``, the :func:`series_key` of ``(provider,
+symbol)``, sent by the writers and held to it by a ``CHECK`` (migration ``0013``). Their
+primary key is ``(series_key, ts, seq)``."""
 
 
 def series_key(provider: str, symbol: str) -> str:
@@ -63,10 +64,11 @@ def series_key(provider: str, symbol: str) -> str:
     COPY of 10,000-tick batches, server CPU per row (``/work/scratch/keybench.py``, three
     rounds): 3.2-3.7 µs with ``(provider, symbol, ts, seq)``, 2.3-2.7 µs with this key.
 
-    Exact whatever the hash: ``provider`` and ``symbol`` stay in the key (two series with one
-    hash are still two keys), and every read of a series matches them as well as the hash. The
-    hash only has to be the same function in the column and in the reads, which is why both
-    come from here."""
+    Exact whatever the hash: ``raw_series`` gives each key one series and refuses a second
+    (:class:`~market_data_store._series.SeriesRegistry`), so the key ``(series_key, ts, seq)``
+    and the reads by ``series_key`` alone mean what ``(provider, symbol, ts, seq)`` meant. The
+    hash only has to be the same function in the ``CHECK``, the registry and the reads, which
+    is why all come from here."""
     return f"hashtextextended({symbol}, hashtextextended({provider}, 0))"
 
 

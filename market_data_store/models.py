@@ -30,7 +30,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    Computed,
     Date,
     DateTime,
     Double,
@@ -76,8 +75,12 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 _TSTZ = DateTime(timezone=True)
-# the raw tables' leading key column (migration 0012)
-_SERIES_KEY = Computed(series_key("provider", "symbol"), persisted=True)
+
+
+def _series_key_check() -> CheckConstraint:
+    """``ck_<table>_series_key``: a raw row's ``series_key`` is the hash of its series
+    (the writers send it: migration ``0013``)."""
+    return CheckConstraint(f"series_key = {series_key('provider', 'symbol')}", name="series_key")
 
 
 class Base(DeclarativeBase):
@@ -260,16 +263,18 @@ class SignalRow(Base):
 class TickRow(Base):
     """``ticks``: raw trades, the micro-batcher's source of truth.
 
-    The key ``(series_key, ts, seq, provider, symbol)`` holds exactly what ``event_id`` encodes
-    (``series_key`` is generated from ``provider`` and ``symbol``: see
-    :func:`~market_data_store._schema_names.series_key`, migration ``0012``), so it makes
-    ticks idempotent by ``event_id`` while containing the partition column ``ts``; the id
-    itself is not stored (migration ``0010``): it is the key's text.
+    The key ``(series_key, ts, seq)`` holds exactly what ``event_id`` encodes: ``series_key`` is
+    the hash of ``provider`` and ``symbol`` (:func:`~market_data_store._schema_names.series_key`,
+    sent by the writer and held to the hash by a ``CHECK``: migrations ``0012``, ``0013``), and
+    ``raw_series`` gives each key one series. So it makes ticks idempotent by ``event_id``
+    while containing the partition column ``ts``; the id itself is not stored (migration
+    ``0010``): it is the key's text.
     """
 
     __tablename__ = "ticks"
     __table_args__ = (
-        PrimaryKeyConstraint("series_key", "ts", "seq", "provider", "symbol"),
+        PrimaryKeyConstraint("series_key", "ts", "seq"),
+        _series_key_check(),
         {"postgresql_partition_by": "RANGE (ts)"},
     )
 
@@ -282,13 +287,13 @@ class TickRow(Base):
     side: Mapped[str | None] = mapped_column(Text, nullable=True)
     trade_id: Mapped[str | None] = mapped_column(Text, nullable=True)
     ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
-    series_key: Mapped[int] = mapped_column(BigInteger, _SERIES_KEY)
+    series_key: Mapped[int] = mapped_column(BigInteger)
 
 
 class QuoteRow(Base):
     """``quotes``: raw top-of-book quotes, the source of the quote bars.
 
-    Keyed like ``ticks`` by ``(series_key, ts, seq, provider, symbol)``, what ``event_id``
+    Keyed like ``ticks`` by ``(series_key, ts, seq)``, what ``event_id``
     encodes (so a quote is stored once however often it is delivered). Prices and sizes are
     the events' floats as ``double precision``: quote bars compute spreads and imbalances in
     float8 from them exactly as pandas does from the same floats. Sizes are null when the
@@ -297,7 +302,8 @@ class QuoteRow(Base):
 
     __tablename__ = "quotes"
     __table_args__ = (
-        PrimaryKeyConstraint("series_key", "ts", "seq", "provider", "symbol"),
+        PrimaryKeyConstraint("series_key", "ts", "seq"),
+        _series_key_check(),
         {"postgresql_partition_by": "RANGE (ts)"},
     )
 
@@ -310,7 +316,7 @@ class QuoteRow(Base):
     bid_size: Mapped[float | None] = mapped_column(Double, nullable=True)
     ask_size: Mapped[float | None] = mapped_column(Double, nullable=True)
     ingest_ts: Mapped[datetime] = mapped_column(_TSTZ, server_default=text("now()"))
-    series_key: Mapped[int] = mapped_column(BigInteger, _SERIES_KEY)
+    series_key: Mapped[int] = mapped_column(BigInteger)
 
 
 class RawSeriesRow(Base):

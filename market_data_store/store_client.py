@@ -25,7 +25,7 @@ commit order, and the relay publishes a series' changes in ``seq`` order.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -269,20 +269,23 @@ _STAGE_BAR_COLUMNS = ("provider", "symbol", "interval", "ts", *_BAR_COLS)
 
 # Batches holding already stored ticks (replays, redeliveries): staged, then ON CONFLICT.
 # (All-new batches are COPYed straight into the table: see _insert_raw.)
-_INSERT_TICKS_SQL = f"""
-INSERT INTO ticks (provider, symbol, ts, seq, price, size, side, trade_id, ingest_ts)
-SELECT provider, symbol, ts, seq, price, size, side, trade_id,
+_INSERT_TICKS_SQL = """
+INSERT INTO ticks (provider, symbol, ts, seq, series_key, price, size, side, trade_id,
+                   ingest_ts)
+SELECT provider, symbol, ts, seq, series_key, price, size, side, trade_id,
        coalesce(ingest_ts, now())
 FROM mdp_stage_ticks
-ORDER BY {series_key("provider", "symbol")}, ts, seq
+ORDER BY series_key, ts, seq
 ON CONFLICT DO NOTHING
 """
 
-_INSERT_QUOTES_SQL = f"""
-INSERT INTO quotes (provider, symbol, ts, seq, bid, ask, bid_size, ask_size, ingest_ts)
-SELECT provider, symbol, ts, seq, bid, ask, bid_size, ask_size, coalesce(ingest_ts, now())
+_INSERT_QUOTES_SQL = """
+INSERT INTO quotes (provider, symbol, ts, seq, series_key, bid, ask, bid_size, ask_size,
+                    ingest_ts)
+SELECT provider, symbol, ts, seq, series_key, bid, ask, bid_size, ask_size,
+       coalesce(ingest_ts, now())
 FROM mdp_stage_quotes
-ORDER BY {series_key("provider", "symbol")}, ts, seq
+ORDER BY series_key, ts, seq
 ON CONFLICT DO NOTHING
 """
 
@@ -1236,11 +1239,13 @@ async def _insert_ticks_and_quotes(
     conn: Any,
     ticks: EventColumns,
     quotes: EventColumns,
+    keys: Mapping[tuple[str, str], int],
     *,
     careful: bool = False,
 ) -> tuple[int, int, dict[str, int]]:
     """Insert raw ticks and quotes (unique keys) into their tables; returns the new ticks,
     the new quotes, and the rows left in each staging table (for :func:`_empty_stages`).
+    ``keys``: the ``series_key`` of each series with rows (the client's registry).
 
     Fast path, a kind whose rows are all new (live data): COPY straight into the table,
     nothing staged. One statement probes each kind's first and last key, so replays take
@@ -1281,19 +1286,22 @@ async def _insert_ticks_and_quotes(
     for (raw, cols, _, insert_sql), stored_end in zip(with_rows, known, strict=True):
         if not stored_end:
             try:
-                await _copy_new(conn, raw, cols)
+                await _copy_new(conn, raw, cols, keys)
             except asyncpg.UniqueViolationError as exc:  # a stored key in the middle
                 raise _StoredKeyInBatch from exc
             inserted[raw.table] = cols.n
         else:
-            await _copy_rows(conn, raw.stage, raw.copy, cols, raw.columns)
+            encode = functools.partial(raw.copy, keys=keys)
+            await _copy_rows(conn, raw.stage, encode, cols, raw.columns)
             status = await conn.execute(insert_sql)
             inserted[raw.table] = int(status.rsplit(" ", 1)[-1])
             staged[raw.stage] = cols.n
     return inserted[TICKS.table], inserted[QUOTES.table], staged
 
 
-async def _copy_new(conn: Any, raw: RawTable, cols: EventColumns) -> None:
+async def _copy_new(
+    conn: Any, raw: RawTable, cols: EventColumns, keys: Mapping[tuple[str, str], int]
+) -> None:
     """COPY rows of new keys straight into their table: those with an ``ingest_ts`` with
     it, the others without it (the table's default stamps them)."""
     has_ingest = cols.has("ingest_ts")
@@ -1307,7 +1315,7 @@ async def _copy_new(conn: Any, raw: RawTable, cols: EventColumns) -> None:
         await _copy_rows(
             conn,
             raw.table,
-            functools.partial(raw.copy, ingest_ts=stamped),
+            functools.partial(raw.copy, keys=keys, ingest_ts=stamped),
             rows,
             raw.column_names(ingest_ts=stamped),
         )
@@ -1626,7 +1634,7 @@ class PgStoreClient(PgClientBase):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(LOCK_SQL, SERIES_LOCK_NAMESPACE, locks)
                 ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
-                    conn, ticks, quotes, careful=careful
+                    conn, ticks, quotes, self._series.keys, careful=careful
                 )
                 await _empty_stages(conn, staged)
             return ticks_in, quotes_in
@@ -1804,7 +1812,7 @@ class PgStoreClient(PgClientBase):
                             _QUOTE_WINDOWS_PROBE_SQL, *probe_args, stride, lo, hi, carry
                         )
                     ticks_in, quotes_in, staged = await _insert_ticks_and_quotes(
-                        conn, ticks, quotes, careful=careful
+                        conn, ticks, quotes, self._series.keys, careful=careful
                     )
                     book = has_quotes or await conn.fetchval(
                         _BOOK_IN_REACH_SQL, providers, symbols, lo, hi, carry

@@ -33,6 +33,7 @@ from market_data_core.timeutil import from_epoch_us
 from market_data_store import PgStoreClient, store_client
 from market_data_store._errors import translate_errors
 from market_data_store._event_copy import TICKS
+from market_data_store._schema_names import series_key
 from market_data_store.store_client import _insert_ticks_and_quotes
 from tests.support.quotes import (
     assert_quote_bars_equal_reference,
@@ -80,16 +81,19 @@ async def test_a_tick_payload_over_a_gigabyte_is_stored(
         trade_id=b"".join(str(i).encode() * id_len for i in range(3)),
         trade_id_end=np.arange(1, 4, dtype=np.int64) * id_len,
     )
-    assert len(TICKS.copy(cols)) > PG_MAX_COPY_DATA  # one message this long is refused
+    assert len(TICKS.copy(cols, {})) > PG_MAX_COPY_DATA  # one message this long is refused
 
     no_quotes = cols.take(np.zeros(0, np.intp))
 
     async def write() -> tuple[int, int, dict[str, int]]:  # store_raw's write, ticks alone
         async with store._pool.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
-            return await _insert_ticks_and_quotes(conn, cols, no_quotes)
+            keys = store._series.keys  # type: ignore[attr-defined]
+            return await _insert_ticks_and_quotes(conn, cols, no_quotes, keys)
 
     with translate_errors("store_raw"):
-        inserted, quotes_in, staged = await store._write([("ticks", [T0.date()])], write)
+        inserted, quotes_in, staged = await store._write(
+            [("ticks", [T0.date()])], write, series=cols.series
+        )
     assert (inserted, quotes_in, sum(staged.values())) == (3, 0, 0)
     conn = await asyncpg.connect(store_url)
     try:
@@ -210,7 +214,7 @@ async def test_a_connection_lost_in_the_middle_of_a_copy_is_an_outage_not_a_hang
     the socket to drain before each, and that wait outlives the connection: the ingest would
     hang for ever); once the other transaction is gone, the retry stores every tick once."""
     cols = tiled_trades("lost", 600_000)
-    assert len(TICKS.copy(cols)) > 3 * store_client._COPY_MESSAGE_BYTES
+    assert len(TICKS.copy(cols, {})) > 3 * store_client._COPY_MESSAGE_BYTES
     # the days' partitions first: creating one would wait for the blocker, not the COPY
     days = store_client._days(cols.src_ts)
     await store._partitions.ensure(store._pool, "ticks", days)  # type: ignore[attr-defined]
@@ -220,7 +224,8 @@ async def test_a_connection_lost_in_the_middle_of_a_copy_is_an_outage_not_a_hang
         held = blocker.transaction()
         await held.start()
         await blocker.execute(
-            "INSERT INTO ticks (provider, symbol, ts, seq, price, size) VALUES ($1, $2, $3, $4, 1, 1)",
+            "INSERT INTO ticks (provider, symbol, ts, seq, price, size, series_key) "
+            f"VALUES ($1, $2, $3, $4, 1, 1, {series_key('$1::text', '$2::text')})",
             *cols.series[0],
             from_epoch_us(int(cols.src_ts[999])),
             int(cols.seq[999]),
