@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from market_data_core.columnar import EventColumns
+from market_data_core.errors import StoreError
 from market_data_store.binary_copy import (
     Column,
     Float8Column,
@@ -46,7 +47,7 @@ class RawTable:
         """All rows of ``cols`` (one kind) as a COPY stream of :attr:`columns`, or of all
         but ``ingest_ts`` (rows the table's default ``now()`` stamps). ``keys``: the
         ``series_key`` of each series with rows in ``cols`` (a series without rows may be
-        missing)."""
+        missing). Raises ``StoreError`` if one with rows is missing."""
         columns = self._columns(cols, keys)
         if not ingest_ts:
             del columns["ingest_ts"]
@@ -59,8 +60,13 @@ class RawTable:
         self, cols: EventColumns, keys: Mapping[tuple[str, str], int]
     ) -> dict[str, Column]:
         has_ingest = cols.has("ingest_ts")
-        # a series without rows here may be unregistered: 0 is never written for it
-        of_series = np.fromiter((keys.get(s, 0) for s in cols.series), np.int64, len(cols.series))
+        of_series = np.zeros(len(cols.series), np.int64)
+        for i in np.unique(cols.series_idx).tolist():  # a series without rows may be unknown
+            try:
+                of_series[i] = keys[cols.series[i]]
+            except KeyError:
+                provider, symbol = cols.series[i]
+                raise StoreError(f"series {provider}/{symbol} is not registered") from None
         out: dict[str, Column] = {
             "ts": TimestamptzColumn(cols.src_ts),
             "seq": Int8Column(cols.seq),

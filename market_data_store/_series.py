@@ -77,7 +77,3 @@ class SeriesRegistry:
         if missing:  # raw_series rows are never deleted: the schema changed under us
             raise StoreError(f"series {missing[0][0]}/{missing[0][1]} is not in raw_series")
         self._keys.update(keys)
-
-    def forget(self) -> None:
-        """Drop the cache (the schema was migrated under the client)."""
-        self._keys.clear()

@@ -307,7 +307,7 @@ _EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 
 # Trade bars of the windows the marked ticks touch (mark_t: see _marks_cte). The LATERAL
 # aggregate cannot be flattened, so each window is one index range scan on ticks' primary key
-# (series_key, ts, seq, ...), whatever the size of the table; open and close are two more
+# (series_key, ts, seq), whatever the size of the table; open and close are two more
 # probes of that index (first/last by (ts, seq)), cheaper than sorting the window's prices in
 # ordered aggregates. $3 and $4 bound all the windows (the client's estimate, widened by a
 # window each side): redundant, but with them the planner prunes the partitions at plan time

@@ -10,9 +10,15 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from market_data_core.columnar import columns_from_events
+from market_data_core.contracts import StreamEvent
+from market_data_core.errors import StoreError
+from market_data_core.timeutil import from_epoch_us
+from market_data_store._event_copy import TICKS
 from market_data_store.binary_copy import (
     COPY_HEADER,
     Float8Column,
@@ -135,3 +141,36 @@ def test_rows_of_one_layout_keep_their_order_when_grouped() -> None:
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_numeric_of_repr_is_numeric_send_of_the_decimal(x: float) -> None:
     assert _numeric_of_repr(x) == numeric_send(Decimal(repr(x)))
+
+
+def test_raw_rows_carry_their_series_key_and_refuse_an_unknown_series() -> None:
+    """``RawTable.copy`` writes each row's series' ``series_key`` from the client's registry
+    (the table's ``CHECK`` holds it to the hash: migration 0013); a series with rows but no
+    key is a ``StoreError``, never a row with a made-up key. A series without rows needs
+    none."""
+    events = [
+        StreamEvent.create(
+            provider="prov",
+            symbol=sym,
+            kind="tick",
+            src_ts=from_epoch_us(1_700_000_000_000_000 + i),
+            c=100.0 + i,
+            v=1.0,
+            seq=i,
+        )
+        for i, sym in enumerate(["AAA", "BBB", "AAA", "CCC", "BBB"])
+    ]
+    cols = columns_from_events(events)
+    keys = {("prov", "AAA"): -(2**63), ("prov", "BBB"): 7, ("prov", "CCC"): 2**63 - 1}
+    at, sym_at = TICKS.columns.index("series_key"), TICKS.columns.index("symbol")
+    rows = parse(TICKS.copy(cols, keys))
+    assert len(rows) == 5
+    for row in rows:
+        symbol = row[sym_at].decode()  # type: ignore[union-attr]
+        assert struct.unpack(">q", row[at]) == (keys[("prov", symbol)],)  # type: ignore[arg-type]
+    without_c = cols.take(np.array([0, 1, 2, 4]))
+    assert ("prov", "CCC") in without_c.series  # listed, no rows: no key needed
+    del keys[("prov", "CCC")]
+    assert len(parse(TICKS.copy(without_c, keys))) == 4
+    with pytest.raises(StoreError, match="prov/CCC is not registered"):
+        TICKS.copy(cols, keys)
