@@ -37,7 +37,14 @@ from market_data_pipeline.servers.process import die_with_parent
 from market_data_pipeline.stats import percentile
 from market_data_pipeline.ui.progress import ProgressLine
 
-__all__ = ["FullPath", "machine_facts", "popen_child", "run_full_path"]
+__all__ = [
+    "FullPath",
+    "MachineLoad",
+    "load_between",
+    "machine_facts",
+    "popen_child",
+    "run_full_path",
+]
 
 
 @dataclass
@@ -93,6 +100,60 @@ class FullPath:
     # CPU seconds per role over the steady part of the run, and µs of CPU per event
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+    # the whole machine over the same span (see MachineLoad); None where not measured
+    machine_load: MachineLoad | None = None
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """What the whole machine did over the steady part of a run, from the kernel's CPU time
+    counters (``psutil.cpu_times()``: ``/proc/stat`` on Linux), so a run on a busy or shared
+    machine can be told from a run on a quiet one.
+
+    ``cpus``: logical CPUs; ``busy_cores``: CPU time spent running anything (user, nice,
+    system, irq, softirq) per second of the span, in cores; ``ours_cores``: the run's own
+    roles (:data:`_ROLES`) in the same span; ``other_cores``: the rest (processes the run did
+    not start); ``steal_pct``: the share of the CPUs' time the hypervisor gave to other
+    guests (Linux ``steal``; 0 where the kernel has no such counter), in percent."""
+
+    cpus: int
+    busy_cores: float
+    ours_cores: float
+    other_cores: float
+    steal_pct: float
+
+    @property
+    def contended(self) -> bool:
+        """Other processes took a tenth of a core or more, or the hypervisor 1 % of the
+        time: the run's figures are not those of a quiet machine."""
+        return self.other_cores >= 0.1 or self.steal_pct >= 1.0
+
+
+_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
+_GUEST_FIELDS = ("guest", "guest_nice")  # already counted in user and nice
+
+
+def load_between(first: Any, last: Any, ours_cpu_s: float, cpus: int) -> MachineLoad | None:
+    """:class:`MachineLoad` between two ``psutil.cpu_times()`` readings (summed over the
+    CPUs) during which the run's roles used ``ours_cpu_s`` CPU seconds; None if no time
+    passed between them."""
+
+    def delta(name: str) -> float:
+        return float(getattr(last, name, 0.0)) - float(getattr(first, name, 0.0))
+
+    total = sum(delta(name) for name in last._fields if name not in _GUEST_FIELDS)
+    if total <= 0 or cpus <= 0:
+        return None
+    span_s = total / cpus  # every CPU accounts each second to one state
+    busy = sum(delta(name) for name in _BUSY_FIELDS) / span_s
+    ours = ours_cpu_s / span_s
+    return MachineLoad(
+        cpus=cpus,
+        busy_cores=round(busy, 2),
+        ours_cores=round(ours, 2),
+        other_cores=round(max(0.0, busy - ours), 2),
+        steal_pct=round(100 * delta("steal") / total, 1),
+    )
 
 
 def machine_facts() -> dict[str, Any]:
@@ -330,6 +391,7 @@ async def _full_path_with(
         lags: list[float] = []
         pids = ({p.pid for p in procs}, {w.pid for w in workers_p})
         cpu: list[tuple[float, dict[str, float]]] = []
+        machine: list[Any] = []  # psutil.cpu_times() at each cpu sample
         t0 = time.monotonic()
         while any(p.poll() is None for p in procs):
             await asyncio.sleep(1.0)
@@ -337,6 +399,7 @@ async def _full_path_with(
             samples.append((time.monotonic() - t0, sum(st.get("events_in", 0) for st in stats)))
             if all(p.poll() is None for p in procs):
                 cpu.append((samples[-1][0], _cpu_by_role(*pids)))
+                machine.append(psutil.cpu_times())
             lags.append(max((st.get("last_lag_ms", 0.0) for st in stats), default=0.0))
             result.pending_samples.append(await group_lag(bus, cfg.bus.events_topic, cfg.bus.group))
             if progress is not None:
@@ -395,6 +458,13 @@ async def _full_path_with(
     if len(steady) >= 2:
         result.sustained_per_s = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
         result.cpu_s, result.cpu_us_per_event = _cpu_split(cpu, steady[0], steady[-1])
+        inside = [i for i, c in enumerate(cpu) if steady[0][0] <= c[0] <= steady[-1][0]]
+        if len(inside) >= 2:
+            a, b = inside[0], inside[-1]
+            ours_s = sum(cpu[b][1][role] - cpu[a][1][role] for role in _ROLES)
+            result.machine_load = load_between(
+                machine[a], machine[b], ours_s, psutil.cpu_count() or 1
+            )
     final = [_read_stats(f) for f in stats_files]
     latencies = [x for st in final for x in st.get("window_latencies_ms", [])]
     result.events_in = sum(st.get("events_in", 0) for st in final)

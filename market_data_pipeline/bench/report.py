@@ -187,6 +187,20 @@ def result_rows(
                 f"{_ok(total <= TARGET_CPU_US_PER_EVENT)})",
             )
         )
+    m = f.machine_load
+    if m is not None:
+        rows.append(
+            (
+                "machine (steady part)",
+                f"{m.busy_cores:.2f} of {m.cpus} cores busy: this run {m.ours_cores:.2f}, "
+                f"other processes {m.other_cores:.2f}; steal {m.steal_pct:.1f} %  "
+                + (
+                    "(contended: not a quiet machine's figures)"
+                    if m.contended
+                    else "(quiet: no other load)"
+                ),
+            )
+        )
     if c is not None:
         rows += [
             (
