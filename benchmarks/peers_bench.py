@@ -57,7 +57,7 @@ from typing import Any
 
 import psutil
 
-from market_data_pipeline.bench.full_path import machine_facts
+from market_data_pipeline.bench.full_path import load_between, machine_facts
 from market_data_pipeline.servers import (
     EmbeddedKafka,
     EmbeddedPostgres,
@@ -567,19 +567,37 @@ def cell_check(fig: dict[str, Any]) -> str:
     return "NO " + json.dumps(res)
 
 
+def steal_cell(r: dict[str, Any]) -> str:
+    """The hypervisor's steal share during a run, marked at 1 % or more (other guests took
+    CPU from the run: its figures are not a quiet machine's, see ``MachineLoad``)."""
+    steal = r.get("steal_pct")
+    if steal is None:
+        return ""
+    return f"{steal:.1f} %" + (" contended" if steal >= 1.0 else "")
+
+
+def steal_pct(first: Any, last: Any, cpus: int) -> float | None:
+    """The steal share between two ``psutil.cpu_times()`` readings around a run (its start,
+    the servers' and the harness' work included, so only the share other guests took is
+    read, not which processes were busy)."""
+    load = load_between(first, last, 0.0, cpus)
+    return None if load is None else load.steal_pct
+
+
 def report(record: dict[str, Any]) -> None:
     rows = []
     for r in record["runs"]:
         load = f"{r['load_start'][0]:.1f} → {r['load_end'][0]:.1f}"
         if "error" in r:
             last = r["error"].strip().splitlines()[-1][:200]  # the whole of it is in the JSON
-            rows.append([r["peer"], str(r["run"]), load, "failed", "", last, "", ""])
+            rows.append([r["peer"], str(r["run"]), load, "", "failed", "", last, "", ""])
             continue
         rows.append(
             [
                 r["peer"],
                 str(r["run"]),
                 load,
+                steal_cell(r),
                 f"{r['events_per_s']:,}",
                 f"{r['wall_s']:.2f}",
                 cell_cpu(r),
@@ -592,7 +610,17 @@ def report(record: dict[str, Any]) -> None:
         f"load average at the start {record['load_avg_start'][0]:.2f}"
     )
     print_table(
-        ["peer", "run", "load", "events/s", "wall s", "CPU µs/event", "cores", "bars = reference"],
+        [
+            "peer",
+            "run",
+            "load",
+            "steal",
+            "events/s",
+            "wall s",
+            "CPU µs/event",
+            "cores",
+            "bars = reference",
+        ],
         rows,
     )
     for peer, s in record["summary"].items():
@@ -671,6 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for peer in args.peers:
                 check = args.check == "all" or (args.check == "first" and run == 1)
                 entry: dict[str, Any] = {"peer": peer, "run": run, "load_start": os.getloadavg()}
+                times_start = psutil.cpu_times()
                 print(f"{peer} run {run} of {args.runs} ({args.n:,} trades)...", file=sys.stderr)
                 with tempfile.TemporaryDirectory(prefix=f"mdp-peers-{VENV[peer]}-") as tmp:
                     try:
@@ -679,6 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         entry["error"] = str(exc)
                         code = 1
                 entry["load_end"] = os.getloadavg()
+                entry["steal_pct"] = steal_pct(
+                    times_start, psutil.cpu_times(), psutil.cpu_count() or 1
+                )
                 if entry.get("check", {}).get("ok") is False:
                     code = 1
                 record["runs"].append(entry)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections import namedtuple
 from pathlib import Path
 from types import ModuleType
 
@@ -117,3 +118,33 @@ def test_a_missing_peers_folder_is_a_usage_error(
         pb.parse_args(["--peers-dir", str(tmp_path / "nowhere")])
     assert exc.value.code == 2
     assert "--peers-dir" in capsys.readouterr().err
+
+
+def test_each_run_reads_the_steal_share_and_the_report_marks_a_contended_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    times = namedtuple("times", "user system idle steal")
+    # 20 CPU seconds on 2 CPUs around a run, 0.4 of them stolen by other guests: 2 %
+    share = pb.steal_pct(times(0, 0, 0, 0), times(12.0, 1.0, 6.6, 0.4), 2)
+    assert share == 2.0
+    assert pb.steal_pct(times(1, 1, 1, 1), times(1, 1, 1, 1), 2) is None
+    assert pb.steal_cell({"steal_pct": 2.0}) == "2.0 % contended"
+    assert pb.steal_cell({"steal_pct": 0.3}) == "0.3 %"
+    assert pb.steal_cell({}) == ""
+    run = {
+        "peer": "bytewax-durable",
+        "run": 1,
+        "load_start": (0.5, 0, 0),
+        "load_end": (1.5, 0, 0),
+        "steal_pct": 2.0,
+        **pb.bytewax_figures(pb.json_lines(BYTEWAX_RUN)),
+    }
+    record = {
+        "runs": [run],
+        "params": {"n": 200_000},
+        "load_avg_start": (0.5, 0, 0),
+        "summary": pb.summary([run]),
+    }
+    pb.report(record)
+    out = capsys.readouterr().out
+    assert "steal" in out and "2.0 % contended" in out
