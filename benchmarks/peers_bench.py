@@ -57,7 +57,11 @@ from typing import Any
 
 import psutil
 
-from market_data_pipeline.bench.full_path import load_between, machine_facts
+from market_data_pipeline.bench.full_path import (
+    STEAL_PCT_CONTENDED,
+    load_between,
+    machine_facts,
+)
 from market_data_pipeline.servers import (
     EmbeddedKafka,
     EmbeddedPostgres,
@@ -573,7 +577,7 @@ def steal_cell(r: dict[str, Any]) -> str:
     steal = r.get("steal_pct")
     if steal is None:
         return ""
-    return f"{steal:.1f} %" + (" contended" if steal >= 1.0 else "")
+    return f"{steal:.1f} %" + (" contended" if steal >= STEAL_PCT_CONTENDED else "")
 
 
 def steal_pct(first: Any, last: Any, cpus: int) -> float | None:

@@ -38,6 +38,8 @@ from market_data_pipeline.stats import percentile
 from market_data_pipeline.ui.progress import ProgressLine
 
 __all__ = [
+    "OTHER_CORES_CONTENDED",
+    "STEAL_PCT_CONTENDED",
     "FullPath",
     "MachineLoad",
     "load_between",
@@ -104,6 +106,11 @@ class FullPath:
     machine_load: MachineLoad | None = None
 
 
+# From these on a run is marked contended (MachineLoad.contended)
+OTHER_CORES_CONTENDED = 0.1
+STEAL_PCT_CONTENDED = 1.0
+
+
 @dataclass(frozen=True)
 class MachineLoad:
     """What the whole machine did over the steady part of a run, from the kernel's CPU time
@@ -126,7 +133,7 @@ class MachineLoad:
     def contended(self) -> bool:
         """Other processes took a tenth of a core or more, or the hypervisor 1 % of the
         time: the run's figures are not those of a quiet machine."""
-        return self.other_cores >= 0.1 or self.steal_pct >= 1.0
+        return self.other_cores >= OTHER_CORES_CONTENDED or self.steal_pct >= STEAL_PCT_CONTENDED
 
 
 _BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
@@ -458,9 +465,9 @@ async def _full_path_with(
     if len(steady) >= 2:
         result.sustained_per_s = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
         result.cpu_s, result.cpu_us_per_event = _cpu_split(cpu, steady[0], steady[-1])
-        inside = [i for i, c in enumerate(cpu) if steady[0][0] <= c[0] <= steady[-1][0]]
-        if len(inside) >= 2:
-            a, b = inside[0], inside[-1]
+        ends = _steady_ends(cpu, steady[0], steady[-1])
+        if ends is not None:
+            a, b = ends
             ours_s = sum(cpu[b][1][role] - cpu[a][1][role] for role in _ROLES)
             result.machine_load = load_between(
                 machine[a], machine[b], ours_s, psutil.cpu_count() or 1
@@ -551,6 +558,15 @@ async def _check_signals(
     result.signals_reference = signal_rows(rows) == signal_rows(reference.signals)
 
 
+def _steady_ends(
+    cpu: list[tuple[float, dict[str, float]]], first: tuple[float, int], last: tuple[float, int]
+) -> tuple[int, int] | None:
+    """Indices of the first and last CPU samples within the steady samples ``first`` and
+    ``last``; None if fewer than two are."""
+    inside = [i for i, c in enumerate(cpu) if first[0] <= c[0] <= last[0]]
+    return (inside[0], inside[-1]) if len(inside) >= 2 else None
+
+
 def _cpu_split(
     cpu: list[tuple[float, dict[str, float]]],
     first: tuple[float, int],
@@ -558,13 +574,13 @@ def _cpu_split(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """CPU seconds per role between the steady samples ``first`` and ``last`` (at most a
     sample's distance off), and µs of CPU per event consumed in that span."""
-    inside = [c for c in cpu if first[0] <= c[0] <= last[0]]
+    ends = _steady_ends(cpu, first, last)
     events = last[1] - first[1]
-    if len(inside) < 2 or events <= 0:
+    if ends is None or events <= 0:
         return {}, {}
-    (_, a), (_, b) = inside[0], inside[-1]
+    (t_a, a), (t_b, b) = cpu[ends[0]], cpu[ends[1]]
     used = {role: round(b[role] - a[role], 2) for role in _ROLES}
     # the CPU samples span slightly less time than the event samples: scale to the same span
-    span = (inside[-1][0] - inside[0][0]) / (last[0] - first[0])
+    span = (t_b - t_a) / (last[0] - first[0])
     per_event = {role: round(used[role] * 1e6 / (events * span), 2) for role in _ROLES}
     return used, per_event
